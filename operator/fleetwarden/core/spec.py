@@ -1,0 +1,309 @@
+"""The specs of AgentBudget and CostPolicy, as pydantic models.
+
+These mirror the CRD schemas in ``crds/`` field by field (a test keeps them in step:
+``tests/unit/test_crd_models_in_step.py``). Field names are snake_case in Python and
+camelCase in YAML (``amount_usd`` <-> ``amountUSD``). Every field has the same default
+as the CRD, so a manifest read by ``fleetwarden replay`` means what it means in the
+cluster.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "fleetwarden.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+def _camel(name: str) -> str:
+    special = {
+        "amount_usd": "amountUSD",
+        "target_cost_usd": "targetCostUSD",
+        "human_baseline_usd": "humanBaselineUSD",
+        "fixed_monthly_costs_usd": "fixedMonthlyCostsUSD",
+        "human_hourly_rate_usd": "humanHourlyRateUSD",
+        "amount_above_usd": "amountAboveUSD",
+        "tool_prices_usd": "toolPricesUSD",
+        "min_spend_usd": "minSpendUSD",
+    }
+    if name in special:
+        return special[name]
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class Window(str, enum.Enum):
+    hour = "hour"
+    day = "day"
+    month = "month"
+
+
+WINDOW_SECONDS = {Window.hour: 3600, Window.day: 86400, Window.month: 30 * 86400}
+
+
+class LabelSelectorRequirement(_Model):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+
+class LabelSelector(_Model):
+    """A Kubernetes label selector. An empty selector selects every agent in the namespace."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        for key, value in self.match_labels.items():
+            if labels.get(key) != value:
+                return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            if req.operator == "In" and (not present or labels[req.key] not in req.values):
+                return False
+            if req.operator == "NotIn" and present and labels[req.key] in req.values:
+                return False
+            if req.operator == "Exists" and not present:
+                return False
+            if req.operator == "DoesNotExist" and present:
+                return False
+        return True
+
+    def to_query(self) -> str:
+        """The selector as a ``labelSelector`` query string for the Kubernetes API."""
+        parts = [f"{k}={v}" for k, v in sorted(self.match_labels.items())]
+        for req in self.match_expressions:
+            if req.operator == "In":
+                parts.append(f"{req.key} in ({','.join(req.values)})")
+            elif req.operator == "NotIn":
+                parts.append(f"{req.key} notin ({','.join(req.values)})")
+            elif req.operator == "Exists":
+                parts.append(req.key)
+            else:
+                parts.append(f"!{req.key}")
+        return ",".join(parts)
+
+
+# ---------------------------------------------------------------- AgentBudget
+
+
+class Owner(_Model):
+    team: str | None = None
+    project: str | None = None
+    cost_center: str | None = None
+    contact: str | None = None
+
+
+class SpendLimit(_Model):
+    """A cap on spend in USD over one window, with a warning threshold."""
+
+    window: Window
+    amount_usd: float = Field(gt=0)
+    warning_percent: float = Field(default=80.0, gt=0, lt=100)
+    calendar: bool = False  # False: rolling window ending now; True: calendar hour/day/month (UTC)
+
+
+class KillAction(str, enum.Enum):
+    scale_to_zero = "ScaleToZero"
+    alert_only = "AlertOnly"
+
+
+class KillSwitch(_Model):
+    """Engage when spend in ``window`` passes ``threshold_percent`` of that window's cap."""
+
+    enabled: bool = True
+    threshold_percent: float = Field(default=150.0, gt=100)
+    window: Window = Window.hour
+    action: KillAction = KillAction.scale_to_zero
+    # A human resumes by setting this to the incident id shown in status.killSwitch.incident.
+    acknowledge: str | None = None
+
+
+class ModelSource(_Model):
+    """Where an agent's model is set on its Deployment, and the model it should run."""
+
+    env_var: str | None = "MODEL"
+    annotation: str | None = None
+    container: str | None = None
+    # The model the agents should run. Setting or changing it rolls the agents to it
+    # (back or forward); empty means "whatever the Deployment says".
+    desired: str | None = None
+    rollback_on_spike: bool = True
+
+
+class UnitEconomicsTarget(_Model):
+    outcome: str
+    workflow: str | None = None
+    target_cost_usd: float | None = Field(default=None, ge=0)
+    human_baseline_usd: float | None = Field(default=None, ge=0)
+
+
+class AgentBudgetSpec(_Model):
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    owner: Owner = Field(default_factory=Owner)
+    limits: list[SpendLimit] = Field(default_factory=list)
+    kill_switch: KillSwitch = Field(default_factory=KillSwitch)
+    model: ModelSource = Field(default_factory=ModelSource)
+    unit_economics: list[UnitEconomicsTarget] = Field(default_factory=list)
+    fixed_monthly_costs_usd: dict[str, float] = Field(default_factory=dict)
+    human_hourly_rate_usd: float = Field(default=60.0, ge=0)
+    suspend: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _one_limit_per_window(self) -> AgentBudgetSpec:
+        seen: set[Window] = set()
+        for limit in self.limits:
+            if limit.window in seen:
+                raise ValueError(f"limits: more than one limit for window {limit.window.value!r}")
+            seen.add(limit.window)
+        return self
+
+    def limit_for(self, window: Window) -> SpendLimit | None:
+        for limit in self.limits:
+            if limit.window == window:
+                return limit
+        return None
+
+
+# ---------------------------------------------------------------- CostPolicy
+
+
+class Action(str, enum.Enum):
+    alert = "alert"
+    throttle = "throttle"
+    deny = "deny"
+    pause = "pause"
+    kill = "kill"
+    rollback = "rollback"
+
+
+class TokenCaps(_Model):
+    per_task: int | None = Field(default=None, ge=1)
+    action: Action = Action.deny
+
+
+class RateLimits(_Model):
+    tool_calls_per_minute: float | None = Field(default=None, gt=0)
+    per_tool: dict[str, float] = Field(default_factory=dict)
+    action: Action = Action.throttle
+
+
+class ToolRules(_Model):
+    allow: list[str] | None = None  # None: every tool not denied; patterns use fnmatch (`crm.*`)
+    deny: list[str] = Field(default_factory=list)
+    action: Action = Action.deny
+
+    def allowed(self, tool: str) -> bool:
+        import fnmatch
+
+        if any(fnmatch.fnmatchcase(tool, p) for p in self.deny):
+            return False
+        if self.allow is None:
+            return True
+        return any(fnmatch.fnmatchcase(tool, p) for p in self.allow)
+
+
+class ApprovalRule(_Model):
+    """Hold an action for a human: one action worth more than ``amount_above_usd``, or the
+    ``calls_per_workflow_above``-th call of ``tool`` within one workflow run (task)."""
+
+    name: str
+    tool: str | None = None
+    amount_above_usd: float | None = Field(default=None, ge=0)
+    calls_per_workflow_above: int | None = Field(default=None, ge=0)
+    timeout_seconds: int = Field(default=900, ge=1)
+
+    @pydantic.model_validator(mode="after")
+    def _has_a_trigger(self) -> ApprovalRule:
+        if self.amount_above_usd is None and self.calls_per_workflow_above is None:
+            raise ValueError(f"approval rule {self.name!r}: set amountAboveUSD or callsPerWorkflowAbove")
+        if self.calls_per_workflow_above is not None and self.tool is None:
+            raise ValueError(f"approval rule {self.name!r}: callsPerWorkflowAbove needs a tool")
+        return self
+
+
+class ModelUpdateSpikeParams(_Model):
+    enabled: bool = True
+    ratio: float = Field(default=1.8, gt=1)
+    min_tasks: int = Field(default=20, ge=1)
+    baseline_tasks: int = Field(default=200, ge=1)
+    action: Action = Action.rollback
+
+
+class RunawayLoopParams(_Model):
+    enabled: bool = True
+    window_minutes: int = Field(default=5, ge=2)
+    acceleration: float = Field(default=1.5, gt=1)
+    min_tokens_per_minute: float = Field(default=5000, ge=0)
+    action: Action = Action.kill
+
+
+class ToolCallExplosionParams(_Model):
+    enabled: bool = True
+    ratio: float = Field(default=8.0, gt=1)
+    window_minutes: int = Field(default=3, ge=1)
+    baseline_minutes: int = Field(default=60, ge=5)
+    min_calls_per_minute: float = Field(default=20, ge=0)
+    action: Action = Action.alert
+
+
+class AnomalyParams(_Model):
+    model_update_spike: ModelUpdateSpikeParams = Field(default_factory=ModelUpdateSpikeParams)
+    runaway_loop: RunawayLoopParams = Field(default_factory=RunawayLoopParams)
+    tool_call_explosion: ToolCallExplosionParams = Field(default_factory=ToolCallExplosionParams)
+
+
+class CostPolicySpec(_Model):
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    token_caps: TokenCaps = Field(default_factory=TokenCaps)
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    tools: ToolRules = Field(default_factory=ToolRules)
+    tool_prices_usd: dict[str, float] = Field(default_factory=dict)
+    approvals: list[ApprovalRule] = Field(default_factory=list)
+    anomalies: AnomalyParams = Field(default_factory=AnomalyParams)
+
+
+# ---------------------------------------------------------------- whole resources
+
+
+class Metadata(_Model):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class AgentBudget(_Model):
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="ignore", frozen=True)
+    api_version: Literal["fleetwarden.dev/v1alpha1"] = API_VERSION
+    kind: Literal["AgentBudget"] = "AgentBudget"
+    metadata: Metadata
+    spec: AgentBudgetSpec = Field(default_factory=AgentBudgetSpec)
+
+
+class CostPolicy(_Model):
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="ignore", frozen=True)
+    api_version: Literal["fleetwarden.dev/v1alpha1"] = API_VERSION
+    kind: Literal["CostPolicy"] = "CostPolicy"
+    metadata: Metadata
+    spec: CostPolicySpec = Field(default_factory=CostPolicySpec)
+
+
+def parse_resource(doc: dict[str, Any]) -> AgentBudget | CostPolicy:
+    """Validate one manifest document. Raises ``pydantic.ValidationError``."""
+    kind = doc.get("kind")
+    if kind == "AgentBudget":
+        return AgentBudget.model_validate(doc)
+    if kind == "CostPolicy":
+        return CostPolicy.model_validate(doc)
+    raise ValueError(f"kind {kind!r} is not AgentBudget or CostPolicy")

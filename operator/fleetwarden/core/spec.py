@@ -10,7 +10,7 @@ cluster.
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field
 GROUP = "fleetwarden.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+# Bounds that keep the CRD's CEL rules within the API server's cost budget; the CRDs
+# declare the same maxItems/maxLength.
+MAX_TOOL_PATTERNS = 64
+MAX_APPROVAL_RULES = 32
+MAX_NAME_LENGTH = 253
+
+NonNegativeUSD = Annotated[float, Field(ge=0)]
+PositiveRate = Annotated[float, Field(gt=0)]
+ToolPattern = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
 
 
 def _camel(name: str) -> str:
@@ -131,13 +141,19 @@ class KillSwitch(_Model):
 class ModelSource(_Model):
     """Where an agent's model is set on its Deployment, and the model it should run."""
 
-    env_var: str | None = "MODEL"
-    annotation: str | None = None
+    env_var: str | None = Field(default="MODEL", min_length=1)
+    annotation: str | None = Field(default=None, min_length=1)
     container: str | None = None
     # The model the agents should run. Setting or changing it rolls the agents to it
     # (back or forward); empty means "whatever the Deployment says".
     desired: str | None = None
     rollback_on_spike: bool = True
+
+    @pydantic.model_validator(mode="after")
+    def _has_a_source(self) -> ModelSource:
+        if self.env_var is None and self.annotation is None:
+            raise ValueError("model: set envVar or annotation")
+        return self
 
 
 class UnitEconomicsTarget(_Model):
@@ -150,11 +166,11 @@ class UnitEconomicsTarget(_Model):
 class AgentBudgetSpec(_Model):
     selector: LabelSelector = Field(default_factory=LabelSelector)
     owner: Owner = Field(default_factory=Owner)
-    limits: list[SpendLimit] = Field(default_factory=list)
+    limits: list[SpendLimit] = Field(default_factory=list, max_length=len(Window))
     kill_switch: KillSwitch = Field(default_factory=KillSwitch)
     model: ModelSource = Field(default_factory=ModelSource)
     unit_economics: list[UnitEconomicsTarget] = Field(default_factory=list)
-    fixed_monthly_costs_usd: dict[str, float] = Field(default_factory=dict)
+    fixed_monthly_costs_usd: dict[str, NonNegativeUSD] = Field(default_factory=dict)
     human_hourly_rate_usd: float = Field(default=60.0, ge=0)
     suspend: bool = False
 
@@ -165,6 +181,15 @@ class AgentBudgetSpec(_Model):
             if limit.window in seen:
                 raise ValueError(f"limits: more than one limit for window {limit.window.value!r}")
             seen.add(limit.window)
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _kill_switch_has_a_limit(self) -> AgentBudgetSpec:
+        # A kill switch on a window without a cap would never fire; a budget without any
+        # limit (reporting only) is fine.
+        ks = self.kill_switch
+        if ks.enabled and self.limits and self.limit_for(ks.window) is None:
+            raise ValueError(f"killSwitch.window {ks.window.value} has no limit in spec.limits")
         return self
 
     def limit_for(self, window: Window) -> SpendLimit | None:
@@ -193,14 +218,22 @@ class TokenCaps(_Model):
 
 class RateLimits(_Model):
     tool_calls_per_minute: float | None = Field(default=None, gt=0)
-    per_tool: dict[str, float] = Field(default_factory=dict)
+    per_tool: dict[str, PositiveRate] = Field(default_factory=dict)
     action: Action = Action.throttle
 
 
 class ToolRules(_Model):
-    allow: list[str] | None = None  # None: every tool not denied; patterns use fnmatch (`crm.*`)
-    deny: list[str] = Field(default_factory=list)
+    # None: every tool not denied; patterns use fnmatch (`crm.*`)
+    allow: list[ToolPattern] | None = Field(default=None, max_length=MAX_TOOL_PATTERNS)
+    deny: list[ToolPattern] = Field(default_factory=list, max_length=MAX_TOOL_PATTERNS)
     action: Action = Action.deny
+
+    @pydantic.model_validator(mode="after")
+    def _allow_and_deny_apart(self) -> ToolRules:
+        both = sorted(set(self.allow or ()) & set(self.deny))
+        if both:
+            raise ValueError(f"tools: {both[0]!r} is both in allow and in deny")
+        return self
 
     def allowed(self, tool: str) -> bool:
         import fnmatch
@@ -267,9 +300,18 @@ class CostPolicySpec(_Model):
     token_caps: TokenCaps = Field(default_factory=TokenCaps)
     rate_limits: RateLimits = Field(default_factory=RateLimits)
     tools: ToolRules = Field(default_factory=ToolRules)
-    tool_prices_usd: dict[str, float] = Field(default_factory=dict)
-    approvals: list[ApprovalRule] = Field(default_factory=list)
+    tool_prices_usd: dict[str, NonNegativeUSD] = Field(default_factory=dict)
+    approvals: list[ApprovalRule] = Field(default_factory=list, max_length=MAX_APPROVAL_RULES)
     anomalies: AnomalyParams = Field(default_factory=AnomalyParams)
+
+    @pydantic.model_validator(mode="after")
+    def _approval_names_unique(self) -> CostPolicySpec:
+        seen: set[str] = set()
+        for rule in self.approvals:
+            if rule.name in seen:
+                raise ValueError(f"approvals: more than one rule named {rule.name!r}")
+            seen.add(rule.name)
+        return self
 
 
 # ---------------------------------------------------------------- whole resources
@@ -285,7 +327,7 @@ class Metadata(_Model):
 
 class AgentBudget(_Model):
     model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="ignore", frozen=True)
-    api_version: Literal["fleetwarden.dev/v1alpha1"] = API_VERSION
+    api_version: Literal["fleetwarden.dev/v1alpha1"] = "fleetwarden.dev/v1alpha1"
     kind: Literal["AgentBudget"] = "AgentBudget"
     metadata: Metadata
     spec: AgentBudgetSpec = Field(default_factory=AgentBudgetSpec)
@@ -293,7 +335,7 @@ class AgentBudget(_Model):
 
 class CostPolicy(_Model):
     model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="ignore", frozen=True)
-    api_version: Literal["fleetwarden.dev/v1alpha1"] = API_VERSION
+    api_version: Literal["fleetwarden.dev/v1alpha1"] = "fleetwarden.dev/v1alpha1"
     kind: Literal["CostPolicy"] = "CostPolicy"
     metadata: Metadata
     spec: CostPolicySpec = Field(default_factory=CostPolicySpec)

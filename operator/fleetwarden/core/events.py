@@ -1,0 +1,506 @@
+"""Usage events: parse and validate one JSON line against the contract, fast.
+
+The contract is ``shared/contracts/usage-events.md`` and its machine-readable form
+``usage-event.schema.json`` (JSON Schema 2020-12). This module accepts exactly what that
+schema accepts (with the RFC 3339 ``date-time`` format checked) and refuses exactly what
+it refuses; ``tests/unit/core/test_events.py`` checks that against ``jsonschema`` on many
+random events. It does so without ``jsonschema`` on the hot path:
+
+1. ``_problem(obj)`` is the general validator: it walks every known field and returns the
+   first problem as ``(field, reason)``, or ``None`` for a valid event. It is the single
+   source of truth.
+2. A fast path caches, per *shape* (the tuple of keys in line order: one producer writes
+   the same shape again and again), a small straight-line checker generated for that
+   shape. The checker only ever *accepts*: on anything unusual it returns ``None`` and the
+   general validator decides and explains. So the fast path cannot accept what the
+   general validator refuses.
+
+Subtleties of JSON Schema kept here: ``integer`` accepts ``3.0`` but not ``true``;
+``number`` refuses booleans; a string's ``minLength`` counts code points; ``status`` is
+checked against the top-level enum and then narrowed by type (``tool``: ok/error;
+``task``: completed/failed/abandoned); unknown fields are kept and ignored.
+
+``time`` is RFC 3339 with a zone (``Z``/``z`` or ``+hh:mm``; ``T`` may be ``t``; no leap
+second ``60``, as the reference format checker) or Unix seconds as a number. Inside the
+core time is Unix seconds (float).
+
+Blank lines (only whitespace) are skipped: they carry no event. Every other line yields
+an :class:`Event` or an :class:`~fleetwarden.errors.EventError` naming the line and the
+field; ``iter_events`` never stops at a broken line.
+"""
+
+from __future__ import annotations
+
+import calendar
+import io
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import IO, Any, Union
+
+from fleetwarden import errors
+
+try:  # orjson is the fast path; the standard library is the fallback.
+    import orjson
+
+    _loads: Callable[[bytes | str], Any] = orjson.loads
+    _JSONError: type[Exception] = orjson.JSONDecodeError
+except ImportError:  # pragma: no cover - exercised only without orjson
+    import json
+
+    def _refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    _json_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+
+    def _loads(data: bytes | str) -> Any:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8")
+        return _json_decoder.decode(data)
+
+    _JSONError = ValueError
+
+TYPES = frozenset({"llm", "tool", "task", "outcome", "human"})
+STATUSES = frozenset({"ok", "error", "completed", "failed", "abandoned"})
+TOOL_STATUSES = frozenset({"ok", "error"})
+TASK_STATUSES = frozenset({"completed", "failed", "abandoned"})
+# Allowed values of `status` for each type (the top-level enum, narrowed by the allOf rules).
+STATUS_FOR_TYPE: Mapping[str, frozenset[str]] = {
+    "llm": STATUSES, "tool": TOOL_STATUSES, "task": TASK_STATUSES, "outcome": STATUSES, "human": STATUSES,
+}
+# Fields each type requires beyond time, type and agent.
+REQUIRED_FOR_TYPE: Mapping[str, tuple[str, ...]] = {
+    "llm": ("task_id", "model", "input_tokens", "output_tokens"),
+    "tool": ("task_id", "tool"),
+    "task": ("task_id", "status"),
+    "outcome": ("task_id", "outcome"),
+    "human": ("minutes",),
+}
+REQUIRED = ("time", "type", "agent")
+
+# What each known field must be: the check names used below.
+_NONEMPTY_STR = ("agent", "namespace", "task_id", "model", "tool", "outcome")
+_STR = ("workflow", "step", "agent_version", "provider")
+_NONNEG_INT = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+_NONNEG_NUM = ("cost_usd", "minutes")
+KNOWN_FIELDS = frozenset(
+    ("time", "type", "labels", "status", "count", "value_usd") + _NONEMPTY_STR + _STR + _NONNEG_INT + _NONNEG_NUM
+)
+_CHECK: dict[str, str] = {
+    **{k: "nonempty_str" for k in _NONEMPTY_STR},
+    **{k: "str" for k in _STR},
+    **{k: "nonneg_int" for k in _NONNEG_INT},
+    **{k: "nonneg_num" for k in _NONNEG_NUM},
+    "time": "time", "type": "type", "labels": "labels", "status": "status",
+    "count": "pos_num", "value_usd": "num",
+}
+
+
+# ---------------------------------------------------------------- time
+
+
+_RFC3339 = re.compile(
+    r"([0-9]{4})-(0[1-9]|1[0-2])-([0-9]{2})[Tt]([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])(\.[0-9]+)?"
+    r"(?:([Zz])|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
+)
+# "YYYY-MM-DDTHH:MM" (as written) -> Unix seconds of that minute read as UTC. Bounded.
+_MINUTE_PREFIX: dict[str, int] = {}
+_MINUTE_PREFIX_MAX = 200_000
+_SECONDS = {f"{s:02d}": s for s in range(60)}
+
+
+def parse_time(value: object) -> float | None:
+    """Unix seconds of a contract ``time`` value, or ``None`` when it is not one.
+
+    Strings must be RFC 3339 date-times with a zone; numbers (not booleans) are Unix seconds.
+    """
+    kind = type(value)
+    if kind is str:
+        return _time_from_str(value)  # type: ignore[arg-type]
+    if kind is float or kind is int:
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except OverflowError:
+            return None
+    return None
+
+
+def _time_from_str(text: str) -> float | None:
+    # Fast path: a minute already seen, then ":SS" and "Z".
+    base = _MINUTE_PREFIX.get(text[:16])
+    if base is not None and len(text) == 20 and text[16] == ":" and text[19] in "Zz":
+        sec = _SECONDS.get(text[17:19])
+        if sec is not None:
+            return float(base + sec)
+    return _time_from_str_slow(text)
+
+
+def _time_from_str_slow(text: str) -> float | None:
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    if year == 0 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return None
+    base = calendar.timegm((year, month, day, hour, minute, 0, 0, 0, 0))
+    if len(_MINUTE_PREFIX) >= _MINUTE_PREFIX_MAX:
+        _MINUTE_PREFIX.clear()
+    _MINUTE_PREFIX[text[:16]] = base
+    ts = float(base + second)
+    if m.group(7):
+        ts += float("0" + m.group(7))
+    if m.group(9):
+        offset = int(m.group(10)) * 3600 + int(m.group(11)) * 60
+        ts += -offset if m.group(9) == "+" else offset
+    return ts
+
+
+# ---------------------------------------------------------------- the event
+
+
+_Labels = Mapping[str, str]
+_NO_LABELS: _Labels = {}
+
+
+class Event:
+    """One valid usage event. ``time`` is Unix seconds; ``raw`` is the parsed JSON object
+    (unknown fields included). Typed fields are read from ``raw`` on access, with the
+    contract's defaults (``namespace`` "default", tool ``status`` "ok", ``count`` 1)."""
+
+    __slots__ = ("time", "type", "agent", "namespace", "raw")
+
+    def __init__(self, time: float, type: str, agent: str, namespace: str, raw: dict[str, Any]) -> None:
+        self.time = time
+        self.type = type
+        self.agent = agent
+        self.namespace = namespace
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"Event({self.raw!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self.time == other.time and self.raw == other.raw
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Any field as written, unknown ones included."""
+        return self.raw.get(name, default)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Fields the contract does not define (kept, ignored by Fleetwarden)."""
+        return {k: v for k, v in self.raw.items() if k not in KNOWN_FIELDS}
+
+    @property
+    def labels(self) -> _Labels:
+        return self.raw.get("labels") or _NO_LABELS  # type: ignore[no-any-return]
+
+    @property
+    def workflow(self) -> str | None:
+        return self.raw.get("workflow")
+
+    @property
+    def task_id(self) -> str | None:
+        return self.raw.get("task_id")
+
+    @property
+    def step(self) -> str | None:
+        return self.raw.get("step")
+
+    @property
+    def agent_version(self) -> str | None:
+        return self.raw.get("agent_version")
+
+    @property
+    def model(self) -> str | None:
+        return self.raw.get("model")
+
+    @property
+    def provider(self) -> str | None:
+        return self.raw.get("provider")
+
+    def _int(self, name: str) -> int | None:
+        v = self.raw.get(name)
+        return None if v is None else int(v)
+
+    @property
+    def input_tokens(self) -> int | None:
+        return self._int("input_tokens")
+
+    @property
+    def output_tokens(self) -> int | None:
+        return self._int("output_tokens")
+
+    @property
+    def cache_read_tokens(self) -> int | None:
+        return self._int("cache_read_tokens")
+
+    @property
+    def cache_write_tokens(self) -> int | None:
+        return self._int("cache_write_tokens")
+
+    @property
+    def reasoning_tokens(self) -> int | None:
+        return self._int("reasoning_tokens")
+
+    @property
+    def tokens(self) -> int:
+        """All tokens of an llm call (input + output + cache + reasoning); 0 for other types."""
+        raw = self.raw
+        return int(raw.get("input_tokens", 0) + raw.get("output_tokens", 0) + raw.get("cache_read_tokens", 0)
+                   + raw.get("cache_write_tokens", 0) + raw.get("reasoning_tokens", 0))
+
+    @property
+    def cost_usd(self) -> float | None:
+        v = self.raw.get("cost_usd")
+        return None if v is None else float(v)
+
+    @property
+    def tool(self) -> str | None:
+        return self.raw.get("tool")
+
+    @property
+    def status(self) -> str | None:
+        v = self.raw.get("status")
+        if v is None and self.type == "tool":
+            return "ok"
+        return v  # type: ignore[no-any-return]
+
+    @property
+    def outcome(self) -> str | None:
+        return self.raw.get("outcome")
+
+    @property
+    def count(self) -> float | None:
+        if self.type != "outcome":
+            return self.raw.get("count")
+        return self.raw.get("count", 1)  # type: ignore[no-any-return]
+
+    @property
+    def value_usd(self) -> float | None:
+        return self.raw.get("value_usd")
+
+    @property
+    def minutes(self) -> float | None:
+        return self.raw.get("minutes")
+
+
+# ---------------------------------------------------------------- the general validator
+
+
+def _describe(value: object) -> str:
+    text = repr(value) if not isinstance(value, str) else _json_str(value)
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _is_num(v: object) -> bool:
+    t = type(v)
+    return t is int or t is float
+
+
+def _is_int(v: object) -> bool:
+    t = type(v)
+    return t is int or (t is float and v.is_integer())  # type: ignore[attr-defined]
+
+
+def _field_problem(name: str, check: str, v: object, etype: object) -> str | None:
+    """Why ``v`` is not a valid value for field ``name``, or None."""
+    if check == "nonempty_str":
+        if type(v) is not str or not v:
+            return f"must be a non-empty string, got {_describe(v)}"
+    elif check == "str":
+        if type(v) is not str:
+            return f"must be a string, got {_describe(v)}"
+    elif check == "nonneg_int":
+        if not _is_int(v) or v < 0:  # type: ignore[operator]
+            return f"must be an integer >= 0, got {_describe(v)}"
+    elif check == "nonneg_num":
+        if not _is_num(v) or v < 0:  # type: ignore[operator]
+            return f"must be a number >= 0, got {_describe(v)}"
+    elif check == "pos_num":
+        if not _is_num(v) or v <= 0:  # type: ignore[operator]
+            return f"must be a number > 0, got {_describe(v)}"
+    elif check == "num":
+        if not _is_num(v):
+            return f"must be a number, got {_describe(v)}"
+    elif check == "time":
+        if parse_time(v) is None:
+            return f"must be an RFC 3339 date-time with a zone or Unix seconds, got {_describe(v)}"
+    elif check == "type":
+        if type(v) is not str or v not in TYPES:
+            return f"must be one of llm, tool, task, outcome, human, got {_describe(v)}"
+    elif check == "labels":
+        if type(v) is not dict:
+            return f"must be an object of strings, got {_describe(v)}"
+        for key, item in v.items():
+            if type(item) is not str:
+                return f"label {key!r} must be a string, got {_describe(item)}"
+    elif check == "status":
+        allowed = STATUS_FOR_TYPE.get(etype, STATUSES) if type(etype) is str else STATUSES
+        if type(v) is not str or v not in allowed:
+            where = f" for type {etype!r}" if allowed is not STATUSES else ""
+            return f"must be one of {', '.join(sorted(allowed))}{where}, got {_describe(v)}"
+    return None
+
+
+def problem(obj: object) -> tuple[str | None, str] | None:
+    """The first way ``obj`` breaks the contract, as ``(field, reason)``; None when valid."""
+    if type(obj) is not dict:
+        return None, f"must be a JSON object, got {type(obj).__name__ if obj is not None else 'null'}"
+    etype = obj.get("type")
+    for name in REQUIRED:
+        if name not in obj:
+            return name, "required"
+    for name, v in obj.items():
+        check = _CHECK.get(name)
+        if check is not None:
+            reason = _field_problem(name, check, v, etype)
+            if reason is not None:
+                return name, reason
+    for name in REQUIRED_FOR_TYPE[etype]:
+        if name not in obj:
+            return name, f"required for type {etype!r}"
+    return None
+
+
+# ---------------------------------------------------------------- the fast path
+
+
+_SHAPES: dict[tuple[str, ...], Callable[[dict[str, Any]], float | None]] = {}
+_SHAPES_MAX = 4096
+
+_SNIPPETS = {
+    "nonempty_str": "    v = d[{k!r}]\n    if type(v) is not str or not v: return None\n",
+    "str": "    if type(d[{k!r}]) is not str: return None\n",
+    "nonneg_int": "    v = d[{k!r}]\n    if type(v) is not int or v < 0: return None\n",
+    "nonneg_num": "    v = d[{k!r}]\n    if (type(v) is not float and type(v) is not int) or v < 0: return None\n",
+    "pos_num": "    v = d[{k!r}]\n    if (type(v) is not float and type(v) is not int) or v <= 0: return None\n",
+    "num": "    v = d[{k!r}]\n    if type(v) is not float and type(v) is not int: return None\n",
+    "labels": (
+        "    v = d['labels']\n    if type(v) is not dict: return None\n"
+        "    for x in v.values():\n        if type(x) is not str: return None\n"
+    ),
+    "status": "    v = d['status']\n    if type(v) is not str or v not in _STATUS[t]: return None\n",
+}
+
+
+def _compile_shape(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], float | None]:
+    """A checker for events with exactly these keys: Unix time when surely valid, else None."""
+    present = set(keys)
+    types = [t for t in sorted(TYPES) if all(k in present for k in REQUIRED_FOR_TYPE[t])]
+    if not types or not all(k in present for k in REQUIRED):
+        return _never
+    body = [
+        "def check(d):\n",
+        "    t = d['type']\n",
+        f"    if type(t) is not str or t not in {frozenset(types)!r}: return None\n",
+    ]
+    for k in keys:
+        check = _CHECK.get(k)
+        if check is None or check in ("time", "type"):
+            continue
+        body.append(_SNIPPETS[check].format(k=k))
+    body.append(
+        "    v = d['time']\n"
+        "    if type(v) is str: return _time_from_str(v)\n"
+        "    if type(v) is float or type(v) is int: return _parse_time(v)\n"
+        "    return None\n"
+    )
+    scope: dict[str, Any] = {"_time_from_str": _time_from_str, "_parse_time": parse_time, "_STATUS": STATUS_FOR_TYPE}
+    exec("".join(body), scope)  # noqa: S102 - generated from constants above, never from input
+    return scope["check"]  # type: ignore[no-any-return]
+
+
+def _never(d: dict[str, Any]) -> float | None:
+    return None
+
+
+def _fast_time(obj: dict[str, Any]) -> float | None:
+    keys = tuple(obj)
+    check = _SHAPES.get(keys)
+    if check is None:
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        check = _SHAPES[keys] = _compile_shape(keys)
+    return check(obj)
+
+
+def from_obj(obj: object, *, line: int | None = None, file: str | None = None) -> Event:
+    """An :class:`Event` from a parsed JSON value. Raises EventError naming the field."""
+    ts = _fast_time(obj) if type(obj) is dict else None
+    if ts is None:
+        found = problem(obj)
+        if found is not None:
+            field, reason = found
+            raise errors.EventError(reason, file=file, line=line, field=field)
+        ts = parse_time(obj["time"])  # type: ignore[index]
+        if ts is None:  # pragma: no cover - problem() has checked it
+            raise errors.EventError("bad time", file=file, line=line, field="time")
+    return Event(ts, obj["type"], obj["agent"], obj.get("namespace", "default"), obj)  # type: ignore[index, union-attr]
+
+
+def parse_line(data: bytes | str, *, line: int | None = None, file: str | None = None) -> Event:
+    """Parse and validate one JSON line. Raises EventError (not valid JSON, or the field that breaks)."""
+    try:
+        obj = _loads(data)
+    except (_JSONError, ValueError, UnicodeDecodeError) as exc:
+        raise errors.EventError(f"not valid JSON: {exc}", file=file, line=line) from None
+    return from_obj(obj, line=line, file=file)
+
+
+def is_valid(obj: object) -> bool:
+    """Whether a parsed JSON value is a valid usage event (same answer as the JSON schema)."""
+    if type(obj) is dict and _fast_time(obj) is not None:
+        return True
+    return problem(obj) is None
+
+
+Source = Union[str, "os.PathLike[str]", IO[bytes], IO[str], Iterable[bytes], Iterable[str]]
+
+
+def iter_events(source: Source, *, file: str | None = None) -> Iterator[Event | errors.EventError]:
+    """Yield an Event or an EventError for each non-blank line, in order, never stopping.
+
+    ``source`` is a path (``"-"`` is standard input), an open file (binary or text) or any
+    iterable of lines. Lines are read one at a time, so memory stays flat.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if path == "-":
+            yield from iter_events(sys.stdin.buffer, file=file or "<stdin>")
+            return
+        with open(path, "rb") as fh:
+            yield from iter_events(fh, file=file or path)
+        return
+    if file is None:
+        file = getattr(source, "name", None) if isinstance(source, io.IOBase) else None
+        file = file if isinstance(file, str) else None
+    loads = _loads
+    fast = _fast_time
+    for number, data in enumerate(source, 1):
+        try:
+            obj = loads(data)
+        except (_JSONError, ValueError, UnicodeDecodeError) as exc:
+            if not data.strip():
+                continue
+            yield errors.EventError(f"not valid JSON: {exc}", file=file, line=number)
+            continue
+        ts = fast(obj) if type(obj) is dict else None
+        if ts is not None:
+            yield Event(ts, obj["type"], obj["agent"], obj.get("namespace", "default"), obj)
+            continue
+        try:
+            yield from_obj(obj, line=number, file=file)
+        except errors.EventError as exc:
+            yield exc

@@ -179,7 +179,7 @@ class AgentBudgetSpec(_Model):
         seen: set[Window] = set()
         for limit in self.limits:
             if limit.window in seen:
-                raise ValueError(f"limits: more than one limit for window {limit.window.value!r}")
+                raise ValueError(f"limits: more than one limit for window {limit.window.value}")
             seen.add(limit.window)
         return self
 
@@ -232,7 +232,7 @@ class ToolRules(_Model):
     def _allow_and_deny_apart(self) -> ToolRules:
         both = sorted(set(self.allow or ()) & set(self.deny))
         if both:
-            raise ValueError(f"tools: {both[0]!r} is both in allow and in deny")
+            raise ValueError(f"tools: {both[0]} is both in allow and in deny")
         return self
 
     def allowed(self, tool: str) -> bool:
@@ -258,9 +258,9 @@ class ApprovalRule(_Model):
     @pydantic.model_validator(mode="after")
     def _has_a_trigger(self) -> ApprovalRule:
         if self.amount_above_usd is None and self.calls_per_workflow_above is None:
-            raise ValueError(f"approval rule {self.name!r}: set amountAboveUSD or callsPerWorkflowAbove")
+            raise ValueError(f"approval rule {self.name}: set amountAboveUSD or callsPerWorkflowAbove")
         if self.calls_per_workflow_above is not None and self.tool is None:
-            raise ValueError(f"approval rule {self.name!r}: callsPerWorkflowAbove needs a tool")
+            raise ValueError(f"approval rule {self.name}: callsPerWorkflowAbove needs a tool")
         return self
 
 

@@ -43,8 +43,8 @@ class AgentMinute:
     tasks_failed: int = 0
     tasks_abandoned: int = 0
     outcomes: float = 0.0  # sum of outcome counts
-    tool_calls: Mapping[str, float] = _EMPTY  # tool -> calls in the minute
-    tool_costs: Mapping[str, float] = _EMPTY  # tool -> USD in the minute
+    tool_calls: Mapping[str, float] = dataclasses.field(default_factory=lambda: _EMPTY)  # tool -> calls in the minute
+    tool_costs: Mapping[str, float] = dataclasses.field(default_factory=lambda: _EMPTY)  # tool -> USD in the minute
     model: str | None = None  # the model with the most calls this minute (None: no call)
     version: str | None = None  # agent_version seen this minute, when the data names one
     workflow: str | None = None  # the workflow with the most activity this minute

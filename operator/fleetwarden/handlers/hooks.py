@@ -1,0 +1,8 @@
+"""Extension points of the evaluation loop.
+
+``on_findings``: callables ``(budget_body: dict, findings: list[Finding], actions: list, api) -> None``
+called after each evaluation's actions are applied (the incident recorder and the
+Alertmanager notifier register here).
+"""
+
+on_findings: list = []

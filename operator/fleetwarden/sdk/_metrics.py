@@ -1,0 +1,217 @@
+"""The Prometheus metrics an agent exports (names, types and labels as in docs/design.md).
+
+One :class:`MetricStore` per prometheus-client registry, shared by every Tracker on that
+registry. It is a custom collector: the hot path adds floats to a list cached per label
+tuple under one lock (no per-sample lock, no label validation per call), and the scrape
+turns the lists into metric families. Labels are only agent, namespace, workflow, step,
+model, tool, outcome and status; never a task id.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import registry as prom_registry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+COST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0)
+TOKEN_BUCKETS = (100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0, 250000.0,
+                 500000.0, 1000000.0, 2500000.0)
+
+# Counters: name (without _total) -> (help, label names). The order of the label names is
+# the order of the key tuples below.
+LLM_LABELS = ("agent", "namespace", "workflow", "step", "model")
+LLM_COUNTERS = (  # index in the per-labels list -> metric
+    ("fleetwarden_llm_cost_usd", "USD spent on model calls (priced by the SDK's price table)."),
+    ("fleetwarden_llm_input_tokens", "Input tokens of model calls, not counting cache reads and writes."),
+    ("fleetwarden_llm_output_tokens", "Output tokens of model calls, not counting reasoning tokens."),
+    ("fleetwarden_llm_cache_read_tokens", "Input tokens read from the provider's prompt cache."),
+    ("fleetwarden_llm_cache_write_tokens", "Input tokens written to the provider's prompt cache."),
+    ("fleetwarden_llm_reasoning_tokens", "Reasoning (thinking) tokens of model calls."),
+)
+TOOL_LABELS = ("agent", "namespace", "workflow", "step", "tool", "status")
+TOOL_COST_LABELS = ("agent", "namespace", "workflow", "tool")
+WORKFLOW_LABELS = ("agent", "namespace", "workflow")
+TASK_LABELS = ("agent", "namespace", "workflow", "status")
+OUTCOME_LABELS = ("agent", "namespace", "workflow", "outcome")
+GUARDRAIL_LABELS = ("agent", "namespace", "workflow", "tool", "status")
+MODEL_INFO_LABELS = ("agent", "namespace", "model")
+
+GUARDRAIL_STATUSES = ("allowed", "token_cap_exceeded", "rate_limit_exceeded", "tool_not_allowed",
+                      "approval_required", "approved", "denied", "halted")
+
+METRIC_NAMES = (
+    "fleetwarden_llm_calls_total", *(f"{name}_total" for name, _ in LLM_COUNTERS),
+    "fleetwarden_tool_calls_total", "fleetwarden_tool_cost_usd_total",
+    "fleetwarden_human_minutes_total", "fleetwarden_human_cost_usd_total",
+    "fleetwarden_tasks_total", "fleetwarden_outcomes_total", "fleetwarden_outcome_value_usd_total",
+    "fleetwarden_task_cost_usd", "fleetwarden_task_tokens",
+    "fleetwarden_guardrail_decisions_total", "fleetwarden_agent_model_info",
+)
+
+
+class _Histogram:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+        return out
+
+
+class MetricStore:
+    """Every fleetwarden metric of one registry. All methods are thread-safe; the per-call
+    ones take ``lock`` once. Callers on the hot path may hold ``lock`` and update the lists
+    returned by the ``*_cell`` methods directly (that is what the Tracker does)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # LLM: labels -> [calls_ok, calls_error, cost, input, output, cache_read, cache_write, reasoning]
+        self.llm: dict[tuple[str, ...], list[float]] = {}
+        self.tool_calls: dict[tuple[str, ...], list[float]] = {}  # TOOL_LABELS -> [calls]
+        self.tool_cost: dict[tuple[str, ...], list[float]] = {}  # TOOL_COST_LABELS -> [usd]
+        self.human: dict[tuple[str, ...], list[float]] = {}  # WORKFLOW_LABELS -> [minutes, usd]
+        self.tasks: dict[tuple[str, ...], list[float]] = {}  # TASK_LABELS -> [count]
+        self.outcomes: dict[tuple[str, ...], list[float]] = {}  # OUTCOME_LABELS -> [count, value]
+        self.task_cost: dict[tuple[str, ...], _Histogram] = {}  # WORKFLOW_LABELS
+        self.task_tokens: dict[tuple[str, ...], _Histogram] = {}
+        self.guardrails: dict[tuple[str, ...], list[float]] = {}  # GUARDRAIL_LABELS -> [count]
+        self.models: dict[tuple[str, str], str] = {}  # (agent, namespace) -> model
+
+    # ---------------------------------------------------------------- cells (call with lock held)
+
+    def llm_cell(self, key: tuple[str, ...]) -> list[float]:
+        cell = self.llm.get(key)
+        if cell is None:
+            cell = self.llm[key] = [0.0] * 8
+        return cell
+
+    def cell(self, family: dict[tuple[str, ...], list[float]], key: tuple[str, ...], size: int = 1) -> list[float]:
+        cell = family.get(key)
+        if cell is None:
+            cell = family[key] = [0.0] * size
+        return cell
+
+    def observe_task(self, key: tuple[str, ...], cost: float, tokens: int) -> None:
+        hist = self.task_cost.get(key)
+        if hist is None:
+            hist = self.task_cost[key] = _Histogram(COST_BUCKETS)
+            self.task_tokens[key] = _Histogram(TOKEN_BUCKETS)
+        hist.observe(cost)
+        self.task_tokens[key].observe(float(tokens))
+
+    # ---------------------------------------------------------------- convenience (take the lock)
+
+    def count_guardrail(self, agent: str, namespace: str, workflow: str, tool: str, status: str) -> None:
+        with self.lock:
+            self.cell(self.guardrails, (agent, namespace, workflow, tool, status))[0] += 1
+
+    def set_model(self, agent: str, namespace: str, model: str) -> None:
+        with self.lock:
+            self.models[(agent, namespace)] = model
+
+    # ---------------------------------------------------------------- the scrape
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())  # metric families appear as data arrives; nothing to check up front
+
+    def collect(self) -> Iterator[Any]:
+        with self.lock:
+            llm = {k: list(v) for k, v in self.llm.items()}
+            simple = {name: {k: list(v) for k, v in getattr(self, name).items()}
+                      for name in ("tool_calls", "tool_cost", "human", "tasks", "outcomes", "guardrails")}
+            hists = {name: {k: (h.buckets(), h.sum) for k, h in getattr(self, name).items()}
+                     for name in ("task_cost", "task_tokens")}
+            models = dict(self.models)
+
+        calls = CounterMetricFamily("fleetwarden_llm_calls", "Model calls.", labels=(*LLM_LABELS, "status"))
+        per_kind = [CounterMetricFamily(name, doc, labels=LLM_LABELS) for name, doc in LLM_COUNTERS]
+        for key, v in llm.items():
+            calls.add_metric((*key, "ok"), v[0])
+            if v[1]:
+                calls.add_metric((*key, "error"), v[1])
+            for i, family in enumerate(per_kind):
+                family.add_metric(key, v[2 + i])
+        yield calls
+        yield from per_kind
+
+        yield _counter("fleetwarden_tool_calls", "Tool calls by status (ok/error).", TOOL_LABELS,
+                       simple["tool_calls"], 0)
+        yield _counter("fleetwarden_tool_cost_usd", "USD spent on tool calls.", TOOL_COST_LABELS,
+                       simple["tool_cost"], 0)
+        yield _counter("fleetwarden_human_minutes", "Minutes of human-in-the-loop time.", WORKFLOW_LABELS,
+                       simple["human"], 0)
+        yield _counter("fleetwarden_human_cost_usd", "USD of human-in-the-loop time.", WORKFLOW_LABELS,
+                       simple["human"], 1)
+        yield _counter("fleetwarden_tasks", "Tasks ended, by status (completed/failed/abandoned).",
+                       TASK_LABELS, simple["tasks"], 0)
+        yield _counter("fleetwarden_outcomes", "Business outcomes of tasks.", OUTCOME_LABELS,
+                       simple["outcomes"], 0)
+        yield _counter("fleetwarden_outcome_value_usd", "USD value of outcomes, when the agent states it.",
+                       OUTCOME_LABELS, simple["outcomes"], 1)
+        for name, doc, data in (
+                ("fleetwarden_task_cost_usd", "USD per task (model + tool + human), observed when a task ends.",
+                 hists["task_cost"]),
+                ("fleetwarden_task_tokens", "Tokens per task (all kinds), observed when a task ends.",
+                 hists["task_tokens"])):
+            histogram = HistogramMetricFamily(name, doc, labels=WORKFLOW_LABELS)
+            for key, (buckets, total) in data.items():
+                histogram.add_metric(key, buckets, total)
+            yield histogram
+        yield _counter("fleetwarden_guardrail_decisions", "Guardrail decisions in the agent, by status.",
+                       GUARDRAIL_LABELS, simple["guardrails"], 0)
+        info = GaugeMetricFamily("fleetwarden_agent_model_info", "The model the agent runs (value 1).",
+                                 labels=MODEL_INFO_LABELS)
+        for (agent, namespace), model in models.items():
+            info.add_metric((agent, namespace, model), 1.0)
+        yield info
+
+
+def _counter(name: str, doc: str, labels: tuple[str, ...], data: dict[tuple[str, ...], list[float]],
+             index: int) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, values in data.items():
+        family.add_metric(key, values[index])
+    return family
+
+
+_stores: weakref.WeakKeyDictionary[Any, MetricStore] = weakref.WeakKeyDictionary()
+_stores_lock = threading.Lock()
+
+
+def store_for(registry: Any | None) -> MetricStore:
+    """The one MetricStore of ``registry`` (default: prometheus-client's global registry),
+    registering it on first use."""
+    registry = prom_registry.REGISTRY if registry is None else registry
+    with _stores_lock:
+        store = _stores.get(registry)
+        if store is None:
+            store = _stores[registry] = MetricStore()
+            registry.register(store)
+        return store
+
+
+def start_metrics_server(port: int, addr: str = "127.0.0.1", registry: Any | None = None) -> Any:
+    """Serve ``/metrics`` of ``registry`` on ``addr:port`` in a daemon thread. Returns the
+    server (``server.shutdown()`` stops it); ``port=0`` picks a free port
+    (``server.server_port``)."""
+    from prometheus_client import exposition
+
+    reg = prom_registry.REGISTRY if registry is None else registry
+    server, _thread = exposition.start_http_server(port, addr=addr, registry=reg)
+    return server

@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from kubernetes import client, watch
 from kubernetes.client import exceptions as kube_exceptions
@@ -36,7 +36,7 @@ KIND = "CostApproval"
 APPROVED, DENIED, EXPIRED = "Approved", "Denied", "Expired"
 DECISIONS = (APPROVED, DENIED, EXPIRED)
 # The SDK's words for the decisions.
-SDK_RESULT = {APPROVED: "approved", DENIED: "denied", EXPIRED: "expired"}
+SDK_RESULT: dict[str, Literal["approved", "denied", "expired"]] = {APPROVED: "approved", DENIED: "denied", EXPIRED: "expired"}
 
 
 def rfc3339(ts: float) -> str:
@@ -216,30 +216,33 @@ class Approvals:
 
 
 class KubernetesApprovalBackend:
-    """The SDK's ``ApprovalBackend`` on Kubernetes: one CostApproval per request.
+    """The SDK's ``ApprovalBackend`` (``fleetwarden.sdk``) on Kubernetes: one CostApproval
+    per request, created in the agent's namespace and watched until decided.
 
     Runs in the agent; its service account needs the ``fleetwarden-approval-requester``
-    ClusterRole (manifests/approvals-rbac.yaml) in its namespace. Request ids are
-    ``namespace/name``.
+    ClusterRole (manifests/approvals-rbac.yaml) bound in its namespace. Request ids are
+    ``namespace/name``. ``namespace`` given here overrides the one in each request (an
+    agent usually passes its own pod namespace).
     """
 
-    def __init__(self, namespace: str, agent: str, *, api: client.ApiClient | None = None,
+    def __init__(self, namespace: str | None = None, *, api: client.ApiClient | None = None,
                  kubeconfig: str | None = None) -> None:
         self.namespace = namespace
-        self.agent = agent
         self.approvals = Approvals(api if api is not None else api_client(kubeconfig))
 
-    def request(self, *, rule: str, reason: str, timeout_seconds: float, workflow: str | None = None,
-                task_id: str | None = None, tool: str | None = None, amount_usd: float | None = None,
-                **_: Any) -> str:
+    def request(self, *, agent: str, namespace: str, workflow: str, task_id: str, rule: str, tool: str,
+                amount_usd: float | None, reason: str, timeout_seconds: float) -> str:
+        ns = self.namespace or namespace
         body = self.approvals.create(
-            self.namespace, agent=self.agent, expires_at=time.time() + timeout_seconds, workflow=workflow,
-            task_id=task_id, rule=rule, tool=tool, amount_usd=amount_usd, reason=reason)
-        return f"{self.namespace}/{body['metadata']['name']}"
+            ns, agent=agent, expires_at=time.time() + timeout_seconds, workflow=workflow or None,
+            task_id=task_id or None, rule=rule or None, tool=tool or None, amount_usd=amount_usd,
+            reason=reason or None)
+        return f"{ns}/{body['metadata']['name']}"
 
-    def wait(self, request_id: str, timeout: float) -> str:
+    def wait(self, request_id: str, timeout: float) -> Literal["approved", "denied", "expired"]:
+        """The decision; "expired" when nobody decided within ``timeout`` seconds."""
         namespace, _, name = request_id.partition("/")
         if not name:
-            namespace, name = self.namespace, request_id
+            raise errors.InputError(f"approval request id {request_id!r} is not namespace/name")
         decision = self.approvals.wait(namespace, name, timeout)
         return SDK_RESULT[decision] if decision is not None else "expired"

@@ -1,0 +1,342 @@
+"""Kubernetes: the agent Deployments, their scale and model, KEDA pauses, Events, budget status.
+
+Everything that talks to the API server for the operator goes through :class:`Kube`.
+API failures are raised as :class:`fleetwarden.errors.KubernetesError` with the
+client's exception as ``__cause__``; ``transient`` on the error says whether a retry may help.
+
+Deployments are read as plain dicts (the JSON the API server sends), so the same code
+reads a watch event body, a list item and a recorded fixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client import exceptions as kube_exceptions
+
+from fleetwarden import errors
+from fleetwarden.core import evaluate, spec
+
+REPLICAS_BEFORE_KILL = "fleetwarden.dev/replicas-before-kill"
+KEDA_MANAGED_HINT = "fleetwarden.dev/keda-managed"
+KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
+KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
+BUDGET_PLURAL = "agentbudgets"
+POLICY_PLURAL = "costpolicies"
+
+# HTTP statuses worth retrying: conflict, throttled, server-side trouble.
+_TRANSIENT = {409, 429, 500, 502, 503, 504}
+
+
+class KubeError(errors.KubernetesError):
+    """A Kubernetes API failure; ``status`` is the HTTP status (None: no answer at all)."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        return self.status is None or self.status in _TRANSIENT
+
+
+def _wrap(what: str, exc: Exception) -> KubeError:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None) or str(exc)
+    body = getattr(exc, "body", None)
+    if body:
+        with contextlib.suppress(ValueError, AttributeError):
+            reason = json.loads(body).get("message", reason)
+    return KubeError(f"{what}: {status or 'no answer'} {reason}", status if isinstance(status, int) else None)
+
+
+def load_config(kubeconfig: str | None = None) -> client.ApiClient:
+    """An API client from the in-cluster service account, else ``kubeconfig``/``$KUBECONFIG``."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        try:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except (config.ConfigException, OSError, TypeError) as exc:
+            raise errors.KubernetesError(f"no Kubernetes configuration: {exc}") from exc
+    configuration.connection_pool_maxsize = 32
+    return client.ApiClient(configuration)
+
+
+# ------------------------------------------------------------------ reading Deployments
+
+
+def _container(deployment: Mapping[str, Any], name: str | None) -> Mapping[str, Any] | None:
+    containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+    if not containers:
+        return None
+    if name is None:
+        return containers[0]  # type: ignore[no-any-return]
+    for container in containers:
+        if container.get("name") == name:
+            return container  # type: ignore[no-any-return]
+    return None
+
+
+def read_model(deployment: Mapping[str, Any], source: spec.ModelSource) -> str | None:
+    """The model a Deployment runs: the env var on its model container, else the annotation.
+
+    The annotation is read from the pod template first (that is what rolls out), then
+    from the Deployment itself."""
+    container = _container(deployment, source.container)
+    if source.env_var is not None and container is not None:
+        for env in container.get("env") or []:
+            if env.get("name") == source.env_var and env.get("value") is not None:
+                return str(env["value"])
+    if source.annotation is not None:
+        template_meta = deployment.get("spec", {}).get("template", {}).get("metadata", {}) or {}
+        for annotations in (template_meta.get("annotations") or {},
+                            deployment.get("metadata", {}).get("annotations") or {}):
+            if source.annotation in annotations:
+                return str(annotations[source.annotation])
+    return None
+
+
+def read_version(deployment: Mapping[str, Any], source: spec.ModelSource) -> str | None:
+    """The agent's release: the image tag (or digest) of its model container."""
+    container = _container(deployment, source.container)
+    image = (container or {}).get("image")
+    if not image:
+        return None
+    if "@" in image:
+        return str(image.split("@", 1)[1])
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else "latest"
+
+
+def is_keda_managed(deployment: Mapping[str, Any]) -> bool:
+    """A Deployment says it is KEDA-managed by the hint annotation or any KEDA annotation."""
+    annotations = deployment.get("metadata", {}).get("annotations") or {}
+    return annotations.get(KEDA_MANAGED_HINT) == "true" or any(
+        k.startswith("autoscaling.keda.sh/") for k in annotations)
+
+
+def agent_state(deployment: Mapping[str, Any], source: spec.ModelSource) -> evaluate.AgentState:
+    """The operator's view of one agent Deployment."""
+    meta = deployment.get("metadata", {})
+    replicas = deployment.get("spec", {}).get("replicas")
+    return evaluate.AgentState(
+        name=meta["name"],
+        namespace=meta.get("namespace", "default"),
+        labels=dict(meta.get("labels") or {}),
+        replicas=1 if replicas is None else int(replicas),
+        model=read_model(deployment, source),
+        version=read_version(deployment, source),
+        keda_managed=is_keda_managed(deployment),
+        replicas_before=remembered_replicas(deployment),
+    )
+
+
+def remembered_replicas(deployment: Mapping[str, Any]) -> int | None:
+    """The replicas recorded on the Deployment when it was scaled to zero, if any."""
+    value = (deployment.get("metadata", {}).get("annotations") or {}).get(REPLICAS_BEFORE_KILL)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kube:
+    """The operator's calls to the API server."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self._keda_absent = False
+        self._lock = threading.Lock()
+
+    def _json(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = fn(*args, _preload_content=False, **kwargs)
+            return json.loads(response.data)
+        except kube_exceptions.ApiException as exc:
+            raise _wrap(what, exc) from exc
+        except (OSError, ValueError) as exc:  # connection refused, reset, bad JSON
+            raise _wrap(what, exc) from exc
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except kube_exceptions.ApiException as exc:
+            raise _wrap(what, exc) from exc
+        except OSError as exc:
+            raise _wrap(what, exc) from exc
+
+    # ---------------------------------------------------------------- listing
+
+    def list_deployments(self, namespace: str | None, selector: spec.LabelSelector | None = None
+                         ) -> list[dict[str, Any]]:
+        """Deployments (as dicts) in ``namespace`` (None: all) matching ``selector``."""
+        kwargs: dict[str, Any] = {}
+        if selector is not None and selector.to_query():
+            kwargs["label_selector"] = selector.to_query()
+        if namespace is None:
+            data = self._json("list deployments", self.apps.list_deployment_for_all_namespaces, **kwargs)
+        else:
+            data = self._json(f"list deployments in {namespace}", self.apps.list_namespaced_deployment,
+                              namespace, **kwargs)
+        return list(data.get("items") or [])
+
+    def list_agents(self, namespace: str, selector: spec.LabelSelector, source: spec.ModelSource
+                    ) -> list[evaluate.AgentState]:
+        """The agents a budget selects, read from their Deployments."""
+        return [agent_state(d, source) for d in self.list_deployments(namespace, selector)]
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._json(f"read deployment {namespace}/{name}", self.apps.read_namespaced_deployment,  # type: ignore[no-any-return]
+                          name, namespace)
+
+    def list_budgets(self, namespace: str | None) -> list[dict[str, Any]]:
+        return self._list_custom(BUDGET_PLURAL, namespace)
+
+    def list_policies(self, namespace: str | None) -> list[dict[str, Any]]:
+        return self._list_custom(POLICY_PLURAL, namespace)
+
+    def _list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        if namespace is None:
+            data = self._json(f"list {plural}", self.custom.list_cluster_custom_object,
+                              spec.GROUP, spec.VERSION, plural)
+        else:
+            data = self._json(f"list {plural} in {namespace}", self.custom.list_namespaced_custom_object,
+                              spec.GROUP, spec.VERSION, namespace, plural)
+        return list(data.get("items") or [])
+
+    # ---------------------------------------------------------------- scaling
+
+    def scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Set a Deployment's replicas through the scale subresource."""
+        self._call(f"scale deployment {namespace}/{name} to {replicas}",
+                   self.apps.patch_namespaced_deployment_scale, name, namespace,
+                   {"spec": {"replicas": replicas}})
+
+    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        """Set (or, with None, remove) annotations on a Deployment."""
+        self._call(f"annotate deployment {namespace}/{name}", self.apps.patch_namespaced_deployment,
+                   name, namespace, {"metadata": {"annotations": dict(annotations)}})
+
+    def scaled_objects_for(self, namespace: str, deployment: str) -> list[str]:
+        """Names of KEDA ScaledObjects targeting ``deployment``; empty when KEDA is not installed."""
+        if self._keda_absent:
+            return []
+        try:
+            data = self._json(f"list scaledobjects in {namespace}", self.custom.list_namespaced_custom_object,
+                              KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL)
+        except KubeError as exc:
+            if exc.status == 404:  # the CRD is absent
+                self._keda_absent = True
+                return []
+            raise
+        names = []
+        for item in data.get("items") or []:
+            target = item.get("spec", {}).get("scaleTargetRef") or {}
+            if target.get("name") == deployment and target.get("kind", "Deployment") == "Deployment":
+                names.append(item["metadata"]["name"])
+        return names
+
+    def set_keda_paused(self, namespace: str, deployment: str, paused: bool) -> list[str]:
+        """Pause (``paused-replicas: "0"``) or unpause the ScaledObjects of a Deployment.
+
+        Without this KEDA would scale a killed agent straight back up. Returns the names."""
+        names = self.scaled_objects_for(namespace, deployment)
+        value = "0" if paused else None
+        for name in names:
+            self._call(f"annotate scaledobject {namespace}/{name}",
+                       self.custom.patch_namespaced_custom_object, KEDA_GROUP, KEDA_VERSION, namespace,
+                       KEDA_PLURAL, name, {"metadata": {"annotations": {KEDA_PAUSED_REPLICAS: value}}})
+        return names
+
+    def scale_to_zero(self, namespace: str, name: str, remember: int, *, keda: bool = True) -> None:
+        """Record ``remember`` on the Deployment, pause KEDA, then scale to zero."""
+        self.annotate(namespace, name, {REPLICAS_BEFORE_KILL: str(remember)})
+        if keda:
+            self.set_keda_paused(namespace, name, True)
+        self.scale(namespace, name, 0)
+
+    def restore(self, namespace: str, name: str, replicas: int, *, keda: bool = True) -> None:
+        """Scale back to ``replicas``, unpause KEDA and drop the remembered count."""
+        self.scale(namespace, name, replicas)
+        if keda:
+            self.set_keda_paused(namespace, name, False)
+        self.annotate(namespace, name, {REPLICAS_BEFORE_KILL: None})
+
+    # ---------------------------------------------------------------- model
+
+    def set_model(self, namespace: str, name: str, model: str, source: spec.ModelSource) -> None:
+        """Point a Deployment at ``model``: its env var (strategic merge by name) and/or annotation."""
+        deployment = self.get_deployment(namespace, name)
+        container = _container(deployment, source.container)
+        template: dict[str, Any] = {}
+        if source.env_var is not None and container is not None:
+            template["spec"] = {"containers": [
+                {"name": container["name"], "env": [{"name": source.env_var, "value": model}]}]}
+        if source.annotation is not None:
+            template["metadata"] = {"annotations": {source.annotation: model}}
+        if not template:
+            raise KubeError(f"deployment {namespace}/{name}: no container {source.container!r} "
+                            "and no annotation to set the model on", 422)
+        self._call(f"set model of deployment {namespace}/{name}", self.apps.patch_namespaced_deployment,
+                   name, namespace, {"spec": {"template": template}})
+
+    # ---------------------------------------------------------------- status and events
+
+    def patch_budget_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch an AgentBudget's status subresource."""
+        self._call(f"patch status of agentbudget {namespace}/{name}",
+                   self.custom.patch_namespaced_custom_object_status, spec.GROUP, spec.VERSION, namespace,
+                   BUDGET_PLURAL, name, {"status": dict(patch)})
+
+    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid)."""
+        namespace = involved.get("namespace") or "default"
+        now = _now_rfc3339()
+        body = {
+            "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": {k: involved[k] for k in ("apiVersion", "kind", "name", "namespace", "uid")
+                               if involved.get(k)},
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "fleetwarden"},
+            "reportingComponent": "fleetwarden.dev/operator",
+            "reportingInstance": "fleetwarden",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._call(f"post event {reason} in {namespace}", self.core.create_namespaced_event, namespace, body)
+
+
+def deployment_ref(namespace: str, name: str, uid: str | None = None) -> dict[str, Any]:
+    """An ``involvedObject`` for a Deployment."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "namespace": namespace, "uid": uid}
+
+
+def budget_ref(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``involvedObject`` for an AgentBudget body."""
+    meta = body.get("metadata", {})
+    return {"apiVersion": spec.API_VERSION, "kind": "AgentBudget", "name": meta.get("name"),
+            "namespace": meta.get("namespace"), "uid": meta.get("uid")}
+
+
+def select(agents: Iterable[evaluate.AgentState], selector: spec.LabelSelector) -> list[evaluate.AgentState]:
+    """The agents whose labels ``selector`` matches."""
+    return [a for a in agents if selector.matches(dict(a.labels))]

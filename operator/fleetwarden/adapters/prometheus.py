@@ -1,0 +1,335 @@
+"""Prometheus: one batched fetch per cycle for the whole fleet, cleaned once, at the edge.
+
+A cycle sends a FIXED number of queries whatever the number of agents or budgets:
+
+- one range query per metric family over the lookback window, ``sum by (namespace, agent,
+  ...) (increase(metric[1m]))`` with step 60 s, aligned to whole minutes, which become the
+  per-agent, per-minute buckets of :mod:`fleetwarden.core.series`;
+- one instant query per spend window (rolling hour, day, 30 days and the calendar hour,
+  day and month), spend per agent;
+- one instant query for the time of each agent's newest sample (staleness).
+
+Cleaning happens here and only here: string samples become floats, NaN and duplicate
+timestamps are dropped, a minute with no sample in any family is a gap (no bucket at
+all, never a bucket of zeros), and an agent that should be running but has no sample
+newer than ``stale_after`` seconds is unknown. A failed or refused query raises
+:class:`fleetwarden.errors.PrometheusError` with the underlying error as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from fleetwarden import errors
+from fleetwarden.core import evaluate, series, spec
+
+Key = tuple[str, str]  # (namespace, agent)
+
+SPEND_METRICS = ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total")
+_SPEND_SELECTOR = '{__name__=~"' + "|".join(SPEND_METRICS) + '"}'
+_TOKEN_SELECTOR = ('{__name__=~"fleetwarden_llm_(input|output|cache_read|cache_write|reasoning)'
+                   '_tokens_total"}')
+
+# name -> (metric selector, extra grouping labels). Each is one range query per cycle.
+RANGE_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "inference_cost": ("fleetwarden_llm_cost_usd_total", ()),
+    "llm_calls": ("fleetwarden_llm_calls_total", ("model", "workflow")),
+    "tokens": (_TOKEN_SELECTOR, ()),
+    "output_tokens": ("fleetwarden_llm_output_tokens_total", ()),
+    "tool_calls": ("fleetwarden_tool_calls_total", ("tool",)),
+    "tool_cost": ("fleetwarden_tool_cost_usd_total", ("tool",)),
+    "human_cost": ("fleetwarden_human_cost_usd_total", ()),
+    "tasks": ("fleetwarden_tasks_total", ("status",)),
+    "outcomes": ("fleetwarden_outcomes_total", ()),
+}
+
+FRESHNESS_QUERY = 'max by (namespace, agent) (timestamp({__name__=~"fleetwarden_.+", agent!=""}))'
+
+
+def range_query(selector: str, extra: Sequence[str]) -> str:
+    labels = ", ".join(("namespace", "agent", *extra))
+    return f"sum by ({labels}) (increase({selector}[1m]))"
+
+
+def spend_query(seconds: int) -> str:
+    return f"sum by (namespace, agent) (increase({_SPEND_SELECTOR}[{max(seconds, 60)}s]))"
+
+
+def window_start(window: spec.Window, calendar: bool, now: float) -> float:
+    """Start of the window ending at ``now``: rolling, or the calendar hour/day/month (UTC)."""
+    if not calendar:
+        return now - spec.WINDOW_SECONDS[window]
+    at = dt.datetime.fromtimestamp(now, tz=dt.timezone.utc)
+    if window == spec.Window.hour:
+        at = at.replace(minute=0, second=0, microsecond=0)
+    elif window == spec.Window.day:
+        at = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        at = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return at.timestamp()
+
+
+class QueryClient(Protocol):
+    """What we use of ``prometheus_api_client.PrometheusConnect`` (a fake in unit tests)."""
+
+    def custom_query(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+    def custom_query_range(self, query: str, start_time: dt.datetime, end_time: dt.datetime, step: str,
+                           params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+
+class StaleMetricsError(errors.PrometheusError):
+    """Prometheus answered, but data a running agent should produce is missing or stale."""
+
+
+def connect(url: str, timeout: float = 10.0) -> QueryClient:
+    """A ``PrometheusConnect`` with a short timeout and a single retry."""
+    from prometheus_api_client import PrometheusConnect
+    from urllib3.util import retry
+
+    return PrometheusConnect(url=url, disable_ssl=True, timeout=timeout,  # type: ignore[no-any-return]
+                             retry=retry.Retry(total=1, backoff_factor=0.2, status_forcelist=[502, 503, 504]))
+
+
+# ------------------------------------------------------------------ cleaning
+
+
+def _float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) or math.isinf(number) else number
+
+
+def clean_points(values: Iterable[Sequence[Any]]) -> dict[int, float]:
+    """``[[ts, "1.5"], ...]`` -> {int ts: float}, NaN/garbage and duplicate timestamps dropped."""
+    points: dict[int, float] = {}
+    for pair in values:
+        if len(pair) != 2:
+            continue
+        ts, number = _float(pair[0]), _float(pair[1])
+        if ts is None or number is None:
+            continue
+        points.setdefault(int(round(ts)), max(number, 0.0))  # first wins; increase() is never < 0
+    return points
+
+
+def _key(metric: Mapping[str, str]) -> Key | None:
+    agent = metric.get("agent")
+    if not agent:
+        return None
+    return (metric.get("namespace") or "default", agent)
+
+
+# ------------------------------------------------------------------ the snapshot
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetData:
+    """What one budget sees of a snapshot: its agents' minutes and its spend per window."""
+
+    minutes: dict[str, list[series.AgentMinute]]
+    spend: dict[spec.Window, float | None]
+    spend_by_agent: dict[str, float]  # rolling hour, per agent
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetSnapshot:
+    """Everything Prometheus said in one cycle, per agent, already cleaned."""
+
+    fetched_at: float
+    start: int  # first minute bucket (Unix seconds)
+    end: int  # end of the last complete minute (exclusive)
+    minutes: dict[Key, list[series.AgentMinute]]
+    spend: dict[Key, dict[tuple[spec.Window, bool], float]]
+    last_sample: dict[Key, float]
+    stale_after: float
+    queries: int
+
+    def agent_minutes(self, namespace: str, agent: str) -> list[series.AgentMinute]:
+        return list(self.minutes.get((namespace, agent), ()))
+
+    def agent_spend(self, namespace: str, agent: str, window: spec.Window, calendar: bool = False) -> float:
+        """Spend of one agent; an agent with no series spent nothing (Prometheus answered)."""
+        return self.spend.get((namespace, agent), {}).get((window, calendar), 0.0)
+
+    def staleness(self, agent: evaluate.AgentState) -> str | None:
+        """Why ``agent``'s data is unknown, or None when it is fresh or not expected."""
+        if agent.replicas <= 0:
+            return None  # not running: silence is expected
+        last = self.last_sample.get((agent.namespace, agent.name))
+        if last is None:
+            return f"no samples at all for running agent {agent.namespace}/{agent.name}"
+        age = self.fetched_at - last
+        if age > self.stale_after:
+            return (f"newest sample of agent {agent.namespace}/{agent.name} is {age:.0f}s old "
+                    f"(stale after {self.stale_after:.0f}s)")
+        return None
+
+    def for_budget(self, budget: spec.AgentBudget, agents: Sequence[evaluate.AgentState]) -> BudgetData:
+        """The budget's view: spend summed over its selected ``agents``.
+
+        Raises :class:`StaleMetricsError` when a running agent's data is stale or missing."""
+        reasons = [r for r in (self.staleness(a) for a in agents) if r is not None]
+        if reasons:
+            raise StaleMetricsError("; ".join(reasons[:3]) + (f" (+{len(reasons) - 3} more)"
+                                                               if len(reasons) > 3 else ""))
+        calendar = {lim.window: lim.calendar for lim in budget.spec.limits}
+        spend: dict[spec.Window, float | None] = {}
+        for window in spec.Window:
+            cal = calendar.get(window, False)
+            spend[window] = sum(self.agent_spend(a.namespace, a.name, window, cal) for a in agents)
+        return BudgetData(
+            minutes={a.name: self.agent_minutes(a.namespace, a.name) for a in agents},
+            spend=spend,
+            spend_by_agent={a.name: self.agent_spend(a.namespace, a.name, spec.Window.hour) for a in agents},
+        )
+
+
+def _mode(counts: Mapping[str, float]) -> str | None:
+    best = [(v, k) for k, v in counts.items() if v > 0]
+    return max(best)[1] if best else None
+
+
+def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: int
+                  ) -> dict[Key, list[series.AgentMinute]]:
+    """Per-agent minute buckets from the range results (sample at T covers [T-60, T)).
+
+    A bucket exists for a minute where at least one family has a sample for the agent;
+    minutes with none are gaps (scrape failures, or the agent not exporting yet)."""
+    fields: dict[Key, dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+    for family, items in results.items():
+        _, extra = RANGE_FAMILIES[family]
+        for item in items:
+            key = _key(item.get("metric", {}))
+            if key is None:
+                continue
+            label = item["metric"].get(extra[0], "") if extra else None
+            label2 = item["metric"].get(extra[1], "") if len(extra) > 1 else None
+            for ts, value in clean_points(item.get("values") or ()).items():
+                minute = series.minute_of(ts - series.MINUTE)
+                if minute < start or minute >= end:
+                    continue
+                bucket = fields[key][minute]
+                if label is None:
+                    bucket[family] = bucket.get(family, 0.0) + value
+                else:
+                    sub = bucket.setdefault(family, {})
+                    sub[label] = sub.get(label, 0.0) + value
+                    if label2 is not None:
+                        sub2 = bucket.setdefault(family + ":2", {})
+                        sub2[label2] = sub2.get(label2, 0.0) + value
+    out: dict[Key, list[series.AgentMinute]] = {}
+    for (namespace, agent), by_minute in fields.items():
+        buckets = []
+        for minute in sorted(by_minute):
+            b = by_minute[minute]
+            tasks = b.get("tasks", {})
+            tool_calls = {k: v for k, v in b.get("tool_calls", {}).items() if k}
+            tool_costs = {k: v for k, v in b.get("tool_cost", {}).items() if k}
+            buckets.append(series.AgentMinute(
+                agent=agent,
+                namespace=namespace,
+                minute=minute,
+                inference_cost_usd=b.get("inference_cost", 0.0),
+                tool_cost_usd=sum(tool_costs.values()),
+                human_cost_usd=b.get("human_cost", 0.0),
+                tokens=int(round(b.get("tokens", 0.0))),
+                output_tokens=int(round(b.get("output_tokens", 0.0))),
+                llm_calls=int(round(sum(b.get("llm_calls", {}).values()))),
+                tasks_completed=int(round(tasks.get("completed", 0.0))),
+                tasks_failed=int(round(tasks.get("failed", 0.0))),
+                tasks_abandoned=int(round(tasks.get("abandoned", 0.0))),
+                outcomes=b.get("outcomes", 0.0),
+                tool_calls=tool_calls,
+                tool_costs=tool_costs,
+                model=_mode(b.get("llm_calls", {})),
+                workflow=_mode({k: v for k, v in b.get("llm_calls:2", {}).items() if k}),
+            ))
+        out[(namespace, agent)] = buckets
+    return out
+
+
+def _instant_by_agent(items: Iterable[Mapping[str, Any]], combine: Callable[[float, float], float] = max
+                      ) -> dict[Key, float]:
+    """Instant-vector results per agent (duplicates combined: sum for spend, max for times)."""
+    out: dict[Key, float] = {}
+    for item in items:
+        key = _key(item.get("metric", {}))
+        value: Sequence[Any] = item.get("value") or ()
+        number = _float(value[1]) if len(value) == 2 else None
+        if key is not None and number is not None:
+            number = max(number, 0.0)
+            out[key] = combine(out[key], number) if key in out else number
+    return out
+
+
+# ------------------------------------------------------------------ fetching
+
+
+class Fetcher:
+    """Runs the fixed set of queries and returns a :class:`FleetSnapshot`."""
+
+    def __init__(self, client: QueryClient, *, lookback_minutes: int = 90, scrape_interval: float = 15.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.lookback_minutes = lookback_minutes
+        self.stale_after = 3 * scrape_interval
+        self.clock = clock
+
+    def _run(self, what: str, fn: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        try:
+            result = fn()
+        except errors.PrometheusError:
+            raise
+        except Exception as exc:  # requests' and the client's errors: connection, HTTP status, JSON
+            raise errors.PrometheusError(f"Prometheus query failed ({what}): {exc}") from exc
+        if not isinstance(result, list):
+            raise errors.PrometheusError(f"Prometheus query {what}: unexpected answer {type(result).__name__}")
+        return result
+
+    def fetch(self, now: float | None = None) -> FleetSnapshot:
+        now = self.clock() if now is None else now
+        end = series.minute_of(now)  # last complete minute ends here
+        start = end - self.lookback_minutes * series.MINUTE
+        start_time = dt.datetime.fromtimestamp(start + series.MINUTE, tz=dt.timezone.utc)
+        end_time = dt.datetime.fromtimestamp(end, tz=dt.timezone.utc)
+        queries = 0
+        ranges: dict[str, list[dict[str, Any]]] = {}
+        for family, (selector, extra) in RANGE_FAMILIES.items():
+            query = range_query(selector, extra)
+            ranges[family] = self._run(family, lambda q=query: self.client.custom_query_range(  # type: ignore[misc]
+                q, start_time=start_time, end_time=end_time, step="60"))
+            queries += 1
+        spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
+        for window in spec.Window:
+            for calendar in (False, True):
+                seconds = int(round(now - window_start(window, calendar, now)))
+                query = spend_query(seconds)
+                items = self._run(f"spend {window.value}{' calendar' if calendar else ''}",
+                                  lambda q=query: self.client.custom_query(q, params={"time": now}))  # type: ignore[misc]
+                queries += 1
+                for key, value in _instant_by_agent(items, lambda a, b: a + b).items():
+                    spend[key][(window, calendar)] = value
+        fresh = self._run("freshness", lambda: self.client.custom_query(FRESHNESS_QUERY, params={"time": now}))
+        queries += 1
+        return FleetSnapshot(
+            fetched_at=now,
+            start=start,
+            end=end,
+            minutes=build_minutes(ranges, start, end),
+            spend=dict(spend),
+            last_sample=_instant_by_agent(fresh),
+            stale_after=self.stale_after,
+            queries=queries,
+        )
+
+
+QUERIES_PER_CYCLE = len(RANGE_FAMILIES) + 2 * len(spec.Window) + 1

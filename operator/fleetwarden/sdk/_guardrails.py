@@ -260,13 +260,15 @@ class TokenBucket:
 
 class RateLimiter:
     """The overall and per-tool buckets of one agent process, rebuilt when the policy's
-    limits change. ``per_tool`` keys may be fnmatch patterns."""
+    limits change. ``per_tool`` keys may be fnmatch patterns: the tools matching one
+    pattern share its bucket (an exact name beats a pattern)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._limits: specs.RateLimits | None = None
         self._overall: TokenBucket | None = None
-        self._per_tool: dict[str, TokenBucket | None] = {}
+        self._buckets: dict[str, TokenBucket] = {}  # per_tool key -> bucket
+        self._key_of: dict[str, str | None] = {}  # tool -> its per_tool key
         self._lock = threading.Lock()
 
     def acquire(self, limits: specs.RateLimits, tool: str) -> float:
@@ -276,15 +278,16 @@ class RateLimiter:
                 if self._limits is None or limits != self._limits:
                     self._overall = None if limits.tool_calls_per_minute is None else TokenBucket(
                         limits.tool_calls_per_minute, clock=self._clock)
-                    self._per_tool = {}
+                    self._buckets = {k: TokenBucket(r, clock=self._clock) for k, r in limits.per_tool.items()}
+                    self._key_of = {}
                 self._limits = limits
-            if tool in self._per_tool:
-                bucket = self._per_tool[tool]
+            if tool in self._key_of:
+                key = self._key_of[tool]
             else:
-                rate = limits.per_tool.get(tool)
-                if rate is None:
-                    rate = next((r for p, r in limits.per_tool.items() if fnmatch.fnmatchcase(tool, p)), None)
-                bucket = self._per_tool[tool] = None if rate is None else TokenBucket(rate, clock=self._clock)
+                key = tool if tool in limits.per_tool else next(
+                    (p for p in limits.per_tool if fnmatch.fnmatchcase(tool, p)), None)
+                self._key_of[tool] = key
+            bucket = None if key is None else self._buckets[key]
             waits = [b.wait_time() for b in (self._overall, bucket) if b is not None]
             wait = max(waits, default=0.0)
             if wait == 0.0:

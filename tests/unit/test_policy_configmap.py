@@ -1,0 +1,89 @@
+"""A CostPolicy compiled into the ConfigMap the SDK reads: content and halt flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetwarden import errors, sdk
+from fleetwarden.core import spec
+from fleetwarden.handlers import policyconfig
+
+POLICY = {
+    "selector": {"matchLabels": {"team": "support"}},
+    "tokenCaps": {"perTask": 20000},
+    "rateLimits": {"toolCallsPerMinute": 30, "perTool": {"crm.search": 10}},
+    "tools": {"allow": ["crm.*", "kb.search"], "deny": ["crm.delete"]},
+    "toolPricesUSD": {"crm.search": 0.002},
+    "approvals": [{"name": "refunds", "tool": "payments.refund", "amountAboveUSD": 50}],
+}
+
+
+def _deployment(name: str, **labels: str) -> dict:
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+def _budget(selector: dict, *, suspend: bool = False, state: str | None = None, engaged: bool = False) -> dict:
+    status: dict = {}
+    if state:
+        status["state"] = state
+    if engaged:
+        status["killSwitch"] = {"engaged": True}
+    return {"metadata": {"name": "b", "uid": "u"}, "spec": {"selector": selector, "suspend": suspend},
+            "status": status}
+
+
+def test_policy_json_round_trips_into_the_sdk(tmp_path: Path) -> None:
+    """The SDK's GuardrailPolicy read from the ConfigMap files equals the validated spec."""
+    compiled = policyconfig.compile_spec(POLICY)
+    data = policyconfig.compile_data(compiled, is_halted=True)
+    assert set(data) == {"policy.json", "halt"}
+    for key, value in data.items():
+        (tmp_path / key).write_text(value)
+    guard = sdk.GuardrailPolicy.from_dir(tmp_path)
+    assert guard.spec == compiled == spec.CostPolicySpec.model_validate(POLICY)
+    assert guard.halted is True
+    assert sdk.GuardrailPolicy.from_json(data["policy.json"]).spec == compiled
+
+
+def test_policy_json_is_camel_case_with_defaults() -> None:
+    """policy.json uses the CRD's field names and spells out every default."""
+    text = policyconfig.compile_data(policyconfig.compile_spec({}), is_halted=False)
+    assert '"tokenCaps"' in text["policy.json"] and '"modelUpdateSpike"' in text["policy.json"]
+    assert text["halt"] == "false"
+
+
+def test_invalid_spec_names_the_field() -> None:
+    """A spec that does not validate raises ManifestError naming the field."""
+    with pytest.raises(errors.ManifestError, match="tokenCaps"):
+        policyconfig.compile_spec({"tokenCaps": {"perTask": 0}})
+
+
+SUPPORT = {"matchLabels": {"team": "support"}}
+OTHER = {"matchLabels": {"team": "sales"}}
+
+
+@pytest.mark.parametrize("deployments, budgets, expected", [
+    ([_deployment("bot", team="support")], [], False),
+    ([_deployment("bot", team="support")], [_budget(SUPPORT)], False),
+    ([_deployment("bot", team="support")], [_budget(SUPPORT, suspend=True)], True),
+    ([_deployment("bot", team="support")], [_budget(SUPPORT, state="Killed")], True),
+    ([_deployment("bot", team="support")], [_budget({}, engaged=True)], True),  # empty selector: all
+    ([_deployment("bot", team="support")], [_budget(OTHER, suspend=True)], False),
+    ([], [_budget(SUPPORT, state="Suspended")], True),  # same selector, no Deployment yet
+    ([], [_budget({"matchLabels": {"app": "x"}}, suspend=True)], False),
+    ([_deployment("bot", team="sales")], [_budget(OTHER, suspend=True)], False),  # not the policy's agent
+], ids=["no-budget", "active", "suspended", "killed", "engaged-all", "other-team", "same-selector",
+        "unrelated", "agent-outside-policy"])
+def test_halt_follows_the_budgets_of_the_policys_agents(deployments: list, budgets: list, expected: bool) -> None:
+    """halt is true exactly when a killed or suspended budget covers one of the policy's agents."""
+    assert policyconfig.halted(policyconfig.compile_spec(POLICY), deployments, budgets) is expected
+
+
+def test_owner_reference_points_at_the_policy() -> None:
+    """The ConfigMap is owned by its CostPolicy, so it is deleted with it."""
+    ref = policyconfig.owner_reference({"metadata": {"name": "p", "uid": "123"}})
+    assert ref == {"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostPolicy", "name": "p", "uid": "123",
+                   "controller": True, "blockOwnerDeletion": False}
+    assert policyconfig.configmap_name("p") == "fleetwarden-policy-p"

@@ -177,8 +177,10 @@ def compare_model(path: str, model: type[pydantic.BaseModel], schema: dict[str, 
             if "default" in prop:
                 errors.append(f"{where}: CRD default {prop['default']!r}, model has none")
         elif isinstance(default, pydantic.BaseModel):
-            if prop.get("default") != {}:
-                errors.append(f"{where}: CRD default must be {{}} so nested defaults apply, is {prop.get('default')!r}")
+            # a nested object defaults to {} (or more), so that its own defaults apply
+            crd_default = prop.get("default")
+            if not isinstance(crd_default, dict) or type(default).model_validate(crd_default) != default:
+                errors.append(f"{where}: CRD default {crd_default!r} must be an object that means the model's default")
         elif isinstance(default, (list, dict)) and not default:
             if "default" in prop and prop["default"] != default:
                 errors.append(f"{where}: CRD default {prop['default']!r} != model {default!r}")
@@ -240,7 +242,8 @@ def test_walk_fails_on_a_field_added_to_the_model_only() -> None:
     ("model.envVar", {"nullable": False}, "nullable"),
     ("owner.team", {"description": ""}, "no description"),
     ("fixedMonthlyCostsUSD", {"additionalProperties": {"type": "number"}}, "bounds"),
-    ("model", {"default": None}, "nested defaults apply"),
+    ("model", {"default": None}, "means the model's default"),
+    ("killSwitch", {"default": {"enabled": False}}, "means the model's default"),
 ])
 def test_walk_fails_on_a_changed_detail(pointer: str, change: dict[str, Any], expected: str) -> None:
     """A changed type, default, enum, bound, nullability or a missing description is reported."""

@@ -257,8 +257,10 @@ def _continuing_onset(inp: EvaluationInput, kind: str) -> float | None:
     Budget rules are checked at ``now``; giving a lasting condition the onset of its first
     report keeps its incident id, so it is reported once, not every cycle."""
     prev = inp.previous
-    if kind == findings.KILL_SWITCH and (prev.get("killSwitch") or {}).get("engaged"):
-        return parse_rfc3339(prev["killSwitch"].get("engagedAt"))
+    if kind == findings.KILL_SWITCH and inp.budget.spec.kill_switch.action is spec.KillAction.scale_to_zero:
+        # a kill lasts while engaged; after a resume, a new kill is a new incident
+        engaged = (prev.get("killSwitch") or {}).get("engaged")
+        return parse_rfc3339(prev["killSwitch"].get("engagedAt")) if engaged else None
     active = {
         findings.BUDGET_WARNING: prev.get("state") in (WARNING, EXCEEDED, KILLED),
         findings.BUDGET_EXCEEDED: any(c.get("type") == BUDGET_EXCEEDED and c.get("status") == "True"

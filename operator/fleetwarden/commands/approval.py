@@ -34,7 +34,7 @@ def default_namespace(kubeconfig: str | None) -> str:
     try:
         from kubernetes import config
 
-        _, context = config.list_kube_config_contexts(config_file=kubeconfig)
+        _, context = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
         return str((context or {}).get("context", {}).get("namespace") or "default")
     except Exception:  # noqa: BLE001 - no kubeconfig (in a pod): the default namespace
         return "default"

@@ -53,7 +53,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Build missing binaries before any test runs, so no test's timeout pays for a cold build."""
     if os.environ.get("FLEETWARDEN_KUBECONFIG") or session.config.option.collectonly:
         return
-    if any(E2E_DIR in Path(str(item.fspath)).resolve().parents for item in session.items):
+    if any("cluster" in getattr(item, "fixturenames", ()) or "test_control_plane" in str(item.fspath)
+           for item in session.items):
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
 
         def log(message: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 
@@ -103,6 +104,9 @@ def run_env(args: argparse.Namespace) -> int:
     env = _cluster(args).env()
     for key, value in env.items():
         print(f"export {key}={shlex.quote(value)}")
+    # The kubectl built with this cluster's release comes first on PATH.
+    kubectl_dir = os.path.dirname(env["FLEETWARDEN_KUBECTL"])
+    print(f'export PATH={shlex.quote(kubectl_dir)}:"$PATH"')
     return 0
 
 

@@ -104,6 +104,7 @@ def build_component(comp: layout.Component, *, tools: Path | None = None, force:
                 raise failures.BuildError(f"go build of {comp.name} produced no {', '.join(missing)}")
             if final.exists():
                 shutil.rmtree(final)
+            tmp.chmod(0o755)  # mkdtemp made it private
             os.rename(tmp, final)
         finally:
             if tmp.exists():

@@ -269,5 +269,10 @@ def kwok_config(*, node_lease_seconds: int = 40, cidr: str = "10.64.0.0/16") -> 
         "options:\n"
         f"  nodeLeaseDurationSeconds: {node_lease_seconds}\n"
         f"  cidr: {cidr}\n"
+        # Set explicitly: values from --config are not defaulted like flags are.
+        "  nodeLeaseParallelism: 4\n"
+        "  nodePlayStageParallelism: 4\n"
+        "  podPlayStageParallelism: 4\n"
+        "  podsOnNodeSyncParallelism: 1\n"
     )
     return "---\n".join([options, *STAGES])

@@ -172,6 +172,9 @@ class Prometheus:
             f"--web.listen-address={procs.LOOPBACK}:{self.port}",
             "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=1d",
+            # Resend firing alerts every evaluation (default 1m), so an alert evaluated before
+            # Alertmanager was discovered reaches it within seconds.
+            f"--rules.alert.resend-delay={duration(self.scrape_interval)}",
         ]
         self.proc = procs.start("prometheus", argv, state_dir=self.directory, cwd=self.directory,
                                  tie_to_parent=self.tie_to_parent)
@@ -266,10 +269,19 @@ class Prometheus:
         self.rule_files = [str(p) for p in rule_files]
         self.reload()
 
-    def set_alertmanager(self, url: str | None) -> None:
-        """Send alerts to the Alertmanager at ``url`` (None: to none) and reload."""
+    def set_alertmanager(self, url: str | None, *, timeout: float = 30.0) -> None:
+        """Send alerts to the Alertmanager at ``url`` (None: to none), reload, wait until it is active."""
         self.alertmanager = url
         self.reload()
+        if url is not None:
+            procs.wait_until(lambda: bool(self.alertmanagers()), timeout=timeout,
+                             what=f"prometheus discovering alertmanager {url}", proc=self.proc,
+                             log=self.log_path, interval=0.5)
+
+    def alertmanagers(self) -> list[dict[str, object]]:
+        """Active Alertmanagers (/api/v1/alertmanagers)."""
+        data = _get_json(f"{self.url}/api/v1/alertmanagers")
+        return list(data["data"]["activeAlertmanagers"])  # type: ignore[index]
 
     def rules(self) -> list[dict[str, object]]:
         """Loaded rule groups (/api/v1/rules)."""

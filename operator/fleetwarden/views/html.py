@@ -31,6 +31,7 @@ table { border-collapse: collapse; width: 100%; margin: 4px 0 8px; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); vertical-align: middle; }
 th { font-size: 12px; color: var(--muted); font-weight: 600; text-transform: uppercase; letter-spacing: .03em; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.share { white-space: nowrap; }
 tr.anomaly td { background: #fdecea; }
 tr.anomaly td:first-child { border-left: 3px solid var(--bad); }
 .bar { display: inline-block; height: 8px; background: var(--accent); border-radius: 2px; vertical-align: middle; }
@@ -165,7 +166,7 @@ def _breakdown(b: model.Breakdown) -> str:
     for r in b.rows:
         cls = ' class="anomaly"' if r.anomalous else ""
         rows.append(f'<tr{cls}><td>{_e(r.key)}</td><td class="num">{_e(text.money(r.cost_usd))}</td>'
-                    f'<td>{_share_bar(r.share)}</td><td class="num">{_e(text.number(r.tokens))}</td>'
+                    f'<td class="share">{_share_bar(r.share)}</td><td class="num">{_e(text.number(r.tokens))}</td>'
                     f'<td class="num">{_e(text.number(r.calls))}</td><td>{spark_svg(r.trend)}</td></tr>')
     body = "".join(rows) or '<tr><td colspan="6" class="muted">no spend</td></tr>'
     return (f'<section class="breakdown" id="by-{_e(b.dimension)}"><h2>Cost by {_e(b.dimension)}</h2><table>'

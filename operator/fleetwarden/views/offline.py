@@ -226,7 +226,8 @@ class Fold:
             costs = series(self.workflow_cost[(ns, workflow)])
             cost = sum(costs)
             cpo = cost / outcomes
-            target = _target(ns, workflow, outcome, self.workflow_agents[(ns, workflow)], self.agents, budgets)
+            match = _matching(ns, workflow, outcome, self.workflow_agents[(ns, workflow)], self.agents, budgets)
+            target = match[1] if match else None
             baseline = target.human_baseline_usd if target else None
             roi = (baseline - cpo) / cpo if baseline is not None and cpo > 0 else None
             savings = (baseline - cpo) * outcomes if baseline is not None else None
@@ -243,39 +244,30 @@ class Fold:
                 namespace=ns, workflow=workflow, outcome=outcome, outcomes=outcomes, cost_usd=cost,
                 cost_per_outcome_usd=cpo, target_cost_usd=target.target_cost_usd if target else None,
                 human_baseline_usd=baseline, roi=roi, savings_usd=savings, trend=trend,
-                models=tuple(models), budget=target_budget_name(ns, workflow, outcome,
-                                                                self.workflow_agents[(ns, workflow)],
-                                                                self.agents, budgets)))
+                models=tuple(models), budget=match[0].metadata.name if match else None))
         return tuple(rows)
 
 
-def _matching_targets(ns: str, workflow: str, outcome: str, agent_names: Iterable[str],
-                      agents: dict[tuple[str, str], dict[str, str]], budgets: Sequence[spec.AgentBudget]
-                      ) -> list[tuple[spec.AgentBudget, spec.UnitEconomicsTarget]]:
-    found = []
+def pick_target(budgets: Iterable[spec.AgentBudget], workflow: str, outcome: str
+                ) -> tuple[spec.AgentBudget, spec.UnitEconomicsTarget] | None:
+    """The unit-economics target for ``outcome`` of ``workflow`` among ``budgets``: one naming
+    the workflow wins over one for every workflow; ties go to the budget's name."""
+    found = [(b, t) for b in budgets for t in b.spec.unit_economics
+             if t.outcome == outcome and t.workflow in (None, workflow)]
+    found.sort(key=lambda bt: (bt[1].workflow is None, bt[0].metadata.name))
+    return found[0] if found else None
+
+
+def _matching(ns: str, workflow: str, outcome: str, agent_names: Iterable[str],
+              agents: dict[tuple[str, str], dict[str, str]], budgets: Sequence[spec.AgentBudget]
+              ) -> tuple[spec.AgentBudget, spec.UnitEconomicsTarget] | None:
+    """The target of the budgets that govern any of the agents running ``workflow``."""
+    governing: dict[str, spec.AgentBudget] = {}
     for name in sorted(agent_names):
         agent = governance.Agent(name, ns, agents.get((ns, name), {}))
         for budget in governance.governing(agent, budgets):
-            for target in budget.spec.unit_economics:
-                if target.outcome == outcome and target.workflow in (None, workflow):
-                    found.append((budget, target))
-    # a target naming the workflow wins over one for every workflow
-    found.sort(key=lambda bt: (bt[1].workflow is None, bt[0].metadata.name))
-    return found
-
-
-def _target(ns: str, workflow: str, outcome: str, agent_names: Iterable[str],
-            agents: dict[tuple[str, str], dict[str, str]], budgets: Sequence[spec.AgentBudget]
-            ) -> spec.UnitEconomicsTarget | None:
-    found = _matching_targets(ns, workflow, outcome, agent_names, agents, budgets)
-    return found[0][1] if found else None
-
-
-def target_budget_name(ns: str, workflow: str, outcome: str, agent_names: Iterable[str],
-                       agents: dict[tuple[str, str], dict[str, str]], budgets: Sequence[spec.AgentBudget]
-                       ) -> str | None:
-    found = _matching_targets(ns, workflow, outcome, agent_names, agents, budgets)
-    return found[0][0].metadata.name if found else None
+            governing[budget.metadata.name] = budget
+    return pick_target(governing.values(), workflow, outcome)
 
 
 def model_change_before(changes: Sequence[model.ModelChange], namespace: str, agent: str, at: float

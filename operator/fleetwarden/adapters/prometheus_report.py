@@ -1,0 +1,69 @@
+"""Prometheus for `fleetwarden report`: instant and range queries, cleaned once, at the edge.
+
+Answers become ``(labels, value)`` and ``(labels, {time: value})`` with float values; NaN
+and unparsable samples are dropped here. Failures raise
+:class:`fleetwarden.errors.PrometheusError` with the client's error as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable
+from typing import Any
+
+from fleetwarden import errors
+from fleetwarden.adapters import prometheus
+
+Labels = dict[str, str]
+
+
+def _float(raw: Any) -> float | None:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+class ReportSource:
+    """The queries the live report needs, against one Prometheus."""
+
+    def __init__(self, url: str, *, client: prometheus.QueryClient | None = None, timeout: float = 30.0) -> None:
+        self.url = url
+        self.client = client if client is not None else prometheus.connect(url, timeout=timeout)
+        self.queries = 0
+
+    def _run(self, promql: str, fn: Callable[[], Any]) -> list[dict[str, Any]]:
+        self.queries += 1
+        try:
+            result = fn()
+        except Exception as exc:  # requests' and the client's errors: connection, HTTP status, JSON
+            raise errors.PrometheusError(f"Prometheus at {self.url} failed query {promql!r}: {exc}") from exc
+        if not isinstance(result, list):
+            raise errors.PrometheusError(f"Prometheus query {promql!r}: unexpected answer {type(result).__name__}")
+        return result
+
+    def instant(self, promql: str, at: float) -> list[tuple[Labels, float]]:
+        items = self._run(promql, lambda: self.client.custom_query(promql, params={"time": at}))
+        out = []
+        for item in items:
+            value = _float((item.get("value") or [None, None])[1])
+            if value is not None:
+                out.append((dict(item.get("metric") or {}), value))
+        return out
+
+    def range(self, promql: str, start: float, end: float, step: int) -> list[tuple[Labels, dict[float, float]]]:
+        start_time = dt.datetime.fromtimestamp(start, tz=dt.timezone.utc)
+        end_time = dt.datetime.fromtimestamp(end, tz=dt.timezone.utc)
+        items = self._run(promql, lambda: self.client.custom_query_range(
+            promql, start_time=start_time, end_time=end_time, step=str(int(step))))
+        out = []
+        for item in items:
+            points: dict[float, float] = {}
+            for ts, raw in item.get("values") or []:
+                value = _float(raw)
+                if value is not None:
+                    points[float(ts)] = value
+            out.append((dict(item.get("metric") or {}), points))
+        return out

@@ -1,16 +1,67 @@
-"""`fleetwarden operator` (placeholder until its issue lands; it says so instead of pretending)."""
+"""`fleetwarden operator`: run the kopf operator in this process.
+
+    fleetwarden operator [--interval 15] [--prometheus-url URL] [--namespace NS | --all-namespaces]
+                         [--scrape-interval 15] [--lookback-minutes 90] [--metrics-port 8081]
+                         [--liveness http://0.0.0.0:8080/healthz] [--verbose]
+
+The flags set the ``FLEETWARDEN_*`` environment read by ``fleetwarden.handlers.settings``
+(so ``kopf run -m fleetwarden.handlers`` with the same variables behaves the same).
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
+
+from fleetwarden import errors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("operator", help="(not built yet)")
+    parser = subparsers.add_parser(
+        "operator", help="run the operator (reconcile Prometheus cost against AgentBudgets)",
+        description="Evaluate every AgentBudget on a timer: status, kill switch, model rollback, events.")
+    parser.add_argument("--interval", type=float, default=None,
+                        help="seconds between evaluations of each budget (default 15; env FLEETWARDEN_INTERVAL)")
+    parser.add_argument("--prometheus-url", default=None,
+                        help="Prometheus with the agents' metrics (default http://localhost:9090; "
+                             "env FLEETWARDEN_PROMETHEUS_URL)")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=None,
+                       help="serve only this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="serve every namespace (default)")
+    parser.add_argument("--scrape-interval", type=float, default=None,
+                        help="Prometheus' scrape interval in seconds: data older than 3 of them is stale "
+                             "(default 15)")
+    parser.add_argument("--lookback-minutes", type=int, default=None,
+                        help="minutes of history the detectors refold each cycle (default 90)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="port of the operator's own /metrics (default 8081; 0 turns it off)")
+    parser.add_argument("--liveness", default=None, metavar="URL",
+                        help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log more")
     parser.set_defaults(func=run)
 
 
+def _set(name: str, value: object) -> None:
+    if value is not None:
+        os.environ[name] = str(value)
+
+
 def run(args: argparse.Namespace) -> int:
-    print("fleetwarden operator: not built yet", file=sys.stderr)
-    return 2
+    if args.interval is not None and args.interval < 0.5:
+        raise errors.InputError("must be at least 0.5 seconds", field="--interval")
+    _set("FLEETWARDEN_INTERVAL", args.interval)
+    _set("FLEETWARDEN_PROMETHEUS_URL", args.prometheus_url)
+    _set("FLEETWARDEN_SCRAPE_INTERVAL", args.scrape_interval)
+    _set("FLEETWARDEN_LOOKBACK_MINUTES", args.lookback_minutes)
+    _set("FLEETWARDEN_METRICS_PORT", args.metrics_port)
+
+    import kopf
+
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    import fleetwarden.handlers  # noqa: F401 - registers the handlers (reads the settings above)
+
+    namespaces = args.namespace or []
+    kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces,
+             liveness_endpoint=args.liveness)
+    return 0

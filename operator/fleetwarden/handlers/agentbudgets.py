@@ -1,0 +1,152 @@
+"""kopf handlers: evaluate every AgentBudget on a timer, at once on a spec edit, and keep
+killed or suspended agents at zero when something scales their Deployment back up.
+
+- ``agent_deployments`` and ``cost_policies``: kopf indexes (namespace -> bodies), filled
+  from watches before any handler runs, so a cycle lists nothing from the API server.
+- ``budget_timer``: every ``FLEETWARDEN_INTERVAL`` seconds per AgentBudget.
+- ``budget_event``: a watch event whose ``metadata.generation`` is newer than
+  ``status.observedGeneration`` (a person edited the spec: acknowledge, suspend,
+  desired model) is evaluated at once. Plain event handlers leave no annotations behind.
+- ``deployment_event``: a Deployment scaled above zero while a budget selecting it is
+  Killed or Suspended triggers that budget's evaluation at once (not the next timer).
+
+All evaluation goes through :class:`fleetwarden.handlers.runtime.Runtime`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from fleetwarden import errors
+from fleetwarden.core import spec
+from fleetwarden.handlers import metrics, runtime
+from fleetwarden.handlers.settings import SETTINGS
+
+log = logging.getLogger(__name__)
+
+RUNTIME: runtime.Runtime | None = None
+
+
+def get_runtime() -> runtime.Runtime:
+    global RUNTIME
+    if RUNTIME is None:
+        RUNTIME = runtime.build(SETTINGS)
+    return RUNTIME
+
+
+@kopf.on.startup()
+def configure(**kwargs: Any) -> None:
+    settings: kopf.OperatorSettings = kwargs["settings"]
+    settings.posting.enabled = False  # the operator posts its own, explaining each action
+    settings.execution.max_workers = SETTINGS.workers
+    settings.watching.server_timeout = 300
+    # kopf timers put a finalizer on each AgentBudget (to stop the timer on deletion)
+    settings.persistence.finalizer = "fleetwarden.dev/finalizer"
+    metrics.serve(SETTINGS.metrics_port)
+    get_runtime()
+    log.info("fleetwarden operator: interval %ss, Prometheus %s", SETTINGS.interval, SETTINGS.prometheus_url)
+
+
+def _compact_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator needs of a Deployment (keeps the index small for big fleets)."""
+    meta = body.get("metadata") or {}
+    dspec = body.get("spec") or {}
+    template = dspec.get("template") or {}
+    containers = [{"name": c.get("name"), "image": c.get("image"),
+                   "env": [{"name": e.get("name"), "value": e.get("value")} for e in c.get("env") or []
+                           if "value" in e]}
+                  for c in (template.get("spec") or {}).get("containers") or []]
+    return {
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                     "labels": dict(meta.get("labels") or {}), "annotations": dict(meta.get("annotations") or {})},
+        "spec": {"replicas": dspec.get("replicas"),
+                 "template": {"metadata": {"annotations": dict((template.get("metadata") or {}).get("annotations")
+                                                               or {})},
+                              "spec": {"containers": containers}}},
+    }
+
+
+def _copy(body: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: dict(body.get(k) or {}) for k in keys}
+
+
+@kopf.index("apps", "v1", "deployments")
+def agent_deployments(**kwargs: Any) -> dict[str, Any]:
+    return {kwargs["namespace"]: _compact_deployment(kwargs["body"])}
+
+
+@kopf.index(spec.GROUP, spec.VERSION, "costpolicies")
+def cost_policies(**kwargs: Any) -> dict[str, Any]:
+    return {kwargs["namespace"]: _copy(kwargs["body"], ("apiVersion", "kind", "metadata", "spec"))}
+
+
+@kopf.index(spec.GROUP, spec.VERSION, "agentbudgets")
+def budgets_by_namespace(**kwargs: Any) -> dict[str, Any]:
+    return {kwargs["namespace"]: _copy(kwargs["body"], ("apiVersion", "kind", "metadata", "spec", "status"))}
+
+
+def _evaluate(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any) -> None:
+    namespace = str((body.get("metadata") or {}).get("namespace"))
+    try:
+        get_runtime().reconcile(body, runtime.deployments_of(agent_deployments, namespace),
+                                runtime.deployments_of(cost_policies, namespace))
+    except runtime.Retry as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+    except errors.KubernetesError as exc:
+        raise kopf.TemporaryError(str(exc), delay=min(SETTINGS.interval, 10.0)) from exc
+
+
+@kopf.timer(spec.GROUP, spec.VERSION, "agentbudgets", interval=SETTINGS.interval, idle=None)
+def budget_timer(**kwargs: Any) -> None:
+    """Evaluate the budget every interval."""
+    _evaluate(kwargs["body"], kwargs["agent_deployments"], kwargs["cost_policies"])
+
+
+@kopf.on.event(spec.GROUP, spec.VERSION, "agentbudgets")
+def budget_event(**kwargs: Any) -> None:
+    """A spec edit (generation newer than observedGeneration) is acted on at once."""
+    event, body = kwargs["event"], kwargs["body"]
+    agent_deployments, cost_policies = kwargs["agent_deployments"], kwargs["cost_policies"]
+    meta = body.get("metadata") or {}
+    if event.get("type") == "DELETED":
+        get_runtime().forget(str(meta.get("uid")), str(meta.get("namespace")), str(meta.get("name")))
+        return
+    status = get_runtime().previous_status(body)
+    generation = meta.get("generation")
+    if generation is not None and status.get("observedGeneration") == generation:
+        return
+    try:
+        _evaluate(body, agent_deployments, cost_policies)
+    except kopf.TemporaryError as exc:
+        log.warning("budget %s/%s: %s (the timer retries)", meta.get("namespace"), meta.get("name"), exc)
+
+
+@kopf.on.event("apps", "v1", "deployments")
+def deployment_event(**kwargs: Any) -> None:
+    """A Deployment scaled up under a Killed or Suspended budget is evaluated (and stopped) at once."""
+    event, body = kwargs["event"], kwargs["body"]
+    budgets_by_namespace = kwargs["budgets_by_namespace"]
+    agent_deployments, cost_policies = kwargs["agent_deployments"], kwargs["cost_policies"]
+    if event.get("type") == "DELETED":
+        return
+    replicas = (body.get("spec") or {}).get("replicas")
+    if replicas is not None and int(replicas) <= 0:
+        return
+    meta = body.get("metadata") or {}
+    namespace, labels = meta.get("namespace"), dict(meta.get("labels") or {})
+    rt = get_runtime()
+    for budget_body in runtime.deployments_of(budgets_by_namespace, str(namespace)):
+        selector = (budget_body.get("spec") or {}).get("selector") or {}
+        try:
+            matches = spec.LabelSelector.model_validate(selector).matches(labels)
+        except ValueError:
+            continue
+        if matches and rt.is_holding(budget_body):
+            try:
+                _evaluate(budget_body, agent_deployments, cost_policies)
+            except kopf.TemporaryError as exc:
+                log.warning("deployment %s/%s: %s (the timer retries)", namespace, meta.get("name"), exc)

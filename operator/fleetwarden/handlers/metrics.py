@@ -1,0 +1,84 @@
+"""The operator's own metrics (``docs/design.md``), served on ``FLEETWARDEN_METRICS_PORT``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import prometheus_client as pc
+
+from fleetwarden.core import evaluate, spec
+
+REGISTRY = pc.CollectorRegistry()
+
+BUDGET_SPEND = pc.Gauge("fleetwarden_budget_spend_usd", "Spend of a budget over a window, USD.",
+                        ["budget", "namespace", "window"], registry=REGISTRY)
+BUDGET_LIMIT = pc.Gauge("fleetwarden_budget_limit_usd", "A budget's cap over a window, USD.",
+                        ["budget", "namespace", "window"], registry=REGISTRY)
+KILL_SWITCH = pc.Gauge("fleetwarden_budget_kill_switch_engaged", "1 while a budget's kill switch is engaged.",
+                       ["budget", "namespace"], registry=REGISTRY)
+OWNER_INFO = pc.Gauge("fleetwarden_agent_owner_info", "The budget and owner of each agent (always 1).",
+                      ["agent", "namespace", "budget", "team", "project", "cost_center"], registry=REGISTRY)
+FINDINGS = pc.Counter("fleetwarden_findings_total", "Findings reported for the first time.",
+                      ["namespace", "kind", "action"], registry=REGISTRY)
+EVALUATION_SECONDS = pc.Histogram("fleetwarden_evaluation_seconds", "Time to evaluate one AgentBudget.",
+                                  registry=REGISTRY,
+                                  buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+PROMETHEUS_QUERIES = pc.Counter("fleetwarden_operator_prometheus_queries_total",
+                                "PromQL queries sent (a fixed number per cycle, whatever the fleet size).",
+                                registry=REGISTRY)
+PROMETHEUS_FETCHES = pc.Counter("fleetwarden_operator_prometheus_fetches_total",
+                                "Fleet-wide Prometheus fetches (one per cycle), by result.", ["result"],
+                                registry=REGISTRY)
+ACTIONS = pc.Counter("fleetwarden_operator_actions_total", "Actions applied, by kind.", ["action"],
+                     registry=REGISTRY)
+
+_owners: dict[tuple[str, str], set[tuple[str, str, str, str, str, str]]] = {}
+
+
+def serve(port: int) -> None:
+    if port > 0:
+        pc.start_http_server(port, registry=REGISTRY)
+
+
+def record(budget: spec.AgentBudget, decision: evaluate.Decision, agents: Iterable[evaluate.AgentState]) -> None:
+    name, namespace = budget.metadata.name, budget.metadata.namespace
+    status: Mapping[str, Any] = decision.status
+    for window in spec.Window:
+        value = (status.get("spend") or {}).get(window.value)
+        if value is not None:
+            BUDGET_SPEND.labels(name, namespace, window.value).set(value)
+        else:
+            _remove(BUDGET_SPEND, name, namespace, window.value)
+        limit = budget.spec.limit_for(window)
+        if limit is not None:
+            BUDGET_LIMIT.labels(name, namespace, window.value).set(limit.amount_usd)
+        else:
+            _remove(BUDGET_LIMIT, name, namespace, window.value)
+    KILL_SWITCH.labels(name, namespace).set(1 if (status.get("killSwitch") or {}).get("engaged") else 0)
+    owner = budget.spec.owner
+    rows = {(a.name, namespace, name, owner.team or "", owner.project or "", owner.cost_center or "")
+            for a in agents}
+    for gone in _owners.get((namespace, name), set()) - rows:
+        _remove(OWNER_INFO, *gone)
+    for row in rows:
+        OWNER_INFO.labels(*row).set(1)
+    _owners[(namespace, name)] = rows
+    for f in decision.new_findings:
+        FINDINGS.labels(f.namespace, f.kind, f.action).inc()
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop the series of a deleted budget."""
+    for window in spec.Window:
+        _remove(BUDGET_SPEND, name, namespace, window.value)
+        _remove(BUDGET_LIMIT, name, namespace, window.value)
+    _remove(KILL_SWITCH, name, namespace)
+    for row in _owners.pop((namespace, name), set()):
+        _remove(OWNER_INFO, *row)
+
+
+def _remove(metric: Any, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)

@@ -1,0 +1,285 @@
+"""One evaluation of one AgentBudget: gather -> evaluate (pure) -> act -> one status patch.
+
+    Runtime.reconcile(budget_body, deployments, policy_bodies) -> Decision
+
+1. Read the budget (and the CostPolicies of its namespace) into the core's models.
+2. Pick its agents from the namespace's Deployments (kopf keeps them in an index).
+3. Take this cycle's fleet-wide Prometheus snapshot: fetched once per interval and shared
+   by every budget, so the number of queries does not grow with agents or budgets. A
+   Prometheus failure is cached too (so 10,000 budgets do not hammer a dead server) and
+   becomes "metrics unknown": MetricsAvailable=False, a Warning event, no destructive action.
+4. Call :func:`fleetwarden.core.evaluate.evaluate` with the previous status and ``now``.
+5. Apply its actions (scale subresource, KEDA pause, model env/annotation).
+6. Write the status in one merge patch, only if it changed; post the decision's events.
+7. Call ``hooks.on_findings`` (incident records, Alertmanager) and update /metrics.
+
+A transient Kubernetes failure raises :class:`Retry` (the kopf handler turns it into
+``kopf.TemporaryError``); the status is still written first, so the next cycle continues
+from what was decided (an unfinished scale-down is redone while the state is Killed).
+
+Kopf-free on purpose: the handlers and ``benchmarks/operator_scale.py`` call it alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import pydantic
+
+from fleetwarden import errors
+from fleetwarden.adapters import kube, prometheus
+from fleetwarden.core import evaluate, spec
+from fleetwarden.handlers import hooks, metrics
+
+log = logging.getLogger(__name__)
+
+# Status fields that change every cycle without meaning anything changed.
+_VOLATILE = ("lastEvaluated",)
+# Write the status at least this often even when nothing changed (lastEvaluated heartbeat).
+HEARTBEAT_SECONDS = 60.0
+
+
+class Retry(Exception):
+    """A transient failure; try this budget again after ``delay`` seconds."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) turning ``old`` into ``new`` (None removes a key)."""
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif before != value:
+            patch[key] = value
+    return patch
+
+
+def _meaningful(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if k not in _VOLATILE}
+
+
+def select_agents(budget: spec.AgentBudget, deployments: Iterable[Mapping[str, Any]]
+                  ) -> tuple[list[evaluate.AgentState], dict[str, Mapping[str, Any]]]:
+    """The budget's agents (same namespace, selector matches) and their Deployments by name."""
+    ns = budget.metadata.namespace
+    chosen: dict[str, Mapping[str, Any]] = {}
+    for d in deployments:
+        meta = d.get("metadata") or {}
+        if meta.get("namespace", ns) == ns and budget.spec.selector.matches(dict(meta.get("labels") or {})):
+            chosen[meta["name"]] = d
+    agents = [kube.agent_state(d, budget.spec.model) for d in chosen.values()]
+    return agents, chosen
+
+
+def parse_policies(bodies: Iterable[Mapping[str, Any]]) -> list[spec.CostPolicy]:
+    out = []
+    for body in bodies:
+        try:
+            out.append(spec.CostPolicy.model_validate(dict(body)))
+        except pydantic.ValidationError as exc:
+            meta = body.get("metadata") or {}
+            log.warning("CostPolicy %s/%s ignored: %s", meta.get("namespace"), meta.get("name"),
+                        str(exc).splitlines()[0])
+    return out
+
+
+class Runtime:
+    """Process-wide state: API clients, the per-cycle snapshot, per-budget locks and status."""
+
+    def __init__(self, *, interval: float, fetcher: prometheus.Fetcher | None,
+                 kube_client: kube.Kube | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.interval = interval
+        self.fetcher = fetcher
+        self._kube = kube_client
+        self.clock = clock
+        self._snapshot_lock = threading.Lock()
+        self._snapshot: prometheus.FleetSnapshot | errors.PrometheusError | None = None
+        self._snapshot_at = float("-inf")  # monotonic time of the last fetch
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._status: dict[str, dict[str, Any]] = {}  # uid -> the status we last wrote
+        self._written_at: dict[str, float] = {}
+
+    @property
+    def api(self) -> kube.Kube:
+        if self._kube is None:
+            self._kube = kube.Kube(kube.load_config())
+        return self._kube
+
+    # ---------------------------------------------------------------- the shared snapshot
+
+    def snapshot(self) -> prometheus.FleetSnapshot:
+        """This cycle's fleet-wide data (fetched at most once per ~interval); raises PrometheusError."""
+        with self._snapshot_lock:
+            age = time.monotonic() - self._snapshot_at
+            if self._snapshot is None or age >= self.interval * 0.8:
+                if self.fetcher is None:
+                    raise errors.PrometheusError("no Prometheus configured")
+                try:
+                    self._snapshot = self.fetcher.fetch(self.clock())
+                    metrics.PROMETHEUS_QUERIES.inc(self._snapshot.queries)
+                    metrics.PROMETHEUS_FETCHES.labels("ok").inc()
+                except errors.PrometheusError as exc:
+                    self._snapshot = exc
+                    metrics.PROMETHEUS_FETCHES.labels("error").inc()
+                    log.warning("Prometheus: %s", exc)
+                self._snapshot_at = time.monotonic()
+            if isinstance(self._snapshot, errors.PrometheusError):
+                raise self._snapshot
+            return self._snapshot
+
+    def _lock(self, uid: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(uid, threading.Lock())
+
+    def forget(self, uid: str, namespace: str, name: str) -> None:
+        with self._locks_lock:
+            self._locks.pop(uid, None)
+        self._status.pop(uid, None)
+        self._written_at.pop(uid, None)
+        metrics.forget(namespace, name)
+
+    def previous_status(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        uid = str((body.get("metadata") or {}).get("uid"))
+        return dict(self._status.get(uid) or body.get("status") or {})
+
+    def is_holding(self, body: Mapping[str, Any]) -> bool:
+        """Whether the budget keeps its agents at zero (Killed or Suspended)."""
+        status = self.previous_status(body)
+        return bool((body.get("spec") or {}).get("suspend")) or bool((status.get("killSwitch") or {}).get("engaged"))
+
+    # ---------------------------------------------------------------- one budget
+
+    def reconcile(self, body: Mapping[str, Any], deployments: Iterable[Mapping[str, Any]],
+                  policy_bodies: Iterable[Mapping[str, Any]] = (), *, apply: bool = True
+                  ) -> evaluate.Decision:
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid"))
+        with self._lock(uid):
+            return self._reconcile(body, deployments, policy_bodies, apply)
+
+    def _reconcile(self, body: Mapping[str, Any], deployments: Iterable[Mapping[str, Any]],
+                   policy_bodies: Iterable[Mapping[str, Any]], apply: bool) -> evaluate.Decision:
+        started = time.perf_counter()
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid"))
+        # 1: the budget and its policies
+        budget = spec.AgentBudget.model_validate({k: body[k] for k in ("metadata", "spec") if k in body})
+        namespace, name = budget.metadata.namespace, budget.metadata.name
+        policies = parse_policies(policy_bodies)
+        # 2: its agents
+        agents, chosen = select_agents(budget, deployments)
+        # 3: this cycle's metrics
+        now = self.clock()
+        minutes: dict[str, list[Any]] | None
+        spend: dict[spec.Window, float | None]
+        reason = None
+        try:
+            data = self.snapshot().for_budget(budget, agents)
+            minutes, spend = dict(data.minutes), dict(data.spend)
+        except errors.PrometheusError as exc:
+            minutes, spend, reason = None, dict.fromkeys(spec.Window), str(exc)
+        # 4: decide
+        previous = self.previous_status(body)
+        decision = evaluate.evaluate(evaluate.EvaluationInput(
+            budget=budget, agents=agents, minutes=minutes, spend=spend, now=now, previous=previous,
+            policies=policies, metrics_reason=reason, generation=meta.get("generation")))
+        if not apply:
+            return decision
+        # 5: act
+        k = self.api
+        failures: list[kube.KubeError] = []
+        for action in decision.actions:
+            try:
+                self._apply(k, namespace, budget, action)
+            except kube.KubeError as exc:
+                failures.append(exc)
+                log.warning("budget %s/%s: %s failed: %s", namespace, name, type(action).__name__, exc)
+        # 6: status (one patch, only if it changed) and events
+        self._write_status(k, uid, namespace, name, previous, decision.status)
+        ref = kube.budget_ref(body)
+        for event in decision.events:
+            self._post(k, ref, event.type, event.reason, event.message)
+            if event.agent is not None and event.agent in chosen:
+                dmeta = chosen[event.agent].get("metadata") or {}
+                self._post(k, kube.deployment_ref(namespace, event.agent, dmeta.get("uid")),
+                           event.type, event.reason, event.message)
+        for failure in failures:
+            self._post(k, ref, "Warning", "ActionFailed", str(failure))
+        # 7: hooks and metrics
+        for hook in list(hooks.on_findings):
+            try:
+                hook(dict(body), list(decision.findings), list(decision.actions), k)
+            except Exception:  # a hook never breaks the evaluation
+                log.exception("hook %r failed", hook)
+        metrics.record(budget, decision, agents)
+        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        transient = [e for e in failures if e.transient]
+        if transient:
+            raise Retry(str(transient[0]), delay=min(self.interval, 10.0))
+        return decision
+
+    def _apply(self, k: kube.Kube, namespace: str, budget: spec.AgentBudget, action: evaluate.Action) -> None:
+        if isinstance(action, evaluate.ScaleToZero):
+            k.scale_to_zero(namespace, action.agent, action.replicas_to_remember)
+        elif isinstance(action, evaluate.RestoreReplicas):
+            k.restore(namespace, action.agent, action.replicas)
+        elif isinstance(action, evaluate.SetModel):
+            k.set_model(namespace, action.agent, action.model, budget.spec.model)
+        else:
+            return  # Notify: the hooks deliver it
+        metrics.ACTIONS.labels(type(action).__name__).inc()
+
+    def _write_status(self, k: kube.Kube, uid: str, namespace: str, name: str, old: Mapping[str, Any],
+                      new: dict[str, Any]) -> None:
+        now = time.monotonic()
+        changed = _meaningful(old) != _meaningful(new)
+        if not changed and now - self._written_at.get(uid, float("-inf")) < HEARTBEAT_SECONDS:
+            return
+        patch = merge_patch(old, new)
+        if not patch:
+            return
+        try:
+            k.patch_budget_status(namespace, name, patch)
+        except kube.KubeError as exc:
+            if exc.status == 404:
+                return  # deleted meanwhile
+            raise Retry(str(exc), delay=min(self.interval, 10.0)) from exc
+        self._status[uid] = new
+        self._written_at[uid] = now
+
+    @staticmethod
+    def _post(k: kube.Kube, ref: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        try:
+            k.post_event(ref, type_, reason, message)
+        except errors.ExternalError as exc:
+            log.warning("event %s not posted: %s", reason, exc)
+
+
+def build(settings: Any) -> Runtime:
+    """The Runtime for ``settings`` (``handlers.settings.Settings``)."""
+    fetcher = prometheus.Fetcher(prometheus.connect(settings.prometheus_url),
+                                 lookback_minutes=settings.lookback_minutes,
+                                 scrape_interval=settings.scrape_interval)
+    return Runtime(interval=settings.interval, fetcher=fetcher)
+
+
+def deployments_of(stores: Any, namespace: str) -> Sequence[Mapping[str, Any]]:
+    """The Deployments of ``namespace`` from a kopf index (or any mapping of lists)."""
+    try:
+        return list(stores.get(namespace, ()) or ())
+    except TypeError:
+        return []

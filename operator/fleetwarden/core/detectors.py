@@ -345,7 +345,7 @@ class RunawayLoop:
         last = tokens[-1]
         if last < p.min_tokens_per_minute:
             return []
-        if any(b <= a for a, b in zip(tokens, tokens[1:])):
+        if any(b <= a for a, b in zip(tokens, tokens[1:], strict=False)):
             return []
         head = tokens[: max(1, len(tokens) // 2)]
         first = sum(head) / len(head)
@@ -468,7 +468,7 @@ class ToolCallExplosion:
     def _normalised(self, rate_s: float, base_rate: float) -> tuple[float | None, float | None]:
         """The tool's ratio per LLM call and per ended task (None: too little traffic)."""
         n_b = len(self._base)
-        per = []
+        per: list[float | None] = []
         for d_s, d_b in ((self._short_llm, self._base_llm), (self._short_tasks, self._base_tasks)):
             expected = d_b / n_b * self.p.window_minutes
             if expected < MIN_EXPECTED_TRAFFIC:

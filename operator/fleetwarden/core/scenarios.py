@@ -310,10 +310,11 @@ class _Agent:
         return (case.kind == "runaway_loop" and case.at is not None and case.until is not None
                 and case.at <= t < case.until)
 
-    def llm(self, t: float, task_id: str, workflow: str, step: str, input_scale: float = 1.0) -> None:
+    def llm(self, t: float, task_id: str, workflow: str, step: str, input_scale: float = 1.0,
+            noise: float = 0.2) -> None:
         model, scale, version = self.model_at(t)
         r = self.rng
-        tin = max(1, int(r.gauss(self.p.input_tokens, self.p.input_tokens * 0.2) * scale * input_scale))
+        tin = max(1, int(r.gauss(self.p.input_tokens, self.p.input_tokens * noise) * scale * input_scale))
         tout = max(1, int(r.gauss(self.p.output_tokens, self.p.output_tokens * 0.3) * scale))
         self.push(t, {"type": "llm", "workflow": workflow, "task_id": task_id, "step": step,
                       "agent_version": version, "model": model, "provider": _provider(model),
@@ -368,13 +369,14 @@ class _Agent:
         assert case.at is not None
         j = int((m0 - case.at) // MINUTE)
         base_calls = self.p.tasks_per_minute * self.plan.rate_scale * sum(self.p.llm_calls) / 2
-        calls = max(2, round(base_calls * min(8.0, LOOP_GROWTH ** j)))
+        calls = max(2, math.ceil(base_calls * min(8.0, LOOP_GROWTH ** j)))
         task_id = f"{self.plan.name}-loop"
         workflow = self.p.workflows[0]
         for k in range(calls):
             t = m0 + MINUTE * (k + self.rng.random() * 0.9) / calls
             # the context grows with every turn of the loop, up to a context window
-            self.llm(t, task_id, workflow, "reason", input_scale=min(6.0, 1.0 + 0.15 * j + 0.01 * k))
+            self.llm(t, task_id, workflow, "reason", input_scale=min(6.0, 1.0 + 0.15 * j + 0.01 * k),
+                     noise=0.05)
         if case.until is not None and m0 + MINUTE >= case.until:
             self.push(case.until - 0.001, {"type": "task", "workflow": workflow, "task_id": task_id,
                                            "status": "abandoned"})
@@ -415,3 +417,47 @@ def _agent_events(plan: AgentPlan, start: float, end: float) -> Iterator[dict[st
     # tasks still running at the end of the scenario are cut off there
     while a.heap and a.heap[0][0] < end:
         yield heapq.heappop(a.heap)[2]
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@dataclasses.dataclass
+class Match:
+    """Findings against labels: which labels were found (and how fast), which findings
+    matched nothing (false positives)."""
+
+    found: list[tuple[Label, Any]] = dataclasses.field(default_factory=list)  # (label, first finding)
+    missed: list[Label] = dataclasses.field(default_factory=list)
+    extra: list[Any] = dataclasses.field(default_factory=list)  # findings of no label
+
+    def delays(self, kind: str | None = None) -> list[float]:
+        """Seconds from each found label's onset to its first finding."""
+        return [f.time - lb.onset for lb, f in self.found if kind is None or lb.kind == kind]
+
+
+def match(labels: list[Label], found: list[Any], *, max_delay_s: dict[str, float] | float) -> Match:
+    """Pair findings (objects with kind, agent, namespace, time, tool) with labels.
+
+    A finding matches a label of the same kind, agent, namespace (and tool, when the label
+    names one) made no earlier than ``onset - 60`` and no later than ``onset +
+    max_delay_s[kind]``. Every finding matching a label is attributed to it (later ones
+    count as extra: one problem should be one finding); findings of kinds other than the
+    anomaly kinds are ignored.
+    """
+    out = Match()
+    used: set[int] = set()
+    for lb in labels:
+        limit = max_delay_s[lb.kind] if isinstance(max_delay_s, dict) else max_delay_s
+        hits = [i for i, f in enumerate(found)
+                if i not in used and f.kind == lb.kind and f.agent == lb.agent
+                and f.namespace == lb.namespace and (lb.tool is None or f.tool == lb.tool)
+                and lb.onset - MINUTE <= f.time <= lb.onset + limit]
+        if hits:
+            first = min(hits, key=lambda i: found[i].time)
+            used.add(first)
+            out.found.append((lb, found[first]))
+        else:
+            out.missed.append(lb)
+    out.extra = [f for i, f in enumerate(found) if i not in used and f.kind in ANOMALIES]
+    return out

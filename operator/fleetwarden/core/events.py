@@ -168,14 +168,16 @@ class Event:
     (unknown fields included). Typed fields are read from ``raw`` on access, with the
     contract's defaults (``namespace`` "default", tool ``status`` "ok", ``count`` 1)."""
 
-    __slots__ = ("time", "type", "agent", "namespace", "raw")
+    __slots__ = ("time", "type", "agent", "namespace", "raw", "line")
 
-    def __init__(self, time: float, type: str, agent: str, namespace: str, raw: dict[str, Any]) -> None:
+    def __init__(self, time: float, type: str, agent: str, namespace: str, raw: dict[str, Any],
+                 line: int | None = None) -> None:
         self.time = time
         self.type = type
         self.agent = agent
         self.namespace = namespace
         self.raw = raw
+        self.line = line  # the line number it was read from, when read from lines
 
     def __repr__(self) -> str:
         return f"Event({self.raw!r})"
@@ -437,7 +439,7 @@ def _fast_time(obj: dict[str, Any]) -> float | None:
 
 
 def from_obj(obj: object, *, line: int | None = None, file: str | None = None) -> Event:
-    """An :class:`Event` from a parsed JSON value. Raises EventError naming the field."""
+    """An :class:`Event` from a parsed JSON value. Raises EventError naming the field (and ``line``)."""
     ts = _fast_time(obj) if type(obj) is dict else None
     if ts is None:
         found = problem(obj)
@@ -447,7 +449,7 @@ def from_obj(obj: object, *, line: int | None = None, file: str | None = None) -
         ts = parse_time(obj["time"])  # type: ignore[index]
         if ts is None:  # pragma: no cover - problem() has checked it
             raise errors.EventError("bad time", file=file, line=line, field="time")
-    return Event(ts, obj["type"], obj["agent"], obj.get("namespace", "default"), obj)  # type: ignore[index, union-attr]
+    return Event(ts, obj["type"], obj["agent"], obj.get("namespace", "default"), obj, line)  # type: ignore[index, union-attr]
 
 
 def parse_line(data: bytes | str, *, line: int | None = None, file: str | None = None) -> Event:
@@ -498,7 +500,7 @@ def iter_events(source: Source, *, file: str | None = None) -> Iterator[Event | 
             continue
         ts = fast(obj) if type(obj) is dict else None
         if ts is not None:
-            yield Event(ts, obj["type"], obj["agent"], obj.get("namespace", "default"), obj)
+            yield Event(ts, obj["type"], obj["agent"], obj.get("namespace", "default"), obj, number)
             continue
         try:
             yield from_obj(obj, line=number, file=file)

@@ -1,0 +1,188 @@
+"""Replay throughput and memory, side by side with merely parsing the same file with orjson.
+
+    python benchmarks/replay_throughput.py                 # 10 million events (a day of 1,000 agents)
+    python benchmarks/replay_throughput.py --events 500000 # a quick run
+    python benchmarks/replay_throughput.py --file my.jsonl # your own events
+
+Generates (once, cached outside the repository in ~/.cache/fleetwarden-bench/) a file of
+N usage events of a fleet whose agents are under an AgentBudget and a CostPolicy (token
+caps, tool allowlist, rate limits, approval rule, anomaly detection), then, each in its own
+process on one core:
+
+- parse: read the file line by line and ``orjson.loads`` each line (the floor);
+- replay: ``fleetwarden.core.replay.run`` over ``events.iter_events`` (validation, pricing,
+  minute buckets, budgets, policies, detectors), consuming every finding.
+
+It prints both times, the ratio (target: replay within 3x of parsing) and the peak RSS of
+the replay for two file sizes (N/5 and N), to show memory does not grow with the length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fleetwarden-bench"
+DAY = 86400
+START = 1795824000  # 2026-11-28T00:00:00Z
+
+MANIFESTS = """\
+apiVersion: fleetwarden.dev/v1alpha1
+kind: AgentBudget
+metadata: {name: bench, namespace: bench}
+spec:
+  selector: {matchLabels: {fleetwarden.dev/budget: bench}}
+  limits:
+    - {window: hour, amountUSD: 400}
+    - {window: day, amountUSD: 9000}
+    - {window: month, amountUSD: 200000, calendar: true}
+  killSwitch: {thresholdPercent: 150, window: hour}
+---
+apiVersion: fleetwarden.dev/v1alpha1
+kind: CostPolicy
+metadata: {name: bench, namespace: bench}
+spec:
+  selector: {matchLabels: {fleetwarden.dev/budget: bench}}
+  tokenCaps: {perTask: 40000}
+  rateLimits: {toolCallsPerMinute: 30, perTool: {crm.search: 20}}
+  tools: {allow: ["crm.*", kb.search, "ticket.*"], deny: [ticket.delete]}
+  toolPricesUSD: {kb.search: 0.001}
+  approvals:
+    - {name: refunds, tool: ticket.refund, amountAboveUSD: 200}
+"""
+
+MODELS = ["gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet-20241022"]
+TOOLS = ["crm.search", "crm.get_customer", "kb.search", "ticket.update", "ticket.refund"]
+WORKFLOWS = ["resolve_ticket", "triage", "refund"]
+
+
+def generate(path: Path, n: int, agents: int = 1000, seed: int = 7) -> None:
+    """N events of ``agents`` agents spread evenly over one day, in time order."""
+    rng = random.Random(seed)
+    rand = rng.random
+    step = DAY / n
+    names = [f"agent-{i:04d}" for i in range(agents)]
+    heads = [
+        f'{{"time":"%s","type":"%s","agent":"{a}","namespace":"bench",'
+        f'"labels":{{"fleetwarden.dev/budget":"bench","team":"t{i % 7}"}},"workflow":"{WORKFLOWS[i % 3]}",'
+        for i, a in enumerate(names)
+    ]
+    stamps: dict[int, str] = {}
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", buffering=1 << 20) as out:
+        buf = []
+        for k in range(n):
+            t = START + int(k * step)
+            ts = stamps.get(t)
+            if ts is None:
+                stamps.clear()
+                ts = stamps[t] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+            i = int(rand() * agents)
+            task = f"t-{i}-{k // 20000}"
+            r = rand()
+            if r < 0.55:
+                line = (heads[i] % (ts, "llm") + f'"task_id":"{task}","step":"answer","model":"{MODELS[i % 3]}",'
+                        f'"input_tokens":{int(800 + 2000 * rand())},"output_tokens":{int(50 + 400 * rand())}}}')
+            elif r < 0.87:
+                tool = TOOLS[int(rand() * 5)]
+                extra = f',"value_usd":{round(300 * rand(), 2)}' if tool == "ticket.refund" else ""
+                line = heads[i] % (ts, "tool") + f'"task_id":"{task}","tool":"{tool}","cost_usd":0.002{extra}}}'
+            elif r < 0.94:
+                line = heads[i] % (ts, "task") + f'"task_id":"{task}","status":"completed"}}'
+            elif r < 0.995:
+                line = heads[i] % (ts, "outcome") + f'"task_id":"{task}","outcome":"resolved_ticket"}}'
+            else:
+                line = heads[i] % (ts, "human") + f'"task_id":"{task}","minutes":{round(5 * rand(), 1)}}}'
+            buf.append(line)
+            if len(buf) >= 10000:
+                out.write("\n".join(buf) + "\n")
+                buf.clear()
+        if buf:
+            out.write("\n".join(buf) + "\n")
+    tmp.replace(path)
+
+
+def child(mode: str, path: str, manifests_dir: str) -> None:
+    """One measurement in this process: print seconds and a count."""
+    if mode == "parse":
+        import orjson
+
+        loads = orjson.loads
+        t0 = time.perf_counter()
+        count = 0
+        with open(path, "rb") as fh:
+            for line in fh:
+                loads(line)
+                count += 1
+        print(time.perf_counter() - t0, count)
+        return
+    from fleetwarden.core import events, manifests, pricing, replay
+
+    loaded = manifests.load([manifests_dir])
+    table = pricing.PriceTable.from_config(None)
+    stats = replay.Stats()
+    t0 = time.perf_counter()
+    count = 0
+    for _ in replay.run(events.iter_events(path), loaded.budgets, loaded.policies, table, stats=stats):
+        count += 1
+    print(time.perf_counter() - t0, count, stats.events, stats.broken)
+
+
+def measure(mode: str, path: Path, manifests_dir: str) -> tuple[float, int, str]:
+    """(seconds, peak RSS in MiB, child's output) of one measurement in a fresh process."""
+    proc = subprocess.Popen([sys.executable, __file__, "--child", mode, str(path), manifests_dir],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{mode} failed: {out}")
+    return float(out.split()[0]), usage.ru_maxrss // 1024, out.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=10_000_000, help="events in the larger file")
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--file", help="use this events file instead of generating (one size only)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        mdir = Path(tmp) / "manifests"
+        mdir.mkdir()
+        (mdir / "bench.yaml").write_text(MANIFESTS)
+        if args.file:
+            files = [Path(args.file)]
+        else:
+            CACHE.mkdir(parents=True, exist_ok=True)
+            files = []
+            for n in (args.events // 5, args.events):
+                path = CACHE / f"events-{n}-{args.agents}.jsonl"
+                if not path.exists():
+                    t0 = time.perf_counter()
+                    generate(path, n, args.agents)
+                    print(f"generated {path} ({n:,} events, {path.stat().st_size / 2**20:,.0f} MiB) "
+                          f"in {time.perf_counter() - t0:.1f} s", flush=True)
+                files.append(path)
+        print(f"{'events':>12} {'MiB':>7} {'parse s':>9} {'replay s':>9} {'ratio':>6} {'replay ev/s':>12} "
+              f"{'parse RSS':>10} {'replay RSS':>11} findings")
+        for path in files:
+            parse_s, parse_rss, _ = measure("parse", path, str(mdir))
+            replay_s, replay_rss, out = measure("replay", path, str(mdir))
+            _, found, n_events, broken = out.split()
+            print(f"{int(n_events):>12,} {path.stat().st_size / 2**20:>7,.0f} {parse_s:>9.1f} {replay_s:>9.1f} "
+                  f"{replay_s / parse_s:>5.2f}x {int(n_events) / replay_s:>12,.0f} {parse_rss:>7} MiB "
+                  f"{replay_rss:>7} MiB {found} (broken lines: {broken})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,497 @@
+"""Replay: usage events + AgentBudget/CostPolicy manifests -> findings, in time order, streaming.
+
+    run(events, budgets, policies, price_table) -> Iterator[Finding]
+
+The same decisions as the operator, from a file instead of Prometheus:
+
+1. each event is priced and counted in its agent's minute (:mod:`~fleetwarden.core.buckets`);
+2. per-event policies run at once, with the event's time as the clock: token caps,
+   tool allowlists, approval gates, tool rate limits (per minute), and the budgets the
+   agent belongs to (warning, exceeded, kill switch) over their spend windows;
+3. when a minute is complete (no event can land in it any more: the latest event time
+   minus ``buckets.LATENESS``), its buckets go through the anomaly detectors
+   (:class:`fleetwarden.core.detectors.DetectorSet`), and rate-limit episodes that ended
+   are closed;
+4. findings wait in a small heap until the data's horizon has passed their time, then are
+   yielded, so the output is ordered by ``time`` while memory stays flat.
+
+A finding's time is the replay clock when it was detectable: the time of the event that
+revealed it (a late event: the horizon it arrived at), or the end of the minute that
+revealed an anomaly.
+
+Which manifests apply to an agent: same namespace and selector matching the labels seen
+on its events (:func:`fleetwarden.core.policies.applicable`; re-resolved when new labels
+appear). Every CostPolicy that applies is enforced; the first by name gives the anomaly
+parameters and tool prices. With no CostPolicy, an agent gets ``CostPolicySpec()``
+(anomaly detection on, no caps); with no AgentBudget, no budget findings.
+
+Broken lines (``EventError`` items in the input) and llm calls with no known price are
+passed to ``on_error`` and counted in ``stats``; they never stop the replay.
+
+Task state (tokens per task, calls per task for approval rules) is dropped when the task
+ends (a ``task`` event) or after ``TASK_IDLE_SECONDS`` without events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from fleetwarden import errors
+from fleetwarden.core import buckets, events, findings, policies, series, spec, windows
+
+try:  # the anomaly detectors (core/detectors.py)
+    from fleetwarden.core import detectors as _detectors
+except ImportError:  # pragma: no cover - only while that module is being written
+    _detectors = None  # type: ignore[assignment]
+
+TASK_IDLE_SECONDS = 3600.0
+_SWEEP_SECONDS = 600.0
+_INF = float("inf")
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counts of one replay, for the summary line."""
+
+    events: int = 0
+    broken: int = 0
+    late: int = 0
+    findings: int = 0
+    agents: int = 0
+
+
+class _Task:
+    __slots__ = ("tokens", "last", "capped", "calls")
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.last = 0.0
+        self.capped = False
+        self.calls: dict[str, int] | None = None
+
+
+class _BudgetState:
+    """One AgentBudget: its spend windows and its reported conditions (shared by its agents)."""
+
+    __slots__ = ("budget", "name", "spec", "windows", "latch", "headroom", "checked_minute", "pending_minute",
+                 "pending_usd", "periods")
+
+    def __init__(self, budget: spec.AgentBudget) -> None:
+        self.budget = budget
+        self.name = budget.metadata.name
+        self.spec = budget.spec
+        self.windows = windows.SpendWindows()
+        self.latch = policies.Latch()
+        self.headroom = -1.0  # USD that can still be spent before a threshold may be crossed
+        self.checked_minute = -1
+        self.pending_minute = -1  # spend of the newest minute, not yet added to the windows
+        self.pending_usd = 0.0
+        self.periods: dict[spec.Window, float | None] = {}
+
+    def flush(self) -> None:
+        if self.pending_usd:
+            self.windows.add(float(self.pending_minute), self.pending_usd)
+        self.pending_usd = 0.0
+
+
+class _PolicyState:
+    """What one CostPolicy asks of one agent, resolved once (and caches per tool)."""
+
+    __slots__ = ("policy", "name", "spec", "cap", "rate", "rules", "approvals", "needs_calls", "allowed",
+                 "approvals_for")
+
+    def __init__(self, policy: spec.CostPolicy) -> None:
+        self.policy = policy
+        self.name = policy.metadata.name
+        s = self.spec = policy.spec
+        self.cap = s.token_caps.per_task
+        self.rate = s.rate_limits if (s.rate_limits.tool_calls_per_minute is not None or s.rate_limits.per_tool) \
+            else None
+        self.rules = s.tools if (s.tools.allow is not None or s.tools.deny) else None
+        self.approvals = s.approvals
+        self.needs_calls = any(r.calls_per_workflow_above is not None for r in s.approvals)
+        self.allowed: dict[str, bool] = {}
+        self.approvals_for: dict[str, list[spec.ApprovalRule]] = {}
+
+    def rules_for(self, tool: str) -> list[spec.ApprovalRule]:
+        found = self.approvals_for.get(tool)
+        if found is None:
+            import fnmatch
+
+            found = self.approvals_for[tool] = [
+                r for r in self.approvals if r.tool is None or r.tool == tool or fnmatch.fnmatchcase(tool, r.tool)]
+        return found
+
+
+class _AgentCtx:
+    """Replay's per-agent state, kept in ``AgentState.ctx``."""
+
+    __slots__ = ("budgets", "policies", "budget_name", "policy_name", "detectors", "tasks", "needs_tasks",
+                 "reported_tools", "rate_active", "last_sweep")
+
+    def __init__(self) -> None:
+        self.budgets: list[_BudgetState] = []
+        self.policies: list[_PolicyState] = []
+        self.budget_name: str | None = None
+        self.policy_name: str | None = None
+        self.detectors: Any = None
+        self.tasks: dict[str, _Task] = {}
+        self.needs_tasks = False
+        self.reported_tools: set[tuple[str, str]] = set()
+        # (policy name, tool or None) -> [latest exceeded minute, level reported]
+        self.rate_active: dict[tuple[str, str | None], list[int]] = {}
+        self.last_sweep = 0.0
+
+
+class Replay:
+    """The streaming engine behind :func:`run`."""
+
+    def __init__(self, budgets: Sequence[spec.AgentBudget], cost_policies: Sequence[spec.CostPolicy],
+                 price_table: buckets.Prices, *, on_error: Callable[[errors.FleetwardenError], None] | None = None,
+                 lateness: float = buckets.LATENESS, detect: bool = True) -> None:
+        self.budgets = list(budgets)
+        self.detect = detect and _detectors is not None
+        self.cost_policies = list(cost_policies)
+        self.on_error = on_error
+        self.stats = Stats()
+        self.bucketer = buckets.Bucketer(price_table, lateness=lateness, on_new_agent=self._resolve,
+                                         on_labels=self._resolve)
+        self._budget_states: dict[tuple[str, str], _BudgetState] = {}
+        self._heap: list[tuple[float, int, findings.Finding]] = []
+        self._seq = itertools.count()
+        self._emitted_until = -_INF
+        self._rate_agents: dict[buckets.AgentState, None] = {}  # agents with an open rate-limit episode
+        self._default_params = spec.CostPolicySpec().anomalies
+
+    # ------------------------------------------------------------ policy selection
+
+    def _resolve(self, st: buckets.AgentState) -> None:
+        ctx = st.ctx
+        if ctx is None:
+            ctx = st.ctx = _AgentCtx()
+            self.stats.agents += 1
+        chosen_budgets = policies.applicable(self.budgets, st.namespace, st.labels)
+        chosen_policies = policies.applicable(self.cost_policies, st.namespace, st.labels)
+        ctx.budgets = []
+        for b in chosen_budgets:
+            key = (b.metadata.namespace, b.metadata.name)
+            bs = self._budget_states.get(key)
+            if bs is None:
+                bs = self._budget_states[key] = _BudgetState(b)
+            ctx.budgets.append(bs)
+        old = {p.name: p for p in ctx.policies}
+        ctx.policies = [old.get(p.metadata.name) or _PolicyState(p) for p in chosen_policies]
+        ctx.budget_name = chosen_budgets[0].metadata.name if chosen_budgets else None
+        ctx.policy_name = chosen_policies[0].metadata.name if chosen_policies else None
+        ctx.needs_tasks = any(p.cap is not None or p.needs_calls for p in ctx.policies)
+        tool_prices: dict[str, float] = {}
+        for p in reversed(chosen_policies):
+            tool_prices.update(p.spec.tool_prices_usd)
+        st.set_prices(tool_prices, chosen_budgets[0].spec.human_hourly_rate_usd if chosen_budgets else None)
+        if ctx.detectors is None and self.detect:
+            params = chosen_policies[0].spec.anomalies if chosen_policies else self._default_params
+            ctx.detectors = _detectors.DetectorSet(params, st.agent, st.namespace)
+
+    # ------------------------------------------------------------ output
+
+    def _push(self, f: findings.Finding) -> None:
+        heapq.heappush(self._heap, (f.time, next(self._seq), f))
+
+    def _release(self, until: float) -> Iterator[findings.Finding]:
+        heap = self._heap
+        while heap and heap[0][0] <= until:
+            f = heapq.heappop(heap)[2]
+            if f.time < self._emitted_until:  # never out of order (a detector's gap fill)
+                f = dataclasses.replace(f, time=self._emitted_until)
+            self._emitted_until = f.time
+            self.stats.findings += 1
+            yield f
+
+    # ------------------------------------------------------------ the stream
+
+    def feed(self, items: Iterable[events.Event | errors.EventError]) -> Iterator[findings.Finding]:
+        """Process every item, yielding findings as their time is passed by the data's horizon."""
+        b = self.bucketer
+        stats = self.stats
+        Event = events.Event
+        next_close = -_INF  # the horizon at which the next minute can close
+        lateness = b.lateness
+        for ev in items:
+            if type(ev) is not Event:
+                stats.broken += 1
+                if self.on_error is not None:
+                    self.on_error(ev)  # type: ignore[arg-type]
+                continue
+            stats.events += 1
+            ts = ev.time
+            if ts - lateness >= next_close:
+                # 3. minutes that are complete now, then 4. findings whose time has passed
+                horizon = ts - lateness
+                if b.watermark is None or ts > b.watermark:
+                    b.watermark = ts
+                self._close_minutes(b.close(horizon))
+                next_close = (int(horizon // 60) + 1) * 60.0
+                if self._heap:
+                    yield from self._release(horizon)
+            # 1. price and count
+            try:
+                cost = b.add(ev)
+            except errors.PricingError as exc:
+                stats.events -= 1
+                stats.broken += 1
+                if self.on_error is not None:
+                    self.on_error(errors.EventError(f"{exc}", line=ev.line, field="model"))
+                continue
+            # 2. per-event policies, the clock at the event (a late event: the horizon it met)
+            st = b.current
+            assert st is not None
+            ctx: _AgentCtx = st.ctx
+            now = ts if b.closed_until is None or ts >= b.closed_until else float(b.closed_until)
+            if cost and ctx.budgets:
+                for bs in ctx.budgets:
+                    self._spend(bs, ev, now, cost)
+            if ctx.policies:
+                etype = ev.type
+                if etype == "tool":
+                    self._tool_call(st, ctx, ev, now, cost)
+                elif etype == "llm":
+                    if ctx.needs_tasks:
+                        self._llm_tokens(st, ctx, ev, now)
+                elif etype == "task" and ctx.tasks:
+                    ctx.tasks.pop(ev.raw["task_id"], None)
+                if ctx.needs_tasks and now - ctx.last_sweep > _SWEEP_SECONDS:
+                    ctx.last_sweep = now
+                    stale = [k for k, t in ctx.tasks.items() if now - t.last > TASK_IDLE_SECONDS]
+                    for k in stale:
+                        del ctx.tasks[k]
+        # end of input: every minute is complete, every finding is due
+        self._close_minutes(b.finish())
+        stats.late = b.late
+        yield from self._release(_INF)
+
+    # ------------------------------------------------------------ minutes
+
+    def _close_minutes(self, closed: list[series.AgentMinute]) -> None:
+        if not closed:
+            return
+        agents = self.bucketer.agents
+        by_minute: dict[int, list[series.AgentMinute]] = {}
+        for am in closed:
+            by_minute.setdefault(am.minute, []).append(am)
+        for minute in sorted(by_minute):
+            seen: set[buckets.AgentState] = set()
+            for am in by_minute[minute]:
+                st = agents[(am.namespace, am.agent)]
+                seen.add(st)
+                ctx: _AgentCtx = st.ctx
+                if ctx.detectors is not None:
+                    for f in ctx.detectors.step(am):
+                        if ctx.budget_name is not None or ctx.policy_name is not None:
+                            f = dataclasses.replace(f, budget=f.budget or ctx.budget_name,
+                                                    policy=f.policy or ctx.policy_name)
+                        self._push(f)
+                if ctx.rate_active:
+                    self._rate_minute_closed(st, ctx, minute, am)
+            for st in list(self._rate_agents):
+                if st not in seen:
+                    self._rate_minute_closed(st, st.ctx, minute, None)
+
+    def _rate_minute_closed(self, st: buckets.AgentState, ctx: _AgentCtx, minute: int,
+                            am: series.AgentMinute | None) -> None:
+        """A minute closed: rate-limit episodes whose last excess is before it, and that it kept
+        within limits, have ended (a new excess will be reported again)."""
+        for key in list(ctx.rate_active):
+            last_exceeded = ctx.rate_active[key][0]
+            if minute <= last_exceeded:
+                continue
+            pname, tool = key
+            limits = next((p.rate for p in ctx.policies if p.name == pname and p.rate is not None), None)
+            limit = policies.rate_limit_for(limits, tool) if limits is not None else None
+            if am is None:
+                calls = 0.0
+            elif tool is None:
+                calls = float(sum(am.tool_calls.values()))
+            else:
+                calls = float(am.tool_calls.get(tool, 0))
+            if limit is None or calls <= limit:
+                del ctx.rate_active[key]
+        if not ctx.rate_active:
+            self._rate_agents.pop(st, None)
+
+    # ------------------------------------------------------------ budgets
+
+    def _spend(self, bs: _BudgetState, ev: events.Event, now: float, cost: float) -> None:
+        minute = int(ev.time // 60) * 60
+        if minute == bs.pending_minute:
+            bs.pending_usd += cost
+        elif minute > bs.pending_minute:
+            bs.flush()
+            bs.pending_minute = minute
+            bs.pending_usd = cost
+        else:
+            bs.windows.add(ev.time, cost)  # a late event
+        bs.headroom -= cost
+        if bs.headroom <= 0 or int(now // 60) != bs.checked_minute:
+            self._check_budget(bs, ev, now)
+
+    def _check_budget(self, bs: _BudgetState, ev: events.Event, now: float) -> None:
+        bs.flush()
+        bs.pending_minute = max(bs.pending_minute, int(now // 60) * 60)
+        bs.checked_minute = int(now // 60)
+        subject = policies.Subject(agent=ev.agent, namespace=ev.namespace, now=now, workflow=ev.raw.get("workflow"))
+        headroom = _INF
+        w = bs.windows
+        for limit in bs.spec.limits:
+            spend = w.spend(limit.window, calendar=limit.calendar, now=now)
+            if limit.calendar:
+                period = w.calendar[limit.window].period
+                if bs.periods.get(limit.window) != period:
+                    bs.periods[limit.window] = period
+                    for kind in (findings.BUDGET_WARNING, findings.BUDGET_EXCEEDED):
+                        bs.latch.forget((kind, limit.window))
+            inp = policies.LimitInput(subject=subject, budget=bs.name, limit=limit, spend_usd=spend)
+            period_s = None if limit.calendar else float(spec.WINDOW_SECONDS[limit.window])
+            for kind, check in ((findings.BUDGET_WARNING, policies.budget_warning),
+                                (findings.BUDGET_EXCEEDED, policies.budget_exceeded)):
+                f = check(inp)
+                if bs.latch.fire((kind, limit.window), f is not None, now, period=period_s) and f is not None:
+                    self._push(f)
+            warn = limit.amount_usd * limit.warning_percent / 100.0
+            for threshold in (warn, limit.amount_usd):
+                if spend < threshold:
+                    headroom = min(headroom, threshold - spend)
+                elif spend == threshold:
+                    headroom = min(headroom, 1e-9)
+        ks = bs.spec.kill_switch
+        cap = bs.spec.limit_for(ks.window)
+        if ks.enabled and cap is not None:
+            spend = w.spend(ks.window, calendar=cap.calendar, now=now)
+            f = policies.kill_switch(policies.KillSwitchInput(subject=subject, budget=bs.name, spec=bs.spec,
+                                                              spend_since_resume_usd=spend))
+            if bs.latch.fire((findings.KILL_SWITCH, ks.window), f is not None, now,
+                             period=float(spec.WINDOW_SECONDS[ks.window])) and f is not None:
+                self._push(f)
+            threshold = cap.amount_usd * ks.threshold_percent / 100.0
+            if spend <= threshold:
+                headroom = min(headroom, max(threshold - spend, 1e-9))
+        bs.headroom = headroom
+
+    # ------------------------------------------------------------ cost policies
+
+    def _task(self, ctx: _AgentCtx, task_id: str, now: float) -> _Task:
+        task = ctx.tasks.get(task_id)
+        if task is None:
+            task = ctx.tasks[task_id] = _Task()
+        task.last = now
+        return task
+
+    def _llm_tokens(self, st: buckets.AgentState, ctx: _AgentCtx, ev: events.Event, now: float) -> None:
+        raw = ev.raw
+        task = self._task(ctx, raw["task_id"], now)
+        task.tokens += int(raw["input_tokens"] + raw["output_tokens"] + raw.get("cache_read_tokens", 0)
+                           + raw.get("cache_write_tokens", 0) + raw.get("reasoning_tokens", 0))
+        if task.capped:
+            return
+        for p in ctx.policies:
+            if p.cap is not None and task.tokens > p.cap:
+                f = policies.token_cap_exceeded(policies.TokenCapInput(
+                    subject=_subject(ev, now), policy=p.name, caps=p.spec.token_caps, task_id=raw["task_id"],
+                    task_tokens=task.tokens))
+                if f is not None:
+                    task.capped = True
+                    self._push(f)
+                    return
+
+    def _tool_call(self, st: buckets.AgentState, ctx: _AgentCtx, ev: events.Event, now: float, cost: float) -> None:
+        raw = ev.raw
+        tool = raw["tool"]
+        task = None
+        for p in ctx.policies:
+            # allowlist / denylist: one finding per (agent, tool)
+            if p.rules is not None:
+                ok = p.allowed.get(tool)
+                if ok is None:
+                    ok = p.allowed[tool] = p.rules.allowed(tool)
+                if not ok and (p.name, tool) not in ctx.reported_tools:
+                    ctx.reported_tools.add((p.name, tool))
+                    f = policies.tool_not_allowed(policies.ToolInput(subject=_subject(ev, now), policy=p.name,
+                                                                     rules=p.rules, tool=tool))
+                    if f is not None:
+                        self._push(f)
+            # rate limits, on the counts of the event's open minute
+            if p.rate is not None:
+                acc = self.bucketer.current_acc
+                assert acc is not None
+                self._rate_check(st, ctx, p, None, float(acc.tool_total), ev, now)
+                if tool in p.rate.per_tool:
+                    self._rate_check(st, ctx, p, tool, float(acc.tool_calls[tool]), ev, now)
+            # approval gates
+            if p.approvals:
+                rules = p.rules_for(tool)
+                if rules:
+                    calls = 0
+                    if p.needs_calls and raw.get("task_id") is not None:
+                        if task is None:
+                            task = self._task(ctx, raw["task_id"], now)
+                        if task.calls is None:
+                            task.calls = {}
+                        calls = task.calls[tool] = task.calls.get(tool, 0) + 1
+                    amount = raw.get("value_usd")
+                    if amount is None:
+                        amount = raw.get("amount_usd")
+                    if amount is None:
+                        amount = cost
+                    if type(amount) is not int and type(amount) is not float:
+                        amount = None  # an unknown field holding something else: no amount
+                    for f in policies.approval_required(policies.ApprovalInput(
+                            subject=_subject(ev, now), rules=rules, tool=tool, task_id=raw.get("task_id"),
+                            amount_usd=amount, calls_in_task=calls)):
+                        self._push(f)
+
+    def _rate_check(self, st: buckets.AgentState, ctx: _AgentCtx, p: _PolicyState, tool: str | None,
+                    calls: float, ev: events.Event, now: float) -> None:
+        assert p.rate is not None
+        limit = policies.rate_limit_for(p.rate, tool)
+        if limit is None or not calls > limit:
+            return
+        level = policies.rate_level(calls, limit)
+        minute = int(ev.time // 60) * 60
+        key = (p.name, tool)
+        state = ctx.rate_active.get(key)
+        if state is not None:
+            state[0] = max(state[0], minute)
+            if level <= state[1]:
+                return
+            state[1] = level
+        else:
+            ctx.rate_active[key] = [minute, level]
+            self._rate_agents[st] = None
+        f = policies.rate_limit_exceeded(policies.RateInput(subject=_subject(ev, now), policy=p.name,
+                                                            limits=p.rate, tool=tool, calls_per_minute=calls))
+        if f is not None:
+            self._push(f)
+
+
+def _subject(ev: events.Event, now: float) -> policies.Subject:
+    return policies.Subject(agent=ev.agent, namespace=ev.namespace, now=now, workflow=ev.raw.get("workflow"))
+
+
+def run(events_iterable: Iterable[events.Event | errors.EventError], budgets: Sequence[spec.AgentBudget],
+        policies_: Sequence[spec.CostPolicy], price_table: buckets.Prices, *,
+        on_error: Callable[[errors.FleetwardenError], None] | None = None,
+        stats: Stats | None = None, detect: bool = True) -> Iterator[findings.Finding]:
+    """Findings of a stream of events under these manifests, in time order (see the module doc).
+
+    ``events_iterable`` yields :class:`~fleetwarden.core.events.Event` (and, from
+    ``events.iter_events``, ``EventError`` for broken lines, passed to ``on_error``).
+    ``stats``, when given, is filled in as the replay goes. ``detect=False`` skips the anomaly
+    detectors (budgets and policies only).
+    """
+    engine = Replay(budgets, policies_, price_table, on_error=on_error, detect=detect)
+    if stats is not None:
+        engine.stats = stats
+    return engine.feed(events_iterable)

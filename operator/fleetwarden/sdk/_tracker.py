@@ -127,6 +127,14 @@ class Tracker:
         self._model = model
         self.store.set_model(self.agent, self.namespace, model)
 
+    def set_agent_version(self, version: str | None) -> None:
+        """Declare the agent's release (image tag or revision) written on later events."""
+        self.agent_version = version
+        base = {k: v for k, v in self._base.items() if k != "agent_version"}
+        if version is not None:
+            base["agent_version"] = version
+        self._base = base  # swapped whole: a writer in another thread sees the old or the new one
+
     # ---------------------------------------------------------------- tasks
 
     def task(self, workflow: str = "", task_id: str | None = None) -> Task:

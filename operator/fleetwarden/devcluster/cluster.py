@@ -18,6 +18,7 @@ Everything binds to 127.0.0.1. The state directory holds::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -310,14 +311,14 @@ class LocalCluster:
         etcd = launch("etcd")
         wait("etcd", etcd, lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{ports['etcd']}/health"))
         apiserver = launch("kube-apiserver")
-        client = self._client_context()
-        wait("kube-apiserver", apiserver, lambda: procs.http_ok(f"{server}/readyz", context=client))
+        admin_tls = self._client_context()
+        wait("kube-apiserver", apiserver, lambda: procs.http_ok(f"{server}/readyz", context=admin_tls))
         others = {name: launch(name) for name in ("kube-controller-manager", "kube-scheduler", "kwok")}
         self._create_nodes(str(binaries["kubectl"]))
         insecure = procs.insecure_context()
         for name in ("kube-controller-manager", "kube-scheduler"):
-            wait(name, others[name], lambda n=name: procs.http_ok(
-                f"https://{procs.LOOPBACK}:{ports[n]}/healthz", context=insecure))
+            healthz = f"https://{procs.LOOPBACK}:{ports[name]}/healthz"
+            wait(name, others[name], functools.partial(procs.http_ok, healthz, context=insecure))
         wait("kwok", others["kwok"], lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{ports['kwok']}/healthz"))
         kubectl = str(binaries["kubectl"])
         wait("kwok (nodes Ready)", others["kwok"], lambda: self._nodes_ready(kubectl))

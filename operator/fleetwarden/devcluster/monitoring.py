@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fleetwarden.devcluster import failures, procs
 
@@ -80,7 +81,7 @@ def prometheus_config(*, scrape_interval: float, targets_dir: Path, rule_files: 
 
 
 def target_group(job: str, addresses: Sequence[str], labels: Mapping[str, str] | None = None
-                 ) -> list[dict[str, object]]:
+                 ) -> list[dict[str, Any]]:
     """A file_sd document: the ``job`` label wins over the scrape config's job name."""
     merged = {str(k): str(v) for k, v in (labels or {}).items()}
     merged["job"] = job
@@ -114,7 +115,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _get_json(url: str, timeout: float = 5.0) -> object:
+def _get_json(url: str, timeout: float = 5.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
         return json.loads(resp.read())
 
@@ -221,22 +222,22 @@ class Prometheus:
                 return
         path.unlink()
 
-    def targets(self) -> list[dict[str, object]]:
+    def targets(self) -> list[dict[str, Any]]:
         """The active targets as Prometheus reports them (/api/v1/targets)."""
         data = _get_json(f"{self.url}/api/v1/targets?state=active")
-        return list(data["data"]["activeTargets"])  # type: ignore[index]
+        return list(data["data"]["activeTargets"])
 
     def wait_for_target_up(self, job: str, timeout: float = 30.0) -> None:
         """Wait until Prometheus scraped a target of ``job`` successfully."""
         def up() -> bool:
-            return any(t["labels"].get("job") == job and t.get("health") == "up"  # type: ignore[union-attr]
+            return any(t["labels"].get("job") == job and t.get("health") == "up"
                        for t in self.targets())
         procs.wait_until(up, timeout=timeout, what=f"prometheus target {job!r} up", proc=self.proc,
                          log=self.log_path, interval=0.5)
 
     # -- queries and lifecycle ----------------------------------------------------------
 
-    def query(self, promql: str, *, at: float | None = None) -> list[dict[str, object]]:
+    def query(self, promql: str, *, at: float | None = None) -> list[dict[str, Any]]:
         """An instant query; returns ``data.result`` (a list of {metric, value})."""
         params = {"query": promql}
         if at is not None:
@@ -247,9 +248,9 @@ class Prometheus:
         except urllib.error.HTTPError as exc:
             body = exc.read().decode(errors="replace")
             raise failures.ComponentError(f"prometheus query {promql!r} failed: {exc.code} {body}") from exc
-        if data.get("status") != "success":  # type: ignore[union-attr]
+        if data.get("status") != "success":
             raise failures.ComponentError(f"prometheus query {promql!r} failed: {data}")
-        result = data["data"]["result"]  # type: ignore[index]
+        result = data["data"]["result"]
         return list(result) if isinstance(result, list) else [result]
 
     def reload(self) -> None:
@@ -278,15 +279,15 @@ class Prometheus:
                              what=f"prometheus discovering alertmanager {url}", proc=self.proc,
                              log=self.log_path, interval=0.5)
 
-    def alertmanagers(self) -> list[dict[str, object]]:
+    def alertmanagers(self) -> list[dict[str, Any]]:
         """Active Alertmanagers (/api/v1/alertmanagers)."""
         data = _get_json(f"{self.url}/api/v1/alertmanagers")
-        return list(data["data"]["activeAlertmanagers"])  # type: ignore[index]
+        return list(data["data"]["activeAlertmanagers"])
 
-    def rules(self) -> list[dict[str, object]]:
+    def rules(self) -> list[dict[str, Any]]:
         """Loaded rule groups (/api/v1/rules)."""
         data = _get_json(f"{self.url}/api/v1/rules")
-        return list(data["data"]["groups"])  # type: ignore[index]
+        return list(data["data"]["groups"])
 
 
 class Alertmanager:
@@ -336,8 +337,8 @@ class Alertmanager:
     def stop(self) -> None:
         procs.stop_all(self.directory, ("alertmanager",), grace=5.0)
 
-    def alerts(self) -> list[dict[str, object]]:
+    def alerts(self) -> list[dict[str, Any]]:
         """Alerts Alertmanager currently holds (/api/v2/alerts)."""
         data = _get_json(f"{self.url}/api/v2/alerts")
-        return list(data)  # type: ignore[call-overload]
+        return list(data)
 

@@ -1,0 +1,112 @@
+"""A CostPolicy compiled into the ConfigMap the agents mount, by the handlers under kopf on the
+real API server: content equals the spec, edits follow, halt follows the budget, GC follows
+the owner."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+
+from fleetwarden import sdk
+from fleetwarden.core import spec
+
+POLICY_SPEC = {
+    "selector": {"matchLabels": {"team": "support"}},
+    "tokenCaps": {"perTask": 20000},
+    "rateLimits": {"toolCallsPerMinute": 30, "perTool": {"crm.search": 10}},
+    "tools": {"allow": ["crm.*", "kb.search"]},
+    "approvals": [{"name": "refunds", "tool": "payments.refund", "amountAboveUSD": 50}],
+}
+
+
+def _deployment(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "support-bot", "namespace": namespace, "labels": {"team": "support"}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "support-bot"}},
+                 "template": {"metadata": {"labels": {"app": "support-bot"}},
+                              "spec": {"containers": [{"name": "agent", "image": "example.invalid/agent:1"}]}}},
+    }
+
+
+@pytest.fixture
+def policy_operator(cluster: Any, namespace: str, crds_installed: list[str]  # noqa: F811
+                    ) -> Iterator[subprocess.Popen[str]]:
+    """The policy handlers under kopf, watching this test's namespace only."""
+    log = open(Path(cluster.state_dir or "/tmp") / f"kopf-policy-{namespace}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", namespace,
+         "-m", "fleetwarden.handlers.policyconfig"],
+        env=cluster.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+def _configmap(cluster: Any, namespace: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", "configmap", "fleetwarden-policy-support", "-n", namespace, "-o", "json",
+                             check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def test_policy_becomes_a_configmap_and_follows_edits(cluster: Any, namespace: str,
+                                                      policy_operator: subprocess.Popen[str]) -> None:
+    """policy.json equals the validated spec; an edit, a suspended budget and deletion all follow."""
+    cluster.apply(json.dumps(_deployment(namespace)))
+    cluster.apply(json.dumps({"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostPolicy",
+                              "metadata": {"name": "support", "namespace": namespace}, "spec": POLICY_SPEC}))
+    policy = cluster.get_json("costpolicy", "support", "-n", namespace)
+
+    cm = cluster.wait_for(lambda: _configmap(cluster, namespace), 60, "the policy ConfigMap")
+    expected = spec.CostPolicySpec.model_validate(policy["spec"])
+    assert json.loads(cm["data"]["policy.json"]) == expected.model_dump(mode="json", by_alias=True)
+    assert sdk.GuardrailPolicy.from_json(cm["data"]["policy.json"]).spec == expected
+    assert cm["data"]["halt"] == "false"
+    assert [(r["kind"], r["name"], r["uid"]) for r in cm["metadata"]["ownerReferences"]] == [
+        ("CostPolicy", "support", policy["metadata"]["uid"])]
+
+    def ready_status() -> dict[str, Any] | None:
+        status = cluster.get_json("costpolicy", "support", "-n", namespace).get("status") or {}
+        ready = [c for c in status.get("conditions", []) if c["type"] == "Ready" and c["status"] == "True"]
+        return status if ready else None
+
+    status = cluster.wait_for(ready_status, 30, "the CostPolicy Ready condition")
+    assert (status["configMap"], status["matchedAgents"]) == ("fleetwarden-policy-support", 1)
+
+    # An edit is published.
+    cluster.kubectl("patch", "costpolicy", "support", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"tokenCaps": {"perTask": 5000}}}))
+    cluster.wait_for(lambda: json.loads((_configmap(cluster, namespace) or {"data": {"policy.json": "{}"}})
+                                        ["data"]["policy.json"]).get("tokenCaps", {}).get("perTask") == 5000,
+                     60, "the edited token cap in the ConfigMap")
+
+    # A suspended budget over the same agents raises the halt flag; resuming lowers it.
+    cluster.apply(json.dumps({"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "AgentBudget",
+                              "metadata": {"name": "support", "namespace": namespace},
+                              "spec": {"selector": {"matchLabels": {"team": "support"}}, "suspend": True,
+                                       "limits": [{"window": "hour", "amountUSD": 10}]}}))
+    cluster.wait_for(lambda: (_configmap(cluster, namespace) or {}).get("data", {}).get("halt") == "true",
+                     60, "halt=true after the budget was suspended")
+    cluster.kubectl("patch", "agentbudget", "support", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"suspend": False}}))
+    cluster.wait_for(lambda: (_configmap(cluster, namespace) or {}).get("data", {}).get("halt") == "false",
+                     60, "halt=false after the budget was resumed")
+
+    # Deleting the policy deletes its ConfigMap (ownerReference, garbage collector).
+    cluster.kubectl("delete", "costpolicy", "support", "-n", namespace)
+    cluster.wait_for(lambda: _configmap(cluster, namespace) is None, 60, "the ConfigMap to be collected")
+    assert policy_operator.poll() is None

@@ -1,0 +1,309 @@
+"""Table tests of the anomaly detectors on hand-built minute sequences."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from fleetwarden.core import detectors, series, spec
+
+T0 = 1_800_000_000 - 1_800_000_000 % 60
+AGENT, NS = "bot", "ns"
+
+
+def minute(i: int, **kw: Any) -> series.AgentMinute:
+    return series.AgentMinute(agent=AGENT, namespace=NS, minute=T0 + 60 * i, **kw)
+
+
+def params(**over: Any) -> spec.AnomalyParams:
+    return spec.AnomalyParams.model_validate(over)
+
+
+def run(mins: list[series.AgentMinute], p: spec.AnomalyParams | None = None) -> list:
+    ds = detectors.DetectorSet(p or spec.AnomalyParams(), AGENT, NS)
+    out = []
+    for m in mins:
+        out.extend(ds.step(m))
+    return out
+
+
+# ---------------------------------------------------------------- model_update_spike
+
+
+def spike_series(before: int, after: int, cost_before: float, cost_after: float, *,
+                 model_after: str = "new", version_after: str | None = None,
+                 tasks: int = 2, outcomes: float = 2.0) -> list[series.AgentMinute]:
+    out = []
+    for i in range(before + after):
+        new = i >= before
+        out.append(minute(i, inference_cost_usd=(cost_after if new else cost_before) * tasks,
+                          tasks_completed=tasks, outcomes=outcomes, llm_calls=3, tokens=1000,
+                          model=model_after if new else "old",
+                          version=(version_after if new and version_after else "v1")))
+    return out
+
+
+SPIKE_TABLE = [
+    # (name, before minutes, after minutes, cost/task before, after, p overrides, expected ratio or None)
+    ("3x after a model change", 60, 20, 0.01, 0.03, {}, 3.0),
+    ("exactly at the ratio", 60, 20, 0.25, 0.375, {"ratio": 1.5}, 1.5),
+    ("just under the ratio", 60, 20, 0.25, 0.3749, {"ratio": 1.5}, None),
+    ("cheaper model", 60, 20, 0.01, 0.004, {}, None),
+    ("same cost", 60, 20, 0.01, 0.01, {}, None),
+    ("too few tasks after the change", 60, 9, 0.01, 0.05, {}, None),  # 18 tasks < 20
+    ("no baseline: a new agent", 5, 40, 0.01, 0.05, {}, None),  # 10 tasks before < min_tasks
+    ("min_tasks 1 judges at the first task", 60, 1, 0.01, 0.05, {"minTasks": 1}, 5.0),
+]
+
+
+@pytest.mark.parametrize(("name", "before", "after", "c0", "c1", "over", "ratio"), SPIKE_TABLE,
+                         ids=[row[0] for row in SPIKE_TABLE])
+def test_model_update_spike_table(name: str, before: int, after: int, c0: float, c1: float,
+                                  over: dict, ratio: float | None) -> None:
+    """A model change is a spike exactly when cost per task after / before reaches the ratio."""
+    found = run(spike_series(before, after, c0, c1), params(modelUpdateSpike=over))
+    if ratio is None:
+        assert found == []
+        return
+    assert len(found) == 1
+    f = found[0]
+    assert f.kind == "model_update_spike" and f.action == "rollback"
+    assert (f.model, f.previous_model) == ("new", "old")
+    assert f.onset == T0 + 60 * before
+    assert math.isclose(f.evidence["cost_per_task_ratio"], ratio, rel_tol=1e-3)
+    min_tasks = over.get("minTasks", 20)
+    assert f.time == T0 + 60 * (before + math.ceil(min_tasks / 2))  # 2 tasks a minute
+    assert f.evidence["tasks_after"] >= min_tasks
+
+
+def test_version_change_with_same_model_is_judged() -> None:
+    """A new agent_version with the same model that triples cost per task is a spike naming the model."""
+    mins = spike_series(60, 20, 0.01, 0.03, model_after="old", version_after="v2")
+    found = run(mins)
+    assert len(found) == 1
+    assert found[0].model == "old" and found[0].evidence["version"] == "v2"
+
+
+def test_spike_by_cost_per_outcome() -> None:
+    """Same cost per task but a third of the outcomes is a spike in cost per outcome."""
+    mins = spike_series(60, 0, 0.01, 0.01) + [
+        minute(60 + i, inference_cost_usd=0.02, tasks_completed=2, outcomes=2 / 3, model="new", version="v1")
+        for i in range(20)]
+    found = run(mins)
+    assert len(found) == 1
+    assert found[0].evidence["cost_per_outcome_ratio"] == pytest.approx(3.0)
+    assert found[0].evidence["cost_per_task_ratio"] == pytest.approx(1.0)
+
+
+def test_spike_is_reported_once_and_again_when_it_doubles() -> None:
+    """A lasting spike is one finding; it is reported again only when the ratio doubles."""
+    mins = spike_series(60, 30, 0.01, 0.03)
+    assert len(run(mins)) == 1
+    worse = mins + [minute(90 + i, inference_cost_usd=0.5, tasks_completed=2, outcomes=2, model="new",
+                           version="v1") for i in range(5)]
+    found = run(worse)
+    assert len(found) == 2 and found[1].evidence["ratio"] >= 2 * found[0].evidence["ratio"]
+
+
+def test_flipping_between_two_usual_models_is_not_a_change() -> None:
+    """An agent whose main model alternates between two it uses all the time raises nothing."""
+    mins = [minute(i, inference_cost_usd=0.02 if i % 2 else 0.08, tasks_completed=2, outcomes=2,
+                   model="mini" if i % 2 else "big", version="v1") for i in range(200)]
+    assert run(mins) == []
+
+
+def test_rollback_after_a_spike_is_silent() -> None:
+    """Rolling back to the previous (cheaper) model raises nothing more."""
+    mins = spike_series(60, 30, 0.01, 0.03)
+    back = [minute(90 + i, inference_cost_usd=0.02, tasks_completed=2, outcomes=2, model="old", version="v1")
+            for i in range(40)]
+    assert len(run(mins + back)) == 1
+
+
+def test_zero_cost_baseline_is_not_judged() -> None:
+    """A baseline that cost nothing gives no ratio, so no finding (unknown is not a spike)."""
+    assert run(spike_series(60, 20, 0.0, 0.05)) == []
+
+
+# ---------------------------------------------------------------- runaway_loop
+
+
+def loop_series(tokens: list[int], *, history: int = 20, history_tokens: int = 10_000,
+                output: float = 0.0) -> list[series.AgentMinute]:
+    mins = [minute(i, tokens=history_tokens, tasks_completed=1, llm_calls=2) for i in range(history)]
+    mins += [minute(history + i, tokens=t, outcomes=output, llm_calls=3) for i, t in enumerate(tokens)]
+    return mins
+
+
+LOOP_TABLE = [
+    # (name, tokens per minute after the history, overrides, found?)
+    ("accelerating, no output", [10_000, 13_000, 17_000, 22_000, 30_000], {}, True),
+    ("exactly 1.5x the first half and the usual rate",
+     [9_998, 10_002, 12_000, 14_000, 15_000], {}, True),
+    ("just under the acceleration", [9_998, 10_002, 12_000, 14_000, 14_999], {}, False),
+    ("flat", [20_000] * 5, {}, False),
+    ("one minute not rising", [10_000, 13_000, 13_000, 22_000, 30_000], {}, False),
+    ("under min_tokens_per_minute", [1000, 1300, 1700, 2200, 3000], {"minTokensPerMinute": 5000}, False),
+    ("min_tokens_per_minute 0 is a threshold", [1000, 1300, 1700, 2200, 3000], {"minTokensPerMinute": 0}, False),
+    ("window of 2", [10_000, 16_000], {"windowMinutes": 2}, True),
+]
+
+
+@pytest.mark.parametrize(("name", "tokens", "over", "expected"), LOOP_TABLE, ids=[r[0] for r in LOOP_TABLE])
+def test_runaway_loop_table(name: str, tokens: list[int], over: dict, expected: bool) -> None:
+    """A loop is found exactly when tokens rise every minute past the acceleration with no output."""
+    found = run(loop_series(tokens), params(runawayLoop=over))
+    if not expected:
+        assert found == []
+        return
+    assert len(found) == 1
+    f = found[0]
+    assert f.kind == "runaway_loop" and f.action == "kill"
+    assert f.time == T0 + 60 * (20 + len(tokens))
+    assert f.onset == T0 + 60 * 20
+
+
+def test_low_tokens_with_zero_min_still_needs_the_usual_rate() -> None:
+    """With min_tokens_per_minute 0 a small agent's loop is found once it passes 1.5x its usual rate."""
+    found = run(loop_series([1000, 1300, 1700, 2200, 3000], history_tokens=1500),
+                params(runawayLoop={"minTokensPerMinute": 0}))
+    assert len(found) == 1
+
+
+def test_output_in_the_window_is_not_a_loop() -> None:
+    """An accelerating agent that still produces output is busy, not looping."""
+    assert run(loop_series([10_000, 13_000, 17_000, 22_000, 30_000], output=1)) == []
+
+
+def test_new_agent_without_history_is_not_judged() -> None:
+    """An agent with no usual rate yet (its first minutes) raises no loop."""
+    assert run(loop_series([10_000, 13_000, 17_000, 22_000, 30_000], history=0)) == []
+
+
+def test_loop_is_one_finding_until_output_returns() -> None:
+    """A lasting loop is reported once; after output returns, a new loop is a new finding."""
+    rising = [10_000, 13_000, 17_000, 22_000, 30_000, 40_000, 55_000, 70_000]
+    mins = loop_series(rising)
+    assert len(run(mins)) == 1
+    recovered = [minute(28 + i, tokens=10_000, tasks_completed=1) for i in range(10)]
+    again = [minute(38 + i, tokens=t) for i, t in enumerate(rising)]
+    assert len(run(mins + recovered + again)) == 2
+
+
+def test_gap_counts_as_idle_minutes() -> None:
+    """A missing minute is zero activity: a gap inside the window breaks the rise."""
+    mins = loop_series([10_000, 13_000, 17_000, 22_000, 30_000])
+    del mins[22]  # a gap where tokens were 17 000
+    assert run(mins) == []
+
+
+# ---------------------------------------------------------------- tool_call_explosion
+
+
+def tool_series(base: float, burst: list[float], *, history: int = 60, llm: int = 10, tasks: int = 3,
+                llm_burst: int | None = None, tasks_burst: int | None = None,
+                tool: str = "crm.search") -> list[series.AgentMinute]:
+    mins = [minute(i, tool_calls={tool: base}, llm_calls=llm, tasks_completed=tasks, tokens=500)
+            for i in range(history)]
+    mins += [minute(history + i, tool_calls={tool: b}, llm_calls=llm_burst if llm_burst is not None else llm,
+                    tasks_completed=tasks_burst if tasks_burst is not None else tasks, tokens=500)
+             for i, b in enumerate(burst)]
+    return mins
+
+
+EXPLOSION_TABLE = [
+    # (name, base calls/min, burst calls per minute, kwargs, overrides, expected ratio or None)
+    ("10x", 5, [50, 50, 50], {}, {}, 10.0),
+    ("exactly at the ratio", 5, [40, 40, 40], {}, {}, 8.0),
+    ("just under the ratio", 5, [39, 40, 40], {}, {}, None),
+    ("under min_calls_per_minute", 1, [10, 10, 10], {}, {}, None),
+    ("min_calls_per_minute 0 is a threshold", 1, [10, 10, 10], {}, {"minCallsPerMinute": 0}, 10.0),
+    ("a 3x traffic surge", 5, [15, 15, 15], {"llm_burst": 30, "tasks_burst": 9}, {}, None),
+    ("a 10x traffic surge (tool, LLM calls and tasks)", 5, [50, 50, 50],
+     {"llm_burst": 100, "tasks_burst": 30}, {}, None),
+    ("10x with LLM calls up but tasks flat", 5, [50, 50, 50], {"llm_burst": 100}, {}, 10.0),
+    ("new tool, no baseline", 0, [50, 50, 50], {}, {}, None),
+]
+
+
+@pytest.mark.parametrize(("name", "base", "burst", "kw", "over", "ratio"), EXPLOSION_TABLE,
+                         ids=[r[0] for r in EXPLOSION_TABLE])
+def test_tool_call_explosion_table(name: str, base: float, burst: list[float], kw: dict, over: dict,
+                                   ratio: float | None) -> None:
+    """A tool explosion is a jump past the ratio and the minimum rate that traffic does not explain."""
+    found = run(tool_series(base, burst, **kw), params(toolCallExplosion=over))
+    if ratio is None:
+        assert found == []
+        return
+    assert len(found) == 1
+    f = found[0]
+    assert f.kind == "tool_call_explosion" and f.tool == "crm.search" and f.action == "alert"
+    assert f.evidence["ratio"] == pytest.approx(ratio, rel=1e-3)
+    assert f.time == T0 + 60 * 63 and f.onset == T0 + 60 * 60
+
+
+def test_explosion_is_one_finding_while_it_lasts() -> None:
+    """An explosion lasting 20 minutes is one finding; a new one after it ended is another."""
+    mins = tool_series(5, [50] * 20)
+    assert len(run(mins)) == 1
+    calm = [minute(80 + i, tool_calls={"crm.search": 5}, llm_calls=10, tasks_completed=3) for i in range(30)]
+    again = [minute(110 + i, tool_calls={"crm.search": 60}, llm_calls=10, tasks_completed=3) for i in range(5)]
+    assert len(run(mins + calm + again)) == 2
+
+
+def test_explosion_that_doubles_again_is_reported_again() -> None:
+    """Once reported, an explosion is reported again only when its ratio doubles."""
+    found = run(tool_series(5, [50, 50, 50, 60, 60, 120, 120, 120]))
+    assert len(found) == 2
+    assert found[1].evidence["ratio"] >= 2 * 10
+
+
+def test_explosion_needs_history() -> None:
+    """An agent with less than a quarter of the baseline of history is not judged."""
+    assert run(tool_series(5, [50, 50, 50], history=10)) == []
+    assert len(run(tool_series(5, [50, 50, 50], history=15))) == 1
+
+
+def test_explosion_names_the_tool_among_many() -> None:
+    """Only the tool that exploded is named."""
+    mins = [minute(i, tool_calls={"a": 5, "b": 5}, llm_calls=10, tasks_completed=3) for i in range(60)]
+    mins += [minute(60 + i, tool_calls={"a": 5, "b": 60}, llm_calls=10, tasks_completed=3) for i in range(3)]
+    found = run(mins)
+    assert [f.tool for f in found] == ["b"]
+
+
+# ---------------------------------------------------------------- the set
+
+
+def test_minutes_out_of_order_are_refused() -> None:
+    """Feeding a minute at or before the last one is a programming error."""
+    ds = detectors.DetectorSet(spec.AnomalyParams(), AGENT, NS)
+    ds.step(minute(5))
+    with pytest.raises(ValueError, match="fed after"):
+        ds.step(minute(5))
+
+
+def test_minutes_of_another_agent_are_refused() -> None:
+    """A DetectorSet holds one agent's state only."""
+    ds = detectors.DetectorSet(spec.AnomalyParams(), AGENT, NS)
+    with pytest.raises(ValueError, match="fed to the detectors"):
+        ds.step(series.AgentMinute(agent="other", namespace=NS, minute=T0))
+
+
+def test_a_long_gap_equals_an_idle_history() -> None:
+    """After a gap longer than any window the detectors behave as after that many idle minutes."""
+    burst = tool_series(5, [50, 50, 50])
+    shifted = [series.AgentMinute(**{**{f: getattr(m, f) for f in m.__dataclass_fields__},
+                                     "minute": m.minute + 86400}) for m in burst[60:]]
+    # a day of silence, then the burst: no baseline calls within the window, so nothing
+    assert run(burst[:60] + shifted) == []
+
+
+def test_same_minutes_same_findings() -> None:
+    """The fold is pure: two runs over the same minutes give equal findings."""
+    mins = tool_series(5, [50] * 5) + loop_series([10_000, 13_000, 17_000, 22_000, 30_000])[20:]
+    mins = [series.AgentMinute(**{**{f: getattr(m, f) for f in m.__dataclass_fields__}, "minute": T0 + 60 * i})
+            for i, m in enumerate(mins)]
+    assert run(mins) == run(mins) != []

@@ -1,0 +1,110 @@
+"""`kubectl apply -k manifests/` on the real API server, and what the operator may and may not do.
+
+The operator image does not exist here; KWOK fakes its pod as Running, which is enough to
+show the pod passes the `restricted` Pod Security level of its namespace. RBAC is checked
+with `kubectl auth can-i --as=<the operator's ServiceAccount>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_fleetwarden import crd_names
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+NAMESPACE = "fleetwarden-system"
+OPERATOR = f"system:serviceaccount:{NAMESPACE}:fleetwarden-operator"
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: Any) -> Iterator[str]:
+    """`kubectl apply -k manifests/`; its output. Afterwards the operator's own objects are removed
+    (the CRDs stay: other tests use them)."""
+    # a namespace still terminating from an earlier run would refuse the new objects
+    cluster.kubectl("wait", "--for=delete", f"namespace/{NAMESPACE}", "--timeout=120s", check=False, timeout=150)
+    output = cluster.kubectl("apply", "-k", str(MANIFESTS), timeout=120).stdout
+    yield output
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s",
+                    check=False, timeout=150)
+    cluster.kubectl("delete", "clusterrolebinding,clusterrole", "fleetwarden-operator", "--ignore-not-found",
+                    check=False)
+
+
+def test_apply_k_installs_crds_and_operator(cluster: Any, installed: str) -> None:
+    """The kustomization creates the CRDs, namespace, ServiceAccount, RBAC and the operator Deployment."""
+    for line in ("namespace/fleetwarden-system", "serviceaccount/fleetwarden-operator",
+                 "clusterrole.rbac.authorization.k8s.io/fleetwarden-operator",
+                 "clusterrolebinding.rbac.authorization.k8s.io/fleetwarden-operator",
+                 "deployment.apps/fleetwarden-operator", "service/fleetwarden-operator-metrics",
+                 *[f"customresourcedefinition.apiextensions.k8s.io/{name}" for name in crd_names()]):
+        assert line in installed
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    *[f"customresourcedefinition/{name}" for name in crd_names()], timeout=90)
+
+
+def test_operator_pod_is_admitted_under_restricted_pod_security(cluster: Any, installed: str) -> None:
+    """The operator pod passes the namespace's `restricted` Pod Security level and runs (faked by KWOK)."""
+    labels = cluster.get_json("namespace", NAMESPACE)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+    def running() -> bool:
+        pods = cluster.get_json("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator")["items"]
+        return len(pods) == 1 and pods[0]["status"].get("phase") == "Running"
+
+    cluster.wait_for(running, 90, "the operator pod Running")
+
+
+def can_i(cluster: Any, *args: str) -> bool:
+    result = cluster.kubectl("auth", "can-i", *args, f"--as={OPERATOR}", check=False)
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), result.stderr
+    return answer == "yes"
+
+
+@pytest.mark.parametrize("request_args", [
+    ("patch", "deployments.apps", "--subresource=scale", "-n", "support"),
+    ("update", "deployments.apps", "--subresource=scale", "-n", "support"),
+    ("patch", "deployments.apps", "-n", "support"),
+    ("watch", "deployments.apps", "--all-namespaces"),
+    ("watch", "agentbudgets.fleetwarden.dev", "--all-namespaces"),
+    ("patch", "agentbudgets.fleetwarden.dev", "--subresource=status", "-n", "support"),
+    ("patch", "costpolicies.fleetwarden.dev", "--subresource=status", "-n", "support"),
+    ("patch", "costapprovals.fleetwarden.dev", "--subresource=status", "-n", "support"),
+    ("create", "events", "-n", "support"),
+    ("create", "events.events.k8s.io", "-n", "support"),
+    ("create", "configmaps", "-n", "support"),
+    ("list", "namespaces"),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+], ids=" ".join)
+def test_operator_may(cluster: Any, installed: str, request_args: tuple[str, ...]) -> None:
+    """The operator may watch its resources, write their status, scale and patch agents, post events."""
+    assert can_i(cluster, *request_args)
+
+
+@pytest.mark.parametrize("request_args", [
+    ("get", "secrets", "-n", "support"),
+    ("list", "secrets", "--all-namespaces"),
+    ("delete", "deployments.apps", "-n", "support"),
+    ("update", "deployments.apps", "-n", "support"),
+    ("create", "deployments.apps", "-n", "support"),
+    ("create", "pods", "--subresource=exec", "-n", "support"),
+    ("create", "pods", "-n", "support"),
+    ("delete", "agentbudgets.fleetwarden.dev", "-n", "support"),
+    ("create", "costapprovals.fleetwarden.dev", "-n", "support"),
+    ("delete", "configmaps", "-n", "support"),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+    ("impersonate", "serviceaccounts", "-n", "support"),
+    ("create", "serviceaccounts", "--subresource=token", "-n", "support"),
+    ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+], ids=" ".join)
+def test_operator_may_not(cluster: Any, installed: str, request_args: tuple[str, ...]) -> None:
+    """The operator may not read secrets, delete or create workloads, exec, or grant itself more."""
+    assert not can_i(cluster, *request_args)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from fleetwarden.adapters import approvals
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    for verb, decision in (("approve", approvals.APPROVED), ("deny", approvals.DENIED)):
+    for verb, decision in (("approve", "Approved"), ("deny", "Denied")):
         parser = subparsers.add_parser(verb, help=f"{verb} a pending CostApproval (records who decided)",
                                        description=f"{verb.capitalize()} a pending CostApproval.")
         parser.add_argument("name", metavar="NAME", help="the CostApproval's name")
@@ -41,6 +39,8 @@ def default_namespace(kubeconfig: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleetwarden.adapters import approvals  # the Kubernetes client only when needed
+
     namespace = args.namespace or default_namespace(args.kubeconfig)
     api = approvals.api_client(args.kubeconfig, as_user=args.as_user,
                                as_groups=(args.as_group,) if args.as_group else ())

@@ -120,6 +120,8 @@ class Recorder:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._kube: kube.Kube | None = None
+        # budget uid -> what it last recorded; the same input again needs no API call.
+        self._last: dict[str, tuple[Any, ...]] = {}
 
     def _client(self, api: Any) -> kube.Kube:
         if isinstance(api, kube.Kube):
@@ -137,6 +139,9 @@ class Recorder:
         ack = ((budget_body.get("spec") or {}).get("killSwitch") or {}).get("acknowledge")
         if not found and not ack:
             return {}
+        signature = _signature(found, actions, ack)
+        if meta.get("uid") and self._last.get(str(meta["uid"])) == signature:
+            return {}
         k = self._client(api)
         existing, broken = read_records(configmaps.get(k, namespace, CONFIGMAP))
         if broken:
@@ -152,6 +157,8 @@ class Recorder:
             data.update({iid: None for iid in dropped})
             configmaps.upsert(k, namespace, CONFIGMAP, data, labels=LABELS)
             self._annotate(k, namespace, budget, budget_body, list(changed.values()))
+        if meta.get("uid"):
+            self._last[str(meta["uid"])] = signature
         touched = {findings.incident_id(f) for f in found} | ({ack} if ack else set())
         return {iid: records[iid] for iid in touched if iid in records}
 
@@ -179,6 +186,13 @@ class Recorder:
             value = incidents.annotation_value(changed, existing=old)
             if value != old:
                 configmaps.annotate_budget(k, namespace, budget, {ANNOTATION: value})
+
+
+def _signature(found: Sequence[findings.Finding], actions: Sequence[Any], ack: str | None) -> tuple[Any, ...]:
+    """What one call records, without times of its own: equal signatures write the same."""
+    acts = tuple(sorted((agent or "", iid or "", a.action, a.detail)
+                        for action in actions for agent, iid, a in _action_entries(action, 0.0)))
+    return (tuple(sorted(json.dumps(f.to_dict(), sort_keys=True) for f in found)), acts, ack)
 
 
 RECORDER = Recorder()

@@ -288,6 +288,14 @@ class PriceTable:
             cost += cache_read_tokens * rates[2] + cache_write_tokens * rates[3] + reasoning_tokens * rates[4]
         return cost
 
+    def static_rates(self, model: str, provider: str | None = None
+                     ) -> tuple[float, float, float, float, float, float] | None:
+        """The per-token rates (input, output, cache read, cache write, reasoning, per call)
+        of a model whose price never changes and was already used once, else None (then
+        call :meth:`llm_cost`). ``llm_cost`` computes exactly ``input_tokens * rates[0] +
+        output_tokens * rates[1] + rates[5]`` plus the cache and reasoning terms."""
+        return self._static.get((model, provider))
+
     def _rates_tuple(self, model: str, provider: str | None, at: float | None,
                      total_input: int) -> tuple[float, float, float, float, float, float]:
         resolver = self._resolvers.get((model, provider))

@@ -241,15 +241,16 @@ class TokenBucket:
         self.clock = clock
         self.updated = clock()
 
-    def _refill(self) -> None:
-        now = self.clock()
+    def wait_at(self, now: float) -> float:
+        """Refill up to ``now``; 0.0 if a call may go, else the seconds until one may."""
         if now > self.updated:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+            tokens = self.tokens + (now - self.updated) * self.rate
+            self.tokens = tokens if tokens < self.burst else self.burst
+            self.updated = now
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
 
     def wait_time(self) -> float:
-        self._refill()
-        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+        return self.wait_at(self.clock())
 
     def take(self) -> float:
         wait = self.wait_time()
@@ -287,13 +288,19 @@ class RateLimiter:
                 key = tool if tool in limits.per_tool else next(
                     (p for p in limits.per_tool if fnmatch.fnmatchcase(tool, p)), None)
                 self._key_of[tool] = key
+            now = self._clock()
+            overall = self._overall
             bucket = None if key is None else self._buckets[key]
-            waits = [b.wait_time() for b in (self._overall, bucket) if b is not None]
-            wait = max(waits, default=0.0)
+            wait = 0.0 if overall is None else overall.wait_at(now)
+            if bucket is not None:
+                tool_wait = bucket.wait_at(now)
+                if tool_wait > wait:
+                    wait = tool_wait
             if wait == 0.0:
-                for b in (self._overall, bucket):
-                    if b is not None:
-                        b.tokens -= 1.0
+                if overall is not None:
+                    overall.tokens -= 1.0
+                if bucket is not None:
+                    bucket.tokens -= 1.0
             return wait
 
 

@@ -108,6 +108,9 @@ class Tracker:
         self._pinned_model = model is not None
         # Label tuples -> metric cells, so the hot path does one dict lookup.
         self._llm_cells: dict[tuple[str, str, str], list[float]] = {}
+        self._decision_cells: dict[tuple[str, str, str], list[float]] = {}
+        self._rules_for: spec.CostPolicySpec | None = None
+        self._rules_cache: dict[str, tuple[bool, tuple[spec.ApprovalRule, ...]]] = {}
         self._base: dict[str, Any] = {"agent": agent, "namespace": namespace}
         if self.labels:
             self._base["labels"] = self.labels
@@ -212,7 +215,26 @@ class Tracker:
         self.events.write(event)
 
     def _decide(self, task: Task, tool: str, status: str) -> None:
-        self.store.count_guardrail(self.agent, self.namespace, task.workflow, tool, status)
+        key = (task.workflow, tool, status)
+        store = self.store
+        with store.lock:
+            cell = self._decision_cells.get(key)
+            if cell is None:
+                cell = self._decision_cells[key] = store.cell(store.guardrails, (self.agent, self.namespace, *key))
+            cell[0] += 1
+
+    def _tool_rules(self, rules: spec.CostPolicySpec, tool: str) -> tuple[bool, tuple[spec.ApprovalRule, ...]]:
+        """Whether the policy allows ``tool`` and the approval rules that apply to it, cached
+        per policy spec (a reloaded policy is a new spec object)."""
+        if rules is not self._rules_for:
+            self._rules_for = rules
+            self._rules_cache = {}
+        found = self._rules_cache.get(tool)
+        if found is None:
+            found = self._rules_cache[tool] = (
+                rules.tools.allowed(tool),
+                tuple(r for r in rules.approvals if r.tool is None or fnmatch.fnmatchcase(tool, r.tool)))
+        return found
 
 
 class Task:
@@ -304,12 +326,19 @@ class Task:
         tr = self.tracker
         if status != "ok" and status != "error":
             raise errors.InputError(f"{status!r} is not 'ok' or 'error'", field="status")
-        now = tr.clock()
         if cost_usd is None:
-            cost_usd = tr.prices.llm_cost(model, input_tokens=input_tokens, output_tokens=output_tokens,
-                                          cache_read_tokens=cache_read_tokens,
-                                          cache_write_tokens=cache_write_tokens,
-                                          reasoning_tokens=reasoning_tokens, provider=provider, at=now)
+            rates = tr.prices.static_rates(model, provider)
+            if rates is not None:  # one price forever: no clock needed
+                cost_usd = input_tokens * rates[0] + output_tokens * rates[1] + rates[5]
+                if cache_read_tokens or cache_write_tokens or reasoning_tokens:
+                    cost_usd += (cache_read_tokens * rates[2] + cache_write_tokens * rates[3]
+                                 + reasoning_tokens * rates[4])
+            else:
+                cost_usd = tr.prices.llm_cost(model, input_tokens=input_tokens, output_tokens=output_tokens,
+                                              cache_read_tokens=cache_read_tokens,
+                                              cache_write_tokens=cache_write_tokens,
+                                              reasoning_tokens=reasoning_tokens, provider=provider,
+                                              at=tr.clock())
         if step is None:
             current = _current_step.get()
             step = current[1] if current is not None and current[0] is self else ""
@@ -390,8 +419,9 @@ class Task:
             return
         self._check_halt(tool)
         rules = policy.spec
+        allowed, approvals = tr._tool_rules(rules, tool)
         # 1: allow/deny list
-        if not rules.tools.allowed(tool):
+        if not allowed:
             tr._decide(self, tool, "tool_not_allowed")
             if rules.tools.action != spec.Action.alert:
                 raise _guardrails.ToolNotAllowed(f"tool {tool!r} is not allowed by the cost policy", tool=tool)
@@ -414,9 +444,7 @@ class Task:
                 waited += wait
                 wait = tr._limiter.acquire(limits, tool)
         # 3: approval gates
-        for rule in rules.approvals:
-            if rule.tool is not None and not fnmatch.fnmatchcase(tool, rule.tool):
-                continue
+        for rule in approvals:
             amount = amount_usd if amount_usd is not None else cost_usd
             reason = None
             if rule.amount_above_usd is not None and amount is not None and amount > rule.amount_above_usd:

@@ -49,7 +49,12 @@ RANGE_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "outcomes": ("fleetwarden_outcomes_total", ()),
 }
 
-FRESHNESS_QUERY = 'max by (namespace, agent) (timestamp({__name__=~"fleetwarden_.+", agent!=""}))'
+# Metrics a running agent keeps fresh; each one's sample times, told apart by a label so
+# that dropping the metric name (timestamp() does) leaves no duplicate series.
+FRESHNESS_METRICS = ("fleetwarden_llm_calls_total", "fleetwarden_llm_cost_usd_total", "fleetwarden_tool_calls_total",
+                     "fleetwarden_tasks_total", "fleetwarden_agent_model_info")
+FRESHNESS_QUERY = "max by (namespace, agent) (" + " or ".join(
+    f'label_replace(timestamp({m}{{agent!=""}}), "fw_metric", "{m}", "", "")' for m in FRESHNESS_METRICS) + ")"
 
 
 def range_query(selector: str, extra: Sequence[str]) -> str:

@@ -1,0 +1,347 @@
+"""The operator end to end: status, kill switch, resume, Prometheus outages.
+
+Real parts only: the operator runs as a subprocess (``python -m fleetwarden operator``)
+against the real API server, and reads a real Prometheus that scrapes a real /metrics
+endpoint. The endpoint is a controlled exporter in this process (prometheus_client
+counters the test sets), so the numbers Prometheus sees are exactly what the test chose.
+Tests wait on conditions with timeouts; none sleeps and then asserts on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import prometheus_client as pc
+import pytest
+from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+
+from fleetwarden.devcluster import monitoring, procs
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERVAL = 2.0
+SCRAPE = 2.0
+
+LLM = ["agent", "namespace", "workflow", "step", "model"]
+FAMILIES: dict[str, tuple[str, list[str]]] = {
+    "llm_cost": ("fleetwarden_llm_cost_usd", LLM),
+    "llm_calls": ("fleetwarden_llm_calls", [*LLM, "status"]),
+    "input_tokens": ("fleetwarden_llm_input_tokens", LLM),
+    "output_tokens": ("fleetwarden_llm_output_tokens", LLM),
+    "tool_calls": ("fleetwarden_tool_calls", ["agent", "namespace", "workflow", "step", "tool", "status"]),
+    "tool_cost": ("fleetwarden_tool_cost_usd", ["agent", "namespace", "workflow", "tool"]),
+    "tasks": ("fleetwarden_tasks", ["agent", "namespace", "workflow", "status"]),
+}
+
+
+class Exporter:
+    """fleetwarden_* counters on a loopback /metrics; ``set`` moves a counter to a total."""
+
+    def __init__(self) -> None:
+        self.registry = pc.CollectorRegistry()
+        self.counters = {key: pc.Counter(name, name, labels, registry=self.registry)
+                         for key, (name, labels) in FAMILIES.items()}
+        self.port = procs.free_port()
+        self.server, self.thread = pc.start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def set(self, family: str, total: float, **labels: str) -> None:
+        child = self.counters[family].labels(**labels)
+        current = child._value.get()  # noqa: SLF001 - the test owns these counters
+        if total > current:
+            child.inc(total - current)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def llm_labels(agent: str, namespace: str, model: str = "gpt-4o-mini") -> dict[str, str]:
+    return {"agent": agent, "namespace": namespace, "workflow": "support", "step": "answer", "model": model}
+
+
+class Operator:
+    """``python -m fleetwarden operator`` in a subprocess, scoped to one namespace."""
+
+    def __init__(self, cluster: Any, prometheus_url: str, namespace: str, log_dir: Path) -> None:
+        self.metrics_port = procs.free_port()
+        self.log_path = log_dir / "operator.log"
+        env = dict(cluster.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        argv = [sys.executable, "-m", "fleetwarden", "operator", "--interval", str(INTERVAL),
+                "--prometheus-url", prometheus_url, "--scrape-interval", str(SCRAPE),
+                "--metrics-port", str(self.metrics_port), "--namespace", namespace]
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    def metric(self, name: str) -> float:
+        """The sum of a sample of the operator's own /metrics (0 when absent)."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited {self.proc.returncode}:\n{self.tail()}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def evaluations(self) -> float:
+        return self.metric("fleetwarden_evaluation_seconds_count")
+
+    def wait_evaluations(self, cluster: Any, more: int, timeout: float = 60) -> None:
+        """Wait until the operator has evaluated ``more`` more times (budget cycles)."""
+        start = self.evaluations()
+        cluster.wait_for(lambda: self.evaluations() >= start + more, timeout, f"{more} more evaluations")
+
+    def tail(self, lines: int = 150) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.log.close()
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def exporter() -> Iterator[Exporter]:
+    e = Exporter()
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="fleetwarden-e2e-operator-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def start_operator(cluster: Any, prometheus_url: str, namespace: str, workdir: Path,
+                   request: pytest.FixtureRequest) -> Operator:
+    op = Operator(cluster, prometheus_url, namespace, workdir)
+
+    def finish() -> None:
+        op.stop()
+        print(f"--- operator log (shown by pytest when the test failed) ---\n{op.tail()}")
+
+    request.addfinalizer(finish)
+    return op
+
+
+def deployment(name: str, namespace: str, replicas: int = 3, model: str = "gpt-4o-mini",
+               app: str = "support") -> str:
+    return json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": app}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"agent": name}},
+                 "template": {"metadata": {"labels": {"agent": name}},
+                              "spec": {"containers": [{"name": "agent", "image": f"example.com/{name}:1.0",
+                                                       "env": [{"name": "MODEL", "value": model}]}]}}},
+    })
+
+
+def budget(namespace: str, hour_cap: float = 1.0, **spec: Any) -> str:
+    body = {"selector": {"matchLabels": {"app": "support"}}, "limits": [{"window": "hour", "amountUSD": hour_cap}],
+            "killSwitch": {"window": "hour", "thresholdPercent": 150}}
+    body.update(spec)
+    return json.dumps({"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "AgentBudget",
+                       "metadata": {"name": "support", "namespace": namespace}, "spec": body})
+
+
+def status(cluster: Any, namespace: str) -> dict[str, Any]:
+    return dict(cluster.get_json("agentbudget", "support", "-n", namespace).get("status") or {})
+
+
+def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
+
+
+def metrics_unavailable(st: dict[str, Any]) -> dict[str, Any] | None:
+    return st if condition(st, "MetricsAvailable").get("status") == "False" else None
+
+
+def replicas(cluster: Any, namespace: str, name: str = "bot") -> int:
+    return int(cluster.get_json("deployment", name, "-n", namespace)["spec"]["replicas"])
+
+
+def events(cluster: Any, namespace: str, reason: str) -> list[dict[str, Any]]:
+    items = cluster.get_json("events", "-n", namespace)["items"]
+    return [e for e in items if e.get("reason") == reason]
+
+
+def scrape(prometheus: Any, exporter: Exporter, namespace: str) -> str:
+    job = f"agents-{namespace}"
+    prometheus.add_target(job, exporter.address)
+    prometheus.wait_for_target_up(job, timeout=30)
+    return job
+
+
+@pytest.fixture
+def fleet(cluster: Any, namespace: str, crds_installed: list[str], prometheus: Any,  # noqa: F811
+          exporter: Exporter) -> Iterator[dict[str, Any]]:
+    """Two agent Deployments (bot: 3 replicas, helper: 2) whose counters Prometheus scrapes."""
+    for name, count in (("bot", 3), ("helper", 2)):
+        exporter.set("llm_cost", 0.0, **llm_labels(name, namespace))
+        cluster.apply(deployment(name, namespace, count))
+    job = scrape(prometheus, exporter, namespace)
+    prometheus.wait_for_query(f'fleetwarden_llm_cost_usd_total{{namespace="{namespace}"}}',
+                              lambda r: len(r) == 2, timeout=30)
+    try:
+        yield {"namespace": namespace}
+    finally:
+        prometheus.remove_target(job)
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_status_fills_in_and_kubectl_shows_it(cluster: Any, namespace: str, fleet: dict[str, Any],
+                                              prometheus: Any, exporter: Exporter, workdir: Path,
+                                              request: pytest.FixtureRequest) -> None:
+    """Spend from Prometheus lands in status (spend, % of cap, Ready and MetricsAvailable) and kubectl get."""
+    cluster.apply(budget(namespace, hour_cap=10.0))
+    start_operator(cluster, prometheus.url, namespace, workdir, request)
+    exporter.set("llm_cost", 3.0, **llm_labels("bot", namespace))
+    exporter.set("llm_cost", 1.0, **llm_labels("helper", namespace))
+
+    def filled() -> dict[str, Any] | None:
+        st = status(cluster, namespace)
+        return st if (st.get("summary") or {}).get("spendUSD", 0) >= 3.9 else None
+
+    st = cluster.wait_for(filled, 60, "status.summary with the spend")
+    assert 39.0 <= st["summary"]["percentUsed"] <= 45.0  # 4 USD of 10 (increase() extrapolates a little)
+    assert st["summary"]["window"] == "hour" and st["summary"]["capUSD"] == 10
+    assert st["state"] == "Active"
+    assert condition(st, "Ready")["status"] == "True"
+    assert condition(st, "MetricsAvailable")["status"] == "True"
+    assert condition(st, "KillSwitchEngaged")["status"] == "False"
+    assert {m["agent"]: m["model"] for m in st["models"]} == {"bot": "gpt-4o-mini", "helper": "gpt-4o-mini"}
+    table = cluster.kubectl("get", "agentbudgets", "-n", namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split()[:6] == ["NAME", "WINDOW", "SPEND", "CAP", "USED%", "STATE"]
+    assert row.split()[0:2] == ["support", "hour"] and row.split()[5] == "Active"
+
+
+def test_kill_switch_scales_to_zero_holds_and_resumes_exactly(cluster: Any, namespace: str, fleet: dict[str, Any],
+                                                              prometheus: Any, exporter: Exporter, workdir: Path,
+                                                              request: pytest.FixtureRequest) -> None:
+    """Spend past 150% of the hourly cap: scale to 0, hold against a scale-up, restore on acknowledge."""
+    cluster.apply(budget(namespace, hour_cap=1.0))
+    op = start_operator(cluster, prometheus.url, namespace, workdir, request)
+    cluster.wait_for(lambda: condition(status(cluster, namespace), "Ready").get("status") == "True", 60,
+                     "budget Ready")
+    assert replicas(cluster, namespace, "bot") == 3
+
+    exporter.set("llm_cost", 2.0, **llm_labels("bot", namespace))  # 200% of the 1 USD hourly cap
+    cluster.wait_for(lambda: replicas(cluster, namespace, "bot") == 0 and replicas(cluster, namespace, "helper") == 0,
+                     60, "both agents scaled to zero")
+    st = cluster.wait_for(lambda: (s := status(cluster, namespace)).get("state") == "Killed" and s, 30, "Killed")
+    incident = st["killSwitch"]["incident"]
+    assert st["killSwitch"]["engaged"] is True
+    assert st["killSwitch"]["replicas"] == {"bot": 3, "helper": 2}
+    assert condition(st, "KillSwitchEngaged")["status"] == "True"
+    bot = cluster.get_json("deployment", "bot", "-n", namespace)
+    assert bot["metadata"]["annotations"]["fleetwarden.dev/replicas-before-kill"] == "3"
+    warnings = events(cluster, namespace, "KillSwitchEngaged")
+    assert any(e["type"] == "Warning" and incident in e["message"] for e in warnings)
+
+    # a person (or Argo CD self-heal) scales the agent back up: the operator scales it down again
+    cluster.kubectl("scale", "deployment", "bot", "-n", namespace, "--replicas=4")
+    cluster.wait_for(lambda: replicas(cluster, namespace, "bot") == 0, 30, "bot scaled down again")
+    assert status(cluster, namespace)["killSwitch"]["replicas"] == {"bot": 3, "helper": 2}
+
+    # an acknowledgement of another incident does not resume
+    cluster.kubectl("patch", "agentbudget", "support", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"killSwitch": {"acknowledge": "inc-0000000000"}}}))
+    op.wait_evaluations(cluster, 3)
+    assert replicas(cluster, namespace, "bot") == 0
+
+    # the right one restores exactly the replicas recorded at kill time
+    cluster.kubectl("patch", "agentbudget", "support", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"killSwitch": {"acknowledge": incident}}}))
+    cluster.wait_for(lambda: replicas(cluster, namespace, "bot") == 3 and replicas(cluster, namespace, "helper") == 2,
+                     30, "replicas restored")
+    st = cluster.wait_for(lambda: (s := status(cluster, namespace)).get("killSwitch", {}).get("resumedAt") and s, 30,
+                          "resumedAt")
+    assert st["killSwitch"]["engaged"] is False
+    # spend before the resume no longer counts: the agents keep running
+    op.wait_evaluations(cluster, 4)
+    assert replicas(cluster, namespace, "bot") == 3
+    assert status(cluster, namespace)["state"] != "Killed"
+
+
+def test_prometheus_outage_reports_unknown_and_never_kills(cluster: Any, namespace: str, crds_installed: list[str],  # noqa: F811
+                                                           exporter: Exporter, workdir: Path,
+                                                           request: pytest.FixtureRequest) -> None:
+    """Prometheus down: MetricsAvailable=False with a reason, a Warning event, no scaling; back: work resumes."""
+    prom = monitoring.Prometheus(workdir / "prometheus", scrape_interval=SCRAPE, tie_to_parent=True)
+    prom.start()
+    request.addfinalizer(prom.stop)
+    exporter.set("llm_cost", 0.2, **llm_labels("bot", namespace))
+    cluster.apply(deployment("bot", namespace, 3))
+    prom.add_target("agents", exporter.address)
+    prom.wait_for_target_up("agents", timeout=30)
+    cluster.apply(budget(namespace, hour_cap=1.0))
+    op = start_operator(cluster, prom.url, namespace, workdir, request)
+    cluster.wait_for(lambda: condition(status(cluster, namespace), "MetricsAvailable").get("status") == "True",
+                     60, "MetricsAvailable=True")
+
+    prom.stop()
+    exporter.set("llm_cost", 5.0, **llm_labels("bot", namespace))  # would trip the kill switch if seen
+    st = cluster.wait_for(
+        lambda: metrics_unavailable(status(cluster, namespace)),
+        60, "MetricsAvailable=False")
+    reason = condition(st, "MetricsAvailable")
+    assert reason["reason"] == "MetricsUnavailable" and "Prometheus" in reason["message"]
+    assert st["state"] == "Unknown"
+    assert any(e["type"] == "Warning" for e in events(cluster, namespace, "MetricsUnavailable"))
+    op.wait_evaluations(cluster, 3)
+    assert replicas(cluster, namespace, "bot") == 3
+
+    prom.start()  # same port and data: Prometheus is back, scrapes the 5 USD
+    cluster.wait_for(lambda: condition(status(cluster, namespace), "MetricsAvailable").get("status") == "True",
+                     60, "MetricsAvailable=True again")
+    cluster.wait_for(lambda: replicas(cluster, namespace, "bot") == 0, 60, "the kill switch acting on known data")
+
+
+def test_a_dead_prometheus_url_is_unknown_not_zero(cluster: Any, namespace: str, crds_installed: list[str],  # noqa: F811
+                                                   workdir: Path, request: pytest.FixtureRequest) -> None:
+    """An operator pointed at a closed port reports MetricsAvailable=False and leaves the agents alone."""
+    cluster.apply(deployment("bot", namespace, 2))
+    cluster.apply(budget(namespace))
+    dead = f"http://127.0.0.1:{procs.free_port()}"
+    op = start_operator(cluster, dead, namespace, workdir, request)
+    st = cluster.wait_for(
+        lambda: metrics_unavailable(status(cluster, namespace)),
+        60, "MetricsAvailable=False")
+    assert "spend" not in st
+    op.wait_evaluations(cluster, 2)
+    assert replicas(cluster, namespace, "bot") == 2
+    assert os.path.exists(op.log_path)

@@ -18,7 +18,7 @@ policy's status says what was published: ``configMap``, ``matchedAgents``,
 2. Watch events of AgentBudgets: when a budget's halted state changes (or is first seen
    by this process), recompile the policies of its namespace.
 
-A pod mounts it as a volume (``docs/approvals.md`` and ``docs/gitops.md`` show one); the
+A pod mounts it as a volume (``docs/approvals.md`` shows how); the
 kubelet refreshes a mounted ConfigMap within about a minute, and the SDK re-reads it
 at most once a second. Environment variables from a ConfigMap would never refresh.
 

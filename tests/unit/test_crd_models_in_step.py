@@ -444,3 +444,58 @@ def test_invalid_example_is_refused(name: str, refused_by: str) -> None:
         spec.parse_resource(doc)
     if refused_by == PYDANTIC_SAME_MESSAGE:
         assert expect in str(refused.value)
+
+
+# ---------------------------------------------------------------- the status the operator writes
+
+
+def undeclared(value: Any, schema: dict[str, Any], path: str = "status") -> list[str]:
+    """Paths in ``value`` the schema does not declare (the API server would prune them)."""
+    out: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            if props is not None and key in props:
+                out += undeclared(item, props[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                out += undeclared(item, extra, f"{path}.{key}")
+            else:
+                out.append(f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out += undeclared(item, schema.get("items", {}), f"{path}[{i}]")
+    return out
+
+
+def test_evaluated_status_fits_the_crd_status_schema() -> None:
+    """The status fleetwarden.core.evaluate writes (a kill cycle) is declared whole by the CRD and valid."""
+    import jsonschema
+
+    from fleetwarden.core import evaluate
+    from fleetwarden.core.series import AgentMinute
+
+    now = 1_800_000_000.0
+    (doc,) = [d for d in _docs(EXAMPLES / "support-swarm" / "20-agentbudget.yaml")]
+    doc["metadata"]["generation"] = 2
+    budget = spec.AgentBudget.model_validate(doc)
+    agents = [evaluate.AgentState(name, "support", {"fleetwarden.dev/budget": "support-swarm"}, replicas,
+                                  model="gpt-4o") for name, replicas in (("support-triage", 2), ("support-resolver", 3))]
+    start = int(now // 60) * 60 - 30 * 60
+    minutes = {a.name: [AgentMinute(a.name, "support", start + 60 * i, inference_cost_usd=0.5, tool_cost_usd=0.1,
+                                    tokens=9000, output_tokens=900, llm_calls=6, tasks_completed=2, outcomes=1,
+                                    tool_calls={"crm.search": 4.0}, tool_costs={"crm.search": 0.1},
+                                    model="gpt-4o", workflow="resolve_ticket") for i in range(30)]
+               for a in agents}
+    status: dict[str, Any] = {}
+    for hour in (18.0, 40.0):  # a warning, then past 150% of the hourly cap: the kill switch engages
+        decision = evaluate.evaluate(evaluate.EvaluationInput(
+            budget=budget, agents=agents, minutes=minutes,
+            spend={spec.Window.hour: hour, spec.Window.day: 120.0, spec.Window.month: 900.0},
+            now=now, previous=status, generation=2))
+        status = decision.status
+        now += 60
+    assert status["killSwitch"]["engaged"] is True  # the cycle reached the parts of the status under test
+    schema = version_schema(load_crd("agentbudgets.yaml"))["properties"]["status"]
+    assert undeclared(status, schema) == []
+    jsonschema.Draft4Validator(schema).validate(status)

@@ -42,8 +42,9 @@ def _create(cluster, manifest: dict[str, object]):
 def governed_namespace(cluster):
     """A second namespace, labelled fleetwarden.dev/governed=true."""
     name = f"governed-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, "fleetwarden.dev/governed=true")
+    cluster.kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"fleetwarden.dev/governed": "true"}}}))
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -114,7 +115,14 @@ def test_non_agent_deployment_is_unaffected(cluster, namespace, policy):
 
 def test_any_deployment_in_a_governed_namespace_needs_the_label(cluster, governed_namespace, policy):
     """In a namespace labelled fleetwarden.dev/governed=true every Deployment counts as an agent."""
-    refused = _create(cluster, _deployment("worker", governed_namespace, {"app": "worker"}))
+    worker = _deployment("worker", governed_namespace, {"app": "worker"})
+    # The API server sees a new namespace's labels through its informer: allow it a moment.
+    deadline = time.monotonic() + 30
+    while cluster.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(worker),
+                          check=False).returncode == 0:
+        assert time.monotonic() < deadline, "a Deployment in the governed namespace was never refused"
+        time.sleep(0.5)
+    refused = _create(cluster, worker)
     assert refused.returncode != 0
     assert f"agent Deployment {governed_namespace}/worker has no fleetwarden.dev/budget label" in refused.stderr
     accepted = _create(cluster, _deployment("worker", governed_namespace,

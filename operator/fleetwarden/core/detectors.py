@@ -264,12 +264,9 @@ class ModelUpdateSpike:
         else:
             change = f"version {ch.previous_version} -> {ch.version} (model {ch.model})"
         basis = "task" if task_ratio >= (outcome_ratio or 0.0) else "outcome"
+        rollback = f" (roll back to {ch.previous_model})" if self.p.action is spec.Action.rollback else ""
         message = (f"{'Still rising: ' if again else ''}cost per {basis} of {m.agent} is "
-                   f"{headline:.1f}x its baseline since {change}; "
-                   f"action {self.p.action.value} (roll back to {ch.previous_model})"
-                   if self.p.action is spec.Action.rollback else
-                   f"{'Still rising: ' if again else ''}cost per {basis} of {m.agent} is "
-                   f"{headline:.1f}x its baseline since {change}; action {self.p.action.value}")
+                   f"{headline:.1f}x its baseline since {change}; action {self.p.action.value}{rollback}")
         evidence: dict[str, Any] = {
             "ratio": _round(headline),
             "cost_per_task_ratio": _round(task_ratio),

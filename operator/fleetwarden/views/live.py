@@ -195,7 +195,7 @@ def build(url: str, *, dims: Sequence[str], window_seconds: float, steps: int, e
     src = source if source is not None else prometheus_report.ReportSource(url)
     step = max(60, int(math.ceil(window_seconds / steps / 60)) * 60)
     n = int(math.ceil(window_seconds / step))
-    end = float(int(end // 60) * 60)
+    end = float(end)  # not rounded down: the newest samples count
     start = end - n * step
     b = _Builder(src, start, end, step)
     notes: list[str] = []

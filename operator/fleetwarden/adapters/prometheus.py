@@ -32,15 +32,23 @@ from fleetwarden.core import evaluate, series, spec
 Key = tuple[str, str]  # (namespace, agent)
 
 SPEND_METRICS = ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total")
-_SPEND_SELECTOR = '{__name__=~"' + "|".join(SPEND_METRICS) + '"}'
-_TOKEN_SELECTOR = ('{__name__=~"fleetwarden_llm_(input|output|cache_read|cache_write|reasoning)'
-                   '_tokens_total"}')
+TOKEN_METRICS = tuple(f"fleetwarden_llm_{kind}_tokens_total"
+                      for kind in ("input", "output", "cache_read", "cache_write", "reasoning"))
 
-# name -> (metric selector, extra grouping labels). Each is one range query per cycle.
-RANGE_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+
+def increase_of(metrics: Sequence[str], window: str) -> str:
+    """``increase(m[window])`` of several metrics as one vector: each is told apart by a label,
+    so dropping the metric name (increase() does) leaves no duplicate series."""
+    if len(metrics) == 1:
+        return f"increase({metrics[0]}[{window}])"
+    return " or ".join(f'label_replace(increase({m}[{window}]), "fw_metric", "{m}", "", "")' for m in metrics)
+
+
+# name -> (metrics, extra grouping labels). Each is one range query per cycle.
+RANGE_FAMILIES: dict[str, tuple[str | tuple[str, ...], tuple[str, ...]]] = {
     "inference_cost": ("fleetwarden_llm_cost_usd_total", ()),
     "llm_calls": ("fleetwarden_llm_calls_total", ("model", "workflow")),
-    "tokens": (_TOKEN_SELECTOR, ()),
+    "tokens": (TOKEN_METRICS, ()),
     "output_tokens": ("fleetwarden_llm_output_tokens_total", ()),
     "tool_calls": ("fleetwarden_tool_calls_total", ("tool",)),
     "tool_cost": ("fleetwarden_tool_cost_usd_total", ("tool",)),
@@ -57,13 +65,14 @@ FRESHNESS_QUERY = "max by (namespace, agent) (" + " or ".join(
     f'label_replace(timestamp({m}{{agent!=""}}), "fw_metric", "{m}", "", "")' for m in FRESHNESS_METRICS) + ")"
 
 
-def range_query(selector: str, extra: Sequence[str]) -> str:
+def range_query(metrics: str | Sequence[str], extra: Sequence[str]) -> str:
     labels = ", ".join(("namespace", "agent", *extra))
-    return f"sum by ({labels}) (increase({selector}[1m]))"
+    names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    return f"sum by ({labels}) ({increase_of(names, '1m')})"
 
 
 def spend_query(seconds: int) -> str:
-    return f"sum by (namespace, agent) (increase({_SPEND_SELECTOR}[{max(seconds, 60)}s]))"
+    return f"sum by (namespace, agent) ({increase_of(SPEND_METRICS, f'{max(seconds, 60)}s')})"
 
 
 def window_start(window: spec.Window, calendar: bool, now: float) -> float:

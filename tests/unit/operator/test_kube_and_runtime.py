@@ -1,0 +1,82 @@
+"""Reading agent Deployments, and the status merge patch the operator writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fleetwarden.adapters import kube
+from fleetwarden.core import spec
+from fleetwarden.handlers import runtime
+
+
+def deployment(env: list[dict[str, str]] | None = None, annotations: dict[str, str] | None = None,
+               template_annotations: dict[str, str] | None = None, replicas: int | None = 3,
+               containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "bot", "namespace": "shop", "labels": {"app": "support"},
+                     "annotations": annotations or {}},
+        "spec": {"replicas": replicas, "template": {
+            "metadata": {"annotations": template_annotations or {}},
+            "spec": {"containers": containers or [{"name": "agent", "image": "reg.example/bot:1.4.2",
+                                                   "env": env or []}]}}},
+    }
+
+
+@pytest.mark.parametrize(("source", "dep", "expected"), [
+    ({}, deployment([{"name": "MODEL", "value": "gpt-4o"}]), "gpt-4o"),
+    ({"envVar": "LLM"}, deployment([{"name": "MODEL", "value": "gpt-4o"}, {"name": "LLM", "value": "o3"}]), "o3"),
+    ({"annotation": "fleetwarden.dev/model"}, deployment(template_annotations={"fleetwarden.dev/model": "x"}), "x"),
+    ({"annotation": "fleetwarden.dev/model"}, deployment(annotations={"fleetwarden.dev/model": "y"}), "y"),
+    ({"container": "sidecar"}, deployment(containers=[
+        {"name": "agent", "env": [{"name": "MODEL", "value": "a"}]},
+        {"name": "sidecar", "env": [{"name": "MODEL", "value": "b"}]}]), "b"),
+    ({}, deployment(), None),
+])
+def test_model_is_read_from_env_or_annotation(source: dict[str, Any], dep: dict[str, Any],
+                                              expected: str | None) -> None:
+    """The model comes from spec.model's env var on its container (first by default), else the annotation."""
+    assert kube.read_model(dep, spec.ModelSource.model_validate(source)) == expected
+
+
+def test_agent_state_reads_replicas_version_keda_and_remembered_count() -> None:
+    """AgentState: replicas (default 1), image tag as version, KEDA hint, replicas-before-kill."""
+    dep = deployment(annotations={kube.REPLICAS_BEFORE_KILL: "4", kube.KEDA_MANAGED_HINT: "true"}, replicas=0)
+    state = kube.agent_state(dep, spec.ModelSource())
+    assert (state.name, state.namespace, state.replicas, state.version) == ("bot", "shop", 0, "1.4.2")
+    assert state.keda_managed and state.replicas_before == 4
+    assert kube.agent_state(deployment(replicas=None), spec.ModelSource()).replicas == 1
+    assert not kube.agent_state(deployment(), spec.ModelSource()).keda_managed
+
+
+def test_api_errors_say_whether_a_retry_may_help() -> None:
+    """Conflicts, throttling, server errors and no answer are transient; 403/404/422 are not."""
+    assert kube.KubeError("x", 409).transient and kube.KubeError("x", None).transient
+    assert not kube.KubeError("x", 404).transient and not kube.KubeError("x", 403).transient
+
+
+@pytest.mark.parametrize(("old", "new", "patch"), [
+    ({"a": 1}, {"a": 1}, {}),
+    ({"a": 1}, {"a": 2}, {"a": 2}),
+    ({"a": 1, "b": 2}, {"a": 1}, {"b": None}),
+    ({"ks": {"engaged": False, "resumedAt": "t"}}, {"ks": {"engaged": True, "incident": "i"}},
+     {"ks": {"engaged": True, "incident": "i", "resumedAt": None}}),
+    ({"conditions": [{"type": "A"}]}, {"conditions": [{"type": "B"}]}, {"conditions": [{"type": "B"}]}),
+])
+def test_status_patch_is_a_merge_patch_that_removes_what_is_gone(old: dict[str, Any], new: dict[str, Any],
+                                                                 patch: dict[str, Any]) -> None:
+    """The status patch sets what changed and nulls keys that disappeared (nested too)."""
+    assert runtime.merge_patch(old, new) == patch
+
+
+def test_select_agents_uses_the_budget_selector_and_namespace() -> None:
+    """Only Deployments of the budget's namespace whose labels match are its agents."""
+    budget = spec.AgentBudget.model_validate({"metadata": {"name": "b", "namespace": "shop"},
+                                              "spec": {"selector": {"matchLabels": {"app": "support"}}}})
+    other_ns = deployment()
+    other_ns["metadata"] = {**other_ns["metadata"], "namespace": "elsewhere", "name": "far"}
+    other_label = deployment()
+    other_label["metadata"] = {**other_label["metadata"], "labels": {"app": "sales"}, "name": "sales"}
+    agents, chosen = runtime.select_agents(budget, [deployment(), other_ns, other_label])
+    assert [a.name for a in agents] == ["bot"] and list(chosen) == ["bot"]

@@ -1,0 +1,157 @@
+"""The Prometheus adapter on recorded answers of a real Prometheus (data/prometheus_fleet.json).
+
+The recording: agent ``bot`` ran 12 minutes on gpt-4o-mini (0.02 USD, 2 tasks, 3 crm.search
+calls a minute), then 5 on gpt-4o (0.06 USD), then 3 more with 90 crm.search calls a
+minute; agent ``helper`` spent 0.005 USD a minute throughout. It is replayed through a
+fake client keyed by the query text, so a changed query fails loudly here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetwarden import errors
+from fleetwarden.adapters import prometheus
+from fleetwarden.core import evaluate, spec
+
+DATA = json.loads((Path(__file__).parent / "data" / "prometheus_fleet.json").read_text())
+NOW = float(DATA["now"])
+
+
+class Recorded:
+    """Answers each query with what the real Prometheus answered."""
+
+    def __init__(self, overrides: dict[str, Any] | None = None) -> None:
+        self.calls: list[str] = []
+        self.overrides = overrides or {}
+
+    def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
+        self.calls.append(query)
+        return self.overrides.get(query, DATA["instant"][query])
+
+    def custom_query_range(self, query: str, start_time: Any, end_time: Any, step: str,
+                           params: dict[str, Any] | None = None) -> Any:
+        self.calls.append(query)
+        return self.overrides.get(query, DATA["range"][query])
+
+
+class Down:
+    def custom_query(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    def custom_query_range(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+def fetch(client: Any = None) -> prometheus.FleetSnapshot:
+    return prometheus.Fetcher(client or Recorded(), lookback_minutes=30, scrape_interval=2.0).fetch(NOW)
+
+
+def agent(name: str, replicas: int = 1) -> evaluate.AgentState:
+    return evaluate.AgentState(name, "shop", {"app": "support"}, replicas, model="gpt-4o")
+
+
+BUDGET = spec.AgentBudget.model_validate({"metadata": {"name": "support", "namespace": "shop"},
+                                          "spec": {"limits": [{"window": "hour", "amountUSD": 1}]}})
+
+
+def test_a_fixed_number_of_queries_per_cycle() -> None:
+    """One range query per family, six spend windows and one freshness query, whatever the fleet."""
+    client = Recorded()
+    snap = fetch(client)
+    assert snap.queries == len(client.calls) == prometheus.QUERIES_PER_CYCLE == 16
+
+
+def test_minutes_are_per_agent_and_complete() -> None:
+    """Range results become one bucket per minute per agent, costs and calls as floats."""
+    snap = fetch()
+    bot = snap.agent_minutes("shop", "bot")
+    assert [m.minute for m in bot] == sorted(m.minute for m in bot)
+    assert all(m.minute % 60 == 0 for m in bot)
+    mini = [m for m in bot if m.model == "gpt-4o-mini"]
+    big = [m for m in bot if m.model == "gpt-4o"]
+    assert mini and big
+    assert sum(m.tasks_completed for m in bot) == pytest.approx(2 * len(bot), abs=2)
+    assert max(m.tool_calls.get("crm.search", 0) for m in bot) == pytest.approx(90, rel=0.1)
+    assert big[-1].inference_cost_usd == pytest.approx(0.06, rel=0.1)
+    assert all(m.workflow == "support" for m in bot if m.llm_calls)
+    assert snap.agent_minutes("shop", "helper")[0].inference_cost_usd == pytest.approx(0.005, rel=0.1)
+    assert snap.agent_minutes("shop", "nobody") == []
+
+
+def test_budget_spend_is_the_sum_over_its_agents() -> None:
+    """The budget's spend per window is the sum of its selected agents' spend."""
+    snap = fetch()
+    both = snap.for_budget(BUDGET, [agent("bot"), agent("helper")])
+    bot_only = snap.for_budget(BUDGET, [agent("bot")])
+    assert both.spend[spec.Window.hour] == pytest.approx(
+        bot_only.spend[spec.Window.hour] + snap.agent_spend("shop", "helper", spec.Window.hour))
+    assert bot_only.spend[spec.Window.hour] == pytest.approx(1.04, rel=0.05)  # 0.72 LLM + 0.32 tools
+
+
+def test_a_stale_running_agent_makes_the_budget_unknown() -> None:
+    """No sample newer than 3 scrape intervals for a running agent -> StaleMetricsError (a PrometheusError)."""
+    snap = dataclasses.replace(fetch(), fetched_at=NOW + 60)  # the same answers, read a minute later
+    with pytest.raises(prometheus.StaleMetricsError, match="shop/bot"):
+        snap.for_budget(BUDGET, [agent("bot")])
+    stopped = snap.for_budget(BUDGET, [agent("bot", replicas=0)])  # not running: silence is expected
+    assert stopped.spend[spec.Window.hour] is not None
+
+
+def test_a_running_agent_without_samples_is_unknown_not_zero() -> None:
+    """A running agent Prometheus never saw is unknown, never a spend of 0."""
+    with pytest.raises(errors.PrometheusError, match="no samples"):
+        fetch().for_budget(BUDGET, [agent("ghost")])
+
+
+def test_prometheus_down_raises_prometheus_error_with_the_cause() -> None:
+    """A refused connection becomes PrometheusError, the original error kept as __cause__."""
+    with pytest.raises(errors.PrometheusError) as info:
+        fetch(Down())
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+
+def test_an_error_answer_is_a_prometheus_error() -> None:
+    """Prometheus answering with an error (the client raises) is a PrometheusError."""
+    class Refusing(Recorded):
+        def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
+            raise RuntimeError("HTTP Status Code 422 (execution error)")
+
+    with pytest.raises(errors.PrometheusError, match="422"):
+        fetch(Refusing())
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([[60, "1.5"], [120, "2"]], {60: 1.5, 120: 2.0}),
+    ([[60, "1.5"], [60, "9"]], {60: 1.5}),  # duplicate timestamp: the first wins
+    ([[60, "NaN"], [120, "+Inf"], [180, "x"]], {}),  # not numbers: dropped
+    ([[60, "-0.5"]], {60: 0.0}),  # an increase is never negative
+    ([[60.0004, "1"]], {60: 1.0}),
+])
+def test_samples_are_cleaned_once_at_the_edge(values: list[list[Any]], expected: dict[int, float]) -> None:
+    """String samples become floats; NaN, garbage and duplicates are dropped."""
+    assert prometheus.clean_points(values) == expected
+
+
+def test_a_minute_without_samples_is_a_gap_not_zero() -> None:
+    """A minute missing from every family has no bucket (a gap), unlike a minute of zeros."""
+    results = {family: [] for family in prometheus.RANGE_FAMILIES}
+    results["inference_cost"] = [{"metric": {"namespace": "shop", "agent": "bot"},
+                                  "values": [[1200, "0.1"], [1260, "0"], [1380, "0.2"]]}]
+    minutes = prometheus.build_minutes(results, start=1080, end=1440)
+    assert [(m.minute, m.inference_cost_usd) for m in minutes[("shop", "bot")]] == [
+        (1140, 0.1), (1200, 0.0), (1320, 0.2)]
+
+
+def test_calendar_windows_start_at_the_utc_period() -> None:
+    """Calendar hour, day and month start at the UTC boundary; rolling windows reach back their length."""
+    now = 1_800_003_723.0  # 2027-01-15T09:02:03Z
+    assert prometheus.window_start(spec.Window.hour, True, now) == 1_800_003_600.0
+    assert prometheus.window_start(spec.Window.day, True, now) == 1_799_971_200.0
+    assert prometheus.window_start(spec.Window.month, True, now) == 1_798_761_600.0
+    assert prometheus.window_start(spec.Window.hour, False, now) == now - 3600

@@ -18,6 +18,8 @@ def fleet(prometheus, tmp_path_factory):
         # two scrapes of growing counters make increase() positive
         views_fleet.wait_for_data(
             prometheus, f'sum(increase(fleetwarden_llm_cost_usd_total{{namespace="{running.namespace}"}}[5m])) > 0')
+        views_fleet.wait_for_data(
+            prometheus, f'sum(increase(fleetwarden_findings_total{{namespace="{running.namespace}"}}[5m])) > 0')
         yield running
 
 

@@ -71,7 +71,12 @@ def _compact_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _copy(body: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: dict(body.get(k) or {}) for k in keys}
+    """A plain copy of some top-level fields of a kopf body (kopf's views are live)."""
+    out: dict[str, Any] = {}
+    for k in keys:
+        value = body.get(k)
+        out[k] = dict(value) if isinstance(value, Mapping) else value
+    return out
 
 
 @kopf.index("apps", "v1", "deployments")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleetwarden.adapters import prometheus_report
-from fleetwarden.core import evaluate, governance, incidents, spec
+from fleetwarden.core import economics, evaluate, governance, incidents, spec
 from fleetwarden.views import model, offline
 
 COST_METRICS = ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total",
@@ -285,6 +285,11 @@ def _economics(src: prometheus_report.ReportSource, start: float, end: float, st
             key = (lb.get("namespace", "default"), lb.get("workflow") or model.NONE_KEY)
             cost[key] += v
             wf_agents[key].add(lb.get("agent", ""))
+    tasks: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for lb, v in src.instant(f"sum by (namespace, workflow, status) (increase(fleetwarden_tasks_total[{window}]))", end):
+        cell = tasks[(lb.get("namespace", "default"), lb.get("workflow") or model.NONE_KEY)]
+        cell[0] += v if lb.get("status") == "completed" else 0.0
+        cell[1] += v
     by_name = {(b.metadata.namespace, b.metadata.name): b for b in budgets}
     rows = []
     for lb, outcomes in src.instant(f"sum by (namespace, workflow, outcome) "
@@ -303,7 +308,13 @@ def _economics(src: prometheus_report.ReportSource, start: float, end: float, st
         target = match[1] if match else None
         baseline = target.human_baseline_usd if target else None
         roi = (baseline - cpo) / cpo if baseline is not None and cpo else None
+        completed, ended = tasks.get((ns, wf), [0.0, 0.0])
+        recommendation, reason = economics.recommend(
+            workflow=wf, outcome=outcome, cost_per_outcome=cpo, target=target.target_cost_usd if target else None,
+            human_baseline=baseline, success_rate=completed / ended if ended > 0 else None,
+            tasks_ended=int(round(ended)), capped=None)
         rows.append(model.EconomicsRow(
+            recommendation=recommendation, reason=reason,
             namespace=ns, workflow=wf, outcome=outcome, outcomes=outcomes, cost_usd=c, cost_per_outcome_usd=cpo,
             target_cost_usd=target.target_cost_usd if target else None, human_baseline_usd=baseline, roi=roi,
             savings_usd=(baseline - cpo) * outcomes if baseline is not None and cpo is not None else None,

@@ -19,9 +19,9 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 
+from fleetwarden.core import economics, governance, incidents, pricing, spec
 from fleetwarden.core import events as events_mod
 from fleetwarden.core import findings as findings_mod
-from fleetwarden.core import governance, incidents, pricing, spec
 from fleetwarden.views import model
 
 MINUTE = 60
@@ -58,6 +58,8 @@ class Fold:
             lambda: collections.defaultdict(float))
         self.model_outcomes: dict[tuple[str, str, str, str], dict[int, float]] = collections.defaultdict(
             lambda: collections.defaultdict(float))
+        # (ns, workflow) -> minute -> [completed, ended] tasks
+        self.tasks: dict[tuple[str, str], dict[int, list[int]]] = collections.defaultdict(dict)
         self.task_model: dict[tuple[str, str, str], str] = {}  # (ns, agent, task) -> last model
         self.agents: dict[tuple[str, str], dict[str, str]] = {}  # (ns, agent) -> labels
         self.workflow_agents: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
@@ -140,6 +142,10 @@ class Fold:
             used = self.task_model.get((ev.namespace, ev.agent, ev.task_id))
             if used is not None:
                 self.model_cost[(ev.namespace, workflow, used)][minute] += cost
+        if ev.type == "task":
+            counts = self.tasks[(ev.namespace, workflow)].setdefault(minute, [0, 0])
+            counts[0] += 1 if ev.raw.get("status") == "completed" else 0
+            counts[1] += 1
         if ev.type == "outcome":
             count = float(ev.raw.get("count", 1))
             outcome = ev.raw["outcome"]
@@ -232,6 +238,13 @@ class Fold:
             roi = (baseline - cpo) / cpo if baseline is not None and cpo > 0 else None
             savings = (baseline - cpo) * outcomes if baseline is not None else None
             trend = tuple(c / k if k > 0 else None for c, k in zip(costs, counts, strict=True))
+            task_cells = self.tasks.get((ns, workflow), {})
+            completed = sum(series({m: float(c[0]) for m, c in task_cells.items()}))
+            ended = int(sum(series({m: float(c[1]) for m, c in task_cells.items()})))
+            recommendation, reason = economics.recommend(
+                workflow=workflow, outcome=outcome, cost_per_outcome=cpo,
+                target=target.target_cost_usd if target else None, human_baseline=baseline,
+                success_rate=completed / ended if ended else None, tasks_ended=ended, capped=None)
             models = []
             for (mns, mwf, mname), mcost in sorted(self.model_cost.items()):
                 if (mns, mwf) != (ns, workflow):
@@ -244,6 +257,7 @@ class Fold:
                 namespace=ns, workflow=workflow, outcome=outcome, outcomes=outcomes, cost_usd=cost,
                 cost_per_outcome_usd=cpo, target_cost_usd=target.target_cost_usd if target else None,
                 human_baseline_usd=baseline, roi=roi, savings_usd=savings, trend=trend,
+                recommendation=recommendation, reason=reason,
                 models=tuple(models), budget=match[0].metadata.name if match else None))
         return tuple(rows)
 

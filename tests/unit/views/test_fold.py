@@ -83,7 +83,9 @@ def test_unit_economics_against_target_and_human_baseline():
     evs = [llm(0, 1.0, workflow="refund", task_id="a"), ev(5, "outcome", outcome="resolved", workflow="refund",
                                                           task_id="a"),
            llm(10, 2.0, workflow="refund", task_id="b"), ev(15, "outcome", outcome="resolved", workflow="refund",
-                                                           task_id="b", count=2)]
+                                                           task_id="b", count=2),
+           ev(16, "task", status="completed", workflow="refund", task_id="a"),
+           ev(17, "task", status="completed", workflow="refund", task_id="b")]
     r = fold_of(evs).report(budgets=[budget])
     (row,) = r.economics
     assert (row.workflow, row.outcome, row.outcomes) == ("refund", "resolved", 3)
@@ -92,6 +94,7 @@ def test_unit_economics_against_target_and_human_baseline():
     assert row.roi == pytest.approx(3.0)
     assert row.savings_usd == pytest.approx(9.0)
     assert row.budget == "cx"
+    assert row.recommendation == "optimise" and "above its target" in row.reason
     assert r.governance == ()
 
 

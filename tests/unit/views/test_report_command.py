@@ -78,6 +78,7 @@ def test_json_report_from_events_and_manifests(inputs, tmp_path):
     (econ,) = data["economics"]
     assert econ["cost_per_outcome_usd"] == pytest.approx(0.03)
     assert econ["target_cost_usd"] == 0.05 and econ["roi"] == pytest.approx((6.0 - 0.03) / 0.03)
+    assert econ["recommendation"] == "hold" and "within its target" in econ["reason"]
     assert [(g["agent"], g["problem"]) for g in data["governance"]] == [("stray-bot", "no_budget")]
 
 

@@ -2,12 +2,16 @@
 
     fleetwarden simulate --fast --duration 6h --scenario runaway-loop --at 120 --events usage.jsonl
     fleetwarden simulate --port 9300 --events usage.jsonl --speed 1 [--kubeconfig KUBECONFIG]
+    fleetwarden simulate --port 9301 --profiles support --names support-triage,support-resolver \
+        --namespace support --kubeconfig KUBECONFIG --speed 10
 
 ``--fast`` generates events on a simulated clock as fast as possible (deterministic with
 ``--seed``); without it the fleet runs paced to the wall clock and serves /metrics on
 127.0.0.1:PORT until ``--duration`` passes or it is stopped (SIGINT/SIGTERM). When the run
 ends, open tasks end abandoned and the events are flushed; ``--linger`` keeps /metrics
-served for that many seconds more (so a last scrape sees the final totals).
+served for that many seconds more (so a last scrape sees the final totals). With
+``--kubeconfig`` each agent follows the Deployment of its name (``--names``) in
+``--namespace``: replicas, model, and the ``fleetwarden.dev/simulate-scenario`` annotation.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--profiles", default=",".join(profiles.PROFILES),
                         help=f"comma-separated profiles (default: {','.join(profiles.PROFILES)})")
     parser.add_argument("--agents", type=int, default=2, help="agents per profile (default 2)")
+    parser.add_argument("--names", default=None,
+                        help="comma-separated agent names, in order (profile by profile), instead of "
+                             "<prefix>-<index>: name them after Deployments to follow those")
     parser.add_argument("--namespace", default="default", help="the agents' namespace")
     parser.add_argument("--scenario", choices=profiles.SCENARIOS, default="normal")
     parser.add_argument("--at", type=float, default=60.0,
@@ -102,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
                                 field="--profiles")
     if args.agents < 1:
         raise errors.InputError("must be at least 1", field="--agents")
+    agent_names = None
+    if args.names is not None:
+        agent_names = [n.strip() for n in args.names.split(",") if n.strip()]
+        if len(agent_names) != len(names) * args.agents:
+            raise errors.InputError(f"{len(agent_names)} names for {len(names) * args.agents} agents "
+                                    f"(--agents {args.agents} per profile of {', '.join(names)})", field="--names")
     if args.speed <= 0:
         raise errors.InputError("must be > 0", field="--speed")
     if args.fast and (args.port is not None or args.kubeconfig is not None):
@@ -125,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         fleet = fleet_mod.Fleet(profiles=names, agents_per_profile=args.agents, namespace=args.namespace,
                                 scenario=args.scenario, at_minutes=args.at, target=args.target, seed=args.seed,
-                                start=start, registry=registry, events=events, prices=prices, policy=policy)
+                                start=start, registry=registry, events=events, prices=prices, policy=policy,
+                                names=agent_names)
     except ValueError as exc:
         raise errors.InputError(str(exc)) from exc
 

@@ -7,7 +7,8 @@ engine runs on a simulated clock as fast as it can (``run_fast``) or paced to th
 clock (``run_realtime``), with the Prometheus metrics of the SDK served meanwhile.
 
 Scenarios change one agent (the *target*, by default the first agent of the first
-profile) from minute ``at`` on:
+profile) from minute ``at`` on, or on request while the fleet runs
+(:meth:`Fleet.request_scenario`, thread-safe: the Deployment follower uses it):
 
 - ``model-update-spike``: it moves to its profile's pricier model (and a new
   ``agent_version``): model cost per task about 3x.
@@ -26,7 +27,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 from fleetwarden.core import pricing
@@ -46,10 +47,10 @@ class SimAgent:
     """One simulated agent (one Deployment) and its state, which scenarios and the
     Deployment follower change."""
 
-    def __init__(self, fleet: Fleet, profile: prof.Profile, index: int) -> None:
+    def __init__(self, fleet: Fleet, profile: prof.Profile, index: int, name: str | None = None) -> None:
         self.fleet = fleet
         self.profile = profile
-        self.name = f"{profile.agent_prefix}-{index}"
+        self.name = name if name is not None else f"{profile.agent_prefix}-{index}"
         self.rng = random.Random(f"{fleet.seed}:{self.name}")
         self.tracker = _tracker.Tracker(
             self.name, namespace=fleet.namespace, labels=dict(profile.labels), registry=fleet.registry,
@@ -90,7 +91,9 @@ class Fleet:
                  namespace: str = "default", scenario: str = "normal", at_minutes: float = 60.0,
                  target: str | None = None, seed: int = 1, start: float = 0.0, registry: Any | None = None,
                  events: _events.EventWriter | None = None, prices: pricing.PriceTable | None = None,
-                 policy: _guardrails.GuardrailPolicy | None = None) -> None:
+                 policy: _guardrails.GuardrailPolicy | None = None, names: Sequence[str] | None = None) -> None:
+        """``names``: the agents' names in order (profile by profile), instead of
+        ``<prefix>-<index>``; name them after their Deployments to follow those."""
         if scenario not in prof.SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}")
         self.seed = seed
@@ -105,8 +108,16 @@ class Fleet:
             {"tools": prof.TOOL_PRICES_USD})
         self.policy = policy
         self.clock: Callable[[], float] = lambda: self.now
-        self.agents = [SimAgent(self, prof.PROFILES[name], i)
-                       for name in profiles for i in range(agents_per_profile)]
+        slots = [(prof.PROFILES[name], i) for name in profiles for i in range(agents_per_profile)]
+        if names is not None:
+            names = list(names)
+            if len(names) != len(slots):
+                raise ValueError(f"{len(names)} names for {len(slots)} agents "
+                                 f"({agents_per_profile} per profile of {', '.join(profiles)})")
+            if len(set(names)) != len(names):
+                raise ValueError("agent names must differ")
+        self.agents = [SimAgent(self, profile, i, None if names is None else names[k])
+                       for k, (profile, i) in enumerate(slots)]
         if not self.agents:
             raise ValueError("no agents: give at least one profile and --agents >= 1")
         by_name = {a.name: a for a in self.agents}
@@ -119,17 +130,37 @@ class Fleet:
         self.open_tasks: dict[str, _tracker.Task] = {}
         self._heap: list[tuple[float, int, Process]] = []
         self._seq = itertools.count()
+        self._requests: list[tuple[str, SimAgent]] = []  # scenarios asked for by another thread
+        self._requests_lock = threading.Lock()
         for agent in self.agents:
             self._spawn(self._agent_loop(agent), 0.0)
         if scenario != "normal":
-            self._spawn(self._scenario(), self.at - start)
+            self._spawn(self._scenario(self.scenario, self.target), self.at - start)
 
     # ---------------------------------------------------------------- the engine
 
     def _spawn(self, process: Process, delay: float) -> None:
         heapq.heappush(self._heap, (self.now + delay, next(self._seq), process))
 
+    def request_scenario(self, scenario: str, agent_name: str) -> None:
+        """Start ``scenario`` on the agent ``agent_name`` now (callable from any thread;
+        the engine starts it before its next step)."""
+        if scenario not in prof.SCENARIOS or scenario == "normal":
+            raise ValueError(f"unknown scenario {scenario!r} (known: {', '.join(prof.SCENARIOS[1:])})")
+        agent = next((a for a in self.agents if a.name == agent_name), None)
+        if agent is None:
+            raise ValueError(f"no agent {agent_name!r}")
+        with self._requests_lock:
+            self._requests.append((scenario, agent))
+
+    def _take_requests(self) -> None:
+        with self._requests_lock:
+            requests, self._requests = self._requests, []
+        for scenario, agent in requests:
+            self._spawn(self._scenario(scenario, agent), 0.0)
+
     def _step(self) -> None:
+        self._take_requests()
         when, _, process = heapq.heappop(self._heap)
         self.now = when
         try:
@@ -154,6 +185,7 @@ class Fleet:
         wall0, sim0 = time.time(), self.now
         end = None if duration_seconds is None else sim0 + duration_seconds
         while self._heap and not stop.is_set():
+            self._take_requests()
             when = self._heap[0][0]
             if end is not None and when >= end:
                 break
@@ -175,18 +207,17 @@ class Fleet:
 
     # ---------------------------------------------------------------- processes
 
-    def _scenario(self) -> Process:
-        agent = self.target
-        if self.scenario == "model-update-spike":
+    def _scenario(self, scenario: str, agent: SimAgent) -> Process:
+        if scenario == "model-update-spike":
             agent.use_model(agent.profile.spike_model, version="v2")
-        elif self.scenario == "runaway-loop":
+        elif scenario == "runaway-loop":
             agent.stuck = True
             self._spawn(self._runaway(agent), 0.0)
-        elif self.scenario == "tool-call-explosion":
+        elif scenario == "tool-call-explosion":
             agent.explosion_since = self.now
-        elif self.scenario == "traffic-surge":
+        elif scenario == "traffic-surge":
             agent.surge = True
-        log.info("scenario %s started on %s at %.0f", self.scenario, agent.name, self.now)
+        log.info("scenario %s started on %s at %.0f", scenario, agent.name, self.now)
         return
         yield 0.0  # a generator that does its work on the first step
 

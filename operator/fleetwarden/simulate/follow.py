@@ -4,8 +4,12 @@ the operator shows in the metrics.
 Every ``interval`` seconds the Deployments of the namespace are listed; for each agent
 with a Deployment of its name: at zero replicas it stops spending (its open tasks end
 abandoned); the model named on the Deployment (annotation ``fleetwarden.dev/model``, else
-the env var ``MODEL`` of a container) becomes the model it runs. The Kubernetes client is
-imported here only, lazily, so the SDK and the fast simulator never need it.
+the env var ``MODEL`` of a container) becomes the model it runs; a new value of the
+annotation ``fleetwarden.dev/simulate-scenario`` (a scenario name, e.g. ``runaway-loop``)
+starts that scenario on the agent once (``kubectl annotate deployment NAME
+fleetwarden.dev/simulate-scenario=runaway-loop``; the annotation's value at the first poll
+is taken as already played). The Kubernetes client is imported here only, lazily, so the
+SDK and the fast simulator never need it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ log = logging.getLogger("fleetwarden.simulate")
 
 MODEL_ANNOTATION = "fleetwarden.dev/model"
 MODEL_ENV = "MODEL"
+SCENARIO_ANNOTATION = "fleetwarden.dev/simulate-scenario"
 
 
 def deployment_model(deployment: Any) -> str | None:
@@ -36,13 +41,26 @@ def deployment_model(deployment: Any) -> str | None:
     return None
 
 
-def apply(fleet: fleet_mod.Fleet, deployments: list[Any]) -> None:
-    """Apply the Deployments' replicas and models to the agents of the fleet."""
+def apply(fleet: fleet_mod.Fleet, deployments: list[Any], played: dict[str, str] | None = None) -> None:
+    """Apply the Deployments' replicas, models and scenario requests to the agents of the fleet.
+
+    ``played``: agent -> the scenario annotation value already acted on (updated here); a
+    value not in it starts its scenario. None: scenario annotations are ignored."""
     by_name = {d.metadata.name: d for d in deployments}
     for agent in fleet.agents:
         dep = by_name.get(agent.name)
         if dep is None:
             continue
+        if played is not None:
+            annotations = (dep.metadata.annotations or {}) if dep.metadata else {}
+            wanted = str(annotations.get(SCENARIO_ANNOTATION) or "")
+            if wanted and played.get(agent.name) != wanted:
+                try:
+                    fleet.request_scenario(wanted, agent.name)
+                    log.info("%s: scenario %s requested by its Deployment", agent.name, wanted)
+                except ValueError as exc:
+                    log.warning("%s: annotation %s ignored: %s", agent.name, SCENARIO_ANNOTATION, exc)
+            played[agent.name] = wanted
         replicas = dep.spec.replicas if dep.spec and dep.spec.replicas is not None else 1
         if (replicas == 0) != agent.paused:
             log.info("%s: %s", agent.name, "scaled to zero: stops spending" if replicas == 0 else "running again")
@@ -71,6 +89,7 @@ class DeploymentFollower:
         except Exception as exc:  # the client raises several kinds for a bad file
             raise errors.InputError(f"cannot load kubeconfig: {exc}", file=kubeconfig) from exc
         self._apps = client.AppsV1Api(api_client)
+        self._played: dict[str, str] | None = None  # None until the first poll
         self.fleet = fleet
         self.interval = interval
         self._stop = threading.Event()
@@ -78,7 +97,11 @@ class DeploymentFollower:
 
     def poll_once(self) -> None:
         result = self._apps.list_namespaced_deployment(self.fleet.namespace, _request_timeout=10)
-        apply(self.fleet, list(result.items))
+        items = list(result.items)
+        if self._played is None:  # what is annotated before the start is history, not a request
+            self._played = {d.metadata.name: str((d.metadata.annotations or {}).get(SCENARIO_ANNOTATION) or "")
+                            for d in items if d.metadata}
+        apply(self.fleet, items, self._played)
 
     def start(self) -> DeploymentFollower:
         try:

@@ -99,7 +99,7 @@ class DeploymentFollower:
         result = self._apps.list_namespaced_deployment(self.fleet.namespace, _request_timeout=10)
         items = list(result.items)
         if self._played is None:  # what is annotated before the start is history, not a request
-            self._played = {d.metadata.name: str((d.metadata.annotations or {}).get(SCENARIO_ANNOTATION) or "")
+            self._played = {str(d.metadata.name): str((d.metadata.annotations or {}).get(SCENARIO_ANNOTATION) or "")
                             for d in items if d.metadata}
         apply(self.fleet, items, self._played)
 

@@ -233,7 +233,8 @@ class Replay:
                 horizon = ts - lateness
                 if b.watermark is None or ts > b.watermark:
                     b.watermark = ts
-                self._close_minutes(b.close(horizon))
+                since = b.closed_until
+                self._close_minutes(b.close(horizon), since, b.closed_until, ts)
                 next_close = (int(horizon // 60) + 1) * 60.0
                 if self._heap:
                     yield from self._release(horizon)
@@ -269,56 +270,76 @@ class Replay:
                     for k in stale:
                         del ctx.tasks[k]
         # end of input: every minute is complete, every finding is due
-        self._close_minutes(b.finish())
+        since = b.closed_until
+        self._close_minutes(b.finish(), since, b.closed_until, b.watermark if b.watermark is not None else 0.0)
         stats.late = b.late
         yield from self._release(_INF)
 
     # ------------------------------------------------------------ minutes
 
-    def _close_minutes(self, closed: list[series.AgentMinute]) -> None:
-        if not closed:
-            return
+    def _close_minutes(self, closed: list[series.AgentMinute], since: int | None, upto: int | None,
+                       now: float) -> None:
+        """Minutes ``[since, upto)`` have closed (``closed``: their buckets, oldest first) when the latest
+        event seen is at ``now``."""
         agents = self.bucketer.agents
-        by_minute: dict[int, list[series.AgentMinute]] = {}
+        rate_minutes: dict[buckets.AgentState, list[series.AgentMinute]] = {}
         for am in closed:
-            by_minute.setdefault(am.minute, []).append(am)
-        for minute in sorted(by_minute):
-            seen: set[buckets.AgentState] = set()
-            for am in by_minute[minute]:
-                st = agents[(am.namespace, am.agent)]
-                seen.add(st)
-                ctx: _AgentCtx = st.ctx
-                if ctx.detectors is not None:
-                    for f in ctx.detectors.step(am):
-                        if ctx.budget_name is not None or ctx.policy_name is not None:
-                            f = dataclasses.replace(f, budget=f.budget or ctx.budget_name,
-                                                    policy=f.policy or ctx.policy_name)
-                        self._push(f)
-                if ctx.rate_active:
-                    self._rate_minute_closed(st, ctx, minute, am)
+            st = agents[(am.namespace, am.agent)]
+            ctx: _AgentCtx = st.ctx
+            if ctx.detectors is not None:
+                for f in ctx.detectors.step(am):
+                    if ctx.budget_name is not None or ctx.policy_name is not None:
+                        f = dataclasses.replace(f, budget=f.budget or ctx.budget_name,
+                                                policy=f.policy or ctx.policy_name)
+                    self._push(f)
+            if ctx.rate_active:
+                rate_minutes.setdefault(st, []).append(am)
+        if self._rate_agents and upto is not None:
+            first = since if since is not None else (closed[0].minute if closed else upto)
             for st in list(self._rate_agents):
-                if st not in seen:
-                    self._rate_minute_closed(st, st.ctx, minute, None)
+                self._rate_close(st, st.ctx, rate_minutes.get(st, []), first, upto, now)
 
-    def _rate_minute_closed(self, st: buckets.AgentState, ctx: _AgentCtx, minute: int,
-                            am: series.AgentMinute | None) -> None:
-        """A minute closed: rate-limit episodes whose last excess is before it, and that it kept
-        within limits, have ended (a new excess will be reported again)."""
+    def _rate_close(self, st: buckets.AgentState, ctx: _AgentCtx, closed: list[series.AgentMinute], since: int,
+                    upto: int, now: float) -> None:
+        """Minutes ``[since, upto)`` of this agent are complete: a complete minute within the limit after
+        the last excess ends a rate-limit episode; an excess after it (in a later complete or open
+        minute) starts a new one, detected now (only now is the calm minute known to be complete)."""
         for key in list(ctx.rate_active):
-            last_exceeded = ctx.rate_active[key][0]
-            if minute <= last_exceeded:
-                continue
             pname, tool = key
-            limits = next((p.rate for p in ctx.policies if p.name == pname and p.rate is not None), None)
-            limit = policies.rate_limit_for(limits, tool) if limits is not None else None
-            if am is None:
-                calls = 0.0
-            elif tool is None:
-                calls = float(sum(am.tool_calls.values()))
-            else:
-                calls = float(am.tool_calls.get(tool, 0))
-            if limit is None or calls <= limit:
+            p = next((p for p in ctx.policies if p.name == pname and p.rate is not None), None)
+            limit = policies.rate_limit_for(p.rate, tool) if p is not None and p.rate is not None else None
+            if p is None or p.rate is None or limit is None:
                 del ctx.rate_active[key]
+                continue
+            counts = {am.minute: float(sum(am.tool_calls.values()) if tool is None else am.tool_calls.get(tool, 0))
+                      for am in closed}
+            state = ctx.rate_active[key]
+            m = max(since, state[0] + 60)
+            while m < upto:
+                if counts.get(m, 0.0) > limit:
+                    state[0] = m
+                    m += 60
+                    continue
+                # ended at minute m: is there a later excess already (complete minutes, then open ones)?
+                later = [(mm, c) for mm, c in sorted(counts.items()) if mm > m and c > limit]
+                if not later:
+                    for mm in sorted(st.open):
+                        acc = st.open[mm]
+                        c = float(acc.tool_total if tool is None else acc.tool_calls.get(tool, 0))
+                        if mm > m and c > limit:
+                            later = [(mm, c)]
+                            break
+                if not later:
+                    del ctx.rate_active[key]
+                    break
+                mm, c = later[0]
+                state[0], state[1] = mm, policies.rate_level(c, limit)
+                f = policies.rate_limit_exceeded(policies.RateInput(
+                    subject=policies.Subject(agent=st.agent, namespace=st.namespace, now=now), policy=pname,
+                    limits=p.rate, tool=tool, calls_per_minute=c))
+                if f is not None:
+                    self._push(f)
+                m = mm + 60
         if not ctx.rate_active:
             self._rate_agents.pop(st, None)
 
@@ -462,8 +483,7 @@ class Replay:
         minute = int(ev.time // 60) * 60
         key = (p.name, tool)
         state = ctx.rate_active.get(key)
-        if state is not None:
-            state[0] = max(state[0], minute)
+        if state is not None:  # the minute close decides when it ends (state[0]: last complete excess)
             if level <= state[1]:
                 return
             state[1] = level

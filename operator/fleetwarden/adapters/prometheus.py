@@ -152,6 +152,7 @@ class BudgetData:
     minutes: dict[str, list[series.AgentMinute]]
     spend: dict[spec.Window, float | None]
     spend_by_agent: dict[str, float]  # rolling hour, per agent
+    lookback_start: float  # the first minute the buckets cover
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +205,7 @@ class FleetSnapshot:
             minutes={a.name: self.agent_minutes(a.namespace, a.name) for a in agents},
             spend=spend,
             spend_by_agent={a.name: self.agent_spend(a.namespace, a.name, spec.Window.hour) for a in agents},
+            lookback_start=float(self.start),
         )
 
 

@@ -86,6 +86,7 @@ class EvaluationInput:
     policies: Sequence[spec.CostPolicy] = ()
     metrics_reason: str | None = None  # why minutes/spend are unknown
     generation: int | None = None
+    lookback_start: float | None = None  # the first minute ``minutes`` cover (None: unknown)
 
 
 # ---------------------------------------------------------------- output
@@ -239,16 +240,21 @@ def spend_since(minutes: Mapping[str, Sequence[series.AgentMinute]], since: floa
 def kill_rule_spend(inp: EvaluationInput) -> float | None:
     """Spend as the kill rule counts it: after a resume, only what was spent since then.
 
-    Killed agents spend nothing, so the spend since ``resumedAt`` is the spend of the
-    minutes from it on (a lower bound when the lookback is shorter than that stretch)."""
+    When the minutes cover the whole kill window, that is the window's spend (fresh, from
+    the instant query) less the minutes before the resume; otherwise the minutes since
+    the resume (a lower bound: killed agents spend nothing, so nothing is missed before)."""
     window = inp.budget.spec.kill_switch.window
     spend = inp.spend.get(window)
     resumed = parse_rfc3339((inp.previous.get("killSwitch") or {}).get("resumedAt"))
-    if resumed is None or inp.minutes is None or spend is None:
+    seconds = spec.WINDOW_SECONDS[window]
+    if resumed is None or inp.minutes is None or spend is None or inp.now - resumed >= seconds:
         return spend
-    if inp.now - resumed < spec.WINDOW_SECONDS[window]:
-        return min(spend, spend_since(inp.minutes, resumed))
-    return spend
+    window_start = series.minute_of(inp.now - seconds)
+    if inp.lookback_start is not None and inp.lookback_start <= window_start:
+        before = sum(m.cost_usd for ms in inp.minutes.values() for m in ms
+                     if window_start <= m.minute < series.minute_of(resumed))
+        return max(0.0, spend - before)
+    return min(spend, spend_since(inp.minutes, resumed))
 
 
 def _continuing_onset(inp: EvaluationInput, kind: str) -> float | None:

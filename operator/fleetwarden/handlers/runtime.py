@@ -187,16 +187,18 @@ class Runtime:
         minutes: dict[str, list[Any]] | None
         spend: dict[spec.Window, float | None]
         reason = None
+        lookback_start: float | None = None
         try:
             data = self.snapshot().for_budget(budget, agents)
-            minutes, spend = dict(data.minutes), dict(data.spend)
+            minutes, spend, lookback_start = dict(data.minutes), dict(data.spend), data.lookback_start
         except errors.PrometheusError as exc:
             minutes, spend, reason = None, dict.fromkeys(spec.Window), str(exc)
         # 4: decide
         previous = self.previous_status(body)
         decision = evaluate.evaluate(evaluate.EvaluationInput(
             budget=budget, agents=agents, minutes=minutes, spend=spend, now=now, previous=previous,
-            policies=policies, metrics_reason=reason, generation=meta.get("generation")))
+            policies=policies, metrics_reason=reason, generation=meta.get("generation"),
+            lookback_start=lookback_start))
         if not apply:
             return decision
         # 5: act

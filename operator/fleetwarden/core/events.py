@@ -126,7 +126,24 @@ def parse_time(value: object) -> float | None:
     return None
 
 
+# Exact time strings seen recently -> Unix seconds (a busy fleet writes the same second many times).
+_TIME_CACHE: dict[str, float] = {}
+_TIME_CACHE_MAX = 4096
+
+
 def _time_from_str(text: str) -> float | None:
+    ts = _TIME_CACHE.get(text)
+    if ts is not None:
+        return ts
+    ts = _time_from_str_uncached(text)
+    if ts is not None:
+        if len(_TIME_CACHE) >= _TIME_CACHE_MAX:
+            _TIME_CACHE.clear()
+        _TIME_CACHE[text] = ts
+    return ts
+
+
+def _time_from_str_uncached(text: str) -> float | None:
     # Fast path: a minute already seen, then ":SS" and "Z".
     base = _MINUTE_PREFIX.get(text[:16])
     if base is not None and len(text) == 20 and text[16] == ":" and text[19] in "Zz":
@@ -415,11 +432,13 @@ def _compile_shape(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], float | 
         body.append(_SNIPPETS[check].format(k=k))
     body.append(
         "    v = d['time']\n"
-        "    if type(v) is str: return _time_from_str(v)\n"
+        "    if type(v) is str:\n"
+        "        ts = _TIME_CACHE.get(v)\n"
+        "        return ts if ts is not None else _time_from_str(v)\n"
         "    if type(v) is float or type(v) is int: return _parse_time(v)\n"
         "    return None\n"
     )
-    scope: dict[str, Any] = {"_time_from_str": _time_from_str, "_parse_time": parse_time, "_STATUS": STATUS_FOR_TYPE}
+    scope: dict[str, Any] = {"_time_from_str": _time_from_str, "_TIME_CACHE": _TIME_CACHE, "_parse_time": parse_time, "_STATUS": STATUS_FOR_TYPE}
     exec("".join(body), scope)  # noqa: S102 - generated from constants above, never from input
     return scope["check"]  # type: ignore[no-any-return]
 

@@ -215,7 +215,8 @@ class Event:
 
     @property
     def labels(self) -> _Labels:
-        return self.raw.get("labels") or _NO_LABELS  # type: ignore[no-any-return]
+        labels: _Labels = self.raw.get("labels") or _NO_LABELS
+        return labels
 
     @property
     def workflow(self) -> str | None:
@@ -286,7 +287,7 @@ class Event:
         v = self.raw.get("status")
         if v is None and self.type == "tool":
             return "ok"
-        return v  # type: ignore[no-any-return]
+        return None if v is None else str(v)
 
     @property
     def outcome(self) -> str | None:
@@ -387,7 +388,7 @@ def problem(obj: object) -> tuple[str | None, str] | None:
             reason = _field_problem(name, check, v, etype)
             if reason is not None:
                 return name, reason
-    for name in REQUIRED_FOR_TYPE[etype]:
+    for name in REQUIRED_FOR_TYPE[str(etype)]:
         if name not in obj:
             return name, f"required for type {etype!r}"
     return None
@@ -459,16 +460,18 @@ def _fast_time(obj: dict[str, Any]) -> float | None:
 
 def from_obj(obj: object, *, line: int | None = None, file: str | None = None) -> Event:
     """An :class:`Event` from a parsed JSON value. Raises EventError naming the field (and ``line``)."""
-    ts = _fast_time(obj) if type(obj) is dict else None
+    ts = _fast_time(obj) if isinstance(obj, dict) else None
     if ts is None:
         found = problem(obj)
         if found is not None:
             field, reason = found
             raise errors.EventError(reason, file=file, line=line, field=field)
-        ts = parse_time(obj["time"])  # type: ignore[index]
+        assert isinstance(obj, dict)
+        ts = parse_time(obj["time"])
         if ts is None:  # pragma: no cover - problem() has checked it
             raise errors.EventError("bad time", file=file, line=line, field="time")
-    return Event(ts, obj["type"], obj["agent"], obj.get("namespace", "default"), obj, line)  # type: ignore[index, union-attr]
+    assert isinstance(obj, dict)
+    return Event(ts, obj["type"], obj["agent"], obj.get("namespace", "default"), obj, line)
 
 
 def parse_line(data: bytes | str, *, line: int | None = None, file: str | None = None) -> Event:
@@ -509,7 +512,8 @@ def iter_events(source: Source, *, file: str | None = None) -> Iterator[Event | 
         file = file if isinstance(file, str) else None
     loads = _loads
     fast = _fast_time
-    for number, data in enumerate(source, 1):
+    lines: Iterable[Any] = source
+    for number, data in enumerate(lines, 1):
         try:
             obj = loads(data)
         except (_JSONError, ValueError, UnicodeDecodeError) as exc:

@@ -86,7 +86,6 @@ class EvaluationInput:
     policies: Sequence[spec.CostPolicy] = ()
     metrics_reason: str | None = None  # why minutes/spend are unknown
     generation: int | None = None
-    lookback_start: float | None = None  # the first minute ``minutes`` cover (None: unknown)
 
 
 # ---------------------------------------------------------------- output
@@ -240,21 +239,21 @@ def spend_since(minutes: Mapping[str, Sequence[series.AgentMinute]], since: floa
 def kill_rule_spend(inp: EvaluationInput) -> float | None:
     """Spend as the kill rule counts it: after a resume, only what was spent since then.
 
-    When the minutes cover the whole kill window, that is the window's spend (fresh, from
-    the instant query) less the minutes before the resume; otherwise the minutes since
-    the resume (a lower bound: killed agents spend nothing, so nothing is missed before)."""
+    Two lower bounds, the larger wins (neither counts spend from before the resume):
+    the window's spend now less the window's spend at the resume
+    (``status.killSwitch.spendAtResumeUSD``; fresh at once), and the complete minutes
+    wholly after the resume (catches up as pre-resume spend slides out of the window)."""
     window = inp.budget.spec.kill_switch.window
     spend = inp.spend.get(window)
-    resumed = parse_rfc3339((inp.previous.get("killSwitch") or {}).get("resumedAt"))
-    seconds = spec.WINDOW_SECONDS[window]
-    if resumed is None or inp.minutes is None or spend is None or inp.now - resumed >= seconds:
+    prev_ks = inp.previous.get("killSwitch") or {}
+    resumed = parse_rfc3339(prev_ks.get("resumedAt"))
+    if resumed is None or inp.minutes is None or spend is None or inp.now - resumed >= spec.WINDOW_SECONDS[window]:
         return spend
-    window_start = series.minute_of(inp.now - seconds)
-    if inp.lookback_start is not None and inp.lookback_start <= window_start:
-        before = sum(m.cost_usd for ms in inp.minutes.values() for m in ms
-                     if window_start <= m.minute < series.minute_of(resumed))
-        return max(0.0, spend - before)
-    return min(spend, spend_since(inp.minutes, resumed))
+    bounds = [spend_since(inp.minutes, series.minute_of(resumed) + series.MINUTE)]
+    at_resume = prev_ks.get("spendAtResumeUSD")
+    if isinstance(at_resume, (int, float)):
+        bounds.append(spend - float(at_resume))
+    return max(0.0, min(spend, max(bounds)))
 
 
 def _continuing_onset(inp: EvaluationInput, kind: str) -> float | None:
@@ -295,9 +294,15 @@ def budget_findings(inp: EvaluationInput) -> list[findings.Finding]:
     if kill is not None:
         out.append(kill)
     kept = []
+    handled = {(inp.previous.get("killSwitch") or {}).get("incident"), budget.spec.kill_switch.acknowledge}
     for f in out:
         onset = _continuing_onset(inp, f.kind)
-        kept.append(dataclasses.replace(f, onset=onset if onset is not None else now))
+        f = dataclasses.replace(f, onset=onset if onset is not None else now)
+        if onset is None and f.kind == findings.KILL_SWITCH and findings.incident_id(f) in handled:
+            # a new kill in the same minute as the one just acknowledged: ids are minute-grained,
+            # so it takes the next minute's id rather than the resolved incident's
+            f = dataclasses.replace(f, onset=float(series.minute_of(now) + series.MINUTE))
+        kept.append(f)
     return kept
 
 
@@ -346,6 +351,11 @@ def evaluate(inp: EvaluationInput) -> Decision:
         engaged = False
         ks["engaged"] = False
         ks["resumedAt"] = rfc3339(now)
+        at_resume = inp.spend.get(ks_spec.window)
+        if at_resume is not None:
+            ks["spendAtResumeUSD"] = _money(at_resume)
+        else:
+            ks.pop("spendAtResumeUSD", None)
         remembered = dict(prev_ks.get("replicas") or {})
         for agent_name, replicas in sorted(remembered.items()):
             if agent_name in by_name and not budget.spec.suspend:

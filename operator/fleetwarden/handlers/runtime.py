@@ -141,6 +141,11 @@ class Runtime:
                 raise self._snapshot
             return self._snapshot
 
+    def new_cycle(self) -> None:
+        """Forget the cached snapshot: the next budget fetches afresh."""
+        with self._snapshot_lock:
+            self._snapshot = None
+
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_lock:
             return self._locks.setdefault(uid, threading.Lock())
@@ -187,18 +192,16 @@ class Runtime:
         minutes: dict[str, list[Any]] | None
         spend: dict[spec.Window, float | None]
         reason = None
-        lookback_start: float | None = None
         try:
             data = self.snapshot().for_budget(budget, agents)
-            minutes, spend, lookback_start = dict(data.minutes), dict(data.spend), data.lookback_start
+            minutes, spend = dict(data.minutes), dict(data.spend)
         except errors.PrometheusError as exc:
             minutes, spend, reason = None, dict.fromkeys(spec.Window), str(exc)
         # 4: decide
         previous = self.previous_status(body)
         decision = evaluate.evaluate(evaluate.EvaluationInput(
             budget=budget, agents=agents, minutes=minutes, spend=spend, now=now, previous=previous,
-            policies=policies, metrics_reason=reason, generation=meta.get("generation"),
-            lookback_start=lookback_start))
+            policies=policies, metrics_reason=reason, generation=meta.get("generation")))
         if not apply:
             return decision
         # 5: act

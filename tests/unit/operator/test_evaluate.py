@@ -36,15 +36,14 @@ def flat_minutes(agent: str, cost: float = 0.01, n: int = 30, end: float = NOW) 
 def inp(b: spec.AgentBudget | None = None, ags: list[evaluate.AgentState] | None = None, *,
         hour: float | None = 2.0, day: float | None = 20.0, month: float | None = 200.0,
         minutes: dict[str, list[AgentMinute]] | None | str = "flat", previous: dict[str, Any] | None = None,
-        now: float = NOW, policies: list[spec.CostPolicy] | None = None,
-        lookback_start: float | None = None) -> evaluate.EvaluationInput:
+        now: float = NOW, policies: list[spec.CostPolicy] | None = None) -> evaluate.EvaluationInput:
     ags = agents(bot=3, helper=2) if ags is None else ags
     if minutes == "flat":
         minutes = {a.name: flat_minutes(a.name, end=now) for a in ags}
     return evaluate.EvaluationInput(
         budget=b or budget(), agents=ags, minutes=minutes,  # type: ignore[arg-type]
         spend={spec.Window.hour: hour, spec.Window.day: day, spec.Window.month: month},
-        now=now, previous=previous or {}, policies=policies or [], generation=1, lookback_start=lookback_start,
+        now=now, previous=previous or {}, policies=policies or [], generation=1,
         metrics_reason=None if minutes is not None else "Prometheus unreachable: connection refused")
 
 
@@ -259,24 +258,19 @@ def test_spend_before_the_resume_no_longer_counts_for_the_kill_rule() -> None:
     assert again.status["killSwitch"]["incident"] != incident
 
 
-def test_after_a_resume_fresh_spend_kills_without_waiting_for_a_complete_minute() -> None:
-    """With the lookback covering the window, spend since the resume is the window's spend less the
-    minutes before the resume, so new spend in the current minute counts at once."""
+def test_after_a_resume_fresh_spend_kills_again_at_once() -> None:
+    """Spend since the resume is the window's spend less its spend at the resume: a new breach,
+    even in the same minute as the acknowledged kill, kills again with a new incident id."""
     first = killed()
     incident = first.status["killSwitch"]["incident"]
     b = budget(killSwitch={"acknowledge": incident})
-    resumed = evaluate.evaluate(inp(b, agents(bot=0, helper=0), hour=16.0, previous=first.status, now=NOW + 300))
-    later = NOW + 900
-    start = int(later) - 5400
-    before = [AgentMinute("bot", NS, m, inference_cost_usd=0.3) for m in range(start, int(NOW), 60)]
-    after = [AgentMinute("bot", NS, m, inference_cost_usd=0.01) for m in range(int(NOW) + 300, int(later), 60)]
-    in_window = sum(x.cost_usd for x in before if x.minute >= later - 3600)
-    quiet = evaluate.evaluate(inp(b, agents(bot=3, helper=2), hour=in_window + 0.1, minutes={"bot": before + after},
-                                  previous=resumed.status, now=later, lookback_start=start))
+    resumed = evaluate.evaluate(inp(b, agents(bot=0, helper=0), hour=16.0, previous=first.status, now=NOW + 20))
+    assert resumed.status["killSwitch"]["spendAtResumeUSD"] == 16.0
+    quiet = evaluate.evaluate(inp(b, agents(bot=3, helper=2), hour=17.0, previous=resumed.status, now=NOW + 30))
     assert of(quiet, evaluate.ScaleToZero) == []
-    hot = evaluate.evaluate(inp(b, agents(bot=3, helper=2), hour=in_window + 16.0, minutes={"bot": before + after},
-                                previous=resumed.status, now=later, lookback_start=start))
+    hot = evaluate.evaluate(inp(b, agents(bot=3, helper=2), hour=32.0, previous=resumed.status, now=NOW + 40))
     assert sorted(a.agent for a in of(hot, evaluate.ScaleToZero)) == ["bot", "helper"]
+    assert hot.status["killSwitch"]["incident"] != incident
 
 
 def test_runaway_loop_with_action_kill_stops_only_that_agent() -> None:

@@ -625,7 +625,7 @@ def _figures(minutes: Mapping[str, Sequence[series.AgentMinute]], now: float,
     next_month = (month_start + dt.timedelta(days=32)).replace(day=1)
     month_spend = spend.get(spec.Window.month)
     if month_spend is not None:
-        out["projectedMonthUSD"] = _money(month_spend + burn * (next_month.timestamp() - now) / 3600.0)
+        out["projectedMonthUSD"] = round(month_spend + burn * (next_month.timestamp() - now) / 3600.0, 2)
     cost = sum(m.cost_usd for m in hour)
     tasks = sum(m.tasks_completed for m in hour)
     if tasks > 0:

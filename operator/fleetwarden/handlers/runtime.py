@@ -37,8 +37,9 @@ from fleetwarden.handlers import hooks, metrics
 
 log = logging.getLogger(__name__)
 
-# Status fields that change every cycle without meaning anything changed.
-_VOLATILE = ("lastEvaluated",)
+# Status fields that drift every cycle (the clock moves) without meaning anything changed;
+# they are written with any other change, and at least every HEARTBEAT_SECONDS.
+_VOLATILE = ("lastEvaluated", "projectedMonthUSD", "burnRateUSDPerHour")
 # Write the status at least this often even when nothing changed (lastEvaluated heartbeat).
 HEARTBEAT_SECONDS = 60.0
 

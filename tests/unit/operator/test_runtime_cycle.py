@@ -1,0 +1,168 @@
+"""The evaluation loop around the pure core: one Prometheus fetch per cycle, one status patch,
+unknown data never acts. The API server is a recording fake here (unit tests only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fleetwarden import errors
+from fleetwarden.adapters import kube, prometheus
+from fleetwarden.core import series, spec
+from fleetwarden.handlers import hooks, runtime
+
+NOW = 1_800_000_000.0
+
+
+class FakeKube:
+    """Records what the Runtime asks of the API server."""
+
+    def __init__(self, fail_scale: int | None = None) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail_scale = fail_scale
+
+    def scale_to_zero(self, namespace: str, name: str, remember: int) -> None:
+        if self.fail_scale is not None:
+            raise kube.KubeError("scale refused", self.fail_scale)
+        self.calls.append(("scale_to_zero", namespace, name, remember))
+
+    def restore(self, namespace: str, name: str, replicas: int) -> None:
+        self.calls.append(("restore", namespace, name, replicas))
+
+    def set_model(self, namespace: str, name: str, model: str, source: Any) -> None:
+        self.calls.append(("set_model", namespace, name, model))
+
+    def patch_budget_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.calls.append(("status", namespace, name, patch))
+
+    def post_event(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.calls.append(("event", ref["kind"], ref["name"], type_, reason))
+
+    def of(self, kind: str) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] == kind]
+
+
+class CountingFetcher:
+    def __init__(self, hour_spend: float = 0.5, fail: bool = False) -> None:
+        self.fetches = 0
+        self.hour_spend = hour_spend
+        self.fail = fail
+
+    def fetch(self, now: float | None = None) -> prometheus.FleetSnapshot:
+        self.fetches += 1
+        if self.fail:
+            raise errors.PrometheusError("Prometheus query failed (inference_cost): connection refused")
+        end = series.minute_of(NOW)
+        agents = [("shop", f"bot-{i}") for i in range(50)]
+        return prometheus.FleetSnapshot(
+            fetched_at=NOW, start=end - 600, end=end,
+            minutes={k: [series.AgentMinute(k[1], k[0], m, inference_cost_usd=0.001) for m in range(end - 600, end, 60)]
+                     for k in agents},
+            spend={k: {(w, c): self.hour_spend for w in spec.Window for c in (False, True)} for k in agents},
+            last_sample=dict.fromkeys(agents, NOW), stale_after=45.0, queries=16)
+
+
+def body(i: int) -> dict[str, Any]:
+    return {"apiVersion": spec.API_VERSION, "kind": "AgentBudget",
+            "metadata": {"name": f"budget-{i}", "namespace": "shop", "uid": f"uid-{i}", "generation": 1},
+            "spec": {"selector": {"matchLabels": {"agent": f"bot-{i}"}}, "limits": [{"window": "hour", "amountUSD": 1}]}}
+
+
+def deployment(i: int, replicas: int = 2) -> dict[str, Any]:
+    return {"metadata": {"name": f"bot-{i}", "namespace": "shop", "uid": f"d-{i}", "labels": {"agent": f"bot-{i}"}},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "agent", "env": []}]}}}}
+
+
+def make(fetcher: Any, k: FakeKube) -> runtime.Runtime:
+    return runtime.Runtime(interval=15.0, fetcher=fetcher, kube_client=k, clock=lambda: NOW)  # type: ignore[arg-type]
+
+
+def test_one_prometheus_fetch_serves_every_budget_of_a_cycle() -> None:
+    """Fifty budgets evaluated in one cycle cost one fleet-wide fetch (16 queries), not fifty."""
+    fetcher, k = CountingFetcher(), FakeKube()
+    rt = make(fetcher, k)
+    deployments = [deployment(i) for i in range(50)]
+    for i in range(50):
+        rt.reconcile(body(i), deployments)
+    assert fetcher.fetches == 1
+    assert len(k.of("status")) == 50  # one status patch per budget
+
+
+def test_status_is_not_written_again_when_nothing_changed() -> None:
+    """A second evaluation with the same data writes no status patch."""
+    k = FakeKube()
+    rt = make(CountingFetcher(), k)
+    rt.reconcile(body(0), [deployment(0)])
+    rt.reconcile(body(0), [deployment(0)])
+    assert len(k.of("status")) == 1
+
+
+def test_kill_acts_patches_and_explains() -> None:
+    """Spend past the kill threshold: scale to zero, the status says Killed, a Warning event on the budget."""
+    k = FakeKube()
+    decision = make(CountingFetcher(hour_spend=2.0), k).reconcile(body(0), [deployment(0)])
+    assert k.of("scale_to_zero") == [("scale_to_zero", "shop", "bot-0", 2)]
+    [status_call] = k.of("status")
+    assert status_call[3]["state"] == "Killed"
+    assert ("event", "AgentBudget", "budget-0", "Warning", "KillSwitchEngaged") in k.calls
+    assert decision.status["killSwitch"]["replicas"] == {"bot-0": 2}
+
+
+def test_prometheus_down_is_unknown_and_nothing_is_scaled() -> None:
+    """A Prometheus error: MetricsAvailable=False in the patch, a Warning event, no scaling."""
+    k = FakeKube()
+    make(CountingFetcher(fail=True), k).reconcile(body(0), [deployment(0)])
+    assert k.of("scale_to_zero") == []
+    [status_call] = k.of("status")
+    metrics = next(c for c in status_call[3]["conditions"] if c["type"] == "MetricsAvailable")
+    assert metrics["status"] == "False" and "connection refused" in metrics["message"]
+    assert ("event", "AgentBudget", "budget-0", "Warning", "MetricsUnavailable") in k.calls
+
+
+def test_a_transient_api_failure_is_retried_after_the_status_is_written() -> None:
+    """A 503 on scale: the status (Killed) is still written, an ActionFailed event, then Retry."""
+    k = FakeKube(fail_scale=503)
+    with pytest.raises(runtime.Retry):
+        make(CountingFetcher(hour_spend=2.0), k).reconcile(body(0), [deployment(0)])
+    assert k.of("status")[0][3]["state"] == "Killed"
+    assert ("event", "AgentBudget", "budget-0", "Warning", "ActionFailed") in k.calls
+
+
+def test_hooks_get_the_findings_and_actions() -> None:
+    """hooks.on_findings callables receive the budget body, the findings, the actions and the API."""
+    seen: list[tuple[Any, ...]] = []
+
+    def hook(budget_body: dict[str, Any], found: list[Any], actions: list[Any], api: Any) -> None:
+        seen.append((budget_body["metadata"]["name"], [f.kind for f in found], len(actions), api))
+
+    hooks.on_findings.append(hook)
+    try:
+        k = FakeKube()
+        make(CountingFetcher(hour_spend=2.0), k).reconcile(body(0), [deployment(0)])
+    finally:
+        hooks.on_findings.remove(hook)
+    assert seen and seen[0][0] == "budget-0" and "kill_switch" in seen[0][1] and seen[0][3] is k
+
+
+def test_a_failing_hook_does_not_break_the_evaluation() -> None:
+    """An exception in a hook is logged; the status is written all the same."""
+    def broken(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    hooks.on_findings.append(broken)
+    try:
+        k = FakeKube()
+        make(CountingFetcher(), k).reconcile(body(0), [deployment(0)])
+    finally:
+        hooks.on_findings.remove(broken)
+    assert len(k.of("status")) == 1
+
+
+def test_status_cache_makes_the_next_cycle_continue_from_the_decision() -> None:
+    """The next cycle starts from the status just decided, even if the watch has not caught up."""
+    k = FakeKube()
+    rt = make(CountingFetcher(hour_spend=2.0), k)
+    rt.reconcile(body(0), [deployment(0)])
+    rt.reconcile(body(0), [deployment(0, replicas=3)])  # scaled back up by someone
+    assert [c[3] for c in k.of("scale_to_zero")] == [2, 2]  # held, remembering the original 2

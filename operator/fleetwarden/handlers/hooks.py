@@ -5,4 +5,11 @@ called after each evaluation's actions are applied (the incident recorder and th
 Alertmanager notifier register here).
 """
 
-on_findings: list = []
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+OnFindings = Callable[[Any, Any, Any, Any], None]
+
+on_findings: list[OnFindings] = []

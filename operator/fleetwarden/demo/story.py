@@ -74,7 +74,6 @@ class Story:
                                         "steps": []}
         self._step: str | None = None
         self._step_began = 0.0
-        self._stopped_at = 0.0
 
     # ---------------------------------------------------------------- printing
 
@@ -442,20 +441,12 @@ class Story:
             "conditionKillSwitchEngaged": next((c.get("status") for c in status.get("conditions") or []
                                                 if c.get("type") == "KillSwitchEngaged"), None),
         }
-        self._stopped_at = stopped_at
 
     def resume(self) -> None:
         self.section("resume", "4d. A person reads the incident and resumes")
         ks = self.summary["killSwitch"]
         incident, remembered = ks["incident"], dict(ks.get("replicasRemembered") or {})
         self.show_fleetwarden("incident", "show", incident, "-n", LEAD_NS)
-        # The resume must fall in a later minute than the last runaway spend: the kill rule then
-        # counts only whole minutes from the resume on.
-        boundary = (int(self._stopped_at // 60) + 1) * 60 + 2
-        if time.time() < boundary:
-            self.say(f"  (the demo waits {boundary - time.time():.0f}s for the minute of the kill to close, as a "
-                     "person reading the incident would)")
-            time.sleep(max(0.0, boundary - time.time()))
         patch = json.dumps({"spec": {"killSwitch": {"acknowledge": incident}}})
         self.show("patch", "agentbudget", LEAD_BUDGET, "-n", LEAD_NS, "--type", "merge", "-p", patch)
         want = int(remembered.get(LEAD_AGENT, ks["replicasBefore"]))

@@ -188,13 +188,15 @@ class Story:
                                  f"sum(rate(fleetwarden_tasks_total{{{sel}}}[{window}]))")
 
     def tokens_per_minute(self, namespace: str, agent: str) -> float | None:
-        return self.stack.scalar(
-            'sum(rate({__name__=~"fleetwarden_llm_(input|output|cache_read|cache_write|reasoning)_tokens_total",'
-            f'namespace="{namespace}",agent="{agent}"}}[30s])) * 60')
+        sel = f'namespace="{namespace}",agent="{agent}"'
+        kinds = ("input", "output", "cache_read", "cache_write", "reasoning")
+        return self.stack.scalar("60 * (" + " + ".join(
+            f"(sum(rate(fleetwarden_llm_{kind}_tokens_total{{{sel}}}[30s])) or vector(0))" for kind in kinds) + ")")
 
     def hour_spend(self, namespace: str) -> float | None:
-        return self.stack.scalar('sum(increase({__name__=~"fleetwarden_(llm|tool)_cost_usd_total",'
-                                 f'namespace="{namespace}"}}[1h]))')
+        return self.stack.scalar(" + ".join(
+            f'(sum(increase(fleetwarden_{kind}_cost_usd_total{{namespace="{namespace}"}}[1h])) or vector(0))'
+            for kind in ("llm", "tool")))
 
     # ---------------------------------------------------------------- the story
 
@@ -492,10 +494,18 @@ class Story:
         except (OSError, ValueError):
             alerts = []
         names = sorted({str(a.get("labels", {}).get("alertname")) for a in alerts})
-        self.say(f"  Alertmanager holds {len(alerts)} alert(s):")
-        for alert in sorted(alerts, key=lambda a: (a.get("labels", {}).get("alertname", ""), str(a.get("labels")))):
+        # the operator's alerts carry the incident id; the others come from Prometheus' rules
+        from_operator = [a for a in alerts if a.get("labels", {}).get("incident")]
+        self.say(f"  Alertmanager holds {len(from_operator)} alert(s) from the operator:")
+        for alert in sorted(from_operator, key=lambda a: str(a.get("labels", {}).get("alertname"))):
             labels = alert.get("labels", {})
-            about = "/".join(str(labels[k]) for k in ("namespace", "agent") if labels.get(k)) or labels.get("budget", "")
-            self.say(f"    {labels.get('alertname')}  {about}  {labels.get('severity', '')}  "
-                     f"{labels.get('incident', '')}".rstrip())
+            about = "/".join(str(labels[k]) for k in ("namespace", "agent") if labels.get(k))
+            self.say(f"    {labels.get('alertname')}  {about}  {labels.get('severity', '')}  {labels.get('incident')}")
+        by_rule: dict[str, int] = {}
+        for alert in alerts:
+            if alert not in from_operator:
+                name = str(alert.get("labels", {}).get("alertname"))
+                by_rule[name] = by_rule.get(name, 0) + 1
+        self.say(f"  and {len(alerts) - len(from_operator)} from Prometheus' rules ({stack_mod.RULES}): "
+                 + (", ".join(f"{name} x{n}" for name, n in sorted(by_rule.items())) or "none"))
         self.summary["alerts"] = names

@@ -81,6 +81,8 @@ def can_i(cluster: Any, *args: str) -> bool:
     ("create", "configmaps", "-n", "support"),
     ("list", "namespaces"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("list", "scaledobjects.keda.sh", "-n", "support"),
+    ("patch", "scaledobjects.keda.sh", "-n", "support"),
 ], ids=" ".join)
 def test_operator_may(cluster: Any, installed: str, request_args: tuple[str, ...]) -> None:
     """The operator may watch its resources, write their status, scale and patch agents, post events."""
@@ -104,6 +106,7 @@ def test_operator_may(cluster: Any, installed: str, request_args: tuple[str, ...
     ("impersonate", "serviceaccounts", "-n", "support"),
     ("create", "serviceaccounts", "--subresource=token", "-n", "support"),
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("delete", "scaledobjects.keda.sh", "-n", "support"),
 ], ids=" ".join)
 def test_operator_may_not(cluster: Any, installed: str, request_args: tuple[str, ...]) -> None:
     """The operator may not read secrets, delete or create workloads, exec, or grant itself more."""

@@ -499,3 +499,46 @@ def test_evaluated_status_fits_the_crd_status_schema() -> None:
     schema = version_schema(load_crd("agentbudgets.yaml"))["properties"]["status"]
     assert undeclared(status, schema) == []
     jsonschema.Draft4Validator(schema).validate(status)
+
+
+def test_status_of_a_resume_cycle_fits_the_crd_status_schema() -> None:
+    """Kill, acknowledge and resume, with outcomes, guardrail findings and a pending approval: every
+    field evaluate writes (spendAtResumeUSD, costPerOutcomeUSD, incident tools, ApprovalPending) is declared."""
+    import jsonschema
+
+    from fleetwarden.core import evaluate
+    from fleetwarden.core.series import AgentMinute
+
+    now = 1_800_000_000.0
+    (doc,) = [d for d in _docs(EXAMPLES / "support-swarm" / "20-agentbudget.yaml")]
+    doc["metadata"]["generation"] = 2
+    agents = [evaluate.AgentState(name, "support", {"fleetwarden.dev/budget": "support-swarm"}, replicas,
+                                  model="gpt-4o") for name, replicas in (("support-triage", 2), ("support-resolver", 3))]
+    start = int(now // 60) * 60 - 30 * 60
+    minutes = {a.name: [AgentMinute(a.name, "support", start + 60 * i, inference_cost_usd=0.5, human_cost_usd=0.2,
+                                    tokens=9000, output_tokens=900, llm_calls=6, tasks_completed=2, outcomes=1,
+                                    tool_calls={"crm.search": 4.0}, model="gpt-4o", workflow="resolve_ticket")
+                        for i in range(30)] for a in agents}
+    outcomes = {a.name: {start + 60 * i: {"resolved_ticket": 1.0} for i in range(30)} for a in agents}
+    guardrails = {"support-triage": {start + 600: {("token_cap_exceeded", ""): 2.0,
+                                                   ("tool_not_allowed", "shell.exec"): 1.0}}}
+    approvals = [evaluate.PendingApproval("support-triage-x1", "support-triage", expires_at=now + 3600)]
+    status: dict[str, Any] = {}
+    for step, hour in enumerate((40.0, 40.0, 41.0)):  # kill; acknowledge -> resume; evaluated after the resume
+        if step == 1:
+            doc["spec"].setdefault("killSwitch", {})["acknowledge"] = status["killSwitch"]["incident"]
+        decision = evaluate.evaluate(evaluate.EvaluationInput(
+            budget=spec.AgentBudget.model_validate(doc), agents=agents, minutes=minutes,
+            spend={spec.Window.hour: hour, spec.Window.day: 120.0, spec.Window.month: 900.0},
+            now=now, previous=status, generation=2, outcomes=outcomes, guardrails=guardrails,
+            approvals=approvals, lookback_start=float(start)))
+        status = decision.status
+        now += 60
+    # the cycle reached the parts of the status under test
+    assert status["killSwitch"]["resumedAt"] and status["killSwitch"]["spendAtResumeUSD"] == 40.0
+    assert status["costPerOutcomeUSD"]["resolved_ticket"] > 0
+    assert any(i.get("tool") == "shell.exec" for i in status["incidents"])
+    assert any(c["type"] == "ApprovalPending" and c["status"] == "True" for c in status["conditions"])
+    schema = version_schema(load_crd("agentbudgets.yaml"))["properties"]["status"]
+    assert undeclared(status, schema) == []
+    jsonschema.Draft4Validator(schema).validate(status)

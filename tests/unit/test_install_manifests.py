@@ -166,6 +166,8 @@ def test_cluster_role_is_least_privilege() -> None:
     ("events.k8s.io", "events", "create"),
     ("", "configmaps", "create"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("keda.sh", "scaledobjects", "list"),
+    ("keda.sh", "scaledobjects", "patch"),
 ])
 def test_cluster_role_grants_what_the_operator_needs(group: str, resource: str, verb: str) -> None:
     """The operator may watch its resources, write their status, scale and patch agents, and post events."""

@@ -4,9 +4,12 @@ A cycle sends a FIXED number of queries whatever the number of agents or budgets
 
 - one range query per metric family over the lookback window, ``sum by (namespace, agent,
   ...) (increase(metric[1m]))`` with step 60 s, aligned to whole minutes, which become the
-  per-agent, per-minute buckets of :mod:`fleetwarden.core.series`;
+  per-agent, per-minute buckets of :mod:`fleetwarden.core.series` (plus, per minute, the
+  outcomes by name and the SDK's guardrail findings by status and tool; the guardrail
+  decisions ride on the tool-call query, so they cost no query of their own);
 - one instant query per spend window (rolling hour, day, 30 days and the calendar hour,
-  day and month), spend per agent;
+  day and month), spend per agent: inference + tools + human time, what
+  ``AgentMinute.cost_usd`` and replay count;
 - one instant query for the time of each agent's newest sample (staleness).
 
 Cleaning happens here and only here: string samples become floats, NaN and duplicate
@@ -31,7 +34,9 @@ from fleetwarden.core import evaluate, series, spec
 
 Key = tuple[str, str]  # (namespace, agent)
 
-SPEND_METRICS = ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total")
+# What a budget's spend counts: the same three parts as ``series.AgentMinute.cost_usd``.
+SPEND_METRICS = ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total",
+                 "fleetwarden_human_cost_usd_total")
 TOKEN_METRICS = tuple(f"fleetwarden_llm_{kind}_tokens_total"
                       for kind in ("input", "output", "cache_read", "cache_write", "reasoning"))
 
@@ -54,8 +59,18 @@ RANGE_FAMILIES: dict[str, tuple[str | tuple[str, ...], tuple[str, ...]]] = {
     "tool_cost": ("fleetwarden_tool_cost_usd_total", ("tool",)),
     "human_cost": ("fleetwarden_human_cost_usd_total", ()),
     "tasks": ("fleetwarden_tasks_total", ("status",)),
-    "outcomes": ("fleetwarden_outcomes_total", ()),
+    "outcomes": ("fleetwarden_outcomes_total", ("outcome",)),
 }
+
+# The SDK's guardrail decisions that are findings (fleetwarden_guardrail_decisions_total by
+# status); "allowed", "approved", "denied" and "halted" are not.
+GUARDRAIL_METRIC = "fleetwarden_guardrail_decisions_total"
+GUARDRAIL_STATUSES = ("token_cap_exceeded", "rate_limit_exceeded", "tool_not_allowed", "approval_required")
+GUARDRAIL_MARK = "fw_family"  # the label that tells the guardrail series apart in the tool-call answer
+GUARDRAIL_PART = (f'label_replace(sum by (namespace, agent, tool, status) (increase({GUARDRAIL_METRIC}'
+                  f'{{status=~"{"|".join(GUARDRAIL_STATUSES)}"}}[1m])), "{GUARDRAIL_MARK}", "guardrails", "", "")')
+# Families whose range query also carries another vector (``or``: their label sets differ).
+RIDERS = {"tool_calls": GUARDRAIL_PART}
 
 # Metrics a running agent keeps fresh; each one's sample times, told apart by a label so
 # that dropping the metric name (timestamp() does) leaves no duplicate series.
@@ -65,10 +80,17 @@ FRESHNESS_QUERY = "max by (namespace, agent) (" + " or ".join(
     f'label_replace(timestamp({m}{{agent!=""}}), "fw_metric", "{m}", "", "")' for m in FRESHNESS_METRICS) + ")"
 
 
-def range_query(metrics: str | Sequence[str], extra: Sequence[str]) -> str:
+def range_query(metrics: str | Sequence[str], extra: Sequence[str], rider: str | None = None) -> str:
     labels = ", ".join(("namespace", "agent", *extra))
     names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    return f"sum by ({labels}) ({increase_of(names, '1m')})"
+    query = f"sum by ({labels}) ({increase_of(names, '1m')})"
+    return query if rider is None else f"{query} or {rider}"
+
+
+def family_query(family: str) -> str:
+    """The range query of one of RANGE_FAMILIES (with its rider, if any)."""
+    selector, extra = RANGE_FAMILIES[family]
+    return range_query(selector, extra, RIDERS.get(family))
 
 
 def spend_query(seconds: int) -> str:
@@ -145,6 +167,12 @@ def _key(metric: Mapping[str, str]) -> Key | None:
 # ------------------------------------------------------------------ the snapshot
 
 
+# minute -> name -> count in that minute (only minutes and names with a count above 0)
+PerMinute = dict[int, dict[str, float]]
+# minute -> (guardrail status, tool) -> decisions in that minute
+GuardrailMinutes = dict[int, dict[tuple[str, str], float]]
+
+
 @dataclasses.dataclass(frozen=True)
 class BudgetData:
     """What one budget sees of a snapshot: its agents' minutes and its spend per window."""
@@ -153,6 +181,8 @@ class BudgetData:
     spend: dict[spec.Window, float | None]
     spend_by_agent: dict[str, float]  # rolling hour, per agent
     lookback_start: float  # the first minute the buckets cover
+    outcomes: dict[str, PerMinute] = dataclasses.field(default_factory=dict)  # agent -> outcomes by name
+    guardrails: dict[str, GuardrailMinutes] = dataclasses.field(default_factory=dict)  # agent -> decisions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +197,8 @@ class FleetSnapshot:
     last_sample: dict[Key, float]
     stale_after: float
     queries: int
+    outcomes: dict[Key, PerMinute] = dataclasses.field(default_factory=dict)
+    guardrails: dict[Key, GuardrailMinutes] = dataclasses.field(default_factory=dict)
 
     def agent_minutes(self, namespace: str, agent: str) -> list[series.AgentMinute]:
         return list(self.minutes.get((namespace, agent), ()))
@@ -206,6 +238,10 @@ class FleetSnapshot:
             spend=spend,
             spend_by_agent={a.name: self.agent_spend(a.namespace, a.name, spec.Window.hour) for a in agents},
             lookback_start=float(self.start),
+            outcomes={a.name: self.outcomes[(a.namespace, a.name)] for a in agents
+                      if (a.namespace, a.name) in self.outcomes},
+            guardrails={a.name: self.guardrails[(a.namespace, a.name)] for a in agents
+                        if (a.namespace, a.name) in self.guardrails},
         )
 
 
@@ -225,7 +261,7 @@ def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: 
         _, extra = RANGE_FAMILIES[family]
         for item in items:
             key = _key(item.get("metric", {}))
-            if key is None:
+            if key is None or GUARDRAIL_MARK in item["metric"]:
                 continue
             label = item["metric"].get(extra[0], "") if extra else None
             label2 = item["metric"].get(extra[1], "") if len(extra) > 1 else None
@@ -263,7 +299,7 @@ def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: 
                 tasks_completed=int(round(tasks.get("completed", 0.0))),
                 tasks_failed=int(round(tasks.get("failed", 0.0))),
                 tasks_abandoned=int(round(tasks.get("abandoned", 0.0))),
-                outcomes=b.get("outcomes", 0.0),
+                outcomes=sum(b.get("outcomes", {}).values()),
                 tool_calls=tool_calls,
                 tool_costs=tool_costs,
                 model=_mode(b.get("llm_calls", {})),
@@ -271,6 +307,44 @@ def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: 
             ))
         out[(namespace, agent)] = buckets
     return out
+
+
+def _per_minute(items: Iterable[Mapping[str, Any]], labels: Sequence[str], start: int, end: int
+                ) -> dict[Key, dict[int, dict[tuple[str, ...], float]]]:
+    """Range results per agent and minute, by the values of ``labels`` (counts above 0 only)."""
+    out: dict[Key, dict[int, dict[tuple[str, ...], float]]] = {}
+    for item in items:
+        metric = item.get("metric", {})
+        key = _key(metric)
+        if key is None:
+            continue
+        name = tuple(str(metric.get(label, "")) for label in labels)
+        for ts, value in clean_points(item.get("values") or ()).items():
+            minute = series.minute_of(ts - series.MINUTE)
+            if value <= 0 or minute < start or minute >= end:
+                continue
+            counts = out.setdefault(key, {}).setdefault(minute, {})
+            counts[name] = counts.get(name, 0.0) + value
+    return out
+
+
+def build_outcomes(results: Mapping[str, list[dict[str, Any]]], start: int, end: int) -> dict[Key, PerMinute]:
+    """Outcomes by name, per agent and minute (an outcome without a name is not named)."""
+    named = _per_minute(results.get("outcomes") or (), ("outcome",), start, end)
+    return {key: {minute: {name: n for (name,), n in counts.items() if name}
+                  for minute, counts in by_minute.items()}
+            for key, by_minute in named.items()}
+
+
+def build_guardrails(results: Mapping[str, list[dict[str, Any]]], start: int, end: int
+                     ) -> dict[Key, GuardrailMinutes]:
+    """The SDK's guardrail findings (GUARDRAIL_STATUSES) per agent and minute, by (status, tool)."""
+    items = [i for i in results.get("tool_calls") or () if GUARDRAIL_MARK in (i.get("metric") or {})]
+    named = _per_minute(items, ("status", "tool"), start, end)
+    return {key: {minute: {(status, tool): n for (status, tool), n in counts.items()
+                           if status in GUARDRAIL_STATUSES}
+                  for minute, counts in by_minute.items()}
+            for key, by_minute in named.items()}
 
 
 def _instant_by_agent(items: Iterable[Mapping[str, Any]], combine: Callable[[float, float], float] = max
@@ -319,8 +393,8 @@ class Fetcher:
         end_time = dt.datetime.fromtimestamp(end, tz=dt.timezone.utc)
         queries = 0
         ranges: dict[str, list[dict[str, Any]]] = {}
-        for family, (selector, extra) in RANGE_FAMILIES.items():
-            query = range_query(selector, extra)
+        for family in RANGE_FAMILIES:
+            query = family_query(family)
             ranges[family] = self._run(family, lambda q=query: self.client.custom_query_range(  # type: ignore[misc]
                 q, start_time=start_time, end_time=end_time, step="60"))
             queries += 1
@@ -345,6 +419,8 @@ class Fetcher:
             last_sample=_instant_by_agent(fresh),
             stale_after=self.stale_after,
             queries=queries,
+            outcomes=build_outcomes(ranges, start, end),
+            guardrails=build_guardrails(ranges, start, end),
         )
 
 

@@ -2,7 +2,7 @@
 
     fleetwarden operator [--interval 15] [--prometheus-url URL] [--namespace NS | --all-namespaces]
                          [--scrape-interval 15] [--lookback-minutes 90] [--metrics-port 8081]
-                         [--liveness http://0.0.0.0:8080/healthz] [--verbose]
+                         [--alertmanager-url URL] [--liveness http://0.0.0.0:8080/healthz] [--verbose]
 
 The flags set the ``FLEETWARDEN_*`` environment read by ``fleetwarden.handlers.settings``
 (so ``kopf run -m fleetwarden.handlers`` with the same variables behaves the same).
@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="minutes of history the detectors refold each cycle (default 90)")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="port of the operator's own /metrics (default 8081; 0 turns it off)")
+    parser.add_argument("--alertmanager-url", default=None, metavar="URL",
+                        help="send one alert per incident to this Alertmanager, e.g. "
+                             "http://alertmanager.monitoring:9093 (default: none; env FLEETWARDEN_ALERTMANAGER_URL)")
     parser.add_argument("--liveness", default=None, metavar="URL",
                         help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", "-v", action="store_true", help="log more")
@@ -50,11 +53,15 @@ def _set(name: str, value: object) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.interval is not None and args.interval < 0.5:
         raise errors.InputError("must be at least 0.5 seconds", field="--interval")
+    if args.alertmanager_url is not None and not args.alertmanager_url.startswith(("http://", "https://")):
+        raise errors.InputError(f"must start with http:// or https://, got {args.alertmanager_url!r}",
+                                field="--alertmanager-url")
     _set("FLEETWARDEN_INTERVAL", args.interval)
     _set("FLEETWARDEN_PROMETHEUS_URL", args.prometheus_url)
     _set("FLEETWARDEN_SCRAPE_INTERVAL", args.scrape_interval)
     _set("FLEETWARDEN_LOOKBACK_MINUTES", args.lookback_minutes)
     _set("FLEETWARDEN_METRICS_PORT", args.metrics_port)
+    _set("FLEETWARDEN_ALERTMANAGER_URL", args.alertmanager_url)
 
     import kopf
 

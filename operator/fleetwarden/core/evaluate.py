@@ -27,16 +27,27 @@ Rules, in the order they are applied:
    ``model_update_spike`` with action ``rollback`` and ``spec.model.rollbackOnSpike`` ->
    SetModel(previous), recorded in ``status.model.rollbacks``; a Deployment that drifts
    back from an automatic rollback is set again.
+5. Guardrails: the SDK's guardrail decisions (``fleetwarden_guardrail_decisions_total`` by
+   status) and calls to tools outside a CostPolicy's allowlist (``fleetwarden_tool_calls_total``,
+   for agents without the SDK's guardrails) become ``token_cap_exceeded``,
+   ``rate_limit_exceeded``, ``tool_not_allowed`` and ``approval_required`` findings, one per
+   problem (:func:`guardrail_findings`).
+6. Approvals: pending CostApprovals of the budget's agents -> ApprovalPending=True.
+
+Per-agent results that only change when a minute completes (the detectors' refold of the
+lookback window) are kept in an optional :class:`Memo` passed in the input, so a budget
+evaluated every 15 s refolds each agent once a minute, not every cycle.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
-from fleetwarden.core import detectors, findings, policies, series, spec
+from fleetwarden.core import detectors, economics, findings, policies, series, spec
 
 MAX_ROLLBACKS = 20
 MAX_INCIDENTS = 20
@@ -52,6 +63,18 @@ METRICS_AVAILABLE = "MetricsAvailable"
 BUDGET_EXCEEDED = "BudgetExceeded"
 KILL_SWITCH_ENGAGED = "KillSwitchEngaged"
 ANOMALY_DETECTED = "AnomalyDetected"
+APPROVAL_PENDING = "ApprovalPending"
+
+# Guardrail findings: decisions of one kind (and tool) less than this many minutes apart are
+# one problem; a quieter stretch ends it.
+GUARDRAIL_QUIET_MINUTES = 10
+# fleetwarden_guardrail_decisions_total{status} -> finding kind
+GUARDRAIL_KINDS = {
+    "token_cap_exceeded": findings.TOKEN_CAP_EXCEEDED,
+    "rate_limit_exceeded": findings.RATE_LIMIT_EXCEEDED,
+    "tool_not_allowed": findings.TOOL_NOT_ALLOWED,
+    "approval_required": findings.APPROVAL_REQUIRED,
+}
 
 # States
 ACTIVE, WARNING, EXCEEDED, KILLED, SUSPENDED, UNKNOWN = (
@@ -76,6 +99,55 @@ class AgentState:
 
 
 @dataclasses.dataclass(frozen=True)
+class PendingApproval:
+    """A CostApproval nobody has decided yet (``status.decision`` unset)."""
+
+    name: str
+    agent: str
+    expires_at: float | None = None  # spec.expiresAt; past it, the request no longer counts
+    rule: str | None = None
+    tool: str | None = None
+
+
+class Memo:
+    """Results that depend only on complete minutes, shared across cycles and budgets.
+
+    ``get(minute, key, compute)`` returns the value stored under ``key`` or stores
+    ``compute()``. Values are kept for the few most recent minutes only (a key names the
+    last complete minute it was computed for), so memory stays bounded."""
+
+    KEEP_MINUTES = 3
+
+    def __init__(self) -> None:
+        self._by_minute: dict[int, dict[Hashable, Any]] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, minute: int, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            bucket = self._by_minute.get(minute)
+            if bucket is not None and key in bucket:
+                self.hits += 1
+                return bucket[key]
+        value = compute()
+        with self._lock:
+            self.misses += 1
+            bucket = self._by_minute.get(minute)
+            if bucket is None:
+                bucket = self._by_minute[minute] = {}
+                newest = max(self._by_minute)
+                for old in [m for m in self._by_minute if m < newest - self.KEEP_MINUTES * series.MINUTE]:
+                    del self._by_minute[old]
+            bucket[key] = value
+        return value
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(b) for b in self._by_minute.values())
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluationInput:
     budget: spec.AgentBudget
     agents: Sequence[AgentState]  # the agents the budget selects
@@ -86,6 +158,13 @@ class EvaluationInput:
     policies: Sequence[spec.CostPolicy] = ()
     metrics_reason: str | None = None  # why minutes/spend are unknown
     generation: int | None = None
+    # agent -> minute -> outcome name -> count (fleetwarden_outcomes_total by outcome); None: not known
+    outcomes: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None
+    # agent -> minute -> (guardrail status, tool) -> decisions (fleetwarden_guardrail_decisions_total)
+    guardrails: Mapping[str, Mapping[int, Mapping[tuple[str, str], float]]] | None = None
+    approvals: Sequence[PendingApproval] = ()  # pending CostApprovals of the namespace
+    lookback_start: float | None = None  # the first minute the buckets cover
+    memo: Memo | None = dataclasses.field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------- output
@@ -230,6 +309,175 @@ def rate_findings(agent: AgentState, minutes: Sequence[series.AgentMinute],
     return out
 
 
+def cached_detector_findings(memo: Memo | None, agent: AgentState, minutes: Sequence[series.AgentMinute],
+                             params: spec.AnomalyParams) -> Sequence[findings.Finding]:
+    """:func:`detector_findings`, kept in ``memo`` per (agent, minutes covered, params): complete
+    minutes do not change, so the refold runs once per minute per agent, not every cycle."""
+    if memo is None or not minutes:
+        return detector_findings(agent, minutes, params)
+    first = min(m.minute for m in minutes)
+    last = max(m.minute for m in minutes)
+    key = ("detectors", agent.namespace, agent.name, first, last, len(minutes), params)
+    return memo.get(last, key, lambda: tuple(detector_findings(agent, minutes, params)))  # type: ignore[no-any-return]
+
+
+def _episodes(active: Sequence[int], quiet_minutes: int | None) -> list[tuple[int, int]]:
+    """Runs of minutes (sorted) less than ``quiet_minutes`` apart: (first, last). None: one run."""
+    runs: list[tuple[int, int]] = []
+    for minute in active:
+        if runs and (quiet_minutes is None or minute - runs[-1][1] <= quiet_minutes * series.MINUTE):
+            runs[-1] = (runs[-1][0], minute)
+        else:
+            runs.append((minute, minute))
+    return runs
+
+
+def guardrail_findings(agent: AgentState, minutes: Sequence[series.AgentMinute],
+                       decisions: Mapping[int, Mapping[tuple[str, str], float]],
+                       policies_: Sequence[spec.CostPolicy],
+                       rate_found: Sequence[findings.Finding] = ()) -> list[findings.Finding]:
+    """Guardrail problems of one agent over the lookback, one finding per problem.
+
+    Two sources, one finding: the SDK's decisions (``decisions``: minute -> (status, tool) ->
+    count) and, for ``tool_not_allowed``, calls to a tool the applicable CostPolicy does not
+    allow (``minutes[].tool_calls``; agents without the SDK's guardrails). Decisions of one
+    kind and tool less than GUARDRAIL_QUIET_MINUTES apart are one problem (its onset: the
+    first minute); ``tool_not_allowed`` is one problem per tool, as in replay. A guardrail
+    rate limit that :func:`rate_findings` already reported (``rate_found``) is not repeated."""
+    chosen = policies.applicable(policies_, agent.namespace, agent.labels)
+    # (kind, tool) -> minute -> {"decisions": n, "calls": n}
+    active: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    for minute, counts in decisions.items():
+        for (status, tool), n in counts.items():
+            kind = GUARDRAIL_KINDS.get(status)
+            if kind is not None and n > 0:
+                cell = active.setdefault((kind, tool), {}).setdefault(minute, {})
+                cell["decisions"] = cell.get("decisions", 0.0) + n
+    ruled = [p for p in chosen if p.spec.tools.allow is not None or p.spec.tools.deny]
+    refused: dict[str, spec.CostPolicy | None] = {}
+    if ruled:
+        for m in minutes:
+            for tool, calls in m.tool_calls.items():
+                if calls <= 0:
+                    continue
+                if tool not in refused:
+                    refused[tool] = next((p for p in ruled if not p.spec.tools.allowed(tool)), None)
+                if refused[tool] is not None:
+                    cell = active.setdefault((findings.TOOL_NOT_ALLOWED, tool), {}).setdefault(m.minute, {})
+                    cell["calls"] = cell.get("calls", 0.0) + calls
+    if not active:
+        return []
+    workflows = {m.minute: m.workflow for m in minutes}
+    rate_minutes = sorted(int(f.time) - series.MINUTE for f in rate_found)
+    out: list[findings.Finding] = []
+    for (kind, tool), by_minute in sorted(active.items()):
+        quiet = None if kind == findings.TOOL_NOT_ALLOWED else GUARDRAIL_QUIET_MINUTES
+        for first, last in _episodes(sorted(by_minute), quiet):
+            if kind == findings.RATE_LIMIT_EXCEEDED and any(first <= m <= last for m in rate_minutes):
+                continue
+            subject = policies.Subject(agent.name, agent.namespace, float(first + series.MINUTE),
+                                       workflows.get(first))
+            f = _guardrail_finding(kind, tool or None, subject, by_minute[first], chosen, refused.get(tool))
+            out.append(dataclasses.replace(f, onset=float(first)))
+    return out
+
+
+def _guardrail_finding(kind: str, tool: str | None, s: policies.Subject, counts: Mapping[str, float],
+                       chosen: Sequence[spec.CostPolicy], refusing: spec.CostPolicy | None) -> findings.Finding:
+    """One guardrail finding, with the action and policy of the CostPolicy that applies."""
+    decisions = counts.get("decisions")
+    evidence: dict[str, Any] = {"source": "sdk" if decisions else "tool_calls"}
+    if decisions:
+        evidence["decisions_in_minute"] = decisions
+    if counts.get("calls"):
+        evidence["calls_in_minute"] = counts["calls"]
+    said = f" ({decisions:g} guardrail decision(s) in its first minute)" if decisions else ""
+    if kind == findings.TOOL_NOT_ALLOWED:
+        policy = refusing or next((p for p in chosen if not p.spec.tools.allowed(tool or "")), None)
+        if policy is not None and tool is not None:
+            f = policies.tool_not_allowed(policies.ToolInput(s, policy.metadata.name, policy.spec.tools, tool))
+            if f is not None:
+                return dataclasses.replace(f, evidence={**f.evidence, **evidence})
+        action = (chosen[0].spec.tools.action if chosen else spec.ToolRules().action).value
+        return findings.Finding(
+            kind=kind, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now, action=action,
+            policy=chosen[0].metadata.name if chosen else None, tool=tool,
+            message=f"{s.agent} called tool {tool or '(none)'}, which its cost policy does not allow{said}",
+            evidence=evidence)
+    if kind == findings.TOKEN_CAP_EXCEEDED:
+        policy = next((p for p in chosen if p.spec.token_caps.per_task is not None), chosen[0] if chosen else None)
+        caps = policy.spec.token_caps if policy is not None else spec.TokenCaps()
+        if caps.per_task is not None:
+            evidence["cap_tokens"] = caps.per_task
+        cap = f" of {caps.per_task:,} tokens" if caps.per_task is not None else ""
+        return findings.Finding(
+            kind=kind, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now,
+            action=caps.action.value, policy=policy.metadata.name if policy is not None else None, tool=tool,
+            message=f"tasks of {s.agent} reached their token cap per task{cap}{said}", evidence=evidence)
+    if kind == findings.RATE_LIMIT_EXCEEDED:
+        policy = next((p for p in chosen if p.spec.rate_limits.tool_calls_per_minute is not None
+                       or p.spec.rate_limits.per_tool), chosen[0] if chosen else None)
+        limits = policy.spec.rate_limits if policy is not None else spec.RateLimits()
+        limit = policies.rate_limit_for(limits, tool) if tool is not None else None
+        limit = limit if limit is not None else limits.tool_calls_per_minute
+        if limit is not None:
+            evidence["limit_per_minute"] = limit
+        what = f"calls to {tool}" if tool else "tool calls"
+        per = f" of {limit:g} per minute" if limit is not None else ""
+        return findings.Finding(
+            kind=kind, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now,
+            action=limits.action.value, policy=policy.metadata.name if policy is not None else None, tool=tool,
+            message=f"{s.agent} hit its rate limit{per} on {what}{said}", evidence=evidence)
+    # approval_required: the rule (as replay names it) that applies to the tool, when one does
+    rule = next((r for p in chosen for r in p.spec.approvals
+                 if r.tool is None or tool is None or r.tool == tool or policies._match(tool, r.tool)), None)
+    if rule is not None:
+        evidence["rule"] = rule.name
+    return findings.Finding(
+        kind=kind, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now, action=findings.DENY,
+        policy=rule.name if rule is not None else None, tool=tool,
+        message=(f"{s.agent} needs a human to approve calls to {tool or 'a tool'}"
+                 + (f" (rule {rule.name})" if rule is not None else "") + f"{said}"),
+        evidence=evidence)
+
+
+_EPISODE_KINDS = frozenset(GUARDRAIL_KINDS.values())
+
+
+def keep_onsets(found: Sequence[findings.Finding], previous_incidents: Sequence[Mapping[str, Any]],
+                lookback_start: float | None) -> list[findings.Finding]:
+    """Give a guardrail problem that is still going on the onset (so the incident id) it was
+    first reported with: a ``tool_not_allowed`` already in ``status.incidents`` always; another
+    guardrail kind when its episode starts so near the start of the lookback that it may have
+    begun before it (the refold no longer sees the start)."""
+    known: dict[tuple[str, str, str | None], list[float]] = {}
+    for incident in previous_incidents:
+        when = parse_rfc3339(incident.get("time"))
+        if when is not None and incident.get("kind") in _EPISODE_KINDS:
+            key = (str(incident.get("kind")), str(incident.get("agent")), incident.get("tool"))
+            known.setdefault(key, []).append(when)
+    if not known:
+        return list(found)
+    out = []
+    for f in found:
+        times = known.get((f.kind, f.agent, f.tool)) if f.kind in _EPISODE_KINDS and f.onset is not None else None
+        if times and f.onset is not None:
+            earlier = [t for t in times if t <= f.onset]
+            truncated = lookback_start is not None and \
+                f.onset < lookback_start + GUARDRAIL_QUIET_MINUTES * series.MINUTE
+            if earlier and (f.kind == findings.TOOL_NOT_ALLOWED or truncated):
+                f = dataclasses.replace(f, onset=max(earlier))
+        out.append(f)
+    return out
+
+
+def pending_approvals(inp: EvaluationInput, agent_names: set[str]) -> list[PendingApproval]:
+    """The CostApprovals still waiting for a human that concern the budget's agents, by name."""
+    return sorted((a for a in inp.approvals
+                   if a.agent in agent_names and (a.expires_at is None or a.expires_at > inp.now)),
+                  key=lambda a: a.name)
+
+
 def spend_since(minutes: Mapping[str, Sequence[series.AgentMinute]], since: float) -> float:
     """Spend in the complete minutes that start at or after the minute of ``since``."""
     start = series.minute_of(since)
@@ -333,10 +581,16 @@ def evaluate(inp: EvaluationInput) -> Decision:
     if known:
         found.extend(budget_findings(inp))
         assert inp.minutes is not None
+        guardrails = inp.guardrails or {}
         for agent in agents:
             agent_minutes = inp.minutes.get(agent.name, ())
-            found.extend(detector_findings(agent, agent_minutes, anomaly_params(inp.policies, agent)))
-            found.extend(rate_findings(agent, agent_minutes, inp.policies))
+            found.extend(cached_detector_findings(inp.memo, agent, agent_minutes,
+                                                  anomaly_params(inp.policies, agent)))
+            rate = rate_findings(agent, agent_minutes, inp.policies)
+            found.extend(rate)
+            found.extend(guardrail_findings(agent, agent_minutes, guardrails.get(agent.name) or {},
+                                            inp.policies, rate))
+        found = keep_onsets(found, prev.get("incidents") or [], inp.lookback_start)
     found = [dataclasses.replace(f, budget=f.budget or name) for f in found]
     found.sort(key=findings.sort_key)
     seen = {i.get("id") for i in prev.get("incidents") or []}
@@ -426,7 +680,9 @@ def evaluate(inp: EvaluationInput) -> Decision:
         events.append(Event("Warning", _camel(f.kind), f"{findings.incident_id(f)}: {f.message}", agent=f.agent))
 
     # 7: status.
-    status = _status(inp, agents, found, new, known, reason_unknown, ks, engaged, model_status, prev_conditions)
+    pending = pending_approvals(inp, set(by_name))
+    status = _status(inp, agents, found, new, known, reason_unknown, ks, engaged, model_status, prev_conditions,
+                     pending)
     for c in status["conditions"]:
         old = next((o for o in prev_conditions if o.get("type") == c["type"]), None)
         if c["type"] == METRICS_AVAILABLE and c["status"] == "False" and (old is None or old.get("status") != "False"):
@@ -503,8 +759,8 @@ def _decide_models(inp: EvaluationInput, agents: Sequence[AgentState], found: Se
 
 def _status(inp: EvaluationInput, agents: Sequence[AgentState], found: Sequence[findings.Finding],
             new: Sequence[findings.Finding], known: bool, reason_unknown: str, ks: Mapping[str, Any],
-            engaged: bool, model_status: Mapping[str, Any], prev_conditions: Sequence[Mapping[str, Any]]
-            ) -> dict[str, Any]:
+            engaged: bool, model_status: Mapping[str, Any], prev_conditions: Sequence[Mapping[str, Any]],
+            pending: Sequence[PendingApproval] = ()) -> dict[str, Any]:
     budget, now, gen = inp.budget, inp.now, inp.generation
 
     def cond(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
@@ -532,7 +788,7 @@ def _status(inp: EvaluationInput, agents: Sequence[AgentState], found: Sequence[
 
     # unit figures from the minutes
     if inp.minutes is not None:
-        status.update(_figures(inp.minutes, now, inp.spend))
+        status.update(_figures(inp.minutes, now, inp.spend, inp.outcomes, budget.spec))
     models = [{"agent": a.name, "model": a.model} for a in agents if a.model is not None]
     status["models"] = models
     status["lastEvaluated"] = rfc3339(now)
@@ -585,7 +841,14 @@ def _status(inp: EvaluationInput, agents: Sequence[AgentState], found: Sequence[
         conditions.insert(0, cond(READY, "False", ready_reason[state], msg))
     else:
         conditions.insert(0, cond(READY, "True", "Evaluated", f"evaluated {len(agents)} agent(s); state {state}"))
-    # keep conditions written by others (e.g. ApprovalPending) as they are
+    if pending:
+        names = ", ".join(a.name for a in pending[:10]) + (f" (+{len(pending) - 10} more)" if len(pending) > 10 else "")
+        conditions.append(cond(APPROVAL_PENDING, "True", "ApprovalPending",
+                               f"{len(pending)} CostApproval(s) waiting for a decision: {names}; decide with "
+                               "`fleetwarden approve|deny NAME`"))
+    else:
+        conditions.append(cond(APPROVAL_PENDING, "False", "NoApprovalPending", "no CostApproval is waiting"))
+    # keep conditions written by others as they are
     ours = {c["type"] for c in conditions}
     conditions.extend(dict(c) for c in prev_conditions if c.get("type") not in ours)
     status["state"] = state
@@ -605,6 +868,8 @@ def _status(inp: EvaluationInput, agents: Sequence[AgentState], found: Sequence[
             entry["workflow"] = f.workflow
         if f.model:
             entry["model"] = f.model
+        if f.tool:
+            entry["tool"] = f.tool
         incidents.append(entry)
     if incidents:
         status["incidents"] = incidents[-MAX_INCIDENTS:]
@@ -612,7 +877,9 @@ def _status(inp: EvaluationInput, agents: Sequence[AgentState], found: Sequence[
 
 
 def _figures(minutes: Mapping[str, Sequence[series.AgentMinute]], now: float,
-             spend: Mapping[spec.Window, float | None]) -> dict[str, Any]:
+             spend: Mapping[spec.Window, float | None],
+             outcomes: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
+             budget_spec: spec.AgentBudgetSpec | None = None) -> dict[str, Any]:
     """Burn rate, projection, unit costs and the top agents and tools over the last hour."""
     end = series.minute_of(now)
     hour = [m for ms in minutes.values() for m in ms if m.minute >= end - 3600]
@@ -626,10 +893,7 @@ def _figures(minutes: Mapping[str, Sequence[series.AgentMinute]], now: float,
     month_spend = spend.get(spec.Window.month)
     if month_spend is not None:
         out["projectedMonthUSD"] = round(month_spend + burn * (next_month.timestamp() - now) / 3600.0, 2)
-    cost = sum(m.cost_usd for m in hour)
-    tasks = sum(m.tasks_completed for m in hour)
-    if tasks > 0:
-        out["costPerTaskUSD"] = _money(cost / tasks)
+    out.update(unit_costs(hour, outcomes, end - 3600, end, budget_spec))
     per_agent: dict[str, float] = {}
     tool_cost: dict[str, float] = {}
     tool_calls: dict[str, float] = {}
@@ -644,4 +908,29 @@ def _figures(minutes: Mapping[str, Sequence[series.AgentMinute]], now: float,
     tools = sorted(set(tool_cost) | set(tool_calls), key=lambda t: (-tool_cost.get(t, 0.0), -tool_calls.get(t, 0.0), t))
     out["topTools"] = [{"name": t, "costUSD": _money(tool_cost.get(t, 0.0)), "calls": round(tool_calls.get(t, 0.0), 1)}
                        for t in tools[:TOP_N] if tool_calls.get(t, 0.0) > 0 or tool_cost.get(t, 0.0) > 0]
+    return out
+
+
+def unit_costs(hour: Sequence[series.AgentMinute], outcomes: Mapping[str, Mapping[int, Mapping[str, float]]] | None,
+               start: float, end: float, budget_spec: spec.AgentBudgetSpec | None) -> dict[str, Any]:
+    """``costPerTaskUSD`` and ``costPerOutcomeUSD`` of the minutes in ``[start, end)``, as
+    ``fleetwarden report`` counts them (:mod:`fleetwarden.core.economics`): inference + tools +
+    human time + the budget's fixed monthly costs prorated, per ended task and per outcome of
+    each name. Absent when there is no task (or no outcome of that name): unknown, not 0."""
+    if not hour or end <= start:
+        return {}
+    acc = economics.EconomicsAccumulator()
+    named_by_agent = outcomes or {}
+    for m in hour:
+        named = named_by_agent.get(m.agent)
+        acc.add_minute(m, outcomes=(named.get(m.minute) or None) if named else None)
+    totals = economics.report(acc, start=start, end=end, budget=budget_spec).totals
+    out: dict[str, Any] = {}
+    per_task = totals.cost_per_task_usd
+    if per_task is not None:
+        out["costPerTaskUSD"] = _money(per_task)
+    per_outcome = {name: _money(totals.total_usd / n) for name, n in sorted(totals.outcomes.items())
+                   if name != economics.UNNAMED and n > 0}
+    if per_outcome:
+        out["costPerOutcomeUSD"] = per_outcome
     return out

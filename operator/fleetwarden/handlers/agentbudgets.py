@@ -8,7 +8,13 @@ killed or suspended agents at zero when something scales their Deployment back u
   ``status.observedGeneration`` (a person edited the spec: acknowledge, suspend,
   desired model) is evaluated at once. Plain event handlers leave no annotations behind.
 - ``deployment_event``: a Deployment scaled above zero while a budget selecting it is
-  Killed or Suspended triggers that budget's evaluation at once (not the next timer).
+  Killed or Suspended triggers that budget's evaluation at once (not the next timer). An
+  agent Deployment (``fleetwarden.dev/agent: "true"`` or a ``fleetwarden.dev/budget``
+  label) that no budget governs, or whose budget has no unit-economics target, gets a
+  Warning Event (``Ungoverned`` / ``NoUnitEconomics``) once; a budget deleted or edited
+  has its namespace checked again.
+- ``cost_approvals``: a kopf index of the CostApprovals (namespace -> compact bodies): the
+  pending ones of a budget's agents set its ApprovalPending condition.
 
 All evaluation goes through :class:`fleetwarden.handlers.runtime.Runtime`.
 """
@@ -22,6 +28,7 @@ from typing import Any
 import kopf
 
 from fleetwarden import errors
+from fleetwarden.adapters import alertmanager
 from fleetwarden.core import spec
 from fleetwarden.handlers import metrics, runtime
 from fleetwarden.handlers.settings import SETTINGS
@@ -47,8 +54,11 @@ def configure(**kwargs: Any) -> None:
     # kopf timers put a finalizer on each AgentBudget (to stop the timer on deletion)
     settings.persistence.finalizer = "fleetwarden.dev/finalizer"
     metrics.serve(SETTINGS.metrics_port)
+    if SETTINGS.alertmanager_url:
+        alertmanager.configure(SETTINGS.alertmanager_url)
     get_runtime()
-    log.info("fleetwarden operator: interval %ss, Prometheus %s", SETTINGS.interval, SETTINGS.prometheus_url)
+    log.info("fleetwarden operator: interval %ss, Prometheus %s, Alertmanager %s", SETTINGS.interval,
+             SETTINGS.prometheus_url, SETTINGS.alertmanager_url or "off")
 
 
 def _compact_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,11 +104,25 @@ def budgets_by_namespace(**kwargs: Any) -> dict[str, Any]:
     return {kwargs["namespace"]: _copy(kwargs["body"], ("apiVersion", "kind", "metadata", "spec", "status"))}
 
 
-def _evaluate(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any) -> None:
+@kopf.index(spec.GROUP, spec.VERSION, "costapprovals")
+def cost_approvals(**kwargs: Any) -> dict[str, Any]:
+    """What the evaluation needs of a CostApproval: who asks, for what, until when, decided or not."""
+    body = kwargs["body"]
+    meta, s, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
+    return {kwargs["namespace"]: {
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+        "spec": {k: s.get(k) for k in ("agent", "workflow", "rule", "tool", "expiresAt")},
+        "status": {"decision": status.get("decision")},
+    }}
+
+
+def _evaluate(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any, cost_approvals: Any = None
+              ) -> None:
     namespace = str((body.get("metadata") or {}).get("namespace"))
     try:
         get_runtime().reconcile(body, runtime.deployments_of(agent_deployments, namespace),
-                                runtime.deployments_of(cost_policies, namespace))
+                                runtime.deployments_of(cost_policies, namespace),
+                                approval_bodies=runtime.deployments_of(cost_approvals, namespace))
     except runtime.Retry as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
     except errors.KubernetesError as exc:
@@ -108,7 +132,7 @@ def _evaluate(body: Mapping[str, Any], agent_deployments: Any, cost_policies: An
 @kopf.timer(spec.GROUP, spec.VERSION, "agentbudgets", interval=SETTINGS.interval, idle=None)
 def budget_timer(**kwargs: Any) -> None:
     """Evaluate the budget every interval."""
-    _evaluate(kwargs["body"], kwargs["agent_deployments"], kwargs["cost_policies"])
+    _evaluate(kwargs["body"], kwargs["agent_deployments"], kwargs["cost_policies"], kwargs["cost_approvals"])
 
 
 @kopf.on.event(spec.GROUP, spec.VERSION, "agentbudgets")
@@ -117,17 +141,30 @@ def budget_event(**kwargs: Any) -> None:
     event, body = kwargs["event"], kwargs["body"]
     agent_deployments, cost_policies = kwargs["agent_deployments"], kwargs["cost_policies"]
     meta = body.get("metadata") or {}
+    namespace, uid = str(meta.get("namespace")), str(meta.get("uid"))
     if event.get("type") == "DELETED":
-        get_runtime().forget(str(meta.get("uid")), str(meta.get("namespace")), str(meta.get("name")))
+        get_runtime().forget(uid, namespace, str(meta.get("name")))
+        _check_namespace(namespace, agent_deployments, kwargs["budgets_by_namespace"], without=uid)
         return
     status = get_runtime().previous_status(body)
     generation = meta.get("generation")
     if generation is not None and status.get("observedGeneration") == generation:
         return
+    _check_namespace(namespace, agent_deployments, kwargs["budgets_by_namespace"])
     try:
-        _evaluate(body, agent_deployments, cost_policies)
+        _evaluate(body, agent_deployments, cost_policies, kwargs["cost_approvals"])
     except kopf.TemporaryError as exc:
         log.warning("budget %s/%s: %s (the timer retries)", meta.get("namespace"), meta.get("name"), exc)
+
+
+def _check_namespace(namespace: str, agent_deployments: Any, budgets: Any, without: str | None = None) -> None:
+    """Governance hygiene for every agent Deployment of ``namespace`` (a budget came, went or changed)."""
+    bodies = [b for b in runtime.deployments_of(budgets, namespace)
+              if str((b.get("metadata") or {}).get("uid")) != without]
+    try:
+        get_runtime().check_governance(runtime.deployments_of(agent_deployments, namespace), bodies)
+    except errors.FleetwardenError as exc:
+        log.warning("governance check of namespace %s: %s", namespace, exc)
 
 
 @kopf.on.event("apps", "v1", "deployments")
@@ -136,14 +173,20 @@ def deployment_event(**kwargs: Any) -> None:
     event, body = kwargs["event"], kwargs["body"]
     budgets_by_namespace = kwargs["budgets_by_namespace"]
     agent_deployments, cost_policies = kwargs["agent_deployments"], kwargs["cost_policies"]
+    meta = body.get("metadata") or {}
+    rt = get_runtime()
     if event.get("type") == "DELETED":
+        rt.forget_deployment(str(meta.get("uid")))
         return
+    namespace, labels = meta.get("namespace"), dict(meta.get("labels") or {})
+    if runtime.is_agent(body):
+        try:
+            rt.check_governance([body], runtime.deployments_of(budgets_by_namespace, str(namespace)))
+        except errors.FleetwardenError as exc:
+            log.warning("governance check of deployment %s/%s: %s", namespace, meta.get("name"), exc)
     replicas = (body.get("spec") or {}).get("replicas")
     if replicas is not None and int(replicas) <= 0:
         return
-    meta = body.get("metadata") or {}
-    namespace, labels = meta.get("namespace"), dict(meta.get("labels") or {})
-    rt = get_runtime()
     for budget_body in runtime.deployments_of(budgets_by_namespace, str(namespace)):
         selector = (budget_body.get("spec") or {}).get("selector") or {}
         try:
@@ -152,6 +195,6 @@ def deployment_event(**kwargs: Any) -> None:
             continue
         if matches and rt.is_holding(budget_body):
             try:
-                _evaluate(budget_body, agent_deployments, cost_policies)
+                _evaluate(budget_body, agent_deployments, cost_policies, kwargs["cost_approvals"])
             except kopf.TemporaryError as exc:
                 log.warning("deployment %s/%s: %s (the timer retries)", namespace, meta.get("name"), exc)

@@ -31,10 +31,16 @@ PROMETHEUS_QUERIES = pc.Counter("fleetwarden_operator_prometheus_queries_total",
 PROMETHEUS_FETCHES = pc.Counter("fleetwarden_operator_prometheus_fetches_total",
                                 "Fleet-wide Prometheus fetches (one per cycle), by result.", ["result"],
                                 registry=REGISTRY)
+UNIT_ECONOMICS_TARGET = pc.Gauge(
+    "fleetwarden_unit_economics_target_usd",
+    "A budget's unit-economics targets (spec.unitEconomics), USD per outcome: kind=target (targetCostUSD) "
+    "or human_baseline (humanBaselineUSD).",
+    ["namespace", "budget", "workflow", "outcome", "kind"], registry=REGISTRY)
 ACTIONS = pc.Counter("fleetwarden_operator_actions_total", "Actions applied, by kind.", ["action"],
                      registry=REGISTRY)
 
 _owners: dict[tuple[str, str], set[tuple[str, str, str, str, str, str]]] = {}
+_targets: dict[tuple[str, str], set[tuple[str, str, str, str, str]]] = {}
 
 
 def serve(port: int) -> None:
@@ -65,8 +71,24 @@ def record(budget: spec.AgentBudget, decision: evaluate.Decision, agents: Iterab
     for row in rows:
         OWNER_INFO.labels(*row).set(1)
     _owners[(namespace, name)] = rows
+    record_targets(budget)
     for f in decision.new_findings:
         FINDINGS.labels(f.namespace, f.kind, f.action).inc()
+
+
+def record_targets(budget: spec.AgentBudget) -> None:
+    """``fleetwarden_unit_economics_target_usd`` from the budget's ``spec.unitEconomics``."""
+    name, namespace = budget.metadata.name, budget.metadata.namespace
+    values: dict[tuple[str, str, str, str, str], float] = {}
+    for entry in budget.spec.unit_economics:
+        for kind, value in (("target", entry.target_cost_usd), ("human_baseline", entry.human_baseline_usd)):
+            if value is not None:
+                values[(namespace, name, entry.workflow or "", entry.outcome, kind)] = value
+    for gone in _targets.get((namespace, name), set()) - set(values):
+        _remove(UNIT_ECONOMICS_TARGET, *gone)
+    for row, value in values.items():
+        UNIT_ECONOMICS_TARGET.labels(*row).set(value)
+    _targets[(namespace, name)] = set(values)
 
 
 def forget(namespace: str, name: str) -> None:
@@ -77,6 +99,8 @@ def forget(namespace: str, name: str) -> None:
     _remove(KILL_SWITCH, name, namespace)
     for row in _owners.pop((namespace, name), set()):
         _remove(OWNER_INFO, *row)
+    for target in _targets.pop((namespace, name), set()):
+        _remove(UNIT_ECONOMICS_TARGET, *target)
 
 
 def _remove(metric: Any, *labels: str) -> None:

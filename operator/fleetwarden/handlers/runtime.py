@@ -13,6 +13,10 @@
 6. Write the status in one merge patch, only if it changed; post the decision's events.
 7. Call ``hooks.on_findings`` (incident records, Alertmanager) and update /metrics.
 
+Besides: :meth:`Runtime.check_governance` flags agent Deployments that no AgentBudget
+governs (or whose budget sets no unit-economics target) with a Warning Event, once per
+(Deployment, problem).
+
 A transient Kubernetes failure raises :class:`Retry` (the kopf handler turns it into
 ``kopf.TemporaryError``); the status is still written first, so the next cycle continues
 from what was decided (an unfinished scale-down is redone while the state is Killed).
@@ -32,7 +36,7 @@ import pydantic
 
 from fleetwarden import errors
 from fleetwarden.adapters import kube, prometheus
-from fleetwarden.core import evaluate, spec
+from fleetwarden.core import evaluate, governance, spec
 from fleetwarden.handlers import hooks, metrics
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,34 @@ def select_agents(budget: spec.AgentBudget, deployments: Iterable[Mapping[str, A
     return agents, chosen
 
 
+# A Deployment is an agent when it says so, or names its budget.
+AGENT_LABEL = "fleetwarden.dev/agent"
+BUDGET_LABEL = "fleetwarden.dev/budget"
+GOVERNANCE_REASONS = {governance.NO_BUDGET: "Ungoverned", governance.NO_UNIT_ECONOMICS: "NoUnitEconomics"}
+
+
+def is_agent(deployment: Mapping[str, Any]) -> bool:
+    """A Deployment labelled ``fleetwarden.dev/agent: "true"`` or carrying ``fleetwarden.dev/budget``."""
+    labels = (deployment.get("metadata") or {}).get("labels") or {}
+    return labels.get(AGENT_LABEL) == "true" or BUDGET_LABEL in labels
+
+
+def pending_approvals(bodies: Iterable[Mapping[str, Any]]) -> list[evaluate.PendingApproval]:
+    """CostApprovals nobody decided yet (no ``status.decision``), as the evaluator takes them."""
+    out = []
+    for body in bodies:
+        if (body.get("status") or {}).get("decision"):
+            continue
+        meta, s = body.get("metadata") or {}, body.get("spec") or {}
+        if not meta.get("name") or not s.get("agent"):
+            continue
+        out.append(evaluate.PendingApproval(
+            name=str(meta["name"]), agent=str(s["agent"]),
+            expires_at=evaluate.parse_rfc3339(s.get("expiresAt")) if s.get("expiresAt") else None,
+            rule=s.get("rule"), tool=s.get("tool")))
+    return out
+
+
 def parse_policies(bodies: Iterable[Mapping[str, Any]]) -> list[spec.CostPolicy]:
     out = []
     for body in bodies:
@@ -113,6 +145,10 @@ class Runtime:
         self._locks_lock = threading.Lock()
         self._status: dict[str, dict[str, Any]] = {}  # uid -> the status we last wrote
         self._written_at: dict[str, float] = {}
+        self.memo = evaluate.Memo()  # per-agent detector results, refolded once per minute
+        self._budgets: dict[tuple[str, Any], spec.AgentBudget | None] = {}  # (uid, generation) -> parsed
+        self._gaps_lock = threading.Lock()
+        self._gaps: dict[str, set[str]] = {}  # Deployment uid -> governance problems already posted
 
     @property
     def api(self) -> kube.Kube:
@@ -170,15 +206,16 @@ class Runtime:
     # ---------------------------------------------------------------- one budget
 
     def reconcile(self, body: Mapping[str, Any], deployments: Iterable[Mapping[str, Any]],
-                  policy_bodies: Iterable[Mapping[str, Any]] = (), *, apply: bool = True
-                  ) -> evaluate.Decision:
+                  policy_bodies: Iterable[Mapping[str, Any]] = (), *, apply: bool = True,
+                  approval_bodies: Iterable[Mapping[str, Any]] = ()) -> evaluate.Decision:
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid"))
         with self._lock(uid):
-            return self._reconcile(body, deployments, policy_bodies, apply)
+            return self._reconcile(body, deployments, policy_bodies, apply, approval_bodies)
 
     def _reconcile(self, body: Mapping[str, Any], deployments: Iterable[Mapping[str, Any]],
-                   policy_bodies: Iterable[Mapping[str, Any]], apply: bool) -> evaluate.Decision:
+                   policy_bodies: Iterable[Mapping[str, Any]], apply: bool,
+                   approval_bodies: Iterable[Mapping[str, Any]] = ()) -> evaluate.Decision:
         started = time.perf_counter()
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid"))
@@ -193,6 +230,7 @@ class Runtime:
         minutes: dict[str, list[Any]] | None
         spend: dict[spec.Window, float | None]
         reason = None
+        data: prometheus.BudgetData | None = None
         try:
             data = self.snapshot().for_budget(budget, agents)
             minutes, spend = dict(data.minutes), dict(data.spend)
@@ -202,7 +240,11 @@ class Runtime:
         previous = self.previous_status(body)
         decision = evaluate.evaluate(evaluate.EvaluationInput(
             budget=budget, agents=agents, minutes=minutes, spend=spend, now=now, previous=previous,
-            policies=policies, metrics_reason=reason, generation=meta.get("generation")))
+            policies=policies, metrics_reason=reason, generation=meta.get("generation"),
+            outcomes=data.outcomes if data is not None else None,
+            guardrails=data.guardrails if data is not None else None,
+            approvals=pending_approvals(approval_bodies),
+            lookback_start=data.lookback_start if data is not None else None, memo=self.memo))
         if not apply:
             return decision
         # 5: act
@@ -266,6 +308,73 @@ class Runtime:
             raise Retry(str(exc), delay=min(self.interval, 10.0)) from exc
         self._status[uid] = new
         self._written_at[uid] = now
+
+    # ---------------------------------------------------------------- governance hygiene
+
+    def parse_budget(self, body: Mapping[str, Any]) -> spec.AgentBudget | None:
+        """The AgentBudget of a body (None: invalid), parsed once per generation."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("uid")), meta.get("generation"))
+        if key[1] is not None and key in self._budgets:
+            return self._budgets[key]
+        try:
+            parsed: spec.AgentBudget | None = spec.AgentBudget.model_validate(
+                {k: body[k] for k in ("metadata", "spec") if k in body})
+        except pydantic.ValidationError:
+            parsed = None
+        if key[1] is not None:
+            if len(self._budgets) > 100_000:
+                self._budgets.clear()
+            self._budgets[key] = parsed
+        return parsed
+
+    def check_governance(self, deployments: Iterable[Mapping[str, Any]],
+                         budget_bodies: Iterable[Mapping[str, Any]]) -> list[governance.Gap]:
+        """Post a Warning Event (``Ungoverned`` / ``NoUnitEconomics``) on each agent Deployment no
+        AgentBudget governs, or whose budgets set no unit-economics target: once per
+        (Deployment, problem) while the problem lasts. Returns the gaps of ``deployments``."""
+        agents = [d for d in deployments if is_agent(d)]
+        if not agents:
+            return []
+        budgets = [b for b in (self.parse_budget(body) for body in budget_bodies) if b is not None]
+        by_key: dict[tuple[str, str], Mapping[str, Any]] = {}
+        views = []
+        for d in agents:
+            meta = d.get("metadata") or {}
+            key = (str(meta.get("namespace") or "default"), str(meta.get("name")))
+            by_key[key] = d
+            views.append(governance.Agent(key[1], key[0], dict(meta.get("labels") or {})))
+        gaps = governance.ungoverned(views, budgets)
+        problems: dict[tuple[str, str], str] = {(g.namespace, g.agent): g.problem for g in gaps}
+        to_post = []
+        with self._gaps_lock:
+            for key, d in by_key.items():
+                uid = str((d.get("metadata") or {}).get("uid") or f"{key[0]}/{key[1]}")  # the key of what was said
+                problem = problems.get(key)
+                if problem is None:
+                    self._gaps.pop(uid, None)  # governed now: a later gap is news again
+                    continue
+                posted = self._gaps.setdefault(uid, set())
+                posted.intersection_update({problem})
+                if problem not in posted:
+                    posted.add(problem)
+                    to_post.append((key, uid, problem))
+        by_problem = {(g.namespace, g.agent): g for g in gaps}
+        for (namespace, name), uid, problem in to_post:
+            gap = by_problem[(namespace, name)]
+            real_uid = (by_key[(namespace, name)].get("metadata") or {}).get("uid")
+            try:
+                self.api.post_event(kube.deployment_ref(namespace, name, real_uid), "Warning",
+                                    GOVERNANCE_REASONS[problem], gap.message)
+            except errors.ExternalError as exc:
+                log.warning("event %s not posted: %s", GOVERNANCE_REASONS[problem], exc)
+                with self._gaps_lock:
+                    self._gaps.get(uid, set()).discard(problem)  # try again on the next event
+        return gaps
+
+    def forget_deployment(self, uid: str) -> None:
+        with self._gaps_lock:
+            self._gaps.pop(uid, None)
 
     @staticmethod
     def _post(k: kube.Kube, ref: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

@@ -8,6 +8,7 @@
 | ``FLEETWARDEN_LOOKBACK_MINUTES`` | 90 | the window the detectors refold each cycle |
 | ``FLEETWARDEN_METRICS_PORT`` | 8081 | the operator's own /metrics (0: off) |
 | ``FLEETWARDEN_WORKERS`` | 16 | threads running evaluations |
+| ``FLEETWARDEN_ALERTMANAGER_URL`` | (none) | Alertmanager to send an alert per incident to (none: no alerts) |
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ def _number(name: str, default: float, minimum: float) -> float:
     return value
 
 
+def _url(name: str) -> str | None:
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("http://", "https://")):
+        raise errors.InputError(f"{name}={raw!r} must start with http:// or https://")
+    return raw
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     interval: float
@@ -39,6 +49,7 @@ class Settings:
     lookback_minutes: int
     metrics_port: int
     workers: int
+    alertmanager_url: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -49,6 +60,7 @@ class Settings:
             lookback_minutes=int(_number("FLEETWARDEN_LOOKBACK_MINUTES", 90, 5)),
             metrics_port=int(_number("FLEETWARDEN_METRICS_PORT", 8081, 0)),
             workers=int(_number("FLEETWARDEN_WORKERS", 16, 1)),
+            alertmanager_url=_url("FLEETWARDEN_ALERTMANAGER_URL"),
         )
 
 

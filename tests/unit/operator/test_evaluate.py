@@ -109,8 +109,8 @@ def test_a_lasting_budget_condition_is_notified_once() -> None:
 
 
 def test_conditions_of_others_are_kept() -> None:
-    """A condition the evaluator does not own (ApprovalPending) is carried over unchanged."""
-    other = {"type": "ApprovalPending", "status": "True", "reason": "Waiting", "message": "1 pending",
+    """A condition the evaluator does not own (here a GitOps tool's) is carried over unchanged."""
+    other = {"type": "Synced", "status": "True", "reason": "Waiting", "message": "1 pending",
              "lastTransitionTime": "2027-01-15T07:00:00Z"}
     s = evaluate.evaluate(inp(previous={"conditions": [other]})).status
     assert other in s["conditions"]

@@ -1,0 +1,305 @@
+"""The operator's wiring: Alertmanager flag, spend counting human time, unit costs by outcome and
+the unit-economics gauge, ApprovalPending, governance Events, and the per-minute detector memo.
+Fakes only (API server, clock); the e2e tests run the same on the real parts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+from fleetwarden import errors
+from fleetwarden.adapters import prometheus
+from fleetwarden.commands import operator as operator_command
+from fleetwarden.core import economics, evaluate, governance, spec
+from fleetwarden.core.series import AgentMinute
+from fleetwarden.handlers import metrics, runtime, settings
+
+NOW = 1_800_000_000.0
+NS = "shop"
+START = int(NOW // 60) * 60 - 30 * 60
+
+
+def budget(**spec_fields: Any) -> spec.AgentBudget:
+    doc: dict[str, Any] = {"limits": [{"window": "hour", "amountUSD": 10}]}
+    doc.update(spec_fields)
+    return spec.AgentBudget.model_validate({"metadata": {"name": "support", "namespace": NS}, "spec": doc})
+
+
+AGENTS = [evaluate.AgentState("bot", NS, {"team": "cx"}, 2), evaluate.AgentState("helper", NS, {"team": "cx"}, 1)]
+
+
+def minutes(agent: str, *, completed: int = 2, failed: int = 0, outcomes: float = 1.0,
+            human: float = 0.0) -> list[AgentMinute]:
+    return [AgentMinute(agent, NS, START + 60 * i, inference_cost_usd=0.03, tool_cost_usd=0.01, human_cost_usd=human,
+                        tasks_completed=completed, tasks_failed=failed, outcomes=outcomes, workflow="support")
+            for i in range(30)]
+
+
+def run(b: spec.AgentBudget | None = None, **kw: Any) -> evaluate.Decision:
+    fields: dict[str, Any] = {"budget": b or budget(), "agents": AGENTS,
+                              "minutes": {a.name: minutes(a.name) for a in AGENTS},
+                              "spend": {w: 1.0 for w in spec.Window}, "now": NOW}
+    fields.update(kw)
+    return evaluate.evaluate(evaluate.EvaluationInput(**fields))
+
+
+def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+# ---------------------------------------------------------------- 1: Alertmanager
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    operator_command.register(parser.add_subparsers())
+    return parser.parse_args(["operator", *argv])
+
+
+def test_alertmanager_flag_is_documented_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """`fleetwarden operator --help` lists --alertmanager-url and its environment variable."""
+    with pytest.raises(SystemExit):
+        parse("--help")
+    out = capsys.readouterr().out
+    assert "--alertmanager-url" in out and "FLEETWARDEN_ALERTMANAGER_URL" in out
+
+
+def test_a_bad_alertmanager_url_is_refused_naming_the_flag() -> None:
+    """--alertmanager-url without http(s):// is an InputError naming the flag (exit 2, one line)."""
+    with pytest.raises(errors.InputError, match="--alertmanager-url"):
+        operator_command.run(parse("--alertmanager-url", "alertmanager:9093"))
+
+
+def test_settings_read_the_alertmanager_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLEETWARDEN_ALERTMANAGER_URL becomes Settings.alertmanager_url; unset is None; garbage is refused."""
+    monkeypatch.setenv("FLEETWARDEN_ALERTMANAGER_URL", "http://alertmanager.monitoring:9093")
+    assert settings.Settings.from_env().alertmanager_url == "http://alertmanager.monitoring:9093"
+    monkeypatch.delenv("FLEETWARDEN_ALERTMANAGER_URL")
+    assert settings.Settings.from_env().alertmanager_url is None
+    monkeypatch.setenv("FLEETWARDEN_ALERTMANAGER_URL", "ftp://x")
+    with pytest.raises(errors.InputError, match="FLEETWARDEN_ALERTMANAGER_URL"):
+        settings.Settings.from_env()
+
+
+# ---------------------------------------------------------------- 2: spend counts human time
+
+
+def test_spend_counts_inference_tools_and_human_time_in_the_same_queries() -> None:
+    """The spend queries sum LLM, tool and human cost (AgentMinute.cost_usd's parts) at no extra query."""
+    assert prometheus.SPEND_METRICS == ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total",
+                                        "fleetwarden_human_cost_usd_total")
+    query = prometheus.spend_query(3600)
+    assert all(m in query for m in prometheus.SPEND_METRICS)
+    assert prometheus.QUERIES_PER_CYCLE == 16
+    m = AgentMinute("bot", NS, 0, inference_cost_usd=1.0, tool_cost_usd=0.5, human_cost_usd=2.0)
+    assert m.cost_usd == 3.5
+
+
+def test_human_cost_in_the_answer_is_part_of_the_budget_spend() -> None:
+    """Prometheus' answer to the spend query (which includes human cost) is the budget's spend."""
+    answers = {prometheus.spend_query(3600): [{"metric": {"namespace": NS, "agent": "bot"}, "value": [NOW, "7.5"]}]}
+
+    class Client:
+        def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
+            if query == prometheus.FRESHNESS_QUERY:
+                return [{"metric": {"namespace": NS, "agent": "bot"}, "value": [NOW, str(NOW)]}]
+            return answers.get(query, [])
+
+        def custom_query_range(self, *args: Any, **kwargs: Any) -> Any:
+            return []
+
+    snap = prometheus.Fetcher(Client(), lookback_minutes=30).fetch(NOW)
+    assert snap.for_budget(budget(), [AGENTS[0]]).spend[spec.Window.hour] == 7.5
+
+
+# ---------------------------------------------------------------- 4: unit costs and targets
+
+
+def test_cost_per_task_and_per_outcome_are_what_the_economics_report_says() -> None:
+    """costPerTaskUSD and costPerOutcomeUSD{outcome} over the last hour equal economics.report's figures
+    on the same minutes (inference + tools + human time + prorated fixed costs)."""
+    b = budget(fixedMonthlyCostsUSD={"vectorDB": 432.0})
+    ms = {a.name: minutes(a.name, completed=2, failed=1, human=0.02) for a in AGENTS}
+    named = {a.name: {m.minute: {"resolved_ticket": 1.0} for m in ms[a.name][::2]} for a in AGENTS}
+    status = run(b, minutes=ms, outcomes=named).status
+    acc = economics.EconomicsAccumulator()
+    for a in AGENTS:
+        for m in ms[a.name]:
+            acc.add_minute(m, outcomes=named[a.name].get(m.minute))
+    end = int(NOW // 60) * 60
+    totals = economics.report(acc, start=end - 3600, end=end, budget=b.spec).totals
+    assert status["costPerTaskUSD"] == pytest.approx(totals.total_usd / 180, abs=1e-4)  # 60 minutes x 3 ended tasks
+    assert status["costPerOutcomeUSD"] == {"resolved_ticket": pytest.approx(totals.total_usd / 30, abs=1e-4)}
+    assert totals.fixed_usd == pytest.approx(432.0 / 720)  # an hour of a 30-day month
+
+
+def test_no_outcome_of_a_name_means_no_cost_per_outcome_not_zero() -> None:
+    """Without outcomes by name, costPerOutcomeUSD is absent (unknown); without tasks, so is costPerTaskUSD."""
+    status = run(minutes={a.name: minutes(a.name, completed=0, outcomes=0.0) for a in AGENTS}).status
+    assert "costPerOutcomeUSD" not in status and "costPerTaskUSD" not in status
+
+
+def test_the_adapter_reads_outcomes_by_name_in_the_outcomes_range_query() -> None:
+    """fleetwarden_outcomes_total is fetched by outcome in its existing range query, per agent and minute."""
+    assert prometheus.family_query("outcomes") == \
+        "sum by (namespace, agent, outcome) (increase(fleetwarden_outcomes_total[1m]))"
+    results: dict[str, list[dict[str, Any]]] = {family: [] for family in prometheus.RANGE_FAMILIES}
+    results["outcomes"] = [
+        {"metric": {"namespace": NS, "agent": "bot", "outcome": "resolved_ticket"}, "values": [[1200, "3"]]},
+        {"metric": {"namespace": NS, "agent": "bot", "outcome": "escalated"}, "values": [[1200, "1"], [1260, "0"]]},
+    ]
+    assert prometheus.build_outcomes(results, 0, 3600) == {
+        (NS, "bot"): {1140: {"resolved_ticket": 3.0, "escalated": 1.0}}}
+    buckets = prometheus.build_minutes(results, 0, 3600)[(NS, "bot")]
+    assert [(m.minute, m.outcomes) for m in buckets] == [(1140, 4.0), (1200, 0.0)]
+
+
+def sample(name: str, labels: dict[str, str]) -> float | None:
+    return metrics.REGISTRY.get_sample_value(name, labels)
+
+
+def test_unit_economics_targets_are_exported_and_removed() -> None:
+    """fleetwarden_unit_economics_target_usd carries each target and human baseline; dropped ones go away."""
+    b = budget(unitEconomics=[{"outcome": "resolved_ticket", "workflow": "support", "targetCostUSD": 0.75,
+                               "humanBaselineUSD": 8.5}, {"outcome": "lead", "targetCostUSD": 2.0}])
+    metrics.record_targets(b)
+    base = {"namespace": NS, "budget": "support"}
+    gauge = "fleetwarden_unit_economics_target_usd"
+    assert sample(gauge, {**base, "workflow": "support", "outcome": "resolved_ticket", "kind": "target"}) == 0.75
+    assert sample(gauge, {**base, "workflow": "support", "outcome": "resolved_ticket",
+                          "kind": "human_baseline"}) == 8.5
+    assert sample(gauge, {**base, "workflow": "", "outcome": "lead", "kind": "target"}) == 2.0
+    assert sample(gauge, {**base, "workflow": "", "outcome": "lead", "kind": "human_baseline"}) is None
+    metrics.record_targets(budget(unitEconomics=[{"outcome": "lead", "targetCostUSD": 3.0}]))
+    assert sample(gauge, {**base, "workflow": "support", "outcome": "resolved_ticket", "kind": "target"}) is None
+    assert sample(gauge, {**base, "workflow": "", "outcome": "lead", "kind": "target"}) == 3.0
+    metrics.forget(NS, "support")
+    assert sample(gauge, {**base, "workflow": "", "outcome": "lead", "kind": "target"}) is None
+
+
+# ---------------------------------------------------------------- 5: ApprovalPending
+
+
+def test_pending_approvals_of_the_budgets_agents_set_approval_pending() -> None:
+    """Undecided, unexpired CostApprovals of the budget's agents: ApprovalPending=True with count and names;
+    others' agents and expired requests do not count."""
+    approvals = [evaluate.PendingApproval("bot-refund-2", "bot", expires_at=NOW + 600),
+                 evaluate.PendingApproval("bot-refund-1", "bot"),
+                 evaluate.PendingApproval("helper-old", "helper", expires_at=NOW - 1),
+                 evaluate.PendingApproval("stranger-1", "stranger", expires_at=NOW + 600)]
+    c = cond(run(approvals=approvals).status, "ApprovalPending")
+    assert (c["status"], c["reason"]) == ("True", "ApprovalPending")
+    assert c["message"].startswith("2 CostApproval(s) waiting") and "bot-refund-1, bot-refund-2" in c["message"]
+    c = cond(run(approvals=approvals[2:]).status, "ApprovalPending")
+    assert (c["status"], c["reason"]) == ("False", "NoApprovalPending")
+
+
+def test_approval_pending_holds_without_metrics() -> None:
+    """Approvals come from the API server, not Prometheus: known even when the metrics are not."""
+    c = cond(run(minutes=None, spend=dict.fromkeys(spec.Window), metrics_reason="Prometheus down",
+                 approvals=[evaluate.PendingApproval("a", "bot")]).status, "ApprovalPending")
+    assert c["status"] == "True"
+
+
+def test_the_runtime_passes_only_undecided_approvals() -> None:
+    """CostApproval bodies with a status.decision are not pending; the rest become PendingApprovals."""
+    bodies = [
+        {"metadata": {"name": "a"}, "spec": {"agent": "bot", "expiresAt": "2027-01-15T09:00:00Z", "rule": "r"}},
+        {"metadata": {"name": "b"}, "spec": {"agent": "bot"}, "status": {"decision": "Approved"}},
+        {"metadata": {"name": "c"}, "spec": {"agent": "helper"}, "status": {"decision": None}},
+    ]
+    assert runtime.pending_approvals(bodies) == [
+        evaluate.PendingApproval("a", "bot", expires_at=1_800_003_600.0, rule="r"),
+        evaluate.PendingApproval("c", "helper")]
+
+
+# ---------------------------------------------------------------- 6: governance hygiene
+
+
+class EventsOnly:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, str]] = []
+
+    def post_event(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((ref["name"], type_, reason, message))
+
+
+def deployment(name: str, labels: dict[str, str], uid: str | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": NS, "uid": uid or f"uid-{name}", "labels": labels}}
+
+
+def budget_body(selector: dict[str, str], unit_economics: list[dict[str, Any]] | None = None,
+                generation: int = 1) -> dict[str, Any]:
+    return {"metadata": {"name": "support", "namespace": NS, "uid": "b-1", "generation": generation},
+            "spec": {"selector": {"matchLabels": selector}, "unitEconomics": unit_economics or []}}
+
+
+def test_ungoverned_agents_get_one_warning_event_per_problem() -> None:
+    """An agent Deployment no budget selects gets Ungoverned once; one whose budget has no unit-economics
+    target gets NoUnitEconomics once; a Deployment not labelled as an agent gets nothing."""
+    k = EventsOnly()
+    rt = runtime.Runtime(interval=15.0, fetcher=None, kube_client=k)  # type: ignore[arg-type]
+    deployments = [deployment("stray", {"fleetwarden.dev/agent": "true"}),
+                   deployment("bot", {"fleetwarden.dev/budget": "support", "team": "cx"}),
+                   deployment("web", {"app": "web"})]
+    budgets = [budget_body({"team": "cx"})]
+    gaps = rt.check_governance(deployments, budgets)
+    assert {(g.agent, g.problem) for g in gaps} == {("stray", governance.NO_BUDGET),
+                                                     ("bot", governance.NO_UNIT_ECONOMICS)}
+    assert sorted((n, t, r) for n, t, r, _ in k.events) == [("bot", "Warning", "NoUnitEconomics"),
+                                                            ("stray", "Warning", "Ungoverned")]
+    rt.check_governance(deployments, budgets)
+    rt.check_governance([deployments[0]], budgets)
+    assert len(k.events) == 2  # once per (deployment, problem)
+
+
+def test_a_governed_agent_gets_no_event_and_a_new_problem_is_said_again() -> None:
+    """With a target the agent is governed (no event); when its budget goes away it is Ungoverned, once."""
+    k = EventsOnly()
+    rt = runtime.Runtime(interval=15.0, fetcher=None, kube_client=k)  # type: ignore[arg-type]
+    bot = deployment("bot", {"fleetwarden.dev/agent": "true", "team": "cx"})
+    governed = budget_body({"team": "cx"}, [{"outcome": "resolved_ticket", "targetCostUSD": 0.5}])
+    assert rt.check_governance([bot], [governed]) == []
+    assert k.events == []
+    rt.check_governance([bot], [])
+    rt.check_governance([bot], [])
+    assert [r for _, _, r, _ in k.events] == ["Ungoverned"]
+    assert "no AgentBudget" in k.events[0][3]
+
+
+# ---------------------------------------------------------------- 8: the detector memo
+
+
+def test_detectors_refold_once_per_minute_per_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four cycles in one minute refold each agent's lookback once; the next minute's data refolds again;
+    the findings are the same as without the memo."""
+    calls: list[str] = []
+    original = evaluate.detector_findings
+
+    def counting(agent: evaluate.AgentState, ms: Any, params: spec.AnomalyParams) -> Any:
+        calls.append(agent.name)
+        return original(agent, ms, params)
+
+    monkeypatch.setattr(evaluate, "detector_findings", counting)
+    memo = evaluate.Memo()
+    ms = {a.name: minutes(a.name) for a in AGENTS}
+    plain = run(minutes=ms)
+    calls.clear()
+    for i in range(4):
+        d = run(minutes=ms, now=NOW + 10 * i, memo=memo)
+        assert d.findings == plain.findings
+    assert sorted(calls) == ["bot", "helper"]
+    later = {name: [*buckets[1:], AgentMinute(name, NS, START + 30 * 60, inference_cost_usd=0.03)]
+             for name, buckets in ms.items()}
+    run(minutes=later, now=NOW + 60, memo=memo)
+    assert sorted(calls) == ["bot", "bot", "helper", "helper"]
+
+
+def test_the_memo_keeps_only_recent_minutes() -> None:
+    """Entries of minutes older than Memo.KEEP_MINUTES are dropped as new minutes come."""
+    memo = evaluate.Memo()
+    for minute in range(0, 60 * 20, 60):
+        memo.get(minute, ("k", minute), lambda: 1)
+    assert len(memo) == evaluate.Memo.KEEP_MINUTES + 1

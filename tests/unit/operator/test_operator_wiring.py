@@ -205,7 +205,7 @@ def test_approval_pending_holds_without_metrics() -> None:
 
 def test_the_runtime_passes_only_undecided_approvals() -> None:
     """CostApproval bodies with a status.decision are not pending; the rest become PendingApprovals."""
-    bodies = [
+    bodies: list[dict[str, Any]] = [
         {"metadata": {"name": "a"}, "spec": {"agent": "bot", "expiresAt": "2027-01-15T09:00:00Z", "rule": "r"}},
         {"metadata": {"name": "b"}, "spec": {"agent": "bot"}, "status": {"decision": "Approved"}},
         {"metadata": {"name": "c"}, "spec": {"agent": "helper"}, "status": {"decision": None}},

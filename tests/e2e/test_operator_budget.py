@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,9 @@ FAMILIES: dict[str, tuple[str, list[str]]] = {
     "tool_calls": ("fleetwarden_tool_calls", ["agent", "namespace", "workflow", "step", "tool", "status"]),
     "tool_cost": ("fleetwarden_tool_cost_usd", ["agent", "namespace", "workflow", "tool"]),
     "tasks": ("fleetwarden_tasks", ["agent", "namespace", "workflow", "status"]),
+    "human_cost": ("fleetwarden_human_cost_usd", ["agent", "namespace", "workflow"]),
+    "outcomes": ("fleetwarden_outcomes", ["agent", "namespace", "workflow", "outcome"]),
+    "guardrails": ("fleetwarden_guardrail_decisions", ["agent", "namespace", "workflow", "tool", "status"]),
 }
 
 
@@ -74,14 +77,15 @@ def llm_labels(agent: str, namespace: str, model: str = "gpt-4o-mini") -> dict[s
 class Operator:
     """``python -m fleetwarden operator`` in a subprocess, scoped to one namespace."""
 
-    def __init__(self, cluster: Any, prometheus_url: str, namespace: str, log_dir: Path) -> None:
+    def __init__(self, cluster: Any, prometheus_url: str, namespace: str, log_dir: Path,
+                 extra: Sequence[str] = ()) -> None:
         self.metrics_port = procs.free_port()
         self.log_path = log_dir / "operator.log"
         env = dict(cluster.env)
         env["PYTHONUNBUFFERED"] = "1"
         argv = [sys.executable, "-m", "fleetwarden", "operator", "--interval", str(INTERVAL),
                 "--prometheus-url", prometheus_url, "--scrape-interval", str(SCRAPE),
-                "--metrics-port", str(self.metrics_port), "--namespace", namespace]
+                "--metrics-port", str(self.metrics_port), "--namespace", namespace, *extra]
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
@@ -144,8 +148,8 @@ def workdir() -> Iterator[Path]:
 
 
 def start_operator(cluster: Any, prometheus_url: str, namespace: str, workdir: Path,
-                   request: pytest.FixtureRequest) -> Operator:
-    op = Operator(cluster, prometheus_url, namespace, workdir)
+                   request: pytest.FixtureRequest, extra: Sequence[str] = ()) -> Operator:
+    op = Operator(cluster, prometheus_url, namespace, workdir, extra)
 
     def finish() -> None:
         op.stop()
@@ -294,6 +298,7 @@ def test_kill_switch_scales_to_zero_holds_and_resumes_exactly(cluster: Any, name
     st = cluster.wait_for(lambda: (s := status(cluster, namespace)).get("killSwitch", {}).get("resumedAt") and s, 30,
                           "resumedAt")
     assert st["killSwitch"]["engaged"] is False
+    assert st["killSwitch"]["spendAtResumeUSD"] >= 1.9  # declared in the CRD: the API server keeps it
     # spend before the resume no longer counts: the agents keep running
     op.wait_evaluations(cluster, 4)
     assert replicas(cluster, namespace, "bot") == 3

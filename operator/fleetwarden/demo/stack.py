@@ -146,8 +146,7 @@ class Stack:
         port = procs.free_port()
         argv = [sys.executable, "-m", "fleetwarden", "operator", "--all-namespaces", "--interval", f"{interval:g}",
                 "--prometheus-url", self.prom.url, "--scrape-interval", f"{self.scrape_interval:g}",
-                "--metrics-port", str(port)]
-        self.env["FLEETWARDEN_ALERTMANAGER_URL"] = self.alertmanager.url  # the operator has no flag for it
+                "--metrics-port", str(port), "--alertmanager-url", self.alertmanager.url]
         proc = self._start("operator", argv)
         procs.wait_until(lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{port}/metrics"), timeout=timeout,
                          what="operator", proc=proc, log=self.log_path("operator"))

@@ -296,8 +296,10 @@ class Story:
                 raise stack_mod.DemoError(str(exc)) from exc
         self.say(f"  Prometheus scrapes them every {self.opts.scrape_interval:g}s")
         self.stack.start_operator(interval=self.opts.interval)
+        assert self.stack.alertmanager is not None
         self.say(f"$ fleetwarden operator --all-namespaces --interval {self.opts.interval:g} "
-                 f"--prometheus-url {self.stack.prom.url} --scrape-interval {self.opts.scrape_interval:g}  "
+                 f"--prometheus-url {self.stack.prom.url} --scrape-interval {self.opts.scrape_interval:g} "
+                 f"--alertmanager-url {self.stack.alertmanager.url}  "
                  f"# log: {self.stack.log_path('operator')}")
         self.say(f"  (one simulated hour passes in {60 / speed:g} wall-clock minutes; the operator and "
                  "Prometheus run on the wall clock)")

@@ -272,10 +272,15 @@ def _camel(kind: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in kind.split("_"))
 
 
+_DEFAULT_ANOMALIES = spec.AnomalyParams()
+
+
 def anomaly_params(policies_: Sequence[spec.CostPolicy], agent: AgentState) -> spec.AnomalyParams:
     """The anomaly parameters of the first CostPolicy (by name) that applies to ``agent``; else defaults."""
+    if not policies_:
+        return _DEFAULT_ANOMALIES
     chosen = policies.applicable(policies_, agent.namespace, agent.labels)
-    return chosen[0].spec.anomalies if chosen else spec.AnomalyParams()
+    return chosen[0].spec.anomalies if chosen else _DEFAULT_ANOMALIES
 
 
 def detector_findings(agent: AgentState, minutes: Sequence[series.AgentMinute],
@@ -315,8 +320,9 @@ def cached_detector_findings(memo: Memo | None, agent: AgentState, minutes: Sequ
     minutes do not change, so the refold runs once per minute per agent, not every cycle."""
     if memo is None or not minutes:
         return detector_findings(agent, minutes, params)
-    first = min(m.minute for m in minutes)
-    last = max(m.minute for m in minutes)
+    first, last = minutes[0].minute, minutes[-1].minute  # the adapter's buckets are in order
+    if first > last:
+        first, last = last, first
     key = ("detectors", agent.namespace, agent.name, first, last, len(minutes), params)
     return memo.get(last, key, lambda: tuple(detector_findings(agent, minutes, params)))  # type: ignore[no-any-return]
 
@@ -788,7 +794,7 @@ def _status(inp: EvaluationInput, agents: Sequence[AgentState], found: Sequence[
 
     # unit figures from the minutes
     if inp.minutes is not None:
-        status.update(_figures(inp.minutes, now, inp.spend, inp.outcomes, budget.spec))
+        status.update(_figures(inp.minutes, now, inp.spend, inp.outcomes, budget.spec, inp.memo))
     models = [{"agent": a.name, "model": a.model} for a in agents if a.model is not None]
     status["models"] = models
     status["lastEvaluated"] = rfc3339(now)
@@ -879,20 +885,45 @@ def _status(inp: EvaluationInput, agents: Sequence[AgentState], found: Sequence[
 def _figures(minutes: Mapping[str, Sequence[series.AgentMinute]], now: float,
              spend: Mapping[spec.Window, float | None],
              outcomes: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
-             budget_spec: spec.AgentBudgetSpec | None = None) -> dict[str, Any]:
-    """Burn rate, projection, unit costs and the top agents and tools over the last hour."""
+             budget_spec: spec.AgentBudgetSpec | None = None, memo: Memo | None = None) -> dict[str, Any]:
+    """Burn rate, projection, unit costs and the top agents and tools over the last hour.
+
+    All but the projection depend only on complete minutes: with a ``memo`` they are worked
+    out once per minute for a given set of agents."""
     end = series.minute_of(now)
-    hour = [m for ms in minutes.values() for m in ms if m.minute >= end - 3600]
-    recent = [m for m in hour if m.minute >= end - BURN_MINUTES * series.MINUTE]
-    out: dict[str, Any] = {}
-    burn = sum(m.cost_usd for m in recent) * 60.0 / BURN_MINUTES
-    out["burnRateUSDPerHour"] = _money(burn)
+    if memo is None:
+        fig = _minute_figures(minutes, end, outcomes, budget_spec)
+    else:
+        covered = tuple(sorted((agent, ms[0].minute, ms[-1].minute, len(ms)) if ms else (agent, 0, 0, 0)
+                               for agent, ms in minutes.items()))
+        fixed = tuple(sorted(budget_spec.fixed_monthly_costs_usd.items())) if budget_spec is not None else ()
+        # like the detectors' memo: the same complete minutes (and outcomes) within a minute
+        named = tuple(sorted(outcomes)) if outcomes is not None else None
+        key = ("figures", covered, fixed, named)
+        fig = memo.get(end, key, lambda: _minute_figures(minutes, end, outcomes, budget_spec))
+    out: dict[str, Any] = {"burnRateUSDPerHour": fig["burnRateUSDPerHour"]}
+    burn = fig["burnRateUSDPerHour"]
     month_start = dt.datetime.fromtimestamp(now, tz=dt.timezone.utc).replace(
         day=1, hour=0, minute=0, second=0, microsecond=0)
     next_month = (month_start + dt.timedelta(days=32)).replace(day=1)
     month_spend = spend.get(spec.Window.month)
     if month_spend is not None:
         out["projectedMonthUSD"] = round(month_spend + burn * (next_month.timestamp() - now) / 3600.0, 2)
+    for name, value in fig.items():
+        if name != "burnRateUSDPerHour":
+            out[name] = [dict(v) for v in value] if isinstance(value, list) else \
+                dict(value) if isinstance(value, dict) else value
+    return out
+
+
+def _minute_figures(minutes: Mapping[str, Sequence[series.AgentMinute]], end: int,
+                    outcomes: Mapping[str, Mapping[int, Mapping[str, float]]] | None,
+                    budget_spec: spec.AgentBudgetSpec | None) -> dict[str, Any]:
+    """The figures of the hour of complete minutes ending at ``end``."""
+    hour = [m for ms in minutes.values() for m in ms if m.minute >= end - 3600]
+    recent = [m for m in hour if m.minute >= end - BURN_MINUTES * series.MINUTE]
+    out: dict[str, Any] = {}
+    out["burnRateUSDPerHour"] = _money(sum(m.cost_usd for m in recent) * 60.0 / BURN_MINUTES)
     out.update(unit_costs(hour, outcomes, end - 3600, end, budget_spec))
     per_agent: dict[str, float] = {}
     tool_cost: dict[str, float] = {}

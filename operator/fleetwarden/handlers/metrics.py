@@ -48,9 +48,20 @@ def serve(port: int) -> None:
         pc.start_http_server(port, registry=REGISTRY)
 
 
+_recorded: dict[tuple[str, str], tuple[Any, ...]] = {}  # (namespace, budget) -> what was last set
+
+
 def record(budget: spec.AgentBudget, decision: evaluate.Decision, agents: Iterable[evaluate.AgentState]) -> None:
     name, namespace = budget.metadata.name, budget.metadata.namespace
     status: Mapping[str, Any] = decision.status
+    for f in decision.new_findings:
+        FINDINGS.labels(f.namespace, f.kind, f.action).inc()
+    agent_names = tuple(sorted(a.name for a in agents))
+    seen = (budget.spec, agent_names, tuple(sorted((status.get("spend") or {}).items())),
+            bool((status.get("killSwitch") or {}).get("engaged")))
+    if _recorded.get((namespace, name)) == seen:
+        return  # the gauges already say this
+    _recorded[(namespace, name)] = seen
     for window in spec.Window:
         value = (status.get("spend") or {}).get(window.value)
         if value is not None:
@@ -64,16 +75,14 @@ def record(budget: spec.AgentBudget, decision: evaluate.Decision, agents: Iterab
             _remove(BUDGET_LIMIT, name, namespace, window.value)
     KILL_SWITCH.labels(name, namespace).set(1 if (status.get("killSwitch") or {}).get("engaged") else 0)
     owner = budget.spec.owner
-    rows = {(a.name, namespace, name, owner.team or "", owner.project or "", owner.cost_center or "")
-            for a in agents}
+    rows = {(a, namespace, name, owner.team or "", owner.project or "", owner.cost_center or "")
+            for a in agent_names}
     for gone in _owners.get((namespace, name), set()) - rows:
         _remove(OWNER_INFO, *gone)
     for row in rows:
         OWNER_INFO.labels(*row).set(1)
     _owners[(namespace, name)] = rows
     record_targets(budget)
-    for f in decision.new_findings:
-        FINDINGS.labels(f.namespace, f.kind, f.action).inc()
 
 
 def record_targets(budget: spec.AgentBudget) -> None:
@@ -93,6 +102,7 @@ def record_targets(budget: spec.AgentBudget) -> None:
 
 def forget(namespace: str, name: str) -> None:
     """Drop the series of a deleted budget."""
+    _recorded.pop((namespace, name), None)
     for window in spec.Window:
         _remove(BUDGET_SPEND, name, namespace, window.value)
         _remove(BUDGET_LIMIT, name, namespace, window.value)

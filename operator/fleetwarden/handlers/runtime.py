@@ -219,8 +219,10 @@ class Runtime:
         started = time.perf_counter()
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid"))
-        # 1: the budget and its policies
-        budget = spec.AgentBudget.model_validate({k: body[k] for k in ("metadata", "spec") if k in body})
+        # 1: the budget (parsed once per generation) and its policies
+        parsed = self.parse_budget(body)
+        budget = parsed if parsed is not None else spec.AgentBudget.model_validate(
+            {k: body[k] for k in ("metadata", "spec") if k in body})  # raises, saying what is wrong
         namespace, name = budget.metadata.namespace, budget.metadata.name
         policies = parse_policies(policy_bodies)
         # 2: its agents

@@ -894,8 +894,8 @@ def _figures(minutes: Mapping[str, Sequence[series.AgentMinute]], now: float,
     if memo is None:
         fig = _minute_figures(minutes, end, outcomes, budget_spec)
     else:
-        covered = tuple(sorted((agent, ms[0].minute, ms[-1].minute, len(ms)) if ms else (agent, 0, 0, 0)
-                               for agent, ms in minutes.items()))
+        covered = tuple(sorted((ms[0].namespace, agent, ms[0].minute, ms[-1].minute, len(ms)) if ms
+                               else ("", agent, 0, 0, 0) for agent, ms in minutes.items()))
         fixed = tuple(sorted(budget_spec.fixed_monthly_costs_usd.items())) if budget_spec is not None else ()
         # like the detectors' memo: the same complete minutes (and outcomes) within a minute
         named = tuple(sorted(outcomes)) if outcomes is not None else None

@@ -303,3 +303,17 @@ def test_the_memo_keeps_only_recent_minutes() -> None:
     for minute in range(0, 60 * 20, 60):
         memo.get(minute, ("k", minute), lambda: 1)
     assert len(memo) == evaluate.Memo.KEEP_MINUTES + 1
+
+
+def test_the_memo_never_mixes_up_agents_of_the_same_name_in_two_namespaces() -> None:
+    """Two budgets whose agents share names in different namespaces get their own figures from one memo."""
+    memo = evaluate.Memo()
+    first = run(memo=memo).status
+    other_ns = [evaluate.AgentState(a.name, "other", dict(a.labels), a.replicas) for a in AGENTS]
+    other_minutes = {a.name: [AgentMinute(a.name, "other", m.minute, inference_cost_usd=0.5, tasks_completed=1)
+                              for m in minutes(a.name)] for a in AGENTS}
+    other_budget = spec.AgentBudget.model_validate({"metadata": {"name": "support", "namespace": "other"},
+                                                   "spec": {"limits": [{"window": "hour", "amountUSD": 10}]}})
+    second = run(other_budget, agents=other_ns, minutes=other_minutes, memo=memo).status
+    assert second["burnRateUSDPerHour"] == pytest.approx(60.0)  # two agents at 0.5 USD a minute
+    assert first["burnRateUSDPerHour"] != second["burnRateUSDPerHour"]

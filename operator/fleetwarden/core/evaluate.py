@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fnmatch
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -436,7 +437,7 @@ def _guardrail_finding(kind: str, tool: str | None, s: policies.Subject, counts:
             message=f"{s.agent} hit its rate limit{per} on {what}{said}", evidence=evidence)
     # approval_required: the rule (as replay names it) that applies to the tool, when one does
     rule = next((r for p in chosen for r in p.spec.approvals
-                 if r.tool is None or tool is None or r.tool == tool or policies._match(tool, r.tool)), None)
+                 if r.tool is None or tool is None or fnmatch.fnmatchcase(tool, r.tool)), None)
     if rule is not None:
         evidence["rule"] = rule.name
     return findings.Finding(

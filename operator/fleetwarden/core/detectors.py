@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fleetwarden.core import findings, series, spec
@@ -150,6 +150,7 @@ class ModelUpdateSpike:
         self._model: str | None = None
         self._version: str | None = None
         self._change: _Change | None = None
+        self._next_prune = 0  # the seen maps are pruned at most once per KNOWN_MODEL_MINUTES
 
     def _baseline(self) -> tuple[float, int, float]:
         return (self._cost, self._tasks, self._outcomes)
@@ -200,21 +201,29 @@ class ModelUpdateSpike:
         if m.version is not None:
             self._versions_seen[m.version] = m.minute
             self._version = m.version
-        cutoff = m.minute - KNOWN_MODEL_MINUTES * MINUTE
-        for seen in (self._models_seen, self._versions_seen):
-            for key in [k for k, t in seen.items() if t < cutoff and k not in (self._model, self._version)]:
-                del seen[key]
+        if m.minute >= self._next_prune:
+            # Entries older than KNOWN_MODEL_MINUTES are never "recent" again (minutes only move
+            # forward), so pruning them is for memory only and need not happen every minute.
+            self._next_prune = m.minute + KNOWN_MODEL_MINUTES * MINUTE
+            cutoff = m.minute - KNOWN_MODEL_MINUTES * MINUTE
+            for seen in (self._models_seen, self._versions_seen):
+                if len(seen) > 1:
+                    for key in [k for k, t in seen.items() if t < cutoff and k not in (self._model, self._version)]:
+                        del seen[key]
         cost = m.inference_cost_usd
-        if cost == 0 and m.tasks_ended == 0 and m.outcomes == 0 and m.model is None:
+        tasks = m.tasks_ended
+        outcomes = m.outcomes
+        if cost == 0 and tasks == 0 and outcomes == 0 and m.model is None:
             return
-        self._hist.append((m.minute, cost, m.tasks_ended, m.outcomes, m.model))
+        hist = self._hist
+        hist.append((m.minute, cost, tasks, outcomes, m.model))
         self._cost += cost
-        self._tasks += m.tasks_ended
-        self._outcomes += m.outcomes
-        while self._hist and (
-                self._tasks - self._hist[0][2] >= self.p.baseline_tasks
-                or m.minute - self._hist[0][0] >= MAX_BASELINE_MINUTES * MINUTE):
-            _, c, t, o, _ = self._hist.popleft()
+        self._tasks += tasks
+        self._outcomes += outcomes
+        while hist and (
+                self._tasks - hist[0][2] >= self.p.baseline_tasks
+                or m.minute - hist[0][0] >= MAX_BASELINE_MINUTES * MINUTE):
+            _, c, t, o, _ = hist.popleft()
             self._cost -= c
             self._tasks -= t
             self._outcomes -= o
@@ -289,6 +298,8 @@ class ModelUpdateSpike:
 
 # ---------------------------------------------------------------- runaway_loop
 
+_NEVER = float("inf")
+
 
 class RunawayLoop:
     """Tokens per minute accelerating while the agent's output stays at zero.
@@ -302,47 +313,87 @@ class RunawayLoop:
     minutes before the window has no typical rate yet and is not judged (a new agent
     warming up). The onset is the first minute of the rise. The condition ends when output
     appears or the token rate falls under ``min_tokens_per_minute`` (or to zero).
+
+    O(1) amortised per minute fed, nothing per missing minute: only minutes fed are kept
+    (a missing minute is an empty one), the windows are cut by time, and the length of the
+    trailing run of rising minutes without output is a counter, so the window is only
+    looked at when it may fire.
     """
 
     kind = "runaway_loop"
 
+    __slots__ = ("p", "_w", "_win", "_hist", "_hist_tokens", "_hist_active", "_active", "_run", "_prev", "_last")
+
     def __init__(self, params: spec.RunawayLoopParams) -> None:
         self.p = params
-        # (minute, tokens, output) of the window plus the minutes before it
+        self._w = params.window_minutes
+        # (minute, tokens, output) of the minutes fed in the window, and in the TYPICAL_MINUTES before it
         self._win: collections.deque[tuple[int, int, float]] = collections.deque()
         self._hist: collections.deque[tuple[int, int, float]] = collections.deque()
         self._hist_tokens = 0
         self._hist_active = 0
         self._active = False
+        self._run = 0  # trailing minutes with tokens and no output, each with more tokens than the one before
+        self._prev = 0  # tokens of the newest minute
+        self._last: int | None = None  # the newest minute fed
 
-    def _push(self, m: series.AgentMinute) -> None:
-        self._win.append((m.minute, m.tokens, m.output))
-        if len(self._win) > self.p.window_minutes:
-            old = self._win.popleft()
-            self._hist.append(old)
-            if old[1] > 0:
-                self._hist_tokens += old[1]
-                self._hist_active += 1
-            if len(self._hist) > TYPICAL_MINUTES:
-                gone = self._hist.popleft()
+    def _advance(self, now: int) -> None:
+        """Windows as of minute ``now``: minutes leave the window after ``w`` minutes and the
+        history ``TYPICAL_MINUTES`` later, in the order they would one empty minute at a time."""
+        w_span = self._w * MINUTE
+        h_span = w_span + TYPICAL_MINUTES * MINUTE
+        win, hist = self._win, self._hist
+        while True:
+            move = win[0][0] + w_span if win else _NEVER
+            drop = hist[0][0] + h_span if hist else _NEVER
+            if move <= drop:
+                if move > now:
+                    return
+                old = win.popleft()
+                hist.append(old)
+                if old[1] > 0:
+                    self._hist_tokens += old[1]
+                    self._hist_active += 1
+            else:
+                if drop > now:
+                    return
+                gone = hist.popleft()
                 if gone[1] > 0:
                     self._hist_tokens -= gone[1]
                     self._hist_active -= 1
 
     def step(self, m: series.AgentMinute) -> list[findings.Finding]:
         p = self.p
-        self._push(m)
-        if self._active and (m.output > 0 or m.tokens == 0 or m.tokens < p.min_tokens_per_minute):
+        t = m.minute
+        tokens = m.tokens
+        output = m.output
+        if self._last is not None and t - self._last > MINUTE:
+            # missing minutes were empty: no tokens, so no run and no lasting loop
             self._active = False
-        if self._active or len(self._win) < p.window_minutes or self._hist_active < MIN_TYPICAL_MINUTES:
+            self._run = 0
+            self._prev = 0
+            self._advance(t - MINUTE)
+        self._last = t
+        self._win.append((t, tokens, output))
+        self._advance(t)
+        if tokens > 0 and not output > 0:
+            self._run = self._run + 1 if self._run and tokens > self._prev else 1
+        else:
+            self._run = 0
+        self._prev = tokens
+        if self._active and (output > 0 or tokens == 0 or tokens < p.min_tokens_per_minute):
+            self._active = False
+        # a run as long as the window: the window is full, has tokens and no output in every
+        # minute, and rises from each minute to the next
+        if self._active or self._run < self._w or self._hist_active < MIN_TYPICAL_MINUTES:
             return []
+        return self._judge(m)
+
+    def _judge(self, m: series.AgentMinute) -> list[findings.Finding]:
+        p = self.p
         tokens = [t for _, t, _ in self._win]
-        if any(o > 0 for *_, o in self._win) or any(t <= 0 for t in tokens):
-            return []
         last = tokens[-1]
         if last < p.min_tokens_per_minute:
-            return []
-        if any(b <= a for a, b in zip(tokens, tokens[1:], strict=False)):
             return []
         head = tokens[: max(1, len(tokens) // 2)]
         first = sum(head) / len(head)
@@ -397,6 +448,10 @@ class _ToolState:
         self.reported = reported
 
 
+# (minute, tool calls, llm calls, tasks ended, all tool calls) of one minute fed
+_ToolEntry = tuple[int, Mapping[str, float], int, int, float]
+
+
 class ToolCallExplosion:
     """One tool's call rate over ``window_minutes`` against its baseline.
 
@@ -413,60 +468,93 @@ class ToolCallExplosion:
 
     While an explosion lasts its baseline is frozen; it ends when the short-window rate
     falls under ``ratio / 2`` times that baseline.
+
+    Cost: only minutes fed are kept (a missing minute is an empty one) and the windows are
+    cut by time; a running total of all tool calls in the short window says when no tool
+    can reach ``min_calls_per_minute``, which is most minutes, so O(1) amortised per minute.
+    Only then are the windows summed per tool (O(window)). A missing minute is judged
+    (:meth:`gap`) only while the short window could still hold a tool at that rate, or an
+    explosion.
     """
 
     kind = "tool_call_explosion"
 
+    __slots__ = ("p", "_w", "_b", "_short", "_base", "_short_total", "_active", "min_history", "blank", "_first",
+                 "_hot", "_floor")
+
     def __init__(self, params: spec.ToolCallExplosionParams) -> None:
         self.p = params
-        self._short: collections.deque[tuple[int, Mapping[str, float], int, int]] = collections.deque()
-        self._base: collections.deque[tuple[int, Mapping[str, float], int, int]] = collections.deque()
-        self._short_calls: dict[str, float] = {}
-        self._base_calls: dict[str, float] = {}
-        self._short_llm = 0
-        self._short_tasks = 0
-        self._base_llm = 0
-        self._base_tasks = 0
+        self._w = params.window_minutes
+        self._b = params.baseline_minutes
+        # (minute, tool calls, llm calls, tasks ended, all tool calls) of the minutes fed
+        self._short: collections.deque[_ToolEntry] = collections.deque()
+        self._base: collections.deque[_ToolEntry] = collections.deque()
+        self._short_total = 0.0  # all tool calls in the short window
         self._active: dict[str, _ToolState] = {}
         self.min_history = max(5, params.baseline_minutes // 4)
+        # builds the bucket of an empty minute of this agent (for a finding made in a gap)
+        self.blank: Callable[[int], series.AgentMinute] | None = None
+        self._first: int | None = None  # the first minute fed: the windows count minutes from it
+        self._hot = False  # whether a missing minute now could change anything but the windows
+        # under this many calls in the short window no tool is at min_calls_per_minute (a
+        # margin for rounding: above it the exact per-tool test decides)
+        self._floor = params.min_calls_per_minute * params.window_minutes * (1 - 1e-9)
 
-    def _push(self, m: series.AgentMinute) -> None:
-        entry = (m.minute, m.tool_calls, m.llm_calls, m.tasks_ended)
-        self._short.append(entry)
-        _add(self._short_calls, m.tool_calls, 1)
-        self._short_llm += m.llm_calls
-        self._short_tasks += m.tasks_ended
-        if len(self._short) > self.p.window_minutes:
-            old = self._short.popleft()
-            _add(self._short_calls, old[1], -1)
-            self._short_llm -= old[2]
-            self._short_tasks -= old[3]
-            self._base.append(old)
-            _add(self._base_calls, old[1], 1)
-            self._base_llm += old[2]
-            self._base_tasks += old[3]
-            if len(self._base) > self.p.baseline_minutes:
-                gone = self._base.popleft()
-                _add(self._base_calls, gone[1], -1)
-                self._base_llm -= gone[2]
-                self._base_tasks -= gone[3]
+    def _lengths(self, now: int) -> tuple[int, int]:
+        """Minutes in the short window and in the baseline at minute ``now`` (empty ones included)."""
+        assert self._first is not None
+        seen = (now - self._first) // MINUTE + 1
+        return min(self._w, seen), min(self._b, max(0, seen - self._w))
 
-    def _base_rate(self, tool: str) -> float:
+    def _advance(self, now: int) -> None:
+        """Windows as of minute ``now``: minutes leave the short window after ``w`` minutes
+        and the baseline ``B`` later."""
+        s_span = self._w * MINUTE
+        b_span = s_span + self._b * MINUTE
+        short, base = self._short, self._base
+        while short and short[0][0] + s_span <= now:
+            old = short.popleft()
+            self._short_total -= old[4]
+            base.append(old)
+        while base and base[0][0] + b_span <= now:
+            base.popleft()
+        if not short:
+            self._short_total = 0.0
+
+    def _sums(self, entries: Iterable[_ToolEntry]) -> tuple[dict[str, float], int, int]:
+        """Calls per tool, llm calls and ended tasks of some minutes, added in minute order."""
+        calls: dict[str, float] = {}
+        llm = tasks = 0
+        for _, c, n_llm, n_tasks, _ in entries:
+            for tool, n in c.items():
+                calls[tool] = calls.get(tool, 0.0) + n
+            llm += n_llm
+            tasks += n_tasks
+        return calls, llm, tasks
+
+    def _short_minutes(self, tool: str, now: int) -> list[tuple[int, float]]:
+        """(minute, calls of ``tool``) of every minute of the short window at ``now``, oldest first."""
+        n, _ = self._lengths(now)
+        fed = {e[0]: float(e[1].get(tool, 0.0)) for e in self._short}
+        return [(t, fed.get(t, 0.0)) for t in range(now - (n - 1) * MINUTE, now + 1, MINUTE)]
+
+    def _base_rate(self, tool: str, base_calls: float, n: int) -> float:
         """The tool's baseline calls per minute: the median minute (robust to a burst, or
         to the start of this explosion entering the baseline), or the mean when the
         median minute has no call (a sparse tool)."""
-        values = sorted(float(calls.get(tool, 0.0)) for _, calls, _, _ in self._base)
-        n = len(values)
+        values = [float(e[1].get(tool, 0.0)) for e in self._base]
+        values = sorted(values + [0.0] * (n - len(values)))  # with the missing minutes
         median = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
         if median > 0:
             return median
-        return self._base_calls.get(tool, 0.0) / n
+        return base_calls / n
 
-    def _normalised(self, rate_s: float, base_rate: float) -> tuple[float | None, float | None]:
+    def _normalised(self, rate_s: float, base_rate: float, traffic: tuple[int, int, int, int],
+                    n_b: int) -> tuple[float | None, float | None]:
         """The tool's ratio per LLM call and per ended task (None: too little traffic)."""
-        n_b = len(self._base)
+        short_llm, base_llm, short_tasks, base_tasks = traffic
         per: list[float | None] = []
-        for d_s, d_b in ((self._short_llm, self._base_llm), (self._short_tasks, self._base_tasks)):
+        for d_s, d_b in ((short_llm, base_llm), (short_tasks, base_tasks)):
             expected = d_b / n_b * self.p.window_minutes
             if expected < MIN_EXPECTED_TRAFFIC:
                 per.append(None)
@@ -477,57 +565,112 @@ class ToolCallExplosion:
                 per.append(rate_s / base_rate / growth)
         return per[0], per[1]
 
-    def _explodes(self, rate_s: float, base_rate: float) -> bool:
+    def _explodes(self, rate_s: float, base_rate: float, traffic: tuple[int, int, int, int], n_b: int) -> bool:
         raw = rate_s / base_rate
         if rate_s < self.p.min_calls_per_minute or raw < self.p.ratio:
             return False
-        usable = [r for r in self._normalised(rate_s, base_rate) if r is not None]
+        usable = [r for r in self._normalised(rate_s, base_rate, traffic, n_b) if r is not None]
         return not usable or max(usable) >= self.p.ratio * NORMALISED_SHARE
 
     def step(self, m: series.AgentMinute) -> list[findings.Finding]:
-        p = self.p
-        self._push(m)
-        if len(self._short) < p.window_minutes or len(self._base) < self.min_history:
+        t = m.minute
+        if self._first is None:
+            self._first = t
+        calls = m.tool_calls
+        total = sum(calls.values()) if calls else 0
+        self._short.append((t, calls, m.llm_calls, m.tasks_ended, total))
+        self._short_total += total
+        self._advance(t)
+        if not self._active and self._short_total < self._floor:
+            self._hot = False
             return []
-        out = []
-        for tool in sorted(set(self._short_calls) | set(self._active)):
-            rate_s = self._short_calls.get(tool, 0.0) / p.window_minutes
-            state = self._active.get(tool)
-            if state is not None:
-                if rate_s < (p.ratio / 2) * state.base_rate:
-                    del self._active[tool]  # over: a new jump is a new finding
-                elif (rate_s / state.base_rate >= WORSEN_FACTOR * state.reported
-                        and self._explodes(rate_s, state.base_rate)):
-                    state.reported = self._peak(tool, state.base_rate)
-                    out.append(self._report(m, tool, state.base_rate, again=True))
-                continue
-            if self._base_calls.get(tool, 0.0) <= 0 or rate_s < p.min_calls_per_minute:
-                continue
-            base_rate = self._base_rate(tool)
-            if not self._explodes(rate_s, base_rate):
-                continue
-            self._active[tool] = _ToolState(base_rate, self._peak(tool, base_rate))
-            out.append(self._report(m, tool, base_rate, again=False))
+        return self._check(m, t)
+
+    def gap(self, first: int, k: int) -> list[findings.Finding]:
+        """Judge ``k`` missing minutes from minute ``first`` on, as empty ones: only while the
+        short window could still hold a tool at the minimum rate (or an explosion) can anything
+        happen (the calls in the short window only fall during a gap)."""
+        out: list[findings.Finding] = []
+        j = 0
+        while self._hot and j < k:
+            t = first + j * MINUTE
+            self._advance(t)
+            out.extend(self._check(None, t))
+            j += 1
         return out
 
-    def _peak(self, tool: str, base_rate: float) -> float:
-        """The ratio of the short window's busiest minute: the reference for 'worse'."""
-        return max(float(calls.get(tool, 0.0)) for _, calls, _, _ in self._short) / base_rate
-
-    def _report(self, m: series.AgentMinute, tool: str, base_rate: float, *, again: bool) -> findings.Finding:
+    def _check(self, m: series.AgentMinute | None, minute: int) -> list[findings.Finding]:
+        active = self._active
+        if not active and self._short_total < self._floor:
+            self._hot = False
+            return []
+        self._hot = True
         p = self.p
-        per_minute = [float(calls.get(tool, 0.0)) for _, calls, _, _ in self._short]
+        w = self._w
+        n_short, n_base = self._lengths(minute)
+        if n_short < w or n_base < self.min_history:
+            return []
+        minc = p.min_calls_per_minute
+        short_calls, short_llm, short_tasks = self._sums(self._short)
+        # tools that may be judged: exploding ones, and those at the minimum rate or more
+        cands = [tool for tool, c in short_calls.items() if c / w >= minc]
+        if active:
+            tools = sorted(set(cands).union(active))
+        elif not cands:
+            return []
+        else:
+            tools = sorted(cands) if len(cands) > 1 else cands
+        base_calls, base_llm, base_tasks = self._sums(self._base)
+        traffic = (short_llm, base_llm, short_tasks, base_tasks)
+        out = []
+        for tool in tools:
+            rate_s = short_calls.get(tool, 0.0) / w
+            state = active.get(tool)
+            if state is not None:
+                if rate_s < (p.ratio / 2) * state.base_rate:
+                    del active[tool]  # over: a new jump is a new finding
+                elif (rate_s / state.base_rate >= WORSEN_FACTOR * state.reported
+                        and self._explodes(rate_s, state.base_rate, traffic, n_base)):
+                    state.reported = self._peak(tool, state.base_rate, minute)
+                    out.append(self._report(m if m is not None else self._blank(minute), tool, state.base_rate,
+                                            traffic, n_base, again=True))
+                continue
+            tool_base = base_calls.get(tool, 0.0)
+            if tool_base <= 0 or rate_s < minc:
+                continue
+            base_rate = self._base_rate(tool, tool_base, n_base)
+            if not self._explodes(rate_s, base_rate, traffic, n_base):
+                continue
+            active[tool] = _ToolState(base_rate, self._peak(tool, base_rate, minute))
+            out.append(self._report(m if m is not None else self._blank(minute), tool, base_rate, traffic, n_base,
+                                    again=False))
+        return out
+
+    def _blank(self, minute: int) -> series.AgentMinute:
+        if self.blank is None:
+            raise ValueError("ToolCallExplosion.gap needs `blank` to report a finding in a gap")
+        return self.blank(minute)
+
+    def _peak(self, tool: str, base_rate: float, now: int) -> float:
+        """The ratio of the short window's busiest minute: the reference for 'worse'."""
+        return max(c for _, c in self._short_minutes(tool, now)) / base_rate
+
+    def _report(self, m: series.AgentMinute, tool: str, base_rate: float, traffic: tuple[int, int, int, int],
+                n_base: int, *, again: bool) -> findings.Finding:
+        p = self.p
+        window = self._short_minutes(tool, m.minute)
+        per_minute = [c for _, c in window]
         rate = sum(per_minute) / len(per_minute)
         raw = rate / base_rate
         # onset: the first minute of the short window from which every minute is at least
         # sqrt(ratio) times the baseline rate (else the window's start)
-        onset = self._short[0][0]
+        onset = window[0][0]
         level = math.sqrt(p.ratio) * base_rate
         for i in range(len(per_minute) - 1, -1, -1):
             if per_minute[i] < level:
                 break
-            onset = self._short[i][0]
-        per_llm, per_task = self._normalised(rate, base_rate)
+            onset = window[i][0]
+        per_llm, per_task = self._normalised(rate, base_rate, traffic, n_base)
         evidence = {
             "tool": tool,
             "calls_per_minute": _round(rate),
@@ -538,7 +681,7 @@ class ToolCallExplosion:
             "threshold": p.ratio,
             "calls_in_window": per_minute,
             "window_minutes": p.window_minutes,
-            "baseline_minutes": len(self._base),
+            "baseline_minutes": n_base,
         }
         message = (f"{'Still rising: ' if again else ''}{m.agent} calls {tool} {rate:.0f} times/minute, "
                    f"{raw:.0f}x its baseline of {base_rate:.1f}/minute, without matching traffic; "
@@ -547,20 +690,21 @@ class ToolCallExplosion:
                         evidence=evidence, tool=tool)
 
 
-def _add(acc: dict[str, float], calls: Mapping[str, float], sign: int) -> None:
-    for tool, n in calls.items():
-        v = acc.get(tool, 0.0) + sign * n
-        if v <= 0:
-            acc.pop(tool, None)
-        else:
-            acc[tool] = v
-
-
 # ---------------------------------------------------------------- the set
 
 
 class DetectorSet:
-    """The three detectors of one agent, fed its minutes in order (gaps allowed)."""
+    """The three detectors of one agent, fed its minutes in order (gaps allowed).
+
+    A gap of ``k`` minutes is the same as ``k`` empty minutes and costs nothing per minute:
+    ``model_update_spike`` ignores empty minutes, ``runaway_loop`` cannot fire in one, and
+    ``tool_call_explosion`` judges them only while its short window still holds a tool at
+    its minimum rate (``tests/unit/core/test_detectors.py`` checks that a gap and its empty
+    minutes fed one by one give the same findings).
+    """
+
+    __slots__ = ("params", "agent", "namespace", "spike", "loop", "tools", "_spike_on", "_loop_on", "_tools_on",
+                 "_last")
 
     def __init__(self, params: spec.AnomalyParams, agent: str, namespace: str) -> None:
         self.params = params
@@ -569,39 +713,40 @@ class DetectorSet:
         self.spike = ModelUpdateSpike(params.model_update_spike)
         self.loop = RunawayLoop(params.runaway_loop)
         self.tools = ToolCallExplosion(params.tool_call_explosion)
-        # the longest per-minute memory of a detector: a gap longer than this is the same
-        # as this many empty minutes
-        self._memory = max(params.runaway_loop.window_minutes,
-                           params.tool_call_explosion.window_minutes
-                           + params.tool_call_explosion.baseline_minutes) + 1
+        self.tools.blank = self._blank
+        self._spike_on = params.model_update_spike.enabled
+        self._loop_on = params.runaway_loop.enabled
+        self._tools_on = params.tool_call_explosion.enabled
         self._last: int | None = None
+
+    def _blank(self, minute: int) -> series.AgentMinute:
+        return series.AgentMinute(agent=self.agent, namespace=self.namespace, minute=minute)
 
     def step(self, minute: series.AgentMinute) -> list[findings.Finding]:
         if minute.agent != self.agent or minute.namespace != self.namespace:
             raise ValueError(f"minute of {minute.namespace}/{minute.agent} fed to the detectors of "
                              f"{self.namespace}/{self.agent}")
-        if minute.minute % MINUTE:
-            raise ValueError(f"minute {minute.minute} is not at the start of a minute")
+        t = minute.minute
+        if t % MINUTE:
+            raise ValueError(f"minute {t} is not at the start of a minute")
         out: list[findings.Finding] = []
-        if self._last is not None:
-            if minute.minute <= self._last:
-                raise ValueError(f"minute {minute.minute} of {self.agent} fed after {self._last}")
-            gap = (minute.minute - self._last) // MINUTE - 1
-            first_empty = max(self._last + MINUTE, minute.minute - self._memory * MINUTE)
-            if gap > 0:
-                for t in range(first_empty, minute.minute, MINUTE):
-                    out.extend(self._step(series.AgentMinute(agent=self.agent, namespace=self.namespace,
-                                                             minute=t)))
-        self._last = minute.minute
-        out.extend(self._step(minute))
-        return out
-
-    def _step(self, m: series.AgentMinute) -> list[findings.Finding]:
-        out: list[findings.Finding] = []
-        if self.params.model_update_spike.enabled:
-            out.extend(self.spike.step(m))
-        if self.params.runaway_loop.enabled:
-            out.extend(self.loop.step(m))
-        if self.params.tool_call_explosion.enabled:
-            out.extend(self.tools.step(m))
+        last = self._last
+        if last is not None:
+            if t <= last:
+                raise ValueError(f"minute {t} of {self.agent} fed after {last}")
+            if t - last > MINUTE and self._tools_on:
+                out.extend(self.tools.gap(last + MINUTE, (t - last) // MINUTE - 1))
+        self._last = t
+        if self._spike_on:
+            found = self.spike.step(minute)
+            if found:
+                out.extend(found)
+        if self._loop_on:
+            found = self.loop.step(minute)
+            if found:
+                out.extend(found)
+        if self._tools_on:
+            found = self.tools.step(minute)
+            if found:
+                out.extend(found)
         return out

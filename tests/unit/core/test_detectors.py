@@ -307,3 +307,71 @@ def test_same_minutes_same_findings() -> None:
     mins = [series.AgentMinute(**{**{f: getattr(m, f) for f in m.__dataclass_fields__}, "minute": T0 + 60 * i})
             for i, m in enumerate(mins)]
     assert run(mins) == run(mins) != []
+
+
+# ---------------------------------------------------------------- gaps: skipping equals feeding empty minutes
+
+
+def _fill_gaps(mins: list[series.AgentMinute]) -> list[series.AgentMinute]:
+    """The same minutes with every missing minute fed as an explicit empty bucket."""
+    out: list[series.AgentMinute] = []
+    for m in mins:
+        if out:
+            out += [series.AgentMinute(agent=AGENT, namespace=NS, minute=t)
+                    for t in range(out[-1].minute + 60, m.minute, 60)]
+        out.append(m)
+    return out
+
+
+def _random_minutes(seed: int) -> list[series.AgentMinute]:
+    """Busy stretches, runaway loops, tool bursts and model changes separated by gaps of many lengths."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[series.AgentMinute] = []
+    i = 0
+    model = "m1"
+    for _ in range(40):
+        i += rng.choice([0, 0, 1, 2, 3, 5, 30, 59, 60, 63, 64, 65, 66, 70, 200])
+        kind = rng.choice(["busy", "busy", "loop", "burst", "model"])
+        if kind == "model":
+            model = "m2" if model == "m1" else "m1"
+        n = rng.randint(3, 70) if kind in ("busy", "model") else rng.randint(5, 9)
+        for k in range(n):
+            if kind == "loop":
+                kw: dict[str, Any] = {"tokens": 6000 * (k + 2) ** 2, "llm_calls": 5 + k}
+            elif kind == "burst":
+                kw = {"tool_calls": {"a": float(rng.choice([40, 70, 120])), "b": 1.0}, "llm_calls": rng.choice([8, 60]),
+                      "tokens": 3000, "tasks_completed": rng.choice([0, 2])}
+            else:
+                calls = {t: float(rng.randint(1, 4)) for t in ("a", "b") if rng.random() < 0.8}
+                kw = {"tool_calls": calls, "llm_calls": rng.randint(5, 12), "tokens": rng.randint(2000, 5000),
+                      "tasks_completed": rng.randint(1, 3), "outcomes": float(rng.randint(0, 2)), "model": model,
+                      "inference_cost_usd": (0.05 if model == "m2" else 0.01) * rng.randint(1, 3)}
+            out.append(minute(i, **kw))
+            i += 1 if rng.random() < 0.85 else rng.choice([2, 3, 4, 66])
+    return out
+
+
+def test_gap_equals_empty_minutes_fed_one_by_one() -> None:
+    """Skipping a gap gives exactly the findings of feeding its empty minutes one by one."""
+    kinds: set[str] = set()
+    for seed in range(12):
+        mins = _random_minutes(seed)
+        for p in (spec.AnomalyParams(), params(toolCallExplosion={"windowMinutes": 1, "baselineMinutes": 5},
+                                               runawayLoop={"windowMinutes": 2})):
+            skipped = run(mins, p)
+            assert skipped == run(_fill_gaps(mins), p)
+            kinds |= {f.kind for f in skipped}
+    assert kinds == {"runaway_loop", "tool_call_explosion", "model_update_spike"}
+
+
+@pytest.mark.parametrize("resume", [70, 200])
+def test_explosion_found_inside_a_gap(resume: int) -> None:
+    """A tool burst that traffic explains at first but not once the traffic stops is found in the gap, at its time."""
+    mins = [minute(i, tool_calls={"a": 2}, llm_calls=10) for i in range(62)]
+    mins.append(minute(62, tool_calls={"a": 70}, llm_calls=80))  # traffic grew too: not yet an explosion
+    later = minute(resume, tool_calls={"a": 2}, llm_calls=10)  # a gap shorter / longer than the windows
+    found = run(mins + [later])
+    assert [(f.kind, f.time) for f in found] == [("tool_call_explosion", float(T0 + 64 * 60))]
+    assert found == run(_fill_gaps(mins + [later]))

@@ -134,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         start = args.start if args.start is not None else time.time()
     registry = CollectorRegistry()
-    events = _events.EventWriter(args.events, flush_every=1 if not args.fast else 10_000) if args.events else None
+    # A run writes its own file: appending a second run would interleave two fleets' clocks.
+    events = (_events.EventWriter(args.events, flush_every=1 if not args.fast else 10_000, append=False)
+              if args.events else None)
     try:
         fleet = fleet_mod.Fleet(profiles=names, agents_per_profile=args.agents, namespace=args.namespace,
                                 scenario=args.scenario, at_minutes=args.at, target=args.target, seed=args.seed,

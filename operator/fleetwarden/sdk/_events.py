@@ -25,12 +25,13 @@ class EventWriter:
     """Writes one usage event per line to a file (appending) or a stream; thread-safe.
 
     ``EventWriter("usage.jsonl")``, ``EventWriter("-")`` (stdout) or ``EventWriter(stream)``
-    for a binary or text stream. ``flush_every`` events are buffered before a flush (1: each
+    for a binary or text stream. A file is appended to (an agent that restarts keeps its
+    history) unless ``append=False``, which starts it afresh. ``flush_every`` events are buffered before a flush (1: each
     event is flushed as written, the default, so a crash loses nothing). Use it as a context
     manager or call :meth:`close`.
     """
 
-    def __init__(self, target: str | Path | IO[Any], *, flush_every: int = 1) -> None:
+    def __init__(self, target: str | Path | IO[Any], *, flush_every: int = 1, append: bool = True) -> None:
         self._lock = threading.Lock()
         self._own = False
         self._binary: IO[bytes] | None = None
@@ -39,7 +40,7 @@ class EventWriter:
             if str(target) == "-":
                 self._text = sys.stdout
             else:
-                self._binary = open(target, "ab")  # noqa: SIM115 - closed in close()
+                self._binary = open(target, "ab" if append else "wb")  # noqa: SIM115 - closed in close()
                 self._own = True
             self.name = str(target)
         else:

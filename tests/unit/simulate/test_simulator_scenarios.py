@@ -173,3 +173,15 @@ def test_following_deployments_stops_spending_and_switches_models() -> None:
     assert spent_while_paused == []
     models = {e["agent"]: e["model"] for e in events if e["type"] == "llm" and e["time"] > START + 1300}
     assert models == {"support-agent-0": "gpt-4.1-mini", "support-agent-1": "gpt-4o"}
+
+
+def test_a_second_fast_run_replaces_the_events_file_instead_of_appending(tmp_path: pathlib.Path) -> None:
+    """`simulate --events FILE` run twice leaves one run's events, not two interleaved clocks."""
+    from fleetwarden import cli
+
+    path = tmp_path / "usage.jsonl"
+    argv = ["simulate", "--fast", "--duration", "10m", "--agents", "1", "--seed", "4", "--events", str(path)]
+    assert cli.main(argv) == 0
+    first = path.read_bytes()
+    assert cli.main(argv) == 0
+    assert path.read_bytes() == first

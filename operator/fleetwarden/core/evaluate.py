@@ -956,7 +956,12 @@ def unit_costs(hour: Sequence[series.AgentMinute], outcomes: Mapping[str, Mappin
     for m in hour:
         named = named_by_agent.get(m.agent)
         acc.add_minute(m, outcomes=(named.get(m.minute) or None) if named else None)
-    totals = economics.report(acc, start=start, end=end, budget=budget_spec).totals
+    # what economics.report totals (without its trend, workflow and model breakdowns)
+    totals = economics.Totals()
+    for _, cell in acc.cells(start, end):
+        totals.add(cell)
+    if budget_spec is not None:
+        totals.fixed_usd = sum(budget_spec.fixed_monthly_costs_usd.values()) * (end - start) / economics.MONTH
     out: dict[str, Any] = {}
     per_task = totals.cost_per_task_usd
     if per_task is not None:

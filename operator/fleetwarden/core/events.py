@@ -493,26 +493,66 @@ def is_valid(obj: object) -> bool:
 Source = Union[str, "os.PathLike[str]", IO[bytes], IO[str], Iterable[bytes], Iterable[str]]
 
 
-def iter_events(source: Source, *, file: str | None = None) -> Iterator[Event | errors.EventError]:
+def iter_events(source: Source, *, file: str | None = None) -> EventStream:
     """Yield an Event or an EventError for each non-blank line, in order, never stopping.
 
     ``source`` is a path (``"-"`` is standard input), an open file (binary or text) or any
-    iterable of lines. Lines are read one at a time, so memory stays flat.
+    iterable of lines. Lines are read one at a time, so memory stays flat. The result is an
+    :class:`EventStream`: an iterator of events that replay can also read without building
+    an ``Event`` per line (:meth:`EventStream.records`).
     """
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if path == "-":
-            yield from iter_events(sys.stdin.buffer, file=file or "<stdin>")
+    return EventStream(source, file=file)
+
+
+Record = tuple[float, dict[str, Any], int]  # (Unix time, the parsed object, line number) of a valid event
+
+
+class EventStream:
+    """The lines of a source as events: iterate it for ``Event``/``EventError`` items, or
+    call :meth:`records` once for ``(time, object, line)`` tuples and ``EventError`` items
+    (the same validation, the same order, no ``Event`` objects). Either is single use."""
+
+    def __init__(self, source: Source, *, file: str | None = None) -> None:
+        self.source = source
+        self.file = file
+        self._events: Iterator[Event | errors.EventError] | None = None
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> Event | errors.EventError:
+        if self._events is None:
+            self._events = self._as_events()
+        return next(self._events)
+
+    def _as_events(self) -> Iterator[Event | errors.EventError]:
+        for rec in self.records():
+            if type(rec) is tuple:
+                ts, obj, number = rec
+                yield Event(ts, obj["type"], obj["agent"], obj.get("namespace", "default"), obj, number)
+            else:
+                yield rec  # type: ignore[misc]
+
+    def records(self) -> Iterator[Record | errors.EventError]:
+        """``(time, object, line)`` for each valid event, an ``EventError`` for each broken line."""
+        source, file = self.source, self.file
+        if isinstance(source, (str, os.PathLike)):
+            path = os.fspath(source)
+            if path == "-":
+                yield from _records(sys.stdin.buffer, file or "<stdin>")
+                return
+            with open(path, "rb") as fh:
+                yield from _records(fh, file or path)
             return
-        with open(path, "rb") as fh:
-            yield from iter_events(fh, file=file or path)
-        return
-    if file is None:
-        file = getattr(source, "name", None) if isinstance(source, io.IOBase) else None
-        file = file if isinstance(file, str) else None
+        if file is None:
+            file = getattr(source, "name", None) if isinstance(source, io.IOBase) else None
+            file = file if isinstance(file, str) else None
+        yield from _records(source, file)
+
+
+def _records(lines: Iterable[Any], file: str | None) -> Iterator[Record | errors.EventError]:
     loads = _loads
-    fast = _fast_time
-    lines: Iterable[Any] = source
+    shapes = _SHAPES
     for number, data in enumerate(lines, 1):
         try:
             obj = loads(data)
@@ -521,11 +561,15 @@ def iter_events(source: Source, *, file: str | None = None) -> Iterator[Event | 
                 continue
             yield errors.EventError(f"not valid JSON: {exc}", file=file, line=number)
             continue
-        ts = fast(obj) if type(obj) is dict else None
-        if ts is not None:
-            yield Event(ts, obj["type"], obj["agent"], obj.get("namespace", "default"), obj, number)
-            continue
+        if type(obj) is dict:
+            check = shapes.get(tuple(obj))
+            ts = check(obj) if check is not None else _fast_time(obj)
+            if ts is not None:
+                yield (ts, obj, number)
+                continue
         try:
-            yield from_obj(obj, line=number, file=file)
+            ev = from_obj(obj, line=number, file=file)
         except errors.EventError as exc:
             yield exc
+            continue
+        yield (ev.time, ev.raw, number)

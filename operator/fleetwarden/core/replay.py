@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from fleetwarden import errors
-from fleetwarden.core import buckets, events, findings, policies, series, spec, windows
+from fleetwarden.core import buckets, events, findings, policies, pricing, series, spec, windows
 
 try:  # the anomaly detectors (core/detectors.py)
     from fleetwarden.core import detectors as _detectors
@@ -131,7 +131,7 @@ class _AgentCtx:
     """Replay's per-agent state, kept in ``AgentState.ctx``."""
 
     __slots__ = ("budgets", "policies", "budget_name", "policy_name", "detectors", "tasks", "needs_tasks",
-                 "reported_tools", "rate_active", "last_sweep")
+                 "reported_tools", "rate_active", "last_sweep", "min_cap")
 
     def __init__(self) -> None:
         self.budgets: list[_BudgetState] = []
@@ -145,6 +145,7 @@ class _AgentCtx:
         # (policy name, tool or None) -> [latest exceeded minute, level reported]
         self.rate_active: dict[tuple[str, str | None], list[int]] = {}
         self.last_sweep = 0.0
+        self.min_cap: int | None = None  # the smallest per-task token cap of its policies
 
 
 class Replay:
@@ -188,6 +189,7 @@ class Replay:
         ctx.budget_name = chosen_budgets[0].metadata.name if chosen_budgets else None
         ctx.policy_name = chosen_policies[0].metadata.name if chosen_policies else None
         ctx.needs_tasks = any(p.cap is not None or p.needs_calls for p in ctx.policies)
+        ctx.min_cap = min((p.cap for p in ctx.policies if p.cap is not None), default=None)
         tool_prices: dict[str, float] = {}
         for p in reversed(chosen_policies):
             tool_prices.update(p.spec.tool_prices_usd)
@@ -214,20 +216,33 @@ class Replay:
     # ------------------------------------------------------------ the stream
 
     def feed(self, items: Iterable[events.Event | errors.EventError]) -> Iterator[findings.Finding]:
-        """Process every item, yielding findings as their time is passed by the data's horizon."""
+        """Process every item, yielding findings as their time is passed by the data's horizon.
+
+        From :func:`events.iter_events` the parsed objects are read directly
+        (:meth:`events.EventStream.records`), with no ``Event`` per line; any other iterable
+        of events goes the same way through ``(time, raw, line)``.
+        """
+        records = items.records() if isinstance(items, events.EventStream) else _records(items)
         b = self.bucketer
         stats = self.stats
-        Event = events.Event
+        on_error = self.on_error
         next_close = -_INF  # the horizon at which the next minute can close
         lateness = b.lateness
-        for ev in items:
-            if type(ev) is not Event:
+        agents = b.agents
+        pending = b._pending
+        by_name: dict[str, buckets.AgentState] = {}  # agent name -> its state (namespace checked)
+        # (model, provider) -> per-token rates, when the price table has fixed ones (PriceTable.static_rates)
+        static_rates = getattr(b.prices, "static_rates", None) if type(b.prices) is pricing.PriceTable else None
+        rates_of: dict[tuple[str, str | None], tuple[float, float, float, float, float, float]] = {}
+        _Acc = buckets._Acc
+        for rec in records:
+            if type(rec) is not tuple:
                 stats.broken += 1
-                if self.on_error is not None:
-                    self.on_error(ev)  # type: ignore[arg-type]
+                if on_error is not None:
+                    on_error(rec)  # type: ignore[arg-type]
                 continue
+            ts, raw, line = rec
             stats.events += 1
-            ts = ev.time
             if ts - lateness >= next_close:
                 # 3. minutes that are complete now, then 4. findings whose time has passed
                 horizon = ts - lateness
@@ -238,32 +253,156 @@ class Replay:
                 next_close = (int(horizon // 60) + 1) * 60.0
                 if self._heap:
                     yield from self._release(horizon)
-            # 1. price and count
-            try:
-                cost = b.add(ev)
-            except errors.PricingError as exc:
-                stats.events -= 1
-                stats.broken += 1
-                if self.on_error is not None:
-                    self.on_error(errors.EventError(f"{exc}", line=ev.line, field="model"))
-                continue
+            # 1. price and count (Bucketer.add, inline)
+            agent = raw["agent"]
+            ns = raw.get("namespace", "default")
+            st = by_name.get(agent)
+            if st is None or st.namespace != ns:
+                st = agents.get((ns, agent))
+                if st is None:
+                    st = b.agent(ns, agent)
+                by_name[agent] = st
+            b.current = st
+            labels = raw.get("labels")
+            if labels and labels != st.labels and not labels.items() <= st.labels.items():
+                st.labels = {**st.labels, **labels}
+                if b._on_labels is not None:
+                    b._on_labels(st)
+            etype = raw["type"]
+            if etype == "llm":
+                cost = raw.get("cost_usd")
+                if cost is not None:
+                    cost = float(cost)
+                else:
+                    key = (raw["model"], raw.get("provider"))
+                    rates = rates_of.get(key)
+                    if rates is not None:
+                        # PriceTable.llm_cost, term for term
+                        cost = int(raw["input_tokens"]) * rates[0] + int(raw["output_tokens"]) * rates[1] + rates[5]
+                        if "cache_read_tokens" in raw or "cache_write_tokens" in raw or "reasoning_tokens" in raw:
+                            cr = int(raw.get("cache_read_tokens", 0))
+                            cw = int(raw.get("cache_write_tokens", 0))
+                            rs = int(raw.get("reasoning_tokens", 0))
+                            if cr or cw or rs:
+                                cost += cr * rates[2] + cw * rates[3] + rs * rates[4]
+                    else:
+                        try:
+                            cost = b.llm_cost(events.Event(ts, etype, agent, ns, raw, line))
+                        except errors.PricingError as exc:
+                            stats.events -= 1
+                            stats.broken += 1
+                            if on_error is not None:
+                                on_error(errors.EventError(f"{exc}", line=line, field="model"))
+                            continue
+                        if static_rates is not None:
+                            found = static_rates(*key)
+                            if found is not None:
+                                rates_of[key] = found
+            elif etype == "tool":
+                cost = raw.get("cost_usd")
+                if cost is not None:
+                    cost = float(cost)
+                else:
+                    cost = st._tool_cache.get(raw["tool"])
+                    if cost is None:
+                        cost = b.tool_cost(st, raw["tool"], None)
+            elif etype == "human":
+                cost = b.human_cost(st, raw["minutes"], raw.get("cost_usd"))
+            else:
+                cost = 0.0
+            wm = b.watermark
+            if wm is None or ts > wm:
+                b.watermark = ts
+            minute = int(ts // 60) * 60
+            closed = b.closed_until
+            if closed is not None and minute < closed:
+                minute = closed  # too late for its own minute: counted in the oldest open one
+                b.late += 1
+            acc = st.open.get(minute)
+            if acc is None:
+                acc = st.open[minute] = _Acc()
+                waiting = pending.get(minute)
+                if waiting is None:
+                    pending[minute] = [st]
+                else:
+                    waiting.append(st)
+                if st.last_minute is None or minute > st.last_minute:
+                    st.last_minute = minute
+            b.current_acc = acc
+            workflow = raw.get("workflow")
+            if workflow is not None:
+                wf = acc.workflows
+                wf[workflow] = wf.get(workflow, 0) + 1
+            version = raw.get("agent_version")
+            if version is not None:
+                acc.version = version
+            if etype == "llm":
+                acc.inference += cost
+                out = raw["output_tokens"]
+                tokens = int(raw["input_tokens"] + out + raw.get("cache_read_tokens", 0)
+                             + raw.get("cache_write_tokens", 0) + raw.get("reasoning_tokens", 0))
+                acc.tokens += tokens
+                acc.output_tokens += int(out)
+                acc.llm_calls += 1
+                models = acc.models
+                model = raw["model"]
+                models[model] = models.get(model, 0) + 1
+            elif etype == "tool":
+                tool = raw["tool"]
+                acc.tool_cost += cost
+                acc.tool_total += 1
+                calls = acc.tool_calls
+                calls[tool] = calls.get(tool, 0) + 1
+                if cost:
+                    costs = acc.tool_costs
+                    costs[tool] = costs.get(tool, 0.0) + cost
+            elif etype == "task":
+                status = raw["status"]
+                if status == "completed":
+                    acc.completed += 1
+                elif status == "failed":
+                    acc.failed += 1
+                else:
+                    acc.abandoned += 1
+            elif etype == "outcome":
+                acc.outcomes += raw.get("count", 1)
+            else:
+                acc.human += cost
             # 2. per-event policies, the clock at the event (a late event: the horizon it met)
-            st = b.current
-            assert st is not None
             ctx: _AgentCtx = st.ctx
-            now = ts if b.closed_until is None or ts >= b.closed_until else float(b.closed_until)
+            closed = b.closed_until
+            now = ts if closed is None or ts >= closed else float(closed)
             if cost and ctx.budgets:
+                bminute = int(ts // 60) * 60
                 for bs in ctx.budgets:
-                    self._spend(bs, ev, now, cost)
+                    # _spend, inline: the newest minute's spend waits in `pending_usd`
+                    if bminute == bs.pending_minute:
+                        bs.pending_usd += cost
+                    elif bminute > bs.pending_minute:
+                        bs.flush()
+                        bs.pending_minute = bminute
+                        bs.pending_usd = cost
+                    else:
+                        bs.windows.add(ts, cost)  # a late event
+                    bs.headroom -= cost
+                    if bs.headroom <= 0 or int(now // 60) != bs.checked_minute:
+                        self._check_budget(bs, agent, ns, raw, now)
             if ctx.policies:
-                etype = ev.type
                 if etype == "tool":
-                    self._tool_call(st, ctx, ev, now, cost)
+                    self._tool_call(st, ctx, raw, ts, now, cost, acc)
                 elif etype == "llm":
                     if ctx.needs_tasks:
-                        self._llm_tokens(st, ctx, ev, now)
+                        # _llm_tokens, inline: tokens per task against the caps
+                        task_id = raw["task_id"]
+                        task = ctx.tasks.get(task_id)
+                        if task is None:
+                            task = ctx.tasks[task_id] = _Task()
+                        task.last = now
+                        task.tokens += tokens
+                        if not task.capped and ctx.min_cap is not None and task.tokens > ctx.min_cap:
+                            self._token_cap(ctx, task, agent, ns, raw, now)
                 elif etype == "task" and ctx.tasks:
-                    ctx.tasks.pop(ev.raw["task_id"], None)
+                    ctx.tasks.pop(raw["task_id"], None)
                 if ctx.needs_tasks and now - ctx.last_sweep > _SWEEP_SECONDS:
                     ctx.last_sweep = now
                     stale = [k for k, t in ctx.tasks.items() if now - t.last > TASK_IDLE_SECONDS]
@@ -345,25 +484,11 @@ class Replay:
 
     # ------------------------------------------------------------ budgets
 
-    def _spend(self, bs: _BudgetState, ev: events.Event, now: float, cost: float) -> None:
-        minute = int(ev.time // 60) * 60
-        if minute == bs.pending_minute:
-            bs.pending_usd += cost
-        elif minute > bs.pending_minute:
-            bs.flush()
-            bs.pending_minute = minute
-            bs.pending_usd = cost
-        else:
-            bs.windows.add(ev.time, cost)  # a late event
-        bs.headroom -= cost
-        if bs.headroom <= 0 or int(now // 60) != bs.checked_minute:
-            self._check_budget(bs, ev, now)
-
-    def _check_budget(self, bs: _BudgetState, ev: events.Event, now: float) -> None:
+    def _check_budget(self, bs: _BudgetState, agent: str, namespace: str, raw: dict[str, Any], now: float) -> None:
         bs.flush()
         bs.pending_minute = max(bs.pending_minute, int(now // 60) * 60)
         bs.checked_minute = int(now // 60)
-        subject = policies.Subject(agent=ev.agent, namespace=ev.namespace, now=now, workflow=ev.raw.get("workflow"))
+        subject = policies.Subject(agent=agent, namespace=namespace, now=now, workflow=raw.get("workflow"))
         headroom = _INF
         w = bs.windows
         for limit in bs.spec.limits:
@@ -410,25 +535,20 @@ class Replay:
         task.last = now
         return task
 
-    def _llm_tokens(self, st: buckets.AgentState, ctx: _AgentCtx, ev: events.Event, now: float) -> None:
-        raw = ev.raw
-        task = self._task(ctx, raw["task_id"], now)
-        task.tokens += int(raw["input_tokens"] + raw["output_tokens"] + raw.get("cache_read_tokens", 0)
-                           + raw.get("cache_write_tokens", 0) + raw.get("reasoning_tokens", 0))
-        if task.capped:
-            return
+    def _token_cap(self, ctx: _AgentCtx, task: _Task, agent: str, ns: str, raw: dict[str, Any], now: float) -> None:
+        """The task passed the smallest token cap: the first policy (by name) it is over reports it."""
         for p in ctx.policies:
             if p.cap is not None and task.tokens > p.cap:
                 f = policies.token_cap_exceeded(policies.TokenCapInput(
-                    subject=_subject(ev, now), policy=p.name, caps=p.spec.token_caps, task_id=raw["task_id"],
-                    task_tokens=task.tokens))
+                    subject=_subject(agent, ns, raw, now), policy=p.name, caps=p.spec.token_caps,
+                    task_id=raw["task_id"], task_tokens=task.tokens))
                 if f is not None:
                     task.capped = True
                     self._push(f)
                     return
 
-    def _tool_call(self, st: buckets.AgentState, ctx: _AgentCtx, ev: events.Event, now: float, cost: float) -> None:
-        raw = ev.raw
+    def _tool_call(self, st: buckets.AgentState, ctx: _AgentCtx, raw: dict[str, Any], ts: float, now: float,
+                   cost: float, acc: buckets._Acc) -> None:
         tool = raw["tool"]
         task = None
         for p in ctx.policies:
@@ -439,17 +559,18 @@ class Replay:
                     ok = p.allowed[tool] = p.rules.allowed(tool)
                 if not ok and (p.name, tool) not in ctx.reported_tools:
                     ctx.reported_tools.add((p.name, tool))
-                    f = policies.tool_not_allowed(policies.ToolInput(subject=_subject(ev, now), policy=p.name,
-                                                                     rules=p.rules, tool=tool))
+                    f = policies.tool_not_allowed(policies.ToolInput(
+                        subject=_subject(st.agent, st.namespace, raw, now), policy=p.name, rules=p.rules, tool=tool))
                     if f is not None:
                         self._push(f)
             # rate limits, on the counts of the event's open minute
-            if p.rate is not None:
-                acc = self.bucketer.current_acc
-                assert acc is not None
-                self._rate_check(st, ctx, p, None, float(acc.tool_total), ev, now)
-                if tool in p.rate.per_tool:
-                    self._rate_check(st, ctx, p, tool, float(acc.tool_calls[tool]), ev, now)
+            rate = p.rate
+            if rate is not None:
+                limit = rate.tool_calls_per_minute
+                if limit is not None and acc.tool_total > limit:
+                    self._rate_check(st, ctx, p, None, float(acc.tool_total), raw, ts, now)
+                if tool in rate.per_tool:
+                    self._rate_check(st, ctx, p, tool, float(acc.tool_calls[tool]), raw, ts, now)
             # approval gates
             if p.approvals:
                 rules = p.rules_for(tool)
@@ -469,18 +590,18 @@ class Replay:
                     if type(amount) is not int and type(amount) is not float:
                         amount = None  # an unknown field holding something else: no amount
                     for f in policies.approval_required(policies.ApprovalInput(
-                            subject=_subject(ev, now), rules=rules, tool=tool, task_id=raw.get("task_id"),
-                            amount_usd=amount, calls_in_task=calls)):
+                            subject=_subject(st.agent, st.namespace, raw, now), rules=rules, tool=tool,
+                            task_id=raw.get("task_id"), amount_usd=amount, calls_in_task=calls)):
                         self._push(f)
 
     def _rate_check(self, st: buckets.AgentState, ctx: _AgentCtx, p: _PolicyState, tool: str | None,
-                    calls: float, ev: events.Event, now: float) -> None:
+                    calls: float, raw: dict[str, Any], ts: float, now: float) -> None:
         assert p.rate is not None
         limit = policies.rate_limit_for(p.rate, tool)
         if limit is None or not calls > limit:
             return
         level = policies.rate_level(calls, limit)
-        minute = int(ev.time // 60) * 60
+        minute = int(ts // 60) * 60
         key = (p.name, tool)
         state = ctx.rate_active.get(key)
         if state is not None:  # the minute close decides when it ends (state[0]: last complete excess)
@@ -490,14 +611,25 @@ class Replay:
         else:
             ctx.rate_active[key] = [minute, level]
             self._rate_agents[st] = None
-        f = policies.rate_limit_exceeded(policies.RateInput(subject=_subject(ev, now), policy=p.name,
-                                                            limits=p.rate, tool=tool, calls_per_minute=calls))
+        f = policies.rate_limit_exceeded(policies.RateInput(subject=_subject(st.agent, st.namespace, raw, now),
+                                                            policy=p.name, limits=p.rate, tool=tool,
+                                                            calls_per_minute=calls))
         if f is not None:
             self._push(f)
 
 
-def _subject(ev: events.Event, now: float) -> policies.Subject:
-    return policies.Subject(agent=ev.agent, namespace=ev.namespace, now=now, workflow=ev.raw.get("workflow"))
+def _subject(agent: str, namespace: str, raw: dict[str, Any], now: float) -> policies.Subject:
+    return policies.Subject(agent=agent, namespace=namespace, now=now, workflow=raw.get("workflow"))
+
+
+def _records(items: Iterable[events.Event | errors.EventError]) -> Iterator[events.Record | errors.EventError]:
+    """Events as replay reads them: ``(time, raw, line)``; anything else (an ``EventError``) as is."""
+    Event = events.Event
+    for ev in items:
+        if type(ev) is Event:
+            yield (ev.time, ev.raw, ev.line)  # type: ignore[misc]
+        else:
+            yield ev  # type: ignore[misc]
 
 
 def run(events_iterable: Iterable[events.Event | errors.EventError], budgets: Sequence[spec.AgentBudget],

@@ -70,18 +70,18 @@ class _Acc:
 
     def freeze(self, agent: str, namespace: str, minute: int) -> series.AgentMinute:
         models, workflows = self.models, self.workflows
-        return series.AgentMinute(
-            agent=agent, namespace=namespace, minute=minute,
-            inference_cost_usd=self.inference, tool_cost_usd=self.tool_cost, human_cost_usd=self.human,
-            tokens=self.tokens, output_tokens=self.output_tokens, llm_calls=self.llm_calls,
-            tasks_completed=self.completed, tasks_failed=self.failed, tasks_abandoned=self.abandoned,
-            outcomes=self.outcomes,
-            tool_calls=MappingProxyType(self.tool_calls) if self.tool_calls else series._EMPTY,
-            tool_costs=MappingProxyType(self.tool_costs) if self.tool_costs else series._EMPTY,
-            model=max(models, key=models.__getitem__) if models else None,
-            version=self.version,
-            workflow=max(workflows, key=workflows.__getitem__) if workflows else None,
+        return _make_minute(
+            agent, namespace, minute, self.inference, self.tool_cost, self.human, self.tokens, self.output_tokens,
+            self.llm_calls, self.completed, self.failed, self.abandoned, self.outcomes,
+            MappingProxyType(self.tool_calls) if self.tool_calls else series._EMPTY,
+            MappingProxyType(self.tool_costs) if self.tool_costs else series._EMPTY,
+            max(models, key=models.__getitem__) if models else None,
+            self.version,
+            max(workflows, key=workflows.__getitem__) if workflows else None,
         )
+
+
+_make_minute: Callable[..., series.AgentMinute] = series.make  # type: ignore[assignment]
 
 
 class AgentState:
@@ -278,22 +278,29 @@ class Bucketer:
             horizon = self.horizon()
             if horizon is None:
                 return []
+        return [am for _, am in self._close(horizon)]
+
+    def _close(self, horizon: float) -> list[tuple[AgentState, series.AgentMinute]]:
+        """``close`` with each bucket's agent state (for replay)."""
         upto = int(horizon // MINUTE) * MINUTE  # minutes starting before `upto` have ended by `horizon`
         if self.closed_until is not None and upto <= self.closed_until:
             return []
         self.closed_until = upto
         if not self._pending:
             return []
-        out: list[series.AgentMinute] = []
+        out: list[tuple[AgentState, series.AgentMinute]] = []
         for minute in sorted(m for m in self._pending if m < upto):
             for st in self._pending.pop(minute):
                 acc = st.open.pop(minute)
-                out.append(acc.freeze(st.agent, st.namespace, minute))
+                out.append((st, acc.freeze(st.agent, st.namespace, minute)))
         return out
 
     def finish(self) -> list[series.AgentMinute]:
         """Close every open minute (end of input)."""
+        return [am for _, am in self._finish()]
+
+    def _finish(self) -> list[tuple[AgentState, series.AgentMinute]]:
         if self.watermark is None:
             return []
         end = max(self._pending, default=int(self.watermark // MINUTE) * MINUTE) + MINUTE
-        return self.close(float(end))
+        return self._close(float(end))

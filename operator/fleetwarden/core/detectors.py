@@ -194,51 +194,59 @@ class ModelUpdateSpike:
             version=m.version if version_changed else self._version,
             previous_version=self._version, base=self._baseline())
 
-    def _remember(self, m: series.AgentMinute) -> None:
-        if m.model is not None:
-            self._models_seen[m.model] = m.minute
-            self._model = m.model
-        if m.version is not None:
-            self._versions_seen[m.version] = m.minute
-            self._version = m.version
-        if m.minute >= self._next_prune:
+    def _remember(self, m: series.AgentMinute, cost: float, tasks: int, outcomes: float) -> None:
+        t = m.minute
+        model = m.model
+        if model is not None:
+            self._models_seen[model] = t
+            self._model = model
+        version = m.version
+        if version is not None:
+            self._versions_seen[version] = t
+            self._version = version
+        if t >= self._next_prune:
             # Entries older than KNOWN_MODEL_MINUTES are never "recent" again (minutes only move
             # forward), so pruning them is for memory only and need not happen every minute.
-            self._next_prune = m.minute + KNOWN_MODEL_MINUTES * MINUTE
-            cutoff = m.minute - KNOWN_MODEL_MINUTES * MINUTE
+            self._next_prune = t + KNOWN_MODEL_MINUTES * MINUTE
+            cutoff = t - KNOWN_MODEL_MINUTES * MINUTE
             for seen in (self._models_seen, self._versions_seen):
                 if len(seen) > 1:
-                    for key in [k for k, t in seen.items() if t < cutoff and k not in (self._model, self._version)]:
+                    for key in [k for k, v in seen.items() if v < cutoff and k not in (self._model, self._version)]:
                         del seen[key]
-        cost = m.inference_cost_usd
-        tasks = m.tasks_ended
-        outcomes = m.outcomes
-        if cost == 0 and tasks == 0 and outcomes == 0 and m.model is None:
+        if cost == 0 and tasks == 0 and outcomes == 0 and model is None:
             return
         hist = self._hist
-        hist.append((m.minute, cost, tasks, outcomes, m.model))
+        hist.append((t, cost, tasks, outcomes, model))
         self._cost += cost
         self._tasks += tasks
         self._outcomes += outcomes
+        first = hist[0]
+        if self._tasks - first[2] < self.p.baseline_tasks and t - first[0] < MAX_BASELINE_MINUTES * MINUTE:
+            return
         while hist and (
                 self._tasks - hist[0][2] >= self.p.baseline_tasks
-                or m.minute - hist[0][0] >= MAX_BASELINE_MINUTES * MINUTE):
-            _, c, t, o, _ = hist.popleft()
+                or t - hist[0][0] >= MAX_BASELINE_MINUTES * MINUTE):
+            _, c, n, o, _ = hist.popleft()
             self._cost -= c
-            self._tasks -= t
+            self._tasks -= n
             self._outcomes -= o
-        if not self._hist:
+        if not hist:
             self._cost, self._tasks, self._outcomes = 0.0, 0, 0.0
 
     def step(self, m: series.AgentMinute) -> list[findings.Finding]:
-        self._detect_change(m)
-        self._remember(m)
+        model, version = m.model, m.version
+        if (model is not None and model != self._model) or (version is not None and version != self._version):
+            self._detect_change(m)
+        cost = m.inference_cost_usd
+        tasks = m.tasks_completed + m.tasks_failed + m.tasks_abandoned
+        outcomes = m.outcomes
+        self._remember(m, cost, tasks, outcomes)
         ch = self._change
         if ch is None:
             return []
-        ch.cost += m.inference_cost_usd
-        ch.tasks += m.tasks_ended
-        ch.outcomes += m.outcomes
+        ch.cost += cost
+        ch.tasks += tasks
+        ch.outcomes += outcomes
         out: list[findings.Finding] = []
         if ch.tasks >= self.p.min_tasks:
             f = self._judge(ch, m)
@@ -322,11 +330,13 @@ class RunawayLoop:
 
     kind = "runaway_loop"
 
-    __slots__ = ("p", "_w", "_win", "_hist", "_hist_tokens", "_hist_active", "_active", "_run", "_prev", "_last")
+    __slots__ = ("p", "_w", "_h_span", "_win", "_hist", "_hist_tokens", "_hist_active", "_active", "_run", "_prev",
+                 "_last")
 
     def __init__(self, params: spec.RunawayLoopParams) -> None:
         self.p = params
         self._w = params.window_minutes
+        self._h_span = (params.window_minutes + TYPICAL_MINUTES) * MINUTE
         # (minute, tokens, output) of the minutes fed in the window, and in the TYPICAL_MINUTES before it
         self._win: collections.deque[tuple[int, int, float]] = collections.deque()
         self._hist: collections.deque[tuple[int, int, float]] = collections.deque()
@@ -372,10 +382,13 @@ class RunawayLoop:
             self._active = False
             self._run = 0
             self._prev = 0
-            self._advance(t - MINUTE)
+            if self._win:
+                self._advance(t - MINUTE)
         self._last = t
-        self._win.append((t, tokens, output))
-        self._advance(t)
+        win = self._win
+        win.append((t, tokens, output))
+        if win[0][0] + self._w * MINUTE <= t or (self._hist and self._hist[0][0] + self._h_span <= t):
+            self._advance(t)
         if tokens > 0 and not output > 0:
             self._run = self._run + 1 if self._run and tokens > self._prev else 1
         else:
@@ -479,13 +492,14 @@ class ToolCallExplosion:
 
     kind = "tool_call_explosion"
 
-    __slots__ = ("p", "_w", "_b", "_short", "_base", "_short_total", "_active", "min_history", "blank", "_first",
-                 "_hot", "_floor")
+    __slots__ = ("p", "_w", "_b", "_b_span", "_short", "_base", "_short_total", "_active", "min_history", "blank",
+                 "_first", "_hot", "_floor")
 
     def __init__(self, params: spec.ToolCallExplosionParams) -> None:
         self.p = params
         self._w = params.window_minutes
         self._b = params.baseline_minutes
+        self._b_span = (params.window_minutes + params.baseline_minutes) * MINUTE
         # (minute, tool calls, llm calls, tasks ended, all tool calls) of the minutes fed
         self._short: collections.deque[_ToolEntry] = collections.deque()
         self._base: collections.deque[_ToolEntry] = collections.deque()
@@ -578,9 +592,11 @@ class ToolCallExplosion:
             self._first = t
         calls = m.tool_calls
         total = sum(calls.values()) if calls else 0
-        self._short.append((t, calls, m.llm_calls, m.tasks_ended, total))
+        short = self._short
+        short.append((t, calls, m.llm_calls, m.tasks_ended, total))
         self._short_total += total
-        self._advance(t)
+        if short[0][0] + self._w * MINUTE <= t or (self._base and self._base[0][0] + self._b_span <= t):
+            self._advance(t)
         if not self._active and self._short_total < self._floor:
             self._hot = False
             return []

@@ -421,10 +421,12 @@ def _compile_shape(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], float | 
     types = [t for t in sorted(TYPES) if all(k in present for k in REQUIRED_FOR_TYPE[t])]
     if not types or not all(k in present for k in REQUIRED):
         return _never
+    # constants are bound as default arguments: local lookups, nothing built per call
     body = [
-        "def check(d):\n",
+        "def check(d, type=type, str=str, int=int, float=float, dict=dict, _TYPES=_TYPES, _STATUS=_STATUS,\n"
+        "          _TIME_CACHE=_TIME_CACHE, _time_from_str=_time_from_str, _parse_time=_parse_time):\n",
         "    t = d['type']\n",
-        f"    if type(t) is not str or t not in {frozenset(types)!r}: return None\n",
+        "    if type(t) is not str or t not in _TYPES: return None\n",
     ]
     for k in keys:
         check = _CHECK.get(k)
@@ -439,7 +441,8 @@ def _compile_shape(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], float | 
         "    if type(v) is float or type(v) is int: return _parse_time(v)\n"
         "    return None\n"
     )
-    scope: dict[str, Any] = {"_time_from_str": _time_from_str, "_TIME_CACHE": _TIME_CACHE, "_parse_time": parse_time, "_STATUS": STATUS_FOR_TYPE}
+    scope: dict[str, Any] = {"_time_from_str": _time_from_str, "_TIME_CACHE": _TIME_CACHE, "_parse_time": parse_time,
+                             "_STATUS": STATUS_FOR_TYPE, "_TYPES": frozenset(types)}
     exec("".join(body), scope)  # noqa: S102 - generated from constants above, never from input
     return scope["check"]  # type: ignore[no-any-return]
 

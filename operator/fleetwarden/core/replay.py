@@ -249,7 +249,7 @@ class Replay:
                 if b.watermark is None or ts > b.watermark:
                     b.watermark = ts
                 since = b.closed_until
-                self._close_minutes(b.close(horizon), since, b.closed_until, ts)
+                self._close_minutes(b._close(horizon), since, b.closed_until, ts)
                 next_close = (int(horizon // 60) + 1) * 60.0
                 if self._heap:
                     yield from self._release(horizon)
@@ -410,31 +410,31 @@ class Replay:
                         del ctx.tasks[k]
         # end of input: every minute is complete, every finding is due
         since = b.closed_until
-        self._close_minutes(b.finish(), since, b.closed_until, b.watermark if b.watermark is not None else 0.0)
+        self._close_minutes(b._finish(), since, b.closed_until, b.watermark if b.watermark is not None else 0.0)
         stats.late = b.late
         yield from self._release(_INF)
 
     # ------------------------------------------------------------ minutes
 
-    def _close_minutes(self, closed: list[series.AgentMinute], since: int | None, upto: int | None,
-                       now: float) -> None:
-        """Minutes ``[since, upto)`` have closed (``closed``: their buckets, oldest first) when the latest
-        event seen is at ``now``."""
-        agents = self.bucketer.agents
+    def _close_minutes(self, closed: list[tuple[buckets.AgentState, series.AgentMinute]], since: int | None,
+                       upto: int | None, now: float) -> None:
+        """Minutes ``[since, upto)`` have closed (``closed``: their buckets with their agents, oldest
+        first) when the latest event seen is at ``now``."""
         rate_minutes: dict[buckets.AgentState, list[series.AgentMinute]] = {}
-        for am in closed:
-            st = agents[(am.namespace, am.agent)]
+        push = self._push
+        for st, am in closed:
             ctx: _AgentCtx = st.ctx
             if ctx.detectors is not None:
-                for f in ctx.detectors.step(am):
+                found = ctx.detectors.step(am)
+                for f in found:
                     if ctx.budget_name is not None or ctx.policy_name is not None:
                         f = dataclasses.replace(f, budget=f.budget or ctx.budget_name,
                                                 policy=f.policy or ctx.policy_name)
-                    self._push(f)
+                    push(f)
             if ctx.rate_active:
                 rate_minutes.setdefault(st, []).append(am)
         if self._rate_agents and upto is not None:
-            first = since if since is not None else (closed[0].minute if closed else upto)
+            first = since if since is not None else (closed[0][1].minute if closed else upto)
             for st in list(self._rate_agents):
                 self._rate_close(st, st.ctx, rate_minutes.get(st, []), first, upto, now)
 

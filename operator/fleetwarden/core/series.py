@@ -61,3 +61,24 @@ class AgentMinute:
     def output(self) -> float:
         """Output in the contract's sense: completed tasks plus outcomes."""
         return self.tasks_completed + self.outcomes
+
+
+def _compile_maker() -> object:
+    """``make(agent, namespace, minute, ...every field in order)``: an AgentMinute built without
+    the frozen dataclass' ``__init__`` (one ``object.__setattr__`` per field): each slot is set
+    through its descriptor. Same object, same fields; for the bucketer's hot path."""
+    names = [f.name for f in dataclasses.fields(AgentMinute)]
+    setters = {f"_set_{n}": getattr(AgentMinute, n).__set__ for n in names}
+    params = ", ".join(names)
+    defaults = ", ".join(f"{k}={k}" for k in setters)
+    body = "".join(f"    _set_{n}(o, {n})\n" for n in names)
+    src = f"def make({params}, *, _new=_new, _cls=_cls, {defaults}):\n    o = _new(_cls)\n{body}    return o\n"
+    scope: dict[str, object] = {"_new": object.__new__, "_cls": AgentMinute, **setters}
+    exec(src, scope)  # noqa: S102 - generated from the dataclass' own field names
+    return scope["make"]
+
+
+# make(agent, namespace, minute, inference_cost_usd, tool_cost_usd, human_cost_usd, tokens, output_tokens,
+#      llm_calls, tasks_completed, tasks_failed, tasks_abandoned, outcomes, tool_calls, tool_costs, model,
+#      version, workflow) -> AgentMinute: every field, positionally, in declaration order
+make = _compile_maker()

@@ -6,8 +6,11 @@ evaluation (``fleetwarden.handlers.runtime.Runtime.reconcile``, exactly what the
 calls) over all of them with a thread pool like the operator's, against a fixed Prometheus
 answer (one fleet-wide snapshot, as the operator shares one per cycle). Prints:
 
-- the first cycle (every budget's status written: one PATCH each),
-- a second cycle (nothing changed: no writes),
+- the first cycle (every budget's status written: one PATCH each; each agent's detectors
+  refolded),
+- a second cycle (nothing changed; the refolds come from the per-minute memo; statuses are
+  written again only for the lastEvaluated heartbeat, i.e. when the first cycle took more
+  than a minute), with the number of status PATCHes of each cycle,
 - the number of Prometheus fetches (1 per cycle) and the process's peak RSS.
 
     python benchmarks/operator_scale.py [--budgets 10000] [--workers 16]
@@ -89,9 +92,20 @@ def create_all(k: kube.Kube, budgets: int, workers: int) -> None:
     print(f"created {per_ns * NAMESPACES} budgets + deployments in {time.perf_counter() - started:.1f}s", flush=True)
 
 
+class CountingKube(kube.Kube):
+    """The real client, counting status PATCHes."""
+
+    patches = 0
+
+    def patch_budget_status(self, namespace: str, name: str, patch: Any) -> None:
+        super().patch_budget_status(namespace, name, patch)
+        type(self).patches += 1
+
+
 def cycle(rt: runtime.Runtime, k: kube.Kube, workers: int) -> tuple[float, int]:
     """List once (the operator's indexes come from watches), then evaluate every budget."""
     rt.new_cycle()
+    CountingKube.patches = 0
     started = time.perf_counter()
     budgets = k.list_budgets(None)
     deployments: dict[str, list[dict[str, Any]]] = {}
@@ -126,7 +140,7 @@ def main() -> int:
             subprocess.run([str(info["kubectl"]), f"--kubeconfig={env_kubeconfig}", "wait",
                             "--for=condition=Established", "--timeout=60s", "crd/agentbudgets.fleetwarden.dev"],
                            check=True, capture_output=True)
-        k = kube.Kube(kube.load_config(env_kubeconfig))
+        k = CountingKube(kube.load_config(env_kubeconfig))
         create_all(k, args.budgets, args.workers)
         per_ns = args.budgets // NAMESPACES
         agents = [(f"scale-{i % NAMESPACES:03d}", f"agent-{i // NAMESPACES:05d}") for i in range(per_ns * NAMESPACES)]
@@ -134,10 +148,13 @@ def main() -> int:
         rt = runtime.Runtime(interval=3600.0, fetcher=fetcher, kube_client=k)  # type: ignore[arg-type]
         first, n = cycle(rt, k, args.workers)
         print(f"cycle 1 (every status written): {n} budgets in {first:.1f}s "
-              f"({first / n * 1000:.2f} ms per budget)", flush=True)
+              f"({first / n * 1000:.2f} ms per budget), {CountingKube.patches} status patches", flush=True)
         second, n = cycle(rt, k, args.workers)
-        print(f"cycle 2 (nothing changed, no writes): {n} budgets in {second:.1f}s "
-              f"({second / n * 1000:.2f} ms per budget)", flush=True)
+        print(f"cycle 2 (nothing changed but the heartbeat): {n} budgets in {second:.1f}s "
+              f"({second / n * 1000:.2f} ms per budget), {CountingKube.patches} status patches", flush=True)
+        memo = getattr(rt, "memo", None)
+        if memo is not None:
+            print(f"detector/figure memo: {memo.misses} computed, {memo.hits} reused", flush=True)
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"Prometheus fetches: {fetcher.fetches} for 2 cycles ({prometheus.QUERIES_PER_CYCLE} queries each)")
         print(f"peak RSS of the evaluating process: {rss_mib:.0f} MiB")

@@ -1,0 +1,86 @@
+"""The operator's own work per budget, without the API server: cold and warm cycles.
+
+Runs ``fleetwarden.handlers.runtime.Runtime.reconcile`` (what the kopf timer calls) over N
+AgentBudgets, one agent each with 90 minutes of per-minute data from one fixed fleet-wide
+snapshot, against an API client that does nothing. Prints, per cycle, the wall time and
+the milliseconds per budget:
+
+- cycle 1 (cold): every agent's lookback window is refolded by the detectors;
+- cycles 2-3 (warm, the same minute): the operator's later cycles within a minute, which
+  take the refold and the hour's figures from the per-minute memo.
+
+    python benchmarks/operator_evaluate.py [--budgets 10000] [--cycles 3]
+
+``benchmarks/operator_scale.py`` measures the same with the real API server (where the
+status PATCHes dominate); this one isolates what the operator itself computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from operator_scale import NAMESPACES, FixedFetcher  # noqa: E402 - the same snapshot as the scale benchmark
+
+from fleetwarden.core import spec  # noqa: E402
+from fleetwarden.handlers import runtime  # noqa: E402
+
+
+class NoApi:
+    """Accepts every write and does nothing (the API server is not what is measured here)."""
+
+    def patch_budget_status(self, *args: Any) -> None:
+        pass
+
+    def post_event(self, *args: Any) -> None:
+        pass
+
+
+def fleet(budgets: int) -> tuple[list[tuple[str, str]], list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    agents = [(f"scale-{i % NAMESPACES:03d}", f"agent-{i // NAMESPACES:05d}") for i in range(budgets)]
+    bodies: list[dict[str, Any]] = []
+    deployments: dict[str, list[dict[str, Any]]] = {}
+    for ns, name in agents:
+        bodies.append({"apiVersion": spec.API_VERSION, "kind": "AgentBudget",
+                       "metadata": {"name": name, "namespace": ns, "uid": f"{ns}/{name}", "generation": 1},
+                       "spec": {"selector": {"matchLabels": {"agent": name}},
+                                "limits": [{"window": "hour", "amountUSD": 10}, {"window": "day", "amountUSD": 100}]}})
+        deployments.setdefault(ns, []).append({
+            "metadata": {"name": name, "namespace": ns, "uid": f"d/{ns}/{name}", "labels": {"agent": name}},
+            "spec": {"replicas": 0, "template": {"spec": {"containers": [
+                {"name": "agent", "image": "example.com/a:1", "env": [{"name": "MODEL", "value": "gpt-4o-mini"}]}]}}}})
+    return agents, bodies, deployments
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budgets", type=int, default=10_000)
+    parser.add_argument("--cycles", type=int, default=3)
+    args = parser.parse_args()
+    agents, bodies, deployments = fleet(args.budgets)
+    rt = runtime.Runtime(interval=3600.0, fetcher=FixedFetcher(agents, time.time()),  # type: ignore[arg-type]
+                         kube_client=NoApi())  # type: ignore[arg-type]
+    rt.snapshot()  # the fleet-wide fetch is not part of a budget's evaluation
+    for n in range(1, args.cycles + 1):
+        started = time.perf_counter()
+        for body in bodies:
+            rt.reconcile(body, deployments[body["metadata"]["namespace"]], ())
+        took = time.perf_counter() - started
+        label = "cold" if n == 1 else "warm, same minute"
+        print(f"cycle {n} ({label}): {len(bodies)} budgets in {took:.2f}s ({took / len(bodies) * 1000:.3f} ms per budget)",
+              flush=True)
+    memo = getattr(rt, "memo", None)
+    if memo is not None:
+        print(f"memo: {memo.misses} computed, {memo.hits} reused, {len(memo)} kept")
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

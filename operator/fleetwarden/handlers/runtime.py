@@ -44,8 +44,11 @@ log = logging.getLogger(__name__)
 # Status fields that drift every cycle (the clock moves) without meaning anything changed;
 # they are written with any other change, and at least every HEARTBEAT_SECONDS.
 _VOLATILE = ("lastEvaluated", "projectedMonthUSD", "burnRateUSDPerHour")
-# Write the status at least this often even when nothing changed (lastEvaluated heartbeat).
+# Write the status at least this often even when nothing changed (lastEvaluated heartbeat)...
 HEARTBEAT_SECONDS = 60.0
+# ...but never so often that heartbeats alone pass this many status writes a second: with
+# 10,000 budgets a one-minute heartbeat would be 167 PATCHes a second, most of the API load.
+MAX_HEARTBEATS_PER_SECOND = 20.0
 
 
 class Retry(Exception):
@@ -297,7 +300,7 @@ class Runtime:
                       new: dict[str, Any]) -> None:
         now = time.monotonic()
         changed = _meaningful(old) != _meaningful(new)
-        if not changed and now - self._written_at.get(uid, float("-inf")) < HEARTBEAT_SECONDS:
+        if not changed and now - self._written_at.get(uid, float("-inf")) < self.heartbeat_seconds():
             return
         patch = merge_patch(old, new)
         if not patch:
@@ -377,6 +380,11 @@ class Runtime:
     def forget_deployment(self, uid: str) -> None:
         with self._gaps_lock:
             self._gaps.pop(uid, None)
+
+    def heartbeat_seconds(self) -> float:
+        """How long an unchanged status may go unwritten: a minute, longer for large fleets so that
+        heartbeats stay under MAX_HEARTBEATS_PER_SECOND writes a second."""
+        return max(HEARTBEAT_SECONDS, len(self._written_at) / MAX_HEARTBEATS_PER_SECOND)
 
     @staticmethod
     def _post(k: kube.Kube, ref: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

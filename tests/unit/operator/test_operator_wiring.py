@@ -317,3 +317,15 @@ def test_the_memo_never_mixes_up_agents_of_the_same_name_in_two_namespaces() -> 
     second = run(other_budget, agents=other_ns, minutes=other_minutes, memo=memo).status
     assert second["burnRateUSDPerHour"] == pytest.approx(60.0)  # two agents at 0.5 USD a minute
     assert first["burnRateUSDPerHour"] != second["burnRateUSDPerHour"]
+
+
+def test_heartbeat_writes_stay_bounded_for_large_fleets() -> None:
+    """An unchanged status is rewritten every minute, or less often once heartbeats alone would pass
+    MAX_HEARTBEATS_PER_SECOND writes a second (10,000 budgets: every 500 s, not 167 writes a second)."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    assert rt.heartbeat_seconds() == runtime.HEARTBEAT_SECONDS == 60.0
+    rt._written_at.update({f"uid-{i}": 0.0 for i in range(1_000)})  # noqa: SLF001 - budgets written so far
+    assert rt.heartbeat_seconds() == 60.0
+    rt._written_at.update({f"uid-{i}": 0.0 for i in range(10_000)})  # noqa: SLF001
+    assert rt.heartbeat_seconds() == pytest.approx(10_000 / runtime.MAX_HEARTBEATS_PER_SECOND)
+    assert 10_000 / rt.heartbeat_seconds() <= runtime.MAX_HEARTBEATS_PER_SECOND

@@ -207,8 +207,12 @@ def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
     """stop_all ends a recorded process and the children it spawned, and forgets their pids."""
     script = "import subprocess,time; subprocess.Popen(['sleep','300']); time.sleep(300)"
     proc = procs.start("parent", [sys.executable, "-c", script], state_dir=tmp_path)
-    time.sleep(0.5)
-    children = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    deadline = time.monotonic() + 20  # a loaded machine may take a while to start the child
+    while True:
+        children = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if len(children) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert len(children) == 2
     assert procs.stop_all(tmp_path, grace=2.0) == ["parent"]
     proc.wait(timeout=5)

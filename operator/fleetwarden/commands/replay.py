@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     table = pricing.PriceTable.load(args.prices) if args.prices else pricing.PriceTable.from_config(None)
     source = args.events
     if source != "-" and not os.path.isfile(source):
-        raise errors.InputError("no such file", file=source)
+        raise errors.InputError("is a directory, not a file of usage events" if os.path.isdir(source)
+                                else "no such file", file=source)
     name = "<stdin>" if source == "-" else source
 
     # 2. broken lines are named on stderr as they come
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     stats = replay.Stats()
     out, dump = _dumper(args.output)
     try:
-        for f in replay.run(events.iter_events(source, file=name), loaded.budgets, loaded.policies, table,
+        stream = events.iter_events(source, file=name)
+        for f in replay.run(stream, loaded.budgets, loaded.policies, table,
                             on_error=on_error, stats=stats):
             out.write(dump(f))  # type: ignore[operator]
         out.flush()
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     # 4. the summary
     skipped = f", {loaded.skipped} other documents skipped" if loaded.skipped else ""
     late = f", {stats.late} late (counted in a later minute)" if stats.late else ""
+    late += f", {stream.blank[0]} blank lines skipped" if stream.blank[0] else ""
     print(f"fleetwarden replay: {stats.events} events read, {stats.broken} broken{late}, {stats.findings} findings, "
           f"{stats.agents} agents; {len(loaded.budgets)} budgets, {len(loaded.policies)} policies from "
           f"{loaded.files} files{skipped}", file=sys.stderr)

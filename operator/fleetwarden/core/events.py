@@ -519,6 +519,7 @@ class EventStream:
         self.source = source
         self.file = file
         self._events: Iterator[Event | errors.EventError] | None = None
+        self.blank = [0]  # blank lines seen (skipped: not events, but counted so none goes unsaid)
 
     def __iter__(self) -> EventStream:
         return self
@@ -542,18 +543,18 @@ class EventStream:
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
             if path == "-":
-                yield from _records(sys.stdin.buffer, file or "<stdin>")
+                yield from _records(sys.stdin.buffer, file or "<stdin>", self.blank)
                 return
             with open(path, "rb") as fh:
-                yield from _records(fh, file or path)
+                yield from _records(fh, file or path, self.blank)
             return
         if file is None:
             file = getattr(source, "name", None) if isinstance(source, io.IOBase) else None
             file = file if isinstance(file, str) else None
-        yield from _records(source, file)
+        yield from _records(source, file, self.blank)
 
 
-def _records(lines: Iterable[Any], file: str | None) -> Iterator[Record | errors.EventError]:
+def _records(lines: Iterable[Any], file: str | None, blank: list[int]) -> Iterator[Record | errors.EventError]:
     loads = _loads
     shapes = _SHAPES
     for number, data in enumerate(lines, 1):
@@ -561,6 +562,7 @@ def _records(lines: Iterable[Any], file: str | None) -> Iterator[Record | errors
             obj = loads(data)
         except (_JSONError, ValueError, UnicodeDecodeError) as exc:
             if not data.strip():
+                blank[0] += 1
                 continue
             yield errors.EventError(f"not valid JSON: {exc}", file=file, line=number)
             continue

@@ -136,3 +136,15 @@ def test_detectors_run_on_closed_minutes() -> None:
     explosions = [f for f in out if f.kind == "tool_call_explosion"]
     assert explosions, [f.kind for f in out]
     assert explosions[0].time % 60 == 0 and T0 + 70 * 60 < explosions[0].time <= T0 + 75 * 60
+
+
+def test_cli_counts_blank_lines_and_names_a_directory(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Blank lines are skipped but counted in the summary; a directory as --events is a clear error."""
+    from fleetwarden import cli
+
+    path = tmp_path / "usage.jsonl"
+    path.write_text('{"time": 1767571200, "type": "human", "agent": "a", "minutes": 1}\n\n\n')
+    assert cli.main(["replay", "--events", str(path)]) == 0
+    assert "2 blank lines skipped" in capsys.readouterr().err
+    assert cli.main(["replay", "--events", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err

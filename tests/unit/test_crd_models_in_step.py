@@ -1,7 +1,7 @@
 """The CRDs in crds/ and the pydantic models in fleetwarden.core.spec say the same thing.
 
 The walk compares the deployed CRD files (never a copy) with the models, field by field
-and recursively: names, types, defaults, enums, bounds, required fields, nullability and
+and recursively: names, types, formats, defaults, enums, bounds, required fields, nullability and
 descriptions. The examples are checked against the models: every valid manifest
 validates, every invalid one is refused (or is marked as refused by the API server only).
 """
@@ -9,6 +9,7 @@ validates, every invalid one is refused (or is marked as refused by the API serv
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import enum
 import re
 import types
@@ -108,6 +109,8 @@ def compare_type(path: str, annotation: Any, metadata: list[Any], schema: dict[s
     origin = typing.get_origin(base)
     if base is str:
         kind: str = "string"
+    elif base is dt.datetime:
+        kind = "string"
     elif base is bool:
         kind = "boolean"
     elif base is int:
@@ -146,6 +149,9 @@ def compare_type(path: str, annotation: Any, metadata: list[Any], schema: dict[s
 
     if schema.get("type") != kind:
         errors.append(f"{path}: type {schema.get('type')!r} != model {kind!r}")
+    want_format = "date-time" if base is dt.datetime else None
+    if schema.get("format") != want_format:
+        errors.append(f"{path}: format {schema.get('format')!r} != model {want_format!r}")
     if "enum" in schema and kind != "string":
         errors.append(f"{path}: enum on a non-string")
     if "enum" in schema and not (isinstance(base, type) and issubclass(base, enum.Enum)) \
@@ -201,7 +207,8 @@ def mismatches(model: type[pydantic.BaseModel], schema: dict[str, Any]) -> list[
     return errors
 
 
-CASES = [("agentbudgets.yaml", spec.AgentBudgetSpec), ("costpolicies.yaml", spec.CostPolicySpec)]
+CASES = [("agentbudgets.yaml", spec.AgentBudgetSpec), ("costpolicies.yaml", spec.CostPolicySpec),
+         ("costapprovals.yaml", spec.CostApprovalSpec)]
 
 
 @pytest.mark.parametrize(("crd_file", "model"), CASES)
@@ -256,12 +263,58 @@ def test_walk_fails_on_a_changed_detail(pointer: str, change: dict[str, Any], ex
     assert len(found) == 1 and expected in found[0], found
 
 
+def _approval_spec_schema() -> dict[str, Any]:
+    return copy.deepcopy(version_schema(load_crd("costapprovals.yaml"))["properties"]["spec"])
+
+
+def test_walk_fails_on_a_costapproval_field_added_to_the_crd_only() -> None:
+    """A property added to the CostApproval CRD only is reported."""
+    schema = _approval_spec_schema()
+    schema["properties"]["priority"] = {"type": "integer", "description": "x"}
+    assert mismatches(spec.CostApprovalSpec, schema) == ["spec.priority: in the CRD, not in the model"]
+
+
+def test_walk_fails_on_a_costapproval_field_added_to_the_model_only() -> None:
+    """A field added to the CostApprovalSpec model only is reported."""
+    class Approval(spec.CostApprovalSpec):
+        priority: int = 0
+
+    assert mismatches(Approval, _approval_spec_schema()) == ["spec.priority: in the model, not in the CRD"]
+
+
+@pytest.mark.parametrize(("pointer", "change", "expected"), [
+    ("expiresAt", {"format": "date"}, "format 'date' != model 'date-time'"),
+    ("expiresAt", {"type": "integer"}, "type 'integer' != model 'string'"),
+    ("agent", {"format": "date-time"}, "format 'date-time' != model None"),
+    ("requester", {"maxLength": 253}, "bounds"),
+    ("amountUSD", {"minimum": 0.01}, "bounds"),
+    ("taskId", {"default": ""}, "CRD default '', model has none"),
+    ("reason", {"nullable": True}, "nullable"),
+    ("tool", {"enum": ["crm.search"]}, "enum the model lacks"),
+])
+def test_walk_fails_on_a_changed_costapproval_detail(pointer: str, change: dict[str, Any], expected: str) -> None:
+    """A changed CostApproval type, format, bound, default, nullability or enum is reported."""
+    schema = _approval_spec_schema()
+    schema["properties"][pointer].update(change)
+    found = mismatches(spec.CostApprovalSpec, schema)
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_walk_fails_on_a_changed_costapproval_required_list() -> None:
+    """A field made optional in the CostApproval CRD only is reported."""
+    schema = _approval_spec_schema()
+    schema["required"] = ["agent", "requester"]
+    assert mismatches(spec.CostApprovalSpec, schema) == [
+        "spec: required ['agent', 'requester'] != model ['agent', 'expiresAt', 'requester']"]
+
+
 # ---------------------------------------------------------------- the rest of the CRDs
 
 
 @pytest.mark.parametrize(("crd_file", "kind", "short_names"), [
     ("agentbudgets.yaml", "AgentBudget", ["ab", "abudget"]),
     ("costpolicies.yaml", "CostPolicy", ["cp", "cpol"]),
+    ("costapprovals.yaml", "CostApproval", ["capp"]),
 ])
 def test_crd_identity(crd_file: str, kind: str, short_names: list[str]) -> None:
     """Group, version, scope, names, category and the status subresource are as documented."""
@@ -289,7 +342,7 @@ def _resolve(schema: dict[str, Any], json_path: str) -> dict[str, Any] | None:
     return node
 
 
-@pytest.mark.parametrize("crd_file", ["agentbudgets.yaml", "costpolicies.yaml"])
+@pytest.mark.parametrize("crd_file", ["agentbudgets.yaml", "costpolicies.yaml", "costapprovals.yaml"])
 def test_printer_columns_point_at_declared_fields(crd_file: str) -> None:
     """Each printer column reads a field the schema declares (else it would print nothing)."""
     (version,) = load_crd(crd_file)["spec"]["versions"]
@@ -330,7 +383,7 @@ def _walk_schema(schema: dict[str, Any], path: str = "") -> typing.Iterator[tupl
             yield from _walk_schema(schema[key], f"{path}[]")
 
 
-@pytest.mark.parametrize("crd_file", ["agentbudgets.yaml", "costpolicies.yaml"])
+@pytest.mark.parametrize("crd_file", ["agentbudgets.yaml", "costpolicies.yaml", "costapprovals.yaml"])
 def test_every_status_field_is_described_and_every_rule_has_a_message(crd_file: str) -> None:
     """kubectl explain has a description for each field; each CEL rule tells the user what is wrong."""
     schema = version_schema(load_crd(crd_file))
@@ -542,3 +595,51 @@ def test_status_of_a_resume_cycle_fits_the_crd_status_schema() -> None:
     schema = version_schema(load_crd("agentbudgets.yaml"))["properties"]["status"]
     assert undeclared(status, schema) == []
     jsonschema.Draft4Validator(schema).validate(status)
+
+
+# ---------------------------------------------------------------- CostApproval bodies
+
+
+def _approval_body(**spec_fields: Any) -> dict[str, Any]:
+    """A CostApproval as fleetwarden.adapters.approvals.Approvals.create writes it."""
+    body_spec = {"agent": "procurement-buyer", "requester": "system:serviceaccount:procurement:buyer",
+                 "expiresAt": "2030-01-01T12:00:00Z", "workflow": "purchase_order", "taskId": "po-17",
+                 "rule": "procurement/big-purchase", "tool": "erp.create_po", "amountUSD": 1250.0,
+                 "reason": "purchase above 1000 USD"}
+    body_spec.update(spec_fields)
+    return {"apiVersion": spec.API_VERSION, "kind": "CostApproval",
+            "metadata": {"name": "procurement-buyer-x1", "namespace": "procurement"},
+            "spec": {k: v for k, v in body_spec.items() if v is not None},
+            "status": {"decision": "Approved", "decidedBy": "alice", "decidedAt": "2030-01-01T11:00:00Z"}}
+
+
+def test_costapproval_model_reads_and_writes_what_the_crd_accepts() -> None:
+    """A CostApproval body validates with the model, and the model writes it back as the CRD's schema wants."""
+    import jsonschema
+
+    approval = spec.CostApproval.model_validate(_approval_body())
+    assert approval.spec.expires_at == dt.datetime(2030, 1, 1, 12, tzinfo=dt.timezone.utc)
+    assert approval.spec.amount_usd == 1250.0 and approval.spec.task_id == "po-17"
+    written = approval.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert written == _approval_body()["spec"]
+    schema = version_schema(load_crd("costapprovals.yaml"))["properties"]["spec"]
+    jsonschema.Draft4Validator(schema, format_checker=jsonschema.FormatChecker()).validate(written)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"expiresAt": 1893499200}, "expiresAt"),  # a number: the CRD's type is string
+    ({"expiresAt": "2030-01-01T12:00:00"}, "expiresAt"),  # no time zone: not RFC 3339
+    ({"expiresAt": "tomorrow"}, "expiresAt"),
+    ({"expiresAt": None}, "expiresAt"),  # required
+    ({"agent": ""}, "agent"),
+    ({"requester": None}, "requester"),
+    ({"amountUSD": -1}, "amountUSD"),
+    ({"tool": "t" * 254}, "tool"),
+    ({"reason": "r" * 4097}, "reason"),
+    ({"amountUsd": 5}, "amountUsd"),  # a misspelt field is refused, not dropped
+])
+def test_costapproval_model_refuses_what_the_crd_refuses(change: dict[str, Any], field: str) -> None:
+    """A CostApproval spec the CRD refuses is refused by the model too, naming the field."""
+    with pytest.raises(pydantic.ValidationError) as refused:
+        spec.CostApproval.model_validate(_approval_body(**change))
+    assert field in str(refused.value)

@@ -1,4 +1,4 @@
-"""The specs of AgentBudget and CostPolicy, as pydantic models.
+"""The specs of AgentBudget, CostPolicy and CostApproval, as pydantic models.
 
 These mirror the CRD schemas in ``crds/`` field by field (a test keeps them in step:
 ``tests/unit/test_crd_models_in_step.py``). Field names are snake_case in Python and
@@ -9,6 +9,7 @@ cluster.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from typing import Annotated, Any, Literal
 
@@ -314,6 +315,38 @@ class CostPolicySpec(_Model):
         return self
 
 
+# ---------------------------------------------------------------- CostApproval
+
+
+class CostApprovalSpec(_Model):
+    """What an agent asks a person to approve (crds/costapprovals.yaml ``spec``; immutable)."""
+
+    agent: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    workflow: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
+    task_id: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
+    rule: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)  # policy/rule
+    tool: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
+    amount_usd: float | None = Field(default=None, ge=0)
+    reason: str | None = Field(default=None, max_length=4096)
+    requester: str = Field(min_length=1, max_length=512)
+    expires_at: dt.datetime  # RFC 3339 in YAML/JSON (format: date-time)
+
+    @pydantic.field_validator("expires_at", mode="before")
+    @classmethod
+    def _date_time_text(cls, value: Any) -> Any:
+        # The CRD's type is string: a number (which pydantic would take as a Unix time) is refused.
+        if not isinstance(value, (str, dt.datetime)):
+            raise ValueError("expiresAt: an RFC 3339 date-time, e.g. 2030-01-01T12:00:00Z")
+        return value
+
+    @pydantic.field_validator("expires_at")
+    @classmethod
+    def _has_a_zone(cls, value: dt.datetime) -> dt.datetime:
+        if value.tzinfo is None:
+            raise ValueError("expiresAt: an RFC 3339 date-time needs a time zone, e.g. 2030-01-01T12:00:00Z")
+        return value
+
+
 # ---------------------------------------------------------------- whole resources
 
 
@@ -339,6 +372,14 @@ class CostPolicy(_Model):
     kind: Literal["CostPolicy"] = "CostPolicy"
     metadata: Metadata
     spec: CostPolicySpec = Field(default_factory=CostPolicySpec)
+
+
+class CostApproval(_Model):
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="ignore", frozen=True)
+    api_version: Literal["fleetwarden.dev/v1alpha1"] = "fleetwarden.dev/v1alpha1"
+    kind: Literal["CostApproval"] = "CostApproval"
+    metadata: Metadata
+    spec: CostApprovalSpec  # the CRD requires spec (agent, requester and expiresAt have no default)
 
 
 def parse_resource(doc: dict[str, Any]) -> AgentBudget | CostPolicy:

@@ -39,9 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     source.add_argument("--prometheus", metavar="URL", help="read live metrics from this Prometheus")
     parser.add_argument("-f", "--filename", dest="manifests", action="append", default=[], metavar="MANIFESTS",
                         help="AgentBudget/CostPolicy YAML file or directory (repeatable)")
-    parser.add_argument("--window", default="24h",
-                        help="how far back the report looks, e.g. 90m, 24h, 7d (default 24h; offline it "
-                             "ends at the last event)")
+    parser.add_argument("--window", default=None,
+                        help="how far back the report looks, e.g. 90m, 24h, 7d (default: live 24h; offline "
+                             "the span of the events; offline it ends at the last event)")
     parser.add_argument("--end", metavar="TIME", help="end of the window (RFC 3339 or Unix seconds); "
                         "default: offline the last event, live now")
     parser.add_argument("--by", default=",".join(model.DEFAULT_DIMENSIONS),
@@ -127,7 +127,7 @@ def _events(path: str) -> Iterator[events_mod.Event]:
         yield item
 
 
-def offline_report(args: argparse.Namespace, dims: tuple[str, ...], window: float,
+def offline_report(args: argparse.Namespace, dims: tuple[str, ...], window: float | None,
                    budgets: list[spec.AgentBudget], policies: list[spec.CostPolicy]) -> model.Report:
     prices = pricing.PriceTable.load(args.prices) if args.prices else pricing.PriceTable()
     tool_prices: dict[str, float] = {}
@@ -172,11 +172,12 @@ def run(args: argparse.Namespace) -> int:
         raise errors.InputError(str(exc), field="--by") from None
     if args.steps < 2:
         raise errors.InputError("--steps must be at least 2")
-    window = parse_duration(args.window)
+    window = parse_duration(args.window) if args.window is not None else None
     budgets, policies = load_manifests(args.manifests)
     if args.events is not None:
         report = offline_report(args, dims, window, budgets, policies)
     else:
+        window = window if window is not None else 86400.0
         end = parse_end(args.end)
         report = live.build(args.prometheus, dims=dims, window_seconds=window, steps=args.steps,
                             end=end if end is not None else time.time(), budgets=budgets,

@@ -142,3 +142,14 @@ def test_unknown_dimension_is_refused(inputs, capsys):
     events, _ = inputs
     assert cli.main(["report", "--events", str(events), "--by", "agent,colour"]) == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_offline_report_without_window_spans_the_events(inputs, tmp_path):
+    """Offline, with no --window, the report covers the events' span (30 minutes here), not a day."""
+    events, manifests = inputs
+    out = tmp_path / "r.json"
+    assert cli.main(["report", "--events", str(events), "-f", str(manifests), "--output", "json",
+                     "-o", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["total_cost_usd"] == pytest.approx(30 * 0.03 + 0.5)
+    assert 30 * 60 <= data["window"]["seconds"] < 2 * 3600

@@ -68,6 +68,52 @@ class _Acc:
         self.version: str | None = None
         self.workflows: dict[str, int] = {}
 
+    def count(self, etype: str, raw: dict[str, Any], cost: float) -> int:
+        """Add one valid event (already priced: ``cost``) to the minute; the tokens of a model
+        call are returned (0 for other types). The one place events are counted into buckets:
+        ``Bucketer.add`` and replay's inlined loop both call it."""
+        tokens = 0
+        workflow = raw.get("workflow")
+        if workflow is not None:
+            wf = self.workflows
+            wf[workflow] = wf.get(workflow, 0) + 1
+        version = raw.get("agent_version")
+        if version is not None:
+            self.version = version
+        if etype == "llm":
+            self.inference += cost
+            out = raw["output_tokens"]
+            tokens = int(raw["input_tokens"] + out + raw.get("cache_read_tokens", 0)
+                         + raw.get("cache_write_tokens", 0) + raw.get("reasoning_tokens", 0))
+            self.tokens += tokens
+            self.output_tokens += int(out)
+            self.llm_calls += 1
+            models = self.models
+            model = raw["model"]
+            models[model] = models.get(model, 0) + 1
+        elif etype == "tool":
+            tool = raw["tool"]
+            self.tool_cost += cost
+            self.tool_total += 1
+            calls = self.tool_calls
+            calls[tool] = calls.get(tool, 0) + 1
+            if cost:
+                costs = self.tool_costs
+                costs[tool] = costs.get(tool, 0.0) + cost
+        elif etype == "task":
+            status = raw["status"]
+            if status == "completed":
+                self.completed += 1
+            elif status == "failed":
+                self.failed += 1
+            else:
+                self.abandoned += 1
+        elif etype == "outcome":
+            self.outcomes += raw.get("count", 1)
+        else:
+            self.human += cost
+        return tokens
+
     def freeze(self, agent: str, namespace: str, minute: int) -> series.AgentMinute:
         models, workflows = self.models, self.workflows
         return _make_minute(
@@ -219,44 +265,7 @@ class Bucketer:
                 st.last_minute = minute
 
         self.current_acc = acc
-        workflow = raw.get("workflow")
-        if workflow is not None:
-            wf = acc.workflows
-            wf[workflow] = wf.get(workflow, 0) + 1
-        version = raw.get("agent_version")
-        if version is not None:
-            acc.version = version
-        if etype == "llm":
-            acc.inference += cost
-            out = raw["output_tokens"]
-            acc.tokens += int(raw["input_tokens"] + out + raw.get("cache_read_tokens", 0)
-                              + raw.get("cache_write_tokens", 0) + raw.get("reasoning_tokens", 0))
-            acc.output_tokens += int(out)
-            acc.llm_calls += 1
-            models = acc.models
-            model = raw["model"]
-            models[model] = models.get(model, 0) + 1
-        elif etype == "tool":
-            tool = raw["tool"]
-            acc.tool_cost += cost
-            acc.tool_total += 1
-            calls = acc.tool_calls
-            calls[tool] = calls.get(tool, 0) + 1
-            if cost:
-                costs = acc.tool_costs
-                costs[tool] = costs.get(tool, 0.0) + cost
-        elif etype == "task":
-            status = raw["status"]
-            if status == "completed":
-                acc.completed += 1
-            elif status == "failed":
-                acc.failed += 1
-            else:
-                acc.abandoned += 1
-        elif etype == "outcome":
-            acc.outcomes += raw.get("count", 1)
-        else:
-            acc.human += cost
+        acc.count(etype, raw, cost)
         return cost
 
     def open_bucket(self, st: AgentState, ts: float) -> _Acc | None:

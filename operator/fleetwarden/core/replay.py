@@ -329,45 +329,7 @@ class Replay:
                 if st.last_minute is None or minute > st.last_minute:
                     st.last_minute = minute
             b.current_acc = acc
-            workflow = raw.get("workflow")
-            if workflow is not None:
-                wf = acc.workflows
-                wf[workflow] = wf.get(workflow, 0) + 1
-            version = raw.get("agent_version")
-            if version is not None:
-                acc.version = version
-            if etype == "llm":
-                acc.inference += cost
-                out = raw["output_tokens"]
-                tokens = int(raw["input_tokens"] + out + raw.get("cache_read_tokens", 0)
-                             + raw.get("cache_write_tokens", 0) + raw.get("reasoning_tokens", 0))
-                acc.tokens += tokens
-                acc.output_tokens += int(out)
-                acc.llm_calls += 1
-                models = acc.models
-                model = raw["model"]
-                models[model] = models.get(model, 0) + 1
-            elif etype == "tool":
-                tool = raw["tool"]
-                acc.tool_cost += cost
-                acc.tool_total += 1
-                calls = acc.tool_calls
-                calls[tool] = calls.get(tool, 0) + 1
-                if cost:
-                    costs = acc.tool_costs
-                    costs[tool] = costs.get(tool, 0.0) + cost
-            elif etype == "task":
-                status = raw["status"]
-                if status == "completed":
-                    acc.completed += 1
-                elif status == "failed":
-                    acc.failed += 1
-                else:
-                    acc.abandoned += 1
-            elif etype == "outcome":
-                acc.outcomes += raw.get("count", 1)
-            else:
-                acc.human += cost
+            tokens = acc.count(etype, raw, cost)
             # 2. per-event policies, the clock at the event (a late event: the horizon it met)
             ctx: _AgentCtx = st.ctx
             closed = b.closed_until

@@ -14,9 +14,7 @@ SelfSubjectReview (``authentication.k8s.io/v1``); ``spec.requester`` is found th
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import json
 import re
 import threading
 import time
@@ -73,15 +71,6 @@ def _name_part(text: str) -> str:
     return (cleaned[:40].rstrip("-") or "approval") + "-"
 
 
-def _wrap(what: str, exc: Exception) -> kube.KubeError:
-    status = getattr(exc, "status", None)
-    reason = getattr(exc, "reason", None) or str(exc)
-    body = getattr(exc, "body", None)
-    if body:
-        with contextlib.suppress(ValueError, AttributeError):
-            reason = json.loads(body).get("message", reason)
-    return kube.KubeError(f"{what}: {status or 'no answer'} {reason}", status if isinstance(status, int) else None)
-
 
 def api_client(kubeconfig: str | None = None, *, as_user: str | None = None,
                as_groups: tuple[str, ...] = ()) -> client.ApiClient:
@@ -109,7 +98,7 @@ class Approvals:
         try:
             return fn(*args, **kwargs)
         except (kube_exceptions.ApiException, OSError) as exc:
-            raise _wrap(what, exc) from exc
+            raise kube.wrap_api_error(what, exc) from exc
 
     def whoami(self) -> str:
         """The caller's username, from a SelfSubjectReview (cached)."""
@@ -208,9 +197,9 @@ class Approvals:
                         return decision_of(obj)
             except kube_exceptions.ApiException as exc:
                 if exc.status != 410:  # 410 Gone: resourceVersion too old; read again
-                    raise _wrap(f"watch costapproval {namespace}/{name}", exc) from exc
+                    raise kube.wrap_api_error(f"watch costapproval {namespace}/{name}", exc) from exc
             except OSError as exc:
-                raise _wrap(f"watch costapproval {namespace}/{name}", exc) from exc
+                raise kube.wrap_api_error(f"watch costapproval {namespace}/{name}", exc) from exc
             finally:
                 watcher.stop()  # type: ignore[no-untyped-call]
 

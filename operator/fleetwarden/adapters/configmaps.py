@@ -7,7 +7,6 @@ exception as ``__cause__``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,22 +19,13 @@ from fleetwarden.core import spec
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fleetwarden"}
 
 
-def _wrap(what: str, exc: Exception) -> kube.KubeError:
-    status = getattr(exc, "status", None)
-    reason = getattr(exc, "reason", None) or str(exc)
-    body = getattr(exc, "body", None)
-    if body:
-        with contextlib.suppress(ValueError, AttributeError):
-            reason = json.loads(body).get("message", reason)
-    return kube.KubeError(f"{what}: {status or 'no answer'} {reason}", status if isinstance(status, int) else None)
-
 
 def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         response = fn(*args, _preload_content=False, **kwargs)
         return json.loads(response.data)
     except (kube_exceptions.ApiException, OSError, ValueError) as exc:
-        raise _wrap(what, exc) from exc
+        raise kube.wrap_api_error(what, exc) from exc
 
 
 def get(k: kube.Kube, namespace: str, name: str) -> dict[str, Any] | None:

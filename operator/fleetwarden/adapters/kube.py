@@ -47,7 +47,8 @@ class KubeError(errors.KubernetesError):
         return self.status is None or self.status in _TRANSIENT
 
 
-def _wrap(what: str, exc: Exception) -> KubeError:
+def wrap_api_error(what: str, exc: Exception) -> KubeError:
+    """A Kubernetes client error as a KubeError, with the API server's message and status."""
     status = getattr(exc, "status", None)
     reason = getattr(exc, "reason", None) or str(exc)
     body = getattr(exc, "body", None)
@@ -169,17 +170,17 @@ class Kube:
             response = fn(*args, _preload_content=False, **kwargs)
             return json.loads(response.data)
         except kube_exceptions.ApiException as exc:
-            raise _wrap(what, exc) from exc
+            raise wrap_api_error(what, exc) from exc
         except (OSError, ValueError) as exc:  # connection refused, reset, bad JSON
-            raise _wrap(what, exc) from exc
+            raise wrap_api_error(what, exc) from exc
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except kube_exceptions.ApiException as exc:
-            raise _wrap(what, exc) from exc
+            raise wrap_api_error(what, exc) from exc
         except OSError as exc:
-            raise _wrap(what, exc) from exc
+            raise wrap_api_error(what, exc) from exc
 
     # ---------------------------------------------------------------- listing
 

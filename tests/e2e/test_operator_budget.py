@@ -240,8 +240,8 @@ def test_status_fills_in_and_kubectl_shows_it(cluster: Any, namespace: str, flee
         return st if (st.get("summary") or {}).get("spendUSD", 0) >= 3.9 else None
 
     st = cluster.wait_for(filled, 60, "status.summary with the spend")
-    # 4 USD of 10; increase() extrapolates over a series only seconds old, so allow some above
-    assert 3.9 <= st["summary"]["spendUSD"] <= 6.5
+    # 4 USD of 10, exactly: series only seconds old are counted from zero, not extrapolated
+    assert st["summary"]["spendUSD"] == pytest.approx(4.0, abs=0.01)
     assert st["summary"]["percentUsed"] == pytest.approx(10 * st["summary"]["spendUSD"], abs=0.1)
     assert st["spend"]["hour"] == st["summary"]["spendUSD"]
     assert st["summary"]["window"] == "hour" and st["summary"]["capUSD"] == 10

@@ -74,11 +74,13 @@ def test_variable_queries_list_the_fleet(prometheus, fleet, name):
         m = re.fullmatch(r"label_values\((.*), (\w+)\)", var["query"]["query"])
         assert m, var["query"]["query"]
         selector = substitute(m.group(1), values)
-        result = prometheus.query(f"count by ({m.group(2)}) ({selector})")
-        listed = {r["metric"][m.group(2)] for r in result}
         expected = {"namespace": {fleet.namespace}, "agent": set(fleet.agents),
                     "team": set(fleet.teams.values())}[var["name"]]
-        assert expected <= listed, (var["name"], listed)
+        label = m.group(2)
+        # waits for the whole set (AssertionError naming what it saw if it never fills)
+        views_fleet.wait_for_data(prometheus, f"count by ({label}) ({selector})",
+                                  until=lambda res, label=label, expected=expected:
+                                  expected <= {r["metric"][label] for r in res})
 
 
 def test_owner_join_splits_spend_by_team(prometheus, fleet):
@@ -87,7 +89,9 @@ def test_owner_join_splits_spend_by_team(prometheus, fleet):
     panel = next(p for p in dashboard["panels"] if p["title"] == "Spend by team (range)")
     values = _values(fleet)
     by_team = {r["metric"]["team"]: float(r["value"][1])
-               for r in views_fleet.wait_for_data(prometheus, substitute(panel["targets"][0]["expr"], values))}
+               for r in views_fleet.wait_for_data(
+                   prometheus, substitute(panel["targets"][0]["expr"], values),
+                   until=lambda res: {r["metric"]["team"] for r in res} >= set(fleet.teams.values()))}
     assert set(by_team) == set(fleet.teams.values())
     assert all(v > 0 for v in by_team.values())
 

@@ -37,11 +37,13 @@ def test_cost_rate_recorded_per_agent_and_team(prometheus, fleet):
     """The cost-rate recordings cover every simulated agent and every owner team, with positive values."""
     ns = fleet.namespace
     per_agent = views_fleet.wait_for_data(
-        prometheus, f'fleetwarden:agent_cost_usd_per_hour:rate5m{{namespace="{ns}"}} > 0', timeout=120)
+        prometheus, f'fleetwarden:agent_cost_usd_per_hour:rate5m{{namespace="{ns}"}} > 0', timeout=120,
+        until=lambda res: {r["metric"]["agent"] for r in res} >= set(fleet.agents))
     assert {r["metric"]["agent"] for r in per_agent} == set(fleet.agents)
     teams = set(fleet.teams.values())
     per_owner = views_fleet.wait_for_data(
-        prometheus, f'fleetwarden:owner_cost_usd_per_hour:rate5m{{team=~"{"|".join(teams)}"}} > 0', timeout=120)
+        prometheus, f'fleetwarden:owner_cost_usd_per_hour:rate5m{{team=~"{"|".join(teams)}"}} > 0', timeout=120,
+        until=lambda res: {r["metric"]["team"] for r in res} >= teams)
     assert {r["metric"]["team"] for r in per_owner} == teams
 
 
@@ -51,8 +53,10 @@ def test_budget_ratio_and_alerts_fire(prometheus, fleet):
     ratio = views_fleet.wait_for_data(prometheus, f'fleetwarden:budget_used:ratio{{namespace="{ns}"}}')
     assert all(0 < float(r["value"][1]) < 1 for r in ratio)
     killed = views_fleet.wait_for_data(
-        prometheus, f'ALERTS{{alertname="FleetwardenKillSwitchEngaged", alertstate="firing", namespace="{ns}"}}')
+        prometheus, f'ALERTS{{alertname="FleetwardenKillSwitchEngaged", alertstate="firing", namespace="{ns}"}}',
+        until=lambda res: "growth" in {r["metric"]["budget"] for r in res})
     assert {r["metric"]["budget"] for r in killed} == {"growth"}
     anomalies = views_fleet.wait_for_data(
-        prometheus, f'ALERTS{{alertname="FleetwardenAnomalyDetected", alertstate="firing", namespace="{ns}"}}')
+        prometheus, f'ALERTS{{alertname="FleetwardenAnomalyDetected", alertstate="firing", namespace="{ns}"}}',
+        until=lambda res: "tool_call_explosion" in {r["metric"]["kind"] for r in res})
     assert {r["metric"]["kind"] for r in anomalies} >= {"tool_call_explosion"}

@@ -119,13 +119,17 @@ def running_fleet(prometheus, tmp_path: Path, *, speed: float = 30.0) -> Iterato
         log.close()
 
 
-def wait_for_data(prometheus, promql: str, timeout: float = 90.0) -> list[dict]:
-    """Poll an instant query until it returns at least one series; AssertionError after ``timeout``."""
+def wait_for_data(prometheus, promql: str, timeout: float = 90.0, until=None) -> list[dict]:
+    """Poll an instant query until it returns at least one series (and, given ``until``, until
+    ``until(result)`` holds: series of a rule appear one evaluation apart, so a set compared
+    at the first answer may still be filling); AssertionError naming the last answer after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         result = prometheus.query(promql)
-        if result:
+        if result and (until is None or until(result)):
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"no data for {promql!r} after {timeout:.0f}s")
+            seen = sorted(str(r.get("metric")) for r in result)
+            raise AssertionError(f"no data for {promql!r} after {timeout:.0f}s" if not result else
+                                 f"{promql!r} after {timeout:.0f}s still answers only {seen}")
         time.sleep(1.0)

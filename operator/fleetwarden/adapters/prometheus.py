@@ -93,8 +93,35 @@ def family_query(family: str) -> str:
     return range_query(selector, extra, RIDERS.get(family))
 
 
+# How far before a window's start a counter's last sample may lie and still be its value at the
+# start: a scrape that failed at that instant (a staleness marker) must not make an old series
+# look newly born.
+START_LOOKBACK = "1h"
+
+
+def window_increase(metric: str, window: str) -> str:
+    """How much ``metric`` grew over ``window`` ending now, per series, WITHOUT increase()'s
+    extrapolation (which reads a series a few scrapes old at up to twice its growth, enough to
+    trip a kill switch on a new pod):
+
+    - a series with a sample in the hour before the window and no reset in it: now minus that
+      sample, exact;
+    - a series born in the window (no such sample) and present now: its value now, counted from
+      zero (increase() would lose its first sample);
+    - anything else (a reset, a series that ended in the window): increase().
+
+    The middle case assumes Prometheus keeps the longest window plus an hour (docs/operator.md)."""
+    at_start = f"last_over_time({metric}[{START_LOOKBACK}] offset {window})"
+    exact = f"(({metric} - {at_start}) >= 0) unless (resets({metric}[{window}]) > 0)"
+    born = f"({metric} unless {at_start})"
+    return f"({exact} or {born} or increase({metric}[{window}]))"
+
+
 def spend_query(seconds: int) -> str:
-    return f"sum by (namespace, agent) ({increase_of(SPEND_METRICS, f'{max(seconds, 60)}s')})"
+    """Spend per agent over the last ``seconds``: the SPEND_METRICS' growth, summed."""
+    window = f"{max(seconds, 60)}s"
+    parts = [f'label_replace({window_increase(m, window)}, "fw_metric", "{m}", "", "")' for m in SPEND_METRICS]
+    return f"sum by (namespace, agent) ({' or '.join(parts)})"
 
 
 def window_start(window: spec.Window, calendar: bool, now: float) -> float:

@@ -3,7 +3,10 @@
 The recording: agent ``bot`` ran 12 minutes on gpt-4o-mini (0.02 USD, 2 tasks, 3 crm.search
 calls a minute), then 5 on gpt-4o (0.06 USD), then 3 more with 90 crm.search calls a
 minute; agent ``helper`` spent 0.005 USD a minute throughout. It is replayed through a
-fake client keyed by the query text, so a changed query fails loudly here.
+fake client keyed by the query text, so a changed query fails loudly here. The six spend
+answers were recorded for the earlier increase() form of the spend query and re-keyed to the
+current text when it changed; what Prometheus makes of that text is checked on Prometheus's
+own engine in test_spend_query_promtool.py.
 """
 
 from __future__ import annotations

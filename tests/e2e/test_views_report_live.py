@@ -15,9 +15,11 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def fleet(prometheus, tmp_path_factory):
     with views_fleet.running_fleet(prometheus, tmp_path_factory.mktemp("views-live")) as running:
-        # two scrapes of growing counters make increase() positive
+        # two scrapes of growing counters make increase() positive, for every agent
         views_fleet.wait_for_data(
-            prometheus, f'sum(increase(fleetwarden_llm_cost_usd_total{{namespace="{running.namespace}"}}[5m])) > 0')
+            prometheus,
+            f'sum by (agent) (increase(fleetwarden_llm_cost_usd_total{{namespace="{running.namespace}"}}[5m])) > 0',
+            until=lambda res: {r["metric"]["agent"] for r in res} >= set(running.agents))
         views_fleet.wait_for_data(
             prometheus, f'sum(increase(fleetwarden_findings_total{{namespace="{running.namespace}"}}[5m])) > 0')
         yield running

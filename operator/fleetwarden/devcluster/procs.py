@@ -135,14 +135,33 @@ def stop(record: Mapping[str, object], *, grace: float = 10.0) -> None:
         if not is_running(record):
             break
         time.sleep(0.1)
-    # The group leader may be gone while children it spawned live on: kill the group anyway.
+    # The group leader may be gone while children it spawned live on: kill the group anyway,
+    # and wait until no member is left running (a killed process takes a moment to exit).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     for _ in range(50):
         _reap(pid)
-        if not is_running(record):
+        if not is_running(record) and not group_members(pid):
             return
         time.sleep(0.1)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group ``pgid``, from /proc."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
 
 
 def _reap(pid: int) -> None:

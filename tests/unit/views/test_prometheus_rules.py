@@ -7,14 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 PROM = ROOT / "manifests" / "prometheus"
-PROMTOOL = shutil.which("promtool")
-
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+PROMTOOL = shutil.which("promtool") or "promtool"  # scripts/setup installs it; missing, these tests fail
 
 
 def _gen_module():
@@ -25,7 +22,6 @@ def _gen_module():
     return module
 
 
-@needs_promtool
 def test_promtool_accepts_the_rule_file():
     """`promtool check rules` accepts manifests/prometheus/rules.yaml."""
     result = subprocess.run([PROMTOOL, "check", "rules", str(PROM / "rules.yaml")],
@@ -33,7 +29,6 @@ def test_promtool_accepts_the_rule_file():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
 def test_promtool_unit_tests_of_the_rules_pass():
     """Every promtool unit test in manifests/prometheus/tests/ passes."""
     tests = sorted(str(p) for p in (PROM / "tests").glob("*.yaml"))

@@ -106,6 +106,18 @@ def test_policy_becomes_a_configmap_and_follows_edits(cluster: Any, namespace: s
     cluster.wait_for(lambda: (_configmap(cluster, namespace) or {}).get("data", {}).get("halt") == "false",
                      60, "halt=false after the budget was resumed")
 
+    # A suspended budget over other agents leaves the flag down, until the policy's Deployment
+    # is relabelled into that budget's selector (and back out of it).
+    cluster.apply(json.dumps({"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "AgentBudget",
+                              "metadata": {"name": "premium", "namespace": namespace},
+                              "spec": {"selector": {"matchLabels": {"tier": "premium"}}, "suspend": True,
+                                       "limits": [{"window": "hour", "amountUSD": 10}]}}))
+    cluster.kubectl("scale", "deployment", "support-bot", "-n", namespace, "--replicas=0")  # not a relabel
+    for label, halt in (("tier=premium", "true"), ("tier-", "false")):
+        cluster.kubectl("label", "deployment", "support-bot", "-n", namespace, label)
+        cluster.wait_for(lambda halt=halt: (_configmap(cluster, namespace) or {}).get("data", {}).get("halt") == halt,
+                         60, f"halt={halt} after `kubectl label deployment support-bot {label}`")
+
     # Deleting the policy deletes its ConfigMap (ownerReference, garbage collector).
     cluster.kubectl("delete", "costpolicy", "support", "-n", namespace)
     cluster.wait_for(lambda: _configmap(cluster, namespace) is None, 60, "the ConfigMap to be collected")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,19 @@ def test_owner_reference_points_at_the_policy() -> None:
     assert ref == {"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostPolicy", "name": "p", "uid": "123",
                    "controller": True, "blockOwnerDeletion": False}
     assert policyconfig.configmap_name("p") == "fleetwarden-policy-p"
+
+
+def test_deployment_events_that_can_change_coverage() -> None:
+    """Created, deleted and relabelled Deployments recompile; the initial listing and scaling do not."""
+    seen: dict[str, dict[str, str]] = {}
+
+    def body(labels: dict[str, str], replicas: int = 1) -> dict[str, Any]:
+        return {"metadata": {"uid": "u1", "namespace": "ns", "labels": labels}, "spec": {"replicas": replicas}}
+
+    assert not policyconfig.deployment_changed({"type": None}, body({"team": "a"}), seen)  # the initial listing
+    assert not policyconfig.deployment_changed({"type": "MODIFIED"}, body({"team": "a"}, replicas=0), seen)  # scaled
+    assert policyconfig.deployment_changed({"type": "MODIFIED"}, body({"team": "a", "tier": "premium"}), seen)
+    assert not policyconfig.deployment_changed({"type": "MODIFIED"}, body({"team": "a", "tier": "premium"}), seen)
+    assert policyconfig.deployment_changed({"type": "DELETED"}, body({"team": "a"}), seen)
+    assert seen == {}
+    assert policyconfig.deployment_changed({"type": "ADDED"}, body({"team": "a"}), seen)  # created after startup

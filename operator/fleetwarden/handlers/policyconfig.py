@@ -17,6 +17,9 @@ policy's status says what was published: ``configMap``, ``matchedAgents``,
    ConfigMap differs, write the status if it changed.
 2. Watch events of AgentBudgets: when a budget's halted state changes (or is first seen
    by this process), recompile the policies of its namespace.
+3. Watch events of Deployments: when one is created, deleted or relabelled (not merely
+   scaled), recompile the policies of its namespace: a Deployment relabelled into a killed
+   budget's selector raises its policy's halt flag, and ``matchedAgents`` stays true.
 
 A pod mounts it as a volume (``docs/approvals.md`` shows how); the
 kubelet refreshes a mounted ConfigMap within about a minute, and the SDK re-reads it
@@ -116,6 +119,7 @@ class _State:
     def __init__(self) -> None:
         self.kube: kube.Kube | None = None
         self.budget_halted: dict[str, bool] = {}
+        self.deployment_labels: dict[str, dict[str, str]] = {}  # uid -> labels last seen
         self.clock = time.time
 
     def client(self) -> kube.Kube:
@@ -208,6 +212,31 @@ async def on_agentbudget_event(event: Mapping[str, Any], body: kopf.Body, **_: A
         STATE.budget_halted[uid] = now_halted
     namespace = meta.get("namespace") or "default"
     await asyncio.to_thread(_republish_namespace, namespace)
+
+
+def deployment_changed(event: Mapping[str, Any], body: Mapping[str, Any],
+                       seen: dict[str, dict[str, str]]) -> bool:
+    """Whether a Deployment event can change what a policy covers: created, deleted or
+    relabelled. The initial listing (``type`` None) and scaling or status updates cannot;
+    ``seen`` (uid -> labels) is kept up to date."""
+    meta = body.get("metadata") or {}
+    uid = str(meta.get("uid"))
+    kind = event.get("type")
+    if kind == "DELETED":
+        seen.pop(uid, None)
+        return True
+    labels = dict(meta.get("labels") or {})
+    before = seen.get(uid)
+    seen[uid] = labels
+    return kind is not None and before != labels
+
+
+@kopf.on.event("apps", "v1", "deployments")
+async def on_deployment_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    """A Deployment created, deleted or relabelled: recompile the policies of its namespace."""
+    if deployment_changed(event, body, STATE.deployment_labels):
+        namespace = body.get("metadata", {}).get("namespace") or "default"
+        await asyncio.to_thread(_republish_namespace, namespace)
 
 
 def _republish_namespace(namespace: str) -> None:

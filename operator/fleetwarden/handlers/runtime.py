@@ -76,7 +76,22 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
 
 
 def _meaningful(status: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in status.items() if k not in _VOLATILE}
+    """What of a status must be written at once when it changes: all but the _VOLATILE fields,
+    with every float to two significant digits. Spend drifts a little every cycle; written
+    each time, that drift alone would set the write rate of a large fleet. A change in the
+    first two digits (0 -> 0.8 USD, 87% -> 88% of the cap), a new state, condition, incident or
+    count is written at once; smaller drift waits for the heartbeat."""
+    return {k: _coarse(v) for k, v in status.items() if k not in _VOLATILE}
+
+
+def _coarse(value: Any) -> Any:
+    if type(value) is float:
+        return float(f"{value:.2g}")
+    if isinstance(value, Mapping):
+        return {k: _coarse(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coarse(v) for v in value]
+    return value
 
 
 def select_agents(budget: spec.AgentBudget, deployments: Iterable[Mapping[str, Any]]

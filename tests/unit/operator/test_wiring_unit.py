@@ -329,3 +329,38 @@ def test_heartbeat_writes_stay_bounded_for_large_fleets() -> None:
     rt._written_at.update({f"uid-{i}": 0.0 for i in range(10_000)})  # noqa: SLF001
     assert rt.heartbeat_seconds() == pytest.approx(10_000 / runtime.MAX_HEARTBEATS_PER_SECOND)
     assert 10_000 / rt.heartbeat_seconds() <= runtime.MAX_HEARTBEATS_PER_SECOND
+
+
+class _Patches:
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    def patch_budget_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.patches.append(patch)
+
+
+def test_small_spend_drift_waits_for_the_heartbeat_but_real_changes_do_not() -> None:
+    """Drift below two significant digits is not written until the heartbeat; a visible change in
+    spend, a new state or a new condition is written at once, with the exact new values."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _Patches()
+    base = {"state": "Active", "spend": {"hour": 4.012, "day": 40.3}, "summary": {"percentUsed": 40.12},
+            "conditions": [{"type": "Ready", "status": "True"}], "lastEvaluated": "t0"}
+
+    def write(new: dict[str, Any]) -> None:
+        rt._write_status(k, "uid", "ns", "b", rt.previous_status({"metadata": {"uid": "uid"}}), new)  # noqa: SLF001
+
+    write(base)
+    assert len(k.patches) == 1
+    drift = {**base, "spend": {"hour": 4.031, "day": 40.33}, "summary": {"percentUsed": 40.31}, "lastEvaluated": "t1"}
+    write(drift)
+    assert len(k.patches) == 1  # 4.012 -> 4.031: the same two digits
+    grown = {**drift, "spend": {"hour": 4.6, "day": 40.9}, "summary": {"percentUsed": 46.0}}
+    write(grown)
+    assert len(k.patches) == 2 and k.patches[-1]["spend"] == {"hour": 4.6, "day": 40.9}
+    warned = {**grown, "state": "Warning"}
+    write(warned)
+    assert len(k.patches) == 3 and k.patches[-1] == {"state": "Warning"}
+    rt._written_at["uid"] -= rt.heartbeat_seconds() + 1  # noqa: SLF001 - a heartbeat later
+    write({**warned, "spend": {"hour": 4.61, "day": 40.9}, "lastEvaluated": "t9"})
+    assert len(k.patches) == 4 and k.patches[-1] == {"spend": {"hour": 4.61}, "lastEvaluated": "t9"}

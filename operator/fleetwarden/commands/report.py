@@ -152,7 +152,8 @@ def offline_report(args: argparse.Namespace, dims: tuple[str, ...], window: floa
         fold.add(ev)
     found, notes = _replay(stream(), budgets, policies, prices)
     return fold.report(window_seconds=window, end=parse_end(args.end), steps=args.steps, found=found,
-                       budgets=budgets, title=args.title, source=f"events: {args.events}", notes=notes)
+                       budgets=budgets, title=args.title, source=f"events: {args.events}", notes=notes,
+                       replayed=True)
 
 
 def _replay(stream: Iterator[events_mod.Event], budgets: list[spec.AgentBudget],

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fleetwarden.core import series, spec
@@ -341,6 +341,15 @@ def _rfc3339(ts: float) -> str:
 # ---------------------------------------------------------------- the recommendation
 
 
+def cap_state(limits: Sequence[LimitUse]) -> tuple[bool | None, str]:
+    """Whether a budget is near its cap (any limit at or past its warning percentage; None:
+    no limit known), and the note naming the limit nearest to its warning."""
+    if not limits:
+        return None, ""
+    near = max(limits, key=lambda u: u.percent / u.warning_percent)
+    return any(u.percent >= u.warning_percent for u in limits), f" ({near.percent:.0f}% of the {near.window} cap)"
+
+
 def recommend(*, workflow: str | None, outcome: str | None, cost_per_outcome: float | None,
               target: float | None, human_baseline: float | None, success_rate: float | None,
               tasks_ended: int, capped: bool | None, cap_note: str = "") -> tuple[str, str]:
@@ -372,7 +381,13 @@ def recommend(*, workflow: str | None, outcome: str | None, cost_per_outcome: fl
         return HOLD, f"{name} costs {cost_per_outcome:.2f} USD per {what}; no target or human baseline to judge by."
     return HOLD, (f"{name} costs {cost_per_outcome:.2f} USD per {what}, within "
                   f"{'its target' if target is not None else 'the human baseline'}; "
-                  f"{'budget has room' if not capped else 'success rate ' + format(success_rate, '.0%')}.")
+                  f"{_room(capped, success_rate)}.")
+
+
+def _room(capped: bool | None, success_rate: float) -> str:
+    if capped is None:
+        return "no budget use known to judge more budget by"
+    return "budget has room" if not capped else f"success rate {success_rate:.0%}"
 
 
 # ---------------------------------------------------------------- the report
@@ -448,9 +463,7 @@ def report(acc: EconomicsAccumulator, *, start: float, end: float,
         spend += sum(budget.fixed_monthly_costs_usd.values()) * (end - lo) / MONTH if budget else 0.0
         limits.append(LimitUse(limit.window.value, spend, limit.amount_usd, 100 * spend / limit.amount_usd,
                                limit.warning_percent))
-    capped = any(u.percent >= u.warning_percent for u in limits) if limits else None
-    near = max(limits, key=lambda u: u.percent / u.warning_percent, default=None)
-    cap_note = f" ({near.percent:.0f}% of the {near.window} cap)" if near is not None else ""
+    capped, cap_note = cap_state(limits)
 
     # 3. per workflow: against its target and the human baseline
     workflows: list[WorkflowEconomics] = []

@@ -274,6 +274,14 @@ def build(url: str, *, dims: Sequence[str], window_seconds: float, steps: int, e
         model_changes=tuple(_model_changes(src, start, end, step)), notes=tuple(notes))
 
 
+def cap_peaks_query(window: str) -> str:
+    """The highest share of each budget's cap (by namespace, budget and window) the operator
+    reported over ``window``: the highest spend sample over the latest cap (every sample
+    counts, however young the series)."""
+    return ("max by (namespace, budget, window) (max_over_time(fleetwarden_budget_spend_usd"
+            f"[{window}]) / last_over_time(fleetwarden_budget_limit_usd[{window}]))")
+
+
 def _economics(src: prometheus_report.ReportSource, start: float, end: float, step: int, n: int,
                budgets: Sequence[spec.AgentBudget], owner: dict[tuple[str, str], dict[str, str]]
                ) -> tuple[model.EconomicsRow, ...]:
@@ -291,6 +299,9 @@ def _economics(src: prometheus_report.ReportSource, start: float, end: float, st
         cell[0] += v if lb.get("status") == "completed" else 0.0
         cell[1] += v
     by_name = {(b.metadata.namespace, b.metadata.name): b for b in budgets}
+    # the highest share of each cap the operator reported in the period (none: not known)
+    peaks = {(lb.get("namespace", "default"), lb.get("budget", ""), lb.get("window", "")): v
+             for lb, v in src.instant(cap_peaks_query(window), end)}
     rows = []
     for lb, outcomes in src.instant(f"sum by (namespace, workflow, outcome) "
                                     f"(increase(fleetwarden_outcomes_total[{window}]))", end):
@@ -309,10 +320,11 @@ def _economics(src: prometheus_report.ReportSource, start: float, end: float, st
         baseline = target.human_baseline_usd if target else None
         roi = (baseline - cpo) / cpo if baseline is not None and cpo else None
         completed, ended = tasks.get((ns, wf), [0.0, 0.0])
+        capped, cap_note = economics.cap_state(offline.limit_use(match[0] if match else None, peaks))
         recommendation, reason = economics.recommend(
             workflow=wf, outcome=outcome, cost_per_outcome=cpo, target=target.target_cost_usd if target else None,
             human_baseline=baseline, success_rate=completed / ended if ended > 0 else None,
-            tasks_ended=int(round(ended)), capped=None)
+            tasks_ended=int(round(ended)), capped=capped, cap_note=cap_note)
         rows.append(model.EconomicsRow(
             recommendation=recommendation, reason=reason,
             namespace=ns, workflow=wf, outcome=outcome, outcomes=outcomes, cost_usd=c, cost_per_outcome_usd=cpo,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from fleetwarden.core import economics, governance, incidents, pricing, spec
 from fleetwarden.core import events as events_mod
@@ -168,8 +168,10 @@ class Fold:
     def report(self, *, window_seconds: float | None = None, end: float | None = None,
                steps: int = DEFAULT_STEPS, found: Sequence[findings_mod.Finding] = (),
                budgets: Sequence[spec.AgentBudget] = (), title: str = "Fleetwarden cost report",
-               source: str = "events", notes: Sequence[str] = ()) -> model.Report:
-        """The report over ``[end - window_seconds, end)``; ``end`` defaults to just after the last event."""
+               source: str = "events", notes: Sequence[str] = (), replayed: bool = False) -> model.Report:
+        """The report over ``[end - window_seconds, end)``; ``end`` defaults to just after the last event.
+        ``replayed``: ``found`` is what replay found with ``budgets`` (so no budget finding means
+        no limit reached its warning percentage)."""
         if self.last is None or self.first is None:
             now = end if end is not None else 0.0
             span = window_seconds or 3600.0
@@ -218,11 +220,13 @@ class Fold:
         return model.Report(
             title=title, source=source, window_start=float(start), window_end=float(stop), step_seconds=step,
             total_cost_usd=total, total_trend=total_trend, breakdowns=tuple(breakdowns),
-            anomalies=anomalies, economics=self._economics(series, budgets), governance=gaps,
+            anomalies=anomalies, economics=self._economics(series, budgets, peaks_from_findings(window_found), replayed),
+            governance=gaps,
             incidents=incident_rows, model_changes=changes, notes=tuple(notes))
 
     def _economics(self, series: Callable[[dict[int, float]], tuple[float, ...]],
-                   budgets: Sequence[spec.AgentBudget]) -> tuple[model.EconomicsRow, ...]:
+                   budgets: Sequence[spec.AgentBudget], peaks: Mapping[tuple[str, str, str], float],
+                   replayed: bool) -> tuple[model.EconomicsRow, ...]:
         rows = []
         for (ns, workflow, outcome), per_minute in sorted(self.outcomes.items()):
             counts = series(per_minute)
@@ -241,10 +245,17 @@ class Fold:
             task_cells = self.tasks.get((ns, workflow), {})
             completed = sum(series({m: float(c[0]) for m, c in task_cells.items()}))
             ended = int(sum(series({m: float(c[1]) for m, c in task_cells.items()})))
+            # near its cap: replay warns at each limit's warning percentage, so with the budget
+            # replayed and no budget finding for it, no limit got there
+            uses = limit_use(match[0] if match else None, peaks)
+            capped, cap_note = economics.cap_state(uses)
+            if capped is None and match is not None and match[0].spec.limits and replayed:
+                capped = False
             recommendation, reason = economics.recommend(
                 workflow=workflow, outcome=outcome, cost_per_outcome=cpo,
                 target=target.target_cost_usd if target else None, human_baseline=baseline,
-                success_rate=completed / ended if ended else None, tasks_ended=ended, capped=None)
+                success_rate=completed / ended if ended else None, tasks_ended=ended, capped=capped,
+                cap_note=cap_note)
             models = []
             for (mns, mwf, mname), mcost in sorted(self.model_cost.items()):
                 if (mns, mwf) != (ns, workflow):
@@ -260,6 +271,35 @@ class Fold:
                 recommendation=recommendation, reason=reason,
                 models=tuple(models), budget=match[0].metadata.name if match else None))
         return tuple(rows)
+
+
+def limit_use(budget: spec.AgentBudget | None, peak: Mapping[tuple[str, str, str], float]
+              ) -> list[economics.LimitUse]:
+    """A budget's limits with the highest share of each cap reached in the period, from ``peak``
+    ((namespace, budget, window) -> spend / cap); limits with no peak known are left out."""
+    if budget is None:
+        return []
+    ns, name = budget.metadata.namespace, budget.metadata.name
+    out = []
+    for limit in budget.spec.limits:
+        ratio = peak.get((ns, name, limit.window.value))
+        if ratio is not None:
+            out.append(economics.LimitUse(limit.window.value, ratio * limit.amount_usd, limit.amount_usd,
+                                          100.0 * ratio, limit.warning_percent))
+    return out
+
+
+def peaks_from_findings(found: Iterable[findings_mod.Finding]) -> dict[tuple[str, str, str], float]:
+    """(namespace, budget, window) -> the highest spend / cap that budget findings reported."""
+    peak: dict[tuple[str, str, str], float] = {}
+    for f in found:
+        if f.kind in (findings_mod.BUDGET_WARNING, findings_mod.BUDGET_EXCEEDED) and f.budget is not None:
+            ev = f.evidence or {}
+            spend, cap, window = ev.get("spend_usd"), ev.get("limit_usd"), ev.get("window")
+            if isinstance(spend, (int, float)) and isinstance(cap, (int, float)) and cap > 0 and window:
+                key = (f.namespace, f.budget, str(window))
+                peak[key] = max(peak.get(key, 0.0), spend / cap)
+    return peak
 
 
 def pick_target(budgets: Iterable[spec.AgentBudget], workflow: str, outcome: str

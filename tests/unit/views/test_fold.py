@@ -138,3 +138,36 @@ def test_empty_input_says_so():
     r = offline.Fold(pricing.PriceTable()).report(window_seconds=3600, end=T0)
     assert r.total_cost_usd is None
     assert "no events" in r.notes[0]
+
+
+def _capped_fleet() -> tuple[spec.AgentBudget, list[events.Event]]:
+    budget = spec.AgentBudget.model_validate({"metadata": {"name": "cx", "namespace": "ns"}, "spec": {
+        "limits": [{"window": "hour", "amountUSD": 10, "warningPercent": 80}],
+        "unitEconomics": [{"outcome": "resolved", "workflow": "refund", "targetCostUSD": 2.0,
+                           "humanBaselineUSD": 4.0}]}})
+    evs = []
+    for i in range(4):
+        task = f"t{i}"
+        evs += [llm(60 * i, 1.0, workflow="refund", task_id=task),
+                ev(60 * i + 5, "outcome", outcome="resolved", workflow="refund", task_id=task),
+                ev(60 * i + 6, "task", status="completed", workflow="refund", task_id=task)]
+    return budget, evs
+
+
+def test_a_cheap_workflow_whose_budget_neared_its_cap_gets_more_budget():
+    """Below target and baseline, every task completed, and replay warned the budget was at 85% of its
+    hour cap: more_budget, naming the cap; replayed with no budget finding: hold, the budget has room;
+    not replayed: hold (near the cap or not is unknown)."""
+    from fleetwarden.core import policies
+
+    budget, evs = _capped_fleet()
+    warning = policies.budget_warning(policies.LimitInput(
+        subject=policies.Subject(agent="bot", namespace="ns", now=T0 + 200, workflow="refund"), budget="cx",
+        limit=budget.spec.limits[0], spend_usd=8.5))
+    assert warning is not None
+    (row,) = fold_of(evs).report(budgets=[budget], found=[warning], replayed=True).economics
+    assert row.recommendation == "more_budget" and "85% of the hour cap" in row.reason
+    (row,) = fold_of(evs).report(budgets=[budget], found=[], replayed=True).economics
+    assert row.recommendation == "hold" and "budget has room" in row.reason
+    (row,) = fold_of(evs).report(budgets=[budget], found=[]).economics
+    assert row.recommendation == "hold" and "budget has room" not in row.reason

@@ -170,21 +170,35 @@ def _is_agent(deployment: dict[str, Any]) -> bool:
     return ((deployment.get("metadata") or {}).get("labels") or {}).get("fleetwarden.dev/agent") == "true"
 
 
-def _incidents_from_status(budgets: Sequence[dict[str, Any]], start: float, end: float
-                           ) -> list[model.IncidentRow]:
+def _incidents_from_status(budgets: Sequence[dict[str, Any]], start: float, end: float,
+                           changes: Sequence[model.ModelChange] = ()) -> list[model.IncidentRow]:
+    """The AgentBudgets' ``status.incidents`` opened in ``[start, end]``, each with the model
+    change before it: the agent's latest one Prometheus saw (``changes``); for an incident
+    that names a model Prometheus did not see the change to, the model it names and, when the
+    operator rolled it back, the model it rolled back to (``status.model.rollbacks``)."""
     rows = []
     for b in budgets:
-        for rec in ((b.get("status") or {}).get("incidents") or []):
+        status = b.get("status") or {}
+        namespace = (b.get("metadata") or {}).get("namespace", "-")
+        rollbacks = {r.get("incident"): r for r in (status.get("model") or {}).get("rollbacks") or []
+                     if isinstance(r, dict)}
+        for rec in status.get("incidents") or []:
             when = evaluate.parse_rfc3339(rec.get("time"))
             if when is None or not start <= when <= end:
                 continue
             kind = rec.get("kind", "unknown")
+            agent = rec.get("agent", "-")
+            change = offline.model_change_before(changes, namespace, agent, when)
+            named = rec.get("model")
+            if named and (change is None or change.model != named):
+                rollback = rollbacks.get(rec.get("id")) or {}
+                change = model.ModelChange(agent, namespace, when, named,
+                                           rollback.get("to") if rollback.get("from") == named else None)
             rows.append(model.IncidentRow(
                 id=rec.get("id", "-"), kind=kind, title=incidents.KIND_TITLES.get(kind, kind),
-                agent=rec.get("agent", "-"), namespace=(b.get("metadata") or {}).get("namespace", "-"),
-                opened=when, message=rec.get("message", ""),
+                agent=agent, namespace=namespace, opened=when, message=rec.get("message", ""),
                 actions=tuple(a for a in [rec.get("action")] if a), workflow=rec.get("workflow"),
-                model_change=None))
+                model_change=change))
     return sorted(rows, key=lambda r: r.opened)
 
 
@@ -266,12 +280,13 @@ def build(url: str, *, dims: Sequence[str], window_seconds: float, steps: int, e
                      "budgets and unit-economics targets")
 
     economics = _economics(src, start, end, step, n, all_budgets, owner)
+    changes = _model_changes(src, start, end, step)
     return model.Report(
         title=title, source=f"prometheus: {url}", window_start=start, window_end=end, step_seconds=step,
         total_cost_usd=total, total_trend=total_trend, breakdowns=tuple(breakdowns), anomalies=tuple(anomalies),
         economics=economics, governance=tuple(gaps),
-        incidents=tuple(_incidents_from_status(cluster_budgets, start, end)),
-        model_changes=tuple(_model_changes(src, start, end, step)), notes=tuple(notes))
+        incidents=tuple(_incidents_from_status(cluster_budgets, start, end, changes)),
+        model_changes=tuple(changes), notes=tuple(notes))
 
 
 def cap_peaks_query(window: str) -> str:

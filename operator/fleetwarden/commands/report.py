@@ -129,12 +129,9 @@ def _events(path: str) -> Iterator[events_mod.Event]:
 
 def offline_report(args: argparse.Namespace, dims: tuple[str, ...], window: float | None,
                    budgets: list[spec.AgentBudget], policies: list[spec.CostPolicy]) -> model.Report:
+    # Tool prices of CostPolicies and human rates of AgentBudgets apply per agent, in the
+    # fold as in replay; the table is the fallback.
     prices = pricing.PriceTable.load(args.prices) if args.prices else pricing.PriceTable()
-    tool_prices: dict[str, float] = {}
-    for policy in policies:
-        tool_prices.update(policy.spec.tool_prices_usd)
-    if tool_prices:
-        prices = prices.with_tool_prices(tool_prices)
     # Standard input can be read once and replay needs a second pass: keep its lines.
     source_lines = sys.stdin.buffer.readlines() if args.events == "-" else None
 
@@ -147,7 +144,7 @@ def offline_report(args: argparse.Namespace, dims: tuple[str, ...], window: floa
         else:
             yield from _events(args.events)
 
-    fold = offline.Fold(prices, dims)
+    fold = offline.Fold(prices, dims, budgets=budgets, cost_policies=policies)
     for ev in stream():
         fold.add(ev)
     found, notes = _replay(stream(), budgets, policies, prices)

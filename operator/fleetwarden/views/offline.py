@@ -19,7 +19,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from fleetwarden.core import economics, governance, incidents, pricing, spec
+from fleetwarden.core import economics, governance, incidents, policies, pricing, spec
 from fleetwarden.core import events as events_mod
 from fleetwarden.core import findings as findings_mod
 from fleetwarden.views import model
@@ -41,9 +41,15 @@ class _Cell:
 class Fold:
     """Per-minute sums of the events, by dimension value. ``add`` each event, then ``report``."""
 
-    def __init__(self, price_table: pricing.PriceTable, dimensions: Sequence[str] = model.DEFAULT_DIMENSIONS
+    def __init__(self, price_table: pricing.PriceTable, dimensions: Sequence[str] = model.DEFAULT_DIMENSIONS,
+                 *, budgets: Sequence[spec.AgentBudget] = (), cost_policies: Sequence[spec.CostPolicy] = ()
                  ) -> None:
         self.price_table = price_table
+        # priced per agent as replay prices it: the tool prices of the CostPolicies that apply
+        # (the first by name wins) and the human rate of the first AgentBudget that applies
+        self._budgets = list(budgets)
+        self._policies = list(cost_policies)
+        self._pricing: dict[tuple[str, str], tuple[dict[str, str], dict[str, float], float | None]] = {}
         self.dimensions = tuple(dimensions)
         # (dimension, key) -> minute -> cell
         self.cells: dict[tuple[str, str], dict[int, _Cell]] = collections.defaultdict(dict)
@@ -86,10 +92,28 @@ class Fold:
                 cache_write_tokens=int(raw.get("cache_write_tokens", 0)),
                 reasoning_tokens=int(raw.get("reasoning_tokens", 0)), provider=raw.get("provider"), at=ev.time)
         if ev.type == "tool":
-            return self.price_table.tool_cost(ev.raw["tool"])
+            tool = ev.raw["tool"]
+            price = self._agent_pricing(ev)[0].get(tool)
+            return price if price is not None else self.price_table.tool_cost(tool)
         if ev.type == "human":
-            return self.price_table.human_cost(float(ev.raw["minutes"]))
+            return self.price_table.human_cost(float(ev.raw["minutes"]), self._agent_pricing(ev)[1])
         return 0.0
+
+    def _agent_pricing(self, ev: events_mod.Event) -> tuple[dict[str, float], float | None]:
+        """(tool prices, human hourly rate) of the event's agent, from the labels seen so far."""
+        who = (ev.namespace, ev.agent)
+        entry = self._pricing.get(who)
+        labels = ev.labels
+        if entry is not None and (not labels or labels.items() <= entry[0].items()):
+            return entry[1], entry[2]
+        merged = {**(entry[0] if entry is not None else {}), **labels}
+        tool_prices: dict[str, float] = {}
+        for p in reversed(policies.applicable(self._policies, ev.namespace, merged)):
+            tool_prices.update(p.spec.tool_prices_usd)
+        chosen = policies.applicable(self._budgets, ev.namespace, merged)
+        rate = chosen[0].spec.human_hourly_rate_usd if chosen else None
+        self._pricing[who] = (merged, tool_prices, rate)
+        return tool_prices, rate
 
     def _keys(self, ev: events_mod.Event) -> dict[str, str | None]:
         labels = ev.labels

@@ -171,3 +171,25 @@ def test_a_cheap_workflow_whose_budget_neared_its_cap_gets_more_budget():
     assert row.recommendation == "hold" and "budget has room" in row.reason
     (row,) = fold_of(evs).report(budgets=[budget], found=[]).economics
     assert row.recommendation == "hold" and "budget has room" not in row.reason
+
+
+def test_tool_and_human_prices_apply_per_agent_as_in_replay():
+    """Each agent's tool calls are priced by the CostPolicies that select it (the first by name wins),
+    its human minutes at the rate of its AgentBudget; an agent governed by neither gets the table's."""
+    def policy(name, team, price):
+        return spec.CostPolicy.model_validate({"metadata": {"name": name, "namespace": "ns"}, "spec": {
+            "selector": {"matchLabels": {"team": team}}, "toolPricesUSD": {"kb.search": price}}})
+
+    pols = [policy("b-cx", "cx", 0.02), policy("a-cx", "cx", 0.01), policy("ops", "ops", 0.05)]
+    budget = spec.AgentBudget.model_validate({"metadata": {"name": "cx", "namespace": "ns"}, "spec": {
+        "selector": {"matchLabels": {"team": "cx"}}, "humanHourlyRateUSD": 30}})
+    table = pricing.PriceTable()
+    fold = offline.Fold(table, ("agent",), budgets=[budget], cost_policies=pols)
+    for agent, team in (("a", "cx"), ("b", "ops"), ("c", None)):
+        labels = {"team": team} if team else {}
+        fold.add(ev(0, "tool", agent=agent, tool="kb.search", labels=labels))
+        fold.add(ev(1, "human", agent=agent, minutes=10, labels=labels))
+    by = {row.key: row.cost_usd for row in fold.report().breakdown("agent").rows}
+    assert by["ns/a"] == pytest.approx(0.01 + 10 / 60 * 30)
+    assert by["ns/b"] == pytest.approx(0.05 + table.human_cost(10))
+    assert by["ns/c"] == pytest.approx(table.tool_cost("kb.search") + table.human_cost(10))

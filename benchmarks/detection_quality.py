@@ -19,18 +19,22 @@ import collections
 import statistics
 import sys
 import time
+from collections.abc import Iterable
+from typing import Any
 
-from fleetwarden.core import buckets, detectors, events, findings, pricing, scenarios, spec
+from fleetwarden.core import buckets, detectors, events, findings, pricing, scenarios, series, spec
 
 DEADLINE = {"runaway_loop": 300.0, "tool_call_explosion": 300.0, "model_update_spike": 3 * 3600.0}
 
 
-def detect(evs, params: spec.AnomalyParams, prices: pricing.PriceTable) -> list[findings.Finding]:
+def detect(evs: Iterable[dict[str, Any]], params: spec.AnomalyParams, prices: pricing.PriceTable
+           ) -> tuple[list[findings.Finding], int]:
+    """The detectors' findings over ``evs`` (usage-event objects), and how many events there were."""
     bucketer = buckets.Bucketer(prices)
     sets: dict[tuple[str, str], detectors.DetectorSet] = {}
     out: list[findings.Finding] = []
 
-    def feed(minutes):
+    def feed(minutes: Iterable[series.AgentMinute]) -> None:
         for m in minutes:
             ds = sets.get((m.namespace, m.agent))
             if ds is None:
@@ -60,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = spec.AnomalyParams()
     prices = pricing.PriceTable()
-    tp = collections.Counter()
-    fn = collections.Counter()
-    fp = collections.Counter()
-    delay = collections.defaultdict(list)
-    onset_err = collections.defaultdict(list)
+    tp: collections.Counter[str] = collections.Counter()
+    fn: collections.Counter[str] = collections.Counter()
+    fp: collections.Counter[str] = collections.Counter()
+    delay: dict[str, list[float]] = collections.defaultdict(list)
+    onset_err: dict[str, list[float]] = collections.defaultdict(list)
     benign_runs = benign_noisy = 0
     n_events = 0
     t0 = time.perf_counter()

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fleetwarden.adapters import kube, prometheus
 from fleetwarden.core import series, spec
@@ -69,19 +69,19 @@ def create_all(k: kube.Kube, budgets: int, workers: int) -> None:
     for n in range(NAMESPACES):
         body = {"metadata": {"name": f"scale-{n:03d}"}}
         try:
-            k.core.create_namespace(body)
+            k.core.create_namespace(cast(Any, body))  # the client takes plain dicts too
         except Exception as exc:  # noqa: BLE001 - already there on a rerun
             if "AlreadyExists" not in str(exc):
                 raise
 
     def one(i: int) -> None:
         ns, name = f"scale-{i % NAMESPACES:03d}", f"agent-{i // NAMESPACES:05d}"
-        k.apps.create_namespaced_deployment(ns, {
+        k.apps.create_namespaced_deployment(ns, cast(Any, {
             "metadata": {"name": name, "labels": {"agent": name}},
             "spec": {"replicas": 0, "selector": {"matchLabels": {"agent": name}},
                      "template": {"metadata": {"labels": {"agent": name}},
                                   "spec": {"containers": [{"name": "agent", "image": "example.com/a:1",
-                                                           "env": [{"name": "MODEL", "value": "gpt-4o-mini"}]}]}}}})
+                                                           "env": [{"name": "MODEL", "value": "gpt-4o-mini"}]}]}}}}))
         k.custom.create_namespaced_custom_object(spec.GROUP, spec.VERSION, ns, "agentbudgets", {
             "apiVersion": spec.API_VERSION, "kind": "AgentBudget", "metadata": {"name": name},
             "spec": {"selector": {"matchLabels": {"agent": name}},

@@ -13,6 +13,7 @@ in Python, so pass the task object to worker threads (its methods are thread-saf
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import fnmatch
@@ -477,6 +478,20 @@ class Task:
         tr._decide(self, tool, "denied")
         raise _guardrails.ApprovalDenied(f"{message}: {decision}", tool=tool, rule=rule.name,
                                          amount_usd=amount, request_id=request_id, decision=decision)
+
+    async def acheck_tool(self, tool: str, *, amount_usd: float | None = None,
+                          cost_usd: float | None = None) -> None:
+        """:meth:`check_tool` for asyncio code: a rate-limit pause or an approval wait runs in a
+        worker thread (``asyncio.to_thread``, the context copied), so the event loop goes on."""
+        await asyncio.to_thread(self.check_tool, tool, amount_usd=amount_usd, cost_usd=cost_usd)
+
+    async def atool_call(self, tool: str, *, cost_usd: float | None = None, status: str = "ok",
+                         amount_usd: float | None = None, check: bool = True,
+                         duration_seconds: float | None = None, step: str | None = None) -> float:
+        """:meth:`tool_call` for asyncio code (the checks' waits off the event loop); returns the cost."""
+        return await asyncio.to_thread(self.tool_call, tool, cost_usd=cost_usd, status=status,
+                                       amount_usd=amount_usd, check=check, duration_seconds=duration_seconds,
+                                       step=step)
 
     def tool_call(self, tool: str, *, cost_usd: float | None = None, status: str = "ok",
                   amount_usd: float | None = None, check: bool = True,

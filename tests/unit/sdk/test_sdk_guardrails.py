@@ -353,3 +353,40 @@ def test_decisions_follow_a_policy_change_through_the_tracker(tmp_path: pathlib.
             task.tool_call("web.search")
     assert _decisions(reg, "allowed", tool="web.search") == 1
     assert _decisions(reg, "tool_not_allowed", tool="web.search") == 1
+
+
+def test_async_tool_call_waits_for_approval_off_the_event_loop() -> None:
+    """atool_call waits for the human in a worker thread: the event loop keeps running meanwhile
+    (a ticker advances), the current step is carried over, and the approved call is recorded."""
+    import asyncio
+
+    approvals = sdk.InMemoryApprovals()
+    tracker, reg = _tracker(_policy(approvals=APPROVALS), approvals=approvals)
+
+    async def main() -> tuple[int, float]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        async def human() -> None:
+            while not approvals.pending():
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # the loop must keep ticking while the call waits
+            approvals.approve(approvals.pending()[0])
+
+        tick = asyncio.create_task(ticker())
+        with tracker.task("w", task_id="t-1") as task, task.step("buy"):
+            _, cost = await asyncio.gather(human(), task.atool_call("purchase.create", amount_usd=5000.0,
+                                                                    cost_usd=1.5))
+        tick.cancel()
+        return ticks, cost
+
+    ticks, cost = asyncio.run(main())
+    assert ticks >= 10 and cost == 1.5
+    assert _decisions(reg, "approved", tool="purchase.create") == 1
+    assert reg.get_sample_value("fleetwarden_tool_calls_total", dict(
+        agent="bot", namespace="ns", workflow="w", step="buy", tool="purchase.create", status="ok")) == 1.0

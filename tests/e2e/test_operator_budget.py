@@ -231,7 +231,7 @@ def test_status_fills_in_and_kubectl_shows_it(cluster: Any, namespace: str, flee
                                               request: pytest.FixtureRequest) -> None:
     """Spend from Prometheus lands in status (spend, % of cap, Ready and MetricsAvailable) and kubectl get."""
     cluster.apply(budget(namespace, hour_cap=10.0))
-    start_operator(cluster, prometheus.url, namespace, workdir, request)
+    op = start_operator(cluster, prometheus.url, namespace, workdir, request)
     exporter.set("llm_cost", 3.0, **llm_labels("bot", namespace))
     exporter.set("llm_cost", 1.0, **llm_labels("helper", namespace))
 
@@ -248,6 +248,8 @@ def test_status_fills_in_and_kubectl_shows_it(cluster: Any, namespace: str, flee
     assert st["state"] == "Active"
     assert condition(st, "Ready")["status"] == "True"
     assert condition(st, "MetricsAvailable")["status"] == "True"
+    # the test Prometheus keeps 1 day: the operator said at start that month budgets need more
+    assert "has a 1-day retention; month budgets need" in op.tail(100_000)
     assert condition(st, "KillSwitchEngaged")["status"] == "False"
     assert {m["agent"]: m["model"] for m in st["models"]} == {"bot": "gpt-4o-mini", "helper": "gpt-4o-mini"}
     table = cluster.kubectl("get", "agentbudgets", "-n", namespace).stdout

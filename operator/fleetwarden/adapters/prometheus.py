@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -149,6 +150,56 @@ class QueryClient(Protocol):
 
 class StaleMetricsError(errors.PrometheusError):
     """Prometheus answered, but data a running agent should produce is missing or stale."""
+
+
+# What the spend query needs Prometheus to keep: the longest window (a calendar month, up to
+# 31 days) plus START_LOOKBACK.
+RETENTION_NEEDED_SECONDS = 31 * 86400 + 3600
+DEFAULT_RETENTION_SECONDS = 15 * 86400  # Prometheus's own, when neither time nor size is set
+_DURATION_UNITS = {"y": 365 * 86400.0, "w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0,
+                   "ms": 0.001}
+_DURATION = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds of a Prometheus duration ("15d", "1y", "2w3d", "1h30m", "500ms"); None if it is not one."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def retention_from_flags(flags: Mapping[str, str]) -> float | None:
+    """Time-based retention in seconds from Prometheus's /api/v1/status/flags (None: size-based only,
+    or not said)."""
+    time_flag = parse_duration(str(flags.get("storage.tsdb.retention.time", "0s")) or "0s")
+    legacy = parse_duration(str(flags.get("storage.tsdb.retention", "0s")) or "0s")
+    size = str(flags.get("storage.tsdb.retention.size", "0B") or "0B")
+    for value in (time_flag, legacy):
+        if value:
+            return value
+    if size in ("0", "0B"):
+        return float(DEFAULT_RETENTION_SECONDS)
+    return None
+
+
+def retention_warning(url: str, timeout: float = 5.0) -> str | None:
+    """A warning when Prometheus at ``url`` keeps less than the spend query needs (None: enough,
+    or not known). Raises PrometheusError when the flags cannot be read."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/api/v1/status/flags", timeout=timeout) as resp:  # noqa: S310
+            flags = json.load(resp).get("data") or {}
+    except Exception as exc:  # URL, HTTP and JSON errors alike
+        raise errors.PrometheusError(f"Prometheus flags not read: {exc}") from exc
+    kept = retention_from_flags(flags)
+    if kept is None or kept >= RETENTION_NEEDED_SECONDS:
+        return None
+    return (f"Prometheus at {url} has a {kept / 86400:g}-day retention; month budgets need "
+            f"{RETENTION_NEEDED_SECONDS / 86400:.2f} (--storage.tsdb.retention.time=32d): until then a month "
+            f"window's series older than the retention count whole (docs/operator.md, How spend is read)")
 
 
 def connect(url: str, timeout: float = 10.0) -> QueryClient:

@@ -28,7 +28,7 @@ from typing import Any
 import kopf
 
 from fleetwarden import errors
-from fleetwarden.adapters import alertmanager
+from fleetwarden.adapters import alertmanager, prometheus
 from fleetwarden.core import spec
 from fleetwarden.handlers import metrics, runtime
 from fleetwarden.handlers.settings import SETTINGS
@@ -59,6 +59,13 @@ def configure(**kwargs: Any) -> None:
     get_runtime()
     log.info("fleetwarden operator: interval %ss, Prometheus %s, Alertmanager %s", SETTINGS.interval,
              SETTINGS.prometheus_url, SETTINGS.alertmanager_url or "off")
+    try:
+        short = prometheus.retention_warning(SETTINGS.prometheus_url)
+    except errors.PrometheusError as exc:
+        log.info("Prometheus retention not checked: %s", exc)
+    else:
+        if short:
+            log.warning("%s", short)
 
 
 def _compact_deployment(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -70,3 +70,23 @@ def test_the_check_fails_on_a_wrong_expectation(tmp_path: Path) -> None:
     result = _run(tmp_path, wrong)
     out = result.stdout + result.stderr
     assert result.returncode != 0 and 'got: ' in out and '{agent="young", namespace="ns"} 4E+00' in out, out
+
+
+def test_prometheus_durations_and_retention_flags() -> None:
+    """Durations as Prometheus writes them; retention from /api/v1/status/flags as Prometheus 2.42
+    answers it: unset is its 15-day default, a size-only retention is not a time, and the spend
+    query's need (a calendar month plus an hour) is said to be unmet below that."""
+    assert prometheus.parse_duration("15d") == 15 * 86400
+    assert prometheus.parse_duration("2w3d") == 17 * 86400
+    assert prometheus.parse_duration("1h30m") == 5400
+    assert prometheus.parse_duration("500ms") == 0.5
+    assert prometheus.parse_duration("1y") == 365 * 86400
+    for bad in ("", "15", "d", "15d ", "1.5h"):
+        assert prometheus.parse_duration(bad) is None, bad
+    unset = {"storage.tsdb.retention": "0s", "storage.tsdb.retention.size": "0B",
+             "storage.tsdb.retention.time": "0s"}
+    assert prometheus.retention_from_flags(unset) == 15 * 86400
+    assert prometheus.retention_from_flags(unset | {"storage.tsdb.retention.time": "1d"}) == 86400
+    assert prometheus.retention_from_flags(unset | {"storage.tsdb.retention": "40d"}) == 40 * 86400
+    assert prometheus.retention_from_flags(unset | {"storage.tsdb.retention.size": "50GB"}) is None
+    assert 31 * 86400 < prometheus.RETENTION_NEEDED_SECONDS <= 32 * 86400

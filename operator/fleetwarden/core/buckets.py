@@ -244,7 +244,14 @@ class Bucketer:
         else:
             cost = 0.0
 
-        ts = ev.time
+        acc = self.place(st, ev.time)
+        acc.count(etype, raw, cost)
+        return cost
+
+    def place(self, st: AgentState, ts: float) -> _Acc:
+        """The open accumulator of this agent for an event at ``ts`` (opened if need be), the
+        watermark moved on: its own minute, or the oldest open one when it is too late for it
+        (counted in ``late``). ``add`` and replay's inlined loop both call it."""
         wm = self.watermark
         if wm is None or ts > wm:
             self.watermark = ts
@@ -263,10 +270,8 @@ class Bucketer:
                 pending.append(st)
             if st.last_minute is None or minute > st.last_minute:
                 st.last_minute = minute
-
         self.current_acc = acc
-        acc.count(etype, raw, cost)
-        return cost
+        return acc
 
     def open_bucket(self, st: AgentState, ts: float) -> _Acc | None:
         """The open accumulator an event at ``ts`` of this agent went into (None: none)."""

@@ -229,12 +229,11 @@ class Replay:
         next_close = -_INF  # the horizon at which the next minute can close
         lateness = b.lateness
         agents = b.agents
-        pending = b._pending
+        place = b.place
         by_name: dict[str, buckets.AgentState] = {}  # agent name -> its state (namespace checked)
         # (model, provider) -> per-token rates, when the price table has fixed ones (PriceTable.static_rates)
         static_rates = getattr(b.prices, "static_rates", None) if type(b.prices) is pricing.PriceTable else None
         rates_of: dict[tuple[str, str | None], tuple[float, float, float, float, float, float]] = {}
-        _Acc = buckets._Acc
         for rec in records:
             if type(rec) is not tuple:
                 stats.broken += 1
@@ -310,25 +309,7 @@ class Replay:
                 cost = b.human_cost(st, raw["minutes"], raw.get("cost_usd"))
             else:
                 cost = 0.0
-            wm = b.watermark
-            if wm is None or ts > wm:
-                b.watermark = ts
-            minute = int(ts // 60) * 60
-            closed = b.closed_until
-            if closed is not None and minute < closed:
-                minute = closed  # too late for its own minute: counted in the oldest open one
-                b.late += 1
-            acc = st.open.get(minute)
-            if acc is None:
-                acc = st.open[minute] = _Acc()
-                waiting = pending.get(minute)
-                if waiting is None:
-                    pending[minute] = [st]
-                else:
-                    waiting.append(st)
-                if st.last_minute is None or minute > st.last_minute:
-                    st.last_minute = minute
-            b.current_acc = acc
+            acc = place(st, ts)
             tokens = acc.count(etype, raw, cost)
             # 2. per-event policies, the clock at the event (a late event: the horizon it met)
             ctx: _AgentCtx = st.ctx

@@ -297,6 +297,17 @@ def applicable(resources: Iterable[_R], namespace: str, labels: Mapping[str, str
     return sorted(chosen, key=lambda r: r.metadata.name)
 
 
+def agent_prices(budgets: Sequence[spec.AgentBudget], cost_policies: Sequence[spec.CostPolicy]
+                 ) -> tuple[dict[str, float], float | None]:
+    """An agent's tool prices and human hourly rate from the manifests that apply to it (as
+    :func:`applicable` orders them): a tool's price from the first CostPolicy that sets one,
+    the rate of the first AgentBudget (None: no budget applies)."""
+    tool_prices: dict[str, float] = {}
+    for p in reversed(cost_policies):
+        tool_prices.update(p.spec.tool_prices_usd)
+    return tool_prices, (budgets[0].spec.human_hourly_rate_usd if budgets else None)
+
+
 class Latch:
     """Remembers reported conditions so one problem is one finding.
 

@@ -190,10 +190,7 @@ class Replay:
         ctx.policy_name = chosen_policies[0].metadata.name if chosen_policies else None
         ctx.needs_tasks = any(p.cap is not None or p.needs_calls for p in ctx.policies)
         ctx.min_cap = min((p.cap for p in ctx.policies if p.cap is not None), default=None)
-        tool_prices: dict[str, float] = {}
-        for p in reversed(chosen_policies):
-            tool_prices.update(p.spec.tool_prices_usd)
-        st.set_prices(tool_prices, chosen_budgets[0].spec.human_hourly_rate_usd if chosen_budgets else None)
+        st.set_prices(*policies.agent_prices(chosen_budgets, chosen_policies))
         if ctx.detectors is None and self.detect:
             params = chosen_policies[0].spec.anomalies if chosen_policies else self._default_params
             ctx.detectors = _detectors.DetectorSet(params, st.agent, st.namespace)

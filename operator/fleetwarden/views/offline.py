@@ -107,11 +107,8 @@ class Fold:
         if entry is not None and (not labels or labels.items() <= entry[0].items()):
             return entry[1], entry[2]
         merged = {**(entry[0] if entry is not None else {}), **labels}
-        tool_prices: dict[str, float] = {}
-        for p in reversed(policies.applicable(self._policies, ev.namespace, merged)):
-            tool_prices.update(p.spec.tool_prices_usd)
-        chosen = policies.applicable(self._budgets, ev.namespace, merged)
-        rate = chosen[0].spec.human_hourly_rate_usd if chosen else None
+        tool_prices, rate = policies.agent_prices(policies.applicable(self._budgets, ev.namespace, merged),
+                                                  policies.applicable(self._policies, ev.namespace, merged))
         self._pricing[who] = (merged, tool_prices, rate)
         return tool_prices, rate
 

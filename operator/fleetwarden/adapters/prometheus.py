@@ -152,9 +152,6 @@ class StaleMetricsError(errors.PrometheusError):
     """Prometheus answered, but data a running agent should produce is missing or stale."""
 
 
-# What the spend query needs Prometheus to keep: the longest window (a calendar month, up to
-# 31 days) plus START_LOOKBACK.
-RETENTION_NEEDED_SECONDS = 31 * 86400 + 3600
 DEFAULT_RETENTION_SECONDS = 15 * 86400  # Prometheus's own, when neither time nor size is set
 _DURATION_UNITS = {"y": 365 * 86400.0, "w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0,
                    "ms": 0.001}
@@ -167,6 +164,11 @@ def parse_duration(text: str) -> float | None:
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
     return sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+# What the spend query needs Prometheus to keep: the longest window (a calendar month, up to
+# 31 days) plus START_LOOKBACK.
+RETENTION_NEEDED_SECONDS = 31 * 86400 + (parse_duration(START_LOOKBACK) or 0.0)
 
 
 def retention_from_flags(flags: Mapping[str, str]) -> float | None:

@@ -238,7 +238,7 @@ class ModelUpdateSpike:
         if (model is not None and model != self._model) or (version is not None and version != self._version):
             self._detect_change(m)
         cost = m.inference_cost_usd
-        tasks = m.tasks_completed + m.tasks_failed + m.tasks_abandoned
+        tasks = m.tasks_ended
         outcomes = m.outcomes
         self._remember(m, cost, tasks, outcomes)
         ch = self._change

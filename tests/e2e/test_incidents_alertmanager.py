@@ -16,7 +16,7 @@ from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
 
 from fleetwarden.adapters import alertmanager as am
 from fleetwarden.adapters import kube
-from fleetwarden.core import evaluate, findings
+from fleetwarden.core import decision, findings
 from fleetwarden.handlers import incidents as recorder
 
 T0 = float(int(time.time() // 60 * 60))
@@ -65,8 +65,8 @@ def test_recorder_is_idempotent_and_the_cli_reads_it_back(cluster: Any, namespac
     """Two identical evaluations write one record per incident; list/show/postmortem read them back."""
     k = kube.Kube(kube.load_config(cluster.kubeconfig))
     kill, spike = _kill(namespace), _spike(namespace)
-    actions = [evaluate.ScaleToZero(agent="support-bot", replicas_to_remember=3, reason="kill"),
-               evaluate.SetModel(agent="support-bot", model="gpt-4o", previous="gpt-5", reason="rollback",
+    actions = [decision.ScaleToZero(agent="support-bot", replicas_to_remember=3, reason="kill"),
+               decision.SetModel(agent="support-bot", model="gpt-4o", previous="gpt-5", reason="rollback",
                                  incident=findings.incident_id(spike))]
     rec = recorder.Recorder(clock=lambda: T0 + 5)
     rec.record(agent_and_budget, [kill, spike], actions, k)

@@ -22,7 +22,7 @@ import pydantic
 import pytest
 import yaml
 
-from fleetwarden.core import spec
+from fleetwarden.core import decision, spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -85,6 +85,8 @@ def _expected_bounds(metadata: list[Any], kind: str) -> dict[str, Any]:
             out[length[0]] = item.min_length
         elif isinstance(item, annotated_types.MaxLen):
             out[length[1]] = item.max_length
+        elif isinstance(item, pydantic.PlainSerializer):
+            continue  # how a value is written (status timestamps), not a constraint
         else:
             raise AssertionError(f"constraint {item!r} has no CRD counterpart in this walk")
     return out
@@ -150,6 +152,8 @@ def compare_type(path: str, annotation: Any, metadata: list[Any], schema: dict[s
     if schema.get("type") != kind:
         errors.append(f"{path}: type {schema.get('type')!r} != model {kind!r}")
     want_format = "date-time" if base is dt.datetime else None
+    if kind == "integer" and schema.get("format") in ("int32", "int64"):
+        want_format = schema["format"]  # the Kubernetes integer formats say how wide, nothing a model mirrors
     if schema.get("format") != want_format:
         errors.append(f"{path}: format {schema.get('format')!r} != model {want_format!r}")
     if "enum" in schema and kind != "string":
@@ -532,7 +536,7 @@ def test_evaluated_status_fits_the_crd_status_schema() -> None:
     (doc,) = [d for d in _docs(EXAMPLES / "support-swarm" / "20-agentbudget.yaml")]
     doc["metadata"]["generation"] = 2
     budget = spec.AgentBudget.model_validate(doc)
-    agents = [evaluate.AgentState(name, "support", {"fleetwarden.dev/budget": "support-swarm"}, replicas,
+    agents = [decision.AgentDeployment(name, "support", {"fleetwarden.dev/budget": "support-swarm"}, replicas,
                                   model="gpt-4o") for name, replicas in (("support-triage", 2), ("support-resolver", 3))]
     start = int(now // 60) * 60 - 30 * 60
     minutes = {a.name: [AgentMinute(a.name, "support", start + 60 * i, inference_cost_usd=0.5, tool_cost_usd=0.1,
@@ -542,11 +546,11 @@ def test_evaluated_status_fits_the_crd_status_schema() -> None:
                for a in agents}
     status: dict[str, Any] = {}
     for hour in (18.0, 40.0):  # a warning, then past 150% of the hourly cap: the kill switch engages
-        decision = evaluate.evaluate(evaluate.EvaluationInput(
+        verdict = evaluate.evaluate(decision.EvaluationInput(
             budget=budget, agents=agents, minutes=minutes,
             spend={spec.Window.hour: hour, spec.Window.day: 120.0, spec.Window.month: 900.0},
             now=now, previous=status, generation=2))
-        status = decision.status
+        status = verdict.status.body()
         now += 60
     assert status["killSwitch"]["engaged"] is True  # the cycle reached the parts of the status under test
     schema = version_schema(load_crd("agentbudgets.yaml"))["properties"]["status"]
@@ -565,7 +569,7 @@ def test_status_of_a_resume_cycle_fits_the_crd_status_schema() -> None:
     now = 1_800_000_000.0
     (doc,) = [d for d in _docs(EXAMPLES / "support-swarm" / "20-agentbudget.yaml")]
     doc["metadata"]["generation"] = 2
-    agents = [evaluate.AgentState(name, "support", {"fleetwarden.dev/budget": "support-swarm"}, replicas,
+    agents = [decision.AgentDeployment(name, "support", {"fleetwarden.dev/budget": "support-swarm"}, replicas,
                                   model="gpt-4o") for name, replicas in (("support-triage", 2), ("support-resolver", 3))]
     start = int(now // 60) * 60 - 30 * 60
     minutes = {a.name: [AgentMinute(a.name, "support", start + 60 * i, inference_cost_usd=0.5, human_cost_usd=0.2,
@@ -575,17 +579,17 @@ def test_status_of_a_resume_cycle_fits_the_crd_status_schema() -> None:
     outcomes = {a.name: {start + 60 * i: {"resolved_ticket": 1.0} for i in range(30)} for a in agents}
     guardrails = {"support-triage": {start + 600: {("token_cap_exceeded", ""): 2.0,
                                                    ("tool_not_allowed", "shell.exec"): 1.0}}}
-    approvals = [evaluate.PendingApproval("support-triage-x1", "support-triage", expires_at=now + 3600)]
+    approvals = [decision.PendingApproval("support-triage-x1", "support-triage", expires_at=now + 3600)]
     status: dict[str, Any] = {}
     for step, hour in enumerate((40.0, 40.0, 41.0)):  # kill; acknowledge -> resume; evaluated after the resume
         if step == 1:
             doc["spec"].setdefault("killSwitch", {})["acknowledge"] = status["killSwitch"]["incident"]
-        decision = evaluate.evaluate(evaluate.EvaluationInput(
+        verdict = evaluate.evaluate(decision.EvaluationInput(
             budget=spec.AgentBudget.model_validate(doc), agents=agents, minutes=minutes,
             spend={spec.Window.hour: hour, spec.Window.day: 120.0, spec.Window.month: 900.0},
             now=now, previous=status, generation=2, outcomes=outcomes, guardrails=guardrails,
             approvals=approvals, lookback_start=float(start)))
-        status = decision.status
+        status = verdict.status.body()
         now += 60
     # the cycle reached the parts of the status under test
     assert status["killSwitch"]["resumedAt"] and status["killSwitch"]["spendAtResumeUSD"] == 40.0
@@ -643,3 +647,24 @@ def test_costapproval_model_refuses_what_the_crd_refuses(change: dict[str, Any],
     with pytest.raises(pydantic.ValidationError) as refused:
         spec.CostApproval.model_validate(_approval_body(**change))
     assert field in str(refused.value)
+
+
+def test_crd_status_matches_the_typed_status_model() -> None:
+    """The AgentBudget status the operator writes is a typed model, field for field the CRD's status."""
+    from fleetwarden.core import status
+
+    schema = version_schema(load_crd("agentbudgets.yaml"))["properties"]["status"]
+    errors: list[str] = []
+    compare_type("status", status.AgentBudgetStatus, [], schema, errors)
+    assert errors == []
+
+
+def test_walk_fails_on_a_status_field_added_to_the_crd_only() -> None:
+    """A status property added in the CRD only (deep in the kill switch) is reported."""
+    from fleetwarden.core import status
+
+    schema = copy.deepcopy(version_schema(load_crd("agentbudgets.yaml"))["properties"]["status"])
+    schema["properties"]["killSwitch"]["properties"]["retries"] = {"type": "integer", "description": "x"}
+    errors: list[str] = []
+    compare_type("status", status.AgentBudgetStatus, [], schema, errors)
+    assert errors == ["status.killSwitch.retries: in the CRD, not in the model"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetwarden.core import evaluate, findings, incidents
+from fleetwarden.core import decision, findings, incidents
 from fleetwarden.handlers import incidents as recorder
 
 T0 = 1_795_000_000.0
@@ -24,8 +24,8 @@ def _spike() -> findings.Finding:
 def test_actions_attach_to_the_incidents_they_served() -> None:
     """A scale to zero goes to the kill incident; a model rollback to the incident it names."""
     kill, spike = _kill(), _spike()
-    actions = [evaluate.ScaleToZero(agent="bot", replicas_to_remember=3, reason="kill"),
-               evaluate.SetModel(agent="bot", model="gpt-4o", previous="gpt-5", reason="rollback",
+    actions = [decision.ScaleToZero(agent="bot", replicas_to_remember=3, reason="kill"),
+               decision.SetModel(agent="bot", model="gpt-4o", previous="gpt-5", reason="rollback",
                                  incident=findings.incident_id(spike))]
     records = recorder.plan(BUDGET, [kill, spike], actions, {}, now=T0 + 5)
     kill_rec, spike_rec = records[findings.incident_id(kill)], records[findings.incident_id(spike)]
@@ -38,7 +38,7 @@ def test_actions_attach_to_the_incidents_they_served() -> None:
 def test_the_same_evaluation_twice_records_nothing_new() -> None:
     """Refolds and restarts report the same findings again: the records do not change."""
     kill = _kill()
-    actions = [evaluate.ScaleToZero(agent="bot", replicas_to_remember=3, reason="kill")]
+    actions = [decision.ScaleToZero(agent="bot", replicas_to_remember=3, reason="kill")]
     first = recorder.plan(BUDGET, [kill], actions, {}, now=T0 + 5)
     second = recorder.plan(BUDGET, [kill], actions, first, now=T0 + 65)
     assert second == first

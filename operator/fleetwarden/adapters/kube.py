@@ -22,10 +22,9 @@ from kubernetes import client, config
 from kubernetes.client import exceptions as kube_exceptions
 
 from fleetwarden import errors
-from fleetwarden.core import evaluate, spec
+from fleetwarden.core import decision, spec
 
 REPLICAS_BEFORE_KILL = "fleetwarden.dev/replicas-before-kill"
-KEDA_MANAGED_HINT = "fleetwarden.dev/keda-managed"
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 BUDGET_PLURAL = "agentbudgets"
@@ -118,25 +117,17 @@ def read_version(deployment: Mapping[str, Any], source: spec.ModelSource) -> str
     return last.split(":", 1)[1] if ":" in last else "latest"
 
 
-def is_keda_managed(deployment: Mapping[str, Any]) -> bool:
-    """A Deployment says it is KEDA-managed by the hint annotation or any KEDA annotation."""
-    annotations = deployment.get("metadata", {}).get("annotations") or {}
-    return annotations.get(KEDA_MANAGED_HINT) == "true" or any(
-        k.startswith("autoscaling.keda.sh/") for k in annotations)
-
-
-def agent_state(deployment: Mapping[str, Any], source: spec.ModelSource) -> evaluate.AgentState:
+def agent_state(deployment: Mapping[str, Any], source: spec.ModelSource) -> decision.AgentDeployment:
     """The operator's view of one agent Deployment."""
     meta = deployment.get("metadata", {})
     replicas = deployment.get("spec", {}).get("replicas")
-    return evaluate.AgentState(
+    return decision.AgentDeployment(
         name=meta["name"],
         namespace=meta.get("namespace", "default"),
         labels=dict(meta.get("labels") or {}),
         replicas=1 if replicas is None else int(replicas),
         model=read_model(deployment, source),
         version=read_version(deployment, source),
-        keda_managed=is_keda_managed(deployment),
         replicas_before=remembered_replicas(deployment),
     )
 
@@ -198,7 +189,7 @@ class Kube:
         return list(data.get("items") or [])
 
     def list_agents(self, namespace: str, selector: spec.LabelSelector, source: spec.ModelSource
-                    ) -> list[evaluate.AgentState]:
+                    ) -> list[decision.AgentDeployment]:
         """The agents a budget selects, read from their Deployments."""
         return [agent_state(d, source) for d in self.list_deployments(namespace, selector)]
 
@@ -338,6 +329,6 @@ def budget_ref(body: Mapping[str, Any]) -> dict[str, Any]:
             "namespace": meta.get("namespace"), "uid": meta.get("uid")}
 
 
-def select(agents: Iterable[evaluate.AgentState], selector: spec.LabelSelector) -> list[evaluate.AgentState]:
+def select(agents: Iterable[decision.AgentDeployment], selector: spec.LabelSelector) -> list[decision.AgentDeployment]:
     """The agents whose labels ``selector`` matches."""
     return [a for a in agents if selector.matches(dict(a.labels))]

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fleetwarden import errors
-from fleetwarden.core import evaluate, series, spec
+from fleetwarden.core import decision, series, spec
 
 Key = tuple[str, str]  # (namespace, agent)
 
@@ -287,7 +287,7 @@ class FleetSnapshot:
         """Spend of one agent; an agent with no series spent nothing (Prometheus answered)."""
         return self.spend.get((namespace, agent), {}).get((window, calendar), 0.0)
 
-    def staleness(self, agent: evaluate.AgentState) -> str | None:
+    def staleness(self, agent: decision.AgentDeployment) -> str | None:
         """Why ``agent``'s data is unknown, or None when it is fresh or not expected."""
         if agent.replicas <= 0:
             return None  # not running: silence is expected
@@ -300,7 +300,7 @@ class FleetSnapshot:
                     f"(stale after {self.stale_after:.0f}s)")
         return None
 
-    def for_budget(self, budget: spec.AgentBudget, agents: Sequence[evaluate.AgentState]) -> BudgetData:
+    def for_budget(self, budget: spec.AgentBudget, agents: Sequence[decision.AgentDeployment]) -> BudgetData:
         """The budget's view: spend summed over its selected ``agents``.
 
         Raises :class:`StaleMetricsError` when a running agent's data is stale or missing."""

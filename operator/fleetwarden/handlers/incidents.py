@@ -29,7 +29,7 @@ from typing import Any
 
 from fleetwarden import errors
 from fleetwarden.adapters import alertmanager, configmaps, kube
-from fleetwarden.core import evaluate, findings, incidents
+from fleetwarden.core import decision, findings, incidents
 from fleetwarden.handlers import hooks
 
 log = logging.getLogger(__name__)
@@ -45,18 +45,18 @@ LABELS = {"fleetwarden.dev/record": "incidents"}
 def _action_entries(action: Any, now: float) -> list[tuple[str | None, str | None, incidents.ActionTaken]]:
     """``(agent, incident id or None, ActionTaken)`` for one evaluation action."""
     at = incidents.format_time(now)
-    if isinstance(action, evaluate.ScaleToZero):
+    if isinstance(action, decision.ScaleToZero):
         verb = "suspend" if action.reason == "suspend" else "kill"
         return [(action.agent, None, incidents.ActionTaken(
             at, verb, f"scaled {action.agent} from {action.replicas_to_remember} to 0 replicas ({action.reason})"))]
-    if isinstance(action, evaluate.RestoreReplicas):
+    if isinstance(action, decision.RestoreReplicas):
         return [(action.agent, None, incidents.ActionTaken(
             at, "resume", f"restored {action.agent} to {action.replicas} replicas ({action.reason})"))]
-    if isinstance(action, evaluate.SetModel):
+    if isinstance(action, decision.SetModel):
         return [(action.agent, action.incident, incidents.ActionTaken(
             at, "rollback" if action.reason.startswith("rollback") else "set-model",
             f"{action.agent}: model {action.previous or '?'} -> {action.model} ({action.reason})"))]
-    if isinstance(action, evaluate.Notify):
+    if isinstance(action, decision.Notify):
         return [(action.finding.agent, action.incident, incidents.ActionTaken(
             incidents.format_time(action.finding.time), "alert", "notified (Event, Alertmanager when configured)"))]
     return []

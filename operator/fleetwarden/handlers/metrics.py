@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import prometheus_client as pc
 
-from fleetwarden.core import evaluate, spec
+from fleetwarden.core import decision, spec
 
 REGISTRY = pc.CollectorRegistry()
 
@@ -51,19 +51,20 @@ def serve(port: int) -> None:
 _recorded: dict[tuple[str, str], tuple[Any, ...]] = {}  # (namespace, budget) -> what was last set
 
 
-def record(budget: spec.AgentBudget, decision: evaluate.Decision, agents: Iterable[evaluate.AgentState]) -> None:
+def record(budget: spec.AgentBudget, verdict: decision.Decision, agents: Iterable[decision.AgentDeployment]) -> None:
     name, namespace = budget.metadata.name, budget.metadata.namespace
-    status: Mapping[str, Any] = decision.status
-    for f in decision.new_findings:
+    status = verdict.status
+    spend = status.spend.model_dump(exclude_none=True) if status.spend is not None else {}
+    engaged = bool(status.kill_switch is not None and status.kill_switch.engaged)
+    for f in verdict.new_findings:
         FINDINGS.labels(f.namespace, f.kind, f.action).inc()
     agent_names = tuple(sorted(a.name for a in agents))
-    seen = (budget.spec, agent_names, tuple(sorted((status.get("spend") or {}).items())),
-            bool((status.get("killSwitch") or {}).get("engaged")))
+    seen = (budget.spec, agent_names, tuple(sorted(spend.items())), engaged)
     if _recorded.get((namespace, name)) == seen:
         return  # the gauges already say this
     _recorded[(namespace, name)] = seen
     for window in spec.Window:
-        value = (status.get("spend") or {}).get(window.value)
+        value = spend.get(window.value)
         if value is not None:
             BUDGET_SPEND.labels(name, namespace, window.value).set(value)
         else:
@@ -73,7 +74,7 @@ def record(budget: spec.AgentBudget, decision: evaluate.Decision, agents: Iterab
             BUDGET_LIMIT.labels(name, namespace, window.value).set(limit.amount_usd)
         else:
             _remove(BUDGET_LIMIT, name, namespace, window.value)
-    KILL_SWITCH.labels(name, namespace).set(1 if (status.get("killSwitch") or {}).get("engaged") else 0)
+    KILL_SWITCH.labels(name, namespace).set(1 if engaged else 0)
     owner = budget.spec.owner
     rows = {(a, namespace, name, owner.team or "", owner.project or "", owner.cost_center or "")
             for a in agent_names}

@@ -42,7 +42,8 @@ import pydantic
 
 from fleetwarden import errors
 from fleetwarden.adapters import configmaps, kube
-from fleetwarden.core import evaluate, spec
+from fleetwarden.core import spec, timefmt
+from fleetwarden.core import status as status_model
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def publish(body: Mapping[str, Any], k: kube.Kube | None = None, now: float | No
     try:
         policy = compile_spec(body.get("spec") or {})
     except errors.ManifestError as exc:
-        ready = evaluate.condition(conditions, "Ready", "False", "InvalidSpec", str(exc), now, generation)
+        ready = status_model.condition_body(conditions, "Ready", "False", "InvalidSpec", str(exc), now, generation)
         _write_status(k, namespace, name, status, {"observedGeneration": generation, "conditions": [ready]})
         return False
     deployments = k.list_deployments(namespace, policy.selector)
@@ -157,12 +158,12 @@ def publish(body: Mapping[str, Any], k: kube.Kube | None = None, now: float | No
                           owner_references=[owner_reference(body)])
         written = True
     halt_text = "halted" if data[HALT_KEY] == "true" else "not halted"
-    ready = evaluate.condition(conditions, "Ready", "True", "Compiled",
+    ready = status_model.condition_body(conditions, "Ready", "True", "Compiled",
                                f"published in ConfigMap {cm_name} ({halt_text})", now, generation)
     new = {"observedGeneration": generation, "configMap": cm_name, "matchedAgents": len(deployments),
            "conditions": [ready]}
     if written:
-        new["lastCompiled"] = evaluate.rfc3339(now)
+        new["lastCompiled"] = timefmt.rfc3339(now)
     _write_status(k, namespace, name, status, new)
     return written
 

@@ -36,7 +36,8 @@ import pydantic
 
 from fleetwarden import errors
 from fleetwarden.adapters import kube, prometheus
-from fleetwarden.core import evaluate, governance, spec
+from fleetwarden.core import decision, evaluate, governance, spec, timefmt
+from fleetwarden.core import status as status_model
 from fleetwarden.handlers import hooks, metrics
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def _coarse(value: Any) -> Any:
 
 
 def select_agents(budget: spec.AgentBudget, deployments: Iterable[Mapping[str, Any]]
-                  ) -> tuple[list[evaluate.AgentState], dict[str, Mapping[str, Any]]]:
+                  ) -> tuple[list[decision.AgentDeployment], dict[str, Mapping[str, Any]]]:
     """The budget's agents (same namespace, selector matches) and their Deployments by name."""
     ns = budget.metadata.namespace
     chosen: dict[str, Mapping[str, Any]] = {}
@@ -119,7 +120,7 @@ def is_agent(deployment: Mapping[str, Any]) -> bool:
     return labels.get(AGENT_LABEL) == "true" or BUDGET_LABEL in labels
 
 
-def pending_approvals(bodies: Iterable[Mapping[str, Any]]) -> list[evaluate.PendingApproval]:
+def pending_approvals(bodies: Iterable[Mapping[str, Any]]) -> list[decision.PendingApproval]:
     """CostApprovals nobody decided yet (no ``status.decision``), as the evaluator takes them."""
     out = []
     for body in bodies:
@@ -128,9 +129,9 @@ def pending_approvals(bodies: Iterable[Mapping[str, Any]]) -> list[evaluate.Pend
         meta, s = body.get("metadata") or {}, body.get("spec") or {}
         if not meta.get("name") or not s.get("agent"):
             continue
-        out.append(evaluate.PendingApproval(
+        out.append(decision.PendingApproval(
             name=str(meta["name"]), agent=str(s["agent"]),
-            expires_at=evaluate.parse_rfc3339(s.get("expiresAt")) if s.get("expiresAt") else None,
+            expires_at=timefmt.parse_rfc3339(s.get("expiresAt")) if s.get("expiresAt") else None,
             rule=s.get("rule"), tool=s.get("tool")))
     return out
 
@@ -163,7 +164,7 @@ class Runtime:
         self._locks_lock = threading.Lock()
         self._status: dict[str, dict[str, Any]] = {}  # uid -> the status we last wrote
         self._written_at: dict[str, float] = {}
-        self.memo = evaluate.Memo()  # per-agent detector results, refolded once per minute
+        self.memo = decision.Memo()  # per-agent detector results, refolded once per minute
         self._budgets: dict[tuple[str, Any], spec.AgentBudget | None] = {}  # (uid, generation) -> parsed
         self._gaps_lock = threading.Lock()
         self._gaps: dict[str, set[str]] = {}  # Deployment uid -> governance problems already posted
@@ -225,7 +226,7 @@ class Runtime:
 
     def reconcile(self, body: Mapping[str, Any], deployments: Iterable[Mapping[str, Any]],
                   policy_bodies: Iterable[Mapping[str, Any]] = (), *, apply: bool = True,
-                  approval_bodies: Iterable[Mapping[str, Any]] = ()) -> evaluate.Decision:
+                  approval_bodies: Iterable[Mapping[str, Any]] = ()) -> decision.Decision:
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid"))
         with self._lock(uid):
@@ -233,7 +234,7 @@ class Runtime:
 
     def _reconcile(self, body: Mapping[str, Any], deployments: Iterable[Mapping[str, Any]],
                    policy_bodies: Iterable[Mapping[str, Any]], apply: bool,
-                   approval_bodies: Iterable[Mapping[str, Any]] = ()) -> evaluate.Decision:
+                   approval_bodies: Iterable[Mapping[str, Any]] = ()) -> decision.Decision:
         started = time.perf_counter()
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid"))
@@ -258,28 +259,30 @@ class Runtime:
             minutes, spend, reason = None, dict.fromkeys(spec.Window), str(exc)
         # 4: decide
         previous = self.previous_status(body)
-        decision = evaluate.evaluate(evaluate.EvaluationInput(
-            budget=budget, agents=agents, minutes=minutes, spend=spend, now=now, previous=previous,
+        typed_previous, repairs = status_model.read(previous)
+        verdict = evaluate.evaluate(decision.EvaluationInput(
+            budget=budget, agents=agents, minutes=minutes, spend=spend, now=now, previous=typed_previous,
+            status_repairs=tuple(repairs),
             policies=policies, metrics_reason=reason, generation=meta.get("generation"),
             outcomes=data.outcomes if data is not None else None,
             guardrails=data.guardrails if data is not None else None,
             approvals=pending_approvals(approval_bodies),
             lookback_start=data.lookback_start if data is not None else None, memo=self.memo))
         if not apply:
-            return decision
+            return verdict
         # 5: act
         k = self.api
         failures: list[kube.KubeError] = []
-        for action in decision.actions:
+        for action in verdict.actions:
             try:
                 self._apply(k, namespace, budget, action)
             except kube.KubeError as exc:
                 failures.append(exc)
                 log.warning("budget %s/%s: %s failed: %s", namespace, name, type(action).__name__, exc)
         # 6: status (one patch, only if it changed) and events
-        self._write_status(k, uid, namespace, name, previous, decision.status)
+        self._write_status(k, uid, namespace, name, previous, verdict.status.body())
         ref = kube.budget_ref(body)
-        for event in decision.events:
+        for event in verdict.events:
             self._post(k, ref, event.type, event.reason, event.message)
             if event.agent is not None and event.agent in chosen:
                 dmeta = chosen[event.agent].get("metadata") or {}
@@ -290,22 +293,22 @@ class Runtime:
         # 7: hooks and metrics
         for hook in list(hooks.on_findings):
             try:
-                hook(dict(body), list(decision.findings), list(decision.actions), k)
+                hook(dict(body), list(verdict.findings), list(verdict.actions), k)
             except Exception:  # a hook never breaks the evaluation
                 log.exception("hook %r failed", hook)
-        metrics.record(budget, decision, agents)
+        metrics.record(budget, verdict, agents)
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
         transient = [e for e in failures if e.transient]
         if transient:
             raise Retry(str(transient[0]), delay=min(self.interval, 10.0))
-        return decision
+        return verdict
 
-    def _apply(self, k: kube.Kube, namespace: str, budget: spec.AgentBudget, action: evaluate.Action) -> None:
-        if isinstance(action, evaluate.ScaleToZero):
+    def _apply(self, k: kube.Kube, namespace: str, budget: spec.AgentBudget, action: decision.Action) -> None:
+        if isinstance(action, decision.ScaleToZero):
             k.scale_to_zero(namespace, action.agent, action.replicas_to_remember)
-        elif isinstance(action, evaluate.RestoreReplicas):
+        elif isinstance(action, decision.RestoreReplicas):
             k.restore(namespace, action.agent, action.replicas)
-        elif isinstance(action, evaluate.SetModel):
+        elif isinstance(action, decision.SetModel):
             k.set_model(namespace, action.agent, action.model, budget.spec.model)
         else:
             return  # Notify: the hooks deliver it

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleetwarden.adapters import prometheus_report
-from fleetwarden.core import economics, evaluate, governance, incidents, spec
+from fleetwarden.core import economics, governance, incidents, spec, timefmt
 from fleetwarden.views import model, offline
 
 COST_METRICS = ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total",
@@ -183,7 +183,7 @@ def _incidents_from_status(budgets: Sequence[dict[str, Any]], start: float, end:
         rollbacks = {r.get("incident"): r for r in (status.get("model") or {}).get("rollbacks") or []
                      if isinstance(r, dict)}
         for rec in status.get("incidents") or []:
-            when = evaluate.parse_rfc3339(rec.get("time"))
+            when = timefmt.parse_rfc3339(rec.get("time"))
             if when is None or not start <= when <= end:
                 continue
             kind = rec.get("kind", "unknown")

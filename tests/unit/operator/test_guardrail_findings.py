@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fleetwarden.adapters import prometheus
-from fleetwarden.core import evaluate, findings, policies, spec
+from fleetwarden.core import decision, evaluate, findings, guardrails, policies, spec, status
 from fleetwarden.core.series import AgentMinute
 
 NOW = 1_800_000_000.0
@@ -21,7 +21,7 @@ def policy(**spec_fields: Any) -> spec.CostPolicy:
     return spec.CostPolicy.model_validate({"metadata": {"name": "guard", "namespace": NS}, "spec": spec_fields})
 
 
-BOT = evaluate.AgentState("bot", NS, {"team": "cx"}, 2, model="gpt-4o-mini")
+BOT = decision.AgentDeployment("bot", NS, {"team": "cx"}, 2, model="gpt-4o-mini")
 
 
 def minutes(tool_calls: dict[int, dict[str, float]] | None = None) -> list[AgentMinute]:
@@ -52,7 +52,7 @@ def decisions(rows: dict[int, dict[tuple[str, str], float]]) -> dict[int, dict[t
 def test_each_guardrail_status_is_its_finding_with_the_policy_action(
         status: str, tool: str, spec_fields: dict[str, Any], kind: str, action: str, policy_name: str) -> None:
     """A guardrail decision of each finding status is one finding of that kind, action and policy (rule)."""
-    found = evaluate.guardrail_findings(BOT, minutes(), decisions({12: {(status, tool): 3.0}}),
+    found = guardrails.guardrail_findings(BOT, minutes(), decisions({12: {(status, tool): 3.0}}),
                                         [policy(**spec_fields)])
     assert [(f.kind, f.action, f.policy, f.tool) for f in found] == [(kind, action, policy_name, tool or None)]
     (f,) = found
@@ -63,18 +63,18 @@ def test_each_guardrail_status_is_its_finding_with_the_policy_action(
 @pytest.mark.parametrize("status", ["allowed", "approved", "denied", "halted"])
 def test_decisions_that_are_not_problems_make_no_finding(status: str) -> None:
     """allowed, approved, denied and halted decisions are not findings."""
-    assert evaluate.guardrail_findings(BOT, minutes(), decisions({5: {(status, "crm.search"): 9.0}}), []) == []
+    assert guardrails.guardrail_findings(BOT, minutes(), decisions({5: {(status, "crm.search"): 9.0}}), []) == []
 
 
 @pytest.mark.parametrize(("active", "expected_onsets"), [
     ([3, 4, 5, 6], [3]),  # a lasting problem is one finding
     ([3, 8, 12], [3]),  # gaps shorter than the quiet period: still one
-    ([3, 3 + evaluate.GUARDRAIL_QUIET_MINUTES + 1], [3, 3 + evaluate.GUARDRAIL_QUIET_MINUTES + 1]),  # ended, began again
+    ([3, 3 + guardrails.GUARDRAIL_QUIET_MINUTES + 1], [3, 3 + guardrails.GUARDRAIL_QUIET_MINUTES + 1]),  # ended, began again
 ])
 def test_one_finding_per_problem(active: list[int], expected_onsets: list[int]) -> None:
     """Decisions less than GUARDRAIL_QUIET_MINUTES apart are one problem; a quieter stretch ends it."""
     rows = {i: {("token_cap_exceeded", ""): 1.0} for i in active}
-    found = evaluate.guardrail_findings(BOT, minutes(), decisions(rows), [policy(tokenCaps={"perTask": 100})])
+    found = guardrails.guardrail_findings(BOT, minutes(), decisions(rows), [policy(tokenCaps={"perTask": 100})])
     assert [f.onset for f in found] == [START + 60 * i for i in expected_onsets]
 
 
@@ -83,7 +83,7 @@ def test_a_tool_outside_the_allowlist_in_tool_calls_is_tool_not_allowed() -> Non
     policies.tool_not_allowed makes in replay, once per tool however many minutes it goes on."""
     p = policy(tools={"allow": ["crm.*"], "action": "alert"})
     ms = minutes({i: {"crm.search": 2.0, "shell.exec": 1.0} for i in (4, 5, 20, 29)})
-    found = evaluate.guardrail_findings(BOT, ms, {}, [p])
+    found = guardrails.guardrail_findings(BOT, ms, {}, [p])
     assert [(f.kind, f.tool, f.action, f.policy) for f in found] == [
         (findings.TOOL_NOT_ALLOWED, "shell.exec", "alert", "guard")]
     replay_view = policies.tool_not_allowed(policies.ToolInput(
@@ -98,7 +98,7 @@ def test_sdk_decision_and_tool_calls_for_one_tool_are_one_finding() -> None:
     one finding, not two."""
     p = policy(tools={"deny": ["shell.*"], "action": "alert"})
     ms = minutes({7: {"shell.exec": 1.0}})
-    found = evaluate.guardrail_findings(BOT, ms, decisions({7: {("tool_not_allowed", "shell.exec"): 1.0}}), [p])
+    found = guardrails.guardrail_findings(BOT, ms, decisions({7: {("tool_not_allowed", "shell.exec"): 1.0}}), [p])
     assert len(found) == 1
     assert found[0].evidence["decisions_in_minute"] == 1.0 and found[0].evidence["calls_in_minute"] == 1.0
 
@@ -106,23 +106,23 @@ def test_sdk_decision_and_tool_calls_for_one_tool_are_one_finding() -> None:
 def test_allowed_tools_and_agents_without_a_policy_are_not_flagged_from_tool_calls() -> None:
     """Tool calls alone never make a finding without an allowlist or denylist that refuses the tool."""
     ms = minutes({3: {"crm.search": 5.0}})
-    assert evaluate.guardrail_findings(BOT, ms, {}, [policy(tools={"allow": ["crm.*"]})]) == []
-    assert evaluate.guardrail_findings(BOT, ms, {}, []) == []
+    assert guardrails.guardrail_findings(BOT, ms, {}, [policy(tools={"allow": ["crm.*"]})]) == []
+    assert guardrails.guardrail_findings(BOT, ms, {}, []) == []
     other = spec.CostPolicy.model_validate({"metadata": {"name": "x", "namespace": NS},
                                             "spec": {"selector": {"matchLabels": {"team": "other"}},
                                                      "tools": {"allow": []}}})
-    assert evaluate.guardrail_findings(BOT, ms, {}, [other]) == []
+    assert guardrails.guardrail_findings(BOT, ms, {}, [other]) == []
 
 
 def test_a_rate_limit_already_found_from_tool_calls_is_not_repeated() -> None:
     """When rate_findings reports the episode from the call counts, the SDK's rate-limit decisions add none."""
     p = policy(rateLimits={"toolCallsPerMinute": 5, "action": "alert"})
     ms = minutes({10: {"crm.search": 9.0}, 11: {"crm.search": 9.0}})
-    rate = evaluate.rate_findings(BOT, ms, [p])
+    rate = guardrails.rate_findings(BOT, ms, [p])
     assert [f.kind for f in rate] == [findings.RATE_LIMIT_EXCEEDED]
     rows = decisions({10: {("rate_limit_exceeded", "crm.search"): 4.0}, 11: {("rate_limit_exceeded", "crm.search"): 4.0}})
-    assert evaluate.guardrail_findings(BOT, ms, rows, [p], rate) == []
-    assert len(evaluate.guardrail_findings(BOT, ms, rows, [p], ())) == 1
+    assert guardrails.guardrail_findings(BOT, ms, rows, [p], rate) == []
+    assert len(guardrails.guardrail_findings(BOT, ms, rows, [p], ())) == 1
 
 
 def test_guardrail_findings_flow_into_events_incidents_and_notifications() -> None:
@@ -132,8 +132,8 @@ def test_guardrail_findings_flow_into_events_incidents_and_notifications() -> No
                                              "spec": {"limits": [{"window": "hour", "amountUSD": 10}]}})
     p = policy(tools={"allow": ["crm.*"]})
 
-    def run(now: float, previous: dict[str, Any]) -> evaluate.Decision:
-        return evaluate.evaluate(evaluate.EvaluationInput(
+    def run(now: float, previous: dict[str, Any]) -> decision.Decision:
+        return evaluate.evaluate(decision.EvaluationInput(
             budget=budget, agents=[BOT], minutes={"bot": minutes()},
             spend={w: 1.0 for w in spec.Window}, now=now, previous=previous, policies=[p],
             guardrails={"bot": decisions({20: {("tool_not_allowed", "shell.exec"): 2.0}})},
@@ -141,12 +141,12 @@ def test_guardrail_findings_flow_into_events_incidents_and_notifications() -> No
 
     first = run(NOW, {})
     assert [e.reason for e in first.events if e.agent == "bot"] == [policies.REASON_TOOL_NOT_ALLOWED]
-    notified = [a for a in first.actions if isinstance(a, evaluate.Notify)]
+    notified = [a for a in first.actions if isinstance(a, decision.Notify)]
     assert [n.finding.kind for n in notified] == [findings.TOOL_NOT_ALLOWED]
-    (incident,) = first.status["incidents"]
+    (incident,) = first.status.body()["incidents"]
     assert incident["tool"] == "shell.exec" and incident["id"] == notified[0].incident
-    second = run(NOW + 15, first.status)
-    assert second.new_findings == () and len(second.status["incidents"]) == 1
+    second = run(NOW + 15, first.status.body())
+    assert second.new_findings == () and len(second.status.body()["incidents"]) == 1
 
 
 def test_a_problem_older_than_the_lookback_keeps_its_incident() -> None:
@@ -154,15 +154,15 @@ def test_a_problem_older_than_the_lookback_keeps_its_incident() -> None:
     (the same incident id), so it is not reported again."""
     p = policy(tokenCaps={"perTask": 100})
     old_onset = START - 20 * 60  # began before this lookback
-    previous = [{"id": "inc-x", "kind": findings.TOKEN_CAP_EXCEEDED, "agent": "bot",
-                 "time": evaluate.rfc3339(old_onset)}]
-    found = evaluate.guardrail_findings(BOT, minutes(), decisions({0: {("token_cap_exceeded", ""): 1.0},
+    previous = [status.Incident(id="inc-x", kind=findings.TOKEN_CAP_EXCEEDED, agent="bot",
+                                time=status.at(old_onset))]
+    found = guardrails.guardrail_findings(BOT, minutes(), decisions({0: {("token_cap_exceeded", ""): 1.0},
                                                                    1: {("token_cap_exceeded", ""): 1.0}}), [p])
-    kept = evaluate.keep_onsets(found, previous, float(START))
+    kept = guardrails.keep_onsets(found, previous, float(START))
     assert [f.onset for f in kept] == [old_onset]
     # a new problem well inside the lookback is new
-    fresh = evaluate.guardrail_findings(BOT, minutes(), decisions({25: {("token_cap_exceeded", ""): 1.0}}), [p])
-    assert [f.onset for f in evaluate.keep_onsets(fresh, previous, float(START))] == [START + 25 * 60]
+    fresh = guardrails.guardrail_findings(BOT, minutes(), decisions({25: {("token_cap_exceeded", ""): 1.0}}), [p])
+    assert [f.onset for f in guardrails.keep_onsets(fresh, previous, float(START))] == [START + 25 * 60]
 
 
 def test_the_adapter_reads_guardrail_decisions_from_the_tool_call_query() -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from fleetwarden import errors
 from fleetwarden.adapters import prometheus
-from fleetwarden.core import evaluate, spec
+from fleetwarden.core import decision, spec
 
 DATA = json.loads((Path(__file__).parent / "data" / "prometheus_fleet.json").read_text())
 NOW = float(DATA["now"])
@@ -55,8 +55,8 @@ def fetch(client: Any = None) -> prometheus.FleetSnapshot:
     return prometheus.Fetcher(client or Recorded(), lookback_minutes=30, scrape_interval=2.0).fetch(NOW)
 
 
-def agent(name: str, replicas: int = 1) -> evaluate.AgentState:
-    return evaluate.AgentState(name, "shop", {"app": "support"}, replicas, model="gpt-4o")
+def agent(name: str, replicas: int = 1) -> decision.AgentDeployment:
+    return decision.AgentDeployment(name, "shop", {"app": "support"}, replicas, model="gpt-4o")
 
 
 BUDGET = spec.AgentBudget.model_validate({"metadata": {"name": "support", "namespace": "shop"},

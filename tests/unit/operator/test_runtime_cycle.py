@@ -106,7 +106,7 @@ def test_kill_acts_patches_and_explains() -> None:
     [status_call] = k.of("status")
     assert status_call[3]["state"] == "Killed"
     assert ("event", "AgentBudget", "budget-0", "Warning", "KillSwitchEngaged") in k.calls
-    assert decision.status["killSwitch"]["replicas"] == {"bot-0": 2}
+    assert decision.status.body()["killSwitch"]["replicas"] == {"bot-0": 2}
 
 
 def test_prometheus_down_is_unknown_and_nothing_is_scaled() -> None:

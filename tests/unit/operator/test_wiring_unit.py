@@ -12,7 +12,7 @@ import pytest
 from fleetwarden import errors
 from fleetwarden.adapters import prometheus
 from fleetwarden.commands import operator as operator_command
-from fleetwarden.core import economics, evaluate, governance, spec
+from fleetwarden.core import decision, economics, evaluate, governance, spec, stages
 from fleetwarden.core.series import AgentMinute
 from fleetwarden.handlers import metrics, runtime, settings
 
@@ -27,7 +27,7 @@ def budget(**spec_fields: Any) -> spec.AgentBudget:
     return spec.AgentBudget.model_validate({"metadata": {"name": "support", "namespace": NS}, "spec": doc})
 
 
-AGENTS = [evaluate.AgentState("bot", NS, {"team": "cx"}, 2), evaluate.AgentState("helper", NS, {"team": "cx"}, 1)]
+AGENTS = [decision.AgentDeployment("bot", NS, {"team": "cx"}, 2), decision.AgentDeployment("helper", NS, {"team": "cx"}, 1)]
 
 
 def minutes(agent: str, *, completed: int = 2, failed: int = 0, outcomes: float = 1.0,
@@ -37,12 +37,12 @@ def minutes(agent: str, *, completed: int = 2, failed: int = 0, outcomes: float 
             for i in range(30)]
 
 
-def run(b: spec.AgentBudget | None = None, **kw: Any) -> evaluate.Decision:
+def run(b: spec.AgentBudget | None = None, **kw: Any) -> decision.Decision:
     fields: dict[str, Any] = {"budget": b or budget(), "agents": AGENTS,
                               "minutes": {a.name: minutes(a.name) for a in AGENTS},
                               "spend": {w: 1.0 for w in spec.Window}, "now": NOW}
     fields.update(kw)
-    return evaluate.evaluate(evaluate.EvaluationInput(**fields))
+    return evaluate.evaluate(decision.EvaluationInput(**fields))
 
 
 def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def test_cost_per_task_and_per_outcome_are_what_the_economics_report_says() -> N
     b = budget(fixedMonthlyCostsUSD={"vectorDB": 432.0})
     ms = {a.name: minutes(a.name, completed=2, failed=1, human=0.02) for a in AGENTS}
     named = {a.name: {m.minute: {"resolved_ticket": 1.0} for m in ms[a.name][::2]} for a in AGENTS}
-    status = run(b, minutes=ms, outcomes=named).status
+    status = run(b, minutes=ms, outcomes=named).status.body()
     acc = economics.EconomicsAccumulator()
     for a in AGENTS:
         for m in ms[a.name]:
@@ -137,7 +137,7 @@ def test_cost_per_task_and_per_outcome_are_what_the_economics_report_says() -> N
 
 def test_no_outcome_of_a_name_means_no_cost_per_outcome_not_zero() -> None:
     """Without outcomes by name, costPerOutcomeUSD is absent (unknown); without tasks, so is costPerTaskUSD."""
-    status = run(minutes={a.name: minutes(a.name, completed=0, outcomes=0.0) for a in AGENTS}).status
+    status = run(minutes={a.name: minutes(a.name, completed=0, outcomes=0.0) for a in AGENTS}).status.body()
     assert "costPerOutcomeUSD" not in status and "costPerTaskUSD" not in status
 
 
@@ -185,21 +185,21 @@ def test_unit_economics_targets_are_exported_and_removed() -> None:
 def test_pending_approvals_of_the_budgets_agents_set_approval_pending() -> None:
     """Undecided, unexpired CostApprovals of the budget's agents: ApprovalPending=True with count and names;
     others' agents and expired requests do not count."""
-    approvals = [evaluate.PendingApproval("bot-refund-2", "bot", expires_at=NOW + 600),
-                 evaluate.PendingApproval("bot-refund-1", "bot"),
-                 evaluate.PendingApproval("helper-old", "helper", expires_at=NOW - 1),
-                 evaluate.PendingApproval("stranger-1", "stranger", expires_at=NOW + 600)]
-    c = cond(run(approvals=approvals).status, "ApprovalPending")
+    approvals = [decision.PendingApproval("bot-refund-2", "bot", expires_at=NOW + 600),
+                 decision.PendingApproval("bot-refund-1", "bot"),
+                 decision.PendingApproval("helper-old", "helper", expires_at=NOW - 1),
+                 decision.PendingApproval("stranger-1", "stranger", expires_at=NOW + 600)]
+    c = cond(run(approvals=approvals).status.body(), "ApprovalPending")
     assert (c["status"], c["reason"]) == ("True", "ApprovalPending")
     assert c["message"].startswith("2 CostApproval(s) waiting") and "bot-refund-1, bot-refund-2" in c["message"]
-    c = cond(run(approvals=approvals[2:]).status, "ApprovalPending")
+    c = cond(run(approvals=approvals[2:]).status.body(), "ApprovalPending")
     assert (c["status"], c["reason"]) == ("False", "NoApprovalPending")
 
 
 def test_approval_pending_holds_without_metrics() -> None:
     """Approvals come from the API server, not Prometheus: known even when the metrics are not."""
     c = cond(run(minutes=None, spend=dict.fromkeys(spec.Window), metrics_reason="Prometheus down",
-                 approvals=[evaluate.PendingApproval("a", "bot")]).status, "ApprovalPending")
+                 approvals=[decision.PendingApproval("a", "bot")]).status.body(), "ApprovalPending")
     assert c["status"] == "True"
 
 
@@ -211,8 +211,8 @@ def test_the_runtime_passes_only_undecided_approvals() -> None:
         {"metadata": {"name": "c"}, "spec": {"agent": "helper"}, "status": {"decision": None}},
     ]
     assert runtime.pending_approvals(bodies) == [
-        evaluate.PendingApproval("a", "bot", expires_at=1_800_003_600.0, rule="r"),
-        evaluate.PendingApproval("c", "helper")]
+        decision.PendingApproval("a", "bot", expires_at=1_800_003_600.0, rule="r"),
+        decision.PendingApproval("c", "helper")]
 
 
 # ---------------------------------------------------------------- 6: governance hygiene
@@ -276,14 +276,14 @@ def test_detectors_refold_once_per_minute_per_agent(monkeypatch: pytest.MonkeyPa
     """Four cycles in one minute refold each agent's lookback once; the next minute's data refolds again;
     the findings are the same as without the memo."""
     calls: list[str] = []
-    original = evaluate.detector_findings
+    original = stages.detector_findings
 
-    def counting(agent: evaluate.AgentState, ms: Any, params: spec.AnomalyParams) -> Any:
+    def counting(agent: decision.AgentDeployment, ms: Any, params: spec.AnomalyParams) -> Any:
         calls.append(agent.name)
         return original(agent, ms, params)
 
-    monkeypatch.setattr(evaluate, "detector_findings", counting)
-    memo = evaluate.Memo()
+    monkeypatch.setattr(stages, "detector_findings", counting)
+    memo = decision.Memo()
     ms = {a.name: minutes(a.name) for a in AGENTS}
     plain = run(minutes=ms)
     calls.clear()
@@ -299,22 +299,22 @@ def test_detectors_refold_once_per_minute_per_agent(monkeypatch: pytest.MonkeyPa
 
 def test_the_memo_keeps_only_recent_minutes() -> None:
     """Entries of minutes older than Memo.KEEP_MINUTES are dropped as new minutes come."""
-    memo = evaluate.Memo()
+    memo = decision.Memo()
     for minute in range(0, 60 * 20, 60):
         memo.get(minute, ("k", minute), lambda: 1)
-    assert len(memo) == evaluate.Memo.KEEP_MINUTES + 1
+    assert len(memo) == decision.Memo.KEEP_MINUTES + 1
 
 
 def test_the_memo_never_mixes_up_agents_of_the_same_name_in_two_namespaces() -> None:
     """Two budgets whose agents share names in different namespaces get their own figures from one memo."""
-    memo = evaluate.Memo()
-    first = run(memo=memo).status
-    other_ns = [evaluate.AgentState(a.name, "other", dict(a.labels), a.replicas) for a in AGENTS]
+    memo = decision.Memo()
+    first = run(memo=memo).status.body()
+    other_ns = [decision.AgentDeployment(a.name, "other", dict(a.labels), a.replicas) for a in AGENTS]
     other_minutes = {a.name: [AgentMinute(a.name, "other", m.minute, inference_cost_usd=0.5, tasks_completed=1)
                               for m in minutes(a.name)] for a in AGENTS}
     other_budget = spec.AgentBudget.model_validate({"metadata": {"name": "support", "namespace": "other"},
                                                    "spec": {"limits": [{"window": "hour", "amountUSD": 10}]}})
-    second = run(other_budget, agents=other_ns, minutes=other_minutes, memo=memo).status
+    second = run(other_budget, agents=other_ns, minutes=other_minutes, memo=memo).status.body()
     assert second["burnRateUSDPerHour"] == pytest.approx(60.0)  # two agents at 0.5 USD a minute
     assert first["burnRateUSDPerHour"] != second["burnRateUSDPerHour"]
 

@@ -1,0 +1,169 @@
+"""What the operator's decision reads and returns: the types adapters, handlers and views share.
+
+    EvaluationInput  --evaluate-->  Decision(findings, actions, status, events)
+
+The handler observes the cluster and Prometheus into an :class:`EvaluationInput` (the
+AgentBudget, the CostPolicies, each selected agent's :class:`AgentDeployment`, per-minute
+buckets, spend, pending approvals, the previous status), calls
+:func:`fleetwarden.core.evaluate.evaluate`, applies the :class:`Decision`'s actions and writes
+its status. This module holds no rule: the rules are the stages of
+:mod:`fleetwarden.core.stages`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+from fleetwarden.core import findings, series, spec
+from fleetwarden.core import status as st
+
+Finding = findings.Finding
+
+@dataclasses.dataclass(frozen=True)
+class AgentDeployment:
+    """One agent Deployment as the operator observes it."""
+
+    name: str
+    namespace: str
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
+    replicas: int = 1
+    model: str | None = None
+    version: str | None = None
+    replicas_before: int | None = None  # fleetwarden.dev/replicas-before-kill on the Deployment
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingApproval:
+    """A CostApproval nobody has decided yet (``status.decision`` unset)."""
+
+    name: str
+    agent: str
+    expires_at: float | None = None  # spec.expiresAt; past it, the request no longer counts
+    rule: str | None = None
+    tool: str | None = None
+
+
+class Memo:
+    """Results that depend only on complete minutes, shared across cycles and budgets.
+
+    ``get(minute, key, compute)`` returns the value stored under ``key`` or stores
+    ``compute()``. Values are kept for the few most recent minutes only (a key names the
+    last complete minute it was computed for), so memory stays bounded."""
+
+    KEEP_MINUTES = 3
+
+    def __init__(self) -> None:
+        self._by_minute: dict[int, dict[Hashable, Any]] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, minute: int, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            bucket = self._by_minute.get(minute)
+            if bucket is not None and key in bucket:
+                self.hits += 1
+                return bucket[key]
+        value = compute()
+        with self._lock:
+            self.misses += 1
+            bucket = self._by_minute.get(minute)
+            if bucket is None:
+                bucket = self._by_minute[minute] = {}
+                newest = max(self._by_minute)
+                for old in [m for m in self._by_minute if m < newest - self.KEEP_MINUTES * series.MINUTE]:
+                    del self._by_minute[old]
+            bucket[key] = value
+        return value
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(b) for b in self._by_minute.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationInput:
+    budget: spec.AgentBudget
+    agents: Sequence[AgentDeployment]  # the agents the budget selects
+    minutes: Mapping[str, Sequence[series.AgentMinute]] | None  # agent -> buckets; None: unknown
+    spend: Mapping[spec.Window, float | None]  # the budget's spend per window; None: unknown
+    now: float
+    # the previous status; a stored body (a mapping) is read leniently (st.read)
+    previous: st.AgentBudgetStatus = dataclasses.field(default_factory=st.AgentBudgetStatus)
+    policies: Sequence[spec.CostPolicy] = ()
+    metrics_reason: str | None = None  # why minutes/spend are unknown
+    generation: int | None = None
+    # agent -> minute -> outcome name -> count (fleetwarden_outcomes_total by outcome); None: not known
+    outcomes: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None
+    # agent -> minute -> (guardrail status, tool) -> decisions (fleetwarden_guardrail_decisions_total)
+    guardrails: Mapping[str, Mapping[int, Mapping[tuple[str, str], float]]] | None = None
+    approvals: Sequence[PendingApproval] = ()  # pending CostApprovals of the namespace
+    lookback_start: float | None = None  # the first minute the buckets cover
+    memo: Memo | None = dataclasses.field(default=None, compare=False)
+    # what status.read dropped from a stored previous status (``field: reason``)
+    status_repairs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.previous, st.AgentBudgetStatus):
+            typed, dropped = st.read(self.previous)
+            object.__setattr__(self, "previous", typed)
+            object.__setattr__(self, "status_repairs", (*self.status_repairs, *dropped))
+
+
+# ---------------------------------------------------------------- output
+
+@dataclasses.dataclass(frozen=True)
+class ScaleToZero:
+    agent: str
+    replicas_to_remember: int
+    reason: str  # "kill", "killed-again", "suspend"
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreReplicas:
+    agent: str
+    replicas: int
+    reason: str  # "resume", "unsuspend"
+
+
+@dataclasses.dataclass(frozen=True)
+class SetModel:
+    agent: str
+    model: str
+    previous: str | None
+    reason: str  # "rollback", "rollback-drift", "desired"
+    incident: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Notify:
+    finding: findings.Finding
+    incident: str
+
+
+Action = ScaleToZero | RestoreReplicas | SetModel | Notify
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: str  # "Normal" | "Warning"
+    reason: str  # CamelCase
+    message: str
+    agent: str | None = None  # also post it on this agent's Deployment
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    findings: tuple[Finding, ...]
+    new_findings: tuple[Finding, ...]  # not reported in an earlier cycle
+    actions: tuple[Action, ...]
+    status: st.AgentBudgetStatus
+    events: tuple[Event, ...]
+
+    @property
+    def destructive(self) -> bool:
+        return any(isinstance(a, (ScaleToZero, SetModel)) for a in self.actions)
+

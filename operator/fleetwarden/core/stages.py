@@ -1,0 +1,550 @@
+"""The stages of the operator's decision, in order: each a small named pure function.
+
+    findings -> kill switch -> suspend -> model -> notify -> approvals -> conditions
+
+Each stage reads the :class:`~fleetwarden.core.decision.EvaluationInput` and the
+:class:`Draft` the stages before it left, and adds to the draft: findings, actions, Events,
+parts of the status. None reads a clock or talks to anything. Each stage's Reason constants
+are the ``reason`` of the Events (and conditions) it writes; each has a table test in
+``tests/unit/operator/test_stages.py``. :func:`fleetwarden.core.evaluate.evaluate` runs
+:data:`STAGES` and returns the draft as a :class:`~fleetwarden.core.decision.Decision`.
+
+The rules:
+
+1. findings: unknown data (no per-minute buckets, or the spend of a limit's window unknown)
+   -> no finding at all, and no destructive action below. Known data -> the budget rules of
+   :mod:`~fleetwarden.core.policies`, the detectors of :mod:`~fleetwarden.core.detectors`
+   refolded over each agent's lookback window, and the guardrail problems of
+   :mod:`~fleetwarden.core.guardrails`, exactly as ``fleetwarden replay`` finds them.
+2. kill switch: a finding with action ``kill`` engages it -> ScaleToZero for the agents
+   (every selected agent for the budget's spend rule; the one agent for a detector),
+   remembering their replicas; Killed until ``spec.killSwitch.acknowledge`` equals
+   ``status.killSwitch.incident`` -> RestoreReplicas exactly, ``resumedAt`` recorded, and
+   spend before ``resumedAt`` no longer counts for the kill rule. While killed, an agent
+   scaled back up (GitOps self-heal, a person) is scaled to zero again.
+3. suspend: ``spec.suspend`` true -> ScaleToZero (remembered on the Deployment); false ->
+   restore what was remembered.
+4. model: ``spec.model.desired`` set -> every agent runs it (it wins). Else a
+   ``model_update_spike`` with action ``rollback`` and ``spec.model.rollbackOnSpike`` ->
+   SetModel(previous), recorded in ``status.model.rollbacks``; a Deployment that drifts back
+   from an automatic rollback is set again.
+5. notify: each finding not reported before -> an alert (Notify) and a Warning Event.
+6. approvals: pending CostApprovals of the budget's agents -> ApprovalPending=True.
+7. conditions: the state (Suspended, Killed, Unknown, Exceeded, Warning, Active) and the
+   metav1 conditions, lastTransitionTime kept unless a status really changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+from fleetwarden.core import decision, detectors, findings, guardrails, policies, series, spec, timefmt
+from fleetwarden.core import status as st
+from fleetwarden.core.decision import EvaluationInput
+
+MAX_ROLLBACKS = 20
+MAX_INCIDENTS = 20
+# An anomaly keeps AnomalyDetected=True for this long after it was last reported.
+ANOMALY_HOLD_SECONDS = 15 * 60
+
+
+@dataclasses.dataclass
+class Draft:
+    """What the stages have decided so far (owned by one evaluation; stages add to it)."""
+
+    agents: list[decision.AgentDeployment]
+    previous: st.AgentBudgetStatus
+    known: bool = False
+    reason_unknown: str = ""
+    found: list[findings.Finding] = dataclasses.field(default_factory=list)
+    new: list[findings.Finding] = dataclasses.field(default_factory=list)
+    actions: list[decision.Action] = dataclasses.field(default_factory=list)
+    events: list[decision.Event] = dataclasses.field(default_factory=list)
+    kill_switch: st.KillSwitchStatus | None = None
+    engaged: bool = False
+    model: st.ModelStatus | None = None
+    pending: list[decision.PendingApproval] = dataclasses.field(default_factory=list)
+    state: st.State = st.State.active
+    conditions: list[st.Condition] = dataclasses.field(default_factory=list)
+
+    @property
+    def by_name(self) -> dict[str, decision.AgentDeployment]:
+        return {a.name: a for a in self.agents}
+
+    def act(self, action: decision.Action, event: decision.Event | None = None) -> None:
+        self.actions.append(action)
+        if event is not None:
+            self.events.append(event)
+
+
+Stage = Callable[[EvaluationInput, Draft], None]
+
+
+# ---------------------------------------------------------------- 1: findings
+
+REASON_METRICS_FRESH = "MetricsFresh"
+REASON_METRICS_UNAVAILABLE = "MetricsUnavailable"
+REASON_METRICS_AVAILABLE = "MetricsAvailable"
+
+_DEFAULT_ANOMALIES = spec.AnomalyParams()
+
+
+def anomaly_params(policies_: Sequence[spec.CostPolicy], agent: decision.AgentDeployment) -> spec.AnomalyParams:
+    """The anomaly parameters of the first CostPolicy (by name) that applies to ``agent``; else defaults."""
+    if not policies_:
+        return _DEFAULT_ANOMALIES
+    chosen = policies.applicable(policies_, agent.namespace, agent.labels)
+    return chosen[0].spec.anomalies if chosen else _DEFAULT_ANOMALIES
+
+
+def detector_findings(agent: decision.AgentDeployment, minutes: Sequence[series.AgentMinute],
+                      params: spec.AnomalyParams) -> list[findings.Finding]:
+    """Fold the replay detectors over one agent's lookback window, from an empty state."""
+    detector_set = detectors.DetectorSet(params, agent.name, agent.namespace)
+    out: list[findings.Finding] = []
+    for minute in sorted(minutes, key=lambda m: m.minute):
+        out.extend(detector_set.step(minute))
+    return out
+
+
+def cached_detector_findings(memo: decision.Memo | None, agent: decision.AgentDeployment,
+                             minutes: Sequence[series.AgentMinute],
+                             params: spec.AnomalyParams) -> Sequence[findings.Finding]:
+    """:func:`detector_findings`, kept in ``memo`` per (agent, minutes covered, params): complete
+    minutes do not change, so the refold runs once per minute per agent, not every cycle."""
+    if memo is None or not minutes:
+        return detector_findings(agent, minutes, params)
+    first, last = minutes[0].minute, minutes[-1].minute  # the adapter's buckets are in order
+    if first > last:
+        first, last = last, first
+    key = ("detectors", agent.namespace, agent.name, first, last, len(minutes), params)
+    return memo.get(last, key, lambda: tuple(detector_findings(agent, minutes, params)))  # type: ignore[no-any-return]
+
+
+def spend_since(minutes: Mapping[str, Sequence[series.AgentMinute]], since: float) -> float:
+    """Spend in the complete minutes that start at or after the minute of ``since``."""
+    start = series.minute_of(since)
+    return sum(m.cost_usd for ms in minutes.values() for m in ms if m.minute >= start)
+
+
+def kill_rule_spend(inp: EvaluationInput) -> float | None:
+    """Spend as the kill rule counts it: after a resume, only what was spent since then.
+
+    Two lower bounds, the larger wins (neither counts spend from before the resume):
+    the window's spend now less the window's spend at the resume
+    (``status.killSwitch.spendAtResumeUSD``; fresh at once), and the complete minutes
+    wholly after the resume (catches up as pre-resume spend slides out of the window)."""
+    window = inp.budget.spec.kill_switch.window
+    spend = inp.spend.get(window)
+    prev_ks = inp.previous.kill_switch or st.KillSwitchStatus()
+    resumed = prev_ks.resumed_at.timestamp() if prev_ks.resumed_at is not None else None
+    if resumed is None or inp.minutes is None or spend is None or inp.now - resumed >= spec.WINDOW_SECONDS[window]:
+        return spend
+    bounds = [spend_since(inp.minutes, series.minute_of(resumed) + series.MINUTE)]
+    if prev_ks.spend_at_resume_usd is not None:
+        bounds.append(spend - prev_ks.spend_at_resume_usd)
+    return max(0.0, min(spend, max(bounds)))
+
+
+def _continuing_onset(inp: EvaluationInput, kind: str) -> float | None:
+    """When a lasting budget condition that was already reported began (None: it is new).
+
+    Budget rules are checked at ``now``; giving a lasting condition the onset of its first
+    report keeps its incident id, so it is reported once, not every cycle."""
+    prev = inp.previous
+    if kind == findings.KILL_SWITCH and inp.budget.spec.kill_switch.action is spec.KillAction.scale_to_zero:
+        # a kill lasts while engaged; after a resume, a new kill is a new incident
+        ks = prev.kill_switch
+        if ks is None or not ks.engaged:
+            return None
+        return ks.engaged_at.timestamp() if ks.engaged_at is not None else None
+    if kind == findings.BUDGET_WARNING:
+        active = prev.state in (st.State.warning, st.State.exceeded, st.State.killed)
+    else:
+        active = prev.is_true(st.BUDGET_EXCEEDED)
+    if not active:
+        return None
+    known = [i.time.timestamp() for i in prev.incidents or () if i.kind == kind and i.time is not None]
+    return known[-1] if known else None
+
+
+def budget_findings(inp: EvaluationInput) -> list[findings.Finding]:
+    """The budget rules of ``policies`` at ``now`` (agent: the budget's name), onsets kept while they last."""
+    budget, now = inp.budget, inp.now
+    name, namespace = budget.metadata.name, budget.metadata.namespace
+    subject = policies.Subject(agent=name, namespace=namespace, now=now)
+    out: list[findings.Finding] = []
+    for limit in budget.spec.limits:
+        limit_input = policies.LimitInput(subject, name, limit, inp.spend.get(limit.window))
+        f = policies.budget_exceeded(limit_input) or policies.budget_warning(limit_input)
+        if f is not None:
+            out.append(f)
+    kill = policies.kill_switch(policies.KillSwitchInput(subject, name, budget.spec, kill_rule_spend(inp)))
+    if kill is not None:
+        out.append(kill)
+    kept = []
+    prev_ks = inp.previous.kill_switch
+    handled = {prev_ks.incident if prev_ks is not None else None, budget.spec.kill_switch.acknowledge}
+    for f in out:
+        onset = _continuing_onset(inp, f.kind)
+        f = dataclasses.replace(f, onset=onset if onset is not None else now)
+        if onset is None and f.kind == findings.KILL_SWITCH and findings.incident_id(f) in handled:
+            # a new kill in the same minute as the one just acknowledged: ids are minute-grained,
+            # so it takes the next minute's id rather than the resolved incident's
+            f = dataclasses.replace(f, onset=float(series.minute_of(now) + series.MINUTE))
+        kept.append(f)
+    return kept
+
+
+def _agent_findings(inp: EvaluationInput, agent: decision.AgentDeployment) -> list[findings.Finding]:
+    """The detectors' and the guardrails' findings of one agent over its lookback window."""
+    assert inp.minutes is not None
+    minutes = inp.minutes.get(agent.name, ())
+    out = list(cached_detector_findings(inp.memo, agent, minutes, anomaly_params(inp.policies, agent)))
+    decisions = (inp.guardrails or {}).get(agent.name) or {}
+    out.extend(guardrails.agent_findings(agent, minutes, decisions, inp.policies))
+    return out
+
+
+def seen_incidents(prev: st.AgentBudgetStatus) -> set[str | None]:
+    """The incident ids the previous status already reported (incidents, rollbacks, the kill switch)."""
+    seen: set[str | None] = {i.id for i in prev.incidents or ()}
+    if prev.model is not None:
+        seen |= {r.incident for r in prev.model.rollbacks or ()}
+    seen.add(prev.kill_switch.incident if prev.kill_switch is not None else None)
+    return seen
+
+
+def findings_stage(inp: EvaluationInput, d: Draft) -> None:
+    """Is the data known? Then the findings, from the same rules and detectors as replay."""
+    needed = {lim.window for lim in inp.budget.spec.limits}
+    unknown_windows = sorted(w.value for w in needed if inp.spend.get(w) is None)
+    d.known = inp.minutes is not None and not unknown_windows
+    d.reason_unknown = inp.metrics_reason or (
+        "no per-minute data" if inp.minutes is None else f"spend unknown for {', '.join(unknown_windows)}")
+    found: list[findings.Finding] = []
+    if d.known:
+        found.extend(budget_findings(inp))
+        for agent in d.agents:
+            found.extend(_agent_findings(inp, agent))
+        found = guardrails.keep_onsets(found, d.previous.incidents or (), inp.lookback_start)
+    name = inp.budget.metadata.name
+    found = [dataclasses.replace(f, budget=f.budget or name) for f in found]
+    found.sort(key=findings.sort_key)
+    seen = seen_incidents(d.previous)
+    d.found = found
+    d.new = [f for f in found if findings.incident_id(f) not in seen]
+
+
+# ---------------------------------------------------------------- 2: kill switch
+
+REASON_KILL_SWITCH_ENGAGED = "KillSwitchEngaged"  # the condition's and the Event's
+REASON_KILL_SWITCH_HELD = "KillSwitchHeld"
+REASON_RESUMED = "Resumed"
+REASON_NOT_ENGAGED = "NotEngaged"
+
+
+def _resume(inp: EvaluationInput, d: Draft, prev_ks: st.KillSwitchStatus) -> st.KillSwitchStatus:
+    """The acknowledged kill ends: replicas restored exactly, the spend at the resume remembered."""
+    at_resume = inp.spend.get(inp.budget.spec.kill_switch.window)
+    ks = prev_ks.model_copy(update={
+        "engaged": False, "resumed_at": st.at(inp.now),
+        "spend_at_resume_usd": round(at_resume, 4) if at_resume is not None else None})
+    remembered = dict(prev_ks.replicas or {})
+    by_name = d.by_name
+    for agent_name, replicas in sorted(remembered.items()):
+        if agent_name in by_name and not inp.budget.spec.suspend:
+            d.act(decision.RestoreReplicas(agent_name, int(replicas), "resume"))
+    d.events.append(decision.Event("Normal", REASON_RESUMED,
+                                   f"kill switch {prev_ks.incident} acknowledged: restoring replicas "
+                                   + ", ".join(f"{k}={v}" for k, v in sorted(remembered.items()))))
+    return ks
+
+
+def _hold(inp: EvaluationInput, d: Draft, prev_ks: st.KillSwitchStatus) -> st.KillSwitchStatus:
+    """While engaged, an agent scaled back up is scaled to zero again (the budget's own kill: every agent)."""
+    remembered = dict(prev_ks.replicas or {})
+    budget_wide = any(i.id == prev_ks.incident and i.kind == findings.KILL_SWITCH
+                      for i in d.previous.incidents or ())
+    for agent in d.agents:
+        if agent.replicas > 0 and (agent.name in remembered or budget_wide):
+            keep = int(remembered.get(agent.name, agent.replicas))
+            remembered[agent.name] = keep
+            d.act(decision.ScaleToZero(agent.name, keep, "killed-again"),
+                  decision.Event("Warning", REASON_KILL_SWITCH_HELD,
+                                 f"{agent.name} was scaled to {agent.replicas} while kill switch "
+                                 f"{prev_ks.incident} is engaged; scaled to zero again", agent=agent.name))
+    return prev_ks.model_copy(update={"replicas": remembered})
+
+
+def _engage(inp: EvaluationInput, d: Draft, kills: Sequence[findings.Finding]) -> st.KillSwitchStatus:
+    """A kill finding: scale its agents (every agent for the budget's own rule) to zero."""
+    first = next((f for f in kills if f.kind == findings.KILL_SWITCH), kills[0])
+    incident = findings.incident_id(first)
+    by_name = d.by_name
+    if any(f.kind == findings.KILL_SWITCH for f in kills):
+        targets = d.agents
+    else:
+        targets = [by_name[f.agent] for f in kills if f.agent in by_name]
+    replicas = {a.name: a.replicas for a in targets if a.replicas > 0}
+    for agent_name, count in sorted(replicas.items()):
+        d.act(decision.ScaleToZero(agent_name, count, "kill"))
+    d.events.append(decision.Event(
+        "Warning", REASON_KILL_SWITCH_ENGAGED,
+        f"kill switch engaged ({incident}): {first.message}; scaled to zero: "
+        + (", ".join(f"{k} (was {v})" for k, v in sorted(replicas.items())) or "none")
+        + f". Resume: set spec.killSwitch.acknowledge to {incident}"))
+    return st.KillSwitchStatus(engaged=True, incident=incident, engaged_at=st.at(inp.now), replicas=replicas)
+
+
+def kill_switch_stage(inp: EvaluationInput, d: Draft) -> None:
+    prev_ks = d.previous.kill_switch
+    ks_spec = inp.budget.spec.kill_switch
+    d.kill_switch = prev_ks
+    d.engaged = bool(prev_ks is not None and prev_ks.engaged)
+    if prev_ks is not None and d.engaged:
+        if ks_spec.acknowledge is not None and ks_spec.acknowledge == prev_ks.incident:
+            d.engaged = False
+            d.kill_switch = _resume(inp, d, prev_ks)
+        else:
+            d.kill_switch = _hold(inp, d, prev_ks)
+        return
+    handled = (ks_spec.acknowledge, prev_ks.incident if prev_ks is not None else None)
+    kills = [f for f in d.found if f.action == findings.KILL and findings.incident_id(f) not in handled]
+    if d.known and kills:
+        d.engaged = True
+        d.kill_switch = _engage(inp, d, kills)
+
+
+# ---------------------------------------------------------------- 3: suspend
+
+REASON_SUSPENDED = "Suspended"
+
+
+def suspend_stage(inp: EvaluationInput, d: Draft) -> None:
+    scaled = {a.agent for a in d.actions if isinstance(a, decision.ScaleToZero)}
+    restored = {a.agent for a in d.actions if isinstance(a, decision.RestoreReplicas)}
+    if inp.budget.spec.suspend:
+        for agent in d.agents:
+            if agent.replicas > 0 and agent.name not in scaled:
+                d.act(decision.ScaleToZero(agent.name, agent.replicas, "suspend"),
+                      decision.Event("Normal", REASON_SUSPENDED,
+                                     f"spec.suspend is true: {agent.name} scaled to zero (was {agent.replicas})",
+                                     agent=agent.name))
+    elif not d.engaged:
+        for agent in d.agents:
+            if agent.replicas == 0 and agent.replicas_before is not None and agent.name not in restored:
+                d.act(decision.RestoreReplicas(agent.name, agent.replicas_before, "unsuspend"),
+                      decision.Event("Normal", REASON_RESUMED,
+                                     f"{agent.name} restored to {agent.replicas_before} replicas", agent=agent.name))
+
+
+# ---------------------------------------------------------------- 4: model
+
+REASON_MODEL_SET = "ModelSet"
+REASON_MODEL_ROLLED_BACK = "ModelRolledBack"
+REASON_MODEL_ROLLBACK_HELD = "ModelRollbackHeld"
+
+
+def _desired_model(inp: EvaluationInput, d: Draft, desired: str, rollbacks: list[st.Rollback]) -> None:
+    """``spec.model.desired`` wins: every agent runs it; a change of it is recorded once."""
+    prev_model = d.previous.model
+    changed = (prev_model.spec_desired if prev_model is not None else None) != desired
+    for agent in d.agents:
+        if agent.model != desired:
+            d.act(decision.SetModel(agent.name, desired, agent.model, "desired"),
+                  decision.Event("Normal", REASON_MODEL_SET,
+                                 f"spec.model.desired is {desired}: {agent.name} set from "
+                                 f"{agent.model} to {desired}", agent=agent.name))
+        if changed:
+            rollbacks.append(st.Rollback(agent=agent.name, from_=agent.model or "", to=desired,
+                                         at=st.at(inp.now), reason="spec.model.desired"))
+    d.model = st.ModelStatus(rollbacks=rollbacks[-MAX_ROLLBACKS:], spec_desired=desired)
+
+
+def _rollbacks_on_spike(inp: EvaluationInput, d: Draft, rollbacks: list[st.Rollback],
+                        latest: dict[str, st.Rollback]) -> None:
+    """A model-update spike with action rollback: back to the previous model, once per incident."""
+    done_incidents = {r.incident for r in rollbacks}
+    by_name = d.by_name
+    for f in d.found:
+        if f.kind != findings.MODEL_UPDATE_SPIKE or f.action != findings.ROLLBACK:
+            continue
+        incident = findings.incident_id(f)
+        spiked = by_name.get(f.agent)
+        if incident in done_incidents or spiked is None or f.previous_model is None:
+            continue
+        if spiked.model != f.model:
+            continue  # the Deployment no longer runs the model that spiked
+        record = st.Rollback(agent=spiked.name, from_=spiked.model, to=f.previous_model, at=st.at(inp.now),
+                             incident=incident, reason=f.message)
+        rollbacks.append(record)
+        latest[spiked.name] = record
+        done_incidents.add(incident)
+        d.act(decision.SetModel(spiked.name, f.previous_model, spiked.model, "rollback", incident),
+              decision.Event("Warning", REASON_MODEL_ROLLED_BACK,
+                             f"{incident}: {spiked.name} rolled back from {spiked.model} to {f.previous_model}: "
+                             f"{f.message}. Roll forward: set spec.model.desired", agent=spiked.name))
+
+
+def model_stage(inp: EvaluationInput, d: Draft) -> None:
+    prev_model = d.previous.model
+    rollbacks = [r.model_copy() for r in (prev_model.rollbacks or ())] if prev_model is not None else []
+    desired = inp.budget.spec.model.desired or None
+    if desired is not None:
+        _desired_model(inp, d, desired, rollbacks)
+        return
+    # No desired model: automatic rollbacks, and keep the latest one against drift.
+    latest = {r.agent or "": r for r in rollbacks}
+    if d.known and inp.budget.spec.model.rollback_on_spike:
+        _rollbacks_on_spike(inp, d, rollbacks, latest)
+    handled = {a.agent for a in d.actions if isinstance(a, decision.SetModel)}
+    for agent in d.agents:
+        pin = latest.get(agent.name)
+        if (pin is None or not pin.incident or agent.name in handled or pin.to is None
+                or agent.model is None or agent.model == pin.to):
+            continue
+        d.act(decision.SetModel(agent.name, pin.to, agent.model, "rollback-drift", pin.incident),
+              decision.Event("Warning", REASON_MODEL_ROLLBACK_HELD,
+                             f"{agent.name} drifted to {agent.model} after rollback {pin.incident}; "
+                             f"set back to {pin.to}. Roll forward: set spec.model.desired", agent=agent.name))
+    d.model = st.ModelStatus(rollbacks=rollbacks[-MAX_ROLLBACKS:])
+
+
+# ---------------------------------------------------------------- 5: notify
+
+def _camel(kind: str) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in kind.split("_"))
+
+
+# The reason of a finding's Event (and of AnomalyDetected): the policy's Reason, else the kind in CamelCase.
+FINDING_REASONS: Mapping[str, str] = {
+    **{kind: _camel(kind) for kind in findings.KINDS},
+    **policies.REASONS,
+}
+
+
+def finding_reason(kind: str) -> str:
+    return FINDING_REASONS.get(kind) or _camel(kind)
+
+
+def notify_stage(inp: EvaluationInput, d: Draft) -> None:
+    """Each finding seen for the first time: an alert to on-call and a Warning Event."""
+    for f in d.new:
+        incident = findings.incident_id(f)
+        d.act(decision.Notify(f, incident),
+              decision.Event("Warning", finding_reason(f.kind), f"{incident}: {f.message}", agent=f.agent))
+
+
+# ---------------------------------------------------------------- 6: approvals
+
+REASON_APPROVAL_PENDING = "ApprovalPending"
+REASON_NO_APPROVAL_PENDING = "NoApprovalPending"
+
+
+def approvals_stage(inp: EvaluationInput, d: Draft) -> None:
+    """The CostApprovals still waiting for a human that concern the budget's agents, by name."""
+    names = {a.name for a in d.agents}
+    d.pending = sorted((a for a in inp.approvals
+                        if a.agent in names and (a.expires_at is None or a.expires_at > inp.now)),
+                       key=lambda a: a.name)
+
+
+# ---------------------------------------------------------------- 7: conditions
+
+REASON_EVALUATED = "Evaluated"
+REASON_LIMIT_EXCEEDED = "LimitExceeded"
+REASON_WITHIN_LIMITS = "WithinLimits"
+REASON_NO_ANOMALY = "NoAnomaly"
+# Ready=False reasons by state
+READY_REASONS = {st.State.suspended: REASON_SUSPENDED, st.State.killed: REASON_KILL_SWITCH_ENGAGED,
+                 st.State.unknown: REASON_METRICS_UNAVAILABLE}
+
+
+def budget_state(inp: EvaluationInput, d: Draft) -> st.State:
+    if inp.budget.spec.suspend:
+        return st.State.suspended
+    if d.engaged:
+        return st.State.killed
+    if not d.known:
+        return st.State.unknown
+    if any(f.kind in (findings.BUDGET_EXCEEDED, findings.KILL_SWITCH) for f in d.found):
+        return st.State.exceeded
+    if any(f.kind == findings.BUDGET_WARNING for f in d.found):
+        return st.State.warning
+    return st.State.active
+
+
+Cond = tuple[str, Literal["True", "False", "Unknown"], str, str]
+
+
+def _data_conditions(inp: EvaluationInput, d: Draft) -> list[Cond]:
+    """MetricsAvailable, BudgetExceeded and AnomalyDetected."""
+    if not d.known:
+        return [(st.METRICS_AVAILABLE, "False", REASON_METRICS_UNAVAILABLE, d.reason_unknown),
+                (st.BUDGET_EXCEEDED, "Unknown", REASON_METRICS_UNAVAILABLE, d.reason_unknown),
+                (st.ANOMALY_DETECTED, "Unknown", REASON_METRICS_UNAVAILABLE, d.reason_unknown)]
+    out: list[Cond] = [(st.METRICS_AVAILABLE, "True", REASON_METRICS_FRESH, "spend and per-minute data are known")]
+    exceeded = [f for f in d.found if f.kind in (findings.BUDGET_EXCEEDED, findings.KILL_SWITCH)]
+    if exceeded:
+        out.append((st.BUDGET_EXCEEDED, "True", REASON_LIMIT_EXCEEDED, exceeded[-1].message))
+    else:
+        out.append((st.BUDGET_EXCEEDED, "False", REASON_WITHIN_LIMITS, "spend is within every limit"))
+    anomalies = [f for f in d.found
+                 if f.kind in findings.ANOMALY_KINDS and inp.now - f.time <= ANOMALY_HOLD_SECONDS]
+    if anomalies:
+        last = anomalies[-1]
+        out.append((st.ANOMALY_DETECTED, "True", finding_reason(last.kind),
+                    f"{findings.incident_id(last)}: {last.message}"))
+    else:
+        out.append((st.ANOMALY_DETECTED, "False", REASON_NO_ANOMALY, "no anomaly in the last 15 minutes"))
+    return out
+
+
+def _kill_switch_condition(d: Draft) -> Cond:
+    ks = d.kill_switch or st.KillSwitchStatus()
+    if d.engaged:
+        return (st.KILL_SWITCH_ENGAGED, "True", REASON_KILL_SWITCH_ENGAGED,
+                f"agents stopped by incident {ks.incident}; set spec.killSwitch.acknowledge to it to resume")
+    if ks.resumed_at is not None:
+        return (st.KILL_SWITCH_ENGAGED, "False", REASON_RESUMED,
+                f"resumed at {timefmt.rfc3339(ks.resumed_at.timestamp())}")
+    return (st.KILL_SWITCH_ENGAGED, "False", REASON_NOT_ENGAGED, "kill switch not engaged")
+
+
+def _approval_condition(d: Draft) -> Cond:
+    pending = d.pending
+    if not pending:
+        return (st.APPROVAL_PENDING, "False", REASON_NO_APPROVAL_PENDING, "no CostApproval is waiting")
+    names = ", ".join(a.name for a in pending[:10]) + (f" (+{len(pending) - 10} more)" if len(pending) > 10 else "")
+    return (st.APPROVAL_PENDING, "True", REASON_APPROVAL_PENDING,
+            f"{len(pending)} CostApproval(s) waiting for a decision: {names}; decide with "
+            "`fleetwarden approve|deny NAME`")
+
+
+def conditions_stage(inp: EvaluationInput, d: Draft) -> None:
+    d.state = budget_state(inp, d)
+    if d.state in READY_REASONS:
+        msg = d.reason_unknown if d.state is st.State.unknown else f"budget is {d.state.value.lower()}"
+        ready: Cond = (st.READY, "False", READY_REASONS[d.state], msg)
+    else:
+        ready = (st.READY, "True", REASON_EVALUATED, f"evaluated {len(d.agents)} agent(s); state {d.state.value}")
+    data = _data_conditions(inp, d)
+    rows = [ready, data[0], data[1], _kill_switch_condition(d), data[2], _approval_condition(d)]
+    prev = list(d.previous.conditions or ())
+    d.conditions = [st.set_condition(prev, *row, now=inp.now, generation=inp.generation) for row in rows]
+    # keep conditions written by others as they are
+    ours = {c.type for c in d.conditions}
+    d.conditions.extend(c for c in prev if c.type not in ours)
+    old = d.previous.condition(st.METRICS_AVAILABLE)
+    if not d.known and (old is None or old.status != "False"):
+        d.events.append(decision.Event("Warning", REASON_METRICS_UNAVAILABLE,
+                                       f"metrics unavailable, no destructive action taken: {d.reason_unknown}"))
+    if d.known and old is not None and old.status == "False":
+        d.events.append(decision.Event("Normal", REASON_METRICS_AVAILABLE, "metrics are available again"))
+
+
+STAGES: tuple[Stage, ...] = (findings_stage, kill_switch_stage, suspend_stage, model_stage, notify_stage,
+                             approvals_stage, conditions_stage)

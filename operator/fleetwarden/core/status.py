@@ -237,3 +237,8 @@ def condition_body(previous: Sequence[Mapping[str, Any]], type_: str, status: Li
     out: dict[str, Any] = set_condition(prev, type_, status, reason, message, now, generation).model_dump(
         mode="json", by_alias=True, exclude_none=True)
     return out
+
+
+def rfc3339_of(value: dt.datetime) -> str:
+    """A status timestamp as written."""
+    return _utc(value)

@@ -1,0 +1,278 @@
+"""Table tests for the decision's stages, one stage at a time: input and draft in, what it adds out.
+
+Each stage (:mod:`fleetwarden.core.stages`) is called on its own with a hand-made draft, so a row
+says exactly what that stage decides; ``test_evaluate.py`` covers the whole chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fleetwarden.core import decision, evaluate, findings, spec, stages
+from fleetwarden.core import status as st
+from fleetwarden.core.series import AgentMinute
+
+NOW = 1_800_000_000.0
+NS = "shop"
+
+
+def budget(**fields: Any) -> spec.AgentBudget:
+    doc: dict[str, Any] = {"limits": [{"window": "hour", "amountUSD": 10}]}
+    doc.update(fields)
+    return spec.AgentBudget.model_validate({"metadata": {"name": "support", "namespace": NS}, "spec": doc})
+
+
+def dep(name: str, replicas: int = 2, model: str | None = "gpt-4o", before: int | None = None
+        ) -> decision.AgentDeployment:
+    return decision.AgentDeployment(name, NS, {"team": "cx"}, replicas, model=model, replicas_before=before)
+
+
+def minutes(agent: str) -> list[AgentMinute]:
+    start = int(NOW // 60) * 60 - 30 * 60
+    return [AgentMinute(agent, NS, start + 60 * i, inference_cost_usd=0.01, llm_calls=2, tasks_completed=1,
+                        tokens=500, output_tokens=50, model="gpt-4o") for i in range(30)]
+
+
+def make(b: spec.AgentBudget | None = None, ags: list[decision.AgentDeployment] | None = None, *,
+         hour: float | None = 2.0, previous: dict[str, Any] | None = None, known_minutes: bool = True,
+         approvals: tuple[decision.PendingApproval, ...] = ()) -> tuple[decision.EvaluationInput, stages.Draft]:
+    ags = [dep("bot"), dep("helper", 3)] if ags is None else ags
+    inp = decision.EvaluationInput(
+        budget=b or budget(), agents=ags, minutes={a.name: minutes(a.name) for a in ags} if known_minutes else None,
+        spend={spec.Window.hour: hour}, now=NOW, previous=previous or {}, approvals=approvals, generation=3)
+    return inp, stages.Draft(agents=sorted(ags, key=lambda a: a.name), previous=inp.previous)
+
+
+def kill_finding(agent: str = "support", kind: str = findings.KILL_SWITCH) -> findings.Finding:
+    return findings.Finding(kind=kind, agent=agent, namespace=NS, time=NOW, action=findings.KILL,
+                            message="spend past 150% of the hourly cap", onset=NOW)
+
+
+# ---------------------------------------------------------------- findings
+
+
+@pytest.mark.parametrize(("hour", "known_minutes", "known", "kinds"), [
+    (2.0, True, True, []),
+    (9.0, True, True, [findings.BUDGET_WARNING]),
+    (12.0, True, True, [findings.BUDGET_EXCEEDED]),
+    (16.0, True, True, [findings.BUDGET_EXCEEDED, findings.KILL_SWITCH]),
+    (16.0, False, False, []),  # no buckets: unknown, so no finding at all
+    (None, True, False, []),  # the spend of a limit's window is unknown
+])
+def test_findings_stage(hour: float | None, known_minutes: bool, known: bool, kinds: list[str]) -> None:
+    """The findings stage says whether the data is known and finds the budget rules only on known data."""
+    inp, d = make(budget(killSwitch={"enabled": True, "thresholdPercent": 150}), hour=hour,
+                  known_minutes=known_minutes)
+    stages.findings_stage(inp, d)
+    assert d.known is known
+    assert sorted(f.kind for f in d.found) == sorted(kinds)
+    assert d.new == d.found  # nothing was reported before
+    assert all(f.budget == "support" for f in d.found)
+
+
+def test_findings_stage_keeps_what_was_reported_out_of_new() -> None:
+    """A finding whose incident the previous status already holds is found again but is not new."""
+    inp, d = make(hour=12.0)
+    stages.findings_stage(inp, d)
+    (f,) = d.found
+    again_inp, again = make(hour=12.5, previous={
+        "state": "Exceeded", "conditions": [{"type": "BudgetExceeded", "status": "True", "reason": "LimitExceeded",
+                                             "message": "x", "lastTransitionTime": "2027-01-15T08:00:00Z"}],
+        "incidents": [{"id": findings.incident_id(f), "kind": f.kind, "agent": f.agent,
+                       "time": "2027-01-15T08:00:00Z"}]})
+    stages.findings_stage(again_inp, again)
+    assert [x.kind for x in again.found] == [findings.BUDGET_EXCEEDED] and again.new == []
+
+
+# ---------------------------------------------------------------- kill switch
+
+
+ENGAGED = {"killSwitch": {"engaged": True, "incident": "inc-1", "replicas": {"bot": 4, "helper": 1}}}
+
+
+@pytest.mark.parametrize(("case", "previous", "ack", "ags", "found", "actions", "reasons", "engaged"), [
+    ("engage on a kill finding", {}, None, [dep("bot", 2), dep("helper", 3)], [kill_finding()],
+     [decision.ScaleToZero("bot", 2, "kill"), decision.ScaleToZero("helper", 3, "kill")],
+     [stages.REASON_KILL_SWITCH_ENGAGED], True),
+    ("a detector's kill stops its agent only", {}, None, [dep("bot", 2), dep("helper", 3)],
+     [kill_finding("bot", findings.RUNAWAY_LOOP)], [decision.ScaleToZero("bot", 2, "kill")],
+     [stages.REASON_KILL_SWITCH_ENGAGED], True),
+    ("held: a scaled-up agent goes back to zero", ENGAGED, None, [dep("bot", 1), dep("helper", 0)], [],
+     [decision.ScaleToZero("bot", 4, "killed-again")], [stages.REASON_KILL_SWITCH_HELD], True),
+    ("a wrong acknowledgement does not resume", ENGAGED, "inc-0", [dep("bot", 2), dep("helper", 0)], [],
+     [decision.ScaleToZero("bot", 4, "killed-again")], [stages.REASON_KILL_SWITCH_HELD], True),
+    ("acknowledged: exact replicas back", ENGAGED, "inc-1", [dep("bot", 0), dep("helper", 0)], [],
+     [decision.RestoreReplicas("bot", 4, "resume"), decision.RestoreReplicas("helper", 1, "resume")],
+     [stages.REASON_RESUMED], False),
+    ("the acknowledged incident is not engaged again", {}, findings.incident_id(kill_finding()),
+     [dep("bot", 2)], [kill_finding()], [], [], False),
+])
+def test_kill_switch_stage(case: str, previous: dict[str, Any], ack: str | None,
+                           ags: list[decision.AgentDeployment], found: list[findings.Finding],
+                           actions: list[decision.Action], reasons: list[str], engaged: bool) -> None:
+    """The kill switch engages on a kill finding, holds while engaged, and resumes on the acknowledgement."""
+    ks: dict[str, Any] = {"enabled": True, "thresholdPercent": 150}
+    if ack is not None:
+        ks["acknowledge"] = ack
+    inp, d = make(budget(killSwitch=ks), ags, previous=previous)
+    d.known, d.found = True, found
+    stages.kill_switch_stage(inp, d)
+    assert d.actions == actions, case
+    assert [e.reason for e in d.events] == reasons, case
+    assert d.engaged is engaged, case
+
+
+def test_kill_switch_stage_never_engages_on_unknown_data() -> None:
+    """A kill finding on unknown data engages nothing."""
+    inp, d = make(budget(killSwitch={"enabled": True}))
+    d.known, d.found = False, [kill_finding()]
+    stages.kill_switch_stage(inp, d)
+    assert (d.actions, d.engaged, d.kill_switch) == ([], False, None)
+
+
+# ---------------------------------------------------------------- suspend
+
+
+@pytest.mark.parametrize(("suspend", "ags", "actions"), [
+    (True, [dep("bot", 2), dep("helper", 0)], [decision.ScaleToZero("bot", 2, "suspend")]),
+    (False, [dep("bot", 0, before=2), dep("helper", 3)], [decision.RestoreReplicas("bot", 2, "unsuspend")]),
+    (False, [dep("bot", 0), dep("helper", 3)], []),  # at zero with nothing remembered: a person's choice
+])
+def test_suspend_stage(suspend: bool, ags: list[decision.AgentDeployment], actions: list[decision.Action]) -> None:
+    """spec.suspend scales to zero; false restores what the Deployment remembers."""
+    inp, d = make(budget(suspend=suspend), ags)
+    stages.suspend_stage(inp, d)
+    assert d.actions == actions
+    assert {e.reason for e in d.events} <= {stages.REASON_SUSPENDED, stages.REASON_RESUMED}
+
+
+def test_suspend_stage_restores_nothing_while_killed() -> None:
+    inp, d = make(budget(), [dep("bot", 0, before=2)])
+    d.engaged = True
+    stages.suspend_stage(inp, d)
+    assert d.actions == []
+
+
+# ---------------------------------------------------------------- model
+
+
+def spike(agent: str = "bot") -> findings.Finding:
+    return findings.Finding(kind=findings.MODEL_UPDATE_SPIKE, agent=agent, namespace=NS, time=NOW,
+                            action=findings.ROLLBACK, message="cost per task 3.1x", model="gpt-4o",
+                            previous_model="gpt-4o-mini", onset=NOW - 600)
+
+
+@pytest.mark.parametrize(("case", "model_spec", "previous", "found", "reasons", "set_to"), [
+    ("a spike rolls back", {"rollbackOnSpike": True}, {}, [spike()], [stages.REASON_MODEL_ROLLED_BACK],
+     {"bot": "gpt-4o-mini"}),
+    ("no rollback without rollbackOnSpike", {"rollbackOnSpike": False}, {}, [spike()], [], {}),
+    ("desired wins", {"desired": "gpt-4.1"}, {}, [spike()], [stages.REASON_MODEL_SET] * 2,
+     {"bot": "gpt-4.1", "helper": "gpt-4.1"}),
+    ("drift from a rollback is set back", {"rollbackOnSpike": True},
+     {"model": {"rollbacks": [{"agent": "bot", "from": "gpt-4.1", "to": "gpt-4o-mini", "incident": "inc-7",
+                               "at": "2027-01-15T07:00:00Z"}]}}, [], [stages.REASON_MODEL_ROLLBACK_HELD],
+     {"bot": "gpt-4o-mini"}),
+])
+def test_model_stage(case: str, model_spec: dict[str, Any], previous: dict[str, Any], found: list[findings.Finding],
+                     reasons: list[str], set_to: dict[str, str]) -> None:
+    """Model: desired wins; else a spike rolls back once, and a rollback is held against drift."""
+    inp, d = make(budget(model=model_spec), [dep("bot"), dep("helper")], previous=previous)
+    d.known, d.found = True, found
+    stages.model_stage(inp, d)
+    assert [e.reason for e in d.events] == reasons, case
+    assert {a.agent: a.model for a in d.actions if isinstance(a, decision.SetModel)} == set_to, case
+
+
+# ---------------------------------------------------------------- notify, approvals
+
+
+def test_notify_stage_uses_each_kinds_reason_constant() -> None:
+    """A new finding is notified once, its Event's reason the kind's Reason constant (the kill switch's
+    is the condition's KillSwitchEngaged, not a second spelling)."""
+    inp, d = make()
+    d.new = [kill_finding(), spike()]
+    stages.notify_stage(inp, d)
+    assert [a.incident for a in d.actions] == [findings.incident_id(f) for f in d.new]
+    assert [e.reason for e in d.events] == [stages.REASON_KILL_SWITCH_ENGAGED, "ModelUpdateSpike"]
+
+
+def test_approvals_stage_keeps_the_budgets_unexpired_requests() -> None:
+    approvals = (decision.PendingApproval("b-2", "bot", expires_at=NOW + 60),
+                 decision.PendingApproval("a-1", "bot"),
+                 decision.PendingApproval("c-3", "bot", expires_at=NOW - 1),
+                 decision.PendingApproval("d-4", "someone-else"))
+    inp, d = make(approvals=approvals)
+    stages.approvals_stage(inp, d)
+    assert [a.name for a in d.pending] == ["a-1", "b-2"]
+
+
+# ---------------------------------------------------------------- conditions
+
+
+@pytest.mark.parametrize(("known", "engaged", "found", "suspend", "state", "ready"), [
+    (True, False, [], False, st.State.active, ("True", stages.REASON_EVALUATED)),
+    (True, False, [findings.BUDGET_WARNING], False, st.State.warning, ("True", stages.REASON_EVALUATED)),
+    (True, False, [findings.BUDGET_EXCEEDED], False, st.State.exceeded, ("True", stages.REASON_EVALUATED)),
+    (True, True, [], False, st.State.killed, ("False", stages.REASON_KILL_SWITCH_ENGAGED)),
+    (False, False, [], False, st.State.unknown, ("False", stages.REASON_METRICS_UNAVAILABLE)),
+    (False, True, [], True, st.State.suspended, ("False", stages.REASON_SUSPENDED)),
+])
+def test_conditions_stage(known: bool, engaged: bool, found: list[str], suspend: bool, state: st.State,
+                          ready: tuple[str, str]) -> None:
+    """The state, in order of precedence, and Ready with the state's Reason."""
+    inp, d = make(budget(suspend=suspend))
+    d.known, d.engaged, d.reason_unknown = known, engaged, "Prometheus unreachable"
+    d.found = [findings.Finding(kind=k, agent="support", namespace=NS, time=NOW, action=findings.ALERT, message="m")
+               for k in found]
+    stages.conditions_stage(inp, d)
+    assert d.state is state
+    ready_now = next(c for c in d.conditions if c.type == st.READY)
+    assert (ready_now.status, ready_now.reason) == ready
+    assert [c.type for c in d.conditions] == [st.READY, st.METRICS_AVAILABLE, st.BUDGET_EXCEEDED,
+                                              st.KILL_SWITCH_ENGAGED, st.ANOMALY_DETECTED, st.APPROVAL_PENDING]
+    assert all(c.observed_generation == 3 for c in d.conditions)
+
+
+def test_conditions_keep_transition_times_and_others_conditions() -> None:
+    """lastTransitionTime stays unless the status changes; a condition another writer set is kept."""
+    previous = {"conditions": [
+        {"type": "MetricsAvailable", "status": "True", "reason": "MetricsFresh", "message": "m",
+         "lastTransitionTime": "2027-01-01T00:00:00Z"},
+        {"type": "Ready", "status": "False", "reason": "MetricsUnavailable", "message": "m",
+         "lastTransitionTime": "2027-01-01T00:00:00Z"},
+        {"type": "example.com/Audited", "status": "True", "reason": "Audited", "message": "m",
+         "lastTransitionTime": "2027-01-02T00:00:00Z"}]}
+    inp, d = make(previous=previous)
+    d.known = True
+    stages.conditions_stage(inp, d)
+    by_type = {c.type: c for c in d.conditions}
+    assert st.rfc3339_of(by_type[st.METRICS_AVAILABLE].last_transition_time) == "2027-01-01T00:00:00Z"
+    assert st.rfc3339_of(by_type[st.READY].last_transition_time) == "2027-01-15T08:00:00Z"
+    assert by_type["example.com/Audited"].reason == "Audited"
+
+
+# ---------------------------------------------------------------- the chain and the status
+
+
+def test_the_chain_is_the_documented_order() -> None:
+    assert [s.__name__ for s in stages.STAGES] == [
+        "findings_stage", "kill_switch_stage", "suspend_stage", "model_stage", "notify_stage", "approvals_stage",
+        "conditions_stage"]
+
+
+def test_a_garbage_status_is_replaced_and_named() -> None:
+    """A status edited by hand into nonsense is read leniently: the bad fields are dropped (and said in a
+    Warning Event), the rest is kept, and the status written back is valid."""
+    garbage = {"state": "Exploded", "killSwitch": {"engaged": "maybe"}, "incidents": [
+        {"id": "inc-1", "kind": "budget_exceeded", "agent": "support", "time": "2027-01-15T07:00:00Z"},
+        {"id": 7, "time": "yesterday"}], "conditions": "none", "spend": {"hour": 2.0}, "surprise": 1}
+    inp, _ = make(previous=garbage)
+    verdict = evaluate.evaluate(inp)
+    (event,) = [e for e in verdict.events if e.reason == evaluate.REASON_STATUS_REPAIRED]
+    for field in ("state", "killSwitch", "incidents", "conditions", "surprise"):
+        assert field in event.message
+    body = verdict.status.body()
+    assert body["state"] == "Active" and [i["id"] for i in body["incidents"]] == ["inc-1"]
+    assert st.read(body) == (verdict.status, [])

@@ -148,6 +148,20 @@ Action = ScaleToZero | RestoreReplicas | SetModel | Notify
 
 
 @dataclasses.dataclass(frozen=True)
+class ActionFailure:
+    """An action the API server refused, or that did not read back as done.
+
+    ``status``: the HTTP status (403, 404, 409, 422, 5xx; None for a timeout or a read-back
+    mismatch); ``reason``: the API's reason (``Forbidden``, ``NotFound``, ``Conflict``,
+    ``Invalid``, ``Timeout``, ``NotApplied``...); ``message``: the API's message."""
+
+    action: Action
+    status: int | None
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Event:
     type: str  # "Normal" | "Warning"
     reason: str  # CamelCase
@@ -162,6 +176,7 @@ class Decision:
     actions: tuple[Action, ...]
     status: st.AgentBudgetStatus
     events: tuple[Event, ...]
+    failures: tuple[ActionFailure, ...] = ()  # actions that did not take effect (never shown as done)
 
     @property
     def destructive(self) -> bool:

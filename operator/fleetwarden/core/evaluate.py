@@ -24,6 +24,8 @@ lookback window, the hour's figures) are kept in an optional
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fleetwarden.core import decision, figures, findings, spec, stages
 from fleetwarden.core import status as st
 
@@ -31,16 +33,30 @@ REASON_STATUS_REPAIRED = "StatusRepaired"
 
 
 def evaluate(inp: decision.EvaluationInput) -> decision.Decision:
+    """The whole decision when nothing is acted on in between (replay, tests, dry runs)."""
+    return conclude(inp, plan(inp))
+
+
+def plan(inp: decision.EvaluationInput) -> stages.Draft:
+    """What to do: the stages before acting (``draft.actions``)."""
     d = stages.Draft(agents=sorted(inp.agents, key=lambda a: a.name), previous=inp.previous)
-    for stage in stages.STAGES:
+    for stage in stages.PLAN:
         stage(inp, d)
+    return d
+
+
+def conclude(inp: decision.EvaluationInput, d: stages.Draft,
+             failures: Sequence[decision.ActionFailure] = ()) -> decision.Decision:
+    """The decision once the draft's actions were applied, ``failures`` those that did not take effect."""
+    stages.settle_stage(inp, d, failures)
+    stages.conditions_stage(inp, d)
     if inp.status_repairs:
         d.events.append(decision.Event(
             "Warning", REASON_STATUS_REPAIRED,
             "the stored status had invalid fields, rewritten from what the cluster shows: "
             + "; ".join(inp.status_repairs)))
     return decision.Decision(findings=tuple(d.found), new_findings=tuple(d.new), actions=tuple(d.actions),
-                             status=status_of(inp, d), events=tuple(d.events))
+                             status=status_of(inp, d), events=tuple(d.events), failures=tuple(d.failures))
 
 
 def _summary(inp: decision.EvaluationInput) -> st.Summary | None:

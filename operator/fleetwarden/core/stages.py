@@ -1,6 +1,6 @@
 """The stages of the operator's decision, in order: each a small named pure function.
 
-    findings -> kill switch -> suspend -> model -> notify -> approvals -> conditions
+    findings -> kill switch -> suspend -> model -> notify -> approvals -> [act] -> settle -> conditions
 
 Each stage reads the :class:`~fleetwarden.core.decision.EvaluationInput` and the
 :class:`Draft` the stages before it left, and adds to the draft: findings, actions, Events,
@@ -30,8 +30,11 @@ The rules:
    from an automatic rollback is set again.
 5. notify: each finding not reported before -> an alert (Notify) and a Warning Event.
 6. approvals: pending CostApprovals of the budget's agents -> ApprovalPending=True.
-7. conditions: the state (Suspended, Killed, Unknown, Exceeded, Warning, Active) and the
-   metav1 conditions, lastTransitionTime kept unless a status really changes.
+7. settle (after the handler acted): an action the API server refused, or that did not read
+   back as done, is not recorded as done (see :func:`settle_stage`) and is retried.
+8. conditions: the state (Suspended, Killed, Unknown, Exceeded, Warning, Active) and the
+   metav1 conditions, lastTransitionTime kept unless a status really changes; a failed action
+   makes Ready=False (and KillSwitchEngaged=False, ScaleFailed, for a refused stop).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class Draft:
     pending: list[decision.PendingApproval] = dataclasses.field(default_factory=list)
     state: st.State = st.State.active
     conditions: list[st.Condition] = dataclasses.field(default_factory=list)
+    failures: list[decision.ActionFailure] = dataclasses.field(default_factory=list)
 
     @property
     def by_name(self) -> dict[str, decision.AgentDeployment]:
@@ -452,7 +456,56 @@ def approvals_stage(inp: EvaluationInput, d: Draft) -> None:
                        key=lambda a: a.name)
 
 
-# ---------------------------------------------------------------- 7: conditions
+# ---------------------------------------------------------------- 7: settle (after acting)
+
+REASON_SCALE_FAILED = "ScaleFailed"
+REASON_RESTORE_FAILED = "RestoreFailed"
+REASON_MODEL_SET_FAILED = "ModelSetFailed"
+FAILURE_REASONS: Mapping[type, str] = {decision.ScaleToZero: REASON_SCALE_FAILED,
+                                       decision.RestoreReplicas: REASON_RESTORE_FAILED,
+                                       decision.SetModel: REASON_MODEL_SET_FAILED}
+
+
+def failure_text(f: decision.ActionFailure) -> str:
+    a = f.action
+    what = {decision.ScaleToZero: "scale {} to 0", decision.RestoreReplicas: "restore {}",
+            decision.SetModel: "set the model of {}"}.get(type(a), "act on {}").format(getattr(a, "agent", "?"))
+    code = f"{f.status} " if f.status is not None else ""
+    return f"{what} failed: {code}{f.reason}: {f.message}"
+
+
+def _failed(d: Draft, kind: type, *reasons: str) -> list[decision.ActionFailure]:
+    return [f for f in d.failures if isinstance(f.action, kind) and getattr(f.action, "reason", None) in reasons]
+
+
+def settle_stage(inp: EvaluationInput, d: Draft, failures: Sequence[decision.ActionFailure]) -> None:
+    """What did not take effect is not recorded as done, and is tried again at the next evaluation.
+
+    A kill none of whose scales landed leaves the kill switch as it was (the kill finding engages it
+    again); a kill that stopped some agents stays engaged and holds (retries) the others; a resume
+    whose restore failed stays engaged (the acknowledgement resumes it again); a rollback that was not
+    set is dropped from ``status.model.rollbacks`` (the spike rolls it back again). Each failure gets a
+    Warning Event with the API's reason; the conditions stage then says it (Ready, KillSwitchEngaged)."""
+    d.failures = list(failures)
+    if not d.failures:
+        return
+    kills = [a for a in d.actions if isinstance(a, decision.ScaleToZero) and a.reason == "kill"]
+    failed_kills = {f.action for f in _failed(d, decision.ScaleToZero, "kill")}
+    if kills and all(a in failed_kills for a in kills):
+        d.kill_switch, d.engaged = d.previous.kill_switch, False
+    if _failed(d, decision.RestoreReplicas, "resume"):
+        d.kill_switch, d.engaged = d.previous.kill_switch, True
+    not_set = {f.action.agent for f in d.failures if isinstance(f.action, decision.SetModel)}
+    if not_set and d.model is not None and d.model.rollbacks:
+        new = d.model.rollbacks[len(d.previous.model.rollbacks or ()) if d.previous.model is not None else 0:]
+        kept = [r for r in new if r.agent not in not_set]
+        d.model = d.model.model_copy(update={"rollbacks": d.model.rollbacks[:len(d.model.rollbacks) - len(new)] + kept})
+    for f in d.failures:
+        d.events.append(decision.Event("Warning", FAILURE_REASONS.get(type(f.action), "ActionFailed"),
+                                       failure_text(f) + "; retrying", agent=getattr(f.action, "agent", None)))
+
+
+# ---------------------------------------------------------------- 8: conditions
 
 REASON_EVALUATED = "Evaluated"
 REASON_LIMIT_EXCEEDED = "LimitExceeded"
@@ -464,9 +517,10 @@ READY_REASONS = {st.State.suspended: REASON_SUSPENDED, st.State.killed: REASON_K
 
 
 def budget_state(inp: EvaluationInput, d: Draft) -> st.State:
-    if inp.budget.spec.suspend:
+    """Suspended and Killed only when the agents were stopped (a refused scale is not a stop)."""
+    if inp.budget.spec.suspend and not _failed(d, decision.ScaleToZero, "suspend"):
         return st.State.suspended
-    if d.engaged:
+    if d.engaged and not _failed(d, decision.ScaleToZero, "kill", "killed-again"):
         return st.State.killed
     if not d.known:
         return st.State.unknown
@@ -505,6 +559,14 @@ def _data_conditions(inp: EvaluationInput, d: Draft) -> list[Cond]:
 
 def _kill_switch_condition(d: Draft) -> Cond:
     ks = d.kill_switch or st.KillSwitchStatus()
+    stops = _failed(d, decision.ScaleToZero, "kill", "killed-again")
+    if stops:
+        return (st.KILL_SWITCH_ENGAGED, "False", REASON_SCALE_FAILED,
+                "; ".join(failure_text(f) for f in stops) + "; the agents may still be running, retrying")
+    restores = _failed(d, decision.RestoreReplicas, "resume")
+    if restores:
+        return (st.KILL_SWITCH_ENGAGED, "True", REASON_RESTORE_FAILED,
+                "; ".join(failure_text(f) for f in restores) + "; retrying")
     if d.engaged:
         return (st.KILL_SWITCH_ENGAGED, "True", REASON_KILL_SWITCH_ENGAGED,
                 f"agents stopped by incident {ks.incident}; set spec.killSwitch.acknowledge to it to resume")
@@ -526,9 +588,13 @@ def _approval_condition(d: Draft) -> Cond:
 
 def conditions_stage(inp: EvaluationInput, d: Draft) -> None:
     d.state = budget_state(inp, d)
-    if d.state in READY_REASONS:
+    if d.failures:
+        first = d.failures[0]
+        ready: Cond = (st.READY, "False", FAILURE_REASONS.get(type(first.action), "ActionFailed"),
+                       "; ".join(failure_text(f) for f in d.failures) + "; retrying")
+    elif d.state in READY_REASONS:
         msg = d.reason_unknown if d.state is st.State.unknown else f"budget is {d.state.value.lower()}"
-        ready: Cond = (st.READY, "False", READY_REASONS[d.state], msg)
+        ready = (st.READY, "False", READY_REASONS[d.state], msg)
     else:
         ready = (st.READY, "True", REASON_EVALUATED, f"evaluated {len(d.agents)} agent(s); state {d.state.value}")
     data = _data_conditions(inp, d)
@@ -546,5 +612,7 @@ def conditions_stage(inp: EvaluationInput, d: Draft) -> None:
         d.events.append(decision.Event("Normal", REASON_METRICS_AVAILABLE, "metrics are available again"))
 
 
-STAGES: tuple[Stage, ...] = (findings_stage, kill_switch_stage, suspend_stage, model_stage, notify_stage,
-                             approvals_stage, conditions_stage)
+# Before acting: what to do. After acting: settle_stage (what did not take effect), then conditions_stage.
+PLAN: tuple[Stage, ...] = (findings_stage, kill_switch_stage, suspend_stage, model_stage, notify_stage,
+                           approvals_stage)
+STAGES: tuple[Stage, ...] = (*PLAN, conditions_stage)

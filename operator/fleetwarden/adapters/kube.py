@@ -15,7 +15,7 @@ import datetime
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -25,7 +25,6 @@ from fleetwarden import errors
 from fleetwarden.core import evaluate, spec
 
 REPLICAS_BEFORE_KILL = "fleetwarden.dev/replicas-before-kill"
-KEDA_MANAGED_HINT = "fleetwarden.dev/keda-managed"
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 BUDGET_PLURAL = "agentbudgets"
@@ -118,13 +117,6 @@ def read_version(deployment: Mapping[str, Any], source: spec.ModelSource) -> str
     return last.split(":", 1)[1] if ":" in last else "latest"
 
 
-def is_keda_managed(deployment: Mapping[str, Any]) -> bool:
-    """A Deployment says it is KEDA-managed by the hint annotation or any KEDA annotation."""
-    annotations = deployment.get("metadata", {}).get("annotations") or {}
-    return annotations.get(KEDA_MANAGED_HINT) == "true" or any(
-        k.startswith("autoscaling.keda.sh/") for k in annotations)
-
-
 def agent_state(deployment: Mapping[str, Any], source: spec.ModelSource) -> evaluate.AgentState:
     """The operator's view of one agent Deployment."""
     meta = deployment.get("metadata", {})
@@ -136,7 +128,6 @@ def agent_state(deployment: Mapping[str, Any], source: spec.ModelSource) -> eval
         replicas=1 if replicas is None else int(replicas),
         model=read_model(deployment, source),
         version=read_version(deployment, source),
-        keda_managed=is_keda_managed(deployment),
         replicas_before=remembered_replicas(deployment),
     )
 
@@ -196,11 +187,6 @@ class Kube:
             data = self._json(f"list deployments in {namespace}", self.apps.list_namespaced_deployment,
                               namespace, **kwargs)
         return list(data.get("items") or [])
-
-    def list_agents(self, namespace: str, selector: spec.LabelSelector, source: spec.ModelSource
-                    ) -> list[evaluate.AgentState]:
-        """The agents a budget selects, read from their Deployments."""
-        return [agent_state(d, source) for d in self.list_deployments(namespace, selector)]
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         return self._json(f"read deployment {namespace}/{name}", self.apps.read_namespaced_deployment,  # type: ignore[no-any-return]
@@ -337,7 +323,3 @@ def budget_ref(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": spec.API_VERSION, "kind": "AgentBudget", "name": meta.get("name"),
             "namespace": meta.get("namespace"), "uid": meta.get("uid")}
 
-
-def select(agents: Iterable[evaluate.AgentState], selector: spec.LabelSelector) -> list[evaluate.AgentState]:
-    """The agents whose labels ``selector`` matches."""
-    return [a for a in agents if selector.matches(dict(a.labels))]

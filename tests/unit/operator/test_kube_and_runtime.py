@@ -40,14 +40,13 @@ def test_model_is_read_from_env_or_annotation(source: dict[str, Any], dep: dict[
     assert kube.read_model(dep, spec.ModelSource.model_validate(source)) == expected
 
 
-def test_agent_state_reads_replicas_version_keda_and_remembered_count() -> None:
-    """AgentState: replicas (default 1), image tag as version, KEDA hint, replicas-before-kill."""
-    dep = deployment(annotations={kube.REPLICAS_BEFORE_KILL: "4", kube.KEDA_MANAGED_HINT: "true"}, replicas=0)
+def test_agent_state_reads_replicas_version_and_remembered_count() -> None:
+    """AgentState: replicas (default 1), image tag as version, replicas-before-kill."""
+    dep = deployment(annotations={kube.REPLICAS_BEFORE_KILL: "4"}, replicas=0)
     state = kube.agent_state(dep, spec.ModelSource())
     assert (state.name, state.namespace, state.replicas, state.version) == ("bot", "shop", 0, "1.4.2")
-    assert state.keda_managed and state.replicas_before == 4
+    assert state.replicas_before == 4
     assert kube.agent_state(deployment(replicas=None), spec.ModelSource()).replicas == 1
-    assert not kube.agent_state(deployment(), spec.ModelSource()).keda_managed
 
 
 def test_api_errors_say_whether_a_retry_may_help() -> None:

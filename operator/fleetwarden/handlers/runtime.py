@@ -17,9 +17,10 @@ Besides: :meth:`Runtime.check_governance` flags agent Deployments that no AgentB
 governs (or whose budget sets no unit-economics target) with a Warning Event, once per
 (Deployment, problem).
 
-A transient Kubernetes failure raises :class:`Retry` (the kopf handler turns it into
-``kopf.TemporaryError``); the status is still written first, so the next cycle continues
-from what was decided (an unfinished scale-down is redone while the state is Killed).
+A transient Kubernetes failure of an action is raised (the ``KubeError`` itself, after the
+status is written, so the next cycle continues from what was decided: an unfinished
+scale-down is redone while the state is Killed); so is a failed status write. The kopf
+handler maps them to ``kopf.TemporaryError`` (:mod:`fleetwarden.handlers.retry`).
 
 Kopf-free on purpose: the handlers and ``benchmarks/operator_scale.py`` call it alike.
 """
@@ -49,14 +50,6 @@ HEARTBEAT_SECONDS = 60.0
 # ...but never so often that heartbeats alone pass this many status writes a second: with
 # 10,000 budgets a one-minute heartbeat would be 167 PATCHes a second, most of the API load.
 MAX_HEARTBEATS_PER_SECOND = 20.0
-
-
-class Retry(Exception):
-    """A transient failure; try this budget again after ``delay`` seconds."""
-
-    def __init__(self, message: str, delay: float) -> None:
-        super().__init__(message)
-        self.delay = delay
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -297,7 +290,7 @@ class Runtime:
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
         transient = [e for e in failures if e.transient]
         if transient:
-            raise Retry(str(transient[0]), delay=min(self.interval, 10.0))
+            raise transient[0]
         return decision
 
     def _apply(self, k: kube.Kube, namespace: str, budget: spec.AgentBudget, action: evaluate.Action) -> None:
@@ -325,7 +318,7 @@ class Runtime:
         except kube.KubeError as exc:
             if exc.status == 404:
                 return  # deleted meanwhile
-            raise Retry(str(exc), delay=min(self.interval, 10.0)) from exc
+            raise
         self._status[uid] = new
         self._written_at[uid] = now
 

@@ -120,11 +120,20 @@ def test_prometheus_down_is_unknown_and_nothing_is_scaled() -> None:
     assert ("event", "AgentBudget", "budget-0", "Warning", "MetricsUnavailable") in k.calls
 
 
-def test_a_transient_api_failure_is_retried_after_the_status_is_written() -> None:
-    """A 503 on scale: the status (Killed) is still written, an ActionFailed event, then Retry."""
+def test_a_transient_api_failure_is_raised_after_the_status_is_written() -> None:
+    """A 503 on scale: the status (Killed) is still written, an ActionFailed event, then the KubeError."""
     k = FakeKube(fail_scale=503)
-    with pytest.raises(runtime.Retry):
+    with pytest.raises(kube.KubeError, match="scale refused") as raised:
         make(CountingFetcher(hour_spend=2.0), k).reconcile(body(0), [deployment(0)])
+    assert raised.value.transient
+    assert k.of("status")[0][3]["state"] == "Killed"
+    assert ("event", "AgentBudget", "budget-0", "Warning", "ActionFailed") in k.calls
+
+
+def test_a_permanent_api_failure_is_only_reported() -> None:
+    """A 403 on scale: the status is written and an ActionFailed event says why; nothing is raised."""
+    k = FakeKube(fail_scale=403)
+    make(CountingFetcher(hour_spend=2.0), k).reconcile(body(0), [deployment(0)])
     assert k.of("status")[0][3]["state"] == "Killed"
     assert ("event", "AgentBudget", "budget-0", "Warning", "ActionFailed") in k.calls
 

@@ -46,7 +46,7 @@ import pydantic
 
 from fleetwarden import errors
 from fleetwarden.adapters import configmaps, kube
-from fleetwarden.core import evaluate, spec
+from fleetwarden.core import evaluate, manifests, spec
 from fleetwarden.handlers import retry
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,7 @@ def compile_spec(policy_spec: Mapping[str, Any]) -> spec.CostPolicySpec:
     try:
         return spec.CostPolicySpec.model_validate(dict(policy_spec))
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = "spec." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "spec"
-        raise errors.ManifestError(first["msg"], field=field) from exc
+        raise manifests.object_error(exc, "spec") from exc
 
 
 def policy_json(policy: spec.CostPolicySpec) -> str:

@@ -37,7 +37,7 @@ import pydantic
 
 from fleetwarden import errors
 from fleetwarden.adapters import kube, prometheus
-from fleetwarden.core import evaluate, governance, spec
+from fleetwarden.core import evaluate, governance, manifests, spec
 from fleetwarden.handlers import hooks, metrics
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class Runtime:
         self._status: dict[str, dict[str, Any]] = {}  # uid -> the status we last wrote
         self._written_at: dict[str, float] = {}
         self.memo = evaluate.Memo()  # per-agent detector results, refolded once per minute
-        self._budgets: dict[tuple[str, Any], spec.AgentBudget | None] = {}  # (uid, generation) -> parsed
+        self._budgets: dict[tuple[str, Any], spec.AgentBudget | errors.ManifestError] = {}  # (uid, generation)
         self._gaps_lock = threading.Lock()
         self._gaps: dict[str, set[str]] = {}  # Deployment uid -> governance problems already posted
 
@@ -229,11 +229,10 @@ class Runtime:
                    approval_bodies: Iterable[Mapping[str, Any]] = ()) -> evaluate.Decision:
         started = time.perf_counter()
         meta = body.get("metadata") or {}
-        uid = str(meta.get("uid"))
-        # 1: the budget (parsed once per generation) and its policies
-        parsed = self.parse_budget(body)
-        budget = parsed if parsed is not None else spec.AgentBudget.model_validate(
-            {k: body[k] for k in ("metadata", "spec") if k in body})  # raises, saying what is wrong
+        # 1: the budget (parsed once per generation; invalid: said in its status) and its policies
+        budget = self._parse(body)
+        if isinstance(budget, errors.ManifestError):
+            return self._reject(body, budget, apply)
         namespace, name = budget.metadata.namespace, budget.metadata.name
         policies = parse_policies(policy_bodies)
         # 2: its agents
@@ -270,14 +269,7 @@ class Runtime:
                 failures.append(exc)
                 log.warning("budget %s/%s: %s failed: %s", namespace, name, type(action).__name__, exc)
         # 6: status (one patch, only if it changed) and events
-        self._write_status(k, uid, namespace, name, previous, decision.status)
-        ref = kube.budget_ref(body)
-        for event in decision.events:
-            self._post(k, ref, event.type, event.reason, event.message)
-            if event.agent is not None and event.agent in chosen:
-                dmeta = chosen[event.agent].get("metadata") or {}
-                self._post(k, kube.deployment_ref(namespace, event.agent, dmeta.get("uid")),
-                           event.type, event.reason, event.message)
+        ref = self._write(k, body, previous, decision, chosen)
         for failure in failures:
             self._post(k, ref, "Warning", "ActionFailed", str(failure))
         # 7: hooks and metrics
@@ -291,6 +283,33 @@ class Runtime:
         transient = [e for e in failures if e.transient]
         if transient:
             raise transient[0]
+        return decision
+
+    def _write(self, k: kube.Kube, body: Mapping[str, Any], previous: Mapping[str, Any],
+               decision: evaluate.Decision, chosen: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """Write the decision's status (one patch, only if it changed), then post its events
+        on the budget (and on the agent's Deployment they name). Returns the budget's ref."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
+        self._write_status(k, str(meta.get("uid")), namespace, name, previous, decision.status)
+        ref = kube.budget_ref(body)
+        for event in decision.events:
+            self._post(k, ref, event.type, event.reason, event.message)
+            if event.agent is not None and event.agent in chosen:
+                dmeta = chosen[event.agent].get("metadata") or {}
+                self._post(k, kube.deployment_ref(namespace, event.agent, dmeta.get("uid")),
+                           event.type, event.reason, event.message)
+        return ref
+
+    def _reject(self, body: Mapping[str, Any], problem: errors.ManifestError, apply: bool) -> evaluate.Decision:
+        """An AgentBudget that does not validate: no evaluation, no action; its status says why."""
+        previous = self.previous_status(body)
+        decision = invalid_spec(previous, str(problem), self.clock(), (body.get("metadata") or {}).get("generation"))
+        if decision.events:
+            meta = body.get("metadata") or {}
+            log.warning("AgentBudget %s/%s: %s", meta.get("namespace"), meta.get("name"), problem)
+        if apply:
+            self._write(self.api, body, previous, decision, {})
         return decision
 
     def _apply(self, k: kube.Kube, namespace: str, budget: spec.AgentBudget, action: evaluate.Action) -> None:
@@ -326,15 +345,20 @@ class Runtime:
 
     def parse_budget(self, body: Mapping[str, Any]) -> spec.AgentBudget | None:
         """The AgentBudget of a body (None: invalid), parsed once per generation."""
+        parsed = self._parse(body)
+        return None if isinstance(parsed, errors.ManifestError) else parsed
+
+    def _parse(self, body: Mapping[str, Any]) -> spec.AgentBudget | errors.ManifestError:
+        """The AgentBudget of a body, or what is wrong with it (one line naming the field)."""
         meta = body.get("metadata") or {}
         key = (str(meta.get("uid")), meta.get("generation"))
         if key[1] is not None and key in self._budgets:
             return self._budgets[key]
         try:
-            parsed: spec.AgentBudget | None = spec.AgentBudget.model_validate(
+            parsed: spec.AgentBudget | errors.ManifestError = spec.AgentBudget.model_validate(
                 {k: body[k] for k in ("metadata", "spec") if k in body})
-        except pydantic.ValidationError:
-            parsed = None
+        except pydantic.ValidationError as exc:
+            parsed = manifests.object_error(exc)
         if key[1] is not None:
             if len(self._budgets) > 100_000:
                 self._budgets.clear()
@@ -400,6 +424,27 @@ class Runtime:
             k.post_event(ref, type_, reason, message)
         except errors.ExternalError as exc:
             log.warning("event %s not posted: %s", reason, exc)
+
+
+INVALID_SPEC = "InvalidSpec"
+
+
+def invalid_spec(previous: Mapping[str, Any], message: str, now: float, generation: int | None
+                 ) -> evaluate.Decision:
+    """The decision for an AgentBudget whose spec does not validate: the previous status with
+    ``Ready=False``, reason ``InvalidSpec`` and ``message``; a Warning Event ``InvalidSpec``
+    when that condition is new, for this generation (not on every cycle); no finding, no action."""
+    conditions = [dict(c) for c in previous.get("conditions") or []]
+    old = next((c for c in conditions if c.get("type") == evaluate.READY), None)
+    ready = evaluate.condition(conditions, evaluate.READY, "False", INVALID_SPEC, message, now, generation)
+    status = {**previous, "observedGeneration": generation,
+              "conditions": [ready, *(c for c in conditions if c.get("type") != evaluate.READY)]}
+    if generation is None:
+        status.pop("observedGeneration")
+    said = old is not None and all(old.get(k) == ready.get(k)
+                                   for k in ("status", "reason", "message", "observedGeneration"))
+    events = () if said else (evaluate.Event("Warning", INVALID_SPEC, message),)
+    return evaluate.Decision(findings=(), new_findings=(), actions=(), status=status, events=events)
 
 
 def build(settings: Any) -> Runtime:

@@ -40,11 +40,14 @@ def test_other_errors_pass_through() -> None:
 
 
 def test_the_budget_handler_retries_a_transient_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 503 on scale-down reaches kopf as TemporaryError(delay=retry.DELAY)."""
+    """A 503 on scale-down reaches kopf as TemporaryError(delay=retry.DELAY); an invalid budget raises nothing."""
     monkeypatch.setattr(agentbudgets, "RUNTIME", make(CountingFetcher(hour_spend=2.0), FakeKube(fail_scale=503)))
     with pytest.raises(kopf.TemporaryError) as raised:
         agentbudgets._evaluate(body(0), {"shop": [deployment(0)]}, {}, {})  # noqa: SLF001
     assert raised.value.delay == retry.DELAY and isinstance(raised.value.__cause__, kube.KubeError)
+    bad = body(1)
+    bad["spec"]["limits"] = [{"window": "hour", "amountUSD": 0}]
+    agentbudgets._evaluate(bad, {"shop": [deployment(1)]}, {}, {})  # noqa: SLF001
 
 
 class FlakyPublish:

@@ -482,6 +482,18 @@ def _window_start(limit: spec.SpendLimit, end: float) -> float:
     return moment.timestamp()
 
 
+def _limit_uses(acc: EconomicsAccumulator, budget: spec.AgentBudgetSpec | None, end: float) -> list[LimitUse]:
+    """Each limit of ``budget`` with the spend of its window ending at ``end`` (fixed costs prorated)."""
+    limits: list[LimitUse] = []
+    for limit in (budget.limits if budget else []):
+        lo = _window_start(limit, end)
+        spend = sum(c.inference + c.tool + c.human for (_, _, _, hour), c in acc.cells(lo, end))
+        spend += sum(budget.fixed_monthly_costs_usd.values()) * (end - lo) / MONTH if budget else 0.0
+        limits.append(LimitUse(limit.window.value, spend, limit.amount_usd, 100 * spend / limit.amount_usd,
+                               limit.warning_percent))
+    return limits
+
+
 def report(acc: EconomicsAccumulator, *, start: float, end: float,
            budget: spec.AgentBudgetSpec | None = None, bucket: str = "hour") -> EconomicsReport:
     """The unit economics of everything in ``acc`` between ``start`` and ``end`` (hour resolution)."""
@@ -509,13 +521,7 @@ def report(acc: EconomicsAccumulator, *, start: float, end: float,
         t.fixed_usd = fixed * (t.variable_usd / variable if variable else 1 / len(by_wf))
 
     # 2. how close the budget's limits are to their caps
-    limits: list[LimitUse] = []
-    for limit in (budget.limits if budget else []):
-        lo = _window_start(limit, end)
-        spend = sum(c.inference + c.tool + c.human for (_, _, _, hour), c in acc.cells(lo, end))
-        spend += sum(budget.fixed_monthly_costs_usd.values()) * (end - lo) / MONTH if budget else 0.0
-        limits.append(LimitUse(limit.window.value, spend, limit.amount_usd, 100 * spend / limit.amount_usd,
-                               limit.warning_percent))
+    limits = _limit_uses(acc, budget, end)
     capped, cap_note = cap_state(limits)
 
     # 3. per workflow: against its target and the human baseline

@@ -110,6 +110,27 @@ def build_alerts(items: Iterable[tuple[Any, str]], *, budget: str | None = None)
     return [by_incident[k] for k in sorted(by_incident)]
 
 
+ACTION_FAILED = "FleetwardenActionFailed"
+
+
+def build_failure_alert(failure: Any, *, namespace: str, budget: str) -> dict[str, Any]:
+    """The alert for an action that did not take effect (``core.decision.ActionFailure``): critical,
+    since the budget is not enforced as its status would otherwise say. Alertmanager groups the
+    repeats (one alert per budget, agent and action while it keeps failing)."""
+    action = failure.action
+    verb = type(action).__name__
+    agent = str(getattr(action, "agent", ""))
+    labels = {"alertname": ACTION_FAILED, "severity": "critical", "namespace": namespace, "budget": budget,
+              "agent": agent, "action": verb, "reason": str(failure.reason)}
+    code = f"{failure.status} " if failure.status is not None else ""
+    return {
+        "labels": {k: v for k, v in labels.items() if v},
+        "annotations": {"summary": f"{verb} on {namespace}/{agent} failed: {code}{failure.reason}",
+                        "description": f"{failure.message}. The operator retries with backoff; until it "
+                                       "succeeds the budget is not enforced on this agent."},
+    }
+
+
 class Notifier:
     """Posts alerts to one Alertmanager; :meth:`submit` never blocks."""
 

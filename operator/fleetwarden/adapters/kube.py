@@ -15,7 +15,7 @@ import datetime
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -30,16 +30,23 @@ KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 BUDGET_PLURAL = "agentbudgets"
 POLICY_PLURAL = "costpolicies"
 
+# The API's Status reason for an HTTP status, when the answer did not say one.
+_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
+            410: "Gone", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
+            503: "ServiceUnavailable", 504: "Timeout"}
 # HTTP statuses worth retrying: conflict, throttled, server-side trouble.
 _TRANSIENT = {409, 429, 500, 502, 503, 504}
 
 
 class KubeError(errors.KubernetesError):
-    """A Kubernetes API failure; ``status`` is the HTTP status (None: no answer at all)."""
+    """A Kubernetes API failure; ``status`` is the HTTP status (None: no answer at all);
+    ``reason_code`` the API's Status reason (``Forbidden``, ``NotFound``, ``Conflict``,
+    ``Invalid``...; ``Timeout`` when nothing answered; ``NotApplied`` for a read-back mismatch)."""
 
-    def __init__(self, message: str, status: int | None) -> None:
+    def __init__(self, message: str, status: int | None, reason_code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason_code = reason_code or (_REASONS.get(status) if status is not None else "Timeout")
 
     @property
     def transient(self) -> bool:
@@ -50,11 +57,14 @@ def wrap_api_error(what: str, exc: Exception) -> KubeError:
     """A Kubernetes client error as a KubeError, with the API server's message and status."""
     status = getattr(exc, "status", None)
     reason = getattr(exc, "reason", None) or str(exc)
+    code = None
     body = getattr(exc, "body", None)
     if body:
         with contextlib.suppress(ValueError, AttributeError):
-            reason = json.loads(body).get("message", reason)
-    return KubeError(f"{what}: {status or 'no answer'} {reason}", status if isinstance(status, int) else None)
+            parsed = json.loads(body)
+            reason = parsed.get("message", reason)
+            code = parsed.get("reason") or None
+    return KubeError(f"{what}: {status or 'no answer'} {reason}", status if isinstance(status, int) else None, code)
 
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
@@ -187,11 +197,6 @@ class Kube:
             data = self._json(f"list deployments in {namespace}", self.apps.list_namespaced_deployment,
                               namespace, **kwargs)
         return list(data.get("items") or [])
-
-    def list_agents(self, namespace: str, selector: spec.LabelSelector, source: spec.ModelSource
-                    ) -> list[decision.AgentDeployment]:
-        """The agents a budget selects, read from their Deployments."""
-        return [agent_state(d, source) for d in self.list_deployments(namespace, selector)]
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         return self._json(f"read deployment {namespace}/{name}", self.apps.read_namespaced_deployment,  # type: ignore[no-any-return]
@@ -328,7 +333,3 @@ def budget_ref(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": spec.API_VERSION, "kind": "AgentBudget", "name": meta.get("name"),
             "namespace": meta.get("namespace"), "uid": meta.get("uid")}
 
-
-def select(agents: Iterable[decision.AgentDeployment], selector: spec.LabelSelector) -> list[decision.AgentDeployment]:
-    """The agents whose labels ``selector`` matches."""
-    return [a for a in agents if selector.matches(dict(a.labels))]

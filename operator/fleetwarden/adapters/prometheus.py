@@ -259,7 +259,6 @@ class BudgetData:
 
     minutes: dict[str, list[series.AgentMinute]]
     spend: dict[spec.Window, float | None]
-    spend_by_agent: dict[str, float]  # rolling hour, per agent
     lookback_start: float  # the first minute the buckets cover
     outcomes: dict[str, PerMinute] = dataclasses.field(default_factory=dict)  # agent -> outcomes by name
     guardrails: dict[str, GuardrailMinutes] = dataclasses.field(default_factory=dict)  # agent -> decisions
@@ -316,7 +315,6 @@ class FleetSnapshot:
         return BudgetData(
             minutes={a.name: self.agent_minutes(a.namespace, a.name) for a in agents},
             spend=spend,
-            spend_by_agent={a.name: self.agent_spend(a.namespace, a.name, spec.Window.hour) for a in agents},
             lookback_start=float(self.start),
             outcomes={a.name: self.outcomes[(a.namespace, a.name)] for a in agents
                       if (a.namespace, a.name) in self.outcomes},

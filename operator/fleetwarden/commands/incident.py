@@ -8,6 +8,8 @@ incident id, JSON; see ``fleetwarden.handlers.incidents``).
     fleetwarden incident postmortem ID [-n NS] [-o FILE]
 
 ``show`` and ``postmortem`` search every namespace unless ``-n`` is given (ids are unique).
+The postmortem text is :func:`fleetwarden.core.incidents.render_postmortem`'s; this module
+only reads the record and prints it.
 """
 
 from __future__ import annotations

@@ -171,8 +171,6 @@ class Bucketer:
         self._llm_price_cache: dict[tuple[str, str | None], bool] = {}
         self._on_new_agent = on_new_agent
         self._on_labels = on_labels
-        self.current: AgentState | None = None  # the agent of the last event added
-        self.current_acc: _Acc | None = None  # the open minute it went into
 
     # ------------------------------------------------------------ prices
 
@@ -228,7 +226,6 @@ class Bucketer:
         st = self.agents.get(key)
         if st is None:
             st = self.agent(ev.namespace, ev.agent)
-        self.current = st
         labels = raw.get("labels")
         if labels and labels != st.labels and not labels.items() <= st.labels.items():
             st.labels = {**st.labels, **labels}
@@ -270,16 +267,7 @@ class Bucketer:
                 pending.append(st)
             if st.last_minute is None or minute > st.last_minute:
                 st.last_minute = minute
-        self.current_acc = acc
         return acc
-
-    def open_bucket(self, st: AgentState, ts: float) -> _Acc | None:
-        """The open accumulator an event at ``ts`` of this agent went into (None: none)."""
-        minute = int(ts // MINUTE) * MINUTE
-        closed = self.closed_until
-        if closed is not None and minute < closed:
-            minute = closed
-        return st.open.get(minute)
 
     def horizon(self) -> float | None:
         """Up to when the data is complete: the latest event time minus the lateness allowed."""

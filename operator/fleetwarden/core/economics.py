@@ -25,6 +25,10 @@ What the report counts:
 - a recommendation per workflow (``recommend``): ``more_budget``, ``hold``, ``optimise`` or
   ``retire``, with the reason as a sentence.
 
+``fleetwarden report`` (``views.offline`` from events, ``views.live`` from Prometheus) judges
+each workflow's outcome with the same pieces: ``pick_target`` (the budget and target that
+apply), ``limit_use`` (how near each cap the period came), ``roi`` and ``savings``.
+
 Missing data is ``None`` (a cost per outcome with no outcome is unknown, not 0 or infinite).
 Spend is summed per hour bucket, so a limit's window is judged at hour resolution.
 """
@@ -390,6 +394,55 @@ def _room(capped: bool | None, success_rate: float) -> str:
     return "budget has room" if not capped else f"success rate {success_rate:.0%}"
 
 
+# ---------------------------------------------------------------- the reports' unit economics
+# ``fleetwarden report`` (offline from events, live from Prometheus) judges each workflow's
+# outcome with these, so both views pick the same target and compute the same ROI.
+
+
+def pick_target(budgets: Iterable[spec.AgentBudget], workflow: str, outcome: str
+                ) -> tuple[spec.AgentBudget, spec.UnitEconomicsTarget] | None:
+    """The unit-economics target for ``outcome`` of ``workflow`` among ``budgets``, with its
+    budget: one naming the workflow wins over one for every workflow; ties go to the budget's
+    name. None: no budget has a target for that outcome."""
+    found = [(b, t) for b in budgets for t in b.spec.unit_economics
+             if t.outcome == outcome and t.workflow in (None, workflow)]
+    found.sort(key=lambda bt: (bt[1].workflow is None, bt[0].metadata.name))
+    return found[0] if found else None
+
+
+def limit_use(budget: spec.AgentBudget | None, peak: Mapping[tuple[str, str, str], float]) -> list[LimitUse]:
+    """A budget's limits with the highest share of each cap reached in the period, from ``peak``
+    ((namespace, budget, window) -> spend / cap); limits with no peak known are left out."""
+    if budget is None:
+        return []
+    ns, name = budget.metadata.namespace, budget.metadata.name
+    out = []
+    for limit in budget.spec.limits:
+        ratio = peak.get((ns, name, limit.window.value))
+        if ratio is not None:
+            out.append(LimitUse(limit.window.value, ratio * limit.amount_usd, limit.amount_usd, 100.0 * ratio,
+                                limit.warning_percent))
+    return out
+
+
+def roi(human_baseline: float | None, cost_per_outcome: float | None) -> float | None:
+    """Return on investment of one outcome against a person doing it:
+    ``(human baseline - cost per outcome) / cost per outcome``. None (unknown) without a
+    baseline, or without a positive cost per outcome."""
+    if human_baseline is None or cost_per_outcome is None or cost_per_outcome <= 0:
+        return None
+    return (human_baseline - cost_per_outcome) / cost_per_outcome
+
+
+def savings(human_baseline: float | None, cost_per_outcome: float | None, outcomes: float) -> float | None:
+    """What ``outcomes`` saved against a person doing them:
+    ``(human baseline - cost per outcome) x outcomes``. None (unknown) without a baseline or a
+    cost per outcome."""
+    if human_baseline is None or cost_per_outcome is None:
+        return None
+    return (human_baseline - cost_per_outcome) * outcomes
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -429,6 +482,18 @@ def _window_start(limit: spec.SpendLimit, end: float) -> float:
     return moment.timestamp()
 
 
+def _limit_uses(acc: EconomicsAccumulator, budget: spec.AgentBudgetSpec | None, end: float) -> list[LimitUse]:
+    """Each limit of ``budget`` with the spend of its window ending at ``end`` (fixed costs prorated)."""
+    limits: list[LimitUse] = []
+    for limit in (budget.limits if budget else []):
+        lo = _window_start(limit, end)
+        spend = sum(c.inference + c.tool + c.human for (_, _, _, hour), c in acc.cells(lo, end))
+        spend += sum(budget.fixed_monthly_costs_usd.values()) * (end - lo) / MONTH if budget else 0.0
+        limits.append(LimitUse(limit.window.value, spend, limit.amount_usd, 100 * spend / limit.amount_usd,
+                               limit.warning_percent))
+    return limits
+
+
 def report(acc: EconomicsAccumulator, *, start: float, end: float,
            budget: spec.AgentBudgetSpec | None = None, bucket: str = "hour") -> EconomicsReport:
     """The unit economics of everything in ``acc`` between ``start`` and ``end`` (hour resolution)."""
@@ -456,13 +521,7 @@ def report(acc: EconomicsAccumulator, *, start: float, end: float,
         t.fixed_usd = fixed * (t.variable_usd / variable if variable else 1 / len(by_wf))
 
     # 2. how close the budget's limits are to their caps
-    limits: list[LimitUse] = []
-    for limit in (budget.limits if budget else []):
-        lo = _window_start(limit, end)
-        spend = sum(c.inference + c.tool + c.human for (_, _, _, hour), c in acc.cells(lo, end))
-        spend += sum(budget.fixed_monthly_costs_usd.values()) * (end - lo) / MONTH if budget else 0.0
-        limits.append(LimitUse(limit.window.value, spend, limit.amount_usd, 100 * spend / limit.amount_usd,
-                               limit.warning_percent))
+    limits = _limit_uses(acc, budget, end)
     capped, cap_note = cap_state(limits)
 
     # 3. per workflow: against its target and the human baseline

@@ -105,3 +105,23 @@ def status_of(inp: decision.EvaluationInput, d: stages.Draft) -> st.AgentBudgetS
         model=model,
         incidents=_incidents(inp, d),
     )
+
+
+REASON_INVALID_SPEC = "InvalidSpec"
+
+
+def invalid_spec(previous: st.AgentBudgetStatus, message: str, now: float, generation: int | None
+                 ) -> decision.Decision:
+    """The decision for an AgentBudget whose spec does not validate: the previous status with
+    ``Ready=False``, reason ``InvalidSpec`` and ``message``; a Warning Event ``InvalidSpec``
+    when that condition is new, for this generation (not on every cycle); no finding, no action."""
+    conditions = list(previous.conditions or ())
+    old = previous.condition(st.READY)
+    ready = st.set_condition(conditions, st.READY, "False", REASON_INVALID_SPEC, message, now, generation)
+    status = previous.model_copy(update={
+        "observed_generation": generation if generation is not None else previous.observed_generation,
+        "conditions": [ready, *(c for c in conditions if c.type != st.READY)]})
+    said = old is not None and (old.status, old.reason, old.message, old.observed_generation) == \
+        (ready.status, ready.reason, ready.message, ready.observed_generation)
+    events = () if said else (decision.Event("Warning", REASON_INVALID_SPEC, message),)
+    return decision.Decision(findings=(), new_findings=(), actions=(), status=status, events=events)

@@ -1,10 +1,11 @@
 """Usage events: parse and validate one JSON line against the contract, fast.
 
-The contract is ``shared/contracts/usage-events.md`` and its machine-readable form
-``usage-event.schema.json`` (JSON Schema 2020-12). This module accepts exactly what that
-schema accepts (with the RFC 3339 ``date-time`` format checked) and refuses exactly what
-it refuses; ``tests/unit/core/test_events.py`` checks that against ``jsonschema`` on many
-random events. It does so without ``jsonschema`` on the hot path:
+The contract is ``docs/contracts/usage-events.md`` (the copy of the shared contract) and
+its machine-readable form ``docs/contracts/usage-event.schema.json`` (JSON Schema 2020-12).
+This module accepts exactly what that schema accepts (with the RFC 3339 ``date-time``
+format checked) and refuses exactly what it refuses; ``tests/unit/core/test_events.py``
+checks that against ``jsonschema`` on many random events. It does so without
+``jsonschema`` on the hot path:
 
 1. ``_problem(obj)`` is the general validator: it walks every known field and returns the
    first problem as ``(field, reason)``, or ``None`` for a valid event. It is the single

@@ -21,6 +21,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from fleetwarden.core import findings as findings_mod
+
 OPEN = "open"
 RESOLVED = "resolved"
 
@@ -348,6 +350,49 @@ def annotation_value(incidents: Iterable[Incident], existing: str | None = None,
         by_id[incident.id] = incident.annotation_entry()
     entries = sorted(by_id.values(), key=lambda e: (parse_time(e["time"]), e["id"]))[-limit:]
     return json.dumps(entries, sort_keys=True, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------- the model change before an incident
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChange:
+    """An agent's switch to ``model`` (from ``previous_model``, None: not known) at ``time``."""
+
+    agent: str
+    namespace: str
+    time: float
+    model: str
+    previous_model: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"agent": self.agent, "namespace": self.namespace, "time": findings_mod.rfc3339(self.time),
+                "model": self.model, "previous_model": self.previous_model}
+
+
+def model_change_before(changes: Iterable[ModelChange], namespace: str, agent: str, at: float
+                        ) -> ModelChange | None:
+    """The agent's latest model change at or before ``at`` (the first listed wins a tie)."""
+    best = None
+    for c in changes:
+        if c.namespace == namespace and c.agent == agent and c.time <= at and (best is None or c.time > best.time):
+            best = c
+    return best
+
+
+def incident_model_change(changes: Iterable[ModelChange], namespace: str, agent: str, at: float, *,
+                          named: str | None = None, previous: str | None = None, opened: float | None = None
+                          ) -> ModelChange | None:
+    """The model change before an incident of ``agent`` last seen at ``at``.
+
+    The agent's latest change seen (``changes``) at or before ``at``; but when the incident
+    names the model it is about (``named``, the model a spike came with) and that change is not
+    to it, the change the incident names: to ``named`` from ``previous`` at ``opened`` (default
+    ``at``), since the change itself fell outside what was seen."""
+    seen = model_change_before(changes, namespace, agent, at)
+    if named is None or (seen is not None and seen.model == named):
+        return seen
+    return ModelChange(agent, namespace, at if opened is None else opened, named, previous)
 
 
 # ---------------------------------------------------------------- postmortem

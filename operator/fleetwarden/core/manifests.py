@@ -56,6 +56,16 @@ def _loc_text(loc: Sequence[int | str]) -> str:
     return out
 
 
+def object_error(exc: pydantic.ValidationError, prefix: str = "") -> errors.ManifestError:
+    """A resource the API server holds that does not validate, as one line naming the field of
+    its first problem (``field 'spec.limits.0.amountUSD': Input should be greater than 0``);
+    ``prefix`` goes before the error's location ("spec" when only the spec was validated)."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    field = ".".join([prefix, *loc] if prefix else loc) or None
+    return errors.ManifestError(" ".join(str(first["msg"]).split()), field=field)
+
+
 def _node_at(node: yaml.Node, loc: Sequence[int | str]) -> yaml.Node:
     """The deepest YAML node along a pydantic error location (for its line number)."""
     for part in loc:

@@ -343,9 +343,6 @@ class Latch:
         self._last[key] = now
         return True
 
-    def is_active(self, key: object) -> bool:
-        return key in self._active
-
     def forget(self, key: object) -> None:
         self._active.pop(key, None)
         self._last.pop(key, None)

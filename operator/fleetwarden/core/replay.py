@@ -41,12 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from fleetwarden import errors
-from fleetwarden.core import buckets, events, findings, policies, pricing, series, spec, windows
-
-try:  # the anomaly detectors (core/detectors.py)
-    from fleetwarden.core import detectors as _detectors
-except ImportError:  # pragma: no cover - only while that module is being written
-    _detectors = None  # type: ignore[assignment]
+from fleetwarden.core import buckets, detectors, events, findings, policies, pricing, series, spec, windows
 
 TASK_IDLE_SECONDS = 3600.0
 _SWEEP_SECONDS = 600.0
@@ -138,7 +133,7 @@ class _AgentCtx:
         self.policies: list[_PolicyState] = []
         self.budget_name: str | None = None
         self.policy_name: str | None = None
-        self.detectors: Any = None
+        self.detectors: detectors.DetectorSet | None = None
         self.tasks: dict[str, _Task] = {}
         self.needs_tasks = False
         self.reported_tools: set[tuple[str, str]] = set()
@@ -155,7 +150,7 @@ class Replay:
                  price_table: buckets.Prices, *, on_error: Callable[[errors.FleetwardenError], None] | None = None,
                  lateness: float = buckets.LATENESS, detect: bool = True) -> None:
         self.budgets = list(budgets)
-        self.detect = detect and _detectors is not None
+        self.detect = detect
         self.cost_policies = list(cost_policies)
         self.on_error = on_error
         self.stats = Stats()
@@ -193,7 +188,7 @@ class Replay:
         st.set_prices(*policies.agent_prices(chosen_budgets, chosen_policies))
         if ctx.detectors is None and self.detect:
             params = chosen_policies[0].spec.anomalies if chosen_policies else self._default_params
-            ctx.detectors = _detectors.DetectorSet(params, st.agent, st.namespace)
+            ctx.detectors = detectors.DetectorSet(params, st.agent, st.namespace)
 
     # ------------------------------------------------------------ output
 
@@ -258,7 +253,6 @@ class Replay:
                 if st is None:
                     st = b.agent(ns, agent)
                 by_name[agent] = st
-            b.current = st
             labels = raw.get("labels")
             if labels and labels != st.labels and not labels.items() <= st.labels.items():
                 st.labels = {**st.labels, **labels}

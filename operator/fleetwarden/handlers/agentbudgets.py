@@ -30,7 +30,7 @@ import kopf
 from fleetwarden import errors
 from fleetwarden.adapters import alertmanager, prometheus
 from fleetwarden.core import spec
-from fleetwarden.handlers import metrics, runtime
+from fleetwarden.handlers import metrics, retry, runtime
 from fleetwarden.handlers.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -126,14 +126,10 @@ def cost_approvals(**kwargs: Any) -> dict[str, Any]:
 def _evaluate(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any, cost_approvals: Any = None
               ) -> None:
     namespace = str((body.get("metadata") or {}).get("namespace"))
-    try:
+    with retry.temporary():
         get_runtime().reconcile(body, runtime.deployments_of(agent_deployments, namespace),
                                 runtime.deployments_of(cost_policies, namespace),
                                 approval_bodies=runtime.deployments_of(cost_approvals, namespace))
-    except runtime.Retry as exc:
-        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
-    except errors.KubernetesError as exc:
-        raise kopf.TemporaryError(str(exc), delay=min(SETTINGS.interval, 10.0)) from exc
 
 
 @kopf.timer(spec.GROUP, spec.VERSION, "agentbudgets", interval=SETTINGS.interval, idle=None)
@@ -160,7 +156,7 @@ def budget_event(**kwargs: Any) -> None:
     _check_namespace(namespace, agent_deployments, kwargs["budgets_by_namespace"])
     try:
         _evaluate(body, agent_deployments, cost_policies, kwargs["cost_approvals"])
-    except kopf.TemporaryError as exc:
+    except (kopf.TemporaryError, kopf.PermanentError) as exc:
         log.warning("budget %s/%s: %s (the timer retries)", meta.get("namespace"), meta.get("name"), exc)
 
 
@@ -203,5 +199,5 @@ def deployment_event(**kwargs: Any) -> None:
         if matches and rt.is_holding(budget_body):
             try:
                 _evaluate(budget_body, agent_deployments, cost_policies, kwargs["cost_approvals"])
-            except kopf.TemporaryError as exc:
+            except (kopf.TemporaryError, kopf.PermanentError) as exc:
                 log.warning("deployment %s/%s: %s (the timer retries)", namespace, meta.get("name"), exc)

@@ -10,7 +10,8 @@
    subresource: ``decision: Expired``, ``decidedBy`` = the operator's own username (a
    SelfSubjectReview; the admission policy insists the recorded identity is true),
    ``decidedAt``. The patch carries the resourceVersion read, so a decision made in the
-   meantime wins and is never overwritten.
+   meantime wins and is never overwritten. A transient API failure tries the expiry again
+   after ``retry.DELAY`` (:mod:`fleetwarden.handlers.retry`).
 4. Events (``kubectl describe costapproval``): ``ApprovalRequested``, ``ApprovalApproved``,
    ``ApprovalDenied``, ``ApprovalExpired``, each said once per process (and not for old
    requests seen again after a restart).
@@ -31,6 +32,7 @@ import kopf
 from fleetwarden import errors
 from fleetwarden.adapters import approvals, kube
 from fleetwarden.core import spec
+from fleetwarden.handlers import retry
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +134,18 @@ def expire_if_due(namespace: str, name: str, now: float | None = None) -> dict[s
 async def _expire_later(namespace: str, name: str, uid: str) -> None:
     STATE.timers.pop(uid, None)
     try:
-        await asyncio.to_thread(expire_if_due, namespace, name)
-    except errors.ExternalError as exc:
-        log.warning("could not expire costapproval %s/%s: %s; retrying in 10s", namespace, name, exc)
-        loop = asyncio.get_running_loop()
-        STATE.timers[uid] = loop.call_later(10.0, lambda: asyncio.ensure_future(
-            _expire_later(namespace, name, uid)))
+        await asyncio.to_thread(_expire, namespace, name)
+    except kopf.TemporaryError as exc:
+        delay = exc.delay if exc.delay is not None else retry.DELAY
+        log.warning("could not expire costapproval %s/%s: %s; trying again in %gs", namespace, name, exc, delay)
+        retry.call_later(STATE.timers, uid, delay, lambda: _expire_later(namespace, name, uid))
+    except kopf.PermanentError as exc:
+        log.warning("could not expire costapproval %s/%s: %s", namespace, name, exc)
+
+
+def _expire(namespace: str, name: str) -> None:
+    with retry.temporary():
+        expire_if_due(namespace, name)
 
 
 def _cancel(uid: str) -> None:
@@ -174,7 +182,5 @@ async def on_costapproval_event(event: Mapping[str, Any], body: kopf.Body, **_: 
     except ValueError:
         log.warning("costapproval %s/%s: spec.expiresAt %r is not RFC 3339", namespace, name, expires)
         return
-    loop = asyncio.get_running_loop()
     # A small margin so the request is past its time when read again.
-    STATE.timers[uid] = loop.call_later(delay + 0.05, lambda: asyncio.ensure_future(
-        _expire_later(str(namespace), str(name), uid)))
+    retry.call_later(STATE.timers, uid, delay + 0.05, lambda: _expire_later(str(namespace), str(name), uid))

@@ -218,6 +218,18 @@ def notify_alertmanager(budget_body: dict[str, Any], found: list[findings.Findin
     notifier.submit(alertmanager.build_alerts(((f, findings.incident_id(f)) for f in found), budget=budget))
 
 
+def alert_failures(budget_body: dict[str, Any], failures: list[Any]) -> None:
+    """``hooks.on_failures`` entry: page on-call for each action that did not take effect."""
+    notifier = alertmanager.notifier()
+    if notifier is None or not failures:
+        return
+    meta = budget_body.get("metadata") or {}
+    notifier.submit([alertmanager.build_failure_alert(f, namespace=str(meta.get("namespace") or "default"),
+                                                      budget=str(meta.get("name") or "")) for f in failures])
+
+
 for _hook in (record_incidents, notify_alertmanager):
     if _hook not in hooks.on_findings:
         hooks.on_findings.append(_hook)
+if alert_failures not in hooks.on_failures:
+    hooks.on_failures.append(alert_failures)

@@ -38,6 +38,9 @@ UNIT_ECONOMICS_TARGET = pc.Gauge(
     ["namespace", "budget", "workflow", "outcome", "kind"], registry=REGISTRY)
 ACTIONS = pc.Counter("fleetwarden_operator_actions_total", "Actions applied, by kind.", ["action"],
                      registry=REGISTRY)
+ACTION_FAILURES = pc.Counter("fleetwarden_operator_action_failures_total",
+                             "Actions that did not take effect, by kind and HTTP status (or reason).",
+                             ["action", "status"], registry=REGISTRY)
 
 _owners: dict[tuple[str, str], set[tuple[str, str, str, str, str, str]]] = {}
 _targets: dict[tuple[str, str], set[tuple[str, str, str, str, str]]] = {}

@@ -21,6 +21,10 @@ policy's status says what was published: ``configMap``, ``matchedAgents``,
    scaled), recompile the policies of its namespace: a Deployment relabelled into a killed
    budget's selector raises its policy's halt flag, and ``matchedAgents`` stays true.
 
+A transient API failure (:mod:`fleetwarden.handlers.retry`) publishes the namespace's
+policies again, read afresh, after ``retry.DELAY`` (kopf never retries a watch-event
+handler); one that trying again cannot help is logged and left for the next event.
+
 A pod mounts it as a volume (``docs/approvals.md`` shows how); the
 kubelet refreshes a mounted ConfigMap within about a minute, and the SDK re-reads it
 at most once a second. Environment variables from a ConfigMap would never refresh.
@@ -42,8 +46,9 @@ import pydantic
 
 from fleetwarden import errors
 from fleetwarden.adapters import configmaps, kube
-from fleetwarden.core import spec, timefmt
+from fleetwarden.core import manifests, spec, timefmt
 from fleetwarden.core import status as status_model
+from fleetwarden.handlers import retry
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +70,7 @@ def compile_spec(policy_spec: Mapping[str, Any]) -> spec.CostPolicySpec:
     try:
         return spec.CostPolicySpec.model_validate(dict(policy_spec))
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = "spec." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "spec"
-        raise errors.ManifestError(first["msg"], field=field) from exc
+        raise manifests.object_error(exc, "spec") from exc
 
 
 def policy_json(policy: spec.CostPolicySpec) -> str:
@@ -121,6 +124,7 @@ class _State:
         self.kube: kube.Kube | None = None
         self.budget_halted: dict[str, bool] = {}
         self.deployment_labels: dict[str, dict[str, str]] = {}  # uid -> labels last seen
+        self.retries: dict[str, asyncio.TimerHandle] = {}  # namespace -> its pending republish
         self.clock = time.time
 
     def client(self) -> kube.Kube:
@@ -183,20 +187,28 @@ async def on_costpolicy_event(event: Mapping[str, Any], body: kopf.Body, **_: An
     """Compile and publish the policy on every change (a no-op when nothing differs)."""
     if event.get("type") == "DELETED":
         return  # the ConfigMap goes with its owner
-    await asyncio.to_thread(_publish_with_retry, dict(body))
+    meta = body.get("metadata", {})
+    namespace = meta.get("namespace") or "default"
+    try:
+        await asyncio.to_thread(_publish, dict(body))
+    except (kopf.TemporaryError, kopf.PermanentError) as exc:
+        _retry(namespace, f"costpolicy {namespace}/{meta.get('name')}", exc)
 
 
-def _publish_with_retry(body: dict[str, Any], attempts: int = 3) -> None:
-    for attempt in range(attempts):
-        try:
-            publish(body)
-            return
-        except errors.ExternalError as exc:
-            if attempt == attempts - 1:
-                log.warning("costpolicy %s/%s not published: %s", body["metadata"].get("namespace"),
-                            body["metadata"].get("name"), exc)
-                return
-            time.sleep(1 + attempt)
+def _publish(body: Mapping[str, Any]) -> None:
+    with retry.temporary():
+        publish(body)
+
+
+def _retry(namespace: str, what: str, exc: kopf.TemporaryError | kopf.PermanentError) -> None:
+    """A watch event is never retried by kopf: after a transient failure the namespace's
+    policies are read and published again after the error's delay (one pending per namespace)."""
+    if isinstance(exc, kopf.TemporaryError):
+        delay = exc.delay if exc.delay is not None else retry.DELAY
+        log.warning("%s not published: %s; trying again in %gs", what, exc, delay)
+        retry.call_later(STATE.retries, namespace, delay, lambda: _republish(namespace))
+    else:
+        log.warning("%s not published: %s", what, exc)
 
 
 @kopf.on.event(spec.GROUP, spec.VERSION, "agentbudgets")
@@ -212,7 +224,7 @@ async def on_agentbudget_event(event: Mapping[str, Any], body: kopf.Body, **_: A
     else:
         STATE.budget_halted[uid] = now_halted
     namespace = meta.get("namespace") or "default"
-    await asyncio.to_thread(_republish_namespace, namespace)
+    await _republish(namespace)
 
 
 def deployment_changed(event: Mapping[str, Any], body: Mapping[str, Any],
@@ -237,14 +249,26 @@ async def on_deployment_event(event: Mapping[str, Any], body: kopf.Body, **_: An
     """A Deployment created, deleted or relabelled: recompile the policies of its namespace."""
     if deployment_changed(event, body, STATE.deployment_labels):
         namespace = body.get("metadata", {}).get("namespace") or "default"
+        await _republish(namespace)
+
+
+async def _republish(namespace: str) -> None:
+    """Publish every CostPolicy of ``namespace`` again (read afresh)."""
+    try:
         await asyncio.to_thread(_republish_namespace, namespace)
+    except (kopf.TemporaryError, kopf.PermanentError) as exc:
+        _retry(namespace, f"policies in {namespace}", exc)
 
 
 def _republish_namespace(namespace: str) -> None:
-    try:
-        policies = STATE.client().list_policies(namespace)
-    except errors.ExternalError as exc:
-        log.warning("policies in %s not recompiled: %s", namespace, exc)
-        return
-    for body in policies:
-        _publish_with_retry(body)
+    """Publish each policy; once every one was tried, a failure is raised (a transient one
+    first: then all are tried again)."""
+    with retry.temporary():
+        failures: list[errors.ExternalError] = []
+        for body in STATE.client().list_policies(namespace):
+            try:
+                publish(body)
+            except errors.ExternalError as exc:
+                failures.append(exc)
+        if failures:
+            raise next((e for e in failures if retry.transient(e)), failures[0])

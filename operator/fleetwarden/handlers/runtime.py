@@ -17,9 +17,10 @@ Besides: :meth:`Runtime.check_governance` flags agent Deployments that no AgentB
 governs (or whose budget sets no unit-economics target) with a Warning Event, once per
 (Deployment, problem).
 
-A transient Kubernetes failure raises :class:`Retry` (the kopf handler turns it into
-``kopf.TemporaryError``); the status is still written first, so the next cycle continues
-from what was decided (an unfinished scale-down is redone while the state is Killed).
+A transient Kubernetes failure of an action is raised (the ``KubeError`` itself, after the
+status is written, so the next cycle continues from what was decided: an unfinished
+scale-down is redone while the state is Killed); so is a failed status write. The kopf
+handler maps them to ``kopf.TemporaryError`` (:mod:`fleetwarden.handlers.retry`).
 
 Kopf-free on purpose: the handlers and ``benchmarks/operator_scale.py`` call it alike.
 """
@@ -29,14 +30,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pydantic
 
 from fleetwarden import errors
 from fleetwarden.adapters import kube, prometheus
-from fleetwarden.core import decision, evaluate, governance, spec, timefmt
+from fleetwarden.core import decision, evaluate, governance, manifests, spec, timefmt
 from fleetwarden.core import status as status_model
 from fleetwarden.handlers import hooks, metrics
 
@@ -50,14 +51,6 @@ HEARTBEAT_SECONDS = 60.0
 # ...but never so often that heartbeats alone pass this many status writes a second: with
 # 10,000 budgets a one-minute heartbeat would be 167 PATCHes a second, most of the API load.
 MAX_HEARTBEATS_PER_SECOND = 20.0
-
-
-class Retry(Exception):
-    """A transient failure; try this budget again after ``delay`` seconds."""
-
-    def __init__(self, message: str, delay: float) -> None:
-        super().__init__(message)
-        self.delay = delay
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,12 +141,44 @@ def parse_policies(bodies: Iterable[Mapping[str, Any]]) -> list[spec.CostPolicy]
     return out
 
 
+class Backoff:
+    """Capped exponential backoff per action target: after ``n`` failures in a row, the next
+    try waits ``first * 2**(n-1)`` seconds, at most ``cap``. A success forgets the target."""
+
+    def __init__(self, first: float, cap: float = 300.0) -> None:
+        self.first, self.cap = max(first, 0.0), cap
+        self._state: dict[Hashable, tuple[int, float]] = {}  # key -> (failures, next try, monotonic)
+        self._lock = threading.Lock()
+
+    def failed(self, key: Hashable, now: float) -> float:
+        """Record a failure; returns the seconds to wait before the next try."""
+        with self._lock:
+            n = self._state.get(key, (0, 0.0))[0] + 1
+            delay = float(min(self.first * 2.0 ** (n - 1), self.cap))
+            self._state[key] = (n, now + delay)
+            return delay
+
+    def succeeded(self, key: Hashable) -> None:
+        with self._lock:
+            self._state.pop(key, None)
+
+    def waiting(self, key: Hashable, now: float) -> str | None:
+        """Why ``key`` is not tried now (None: try it)."""
+        with self._lock:
+            n, at = self._state.get(key, (0, 0.0))
+        if n == 0 or now >= at:
+            return None
+        return f"failed {n} time(s) in a row; next try in {at - now:.0f} s"
+
+
 class Runtime:
     """Process-wide state: API clients, the per-cycle snapshot, per-budget locks and status."""
 
     def __init__(self, *, interval: float, fetcher: prometheus.Fetcher | None,
-                 kube_client: kube.Kube | None = None, clock: Callable[[], float] = time.time) -> None:
+                 kube_client: kube.Kube | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
+        self.monotonic = monotonic  # the backoff's clock
         self.fetcher = fetcher
         self._kube = kube_client
         self.clock = clock
@@ -165,7 +190,8 @@ class Runtime:
         self._status: dict[str, dict[str, Any]] = {}  # uid -> the status we last wrote
         self._written_at: dict[str, float] = {}
         self.memo = decision.Memo()  # per-agent detector results, refolded once per minute
-        self._budgets: dict[tuple[str, Any], spec.AgentBudget | None] = {}  # (uid, generation) -> parsed
+        self.backoff = Backoff(first=interval)  # actions that failed wait before they are tried again
+        self._budgets: dict[tuple[str, Any], spec.AgentBudget | errors.ManifestError] = {}  # (uid, generation)
         self._gaps_lock = threading.Lock()
         self._gaps: dict[str, set[str]] = {}  # Deployment uid -> governance problems already posted
 
@@ -237,12 +263,11 @@ class Runtime:
                    approval_bodies: Iterable[Mapping[str, Any]] = ()) -> decision.Decision:
         started = time.perf_counter()
         meta = body.get("metadata") or {}
-        uid = str(meta.get("uid"))
-        # 1: the budget (parsed once per generation) and its policies
-        parsed = self.parse_budget(body)
-        budget = parsed if parsed is not None else spec.AgentBudget.model_validate(
-            {k: body[k] for k in ("metadata", "spec") if k in body})  # raises, saying what is wrong
-        namespace, name = budget.metadata.namespace, budget.metadata.name
+        # 1: the budget (parsed once per generation; invalid: said in its status) and its policies
+        budget = self._parse(body)
+        if isinstance(budget, errors.ManifestError):
+            return self._reject(body, budget, apply)
+        namespace = budget.metadata.namespace
         policies = parse_policies(policy_bodies)
         # 2: its agents
         agents, chosen = select_agents(budget, deployments)
@@ -257,30 +282,48 @@ class Runtime:
             minutes, spend = dict(data.minutes), dict(data.spend)
         except errors.PrometheusError as exc:
             minutes, spend, reason = None, dict.fromkeys(spec.Window), str(exc)
-        # 4: decide
+        # 4: decide what to do (the stages before acting)
         previous = self.previous_status(body)
         typed_previous, repairs = status_model.read(previous)
-        verdict = evaluate.evaluate(decision.EvaluationInput(
+        inp = decision.EvaluationInput(
             budget=budget, agents=agents, minutes=minutes, spend=spend, now=now, previous=typed_previous,
             status_repairs=tuple(repairs),
             policies=policies, metrics_reason=reason, generation=meta.get("generation"),
             outcomes=data.outcomes if data is not None else None,
             guardrails=data.guardrails if data is not None else None,
             approvals=pending_approvals(approval_bodies),
-            lookback_start=data.lookback_start if data is not None else None, memo=self.memo))
+            lookback_start=data.lookback_start if data is not None else None, memo=self.memo)
+        draft = evaluate.plan(inp)
         if not apply:
-            return verdict
-        # 5: act
+            return evaluate.conclude(inp, draft)
+        # 5: act, each action read back; what did not take effect is not shown as done
         k = self.api
-        failures: list[kube.KubeError] = []
-        for action in verdict.actions:
-            try:
-                self._apply(k, namespace, budget, action)
-            except kube.KubeError as exc:
-                failures.append(exc)
-                log.warning("budget %s/%s: %s failed: %s", namespace, name, type(action).__name__, exc)
+        failures = [f for f in (self._act(k, namespace, budget, a) for a in draft.actions) if f is not None]
+        verdict = evaluate.conclude(inp, draft, failures)
         # 6: status (one patch, only if it changed) and events
-        self._write_status(k, uid, namespace, name, previous, verdict.status.body())
+        self._write(k, body, previous, verdict, chosen)
+        # 7: hooks (incidents, alerts) and metrics
+        for hook in list(hooks.on_findings):
+            try:
+                hook(dict(body), list(verdict.findings), list(verdict.actions), k)
+            except Exception:  # a hook never breaks the evaluation
+                log.exception("hook %r failed", hook)
+        for on_failure in list(hooks.on_failures):
+            try:
+                on_failure(dict(body), list(verdict.failures))
+            except Exception:
+                log.exception("hook %r failed", on_failure)
+        metrics.record(budget, verdict, agents)
+        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        return verdict
+
+    def _write(self, k: kube.Kube, body: Mapping[str, Any], previous: Mapping[str, Any],
+               verdict: decision.Decision, chosen: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """Write the decision's status (one patch, only if it changed), then post its events
+        on the budget (and on the agent's Deployment they name). Returns the budget's ref."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
+        self._write_status(k, str(meta.get("uid")), namespace, name, previous, verdict.status.body())
         ref = kube.budget_ref(body)
         for event in verdict.events:
             self._post(k, ref, event.type, event.reason, event.message)
@@ -288,20 +331,43 @@ class Runtime:
                 dmeta = chosen[event.agent].get("metadata") or {}
                 self._post(k, kube.deployment_ref(namespace, event.agent, dmeta.get("uid")),
                            event.type, event.reason, event.message)
-        for failure in failures:
-            self._post(k, ref, "Warning", "ActionFailed", str(failure))
-        # 7: hooks and metrics
-        for hook in list(hooks.on_findings):
-            try:
-                hook(dict(body), list(verdict.findings), list(verdict.actions), k)
-            except Exception:  # a hook never breaks the evaluation
-                log.exception("hook %r failed", hook)
-        metrics.record(budget, verdict, agents)
-        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
-        transient = [e for e in failures if e.transient]
-        if transient:
-            raise Retry(str(transient[0]), delay=min(self.interval, 10.0))
+        return ref
+
+    def _reject(self, body: Mapping[str, Any], problem: errors.ManifestError, apply: bool) -> decision.Decision:
+        """An AgentBudget that does not validate: no evaluation, no action; its status says why."""
+        previous = self.previous_status(body)
+        typed, _ = status_model.read(previous)
+        verdict = evaluate.invalid_spec(typed, str(problem), self.clock(),
+                                        (body.get("metadata") or {}).get("generation"))
+        if verdict.events:
+            meta = body.get("metadata") or {}
+            log.warning("AgentBudget %s/%s: %s", meta.get("namespace"), meta.get("name"), problem)
+        if apply:
+            self._write(self.api, body, previous, verdict, {})
         return verdict
+
+    def _act(self, k: kube.Kube, namespace: str, budget: spec.AgentBudget, action: decision.Action
+             ) -> decision.ActionFailure | None:
+        """Apply one action and read it back. None: it took effect; else why not. An action that
+        failed recently waits out its backoff (doubling per failure, capped) before it is tried again."""
+        if isinstance(action, decision.Notify):
+            return None  # the hooks deliver it
+        key = (namespace, type(action).__name__, action.agent)
+        waiting = self.backoff.waiting(key, self.monotonic())
+        if waiting is not None:
+            return decision.ActionFailure(action, None, "BackingOff", waiting)
+        try:
+            self._apply(k, namespace, budget, action)
+            self._verify(k, namespace, budget, action)
+        except kube.KubeError as exc:
+            failure = decision.ActionFailure(action, exc.status, exc.reason_code or "Failed", str(exc))
+            self.backoff.failed(key, self.monotonic())
+            metrics.ACTION_FAILURES.labels(type(action).__name__, str(exc.status or failure.reason)).inc()
+            log.warning("budget %s/%s: %s", namespace, budget.metadata.name, failure.message)
+            return failure
+        self.backoff.succeeded(key)
+        metrics.ACTIONS.labels(type(action).__name__).inc()
+        return None
 
     def _apply(self, k: kube.Kube, namespace: str, budget: spec.AgentBudget, action: decision.Action) -> None:
         if isinstance(action, decision.ScaleToZero):
@@ -310,9 +376,24 @@ class Runtime:
             k.restore(namespace, action.agent, action.replicas)
         elif isinstance(action, decision.SetModel):
             k.set_model(namespace, action.agent, action.model, budget.spec.model)
+
+    @staticmethod
+    def _verify(k: kube.Kube, namespace: str, budget: spec.AgentBudget, action: decision.Action) -> None:
+        """Read the Deployment back: the replicas or the model the action set, or KubeError NotApplied."""
+        if isinstance(action, decision.Notify):
+            return
+        deployment = k.get_deployment(namespace, action.agent)
+        if isinstance(action, (decision.ScaleToZero, decision.RestoreReplicas)):
+            want = 0 if isinstance(action, decision.ScaleToZero) else action.replicas
+            have = (deployment.get("spec") or {}).get("replicas")
+            if have != want:
+                raise kube.KubeError(f"deployment {namespace}/{action.agent} reads back replicas={have}, "
+                                     f"not {want}", None, reason_code="NotApplied")
         else:
-            return  # Notify: the hooks deliver it
-        metrics.ACTIONS.labels(type(action).__name__).inc()
+            have_model = kube.read_model(deployment, budget.spec.model)
+            if have_model != action.model:
+                raise kube.KubeError(f"deployment {namespace}/{action.agent} reads back model {have_model}, "
+                                     f"not {action.model}", None, reason_code="NotApplied")
 
     def _write_status(self, k: kube.Kube, uid: str, namespace: str, name: str, old: Mapping[str, Any],
                       new: dict[str, Any]) -> None:
@@ -328,7 +409,7 @@ class Runtime:
         except kube.KubeError as exc:
             if exc.status == 404:
                 return  # deleted meanwhile
-            raise Retry(str(exc), delay=min(self.interval, 10.0)) from exc
+            raise
         self._status[uid] = new
         self._written_at[uid] = now
 
@@ -336,15 +417,20 @@ class Runtime:
 
     def parse_budget(self, body: Mapping[str, Any]) -> spec.AgentBudget | None:
         """The AgentBudget of a body (None: invalid), parsed once per generation."""
+        parsed = self._parse(body)
+        return None if isinstance(parsed, errors.ManifestError) else parsed
+
+    def _parse(self, body: Mapping[str, Any]) -> spec.AgentBudget | errors.ManifestError:
+        """The AgentBudget of a body, or what is wrong with it (one line naming the field)."""
         meta = body.get("metadata") or {}
         key = (str(meta.get("uid")), meta.get("generation"))
         if key[1] is not None and key in self._budgets:
             return self._budgets[key]
         try:
-            parsed: spec.AgentBudget | None = spec.AgentBudget.model_validate(
+            parsed: spec.AgentBudget | errors.ManifestError = spec.AgentBudget.model_validate(
                 {k: body[k] for k in ("metadata", "spec") if k in body})
-        except pydantic.ValidationError:
-            parsed = None
+        except pydantic.ValidationError as exc:
+            parsed = manifests.object_error(exc)
         if key[1] is not None:
             if len(self._budgets) > 100_000:
                 self._budgets.clear()

@@ -1,4 +1,4 @@
-"""Usage events as JSON Lines (shared/contracts/usage-events.md), so what an agent spent
+"""Usage events as JSON Lines (docs/contracts/usage-events.md), so what an agent spent
 can be replayed with ``fleetwarden replay``."""
 
 from __future__ import annotations

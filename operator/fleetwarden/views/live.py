@@ -19,7 +19,7 @@ from typing import Any
 
 from fleetwarden.adapters import prometheus_report
 from fleetwarden.core import economics, governance, incidents, spec, timefmt
-from fleetwarden.views import model, offline
+from fleetwarden.views import model
 
 COST_METRICS = ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total",
                 "fleetwarden_human_cost_usd_total")
@@ -188,12 +188,11 @@ def _incidents_from_status(budgets: Sequence[dict[str, Any]], start: float, end:
                 continue
             kind = rec.get("kind", "unknown")
             agent = rec.get("agent", "-")
-            change = offline.model_change_before(changes, namespace, agent, when)
-            named = rec.get("model")
-            if named and (change is None or change.model != named):
-                rollback = rollbacks.get(rec.get("id")) or {}
-                change = model.ModelChange(agent, namespace, when, named,
-                                           rollback.get("to") if rollback.get("from") == named else None)
+            named = rec.get("model") or None
+            rollback = rollbacks.get(rec.get("id")) or {}
+            change = incidents.incident_model_change(
+                changes, namespace, agent, when, named=named,
+                previous=rollback.get("to") if named is not None and rollback.get("from") == named else None)
             rows.append(model.IncidentRow(
                 id=rec.get("id", "-"), kind=kind, title=incidents.KIND_TITLES.get(kind, kind),
                 agent=agent, namespace=namespace, opened=when, message=rec.get("message", ""),
@@ -330,12 +329,11 @@ def _economics(src: prometheus_report.ReportSource, start: float, end: float, st
         # every budget of the namespace.
         named = [by_name[(ns, owner[(ns, a)].get("budget", ""))] for a in sorted(wf_agents[(ns, wf)])
                  if (ns, a) in owner and (ns, owner[(ns, a)].get("budget", "")) in by_name]
-        match = offline.pick_target(named or [b for b in budgets if b.metadata.namespace == ns], wf, outcome)
+        match = economics.pick_target(named or [b for b in budgets if b.metadata.namespace == ns], wf, outcome)
         target = match[1] if match else None
         baseline = target.human_baseline_usd if target else None
-        roi = (baseline - cpo) / cpo if baseline is not None and cpo else None
         completed, ended = tasks.get((ns, wf), [0.0, 0.0])
-        capped, cap_note = economics.cap_state(offline.limit_use(match[0] if match else None, peaks))
+        capped, cap_note = economics.cap_state(economics.limit_use(match[0] if match else None, peaks))
         recommendation, reason = economics.recommend(
             workflow=wf, outcome=outcome, cost_per_outcome=cpo, target=target.target_cost_usd if target else None,
             human_baseline=baseline, success_rate=completed / ended if ended > 0 else None,
@@ -343,7 +341,7 @@ def _economics(src: prometheus_report.ReportSource, start: float, end: float, st
         rows.append(model.EconomicsRow(
             recommendation=recommendation, reason=reason,
             namespace=ns, workflow=wf, outcome=outcome, outcomes=outcomes, cost_usd=c, cost_per_outcome_usd=cpo,
-            target_cost_usd=target.target_cost_usd if target else None, human_baseline_usd=baseline, roi=roi,
-            savings_usd=(baseline - cpo) * outcomes if baseline is not None and cpo is not None else None,
+            target_cost_usd=target.target_cost_usd if target else None, human_baseline_usd=baseline,
+            roi=economics.roi(baseline, cpo), savings_usd=economics.savings(baseline, cpo, outcomes),
             budget=match[0].metadata.name if match else None))
     return tuple(sorted(rows, key=lambda r: (r.namespace, r.workflow, r.outcome)))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleetwarden.core import findings as findings_mod
-from fleetwarden.core import governance
+from fleetwarden.core import governance, incidents
 
 # The dimensions a cost breakdown can group by.
 DIMENSIONS = ("agent", "tool", "step", "team", "project", "cost_center", "workflow", "model")
@@ -125,17 +125,8 @@ class EconomicsRow:
 GovernanceGap = governance.Gap
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelChange:
-    agent: str
-    namespace: str
-    time: float
-    model: str
-    previous_model: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"agent": self.agent, "namespace": self.namespace, "time": _t(self.time), "model": self.model,
-                "previous_model": self.previous_model}
+# A model change is the core's value (``core.incidents.ModelChange``): one definition.
+ModelChange = incidents.ModelChange
 
 
 @dataclasses.dataclass(frozen=True)

@@ -260,15 +260,13 @@ class Fold:
             match = _matching(ns, workflow, outcome, self.workflow_agents[(ns, workflow)], self.agents, budgets)
             target = match[1] if match else None
             baseline = target.human_baseline_usd if target else None
-            roi = (baseline - cpo) / cpo if baseline is not None and cpo > 0 else None
-            savings = (baseline - cpo) * outcomes if baseline is not None else None
             trend = tuple(c / k if k > 0 else None for c, k in zip(costs, counts, strict=True))
             task_cells = self.tasks.get((ns, workflow), {})
             completed = sum(series({m: float(c[0]) for m, c in task_cells.items()}))
             ended = int(sum(series({m: float(c[1]) for m, c in task_cells.items()})))
             # near its cap: replay warns at each limit's warning percentage, so with the budget
             # replayed and no budget finding for it, no limit got there
-            uses = limit_use(match[0] if match else None, peaks)
+            uses = economics.limit_use(match[0] if match else None, peaks)
             capped, cap_note = economics.cap_state(uses)
             if capped is None and match is not None and match[0].spec.limits and replayed:
                 capped = False
@@ -288,26 +286,11 @@ class Fold:
             rows.append(model.EconomicsRow(
                 namespace=ns, workflow=workflow, outcome=outcome, outcomes=outcomes, cost_usd=cost,
                 cost_per_outcome_usd=cpo, target_cost_usd=target.target_cost_usd if target else None,
-                human_baseline_usd=baseline, roi=roi, savings_usd=savings, trend=trend,
+                human_baseline_usd=baseline, roi=economics.roi(baseline, cpo),
+                savings_usd=economics.savings(baseline, cpo, outcomes), trend=trend,
                 recommendation=recommendation, reason=reason,
                 models=tuple(models), budget=match[0].metadata.name if match else None))
         return tuple(rows)
-
-
-def limit_use(budget: spec.AgentBudget | None, peak: Mapping[tuple[str, str, str], float]
-              ) -> list[economics.LimitUse]:
-    """A budget's limits with the highest share of each cap reached in the period, from ``peak``
-    ((namespace, budget, window) -> spend / cap); limits with no peak known are left out."""
-    if budget is None:
-        return []
-    ns, name = budget.metadata.namespace, budget.metadata.name
-    out = []
-    for limit in budget.spec.limits:
-        ratio = peak.get((ns, name, limit.window.value))
-        if ratio is not None:
-            out.append(economics.LimitUse(limit.window.value, ratio * limit.amount_usd, limit.amount_usd,
-                                          100.0 * ratio, limit.warning_percent))
-    return out
 
 
 def peaks_from_findings(found: Iterable[findings_mod.Finding]) -> dict[tuple[str, str, str], float]:
@@ -323,16 +306,6 @@ def peaks_from_findings(found: Iterable[findings_mod.Finding]) -> dict[tuple[str
     return peak
 
 
-def pick_target(budgets: Iterable[spec.AgentBudget], workflow: str, outcome: str
-                ) -> tuple[spec.AgentBudget, spec.UnitEconomicsTarget] | None:
-    """The unit-economics target for ``outcome`` of ``workflow`` among ``budgets``: one naming
-    the workflow wins over one for every workflow; ties go to the budget's name."""
-    found = [(b, t) for b in budgets for t in b.spec.unit_economics
-             if t.outcome == outcome and t.workflow in (None, workflow)]
-    found.sort(key=lambda bt: (bt[1].workflow is None, bt[0].metadata.name))
-    return found[0] if found else None
-
-
 def _matching(ns: str, workflow: str, outcome: str, agent_names: Iterable[str],
               agents: dict[tuple[str, str], dict[str, str]], budgets: Sequence[spec.AgentBudget]
               ) -> tuple[spec.AgentBudget, spec.UnitEconomicsTarget] | None:
@@ -342,17 +315,7 @@ def _matching(ns: str, workflow: str, outcome: str, agent_names: Iterable[str],
         agent = governance.Agent(name, ns, agents.get((ns, name), {}))
         for budget in governance.governing(agent, budgets):
             governing[budget.metadata.name] = budget
-    return pick_target(governing.values(), workflow, outcome)
-
-
-def model_change_before(changes: Sequence[model.ModelChange], namespace: str, agent: str, at: float
-                        ) -> model.ModelChange | None:
-    """The agent's latest model change at or before ``at``."""
-    best = None
-    for c in changes:
-        if c.namespace == namespace and c.agent == agent and c.time <= at and (best is None or c.time > best.time):
-            best = c
-    return best
+    return economics.pick_target(governing.values(), workflow, outcome)
 
 
 def _anomalies_and_incidents(found: Sequence[findings_mod.Finding], changes: Sequence[model.ModelChange]
@@ -369,14 +332,10 @@ def _anomalies_and_incidents(found: Sequence[findings_mod.Finding], changes: Seq
     for inc, group in grouped.items():
         first = group[0]
         opened = min((f.onset if f.onset is not None else f.time) for f in group)
-        if first.model is not None and first.previous_model is not None:
-            change: model.ModelChange | None = model.ModelChange(first.agent, first.namespace, opened,
-                                                                 first.model, first.previous_model)
-            seen = model_change_before(changes, first.namespace, first.agent, group[-1].time)
-            if seen is not None and seen.model == first.model:
-                change = seen
-        else:
-            change = model_change_before(changes, first.namespace, first.agent, group[-1].time)
+        # a finding naming both models (a spike after a model update) names the change itself
+        named = first.model if first.previous_model is not None else None
+        change = incidents.incident_model_change(changes, first.namespace, first.agent, group[-1].time,
+                                                 named=named, previous=first.previous_model, opened=opened)
         actions = tuple(dict.fromkeys(f.action for f in group))
         rows.append(model.IncidentRow(
             id=inc, kind=first.kind, title=incidents.KIND_TITLES.get(first.kind, first.kind), agent=first.agent,

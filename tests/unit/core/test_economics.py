@@ -184,3 +184,75 @@ def test_period_excludes_other_hours() -> None:
     assert economics.report(acc, start=T0, end=T0 + H).totals.total_usd == pytest.approx(1.0)
     with pytest.raises(ValueError):
         economics.report(acc, start=T0, end=T0)
+
+
+# ---------------------------------------------------------------- the reports' unit economics
+
+
+def agent_budget(name: str, *targets: dict[str, object], limits: tuple[dict[str, object], ...] = (),
+                 namespace: str = "shop") -> spec.AgentBudget:
+    return spec.AgentBudget.model_validate({"metadata": {"name": name, "namespace": namespace},
+                                            "spec": {"unitEconomics": list(targets), "limits": list(limits),
+                                                     "killSwitch": {"window": "day"}}})
+
+
+ANY_WF = agent_budget("a-any", {"outcome": "resolved", "targetCostUSD": 1.0})
+REFUND = agent_budget("z-refund", {"outcome": "resolved", "workflow": "refund", "targetCostUSD": 2.0})
+B_ANY = agent_budget("b-any", {"outcome": "resolved", "humanBaselineUSD": 5.0})
+OTHER_OUTCOME = agent_budget("c-other", {"outcome": "escalated", "workflow": "refund"})
+
+
+@pytest.mark.parametrize(("budgets", "workflow", "outcome", "expected"), [
+    ([], "refund", "resolved", None),
+    ([OTHER_OUTCOME], "refund", "resolved", None),  # the outcome must match
+    ([ANY_WF], "refund", "resolved", ("a-any", None)),  # a target for every workflow applies
+    ([ANY_WF, REFUND], "refund", "resolved", ("z-refund", "refund")),  # naming the workflow wins over the name
+    ([REFUND, ANY_WF], "billing", "resolved", ("a-any", None)),  # a target for another workflow does not apply
+    ([B_ANY, ANY_WF], "refund", "resolved", ("a-any", None)),  # a tie goes to the budget's name
+    ([agent_budget("d", {"outcome": "resolved"}, {"outcome": "resolved", "workflow": "refund"})],
+     "refund", "resolved", ("d", "refund")),  # within one budget too
+])
+def test_pick_target(budgets: list[spec.AgentBudget], workflow: str, outcome: str,
+                     expected: tuple[str, str | None] | None) -> None:
+    """The target for a workflow's outcome: the one naming the workflow, else the first budget's by name."""
+    got = economics.pick_target(budgets, workflow, outcome)
+    assert (None if got is None else (got[0].metadata.name, got[1].workflow)) == expected
+    if got is not None:
+        assert got[1].outcome == outcome and got[1] in got[0].spec.unit_economics
+
+
+CAPPED = agent_budget("capped", limits=({"window": "day", "amountUSD": 100.0, "warningPercent": 80.0},
+                                        {"window": "month", "amountUSD": 1000.0}))
+
+
+@pytest.mark.parametrize(("budget", "peaks", "expected"), [
+    (None, {("shop", "capped", "day"): 0.9}, []),
+    (CAPPED, {}, []),  # no peak known: left out, not 0
+    (CAPPED, {("shop", "capped", "day"): 0.5}, [("day", 50.0, 100.0, 50.0, 80.0)]),
+    (CAPPED, {("shop", "capped", "day"): 0.9, ("shop", "capped", "month"): 0.25},
+     [("day", 90.0, 100.0, 90.0, 80.0), ("month", 250.0, 1000.0, 25.0, 80.0)]),
+    (CAPPED, {("other", "capped", "day"): 0.9, ("shop", "other", "day"): 0.9, ("shop", "capped", "hour"): 0.9},
+     []),  # another namespace, budget or window
+])
+def test_limit_use(budget: spec.AgentBudget | None, peaks: dict[tuple[str, str, str], float],
+                   expected: list[tuple[str, float, float, float, float]]) -> None:
+    """Each limit with a known peak share of its cap, as spend, cap, percent and warning percent."""
+    got = [(u.window, round(u.spend_usd, 6), u.cap_usd, round(u.percent, 6), u.warning_percent)
+           for u in economics.limit_use(budget, peaks)]
+    assert got == expected
+
+
+@pytest.mark.parametrize(("baseline", "cpo", "outcomes", "roi", "savings"), [
+    (10.0, 2.0, 3.0, 4.0, 24.0),
+    (2.0, 2.0, 3.0, 0.0, 0.0),  # break-even is 0, not unknown
+    (1.0, 2.0, 4.0, -0.5, -4.0),  # dearer than a person
+    (0.0, 2.0, 1.0, -1.0, -2.0),  # a baseline of 0 is a baseline
+    (None, 2.0, 3.0, None, None),  # no baseline: unknown
+    (10.0, None, 0.0, None, None),  # no cost per outcome: unknown
+    (10.0, 0.0, 3.0, None, 30.0),  # free outcomes: no finite ROI
+])
+def test_roi_and_savings(baseline: float | None, cpo: float | None, outcomes: float, roi: float | None,
+                         savings: float | None) -> None:
+    """ROI = (baseline - cost per outcome) / cost per outcome; savings = the difference x outcomes."""
+    assert economics.roi(baseline, cpo) == (pytest.approx(roi) if roi is not None else None)
+    assert economics.savings(baseline, cpo, outcomes) == (pytest.approx(savings) if savings is not None else None)

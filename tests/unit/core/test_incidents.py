@@ -147,3 +147,51 @@ def test_postmortem_says_unknown_spend_and_resolution() -> None:
     assert "Spend attributed: unknown" in text
     assert "30 min" in text
     assert "(no evidence recorded)" in text
+
+
+# ---------------------------------------------------------------- the model change before an incident
+
+SEEN = (incidents.ModelChange("bot", "shop", T0 - 600, "gpt-4o", "gpt-4o-mini"),
+        incidents.ModelChange("bot", "shop", T0 + 600, "o1", "gpt-4o"),
+        incidents.ModelChange("bot", "other", T0 - 60, "o3", "gpt-4o"),
+        incidents.ModelChange("helper", "shop", T0 - 60, "o3", "gpt-4o"))
+
+
+@pytest.mark.parametrize(("agent", "at", "expected"), [
+    ("bot", T0, SEEN[0]),  # the latest at or before; a later one does not count
+    ("bot", T0 - 600, SEEN[0]),  # at the same second counts
+    ("bot", T0 - 601, None),
+    ("bot", T0 + 600, SEEN[1]),
+    ("helper", T0, SEEN[3]),  # per agent and namespace
+    ("nobody", T0, None),
+])
+def test_model_change_before(agent: str, at: float, expected: incidents.ModelChange | None) -> None:
+    """The agent's latest model change at or before a time."""
+    assert incidents.model_change_before(SEEN, "shop", agent, at) == expected
+
+
+@pytest.mark.parametrize(("named", "previous", "opened", "expected"), [
+    (None, None, None, SEEN[0]),  # the incident names no model: the change seen
+    ("gpt-4o", "x", T0 - 300, SEEN[0]),  # it names the model of the change seen: that change
+    ("o1", "gpt-4o", T0 - 300, incidents.ModelChange("bot", "shop", T0 - 300, "o1", "gpt-4o")),  # not seen in time
+    ("o1", None, None, incidents.ModelChange("bot", "shop", T0, "o1", None)),  # opened defaults to `at`
+])
+def test_incident_model_change(named: str | None, previous: str | None, opened: float | None,
+                               expected: incidents.ModelChange) -> None:
+    """An incident's model change: the one seen, unless the incident names a model that change is not to."""
+    got = incidents.incident_model_change(SEEN, "shop", "bot", T0, named=named, previous=previous, opened=opened)
+    assert got == expected
+
+
+def test_incident_model_change_with_nothing_seen() -> None:
+    """With no change seen, an incident naming no model has none; one naming a model gets its own."""
+    assert incidents.incident_model_change((), "shop", "bot", T0) is None
+    assert incidents.incident_model_change((), "shop", "bot", T0, named="o1", previous="o3") == \
+        incidents.ModelChange("bot", "shop", T0, "o1", "o3")
+
+
+def test_model_change_to_dict() -> None:
+    """A model change's time is RFC 3339 in the report."""
+    assert incidents.ModelChange("bot", "shop", T0, "o1", None).to_dict() == {
+        "agent": "bot", "namespace": "shop", "time": incidents.format_time(T0), "model": "o1",
+        "previous_model": None}

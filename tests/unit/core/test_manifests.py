@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pathlib
 
+import pydantic
 import pytest
 
 from fleetwarden import errors
-from fleetwarden.core import manifests
+from fleetwarden.core import manifests, spec
 
 GOOD = """\
 apiVersion: v1
@@ -84,3 +85,21 @@ def test_missing_path_is_an_error(tmp_path: pathlib.Path) -> None:
     """A path that does not exist is an error naming it."""
     with pytest.raises(errors.ManifestError, match="no such file"):
         manifests.load([tmp_path / "nope.yaml"])
+
+
+@pytest.mark.parametrize(("model", "doc", "prefix", "expected"), [
+    ("AgentBudget", {"metadata": {"name": "b"}, "spec": {"limits": [{"window": "hour", "amountUSD": 0}]}}, "",
+     "field 'spec.limits.0.amountUSD': Input should be greater than 0"),
+    ("AgentBudget", {"spec": {}}, "", "field 'metadata': Field required"),
+    ("CostPolicySpec", {"tokenCaps": {"perTask": 0}}, "spec",
+     "field 'spec.tokenCaps.perTask': Input should be greater than or equal to 1"),
+    ("CostPolicySpec", {"selector": []}, "spec", "field 'spec.selector': Input should be a valid dictionary or instance of LabelSelector"),
+])
+def test_object_error_is_one_line_naming_the_field(model: str, doc: dict[str, object], prefix: str,
+                                                   expected: str) -> None:
+    """A resource read from the API server that does not validate: its first problem, with the field."""
+    with pytest.raises(pydantic.ValidationError) as raised:
+        getattr(spec, model).model_validate(doc)
+    error = manifests.object_error(raised.value, prefix)
+    assert isinstance(error, errors.ManifestError)
+    assert str(error) == expected

@@ -18,22 +18,39 @@ NOW = 1_800_000_000.0
 class FakeKube:
     """Records what the Runtime asks of the API server."""
 
-    def __init__(self, fail_scale: int | None = None) -> None:
+    def __init__(self, fail_scale: int | None = None, ignore_scale: bool = False) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.fail_scale = fail_scale
+        self.ignore_scale = ignore_scale  # the scale is accepted but does not stick (read back differs)
+        self.fail_status: int | None = None
+        self.replicas: dict[str, int] = {}
+        self.models: dict[str, str] = {}
 
     def scale_to_zero(self, namespace: str, name: str, remember: int) -> None:
+        self.calls.append(("try_scale", namespace, name))
         if self.fail_scale is not None:
             raise kube.KubeError("scale refused", self.fail_scale)
         self.calls.append(("scale_to_zero", namespace, name, remember))
+        if not self.ignore_scale:
+            self.replicas[name] = 0
 
     def restore(self, namespace: str, name: str, replicas: int) -> None:
         self.calls.append(("restore", namespace, name, replicas))
+        self.replicas[name] = replicas
 
     def set_model(self, namespace: str, name: str, model: str, source: Any) -> None:
         self.calls.append(("set_model", namespace, name, model))
+        self.models[name] = model
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        model = self.models.get(name)
+        return {"metadata": {"name": name, "namespace": namespace, "annotations": {}},
+                "spec": {"replicas": self.replicas.get(name, 2), "template": {"spec": {"containers": [
+                    {"name": "agent", "env": [{"name": "MODEL", "value": model}] if model else []}]}}}}
 
     def patch_budget_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        if self.fail_status is not None:
+            raise kube.KubeError("status patch refused", self.fail_status)
         self.calls.append(("status", namespace, name, patch))
 
     def post_event(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -74,8 +91,9 @@ def deployment(i: int, replicas: int = 2) -> dict[str, Any]:
             "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "agent", "env": []}]}}}}
 
 
-def make(fetcher: Any, k: FakeKube) -> runtime.Runtime:
-    return runtime.Runtime(interval=15.0, fetcher=fetcher, kube_client=k, clock=lambda: NOW)  # type: ignore[arg-type]
+def make(fetcher: Any, k: FakeKube, monotonic: Any = lambda: 0.0) -> runtime.Runtime:
+    return runtime.Runtime(interval=15.0, fetcher=fetcher, kube_client=k, clock=lambda: NOW,  # type: ignore[arg-type]
+                           monotonic=monotonic)
 
 
 def test_one_prometheus_fetch_serves_every_budget_of_a_cycle() -> None:
@@ -120,13 +138,60 @@ def test_prometheus_down_is_unknown_and_nothing_is_scaled() -> None:
     assert ("event", "AgentBudget", "budget-0", "Warning", "MetricsUnavailable") in k.calls
 
 
-def test_a_transient_api_failure_is_retried_after_the_status_is_written() -> None:
-    """A 503 on scale: the status (Killed) is still written, an ActionFailed event, then Retry."""
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+@pytest.mark.parametrize(("k", "status", "reason"), [
+    (FakeKube(fail_scale=503), 503, "ServiceUnavailable"),
+    (FakeKube(fail_scale=403), 403, "Forbidden"),
+    (FakeKube(fail_scale=404), 404, "NotFound"),
+    (FakeKube(fail_scale=409), 409, "Conflict"),
+    (FakeKube(fail_scale=422), 422, "Invalid"),
+    (FakeKube(fail_scale=None, ignore_scale=True), None, "NotApplied"),  # accepted, but reads back 2 replicas
+])
+def test_a_failed_kill_is_never_shown_as_done(k: FakeKube, status: int | None, reason: str) -> None:
+    """A kill whose scale failed: the status is not Killed, KillSwitchEngaged=False ScaleFailed with the
+    API's reason, a Warning Event ScaleFailed, and on-call is paged (hooks.on_failures)."""
+    paged: list[Any] = []
+    hooks.on_failures.append(lambda body_, failures: paged.extend(failures))
+    try:
+        verdict = make(CountingFetcher(hour_spend=2.0), k).reconcile(body(0), [deployment(0)])
+    finally:
+        hooks.on_failures.pop()
+    written = k.of("status")[0][3]
+    assert written["state"] != "Killed" and not (written.get("killSwitch") or {}).get("engaged")
+    ks = condition(written, "KillSwitchEngaged")
+    assert (ks["status"], ks["reason"]) == ("False", "ScaleFailed") and reason in ks["message"]
+    assert condition(written, "Ready")["status"] == "False"
+    assert ("event", "AgentBudget", "budget-0", "Warning", "ScaleFailed") in k.calls
+    assert [(f.status, f.reason) for f in verdict.failures] == [(status, reason)] == [(f.status, f.reason)
+                                                                                       for f in paged]
+
+
+def test_a_failed_action_is_retried_with_capped_backoff() -> None:
+    """After a failure the next try waits the interval, then twice as long, ...; a success ends it."""
+    clock = [0.0]
     k = FakeKube(fail_scale=503)
-    with pytest.raises(runtime.Retry):
-        make(CountingFetcher(hour_spend=2.0), k).reconcile(body(0), [deployment(0)])
-    assert k.of("status")[0][3]["state"] == "Killed"
-    assert ("event", "AgentBudget", "budget-0", "Warning", "ActionFailed") in k.calls
+    rt = make(CountingFetcher(hour_spend=2.0), k, monotonic=lambda: clock[0])
+    tries = []
+    for t in (0.0, 5.0, 16.0, 30.0, 47.0, 80.0):
+        clock[0] = t
+        rt.new_cycle()
+        rt.reconcile(body(0), [deployment(0)])
+        tries.append(len(k.of("try_scale")))
+    assert tries == [1, 1, 2, 2, 3, 3]  # tried at 0, 15 s later, then 30 s after that (16 + 30 = 46)
+    k.fail_scale = None
+    clock[0] = 200.0
+    rt.reconcile(body(0), [deployment(0)])
+    written = k.of("status")[-1][3]
+    assert written["state"] == "Killed" and condition(written, "KillSwitchEngaged")["status"] == "True"
+    assert rt.backoff.waiting(("shop", "ScaleToZero", "bot-0"), 200.0) is None
+
+
+def test_backoff_is_capped() -> None:
+    b = runtime.Backoff(first=15.0, cap=60.0)
+    assert [b.failed("x", 0.0) for _ in range(5)] == [15.0, 30.0, 60.0, 60.0, 60.0]
 
 
 def test_hooks_get_the_findings_and_actions() -> None:

@@ -276,3 +276,57 @@ def test_a_garbage_status_is_replaced_and_named() -> None:
     body = verdict.status.body()
     assert body["state"] == "Active" and [i["id"] for i in body["incidents"]] == ["inc-1"]
     assert st.read(body) == (verdict.status, [])
+
+
+# ---------------------------------------------------------------- settle (after acting)
+
+
+def failure(action: decision.Action, status: int | None = 403, reason: str = "Forbidden") -> decision.ActionFailure:
+    return decision.ActionFailure(action, status, reason, "deployments.apps is forbidden")
+
+
+def test_settle_a_kill_none_of_whose_scales_landed_is_not_engaged() -> None:
+    """Every kill scale refused: the kill switch stays as it was (the finding engages it again next time)."""
+    inp, d = make(budget(killSwitch={"enabled": True}))
+    d.known, d.found = True, [kill_finding()]
+    stages.kill_switch_stage(inp, d)
+    stages.settle_stage(inp, d, [failure(a) for a in d.actions])
+    stages.conditions_stage(inp, d)
+    assert (d.engaged, d.kill_switch, d.state) == (False, None, st.State.exceeded)
+    ks = next(c for c in d.conditions if c.type == st.KILL_SWITCH_ENGAGED)
+    assert (ks.status, ks.reason) == ("False", stages.REASON_SCALE_FAILED) and "403 Forbidden" in ks.message
+    assert [e.reason for e in d.events].count(stages.REASON_SCALE_FAILED) == 2
+
+
+def test_settle_a_kill_that_stopped_some_agents_holds_the_others() -> None:
+    """One scale landed, one refused: engaged (the hold retries the other) but not shown as Killed."""
+    inp, d = make(budget(killSwitch={"enabled": True}))
+    d.known, d.found = True, [kill_finding()]
+    stages.kill_switch_stage(inp, d)
+    stages.settle_stage(inp, d, [failure(d.actions[1])])
+    stages.conditions_stage(inp, d)
+    assert d.engaged and d.kill_switch is not None and d.kill_switch.replicas == {"bot": 2, "helper": 3}
+    assert d.state is not st.State.killed
+
+
+def test_settle_a_resume_whose_restore_failed_stays_engaged() -> None:
+    inp, d = make(budget(killSwitch={"enabled": True, "acknowledge": "inc-1"}), [dep("bot", 0)],
+                  previous=ENGAGED)
+    stages.kill_switch_stage(inp, d)
+    assert not d.engaged
+    stages.settle_stage(inp, d, [failure(d.actions[0], 409, "Conflict")])
+    stages.conditions_stage(inp, d)
+    assert d.engaged and d.kill_switch == d.previous.kill_switch and d.state is st.State.killed
+    ks = next(c for c in d.conditions if c.type == st.KILL_SWITCH_ENGAGED)
+    assert (ks.status, ks.reason) == ("True", stages.REASON_RESTORE_FAILED)
+
+
+def test_settle_a_rollback_that_was_not_set_is_not_recorded() -> None:
+    """The rollback record is dropped, so the spike rolls the agent back again at the next evaluation."""
+    inp, d = make(budget(model={"rollbackOnSpike": True}), [dep("bot"), dep("helper")])
+    d.known, d.found = True, [spike()]
+    stages.model_stage(inp, d)
+    assert d.model is not None and len(d.model.rollbacks or ()) == 1
+    stages.settle_stage(inp, d, [failure(d.actions[0], 422, "Invalid")])
+    assert d.model.rollbacks == []
+    assert [e.reason for e in d.events][-1] == stages.REASON_MODEL_SET_FAILED

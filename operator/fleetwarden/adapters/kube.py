@@ -139,6 +139,7 @@ def agent_state(deployment: Mapping[str, Any], source: spec.ModelSource) -> deci
         model=read_model(deployment, source),
         version=read_version(deployment, source),
         replicas_before=remembered_replicas(deployment),
+        resource_version=meta.get("resourceVersion"),
     )
 
 
@@ -219,16 +220,23 @@ class Kube:
 
     # ---------------------------------------------------------------- scaling
 
-    def scale(self, namespace: str, name: str, replicas: int) -> None:
-        """Set a Deployment's replicas through the scale subresource."""
+    def scale(self, namespace: str, name: str, replicas: int, *, observed: str | None = None) -> None:
+        """Set a Deployment's replicas through the scale subresource (refused with 409 when
+        ``observed`` is a resourceVersion and the Deployment has changed since)."""
+        body: dict[str, Any] = {"spec": {"replicas": replicas}}
+        if observed:
+            body["metadata"] = {"resourceVersion": observed}
         self._call(f"scale deployment {namespace}/{name} to {replicas}",
-                   self.apps.patch_namespaced_deployment_scale, name, namespace,
-                   {"spec": {"replicas": replicas}})
+                   self.apps.patch_namespaced_deployment_scale, name, namespace, body)
 
-    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
-        """Set (or, with None, remove) annotations on a Deployment."""
+    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str | None], *,
+                 observed: str | None = None) -> None:
+        """Set (or, with None, remove) annotations on a Deployment (409 if it changed since ``observed``)."""
+        metadata: dict[str, Any] = {"annotations": dict(annotations)}
+        if observed:
+            metadata["resourceVersion"] = observed
         self._call(f"annotate deployment {namespace}/{name}", self.apps.patch_namespaced_deployment,
-                   name, namespace, {"metadata": {"annotations": dict(annotations)}})
+                   name, namespace, {"metadata": metadata})
 
     def scaled_objects_for(self, namespace: str, deployment: str) -> list[str]:
         """Names of KEDA ScaledObjects targeting ``deployment``; empty when KEDA is not installed."""
@@ -261,24 +269,31 @@ class Kube:
                        KEDA_PLURAL, name, {"metadata": {"annotations": {KEDA_PAUSED_REPLICAS: value}}})
         return names
 
-    def scale_to_zero(self, namespace: str, name: str, remember: int, *, keda: bool = True) -> None:
-        """Record ``remember`` on the Deployment, pause KEDA, then scale to zero."""
-        self.annotate(namespace, name, {REPLICAS_BEFORE_KILL: str(remember)})
+    def scale_to_zero(self, namespace: str, name: str, remember: int, *, keda: bool = True,
+                      observed: str | None = None) -> None:
+        """Record ``remember`` on the Deployment (only if it is still the ``observed`` version: a
+        competing writer since gets a 409, and the next evaluation decides on what it wrote), pause
+        KEDA, then scale to zero."""
+        self.annotate(namespace, name, {REPLICAS_BEFORE_KILL: str(remember)}, observed=observed)
         if keda:
             self.set_keda_paused(namespace, name, True)
         self.scale(namespace, name, 0)
 
-    def restore(self, namespace: str, name: str, replicas: int, *, keda: bool = True) -> None:
-        """Scale back to ``replicas``, unpause KEDA and drop the remembered count."""
-        self.scale(namespace, name, replicas)
+    def restore(self, namespace: str, name: str, replicas: int, *, keda: bool = True,
+                observed: str | None = None) -> None:
+        """Scale back to ``replicas`` (409 if changed since ``observed``), unpause KEDA and drop the
+        remembered count."""
+        self.scale(namespace, name, replicas, observed=observed)
         if keda:
             self.set_keda_paused(namespace, name, False)
         self.annotate(namespace, name, {REPLICAS_BEFORE_KILL: None})
 
     # ---------------------------------------------------------------- model
 
-    def set_model(self, namespace: str, name: str, model: str, source: spec.ModelSource) -> None:
-        """Point a Deployment at ``model``: its env var (strategic merge by name) and/or annotation."""
+    def set_model(self, namespace: str, name: str, model: str, source: spec.ModelSource, *,
+                  observed: str | None = None) -> None:
+        """Point a Deployment at ``model``: its env var (strategic merge by name) and/or annotation
+        (409 if the Deployment changed since ``observed``)."""
         deployment = self.get_deployment(namespace, name)
         container = _container(deployment, source.container)
         template: dict[str, Any] = {}
@@ -290,8 +305,11 @@ class Kube:
         if not template:
             raise KubeError(f"deployment {namespace}/{name}: no container {source.container!r} "
                             "and no annotation to set the model on", 422)
+        patch: dict[str, Any] = {"spec": {"template": template}}
+        if observed:
+            patch["metadata"] = {"resourceVersion": observed}
         self._call(f"set model of deployment {namespace}/{name}", self.apps.patch_namespaced_deployment,
-                   name, namespace, {"spec": {"template": template}})
+                   name, namespace, patch)
 
     # ---------------------------------------------------------------- status and events
 

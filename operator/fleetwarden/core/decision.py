@@ -33,6 +33,7 @@ class AgentDeployment:
     model: str | None = None
     version: str | None = None
     replicas_before: int | None = None  # fleetwarden.dev/replicas-before-kill on the Deployment
+    resource_version: str | None = None  # as observed: an action on it is refused (409) if it changed since
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +121,7 @@ class ScaleToZero:
     agent: str
     replicas_to_remember: int
     reason: str  # "kill", "killed-again", "suspend"
+    observed: str | None = None  # the resourceVersion decided on (AgentDeployment.resource_version)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +129,7 @@ class RestoreReplicas:
     agent: str
     replicas: int
     reason: str  # "resume", "unsuspend"
+    observed: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +139,7 @@ class SetModel:
     previous: str | None
     reason: str  # "rollback", "rollback-drift", "desired"
     incident: str | None = None
+    observed: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

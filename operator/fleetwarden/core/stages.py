@@ -260,7 +260,7 @@ def _resume(inp: EvaluationInput, d: Draft, prev_ks: st.KillSwitchStatus) -> st.
     by_name = d.by_name
     for agent_name, replicas in sorted(remembered.items()):
         if agent_name in by_name and not inp.budget.spec.suspend:
-            d.act(decision.RestoreReplicas(agent_name, int(replicas), "resume"))
+            d.act(decision.RestoreReplicas(agent_name, int(replicas), "resume", by_name[agent_name].resource_version))
     d.events.append(decision.Event("Normal", REASON_RESUMED,
                                    f"kill switch {prev_ks.incident} acknowledged: restoring replicas "
                                    + ", ".join(f"{k}={v}" for k, v in sorted(remembered.items()))))
@@ -276,7 +276,7 @@ def _hold(inp: EvaluationInput, d: Draft, prev_ks: st.KillSwitchStatus) -> st.Ki
         if agent.replicas > 0 and (agent.name in remembered or budget_wide):
             keep = int(remembered.get(agent.name, agent.replicas))
             remembered[agent.name] = keep
-            d.act(decision.ScaleToZero(agent.name, keep, "killed-again"),
+            d.act(decision.ScaleToZero(agent.name, keep, "killed-again", agent.resource_version),
                   decision.Event("Warning", REASON_KILL_SWITCH_HELD,
                                  f"{agent.name} was scaled to {agent.replicas} while kill switch "
                                  f"{prev_ks.incident} is engaged; scaled to zero again", agent=agent.name))
@@ -294,7 +294,7 @@ def _engage(inp: EvaluationInput, d: Draft, kills: Sequence[findings.Finding]) -
         targets = [by_name[f.agent] for f in kills if f.agent in by_name]
     replicas = {a.name: a.replicas for a in targets if a.replicas > 0}
     for agent_name, count in sorted(replicas.items()):
-        d.act(decision.ScaleToZero(agent_name, count, "kill"))
+        d.act(decision.ScaleToZero(agent_name, count, "kill", by_name[agent_name].resource_version))
     d.events.append(decision.Event(
         "Warning", REASON_KILL_SWITCH_ENGAGED,
         f"kill switch engaged ({incident}): {first.message}; scaled to zero: "
@@ -333,14 +333,14 @@ def suspend_stage(inp: EvaluationInput, d: Draft) -> None:
     if inp.budget.spec.suspend:
         for agent in d.agents:
             if agent.replicas > 0 and agent.name not in scaled:
-                d.act(decision.ScaleToZero(agent.name, agent.replicas, "suspend"),
+                d.act(decision.ScaleToZero(agent.name, agent.replicas, "suspend", agent.resource_version),
                       decision.Event("Normal", REASON_SUSPENDED,
                                      f"spec.suspend is true: {agent.name} scaled to zero (was {agent.replicas})",
                                      agent=agent.name))
     elif not d.engaged:
         for agent in d.agents:
             if agent.replicas == 0 and agent.replicas_before is not None and agent.name not in restored:
-                d.act(decision.RestoreReplicas(agent.name, agent.replicas_before, "unsuspend"),
+                d.act(decision.RestoreReplicas(agent.name, agent.replicas_before, "unsuspend", agent.resource_version),
                       decision.Event("Normal", REASON_RESUMED,
                                      f"{agent.name} restored to {agent.replicas_before} replicas", agent=agent.name))
 
@@ -358,7 +358,7 @@ def _desired_model(inp: EvaluationInput, d: Draft, desired: str, rollbacks: list
     changed = (prev_model.spec_desired if prev_model is not None else None) != desired
     for agent in d.agents:
         if agent.model != desired:
-            d.act(decision.SetModel(agent.name, desired, agent.model, "desired"),
+            d.act(decision.SetModel(agent.name, desired, agent.model, "desired", observed=agent.resource_version),
                   decision.Event("Normal", REASON_MODEL_SET,
                                  f"spec.model.desired is {desired}: {agent.name} set from "
                                  f"{agent.model} to {desired}", agent=agent.name))
@@ -387,7 +387,8 @@ def _rollbacks_on_spike(inp: EvaluationInput, d: Draft, rollbacks: list[st.Rollb
         rollbacks.append(record)
         latest[spiked.name] = record
         done_incidents.add(incident)
-        d.act(decision.SetModel(spiked.name, f.previous_model, spiked.model, "rollback", incident),
+        d.act(decision.SetModel(spiked.name, f.previous_model, spiked.model, "rollback", incident,
+                                spiked.resource_version),
               decision.Event("Warning", REASON_MODEL_ROLLED_BACK,
                              f"{incident}: {spiked.name} rolled back from {spiked.model} to {f.previous_model}: "
                              f"{f.message}. Roll forward: set spec.model.desired", agent=spiked.name))
@@ -410,7 +411,8 @@ def model_stage(inp: EvaluationInput, d: Draft) -> None:
         if (pin is None or not pin.incident or agent.name in handled or pin.to is None
                 or agent.model is None or agent.model == pin.to):
             continue
-        d.act(decision.SetModel(agent.name, pin.to, agent.model, "rollback-drift", pin.incident),
+        d.act(decision.SetModel(agent.name, pin.to, agent.model, "rollback-drift", pin.incident,
+                                agent.resource_version),
               decision.Event("Warning", REASON_MODEL_ROLLBACK_HELD,
                              f"{agent.name} drifted to {agent.model} after rollback {pin.incident}; "
                              f"set back to {pin.to}. Roll forward: set spec.model.desired", agent=agent.name))

@@ -371,11 +371,11 @@ class Runtime:
 
     def _apply(self, k: kube.Kube, namespace: str, budget: spec.AgentBudget, action: decision.Action) -> None:
         if isinstance(action, decision.ScaleToZero):
-            k.scale_to_zero(namespace, action.agent, action.replicas_to_remember)
+            k.scale_to_zero(namespace, action.agent, action.replicas_to_remember, observed=action.observed)
         elif isinstance(action, decision.RestoreReplicas):
-            k.restore(namespace, action.agent, action.replicas)
+            k.restore(namespace, action.agent, action.replicas, observed=action.observed)
         elif isinstance(action, decision.SetModel):
-            k.set_model(namespace, action.agent, action.model, budget.spec.model)
+            k.set_model(namespace, action.agent, action.model, budget.spec.model, observed=action.observed)
 
     @staticmethod
     def _verify(k: kube.Kube, namespace: str, budget: spec.AgentBudget, action: decision.Action) -> None:

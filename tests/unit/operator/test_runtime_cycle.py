@@ -26,7 +26,7 @@ class FakeKube:
         self.replicas: dict[str, int] = {}
         self.models: dict[str, str] = {}
 
-    def scale_to_zero(self, namespace: str, name: str, remember: int) -> None:
+    def scale_to_zero(self, namespace: str, name: str, remember: int, observed: str | None = None) -> None:
         self.calls.append(("try_scale", namespace, name))
         if self.fail_scale is not None:
             raise kube.KubeError("scale refused", self.fail_scale)
@@ -34,11 +34,11 @@ class FakeKube:
         if not self.ignore_scale:
             self.replicas[name] = 0
 
-    def restore(self, namespace: str, name: str, replicas: int) -> None:
+    def restore(self, namespace: str, name: str, replicas: int, observed: str | None = None) -> None:
         self.calls.append(("restore", namespace, name, replicas))
         self.replicas[name] = replicas
 
-    def set_model(self, namespace: str, name: str, model: str, source: Any) -> None:
+    def set_model(self, namespace: str, name: str, model: str, source: Any, observed: str | None = None) -> None:
         self.calls.append(("set_model", namespace, name, model))
         self.models[name] = model
 

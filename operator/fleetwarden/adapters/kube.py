@@ -275,9 +275,15 @@ class Kube:
         competing writer since gets a 409, and the next evaluation decides on what it wrote), pause
         KEDA, then scale to zero."""
         self.annotate(namespace, name, {REPLICAS_BEFORE_KILL: str(remember)}, observed=observed)
-        if keda:
-            self.set_keda_paused(namespace, name, True)
-        self.scale(namespace, name, 0)
+        try:
+            if keda:
+                self.set_keda_paused(namespace, name, True)
+            self.scale(namespace, name, 0)
+        except KubeError:
+            # not stopped: it must not look stopped (an agent at zero with this annotation is restored)
+            with contextlib.suppress(KubeError):
+                self.annotate(namespace, name, {REPLICAS_BEFORE_KILL: None})
+            raise
 
     def restore(self, namespace: str, name: str, replicas: int, *, keda: bool = True,
                 observed: str | None = None) -> None:

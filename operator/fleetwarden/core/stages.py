@@ -268,19 +268,21 @@ def _resume(inp: EvaluationInput, d: Draft, prev_ks: st.KillSwitchStatus) -> st.
 
 
 def _hold(inp: EvaluationInput, d: Draft, prev_ks: st.KillSwitchStatus) -> st.KillSwitchStatus:
-    """While engaged, an agent scaled back up is scaled to zero again (the budget's own kill: every agent)."""
+    """While engaged, an agent scaled back up is scaled to zero again (the budget's own kill: every
+    agent), and one whose scale failed (``pending``) is tried again, remembering its replicas now."""
     remembered = dict(prev_ks.replicas or {})
+    pending = set(prev_ks.pending or ())
     budget_wide = any(i.id == prev_ks.incident and i.kind == findings.KILL_SWITCH
                       for i in d.previous.incidents or ())
     for agent in d.agents:
-        if agent.replicas > 0 and (agent.name in remembered or budget_wide):
+        if agent.replicas > 0 and (agent.name in remembered or agent.name in pending or budget_wide):
             keep = int(remembered.get(agent.name, agent.replicas))
             remembered[agent.name] = keep
             d.act(decision.ScaleToZero(agent.name, keep, "killed-again", agent.resource_version),
                   decision.Event("Warning", REASON_KILL_SWITCH_HELD,
                                  f"{agent.name} was scaled to {agent.replicas} while kill switch "
                                  f"{prev_ks.incident} is engaged; scaled to zero again", agent=agent.name))
-    return prev_ks.model_copy(update={"replicas": remembered})
+    return prev_ks.model_copy(update={"replicas": remembered, "pending": None})
 
 
 def _engage(inp: EvaluationInput, d: Draft, kills: Sequence[findings.Finding]) -> st.KillSwitchStatus:
@@ -492,9 +494,17 @@ def settle_stage(inp: EvaluationInput, d: Draft, failures: Sequence[decision.Act
     if not d.failures:
         return
     kills = [a for a in d.actions if isinstance(a, decision.ScaleToZero) and a.reason == "kill"]
-    failed_kills = {f.action for f in _failed(d, decision.ScaleToZero, "kill")}
-    if kills and all(a in failed_kills for a in kills):
-        d.kill_switch, d.engaged = d.previous.kill_switch, False
+    failed_stops = {getattr(f.action, "agent", "") for f in _failed(d, decision.ScaleToZero, "kill", "killed-again")}
+    if kills and all(a.agent in failed_stops for a in kills):
+        d.kill_switch, d.engaged = d.previous.kill_switch, False  # nothing stopped: engaged again next time
+    elif failed_stops and d.kill_switch is not None and d.engaged:
+        # stopped in part: the others are pending (held and retried), their replicas remembered only
+        # once they are stopped (an agent stopped before keeps the count it had then)
+        before = (d.previous.kill_switch.replicas or {}) if d.previous.kill_switch is not None else {}
+        replicas = {k: v for k, v in (d.kill_switch.replicas or {}).items()
+                    if k not in failed_stops or k in before}
+        d.kill_switch = d.kill_switch.model_copy(update={"replicas": replicas,
+                                                         "pending": sorted(failed_stops)})
     if _failed(d, decision.RestoreReplicas, "resume"):
         d.kill_switch, d.engaged = d.previous.kill_switch, True
     not_set = {f.action.agent for f in d.failures if isinstance(f.action, decision.SetModel)}

@@ -113,6 +113,7 @@ class KillSwitchStatus(_Model):
     replicas: dict[str, int] | None = None
     resumed_at: Timestamp | None = None
     spend_at_resume_usd: float | None = None
+    pending: list[str] | None = None  # agents whose scale to zero failed; retried
 
 
 class Rollback(_Model):

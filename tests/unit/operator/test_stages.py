@@ -299,14 +299,23 @@ def test_settle_a_kill_none_of_whose_scales_landed_is_not_engaged() -> None:
 
 
 def test_settle_a_kill_that_stopped_some_agents_holds_the_others() -> None:
-    """One scale landed, one refused: engaged (the hold retries the other) but not shown as Killed."""
+    """One scale landed, one refused: engaged, the refused agent pending (the hold retries it, and
+    remembers its replicas once it is stopped), but not shown as Killed."""
     inp, d = make(budget(killSwitch={"enabled": True}))
     d.known, d.found = True, [kill_finding()]
     stages.kill_switch_stage(inp, d)
     stages.settle_stage(inp, d, [failure(d.actions[1])])
     stages.conditions_stage(inp, d)
-    assert d.engaged and d.kill_switch is not None and d.kill_switch.replicas == {"bot": 2, "helper": 3}
+    assert d.engaged and d.kill_switch is not None
+    assert (d.kill_switch.replicas, d.kill_switch.pending) == ({"bot": 2}, ["helper"])
     assert d.state is not st.State.killed
+    # the next evaluation: helper, scaled to 4 meanwhile, is tried again and its 4 replicas remembered
+    body = evaluate.status_of(inp, d).body()
+    inp2, d2 = make(budget(killSwitch={"enabled": True}), [dep("bot", 0), dep("helper", 4)], previous=body)
+    stages.kill_switch_stage(inp2, d2)
+    assert d2.actions == [decision.ScaleToZero("helper", 4, "killed-again")]
+    assert d2.kill_switch is not None and (d2.kill_switch.replicas, d2.kill_switch.pending) == (
+        {"bot": 2, "helper": 4}, None)
 
 
 def test_settle_a_resume_whose_restore_failed_stays_engaged() -> None:

@@ -1,0 +1,231 @@
+# ruff: noqa: F811 - pytest fixtures imported from test_operator_budget are parameters here
+"""Actions the real API server refuses are never shown as done: 403, 404, 409 and 422, each produced
+on the real control plane, with the operator's own permissions (manifests/rbac.yaml, through a
+ServiceAccount token) and the real Prometheus.
+
+The evaluation runs in this process (``handlers.runtime.Runtime``: the operator's own code without
+kopf's loop) so that each failure can be set up exactly: a ClusterRole without the scale verb
+(403), a Deployment deleted after it was observed (404), a competing writer between observation and
+action (409), a ValidatingAdmissionPolicy that refuses scaling to zero (422). After each, the
+status written to the API server says the kill did not happen (``KillSwitchEngaged=False``,
+``ScaleFailed``, the API's reason), a Warning Event says why, on-call is paged through the real
+Alertmanager, and the agent is still running; once the cause is gone the retry completes the kill.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from test_operator_budget import (  # noqa: F401 - fixtures
+    SCRAPE,
+    Exporter,
+    budget,
+    condition,
+    events,
+    exporter,
+    fleet,
+    llm_labels,
+    replicas,
+    status,
+    workdir,
+)
+
+from fleetwarden.adapters import alertmanager as am_adapter
+from fleetwarden.adapters import kube, prometheus
+from fleetwarden.handlers import runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+RBAC = ROOT / "manifests" / "rbac.yaml"
+
+
+def operator_rules() -> list[dict[str, Any]]:
+    """The operator's ClusterRole rules, exactly as manifests/rbac.yaml grants them."""
+    (role,) = [d for d in yaml.safe_load_all(RBAC.read_text()) if d and d["kind"] == "ClusterRole"]
+    return role["rules"]  # type: ignore[no-any-return]
+
+
+def identity(cluster: Any, namespace: str, workdir: Path, rules: list[dict[str, Any]], name: str) -> str:
+    """A ServiceAccount in ``namespace`` bound (in that namespace) to a ClusterRole with ``rules``;
+    returns a kubeconfig that authenticates with its token from the TokenRequest API."""
+    role = f"fw-e2e-{name}-{uuid.uuid4().hex[:6]}"
+    cluster.apply(json.dumps({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                              "metadata": {"name": role, "labels": {"fleetwarden.dev/e2e": "true"}},
+                              "rules": rules}))
+    cluster.kubectl("create", "serviceaccount", name, "-n", namespace)
+    cluster.kubectl("create", "rolebinding", name, "-n", namespace, f"--clusterrole={role}",
+                    f"--serviceaccount={namespace}:{name}")
+    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    server = copy.deepcopy(admin["clusters"][0])
+    config = {"apiVersion": "v1", "kind": "Config", "clusters": [server],
+              "users": [{"name": name, "user": {"token": token}}],
+              "contexts": [{"name": name, "context": {"cluster": server["name"], "user": name}}],
+              "current-context": name}
+    path = workdir / f"{name}.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def operator_runtime(prometheus_url: str, kubeconfig: str) -> runtime.Runtime:
+    fetcher = prometheus.Fetcher(prometheus.connect(prometheus_url), lookback_minutes=30, scrape_interval=SCRAPE)
+    return runtime.Runtime(interval=2.0, fetcher=fetcher, kube_client=kube.Kube(kube.load_config(kubeconfig)))
+
+
+def observe(cluster: Any, namespace: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The budget and the Deployments as the operator observes them (their resourceVersions included)."""
+    return (cluster.get_json("agentbudget", "support", "-n", namespace),
+            cluster.get_json("deployments", "-n", namespace)["items"])
+
+
+@pytest.fixture
+def breached(cluster: Any, namespace: str, fleet: dict[str, Any], prometheus: Any,  # noqa: F811
+             exporter: Exporter) -> str:  # noqa: F811
+    """The fleet's budget, spent to 200% of its 1 USD hourly cap, as Prometheus sees it."""
+    cluster.apply(budget(namespace, hour_cap=1.0))
+    exporter.set("llm_cost", 2.0, **llm_labels("bot", namespace))
+    prometheus.wait_for_query(f'sum(fleetwarden_llm_cost_usd_total{{namespace="{namespace}"}})',
+                              lambda r: bool(r) and float(r[0]["value"][1]) >= 2.0, timeout=30)
+    return namespace
+
+
+@pytest.fixture
+def paging(alertmanager: Any) -> Any:
+    notifier = am_adapter.configure(alertmanager.url)
+    alertmanager.clear()
+    yield alertmanager
+    if notifier is not None:
+        notifier.flush()
+    am_adapter.configure(None)
+
+
+def assert_not_killed(cluster: Any, namespace: str, reason: str, code: int) -> dict[str, Any]:
+    """The stored status says the kill did not happen, with the API's reason; a Warning Event says why."""
+    st = status(cluster, namespace)
+    assert st["state"] != "Killed" or condition(st, "KillSwitchEngaged")["status"] != "True"
+    ks = condition(st, "KillSwitchEngaged")
+    assert (ks["status"], ks["reason"]) == ("False", "ScaleFailed"), ks
+    assert f"{code} {reason}" in ks["message"], ks["message"]
+    assert condition(st, "Ready")["status"] == "False"
+    assert any(e["type"] == "Warning" and str(code) in e["message"] for e in events(cluster, namespace, "ScaleFailed"))
+    return st
+
+
+def test_a_forbidden_scale_is_reported_paged_and_retried(cluster: Any, breached: str, prometheus: Any,
+                                                         workdir: Path, paging: Any) -> None:
+    """403: the operator's role without deployments/scale: not Killed, ScaleFailed Forbidden, paged;
+    with the full role the retry completes the kill."""
+    namespace = breached
+    rules = [r for r in operator_rules() if "deployments/scale" not in r["resources"]]
+    verdict = operator_runtime(prometheus.url, identity(cluster, namespace, workdir, rules, "noscale")).reconcile(
+        *observe(cluster, namespace))
+    assert {(f.status, f.reason) for f in verdict.failures} == {(403, "Forbidden")}
+    assert_not_killed(cluster, namespace, "Forbidden", 403)
+    assert replicas(cluster, namespace, "bot") == 3 and replicas(cluster, namespace, "helper") == 2
+    alert = paging.wait_for_alert(am_adapter.ACTION_FAILED)
+    assert alert["labels"]["reason"] == "Forbidden" and alert["labels"]["namespace"] == namespace
+
+    full = operator_runtime(prometheus.url, identity(cluster, namespace, workdir, operator_rules(), "operator"))
+    verdict = full.reconcile(*observe(cluster, namespace))
+    assert verdict.failures == ()
+    st = status(cluster, namespace)
+    assert st["state"] == "Killed" and condition(st, "KillSwitchEngaged")["status"] == "True"
+    assert replicas(cluster, namespace, "bot") == 0 and replicas(cluster, namespace, "helper") == 0
+    assert st["killSwitch"]["replicas"] == {"bot": 3, "helper": 2}
+    assert len([i for i in st["incidents"] if i["kind"] == "kill_switch"]) == 1
+
+
+def test_a_deployment_deleted_after_it_was_observed(cluster: Any, breached: str, prometheus: Any,
+                                                    workdir: Path) -> None:
+    """404: the agents still there are stopped (engaged, held); the deleted one is reported, not claimed."""
+    namespace = breached
+    budget_body, deployments = observe(cluster, namespace)
+    cluster.kubectl("delete", "deployment", "helper", "-n", namespace, "--wait=true")
+    rt = operator_runtime(prometheus.url, identity(cluster, namespace, workdir, operator_rules(), "operator"))
+    verdict = rt.reconcile(budget_body, deployments)
+    assert [(f.action.agent, f.status, f.reason) for f in verdict.failures] == [("helper", 404, "NotFound")]
+    st = status(cluster, namespace)
+    assert replicas(cluster, namespace, "bot") == 0
+    ks = condition(st, "KillSwitchEngaged")
+    assert (ks["status"], ks["reason"]) == ("False", "ScaleFailed") and "404 NotFound" in ks["message"]
+    assert st["state"] != "Killed"
+    # the next evaluation observes the cluster as it is: one agent, stopped; the kill holds
+    rt.backoff.succeeded((namespace, "ScaleToZero", "helper"))
+    rt.reconcile(*observe(cluster, namespace))
+    st = status(cluster, namespace)
+    assert st["state"] == "Killed" and condition(st, "KillSwitchEngaged")["status"] == "True"
+
+
+def test_a_competing_writer_between_observation_and_action(cluster: Any, breached: str, prometheus: Any,
+                                                           workdir: Path) -> None:
+    """409: bot changed after it was observed (scaled to 5 by someone): the stale decision is refused;
+    the next evaluation remembers the 5 replicas the writer set, not the 3 observed before."""
+    namespace = breached
+    budget_body, deployments = observe(cluster, namespace)
+    cluster.kubectl("scale", "deployment", "bot", "-n", namespace, "--replicas=5")
+    rt = operator_runtime(prometheus.url, identity(cluster, namespace, workdir, operator_rules(), "operator"))
+    verdict = rt.reconcile(budget_body, deployments)
+    assert [(f.action.agent, f.status, f.reason) for f in verdict.failures] == [("bot", 409, "Conflict")]
+    assert replicas(cluster, namespace, "bot") == 5
+    ks = condition(status(cluster, namespace), "KillSwitchEngaged")
+    assert (ks["status"], ks["reason"]) == ("False", "ScaleFailed") and "409 Conflict" in ks["message"]
+    rt.backoff.succeeded((namespace, "ScaleToZero", "bot"))
+    rt.reconcile(*observe(cluster, namespace))
+    st = status(cluster, namespace)
+    assert replicas(cluster, namespace, "bot") == 0 and st["state"] == "Killed"
+    assert st["killSwitch"]["replicas"] == {"bot": 5, "helper": 2}
+
+
+def test_an_admission_policy_that_refuses_the_scale(cluster: Any, breached: str, prometheus: Any,
+                                                    workdir: Path) -> None:
+    """422: a ValidatingAdmissionPolicy refuses scaling bot to zero: reported as Invalid, bot runs;
+    the rest of the fleet is stopped and held; once the policy is gone the retry stops bot too."""
+    namespace = breached
+    name = f"fw-e2e-no-zero-{namespace}"[:63]
+    cluster.apply(json.dumps({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
+                                                         "operations": ["UPDATE"],
+                                                         "resources": ["deployments/scale"]}]},
+                 "validations": [{"expression": "request.name != 'bot' || object.spec.replicas > 0",
+                                  "reason": "Invalid", "message": "bot must keep running (test policy)"}]}}))
+    cluster.apply(json.dumps({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {
+                     "kubernetes.io/metadata.name": namespace}}}}}))
+    try:
+        rt = operator_runtime(prometheus.url, identity(cluster, namespace, workdir, operator_rules(), "operator"))
+
+        def refused() -> Any:
+            verdict = rt.reconcile(*observe(cluster, namespace))
+            rt.backoff.succeeded((namespace, "ScaleToZero", "bot"))  # the policy takes a moment to bind
+            return verdict if verdict.failures else None
+
+        verdict = cluster.wait_for(refused, 30, "the scale of bot refused by the admission policy")
+        assert [(f.action.agent, f.status, f.reason) for f in verdict.failures] == [("bot", 422, "Invalid")]
+        assert "bot must keep running" in verdict.failures[0].message
+        assert replicas(cluster, namespace, "bot") == 3 and replicas(cluster, namespace, "helper") == 0
+        ks = condition(status(cluster, namespace), "KillSwitchEngaged")
+        assert (ks["status"], ks["reason"]) == ("False", "ScaleFailed") and "422 Invalid" in ks["message"]
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding", name, "--ignore-not-found")
+        cluster.kubectl("delete", "validatingadmissionpolicy", name, "--ignore-not-found")
+
+    def stopped() -> bool:
+        rt.backoff.succeeded((namespace, "ScaleToZero", "bot"))
+        rt.reconcile(*observe(cluster, namespace))
+        return replicas(cluster, namespace, "bot") == 0
+
+    cluster.wait_for(stopped, 30, "bot stopped once the policy is gone")
+    st = status(cluster, namespace)
+    assert st["state"] == "Killed" and st["killSwitch"]["replicas"] == {"bot": 3, "helper": 2}

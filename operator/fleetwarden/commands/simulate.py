@@ -17,7 +17,6 @@ served for that many seconds more (so a last scrape sees the final totals). With
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import re
 import signal
@@ -26,6 +25,7 @@ import threading
 import time
 
 from fleetwarden import errors
+from fleetwarden.core import timefmt
 
 DEFAULT_FAST_START = "2026-01-05T00:00:00Z"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -41,13 +41,10 @@ def parse_duration(text: str) -> float:
 
 
 def parse_start(text: str) -> float:
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise errors.InputError(f"{text!r} is not an RFC 3339 time", field="--start") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.timestamp()
+    start = timefmt.parse_rfc3339(text)
+    if start is None:
+        raise errors.InputError(f"{text!r} is not an RFC 3339 time", field="--start")
+    return start
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

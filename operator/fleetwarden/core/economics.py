@@ -36,7 +36,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fleetwarden.core import series, spec
+from fleetwarden.core import series, spec, timefmt
 
 HOUR = 3600
 DAY = 86400
@@ -324,7 +324,7 @@ class EconomicsReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "start": _rfc3339(self.start), "end": _rfc3339(self.end),
+            "start": timefmt.rfc3339(self.start), "end": timefmt.rfc3339(self.end),
             "totals": self.totals.to_dict(),
             "workflows": [w.to_dict() for w in self.workflows],
             "trend": self.trend.to_dict(),
@@ -332,10 +332,6 @@ class EconomicsReport:
             "limits": [u.to_dict() for u in self.limits],
             "savings_usd": _r(self.savings_usd), "roi": _r(self.roi, 4),
         }
-
-
-def _rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---------------------------------------------------------------- the recommendation

@@ -49,6 +49,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from fleetwarden.core import detectors, economics, findings, policies, series, spec
+from fleetwarden.core.timefmt import parse_rfc3339 as parse_rfc3339  # importable from here for now
+from fleetwarden.core.timefmt import rfc3339 as rfc3339
 
 MAX_ROLLBACKS = 20
 MAX_INCIDENTS = 20
@@ -227,25 +229,6 @@ class Decision:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(int(ts), tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(text: str | None) -> float | None:
-    if not text:
-        return None
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.timestamp()
 
 
 def _money(x: float) -> float:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetwarden import errors
+from fleetwarden.core import timefmt
 
 _MTOK = 1_000_000.0
 _DAY = 86400.0
@@ -187,7 +188,8 @@ class _Resolver:
         if index >= 0:
             return self._entries[index].rates
         if self._genai is None:
-            when = "" if at is None or not self._entries else f" before {_rfc3339(self._starts[0])}"
+            first = self._starts[0] if self._entries else None
+            when = "" if at is None or first is None else f" before {timefmt.rfc3339_ms(first)}"
             raise errors.PricingError(
                 f"no price for model {self.model!r}{_provider_text(self.provider)}{when}: "
                 "add it to the price configuration (models:)")
@@ -196,10 +198,6 @@ class _Resolver:
 
 def _provider_text(provider: str | None) -> str:
     return "" if provider is None else f" (provider {provider!r})"
-
-
-def _rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class PriceTable:
@@ -500,11 +498,10 @@ def _instant(value: Any, field: str, file: str | None) -> float | None:
         try:
             if len(text) == 10:
                 return _instant(dt.date.fromisoformat(text), field, file)
-            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            return timefmt.parse_rfc3339_strict(text)
         except ValueError:
             raise errors.InputError(f"{value!r} is not a date or an RFC 3339 time", file=file,
                                     field=field) from None
-        return _instant(moment, field, file)
     raise errors.InputError("must be a date, an RFC 3339 time or Unix seconds", file=file, field=field)
 
 

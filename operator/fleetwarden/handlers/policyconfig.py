@@ -42,7 +42,7 @@ import pydantic
 
 from fleetwarden import errors
 from fleetwarden.adapters import configmaps, kube
-from fleetwarden.core import evaluate, spec
+from fleetwarden.core import evaluate, spec, timefmt
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def publish(body: Mapping[str, Any], k: kube.Kube | None = None, now: float | No
     new = {"observedGeneration": generation, "configMap": cm_name, "matchedAgents": len(deployments),
            "conditions": [ready]}
     if written:
-        new["lastCompiled"] = evaluate.rfc3339(now)
+        new["lastCompiled"] = timefmt.rfc3339(now)
     _write_status(k, namespace, name, status, new)
     return written
 

@@ -36,7 +36,7 @@ import pydantic
 
 from fleetwarden import errors
 from fleetwarden.adapters import kube, prometheus
-from fleetwarden.core import evaluate, governance, spec
+from fleetwarden.core import evaluate, governance, spec, timefmt
 from fleetwarden.handlers import hooks, metrics
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def pending_approvals(bodies: Iterable[Mapping[str, Any]]) -> list[evaluate.Pend
             continue
         out.append(evaluate.PendingApproval(
             name=str(meta["name"]), agent=str(s["agent"]),
-            expires_at=evaluate.parse_rfc3339(s.get("expiresAt")) if s.get("expiresAt") else None,
+            expires_at=timefmt.parse_rfc3339(s.get("expiresAt")) if s.get("expiresAt") else None,
             rule=s.get("rule"), tool=s.get("tool")))
     return out
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fleetwarden.adapters import prometheus
-from fleetwarden.core import evaluate, findings, policies, spec
+from fleetwarden.core import evaluate, findings, policies, spec, timefmt
 from fleetwarden.core.series import AgentMinute
 
 NOW = 1_800_000_000.0
@@ -155,7 +155,7 @@ def test_a_problem_older_than_the_lookback_keeps_its_incident() -> None:
     p = policy(tokenCaps={"perTask": 100})
     old_onset = START - 20 * 60  # began before this lookback
     previous = [{"id": "inc-x", "kind": findings.TOKEN_CAP_EXCEEDED, "agent": "bot",
-                 "time": evaluate.rfc3339(old_onset)}]
+                 "time": timefmt.rfc3339(old_onset)}]
     found = evaluate.guardrail_findings(BOT, minutes(), decisions({0: {("token_cap_exceeded", ""): 1.0},
                                                                    1: {("token_cap_exceeded", ""): 1.0}}), [p])
     kept = evaluate.keep_onsets(found, previous, float(START))

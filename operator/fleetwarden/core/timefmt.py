@@ -1,0 +1,62 @@
+"""Times as people and Kubernetes write them: RFC 3339.
+
+- :func:`rfc3339`: Unix seconds -> ``2026-11-28T10:00:00Z`` (whole seconds, truncated): the
+  form of every time in a status, an annotation or an incident.
+- :func:`rfc3339_ms`: the same with milliseconds when the time has a fraction
+  (``2026-11-28T10:00:00.250Z``): the form of a finding's times.
+- :func:`parse_rfc3339`: RFC 3339 (``Z`` or an offset; no zone means UTC) -> Unix seconds,
+  or None for a missing or malformed text: for status fields written by someone else.
+- :func:`parse_rfc3339_strict`: the same, but a malformed text raises ``ValueError``: for
+  times this program wrote itself.
+
+(The usage-event contract's own ``time`` parser, fast and zone-required, is
+:func:`fleetwarden.core.events.parse_time`.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+_SECONDS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def rfc3339(ts: float) -> str:
+    """Unix seconds as RFC 3339 UTC with ``Z``, whole seconds (the fraction is dropped)."""
+    return dt.datetime.fromtimestamp(int(ts), tz=dt.timezone.utc).strftime(_SECONDS_FORMAT)
+
+
+def rfc3339_ms(ts: float) -> str:
+    """Unix seconds as RFC 3339 UTC with ``Z``; milliseconds only when the time has a fraction.
+
+    A time outside what a calendar date can show comes back as the number it was."""
+    try:
+        moment = dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return str(ts)
+    if moment.microsecond:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.strftime(_SECONDS_FORMAT)
+
+
+def parse_rfc3339_strict(text: str) -> float:
+    """Unix seconds of an RFC 3339 time (``Z``/``z`` or an offset; no zone: UTC).
+
+    Raises ``ValueError`` when ``text`` is not one."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.timestamp()
+
+
+def parse_rfc3339(text: str | None) -> float | None:
+    """Unix seconds of an RFC 3339 time, or None when ``text`` is missing, empty or not one."""
+    if not text:
+        return None
+    try:
+        return parse_rfc3339_strict(text)
+    except ValueError:
+        return None
+

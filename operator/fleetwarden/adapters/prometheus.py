@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fleetwarden import errors
-from fleetwarden.core import evaluate, series, spec
+from fleetwarden.core import evaluate, series, spec, windows
 
 Key = tuple[str, str]  # (namespace, agent)
 
@@ -123,20 +123,6 @@ def spend_query(seconds: int) -> str:
     window = f"{max(seconds, 60)}s"
     parts = [f'label_replace({window_increase(m, window)}, "fw_metric", "{m}", "", "")' for m in SPEND_METRICS]
     return f"sum by (namespace, agent) ({' or '.join(parts)})"
-
-
-def window_start(window: spec.Window, calendar: bool, now: float) -> float:
-    """Start of the window ending at ``now``: rolling, or the calendar hour/day/month (UTC)."""
-    if not calendar:
-        return now - spec.WINDOW_SECONDS[window]
-    at = dt.datetime.fromtimestamp(now, tz=dt.timezone.utc)
-    if window == spec.Window.hour:
-        at = at.replace(minute=0, second=0, microsecond=0)
-    elif window == spec.Window.day:
-        at = at.replace(hour=0, minute=0, second=0, microsecond=0)
-    else:
-        at = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return at.timestamp()
 
 
 class QueryClient(Protocol):
@@ -481,7 +467,7 @@ class Fetcher:
         spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
         for window in spec.Window:
             for calendar in (False, True):
-                seconds = int(round(now - window_start(window, calendar, now)))
+                seconds = int(round(now - windows.window_start(window, now, calendar=calendar)))
                 query = spend_query(seconds)
                 items = self._run(f"spend {window.value}{' calendar' if calendar else ''}",
                                   lambda q=query: self.client.custom_query(q, params={"time": now}))  # type: ignore[misc]

@@ -32,11 +32,10 @@ Spend is summed per hour bucket, so a limit's window is judged at hour resolutio
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fleetwarden.core import series, spec, timefmt
+from fleetwarden.core import series, spec, timefmt, windows
 
 HOUR = 3600
 DAY = 86400
@@ -412,19 +411,6 @@ def _slope(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
 
 
-def _window_start(limit: spec.SpendLimit, end: float) -> float:
-    if not limit.calendar:
-        return end - spec.WINDOW_SECONDS[limit.window]
-    moment = dt.datetime.fromtimestamp(end, tz=dt.timezone.utc)
-    if limit.window is spec.Window.hour:
-        moment = moment.replace(minute=0, second=0, microsecond=0)
-    elif limit.window is spec.Window.day:
-        moment = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    else:
-        moment = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return moment.timestamp()
-
-
 def report(acc: EconomicsAccumulator, *, start: float, end: float,
            budget: spec.AgentBudgetSpec | None = None, bucket: str = "hour") -> EconomicsReport:
     """The unit economics of everything in ``acc`` between ``start`` and ``end`` (hour resolution)."""
@@ -454,7 +440,7 @@ def report(acc: EconomicsAccumulator, *, start: float, end: float,
     # 2. how close the budget's limits are to their caps
     limits: list[LimitUse] = []
     for limit in (budget.limits if budget else []):
-        lo = _window_start(limit, end)
+        lo = windows.window_start(limit.window, end, calendar=limit.calendar)
         spend = sum(c.inference + c.tool + c.human for (_, _, _, hour), c in acc.cells(lo, end))
         spend += sum(budget.fixed_monthly_costs_usd.values()) * (end - lo) / MONTH if budget else 0.0
         limits.append(LimitUse(limit.window.value, spend, limit.amount_usd, 100 * spend / limit.amount_usd,

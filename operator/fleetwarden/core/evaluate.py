@@ -42,13 +42,12 @@ evaluated every 15 s refolds each agent once a minute, not every cycle.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import fnmatch
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
-from fleetwarden.core import detectors, economics, findings, policies, series, spec
+from fleetwarden.core import detectors, economics, findings, policies, series, spec, windows
 from fleetwarden.core.timefmt import parse_rfc3339 as parse_rfc3339  # importable from here for now
 from fleetwarden.core.timefmt import rfc3339 as rfc3339
 
@@ -887,12 +886,10 @@ def _figures(minutes: Mapping[str, Sequence[series.AgentMinute]], now: float,
         fig = memo.get(end, key, lambda: _minute_figures(minutes, end, outcomes, budget_spec))
     out: dict[str, Any] = {"burnRateUSDPerHour": fig["burnRateUSDPerHour"]}
     burn = fig["burnRateUSDPerHour"]
-    month_start = dt.datetime.fromtimestamp(now, tz=dt.timezone.utc).replace(
-        day=1, hour=0, minute=0, second=0, microsecond=0)
-    next_month = (month_start + dt.timedelta(days=32)).replace(day=1)
+    next_month = windows.calendar_end(spec.Window.month, now)
     month_spend = spend.get(spec.Window.month)
     if month_spend is not None:
-        out["projectedMonthUSD"] = round(month_spend + burn * (next_month.timestamp() - now) / 3600.0, 2)
+        out["projectedMonthUSD"] = round(month_spend + burn * (next_month - now) / 3600.0, 2)
     for name, value in fig.items():
         if name != "burnRateUSDPerHour":
             out[name] = [dict(v) for v in value] if isinstance(value, list) else \

@@ -24,14 +24,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fleetwarden import errors
-from fleetwarden.core import evaluate, series, spec, windows
+from fleetwarden.core import evaluate, series, spec, timefmt, windows
 
 Key = tuple[str, str]  # (namespace, agent)
 
@@ -139,29 +138,16 @@ class StaleMetricsError(errors.PrometheusError):
 
 
 DEFAULT_RETENTION_SECONDS = 15 * 86400  # Prometheus's own, when neither time nor size is set
-_DURATION_UNITS = {"y": 365 * 86400.0, "w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0,
-                   "ms": 0.001}
-_DURATION = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds of a Prometheus duration ("15d", "1y", "2w3d", "1h30m", "500ms"); None if it is not one."""
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
-
-
 # What the spend query needs Prometheus to keep: the longest window (a calendar month, up to
 # 31 days) plus START_LOOKBACK.
-RETENTION_NEEDED_SECONDS = 31 * 86400 + (parse_duration(START_LOOKBACK) or 0.0)
+RETENTION_NEEDED_SECONDS = 31 * 86400 + (timefmt.parse_duration(START_LOOKBACK) or 0.0)
 
 
 def retention_from_flags(flags: Mapping[str, str]) -> float | None:
     """Time-based retention in seconds from Prometheus's /api/v1/status/flags (None: size-based only,
     or not said)."""
-    time_flag = parse_duration(str(flags.get("storage.tsdb.retention.time", "0s")) or "0s")
-    legacy = parse_duration(str(flags.get("storage.tsdb.retention", "0s")) or "0s")
+    time_flag = timefmt.parse_duration(str(flags.get("storage.tsdb.retention.time", "0s")) or "0s")
+    legacy = timefmt.parse_duration(str(flags.get("storage.tsdb.retention", "0s")) or "0s")
     size = str(flags.get("storage.tsdb.retention.size", "0B") or "0B")
     for value in (time_flag, legacy):
         if value:

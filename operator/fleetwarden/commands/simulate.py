@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import signal
 import sys
 import threading
@@ -28,16 +27,14 @@ from fleetwarden import errors
 from fleetwarden.core import timefmt
 
 DEFAULT_FAST_START = "2026-01-05T00:00:00Z"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``30m``, ``6h`` or ``2d``."""
-    match = _DURATION.match(text)
-    if not match:
+    """Seconds from ``90`` (seconds), ``90s``, ``30m``, ``6h``, ``2d`` or ``1h30m``."""
+    seconds = timefmt.parse_duration(text.strip(), bare_unit="s")
+    if seconds is None:
         raise errors.InputError(f"{text!r} is not a duration like 90s, 30m or 6h", field="--duration")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    return seconds
 
 
 def parse_start(text: str) -> float:

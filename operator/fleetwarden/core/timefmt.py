@@ -1,4 +1,4 @@
-"""Times as people and Kubernetes write them: RFC 3339.
+"""Times and durations as people and Kubernetes write them: RFC 3339 and ``90m``/``1h30m``.
 
 - :func:`rfc3339`: Unix seconds -> ``2026-11-28T10:00:00Z`` (whole seconds, truncated): the
   form of every time in a status, an annotation or an incident.
@@ -8,6 +8,8 @@
   or None for a missing or malformed text: for status fields written by someone else.
 - :func:`parse_rfc3339_strict`: the same, but a malformed text raises ``ValueError``: for
   times this program wrote itself.
+- :func:`parse_duration`: ``90s``, ``30m``, ``1.5h``, ``1h30m``, ``7d``, ``2w``, ``1y``,
+  ``500ms`` -> seconds, or None. Callers say which flag or field was wrong.
 
 (The usage-event contract's own ``time`` parser, fast and zone-required, is
 :func:`fleetwarden.core.events.parse_time`.)
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 _SECONDS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -60,3 +63,21 @@ def parse_rfc3339(text: str | None) -> float | None:
     except ValueError:
         return None
 
+
+_DURATION_UNITS = {"y": 365 * 86400.0, "w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0,
+                   "ms": 0.001}
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_DURATION_PART = re.compile(rf"({_NUMBER.pattern})(ms|y|w|d|h|m|s)")
+
+
+def parse_duration(text: str, *, bare_unit: str | None = None) -> float | None:
+    """Seconds of a duration: one or more ``<number><unit>`` (units ms, s, m, h, d, w, y;
+    numbers may have a fraction), as Prometheus writes them (``15d``, ``1h30m``, ``500ms``)
+    and people type them (``1.5h``). With ``bare_unit``, a number alone is in that unit
+    (``"90"`` with ``bare_unit="s"``). None for anything else: a sign, spaces, no unit."""
+    if bare_unit is not None and _NUMBER.fullmatch(text):
+        text += bare_unit
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)

@@ -1,4 +1,4 @@
-"""RFC 3339 times: the one home every module formats and parses them with."""
+"""RFC 3339 times and durations: the one home every module formats and parses them with."""
 
 from __future__ import annotations
 
@@ -85,3 +85,44 @@ def test_rfc3339_round_trips(ts: float) -> None:
     """What rfc3339 writes, parse_rfc3339 reads back to the same second."""
     assert timefmt.parse_rfc3339(timefmt.rfc3339(ts)) == ts
     assert timefmt.parse_rfc3339(timefmt.rfc3339_ms(ts + 0.5)) == ts + 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90.0),
+        ("30m", 1800.0),
+        ("6h", 21600.0),
+        ("1.5h", 5400.0),
+        ("2d", 172800.0),
+        ("1w", 604800.0),
+        ("1y", 365 * 86400.0),
+        ("500ms", 0.5),
+        ("5m30s", 330.0),
+        ("1h30m", 5400.0),
+        ("2w3d", 17 * 86400.0),
+        ("0s", 0.0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    """Durations are one or more number-and-unit parts, as Prometheus writes them (fractions allowed)."""
+    assert timefmt.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "90", "h", "-1h", "+1h", "1x", "1 h", " 1h", "1h ", "1h30", "1.h", ".5h",
+                                  "1e3s", "\u0661h"])
+def test_parse_duration_refuses_anything_else(text: str) -> None:
+    """No unit, a sign, spaces, a partial part or a non-ASCII digit: not a duration (None)."""
+    assert timefmt.parse_duration(text) is None
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("1.5", 1.5), ("90s", 90.0), ("2m", 120.0)])
+def test_parse_duration_bare_unit(text: str, seconds: float) -> None:
+    """With ``bare_unit``, a number alone is in that unit; numbers with a unit are unchanged."""
+    assert timefmt.parse_duration(text, bare_unit="s") == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "-90", "90 s"])
+def test_parse_duration_bare_unit_refuses(text: str) -> None:
+    """``bare_unit`` makes no other text a duration."""
+    assert timefmt.parse_duration(text, bare_unit="s") is None

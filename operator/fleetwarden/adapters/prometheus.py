@@ -31,14 +31,13 @@ from typing import Any, Protocol
 
 from fleetwarden import errors
 from fleetwarden.core import evaluate, series, spec, timefmt, windows
+from fleetwarden.core import metricnames as names
 
 Key = tuple[str, str]  # (namespace, agent)
 
 # What a budget's spend counts: the same three parts as ``series.AgentMinute.cost_usd``.
-SPEND_METRICS = ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total",
-                 "fleetwarden_human_cost_usd_total")
-TOKEN_METRICS = tuple(f"fleetwarden_llm_{kind}_tokens_total"
-                      for kind in ("input", "output", "cache_read", "cache_write", "reasoning"))
+SPEND_METRICS = names.SPEND
+TOKEN_METRICS = names.LLM_TOKENS
 
 
 def increase_of(metrics: Sequence[str], window: str) -> str:
@@ -51,20 +50,20 @@ def increase_of(metrics: Sequence[str], window: str) -> str:
 
 # name -> (metrics, extra grouping labels). Each is one range query per cycle.
 RANGE_FAMILIES: dict[str, tuple[str | tuple[str, ...], tuple[str, ...]]] = {
-    "inference_cost": ("fleetwarden_llm_cost_usd_total", ()),
-    "llm_calls": ("fleetwarden_llm_calls_total", ("model", "workflow")),
+    "inference_cost": (names.LLM_COST_USD, ()),
+    "llm_calls": (names.LLM_CALLS, ("model", "workflow")),
     "tokens": (TOKEN_METRICS, ()),
-    "output_tokens": ("fleetwarden_llm_output_tokens_total", ()),
-    "tool_calls": ("fleetwarden_tool_calls_total", ("tool",)),
-    "tool_cost": ("fleetwarden_tool_cost_usd_total", ("tool",)),
-    "human_cost": ("fleetwarden_human_cost_usd_total", ()),
-    "tasks": ("fleetwarden_tasks_total", ("status",)),
-    "outcomes": ("fleetwarden_outcomes_total", ("outcome",)),
+    "output_tokens": (names.LLM_OUTPUT_TOKENS, ()),
+    "tool_calls": (names.TOOL_CALLS, ("tool",)),
+    "tool_cost": (names.TOOL_COST_USD, ("tool",)),
+    "human_cost": (names.HUMAN_COST_USD, ()),
+    "tasks": (names.TASKS, ("status",)),
+    "outcomes": (names.OUTCOMES, ("outcome",)),
 }
 
 # The SDK's guardrail decisions that are findings (fleetwarden_guardrail_decisions_total by
 # status); "allowed", "approved", "denied" and "halted" are not.
-GUARDRAIL_METRIC = "fleetwarden_guardrail_decisions_total"
+GUARDRAIL_METRIC = names.GUARDRAIL_DECISIONS
 GUARDRAIL_STATUSES = ("token_cap_exceeded", "rate_limit_exceeded", "tool_not_allowed", "approval_required")
 GUARDRAIL_MARK = "fw_family"  # the label that tells the guardrail series apart in the tool-call answer
 GUARDRAIL_PART = (f'label_replace(sum by (namespace, agent, tool, status) (increase({GUARDRAIL_METRIC}'
@@ -74,8 +73,7 @@ RIDERS = {"tool_calls": GUARDRAIL_PART}
 
 # Metrics a running agent keeps fresh; each one's sample times, told apart by a label so
 # that dropping the metric name (timestamp() does) leaves no duplicate series.
-FRESHNESS_METRICS = ("fleetwarden_llm_calls_total", "fleetwarden_llm_cost_usd_total", "fleetwarden_tool_calls_total",
-                     "fleetwarden_tasks_total", "fleetwarden_agent_model_info")
+FRESHNESS_METRICS = (names.LLM_CALLS, names.LLM_COST_USD, names.TOOL_CALLS, names.TASKS, names.AGENT_MODEL_INFO)
 FRESHNESS_QUERY = "max by (namespace, agent) (" + " or ".join(
     f'label_replace(timestamp({m}{{agent!=""}}), "fw_metric", "{m}", "", "")' for m in FRESHNESS_METRICS) + ")"
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import prometheus_client as pc
 
+from fleetwarden.core import metricnames
 from fleetwarden.devcluster import cluster as devcluster
 from fleetwarden.devcluster import monitoring, procs
 
@@ -71,7 +72,7 @@ def main() -> int:
         kubectl(env, "create", "namespace", NS)
 
         registry = pc.CollectorRegistry()
-        cost = pc.Counter("fleetwarden_llm_cost_usd", "cost", ["agent", "namespace", "model"], registry=registry)
+        cost = pc.Counter(metricnames.LLM_COST_USD, "cost", ["agent", "namespace", "model"], registry=registry)
         child = cost.labels("bot", NS, "gpt-4o-mini")
         child.inc(0)
         port = procs.free_port()

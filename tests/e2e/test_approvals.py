@@ -23,6 +23,7 @@ import pytest
 from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
 
 from fleetwarden.adapters import approvals
+from fleetwarden.core import timefmt
 
 ROOT = Path(__file__).resolve().parents[2]
 RBAC = ROOT / "manifests" / "approvals-rbac.yaml"
@@ -55,7 +56,7 @@ def _request_manifest(namespace: str, agent: str, *, requester: str, expires_in:
         "metadata": {"generateName": f"{agent}-", "namespace": namespace},
         "spec": {"agent": agent, "requester": requester, "rule": "refunds", "tool": "payments.refund",
                  "amountUSD": 120.0, "reason": "refund above 50 USD",
-                 "expiresAt": approvals.rfc3339(time.time() + expires_in)},
+                 "expiresAt": timefmt.rfc3339(time.time() + expires_in)},
     }
 
 
@@ -134,7 +135,7 @@ def test_the_agent_cannot_decide_its_own_request(cluster: Any, namespace: str, i
     assert code == 2
     assert "forbidden" in err.lower() and "costapprovals/status" in err
     result = _patch_status(cluster, namespace, name, {"decision": "Approved", "decidedBy": identities["agent"],
-                                                      "decidedAt": approvals.rfc3339(time.time())},
+                                                      "decidedAt": timefmt.rfc3339(time.time())},
                            identities["agent"])
     assert result.returncode != 0 and "forbidden" in result.stderr.lower()
     assert not _status(cluster, namespace, name).get("decision")
@@ -181,7 +182,7 @@ def test_a_person_denies_and_cannot_record_another_name(cluster: Any, namespace:
     backend = _backend(cluster, namespace, identities["agent"])
     name = _ask(backend, namespace)
     lie = _patch_status(cluster, namespace, name, {"decision": "Approved", "decidedBy": "bob",
-                                                   "decidedAt": approvals.rfc3339(time.time())}, "alice")
+                                                   "decidedAt": timefmt.rfc3339(time.time())}, "alice")
     assert lie.returncode != 0 and "decidedBy must be the username of whoever decides (alice)" in lie.stderr
     code, _, err = _fleetwarden("deny", name, "-n", namespace, "--kubeconfig", cluster.kubeconfig, "--as", "alice")
     assert code == 0, err
@@ -218,7 +219,7 @@ def test_an_undecided_request_expires(cluster: Any, namespace: str, identities: 
     operator_user = approvals.Approvals(approvals.api_client(cluster.kubeconfig)).whoami()
     assert (status["decision"], status["decidedBy"]) == ("Expired", operator_user)
     expires = cluster.get_json("costapproval", name, "-n", namespace)["spec"]["expiresAt"]
-    assert approvals.parse_rfc3339(status["decidedAt"]) >= approvals.parse_rfc3339(expires)
+    assert timefmt.parse_rfc3339_strict(status["decidedAt"]) >= timefmt.parse_rfc3339_strict(expires)
 
     def expired_event() -> bool:
         events = cluster.get_json("events", "-n", namespace, "--field-selector",

@@ -6,7 +6,7 @@ import pytest
 
 from fleetwarden import errors
 from fleetwarden.adapters import alertmanager
-from fleetwarden.core import findings
+from fleetwarden.core import findings, timefmt
 
 T0 = 1_795_000_000.0
 
@@ -44,7 +44,7 @@ def test_alert_shape_matches_the_v2_api() -> None:
         "kind": "kill_switch", "action": "kill", "tool": "crm.search", "workflow": "triage"}
     assert set(alert["annotations"]) == {"summary", "description"}
     assert '"spend_usd": 31.5' in alert["annotations"]["description"]
-    assert alert["startsAt"] == findings.rfc3339(T0 - 120)
+    assert alert["startsAt"] == timefmt.rfc3339_ms(T0 - 120)
 
 
 def test_one_alert_per_incident() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetwarden.core import decision, findings, incidents
+from fleetwarden.core import decision, findings, incidents, timefmt
 from fleetwarden.handlers import incidents as recorder
 
 T0 = 1_795_000_000.0
@@ -53,7 +53,7 @@ def test_acknowledging_the_kill_switch_resolves_its_incident() -> None:
     after = recorder.plan(acked, [], [], first, now=T0 + 600)
     rec = after[findings.incident_id(kill)]
     assert rec.status == incidents.RESOLVED
-    assert rec.resolved_at == incidents.format_time(T0 + 600)
+    assert rec.resolved_at == timefmt.rfc3339(T0 + 600)
 
 
 def test_read_records_keeps_broken_keys_aside() -> None:

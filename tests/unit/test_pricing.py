@@ -209,3 +209,38 @@ def test_repeated_calls_hit_the_cache_and_agree() -> None:
     first = table.llm_cost("gpt-4o-mini", input_tokens=123, output_tokens=45, at=T_2025)
     assert all(table.llm_cost("gpt-4o-mini", input_tokens=123, output_tokens=45, at=T_2025) == first
                for _ in range(100))
+
+
+# Per-token rates as the table keeps them: input, output, cache read, cache write, reasoning, per call.
+_RATES = (2.5e-6, 10e-6, 1.25e-6, 3.75e-6, 12e-6, 0.001)
+
+
+@pytest.mark.parametrize(("tokens", "expected"), [
+    ((0, 0, 0, 0, 0), 0.001),  # a call costs its per-call price at least
+    ((1_000_000, 0, 0, 0, 0), 2.501),
+    ((0, 1_000_000, 0, 0, 0), 10.001),
+    ((0, 0, 1_000_000, 0, 0), 1.251),  # cache reads at their own price, on top of input
+    ((0, 0, 0, 1_000_000, 0), 3.751),  # cache writes likewise
+    ((0, 0, 0, 0, 1_000_000), 12.001),  # reasoning on top of output
+    ((1200, 300, 400, 100, 50), 1200 * 2.5e-6 + 300 * 10e-6 + 0.001 + (400 * 1.25e-6 + 100 * 3.75e-6 + 50 * 12e-6)),
+])
+def test_llm_call_cost_prices_each_kind_of_token(tokens: tuple[int, int, int, int, int], expected: float) -> None:
+    """Each kind of token costs its own per-token price, plus the per-call price."""
+    assert pricing.llm_call_cost(_RATES, *tokens) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(("inp", "out", "cache_read", "cache_write", "reasoning"), [
+    (1200, 300, 0, 0, 0), (600, 100, 400, 0, 0), (2000, 500, 3000, 700, 0), (17, 3, 0, 0, 9), (1, 1, 1, 1, 1),
+    (1949, 4854, 4458, 1068, 3030), (3642, 1098, 2994, 798, 293)])  # where another order of the sum differs
+def test_llm_cost_is_llm_call_cost_of_the_tables_rates(inp: int, out: int, cache_read: int, cache_write: int,
+                                                       reasoning: int) -> None:
+    """PriceTable.llm_cost is the one formula applied to the model's rates, to the last bit (the SDK
+    and replay price with static_rates and llm_call_cost, and must agree with it exactly)."""
+    table = pricing.PriceTable.from_config({"models": [
+        {"model": "acme", "input_per_mtok": 2.5, "output_per_mtok": 10, "cache_read_per_mtok": 1.25,
+         "cache_write_per_mtok": 3.75, "reasoning_per_mtok": 12, "per_request": 0.001}]})
+    got = table.llm_cost("acme", input_tokens=inp, output_tokens=out, cache_read_tokens=cache_read,
+                         cache_write_tokens=cache_write, reasoning_tokens=reasoning)
+    rates = table.static_rates("acme")
+    assert rates is not None
+    assert got == pricing.llm_call_cost(rates, inp, out, cache_read, cache_write, reasoning)

@@ -14,7 +14,6 @@ SelfSubjectReview (``authentication.k8s.io/v1``); ``spec.requester`` is found th
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import threading
 import time
@@ -26,7 +25,7 @@ from kubernetes.client import exceptions as kube_exceptions
 
 from fleetwarden import errors
 from fleetwarden.adapters import kube
-from fleetwarden.core import spec
+from fleetwarden.core import spec, timefmt
 
 PLURAL = "costapprovals"
 KIND = "CostApproval"
@@ -35,20 +34,6 @@ APPROVED, DENIED, EXPIRED = "Approved", "Denied", "Expired"
 DECISIONS = (APPROVED, DENIED, EXPIRED)
 # The SDK's words for the decisions.
 SDK_RESULT: dict[str, Literal["approved", "denied", "expired"]] = {APPROVED: "approved", DENIED: "denied", EXPIRED: "expired"}
-
-
-def rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(value: str) -> float:
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    parsed = dt.datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.timestamp()
 
 
 def decision_of(body: Mapping[str, Any]) -> str | None:
@@ -62,7 +47,7 @@ def is_expired(body: Mapping[str, Any], now: float) -> bool:
     if decision_of(body) is not None:
         return False
     expires = (body.get("spec") or {}).get("expiresAt")
-    return expires is not None and parse_rfc3339(str(expires)) <= now
+    return expires is not None and timefmt.parse_rfc3339_strict(str(expires)) <= now
 
 
 def _name_part(text: str) -> str:
@@ -132,7 +117,7 @@ class Approvals:
                amount_usd: float | None = None, reason: str | None = None,
                labels: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Create a request (``spec.requester`` = the caller); returns the created body."""
-        body_spec: dict[str, Any] = {"agent": agent, "requester": self.whoami(), "expiresAt": rfc3339(expires_at)}
+        body_spec: dict[str, Any] = {"agent": agent, "requester": self.whoami(), "expiresAt": timefmt.rfc3339(expires_at)}
         for key, value in (("workflow", workflow), ("taskId", task_id), ("rule", rule), ("tool", tool),
                            ("amountUSD", amount_usd), ("reason", reason)):
             if value is not None:
@@ -163,7 +148,7 @@ class Approvals:
         status: dict[str, Any] = {
             "decision": decision,
             "decidedBy": self.whoami(),
-            "decidedAt": rfc3339(time.time() if now is None else now),
+            "decidedAt": timefmt.rfc3339(time.time() if now is None else now),
         }
         if reason:
             status["reason"] = reason

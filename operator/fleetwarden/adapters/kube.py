@@ -11,9 +11,9 @@ reads a watch event body, a list item and a recorded fixture.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +22,7 @@ from kubernetes import client, config
 from kubernetes.client import exceptions as kube_exceptions
 
 from fleetwarden import errors
-from fleetwarden.core import decision, spec
+from fleetwarden.core import decision, spec, timefmt
 
 REPLICAS_BEFORE_KILL = "fleetwarden.dev/replicas-before-kill"
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
@@ -150,10 +150,6 @@ def remembered_replicas(deployment: Mapping[str, Any]) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Kube:
@@ -328,7 +324,7 @@ class Kube:
     def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid)."""
         namespace = involved.get("namespace") or "default"
-        now = _now_rfc3339()
+        now = timefmt.rfc3339(time.time())
         body = {
             "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
             "involvedObject": {k: involved[k] for k in ("apiVersion", "kind", "name", "namespace", "uid")

@@ -24,22 +24,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fleetwarden import errors
-from fleetwarden.core import decision, series, spec
+from fleetwarden.core import decision, series, spec, timefmt, windows
+from fleetwarden.core import metricnames as names
 
 Key = tuple[str, str]  # (namespace, agent)
 
 # What a budget's spend counts: the same three parts as ``series.AgentMinute.cost_usd``.
-SPEND_METRICS = ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total",
-                 "fleetwarden_human_cost_usd_total")
-TOKEN_METRICS = tuple(f"fleetwarden_llm_{kind}_tokens_total"
-                      for kind in ("input", "output", "cache_read", "cache_write", "reasoning"))
+SPEND_METRICS = names.SPEND
+TOKEN_METRICS = names.LLM_TOKENS
 
 
 def increase_of(metrics: Sequence[str], window: str) -> str:
@@ -52,20 +50,20 @@ def increase_of(metrics: Sequence[str], window: str) -> str:
 
 # name -> (metrics, extra grouping labels). Each is one range query per cycle.
 RANGE_FAMILIES: dict[str, tuple[str | tuple[str, ...], tuple[str, ...]]] = {
-    "inference_cost": ("fleetwarden_llm_cost_usd_total", ()),
-    "llm_calls": ("fleetwarden_llm_calls_total", ("model", "workflow")),
+    "inference_cost": (names.LLM_COST_USD, ()),
+    "llm_calls": (names.LLM_CALLS, ("model", "workflow")),
     "tokens": (TOKEN_METRICS, ()),
-    "output_tokens": ("fleetwarden_llm_output_tokens_total", ()),
-    "tool_calls": ("fleetwarden_tool_calls_total", ("tool",)),
-    "tool_cost": ("fleetwarden_tool_cost_usd_total", ("tool",)),
-    "human_cost": ("fleetwarden_human_cost_usd_total", ()),
-    "tasks": ("fleetwarden_tasks_total", ("status",)),
-    "outcomes": ("fleetwarden_outcomes_total", ("outcome",)),
+    "output_tokens": (names.LLM_OUTPUT_TOKENS, ()),
+    "tool_calls": (names.TOOL_CALLS, ("tool",)),
+    "tool_cost": (names.TOOL_COST_USD, ("tool",)),
+    "human_cost": (names.HUMAN_COST_USD, ()),
+    "tasks": (names.TASKS, ("status",)),
+    "outcomes": (names.OUTCOMES, ("outcome",)),
 }
 
 # The SDK's guardrail decisions that are findings (fleetwarden_guardrail_decisions_total by
 # status); "allowed", "approved", "denied" and "halted" are not.
-GUARDRAIL_METRIC = "fleetwarden_guardrail_decisions_total"
+GUARDRAIL_METRIC = names.GUARDRAIL_DECISIONS
 GUARDRAIL_STATUSES = ("token_cap_exceeded", "rate_limit_exceeded", "tool_not_allowed", "approval_required")
 GUARDRAIL_MARK = "fw_family"  # the label that tells the guardrail series apart in the tool-call answer
 GUARDRAIL_PART = (f'label_replace(sum by (namespace, agent, tool, status) (increase({GUARDRAIL_METRIC}'
@@ -75,8 +73,7 @@ RIDERS = {"tool_calls": GUARDRAIL_PART}
 
 # Metrics a running agent keeps fresh; each one's sample times, told apart by a label so
 # that dropping the metric name (timestamp() does) leaves no duplicate series.
-FRESHNESS_METRICS = ("fleetwarden_llm_calls_total", "fleetwarden_llm_cost_usd_total", "fleetwarden_tool_calls_total",
-                     "fleetwarden_tasks_total", "fleetwarden_agent_model_info")
+FRESHNESS_METRICS = (names.LLM_CALLS, names.LLM_COST_USD, names.TOOL_CALLS, names.TASKS, names.AGENT_MODEL_INFO)
 FRESHNESS_QUERY = "max by (namespace, agent) (" + " or ".join(
     f'label_replace(timestamp({m}{{agent!=""}}), "fw_metric", "{m}", "", "")' for m in FRESHNESS_METRICS) + ")"
 
@@ -125,20 +122,6 @@ def spend_query(seconds: int) -> str:
     return f"sum by (namespace, agent) ({' or '.join(parts)})"
 
 
-def window_start(window: spec.Window, calendar: bool, now: float) -> float:
-    """Start of the window ending at ``now``: rolling, or the calendar hour/day/month (UTC)."""
-    if not calendar:
-        return now - spec.WINDOW_SECONDS[window]
-    at = dt.datetime.fromtimestamp(now, tz=dt.timezone.utc)
-    if window == spec.Window.hour:
-        at = at.replace(minute=0, second=0, microsecond=0)
-    elif window == spec.Window.day:
-        at = at.replace(hour=0, minute=0, second=0, microsecond=0)
-    else:
-        at = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return at.timestamp()
-
-
 class QueryClient(Protocol):
     """What we use of ``prometheus_api_client.PrometheusConnect`` (a fake in unit tests)."""
 
@@ -153,29 +136,16 @@ class StaleMetricsError(errors.PrometheusError):
 
 
 DEFAULT_RETENTION_SECONDS = 15 * 86400  # Prometheus's own, when neither time nor size is set
-_DURATION_UNITS = {"y": 365 * 86400.0, "w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0,
-                   "ms": 0.001}
-_DURATION = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds of a Prometheus duration ("15d", "1y", "2w3d", "1h30m", "500ms"); None if it is not one."""
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
-
-
 # What the spend query needs Prometheus to keep: the longest window (a calendar month, up to
 # 31 days) plus START_LOOKBACK.
-RETENTION_NEEDED_SECONDS = 31 * 86400 + (parse_duration(START_LOOKBACK) or 0.0)
+RETENTION_NEEDED_SECONDS = 31 * 86400 + (timefmt.parse_duration(START_LOOKBACK) or 0.0)
 
 
 def retention_from_flags(flags: Mapping[str, str]) -> float | None:
     """Time-based retention in seconds from Prometheus's /api/v1/status/flags (None: size-based only,
     or not said)."""
-    time_flag = parse_duration(str(flags.get("storage.tsdb.retention.time", "0s")) or "0s")
-    legacy = parse_duration(str(flags.get("storage.tsdb.retention", "0s")) or "0s")
+    time_flag = timefmt.parse_duration(str(flags.get("storage.tsdb.retention.time", "0s")) or "0s")
+    legacy = timefmt.parse_duration(str(flags.get("storage.tsdb.retention", "0s")) or "0s")
     size = str(flags.get("storage.tsdb.retention.size", "0B") or "0B")
     for value in (time_flag, legacy):
         if value:
@@ -479,7 +449,7 @@ class Fetcher:
         spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
         for window in spec.Window:
             for calendar in (False, True):
-                seconds = int(round(now - window_start(window, calendar, now)))
+                seconds = int(round(now - windows.window_start(window, now, calendar=calendar)))
                 query = spend_query(seconds)
                 items = self._run(f"spend {window.value}{' calendar' if calendar else ''}",
                                   lambda q=query: self.client.custom_query(q, params={"time": now}))  # type: ignore[misc]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetwarden import errors
-from fleetwarden.core import incidents
+from fleetwarden.core import incidents, timefmt
 
 CONFIGMAP = "fleetwarden-incidents"  # fleetwarden.handlers.incidents.CONFIGMAP (no kopf import here)
 
@@ -95,7 +95,7 @@ def parse_configmap(cm: dict[str, Any]) -> list[incidents.Incident]:
 
 def _records(args: argparse.Namespace, namespace: str | None) -> list[incidents.Incident]:
     records = [r for cm in _configmaps(args, namespace) for r in parse_configmap(cm)]
-    return sorted(records, key=lambda r: (incidents.parse_time(r.last_seen), r.id), reverse=True)
+    return sorted(records, key=lambda r: (timefmt.parse_rfc3339_strict(r.last_seen), r.id), reverse=True)
 
 
 def _find(args: argparse.Namespace) -> incidents.Incident:

@@ -21,7 +21,7 @@ import sys
 from typing import IO
 
 from fleetwarden import errors
-from fleetwarden.core import events, findings, manifests, pricing, replay
+from fleetwarden.core import events, findings, manifests, pricing, replay, timefmt
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,7 +41,7 @@ def _text_line(f: findings.Finding) -> str:
     who = f"{f.namespace}/{f.agent}"
     workflow = f" workflow={f.workflow}" if f.workflow else ""
     extra = "".join(f" {k}={v}" for k, v in (("budget", f.budget), ("tool", f.tool), ("task", f.task_id)) if v)
-    return (f"{findings.rfc3339(f.time)}  {f.severity.upper():8} {f.action:8} {f.kind:20} {who}{workflow}{extra}"
+    return (f"{timefmt.rfc3339_ms(f.time)}  {f.severity.upper():8} {f.action:8} {f.kind:20} {who}{workflow}{extra}"
             f"  {f.message}")
 
 

@@ -11,7 +11,6 @@ self-contained HTML page (``--output html -o report.html``).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -22,12 +21,10 @@ import yaml
 
 from fleetwarden import errors
 from fleetwarden.core import events as events_mod
-from fleetwarden.core import findings, pricing, spec
+from fleetwarden.core import findings, pricing, spec, timefmt
 from fleetwarden.views import html, live, model, offline, tabular, text
 
 FORMATS = ("table", "json", "csv", "html")
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhdw])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -58,10 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def parse_duration(text_: str, *, what: str = "--window") -> float:
     """``"90m"`` -> 5400.0; a clear error for anything else."""
-    m = _DURATION.match(text_.strip())
-    if m is None or float(m.group(1)) <= 0:
+    seconds = timefmt.parse_duration(text_.strip())
+    if seconds is None or seconds <= 0:
         raise errors.InputError(f"{what} {text_!r} is not a duration like 90m, 24h or 7d")
-    return float(m.group(1)) * _UNIT[m.group(2)]
+    return seconds
 
 
 def parse_end(text_: str | None) -> float | None:

@@ -17,37 +17,31 @@ served for that many seconds more (so a last scrape sees the final totals). With
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
-import re
 import signal
 import sys
 import threading
 import time
 
 from fleetwarden import errors
+from fleetwarden.core import timefmt
 
 DEFAULT_FAST_START = "2026-01-05T00:00:00Z"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``30m``, ``6h`` or ``2d``."""
-    match = _DURATION.match(text)
-    if not match:
+    """Seconds from ``90`` (seconds), ``90s``, ``30m``, ``6h``, ``2d`` or ``1h30m``."""
+    seconds = timefmt.parse_duration(text.strip(), bare_unit="s")
+    if seconds is None:
         raise errors.InputError(f"{text!r} is not a duration like 90s, 30m or 6h", field="--duration")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    return seconds
 
 
 def parse_start(text: str) -> float:
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise errors.InputError(f"{text!r} is not an RFC 3339 time", field="--start") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.timestamp()
+    start = timefmt.parse_rfc3339(text)
+    if start is None:
+        raise errors.InputError(f"{text!r} is not an RFC 3339 time", field="--start")
+    return start
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

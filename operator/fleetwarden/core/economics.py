@@ -36,11 +36,10 @@ Spend is summed per hour bucket, so a limit's window is judged at hour resolutio
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fleetwarden.core import series, spec
+from fleetwarden.core import series, spec, timefmt, windows
 
 HOUR = 3600
 DAY = 86400
@@ -328,7 +327,7 @@ class EconomicsReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "start": _rfc3339(self.start), "end": _rfc3339(self.end),
+            "start": timefmt.rfc3339(self.start), "end": timefmt.rfc3339(self.end),
             "totals": self.totals.to_dict(),
             "workflows": [w.to_dict() for w in self.workflows],
             "trend": self.trend.to_dict(),
@@ -336,10 +335,6 @@ class EconomicsReport:
             "limits": [u.to_dict() for u in self.limits],
             "savings_usd": _r(self.savings_usd), "roi": _r(self.roi, 4),
         }
-
-
-def _rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---------------------------------------------------------------- the recommendation
@@ -469,24 +464,11 @@ def _slope(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
 
 
-def _window_start(limit: spec.SpendLimit, end: float) -> float:
-    if not limit.calendar:
-        return end - spec.WINDOW_SECONDS[limit.window]
-    moment = dt.datetime.fromtimestamp(end, tz=dt.timezone.utc)
-    if limit.window is spec.Window.hour:
-        moment = moment.replace(minute=0, second=0, microsecond=0)
-    elif limit.window is spec.Window.day:
-        moment = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    else:
-        moment = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return moment.timestamp()
-
-
 def _limit_uses(acc: EconomicsAccumulator, budget: spec.AgentBudgetSpec | None, end: float) -> list[LimitUse]:
     """Each limit of ``budget`` with the spend of its window ending at ``end`` (fixed costs prorated)."""
     limits: list[LimitUse] = []
     for limit in (budget.limits if budget else []):
-        lo = _window_start(limit, end)
+        lo = windows.window_start(limit.window, end, calendar=limit.calendar)
         spend = sum(c.inference + c.tool + c.human for (_, _, _, hour), c in acc.cells(lo, end))
         spend += sum(budget.fixed_monthly_costs_usd.values()) * (end - lo) / MONTH if budget else 0.0
         limits.append(LimitUse(limit.window.value, spend, limit.amount_usd, 100 * spend / limit.amount_usd,

@@ -44,7 +44,7 @@ def figures(minutes: Mapping[str, Sequence[series.AgentMinute]], now: float,
     out: dict[str, Any] = dict(fig)
     month_spend = spend.get(spec.Window.month)
     if month_spend is not None:
-        next_month = windows.month_end(now)
+        next_month = windows.calendar_end(spec.Window.month, now)
         out["projected_month_usd"] = round(month_spend + burn * (next_month - now) / 3600.0, 2)
     return out
 

@@ -14,10 +14,11 @@ refold or after a restart, keeps its id.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 from collections.abc import Mapping
 from typing import Any
+
+from fleetwarden.core import timefmt
 
 # ---------------------------------------------------------------- kinds
 
@@ -56,17 +57,6 @@ SEVERITY = {ALERT: "warning", THROTTLE: "warning", DENY: "error", PAUSE: "error"
 _OPTIONAL = ("workflow", "onset", "budget", "policy", "tool", "task_id", "model", "previous_model")
 
 
-def rfc3339(ts: float) -> str:
-    """Unix seconds as an RFC 3339 UTC string with ``Z`` (milliseconds only when present)."""
-    try:
-        moment = dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return str(ts)  # outside what a calendar date can show; still say what it was
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Finding:
     """One finding (``docs/contracts/findings.md``). Times are Unix seconds."""
@@ -102,9 +92,9 @@ class Finding:
         out: dict[str, Any] = {"kind": self.kind, "agent": self.agent, "namespace": self.namespace}
         if self.workflow is not None:
             out["workflow"] = self.workflow
-        out["time"] = rfc3339(self.time)
+        out["time"] = timefmt.rfc3339_ms(self.time)
         if self.onset is not None:
-            out["onset"] = rfc3339(self.onset)
+            out["onset"] = timefmt.rfc3339_ms(self.onset)
         out["action"] = self.action
         for name in _OPTIONAL[2:]:
             value = getattr(self, name)

@@ -16,12 +16,11 @@ format of the findings contract), and ``now`` is an argument wherever a clock is
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fleetwarden.core import findings as findings_mod
+from fleetwarden.core import timefmt
 
 OPEN = "open"
 RESOLVED = "resolved"
@@ -166,27 +165,11 @@ class Incident:
 # ---------------------------------------------------------------- times
 
 
-def parse_time(value: str) -> float:
-    """RFC 3339 -> Unix seconds."""
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    parsed = dt.datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.timestamp()
-
-
-def format_time(ts: float) -> str:
-    """Unix seconds -> RFC 3339 in UTC, second precision (``2026-11-28T10:00:00Z``)."""
-    return dt.datetime.fromtimestamp(int(ts), tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _normal_time(value: Any) -> str:
     """A finding time (RFC 3339 string or Unix seconds) as canonical RFC 3339."""
     if isinstance(value, (int, float)):
-        return format_time(float(value))
-    return format_time(parse_time(str(value)))
+        return timefmt.rfc3339(float(value))
+    return timefmt.rfc3339(timefmt.parse_rfc3339_strict(str(value)))
 
 
 def _clip(text: str, limit: int) -> str:
@@ -240,11 +223,11 @@ def open_incident(incident_id: str, finding: Any, actions: Iterable[ActionTaken]
 
 
 def _entry_key(entry: TimelineEntry) -> tuple[float, str]:
-    return (parse_time(entry.time), entry.what)
+    return (timefmt.parse_rfc3339_strict(entry.time), entry.what)
 
 
 def _action_key(action: ActionTaken) -> tuple[float, str, str]:
-    return (parse_time(action.time), action.action, action.detail)
+    return (timefmt.parse_rfc3339_strict(action.time), action.action, action.detail)
 
 
 def merge(incident: Incident, finding: Any, actions: Iterable[ActionTaken] = ()) -> Incident:
@@ -258,14 +241,14 @@ def merge(incident: Incident, finding: Any, actions: Iterable[ActionTaken] = ())
     new = open_incident(incident.id, f)
     entries = set(incident.timeline) | set(new.timeline)
     seen_before = _finding_entry(f) in set(incident.timeline)
-    latest_is_new = (parse_time(new.last_seen), _state_text(new)) > (parse_time(incident.last_seen),
-                                                                      _state_text(incident))
+    latest_is_new = ((timefmt.parse_rfc3339_strict(new.last_seen), _state_text(new))
+                     > (timefmt.parse_rfc3339_strict(incident.last_seen), _state_text(incident)))
     latest = new if latest_is_new else incident
     merged = dataclasses.replace(
         incident,
-        opened=min(incident.opened, new.opened, key=parse_time),
-        detected=min(incident.detected, new.detected, key=parse_time),
-        last_seen=max(incident.last_seen, new.last_seen, key=parse_time),
+        opened=min(incident.opened, new.opened, key=timefmt.parse_rfc3339_strict),
+        detected=min(incident.detected, new.detected, key=timefmt.parse_rfc3339_strict),
+        last_seen=max(incident.last_seen, new.last_seen, key=timefmt.parse_rfc3339_strict),
         message=latest.message,
         action=latest.action,
         evidence=dict(latest.evidence),
@@ -306,7 +289,7 @@ def resolve(incident: Incident, now: float, what: str) -> Incident:
     """Mark an incident resolved at ``now`` (no-op if it already is)."""
     if incident.status == RESOLVED:
         return incident
-    at = format_time(now)
+    at = timefmt.rfc3339(now)
     entries = set(incident.timeline) | {TimelineEntry(at, f"resolved: {what}")}
     return dataclasses.replace(incident, status=RESOLVED, resolved_at=at,
                                timeline=tuple(sorted(entries, key=_entry_key)))
@@ -328,7 +311,8 @@ def bound(records: Mapping[str, Incident], limit: int = MAX_RECORDS) -> dict[str
     if len(records) <= limit:
         return dict(records)
     ranked = sorted(records.values(),
-                    key=lambda i: (i.status == OPEN, parse_time(i.last_seen), i.id), reverse=True)
+                    key=lambda i: (i.status == OPEN, timefmt.parse_rfc3339_strict(i.last_seen), i.id),
+                    reverse=True)
     return {i.id: i for i in ranked[:limit]}
 
 
@@ -348,7 +332,7 @@ def annotation_value(incidents: Iterable[Incident], existing: str | None = None,
                     by_id[entry["id"]] = entry
     for incident in incidents:
         by_id[incident.id] = incident.annotation_entry()
-    entries = sorted(by_id.values(), key=lambda e: (parse_time(e["time"]), e["id"]))[-limit:]
+    entries = sorted(by_id.values(), key=lambda e: (timefmt.parse_rfc3339_strict(e["time"]), e["id"]))[-limit:]
     return json.dumps(entries, sort_keys=True, separators=(",", ":"))
 
 
@@ -366,7 +350,7 @@ class ModelChange:
     previous_model: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"agent": self.agent, "namespace": self.namespace, "time": findings_mod.rfc3339(self.time),
+        return {"agent": self.agent, "namespace": self.namespace, "time": timefmt.rfc3339_ms(self.time),
                 "model": self.model, "previous_model": self.previous_model}
 
 
@@ -409,8 +393,8 @@ def spend_usd(incident: Incident) -> float | None:
 
 def duration_seconds(incident: Incident, now: float) -> float:
     """From onset to resolution (or to ``now`` while still open)."""
-    end = parse_time(incident.resolved_at) if incident.resolved_at else now
-    return max(0.0, end - parse_time(incident.opened))
+    end = timefmt.parse_rfc3339_strict(incident.resolved_at) if incident.resolved_at else now
+    return max(0.0, end - timefmt.parse_rfc3339_strict(incident.opened))
 
 
 def _human_duration(seconds: float) -> str:
@@ -460,7 +444,7 @@ def render_postmortem(incident: Incident, now: float) -> str:
     spend_text = f"${spend:,.2f}" if spend is not None else "unknown (no spend figure in the evidence)"
     duration = _human_duration(duration_seconds(incident, now))
     state = (f"resolved at {incident.resolved_at}" if incident.status == RESOLVED
-             else f"still open at {format_time(now)}")
+             else f"still open at {timefmt.rfc3339(now)}")
     who = f"agent `{incident.agent}` in namespace `{incident.namespace}`"
     if incident.workflow:
         who += f", workflow `{incident.workflow}`"

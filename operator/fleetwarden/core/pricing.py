@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetwarden import errors
+from fleetwarden.core import timefmt
 
 _MTOK = 1_000_000.0
 _DAY = 86400.0
@@ -63,6 +64,21 @@ _MODEL_KEYS = {
 _TOP_KEYS = {"models", "tools", "human_hourly_rate_usd", "genai_prices"}
 _PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "reasoning")
 
+# Per-token USD of (input, output, cache read, cache write, reasoning) tokens, and per call.
+RateTuple = tuple[float, float, float, float, float, float]
+
+
+def llm_call_cost(rates: RateTuple, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
+                  cache_write_tokens: int = 0, reasoning_tokens: int = 0) -> float:
+    """USD of one model call at ``rates``: each kind of token times its per-token price, plus
+    the per-call price. The one formula: :meth:`PriceTable.llm_cost`, the SDK's tracker and
+    replay all price a call with it, term for term in this order (floats: the order is the
+    result)."""
+    cost = input_tokens * rates[0] + output_tokens * rates[1] + rates[5]
+    if cache_read_tokens or cache_write_tokens or reasoning_tokens:
+        cost += cache_read_tokens * rates[2] + cache_write_tokens * rates[3] + reasoning_tokens * rates[4]
+    return cost
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rates:
@@ -74,21 +90,15 @@ class Rates:
     cache_write: float
     reasoning: float
     per_request: float = 0.0
-    as_tuple_: tuple[float, float, float, float, float, float] = dataclasses.field(
+    as_tuple_: RateTuple = dataclasses.field(
         init=False, repr=False, compare=False, default=(0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "as_tuple_", (self.input, self.output, self.cache_read, self.cache_write,
                                                self.reasoning, self.per_request))
 
-    def as_tuple(self) -> tuple[float, float, float, float, float, float]:
+    def as_tuple(self) -> RateTuple:
         return self.as_tuple_
-
-    def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int,
-             cache_write_tokens: int, reasoning_tokens: int) -> float:
-        return (input_tokens * self.input + output_tokens * self.output
-                + cache_read_tokens * self.cache_read + cache_write_tokens * self.cache_write
-                + reasoning_tokens * self.reasoning + self.per_request)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,12 +114,6 @@ class _Tiered:
             if total_input > start:
                 return tier_rates
         return self.base
-
-    def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int,
-             cache_write_tokens: int, reasoning_tokens: int) -> float:
-        rates = self.rates_for(input_tokens + cache_read_tokens + cache_write_tokens)
-        return rates.cost(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-                          reasoning_tokens)
 
 
 _Priced = Rates | _Tiered
@@ -187,7 +191,8 @@ class _Resolver:
         if index >= 0:
             return self._entries[index].rates
         if self._genai is None:
-            when = "" if at is None or not self._entries else f" before {_rfc3339(self._starts[0])}"
+            first = self._starts[0] if self._entries else None
+            when = "" if at is None or first is None else f" before {timefmt.rfc3339_ms(first)}"
             raise errors.PricingError(
                 f"no price for model {self.model!r}{_provider_text(self.provider)}{when}: "
                 "add it to the price configuration (models:)")
@@ -196,10 +201,6 @@ class _Resolver:
 
 def _provider_text(provider: str | None) -> str:
     return "" if provider is None else f" (provider {provider!r})"
-
-
-def _rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class PriceTable:
@@ -283,21 +284,17 @@ class PriceTable:
         rates = self._static.get((model, provider))
         if rates is None:
             rates = self._rates_tuple(model, provider, at, input_tokens + cache_read_tokens + cache_write_tokens)
-        cost = input_tokens * rates[0] + output_tokens * rates[1] + rates[5]
-        if cache_read_tokens or cache_write_tokens or reasoning_tokens:
-            cost += cache_read_tokens * rates[2] + cache_write_tokens * rates[3] + reasoning_tokens * rates[4]
-        return cost
+        return llm_call_cost(rates, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+                             reasoning_tokens)
 
-    def static_rates(self, model: str, provider: str | None = None
-                     ) -> tuple[float, float, float, float, float, float] | None:
+    def static_rates(self, model: str, provider: str | None = None) -> RateTuple | None:
         """The per-token rates (input, output, cache read, cache write, reasoning, per call)
         of a model whose price never changes and was already used once, else None (then
-        call :meth:`llm_cost`). ``llm_cost`` computes exactly ``input_tokens * rates[0] +
-        output_tokens * rates[1] + rates[5]`` plus the cache and reasoning terms."""
+        call :meth:`llm_cost`). :func:`llm_call_cost` of them is what ``llm_cost`` returns."""
         return self._static.get((model, provider))
 
     def _rates_tuple(self, model: str, provider: str | None, at: float | None,
-                     total_input: int) -> tuple[float, float, float, float, float, float]:
+                     total_input: int) -> RateTuple:
         resolver = self._resolvers.get((model, provider))
         if resolver is None:
             resolver = self._resolver(model, provider)
@@ -500,11 +497,10 @@ def _instant(value: Any, field: str, file: str | None) -> float | None:
         try:
             if len(text) == 10:
                 return _instant(dt.date.fromisoformat(text), field, file)
-            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            return timefmt.parse_rfc3339_strict(text)
         except ValueError:
             raise errors.InputError(f"{value!r} is not a date or an RFC 3339 time", file=file,
                                     field=field) from None
-        return _instant(moment, field, file)
     raise errors.InputError("must be a date, an RFC 3339 time or Unix seconds", file=file, field=field)
 
 

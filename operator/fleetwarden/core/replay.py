@@ -225,7 +225,8 @@ class Replay:
         by_name: dict[str, buckets.AgentState] = {}  # agent name -> its state (namespace checked)
         # (model, provider) -> per-token rates, when the price table has fixed ones (PriceTable.static_rates)
         static_rates = getattr(b.prices, "static_rates", None) if type(b.prices) is pricing.PriceTable else None
-        rates_of: dict[tuple[str, str | None], tuple[float, float, float, float, float, float]] = {}
+        rates_of: dict[tuple[str, str | None], pricing.RateTuple] = {}
+        llm_call_cost = pricing.llm_call_cost
         for rec in records:
             if type(rec) is not tuple:
                 stats.broken += 1
@@ -267,14 +268,13 @@ class Replay:
                     key = (raw["model"], raw.get("provider"))
                     rates = rates_of.get(key)
                     if rates is not None:
-                        # PriceTable.llm_cost, term for term
-                        cost = int(raw["input_tokens"]) * rates[0] + int(raw["output_tokens"]) * rates[1] + rates[5]
                         if "cache_read_tokens" in raw or "cache_write_tokens" in raw or "reasoning_tokens" in raw:
-                            cr = int(raw.get("cache_read_tokens", 0))
-                            cw = int(raw.get("cache_write_tokens", 0))
-                            rs = int(raw.get("reasoning_tokens", 0))
-                            if cr or cw or rs:
-                                cost += cr * rates[2] + cw * rates[3] + rs * rates[4]
+                            cost = llm_call_cost(rates, int(raw["input_tokens"]), int(raw["output_tokens"]),
+                                                 int(raw.get("cache_read_tokens", 0)),
+                                                 int(raw.get("cache_write_tokens", 0)),
+                                                 int(raw.get("reasoning_tokens", 0)))
+                        else:
+                            cost = llm_call_cost(rates, int(raw["input_tokens"]), int(raw["output_tokens"]))
                     else:
                         try:
                             cost = b.llm_cost(events.Event(ts, etype, agent, ns, raw, line))

@@ -15,6 +15,11 @@ read at an earlier ``now`` reads at the latest time seen).
 ``SpendWindows`` bundles all six and derives the burn rate (USD/hour over the last hour
 and the last day, over the time actually observed when less than the window) and the
 projection to the end of the calendar month.
+
+Where a window starts and ends is said once, here, for everyone (the operator's status,
+the Prometheus spend queries, the economics report): :func:`calendar_start` and
+:func:`calendar_end` of the UTC hour, day or month that holds a time, and
+:func:`window_start` of a rolling or calendar window ending now.
 """
 
 from __future__ import annotations
@@ -100,20 +105,33 @@ class RollingSum:
         return max(now - start, 0.0)
 
 
-def _month_key(ts: float) -> tuple[int, int]:
-    d = dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
-    return d.year, d.month
+def calendar_start(window: spec.Window, ts: float) -> float:
+    """Start of the calendar hour, day or month (UTC) that holds ``ts``."""
+    if window == spec.Window.hour:
+        return float(ts // HOUR * HOUR)
+    day_start = float(ts // DAY * DAY)
+    if window == spec.Window.day:
+        return day_start
+    day = dt.datetime.fromtimestamp(day_start, tz=dt.timezone.utc)
+    return float(calendar.timegm((day.year, day.month, 1, 0, 0, 0, 0, 0, 0)))
 
 
-def month_start(ts: float) -> float:
-    year, month = _month_key(ts)
-    return float(calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0)))
+def calendar_end(window: spec.Window, ts: float) -> float:
+    """End of the calendar hour, day or month (UTC) that holds ``ts``: the next one's start."""
+    start = calendar_start(window, ts)
+    if window == spec.Window.hour:
+        return start + HOUR
+    if window == spec.Window.day:
+        return start + DAY
+    return calendar_start(window, start + 32 * DAY)
 
 
-def month_end(ts: float) -> float:
-    year, month = _month_key(ts)
-    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return float(calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0)))
+def window_start(window: spec.Window, now: float, *, calendar: bool) -> float:
+    """Start of the window that ends at ``now``: rolling (``now`` minus the window's length,
+    ``spec.WINDOW_SECONDS``) or the calendar hour, day or month (UTC) so far."""
+    if calendar:
+        return calendar_start(window, now)
+    return now - spec.WINDOW_SECONDS[window]
 
 
 class CalendarSum:
@@ -129,13 +147,7 @@ class CalendarSum:
         self._end = 0.0
 
     def _bounds(self, ts: float) -> tuple[float, float]:
-        if self.window is spec.Window.hour:
-            start = (ts // HOUR) * HOUR
-            return start, start + HOUR
-        if self.window is spec.Window.day:
-            start = (ts // DAY) * DAY
-            return start, start + DAY
-        return month_start(ts), month_end(ts)
+        return calendar_start(self.window, ts), calendar_end(self.window, ts)
 
     def advance(self, ts: float) -> None:
         if self.period is not None and ts < self._end:
@@ -212,4 +224,4 @@ class SpendWindows:
         rate = self.burn_rate_per_hour(now, spec.Window.day)
         if rate is None:
             return None
-        return self.calendar[spec.Window.month].sum(now) + rate * (month_end(now) - now) / HOUR
+        return self.calendar[spec.Window.month].sum(now) + rate * (calendar_end(spec.Window.month, now) - now) / HOUR

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from fleetwarden.core import pricing
+from fleetwarden.core import metricnames, pricing
 from fleetwarden.demo import stack as stack_mod
 from fleetwarden.devcluster import failures
 
@@ -184,19 +184,18 @@ class Story:
 
     def cost_per_task(self, namespace: str, agent: str, window: str) -> float | None:
         sel = f'namespace="{namespace}",agent="{agent}"'
-        return self.stack.scalar(f"sum(rate(fleetwarden_llm_cost_usd_total{{{sel}}}[{window}])) / "
-                                 f"sum(rate(fleetwarden_tasks_total{{{sel}}}[{window}]))")
+        return self.stack.scalar(f"sum(rate({metricnames.LLM_COST_USD}{{{sel}}}[{window}])) / "
+                                 f"sum(rate({metricnames.TASKS}{{{sel}}}[{window}]))")
 
     def tokens_per_minute(self, namespace: str, agent: str) -> float | None:
         sel = f'namespace="{namespace}",agent="{agent}"'
-        kinds = ("input", "output", "cache_read", "cache_write", "reasoning")
         return self.stack.scalar("60 * (" + " + ".join(
-            f"(sum(rate(fleetwarden_llm_{kind}_tokens_total{{{sel}}}[30s])) or vector(0))" for kind in kinds) + ")")
+            f"(sum(rate({metric}{{{sel}}}[30s])) or vector(0))" for metric in metricnames.LLM_TOKENS) + ")")
 
     def hour_spend(self, namespace: str) -> float | None:
         return self.stack.scalar(" + ".join(
-            f'(sum(increase(fleetwarden_{kind}_cost_usd_total{{namespace="{namespace}"}}[1h])) or vector(0))'
-            for kind in ("llm", "tool")))
+            f'(sum(increase({metric}{{namespace="{namespace}"}}[1h])) or vector(0))'
+            for metric in (metricnames.LLM_COST_USD, metricnames.TOOL_COST_USD)))
 
     # ---------------------------------------------------------------- the story
 
@@ -320,7 +319,7 @@ class Story:
         def baseline_ready() -> float | None:
             boundary = int(time.time() // 60) * 60
             result = self.stack.prom.query(
-                f'sum(fleetwarden_tasks_total{{namespace="{SUPPORT_NS}",agent="{TRIAGE}"}})', at=float(boundary))
+                f'sum({metricnames.TASKS}{{namespace="{SUPPORT_NS}",agent="{TRIAGE}"}})', at=float(boundary))
             tasks = float(result[0]["value"][1]) if result else 0.0
             if tasks < BASELINE_TASKS:
                 return None
@@ -331,7 +330,7 @@ class Story:
                          progress=lambda: "waiting for a baseline of whole minutes of support-triage tasks")
         self.show("get", "agentbudgets", "-A")
         self.say(f"  support-triage runs {BASE_MODEL}: ${base:.4f} of model cost per task (PromQL: rate of "
-                 "fleetwarden_llm_cost_usd_total / rate of fleetwarden_tasks_total, last minute)")
+                 f"{metricnames.LLM_COST_USD} / rate of {metricnames.TASKS}, last minute)")
         self.summary["baseline"] = {"agent": TRIAGE, "model": BASE_MODEL, "costPerTaskUSD": round(base, 6)}
 
     def model_update(self) -> None:

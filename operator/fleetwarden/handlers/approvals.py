@@ -31,7 +31,7 @@ import kopf
 
 from fleetwarden import errors
 from fleetwarden.adapters import approvals, kube
-from fleetwarden.core import spec
+from fleetwarden.core import spec, timefmt
 from fleetwarden.handlers import retry
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def _recent(timestamp: str | None, now: float) -> bool:
     if not timestamp:
         return False
     try:
-        return now - approvals.parse_rfc3339(timestamp) <= ANNOUNCE_WITHIN_SECONDS
+        return now - timefmt.parse_rfc3339_strict(timestamp) <= ANNOUNCE_WITHIN_SECONDS
     except ValueError:
         return False
 
@@ -178,7 +178,7 @@ async def on_costapproval_event(event: Mapping[str, Any], body: kopf.Body, **_: 
     if not expires or uid in STATE.timers:
         return
     try:
-        delay = max(0.0, approvals.parse_rfc3339(str(expires)) - now)
+        delay = max(0.0, timefmt.parse_rfc3339_strict(str(expires)) - now)
     except ValueError:
         log.warning("costapproval %s/%s: spec.expiresAt %r is not RFC 3339", namespace, name, expires)
         return

@@ -29,7 +29,7 @@ from typing import Any
 
 from fleetwarden import errors
 from fleetwarden.adapters import alertmanager, configmaps, kube
-from fleetwarden.core import decision, findings, incidents
+from fleetwarden.core import decision, findings, incidents, timefmt
 from fleetwarden.handlers import hooks
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ LABELS = {"fleetwarden.dev/record": "incidents"}
 
 def _action_entries(action: Any, now: float) -> list[tuple[str | None, str | None, incidents.ActionTaken]]:
     """``(agent, incident id or None, ActionTaken)`` for one evaluation action."""
-    at = incidents.format_time(now)
+    at = timefmt.rfc3339(now)
     if isinstance(action, decision.ScaleToZero):
         verb = "suspend" if action.reason == "suspend" else "kill"
         return [(action.agent, None, incidents.ActionTaken(
@@ -58,7 +58,7 @@ def _action_entries(action: Any, now: float) -> list[tuple[str | None, str | Non
             f"{action.agent}: model {action.previous or '?'} -> {action.model} ({action.reason})"))]
     if isinstance(action, decision.Notify):
         return [(action.finding.agent, action.incident, incidents.ActionTaken(
-            incidents.format_time(action.finding.time), "alert", "notified (Event, Alertmanager when configured)"))]
+            timefmt.rfc3339(action.finding.time), "alert", "notified (Event, Alertmanager when configured)"))]
     return []
 
 

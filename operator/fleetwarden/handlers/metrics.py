@@ -9,34 +9,35 @@ from typing import Any
 import prometheus_client as pc
 
 from fleetwarden.core import decision, spec
+from fleetwarden.core import metricnames as names
 
 REGISTRY = pc.CollectorRegistry()
 
-BUDGET_SPEND = pc.Gauge("fleetwarden_budget_spend_usd", "Spend of a budget over a window, USD.",
+BUDGET_SPEND = pc.Gauge(names.BUDGET_SPEND_USD, "Spend of a budget over a window, USD.",
                         ["budget", "namespace", "window"], registry=REGISTRY)
-BUDGET_LIMIT = pc.Gauge("fleetwarden_budget_limit_usd", "A budget's cap over a window, USD.",
+BUDGET_LIMIT = pc.Gauge(names.BUDGET_LIMIT_USD, "A budget's cap over a window, USD.",
                         ["budget", "namespace", "window"], registry=REGISTRY)
-KILL_SWITCH = pc.Gauge("fleetwarden_budget_kill_switch_engaged", "1 while a budget's kill switch is engaged.",
+KILL_SWITCH = pc.Gauge(names.BUDGET_KILL_SWITCH_ENGAGED, "1 while a budget's kill switch is engaged.",
                        ["budget", "namespace"], registry=REGISTRY)
-OWNER_INFO = pc.Gauge("fleetwarden_agent_owner_info", "The budget and owner of each agent (always 1).",
+OWNER_INFO = pc.Gauge(names.AGENT_OWNER_INFO, "The budget and owner of each agent (always 1).",
                       ["agent", "namespace", "budget", "team", "project", "cost_center"], registry=REGISTRY)
-FINDINGS = pc.Counter("fleetwarden_findings_total", "Findings reported for the first time.",
+FINDINGS = pc.Counter(names.FINDINGS, "Findings reported for the first time.",
                       ["namespace", "kind", "action"], registry=REGISTRY)
-EVALUATION_SECONDS = pc.Histogram("fleetwarden_evaluation_seconds", "Time to evaluate one AgentBudget.",
+EVALUATION_SECONDS = pc.Histogram(names.EVALUATION_SECONDS, "Time to evaluate one AgentBudget.",
                                   registry=REGISTRY,
                                   buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-PROMETHEUS_QUERIES = pc.Counter("fleetwarden_operator_prometheus_queries_total",
+PROMETHEUS_QUERIES = pc.Counter(names.OPERATOR_PROMETHEUS_QUERIES,
                                 "PromQL queries sent (a fixed number per cycle, whatever the fleet size).",
                                 registry=REGISTRY)
-PROMETHEUS_FETCHES = pc.Counter("fleetwarden_operator_prometheus_fetches_total",
+PROMETHEUS_FETCHES = pc.Counter(names.OPERATOR_PROMETHEUS_FETCHES,
                                 "Fleet-wide Prometheus fetches (one per cycle), by result.", ["result"],
                                 registry=REGISTRY)
 UNIT_ECONOMICS_TARGET = pc.Gauge(
-    "fleetwarden_unit_economics_target_usd",
+    names.UNIT_ECONOMICS_TARGET_USD,
     "A budget's unit-economics targets (spec.unitEconomics), USD per outcome: kind=target (targetCostUSD) "
     "or human_baseline (humanBaselineUSD).",
     ["namespace", "budget", "workflow", "outcome", "kind"], registry=REGISTRY)
-ACTIONS = pc.Counter("fleetwarden_operator_actions_total", "Actions applied, by kind.", ["action"],
+ACTIONS = pc.Counter(names.OPERATOR_ACTIONS, "Actions applied, by kind.", ["action"],
                      registry=REGISTRY)
 ACTION_FAILURES = pc.Counter("fleetwarden_operator_action_failures_total",
                              "Actions that did not take effect, by kind and HTTP status (or reason).",

@@ -18,20 +18,22 @@ from typing import Any
 from prometheus_client import registry as prom_registry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from fleetwarden.core import metricnames as names
+
 COST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0)
 TOKEN_BUCKETS = (100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0, 250000.0,
                  500000.0, 1000000.0, 2500000.0)
 
-# Counters: name (without _total) -> (help, label names). The order of the label names is
-# the order of the key tuples below.
+# Counters: name -> (help, label names). The order of the label names is the order of the
+# key tuples below.
 LLM_LABELS = ("agent", "namespace", "workflow", "step", "model")
 LLM_COUNTERS = (  # index in the per-labels list -> metric
-    ("fleetwarden_llm_cost_usd", "USD spent on model calls (priced by the SDK's price table)."),
-    ("fleetwarden_llm_input_tokens", "Input tokens of model calls, not counting cache reads and writes."),
-    ("fleetwarden_llm_output_tokens", "Output tokens of model calls, not counting reasoning tokens."),
-    ("fleetwarden_llm_cache_read_tokens", "Input tokens read from the provider's prompt cache."),
-    ("fleetwarden_llm_cache_write_tokens", "Input tokens written to the provider's prompt cache."),
-    ("fleetwarden_llm_reasoning_tokens", "Reasoning (thinking) tokens of model calls."),
+    (names.LLM_COST_USD, "USD spent on model calls (priced by the SDK's price table)."),
+    (names.LLM_INPUT_TOKENS, "Input tokens of model calls, not counting cache reads and writes."),
+    (names.LLM_OUTPUT_TOKENS, "Output tokens of model calls, not counting reasoning tokens."),
+    (names.LLM_CACHE_READ_TOKENS, "Input tokens read from the provider's prompt cache."),
+    (names.LLM_CACHE_WRITE_TOKENS, "Input tokens written to the provider's prompt cache."),
+    (names.LLM_REASONING_TOKENS, "Reasoning (thinking) tokens of model calls."),
 )
 TOOL_LABELS = ("agent", "namespace", "workflow", "step", "tool", "status")
 TOOL_COST_LABELS = ("agent", "namespace", "workflow", "tool")
@@ -45,12 +47,12 @@ GUARDRAIL_STATUSES = ("allowed", "token_cap_exceeded", "rate_limit_exceeded", "t
                       "approval_required", "approved", "denied", "halted")
 
 METRIC_NAMES = (
-    "fleetwarden_llm_calls_total", *(f"{name}_total" for name, _ in LLM_COUNTERS),
-    "fleetwarden_tool_calls_total", "fleetwarden_tool_cost_usd_total",
-    "fleetwarden_human_minutes_total", "fleetwarden_human_cost_usd_total",
-    "fleetwarden_tasks_total", "fleetwarden_outcomes_total", "fleetwarden_outcome_value_usd_total",
-    "fleetwarden_task_cost_usd", "fleetwarden_task_tokens",
-    "fleetwarden_guardrail_decisions_total", "fleetwarden_agent_model_info",
+    names.LLM_CALLS, *(name for name, _ in LLM_COUNTERS),
+    names.TOOL_CALLS, names.TOOL_COST_USD,
+    names.HUMAN_MINUTES, names.HUMAN_COST_USD,
+    names.TASKS, names.OUTCOMES, names.OUTCOME_VALUE_USD,
+    names.TASK_COST_USD, names.TASK_TOKENS,
+    names.GUARDRAIL_DECISIONS, names.AGENT_MODEL_INFO,
 )
 
 
@@ -139,7 +141,7 @@ class MetricStore:
                      for name in ("task_cost", "task_tokens")}
             models = dict(self.models)
 
-        calls = CounterMetricFamily("fleetwarden_llm_calls", "Model calls.", labels=(*LLM_LABELS, "status"))
+        calls = CounterMetricFamily(names.LLM_CALLS, "Model calls.", labels=(*LLM_LABELS, "status"))
         per_kind = [CounterMetricFamily(name, doc, labels=LLM_LABELS) for name, doc in LLM_COUNTERS]
         for key, v in llm.items():
             calls.add_metric((*key, "ok"), v[0])
@@ -150,32 +152,32 @@ class MetricStore:
         yield calls
         yield from per_kind
 
-        yield _counter("fleetwarden_tool_calls", "Tool calls by status (ok/error).", TOOL_LABELS,
+        yield _counter(names.TOOL_CALLS, "Tool calls by status (ok/error).", TOOL_LABELS,
                        simple["tool_calls"], 0)
-        yield _counter("fleetwarden_tool_cost_usd", "USD spent on tool calls.", TOOL_COST_LABELS,
+        yield _counter(names.TOOL_COST_USD, "USD spent on tool calls.", TOOL_COST_LABELS,
                        simple["tool_cost"], 0)
-        yield _counter("fleetwarden_human_minutes", "Minutes of human-in-the-loop time.", WORKFLOW_LABELS,
+        yield _counter(names.HUMAN_MINUTES, "Minutes of human-in-the-loop time.", WORKFLOW_LABELS,
                        simple["human"], 0)
-        yield _counter("fleetwarden_human_cost_usd", "USD of human-in-the-loop time.", WORKFLOW_LABELS,
+        yield _counter(names.HUMAN_COST_USD, "USD of human-in-the-loop time.", WORKFLOW_LABELS,
                        simple["human"], 1)
-        yield _counter("fleetwarden_tasks", "Tasks ended, by status (completed/failed/abandoned).",
+        yield _counter(names.TASKS, "Tasks ended, by status (completed/failed/abandoned).",
                        TASK_LABELS, simple["tasks"], 0)
-        yield _counter("fleetwarden_outcomes", "Business outcomes of tasks.", OUTCOME_LABELS,
+        yield _counter(names.OUTCOMES, "Business outcomes of tasks.", OUTCOME_LABELS,
                        simple["outcomes"], 0)
-        yield _counter("fleetwarden_outcome_value_usd", "USD value of outcomes, when the agent states it.",
+        yield _counter(names.OUTCOME_VALUE_USD, "USD value of outcomes, when the agent states it.",
                        OUTCOME_LABELS, simple["outcomes"], 1)
         for name, doc, data in (
-                ("fleetwarden_task_cost_usd", "USD per task (model + tool + human), observed when a task ends.",
+                (names.TASK_COST_USD, "USD per task (model + tool + human), observed when a task ends.",
                  hists["task_cost"]),
-                ("fleetwarden_task_tokens", "Tokens per task (all kinds), observed when a task ends.",
+                (names.TASK_TOKENS, "Tokens per task (all kinds), observed when a task ends.",
                  hists["task_tokens"])):
             histogram = HistogramMetricFamily(name, doc, labels=WORKFLOW_LABELS)
             for key, (buckets, total) in data.items():
                 histogram.add_metric(key, buckets, total)
             yield histogram
-        yield _counter("fleetwarden_guardrail_decisions", "Guardrail decisions in the agent, by status.",
+        yield _counter(names.GUARDRAIL_DECISIONS, "Guardrail decisions in the agent, by status.",
                        GUARDRAIL_LABELS, simple["guardrails"], 0)
-        info = GaugeMetricFamily("fleetwarden_agent_model_info", "The model the agent runs (value 1).",
+        info = GaugeMetricFamily(names.AGENT_MODEL_INFO, "The model the agent runs (value 1).",
                                  labels=MODEL_INFO_LABELS)
         for (agent, namespace), model in models.items():
             info.add_metric((agent, namespace, model), 1.0)

@@ -330,10 +330,8 @@ class Task:
         if cost_usd is None:
             rates = tr.prices.static_rates(model, provider)
             if rates is not None:  # one price forever: no clock needed
-                cost_usd = input_tokens * rates[0] + output_tokens * rates[1] + rates[5]
-                if cache_read_tokens or cache_write_tokens or reasoning_tokens:
-                    cost_usd += (cache_read_tokens * rates[2] + cache_write_tokens * rates[3]
-                                 + reasoning_tokens * rates[4])
+                cost_usd = pricing.llm_call_cost(rates, input_tokens, output_tokens, cache_read_tokens,
+                                                 cache_write_tokens, reasoning_tokens)
             else:
                 cost_usd = tr.prices.llm_cost(model, input_tokens=input_tokens, output_tokens=output_tokens,
                                               cache_read_tokens=cache_read_tokens,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from fleetwarden.core import findings as findings_mod
+from fleetwarden.core import timefmt
 from fleetwarden.views import model, text
 
 CSS = """
@@ -136,7 +136,7 @@ def trend_chart(report: model.Report, *, width: int = 1180, height: int = 240) -
         ts = report.window_start + i * report.step_seconds
         x = pad_l + (i + 0.5) * inner_w / n
         svg.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle">'
-                   f'{_e(findings_mod.rfc3339(ts)[5:16].replace("T", " "))}</text>')
+                   f'{_e(timefmt.rfc3339_ms(ts)[5:16].replace("T", " "))}</text>')
     if area:
         svg.append(f'<path class="area" d="{area}" fill="#2f6fdf" fill-opacity="0.10" stroke="none"/>')
     svg.append(f'<path class="cost-line" d="{line}" fill="none" stroke="#2f6fdf" stroke-width="2"/>')

@@ -19,22 +19,20 @@ from typing import Any
 
 from fleetwarden.adapters import prometheus_report
 from fleetwarden.core import economics, governance, incidents, spec, timefmt
+from fleetwarden.core import metricnames as names
 from fleetwarden.views import model
 
-COST_METRICS = ("fleetwarden_llm_cost_usd_total", "fleetwarden_tool_cost_usd_total",
-                "fleetwarden_human_cost_usd_total")
-TOKEN_METRICS = tuple(f"fleetwarden_llm_{k}_tokens_total"
-                      for k in ("input", "output", "cache_read", "cache_write", "reasoning"))
-CALL_METRICS = ("fleetwarden_llm_calls_total", "fleetwarden_tool_calls_total")
+COST_METRICS = names.SPEND
+TOKEN_METRICS = names.LLM_TOKENS
+CALL_METRICS = (names.LLM_CALLS, names.TOOL_CALLS)
 OWNER_DIMS = ("team", "project", "cost_center")
 # The metric labels each dimension reads, and which metrics carry them.
 _DIM_LABELS = {"agent": ("namespace", "agent"), "tool": ("tool",), "step": ("step",), "workflow": ("workflow",),
                "model": ("model",)}
 _HAS = {
-    "tool": {"fleetwarden_tool_cost_usd_total", "fleetwarden_tool_calls_total"},
-    "step": {"fleetwarden_llm_cost_usd_total", "fleetwarden_llm_calls_total", "fleetwarden_tool_calls_total",
-             *TOKEN_METRICS},
-    "model": {"fleetwarden_llm_cost_usd_total", "fleetwarden_llm_calls_total", *TOKEN_METRICS},
+    "tool": {names.TOOL_COST_USD, names.TOOL_CALLS},
+    "step": {names.LLM_COST_USD, names.LLM_CALLS, names.TOOL_CALLS, *TOKEN_METRICS},
+    "model": {names.LLM_COST_USD, names.LLM_CALLS, *TOKEN_METRICS},
 }
 AGENT_SELECTOR = "fleetwarden.dev/agent=true"
 

@@ -14,8 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from fleetwarden.core import findings as findings_mod
-from fleetwarden.core import governance, incidents
+from fleetwarden.core import governance, incidents, timefmt
 
 # The dimensions a cost breakdown can group by.
 DIMENSIONS = ("agent", "tool", "step", "team", "project", "cost_center", "workflow", "model")
@@ -27,7 +26,7 @@ Trend = tuple[float | None, ...]
 
 
 def _t(ts: float | None) -> str | None:
-    return None if ts is None else findings_mod.rfc3339(ts)
+    return None if ts is None else timefmt.rfc3339_ms(ts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 
-from fleetwarden.core import findings as findings_mod
+from fleetwarden.core import timefmt
 from fleetwarden.views import model
 
 CSV_COLUMNS = ("section", "dimension", "key", "namespace", "workflow", "outcome", "cost_usd", "share",
@@ -52,7 +52,7 @@ def render_csv(report: model.Report) -> str:
             recommendation=e.recommendation, message=e.reason, trend=_trend(e.trend))
     for a in report.anomalies:
         put(section="anomaly", key=a.agent, namespace=a.namespace, workflow=a.workflow,
-            time=findings_mod.rfc3339(a.time), kind=a.kind, action=a.action, message=a.message)
+            time=timefmt.rfc3339_ms(a.time), kind=a.kind, action=a.action, message=a.message)
     for g in report.governance:
         put(section="governance", key=g.agent, namespace=g.namespace, kind=g.problem, message=g.message)
     return buf.getvalue()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fleetwarden.core import findings as findings_mod
+from fleetwarden.core import timefmt
 from fleetwarden.views import model
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -49,7 +49,7 @@ def percent(value: float | None) -> str:
 
 
 def when(ts: float | None) -> str:
-    return UNKNOWN if ts is None else findings_mod.rfc3339(ts)
+    return UNKNOWN if ts is None else timefmt.rfc3339_ms(ts)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:

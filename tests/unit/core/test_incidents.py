@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from fleetwarden.core import incidents
+from fleetwarden.core import incidents, timefmt
 
 T0 = 1_795_000_000.0  # 2026-11-18T...Z, a fixed clock
 
@@ -18,11 +18,11 @@ def _finding(kind: str = "runaway_loop", *, time: float = T0, onset: float | Non
              evidence: dict | None = None, **extra: object) -> dict:
     f = {
         "kind": kind, "agent": "support-bot", "namespace": "agents", "workflow": "triage",
-        "time": incidents.format_time(time), "action": action, "budget": "support",
+        "time": timefmt.rfc3339(time), "action": action, "budget": "support",
         "message": message, "evidence": evidence if evidence is not None else {"tokens_per_minute": 9000},
     }
     if onset is not None:
-        f["onset"] = incidents.format_time(onset)
+        f["onset"] = timefmt.rfc3339(onset)
     f.update(extra)
     return f
 
@@ -32,16 +32,16 @@ def test_open_incident_takes_identity_and_times_from_the_finding() -> None:
     inc = incidents.open_incident("inc-0000000001", _finding())
     assert (inc.id, inc.kind, inc.agent, inc.namespace, inc.workflow) == (
         "inc-0000000001", "runaway_loop", "support-bot", "agents", "triage")
-    assert inc.opened == incidents.format_time(T0 - 300)
-    assert inc.detected == incidents.format_time(T0)
+    assert inc.opened == timefmt.rfc3339(T0 - 300)
+    assert inc.detected == timefmt.rfc3339(T0)
     assert inc.status == incidents.OPEN
-    assert [t.time for t in inc.timeline] == [incidents.format_time(T0 - 300), incidents.format_time(T0)]
+    assert [t.time for t in inc.timeline] == [timefmt.rfc3339(T0 - 300), timefmt.rfc3339(T0)]
 
 
 def test_merging_the_same_finding_again_changes_nothing() -> None:
     """Re-reported findings (the operator refolds every cycle) never duplicate entries."""
     f = _finding()
-    acts = [incidents.ActionTaken(incidents.format_time(T0 + 5), "kill", "scaled support-bot 3 -> 0")]
+    acts = [incidents.ActionTaken(timefmt.rfc3339(T0 + 5), "kill", "scaled support-bot 3 -> 0")]
     inc = incidents.open_incident("inc-1", f, acts)
     again = incidents.merge(inc, f, acts)
     assert again == inc
@@ -64,9 +64,9 @@ def test_merge_is_independent_of_arrival_order() -> None:
     merged = incidents.Incident.from_dict(json.loads(results.pop()))
     assert merged.message == "worse"
     assert merged.evidence == {"tokens_per_minute": 12000}
-    assert merged.opened == incidents.format_time(T0 - 600)
-    assert merged.detected == incidents.format_time(T0)
-    assert merged.last_seen == incidents.format_time(T0 + 120)
+    assert merged.opened == timefmt.rfc3339(T0 - 600)
+    assert merged.detected == timefmt.rfc3339(T0)
+    assert merged.last_seen == timefmt.rfc3339(T0 + 120)
     assert merged.findings == 3
 
 
@@ -74,7 +74,7 @@ def test_record_round_trips_through_json() -> None:
     """to_dict/from_dict keep every field (the ConfigMap stores JSON)."""
     inc = incidents.open_incident(
         "inc-2", _finding("model_update_spike", action="rollback", model="gpt-5", previous_model="gpt-4o"),
-        [incidents.ActionTaken(incidents.format_time(T0), "rollback", "gpt-5 -> gpt-4o")])
+        [incidents.ActionTaken(timefmt.rfc3339(T0), "rollback", "gpt-5 -> gpt-4o")])
     inc = incidents.resolve(inc, T0 + 900, "rolled back")
     assert incidents.Incident.from_dict(json.loads(inc.to_json())) == inc
 
@@ -84,7 +84,7 @@ def test_resolve_sets_status_once() -> None:
     inc = incidents.resolve(incidents.open_incident("inc-3", _finding()), T0 + 60, "acknowledged")
     later = incidents.resolve(inc, T0 + 600, "again")
     assert later.status == incidents.RESOLVED
-    assert later.resolved_at == incidents.format_time(T0 + 60)
+    assert later.resolved_at == timefmt.rfc3339(T0 + 60)
 
 
 def test_bound_keeps_open_and_newest_records() -> None:
@@ -128,7 +128,7 @@ def test_postmortem_has_every_section_and_no_blame(kind: str) -> None:
     """The draft has summary, impact, timeline, detection, response, went-well, improve, action items."""
     inc = incidents.open_incident(
         "inc-pm", _finding(kind, evidence={"spend_usd": 42.0}, tool="crm.search"),
-        [incidents.ActionTaken(incidents.format_time(T0 + 5), "kill", "scaled to 0")])
+        [incidents.ActionTaken(timefmt.rfc3339(T0 + 5), "kill", "scaled to 0")])
     text = incidents.render_postmortem(inc, now=T0 + 3600)
     headings = re.findall(r"^## (.+)$", text, re.MULTILINE)
     assert headings == ["Summary", "Impact", "Timeline (UTC)", "Detection", "Response and actions taken",
@@ -193,5 +193,5 @@ def test_incident_model_change_with_nothing_seen() -> None:
 def test_model_change_to_dict() -> None:
     """A model change's time is RFC 3339 in the report."""
     assert incidents.ModelChange("bot", "shop", T0, "o1", None).to_dict() == {
-        "agent": "bot", "namespace": "shop", "time": incidents.format_time(T0), "model": "o1",
+        "agent": "bot", "namespace": "shop", "time": timefmt.rfc3339_ms(T0), "model": "o1",
         "previous_model": None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import math
 
 import pytest
 
@@ -88,5 +89,50 @@ def test_burn_rate_and_projection() -> None:
     now = T0 + 7200
     assert w.burn_rate_per_hour(now) == pytest.approx(60.0, rel=0.02)
     assert w.burn_rate_per_hour(now, over=D) == pytest.approx(60.0, rel=0.02)
-    hours_left = (windows.month_end(now) - now) / 3600
+    hours_left = (windows.calendar_end(M, now) - now) / 3600
     assert w.projected_month(now) == pytest.approx(120 + 60 * hours_left, rel=0.02)
+
+
+def _utc(*fields: int) -> float:
+    return float(calendar.timegm((*fields, 0, 0, 0, 0, 0, 0)[:9]))
+
+
+@pytest.mark.parametrize(
+    ("window", "ts", "start", "end"),
+    [
+        (H, _utc(2027, 1, 15, 9, 2, 3), _utc(2027, 1, 15, 9), _utc(2027, 1, 15, 10)),
+        (D, _utc(2027, 1, 15, 9, 2, 3), _utc(2027, 1, 15), _utc(2027, 1, 16)),
+        (M, _utc(2027, 1, 15, 9, 2, 3), _utc(2027, 1, 1), _utc(2027, 2, 1)),
+        (H, _utc(2027, 1, 15, 9), _utc(2027, 1, 15, 9), _utc(2027, 1, 15, 10)),  # a boundary starts its period
+        (H, math.nextafter(_utc(2027, 1, 15, 9), 0), _utc(2027, 1, 15, 8), _utc(2027, 1, 15, 9)),
+        (D, math.nextafter(_utc(2027, 1, 16), 0), _utc(2027, 1, 15), _utc(2027, 1, 16)),
+        (M, _utc(2027, 2, 1), _utc(2027, 2, 1), _utc(2027, 3, 1)),
+        (M, math.nextafter(_utc(2027, 1, 1), 0), _utc(2026, 12, 1), _utc(2027, 1, 1)),  # the last float of a year
+        (D, _utc(2028, 2, 29, 12), _utc(2028, 2, 29), _utc(2028, 3, 1)),  # leap day
+        (M, _utc(2028, 2, 29, 12), _utc(2028, 2, 1), _utc(2028, 3, 1)),
+        (M, _utc(2027, 3, 31, 23, 30), _utc(2027, 3, 1), _utc(2027, 4, 1)),  # a 31-day month
+    ],
+)
+def test_calendar_start_and_end(window: spec.Window, ts: float, start: float, end: float) -> None:
+    """A calendar hour, day or month (UTC) starts at its boundary and ends where the next starts;
+    a time a hair before the boundary is still in the period it is in."""
+    assert windows.calendar_start(window, ts) == start
+    assert windows.calendar_end(window, ts) == end
+    assert windows.calendar_start(window, ts) <= ts < windows.calendar_end(window, ts)
+
+
+@pytest.mark.parametrize(
+    ("window", "is_calendar", "start"),
+    [
+        (H, True, 1_800_003_600.0),
+        (D, True, 1_799_971_200.0),
+        (M, True, 1_798_761_600.0),
+        (H, False, 1_800_003_723.0 - 3600),
+        (D, False, 1_800_003_723.0 - 86400),
+        (M, False, 1_800_003_723.0 - 30 * 86400),
+    ],
+)
+def test_window_start_rolling_or_calendar(window: spec.Window, is_calendar: bool, start: float) -> None:
+    """Calendar windows start at the UTC period; rolling windows reach back their length."""
+    now = 1_800_003_723.0  # 2027-01-15T09:02:03Z
+    assert windows.window_start(window, now, calendar=is_calendar) == start

@@ -149,12 +149,3 @@ def test_a_minute_without_samples_is_a_gap_not_zero() -> None:
     minutes = prometheus.build_minutes(results, start=1080, end=1440)
     assert [(m.minute, m.inference_cost_usd) for m in minutes[("shop", "bot")]] == [
         (1140, 0.1), (1200, 0.0), (1320, 0.2)]
-
-
-def test_calendar_windows_start_at_the_utc_period() -> None:
-    """Calendar hour, day and month start at the UTC boundary; rolling windows reach back their length."""
-    now = 1_800_003_723.0  # 2027-01-15T09:02:03Z
-    assert prometheus.window_start(spec.Window.hour, True, now) == 1_800_003_600.0
-    assert prometheus.window_start(spec.Window.day, True, now) == 1_799_971_200.0
-    assert prometheus.window_start(spec.Window.month, True, now) == 1_798_761_600.0
-    assert prometheus.window_start(spec.Window.hour, False, now) == now - 3600

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from fleetwarden.adapters import prometheus
+from fleetwarden.core import timefmt
 
 LLM, TOOL, HUMAN = prometheus.SPEND_METRICS
 PROMTOOL = shutil.which("promtool")  # scripts/setup installs it (Debian's prometheus package)
@@ -76,13 +77,13 @@ def test_prometheus_durations_and_retention_flags() -> None:
     """Durations as Prometheus writes them; retention from /api/v1/status/flags as Prometheus 2.42
     answers it: unset is its 15-day default, a size-only retention is not a time, and the spend
     query's need (a calendar month plus an hour) is said to be unmet below that."""
-    assert prometheus.parse_duration("15d") == 15 * 86400
-    assert prometheus.parse_duration("2w3d") == 17 * 86400
-    assert prometheus.parse_duration("1h30m") == 5400
-    assert prometheus.parse_duration("500ms") == 0.5
-    assert prometheus.parse_duration("1y") == 365 * 86400
-    for bad in ("", "15", "d", "15d ", "1.5h"):
-        assert prometheus.parse_duration(bad) is None, bad
+    assert timefmt.parse_duration("15d") == 15 * 86400
+    assert timefmt.parse_duration("2w3d") == 17 * 86400
+    assert timefmt.parse_duration("1h30m") == 5400
+    assert timefmt.parse_duration("500ms") == 0.5
+    assert timefmt.parse_duration("1y") == 365 * 86400
+    for bad in ("", "15", "d", "15d ", "-1h"):
+        assert timefmt.parse_duration(bad) is None, bad
     unset = {"storage.tsdb.retention": "0s", "storage.tsdb.retention.size": "0B",
              "storage.tsdb.retention.time": "0s"}
     assert prometheus.retention_from_flags(unset) == 15 * 86400

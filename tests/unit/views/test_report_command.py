@@ -124,13 +124,13 @@ def test_invalid_budget_is_an_error_naming_file_line_and_field(inputs, tmp_path,
     assert "bad.yaml" in err and "line 3" in err and "spec.limits.0.amountUSD" in err
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90m", 5400), ("24h", 86400), ("7d", 604800), ("1.5h", 5400)])
+@pytest.mark.parametrize(("text", "seconds"), [("90m", 5400), ("24h", 86400), ("7d", 604800), ("1.5h", 5400), ("1h30m", 5400), (" 2w ", 1209600)])
 def test_parse_duration(text, seconds):
-    """Durations are a number and one of s, m, h, d, w."""
+    """Durations are numbers each with a unit (ms, s, m, h, d, w, y), as Prometheus writes them."""
     assert report.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "24", "h", "-1h", "0h", "1y"])
+@pytest.mark.parametrize("text", ["", "24", "h", "-1h", "0h", "1x", "1 h"])
 def test_parse_duration_refuses_nonsense(text):
     """Anything else is an InputError naming the flag."""
     with pytest.raises(errors.InputError, match="--window"):

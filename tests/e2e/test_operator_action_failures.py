@@ -195,7 +195,7 @@ def test_an_admission_policy_that_refuses_the_scale(cluster: Any, breached: str,
                  "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
                                                          "operations": ["UPDATE"],
                                                          "resources": ["deployments/scale"]}]},
-                 "validations": [{"expression": "request.name != 'bot' || object.spec.replicas > 0",
+                 "validations": [{"expression": "request.name != 'bot' || (has(object.spec.replicas) && object.spec.replicas > 0)",
                                   "reason": "Invalid", "message": "bot must keep running (test policy)"}]}}))
     cluster.apply(json.dumps({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",

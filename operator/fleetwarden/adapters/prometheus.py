@@ -15,15 +15,27 @@ A cycle sends a FIXED number of queries whatever the number of agents or budgets
 Cleaning happens here and only here: string samples become floats, NaN and duplicate
 timestamps are dropped, a minute with no sample in any family is a gap (no bucket at
 all, never a bucket of zeros), and an agent that should be running but has no sample
-newer than ``stale_after`` seconds is unknown. A failed or refused query raises
-:class:`fleetwarden.errors.PrometheusError` with the underlying error as ``__cause__``.
+newer than ``stale_after`` seconds is unknown. Series without an ``agent`` or
+``namespace`` label belong to no budget: they are dropped, counted per query in
+``FleetSnapshot.unlabelled`` and logged.
+
+Every answer is checked whole before a number is read (:func:`answer_result`,
+:func:`result_problem`). A query that fails, hangs past the timeout, or answers with an
+error page, Prometheus' error, a partial answer (``warnings``), another result type or an
+instant sample that is not a number raises :class:`fleetwarden.errors.PrometheusError`
+(:class:`BadAnswerError` for an answer that came but cannot be used) whose message names
+the query and the cause, with the underlying error as ``__cause__``: the cycle's metrics
+are unknown, never 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import logging
 import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,6 +46,8 @@ from fleetwarden.core import decision, series, spec, timefmt, windows
 from fleetwarden.core import metricnames as names
 
 Key = tuple[str, str]  # (namespace, agent)
+
+log = logging.getLogger(__name__)
 
 # What a budget's spend counts: the same three parts as ``series.AgentMinute.cost_usd``.
 SPEND_METRICS = names.SPEND
@@ -123,7 +137,9 @@ def spend_query(seconds: int) -> str:
 
 
 class QueryClient(Protocol):
-    """What we use of ``prometheus_api_client.PrometheusConnect`` (a fake in unit tests)."""
+    """How the Fetcher queries Prometheus: :class:`HttpClient` (a fake in unit tests). Both return
+    ``data.result``: a list of series, each ``{"metric": {...}, "values": [[t, "v"], ...]}`` (range)
+    or ``{"metric": {...}, "value": [t, "v"]}`` (instant)."""
 
     def custom_query(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
 
@@ -158,7 +174,6 @@ def retention_from_flags(flags: Mapping[str, str]) -> float | None:
 def retention_warning(url: str, timeout: float = 5.0) -> str | None:
     """A warning when Prometheus at ``url`` keeps less than the spend query needs (None: enough,
     or not known). Raises PrometheusError when the flags cannot be read."""
-    import json
     import urllib.request
 
     try:
@@ -174,13 +189,133 @@ def retention_warning(url: str, timeout: float = 5.0) -> str | None:
             f"window's series older than the retention count whole (docs/operator.md, How spend is read)")
 
 
-def connect(url: str, timeout: float = 10.0) -> QueryClient:
-    """A ``PrometheusConnect`` with a short timeout and a single retry."""
-    from prometheus_api_client import PrometheusConnect
-    from urllib3.util import retry
+# ------------------------------------------------------------------ the HTTP client
 
-    return PrometheusConnect(url=url, disable_ssl=True, timeout=timeout,  # type: ignore[no-any-return]
-                             retry=retry.Retry(total=1, backoff_factor=0.2, status_forcelist=[502, 503, 504]))
+
+class BadAnswerError(errors.PrometheusError):
+    """Prometheus (or a proxy in front of it) answered, but not a complete result of the type
+    the query needs: an error page, an error status, a partial answer, another result type."""
+
+
+def _gist(content_type: str, body: bytes) -> str:
+    """What a body that is not Prometheus' JSON is, in a few words (an HTML page's title)."""
+    text = body[:4096].decode("utf-8", "replace")
+    if "html" in content_type.lower() or text.lstrip().startswith("<"):
+        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        words = " ".join((title.group(1) if title else re.sub(r"<[^>]*>", " ", text)).split())
+        return f"an HTML page ({words[:80]!r})" if words else "an HTML page"
+    if not text.strip():
+        return "an empty body"
+    kind = content_type.split(";")[0].strip() or "no type"
+    return f"a body of {kind} ({' '.join(text.split())[:80]!r})"
+
+
+def answer_result(status: int, content_type: str, body: bytes, expected: str) -> list[Any]:
+    """``data.result`` of one HTTP answer to a query whose result type must be ``expected``
+    ("matrix" for a range query, "vector" for an instant one).
+
+    Raises :class:`BadAnswerError` saying why the answer cannot be used: a body that is not
+    Prometheus' JSON (an HTML page of a proxy or load balancer, a cut answer); Prometheus'
+    own error (``status`` not "success": a bad query, a query timeout, overload); an HTTP
+    status other than 200; ``warnings`` (a partial answer: a store or a remote read failed,
+    and a partial sum could under-count spend, so it is no answer at all); another
+    ``resultType`` (a scalar or a vector where a matrix belongs)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise BadAnswerError(f"HTTP {status} with {_gist(content_type, body)}, not Prometheus' JSON") from None
+    if not isinstance(doc, dict):
+        raise BadAnswerError(f"HTTP {status} with JSON that is not Prometheus' answer ({type(doc).__name__})")
+    if doc.get("status") != "success":
+        raise BadAnswerError(f"HTTP {status}: Prometheus error ({doc.get('errorType') or 'no type'}): "
+                             f"{str(doc.get('error') or 'no message')[:200]}")
+    if status != 200:
+        raise BadAnswerError(f"HTTP {status} with a success body")
+    warnings = doc.get("warnings")
+    if warnings:
+        listed = [str(w) for w in warnings] if isinstance(warnings, list) else [str(warnings)]
+        more = f" (+{len(listed) - 1} more)" if len(listed) > 1 else ""
+        raise BadAnswerError(f"partial answer: Prometheus warned {listed[0][:200]!r}{more}; "
+                             f"a partial sum could under-count spend")
+    data = doc.get("data")
+    kind = data.get("resultType") if isinstance(data, dict) else None
+    if kind != expected:
+        raise BadAnswerError(f"a {kind or 'missing'} result where a {expected} was expected")
+    result = data.get("result")  # type: ignore[union-attr]
+    if not isinstance(result, list):
+        raise BadAnswerError(f"a {expected} result that is not a list ({type(result).__name__})")
+    return result
+
+
+class HttpClient:
+    """The :class:`QueryClient` of the operator and the live report: Prometheus' HTTP API through
+    a ``prometheus_api_client.PrometheusConnect``, with a timeout per query, one retry of a
+    failed connection or a 502/503/504, and no retry of a read that timed out (a hung
+    Prometheus costs one timeout, not two).
+
+    ``PrometheusConnect`` holds the connection (its session with the retry policy mounted for
+    the URL, headers, auth, proxies and TLS settings). Its ``custom_query`` returns
+    ``data.result`` alone, dropping the ``resultType`` and ``warnings`` that say whether the
+    answer is whole, so each query goes out as ``custom_query`` sends it, through the same
+    session, headers and auth, and the answer is checked as a whole (:func:`answer_result`).
+    Failures raise :class:`fleetwarden.errors.PrometheusError` saying what happened in a few words."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        import requests
+        from prometheus_api_client import PrometheusConnect
+        from urllib3.util import retry
+
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.verify = False  # as before: in-cluster Prometheus often serves a self-signed certificate
+        policy = retry.Retry(total=1, read=False, backoff_factor=0.2, status_forcelist=[502, 503, 504],
+                             raise_on_status=False)
+        self.connection = PrometheusConnect(self.url, disable_ssl=True, retry=policy, session=self.session)
+
+    def custom_query(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self._get("/api/v1/query", {"query": query, **(params or {})}, "vector")
+
+    def custom_query_range(self, query: str, start_time: dt.datetime, end_time: dt.datetime, step: str,
+                           params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self._get("/api/v1/query_range", {"query": query, "start": round(start_time.timestamp()),
+                                                 "end": round(end_time.timestamp()), "step": step, **(params or {})},
+                         "matrix")
+
+    def _get(self, path: str, params: dict[str, Any], expected: str) -> list[Any]:
+        import requests
+
+        try:
+            response = self.session.request("GET", self.connection.url + path, params=params,
+                                            headers=self.connection.headers, auth=self.connection.auth,
+                                            verify=self.session.verify, timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise errors.PrometheusError(f"no answer from {self.url} within {self.timeout:g} s (timed out)") from exc
+        except requests.RequestException as exc:
+            raise errors.PrometheusError(f"{self.url} unreachable: {_root_cause(exc)}") from exc
+        return answer_result(response.status_code, response.headers.get("Content-Type", ""), response.content,
+                             expected)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error under a requests/urllib3 error (``[Errno 111] Connection refused``),
+    without the URL and query text the outer ones repeat."""
+    seen: set[int] = set()
+    current = exc
+    while id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in current.args if isinstance(a, BaseException)), None) or current.__cause__
+        if inner is None:
+            break
+        current = inner
+    return str(current)[:200]
+
+
+def connect(url: str, timeout: float = 10.0) -> QueryClient:
+    """The client of the Prometheus at ``url`` (:class:`HttpClient`)."""
+    return HttpClient(url, timeout=timeout)
 
 
 # ------------------------------------------------------------------ cleaning
@@ -208,10 +343,40 @@ def clean_points(values: Iterable[Sequence[Any]]) -> dict[int, float]:
 
 
 def _key(metric: Mapping[str, str]) -> Key | None:
-    agent = metric.get("agent")
-    if not agent:
+    """(namespace, agent) of a series; None when either label is missing or empty: such a
+    series belongs to no budget (it is dropped, and the fetch says how many it dropped)."""
+    agent, namespace = metric.get("agent"), metric.get("namespace")
+    if not agent or not namespace:
         return None
-    return (metric.get("namespace") or "default", agent)
+    return (namespace, agent)
+
+
+def _answer_kind(item: object) -> str:
+    """What an item of a result is: "matrix" (a series), "vector" (a sample), or what else."""
+    if not isinstance(item, dict):
+        return "scalar or string"  # their result is [time, "value"], not a list of series
+    if not isinstance(item.get("metric"), dict):
+        return "malformed"
+    return "matrix" if isinstance(item.get("values"), list) else "vector" if "value" in item else "malformed"
+
+
+def result_problem(result: object, expected: str) -> str | None:
+    """Why ``result`` is not a list of series of the ``expected`` type, or None.
+
+    A matrix series is ``{"metric": {...}, "values": [...]}``; a vector sample is ``{"metric":
+    {...}, "value": [time, "number"]}`` whose number must be one (an instant value read as
+    missing would be a spend of 0)."""
+    if not isinstance(result, list):
+        return f"an answer of type {type(result).__name__} where a {expected} was expected"
+    for item in result:
+        kind = _answer_kind(item)
+        if kind != expected:
+            return f"a {kind} answer where a {expected} was expected"
+        if expected == "vector":
+            value = item["value"]
+            if not isinstance(value, list) or len(value) != 2 or _float(value[1]) is None:
+                return f"a sample that is not a number for {item['metric'] or '{}'}: {str(value)[:80]}"
+    return None
 
 
 # ------------------------------------------------------------------ the snapshot
@@ -248,6 +413,7 @@ class FleetSnapshot:
     queries: int
     outcomes: dict[Key, PerMinute] = dataclasses.field(default_factory=dict)
     guardrails: dict[Key, GuardrailMinutes] = dataclasses.field(default_factory=dict)
+    unlabelled: dict[str, int] = dataclasses.field(default_factory=dict)  # query -> series dropped, no agent/ns
 
     def agent_minutes(self, namespace: str, agent: str) -> list[series.AgentMinute]:
         return list(self.minutes.get((namespace, agent), ()))
@@ -422,15 +588,24 @@ class Fetcher:
         self.stale_after = 3 * scrape_interval
         self.clock = clock
 
-    def _run(self, what: str, fn: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    @staticmethod
+    def _run(what: str, expected: str, fn: Callable[[], list[dict[str, Any]]], unlabelled: dict[str, int]
+             ) -> list[dict[str, Any]]:
+        """The answer of one query, checked to be a ``expected`` ("matrix" or "vector"), or a
+        PrometheusError naming the query. Series without an agent or namespace label are
+        counted in ``unlabelled`` (the builders drop them)."""
         try:
             result = fn()
-        except errors.PrometheusError:
-            raise
-        except Exception as exc:  # requests' and the client's errors: connection, HTTP status, JSON
+        except errors.PrometheusError as exc:
+            raise type(exc)(f"Prometheus query {what}: {exc}") from exc
+        except Exception as exc:  # anything else a client raises: connection, HTTP status, JSON
             raise errors.PrometheusError(f"Prometheus query failed ({what}): {exc}") from exc
-        if not isinstance(result, list):
-            raise errors.PrometheusError(f"Prometheus query {what}: unexpected answer {type(result).__name__}")
+        problem = result_problem(result, expected)
+        if problem is not None:
+            raise BadAnswerError(f"Prometheus query {what}: {problem}")
+        dropped = sum(1 for item in result if _key(item["metric"]) is None)
+        if dropped:
+            unlabelled[what] = dropped
         return result
 
     def fetch(self, now: float | None = None) -> FleetSnapshot:
@@ -440,24 +615,31 @@ class Fetcher:
         start_time = dt.datetime.fromtimestamp(start + series.MINUTE, tz=dt.timezone.utc)
         end_time = dt.datetime.fromtimestamp(end, tz=dt.timezone.utc)
         queries = 0
+        unlabelled: dict[str, int] = {}
         ranges: dict[str, list[dict[str, Any]]] = {}
         for family in RANGE_FAMILIES:
             query = family_query(family)
-            ranges[family] = self._run(family, lambda q=query: self.client.custom_query_range(  # type: ignore[misc]
-                q, start_time=start_time, end_time=end_time, step="60"))
+            ranges[family] = self._run(family, "matrix", lambda q=query: self.client.custom_query_range(  # type: ignore[misc]
+                q, start_time=start_time, end_time=end_time, step="60"), unlabelled)
             queries += 1
         spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
         for window in spec.Window:
             for calendar in (False, True):
                 seconds = int(round(now - windows.window_start(window, now, calendar=calendar)))
                 query = spend_query(seconds)
-                items = self._run(f"spend {window.value}{' calendar' if calendar else ''}",
-                                  lambda q=query: self.client.custom_query(q, params={"time": now}))  # type: ignore[misc]
+                items = self._run(f"spend {window.value}{' calendar' if calendar else ''}", "vector",
+                                  lambda q=query: self.client.custom_query(q, params={"time": now}),  # type: ignore[misc]
+                                  unlabelled)
                 queries += 1
                 for key, value in _instant_by_agent(items, lambda a, b: a + b).items():
                     spend[key][(window, calendar)] = value
-        fresh = self._run("freshness", lambda: self.client.custom_query(FRESHNESS_QUERY, params={"time": now}))
+        fresh = self._run("freshness", "vector",
+                          lambda: self.client.custom_query(FRESHNESS_QUERY, params={"time": now}), unlabelled)
         queries += 1
+        if unlabelled:
+            log.warning("Prometheus: %s dropped: series without an agent or namespace label belong to no "
+                        "budget (docs/operator.md, When Prometheus misbehaves)",
+                        ", ".join(f"{n} series of {what}" for what, n in unlabelled.items()))
         return FleetSnapshot(
             fetched_at=now,
             start=start,
@@ -469,6 +651,7 @@ class Fetcher:
             queries=queries,
             outcomes=build_outcomes(ranges, start, end),
             guardrails=build_guardrails(ranges, start, end),
+            unlabelled=unlabelled,
         )
 
 

@@ -1,11 +1,14 @@
 """`fleetwarden operator`: run the kopf operator in this process.
 
-    fleetwarden operator [--interval 15] [--prometheus-url URL] [--namespace NS | --all-namespaces]
+    fleetwarden operator [--interval 15] [--prometheus-url URL] [--prometheus-timeout 10]
+                         [--namespace NS | --all-namespaces]
                          [--scrape-interval 15] [--lookback-minutes 90] [--metrics-port 8081]
                          [--alertmanager-url URL] [--liveness http://0.0.0.0:8080/healthz] [--verbose]
 
 The flags set the ``FLEETWARDEN_*`` environment read by ``fleetwarden.handlers.settings``
-(so ``kopf run -m fleetwarden.handlers`` with the same variables behaves the same).
+(so ``kopf run -m fleetwarden.handlers`` with the same variables behaves the same). A bad value
+(not a finite number, below its minimum, a URL without http(s):// and a host) stops it at
+start with one line naming the flag (or variable) and the value; exit code 2.
 """
 
 from __future__ import annotations
@@ -15,59 +18,64 @@ import os
 
 from fleetwarden import errors
 
+# The flags that set a FLEETWARDEN_* variable (handlers.settings checks the value):
+# (flag, variable, metavar, help)
+FLAGS = (
+    ("--interval", "FLEETWARDEN_INTERVAL", "SECONDS", "seconds between evaluations of each budget (default 15)"),
+    ("--prometheus-url", "FLEETWARDEN_PROMETHEUS_URL", "URL",
+     "Prometheus with the agents' metrics (default http://localhost:9090)"),
+    ("--prometheus-timeout", "FLEETWARDEN_PROMETHEUS_TIMEOUT", "SECONDS",
+     "seconds one Prometheus query may take; longer, the cycle's metrics are unknown (default 10)"),
+    ("--scrape-interval", "FLEETWARDEN_SCRAPE_INTERVAL", "SECONDS",
+     "Prometheus' scrape interval in seconds: data older than 3 of them is stale (default 15)"),
+    ("--lookback-minutes", "FLEETWARDEN_LOOKBACK_MINUTES", "MINUTES",
+     "minutes of history the detectors refold each cycle (default 90)"),
+    ("--metrics-port", "FLEETWARDEN_METRICS_PORT", "PORT",
+     "port of the operator's own /metrics (default 8081; 0 turns it off)"),
+    ("--alertmanager-url", "FLEETWARDEN_ALERTMANAGER_URL", "URL",
+     "send one alert per incident to this Alertmanager, e.g. http://alertmanager.monitoring:9093 (default: none)"),
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "operator", help="run the operator (reconcile Prometheus cost against AgentBudgets)",
         description="Evaluate every AgentBudget on a timer: status, kill switch, model rollback, events.")
-    parser.add_argument("--interval", type=float, default=None,
-                        help="seconds between evaluations of each budget (default 15; env FLEETWARDEN_INTERVAL)")
-    parser.add_argument("--prometheus-url", default=None,
-                        help="Prometheus with the agents' metrics (default http://localhost:9090; "
-                             "env FLEETWARDEN_PROMETHEUS_URL)")
+    for flag, env, metavar, text in FLAGS:  # values are kept as written: handlers.settings checks them
+        parser.add_argument(flag, default=None, metavar=metavar, help=f"{text}; env {env}")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=None,
                        help="serve only this namespace (repeatable)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="serve every namespace (default)")
-    parser.add_argument("--scrape-interval", type=float, default=None,
-                        help="Prometheus' scrape interval in seconds: data older than 3 of them is stale "
-                             "(default 15)")
-    parser.add_argument("--lookback-minutes", type=int, default=None,
-                        help="minutes of history the detectors refold each cycle (default 90)")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="port of the operator's own /metrics (default 8081; 0 turns it off)")
-    parser.add_argument("--alertmanager-url", default=None, metavar="URL",
-                        help="send one alert per incident to this Alertmanager, e.g. "
-                             "http://alertmanager.monitoring:9093 (default: none; env FLEETWARDEN_ALERTMANAGER_URL)")
     parser.add_argument("--liveness", default=None, metavar="URL",
                         help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", "-v", action="store_true", help="log more")
     parser.set_defaults(func=run)
 
 
-def _set(name: str, value: object) -> None:
-    if value is not None:
-        os.environ[name] = str(value)
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.interval is not None and args.interval < 0.5:
-        raise errors.InputError("must be at least 0.5 seconds", field="--interval")
-    if args.alertmanager_url is not None and not args.alertmanager_url.startswith(("http://", "https://")):
-        raise errors.InputError(f"must start with http:// or https://, got {args.alertmanager_url!r}",
-                                field="--alertmanager-url")
-    _set("FLEETWARDEN_INTERVAL", args.interval)
-    _set("FLEETWARDEN_PROMETHEUS_URL", args.prometheus_url)
-    _set("FLEETWARDEN_SCRAPE_INTERVAL", args.scrape_interval)
-    _set("FLEETWARDEN_LOOKBACK_MINUTES", args.lookback_minutes)
-    _set("FLEETWARDEN_METRICS_PORT", args.metrics_port)
-    _set("FLEETWARDEN_ALERTMANAGER_URL", args.alertmanager_url)
+    # 1: the flags become the environment handlers.settings reads (and checks) on import
+    from_flag: dict[str, str] = {}
+    for flag, env, _, _ in FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            os.environ[env] = str(value)
+            from_flag[env] = flag
+
+    # 2: read and check them (importing the package registers the handlers, which read them
+    #    too): a bad value names its flag, or else its variable
+    try:
+        from fleetwarden.handlers import settings
+
+        settings.Settings.from_env()
+    except errors.InputError as exc:
+        if exc.field in from_flag:
+            raise errors.InputError(exc.reason, field=from_flag[exc.field]) from None
+        raise
 
     import kopf
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
-    import fleetwarden.handlers  # noqa: F401 - registers the handlers (reads the settings above)
-
     namespaces = args.namespace or []
     kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces,
              liveness_endpoint=args.liveness)

@@ -7,7 +7,9 @@ CostPolicy manifests given with ``-f`` (files or directories, the same YAML the 
 gets) and prints the findings in time order: JSON Lines per ``docs/contracts/findings.md``
 with ``--output json``, one readable line each with ``--output text``. Each broken line is
 named on standard error (``events.jsonl:17: field 'type': ...``) and the rest is still
-processed; a summary line ends standard error.
+processed; a summary line ends standard error. Beyond the contract, a line over 1 MiB, an
+amount over 1e9, a call of more than 20 million tokens or an impossible numeric time is a
+broken line too (``docs/design.md``, "Limits on usage events").
 
 Exit codes: 0 all lines valid; 1 some lines were broken; 2 usage error (bad manifest,
 missing file, bad price file).

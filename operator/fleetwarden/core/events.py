@@ -28,11 +28,20 @@ core time is Unix seconds (float).
 Blank lines (only whitespace) are skipped: they carry no event. Every other line yields
 an :class:`Event` or an :class:`~fleetwarden.errors.EventError` naming the line and the
 field; ``iter_events`` never stops at a broken line.
+
+Reading a log (``iter_events``) also enforces limits the schema does not state
+(:func:`limit_problem`, ``docs/design.md`` "Limits on usage events"): a line of at most
+MAX_LINE_BYTES (read in bounded pieces: a longer line is skipped, never held whole),
+amounts of at most MAX_AMOUNT, at most MAX_TOKENS_PER_CALL tokens per call, a numeric time
+within the years 1 to 9999. ``is_valid``, ``parse_line`` and ``from_obj`` stay the contract
+(``from_obj(..., limits=True)`` adds them). The fast path has a second set of generated
+checkers for the limits, which only ever accept, like the first.
 """
 
 from __future__ import annotations
 
 import calendar
+import functools
 import io
 import os
 import re
@@ -395,10 +404,72 @@ def problem(obj: object) -> tuple[str | None, str] | None:
     return None
 
 
+# ---------------------------------------------------------------- limits beyond the contract
+
+
+# What reading a log refuses although the schema allows it (docs/design.md, "Limits on usage
+# events"): values no producer writes, which would make sums overflow or dates impossible.
+MAX_LINE_BYTES = 1 << 20  # a line, its newline included (characters for a text stream)
+MAX_AMOUNT = 1e9  # cost_usd, minutes, count, and value_usd either way, per event
+MAX_TOKENS_PER_CALL = 20_000_000  # the five token fields of one llm event, summed
+MIN_TIME, MAX_TIME = -62135596800.0, 253402300800.0  # numeric time: 0001-01-01 to the end of 9999 (UTC)
+_AMOUNTS = ("cost_usd", "minutes", "count", "value_usd")
+
+
+def limit_problem(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """The first limit a contract-valid event breaks, as ``(field, reason)``; None within them."""
+    t = obj["time"]
+    if type(t) is not str and not MIN_TIME <= t < MAX_TIME:
+        return "time", f"must be Unix seconds within the years 1 to 9999, got {_describe(t)}"
+    for name in _AMOUNTS:
+        v = obj.get(name)
+        if v is not None and not -MAX_AMOUNT <= v <= MAX_AMOUNT:
+            bounds = f"between {-MAX_AMOUNT:g} and {MAX_AMOUNT:g}" if name == "value_usd" else f"at most {MAX_AMOUNT:g}"
+            return name, f"must be {bounds} per event, got {_describe(v)}"
+    tokens = [(obj[name], name) for name in _NONNEG_INT if name in obj]
+    total = sum(v for v, _ in tokens)
+    if total > MAX_TOKENS_PER_CALL:
+        shown = f"{total:,}" if type(total) is int else f"{total:g}"
+        return max(tokens)[1], f"the call's tokens add up to {shown}, more than the {MAX_TOKENS_PER_CALL:,} a model " \
+                               f"call can carry"
+    return None
+
+
+_KEY_BEFORE = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*$')
+_NUMBER_AT = re.compile(r"-?[0-9][0-9.eE+-]*")
+
+
+def _json_error(exc: Exception, file: str | None, line: int) -> errors.EventError:
+    """The error of a line that did not parse; a number too large for a double (orjson refuses
+    ``1e999``) is named with its field."""
+    doc, pos = getattr(exc, "doc", None), getattr(exc, "pos", None)
+    if "infinity" in str(exc) and isinstance(doc, str) and isinstance(pos, int):
+        key = _KEY_BEFORE.search(doc, max(0, pos - 200), pos)
+        number = _NUMBER_AT.match(doc, pos)
+        if key is not None and number is not None:
+            return errors.EventError(f"must be a finite number, got {number.group()[:40]}", file=file, line=line,
+                                     field=key.group(1))
+    return errors.EventError(f"not valid JSON: {exc}", file=file, line=line)
+
+
+def _too_long(data: bytes | str, rest: Callable[[int], Any] | None) -> int:
+    """The length of an over-long line that begins with ``data``, reading (and dropping) its
+    rest in chunks with ``rest`` (a readline) when there is one: never the whole line at once."""
+    size = len(data)
+    if rest is not None and data[-1:] not in (b"\n", "\n"):
+        while True:
+            more = rest(1 << 16)
+            size += len(more)
+            if not more or more[-1:] in (b"\n", "\n"):
+                break
+    return size
+
+
 # ---------------------------------------------------------------- the fast path
 
 
 _SHAPES: dict[tuple[str, ...], Callable[[dict[str, Any]], float | None]] = {}
+_LIMITED_SHAPES: dict[tuple[str, ...], Callable[[dict[str, Any]], float | None]] = {}  # contract + limits
 _SHAPES_MAX = 4096
 
 _SNIPPETS = {
@@ -414,36 +485,54 @@ _SNIPPETS = {
     ),
     "status": "    v = d['status']\n    if type(v) is not str or v not in _STATUS[t]: return None\n",
 }
+# The same, within the limits (the token fields add up in n).
+_LIMITED_SNIPPETS = {
+    **_SNIPPETS,
+    "nonneg_int": "    v = d[{k!r}]\n    if type(v) is not int or v < 0: return None\n    n += v\n",
+    "nonneg_num": "    v = d[{k!r}]\n    if (type(v) is not float and type(v) is not int) or not 0 <= v <= _MAX: return None\n",
+    "pos_num": "    v = d[{k!r}]\n    if (type(v) is not float and type(v) is not int) or not 0 < v <= _MAX: return None\n",
+    "num": "    v = d[{k!r}]\n    if (type(v) is not float and type(v) is not int) or not -_MAX <= v <= _MAX: return None\n",
+}
 
 
-def _compile_shape(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], float | None]:
-    """A checker for events with exactly these keys: Unix time when surely valid, else None."""
+def _compile_shape(keys: tuple[str, ...], limited: bool = False) -> Callable[[dict[str, Any]], float | None]:
+    """A checker for events with exactly these keys: Unix time when surely valid (and, with
+    ``limited``, within the limits), else None."""
     present = set(keys)
     types = [t for t in sorted(TYPES) if all(k in present for k in REQUIRED_FOR_TYPE[t])]
     if not types or not all(k in present for k in REQUIRED):
         return _never
+    snippets = _LIMITED_SNIPPETS if limited else _SNIPPETS
+    tokens = limited and any(_CHECK.get(k) == "nonneg_int" for k in keys)
     # constants are bound as default arguments: local lookups, nothing built per call
     body = [
         "def check(d, type=type, str=str, int=int, float=float, dict=dict, _TYPES=_TYPES, _STATUS=_STATUS,\n"
-        "          _TIME_CACHE=_TIME_CACHE, _time_from_str=_time_from_str, _parse_time=_parse_time):\n",
+        "          _TIME_CACHE=_TIME_CACHE, _time_from_str=_time_from_str, _parse_time=_parse_time,\n"
+        "          _MAX=_MAX, _TMIN=_TMIN, _TMAX=_TMAX):\n",
         "    t = d['type']\n",
         "    if type(t) is not str or t not in _TYPES: return None\n",
     ]
+    if tokens:
+        body.append("    n = 0\n")
     for k in keys:
         check = _CHECK.get(k)
         if check is None or check in ("time", "type"):
             continue
-        body.append(_SNIPPETS[check].format(k=k))
+        body.append(snippets[check].format(k=k))
+    if tokens:
+        body.append(f"    if n > {MAX_TOKENS_PER_CALL}: return None\n")
+    number_time = ("return float(v) if _TMIN <= v < _TMAX else None" if limited else "return _parse_time(v)")
     body.append(
         "    v = d['time']\n"
         "    if type(v) is str:\n"
         "        ts = _TIME_CACHE.get(v)\n"
         "        return ts if ts is not None else _time_from_str(v)\n"
-        "    if type(v) is float or type(v) is int: return _parse_time(v)\n"
+        f"    if type(v) is float or type(v) is int: {number_time}\n"
         "    return None\n"
     )
     scope: dict[str, Any] = {"_time_from_str": _time_from_str, "_TIME_CACHE": _TIME_CACHE, "_parse_time": parse_time,
-                             "_STATUS": STATUS_FOR_TYPE, "_TYPES": frozenset(types)}
+                             "_STATUS": STATUS_FOR_TYPE, "_TYPES": frozenset(types), "_MAX": MAX_AMOUNT,
+                             "_TMIN": MIN_TIME, "_TMAX": MAX_TIME}
     exec("".join(body), scope)  # noqa: S102 - generated from constants above, never from input
     return scope["check"]  # type: ignore[no-any-return]
 
@@ -452,21 +541,25 @@ def _never(d: dict[str, Any]) -> float | None:
     return None
 
 
-def _fast_time(obj: dict[str, Any]) -> float | None:
+def _fast_time(obj: dict[str, Any], limited: bool = False) -> float | None:
     keys = tuple(obj)
-    check = _SHAPES.get(keys)
+    shapes = _LIMITED_SHAPES if limited else _SHAPES
+    check = shapes.get(keys)
     if check is None:
-        if len(_SHAPES) >= _SHAPES_MAX:
-            _SHAPES.clear()
-        check = _SHAPES[keys] = _compile_shape(keys)
+        if len(shapes) >= _SHAPES_MAX:
+            shapes.clear()
+        check = shapes[keys] = _compile_shape(keys, limited)
     return check(obj)
 
 
-def from_obj(obj: object, *, line: int | None = None, file: str | None = None) -> Event:
-    """An :class:`Event` from a parsed JSON value. Raises EventError naming the field (and ``line``)."""
-    ts = _fast_time(obj) if isinstance(obj, dict) else None
+def from_obj(obj: object, *, line: int | None = None, file: str | None = None, limits: bool = False) -> Event:
+    """An :class:`Event` from a parsed JSON value. Raises EventError naming the field (and ``line``).
+    With ``limits``, an event beyond the limits of a log (:func:`limit_problem`) is refused too."""
+    ts = _fast_time(obj, limits) if isinstance(obj, dict) else None
     if ts is None:
         found = problem(obj)
+        if found is None and limits:
+            found = limit_problem(obj)  # type: ignore[arg-type]
         if found is not None:
             field, reason = found
             raise errors.EventError(reason, file=file, line=line, field=field)
@@ -544,37 +637,54 @@ class EventStream:
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
             if path == "-":
-                yield from _records(sys.stdin.buffer, file or "<stdin>", self.blank)
+                yield from _records(*_bounded(sys.stdin.buffer), file or "<stdin>", self.blank)
                 return
             with open(path, "rb") as fh:
-                yield from _records(fh, file or path, self.blank)
+                yield from _records(*_bounded(fh), file or path, self.blank)
             return
         if file is None:
             file = getattr(source, "name", None) if isinstance(source, io.IOBase) else None
             file = file if isinstance(file, str) else None
-        yield from _records(source, file, self.blank)
+        if callable(getattr(source, "readline", None)):
+            yield from _records(*_bounded(source), file, self.blank)  # type: ignore[arg-type]
+        else:
+            yield from _records(source, None, file, self.blank)
 
 
-def _records(lines: Iterable[Any], file: str | None, blank: list[int]) -> Iterator[Record | errors.EventError]:
+def _bounded(fh: IO[bytes] | IO[str]) -> tuple[Iterator[Any], Callable[[int], Any]]:
+    """The lines of an open file, none read past MAX_LINE_BYTES + 1 at once, and its readline
+    (which reads the rest of an over-long line in chunks)."""
+    end = "" if isinstance(fh, io.TextIOBase) else b""
+    return iter(functools.partial(fh.readline, MAX_LINE_BYTES + 1), end), fh.readline
+
+
+def _records(lines: Iterable[Any], rest: Callable[[int], Any] | None, file: str | None, blank: list[int]
+             ) -> Iterator[Record | errors.EventError]:
     loads = _loads
-    shapes = _SHAPES
+    shapes = _LIMITED_SHAPES
+    limit = MAX_LINE_BYTES
     for number, data in enumerate(lines, 1):
+        if len(data) > limit:
+            size = _too_long(data, rest)
+            yield errors.EventError(f"the line is {size:,} {'characters' if type(data) is str else 'bytes'} long, "
+                                    f"more than the {limit:,} an event may take: not read", file=file, line=number)
+            continue
         try:
             obj = loads(data)
         except (_JSONError, ValueError, UnicodeDecodeError) as exc:
             if not data.strip():
                 blank[0] += 1
                 continue
-            yield errors.EventError(f"not valid JSON: {exc}", file=file, line=number)
+            yield _json_error(exc, file, number)
             continue
         if type(obj) is dict:
             check = shapes.get(tuple(obj))
-            ts = check(obj) if check is not None else _fast_time(obj)
+            ts = check(obj) if check is not None else _fast_time(obj, True)
             if ts is not None:
                 yield (ts, obj, number)
                 continue
         try:
-            ev = from_obj(obj, line=number, file=file)
+            ev = from_obj(obj, line=number, file=file, limits=True)
         except errors.EventError as exc:
             yield exc
             continue

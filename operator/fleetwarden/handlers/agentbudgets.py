@@ -31,9 +31,12 @@ from fleetwarden import errors
 from fleetwarden.adapters import alertmanager, prometheus
 from fleetwarden.core import spec
 from fleetwarden.handlers import metrics, retry, runtime
-from fleetwarden.handlers.settings import SETTINGS
+from fleetwarden.handlers import settings as operator_settings
 
 log = logging.getLogger(__name__)
+
+# Read and checked once, at import (a bad value is an InputError naming the variable).
+SETTINGS = operator_settings.current()
 
 RUNTIME: runtime.Runtime | None = None
 

@@ -25,11 +25,11 @@ from typing import Any
 import kopf
 
 from fleetwarden import errors
-from fleetwarden.handlers.settings import SETTINGS
+from fleetwarden.handlers import settings
 
 # Seconds before a transient failure is tried again: the evaluation interval, at most 10 s.
 MAX_DELAY = 10.0
-DELAY = min(SETTINGS.interval, MAX_DELAY)
+DELAY = min(settings.current().interval, MAX_DELAY)
 
 _running: set[asyncio.Task[None]] = set()
 

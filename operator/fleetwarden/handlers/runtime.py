@@ -500,7 +500,7 @@ class Runtime:
 
 def build(settings: Any) -> Runtime:
     """The Runtime for ``settings`` (``handlers.settings.Settings``)."""
-    fetcher = prometheus.Fetcher(prometheus.connect(settings.prometheus_url),
+    fetcher = prometheus.Fetcher(prometheus.connect(settings.prometheus_url, timeout=settings.prometheus_timeout),
                                  lookback_minutes=settings.lookback_minutes,
                                  scrape_interval=settings.scrape_interval)
     return Runtime(interval=settings.interval, fetcher=fetcher)

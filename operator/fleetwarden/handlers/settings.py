@@ -1,44 +1,103 @@
 """The operator's settings, read once from the environment (``fleetwarden operator`` sets it).
 
-| variable | default | meaning |
-|---|---|---|
-| ``FLEETWARDEN_INTERVAL`` | 15 | seconds between evaluations of each AgentBudget |
-| ``FLEETWARDEN_PROMETHEUS_URL`` | http://localhost:9090 | where the agents' metrics are |
-| ``FLEETWARDEN_SCRAPE_INTERVAL`` | 15 | Prometheus' scrape interval; data older than 3 of them is stale |
-| ``FLEETWARDEN_LOOKBACK_MINUTES`` | 90 | the window the detectors refold each cycle |
-| ``FLEETWARDEN_METRICS_PORT`` | 8081 | the operator's own /metrics (0: off) |
-| ``FLEETWARDEN_WORKERS`` | 16 | threads running evaluations |
-| ``FLEETWARDEN_ALERTMANAGER_URL`` | (none) | Alertmanager to send an alert per incident to (none: no alerts) |
+| variable | flag | default | meaning |
+|---|---|---|---|
+| ``FLEETWARDEN_INTERVAL`` | ``--interval`` | 15 | seconds between evaluations of each AgentBudget (>= 0.5) |
+| ``FLEETWARDEN_PROMETHEUS_URL`` | ``--prometheus-url`` | http://localhost:9090 | where the agents' metrics are |
+| ``FLEETWARDEN_PROMETHEUS_TIMEOUT`` | ``--prometheus-timeout`` | 10 | seconds one Prometheus query may take (> 0) |
+| ``FLEETWARDEN_SCRAPE_INTERVAL`` | ``--scrape-interval`` | 15 | Prometheus' scrape interval; data older than 3 of them is stale (>= 0.1) |
+| ``FLEETWARDEN_LOOKBACK_MINUTES`` | ``--lookback-minutes`` | 90 | the window the detectors refold each cycle (>= 5) |
+| ``FLEETWARDEN_METRICS_PORT`` | ``--metrics-port`` | 8081 | the operator's own /metrics (0: off; <= 65535) |
+| ``FLEETWARDEN_WORKERS`` | | 16 | threads running evaluations (>= 1) |
+| ``FLEETWARDEN_ALERTMANAGER_URL`` | ``--alertmanager-url`` | (none) | Alertmanager to send an alert per incident to (none: no alerts) |
+
+Every value is checked here, once, at start: a number that is not finite (``nan``, ``inf``)
+or below its minimum, or a URL without an ``http``/``https`` scheme and a host, raises
+:class:`fleetwarden.errors.InputError` naming the variable and the value (``field`` is the
+variable's name, so ``fleetwarden operator`` can name its flag instead). Importing this
+module reads nothing: ``handlers.agentbudgets`` builds its settings when it is imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from fleetwarden import errors
 
 
-def _number(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+def _number(minimum: float, *, above: bool = False, unit: str = "", whole: bool = False,
+            maximum: float | None = None) -> Callable[[str], float]:
+    """A check of a finite number >= ``minimum`` (> with ``above``), a whole one with ``whole``."""
+    kind = "a whole number" if whole else "a finite number"
+    bounds = f"{'>' if above else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
+    expected = f"must be {kind}{unit} {bounds}"
+
+    def check(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(expected) from None
+        if (not math.isfinite(value) or value < minimum or (above and value == minimum)
+                or (maximum is not None and value > maximum) or (whole and not value.is_integer())):
+            raise ValueError(expected)
+        return value
+
+    return check
+
+
+def _url(raw: str) -> str:
+    """A check of an http(s) URL with a host (the value is kept as written)."""
+    expected = "must be an http:// or https:// URL with a host (http://HOST:PORT)"
     try:
-        value = float(raw)
+        parts = urllib.parse.urlsplit(raw.strip())
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError:
+        raise ValueError(expected) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(expected)
+    return raw.strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its environment variable, default and check (``fleetwarden operator``'s flags
+    set the variables: ``commands.operator.FLAGS``)."""
+
+    field: str  # the Settings attribute
+    env: str
+    default: Any
+    check: Callable[[str], Any]
+    convert: Callable[[Any], Any] = lambda value: value
+
+
+_SECONDS = " of seconds"
+OPTIONS = (
+    Option("interval", "FLEETWARDEN_INTERVAL", 15.0, _number(0.5, unit=_SECONDS)),
+    Option("prometheus_url", "FLEETWARDEN_PROMETHEUS_URL", "http://localhost:9090", _url),
+    Option("prometheus_timeout", "FLEETWARDEN_PROMETHEUS_TIMEOUT", 10.0, _number(0, above=True, unit=_SECONDS)),
+    Option("scrape_interval", "FLEETWARDEN_SCRAPE_INTERVAL", 15.0, _number(0.1, unit=_SECONDS)),
+    Option("lookback_minutes", "FLEETWARDEN_LOOKBACK_MINUTES", 90, _number(5, whole=True, unit=" of minutes"), int),
+    Option("metrics_port", "FLEETWARDEN_METRICS_PORT", 8081, _number(0, whole=True, maximum=65535), int),
+    Option("workers", "FLEETWARDEN_WORKERS", 16, _number(1, whole=True), int),
+    Option("alertmanager_url", "FLEETWARDEN_ALERTMANAGER_URL", None, _url),
+)
+
+
+def read(option: Option, raw: str | None) -> Any:
+    """The value of ``option`` from ``raw`` (None or blank: its default). Raises InputError naming
+    the variable (``field``) and the value."""
+    if raw is None or not raw.strip():
+        return option.default
+    try:
+        return option.convert(option.check(raw))
     except ValueError as exc:
-        raise errors.InputError(f"{name}={raw!r} is not a number") from exc
-    if value < minimum:
-        raise errors.InputError(f"{name}={raw!r} must be at least {minimum:g}")
-    return value
-
-
-def _url(name: str) -> str | None:
-    raw = (os.environ.get(name) or "").strip()
-    if not raw:
-        return None
-    if not raw.startswith(("http://", "https://")):
-        raise errors.InputError(f"{name}={raw!r} must start with http:// or https://")
-    return raw
+        raise errors.InputError(f"{exc}, got {raw!r}", field=option.env) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,18 +109,17 @@ class Settings:
     metrics_port: int
     workers: int
     alertmanager_url: str | None = None
+    prometheus_timeout: float = 10.0
 
     @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            interval=_number("FLEETWARDEN_INTERVAL", 15.0, 0.5),
-            prometheus_url=os.environ.get("FLEETWARDEN_PROMETHEUS_URL") or "http://localhost:9090",
-            scrape_interval=_number("FLEETWARDEN_SCRAPE_INTERVAL", 15.0, 0.1),
-            lookback_minutes=int(_number("FLEETWARDEN_LOOKBACK_MINUTES", 90, 5)),
-            metrics_port=int(_number("FLEETWARDEN_METRICS_PORT", 8081, 0)),
-            workers=int(_number("FLEETWARDEN_WORKERS", 16, 1)),
-            alertmanager_url=_url("FLEETWARDEN_ALERTMANAGER_URL"),
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of ``environ`` (default ``os.environ``); raises InputError on a bad value."""
+        env = os.environ if environ is None else environ
+        return cls(**{option.field: read(option, env.get(option.env)) for option in OPTIONS})
 
 
-SETTINGS = Settings.from_env()
+@functools.lru_cache(maxsize=1)
+def current() -> Settings:
+    """The operator process's settings, read from the environment once (the handlers' modules
+    share them; ``fleetwarden operator`` has checked them before kopf imports the handlers)."""
+    return Settings.from_env()

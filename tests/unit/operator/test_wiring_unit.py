@@ -5,6 +5,7 @@ Fakes only (API server, clock); the e2e tests run the same on the real parts."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import pytest
@@ -66,8 +67,9 @@ def test_alertmanager_flag_is_documented_in_the_help(capsys: pytest.CaptureFixtu
     assert "--alertmanager-url" in out and "FLEETWARDEN_ALERTMANAGER_URL" in out
 
 
-def test_a_bad_alertmanager_url_is_refused_naming_the_flag() -> None:
+def test_a_bad_alertmanager_url_is_refused_naming_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     """--alertmanager-url without http(s):// is an InputError naming the flag (exit 2, one line)."""
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the command sets the variables its flags name
     with pytest.raises(errors.InputError, match="--alertmanager-url"):
         operator_command.run(parse("--alertmanager-url", "alertmanager:9093"))
 

@@ -1,6 +1,16 @@
 # The operator image: `docker build -t ghcr.io/fleetwarden/operator:0.1.0 .`
-# Only the package is copied (never an operator/__init__.py: operator/ is a source root).
+# (.github/workflows/release.yml builds it for linux/amd64 and linux/arm64, with an SBOM, and
+# signs it). Only the package is copied (never an operator/__init__.py: operator/ is a source root).
 FROM python:3.11-slim
+
+# The release version: fleetwarden.__version__, the chart's appVersion and the image tag in
+# manifests/kustomization.yaml (tests/unit/test_release.py checks they agree).
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="fleetwarden-operator" \
+      org.opencontainers.image.description="A Kubernetes operator that governs fleets of AI agents by budget" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="https://github.com/fleetwarden/fleetwarden" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -26,8 +26,8 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetwarden", description="Govern fleets of AI agents by budget.")
+def build_parser(prog: str = "fleetwarden") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Govern fleets of AI agents by budget.")
     parser.add_argument("--version", action="version", version=f"fleetwarden {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "fleetwarden") -> int:
+    """Run one command; ``prog`` is how usage and error lines name the program."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except errors.FleetwardenError as exc:
-        print(f"fleetwarden {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -9,9 +9,11 @@ Started once per test run and stopped at its end:
 - ``alertmanager``: only started if a test asks for it; every alert it sends lands in
   ``alertmanager.received`` (a webhook receiver on loopback).
 - ``namespace``: a fresh namespace per test, deleted afterwards.
+- ``helm``: the path of helm, built from tools/controlplane/helm like the control plane.
 
 Every test under tests/e2e gets the ``e2e`` marker automatically. Missing control-plane
-binaries are built once, before the first test runs (a cold build takes minutes).
+binaries (and helm, when a test uses it) are built once, before the first test runs (a cold
+build takes minutes).
 """
 
 from __future__ import annotations
@@ -53,15 +55,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Build missing binaries before any test runs, so no test's timeout pays for a cold build."""
     if os.environ.get("FLEETWARDEN_KUBECONFIG") or session.config.option.collectonly:
         return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def log(message: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"fleetwarden e2e: {message}")
+
     if any("cluster" in getattr(item, "fixturenames", ()) or "test_control_plane" in str(item.fspath)
            for item in session.items):
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-
-        def log(message: str) -> None:
-            if reporter is not None:
-                reporter.write_line(f"fleetwarden e2e: {message}")
-
         build.ensure_binaries(log=log)
+    if any("helm" in getattr(item, "fixturenames", ()) for item in session.items):
+        build.ensure_tool("helm", log=log)
 
 
 # -- cluster --------------------------------------------------------------------------------
@@ -193,6 +197,12 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
         yield name
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary built from tools/controlplane/helm (built once, cached like the control plane)."""
+    return str(build.ensure_tool("helm"))
 
 
 # -- prometheus -----------------------------------------------------------------------------

@@ -2,23 +2,24 @@
 
 The operator image does not exist here; KWOK fakes its pod as Running, which is enough to
 show the pod passes the `restricted` Pod Security level of its namespace. RBAC is checked
-with `kubectl auth can-i --as=<the operator's ServiceAccount>`.
+with `kubectl auth can-i --as=<the operator's ServiceAccount>` against tests/e2e/operator_rbac.py
+(the chart's install is checked against the same lists).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import operator_rbac
 import pytest
 from fixtures_fleetwarden import crd_names
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
 NAMESPACE = "fleetwarden-system"
-OPERATOR = f"system:serviceaccount:{NAMESPACE}:fleetwarden-operator"
+OPERATOR = operator_rbac.service_account(NAMESPACE, "fleetwarden-operator")
 
 pytestmark = pytest.mark.e2e
 
@@ -42,6 +43,9 @@ def test_apply_k_installs_crds_and_operator(cluster: Any, installed: str) -> Non
     for line in ("namespace/fleetwarden-system", "serviceaccount/fleetwarden-operator",
                  "clusterrole.rbac.authorization.k8s.io/fleetwarden-operator",
                  "clusterrolebinding.rbac.authorization.k8s.io/fleetwarden-operator",
+                 "role.rbac.authorization.k8s.io/fleetwarden-operator-leader-election",
+                 "rolebinding.rbac.authorization.k8s.io/fleetwarden-operator-leader-election",
+                 "poddisruptionbudget.policy/fleetwarden-operator",
                  "deployment.apps/fleetwarden-operator", "service/fleetwarden-operator-metrics",
                  *[f"customresourcedefinition.apiextensions.k8s.io/{name}" for name in crd_names()]):
         assert line in installed
@@ -50,79 +54,38 @@ def test_apply_k_installs_crds_and_operator(cluster: Any, installed: str) -> Non
 
 
 def test_operator_pod_is_admitted_under_restricted_pod_security(cluster: Any, installed: str) -> None:
-    """The operator pod passes the namespace's `restricted` Pod Security level and runs (faked by KWOK)."""
+    """The operator pods pass the namespace's `restricted` Pod Security level and run (faked by KWOK)."""
     labels = cluster.get_json("namespace", NAMESPACE)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    wanted = cluster.get_json("deployment", "fleetwarden-operator", "-n", NAMESPACE)["spec"]["replicas"]
+    assert wanted == 2
 
     def running() -> bool:
         pods = cluster.get_json("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator")["items"]
-        return len(pods) == 1 and pods[0]["status"].get("phase") == "Running"
+        return len(pods) == wanted and all(p["status"].get("phase") == "Running" for p in pods)
 
-    cluster.wait_for(running, 90, "the operator pod Running")
-
-
-def can_i(cluster: Any, *args: str) -> bool:
-    result = cluster.kubectl("auth", "can-i", *args, f"--as={OPERATOR}", check=False)
-    answer = result.stdout.strip()
-    assert answer in ("yes", "no"), result.stderr
-    return answer == "yes"
+    cluster.wait_for(running, 90, "the operator pods Running")
 
 
-@pytest.mark.parametrize("request_args", [
-    ("patch", "deployments.apps", "--subresource=scale", "-n", "support"),
-    ("update", "deployments.apps", "--subresource=scale", "-n", "support"),
-    ("patch", "deployments.apps", "-n", "support"),
-    ("watch", "deployments.apps", "--all-namespaces"),
-    ("watch", "agentbudgets.fleetwarden.dev", "--all-namespaces"),
-    ("patch", "agentbudgets.fleetwarden.dev", "--subresource=status", "-n", "support"),
-    ("patch", "costpolicies.fleetwarden.dev", "--subresource=status", "-n", "support"),
-    ("patch", "costapprovals.fleetwarden.dev", "--subresource=status", "-n", "support"),
-    ("create", "events", "-n", "support"),
-    ("create", "events.events.k8s.io", "-n", "support"),
-    ("create", "configmaps", "-n", "support"),
-    ("list", "namespaces"),
-    ("list", "customresourcedefinitions.apiextensions.k8s.io"),
-], ids=" ".join)
+@pytest.mark.parametrize("request_args", operator_rbac.MAY, ids=" ".join)
 def test_operator_may(cluster: Any, installed: str, request_args: tuple[str, ...]) -> None:
     """The operator may watch its resources, write their status, scale and patch agents, post events."""
-    assert can_i(cluster, *request_args)
+    assert operator_rbac.can_i(cluster, OPERATOR, *request_args)
 
 
-@pytest.mark.parametrize("request_args", [
-    ("get", "secrets", "-n", "support"),
-    ("list", "secrets", "--all-namespaces"),
-    ("delete", "deployments.apps", "-n", "support"),
-    ("update", "deployments.apps", "-n", "support"),
-    ("create", "deployments.apps", "-n", "support"),
-    ("create", "pods", "--subresource=exec", "-n", "support"),
-    ("create", "pods", "-n", "support"),
-    ("delete", "agentbudgets.fleetwarden.dev", "-n", "support"),
-    ("create", "costapprovals.fleetwarden.dev", "-n", "support"),
-    ("delete", "configmaps", "-n", "support"),
-    ("escalate", "clusterroles.rbac.authorization.k8s.io"),
-    ("bind", "clusterroles.rbac.authorization.k8s.io"),
-    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
-    ("impersonate", "serviceaccounts", "-n", "support"),
-    ("create", "serviceaccounts", "--subresource=token", "-n", "support"),
-    ("update", "customresourcedefinitions.apiextensions.k8s.io"),
-], ids=" ".join)
+@pytest.mark.parametrize("request_args", operator_rbac.MAY_NOT, ids=" ".join)
 def test_operator_may_not(cluster: Any, installed: str, request_args: tuple[str, ...]) -> None:
     """The operator may not read secrets, delete or create workloads, exec, or grant itself more."""
-    assert not can_i(cluster, *request_args)
+    assert not operator_rbac.can_i(cluster, OPERATOR, *request_args)
 
 
-def may_on(cluster: Any, verb: str, group: str, resource: str, namespace: str) -> bool:
-    """A SelfSubjectAccessReview as the operator for a resource the server may not serve (no CRD):
-    `kubectl auth can-i` cannot name the group of an unknown resource, the review can."""
-    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-              "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource,
-                                              "namespace": namespace}}}
-    result = cluster.kubectl("create", "-f", "-", "-o", "json", f"--as={OPERATOR}", input=json.dumps(review))
-    return bool(json.loads(result.stdout)["status"].get("allowed"))
-
-
-@pytest.mark.parametrize(("verb", "allowed"), [("get", True), ("list", True), ("patch", True),
-                                               ("delete", False), ("create", False), ("update", False)])
+@pytest.mark.parametrize(("verb", "allowed"), operator_rbac.KEDA_VERBS)
 def test_operator_may_pause_keda_scaled_objects(cluster: Any, installed: str, verb: str, allowed: bool) -> None:
     """The operator may read and patch KEDA ScaledObjects (to pause a killed agent), and nothing more."""
-    assert may_on(cluster, verb, "keda.sh", "scaledobjects", "support") is allowed
+    assert operator_rbac.may_on(cluster, OPERATOR, verb, "keda.sh", "scaledobjects", "support") is allowed
+
+
+@pytest.mark.parametrize(("verb", "allowed"), operator_rbac.LEASE_VERBS)
+def test_operator_may_hold_its_lease(cluster: Any, installed: str, verb: str, allowed: bool) -> None:
+    """In its own namespace the operator may get, create and update Leases (leader election)."""
+    assert operator_rbac.can_i(cluster, OPERATOR, verb, "leases.coordination.k8s.io", "-n", NAMESPACE) is allowed

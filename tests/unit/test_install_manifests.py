@@ -120,14 +120,43 @@ def test_operator_liveness_probe_hits_kopf_liveness_endpoint() -> None:
     probe = container["livenessProbe"]["httpGet"]
     assert (ports[probe["port"]], probe["path"]) == (int(match.group(1)), match.group(2))
     assert "metrics" in ports
-    assert {e["name"] for e in container["env"]} >= {"PROMETHEUS_URL"}
 
 
-def test_only_one_operator_runs_at_a_time() -> None:
-    """kopf runs --standalone (no peering), so one replica and Recreate rollouts."""
+def test_operator_environment_is_what_the_operator_reads() -> None:
+    """Every variable the Deployment sets is one fleetwarden.handlers.settings reads (a misspelt one
+    would be ignored without a word), and the Prometheus URL and metrics port are among them."""
+    settings = (ROOT / "operator" / "fleetwarden" / "handlers" / "settings.py").read_text()
+    read = set(re.findall(r'"(FLEETWARDEN_[A-Z_]+)"', settings))
+    (container,) = _operator_deployment()["spec"]["template"]["spec"]["containers"]
+    names = [e["name"] for e in container["env"]]
+    assert set(names) <= read, sorted(set(names) - read)
+    assert {"FLEETWARDEN_PROMETHEUS_URL", "FLEETWARDEN_METRICS_PORT"} <= set(names)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (port,) = [e["value"] for e in container["env"] if e["name"] == "FLEETWARDEN_METRICS_PORT"]
+    assert int(port) == ports["metrics"]
+
+
+def test_two_replicas_a_disruption_budget_and_a_lease_of_their_own() -> None:
+    """Two operator replicas; a PodDisruptionBudget keeps one through drains; the Lease RBAC is a Role
+    in the operator's namespace only (get, create, update), bound to its ServiceAccount."""
     deployment = _operator_deployment()
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    namespace = deployment["metadata"]["namespace"]
+    assert deployment["spec"]["replicas"] == 2
+    (pdb,) = [d for d in _docs(MANIFESTS / "operator.yaml") if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["metadata"]["namespace"] == namespace
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    rbac = _docs(MANIFESTS / "rbac.yaml")
+    (role,) = [d for d in rbac if d["kind"] == "Role"]
+    (binding,) = [d for d in rbac if d["kind"] == "RoleBinding"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == namespace
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "create", "update"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": namespace,
+                                    "name": deployment["spec"]["template"]["spec"]["serviceAccountName"]}]
+    assert not any(d["kind"] == "ClusterRole" and "leases" in str(d["rules"]) for d in rbac)
 
 
 def test_operator_service_account_is_bound_to_the_cluster_role() -> None:

@@ -1,6 +1,6 @@
 """`fleetwarden dev-cluster`: a real Kubernetes control plane (plus Prometheus/Alertmanager) on loopback.
 
-    fleetwarden dev-cluster build                  build missing binaries into the cache
+    fleetwarden dev-cluster build                  build missing binaries (and helm) into the cache
     fleetwarden dev-cluster up [--prometheus] [--alertmanager]
     fleetwarden dev-cluster env                    `eval "$(fleetwarden dev-cluster env)"`
     fleetwarden dev-cluster status
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                              f"(default {layout.default_state_dir()})")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
 
-    p_build = actions.add_parser("build", help="build the control-plane binaries into the cache")
+    p_build = actions.add_parser("build", help="build the control-plane binaries and helm into the cache")
     p_build.add_argument("--force", action="store_true", help="rebuild even if cached")
     p_build.set_defaults(func=run_build)
 
@@ -65,7 +65,7 @@ def _cluster(args: argparse.Namespace, **kwargs: object) -> cluster.LocalCluster
 
 
 def run_build(args: argparse.Namespace) -> int:
-    for comp in layout.COMPONENTS:
+    for comp in layout.COMPONENTS + layout.TOOLS:
         paths = build.build_component(comp, force=args.force, log=_log)
         for name, path in paths.items():
             print(f"{name}\t{path}")

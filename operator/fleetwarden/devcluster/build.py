@@ -28,11 +28,14 @@ def _quiet(message: str) -> None:
 
 
 def ldflags(comp: layout.Component, version: str) -> str:
-    """Linker flags: strip symbols; for Kubernetes stamp the release into the version packages.
+    """Linker flags: strip symbols; for Kubernetes and helm stamp the release into the version packages.
 
-    Without the stamp `kubectl version` and the API server would report v0.0.0-master.
+    Without the stamp `kubectl version` and the API server would report v0.0.0-master, and
+    `helm version` only its minor release.
     """
     flags = ["-s", "-w"]
+    if comp.name == "helm":
+        flags.append(f"-X helm.sh/helm/v4/internal/version.version={version}")
     if comp.name == "kubernetes":
         major, minor = version.lstrip("v").split(".")[:2]
         for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
@@ -127,6 +130,12 @@ def find_binaries(*, tools: Path | None = None) -> dict[str, Path]:
                 f"(run `fleetwarden dev-cluster build`)")
         found.update(binary_paths(comp, version))
     return found
+
+
+def ensure_tool(name: str, *, tools: Path | None = None, log: Log = _quiet) -> Path:
+    """The path of the tool binary ``name`` (e.g. ``helm``), building its component first if missing."""
+    comp = layout.component(name)
+    return build_component(comp, tools=tools, log=log)[name]
 
 
 def ensure_binaries(*, tools: Path | None = None, log: Log = _quiet) -> dict[str, Path]:

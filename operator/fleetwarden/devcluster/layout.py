@@ -5,6 +5,7 @@ Layout (``FLEETWARDEN_CACHE`` defaults to ``~/.cache/fleetwarden``)::
     $FLEETWARDEN_CACHE/bin/kubernetes-v1.37.2/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}
     $FLEETWARDEN_CACHE/bin/etcd-v3.7.3/etcd
     $FLEETWARDEN_CACHE/bin/kwok-v0.8.0/kwok
+    $FLEETWARDEN_CACHE/bin/helm-v4.3.2/helm       (a tool: the chart's tests use it, the cluster does not)
     $FLEETWARDEN_CACHE/cluster/          state of `fleetwarden dev-cluster up`
 
 The versions come from the ``go.mod`` files in ``tools/controlplane/*`` of the repository,
@@ -48,6 +49,12 @@ COMPONENTS: tuple[Component, ...] = (
               binaries=("kwok",)),
 )
 
+# Built by `fleetwarden dev-cluster build` beside the control plane, but not needed to run it.
+TOOLS: tuple[Component, ...] = (
+    Component(name="helm", module="helm.sh/helm/v4", packages=("helm.sh/helm/v4/cmd/helm",),
+              binaries=("helm",)),
+)
+
 
 def cache_dir() -> Path:
     """``$FLEETWARDEN_CACHE``, default ``~/.cache/fleetwarden``."""
@@ -83,7 +90,7 @@ def module_version(go_mod: Path, module: str) -> str:
 
 
 def component(name: str) -> Component:
-    for item in COMPONENTS:
+    for item in COMPONENTS + TOOLS:
         if item.name == name:
             return item
     raise KeyError(name)

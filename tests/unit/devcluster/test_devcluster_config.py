@@ -181,9 +181,11 @@ def test_versions_come_from_go_mod(tmp_path: Path) -> None:
 
 
 def test_repository_go_mods_pin_the_expected_components() -> None:
-    """Each component of the repository's tools/controlplane has a readable version."""
-    for comp in layout.COMPONENTS:
+    """Each component and tool of the repository's tools/controlplane has a readable version."""
+    for comp in layout.COMPONENTS + layout.TOOLS:
         assert layout.component_version(comp).startswith("v")
+    assert [t.name for t in layout.TOOLS] == ["helm"]
+    assert layout.component_version(layout.component("helm")).startswith("v4.")
 
 
 def test_cache_layout_is_keyed_by_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -200,6 +202,25 @@ def test_kubernetes_build_stamps_its_version() -> None:
     assert "-X k8s.io/component-base/version.gitVersion=v1.37.2" in flags
     assert "-X k8s.io/client-go/pkg/version.gitMinor=37" in flags
     assert build.ldflags(layout.component("etcd"), "v3.7.3") == "-s -w"
+
+
+def test_helm_build_stamps_its_version() -> None:
+    """The helm build sets its version, so `helm version` reports the pinned release."""
+    flags = build.ldflags(layout.component("helm"), "v4.3.2")
+    assert "-X helm.sh/helm/v4/internal/version.version=v4.3.2" in flags
+
+
+def test_the_cluster_does_not_need_helm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """find_binaries (what `dev-cluster up` needs) names the control plane only, never the helm tool."""
+    monkeypatch.setenv("FLEETWARDEN_CACHE", str(tmp_path))
+    for comp in layout.COMPONENTS:
+        directory = layout.component_bin_dir(comp, layout.component_version(comp))
+        directory.mkdir(parents=True)
+        for name in comp.binaries:
+            (directory / name).write_text("")
+            (directory / name).chmod(0o755)
+    assert "helm" not in build.find_binaries()
+    assert set(build.find_binaries()) == {n for c in layout.COMPONENTS for n in c.binaries}
 
 
 def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:

@@ -364,7 +364,7 @@ def test_agentbudget_printer_columns_tell_the_story() -> None:
     assert columns == [
         ("Window", ".status.summary.window"), ("Spend", ".status.summary.spendUSD"),
         ("Cap", ".status.summary.capUSD"), ("Used%", ".status.summary.percentUsed"),
-        ("State", ".status.state"), ("Age", ".metadata.creationTimestamp"),
+        ("State", ".status.state"), ("Mode", ".spec.enforcement"), ("Age", ".metadata.creationTimestamp"),
     ]
 
 

@@ -181,6 +181,7 @@ class Decision:
     status: st.AgentBudgetStatus
     events: tuple[Event, ...]
     failures: tuple[ActionFailure, ...] = ()  # actions that did not take effect (never shown as done)
+    held: tuple[Action, ...] = ()  # what DryRun or Warn held back: what would have been done
 
     @property
     def destructive(self) -> bool:

@@ -56,7 +56,8 @@ def conclude(inp: decision.EvaluationInput, d: stages.Draft,
             "the stored status had invalid fields, rewritten from what the cluster shows: "
             + "; ".join(inp.status_repairs)))
     return decision.Decision(findings=tuple(d.found), new_findings=tuple(d.new), actions=tuple(d.actions),
-                             status=status_of(inp, d), events=tuple(d.events), failures=tuple(d.failures))
+                             status=status_of(inp, d), events=tuple(d.events), failures=tuple(d.failures),
+                             held=tuple(d.held))
 
 
 def _summary(inp: decision.EvaluationInput) -> st.Summary | None:

@@ -123,6 +123,14 @@ class SpendLimit(_Model):
     calendar: bool = False  # False: rolling window ending now; True: calendar hour/day/month (UTC)
 
 
+class Enforcement(str, enum.Enum):
+    """How a budget acts on what it finds (as Kyverno's Audit/Enforce, Gatekeeper's dryrun/warn/deny)."""
+
+    dry_run = "DryRun"  # findings, Events and metrics say what would have happened; no action, no alert
+    warn = "Warn"  # as DryRun, and on-call is alerted; no action
+    enforce = "Enforce"  # acts (the default)
+
+
 class KillAction(str, enum.Enum):
     scale_to_zero = "ScaleToZero"
     alert_only = "AlertOnly"
@@ -174,6 +182,7 @@ class AgentBudgetSpec(_Model):
     fixed_monthly_costs_usd: dict[str, NonNegativeUSD] = Field(default_factory=dict)
     human_hourly_rate_usd: float = Field(default=60.0, ge=0)
     suspend: bool = False
+    enforcement: Enforcement = Enforcement.enforce
 
     @pydantic.model_validator(mode="after")
     def _one_limit_per_window(self) -> AgentBudgetSpec:

@@ -72,6 +72,8 @@ class Draft:
     state: st.State = st.State.active
     conditions: list[st.Condition] = dataclasses.field(default_factory=list)
     failures: list[decision.ActionFailure] = dataclasses.field(default_factory=list)
+    # actions the budget's enforcement mode (DryRun, Warn) held back: what would have been done
+    held: list[decision.Action] = dataclasses.field(default_factory=list)
 
     @property
     def by_name(self) -> dict[str, decision.AgentDeployment]:
@@ -158,7 +160,8 @@ def _continuing_onset(inp: EvaluationInput, kind: str) -> float | None:
     Budget rules are checked at ``now``; giving a lasting condition the onset of its first
     report keeps its incident id, so it is reported once, not every cycle."""
     prev = inp.previous
-    if kind == findings.KILL_SWITCH and inp.budget.spec.kill_switch.action is spec.KillAction.scale_to_zero:
+    if (kind == findings.KILL_SWITCH and inp.budget.spec.kill_switch.action is spec.KillAction.scale_to_zero
+            and inp.budget.spec.enforcement is spec.Enforcement.enforce):
         # a kill lasts while engaged; after a resume, a new kill is a new incident
         ks = prev.kill_switch
         if ks is None or not ks.engaged:
@@ -320,8 +323,38 @@ def kill_switch_stage(inp: EvaluationInput, d: Draft) -> None:
     handled = (ks_spec.acknowledge, prev_ks.incident if prev_ks is not None else None)
     kills = [f for f in d.found if f.action == findings.KILL and findings.incident_id(f) not in handled]
     if d.known and kills:
-        d.engaged = True
-        d.kill_switch = _engage(inp, d, kills)
+        if inp.budget.spec.enforcement is spec.Enforcement.enforce:
+            d.engaged = True
+            d.kill_switch = _engage(inp, d, kills)
+        else:
+            _would_kill(inp, d, kills)
+
+
+REASON_WOULD_KILL = "WouldKill"
+REASON_WOULD_ROLL_BACK = "WouldRollBack"
+
+
+def _would(inp: EvaluationInput) -> tuple[str, str]:
+    """(Event type, words) of a held action in the budget's mode."""
+    mode = inp.budget.spec.enforcement
+    return ("Warning" if mode is spec.Enforcement.warn else "Normal"), f"spec.enforcement is {mode.value}"
+
+
+def _would_kill(inp: EvaluationInput, d: Draft, kills: Sequence[findings.Finding]) -> None:
+    """DryRun or Warn: the kill the switch would make is held; said once per incident."""
+    first = next((f for f in kills if f.kind == findings.KILL_SWITCH), kills[0])
+    by_name = d.by_name
+    targets = d.agents if any(f.kind == findings.KILL_SWITCH for f in kills) else \
+        [by_name[f.agent] for f in kills if f.agent in by_name]
+    held = [decision.ScaleToZero(a.name, a.replicas, "kill", a.resource_version) for a in targets if a.replicas > 0]
+    d.held.extend(held)
+    incident = findings.incident_id(first)
+    if incident in {findings.incident_id(f) for f in d.new}:
+        type_, why = _would(inp)
+        d.events.append(decision.Event(
+            type_, REASON_WOULD_KILL,
+            f"{why}: the kill switch would have engaged ({incident}): {first.message}; it would have scaled "
+            "to zero: " + (", ".join(f"{a.agent} (was {a.replicas_to_remember})" for a in held) or "none")))
 
 
 # ---------------------------------------------------------------- 3: suspend
@@ -384,6 +417,15 @@ def _rollbacks_on_spike(inp: EvaluationInput, d: Draft, rollbacks: list[st.Rollb
             continue
         if spiked.model != f.model:
             continue  # the Deployment no longer runs the model that spiked
+        if inp.budget.spec.enforcement is not spec.Enforcement.enforce:
+            d.held.append(decision.SetModel(spiked.name, f.previous_model, spiked.model, "rollback", incident,
+                                            spiked.resource_version))
+            if incident in {findings.incident_id(n) for n in d.new}:
+                type_, why = _would(inp)
+                d.events.append(decision.Event(
+                    type_, REASON_WOULD_ROLL_BACK, f"{why}: {incident}: {spiked.name} would have been rolled back "
+                    f"from {spiked.model} to {f.previous_model}: {f.message}", agent=spiked.name))
+            continue
         record = st.Rollback(agent=spiked.name, from_=spiked.model, to=f.previous_model, at=st.at(inp.now),
                              incident=incident, reason=f.message)
         rollbacks.append(record)
@@ -413,6 +455,10 @@ def model_stage(inp: EvaluationInput, d: Draft) -> None:
         if (pin is None or not pin.incident or agent.name in handled or pin.to is None
                 or agent.model is None or agent.model == pin.to):
             continue
+        if inp.budget.spec.enforcement is not spec.Enforcement.enforce:
+            d.held.append(decision.SetModel(agent.name, pin.to, agent.model, "rollback-drift", pin.incident,
+                                            agent.resource_version))
+            continue
         d.act(decision.SetModel(agent.name, pin.to, agent.model, "rollback-drift", pin.incident,
                                 agent.resource_version),
               decision.Event("Warning", REASON_MODEL_ROLLBACK_HELD,
@@ -439,11 +485,15 @@ def finding_reason(kind: str) -> str:
 
 
 def notify_stage(inp: EvaluationInput, d: Draft) -> None:
-    """Each finding seen for the first time: an alert to on-call and a Warning Event."""
+    """Each finding seen for the first time: an alert to on-call (not in DryRun) and a Warning Event."""
+    dry_run = inp.budget.spec.enforcement is spec.Enforcement.dry_run
     for f in d.new:
         incident = findings.incident_id(f)
-        d.act(decision.Notify(f, incident),
-              decision.Event("Warning", finding_reason(f.kind), f"{incident}: {f.message}", agent=f.agent))
+        event = decision.Event("Warning", finding_reason(f.kind), f"{incident}: {f.message}", agent=f.agent)
+        if dry_run:
+            d.events.append(event)  # DryRun alerts no one
+        else:
+            d.act(decision.Notify(f, incident), event)
 
 
 # ---------------------------------------------------------------- 6: approvals
@@ -569,7 +619,7 @@ def _data_conditions(inp: EvaluationInput, d: Draft) -> list[Cond]:
     return out
 
 
-def _kill_switch_condition(d: Draft) -> Cond:
+def _kill_switch_condition(inp: EvaluationInput, d: Draft) -> Cond:
     ks = d.kill_switch or st.KillSwitchStatus()
     stops = _failed(d, decision.ScaleToZero, "kill", "killed-again")
     if stops:
@@ -579,6 +629,12 @@ def _kill_switch_condition(d: Draft) -> Cond:
     if restores:
         return (st.KILL_SWITCH_ENGAGED, "True", REASON_RESTORE_FAILED,
                 "; ".join(failure_text(f) for f in restores) + "; retrying")
+    held = [a for a in d.held if isinstance(a, decision.ScaleToZero)]
+    if held and not d.engaged:
+        mode = inp.budget.spec.enforcement.value
+        return (st.KILL_SWITCH_ENGAGED, "False", mode,
+                f"spec.enforcement is {mode}: the kill switch would have scaled to zero: "
+                + ", ".join(a.agent for a in held))
     if d.engaged:
         return (st.KILL_SWITCH_ENGAGED, "True", REASON_KILL_SWITCH_ENGAGED,
                 f"agents stopped by incident {ks.incident}; set spec.killSwitch.acknowledge to it to resume")
@@ -608,9 +664,12 @@ def conditions_stage(inp: EvaluationInput, d: Draft) -> None:
         msg = d.reason_unknown if d.state is st.State.unknown else f"budget is {d.state.value.lower()}"
         ready = (st.READY, "False", READY_REASONS[d.state], msg)
     else:
-        ready = (st.READY, "True", REASON_EVALUATED, f"evaluated {len(d.agents)} agent(s); state {d.state.value}")
+        mode = inp.budget.spec.enforcement
+        said = "" if mode is spec.Enforcement.enforce else f"; spec.enforcement is {mode.value}: nothing is acted on"
+        ready = (st.READY, "True", REASON_EVALUATED,
+                 f"evaluated {len(d.agents)} agent(s); state {d.state.value}{said}")
     data = _data_conditions(inp, d)
-    rows = [ready, data[0], data[1], _kill_switch_condition(d), data[2], _approval_condition(d)]
+    rows = [ready, data[0], data[1], _kill_switch_condition(inp, d), data[2], _approval_condition(d)]
     prev = list(d.previous.conditions or ())
     d.conditions = [st.set_condition(prev, *row, now=inp.now, generation=inp.generation) for row in rows]
     # keep conditions written by others as they are

@@ -39,6 +39,9 @@ UNIT_ECONOMICS_TARGET = pc.Gauge(
     ["namespace", "budget", "workflow", "outcome", "kind"], registry=REGISTRY)
 ACTIONS = pc.Counter(names.OPERATOR_ACTIONS, "Actions applied, by kind.", ["action"],
                      registry=REGISTRY)
+HELD_ACTIONS = pc.Gauge("fleetwarden_budget_held_actions",
+                        "Actions a budget in DryRun or Warn mode would take now but holds back, by action.",
+                        ["budget", "namespace", "mode", "action"], registry=REGISTRY)
 ACTION_FAILURES = pc.Counter("fleetwarden_operator_action_failures_total",
                              "Actions that did not take effect, by kind and HTTP status (or reason).",
                              ["action", "status"], registry=REGISTRY)
@@ -52,7 +55,8 @@ def serve(port: int) -> None:
         pc.start_http_server(port, registry=REGISTRY)
 
 
-_recorded: dict[tuple[str, str], tuple[Any, ...]] = {}  # (namespace, budget) -> what was last set
+_recorded: dict[tuple[str, str], tuple[Any, ...]] = {}
+_held: dict[tuple[str, str, str], str] = {}  # (namespace, budget, action) -> the mode of its held-actions gauge  # (namespace, budget) -> what was last set
 
 
 def record(budget: spec.AgentBudget, verdict: decision.Decision, agents: Iterable[decision.AgentDeployment]) -> None:
@@ -62,6 +66,17 @@ def record(budget: spec.AgentBudget, verdict: decision.Decision, agents: Iterabl
     engaged = bool(status.kill_switch is not None and status.kill_switch.engaged)
     for f in verdict.new_findings:
         FINDINGS.labels(f.namespace, f.kind, f.action).inc()
+    mode = budget.spec.enforcement.value
+    held: dict[str, int] = {}
+    for action in verdict.held:
+        held[type(action).__name__] = held.get(type(action).__name__, 0) + 1
+    for kind in ("ScaleToZero", "SetModel"):
+        old_mode = _held.get((namespace, name, kind))
+        if old_mode is not None and old_mode != mode:
+            _remove(HELD_ACTIONS, name, namespace, old_mode, kind)
+        if held.get(kind) or old_mode is not None:
+            HELD_ACTIONS.labels(name, namespace, mode, kind).set(held.get(kind, 0))
+            _held[(namespace, name, kind)] = mode
     agent_names = tuple(sorted(a.name for a in agents))
     seen = (budget.spec, agent_names, tuple(sorted(spend.items())), engaged)
     if _recorded.get((namespace, name)) == seen:
@@ -112,6 +127,10 @@ def forget(namespace: str, name: str) -> None:
         _remove(BUDGET_SPEND, name, namespace, window.value)
         _remove(BUDGET_LIMIT, name, namespace, window.value)
     _remove(KILL_SWITCH, name, namespace)
+    for kind in ("ScaleToZero", "SetModel"):
+        mode = _held.pop((namespace, name, kind), None)
+        if mode is not None:
+            _remove(HELD_ACTIONS, name, namespace, mode, kind)
     for row in _owners.pop((namespace, name), set()):
         _remove(OWNER_INFO, *row)
     for target in _targets.pop((namespace, name), set()):

@@ -339,3 +339,51 @@ def test_settle_a_rollback_that_was_not_set_is_not_recorded() -> None:
     stages.settle_stage(inp, d, [failure(d.actions[0], 422, "Invalid")])
     assert d.model.rollbacks == []
     assert [e.reason for e in d.events][-1] == stages.REASON_MODEL_SET_FAILED
+
+
+# ---------------------------------------------------------------- enforcement modes
+
+
+@pytest.mark.parametrize(("mode", "alerts"), [("DryRun", False), ("Warn", True)])
+def test_a_kill_is_held_in_dry_run_and_warn(mode: str, alerts: bool) -> None:
+    """DryRun and Warn: no ScaleToZero, the kill is held (said once, in a WouldKill Event), the status is
+    not Killed and names the mode; Warn alerts on-call, DryRun does not. The incident stays the same
+    while the breach lasts, so nothing is said again the next minute."""
+    b = budget(killSwitch={"enabled": True, "thresholdPercent": 150}, enforcement=mode)
+    inp, d = make(b, hour=16.0)
+    verdict = evaluate.conclude(inp, _planned(inp, d))
+    assert not [a for a in verdict.actions if isinstance(a, decision.ScaleToZero)]
+    assert sorted(a.agent for a in verdict.held) == ["bot", "helper"]
+    assert [e.reason for e in verdict.events].count(stages.REASON_WOULD_KILL) == 1
+    assert any(isinstance(a, decision.Notify) for a in verdict.actions) is alerts
+    body = verdict.status.body()
+    assert body["state"] == "Exceeded" and "killSwitch" not in body
+    ks = next(c for c in body["conditions"] if c["type"] == "KillSwitchEngaged")
+    assert (ks["status"], ks["reason"]) == ("False", mode)
+    later = evaluate.evaluate(decision.EvaluationInput(
+        budget=b, agents=inp.agents, minutes=inp.minutes, spend={spec.Window.hour: 17.0}, now=NOW + 120,
+        previous=body, generation=3))
+    assert later.new_findings == () and stages.REASON_WOULD_KILL not in [e.reason for e in later.events]
+    assert [i["id"] for i in later.status.body()["incidents"]] == [i["id"] for i in body["incidents"]]
+
+
+def _planned(inp: decision.EvaluationInput, d: stages.Draft) -> stages.Draft:
+    for stage in stages.PLAN:
+        stage(inp, d)
+    return d
+
+
+def test_a_rollback_is_held_in_dry_run() -> None:
+    inp, d = make(budget(model={"rollbackOnSpike": True}, enforcement="DryRun"), [dep("bot")])
+    d.known, d.found, d.new = True, [spike()], [spike()]
+    stages.model_stage(inp, d)
+    assert d.actions == [] and [a.model for a in d.held] == ["gpt-4o-mini"]
+    assert [e.reason for e in d.events] == [stages.REASON_WOULD_ROLL_BACK]
+    assert d.model is not None and d.model.rollbacks == []
+
+
+def test_enforce_is_the_default_and_acts() -> None:
+    inp, d = make(budget(killSwitch={"enabled": True}), hour=16.0)
+    assert inp.budget.spec.enforcement is spec.Enforcement.enforce
+    verdict = evaluate.conclude(inp, _planned(inp, d))
+    assert verdict.held == () and [a.agent for a in verdict.actions if isinstance(a, decision.ScaleToZero)]

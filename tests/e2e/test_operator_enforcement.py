@@ -1,0 +1,57 @@
+# ruff: noqa: F811 - pytest fixtures imported from test_operator_budget are parameters here
+"""spec.enforcement on the real stack: a budget in DryRun finds the breach and says what it would
+do, acts on nothing; switched to Enforce (a spec edit, as in Git) it acts at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from test_operator_budget import (  # noqa: F401 - fixtures
+    Exporter,
+    budget,
+    condition,
+    events,
+    exporter,
+    fleet,
+    llm_labels,
+    replicas,
+    start_operator,
+    status,
+    workdir,
+)
+
+
+def test_dry_run_says_what_it_would_do_and_enforce_does_it(cluster: Any, namespace: str, fleet: dict[str, Any],
+                                                           prometheus: Any, exporter: Exporter, workdir: Path,
+                                                           request: pytest.FixtureRequest) -> None:
+    """DryRun: past the kill threshold, no agent is scaled; a WouldKill Event names them, the status is
+    Exceeded with KillSwitchEngaged=False (reason DryRun), and kubectl get shows the mode. Enforce: killed."""
+    cluster.apply(budget(namespace, hour_cap=1.0, enforcement="DryRun"))
+    op = start_operator(cluster, prometheus.url, namespace, workdir, request)
+    exporter.set("llm_cost", 2.0, **llm_labels("bot", namespace))  # 200% of the 1 USD hourly cap
+
+    def exceeded() -> dict[str, Any] | None:
+        st = status(cluster, namespace)
+        return st if st.get("state") == "Exceeded" and events(cluster, namespace, "WouldKill") else None
+
+    st = cluster.wait_for(exceeded, 60, "Exceeded with a WouldKill Event")
+    ks = condition(st, "KillSwitchEngaged")
+    assert (ks["status"], ks["reason"]) == ("False", "DryRun") and "bot" in ks["message"]
+    (would,) = events(cluster, namespace, "WouldKill")
+    assert "bot (was 3)" in would["message"] and "helper (was 2)" in would["message"]
+    op.wait_evaluations(cluster, 3)
+    assert replicas(cluster, namespace, "bot") == 3 and replicas(cluster, namespace, "helper") == 2
+    assert len(events(cluster, namespace, "WouldKill")) == 1  # said once, not every cycle
+    header, row = cluster.kubectl("get", "agentbudgets", "-n", namespace).stdout.splitlines()[:2]
+    assert header.split()[6] == "MODE" and row.split()[6] == "DryRun"
+
+    cluster.kubectl("patch", "agentbudget", "support", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"enforcement": "Enforce"}}))
+    cluster.wait_for(lambda: replicas(cluster, namespace, "bot") == 0 and replicas(cluster, namespace, "helper") == 0,
+                     60, "Enforce scales both agents to zero")
+    st = cluster.wait_for(lambda: (s := status(cluster, namespace)).get("state") == "Killed" and s, 30, "Killed")
+    assert st["killSwitch"]["replicas"] == {"bot": 3, "helper": 2}

@@ -67,3 +67,17 @@ class ReportSource:
                     points[float(ts)] = value
             out.append((dict(item.get("metric") or {}), points))
         return out
+
+
+def retention_seconds(url: str, timeout: float = 5.0) -> float | None:
+    """How long Prometheus at ``url`` keeps samples (None: not known). Raises
+    :class:`errors.PrometheusError` when its flags cannot be read."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/api/v1/status/flags", timeout=timeout) as resp:  # noqa: S310
+            flags = json.load(resp).get("data") or {}
+    except Exception as exc:  # URL, HTTP and JSON errors alike
+        raise errors.PrometheusError(f"Prometheus flags not read at {url}: {exc}") from exc
+    return prometheus.retention_from_flags(flags)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import views_fleet
 import yaml
+from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
 
 from fleetwarden import cli
 
@@ -91,7 +92,7 @@ def _env(monkeypatch, prometheus, url: str) -> list[str]:
 
 
 def test_the_cronjob_command_posts_the_digest_and_writes_the_configmap(
-        prometheus, fleet, webhook, cluster, namespace, monkeypatch, capsys):
+        prometheus, fleet, webhook, cluster, crds_installed, namespace, monkeypatch, capsys):  # noqa: F811
     """The CronJob's own command (14-day period) runs against the real Prometheus: the digest goes
     to standard output, to the webhook (Slack payload) and to the ConfigMap; a 1-day retention
     is said plainly, with the previous period unknown rather than 0."""

@@ -118,10 +118,16 @@ class Mover:
                 "explanation": self.explanation}
 
 
+def _joined(texts: Sequence[str], most: int) -> str:
+    shown = "; ".join(texts[:most])
+    return shown + (f"; and {len(texts) - most} more" if len(texts) > most else "")
+
+
 def top_movers(rows: Iterable[Row], explanations: Iterable[Explanation], *, limit: int = 5,
-               dimensions: Sequence[str] = ("agent", "tool", "model")) -> list[Mover]:
+               dimensions: Sequence[str] = ("agent", "tool", "model"), most: int = 2) -> list[Mover]:
     """The ``limit`` rows of ``dimensions`` with the largest absolute change (unknown changes
-    and no change are not moves), each with the explanations that name it (joined)."""
+    and no change are not moves), each with the first ``most`` explanations that name it, in
+    the order given (and how many more there are)."""
     said: dict[tuple[str, str], list[str]] = {}
     for e in explanations:
         texts = said.setdefault((e.dimension, e.key), [])
@@ -129,7 +135,7 @@ def top_movers(rows: Iterable[Row], explanations: Iterable[Explanation], *, limi
             texts.append(e.text)
     moved = [r for r in rows if r.dimension in dimensions and r.delta.change is not None and r.delta.change != 0]
     moved.sort(key=lambda r: (-abs(r.delta.change or 0.0), r.dimension, r.key))
-    return [Mover(r.dimension, r.key, r.delta, "; ".join(said[(r.dimension, r.key)])
+    return [Mover(r.dimension, r.key, r.delta, _joined(said[(r.dimension, r.key)], most)
                   if (r.dimension, r.key) in said else None) for r in moved[:limit]]
 
 
@@ -166,8 +172,10 @@ def budget_outlook(namespace: str, budget: str, *, period_spend_usd: float | Non
     days_left = None
     if month_cap_usd is None:
         note = "no monthly cap: no days left to count"
-    elif month_to_date_usd is None or burn is None:
-        note = "month-to-date spend or burn rate unknown"
+    elif month_to_date_usd is None:
+        note = "month-to-date spend unknown (no data since the month's first day)"
+    elif burn is None:
+        note = "burn rate unknown (the period's spend is unknown)"
     elif month_to_date_usd >= month_cap_usd:
         days_left, note = 0.0, "the monthly cap is reached"
     elif burn <= 0:

@@ -41,6 +41,8 @@ def test_top_movers_rank_by_absolute_change_and_carry_their_explanation():
                  digest.Explanation("agent", "ns/a", "runaway loop"),
                  digest.Explanation("model", "m2", "model change m1 -> m2")]
     movers = digest.top_movers(rows, explained, limit=3)
+    many = [digest.Explanation("agent", "ns/a", f"finding {i}") for i in range(4)]
+    assert digest.top_movers(rows, many, limit=1)[0].explanation == "finding 0; finding 1; and 2 more"
     assert [(m.dimension, m.key, m.delta.change, m.explanation) for m in movers] == [
         ("agent", "ns/a", 90.0, "runaway loop"), ("agent", "ns/b", -30.0, None),
         ("model", "m2", 20.0, "model change m1 -> m2")]

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from fleetwarden import errors
 from fleetwarden.commands import report as report_cmd
@@ -120,7 +121,23 @@ def _live(args: argparse.Namespace, period: float, budgets: list[spec.AgentBudge
     previous = build(end - period) if check.previous_known else None
     return digest.compose(current, previous, period_seconds=period, title=args.title, notes=check.notes,
                           budgets=digest.live_budgets(src, current, period), postmortems=_postmortems(args, current),
-                          impacts={i.id: None for i in current.incidents})
+                          impacts=_live_impacts(args, src, current, end))
+
+
+def _live_impacts(args: argparse.Namespace, src: Any, report: model.Report, end: float
+                  ) -> dict[str, core.CostImpact | None]:
+    """With a kubeconfig, each incident's record (the operator's incident ConfigMaps) and the
+    agent's spend in Prometheus give its cost impact; otherwise it is unknown."""
+    impacts: dict[str, core.CostImpact | None] = {i.id: None for i in report.incidents}
+    if args.kubeconfig is None or not impacts:
+        return impacts
+    from fleetwarden.commands import incident as incident_cmd
+
+    records = incident_cmd._records(argparse.Namespace(kubeconfig=args.kubeconfig, as_user=None), None)
+    for record in records:
+        if record.id in impacts:
+            impacts[record.id] = incident_cmd.record_impact(src, record, end)
+    return impacts
 
 
 def _postmortems(args: argparse.Namespace, report: model.Report) -> dict[str, bool] | None:

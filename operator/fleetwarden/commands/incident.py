@@ -178,8 +178,15 @@ def run_postmortem(args: argparse.Namespace) -> int:
 
 
 def _impact(url: str, record: incidents.Incident, now: float) -> digest.CostImpact:
-    """The incident's cost impact from the agent's spend per minute in Prometheus, from an hour
-    before onset to the end of the day of the action (or now)."""
+    from fleetwarden.adapters import prometheus_report
+
+    return record_impact(prometheus_report.ReportSource(url), record, now)
+
+
+def record_impact(src: Any, record: incidents.Incident, now: float) -> digest.CostImpact:
+    """The incident's cost impact from the agent's spend per minute in Prometheus (``src``, a
+    ``prometheus_report.ReportSource``), from an hour before onset to the end of the day of
+    the action (or now)."""
     from fleetwarden.adapters import prometheus_report
 
     onset = timefmt.parse_rfc3339_strict(record.opened)
@@ -188,17 +195,9 @@ def _impact(url: str, record: incidents.Incident, now: float) -> digest.CostImpa
                   None)
     action_time = timefmt.parse_rfc3339_strict(acting.time) if acting else resolved
     window_end = windows.calendar_end(spec.Window.day, action_time)
-    src = prometheus_report.ReportSource(url)
-    sel = f'{{namespace="{record.namespace}", agent="{record.agent}"}}'
-    per_minute: dict[int, float] = {}
-    start = onset - digest.BASELINE_SECONDS
-    for metric in names.SPEND:  # one query per counter: a missing counter is no data, not 0
-        for _labels, points in src.range(f"sum(increase({metric}{sel}[1m]))", start + 60,
-                                         min(now, max(resolved, window_end)), 60):
-            for ts, value in points.items():
-                minute = int(ts // 60) * 60 - 60  # the increase over [ts-1m, ts) is the minute before's
-                per_minute[minute] = per_minute.get(minute, 0.0) + value
-    known_from = min(per_minute) if per_minute else None
+    per_minute = prometheus_report.agent_spend_per_minute(
+        src, record.namespace, record.agent, onset - digest.BASELINE_SECONDS, min(now, max(resolved, window_end)),
+        names.SPEND)
     return digest.cost_impact(per_minute, onset=onset, resolved=resolved,
                               action=acting.action if acting else record.action, action_time=action_time,
-                              window_end=window_end, known_from=known_from)
+                              window_end=window_end, known_from=min(per_minute) if per_minute else None)

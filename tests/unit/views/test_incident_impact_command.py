@@ -43,3 +43,25 @@ def test_postmortem_impact_from_the_spend_series(monkeypatch):
     assert impact.prevented_usd == 6.0 / 60 * day_left
     text = incidents.render_postmortem(record, now=ONSET + 700, impact=impact)
     assert "Spend above baseline (onset to resolution): $50.00" in text
+
+
+def test_live_digest_reads_each_incidents_record_for_its_impact(monkeypatch):
+    """Live with a kubeconfig, an incident of the period gets the impact of its record; without one, unknown."""
+    import argparse
+
+    from fleetwarden.commands import digest as digest_cmd
+    from fleetwarden.views import model
+
+    record = incidents.resolve(incidents.open_incident("inc-k", {
+        "time": timefmt.rfc3339(ONSET + 600), "onset": timefmt.rfc3339(ONSET), "kind": "runaway_loop",
+        "agent": "bot", "namespace": "shop", "action": "kill", "message": "loop"},
+        [incidents.ActionTaken(timefmt.rfc3339(ONSET + 600), "kill")]), ONSET + 600, "killed")
+    monkeypatch.setattr(incident_cmd, "_records", lambda args, namespace: [record])
+    row = model.IncidentRow(id="inc-k", kind="runaway_loop", title="t", agent="bot", namespace="shop",
+                            opened=ONSET, message="m", actions=("kill",))
+    report = model.Report(title="t", source="s", window_start=ONSET - 3600, window_end=ONSET + 700,
+                          step_seconds=60, total_cost_usd=1.0, total_trend=(), breakdowns=(), incidents=(row,))
+    found = digest_cmd._live_impacts(argparse.Namespace(kubeconfig="kc"), _Source(""), report, ONSET + 700)
+    assert found["inc-k"] is not None and found["inc-k"].above_baseline_usd == 50.0
+    assert digest_cmd._live_impacts(argparse.Namespace(kubeconfig=None), _Source(""), report, ONSET + 700) == {
+        "inc-k": None}

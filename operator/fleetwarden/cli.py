@@ -21,6 +21,7 @@ COMMANDS = [
     "simulate",
     "operator",
     "report",
+    "digest",
     "incident",
     "approval",
 ]

@@ -67,3 +67,32 @@ class ReportSource:
                     points[float(ts)] = value
             out.append((dict(item.get("metric") or {}), points))
         return out
+
+
+def retention_seconds(url: str, timeout: float = 5.0) -> float | None:
+    """How long Prometheus at ``url`` keeps samples (None: not known). Raises
+    :class:`errors.PrometheusError` when its flags cannot be read."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/api/v1/status/flags", timeout=timeout) as resp:  # noqa: S310
+            flags = json.load(resp).get("data") or {}
+    except Exception as exc:  # URL, HTTP and JSON errors alike
+        raise errors.PrometheusError(f"Prometheus flags not read at {url}: {exc}") from exc
+    return prometheus.retention_from_flags(flags)
+
+
+def agent_spend_per_minute(src: ReportSource, namespace: str, agent: str, start: float, end: float,
+                           metrics: tuple[str, ...]) -> dict[int, float]:
+    """The agent's spend per minute (minute start -> USD) in ``[start, end]``: the one-minute
+    increase of each cost counter, one query per counter, so a counter with no series adds
+    no minute (no data, not 0)."""
+    per_minute: dict[int, float] = {}
+    sel = f'{{namespace="{namespace}", agent="{agent}"}}'
+    for metric in metrics:
+        for _labels, points in src.range(f"sum(increase({metric}{sel}[1m]))", start + 60, end, 60):
+            for ts, value in points.items():
+                minute = int(ts // 60) * 60 - 60  # the increase over [ts-1m, ts) is the minute before's
+                per_minute[minute] = per_minute.get(minute, 0.0) + value
+    return per_minute

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetwarden import errors
-from fleetwarden.core import incidents, timefmt
+from fleetwarden.core import digest, incidents, spec, timefmt, windows
+from fleetwarden.core import metricnames as names
 
 CONFIGMAP = "fleetwarden-incidents"  # fleetwarden.handlers.incidents.CONFIGMAP (no kopf import here)
 
@@ -55,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p_pm.add_argument("id", metavar="ID")
     p_pm.add_argument("-n", "--namespace", default=None, help="its namespace (default: search all)")
     p_pm.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE (default: stdout)")
+    p_pm.add_argument("--prometheus", metavar="URL", help="read the agent's spend from this Prometheus for the "
+                      "cost impact (spend above baseline, spend prevented)")
     common(p_pm)
     p_pm.set_defaults(func=run_postmortem)
 
@@ -160,7 +163,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_postmortem(args: argparse.Namespace) -> int:
     record = _find(args)
-    text = incidents.render_postmortem(record, now=time.time())
+    now = time.time()
+    impact = _impact(args.prometheus, record, now) if args.prometheus else None
+    text = incidents.render_postmortem(record, now=now, impact=impact)
     if args.output:
         try:
             Path(args.output).write_text(text, encoding="utf-8")
@@ -170,3 +175,29 @@ def run_postmortem(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _impact(url: str, record: incidents.Incident, now: float) -> digest.CostImpact:
+    from fleetwarden.adapters import prometheus_report
+
+    return record_impact(prometheus_report.ReportSource(url), record, now)
+
+
+def record_impact(src: Any, record: incidents.Incident, now: float) -> digest.CostImpact:
+    """The incident's cost impact from the agent's spend per minute in Prometheus (``src``, a
+    ``prometheus_report.ReportSource``), from an hour before onset to the end of the day of
+    the action (or now)."""
+    from fleetwarden.adapters import prometheus_report
+
+    onset = timefmt.parse_rfc3339_strict(record.opened)
+    resolved = timefmt.parse_rfc3339_strict(record.resolved_at) if record.resolved_at else now
+    acting = next((a for a in record.actions if a.action in digest.STOPPING_ACTIONS | digest.CORRECTING_ACTIONS),
+                  None)
+    action_time = timefmt.parse_rfc3339_strict(acting.time) if acting else resolved
+    window_end = windows.calendar_end(spec.Window.day, action_time)
+    per_minute = prometheus_report.agent_spend_per_minute(
+        src, record.namespace, record.agent, onset - digest.BASELINE_SECONDS, min(now, max(resolved, window_end)),
+        names.SPEND)
+    return digest.cost_impact(per_minute, onset=onset, resolved=resolved,
+                              action=acting.action if acting else record.action, action_time=action_time,
+                              window_end=window_end, known_from=min(per_minute) if per_minute else None)

@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fleetwarden.core import timefmt
+from fleetwarden.core import digest, timefmt
 
 OPEN = "open"
 RESOLVED = "resolved"
@@ -405,10 +405,45 @@ def _human_duration(seconds: float) -> str:
     return f"{hours} h {rest} min"
 
 
+# Evidence keys that count things (tasks, outcomes): shown as whole numbers.
+_COUNT_PREFIXES = ("outcomes", "tasks")
+
+
+def _evidence_value(key: str, value: Any) -> str:
+    """An evidence value as a person reads it: a count is a whole number (a count the detector
+    pro-rated over a window that began mid-minute is rounded, and says so)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if is_number and key.startswith(_COUNT_PREFIXES):
+        whole = round(value)
+        if abs(value - whole) < 1e-9:
+            return str(int(whole))
+        return f"{int(whole)} (rounded from {value:.2f}: a share of a minute's count at the window's edge)"
+    return json.dumps(value, sort_keys=True)
+
+
 def _evidence_lines(evidence: Mapping[str, Any]) -> list[str]:
     if not evidence:
         return ["- (no evidence recorded)"]
-    return [f"- `{key}`: {json.dumps(value, sort_keys=True)}" for key, value in sorted(evidence.items())]
+    return [f"- `{key}`: {_evidence_value(key, value)}" for key, value in sorted(evidence.items())]
+
+
+def _money(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:,.2f}"
+
+
+def _impact_lines(incident: Incident, impact: digest.CostImpact | None) -> list[str]:
+    """Spend above the agent's baseline, and spend prevented; the evidence's spend figure too."""
+    spend = spend_usd(incident)
+    lines = [f"- Spend in the evidence: {_money(spend)}"] if spend is not None else []
+    if impact is None:
+        return lines + ["- Spend above baseline and spend prevented: unknown (no spend series read: "
+                        "`fleetwarden incident postmortem --prometheus URL`)"]
+    return lines + [
+        f"- Spend above baseline (onset to resolution): {_money(impact.above_baseline_usd)} "
+        f"(baseline {_money(impact.baseline_usd_per_hour)}/h)",
+        f"- Spend prevented: {_money(impact.prevented_usd)} (burn {_money(impact.burn_usd_per_hour)}/h at the "
+        f"action; {impact.note})",
+    ]
 
 
 def _action_items(incident: Incident) -> list[str]:
@@ -436,12 +471,10 @@ def _action_items(incident: Incident) -> list[str]:
     return [f"- [ ] {item} (owner: TBD, due: TBD)" for item in items]
 
 
-def render_postmortem(incident: Incident, now: float) -> str:
+def render_postmortem(incident: Incident, now: float, impact: digest.CostImpact | None = None) -> str:
     """A blameless postmortem draft in Markdown: summary, impact, timeline, detection,
     response, what went well, what to improve and action items. It describes what the
     system did and what made the problem possible; it names no one as a cause."""
-    spend = spend_usd(incident)
-    spend_text = f"${spend:,.2f}" if spend is not None else "unknown (no spend figure in the evidence)"
     duration = _human_duration(duration_seconds(incident, now))
     state = (f"resolved at {incident.resolved_at}" if incident.status == RESOLVED
              else f"still open at {timefmt.rfc3339(now)}")
@@ -469,7 +502,7 @@ def render_postmortem(incident: Incident, now: float) -> str:
         "",
         "## Impact",
         "",
-        f"- Spend attributed: {spend_text}",
+        *_impact_lines(incident, impact),
         f"- Duration: {duration} (from {incident.opened}, {state})",
         f"- Findings merged into this incident: {incident.findings}",
         "",

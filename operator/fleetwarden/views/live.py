@@ -109,11 +109,22 @@ class _Builder:
         return out
 
 
+# Prometheus refuses a range query of more than 11,000 points per series.
+MAX_POINTS = 10000
+
+
+def fine_step(start: float, end: float, step: int) -> int:
+    """The step of the queries that find when something began (a model change, an alert):
+    a minute, or the trend step if shorter, but coarse enough for Prometheus' point limit
+    over a long window (14 days at one minute would be 20,160 points)."""
+    return max(min(step, 60), int(math.ceil((end - start) / MAX_POINTS)))
+
+
 def _model_changes(src: prometheus_report.ReportSource, start: float, end: float, step: int
                    ) -> list[model.ModelChange]:
     seen: dict[tuple[str, str], list[tuple[float, str]]] = collections.defaultdict(list)
     for labels, points in src.range("max by (namespace, agent, model) (fleetwarden_agent_model_info)",
-                                    start, end, min(step, 60)):
+                                    start, end, fine_step(start, end, step)):
         if points:
             seen[(labels.get("namespace", "default"), labels.get("agent", ""))].append(
                 (min(points), labels.get("model", "")))
@@ -135,7 +146,7 @@ def _anomalies(src: prometheus_report.ReportSource, start: float, end: float, st
                ) -> list[model.Anomaly]:
     out = []
     for labels, points in src.range('ALERTS{alertname=~"Fleetwarden.*", alertstate="firing"}', start, end,
-                                    min(step, 60)):
+                                    fine_step(start, end, step)):
         if not points:
             continue
         agent = labels.get("agent") or labels.get("budget") or "-"

@@ -144,9 +144,34 @@ def test_postmortem_says_unknown_spend_and_resolution() -> None:
     """Unknown spend is said to be unknown; a resolved incident's duration ends at resolution."""
     inc = incidents.resolve(incidents.open_incident("inc-u", _finding(evidence={})), T0 + 1500, "ok")
     text = incidents.render_postmortem(inc, now=T0 + 99999)
-    assert "Spend attributed: unknown" in text
+    assert "Spend above baseline and spend prevented: unknown" in text
+    assert "$0" not in text
     assert "30 min" in text
     assert "(no evidence recorded)" in text
+
+
+def test_postmortem_shows_the_cost_impact() -> None:
+    """With the impact read from the spend series, the draft shows spend above baseline and prevented."""
+    from fleetwarden.core import digest
+
+    inc = incidents.open_incident("inc-i", _finding(evidence={}))
+    impact = digest.CostImpact(12.345, 310.0, 1.5, 40.0, "kill stopped the agent")
+    text = incidents.render_postmortem(inc, now=T0 + 600, impact=impact)
+    assert "- Spend above baseline (onset to resolution): $12.35 (baseline $1.50/h)" in text
+    assert "- Spend prevented: $310.00 (burn $40.00/h at the action; kill stopped the agent)" in text
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (45, "`outcomes_after`: 45\n"),
+    (45.0, "`outcomes_after`: 45\n"),
+    (44.7256, "`outcomes_after`: 45 (rounded from 44.73"),
+])
+def test_postmortem_evidence_counts_are_whole_numbers(value, shown) -> None:
+    """Outcome and task counts show as whole numbers, a pro-rated one rounded with its origin stated."""
+    inc = incidents.open_incident("inc-c", _finding(evidence={"outcomes_after": value, "ratio": 2.5}))
+    text = incidents.render_postmortem(inc, now=T0 + 600)
+    assert shown in text + "\n"
+    assert "`ratio`: 2.5" in text
 
 
 # ---------------------------------------------------------------- the model change before an incident

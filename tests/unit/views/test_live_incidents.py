@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fleetwarden.views import live, model
 
 T0 = 1_800_000_000.0
@@ -42,3 +44,16 @@ def test_incidents_without_a_model_and_outside_the_window():
     (row,) = live._incidents_from_status([budget([kill])], T0 - 60, T0 + 60)  # noqa: SLF001
     assert row.model_change is None
     assert live._incidents_from_status([budget([kill])], T0 + 1, T0 + 60) == []  # noqa: SLF001
+
+
+@pytest.mark.parametrize(("window", "step", "expected"), [
+    (3600, 300, 60),  # a minute
+    (3600, 30, 30),  # the trend step when finer
+    (14 * 86400, 50400, 121),  # 14 days: within Prometheus' 11,000 points per series
+])
+def test_the_onset_queries_stay_within_prometheus_point_limit(window, step, expected):
+    """Model-change and alert range queries use a minute, but never more than 10,000 points."""
+    from fleetwarden.views import live
+
+    assert live.fine_step(0.0, float(window), step) == expected
+    assert window / live.fine_step(0.0, float(window), step) <= 11000

@@ -162,3 +162,24 @@ def test_agent_label_is_for_litellm_only() -> None:
     ok = spec.AgentBudget.model_validate({"metadata": {"name": "b"},
                                           "spec": {"source": {"type": "LiteLLM", "agentLabel": "team"}}})
     assert ok.spec.source.agent_label is spec.LiteLLMLabel.team
+
+
+def test_litellm_series_by_each_agent_label(tmp_path: Path) -> None:
+    """LiteLLM's counters (names and labels as its prometheus integration declares them) grouped by
+    the labels an agent can be mapped to; the spend is LiteLLM's own dollars."""
+    lite = spec.SourceType.lite_llm
+    series = [('litellm_spend_metric_total{api_key_alias="bot", team="support", end_user="", model="gpt-4o", '
+               'hashed_api_key="h"}', "0+0.5x20")]
+    test = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series],
+        "promql_expr_test": [{"expr": queries.range_query(lite, "spend"), "eval_time": "15m",
+                              "exp_samples": [{"labels": '{api_key_alias="bot", team="support", model="gpt-4o"}',
+                                               "value": 0.5}]}]}]}
+    path = tmp_path / "litellm_test.yaml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False), encoding="utf-8")
+    assert PROMTOOL
+    result = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    usage = core.Usage()
+    queries._count(usage, lite, "spend", {"model": "gpt-4o"}, 0.5)  # noqa: SLF001
+    assert core.price(usage, pricing.PriceTable()).total_usd == 0.5

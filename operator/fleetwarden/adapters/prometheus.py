@@ -42,8 +42,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fleetwarden import errors
-from fleetwarden.core import decision, series, spec, timefmt, windows
+from fleetwarden.adapters import sources as source_queries
+from fleetwarden.core import decision, pricing, series, spec, timefmt, windows
 from fleetwarden.core import metricnames as names
+from fleetwarden.core import policies as core_policies
+from fleetwarden.core import sources as core_sources
 
 Key = tuple[str, str]  # (namespace, agent)
 
@@ -397,6 +400,7 @@ class BudgetData:
     lookback_start: float  # the first minute the buckets cover
     outcomes: dict[str, PerMinute] = dataclasses.field(default_factory=dict)  # agent -> outcomes by name
     guardrails: dict[str, GuardrailMinutes] = dataclasses.field(default_factory=dict)  # agent -> decisions
+    source: core_sources.SourceReport | None = None  # a budget whose spec.source is not the SDK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,6 +418,9 @@ class FleetSnapshot:
     outcomes: dict[Key, PerMinute] = dataclasses.field(default_factory=dict)
     guardrails: dict[Key, GuardrailMinutes] = dataclasses.field(default_factory=dict)
     unlabelled: dict[str, int] = dataclasses.field(default_factory=dict)  # query -> series dropped, no agent/ns
+    # the other sources read this cycle (spec.source), and the prices their tokens are priced with
+    sources: dict[spec.SourceType, source_queries.SourceData] = dataclasses.field(default_factory=dict)
+    prices: pricing.PriceTable | None = None
 
     def agent_minutes(self, namespace: str, agent: str) -> list[series.AgentMinute]:
         return list(self.minutes.get((namespace, agent), ()))
@@ -435,10 +442,14 @@ class FleetSnapshot:
                     f"(stale after {self.stale_after:.0f}s)")
         return None
 
-    def for_budget(self, budget: spec.AgentBudget, agents: Sequence[decision.AgentDeployment]) -> BudgetData:
-        """The budget's view: spend summed over its selected ``agents``.
+    def for_budget(self, budget: spec.AgentBudget, agents: Sequence[decision.AgentDeployment],
+                   policies: Sequence[spec.CostPolicy] = ()) -> BudgetData:
+        """The budget's view: spend summed over its selected ``agents`` (from its ``spec.source``;
+        ``policies`` price the tool calls of a source that counts no dollars).
 
         Raises :class:`StaleMetricsError` when a running agent's data is stale or missing."""
+        if budget.spec.source.type is not spec.SourceType.fleetwarden:
+            return source_budget(self, budget, agents, policies)
         reasons = [r for r in (self.staleness(a) for a in agents) if r is not None]
         if reasons:
             raise StaleMetricsError("; ".join(reasons[:3]) + (f" (+{len(reasons) - 3} more)"
@@ -582,8 +593,9 @@ class Fetcher:
     """Runs the fixed set of queries and returns a :class:`FleetSnapshot`."""
 
     def __init__(self, client: QueryClient, *, lookback_minutes: int = 90, scrape_interval: float = 15.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, prices: pricing.PriceTable | None = None) -> None:
         self.client = client
+        self.prices = prices if prices is not None else pricing.PriceTable()
         self.lookback_minutes = lookback_minutes
         self.stale_after = 3 * scrape_interval
         self.clock = clock
@@ -608,7 +620,8 @@ class Fetcher:
             unlabelled[what] = dropped
         return result
 
-    def fetch(self, now: float | None = None) -> FleetSnapshot:
+    def fetch(self, now: float | None = None, sources: Iterable[spec.SourceType] = ()) -> FleetSnapshot:
+        """The cycle's snapshot: the SDK's series, and those of each other source in ``sources``."""
         now = self.clock() if now is None else now
         end = series.minute_of(now)  # last complete minute ends here
         start = end - self.lookback_minutes * series.MINUTE
@@ -636,6 +649,8 @@ class Fetcher:
         fresh = self._run("freshness", "vector",
                           lambda: self.client.custom_query(FRESHNESS_QUERY, params={"time": now}), unlabelled)
         queries += 1
+        others = self._fetch_sources(sources, now, start, end, start_time, end_time, unlabelled)
+        queries += sum(source_queries.QUERIES[kind] for kind in others)
         if unlabelled:
             log.warning("Prometheus: %s dropped: series without an agent or namespace label belong to no "
                         "budget (docs/operator.md, When Prometheus misbehaves)",
@@ -652,7 +667,89 @@ class Fetcher:
             outcomes=build_outcomes(ranges, start, end),
             guardrails=build_guardrails(ranges, start, end),
             unlabelled=unlabelled,
+            sources=others,
+            prices=self.prices,
         )
+
+    def _fetch_sources(self, sources: Iterable[spec.SourceType], now: float, start: int, end: int,
+                       start_time: dt.datetime, end_time: dt.datetime, unlabelled: dict[str, int]
+                       ) -> dict[spec.SourceType, source_queries.SourceData]:
+        """The fixed queries of each source other than the SDK's (adapters/sources.py)."""
+        def run(what: str, query: str, expected: str) -> list[dict[str, Any]]:
+            if expected == "matrix":
+                return self._run(what, expected, lambda: self.client.custom_query_range(
+                    query, start_time=start_time, end_time=end_time, step="60"), {})
+            return self._run(what, expected, lambda: self.client.custom_query(query, params={"time": now}), {})
+
+        seconds = {(w, cal): int(round(now - windows.window_start(w, now, calendar=cal)))
+                   for w in spec.Window for cal in (False, True)}
+        return {kind: source_queries.fetch(kind, run, seconds, window_increase, start, end, clean_points, _float)
+                for kind in sorted(set(sources) - {spec.SourceType.fleetwarden}, key=lambda k: k.value)}
 
 
 QUERIES_PER_CYCLE = len(RANGE_FAMILIES) + 2 * len(spec.Window) + 1
+
+
+# ------------------------------------------------------------------ other sources (spec.source)
+
+
+def _source_key(budget: spec.AgentBudget, agent: decision.AgentDeployment) -> source_queries.Key:
+    if budget.spec.source.type is spec.SourceType.open_telemetry:
+        return (agent.namespace, agent.name)
+    label = budget.spec.source.agent_label or spec.LiteLLMLabel.api_key_alias
+    return (label.value, agent.name)
+
+
+def _source_staleness(snap: FleetSnapshot, data: source_queries.SourceData, key: source_queries.Key,
+                      agent: decision.AgentDeployment) -> str | None:
+    if agent.replicas <= 0:
+        return None
+    last = data.last_sample.get(key)
+    if last is None:
+        return f"no {data.type.value} samples at all for running agent {agent.namespace}/{agent.name}"
+    if snap.fetched_at - last > snap.stale_after:
+        return (f"newest {data.type.value} sample of agent {agent.namespace}/{agent.name} is "
+                f"{snap.fetched_at - last:.0f}s old (stale after {snap.stale_after:.0f}s)")
+    return None
+
+
+def source_budget(snap: FleetSnapshot, budget: spec.AgentBudget, agents: Sequence[decision.AgentDeployment],
+                  policies: Sequence[spec.CostPolicy] = ()) -> BudgetData:
+    """A budget's view of its ``spec.source``: the source's counts priced by the operator
+    (:mod:`fleetwarden.core.sources`), and the source's health in ``BudgetData.source``."""
+    kind = budget.spec.source.type
+    data = snap.sources.get(kind)
+    if data is None:
+        raise StaleMetricsError(f"source {kind.value} was not read this cycle")
+    keys = {a.name: _source_key(budget, a) for a in agents}
+    reasons = [r for r in (_source_staleness(snap, data, keys[a.name], a) for a in agents) if r is not None]
+    if reasons:
+        raise StaleMetricsError("; ".join(reasons[:3]) + (f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""))
+    base = snap.prices if snap.prices is not None else pricing.PriceTable()
+    calendar = {lim.window: lim.calendar for lim in budget.spec.limits}
+    longest = max((lim.window for lim in budget.spec.limits), key=lambda w: spec.WINDOW_SECONDS[w],
+                  default=spec.Window.hour)
+    spend: dict[spec.Window, float | None] = dict.fromkeys(spec.Window, 0.0)
+    minutes: dict[str, list[series.AgentMinute]] = {}
+    unpriced: list[Mapping[str, float]] = []
+    for a in agents:
+        tools, _ = core_policies.agent_prices([], core_policies.applicable(policies, a.namespace, a.labels))
+        table = base.with_tool_prices(tools) if tools else base
+        key = keys[a.name]
+        for window in spec.Window:
+            usage = data.windows.get(key, {}).get((window, calendar.get(window, False)))
+            if usage is not None:
+                priced = core_sources.price(usage, table, snap.fetched_at)
+                spend[window] = (spend[window] or 0.0) + priced.total_usd
+                if window is longest:
+                    unpriced.append(priced.unpriced)
+        by_minute = data.minutes.get(key, {})
+        minutes[a.name] = [core_sources.agent_minute(a.name, a.namespace, m, by_minute[m], table)[0]
+                           for m in sorted(by_minute)]
+    found = sorted(set().union(*(data.families.get(keys[a.name], set()) for a in agents)) - {""})
+    lasts = [data.last_sample[keys[a.name]] for a in agents if keys[a.name] in data.last_sample]
+    report = core_sources.SourceReport(
+        type=kind, families=tuple(found), last_sample=max(lasts) if lasts else None,
+        unpriced=core_sources.merge_unpriced(unpriced),
+        unknown=core_sources.unknown_for(kind, found, source_queries.TASK_FAMILY[kind]))
+    return BudgetData(minutes=minutes, spend=spend, lookback_start=float(snap.start), source=report)

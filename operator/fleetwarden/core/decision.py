@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
-from fleetwarden.core import findings, series, spec
+from fleetwarden.core import findings, series, sources, spec
 from fleetwarden.core import status as st
 
 Finding = findings.Finding
@@ -106,6 +106,8 @@ class EvaluationInput:
     memo: Memo | None = dataclasses.field(default=None, compare=False)
     # what status.read dropped from a stored previous status (``field: reason``)
     status_repairs: tuple[str, ...] = ()
+    # the budget's source and its health when it is not the SDK (core.sources.SourceReport)
+    source: sources.SourceReport | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.previous, st.AgentBudgetStatus):

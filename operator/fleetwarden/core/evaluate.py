@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fleetwarden.core import decision, figures, findings, spec, stages
+from fleetwarden.core import decision, figures, findings, sources, spec, stages
 from fleetwarden.core import status as st
 
 REASON_STATUS_REPAIRED = "StatusRepaired"
@@ -50,6 +50,7 @@ def conclude(inp: decision.EvaluationInput, d: stages.Draft,
     """The decision once the draft's actions were applied, ``failures`` those that did not take effect."""
     stages.settle_stage(inp, d, failures)
     stages.conditions_stage(inp, d)
+    d.conditions = sources.with_condition(d.conditions, inp.source, inp.now, inp.generation)
     if inp.status_repairs:
         d.events.append(decision.Event(
             "Warning", REASON_STATUS_REPAIRED,
@@ -105,6 +106,7 @@ def status_of(inp: decision.EvaluationInput, d: stages.Draft) -> st.AgentBudgetS
         kill_switch=d.kill_switch,
         model=model,
         incidents=_incidents(inp, d),
+        source=inp.source.status() if inp.source is not None else None,
     )
 
 

@@ -48,3 +48,4 @@ OPERATOR_PROMETHEUS_QUERIES = "fleetwarden_operator_prometheus_queries_total"
 OPERATOR_PROMETHEUS_FETCHES = "fleetwarden_operator_prometheus_fetches_total"
 UNIT_ECONOMICS_TARGET_USD = "fleetwarden_unit_economics_target_usd"
 OPERATOR_ACTIONS = "fleetwarden_operator_actions_total"
+UNPRICED_TOKENS = "fleetwarden_unpriced_tokens"  # gauge: tokens of a source no price covers, by model

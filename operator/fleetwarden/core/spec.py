@@ -172,6 +172,37 @@ class UnitEconomicsTarget(_Model):
     human_baseline_usd: float | None = Field(default=None, ge=0)
 
 
+class SourceType(str, enum.Enum):
+    """What the budget's agents report through (docs/metrics.md, Sources)."""
+
+    fleetwarden = "Fleetwarden"  # the Fleetwarden SDK's fleetwarden_* series (the default)
+    open_telemetry = "OpenTelemetry"  # OpenTelemetry GenAI semantic conventions (gen_ai_* series)
+    lite_llm = "LiteLLM"  # the LiteLLM proxy's litellm_* series
+
+
+class LiteLLMLabel(str, enum.Enum):
+    """The LiteLLM label whose value is the agent's Deployment name."""
+
+    api_key_alias = "api_key_alias"
+    team = "team"
+    end_user = "end_user"
+
+
+class Source(_Model):
+    """Where the operator reads the budget's agents' usage. Tokens without dollars are priced
+    by the operator (genai-prices, then CostPolicy toolPricesUSD for tools)."""
+
+    type: SourceType = SourceType.fleetwarden
+    # LiteLLM only: which label names the agent (its value is the Deployment's name)
+    agent_label: LiteLLMLabel | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _agent_label_for_litellm(self) -> Source:
+        if self.agent_label is not None and self.type is not SourceType.lite_llm:
+            raise ValueError("source.agentLabel: only for type LiteLLM")
+        return self
+
+
 class AgentBudgetSpec(_Model):
     selector: LabelSelector = Field(default_factory=LabelSelector)
     owner: Owner = Field(default_factory=Owner)
@@ -183,6 +214,7 @@ class AgentBudgetSpec(_Model):
     human_hourly_rate_usd: float = Field(default=60.0, ge=0)
     suspend: bool = False
     enforcement: Enforcement = Enforcement.enforce
+    source: Source = Field(default_factory=Source)
 
     @pydantic.model_validator(mode="after")
     def _one_limit_per_window(self) -> AgentBudgetSpec:

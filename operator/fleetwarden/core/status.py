@@ -25,6 +25,7 @@ BUDGET_EXCEEDED = "BudgetExceeded"
 KILL_SWITCH_ENGAGED = "KillSwitchEngaged"
 ANOMALY_DETECTED = "AnomalyDetected"
 APPROVAL_PENDING = "ApprovalPending"
+PRICES_KNOWN = "PricesKnown"
 
 
 class State(str, enum.Enum):
@@ -142,6 +143,22 @@ class Incident(_Model):
     message: str | None = None
 
 
+class UnpricedModel(_Model):
+    model: str | None = None
+    tokens: float | None = None  # tokens of the longest limit window no price covers
+
+
+class SourceStatus(_Model):
+    """The budget's source (spec.source) and its health at the last evaluation."""
+
+    type: str | None = None
+    series: int | None = None  # metric families found for the budget's agents
+    families: list[str] | None = None  # their names
+    last_sample: Timestamp | None = None
+    unpriced_models: list[UnpricedModel] | None = None
+    unknown: list[str] | None = None  # what this source cannot show: reported unknown, never 0
+
+
 class AgentBudgetStatus(_Model):
     observed_generation: int | None = None
     state: State | None = None
@@ -159,6 +176,7 @@ class AgentBudgetStatus(_Model):
     kill_switch: KillSwitchStatus | None = None
     model: ModelStatus | None = None
     incidents: list[Incident] | None = None
+    source: SourceStatus | None = None
 
     def body(self) -> dict[str, Any]:
         """The status as the API server stores it: camelCase, unset fields left out."""

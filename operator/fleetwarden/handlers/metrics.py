@@ -45,6 +45,10 @@ HELD_ACTIONS = pc.Gauge("fleetwarden_budget_held_actions",
 ACTION_FAILURES = pc.Counter("fleetwarden_operator_action_failures_total",
                              "Actions that did not take effect, by kind and HTTP status (or reason).",
                              ["action", "status"], registry=REGISTRY)
+UNPRICED_TOKENS = pc.Gauge(names.UNPRICED_TOKENS,
+                           "Tokens of a budget's agents (spec.source OpenTelemetry) over its longest limit window "
+                           "that no price covers, by model: their cost is not in spend.",
+                           ["budget", "namespace", "model"], registry=REGISTRY)
 
 _owners: dict[tuple[str, str], set[tuple[str, str, str, str, str, str]]] = {}
 _targets: dict[tuple[str, str], set[tuple[str, str, str, str, str]]] = {}
@@ -77,6 +81,7 @@ def record(budget: spec.AgentBudget, verdict: decision.Decision, agents: Iterabl
         if held.get(kind) or old_mode is not None:
             HELD_ACTIONS.labels(name, namespace, mode, kind).set(held.get(kind, 0))
             _held[(namespace, name, kind)] = mode
+    _record_unpriced(name, namespace, verdict.status)
     agent_names = tuple(sorted(a.name for a in agents))
     seen = (budget.spec, agent_names, tuple(sorted(spend.items())), engaged)
     if _recorded.get((namespace, name)) == seen:
@@ -103,6 +108,22 @@ def record(budget: spec.AgentBudget, verdict: decision.Decision, agents: Iterabl
         OWNER_INFO.labels(*row).set(1)
     _owners[(namespace, name)] = rows
     record_targets(budget)
+
+
+_unpriced: dict[tuple[str, str], set[str]] = {}  # (namespace, budget) -> models in the gauge
+
+
+def _record_unpriced(name: str, namespace: str, status: Any) -> None:
+    """``fleetwarden_unpriced_tokens`` from ``status.source.unpricedModels`` (a model priced again leaves)."""
+    source = status.source
+    if source is None:
+        return  # metrics unknown this cycle (or the SDK's source): the gauge keeps what it said
+    rows = {m.model: m.tokens or 0.0 for m in source.unpriced_models or () if m.model}
+    for gone in _unpriced.get((namespace, name), set()) - set(rows):
+        _remove(UNPRICED_TOKENS, name, namespace, gone)
+    for model, tokens in rows.items():
+        UNPRICED_TOKENS.labels(name, namespace, model).set(tokens)
+    _unpriced[(namespace, name)] = set(rows)
 
 
 def record_targets(budget: spec.AgentBudget) -> None:
@@ -133,6 +154,8 @@ def forget(namespace: str, name: str) -> None:
             _remove(HELD_ACTIONS, name, namespace, mode, kind)
     for row in _owners.pop((namespace, name), set()):
         _remove(OWNER_INFO, *row)
+    for model in _unpriced.pop((namespace, name), set()):
+        _remove(UNPRICED_TOKENS, name, namespace, model)
     for target in _targets.pop((namespace, name), set()):
         _remove(UNIT_ECONOMICS_TARGET, *target)
 

@@ -194,6 +194,7 @@ class Runtime:
         self._budgets: dict[tuple[str, Any], spec.AgentBudget | errors.ManifestError] = {}  # (uid, generation)
         self._gaps_lock = threading.Lock()
         self._gaps: dict[str, set[str]] = {}  # Deployment uid -> governance problems already posted
+        self._sources: set[spec.SourceType] = set()  # the spec.source of the budgets seen, besides the SDK
 
     @property
     def api(self) -> kube.Kube:
@@ -203,15 +204,21 @@ class Runtime:
 
     # ---------------------------------------------------------------- the shared snapshot
 
-    def snapshot(self) -> prometheus.FleetSnapshot:
-        """This cycle's fleet-wide data (fetched at most once per ~interval); raises PrometheusError."""
+    def snapshot(self, source: spec.SourceType = spec.SourceType.fleetwarden) -> prometheus.FleetSnapshot:
+        """This cycle's fleet-wide data (fetched at most once per ~interval; at once when it lacks
+        ``source``, a budget's spec.source read for the first time); raises PrometheusError."""
         with self._snapshot_lock:
             age = time.monotonic() - self._snapshot_at
-            if self._snapshot is None or age >= self.interval * 0.8:
+            if source is not spec.SourceType.fleetwarden:
+                self._sources.add(source)
+            lacks = isinstance(self._snapshot, prometheus.FleetSnapshot) and source is not \
+                spec.SourceType.fleetwarden and source not in self._snapshot.sources
+            if self._snapshot is None or age >= self.interval * 0.8 or lacks:
                 if self.fetcher is None:
                     raise errors.PrometheusError("no Prometheus configured")
                 try:
-                    self._snapshot = self.fetcher.fetch(self.clock())
+                    self._snapshot = self.fetcher.fetch(self.clock(), sources=tuple(self._sources)) \
+                        if self._sources else self.fetcher.fetch(self.clock())
                     metrics.PROMETHEUS_QUERIES.inc(self._snapshot.queries)
                     metrics.PROMETHEUS_FETCHES.labels("ok").inc()
                 except errors.PrometheusError as exc:
@@ -278,7 +285,7 @@ class Runtime:
         reason = None
         data: prometheus.BudgetData | None = None
         try:
-            data = self.snapshot().for_budget(budget, agents)
+            data = self.snapshot(budget.spec.source.type).for_budget(budget, agents, policies)
             minutes, spend = dict(data.minutes), dict(data.spend)
         except errors.PrometheusError as exc:
             minutes, spend, reason = None, dict.fromkeys(spec.Window), str(exc)
@@ -292,7 +299,8 @@ class Runtime:
             outcomes=data.outcomes if data is not None else None,
             guardrails=data.guardrails if data is not None else None,
             approvals=pending_approvals(approval_bodies),
-            lookback_start=data.lookback_start if data is not None else None, memo=self.memo)
+            lookback_start=data.lookback_start if data is not None else None, memo=self.memo,
+            source=data.source if data is not None else None)
         draft = evaluate.plan(inp)
         if not apply:
             return evaluate.conclude(inp, draft)

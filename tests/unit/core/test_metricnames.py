@@ -43,6 +43,7 @@ CONTRACT = [
     ("OPERATOR_PROMETHEUS_FETCHES", "fleetwarden_operator_prometheus_fetches_total"),
     ("UNIT_ECONOMICS_TARGET_USD", "fleetwarden_unit_economics_target_usd"),
     ("OPERATOR_ACTIONS", "fleetwarden_operator_actions_total"),
+    ("UNPRICED_TOKENS", "fleetwarden_unpriced_tokens"),
 ]
 
 # Files whose queries still spell names out, and why.

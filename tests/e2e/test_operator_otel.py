@@ -133,7 +133,10 @@ def test_otel_model_change_spike_rolls_back(cluster: Any, namespace: str, agent:
         start = minute_now()
         cluster.wait_for(lambda: minute_now() > start, 70, "a new minute")
         agent.task(model, 2000, 200)
-        time.sleep(3 * 2.0)  # two scrapes: the series exist before the counted invocations
+        # the series exists in Prometheus (scraped) before the counted invocations
+        prometheus.wait_for_query(
+            f'gen_ai_client_operation_duration_seconds_count{{gen_ai_request_model="{model}"}}',
+            lambda r: bool(r) and float(r[0]["value"][1]) >= 1, timeout=30)
         agent.task(model, 2000, 200, count=12)
 
     batch("gpt-4o-mini")  # the baseline

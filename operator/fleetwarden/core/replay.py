@@ -11,7 +11,7 @@ The same decisions as the operator, from a file instead of Prometheus:
 3. when a minute is complete (no event can land in it any more: the latest event time
    minus ``buckets.LATENESS``), its buckets go through the anomaly detectors
    (:class:`fleetwarden.core.detectors.DetectorSet`), and rate-limit episodes that ended
-   are closed;
+   are closed (:class:`fleetwarden.core.guardrails.Episodes`, the operator's fold too);
 4. findings wait in a small heap until the data's horizon has passed their time, then are
    yielded, so the output is ordered by ``time`` while memory stays flat.
 
@@ -37,11 +37,11 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from fleetwarden import errors
-from fleetwarden.core import buckets, events, findings, policies, pricing, series, spec, windows
+from fleetwarden.core import buckets, events, findings, guardrails, policies, pricing, series, spec, windows
 
 try:  # the anomaly detectors (core/detectors.py)
     from fleetwarden.core import detectors as _detectors
@@ -102,7 +102,7 @@ class _PolicyState:
     """What one CostPolicy asks of one agent, resolved once (and caches per tool)."""
 
     __slots__ = ("policy", "name", "spec", "cap", "rate", "rules", "approvals", "needs_calls", "allowed",
-                 "approvals_for")
+                 "approvals_for", "rate_keys", "rate_patterns")
 
     def __init__(self, policy: spec.CostPolicy) -> None:
         self.policy = policy
@@ -116,6 +116,13 @@ class _PolicyState:
         self.needs_calls = any(r.calls_per_workflow_above is not None for r in s.approvals)
         self.allowed: dict[str, bool] = {}
         self.approvals_for: dict[str, list[spec.ApprovalRule]] = {}
+        self.rate_keys: dict[str, str | None] = {}  # tool -> the perTool key that applies to it
+        self.rate_patterns = any(policies.is_pattern(k) for k in s.rate_limits.per_tool)
+
+    def rate_key(self, tool: str) -> str | None:
+        assert self.rate is not None
+        key = self.rate_keys[tool] = policies.rate_limit_key(self.rate, tool)
+        return key
 
     def rules_for(self, tool: str) -> list[spec.ApprovalRule]:
         found = self.approvals_for.get(tool)
@@ -131,7 +138,7 @@ class _AgentCtx:
     """Replay's per-agent state, kept in ``AgentState.ctx``."""
 
     __slots__ = ("budgets", "policies", "budget_name", "policy_name", "detectors", "tasks", "needs_tasks",
-                 "reported_tools", "rate_active", "last_sweep", "min_cap")
+                 "reported_tools", "rate", "last_sweep", "min_cap")
 
     def __init__(self) -> None:
         self.budgets: list[_BudgetState] = []
@@ -142,8 +149,8 @@ class _AgentCtx:
         self.tasks: dict[str, _Task] = {}
         self.needs_tasks = False
         self.reported_tools: set[tuple[str, str]] = set()
-        # (policy name, tool or None) -> [latest exceeded minute, level reported]
-        self.rate_active: dict[tuple[str, str | None], list[int]] = {}
+        # rate-limit episodes, by (policy name, perTool key or None for toolCallsPerMinute)
+        self.rate: guardrails.Episodes[tuple[str, str | None]] = guardrails.Episodes(guardrails.RATE_QUIET_MINUTES)
         self.last_sweep = 0.0
         self.min_cap: int | None = None  # the smallest per-task token cap of its policies
 
@@ -371,7 +378,7 @@ class Replay:
                         f = dataclasses.replace(f, budget=f.budget or ctx.budget_name,
                                                 policy=f.policy or ctx.policy_name)
                     push(f)
-            if ctx.rate_active:
+            if ctx.rate:
                 rate_minutes.setdefault(st, []).append(am)
         if self._rate_agents and upto is not None:
             first = since if since is not None else (closed[0][1].minute if closed else upto)
@@ -380,47 +387,47 @@ class Replay:
 
     def _rate_close(self, st: buckets.AgentState, ctx: _AgentCtx, closed: list[series.AgentMinute], since: int,
                     upto: int, now: float) -> None:
-        """Minutes ``[since, upto)`` of this agent are complete: a complete minute within the limit after
-        the last excess ends a rate-limit episode; an excess after it (in a later complete or open
-        minute) starts a new one, detected now (only now is the calm minute known to be complete)."""
-        for key in list(ctx.rate_active):
-            pname, tool = key
+        """Minutes ``[since, upto)`` of this agent are complete: fed to its rate-limit episodes (each
+        level was judged at event time: a complete minute goes on with an episode, or starts one
+        after a calm minute ended the last). An episode that ended, with an excess in a later minute
+        still open, starts again at once, detected now (only now is the calm minute known complete)."""
+        episodes = ctx.rate
+        for key in episodes.open_keys():
+            pname, rkey = key
             p = next((p for p in ctx.policies if p.name == pname and p.rate is not None), None)
-            limit = policies.rate_limit_for(p.rate, tool) if p is not None and p.rate is not None else None
-            if p is None or p.rate is None or limit is None:
-                del ctx.rate_active[key]
+            rate = p.rate if p is not None else None
+            limit = policies.rate_limit_for(rate, rkey) if rate is not None else None
+            if p is None or rate is None or limit is None:
+                episodes.end(key)
                 continue
-            counts = {am.minute: float(sum(am.tool_calls.values()) if tool is None else am.tool_calls.get(tool, 0))
-                      for am in closed}
-            state = ctx.rate_active[key]
-            m = max(since, state[0] + 60)
-            while m < upto:
-                if counts.get(m, 0.0) > limit:
-                    state[0] = m
-                    m += 60
-                    continue
-                # ended at minute m: is there a later excess already (complete minutes, then open ones)?
-                later = [(mm, c) for mm, c in sorted(counts.items()) if mm > m and c > limit]
-                if not later:
-                    for mm in sorted(st.open):
-                        acc = st.open[mm]
-                        c = float(acc.tool_total if tool is None else acc.tool_calls.get(tool, 0))
-                        if mm > m and c > limit:
-                            later = [(mm, c)]
-                            break
-                if not later:
-                    del ctx.rate_active[key]
+            by_minute = {am.minute: am.tool_calls for am in closed}
+            ep = episodes.get(key)
+            assert ep is not None
+            for m in range(max(since, ep.last + 60), upto, 60):
+                tool_calls = by_minute.get(m)
+                c = policies.rate_key_calls(rate, rkey, tool_calls) if tool_calls is not None else 0.0
+                if episodes.observe(key, m, policies.rate_level(c, limit), worsen=False):
+                    self._rate_found(st, p, rkey, c, tool_calls, now)
+            if episodes.get(key) is not None:
+                continue
+            for mm in sorted(st.open):  # every open minute is later than the calm one
+                acc = st.open[mm]
+                c = float(acc.tool_total) if rkey is None else policies.rate_key_calls(rate, rkey, acc.tool_calls)
+                if episodes.observe(key, mm, policies.rate_level(c, limit), complete=False):
+                    self._rate_found(st, p, rkey, c, acc.tool_calls, now)
                     break
-                mm, c = later[0]
-                state[0], state[1] = mm, policies.rate_level(c, limit)
-                f = policies.rate_limit_exceeded(policies.RateInput(
-                    subject=policies.Subject(agent=st.agent, namespace=st.namespace, now=now), policy=pname,
-                    limits=p.rate, tool=tool, calls_per_minute=c))
-                if f is not None:
-                    self._push(f)
-                m = mm + 60
-        if not ctx.rate_active:
+        episodes.drop_ended()
+        if not episodes:
             self._rate_agents.pop(st, None)
+
+    def _rate_found(self, st: buckets.AgentState, p: _PolicyState, key: str | None, calls: float,
+                    tool_calls: Mapping[str, float] | None, now: float) -> None:
+        assert p.rate is not None
+        f = policies.rate_limit_exceeded(policies.RateInput(
+            subject=policies.Subject(agent=st.agent, namespace=st.namespace, now=now), policy=p.name,
+            limits=p.rate, tool=key, calls_per_minute=calls, tool_calls=tool_calls))
+        if f is not None:
+            self._push(f)
 
     # ------------------------------------------------------------ budgets
 
@@ -503,14 +510,19 @@ class Replay:
                         subject=_subject(st.agent, st.namespace, raw, now), policy=p.name, rules=p.rules, tool=tool))
                     if f is not None:
                         self._push(f)
-            # rate limits, on the counts of the event's open minute
+            # rate limits, on the counts of the event's open minute (a perTool pattern's tools together)
             rate = p.rate
             if rate is not None:
                 limit = rate.tool_calls_per_minute
                 if limit is not None and acc.tool_total > limit:
-                    self._rate_check(st, ctx, p, None, float(acc.tool_total), raw, ts, now)
-                if tool in rate.per_tool:
-                    self._rate_check(st, ctx, p, tool, float(acc.tool_calls[tool]), raw, ts, now)
+                    self._rate_check(st, ctx, p, None, limit, float(acc.tool_total), raw, ts, now, acc)
+                if rate.per_tool:
+                    key = p.rate_keys[tool] if tool in p.rate_keys else p.rate_key(tool)
+                    if key is not None:
+                        calls = float(acc.tool_calls[tool]) if key == tool and not p.rate_patterns else \
+                            policies.rate_key_calls(rate, key, acc.tool_calls)
+                        if calls > rate.per_tool[key]:
+                            self._rate_check(st, ctx, p, key, rate.per_tool[key], calls, raw, ts, now, acc)
             # approval gates
             if p.approvals:
                 rules = p.rules_for(tool)
@@ -534,26 +546,18 @@ class Replay:
                             task_id=raw.get("task_id"), amount_usd=amount, calls_in_task=calls)):
                         self._push(f)
 
-    def _rate_check(self, st: buckets.AgentState, ctx: _AgentCtx, p: _PolicyState, tool: str | None,
-                    calls: float, raw: dict[str, Any], ts: float, now: float) -> None:
+    def _rate_check(self, st: buckets.AgentState, ctx: _AgentCtx, p: _PolicyState, key: str | None, limit: float,
+                    calls: float, raw: dict[str, Any], ts: float, now: float, acc: buckets._Acc) -> None:
+        """The calls of the event's open minute passed one limit (``key``'s): an episode starts or
+        worsens now; the minute close decides when it ends (:meth:`_rate_close`)."""
         assert p.rate is not None
-        limit = policies.rate_limit_for(p.rate, tool)
-        if limit is None or not calls > limit:
-            return
         level = policies.rate_level(calls, limit)
-        minute = int(ts // 60) * 60
-        key = (p.name, tool)
-        state = ctx.rate_active.get(key)
-        if state is not None:  # the minute close decides when it ends (state[0]: last complete excess)
-            if level <= state[1]:
-                return
-            state[1] = level
-        else:
-            ctx.rate_active[key] = [minute, level]
-            self._rate_agents[st] = None
+        if not ctx.rate.observe((p.name, key), int(ts // 60) * 60, level, complete=False):
+            return
+        self._rate_agents[st] = None
         f = policies.rate_limit_exceeded(policies.RateInput(subject=_subject(st.agent, st.namespace, raw, now),
-                                                            policy=p.name, limits=p.rate, tool=tool,
-                                                            calls_per_minute=calls))
+                                                            policy=p.name, limits=p.rate, tool=key,
+                                                            calls_per_minute=calls, tool_calls=acc.tool_calls))
         if f is not None:
             self._push(f)
 

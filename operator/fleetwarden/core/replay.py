@@ -174,6 +174,10 @@ class Replay:
         self._emitted_until = -_INF
         self._rate_agents: dict[buckets.AgentState, None] = {}  # agents with an open rate-limit episode
         self._default_params = spec.CostPolicySpec().anomalies
+        # (model, provider) -> per-token rates, when the price table has fixed ones (PriceTable.static_rates)
+        prices = self.bucketer.prices
+        self._static_rates = getattr(prices, "static_rates", None) if type(prices) is pricing.PriceTable else None
+        self._rates_of: dict[tuple[str, str | None], tuple[float, float, float, float, float, float]] = {}
 
     # ------------------------------------------------------------ policy selection
 
@@ -224,36 +228,28 @@ class Replay:
 
         From :func:`events.iter_events` the parsed objects are read directly
         (:meth:`events.EventStream.records`), with no ``Event`` per line; any other iterable
-        of events goes the same way through ``(time, raw, line)``.
+        of events goes the same way through ``(time, raw, line)``. Each event: 3. and 4. when
+        it completes a minute (:meth:`_complete`), 1. its cost (:meth:`_cost`) counted in its
+        agent's minute, 2. the per-event policies (:meth:`_event_policies`).
         """
         records = items.records() if isinstance(items, events.EventStream) else _records(items)
         b = self.bucketer
         stats = self.stats
-        on_error = self.on_error
         next_close = -_INF  # the horizon at which the next minute can close
         lateness = b.lateness
         agents = b.agents
         place = b.place
         by_name: dict[str, buckets.AgentState] = {}  # agent name -> its state (namespace checked)
-        # (model, provider) -> per-token rates, when the price table has fixed ones (PriceTable.static_rates)
-        static_rates = getattr(b.prices, "static_rates", None) if type(b.prices) is pricing.PriceTable else None
-        rates_of: dict[tuple[str, str | None], tuple[float, float, float, float, float, float]] = {}
         for rec in records:
             if type(rec) is not tuple:
-                stats.broken += 1
-                if on_error is not None:
-                    on_error(rec)  # type: ignore[arg-type]
+                self._broken(rec)  # type: ignore[arg-type]
                 continue
             ts, raw, line = rec
             stats.events += 1
             if ts - lateness >= next_close:
                 # 3. minutes that are complete now, then 4. findings whose time has passed
                 horizon = ts - lateness
-                if b.watermark is None or ts > b.watermark:
-                    b.watermark = ts
-                since = b.closed_until
-                self._close_minutes(b._close(horizon), since, b.closed_until, ts)
-                next_close = (int(horizon // 60) + 1) * 60.0
+                next_close = self._complete(horizon, ts)
                 if self._heap:
                     yield from self._release(horizon)
             # 1. price and count (Bucketer.add, inline)
@@ -272,94 +268,124 @@ class Replay:
                 if b._on_labels is not None:
                     b._on_labels(st)
             etype = raw["type"]
-            if etype == "llm":
-                cost = raw.get("cost_usd")
-                if cost is not None:
-                    cost = float(cost)
-                else:
-                    key = (raw["model"], raw.get("provider"))
-                    rates = rates_of.get(key)
-                    if rates is not None:
-                        # PriceTable.llm_cost, term for term
-                        cost = int(raw["input_tokens"]) * rates[0] + int(raw["output_tokens"]) * rates[1] + rates[5]
-                        if "cache_read_tokens" in raw or "cache_write_tokens" in raw or "reasoning_tokens" in raw:
-                            cr = int(raw.get("cache_read_tokens", 0))
-                            cw = int(raw.get("cache_write_tokens", 0))
-                            rs = int(raw.get("reasoning_tokens", 0))
-                            if cr or cw or rs:
-                                cost += cr * rates[2] + cw * rates[3] + rs * rates[4]
-                    else:
-                        try:
-                            cost = b.llm_cost(events.Event(ts, etype, agent, ns, raw, line))
-                        except errors.PricingError as exc:
-                            stats.events -= 1
-                            stats.broken += 1
-                            if on_error is not None:
-                                on_error(errors.EventError(f"{exc}", line=line, field="model"))
-                            continue
-                        if static_rates is not None:
-                            found = static_rates(*key)
-                            if found is not None:
-                                rates_of[key] = found
-            elif etype == "tool":
-                cost = raw.get("cost_usd")
-                if cost is not None:
-                    cost = float(cost)
-                else:
-                    cost = st._tool_cache.get(raw["tool"])
-                    if cost is None:
-                        cost = b.tool_cost(st, raw["tool"], None)
-            elif etype == "human":
-                cost = b.human_cost(st, raw["minutes"], raw.get("cost_usd"))
+            cost: float | None = raw.get("cost_usd")
+            if cost is not None and (etype == "llm" or etype == "tool"):
+                cost = float(cost)
+            elif etype == "llm" or etype == "tool" or etype == "human":
+                cost = self._cost(st, etype, raw, ts, line)
+                if cost is None:  # a model with no known price: reported as a broken line
+                    continue
             else:
                 cost = 0.0
             acc = place(st, ts)
             tokens = acc.count(etype, raw, cost)
             # 2. per-event policies, the clock at the event (a late event: the horizon it met)
             ctx: _AgentCtx = st.ctx
-            closed = b.closed_until
-            now = ts if closed is None or ts >= closed else float(closed)
-            if cost and ctx.budgets:
-                bminute = int(ts // 60) * 60
-                for bs in ctx.budgets:
-                    # _spend, inline: the newest minute's spend waits in `pending_usd`
-                    if bminute == bs.pending_minute:
-                        bs.pending_usd += cost
-                    elif bminute > bs.pending_minute:
-                        bs.flush()
-                        bs.pending_minute = bminute
-                        bs.pending_usd = cost
-                    else:
-                        bs.windows.add(ts, cost)  # a late event
-                    bs.headroom -= cost
-                    if bs.headroom <= 0 or int(now // 60) != bs.checked_minute:
-                        self._check_budget(bs, agent, ns, raw, now)
-            if ctx.policies:
-                if etype == "tool":
-                    self._tool_call(st, ctx, raw, ts, now, cost, acc)
-                elif etype == "llm":
-                    if ctx.needs_tasks:
-                        # _llm_tokens, inline: tokens per task against the caps
-                        task_id = raw["task_id"]
-                        task = ctx.tasks.get(task_id)
-                        if task is None:
-                            task = ctx.tasks[task_id] = _Task()
-                        task.last = now
-                        task.tokens += tokens
-                        if not task.capped and ctx.min_cap is not None and task.tokens > ctx.min_cap:
-                            self._token_cap(ctx, task, agent, ns, raw, now)
-                elif etype == "task" and ctx.tasks:
-                    ctx.tasks.pop(raw["task_id"], None)
-                if ctx.needs_tasks and now - ctx.last_sweep > _SWEEP_SECONDS:
-                    ctx.last_sweep = now
-                    stale = [k for k, t in ctx.tasks.items() if now - t.last > TASK_IDLE_SECONDS]
-                    for k in stale:
-                        del ctx.tasks[k]
+            if ctx.budgets or ctx.policies:
+                closed = b.closed_until
+                now = ts if closed is None or ts >= closed else float(closed)
+                self._event_policies(st, ctx, etype, raw, ts, now, cost, tokens, acc)
         # end of input: every minute is complete, every finding is due
         since = b.closed_until
         self._close_minutes(b._finish(), since, b.closed_until, b.watermark if b.watermark is not None else 0.0)
         stats.late = b.late
         yield from self._release(_INF)
+
+    def _broken(self, error: errors.EventError) -> None:
+        self.stats.broken += 1
+        if self.on_error is not None:
+            self.on_error(error)
+
+    def _complete(self, horizon: float, ts: float) -> float:
+        """The latest event is at ``ts``: close the minutes complete at ``horizon``; return the
+        horizon at which the next minute can close."""
+        b = self.bucketer
+        if b.watermark is None or ts > b.watermark:
+            b.watermark = ts
+        since = b.closed_until
+        self._close_minutes(b._close(horizon), since, b.closed_until, ts)
+        return (int(horizon // 60) + 1) * 60.0
+
+    def _cost(self, st: buckets.AgentState, etype: str, raw: dict[str, Any], ts: float, line: int) -> float | None:
+        """1. What a model call or tool call without ``cost_usd``, or a human's minutes, cost:
+        priced, a model's fixed per-token rates cached; None: a model with no known price
+        (passed to ``on_error``)."""
+        if etype == "llm":
+            rates = self._rates_of.get((raw["model"], raw.get("provider")))
+            if rates is None:
+                return self._llm_cost(etype, raw, ts, line)
+            # PriceTable.llm_cost, term for term
+            cost = int(raw["input_tokens"]) * rates[0] + int(raw["output_tokens"]) * rates[1] + rates[5]
+            if "cache_read_tokens" in raw or "cache_write_tokens" in raw or "reasoning_tokens" in raw:
+                cr = int(raw.get("cache_read_tokens", 0))
+                cw = int(raw.get("cache_write_tokens", 0))
+                rs = int(raw.get("reasoning_tokens", 0))
+                if cr or cw or rs:
+                    cost += cr * rates[2] + cw * rates[3] + rs * rates[4]
+            return cost
+        if etype == "tool":
+            cached = st._tool_cache.get(raw["tool"])
+            return cached if cached is not None else self.bucketer.tool_cost(st, raw["tool"], None)
+        return self.bucketer.human_cost(st, raw["minutes"], raw.get("cost_usd"))
+
+    def _llm_cost(self, etype: str, raw: dict[str, Any], ts: float, line: int) -> float | None:
+        """A model call priced by the price table (its per-token rates cached when fixed)."""
+        b = self.bucketer
+        try:
+            cost = b.llm_cost(events.Event(ts, etype, raw["agent"], raw.get("namespace", "default"), raw, line))
+        except errors.PricingError as exc:
+            self.stats.events -= 1
+            self._broken(errors.EventError(f"{exc}", line=line, field="model"))
+            return None
+        if self._static_rates is not None:
+            key = (raw["model"], raw.get("provider"))
+            found = self._static_rates(*key)
+            if found is not None:
+                self._rates_of[key] = found
+        return cost
+
+    def _event_policies(self, st: buckets.AgentState, ctx: _AgentCtx, etype: str, raw: dict[str, Any], ts: float,
+                        now: float, cost: float, tokens: int, acc: buckets._Acc) -> None:
+        """2. The policies one event can trip, with the clock ``now``: the budgets its spend counts
+        in, then its agent's cost policies."""
+        if cost and ctx.budgets:
+            # the cost in each budget of the agent: the newest minute's spend waits in `pending_usd`; a
+            # budget is checked when its headroom is spent or a new minute began
+            bminute = int(ts // 60) * 60
+            for bs in ctx.budgets:
+                if bminute == bs.pending_minute:
+                    bs.pending_usd += cost
+                elif bminute > bs.pending_minute:
+                    bs.flush()
+                    bs.pending_minute = bminute
+                    bs.pending_usd = cost
+                else:
+                    bs.windows.add(ts, cost)  # a late event
+                bs.headroom -= cost
+                if bs.headroom <= 0 or int(now // 60) != bs.checked_minute:
+                    self._check_budget(bs, st.agent, st.namespace, raw, now)
+        if not ctx.policies:
+            return
+        if etype == "tool":
+            self._tool_call(st, ctx, raw, ts, now, cost, acc)
+        elif etype == "llm":
+            if ctx.needs_tasks:
+                # _llm_tokens, inline: tokens per task against the caps
+                task_id = raw["task_id"]
+                task = ctx.tasks.get(task_id)
+                if task is None:
+                    task = ctx.tasks[task_id] = _Task()
+                task.last = now
+                task.tokens += tokens
+                if not task.capped and ctx.min_cap is not None and task.tokens > ctx.min_cap:
+                    self._token_cap(ctx, task, st.agent, st.namespace, raw, now)
+        elif etype == "task" and ctx.tasks:
+            ctx.tasks.pop(raw["task_id"], None)
+        if ctx.needs_tasks and now - ctx.last_sweep > _SWEEP_SECONDS:
+            ctx.last_sweep = now
+            stale = [k for k, t in ctx.tasks.items() if now - t.last > TASK_IDLE_SECONDS]
+            for k in stale:
+                del ctx.tasks[k]
 
     # ------------------------------------------------------------ minutes
 

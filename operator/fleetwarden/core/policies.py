@@ -15,12 +15,19 @@ the limit), ``budget_exceeded`` at ``spend > limit``, ``kill_switch`` at ``spend
 thresholdPercent`` of the kill-switch window's cap. Unknown spend (``None``) never fires.
 
 Which manifests apply to an agent: :func:`applicable` (same namespace, selector matches the
-agent's labels).
+agent's labels). Which ``rateLimits.perTool`` limit applies to a tool: :func:`rate_limit_key`
+(the SDK, replay and the operator all ask it).
+
+A guardrail finding can also come from the agent itself: the SDK's guardrails check the same
+rules in the agent process and count their decisions. The cost-policy inputs take those counts
+(``decisions``): a problem the agent saw is reported even when this side lacks the numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeVar
@@ -152,43 +159,116 @@ def kill_switch(inp: KillSwitchInput) -> findings.Finding | None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenCapInput:
+    """Tokens of one task (``task_tokens``; None: not known here) against ``caps``. ``decisions``:
+    how many times the agent's guardrail refused a model call for this cap (the task is over it
+    as the agent counts, whatever is known here); ``policy`` None: no CostPolicy known here."""
+
     subject: Subject
-    policy: str
+    policy: str | None
     caps: spec.TokenCaps
-    task_id: str
-    task_tokens: int
+    task_id: str | None
+    task_tokens: int | None
+    decisions: float = 0.0
 
 
 def token_cap_exceeded(inp: TokenCapInput) -> findings.Finding | None:
-    """One task used more tokens than ``tokenCaps.perTask``."""
+    """One task used more tokens than ``tokenCaps.perTask``, or the agent's guardrail said so."""
     cap = inp.caps.per_task
-    if cap is None or not inp.task_tokens > cap:
-        return None
     s = inp.subject
+    if cap is not None and inp.task_tokens is not None and inp.task_tokens > cap:
+        return findings.Finding(
+            kind=findings.TOKEN_CAP_EXCEEDED, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now,
+            action=inp.caps.action.value, policy=inp.policy, task_id=inp.task_id,
+            message=(f"task {inp.task_id} of {s.agent} used {inp.task_tokens:,} tokens, over its cap of {cap:,} "
+                     "per task"),
+            evidence={"task_tokens": inp.task_tokens, "cap_tokens": cap},
+        )
+    if not inp.decisions > 0:
+        return None
+    of_cap = f" of {cap:,} tokens" if cap is not None else ""
     return findings.Finding(
         kind=findings.TOKEN_CAP_EXCEEDED, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now,
         action=inp.caps.action.value, policy=inp.policy, task_id=inp.task_id,
-        message=f"task {inp.task_id} of {s.agent} used {inp.task_tokens:,} tokens, over its cap of {cap:,} per task",
-        evidence={"task_tokens": inp.task_tokens, "cap_tokens": cap},
+        message=f"tasks of {s.agent} reached their token cap per task{of_cap}{_said(inp.decisions)}",
+        evidence={"cap_tokens": cap} if cap is not None else {},
     )
+
+
+def _said(decisions: float) -> str:
+    return f" ({decisions:g} guardrail decision(s) in its first minute)" if decisions > 0 else ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RateInput:
-    """Tool calls of one agent in one minute: ``tool`` None means all tools together."""
+    """Tool calls of one agent in one minute against one limit: ``tool`` None means all tools
+    together (``toolCallsPerMinute``), else a ``perTool`` key (a tool's name, or a pattern whose
+    tools are counted together: :func:`rate_limit_key`). ``calls_per_minute`` None: not known
+    here. ``tool_calls``: the minute's calls by tool, for the evidence of a pattern key.
+    ``decisions``: how many times the agent's guardrail refused a call for this limit (then a
+    ``tool`` without a ``perTool`` limit of its own falls back to ``toolCallsPerMinute``)."""
 
     subject: Subject
-    policy: str
+    policy: str | None
     limits: spec.RateLimits
     tool: str | None
-    calls_per_minute: float
+    calls_per_minute: float | None
+    tool_calls: Mapping[str, float] | None = None
+    decisions: float = 0.0
+
+
+_PATTERN_CHARS = frozenset("*?[")
+
+
+def is_pattern(key: str) -> bool:
+    """Whether a ``perTool`` key (or any tool rule) is an fnmatch pattern rather than a name."""
+    return not _PATTERN_CHARS.isdisjoint(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _patterns(keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted((k for k in keys if is_pattern(k)), key=lambda k: (-len(k), k)))
+
+
+def rate_limit_key(limits: spec.RateLimits, tool: str) -> str | None:
+    """The ``perTool`` key whose limit applies to ``tool`` (None: no per-tool limit for it).
+
+    A key equal to the tool's name first; else the first pattern (fnmatch, ``crm.*``) that
+    matches it, longest pattern first, then in code-point order: ``crm.search*`` before
+    ``crm.*`` before ``*``, whatever the order of the manifest's keys (the API server does not
+    keep it). All the tools that a pattern key applies to share its limit: their calls are
+    counted together (:func:`rate_key_calls`), as the SDK's one token bucket per key does."""
+    per_tool = limits.per_tool
+    if tool in per_tool:
+        return tool
+    for pattern in _patterns(tuple(per_tool)):
+        if fnmatch.fnmatchcase(tool, pattern):
+            return pattern
+    return None
+
+
+def rate_key_calls(limits: spec.RateLimits, key: str | None, tool_calls: Mapping[str, float]) -> float:
+    """The calls of one minute (``tool_calls``: tool -> calls) counted against one limit: every
+    call for ``key`` None (``toolCallsPerMinute``), else the calls of the tools whose
+    :func:`rate_limit_key` is ``key``."""
+    if key is None:
+        return float(sum(tool_calls.values()))
+    if not is_pattern(key):
+        return float(tool_calls.get(key, 0))
+    return float(sum(rate_key_tools(limits, key, tool_calls).values()))
+
+
+def rate_key_tools(limits: spec.RateLimits, key: str, tool_calls: Mapping[str, float]) -> dict[str, float]:
+    """The tools of ``tool_calls`` (and their calls) that the ``perTool`` key ``key`` applies to, by name."""
+    return {t: c for t, c in sorted(tool_calls.items()) if c > 0 and rate_limit_key(limits, t) == key}
 
 
 def rate_limit_for(limits: spec.RateLimits, tool: str | None) -> float | None:
-    """The limit that applies to one tool (``perTool``) or to all tools (``toolCallsPerMinute``)."""
+    """The limit that applies to one tool or ``perTool`` key (:func:`rate_limit_key`), or to all
+    tools (``toolCallsPerMinute``, ``tool`` None)."""
     if tool is None:
         return limits.tool_calls_per_minute
-    return limits.per_tool.get(tool)
+    key = rate_limit_key(limits, tool)
+    return limits.per_tool[key] if key is not None else None
 
 
 def rate_level(calls: float, limit: float) -> int:
@@ -199,71 +279,106 @@ def rate_level(calls: float, limit: float) -> int:
 
 
 def rate_limit_exceeded(inp: RateInput) -> findings.Finding | None:
-    """Tool calls per minute above ``rateLimits.toolCallsPerMinute`` (all tools) or ``perTool[tool]``."""
+    """Tool calls per minute above ``rateLimits.toolCallsPerMinute`` (all tools) or the
+    ``perTool`` limit of ``tool``, or the agent's guardrail refused calls for it."""
     limit = rate_limit_for(inp.limits, inp.tool)
-    if limit is None or not inp.calls_per_minute > limit:
-        return None
+    calls = inp.calls_per_minute
     s = inp.subject
+    if limit is None or calls is None or not calls > limit:
+        return _rate_decided(inp) if inp.decisions > 0 else None
     what = f"calls to {inp.tool}" if inp.tool is not None else "tool calls"
+    evidence: dict[str, object] = {"calls_per_minute": calls, "limit_per_minute": limit,
+                                   "level": rate_level(calls, limit)}
+    if inp.tool is not None and is_pattern(inp.tool):
+        what = f"calls to tools matching {inp.tool}"
+        evidence["tools"] = rate_key_tools(inp.limits, inp.tool, inp.tool_calls or {})
     return findings.Finding(
         kind=findings.RATE_LIMIT_EXCEEDED, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now,
         action=inp.limits.action.value, policy=inp.policy, tool=inp.tool,
-        message=f"{s.agent} made {inp.calls_per_minute:g} {what} in a minute, over its limit of {limit:g} per minute",
-        evidence={"calls_per_minute": inp.calls_per_minute, "limit_per_minute": limit,
-                  "level": rate_level(inp.calls_per_minute, limit)},
+        message=f"{s.agent} made {calls:g} {what} in a minute, over its limit of {limit:g} per minute",
+        evidence=evidence,
+    )
+
+
+def _rate_decided(inp: RateInput) -> findings.Finding:
+    """The agent's guardrail refused calls for a rate limit (the counts here do not show it)."""
+    s, limits = inp.subject, inp.limits
+    limit = rate_limit_for(limits, inp.tool) if inp.tool is not None else None
+    limit = limit if limit is not None else limits.tool_calls_per_minute
+    what = f"calls to {inp.tool}" if inp.tool else "tool calls"
+    per = f" of {limit:g} per minute" if limit is not None else ""
+    return findings.Finding(
+        kind=findings.RATE_LIMIT_EXCEEDED, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now,
+        action=limits.action.value, policy=inp.policy, tool=inp.tool,
+        message=f"{s.agent} hit its rate limit{per} on {what}{_said(inp.decisions)}",
+        evidence={"limit_per_minute": limit} if limit is not None else {},
     )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ToolInput:
+    """A call to ``tool`` under ``rules``. ``decisions``: how many times the agent's guardrail
+    refused the tool (it is not allowed as the agent reads its policy, whatever ``rules`` say
+    here); ``policy`` None: no CostPolicy known here."""
+
     subject: Subject
-    policy: str
+    policy: str | None
     rules: spec.ToolRules
-    tool: str
+    tool: str | None
+    decisions: float = 0.0
 
 
 def tool_not_allowed(inp: ToolInput) -> findings.Finding | None:
-    """A call to a tool outside the allowlist or in the denylist."""
-    if inp.rules.allowed(inp.tool):
-        return None
+    """A call to a tool outside the allowlist or in the denylist, or one the agent's guardrail refused."""
     s = inp.subject
-    why = "is denied" if any(_match(inp.tool, p) for p in inp.rules.deny) else "is not in the allowlist"
+    if inp.tool is not None and not inp.rules.allowed(inp.tool):
+        why = "is denied" if any(_match(inp.tool, p) for p in inp.rules.deny) else "is not in the allowlist"
+        return findings.Finding(
+            kind=findings.TOOL_NOT_ALLOWED, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now,
+            action=inp.rules.action.value, policy=inp.policy, tool=inp.tool,
+            message=f"{s.agent} called tool {inp.tool}, which {why} by policy {inp.policy}",
+            evidence={"allow": list(inp.rules.allow) if inp.rules.allow is not None else None,
+                      "deny": list(inp.rules.deny)},
+        )
+    if not inp.decisions > 0:
+        return None
     return findings.Finding(
         kind=findings.TOOL_NOT_ALLOWED, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now,
         action=inp.rules.action.value, policy=inp.policy, tool=inp.tool,
-        message=f"{s.agent} called tool {inp.tool}, which {why} by policy {inp.policy}",
-        evidence={"allow": list(inp.rules.allow) if inp.rules.allow is not None else None,
-                  "deny": list(inp.rules.deny)},
+        message=(f"{s.agent} called tool {inp.tool or '(none)'}, which its cost policy does not allow"
+                 f"{_said(inp.decisions)}"),
+        evidence={},
     )
 
 
 def _match(tool: str, pattern: str) -> bool:
-    import fnmatch
-
     return fnmatch.fnmatchcase(tool, pattern)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ApprovalInput:
     """One tool call: its amount (``value_usd``, else ``amount_usd``, else ``cost_usd``; None: none
-    given) and how many calls of this tool its task has made, this one included."""
+    given) and how many calls of this tool its task has made, this one included. ``decisions``:
+    how many times the agent's guardrail held a call to ``tool`` (None: not known) for a human."""
 
     subject: Subject
     rules: Sequence[spec.ApprovalRule]
-    tool: str
+    tool: str | None
     task_id: str | None
     amount_usd: float | None
     calls_in_task: int
+    decisions: float = 0.0
 
 
 def approval_required(inp: ApprovalInput) -> list[findings.Finding]:
     """Each approval rule the call trips: an amount above ``amountAboveUSD`` (for the rule's tool,
     or any tool when it names none), or exactly the (N+1)th call of the rule's tool in one task
-    (N = ``callsPerWorkflowAbove``). ``policy`` is the rule's name."""
+    (N = ``callsPerWorkflowAbove``). ``policy`` is the rule's name. When none trips but the
+    agent's guardrail held calls (``decisions``): one finding, for the first rule of the tool."""
     out: list[findings.Finding] = []
     s = inp.subject
     for rule in inp.rules:
-        if rule.tool is not None and rule.tool != inp.tool and not _match(inp.tool, rule.tool):
+        if inp.tool is None or not _rule_applies(rule, inp.tool):
             continue
         evidence: dict[str, object] = {"rule": rule.name, "timeout_seconds": rule.timeout_seconds}
         if rule.amount_above_usd is not None and inp.amount_usd is not None and inp.amount_usd > rule.amount_above_usd:
@@ -282,7 +397,29 @@ def approval_required(inp: ApprovalInput) -> list[findings.Finding]:
             action=findings.DENY, policy=rule.name, tool=inp.tool, task_id=inp.task_id, message=message,
             evidence=evidence,
         ))
-    return out
+    if out or not inp.decisions > 0:
+        return out
+    return [_approval_decided(inp)]
+
+
+def _rule_applies(rule: spec.ApprovalRule, tool: str) -> bool:
+    return rule.tool is None or rule.tool == tool or _match(tool, rule.tool)
+
+
+def _approval_decided(inp: ApprovalInput) -> findings.Finding:
+    """The agent's guardrail held calls for a human (the numbers here do not show which rule tripped)."""
+    s = inp.subject
+    rule = next((r for r in inp.rules if inp.tool is None or _rule_applies(r, inp.tool)), None)
+    evidence: dict[str, object] = {}
+    if rule is not None:
+        evidence.update(rule=rule.name, timeout_seconds=rule.timeout_seconds)
+    return findings.Finding(
+        kind=findings.APPROVAL_REQUIRED, agent=s.agent, namespace=s.namespace, workflow=s.workflow, time=s.now,
+        action=findings.DENY, policy=rule.name if rule is not None else None, tool=inp.tool, task_id=inp.task_id,
+        message=(f"{s.agent} needs a human to approve calls to {inp.tool or 'a tool'}"
+                 + (f" (rule {rule.name})" if rule is not None else "") + _said(inp.decisions)),
+        evidence=evidence,
+    )
 
 
 # ---------------------------------------------------------------- selection and de-duplication

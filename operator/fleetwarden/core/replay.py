@@ -11,7 +11,7 @@ The same decisions as the operator, from a file instead of Prometheus:
 3. when a minute is complete (no event can land in it any more: the latest event time
    minus ``buckets.LATENESS``), its buckets go through the anomaly detectors
    (:class:`fleetwarden.core.detectors.DetectorSet`), and rate-limit episodes that ended
-   are closed;
+   are closed (:class:`fleetwarden.core.guardrails.Episodes`, the operator's fold too);
 4. findings wait in a small heap until the data's horizon has passed their time, then are
    yielded, so the output is ordered by ``time`` while memory stays flat.
 
@@ -37,11 +37,22 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from fleetwarden import errors
-from fleetwarden.core import buckets, detectors, events, findings, policies, pricing, series, spec, windows
+from fleetwarden.core import (
+    buckets,
+    detectors,
+    events,
+    findings,
+    guardrails,
+    policies,
+    pricing,
+    series,
+    spec,
+    windows,
+)
 
 TASK_IDLE_SECONDS = 3600.0
 _SWEEP_SECONDS = 600.0
@@ -97,7 +108,7 @@ class _PolicyState:
     """What one CostPolicy asks of one agent, resolved once (and caches per tool)."""
 
     __slots__ = ("policy", "name", "spec", "cap", "rate", "rules", "approvals", "needs_calls", "allowed",
-                 "approvals_for")
+                 "approvals_for", "rate_keys", "rate_patterns")
 
     def __init__(self, policy: spec.CostPolicy) -> None:
         self.policy = policy
@@ -111,6 +122,13 @@ class _PolicyState:
         self.needs_calls = any(r.calls_per_workflow_above is not None for r in s.approvals)
         self.allowed: dict[str, bool] = {}
         self.approvals_for: dict[str, list[spec.ApprovalRule]] = {}
+        self.rate_keys: dict[str, str | None] = {}  # tool -> the perTool key that applies to it
+        self.rate_patterns = any(policies.is_pattern(k) for k in s.rate_limits.per_tool)
+
+    def rate_key(self, tool: str) -> str | None:
+        assert self.rate is not None
+        key = self.rate_keys[tool] = policies.rate_limit_key(self.rate, tool)
+        return key
 
     def rules_for(self, tool: str) -> list[spec.ApprovalRule]:
         found = self.approvals_for.get(tool)
@@ -126,7 +144,7 @@ class _AgentCtx:
     """Replay's per-agent state, kept in ``AgentState.ctx``."""
 
     __slots__ = ("budgets", "policies", "budget_name", "policy_name", "detectors", "tasks", "needs_tasks",
-                 "reported_tools", "rate_active", "last_sweep", "min_cap")
+                 "reported_tools", "rate", "last_sweep", "min_cap")
 
     def __init__(self) -> None:
         self.budgets: list[_BudgetState] = []
@@ -137,8 +155,8 @@ class _AgentCtx:
         self.tasks: dict[str, _Task] = {}
         self.needs_tasks = False
         self.reported_tools: set[tuple[str, str]] = set()
-        # (policy name, tool or None) -> [latest exceeded minute, level reported]
-        self.rate_active: dict[tuple[str, str | None], list[int]] = {}
+        # rate-limit episodes, by (policy name, perTool key or None for toolCallsPerMinute)
+        self.rate: guardrails.Episodes[tuple[str, str | None]] = guardrails.Episodes(guardrails.RATE_QUIET_MINUTES)
         self.last_sweep = 0.0
         self.min_cap: int | None = None  # the smallest per-task token cap of its policies
 
@@ -162,6 +180,10 @@ class Replay:
         self._emitted_until = -_INF
         self._rate_agents: dict[buckets.AgentState, None] = {}  # agents with an open rate-limit episode
         self._default_params = spec.CostPolicySpec().anomalies
+        # (model, provider) -> per-token rates, when the price table has fixed ones (PriceTable.static_rates)
+        prices = self.bucketer.prices
+        self._static_rates = getattr(prices, "static_rates", None) if type(prices) is pricing.PriceTable else None
+        self._rates_of: dict[tuple[str, str | None], pricing.RateTuple] = {}
 
     # ------------------------------------------------------------ policy selection
 
@@ -212,37 +234,28 @@ class Replay:
 
         From :func:`events.iter_events` the parsed objects are read directly
         (:meth:`events.EventStream.records`), with no ``Event`` per line; any other iterable
-        of events goes the same way through ``(time, raw, line)``.
+        of events goes the same way through ``(time, raw, line)``. Each event: 3. and 4. when
+        it completes a minute (:meth:`_complete`), 1. its cost (:meth:`_cost`) counted in its
+        agent's minute, 2. the per-event policies (:meth:`_event_policies`).
         """
         records = items.records() if isinstance(items, events.EventStream) else _records(items)
         b = self.bucketer
         stats = self.stats
-        on_error = self.on_error
         next_close = -_INF  # the horizon at which the next minute can close
         lateness = b.lateness
         agents = b.agents
         place = b.place
         by_name: dict[str, buckets.AgentState] = {}  # agent name -> its state (namespace checked)
-        # (model, provider) -> per-token rates, when the price table has fixed ones (PriceTable.static_rates)
-        static_rates = getattr(b.prices, "static_rates", None) if type(b.prices) is pricing.PriceTable else None
-        rates_of: dict[tuple[str, str | None], pricing.RateTuple] = {}
-        llm_call_cost = pricing.llm_call_cost
         for rec in records:
             if type(rec) is not tuple:
-                stats.broken += 1
-                if on_error is not None:
-                    on_error(rec)  # type: ignore[arg-type]
+                self._broken(rec)  # type: ignore[arg-type]
                 continue
             ts, raw, line = rec
             stats.events += 1
             if ts - lateness >= next_close:
                 # 3. minutes that are complete now, then 4. findings whose time has passed
                 horizon = ts - lateness
-                if b.watermark is None or ts > b.watermark:
-                    b.watermark = ts
-                since = b.closed_until
-                self._close_minutes(b._close(horizon), since, b.closed_until, ts)
-                next_close = (int(horizon // 60) + 1) * 60.0
+                next_close = self._complete(horizon, ts)
                 if self._heap:
                     yield from self._release(horizon)
             # 1. price and count (Bucketer.add, inline)
@@ -260,93 +273,121 @@ class Replay:
                 if b._on_labels is not None:
                     b._on_labels(st)
             etype = raw["type"]
-            if etype == "llm":
-                cost = raw.get("cost_usd")
-                if cost is not None:
-                    cost = float(cost)
-                else:
-                    key = (raw["model"], raw.get("provider"))
-                    rates = rates_of.get(key)
-                    if rates is not None:
-                        if "cache_read_tokens" in raw or "cache_write_tokens" in raw or "reasoning_tokens" in raw:
-                            cost = llm_call_cost(rates, int(raw["input_tokens"]), int(raw["output_tokens"]),
-                                                 int(raw.get("cache_read_tokens", 0)),
-                                                 int(raw.get("cache_write_tokens", 0)),
-                                                 int(raw.get("reasoning_tokens", 0)))
-                        else:
-                            cost = llm_call_cost(rates, int(raw["input_tokens"]), int(raw["output_tokens"]))
-                    else:
-                        try:
-                            cost = b.llm_cost(events.Event(ts, etype, agent, ns, raw, line))
-                        except errors.PricingError as exc:
-                            stats.events -= 1
-                            stats.broken += 1
-                            if on_error is not None:
-                                on_error(errors.EventError(f"{exc}", line=line, field="model"))
-                            continue
-                        if static_rates is not None:
-                            found = static_rates(*key)
-                            if found is not None:
-                                rates_of[key] = found
-            elif etype == "tool":
-                cost = raw.get("cost_usd")
-                if cost is not None:
-                    cost = float(cost)
-                else:
-                    cost = st._tool_cache.get(raw["tool"])
-                    if cost is None:
-                        cost = b.tool_cost(st, raw["tool"], None)
-            elif etype == "human":
-                cost = b.human_cost(st, raw["minutes"], raw.get("cost_usd"))
+            cost: float | None = raw.get("cost_usd")
+            if cost is not None and (etype == "llm" or etype == "tool"):
+                cost = float(cost)
+            elif etype == "llm" or etype == "tool" or etype == "human":
+                cost = self._cost(st, etype, raw, ts, line)
+                if cost is None:  # a model with no known price: reported as a broken line
+                    continue
             else:
                 cost = 0.0
             acc = place(st, ts)
             tokens = acc.count(etype, raw, cost)
             # 2. per-event policies, the clock at the event (a late event: the horizon it met)
             ctx: _AgentCtx = st.ctx
-            closed = b.closed_until
-            now = ts if closed is None or ts >= closed else float(closed)
-            if cost and ctx.budgets:
-                bminute = int(ts // 60) * 60
-                for bs in ctx.budgets:
-                    # _spend, inline: the newest minute's spend waits in `pending_usd`
-                    if bminute == bs.pending_minute:
-                        bs.pending_usd += cost
-                    elif bminute > bs.pending_minute:
-                        bs.flush()
-                        bs.pending_minute = bminute
-                        bs.pending_usd = cost
-                    else:
-                        bs.windows.add(ts, cost)  # a late event
-                    bs.headroom -= cost
-                    if bs.headroom <= 0 or int(now // 60) != bs.checked_minute:
-                        self._check_budget(bs, agent, ns, raw, now)
-            if ctx.policies:
-                if etype == "tool":
-                    self._tool_call(st, ctx, raw, ts, now, cost, acc)
-                elif etype == "llm":
-                    if ctx.needs_tasks:
-                        # _llm_tokens, inline: tokens per task against the caps
-                        task_id = raw["task_id"]
-                        task = ctx.tasks.get(task_id)
-                        if task is None:
-                            task = ctx.tasks[task_id] = _Task()
-                        task.last = now
-                        task.tokens += tokens
-                        if not task.capped and ctx.min_cap is not None and task.tokens > ctx.min_cap:
-                            self._token_cap(ctx, task, agent, ns, raw, now)
-                elif etype == "task" and ctx.tasks:
-                    ctx.tasks.pop(raw["task_id"], None)
-                if ctx.needs_tasks and now - ctx.last_sweep > _SWEEP_SECONDS:
-                    ctx.last_sweep = now
-                    stale = [k for k, t in ctx.tasks.items() if now - t.last > TASK_IDLE_SECONDS]
-                    for k in stale:
-                        del ctx.tasks[k]
+            if ctx.budgets or ctx.policies:
+                closed = b.closed_until
+                now = ts if closed is None or ts >= closed else float(closed)
+                self._event_policies(st, ctx, etype, raw, ts, now, cost, tokens, acc)
         # end of input: every minute is complete, every finding is due
         since = b.closed_until
         self._close_minutes(b._finish(), since, b.closed_until, b.watermark if b.watermark is not None else 0.0)
         stats.late = b.late
         yield from self._release(_INF)
+
+    def _broken(self, error: errors.EventError) -> None:
+        self.stats.broken += 1
+        if self.on_error is not None:
+            self.on_error(error)
+
+    def _complete(self, horizon: float, ts: float) -> float:
+        """The latest event is at ``ts``: close the minutes complete at ``horizon``; return the
+        horizon at which the next minute can close."""
+        b = self.bucketer
+        if b.watermark is None or ts > b.watermark:
+            b.watermark = ts
+        since = b.closed_until
+        self._close_minutes(b._close(horizon), since, b.closed_until, ts)
+        return (int(horizon // 60) + 1) * 60.0
+
+    def _cost(self, st: buckets.AgentState, etype: str, raw: dict[str, Any], ts: float, line: int) -> float | None:
+        """1. What a model call or tool call without ``cost_usd``, or a human's minutes, cost:
+        priced, a model's fixed per-token rates cached; None: a model with no known price
+        (passed to ``on_error``)."""
+        if etype == "llm":
+            rates = self._rates_of.get((raw["model"], raw.get("provider")))
+            if rates is None:
+                return self._llm_cost(etype, raw, ts, line)
+            if "cache_read_tokens" in raw or "cache_write_tokens" in raw or "reasoning_tokens" in raw:
+                return pricing.llm_call_cost(rates, int(raw["input_tokens"]), int(raw["output_tokens"]),
+                                             int(raw.get("cache_read_tokens", 0)),
+                                             int(raw.get("cache_write_tokens", 0)),
+                                             int(raw.get("reasoning_tokens", 0)))
+            return pricing.llm_call_cost(rates, int(raw["input_tokens"]), int(raw["output_tokens"]))
+        if etype == "tool":
+            cached = st._tool_cache.get(raw["tool"])
+            return cached if cached is not None else self.bucketer.tool_cost(st, raw["tool"], None)
+        return self.bucketer.human_cost(st, raw["minutes"], raw.get("cost_usd"))
+
+    def _llm_cost(self, etype: str, raw: dict[str, Any], ts: float, line: int) -> float | None:
+        """A model call priced by the price table (its per-token rates cached when fixed)."""
+        b = self.bucketer
+        try:
+            cost = b.llm_cost(events.Event(ts, etype, raw["agent"], raw.get("namespace", "default"), raw, line))
+        except errors.PricingError as exc:
+            self.stats.events -= 1
+            self._broken(errors.EventError(f"{exc}", line=line, field="model"))
+            return None
+        if self._static_rates is not None:
+            key = (raw["model"], raw.get("provider"))
+            found = self._static_rates(*key)
+            if found is not None:
+                self._rates_of[key] = found
+        return cost
+
+    def _event_policies(self, st: buckets.AgentState, ctx: _AgentCtx, etype: str, raw: dict[str, Any], ts: float,
+                        now: float, cost: float, tokens: int, acc: buckets._Acc) -> None:
+        """2. The policies one event can trip, with the clock ``now``: the budgets its spend counts
+        in, then its agent's cost policies."""
+        if cost and ctx.budgets:
+            # the cost in each budget of the agent: the newest minute's spend waits in `pending_usd`; a
+            # budget is checked when its headroom is spent or a new minute began
+            bminute = int(ts // 60) * 60
+            for bs in ctx.budgets:
+                if bminute == bs.pending_minute:
+                    bs.pending_usd += cost
+                elif bminute > bs.pending_minute:
+                    bs.flush()
+                    bs.pending_minute = bminute
+                    bs.pending_usd = cost
+                else:
+                    bs.windows.add(ts, cost)  # a late event
+                bs.headroom -= cost
+                if bs.headroom <= 0 or int(now // 60) != bs.checked_minute:
+                    self._check_budget(bs, st.agent, st.namespace, raw, now)
+        if not ctx.policies:
+            return
+        if etype == "tool":
+            self._tool_call(st, ctx, raw, ts, now, cost, acc)
+        elif etype == "llm":
+            if ctx.needs_tasks:
+                # _llm_tokens, inline: tokens per task against the caps
+                task_id = raw["task_id"]
+                task = ctx.tasks.get(task_id)
+                if task is None:
+                    task = ctx.tasks[task_id] = _Task()
+                task.last = now
+                task.tokens += tokens
+                if not task.capped and ctx.min_cap is not None and task.tokens > ctx.min_cap:
+                    self._token_cap(ctx, task, st.agent, st.namespace, raw, now)
+        elif etype == "task" and ctx.tasks:
+            ctx.tasks.pop(raw["task_id"], None)
+        if ctx.needs_tasks and now - ctx.last_sweep > _SWEEP_SECONDS:
+            ctx.last_sweep = now
+            stale = [k for k, t in ctx.tasks.items() if now - t.last > TASK_IDLE_SECONDS]
+            for k in stale:
+                del ctx.tasks[k]
 
     # ------------------------------------------------------------ minutes
 
@@ -365,7 +406,7 @@ class Replay:
                         f = dataclasses.replace(f, budget=f.budget or ctx.budget_name,
                                                 policy=f.policy or ctx.policy_name)
                     push(f)
-            if ctx.rate_active:
+            if ctx.rate:
                 rate_minutes.setdefault(st, []).append(am)
         if self._rate_agents and upto is not None:
             first = since if since is not None else (closed[0][1].minute if closed else upto)
@@ -374,47 +415,47 @@ class Replay:
 
     def _rate_close(self, st: buckets.AgentState, ctx: _AgentCtx, closed: list[series.AgentMinute], since: int,
                     upto: int, now: float) -> None:
-        """Minutes ``[since, upto)`` of this agent are complete: a complete minute within the limit after
-        the last excess ends a rate-limit episode; an excess after it (in a later complete or open
-        minute) starts a new one, detected now (only now is the calm minute known to be complete)."""
-        for key in list(ctx.rate_active):
-            pname, tool = key
+        """Minutes ``[since, upto)`` of this agent are complete: fed to its rate-limit episodes (each
+        level was judged at event time: a complete minute goes on with an episode, or starts one
+        after a calm minute ended the last). An episode that ended, with an excess in a later minute
+        still open, starts again at once, detected now (only now is the calm minute known complete)."""
+        episodes = ctx.rate
+        for key in episodes.open_keys():
+            pname, rkey = key
             p = next((p for p in ctx.policies if p.name == pname and p.rate is not None), None)
-            limit = policies.rate_limit_for(p.rate, tool) if p is not None and p.rate is not None else None
-            if p is None or p.rate is None or limit is None:
-                del ctx.rate_active[key]
+            rate = p.rate if p is not None else None
+            limit = policies.rate_limit_for(rate, rkey) if rate is not None else None
+            if p is None or rate is None or limit is None:
+                episodes.end(key)
                 continue
-            counts = {am.minute: float(sum(am.tool_calls.values()) if tool is None else am.tool_calls.get(tool, 0))
-                      for am in closed}
-            state = ctx.rate_active[key]
-            m = max(since, state[0] + 60)
-            while m < upto:
-                if counts.get(m, 0.0) > limit:
-                    state[0] = m
-                    m += 60
-                    continue
-                # ended at minute m: is there a later excess already (complete minutes, then open ones)?
-                later = [(mm, c) for mm, c in sorted(counts.items()) if mm > m and c > limit]
-                if not later:
-                    for mm in sorted(st.open):
-                        acc = st.open[mm]
-                        c = float(acc.tool_total if tool is None else acc.tool_calls.get(tool, 0))
-                        if mm > m and c > limit:
-                            later = [(mm, c)]
-                            break
-                if not later:
-                    del ctx.rate_active[key]
+            by_minute = {am.minute: am.tool_calls for am in closed}
+            ep = episodes.get(key)
+            assert ep is not None
+            for m in range(max(since, ep.last + 60), upto, 60):
+                tool_calls = by_minute.get(m)
+                c = policies.rate_key_calls(rate, rkey, tool_calls) if tool_calls is not None else 0.0
+                if episodes.observe(key, m, policies.rate_level(c, limit), worsen=False):
+                    self._rate_found(st, p, rkey, c, tool_calls, now)
+            if episodes.get(key) is not None:
+                continue
+            for mm in sorted(st.open):  # every open minute is later than the calm one
+                acc = st.open[mm]
+                c = float(acc.tool_total) if rkey is None else policies.rate_key_calls(rate, rkey, acc.tool_calls)
+                if episodes.observe(key, mm, policies.rate_level(c, limit), complete=False):
+                    self._rate_found(st, p, rkey, c, acc.tool_calls, now)
                     break
-                mm, c = later[0]
-                state[0], state[1] = mm, policies.rate_level(c, limit)
-                f = policies.rate_limit_exceeded(policies.RateInput(
-                    subject=policies.Subject(agent=st.agent, namespace=st.namespace, now=now), policy=pname,
-                    limits=p.rate, tool=tool, calls_per_minute=c))
-                if f is not None:
-                    self._push(f)
-                m = mm + 60
-        if not ctx.rate_active:
+        episodes.drop_ended()
+        if not episodes:
             self._rate_agents.pop(st, None)
+
+    def _rate_found(self, st: buckets.AgentState, p: _PolicyState, key: str | None, calls: float,
+                    tool_calls: Mapping[str, float] | None, now: float) -> None:
+        assert p.rate is not None
+        f = policies.rate_limit_exceeded(policies.RateInput(
+            subject=policies.Subject(agent=st.agent, namespace=st.namespace, now=now), policy=p.name,
+            limits=p.rate, tool=key, calls_per_minute=calls, tool_calls=tool_calls))
+        if f is not None:
+            self._push(f)
 
     # ------------------------------------------------------------ budgets
 
@@ -497,14 +538,19 @@ class Replay:
                         subject=_subject(st.agent, st.namespace, raw, now), policy=p.name, rules=p.rules, tool=tool))
                     if f is not None:
                         self._push(f)
-            # rate limits, on the counts of the event's open minute
+            # rate limits, on the counts of the event's open minute (a perTool pattern's tools together)
             rate = p.rate
             if rate is not None:
                 limit = rate.tool_calls_per_minute
                 if limit is not None and acc.tool_total > limit:
-                    self._rate_check(st, ctx, p, None, float(acc.tool_total), raw, ts, now)
-                if tool in rate.per_tool:
-                    self._rate_check(st, ctx, p, tool, float(acc.tool_calls[tool]), raw, ts, now)
+                    self._rate_check(st, ctx, p, None, limit, float(acc.tool_total), raw, ts, now, acc)
+                if rate.per_tool:
+                    key = p.rate_keys[tool] if tool in p.rate_keys else p.rate_key(tool)
+                    if key is not None:
+                        calls = float(acc.tool_calls[tool]) if key == tool and not p.rate_patterns else \
+                            policies.rate_key_calls(rate, key, acc.tool_calls)
+                        if calls > rate.per_tool[key]:
+                            self._rate_check(st, ctx, p, key, rate.per_tool[key], calls, raw, ts, now, acc)
             # approval gates
             if p.approvals:
                 rules = p.rules_for(tool)
@@ -528,26 +574,18 @@ class Replay:
                             task_id=raw.get("task_id"), amount_usd=amount, calls_in_task=calls)):
                         self._push(f)
 
-    def _rate_check(self, st: buckets.AgentState, ctx: _AgentCtx, p: _PolicyState, tool: str | None,
-                    calls: float, raw: dict[str, Any], ts: float, now: float) -> None:
+    def _rate_check(self, st: buckets.AgentState, ctx: _AgentCtx, p: _PolicyState, key: str | None, limit: float,
+                    calls: float, raw: dict[str, Any], ts: float, now: float, acc: buckets._Acc) -> None:
+        """The calls of the event's open minute passed one limit (``key``'s): an episode starts or
+        worsens now; the minute close decides when it ends (:meth:`_rate_close`)."""
         assert p.rate is not None
-        limit = policies.rate_limit_for(p.rate, tool)
-        if limit is None or not calls > limit:
-            return
         level = policies.rate_level(calls, limit)
-        minute = int(ts // 60) * 60
-        key = (p.name, tool)
-        state = ctx.rate_active.get(key)
-        if state is not None:  # the minute close decides when it ends (state[0]: last complete excess)
-            if level <= state[1]:
-                return
-            state[1] = level
-        else:
-            ctx.rate_active[key] = [minute, level]
-            self._rate_agents[st] = None
+        if not ctx.rate.observe((p.name, key), int(ts // 60) * 60, level, complete=False):
+            return
+        self._rate_agents[st] = None
         f = policies.rate_limit_exceeded(policies.RateInput(subject=_subject(st.agent, st.namespace, raw, now),
-                                                            policy=p.name, limits=p.rate, tool=tool,
-                                                            calls_per_minute=calls))
+                                                            policy=p.name, limits=p.rate, tool=key,
+                                                            calls_per_minute=calls, tool_calls=acc.tool_calls))
         if f is not None:
             self._push(f)
 

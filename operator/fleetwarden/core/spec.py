@@ -260,6 +260,7 @@ class TokenCaps(_Model):
 
 class RateLimits(_Model):
     tool_calls_per_minute: float | None = Field(default=None, gt=0)
+    # tool name or fnmatch pattern -> calls per minute; which applies: policies.rate_limit_key
     per_tool: dict[str, PositiveRate] = Field(default_factory=dict)
     action: Action = Action.throttle
 

@@ -19,7 +19,6 @@ Exceptions::
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import json
 import logging
@@ -33,6 +32,7 @@ from typing import Literal, Protocol
 import pydantic
 
 from fleetwarden import errors
+from fleetwarden.core import policies
 from fleetwarden.core import spec as specs
 
 log = logging.getLogger("fleetwarden.sdk")
@@ -261,8 +261,9 @@ class TokenBucket:
 
 class RateLimiter:
     """The overall and per-tool buckets of one agent process, rebuilt when the policy's
-    limits change. ``per_tool`` keys may be fnmatch patterns: the tools matching one
-    pattern share its bucket (an exact name beats a pattern)."""
+    limits change. ``per_tool`` keys may be fnmatch patterns: the tools a pattern applies to
+    share its bucket. Which key applies to a tool is :func:`fleetwarden.core.policies.rate_limit_key`
+    (an exact name first, then the longest pattern), as in replay and the operator."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -285,9 +286,7 @@ class RateLimiter:
             if tool in self._key_of:
                 key = self._key_of[tool]
             else:
-                key = tool if tool in limits.per_tool else next(
-                    (p for p in limits.per_tool if fnmatch.fnmatchcase(tool, p)), None)
-                self._key_of[tool] = key
+                key = self._key_of[tool] = policies.rate_limit_key(limits, tool)
             now = self._clock()
             overall = self._overall
             bucket = None if key is None else self._buckets[key]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fleetwarden.core import findings, policies, spec
@@ -99,6 +101,85 @@ def test_rate_limit_exceeded(limits: spec.RateLimits, tool: str | None, calls: f
     assert (f.evidence["level"] if f is not None else None) == level
     if f is not None:
         assert (f.tool, f.action) == (tool, "throttle")
+
+
+PER_TOOL = {"crm.search": 5, "crm.*": 10, "*": 100, "crm.s*": 20, "kb.[ab]*": 7, "web.?et": 3}
+
+
+@pytest.mark.parametrize(
+    ("per_tool", "tool", "key"),
+    [
+        (PER_TOOL, "crm.search", "crm.search"),  # the tool's own name first
+        (PER_TOOL, "crm.update", "crm.*"),  # else a pattern
+        (PER_TOOL, "crm.sync", "crm.s*"),  # the longest pattern that matches
+        (PER_TOOL, "email.send", "*"),
+        (PER_TOOL, "kb.article", "kb.[ab]*"),  # fnmatch classes and ? too
+        (PER_TOOL, "web.get", "web.?et"),
+        (dict(reversed(PER_TOOL.items())), "crm.sync", "crm.s*"),  # whatever the order of the keys
+        ({"a*": 1, "b*": 1, "*x": 1}, "ax", "*x"),  # patterns of one length: in code-point order
+        ({"crm.*": 1}, "CRM.search", None),  # case matters, as in the SDK
+        ({"crm.search": 1}, "crm.searches", None),  # a name is not a prefix
+        ({}, "crm.search", None),
+    ],
+)
+def test_rate_limit_key(per_tool: dict[str, float], tool: str, key: str | None) -> None:
+    """rate_limit_key: the perTool key whose limit applies to a tool: its name, else the longest matching pattern."""
+    limits = spec.RateLimits(per_tool=per_tool)
+    assert policies.rate_limit_key(limits, tool) == key
+    assert policies.rate_limit_for(limits, tool) == (per_tool[key] if key is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("key", "calls"),
+    [
+        (None, 17.0),  # toolCallsPerMinute: every call
+        ("crm.search", 4.0),  # a name: its own calls
+        ("crm.*", 5.0),  # a pattern: its tools together (crm.update 2 + crm.get 3), not crm.search (own key)
+        ("kb.*", 0.0),
+        ("*", 8.0),  # the tools no longer pattern matches
+    ],
+)
+def test_rate_key_calls(key: str | None, calls: float) -> None:
+    """rate_key_calls counts one minute's calls against a limit: every tool its key applies to, together."""
+    limits = spec.RateLimits(tool_calls_per_minute=50, per_tool={"crm.search": 5, "crm.*": 4, "kb.*": 2, "*": 9})
+    minute = {"crm.search": 4.0, "crm.update": 2.0, "crm.get": 3.0, "web.search": 8.0}
+    assert policies.rate_key_calls(limits, key, minute) == calls
+
+
+def test_a_pattern_limit_names_its_tools() -> None:
+    """rate_limit_exceeded for a pattern key names the pattern and, in its evidence, the tools counted."""
+    limits = spec.RateLimits(per_tool={"crm.*": 4, "crm.search": 50})
+    f = policies.rate_limit_exceeded(policies.RateInput(
+        WHO, "p", limits, "crm.*", 5.0, {"crm.update": 2, "crm.get": 3, "crm.search": 9, "kb.search": 1}))
+    assert f is not None and f.tool == "crm.*"
+    assert f.evidence["tools"] == {"crm.get": 3, "crm.update": 2}
+    assert f.message == "support-bot made 5 calls to tools matching crm.* in a minute, over its limit of 4 per minute"
+
+
+@pytest.mark.parametrize(
+    ("build", "kind", "said"),
+    [
+        (lambda n: policies.token_cap_exceeded(policies.TokenCapInput(
+            WHO, "p", spec.TokenCaps(per_task=100), None, None, n)), findings.TOKEN_CAP_EXCEEDED, "of 100 tokens"),
+        (lambda n: policies.rate_limit_exceeded(policies.RateInput(
+            WHO, "p", spec.RateLimits(tool_calls_per_minute=9, per_tool={"crm.*": 3}), "crm.*", None, decisions=n)),
+         findings.RATE_LIMIT_EXCEEDED, "of 3 per minute on calls to crm.*"),
+        (lambda n: policies.rate_limit_exceeded(policies.RateInput(
+            WHO, "p", spec.RateLimits(tool_calls_per_minute=9), "kb.search", None, decisions=n)),
+         findings.RATE_LIMIT_EXCEEDED, "of 9 per minute on calls to kb.search"),  # no per-tool limit: the overall
+        (lambda n: policies.tool_not_allowed(policies.ToolInput(WHO, "p", spec.ToolRules(), "shell", n)),
+         findings.TOOL_NOT_ALLOWED, "which its cost policy does not allow"),
+        (lambda n: next(iter(policies.approval_required(policies.ApprovalInput(
+            WHO, [BIG], "ticket.refund", None, None, 0, n))), None),
+         findings.APPROVAL_REQUIRED, "(rule big-refund)"),
+    ],
+)
+def test_the_agents_own_decisions_make_the_finding(build: Any, kind: str, said: str) -> None:
+    """Each cost-policy rule reports what the agent's guardrail decided, without the numbers; no decision, no finding."""
+    assert build(0.0) is None
+    f = build(3.0)
+    assert f is not None and f.kind == kind
+    assert said in f.message and f.message.endswith("(3 guardrail decision(s) in its first minute)")
 
 
 @pytest.mark.parametrize(

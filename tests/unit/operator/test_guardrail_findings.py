@@ -179,3 +179,13 @@ def test_the_adapter_reads_guardrail_decisions_from_the_tool_call_query() -> Non
     assert prometheus.build_guardrails(results, 0, 3600) == {(NS, "bot"): {1140: {("tool_not_allowed", "shell.exec"): 2.0}}}
     (minute,) = prometheus.build_minutes(results, 0, 3600)[(NS, "bot")]
     assert dict(minute.tool_calls) == {"crm.search": 4.0}
+
+
+def test_rate_limit_decisions_for_the_tools_of_one_pattern_are_one_problem() -> None:
+    """The SDK's rate-limit decisions for crm.search and crm.update under perTool crm.* are one finding, for crm.*."""
+    p = policy(rateLimits={"perTool": {"crm.*": 5}, "action": "deny"})
+    rows = decisions({7: {("rate_limit_exceeded", "crm.search"): 2.0, ("rate_limit_exceeded", "crm.update"): 1.0},
+                      8: {("rate_limit_exceeded", "crm.update"): 1.0}})
+    found = guardrails.guardrail_findings(BOT, minutes(), rows, [p])
+    assert [(f.kind, f.tool, f.onset) for f in found] == [(findings.RATE_LIMIT_EXCEEDED, "crm.*", START + 7 * 60)]
+    assert found[0].evidence["decisions_in_minute"] == 3.0 and found[0].evidence["limit_per_minute"] == 5

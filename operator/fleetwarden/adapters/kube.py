@@ -15,7 +15,7 @@ import datetime
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -57,8 +57,26 @@ def wrap_api_error(what: str, exc: Exception) -> KubeError:
     return KubeError(f"{what}: {status or 'no answer'} {reason}", status if isinstance(status, int) else None)
 
 
-def load_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """An API client from the in-cluster service account, else ``kubeconfig``/``$KUBECONFIG``."""
+# Called before every request that is not a read (set by ``handlers.leader`` under leader
+# election): raises KubeError when this process may not write. One place, so that no write of
+# any handler, hook or adapter can slip past it.
+WRITE_GUARD: Callable[[str, str], None] | None = None
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class GuardedApiClient(client.ApiClient):
+    """An ApiClient that asks ``WRITE_GUARD`` before each write (POST, PUT, PATCH, DELETE)."""
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        guard = WRITE_GUARD
+        if guard is not None and method.upper() not in _READS:
+            guard(method.upper(), url)
+        return super().call_api(method, url, *args, **kwargs)
+
+
+def load_config(kubeconfig: str | None = None, *, guarded: bool = True) -> client.ApiClient:
+    """An API client from the in-cluster service account, else ``kubeconfig``/``$KUBECONFIG``
+    (``guarded``: its writes pass ``WRITE_GUARD``; the Lease's own client is not)."""
     configuration = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
@@ -68,7 +86,7 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
         except (config.ConfigException, OSError, TypeError) as exc:
             raise errors.KubernetesError(f"no Kubernetes configuration: {exc}") from exc
     configuration.connection_pool_maxsize = 32
-    return client.ApiClient(configuration)
+    return GuardedApiClient(configuration) if guarded else client.ApiClient(configuration)
 
 
 # ------------------------------------------------------------------ reading Deployments

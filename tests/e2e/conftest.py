@@ -195,6 +195,16 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
         cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A scratch directory for one test's kubeconfigs, logs and data; removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="fleetwarden-e2e-operator-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 # -- prometheus -----------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import crds_installed, start_operator  # noqa: F401 - fixture
 from test_operator_budget import (
     Exporter,
     budget,
@@ -27,9 +27,7 @@ from test_operator_budget import (
     llm_labels,
     replicas,
     scrape,
-    start_operator,
     status,
-    workdir,  # noqa: F401 - fixture
 )
 
 MINUTE_WAIT = 150  # a counter change shows in a complete minute within this many seconds

@@ -86,6 +86,7 @@ def can_i(cluster: Any, *args: str) -> bool:
     ("patch", "costpolicies.fleetwarden.dev", "--subresource=status", "-n", "support"),
     ("patch", "costapprovals.fleetwarden.dev", "--subresource=status", "-n", "support"),
     ("create", "events", "-n", "support"),
+    ("get", "events", "-n", "support"),
     ("create", "events.events.k8s.io", "-n", "support"),
     ("create", "configmaps", "-n", "support"),
     ("list", "namespaces"),

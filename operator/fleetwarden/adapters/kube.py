@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -314,12 +314,23 @@ class Kube:
                    self.custom.patch_namespaced_custom_object_status, spec.GROUP, spec.VERSION, namespace,
                    BUDGET_PLURAL, name, {"status": dict(patch)})
 
-    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid)."""
+    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str, *,
+                   once: bool = False) -> bool:
+        """A core/v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid); True when a
+        new Event object was created.
+
+        De-duplicated by what is stored, not by this process's memory (which a restart loses):
+        the Event's name is derived from (object uid, type, reason, message), so saying the same
+        thing again finds the Event already there (409). Then ``once`` leaves it as it is (said
+        once per object and problem, whatever the restarts); otherwise its ``count`` goes up and
+        ``lastTimestamp`` moves, as the kubelet's event correlator aggregates repeats."""
         namespace = involved.get("namespace") or "default"
         now = _now_rfc3339()
+        key = "\x00".join(str(involved.get(k) or "") for k in ("uid", "kind", "name")) + f"\x00{type_}\x00{reason}"
+        digest = hashlib.sha256(f"{key}\x00{message[:1024]}".encode()).hexdigest()[:16]
+        name = f"{str(involved['name'])[:200]}.{digest}"
         body = {
-            "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace},
             "involvedObject": {k: involved[k] for k in ("apiVersion", "kind", "name", "namespace", "uid")
                                if involved.get(k)},
             "type": type_,
@@ -332,7 +343,18 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._call(f"post event {reason} in {namespace}", self.core.create_namespaced_event, namespace, body)
+        try:
+            self._call(f"post event {reason} in {namespace}", self.core.create_namespaced_event, namespace, body)
+            return True
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+        if once:
+            return False
+        stored = self._json(f"read event {reason} in {namespace}", self.core.read_namespaced_event, name, namespace)
+        self._call(f"count event {reason} in {namespace}", self.core.patch_namespaced_event, name, namespace,
+                   {"count": int(stored.get("count") or 1) + 1, "lastTimestamp": now})
+        return False
 
 
 def deployment_ref(namespace: str, name: str, uid: str | None = None) -> dict[str, Any]:

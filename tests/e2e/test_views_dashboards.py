@@ -1,5 +1,5 @@
 """Every PromQL query of the Grafana dashboards returns data from the real Prometheus,
-scraping the real simulator and an operator-side exporter."""
+scraping the real simulator and the real operator (tests/e2e/views_fleet.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import views_fleet
+from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -27,11 +28,11 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def fleet(prometheus, tmp_path_factory):
+def fleet(prometheus, cluster, crds_installed, tmp_path_factory, request):  # noqa: F811
     # The anomaly panels show Fleetwarden alerts: load the rules so ALERTS has them.
     prometheus.load_rules([RULES])
     try:
-        with views_fleet.running_fleet(prometheus, tmp_path_factory.mktemp("views-dash")) as running:
+        with views_fleet.running_fleet(prometheus, cluster, tmp_path_factory.mktemp("views-dash"), request) as running:
             yield running
     finally:
         prometheus.load_rules([])

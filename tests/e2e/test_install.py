@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fixtures_fleetwarden
 import pytest
 from fixtures_fleetwarden import crd_names
 
@@ -140,3 +141,16 @@ def may_on(cluster: Any, verb: str, group: str, resource: str, namespace: str) -
 def test_operator_may_pause_keda_scaled_objects(cluster: Any, installed: str, verb: str, allowed: bool) -> None:
     """The operator may read and patch KEDA ScaledObjects (to pause a killed agent), and nothing more."""
     assert may_on(cluster, verb, "keda.sh", "scaledobjects", "support") is allowed
+
+
+def test_the_e2e_harness_runs_the_operator_as_its_service_account_never_as_admin(
+        cluster: Any, installed: str, tmp_path: Path) -> None:
+    """The harness' token kubeconfig is the operator's ServiceAccount and passes its check; the admin
+    kubeconfig (or any identity that may write RBAC) is refused."""
+    kubeconfig = fixtures_fleetwarden.token_kubeconfig(cluster, NAMESPACE, "fleetwarden-operator",
+                                                       tmp_path / "operator.kubeconfig")
+    fixtures_fleetwarden.refuse_admin(cluster, kubeconfig, OPERATOR)
+    with pytest.raises(AssertionError, match="refusing to run the operator as"):
+        fixtures_fleetwarden.refuse_admin(cluster, cluster.kubeconfig, OPERATOR)
+    with pytest.raises(AssertionError, match="refusing to run the operator as"):
+        fixtures_fleetwarden.refuse_admin(cluster, kubeconfig, "system:serviceaccount:other:account")

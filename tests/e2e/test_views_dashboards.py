@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import views_fleet
 from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from views_fleet import views_fleet_session  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "manifests" / "grafana"
-RULES = ROOT / "manifests" / "prometheus" / "rules.yaml"
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -28,14 +28,8 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def fleet(prometheus, cluster, crds_installed, tmp_path_factory, request):  # noqa: F811
-    # The anomaly panels show Fleetwarden alerts: load the rules so ALERTS has them.
-    prometheus.load_rules([RULES])
-    try:
-        with views_fleet.running_fleet(prometheus, cluster, tmp_path_factory.mktemp("views-dash"), request) as running:
-            yield running
-    finally:
-        prometheus.load_rules([])
+def fleet(views_fleet_session):  # noqa: F811
+    return views_fleet_session
 
 
 def _values(fleet) -> dict[str, str]:

@@ -8,6 +8,7 @@ import json
 import pytest
 import views_fleet
 from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from views_fleet import views_fleet_session  # noqa: F401 - fixture
 
 from fleetwarden import cli
 
@@ -15,17 +16,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def fleet(prometheus, cluster, crds_installed, tmp_path_factory, request):  # noqa: F811
-    with views_fleet.running_fleet(prometheus, cluster, tmp_path_factory.mktemp("views-live"), request) as running:
-        # two scrapes of growing counters make increase() positive, for every agent
-        views_fleet.wait_for_data(
-            prometheus,
-            f'sum by (agent) (increase(fleetwarden_llm_cost_usd_total{{namespace="{running.namespace}"}}[5m])) > 0',
-            until=lambda res: {r["metric"]["agent"] for r in res} >= set(running.agents))
-        views_fleet.wait_for_data(  # the operator's finding (a complete minute of tool calls first)
-            prometheus, f'fleetwarden_findings_total{{namespace="{running.namespace}", kind="tool_not_allowed"}}',
-            timeout=240)
-        yield running
+def fleet(views_fleet_session):  # noqa: F811
+    return views_fleet_session
 
 
 def test_live_report_breaks_cost_down_by_agent_team_and_tool(prometheus, fleet, tmp_path):

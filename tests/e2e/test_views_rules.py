@@ -3,25 +3,18 @@ alerts from what the real operator exports (tests/e2e/views_fleet.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import views_fleet
 from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from views_fleet import views_fleet_session  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
 
-RULES = Path(__file__).resolve().parents[2] / "manifests" / "prometheus" / "rules.yaml"
 
 
 @pytest.fixture(scope="module")
-def fleet(prometheus, cluster, crds_installed, tmp_path_factory, request):  # noqa: F811
-    prometheus.load_rules([RULES])
-    try:
-        with views_fleet.running_fleet(prometheus, cluster, tmp_path_factory.mktemp("views-rules"), request) as running:
-            yield running
-    finally:
-        prometheus.load_rules([])
+def fleet(views_fleet_session):  # noqa: F811
+    return views_fleet_session
 
 
 def test_rule_groups_load(prometheus, fleet):

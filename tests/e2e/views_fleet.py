@@ -25,11 +25,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fixtures_fleetwarden import Operator, start_operator
 
 from fleetwarden.devcluster import procs
 
 ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "manifests" / "prometheus" / "rules.yaml"
 # profile prefix -> (team, project, cost center, hourly cap USD); the simulator at 30x spends
 # roughly 0.4 (support), 2 (procurement) and 1 (leadgen) USD a real minute.
 TEAMS = {"support": ("cx", "helpdesk", "CC-1042", 200.0), "procurement": ("finance-ops", "sourcing", "CC-2001", 600.0),
@@ -123,6 +125,20 @@ def running_fleet(prometheus: Any, cluster: Any, tmp_path: Path, request: Any, *
             sim.wait()
         log.close()
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def views_fleet_session(prometheus: Any, cluster: Any, crds_installed: list[str], tmp_path_factory: Any,
+                        request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    """One running fleet for every views module (dashboards, rules, live report), started on first
+    use with manifests/prometheus/rules.yaml loaded; stopped at the end of the session."""
+    del crds_installed
+    prometheus.load_rules([RULES])
+    try:
+        with running_fleet(prometheus, cluster, tmp_path_factory.mktemp("views-fleet"), request) as running:
+            yield running
+    finally:
+        prometheus.load_rules([])
 
 
 def wait_for_data(prometheus, promql: str, timeout: float = 90.0, until=None) -> list[dict]:

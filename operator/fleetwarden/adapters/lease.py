@@ -267,12 +267,14 @@ class Elector:
         within ``renew_deadline`` (leadership lost), True when stopped while still leading."""
         while not self._stop.is_set():
             self.try_acquire_or_renew()
+            if self._stop.is_set():
+                break
             if not self.leading():
                 log.error("lease: %s could not renew within %gs: leadership lost", self.identity,
                           self.timings.renew_deadline)
                 return False
             self.sleep(self.timings.retry_period)
-        return self.leading()
+        return True
 
     def stop(self) -> None:
         self._stop.set()

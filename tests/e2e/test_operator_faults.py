@@ -160,14 +160,24 @@ def test_leader_sigkilled_mid_kill_the_standby_finishes_it_exactly_once(
     with faults.ClaimSampler(lambda: (_status(custom, namespace), _replicas(apps, namespace)), before) as sampler:
         cluster.wait_for(lambda: holder() not in ("", first), LEASE_DURATION + 10, "the standby taking the Lease")
         took_over = time.monotonic() - killed_at
+
+        def evaluated() -> bool:
+            try:
+                return b.metric("fleetwarden_evaluation_seconds_count") > 0
+            except OSError:
+                return False  # kopf not started yet: no /metrics
+
+        cluster.wait_for(evaluated, 30, "the new leader's first evaluation", interval=0.1)
+        first_evaluation = time.monotonic() - killed_at
         seen = written.get("lastEvaluated")
         cluster.wait_for(lambda: _status(custom, namespace).get("lastEvaluated") != seen, 30,
-                         "the new leader's first status write")
+                         "the new leader's first status write", interval=0.1)
         first_write = time.monotonic() - killed_at
         st = cluster.wait_for(lambda: (s := _status(custom, namespace)).get("state") == "Killed" and s, 30, "Killed")
         cluster.wait_for(lambda: not any(_replicas(apps, namespace).values()), 30, "every agent at zero")
         b.wait_evaluations(cluster, 3)
-    print(f"failover: Lease taken over {took_over:.1f}s after SIGKILL, first status write {first_write:.1f}s "
+    print(f"failover: Lease taken over {took_over:.1f}s after SIGKILL, first evaluation {first_evaluation:.1f}s, "
+          f"first status write {first_write:.1f}s "
           f"(lease duration {LEASE_DURATION:g}s, retry period {RETRY_PERIOD:g}s)")
     assert took_over <= LEASE_DURATION + 1.2 * RETRY_PERIOD + 2.0, took_over
     _healthz(standby_port)  # 200 from kopf's liveness endpoint, now that the standby leads

@@ -16,8 +16,17 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def fleet(views_fleet_session):  # noqa: F811
-    return views_fleet_session
+def fleet(prometheus, views_fleet_session):  # noqa: F811
+    running = views_fleet_session
+    # two scrapes of growing counters make increase() positive, for every agent
+    views_fleet.wait_for_data(
+        prometheus,
+        f'sum by (agent) (increase(fleetwarden_llm_cost_usd_total{{namespace="{running.namespace}"}}[5m])) > 0',
+        until=lambda res: {r["metric"]["agent"] for r in res} >= set(running.agents))
+    views_fleet.wait_for_data(  # the operator's finding (a complete minute of tool calls first)
+        prometheus, f'fleetwarden_findings_total{{namespace="{running.namespace}", kind="tool_not_allowed"}}',
+        timeout=240)
+    return running
 
 
 def test_live_report_breaks_cost_down_by_agent_team_and_tool(prometheus, fleet, tmp_path):

@@ -201,9 +201,11 @@ def test_leader_sigkilled_mid_kill_the_standby_finishes_it_exactly_once(
     assert _engagements(kill_events) == 1 and _repeats(kill_events) == 0, kill_events
     assert len(fingerprints) == 1 and {x["labels"]["incident"] for x in ours()} == {incident}
     assert sampler.claims == [], sampler.claims
+    scales = b.metric("fleetwarden_operator_actions_total", action="ScaleToZero")
+    assert scales == len(cut), (scales, cut)  # the new leader scaled exactly the agents still running
     faults.record("leader SIGKILL mid-kill (2 replicas)", injected=1, survived=1,
                   duplicated=(len(kill_incidents) - 1) + (len(records) - 1) + (_engagements(kill_events) - 1)
-                  + _repeats(kill_events) + (len(fingerprints) - 1),
+                  + _repeats(kill_events) + (len(fingerprints) - 1) + int(scales - len(cut)),
                   lost=sum(1 for r in _replicas(apps, namespace).values() if r > 0), false_claims=len(sampler.claims),
                   note=f"{len(cut)} of {len(AGENTS)} agents running at SIGKILL; takeover {took_over:.1f}s, "
                        f"first write {first_write:.1f}s")
@@ -229,12 +231,19 @@ def test_sigkill_between_the_scale_and_its_status_write_converges_on_restart(
     op = start_operator(cluster, prometheus.url, namespace, workdir, request, identity=identity, name="first")
     before = _replicas(apps, namespace)
 
-    exporter.set("llm_cost", 2.0, **llm_labels("bot", namespace))
-    cluster.wait_for(lambda: not any(_replicas(apps, namespace).values()), 60, "the kill switch's scale to zero")
-    cluster.wait_for(lambda: op.tail(5000).count("patch status of agentbudget") >= 2, 30,
-                     "the status write refused twice (in the operator's log)")
+    with faults.ClaimSampler(lambda: (_status(custom, namespace), _replicas(apps, namespace)), before) as denied:
+        exporter.set("llm_cost", 2.0, **llm_labels("bot", namespace))
+        cluster.wait_for(lambda: not any(_replicas(apps, namespace).values()), 60, "the kill switch's scale to zero")
+        cluster.wait_for(lambda: op.tail(5000).count("patch status of agentbudget") >= 3, 30,
+                         "the status write refused three times (in the operator's log)")
     assert "forbidden" in op.tail(5000).lower()
     assert _status(custom, namespace).get("state") != "Killed"  # nothing claimed: it could not be written
+    scales = op.metric("fleetwarden_operator_actions_total", action="ScaleToZero")
+    assert scales == len(agents), scales  # each agent scaled once, not again at each refused write
+    assert denied.claims == [], denied.claims
+    faults.record("status write denied (403 on agentbudgets/status)", injected=1, survived=1,
+                  duplicated=int(scales - len(agents)), lost=sum(1 for n in _replicas(apps, namespace).values() if n),
+                  false_claims=len(denied.claims))
     op.kill()
 
     identity.set_rules(cluster, rules, until=(*STATUS_PATCH, "-n", namespace), allowed=True)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fleetwarden.devcluster import procs
+from fleetwarden.devcluster import pki, procs
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -100,20 +100,8 @@ def token_kubeconfig(cluster: Any, namespace: str, account: str, path: Path) -> 
     """A kubeconfig at ``path`` for ServiceAccount ``namespace/account``: the cluster entry of the
     admin kubeconfig (server, CA), and a token from the TokenRequest API (`kubectl create token`)."""
     token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=2h").stdout.strip()
-    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-    entry = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
-    cluster_entry = dict(entry["cluster"])
-    ca = cluster_entry.get("certificate-authority")
-    if ca and not Path(ca).is_absolute():
-        cluster_entry["certificate-authority"] = str(Path(cluster.kubeconfig).parent / ca)
-    user = f"{namespace}-{account}"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": user,
-        "clusters": [{"name": entry["name"], "cluster": cluster_entry}],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": user, "context": {"cluster": entry["name"], "user": user, "namespace": namespace}}],
-    }))
+    path.write_text(pki.token_kubeconfig(Path(cluster.kubeconfig).read_text(), token, f"{namespace}-{account}",
+                                         namespace))
     path.chmod(0o600)
     return path
 

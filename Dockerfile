@@ -26,6 +26,6 @@ RUN pip install ".[operator,fast]" \
 
 WORKDIR /
 USER 10001:10001
-# 8080: kopf's liveness endpoint (/healthz); 9102: the operator's /metrics.
+# 8080: the liveness endpoint (/healthz, kopf's once leading); 9102: the operator's /metrics.
 EXPOSE 8080 9102
-ENTRYPOINT ["kopf", "run", "--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz", "-m", "fleetwarden.handlers"]
+ENTRYPOINT ["fleetwarden", "operator", "--all-namespaces", "--leader-elect", "--lease-name=fleetwarden-operator", "--liveness=http://0.0.0.0:8080/healthz"]

@@ -205,6 +205,16 @@ def helm() -> str:
     return str(build.ensure_tool("helm"))
 
 
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A scratch directory for one test's kubeconfigs, logs and data; removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="fleetwarden-e2e-operator-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 # -- prometheus -----------------------------------------------------------------------------
 
 

@@ -1,26 +1,26 @@
 """CostApprovals on the real API server: who may ask, who may decide, what is recorded, expiry.
 
 Installs crds/, manifests/approvals-rbac.yaml and manifests/approvals-policy.yaml exactly as
-shipped. Identities are impersonated (``--as``): the agent's service account, a second
-service account that RBAC lets do everything (so the admission policy alone must stop it),
-and a person, alice, bound to the approver role.
+shipped. The agent is a real ServiceAccount with a TokenRequest token, bound as
+manifests/agent-rolebinding.example.yaml binds one (the fleetwarden-agent role); the operator
+runs as its own ServiceAccount. Impersonated (``--as``): a second service account that RBAC
+lets do everything (so the admission policy alone must stop it), and a person, alice, bound
+to the approver role.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import Operator, agent_identity, crds_installed, start_kopf  # noqa: F401 - fixture
 
 from fleetwarden.adapters import approvals
 from fleetwarden.core import timefmt
@@ -65,19 +65,24 @@ def _sa(namespace: str, name: str) -> str:
 
 
 @pytest.fixture
-def identities(cluster: Any, namespace: str, approvals_installed: None) -> dict[str, str]:
-    """agent (requester role), greedy (both roles), alice (approver role)."""
-    for sa in ("agent", "greedy"):
-        cluster.kubectl("create", "serviceaccount", sa, "-n", namespace)
-    cluster.kubectl("create", "rolebinding", "agent-requests", "-n", namespace,
-                    "--clusterrole=fleetwarden-approval-requester", f"--serviceaccount={namespace}:agent",
-                    f"--serviceaccount={namespace}:greedy")
+def identities(cluster: Any, namespace: str, approvals_installed: None, workdir: Path) -> dict[str, str]:
+    """agent (fleetwarden-agent role, its own token: ``agent_kubeconfig``), greedy (requester and
+    approver roles), alice (approver role)."""
+    agent = agent_identity(cluster, namespace, "agent", workdir)
+    cluster.kubectl("create", "serviceaccount", "greedy", "-n", namespace)
+    cluster.kubectl("create", "rolebinding", "greedy-requests", "-n", namespace,
+                    "--clusterrole=fleetwarden-approval-requester", f"--serviceaccount={namespace}:greedy")
     cluster.kubectl("create", "rolebinding", "approvers", "-n", namespace, "--clusterrole=fleetwarden-approver",
                     "--user=alice", f"--serviceaccount={namespace}:greedy")
-    return {"agent": _sa(namespace, "agent"), "greedy": _sa(namespace, "greedy"), "alice": "alice"}
+    return {"agent": agent.username, "agent_kubeconfig": str(agent.kubeconfig), "greedy": _sa(namespace, "greedy"),
+            "alice": "alice"}
 
 
-def _backend(cluster: Any, namespace: str, user: str) -> approvals.KubernetesApprovalBackend:
+def _backend(cluster: Any, namespace: str, user: str, identities: dict[str, str] | None = None
+             ) -> approvals.KubernetesApprovalBackend:
+    """The SDK's approval backend as ``user``: the agent with its own token, others impersonated."""
+    if identities is not None and user == identities["agent"]:
+        return approvals.KubernetesApprovalBackend(namespace, api=approvals.api_client(identities["agent_kubeconfig"]))
     return approvals.KubernetesApprovalBackend(
         namespace, api=approvals.api_client(cluster.kubeconfig, as_user=user))
 
@@ -108,7 +113,7 @@ def _patch_status(cluster: Any, namespace: str, name: str, status: dict[str, Any
 
 def test_agent_creates_a_request_recording_itself(cluster: Any, namespace: str, identities: dict[str, str]) -> None:
     """The backend creates a CostApproval whose spec.requester is the agent's service account."""
-    name = _ask(_backend(cluster, namespace, identities["agent"]), namespace)
+    name = _ask(_backend(cluster, namespace, identities["agent"], identities), namespace)
     body = cluster.get_json("costapproval", name, "-n", namespace)
     assert body["spec"]["requester"] == identities["agent"]
     assert body["spec"]["agent"] == "support-bot" and body["spec"]["amountUSD"] == 120.0
@@ -129,9 +134,8 @@ def test_a_request_in_someone_elses_name_is_refused(cluster: Any, namespace: str
 def test_the_agent_cannot_decide_its_own_request(cluster: Any, namespace: str, identities: dict[str, str],
                                                  verb: str) -> None:
     """The agent's service account can neither approve nor deny: RBAC gives it no status access."""
-    name = _ask(_backend(cluster, namespace, identities["agent"]), namespace)
-    code, _, err = _fleetwarden(verb, name, "-n", namespace, "--kubeconfig", cluster.kubeconfig,
-                                "--as", identities["agent"])
+    name = _ask(_backend(cluster, namespace, identities["agent"], identities), namespace)
+    code, _, err = _fleetwarden(verb, name, "-n", namespace, "--kubeconfig", identities["agent_kubeconfig"])
     assert code == 2
     assert "forbidden" in err.lower() and "costapprovals/status" in err
     result = _patch_status(cluster, namespace, name, {"decision": "Approved", "decidedBy": identities["agent"],
@@ -155,7 +159,7 @@ def test_admission_policy_stops_a_requester_rbac_would_allow(cluster: Any, names
 
 def test_a_person_approves_and_the_agent_sees_it(cluster: Any, namespace: str, identities: dict[str, str]) -> None:
     """alice approves with `fleetwarden approve`; decidedBy is alice; the waiting agent gets "approved"."""
-    backend = _backend(cluster, namespace, identities["agent"])
+    backend = _backend(cluster, namespace, identities["agent"], identities)
     name = _ask(backend, namespace)
     result: dict[str, str] = {}
     waiter = threading.Thread(target=lambda: result.setdefault("decision", backend.wait(f"{namespace}/{name}", 60)))
@@ -179,7 +183,7 @@ def test_a_person_approves_and_the_agent_sees_it(cluster: Any, namespace: str, i
 def test_a_person_denies_and_cannot_record_another_name(cluster: Any, namespace: str,
                                                         identities: dict[str, str]) -> None:
     """decidedBy must be the decider: alice writing decidedBy=bob is refused; her own denial is recorded."""
-    backend = _backend(cluster, namespace, identities["agent"])
+    backend = _backend(cluster, namespace, identities["agent"], identities)
     name = _ask(backend, namespace)
     lie = _patch_status(cluster, namespace, name, {"decision": "Approved", "decidedBy": "bob",
                                                    "decidedAt": timefmt.rfc3339(time.time())}, "alice")
@@ -191,33 +195,21 @@ def test_a_person_denies_and_cannot_record_another_name(cluster: Any, namespace:
 
 
 @pytest.fixture
-def approvals_operator(cluster: Any, namespace: str) -> Iterator[subprocess.Popen[str]]:
-    """The approvals handlers under kopf, watching this test's namespace only."""
-    log = open(Path(cluster.state_dir or "/tmp") / f"kopf-approvals-{namespace}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", namespace,
-         "-m", "fleetwarden.handlers.approvals"],
-        env=cluster.env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+def approvals_operator(cluster: Any, namespace: str, workdir: Path, request: pytest.FixtureRequest) -> Operator:
+    """The approvals handlers under kopf, watching this test's namespace only, as the operator's
+    ServiceAccount."""
+    return start_kopf(cluster, namespace, "fleetwarden.handlers.approvals", workdir, request)
 
 
 def test_an_undecided_request_expires(cluster: Any, namespace: str, identities: dict[str, str],
-                                      approvals_operator: subprocess.Popen[str]) -> None:
+                                      approvals_operator: Operator) -> None:
     """Past spec.expiresAt the operator sets Expired, recording its own identity, and posts an Event."""
-    backend = _backend(cluster, namespace, identities["agent"])
+    backend = _backend(cluster, namespace, identities["agent"], identities)
     name = _ask(backend, namespace, timeout=4)
     assert backend.wait(f"{namespace}/{name}", 60) == "expired"
     status = _status(cluster, namespace, name)
-    operator_user = approvals.Approvals(approvals.api_client(cluster.kubeconfig)).whoami()
-    assert (status["decision"], status["decidedBy"]) == ("Expired", operator_user)
+    assert (status["decision"], status["decidedBy"]) == ("Expired", approvals_operator.identity.username)
+    assert approvals_operator.identity.username == "system:serviceaccount:fleetwarden-system:fleetwarden-operator"
     expires = cluster.get_json("costapproval", name, "-n", namespace)["spec"]["expiresAt"]
     assert timefmt.parse_rfc3339_strict(status["decidedAt"]) >= timefmt.parse_rfc3339_strict(expires)
 
@@ -227,4 +219,4 @@ def test_an_undecided_request_expires(cluster: Any, namespace: str, identities: 
         return any(e["reason"] == "ApprovalExpired" for e in events)
 
     cluster.wait_for(expired_event, 30, "the ApprovalExpired event")
-    assert approvals_operator.poll() is None
+    assert approvals_operator.proc.poll() is None

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fixtures_fleetwarden
 import operator_rbac
 import pytest
 from fixtures_fleetwarden import crd_names
@@ -28,14 +29,18 @@ pytestmark = pytest.mark.e2e
 def installed(cluster: Any) -> Iterator[str]:
     """`kubectl apply -k manifests/`; its output. Afterwards the operator's own objects are removed
     (the CRDs stay: other tests use them)."""
-    # a namespace still terminating from an earlier run would refuse the new objects
-    cluster.kubectl("wait", "--for=delete", f"namespace/{NAMESPACE}", "--timeout=120s", check=False, timeout=150)
+    # a namespace still terminating from an earlier run would refuse the new objects (one that is
+    # Active, e.g. made by the operator e2e harness, is simply applied over)
+    phase = cluster.kubectl("get", "namespace", NAMESPACE, "-o", "jsonpath={.status.phase}", check=False).stdout
+    if phase == "Terminating":
+        cluster.kubectl("wait", "--for=delete", f"namespace/{NAMESPACE}", "--timeout=120s", check=False, timeout=150)
     output = cluster.kubectl("apply", "-k", str(MANIFESTS), timeout=120).stdout
     yield output
     cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s",
                     check=False, timeout=150)
     cluster.kubectl("delete", "clusterrolebinding,clusterrole", "fleetwarden-operator", "--ignore-not-found",
                     check=False)
+    cluster.kubectl("delete", "clusterrole", "fleetwarden-agent", "--ignore-not-found", check=False)
 
 
 def test_apply_k_installs_crds_and_operator(cluster: Any, installed: str) -> None:
@@ -47,6 +52,10 @@ def test_apply_k_installs_crds_and_operator(cluster: Any, installed: str) -> Non
                  "rolebinding.rbac.authorization.k8s.io/fleetwarden-operator-leader-election",
                  "poddisruptionbudget.policy/fleetwarden-operator",
                  "deployment.apps/fleetwarden-operator", "service/fleetwarden-operator-metrics",
+                 "poddisruptionbudget.policy/fleetwarden-operator",
+                 "role.rbac.authorization.k8s.io/fleetwarden-operator-leader-election",
+                 "rolebinding.rbac.authorization.k8s.io/fleetwarden-operator-leader-election",
+                 "clusterrole.rbac.authorization.k8s.io/fleetwarden-agent",
                  *[f"customresourcedefinition.apiextensions.k8s.io/{name}" for name in crd_names()]):
         assert line in installed
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
@@ -89,3 +98,16 @@ def test_operator_may_pause_keda_scaled_objects(cluster: Any, installed: str, ve
 def test_operator_may_hold_its_lease(cluster: Any, installed: str, verb: str, allowed: bool) -> None:
     """In its own namespace the operator may get, create and update Leases (leader election)."""
     assert operator_rbac.can_i(cluster, OPERATOR, verb, "leases.coordination.k8s.io", "-n", NAMESPACE) is allowed
+
+
+def test_the_e2e_harness_runs_the_operator_as_its_service_account_never_as_admin(
+        cluster: Any, installed: str, tmp_path: Path) -> None:
+    """The harness' token kubeconfig is the operator's ServiceAccount and passes its check; the admin
+    kubeconfig (or any identity that may write RBAC) is refused."""
+    kubeconfig = fixtures_fleetwarden.token_kubeconfig(cluster, NAMESPACE, "fleetwarden-operator",
+                                                       tmp_path / "operator.kubeconfig")
+    fixtures_fleetwarden.refuse_admin(cluster, kubeconfig, OPERATOR)
+    with pytest.raises(AssertionError, match="refusing to run the operator as"):
+        fixtures_fleetwarden.refuse_admin(cluster, cluster.kubeconfig, OPERATOR)
+    with pytest.raises(AssertionError, match="refusing to run the operator as"):
+        fixtures_fleetwarden.refuse_admin(cluster, kubeconfig, "system:serviceaccount:other:account")

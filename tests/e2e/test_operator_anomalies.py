@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import crds_installed, start_operator  # noqa: F401 - fixture
 from test_operator_budget import (
     FAMILIES,
     SCRAPE,
@@ -25,9 +25,7 @@ from test_operator_budget import (
     deployment,
     events,
     exporter,  # noqa: F401 - fixture
-    start_operator,
     status,
-    workdir,  # noqa: F401 - fixture
 )
 
 from fleetwarden.devcluster import monitoring

@@ -1,7 +1,7 @@
 """The operator end to end: status, kill switch, resume, Prometheus outages.
 
-Real parts only: the operator runs as a subprocess (``python -m fleetwarden operator``)
-against the real API server, and reads a real Prometheus that scrapes a real /metrics
+Real parts only: the operator runs as a subprocess (``python -m fleetwarden operator``, as its
+own ServiceAccount: tests/e2e/fixtures_fleetwarden.py) against the real API server, and reads a real Prometheus that scrapes a real /metrics
 endpoint. The endpoint is a controlled exporter in this process (prometheus_client
 counters the test sets), so the numbers Prometheus sees are exactly what the test chose.
 Tests wait on conditions with timeouts; none sleeps and then asserts on timing.
@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import prometheus_client as pc
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import crds_installed, start_operator  # noqa: F401 - fixture
 
 from fleetwarden.devcluster import monitoring, procs
 
-ROOT = Path(__file__).resolve().parents[2]
-INTERVAL = 2.0
 SCRAPE = 2.0
 
 LLM = ["agent", "namespace", "workflow", "step", "model"]
@@ -74,58 +67,6 @@ def llm_labels(agent: str, namespace: str, model: str = "gpt-4o-mini") -> dict[s
     return {"agent": agent, "namespace": namespace, "workflow": "support", "step": "answer", "model": model}
 
 
-class Operator:
-    """``python -m fleetwarden operator`` in a subprocess, scoped to one namespace."""
-
-    def __init__(self, cluster: Any, prometheus_url: str, namespace: str, log_dir: Path,
-                 extra: Sequence[str] = ()) -> None:
-        self.metrics_port = procs.free_port()
-        self.log_path = log_dir / "operator.log"
-        env = dict(cluster.env)
-        env["PYTHONUNBUFFERED"] = "1"
-        argv = [sys.executable, "-m", "fleetwarden", "operator", "--interval", str(INTERVAL),
-                "--prometheus-url", prometheus_url, "--scrape-interval", str(SCRAPE),
-                "--metrics-port", str(self.metrics_port), "--namespace", namespace, *extra]
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-    def metric(self, name: str) -> float:
-        """The sum of a sample of the operator's own /metrics (0 when absent)."""
-        if self.proc.poll() is not None:
-            raise AssertionError(f"operator exited {self.proc.returncode}:\n{self.tail()}")
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def evaluations(self) -> float:
-        return self.metric("fleetwarden_evaluation_seconds_count")
-
-    def wait_evaluations(self, cluster: Any, more: int, timeout: float = 60) -> None:
-        """Wait until the operator has evaluated ``more`` more times (budget cycles)."""
-        start = self.evaluations()
-        cluster.wait_for(lambda: self.evaluations() >= start + more, timeout, f"{more} more evaluations")
-
-    def tail(self, lines: int = 150) -> str:
-        try:
-            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.log.close()
-
-
 # ---------------------------------------------------------------- fixtures
 
 
@@ -136,27 +77,6 @@ def exporter() -> Iterator[Exporter]:
         yield e
     finally:
         e.stop()
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="fleetwarden-e2e-operator-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def start_operator(cluster: Any, prometheus_url: str, namespace: str, workdir: Path,
-                   request: pytest.FixtureRequest, extra: Sequence[str] = ()) -> Operator:
-    op = Operator(cluster, prometheus_url, namespace, workdir, extra)
-
-    def finish() -> None:
-        op.stop()
-        print(f"--- operator log (shown by pytest when the test failed) ---\n{op.tail()}")
-
-    request.addfinalizer(finish)
-    return op
 
 
 def deployment(name: str, namespace: str, replicas: int = 3, model: str = "gpt-4o-mini",

@@ -11,12 +11,13 @@ minute, so each test waits up to about two minutes for one.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import agent_identity, crds_installed, start_operator  # noqa: F401 - fixture
 from test_operator_budget import (
     Exporter,
     budget,
@@ -27,9 +28,7 @@ from test_operator_budget import (
     llm_labels,
     replicas,
     scrape,
-    start_operator,
     status,
-    workdir,  # noqa: F401 - fixture
 )
 
 MINUTE_WAIT = 150  # a counter change shows in a complete minute within this many seconds
@@ -39,10 +38,6 @@ def labelled_deployment(name: str, namespace: str, labels: dict[str, str], count
     body = json.loads(deployment(name, namespace, count))
     body["metadata"]["labels"] = labels
     return json.dumps(body)
-
-
-def whoami(cluster: Any) -> str:
-    return str(cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout.strip())
 
 
 def deployment_events(cluster: Any, namespace: str, reason: str, name: str) -> list[dict[str, Any]]:
@@ -139,11 +134,16 @@ def test_guardrails_approvals_and_ungoverned_agents(cluster: Any, namespace: str
         "spec": {"selector": {"matchLabels": {"app": "support"}}, "tools": {"allow": ["crm.*"], "action": "alert"},
                  "tokenCaps": {"perTask": 1000, "action": "alert"}}}))
     expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 900))
-    cluster.apply(json.dumps({
-        "apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostApproval",
-        "metadata": {"name": "bot-refund", "namespace": namespace},
-        "spec": {"agent": "bot", "requester": whoami(cluster), "rule": "refunds", "tool": "payments.refund",
-                 "amountUSD": 120.0, "reason": "refund above 100 USD", "expiresAt": expires}}))
+    agent = agent_identity(cluster, namespace, "bot", workdir)  # the agent asks, as its ServiceAccount
+    created = subprocess.run([cluster.kubectl_path, f"--kubeconfig={agent.kubeconfig}", "create", "-f", "-"],
+                             input=json.dumps({
+                                 "apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostApproval",
+                                 "metadata": {"name": "bot-refund", "namespace": namespace},
+                                 "spec": {"agent": "bot", "requester": agent.username, "rule": "refunds",
+                                          "tool": "payments.refund", "amountUSD": 120.0,
+                                          "reason": "refund above 100 USD", "expiresAt": expires}}),
+                             capture_output=True, text=True, timeout=30, check=False, env=cluster.env)
+    assert created.returncode == 0, created.stderr
     job = scrape(prometheus, exporter, namespace)
     request.addfinalizer(lambda: prometheus.remove_target(job))
     prometheus.wait_for_query(f'fleetwarden_guardrail_decisions_total{{namespace="{namespace}"}}', timeout=30)

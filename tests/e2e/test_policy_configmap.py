@@ -1,19 +1,17 @@
 """A CostPolicy compiled into the ConfigMap the agents mount, by the handlers under kopf on the
 real API server: content equals the spec, edits follow, halt follows the budget, GC follows
-the owner."""
+the owner. The handlers run as the operator's ServiceAccount; the agent reads its ConfigMap as an
+agent ServiceAccount bound by the fleetwarden-agent role."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import Identity, Operator, agent_identity, crds_installed, start_kopf  # noqa: F401
 
 from fleetwarden import sdk
 from fleetwarden.core import spec
@@ -38,40 +36,35 @@ def _deployment(namespace: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def policy_operator(cluster: Any, namespace: str, crds_installed: list[str]  # noqa: F811
-                    ) -> Iterator[subprocess.Popen[str]]:
-    """The policy handlers under kopf, watching this test's namespace only."""
-    log = open(Path(cluster.state_dir or "/tmp") / f"kopf-policy-{namespace}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", namespace,
-         "-m", "fleetwarden.handlers.policyconfig"],
-        env=cluster.env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+def policy_operator(cluster: Any, namespace: str, crds_installed: list[str], workdir: Path,  # noqa: F811
+                    request: pytest.FixtureRequest) -> Operator:
+    """The policy handlers under kopf, watching this test's namespace only, as the operator's ServiceAccount."""
+    return start_kopf(cluster, namespace, "fleetwarden.handlers.policyconfig", workdir, request)
 
 
-def _configmap(cluster: Any, namespace: str) -> dict[str, Any] | None:
-    result = cluster.kubectl("get", "configmap", "fleetwarden-policy-support", "-n", namespace, "-o", "json",
-                             check=False)
+@pytest.fixture
+def agent(cluster: Any, namespace: str, workdir: Path) -> Identity:
+    """The agent's ServiceAccount (fleetwarden-agent role), which reads the compiled policy."""
+    return agent_identity(cluster, namespace, "support-bot", workdir)
+
+
+def _configmap(cluster: Any, namespace: str, agent: Identity) -> dict[str, Any] | None:
+    """The policy ConfigMap, read as the agent."""
+    result = subprocess.run([cluster.kubectl_path, f"--kubeconfig={agent.kubeconfig}", "get", "configmap",
+                             "fleetwarden-policy-support", "-n", namespace, "-o", "json"],
+                            capture_output=True, text=True, timeout=30, check=False, env=cluster.env)
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
 def test_policy_becomes_a_configmap_and_follows_edits(cluster: Any, namespace: str,
-                                                      policy_operator: subprocess.Popen[str]) -> None:
+                                                      policy_operator: Operator, agent: Identity) -> None:
     """policy.json equals the validated spec; an edit, a suspended budget and deletion all follow."""
     cluster.apply(json.dumps(_deployment(namespace)))
     cluster.apply(json.dumps({"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostPolicy",
                               "metadata": {"name": "support", "namespace": namespace}, "spec": POLICY_SPEC}))
     policy = cluster.get_json("costpolicy", "support", "-n", namespace)
 
-    cm = cluster.wait_for(lambda: _configmap(cluster, namespace), 60, "the policy ConfigMap")
+    cm = cluster.wait_for(lambda: _configmap(cluster, namespace, agent), 60, "the policy ConfigMap")
     expected = spec.CostPolicySpec.model_validate(policy["spec"])
     assert json.loads(cm["data"]["policy.json"]) == expected.model_dump(mode="json", by_alias=True)
     assert sdk.GuardrailPolicy.from_json(cm["data"]["policy.json"]).spec == expected
@@ -90,7 +83,7 @@ def test_policy_becomes_a_configmap_and_follows_edits(cluster: Any, namespace: s
     # An edit is published.
     cluster.kubectl("patch", "costpolicy", "support", "-n", namespace, "--type=merge",
                     "-p", json.dumps({"spec": {"tokenCaps": {"perTask": 5000}}}))
-    cluster.wait_for(lambda: json.loads((_configmap(cluster, namespace) or {"data": {"policy.json": "{}"}})
+    cluster.wait_for(lambda: json.loads((_configmap(cluster, namespace, agent) or {"data": {"policy.json": "{}"}})
                                         ["data"]["policy.json"]).get("tokenCaps", {}).get("perTask") == 5000,
                      60, "the edited token cap in the ConfigMap")
 
@@ -99,11 +92,11 @@ def test_policy_becomes_a_configmap_and_follows_edits(cluster: Any, namespace: s
                               "metadata": {"name": "support", "namespace": namespace},
                               "spec": {"selector": {"matchLabels": {"team": "support"}}, "suspend": True,
                                        "limits": [{"window": "hour", "amountUSD": 10}]}}))
-    cluster.wait_for(lambda: (_configmap(cluster, namespace) or {}).get("data", {}).get("halt") == "true",
+    cluster.wait_for(lambda: (_configmap(cluster, namespace, agent) or {}).get("data", {}).get("halt") == "true",
                      60, "halt=true after the budget was suspended")
     cluster.kubectl("patch", "agentbudget", "support", "-n", namespace, "--type=merge",
                     "-p", json.dumps({"spec": {"suspend": False}}))
-    cluster.wait_for(lambda: (_configmap(cluster, namespace) or {}).get("data", {}).get("halt") == "false",
+    cluster.wait_for(lambda: (_configmap(cluster, namespace, agent) or {}).get("data", {}).get("halt") == "false",
                      60, "halt=false after the budget was resumed")
 
     # A suspended budget over other agents leaves the flag down, until the policy's Deployment
@@ -115,10 +108,10 @@ def test_policy_becomes_a_configmap_and_follows_edits(cluster: Any, namespace: s
     cluster.kubectl("scale", "deployment", "support-bot", "-n", namespace, "--replicas=0")  # not a relabel
     for label, halt in (("tier=premium", "true"), ("tier-", "false")):
         cluster.kubectl("label", "deployment", "support-bot", "-n", namespace, label)
-        cluster.wait_for(lambda halt=halt: (_configmap(cluster, namespace) or {}).get("data", {}).get("halt") == halt,
+        cluster.wait_for(lambda halt=halt: (_configmap(cluster, namespace, agent) or {}).get("data", {}).get("halt") == halt,
                          60, f"halt={halt} after `kubectl label deployment support-bot {label}`")
 
     # Deleting the policy deletes its ConfigMap (ownerReference, garbage collector).
     cluster.kubectl("delete", "costpolicy", "support", "-n", namespace)
-    cluster.wait_for(lambda: _configmap(cluster, namespace) is None, 60, "the ConfigMap to be collected")
-    assert policy_operator.poll() is None
+    cluster.wait_for(lambda: _configmap(cluster, namespace, agent) is None, 60, "the ConfigMap to be collected")
+    assert policy_operator.proc.poll() is None

@@ -1,5 +1,5 @@
 """Every PromQL query of the Grafana dashboards returns data from the real Prometheus,
-scraping the real simulator and an operator-side exporter."""
+scraping the real simulator and the real operator (tests/e2e/views_fleet.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import views_fleet
+from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from views_fleet import views_fleet_session  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "manifests" / "grafana"
-RULES = ROOT / "manifests" / "prometheus" / "rules.yaml"
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -27,14 +28,8 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def fleet(prometheus, tmp_path_factory):
-    # The anomaly panels show Fleetwarden alerts: load the rules so ALERTS has them.
-    prometheus.load_rules([RULES])
-    try:
-        with views_fleet.running_fleet(prometheus, tmp_path_factory.mktemp("views-dash")) as running:
-            yield running
-    finally:
-        prometheus.load_rules([])
+def fleet(views_fleet_session):  # noqa: F811
+    return views_fleet_session
 
 
 def _values(fleet) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""`fleetwarden report --prometheus` against the real Prometheus scraping the simulator."""
+"""`fleetwarden report --prometheus` against the real Prometheus scraping the simulator and the real
+operator (tests/e2e/views_fleet.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 
 import pytest
 import views_fleet
+from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from views_fleet import views_fleet_session  # noqa: F401 - fixture
 
 from fleetwarden import cli
 
@@ -13,16 +16,17 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def fleet(prometheus, tmp_path_factory):
-    with views_fleet.running_fleet(prometheus, tmp_path_factory.mktemp("views-live")) as running:
-        # two scrapes of growing counters make increase() positive, for every agent
-        views_fleet.wait_for_data(
-            prometheus,
-            f'sum by (agent) (increase(fleetwarden_llm_cost_usd_total{{namespace="{running.namespace}"}}[5m])) > 0',
-            until=lambda res: {r["metric"]["agent"] for r in res} >= set(running.agents))
-        views_fleet.wait_for_data(
-            prometheus, f'sum(increase(fleetwarden_findings_total{{namespace="{running.namespace}"}}[5m])) > 0')
-        yield running
+def fleet(prometheus, views_fleet_session):  # noqa: F811
+    running = views_fleet_session
+    # two scrapes of growing counters make increase() positive, for every agent
+    views_fleet.wait_for_data(
+        prometheus,
+        f'sum by (agent) (increase(fleetwarden_llm_cost_usd_total{{namespace="{running.namespace}"}}[5m])) > 0',
+        until=lambda res: {r["metric"]["agent"] for r in res} >= set(running.agents))
+    views_fleet.wait_for_data(  # the operator's finding (a complete minute of tool calls first)
+        prometheus, f'fleetwarden_findings_total{{namespace="{running.namespace}", kind="tool_not_allowed"}}',
+        timeout=240)
+    return running
 
 
 def test_live_report_breaks_cost_down_by_agent_team_and_tool(prometheus, fleet, tmp_path):
@@ -43,7 +47,7 @@ def test_live_report_breaks_cost_down_by_agent_team_and_tool(prometheus, fleet, 
     assert data["total_cost_usd"] >= sum(rows["agent"][f"{ns}/{a}"]["cost_usd"] for a in fleet.agents) * 0.999
     assert len(data["total_trend"]) == 5
     kinds = {(a["namespace"], a["kind"]) for a in data["anomalies"]}
-    assert (ns, "tool_call_explosion") in kinds
+    assert (ns, "tool_not_allowed") in kinds
 
 
 def test_live_recommendation_knows_how_near_each_budget_came_to_its_cap(prometheus, fleet, tmp_path):
@@ -66,8 +70,9 @@ def test_live_recommendation_knows_how_near_each_budget_came_to_its_cap(promethe
     current = {r["metric"]["budget"]: float(r["value"][1]) for r in prometheus.query(
         f'fleetwarden_budget_spend_usd{{namespace="{ns}", window="hour"}} / '
         f'fleetwarden_budget_limit_usd{{namespace="{ns}", window="hour"}}')}
-    for team in teams:  # spend only grows in the exporter: the peak is (about) the latest value
-        assert 0 < peaks[team] <= current[team] + 1e-9 and peaks[team] >= current[team] - 0.05, (team, peaks, current)
+    for team in teams:  # the operator's spend only grows here: the peak is (about) the latest value
+        assert 0 < peaks[team] <= current[team] + 1e-9 and peaks[team] >= 0.9 * current[team] - 0.05, (
+            team, peaks, current)
 
     # every team's budget: a generous target, warning at the midpoint of the teams' peaks
     warning = 100 * sorted(peaks.values())[len(peaks) // 2]

@@ -92,9 +92,8 @@ def test_dockerfile_entrypoint_is_the_deployment_command() -> None:
     """The image's ENTRYPOINT and the operator Deployment's command are the same kopf run."""
     (entrypoint,) = _all("ENTRYPOINT")
     command = json.loads(entrypoint)
-    assert command[:2] == ["kopf", "run"]
-    assert {"--standalone", "--all-namespaces"} <= set(command)
-    assert command[-2:] == ["-m", "fleetwarden.handlers"]
+    assert command[:2] == ["fleetwarden", "operator"]
+    assert {"--leader-elect", "--all-namespaces"} <= set(command)
     (container,) = _operator_deployment()["spec"]["template"]["spec"]["containers"]
     assert container["command"] == command
 
@@ -120,6 +119,7 @@ def test_operator_liveness_probe_hits_kopf_liveness_endpoint() -> None:
     probe = container["livenessProbe"]["httpGet"]
     assert (ports[probe["port"]], probe["path"]) == (int(match.group(1)), match.group(2))
     assert "metrics" in ports
+    assert {e["name"] for e in container["env"]} >= {"FLEETWARDEN_PROMETHEUS_URL", "POD_NAME", "POD_NAMESPACE"}
 
 
 def test_operator_environment_is_what_the_operator_reads() -> None:
@@ -128,7 +128,7 @@ def test_operator_environment_is_what_the_operator_reads() -> None:
     settings = (ROOT / "operator" / "fleetwarden" / "handlers" / "settings.py").read_text()
     read = set(re.findall(r'"(FLEETWARDEN_[A-Z_]+)"', settings))
     (container,) = _operator_deployment()["spec"]["template"]["spec"]["containers"]
-    names = [e["name"] for e in container["env"]]
+    names = [e["name"] for e in container["env"] if e["name"].startswith("FLEETWARDEN_")]
     assert set(names) <= read, sorted(set(names) - read)
     assert {"FLEETWARDEN_PROMETHEUS_URL", "FLEETWARDEN_METRICS_PORT"} <= set(names)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -136,27 +136,51 @@ def test_operator_environment_is_what_the_operator_reads() -> None:
     assert int(port) == ports["metrics"]
 
 
-def test_two_replicas_a_disruption_budget_and_a_lease_of_their_own() -> None:
-    """Two operator replicas; a PodDisruptionBudget keeps one through drains; the Lease RBAC is a Role
-    in the operator's namespace only (get, create, update), bound to its ServiceAccount."""
+def test_two_replicas_elect_a_leader_and_a_disruption_budget_keeps_one() -> None:
+    """Two replicas under leader election (the command line parses, the Lease in the pod's own
+    namespace), never both down in a rollout or a drain (PodDisruptionBudget minAvailable 1)."""
+    from fleetwarden import cli
+
     deployment = _operator_deployment()
-    namespace = deployment["metadata"]["namespace"]
     assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 1
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args(container["command"][1:])
+    assert args.leader_elect is True and args.lease_namespace is None  # $POD_NAMESPACE
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     (pdb,) = [d for d in _docs(MANIFESTS / "operator.yaml") if d["kind"] == "PodDisruptionBudget"]
-    assert pdb["metadata"]["namespace"] == namespace
     assert pdb["spec"]["minAvailable"] == 1
-    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
-    rbac = _docs(MANIFESTS / "rbac.yaml")
-    (role,) = [d for d in rbac if d["kind"] == "Role"]
-    (binding,) = [d for d in rbac if d["kind"] == "RoleBinding"]
-    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == namespace
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_the_lease_role_is_namespaced_and_minimal() -> None:
+    """Leases: get, create, update in the operator's namespace only (a Role, not the ClusterRole)."""
+    docs = _docs(MANIFESTS / "rbac.yaml")
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert role["metadata"]["namespace"] == _operator_deployment()["metadata"]["namespace"]
     assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                               "verbs": ["get", "create", "update"]}]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": namespace,
-                                    "name": deployment["spec"]["template"]["spec"]["serviceAccountName"]}]
-    assert not any(d["kind"] == "ClusterRole" and "leases" in str(d["rules"]) for d in rbac)
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == _operator_deployment()["spec"]["template"]["spec"]["serviceAccountName"]
+    assert not any("coordination.k8s.io" in r["apiGroups"] for r in _cluster_role()["rules"])
+
+
+def test_agent_role_lets_an_agent_ask_but_never_decide() -> None:
+    """fleetwarden-agent: read ConfigMaps, create/get/watch CostApprovals, nothing more; the example
+    RoleBinding binds it in one namespace."""
+    (role,) = _docs(MANIFESTS / "agent-rbac.yaml")
+    grants = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+              for v in rule["verbs"]}
+    assert ("fleetwarden.dev", "costapprovals", "create") in grants
+    assert ("fleetwarden.dev", "costapprovals", "watch") in grants
+    assert ("", "configmaps", "get") in grants
+    assert not {r for _, r, _ in grants} - {"configmaps", "costapprovals", "selfsubjectreviews"}
+    assert not {v for _, _, v in grants} & (FORBIDDEN_VERBS | {"update", "patch"})
+    example = {d["kind"]: d for d in _docs(MANIFESTS / "agent-rolebinding.example.yaml")}
+    assert example["RoleBinding"]["roleRef"]["name"] == role["metadata"]["name"]
+    assert "agent-rbac.yaml" in _kustomization(MANIFESTS)["resources"]
 
 
 def test_operator_service_account_is_bound_to_the_cluster_role() -> None:

@@ -104,6 +104,7 @@ def test_chart_files_are_the_manifests() -> None:
         "require-budget-label.yaml": "policies/require-budget-label.yaml",
         "approvals-rbac.yaml": "approvals-rbac.yaml",
         "digest-cronjob.yaml": "digest-cronjob.yaml",
+        "agent-rbac.yaml": "agent-rbac.yaml",
         "grafana/governance.json": "grafana/governance.json",
         "grafana/platform.json": "grafana/platform.json",
     }

@@ -11,11 +11,11 @@ reads a watch event body, a list item and a recorded fixture.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -67,8 +67,26 @@ def wrap_api_error(what: str, exc: Exception) -> KubeError:
     return KubeError(f"{what}: {status or 'no answer'} {reason}", status if isinstance(status, int) else None, code)
 
 
-def load_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """An API client from the in-cluster service account, else ``kubeconfig``/``$KUBECONFIG``."""
+# Called before every request that is not a read (set by ``handlers.leader`` under leader
+# election): raises KubeError when this process may not write. One place, so that no write of
+# any handler, hook or adapter can slip past it.
+WRITE_GUARD: Callable[[str, str], None] | None = None
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class GuardedApiClient(client.ApiClient):
+    """An ApiClient that asks ``WRITE_GUARD`` before each write (POST, PUT, PATCH, DELETE)."""
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        guard = WRITE_GUARD
+        if guard is not None and method.upper() not in _READS:
+            guard(method.upper(), url)
+        return super().call_api(method, url, *args, **kwargs)
+
+
+def load_config(kubeconfig: str | None = None, *, guarded: bool = True) -> client.ApiClient:
+    """An API client from the in-cluster service account, else ``kubeconfig``/``$KUBECONFIG``
+    (``guarded``: its writes pass ``WRITE_GUARD``; the Lease's own client is not)."""
     configuration = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
@@ -78,7 +96,7 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
         except (config.ConfigException, OSError, TypeError) as exc:
             raise errors.KubernetesError(f"no Kubernetes configuration: {exc}") from exc
     configuration.connection_pool_maxsize = 32
-    return client.ApiClient(configuration)
+    return GuardedApiClient(configuration) if guarded else client.ApiClient(configuration)
 
 
 # ------------------------------------------------------------------ reading Deployments
@@ -321,12 +339,23 @@ class Kube:
                    self.custom.patch_namespaced_custom_object_status, spec.GROUP, spec.VERSION, namespace,
                    BUDGET_PLURAL, name, {"status": dict(patch)})
 
-    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid)."""
+    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str, *,
+                   once: bool = False) -> bool:
+        """A core/v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid); True when a
+        new Event object was created.
+
+        De-duplicated by what is stored, not by this process's memory (which a restart loses):
+        the Event's name is derived from (object uid, type, reason, message), so saying the same
+        thing again finds the Event already there (409). Then ``once`` leaves it as it is (said
+        once per object and problem, whatever the restarts); otherwise its ``count`` goes up and
+        ``lastTimestamp`` moves, as the kubelet's event correlator aggregates repeats."""
         namespace = involved.get("namespace") or "default"
         now = timefmt.rfc3339(time.time())
+        key = "\x00".join(str(involved.get(k) or "") for k in ("uid", "kind", "name")) + f"\x00{type_}\x00{reason}"
+        digest = hashlib.sha256(f"{key}\x00{message[:1024]}".encode()).hexdigest()[:16]
+        name = f"{str(involved['name'])[:200]}.{digest}"
         body = {
-            "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace},
             "involvedObject": {k: involved[k] for k in ("apiVersion", "kind", "name", "namespace", "uid")
                                if involved.get(k)},
             "type": type_,
@@ -339,7 +368,18 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._call(f"post event {reason} in {namespace}", self.core.create_namespaced_event, namespace, body)
+        try:
+            self._call(f"post event {reason} in {namespace}", self.core.create_namespaced_event, namespace, body)
+            return True
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+        if once:
+            return False
+        stored = self._json(f"read event {reason} in {namespace}", self.core.read_namespaced_event, name, namespace)
+        self._call(f"count event {reason} in {namespace}", self.core.patch_namespaced_event, name, namespace,
+                   {"count": int(stored.get("count") or 1) + 1, "lastTimestamp": now})
+        return False
 
 
 def deployment_ref(namespace: str, name: str, uid: str | None = None) -> dict[str, Any]:

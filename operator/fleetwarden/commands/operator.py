@@ -50,7 +50,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--liveness", default=None, metavar="URL",
                         help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--verbose", "-v", action="store_true", help="log more")
+    _register_leader_election(parser)
     parser.set_defaults(func=run)
+
+
+def _register_leader_election(parser: argparse.ArgumentParser) -> None:
+    """``--leader-elect`` and the Lease's settings (defaults as controller-runtime's)."""
+    group = parser.add_argument_group("leader election (run several replicas; exactly one acts)")
+    group.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False,
+                       help="hold a coordination.k8s.io Lease before acting; stand by while another "
+                            "replica holds it (default: off, a single replica acts alone)")
+    group.add_argument("--lease-name", default="fleetwarden-operator", help="the Lease (default fleetwarden-operator)")
+    group.add_argument("--lease-namespace", default=None,
+                       help="the Lease's namespace (default: $POD_NAMESPACE, else the pod's own namespace)")
+    group.add_argument("--lease-duration", type=float, default=15.0,
+                       help="seconds a standby waits after the last renewal it saw before taking over (default 15)")
+    group.add_argument("--renew-deadline", type=float, default=10.0,
+                       help="seconds the leader keeps trying to renew before it stops acting; shorter than "
+                            "--lease-duration (default 10)")
+    group.add_argument("--retry-period", type=float, default=2.0,
+                       help="seconds between attempts to acquire or renew (default 2)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +95,17 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    import fleetwarden.handlers  # noqa: F401 - registers the handlers (reads the settings above)
+    from fleetwarden.handlers import leader
+
+    # Leader election: stand by until this replica holds the Lease (docs/operator.md).
+    elector = leader.elect(leader.settings_from_args(args), liveness=args.liveness) if args.leader_elect else None
+
     namespaces = args.namespace or []
-    kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces,
-             liveness_endpoint=args.liveness)
+    try:
+        kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces,
+                 liveness_endpoint=args.liveness)
+    finally:
+        if elector is not None:
+            leader.step_down(elector)
     return 0

@@ -300,6 +300,11 @@ def _engage(inp: EvaluationInput, d: Draft, kills: Sequence[findings.Finding]) -
     replicas = {a.name: a.replicas for a in targets if a.replicas > 0}
     for agent_name, count in sorted(replicas.items()):
         d.act(decision.ScaleToZero(agent_name, count, "kill", by_name[agent_name].resource_version))
+    # Already at zero with the count recorded on the Deployment at kill time: a kill whose
+    # status write was lost (the operator restarted, or the leader died mid-kill). The count
+    # stored in the cluster is kept, so the resume restores exactly that.
+    replicas.update({a.name: a.replicas_before for a in targets
+                     if a.replicas <= 0 and a.replicas_before is not None and a.replicas_before > 0})
     d.events.append(decision.Event(
         "Warning", REASON_KILL_SWITCH_ENGAGED,
         f"kill switch engaged ({incident}): {first.message}; scaled to zero: "

@@ -23,10 +23,16 @@ from typing import Any
 
 from fleetwarden import errors
 from fleetwarden.devcluster import cluster as devcluster
-from fleetwarden.devcluster import failures, layout, monitoring, procs
+from fleetwarden.devcluster import failures, layout, monitoring, pki, procs
 
 MARKER = "demo.json"
 RULES = "manifests/prometheus/rules.yaml"
+
+
+# The operator's identity in manifests/ (the demo runs the operator as it).
+OPERATOR_IDENTITY = ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml")
+OPERATOR_NAMESPACE = "fleetwarden-system"
+OPERATOR_ACCOUNT = "fleetwarden-operator"
 
 
 class DemoError(errors.FleetwardenError):
@@ -113,8 +119,8 @@ class Stack:
         assert self.prometheus is not None
         return self.prometheus
 
-    def _start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        proc = procs.start(name, argv, state_dir=self.state_dir, env=self.env, cwd=self.state_dir,
+    def _start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = procs.start(name, argv, state_dir=self.state_dir, env=env or self.env, cwd=self.state_dir,
                            tie_to_parent=not self.keep)
         self.own.append(name)
         return proc
@@ -140,14 +146,30 @@ class Stack:
         self.prom.add_target(name, address)
         return address
 
+    def operator_kubeconfig(self) -> Path:
+        """The operator's own identity, as manifests/ install it (namespace, ServiceAccount, RBAC), in a
+        kubeconfig with a TokenRequest token: the demo's operator never runs as admin."""
+        manifests = repo_root() / "manifests"
+        for name in OPERATOR_IDENTITY:
+            self.kubectl("apply", "-f", str(manifests / name))
+        token = self.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE,
+                             "--duration=48h").stdout.strip()
+        path = self.state_dir / "operator.kubeconfig"
+        path.write_text(pki.token_kubeconfig(Path(self.kubeconfig).read_text(), token,
+                                             f"{OPERATOR_NAMESPACE}-{OPERATOR_ACCOUNT}", OPERATOR_NAMESPACE))
+        path.chmod(0o600)
+        return path
+
     def start_operator(self, *, interval: float, timeout: float = 90.0) -> int:
-        """`fleetwarden operator` for every namespace; returns its /metrics port (a scrape target too)."""
+        """`fleetwarden operator` for every namespace, as its ServiceAccount, under leader election;
+        returns its /metrics port (a scrape target too)."""
         assert self.alertmanager is not None
         port = procs.free_port()
         argv = [sys.executable, "-m", "fleetwarden", "operator", "--all-namespaces", "--interval", f"{interval:g}",
                 "--prometheus-url", self.prom.url, "--scrape-interval", f"{self.scrape_interval:g}",
-                "--metrics-port", str(port), "--alertmanager-url", self.alertmanager.url]
-        proc = self._start("operator", argv)
+                "--metrics-port", str(port), "--alertmanager-url", self.alertmanager.url,
+                "--leader-elect", "--lease-namespace", OPERATOR_NAMESPACE]
+        proc = self._start("operator", argv, env={**self.env, "KUBECONFIG": str(self.operator_kubeconfig())})
         procs.wait_until(lambda: procs.http_ok(f"http://{procs.LOOPBACK}:{port}/metrics"), timeout=timeout,
                          what="operator", proc=proc, log=self.log_path("operator"))
         self.prom.add_target("fleetwarden-operator", f"{procs.LOOPBACK}:{port}")

@@ -298,8 +298,10 @@ class Story:
         assert self.stack.alertmanager is not None
         self.say(f"$ fleetwarden operator --all-namespaces --interval {self.opts.interval:g} "
                  f"--prometheus-url {self.stack.prom.url} --scrape-interval {self.opts.scrape_interval:g} "
-                 f"--alertmanager-url {self.stack.alertmanager.url}  "
-                 f"# log: {self.stack.log_path('operator')}")
+                 f"--alertmanager-url {self.stack.alertmanager.url} --leader-elect "
+                 f"--lease-namespace {stack_mod.OPERATOR_NAMESPACE}  # log: {self.stack.log_path('operator')}")
+        self.say(f"  (as its ServiceAccount {stack_mod.OPERATOR_NAMESPACE}/{stack_mod.OPERATOR_ACCOUNT}, "
+                 f"manifests/rbac.yaml; kubeconfig {self.stack.state_dir / 'operator.kubeconfig'})")
         self.say(f"  (one simulated hour passes in {60 / speed:g} wall-clock minutes; the operator and "
                  "Prometheus run on the wall clock)")
 

@@ -152,3 +152,19 @@ def kubeconfig(server: str, pki: Pki, client: str, *, cluster_name: str = "fleet
         "    namespace: default\n"
         f"current-context: {cluster_name}\n"
     )
+
+
+def token_kubeconfig(admin_kubeconfig: str, token: str, user: str, namespace: str) -> str:
+    """A kubeconfig for a ServiceAccount token (from the TokenRequest API) on the cluster of
+    ``admin_kubeconfig``'s current context (its server and CA, nothing of its credentials)."""
+    import yaml
+
+    admin = yaml.safe_load(admin_kubeconfig)
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    entry = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    return str(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": user,
+        "clusters": [{"name": entry["name"], "cluster": dict(entry["cluster"])}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": entry["name"], "user": user, "namespace": namespace}}],
+    }))

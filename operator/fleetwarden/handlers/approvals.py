@@ -87,7 +87,7 @@ def _announce(body: Mapping[str, Any], reason: str, message: str, type_: str = "
         return
     STATE.announced.add(key)
     try:
-        STATE.events().post_event(_ref(body), type_, reason, message)
+        STATE.events().post_event(_ref(body), type_, reason, message, once=True)  # once, across restarts
     except errors.ExternalError as exc:
         log.warning("could not post event %s: %s", reason, exc)
 

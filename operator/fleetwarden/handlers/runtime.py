@@ -482,7 +482,7 @@ class Runtime:
             real_uid = (by_key[(namespace, name)].get("metadata") or {}).get("uid")
             try:
                 self.api.post_event(kube.deployment_ref(namespace, name, real_uid), "Warning",
-                                    GOVERNANCE_REASONS[problem], gap.message)
+                                    GOVERNANCE_REASONS[problem], gap.message, once=True)  # once, across restarts
             except errors.ExternalError as exc:
                 log.warning("event %s not posted: %s", GOVERNANCE_REASONS[problem], exc)
                 with self._gaps_lock:

@@ -156,8 +156,11 @@ def _anomalies(src: prometheus_report.ReportSource, start: float, end: float, st
             message=f"alert {labels.get('alertname')} fired" + (f" (tool {labels['tool']})" if "tool" in labels else ""),
             tool=labels.get("tool"), model=labels.get("model"), source="alert"))
     window = _range(end - start)
-    for labels, value in src.instant(f"sum by (namespace, kind, action) "
-                                     f"(increase(fleetwarden_findings_total[{window}])) > 0", end):
+    # a series born in the window (it starts at its first finding, 1) counts with its value
+    by = "sum by (namespace, kind, action)"
+    for labels, value in src.instant(f"{by} (increase(fleetwarden_findings_total[{window}])) > 0 or "
+                                     f"{by} (fleetwarden_findings_total unless fleetwarden_findings_total "
+                                     f"offset {window}) > 0", end):
         out.append(model.Anomaly(
             time=end, kind=labels.get("kind", "unknown"), agent="-", namespace=labels.get("namespace", "-"),
             action=labels.get("action", "alert"),

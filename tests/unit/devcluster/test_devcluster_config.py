@@ -257,3 +257,18 @@ def test_stop_ignores_a_pid_that_runs_something_else(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_token_kubeconfig_keeps_the_cluster_and_drops_the_admin_credentials() -> None:
+    """A ServiceAccount's kubeconfig: the admin kubeconfig's server and CA, the token as its only credential."""
+    admin = {"apiVersion": "v1", "kind": "Config", "current-context": "dev",
+             "clusters": [{"name": "other", "cluster": {"server": "https://10.0.0.1"}},
+                          {"name": "c", "cluster": {"server": "https://127.0.0.1:6443",
+                                                    "certificate-authority-data": "Q0E="}}],
+             "users": [{"name": "admin", "user": {"client-key-data": "S0VZ"}}],
+             "contexts": [{"name": "dev", "context": {"cluster": "c", "user": "admin"}}]}
+    out = yaml.safe_load(pki.token_kubeconfig(yaml.safe_dump(admin), "tok", "ops-operator", "ops"))
+    assert out["clusters"] == [admin["clusters"][1]]
+    assert out["users"] == [{"name": "ops-operator", "user": {"token": "tok"}}]
+    assert out["contexts"][0]["context"] == {"cluster": "c", "user": "ops-operator", "namespace": "ops"}
+    assert "S0VZ" not in pki.token_kubeconfig(yaml.safe_dump(admin), "tok", "ops-operator", "ops")

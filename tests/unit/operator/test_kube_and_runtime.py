@@ -79,3 +79,63 @@ def test_select_agents_uses_the_budget_selector_and_namespace() -> None:
     other_label["metadata"] = {**other_label["metadata"], "labels": {"app": "sales"}, "name": "sales"}
     agents, chosen = runtime.select_agents(budget, [deployment(), other_ns, other_label])
     assert [a.name for a in agents] == ["bot"] and list(chosen) == ["bot"]
+
+
+class FakeEvents:
+    """The Events of one namespace as the API server keeps them: a name is unique (409)."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, dict[str, Any]] = {}
+
+    def create_namespaced_event(self, namespace: str, body: dict[str, Any]) -> None:
+        from kubernetes.client import exceptions
+
+        name = body["metadata"]["name"]
+        if name in self.stored:
+            raise exceptions.ApiException(status=409, reason="AlreadyExists")
+        self.stored[name] = dict(body)
+
+    def read_namespaced_event(self, name: str, namespace: str, _preload_content: bool = True) -> Any:
+        import json
+
+        class Response:
+            data = json.dumps(self.stored[name]).encode()
+
+        return Response()
+
+    def patch_namespaced_event(self, name: str, namespace: str, patch: dict[str, Any]) -> None:
+        self.stored[name].update(patch)
+
+
+def events_kube() -> tuple[kube.Kube, FakeEvents]:
+    k = kube.Kube(kube.client.ApiClient(kube.client.Configuration()))
+    fake = FakeEvents()
+    k.core = fake  # type: ignore[assignment]
+    return k, fake
+
+
+REF = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "bot", "namespace": "shop", "uid": "u-1"}
+
+
+def test_an_event_said_again_is_counted_on_the_stored_event_not_posted_anew() -> None:
+    """The same (object, type, reason, message) finds its stored Event: one object, count 2; a new
+    process (no memory) finds it too. Another message or object is another Event."""
+    k, fake = events_kube()
+    assert k.post_event(REF, "Warning", "KillSwitchHeld", "bot scaled up; scaled to zero again") is True
+    restarted = kube.Kube(kube.client.ApiClient(kube.client.Configuration()))
+    restarted.core = fake  # type: ignore[assignment]
+    assert restarted.post_event(REF, "Warning", "KillSwitchHeld", "bot scaled up; scaled to zero again") is False
+    (event,) = fake.stored.values()
+    assert event["count"] == 2 and event["reason"] == "KillSwitchHeld"
+    k.post_event(REF, "Warning", "KillSwitchHeld", "another message")
+    k.post_event({**REF, "uid": "u-2"}, "Warning", "KillSwitchHeld", "bot scaled up; scaled to zero again")
+    assert len(fake.stored) == 3
+
+
+def test_a_once_event_is_left_as_stored() -> None:
+    """``once``: said once per object and problem, whatever the restarts: no new object, no count."""
+    k, fake = events_kube()
+    assert k.post_event(REF, "Warning", "Ungoverned", "no AgentBudget selects bot", once=True) is True
+    assert k.post_event(REF, "Warning", "Ungoverned", "no AgentBudget selects bot", once=True) is False
+    (event,) = fake.stored.values()
+    assert event["count"] == 1

@@ -53,7 +53,7 @@ class FakeKube:
             raise kube.KubeError("status patch refused", self.fail_status)
         self.calls.append(("status", namespace, name, patch))
 
-    def post_event(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def post_event(self, ref: dict[str, Any], type_: str, reason: str, message: str, *, once: bool = False) -> None:
         self.calls.append(("event", ref["kind"], ref["name"], type_, reason))
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:

@@ -106,6 +106,9 @@ ENGAGED = {"killSwitch": {"engaged": True, "incident": "inc-1", "replicas": {"bo
     ("acknowledged: exact replicas back", ENGAGED, "inc-1", [dep("bot", 0), dep("helper", 0)], [],
      [decision.RestoreReplicas("bot", 4, "resume"), decision.RestoreReplicas("helper", 1, "resume")],
      [stages.REASON_RESUMED], False),
+    ("engage after a lost status write: the count stored on the scaled agent is kept", {}, None,
+     [dep("bot", 0, before=3), dep("helper", 2)], [kill_finding()], [decision.ScaleToZero("helper", 2, "kill")],
+     [stages.REASON_KILL_SWITCH_ENGAGED], True),
     ("the acknowledged incident is not engaged again", {}, findings.incident_id(kill_finding()),
      [dep("bot", 2)], [kill_finding()], [], [], False),
 ])
@@ -122,6 +125,16 @@ def test_kill_switch_stage(case: str, previous: dict[str, Any], ack: str | None,
     assert d.actions == actions, case
     assert [e.reason for e in d.events] == reasons, case
     assert d.engaged is engaged, case
+
+
+def test_kill_switch_remembers_the_replicas_stored_on_agents_already_at_zero() -> None:
+    """A kill half done before a restart: status.killSwitch.replicas holds the count recorded on the
+    Deployment (fleetwarden.dev/replicas-before-kill), so the resume restores it exactly."""
+    inp, d = make(budget(killSwitch={"enabled": True}), [dep("bot", 0, before=3), dep("helper", 2),
+                                                         dep("idle", 0)])
+    d.known, d.found = True, [kill_finding()]
+    stages.kill_switch_stage(inp, d)
+    assert d.kill_switch is not None and d.kill_switch.replicas == {"bot": 3, "helper": 2}
 
 
 def test_kill_switch_stage_never_engages_on_unknown_data() -> None:

@@ -224,7 +224,7 @@ class EventsOnly:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str, str]] = []
 
-    def post_event(self, ref: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def post_event(self, ref: dict[str, Any], type_: str, reason: str, message: str, *, once: bool = False) -> None:
         self.events.append((ref["name"], type_, reason, message))
 
 

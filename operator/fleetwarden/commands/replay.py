@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     stats = replay.Stats()
     if proposed is not None:
         _compare(args, loaded, proposed, table, name, on_error, stats)
-        _summary(loaded, stats, None)
+        _summary(loaded, stats, None, proposed)
         return 1 if stats.broken else 0
     out, dump = _dumper(args.output)
     try:
@@ -114,13 +114,16 @@ def run(args: argparse.Namespace) -> int:
     return 1 if stats.broken else 0
 
 
-def _summary(loaded: manifests.Manifests, stats: replay.Stats, blank: int | None) -> None:
+def _summary(loaded: manifests.Manifests, stats: replay.Stats, blank: int | None,
+             proposed: manifests.Manifests | None = None) -> None:
     skipped = f", {loaded.skipped} other documents skipped" if loaded.skipped else ""
     late = f", {stats.late} late (counted in a later minute)" if stats.late else ""
     late += f", {blank} blank lines skipped" if blank else ""
     print(f"fleetwarden replay: {stats.events} events read, {stats.broken} broken{late}, {stats.findings} findings, "
           f"{stats.agents} agents; {len(loaded.budgets)} budgets, {len(loaded.policies)} policies from "
-          f"{loaded.files} files{skipped}", file=sys.stderr)
+          f"{loaded.files} files{skipped}"
+          + (f"; compared with {len(proposed.budgets)} budgets, {len(proposed.policies)} policies from "
+             f"{proposed.files} files" if proposed is not None else ""), file=sys.stderr)
 
 
 def _compare(args: argparse.Namespace, current: manifests.Manifests, proposed: manifests.Manifests,

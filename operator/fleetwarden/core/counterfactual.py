@@ -106,11 +106,11 @@ class Comparison:
 
     @property
     def saved_usd(self) -> float:
-        return sum(k.spend_usd for k in self.kills if k.earlier)
+        return math.fsum(k.spend_usd for k in self.kills if k.earlier)
 
     @property
     def lost_usd(self) -> float:
-        return sum(k.spend_usd for k in self.kills if not k.earlier)
+        return math.fsum(k.spend_usd for k in self.kills if not k.earlier)
 
     @property
     def unpriced_events(self) -> int:

@@ -11,6 +11,12 @@ processed; a summary line ends standard error. Beyond the contract, a line over 
 amount over 1e9, a call of more than 20 million tokens or an impossible numeric time is a
 broken line too (``docs/design.md``, "Limits on usage events").
 
+With ``--compare DIR_OR_FILE`` (repeatable like ``-f``) the events are replayed twice, under
+the ``-f`` manifests and under the proposed ones, and what the proposed manifests would have
+changed is printed instead of the findings: actions added or removed, tasks and tool calls
+blocked, approvals raised and dollars saved by earlier kills (``docs/replay.md``; one JSON
+object with ``--output json``).
+
 Exit codes: 0 all lines valid; 1 some lines were broken; 2 usage error (bad manifest,
 missing file, bad price file).
 """
@@ -18,12 +24,14 @@ missing file, bad price file).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from collections.abc import Callable, Iterable
 from typing import IO
 
 from fleetwarden import errors
-from fleetwarden.core import events, findings, manifests, pricing, replay, timefmt
+from fleetwarden.core import counterfactual, events, findings, manifests, pricing, replay, timefmt
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--events", required=True, metavar="FILE", help="usage events, JSON Lines ('-': stdin)")
     parser.add_argument("-f", "--filename", dest="manifests", action="append", default=[], metavar="FILE_OR_DIR",
                         help="AgentBudget/CostPolicy YAML (files or directories; repeatable)")
+    parser.add_argument("--compare", dest="compare", action="append", default=[], metavar="FILE_OR_DIR",
+                        help="proposed AgentBudget/CostPolicy YAML to compare with the -f ones (repeatable); "
+                             "prints what they would have changed")
     parser.add_argument("--output", "-o", choices=("text", "json"), default="text", help="output format")
     parser.add_argument("--prices", metavar="FILE", help="price configuration (YAML) over the built-in prices")
     parser.set_defaults(func=run)
@@ -63,6 +74,7 @@ def _dumper(output: str) -> tuple[IO[bytes] | IO[str], object]:
 def run(args: argparse.Namespace) -> int:
     # 1. inputs a person can get wrong fail before any output: manifests, prices, the events file
     loaded = manifests.load(args.manifests)
+    proposed = manifests.load(args.compare) if args.compare else None
     table = pricing.PriceTable.load(args.prices) if args.prices else pricing.PriceTable.from_config(None)
     source = args.events
     if source != "-" and not os.path.isfile(source):
@@ -79,8 +91,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{name}: {exc}", file=sys.stderr)
 
-    # 3. findings stream out in time order
+    # 3. findings stream out in time order (or, with --compare, the comparison of two replays)
     stats = replay.Stats()
+    if proposed is not None:
+        _compare(args, loaded, proposed, table, name, on_error, stats)
+        _summary(loaded, stats, None, proposed)
+        return 1 if stats.broken else 0
     out, dump = _dumper(args.output)
     try:
         stream = events.iter_events(source, file=name)
@@ -94,10 +110,62 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     # 4. the summary
+    _summary(loaded, stats, stream.blank[0])
+    return 1 if stats.broken else 0
+
+
+def _summary(loaded: manifests.Manifests, stats: replay.Stats, blank: int | None,
+             proposed: manifests.Manifests | None = None) -> None:
     skipped = f", {loaded.skipped} other documents skipped" if loaded.skipped else ""
     late = f", {stats.late} late (counted in a later minute)" if stats.late else ""
-    late += f", {stream.blank[0]} blank lines skipped" if stream.blank[0] else ""
+    late += f", {blank} blank lines skipped" if blank else ""
     print(f"fleetwarden replay: {stats.events} events read, {stats.broken} broken{late}, {stats.findings} findings, "
           f"{stats.agents} agents; {len(loaded.budgets)} budgets, {len(loaded.policies)} policies from "
-          f"{loaded.files} files{skipped}", file=sys.stderr)
-    return 1 if stats.broken else 0
+          f"{loaded.files} files{skipped}"
+          + (f"; compared with {len(proposed.budgets)} budgets, {len(proposed.policies)} policies from "
+             f"{proposed.files} files" if proposed is not None else ""), file=sys.stderr)
+
+
+def _compare(args: argparse.Namespace, current: manifests.Manifests, proposed: manifests.Manifests,
+             table: pricing.PriceTable, name: str, on_error: Callable[[errors.FleetwardenError], None],
+             stats: replay.Stats) -> None:
+    """Replay under both sets of manifests, then print what the proposed ones change."""
+    source = args.events
+    buffered = list(events.iter_events(source, file=name)) if source == "-" else None
+
+    def items() -> Iterable[events.Event | errors.EventError]:
+        return buffered if buffered is not None else events.iter_events(source, file=name)
+
+    runs = []
+    for loaded, errs, st in ((current, on_error, stats), (proposed, None, None)):
+        found = list(replay.run(items(), loaded.budgets, loaded.policies, table, on_error=errs, stats=st))
+        runs.append(counterfactual.Run(found, loaded.budgets, loaded.policies))
+    result = counterfactual.compare(runs[0], runs[1], items(), table)
+    if args.output == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(_compare_text(result))
+
+
+def _compare_text(c: counterfactual.Comparison) -> str:
+    def counts(fs: list[findings.Finding]) -> str:
+        by = counterfactual.action_counts(fs)
+        return ", ".join(f"{n} {a}" for a, n in by.items()) or "none"
+
+    lines = [f"actions added:   {counts(c.added)}", f"actions removed: {counts(c.removed)}",
+             f"blocked:   {len(c.blocked.tasks)} tasks, at least {c.blocked.calls_at_least} tool calls",
+             f"unblocked: {len(c.unblocked.tasks)} tasks, at least {c.unblocked.calls_at_least} tool calls",
+             f"approvals: {len(c.approvals_raised)} raised, {len(c.approvals_dropped)} no longer raised",
+             f"dollars:   {c.saved_usd:.2f} saved by earlier kills, {c.lost_usd:.2f} spent by later or removed "
+             f"kills, net {c.saved_usd - c.lost_usd:.2f}"
+             + (f" ({c.unpriced_events} events with no known price not counted)" if c.unpriced_events else "")]
+    for k in c.kills:
+        lines.append(f"  kill {k.namespace}/{k.agent}: current {_when(k.current)}, proposed {_when(k.proposed)}, "
+                     f"{k.spend_usd:.2f} USD in {k.events} events between")
+    for sign, fs in (("+", c.added), ("-", c.removed)):
+        lines.extend(f"{sign} {_text_line(f)}" for f in fs)
+    return "\n".join(lines)
+
+
+def _when(t: float) -> str:
+    return "never" if t == float("inf") else timefmt.rfc3339_ms(t)

@@ -14,15 +14,12 @@ Alertmanager, and the agent is still running; once the cause is gone the retry c
 
 from __future__ import annotations
 
-import copy
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import crds_installed, operator_identity, operator_rules, without_verb  # noqa: F401
 from test_operator_budget import (  # noqa: F401 - fixtures
     SCRAPE,
     Exporter,
@@ -34,48 +31,22 @@ from test_operator_budget import (  # noqa: F401 - fixtures
     llm_labels,
     replicas,
     status,
-    workdir,
 )
 
 from fleetwarden.adapters import alertmanager as am_adapter
 from fleetwarden.adapters import kube, prometheus
 from fleetwarden.handlers import runtime
 
-ROOT = Path(__file__).resolve().parents[2]
-RBAC = ROOT / "manifests" / "rbac.yaml"
 
-
-def operator_rules() -> list[dict[str, Any]]:
-    """The operator's ClusterRole rules, exactly as manifests/rbac.yaml grants them."""
-    (role,) = [d for d in yaml.safe_load_all(RBAC.read_text()) if d and d["kind"] == "ClusterRole"]
-    return role["rules"]  # type: ignore[no-any-return]
-
-
-def identity(cluster: Any, namespace: str, workdir: Path, rules: list[dict[str, Any]], name: str) -> str:
-    """A ServiceAccount in ``namespace`` bound (in that namespace) to a ClusterRole with ``rules``;
-    returns a kubeconfig that authenticates with its token from the TokenRequest API."""
-    role = f"fw-e2e-{name}-{uuid.uuid4().hex[:6]}"
-    cluster.apply(json.dumps({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                              "metadata": {"name": role, "labels": {"fleetwarden.dev/e2e": "true"}},
-                              "rules": rules}))
-    cluster.kubectl("create", "serviceaccount", name, "-n", namespace)
-    cluster.kubectl("create", "rolebinding", name, "-n", namespace, f"--clusterrole={role}",
-                    f"--serviceaccount={namespace}:{name}")
-    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
-    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    server = copy.deepcopy(admin["clusters"][0])
-    config = {"apiVersion": "v1", "kind": "Config", "clusters": [server],
-              "users": [{"name": name, "user": {"token": token}}],
-              "contexts": [{"name": name, "context": {"cluster": server["name"], "user": name}}],
-              "current-context": name}
-    path = workdir / f"{name}.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
-def operator_runtime(prometheus_url: str, kubeconfig: str) -> runtime.Runtime:
+def operator_runtime(prometheus_url: str, kubeconfig: Path) -> runtime.Runtime:
+    """The operator's evaluation loop (without kopf's) with ``kubeconfig``'s identity."""
     fetcher = prometheus.Fetcher(prometheus.connect(prometheus_url), lookback_minutes=30, scrape_interval=SCRAPE)
-    return runtime.Runtime(interval=2.0, fetcher=fetcher, kube_client=kube.Kube(kube.load_config(kubeconfig)))
+    return runtime.Runtime(interval=2.0, fetcher=fetcher, kube_client=kube.Kube(kube.load_config(str(kubeconfig))))
+
+
+def operator(cluster: Any, prometheus_url: str, workdir: Path, request: pytest.FixtureRequest) -> runtime.Runtime:
+    """The runtime as the shipped ServiceAccount fleetwarden-system/fleetwarden-operator."""
+    return operator_runtime(prometheus_url, operator_identity(cluster, workdir, request).kubeconfig)
 
 
 def observe(cluster: Any, namespace: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -118,21 +89,21 @@ def assert_not_killed(cluster: Any, namespace: str, reason: str, code: int) -> d
 
 
 def test_a_forbidden_scale_is_reported_paged_and_retried(cluster: Any, breached: str, prometheus: Any,
-                                                         workdir: Path, paging: Any) -> None:
+                                                         workdir: Path, paging: Any,
+                                                         request: pytest.FixtureRequest) -> None:
     """403: the operator's role without deployments/scale: not Killed, ScaleFailed Forbidden, paged;
     with the full role the retry completes the kill."""
     namespace = breached
-    rules = [r for r in operator_rules() if "deployments/scale" not in r["resources"]]
-    verdict = operator_runtime(prometheus.url, identity(cluster, namespace, workdir, rules, "noscale")).reconcile(
-        *observe(cluster, namespace))
+    rules = without_verb(operator_rules(), "apps", "deployments/scale", "patch")
+    noscale = operator_identity(cluster, workdir, request, namespace=namespace, rules=rules)
+    verdict = operator_runtime(prometheus.url, noscale.kubeconfig).reconcile(*observe(cluster, namespace))
     assert {(f.status, f.reason) for f in verdict.failures} == {(403, "Forbidden")}
     assert_not_killed(cluster, namespace, "Forbidden", 403)
     assert replicas(cluster, namespace, "bot") == 3 and replicas(cluster, namespace, "helper") == 2
     alert = paging.wait_for_alert(am_adapter.ACTION_FAILED)
     assert alert["labels"]["reason"] == "Forbidden" and alert["labels"]["namespace"] == namespace
 
-    full = operator_runtime(prometheus.url, identity(cluster, namespace, workdir, operator_rules(), "operator"))
-    verdict = full.reconcile(*observe(cluster, namespace))
+    verdict = operator(cluster, prometheus.url, workdir, request).reconcile(*observe(cluster, namespace))
     assert verdict.failures == ()
     st = status(cluster, namespace)
     assert st["state"] == "Killed" and condition(st, "KillSwitchEngaged")["status"] == "True"
@@ -142,12 +113,12 @@ def test_a_forbidden_scale_is_reported_paged_and_retried(cluster: Any, breached:
 
 
 def test_a_deployment_deleted_after_it_was_observed(cluster: Any, breached: str, prometheus: Any,
-                                                    workdir: Path) -> None:
+                                                    workdir: Path, request: pytest.FixtureRequest) -> None:
     """404: the agents still there are stopped (engaged, held); the deleted one is reported, not claimed."""
     namespace = breached
     budget_body, deployments = observe(cluster, namespace)
     cluster.kubectl("delete", "deployment", "helper", "-n", namespace, "--wait=true")
-    rt = operator_runtime(prometheus.url, identity(cluster, namespace, workdir, operator_rules(), "operator"))
+    rt = operator(cluster, prometheus.url, workdir, request)
     verdict = rt.reconcile(budget_body, deployments)
     assert [(f.action.agent, f.status, f.reason) for f in verdict.failures] == [("helper", 404, "NotFound")]
     st = status(cluster, namespace)
@@ -163,13 +134,13 @@ def test_a_deployment_deleted_after_it_was_observed(cluster: Any, breached: str,
 
 
 def test_a_competing_writer_between_observation_and_action(cluster: Any, breached: str, prometheus: Any,
-                                                           workdir: Path) -> None:
+                                                           workdir: Path, request: pytest.FixtureRequest) -> None:
     """409: bot changed after it was observed (scaled to 5 by someone): the stale decision is refused;
     the next evaluation remembers the 5 replicas the writer set, not the 3 observed before."""
     namespace = breached
     budget_body, deployments = observe(cluster, namespace)
     cluster.kubectl("scale", "deployment", "bot", "-n", namespace, "--replicas=5")
-    rt = operator_runtime(prometheus.url, identity(cluster, namespace, workdir, operator_rules(), "operator"))
+    rt = operator(cluster, prometheus.url, workdir, request)
     verdict = rt.reconcile(budget_body, deployments)
     assert [(f.action.agent, f.status, f.reason) for f in verdict.failures] == [("bot", 409, "Conflict")]
     assert replicas(cluster, namespace, "bot") == 5
@@ -183,7 +154,7 @@ def test_a_competing_writer_between_observation_and_action(cluster: Any, breache
 
 
 def test_an_admission_policy_that_refuses_the_scale(cluster: Any, breached: str, prometheus: Any,
-                                                    workdir: Path) -> None:
+                                                    workdir: Path, request: pytest.FixtureRequest) -> None:
     """422: a ValidatingAdmissionPolicy refuses scaling bot to zero: reported as Invalid, bot runs;
     the rest of the fleet is stopped and held; once the policy is gone the retry stops bot too."""
     namespace = breached
@@ -204,7 +175,7 @@ def test_an_admission_policy_that_refuses_the_scale(cluster: Any, breached: str,
                  "matchResources": {"namespaceSelector": {"matchLabels": {
                      "kubernetes.io/metadata.name": namespace}}}}}))
     try:
-        rt = operator_runtime(prometheus.url, identity(cluster, namespace, workdir, operator_rules(), "operator"))
+        rt = operator(cluster, prometheus.url, workdir, request)
 
         def refused() -> Any:
             verdict = rt.reconcile(*observe(cluster, namespace))

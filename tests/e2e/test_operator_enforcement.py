@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import crds_installed, start_operator  # noqa: F401 - fixture
 from test_operator_budget import (  # noqa: F401 - fixtures
     Exporter,
     budget,
@@ -19,9 +19,7 @@ from test_operator_budget import (  # noqa: F401 - fixtures
     fleet,
     llm_labels,
     replicas,
-    start_operator,
     status,
-    workdir,
 )
 
 

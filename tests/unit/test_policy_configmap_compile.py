@@ -55,6 +55,16 @@ def test_policy_json_is_camel_case_with_defaults() -> None:
     assert text["halt"] == "false"
 
 
+@pytest.mark.parametrize(("given", "compiled"), [({}, "Enforce"), ({"enforcement": "DryRun"}, "DryRun"),
+                                                 ({"enforcement": "Warn"}, "Warn")])
+def test_enforcement_is_compiled_for_the_sdk(tmp_path: Path, given: dict, compiled: str) -> None:
+    """spec.enforcement reaches the SDK through policy.json (Enforce when unset)."""
+    data = policyconfig.compile_data(policyconfig.compile_spec({**POLICY, **given}), is_halted=False)
+    (tmp_path / "policy.json").write_text(data["policy.json"])
+    assert f'"enforcement": "{compiled}"' in data["policy.json"]
+    assert sdk.GuardrailPolicy.from_dir(tmp_path).spec.enforcement.value == compiled
+
+
 def test_invalid_spec_names_the_field() -> None:
     """A spec that does not validate raises ManifestError naming the field."""
     with pytest.raises(errors.ManifestError, match="tokenCaps"):

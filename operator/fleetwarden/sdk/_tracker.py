@@ -20,6 +20,7 @@ import fnmatch
 import functools
 import inspect
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,8 @@ from fleetwarden.core import pricing, spec
 from fleetwarden.sdk import _events, _guardrails, _metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("fleetwarden.sdk")
 
 _current_task: contextvars.ContextVar[Task | None] = contextvars.ContextVar("fleetwarden_task", default=None)
 _current_step: contextvars.ContextVar[tuple[Task, str] | None] = contextvars.ContextVar(
@@ -224,6 +227,18 @@ class Tracker:
                 cell = self._decision_cells[key] = store.cell(store.guardrails, (self.agent, self.namespace, *key))
             cell[0] += 1
 
+    def _blocks(self, task: Task, tool: str, status: str, message: str, mode: spec.Enforcement) -> bool:
+        """A guardrail would block: under ``spec.enforcement`` Enforce count ``status`` and return
+        True (the caller blocks); under DryRun or Warn count ``would_<status>`` and return False
+        (Warn also logs ``message`` as a warning)."""
+        if mode is spec.Enforcement.enforce:
+            self._decide(task, tool, status)
+            return True
+        self._decide(task, tool, _metrics.WOULD + status)
+        if mode is spec.Enforcement.warn:
+            log.warning("%s (not blocked: the cost policy's spec.enforcement is Warn)", message)
+        return False
+
     def _tool_rules(self, rules: spec.CostPolicySpec, tool: str) -> tuple[bool, tuple[spec.ApprovalRule, ...]]:
         """Whether the policy allows ``tool`` and the approval rules that apply to it, cached
         per policy spec (a reloaded policy is a new spec object)."""
@@ -385,15 +400,16 @@ class Task:
         if tr.policy is None:
             return
         self._check_halt("")
-        caps = tr.policy.spec.token_caps
+        rules = tr.policy.spec
+        caps = rules.token_caps
         cap = caps.per_task
         if cap is not None and self.tokens + estimated_tokens > cap:
-            tr._decide(self, "", "token_cap_exceeded")
-            if caps.action != spec.Action.alert:
-                raise _guardrails.TokenCapExceeded(
-                    f"task {self.task_id}: {self.tokens} tokens used + {estimated_tokens} estimated "
-                    f"would pass the cap of {cap} tokens per task",
-                    used=self.tokens, estimated=estimated_tokens, cap=cap)
+            message = (f"task {self.task_id}: {self.tokens} tokens used + {estimated_tokens} estimated "
+                       f"would pass the cap of {cap} tokens per task")
+            if caps.action == spec.Action.alert:
+                tr._decide(self, "", "token_cap_exceeded")
+            elif tr._blocks(self, "", "token_cap_exceeded", message, rules.enforcement):
+                raise _guardrails.TokenCapExceeded(message, used=self.tokens, estimated=estimated_tokens, cap=cap)
             return
         tr._decide(self, "", "allowed")
 
@@ -421,9 +437,11 @@ class Task:
         allowed, approvals = tr._tool_rules(rules, tool)
         # 1: allow/deny list
         if not allowed:
-            tr._decide(self, tool, "tool_not_allowed")
-            if rules.tools.action != spec.Action.alert:
-                raise _guardrails.ToolNotAllowed(f"tool {tool!r} is not allowed by the cost policy", tool=tool)
+            message = f"tool {tool!r} is not allowed by the cost policy"
+            if rules.tools.action == spec.Action.alert:
+                tr._decide(self, tool, "tool_not_allowed")
+            elif tr._blocks(self, tool, "tool_not_allowed", message, rules.enforcement):
+                raise _guardrails.ToolNotAllowed(message, tool=tool)
         # 2: rate limits (token buckets, overall and per tool)
         limits = rules.rate_limits
         if limits.tool_calls_per_minute is not None or limits.per_tool:
@@ -432,6 +450,10 @@ class Task:
             while wait > 0.0:
                 if limits.action == spec.Action.alert:
                     tr._decide(self, tool, "rate_limit_exceeded")
+                    break
+                if rules.enforcement is not spec.Enforcement.enforce:  # DryRun, Warn: never wait nor deny
+                    tr._blocks(self, tool, "rate_limit_exceeded",
+                               f"tool {tool!r}: tool-call rate limit reached", rules.enforcement)
                     break
                 if (tr.rate_limit != "sleep" or limits.action != spec.Action.throttle
                         or waited + wait > tr.max_wait):
@@ -455,13 +477,15 @@ class Task:
                     reason = (f"call {calls + 1} of {rule.tool!r} in one task is above "
                               f"{rule.calls_per_workflow_above}")
             if reason is not None:
-                self._approve(rule, tool, amount, reason)
+                self._approve(rule, tool, amount, reason, rules.enforcement)
         tr._decide(self, tool, "allowed")
 
-    def _approve(self, rule: spec.ApprovalRule, tool: str, amount: float | None, reason: str) -> None:
+    def _approve(self, rule: spec.ApprovalRule, tool: str, amount: float | None, reason: str,
+                 mode: spec.Enforcement) -> None:
         tr = self.tracker
-        tr._decide(self, tool, "approval_required")
         message = f"tool {tool!r} needs approval (rule {rule.name!r}): {reason}"
+        if not tr._blocks(self, tool, "approval_required", message, mode):
+            return  # DryRun, Warn: no request, no wait
         if tr.approvals is None:
             raise _guardrails.ApprovalRequired(message, tool=tool, rule=rule.name, amount_usd=amount)
         request_id = tr.approvals.request(agent=tr.agent, namespace=tr.namespace, workflow=self.workflow,

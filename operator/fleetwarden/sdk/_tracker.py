@@ -484,7 +484,8 @@ class Task:
         # 2: rate limits (token buckets, overall and per tool)
         limits = rules.rate_limits
         if limits.tool_calls_per_minute is not None or limits.per_tool:
-            wait = tr._limiter.acquire(limits, tool)
+            replicas = policy.replicas(tr.agent)
+            wait = tr._limiter.acquire(limits, tool, replicas)
             waited = 0.0
             while wait > 0.0:
                 if limits.action == spec.Action.alert:
@@ -502,7 +503,7 @@ class Task:
                         tool=tool, retry_after=wait)
                 tr.sleep(wait)
                 waited += wait
-                wait = tr._limiter.acquire(limits, tool)
+                wait = tr._limiter.acquire(limits, tool, replicas)
         # 3: approval gates
         for rule in approvals:
             amount = amount_usd if amount_usd is not None else cost_usd

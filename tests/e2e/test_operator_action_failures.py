@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import faults
 import pytest
 from fixtures_fleetwarden import crds_installed, operator_identity, operator_rules, without_verb  # noqa: F401
 from test_operator_budget import (  # noqa: F401 - fixtures
@@ -76,6 +77,25 @@ def paging(alertmanager: Any) -> Any:
     am_adapter.configure(None)
 
 
+def running(cluster: Any, namespace: str) -> dict[str, int]:
+    """Each agent Deployment's replicas now."""
+    return {d["metadata"]["name"]: int(d["spec"].get("replicas") or 0)
+            for d in cluster.get_json("deployments", "-n", namespace)["items"]}
+
+
+def record_row(fault: str, cluster: Any, namespace: str, claims: list[str], before: dict[str, int]) -> None:
+    """The fault table's row: the claims the status made while the action failed, and at the end
+    whether the kill completed once (one kill incident), stopped every agent and remembered what ran."""
+    st = status(cluster, namespace)
+    now = running(cluster, namespace)
+    kills = [i for i in st.get("incidents") or [] if i.get("kind") == "kill_switch"]
+    lost = [a for a, n in now.items() if n > 0]
+    claims = claims + faults.false_claims(st, now, before)
+    faults.record(fault, injected=1, survived=int(not lost and not claims and len(kills) == 1),
+                  duplicated=max(len(kills) - 1, 0), lost=len(lost), false_claims=len(claims),
+                  note="; ".join(claims + [f"{a} still running" for a in lost]))
+
+
 def assert_not_killed(cluster: Any, namespace: str, reason: str, code: int) -> dict[str, Any]:
     """The stored status says the kill did not happen, with the API's reason; a Warning Event says why."""
     st = status(cluster, namespace)
@@ -88,17 +108,20 @@ def assert_not_killed(cluster: Any, namespace: str, reason: str, code: int) -> d
     return st
 
 
+@pytest.mark.faults
 def test_a_forbidden_scale_is_reported_paged_and_retried(cluster: Any, breached: str, prometheus: Any,
                                                          workdir: Path, paging: Any,
                                                          request: pytest.FixtureRequest) -> None:
     """403: the operator's role without deployments/scale: not Killed, ScaleFailed Forbidden, paged;
     with the full role the retry completes the kill."""
     namespace = breached
+    before = running(cluster, namespace)
     rules = without_verb(operator_rules(), "apps", "deployments/scale", "patch")
     noscale = operator_identity(cluster, workdir, request, namespace=namespace, rules=rules)
     verdict = operator_runtime(prometheus.url, noscale.kubeconfig).reconcile(*observe(cluster, namespace))
     assert {(f.status, f.reason) for f in verdict.failures} == {(403, "Forbidden")}
-    assert_not_killed(cluster, namespace, "Forbidden", 403)
+    claims = faults.false_claims(assert_not_killed(cluster, namespace, "Forbidden", 403), running(cluster, namespace),
+                                 before)
     assert replicas(cluster, namespace, "bot") == 3 and replicas(cluster, namespace, "helper") == 2
     alert = paging.wait_for_alert(am_adapter.ACTION_FAILED)
     assert alert["labels"]["reason"] == "Forbidden" and alert["labels"]["namespace"] == namespace
@@ -110,13 +133,16 @@ def test_a_forbidden_scale_is_reported_paged_and_retried(cluster: Any, breached:
     assert replicas(cluster, namespace, "bot") == 0 and replicas(cluster, namespace, "helper") == 0
     assert st["killSwitch"]["replicas"] == {"bot": 3, "helper": 2}
     assert len([i for i in st["incidents"] if i["kind"] == "kill_switch"]) == 1
+    record_row("scale refused: 403 (RBAC without the scale verb)", cluster, namespace, claims, before)
 
 
+@pytest.mark.faults
 def test_a_deployment_deleted_after_it_was_observed(cluster: Any, breached: str, prometheus: Any,
                                                     workdir: Path, request: pytest.FixtureRequest) -> None:
     """404: the agents still there are stopped (engaged, held); the deleted one is reported, not claimed."""
     namespace = breached
     budget_body, deployments = observe(cluster, namespace)
+    before = running(cluster, namespace)
     cluster.kubectl("delete", "deployment", "helper", "-n", namespace, "--wait=true")
     rt = operator(cluster, prometheus.url, workdir, request)
     verdict = rt.reconcile(budget_body, deployments)
@@ -126,13 +152,17 @@ def test_a_deployment_deleted_after_it_was_observed(cluster: Any, breached: str,
     ks = condition(st, "KillSwitchEngaged")
     assert (ks["status"], ks["reason"]) == ("False", "ScaleFailed") and "404 NotFound" in ks["message"]
     assert st["state"] != "Killed"
+    claims = faults.false_claims(st, running(cluster, namespace), before)
     # the next evaluation observes the cluster as it is: one agent, stopped; the kill holds
     rt.backoff.succeeded((namespace, "ScaleToZero", "helper"))
     rt.reconcile(*observe(cluster, namespace))
     st = status(cluster, namespace)
     assert st["state"] == "Killed" and condition(st, "KillSwitchEngaged")["status"] == "True"
+    record_row("scale refused: 404 (Deployment deleted after it was observed)", cluster, namespace, claims,
+               {"bot": before["bot"]})
 
 
+@pytest.mark.faults
 def test_a_competing_writer_between_observation_and_action(cluster: Any, breached: str, prometheus: Any,
                                                            workdir: Path, request: pytest.FixtureRequest) -> None:
     """409: bot changed after it was observed (scaled to 5 by someone): the stale decision is refused;
@@ -146,13 +176,17 @@ def test_a_competing_writer_between_observation_and_action(cluster: Any, breache
     assert replicas(cluster, namespace, "bot") == 5
     ks = condition(status(cluster, namespace), "KillSwitchEngaged")
     assert (ks["status"], ks["reason"]) == ("False", "ScaleFailed") and "409 Conflict" in ks["message"]
+    claims = faults.false_claims(status(cluster, namespace), running(cluster, namespace), {})
     rt.backoff.succeeded((namespace, "ScaleToZero", "bot"))
     rt.reconcile(*observe(cluster, namespace))
     st = status(cluster, namespace)
     assert replicas(cluster, namespace, "bot") == 0 and st["state"] == "Killed"
     assert st["killSwitch"]["replicas"] == {"bot": 5, "helper": 2}
+    record_row("scale refused: 409 (a competing writer after observation)", cluster, namespace, claims,
+               {"bot": 5, "helper": 2})
 
 
+@pytest.mark.faults
 def test_an_admission_policy_that_refuses_the_scale(cluster: Any, breached: str, prometheus: Any,
                                                     workdir: Path, request: pytest.FixtureRequest) -> None:
     """422: a ValidatingAdmissionPolicy refuses scaling bot to zero: reported as Invalid, bot runs;
@@ -188,6 +222,7 @@ def test_an_admission_policy_that_refuses_the_scale(cluster: Any, breached: str,
         assert replicas(cluster, namespace, "bot") == 3 and replicas(cluster, namespace, "helper") == 0
         ks = condition(status(cluster, namespace), "KillSwitchEngaged")
         assert (ks["status"], ks["reason"]) == ("False", "ScaleFailed") and "422 Invalid" in ks["message"]
+        claims = faults.false_claims(status(cluster, namespace), running(cluster, namespace), {"bot": 3, "helper": 2})
     finally:
         cluster.kubectl("delete", "validatingadmissionpolicybinding", name, "--ignore-not-found")
         cluster.kubectl("delete", "validatingadmissionpolicy", name, "--ignore-not-found")
@@ -200,3 +235,4 @@ def test_an_admission_policy_that_refuses_the_scale(cluster: Any, breached: str,
     cluster.wait_for(stopped, 30, "bot stopped once the policy is gone")
     st = status(cluster, namespace)
     assert st["state"] == "Killed" and st["killSwitch"]["replicas"] == {"bot": 3, "helper": 2}
+    record_row("scale refused: 422 (an admission policy)", cluster, namespace, claims, {"bot": 3, "helper": 2})

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fixtures_fleetwarden import Identity, Operator, agent_identity, crds_installed, start_kopf  # noqa: F401
+from prometheus_client import CollectorRegistry
 
 from fleetwarden import sdk
 from fleetwarden.core import spec
@@ -114,4 +115,55 @@ def test_policy_becomes_a_configmap_and_follows_edits(cluster: Any, namespace: s
     # Deleting the policy deletes its ConfigMap (ownerReference, garbage collector).
     cluster.kubectl("delete", "costpolicy", "support", "-n", namespace)
     cluster.wait_for(lambda: _configmap(cluster, namespace, agent) is None, 60, "the ConfigMap to be collected")
+    assert policy_operator.proc.poll() is None
+
+
+def _replicas(cluster: Any, namespace: str, agent: Identity) -> dict[str, int] | None:
+    cm = _configmap(cluster, namespace, agent)
+    return json.loads(cm["data"]["replicas.json"]) if cm and "replicas.json" in cm["data"] else None
+
+
+def _fleet_calls_at_once(data: dict[str, str], tmp_path: Path, replicas: int) -> int:
+    """The calls ``replicas`` SDK replicas, each reading the published ConfigMap, let through at one instant."""
+    (tmp_path / "cm").mkdir(exist_ok=True)
+    for key, value in data.items():
+        (tmp_path / "cm" / key).write_text(value)
+    allowed = 0
+    for _ in range(replicas):
+        policy = sdk.GuardrailPolicy.from_dir(tmp_path / "cm", clock=lambda: 0.0)
+        task = sdk.Tracker("support-bot", registry=CollectorRegistry(), policy=policy, clock=lambda: 0.0).start_task()
+        for _ in range(100):
+            try:
+                task.check_tool("kb.search")
+                allowed += 1
+            except sdk.RateLimited:
+                break
+    return allowed
+
+
+def test_the_rate_limit_share_follows_the_ready_replicas(cluster: Any, namespace: str, tmp_path: Path,
+                                                         policy_operator: Operator, agent: Identity) -> None:
+    """A Deployment of 3 replicas (pods Running on KWOK): replicas.json says 3, and 3 SDK replicas
+    reading it let through the limit's burst (30) together, not 3 times it; scaled 3 -> 1 -> 3, the
+    count follows once the pods are gone or ready."""
+    deployment = _deployment(namespace)
+    deployment["spec"]["replicas"] = 3
+    cluster.apply(json.dumps(deployment))
+    cluster.apply(json.dumps({"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostPolicy",
+                              "metadata": {"name": "support", "namespace": namespace},
+                              "spec": {**POLICY_SPEC, "rateLimits": {"toolCallsPerMinute": 30},
+                                       "enforcement": "Enforce"}}))
+
+    def ready(n: int) -> bool:
+        status = cluster.get_json("deployment", "support-bot", "-n", namespace).get("status") or {}
+        return (status.get("readyReplicas") or 0) == n and (status.get("replicas") or 0) == n
+
+    for n in (3, 1, 3):
+        cluster.kubectl("scale", "deployment", "support-bot", "-n", namespace, f"--replicas={n}")
+        cluster.wait_for(lambda n=n: ready(n), 60, f"{n} ready replicas")
+        cluster.wait_for(lambda n=n: _replicas(cluster, namespace, agent) == {"support-bot": n}, 60,
+                         f"replicas.json to say {n}")
+        cm = _configmap(cluster, namespace, agent)
+        assert cm is not None
+        assert _fleet_calls_at_once(cm["data"], tmp_path, n) == 30
     assert policy_operator.proc.poll() is None

@@ -38,13 +38,15 @@ def _budget(selector: dict, *, suspend: bool = False, state: str | None = None, 
 def test_policy_json_round_trips_into_the_sdk(tmp_path: Path) -> None:
     """The SDK's GuardrailPolicy read from the ConfigMap files equals the validated spec."""
     compiled = policyconfig.compile_spec(POLICY)
-    data = policyconfig.compile_data(compiled, is_halted=True)
-    assert set(data) == {"policy.json", "halt"}
+    data = policyconfig.compile_data(compiled, is_halted=True, deployments=[
+        {"metadata": {"name": "bot"}, "spec": {"replicas": 3}, "status": {"readyReplicas": 2}}])
+    assert set(data) == {"policy.json", "halt", "replicas.json"}
     for key, value in data.items():
         (tmp_path / key).write_text(value)
     guard = sdk.GuardrailPolicy.from_dir(tmp_path)
     assert guard.spec == compiled == spec.CostPolicySpec.model_validate(POLICY)
     assert guard.halted is True
+    assert (guard.replicas("bot"), guard.replicas("unknown")) == (3, 1)
     assert sdk.GuardrailPolicy.from_json(data["policy.json"]).spec == compiled
 
 
@@ -53,6 +55,16 @@ def test_policy_json_is_camel_case_with_defaults() -> None:
     text = policyconfig.compile_data(policyconfig.compile_spec({}), is_halted=False)
     assert '"tokenCaps"' in text["policy.json"] and '"modelUpdateSpike"' in text["policy.json"]
     assert text["halt"] == "false"
+
+
+@pytest.mark.parametrize(("given", "compiled"), [({}, "Enforce"), ({"enforcement": "DryRun"}, "DryRun"),
+                                                 ({"enforcement": "Warn"}, "Warn")])
+def test_enforcement_is_compiled_for_the_sdk(tmp_path: Path, given: dict, compiled: str) -> None:
+    """spec.enforcement reaches the SDK through policy.json (Enforce when unset)."""
+    data = policyconfig.compile_data(policyconfig.compile_spec({**POLICY, **given}), is_halted=False)
+    (tmp_path / "policy.json").write_text(data["policy.json"])
+    assert f'"enforcement": "{compiled}"' in data["policy.json"]
+    assert sdk.GuardrailPolicy.from_dir(tmp_path).spec.enforcement.value == compiled
 
 
 def test_invalid_spec_names_the_field() -> None:
@@ -90,15 +102,37 @@ def test_owner_reference_points_at_the_policy() -> None:
     assert policyconfig.configmap_name("p") == "fleetwarden-policy-p"
 
 
-def test_deployment_events_that_can_change_coverage() -> None:
-    """Created, deleted and relabelled Deployments recompile; the initial listing and scaling do not."""
-    seen: dict[str, dict[str, str]] = {}
+@pytest.mark.parametrize(("desired", "ready", "count"), [
+    (3, 3, 3), (3, 1, 3),  # pods starting or one died: the desired count, never fewer
+    (3, 4, 4),  # a rollout's surge pod is ready: counted
+    (None, None, 1), (0, None, 1), (0, 0, 1),  # default 1 replica; scaled to zero still 1, never 0
+    (1, 5, 5),  # scaled down, the old pods still ready: counted until they go
+])
+def test_replica_count(desired: int | None, ready: int | None, count: int) -> None:
+    """The share's divisor: the larger of the desired and the ready replicas, at least 1."""
+    d: dict[str, Any] = {"metadata": {"name": "bot"}, "spec": {}, "status": {}}
+    if desired is not None:
+        d["spec"]["replicas"] = desired
+    if ready is not None:
+        d["status"]["readyReplicas"] = ready
+    assert policyconfig.replica_count(d) == count
+    assert policyconfig.replicas_json([d]) == f'{{"bot": {count}}}'
 
-    def body(labels: dict[str, str], replicas: int = 1) -> dict[str, Any]:
-        return {"metadata": {"uid": "u1", "namespace": "ns", "labels": labels}, "spec": {"replicas": replicas}}
+
+def test_deployment_events_that_can_change_coverage() -> None:
+    """Created, deleted, relabelled, scaled and readiness-changed Deployments recompile; the initial
+    listing and other updates do not."""
+    seen: dict[str, tuple[dict[str, str], int]] = {}
+
+    def body(labels: dict[str, str], replicas: int = 1, ready: int = 0) -> dict[str, Any]:
+        return {"metadata": {"uid": "u1", "namespace": "ns", "labels": labels}, "spec": {"replicas": replicas},
+                "status": {"readyReplicas": ready}}
 
     assert not policyconfig.deployment_changed({"type": None}, body({"team": "a"}), seen)  # the initial listing
-    assert not policyconfig.deployment_changed({"type": "MODIFIED"}, body({"team": "a"}, replicas=0), seen)  # scaled
+    assert not policyconfig.deployment_changed({"type": "MODIFIED"}, body({"team": "a"}, ready=1), seen)  # same count
+    assert policyconfig.deployment_changed({"type": "MODIFIED"}, body({"team": "a"}, replicas=3), seen)  # scaled
+    assert not policyconfig.deployment_changed({"type": "MODIFIED"}, body({"team": "a"}, 1, ready=3), seen)  # going
+    assert policyconfig.deployment_changed({"type": "MODIFIED"}, body({"team": "a"}, 1, ready=1), seen)  # gone
     assert policyconfig.deployment_changed({"type": "MODIFIED"}, body({"team": "a", "tier": "premium"}), seen)
     assert not policyconfig.deployment_changed({"type": "MODIFIED"}, body({"team": "a", "tier": "premium"}), seen)
     assert policyconfig.deployment_changed({"type": "DELETED"}, body({"team": "a"}), seen)

@@ -346,6 +346,7 @@ class CostPolicySpec(_Model):
     tool_prices_usd: dict[str, NonNegativeUSD] = Field(default_factory=dict)
     approvals: list[ApprovalRule] = Field(default_factory=list, max_length=MAX_APPROVAL_RULES)
     anomalies: AnomalyParams = Field(default_factory=AnomalyParams)
+    enforcement: Enforcement = Enforcement.enforce  # DryRun and Warn never block in the SDK
 
     @pydantic.model_validator(mode="after")
     def _approval_names_unique(self) -> CostPolicySpec:

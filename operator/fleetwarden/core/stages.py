@@ -490,15 +490,30 @@ def finding_reason(kind: str) -> str:
 
 
 def notify_stage(inp: EvaluationInput, d: Draft) -> None:
-    """Each finding seen for the first time: an alert to on-call (not in DryRun) and a Warning Event."""
+    """Each finding seen for the first time: an alert to on-call (not in DryRun, of the budget or of
+    the CostPolicy a guardrail finding names) and a Warning Event."""
     dry_run = inp.budget.spec.enforcement is spec.Enforcement.dry_run
     for f in d.new:
         incident = findings.incident_id(f)
         event = decision.Event("Warning", finding_reason(f.kind), f"{incident}: {f.message}", agent=f.agent)
-        if dry_run:
+        if dry_run or dry_run_policy(inp.policies, f):
             d.events.append(event)  # DryRun alerts no one
         else:
             d.act(decision.Notify(f, incident), event)
+
+
+_GUARDRAIL_FINDINGS = frozenset(guardrails.GUARDRAIL_KINDS.values())
+
+
+def dry_run_policy(policies_: Sequence[spec.CostPolicy], f: findings.Finding) -> bool:
+    """Whether guardrail finding ``f`` comes from a CostPolicy in DryRun: every policy of its
+    namespace that ``f.policy`` names (by name, or by an approval rule's name) is in DryRun."""
+    if f.kind not in _GUARDRAIL_FINDINGS or not f.policy:
+        return False
+    named = [p for p in policies_ if p.metadata.namespace == f.namespace and (
+        p.metadata.name == f.policy
+        or (f.kind == findings.APPROVAL_REQUIRED and any(r.name == f.policy for r in p.spec.approvals)))]
+    return bool(named) and all(p.spec.enforcement is spec.Enforcement.dry_run for p in named)
 
 
 # ---------------------------------------------------------------- 6: approvals

@@ -6,7 +6,10 @@ Keys (what ``fleetwarden.sdk.GuardrailPolicy.from_dir`` reads):
   (camelCase, every default filled in, keys sorted), so the SDK enforces exactly what
   the operator validated;
 - ``halt``: ``"true"`` while an AgentBudget of the policy's agents is killed (kill switch
-  engaged) or suspended, else ``"false"``; the SDK then refuses every model and tool call.
+  engaged) or suspended, else ``"false"``; the SDK then refuses every model and tool call;
+- ``replicas.json``: ``{"<Deployment>": n}`` for each agent of the policy, n =
+  :func:`replica_count` (at least 1); the SDK of each replica enforces 1/n of each rate limit,
+  so the limits hold across the agent's replicas (docs/sdk.md, "Fleet-wide rate limits").
 
 The ConfigMap is owned by the CostPolicy (ownerReference: deleted with it). The
 policy's status says what was published: ``configMap``, ``matchedAgents``,
@@ -17,9 +20,10 @@ policy's status says what was published: ``configMap``, ``matchedAgents``,
    ConfigMap differs, write the status if it changed.
 2. Watch events of AgentBudgets: when a budget's halted state changes (or is first seen
    by this process), recompile the policies of its namespace.
-3. Watch events of Deployments: when one is created, deleted or relabelled (not merely
-   scaled), recompile the policies of its namespace: a Deployment relabelled into a killed
-   budget's selector raises its policy's halt flag, and ``matchedAgents`` stays true.
+3. Watch events of Deployments: when one is created, deleted, relabelled, scaled or its
+   ready replicas change, recompile the policies of its namespace: a Deployment relabelled
+   into a killed budget's selector raises its policy's halt flag, ``matchedAgents`` stays
+   true, and ``replicas.json`` follows the replica count.
 
 A transient API failure (:mod:`fleetwarden.handlers.retry`) publishes the namespace's
 policies again, read afresh, after ``retry.DELAY`` (kopf never retries a watch-event
@@ -55,6 +59,7 @@ log = logging.getLogger(__name__)
 PREFIX = "fleetwarden-policy-"
 POLICY_KEY = "policy.json"
 HALT_KEY = "halt"
+REPLICAS_KEY = "replicas.json"
 HALTED_STATES = {"Killed", "Suspended"}
 
 
@@ -105,9 +110,27 @@ def halted(policy: spec.CostPolicySpec, deployments: Sequence[Mapping[str, Any]]
     return False
 
 
-def compile_data(policy: spec.CostPolicySpec, is_halted: bool) -> dict[str, str]:
-    """The ConfigMap's data."""
-    return {POLICY_KEY: policy_json(policy), HALT_KEY: "true" if is_halted else "false"}
+def replica_count(deployment: Mapping[str, Any]) -> int:
+    """How many replicas share an agent's rate limits: the larger of the desired
+    (``spec.replicas``, default 1) and the ready replicas, at least 1. The desired count covers
+    pods still starting and a replica that died until it is replaced (the others do not take
+    its share: under the limit, never over it); the ready count covers a rollout's surge pods."""
+    desired = (deployment.get("spec") or {}).get("replicas")
+    ready = (deployment.get("status") or {}).get("readyReplicas")
+    counts = [n for n in (1 if desired is None else desired, ready) if isinstance(n, int)]
+    return max([1, *counts])
+
+
+def replicas_json(deployments: Sequence[Mapping[str, Any]]) -> str:
+    counts = {str((d.get("metadata") or {}).get("name")): replica_count(d) for d in deployments}
+    return json.dumps(counts, sort_keys=True)
+
+
+def compile_data(policy: spec.CostPolicySpec, is_halted: bool,
+                 deployments: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
+    """The ConfigMap's data; ``deployments`` are the policy's agents."""
+    return {POLICY_KEY: policy_json(policy), HALT_KEY: "true" if is_halted else "false",
+            REPLICAS_KEY: replicas_json(deployments)}
 
 
 def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,7 +146,7 @@ class _State:
     def __init__(self) -> None:
         self.kube: kube.Kube | None = None
         self.budget_halted: dict[str, bool] = {}
-        self.deployment_labels: dict[str, dict[str, str]] = {}  # uid -> labels last seen
+        self.deployment_labels: dict[str, tuple[dict[str, str], int]] = {}  # uid -> labels, replicas last seen
         self.retries: dict[str, asyncio.TimerHandle] = {}  # namespace -> its pending republish
         self.clock = time.time
 
@@ -152,7 +175,7 @@ def publish(body: Mapping[str, Any], k: kube.Kube | None = None, now: float | No
         _write_status(k, namespace, name, status, {"observedGeneration": generation, "conditions": [ready]})
         return False
     deployments = k.list_deployments(namespace, policy.selector)
-    data = compile_data(policy, halted(policy, deployments, k.list_budgets(namespace)))
+    data = compile_data(policy, halted(policy, deployments, k.list_budgets(namespace)), deployments)
     current = configmaps.get(k, namespace, cm_name)
     refs = (current or {}).get("metadata", {}).get("ownerReferences") or []
     written = False
@@ -228,25 +251,25 @@ async def on_agentbudget_event(event: Mapping[str, Any], body: kopf.Body, **_: A
 
 
 def deployment_changed(event: Mapping[str, Any], body: Mapping[str, Any],
-                       seen: dict[str, dict[str, str]]) -> bool:
-    """Whether a Deployment event can change what a policy covers: created, deleted or
-    relabelled. The initial listing (``type`` None) and scaling or status updates cannot;
-    ``seen`` (uid -> labels) is kept up to date."""
+                       seen: dict[str, tuple[dict[str, str], int]]) -> bool:
+    """Whether a Deployment event can change what a policy publishes: created, deleted,
+    relabelled, or its :func:`replica_count` changed (scaled, readiness). The initial listing
+    (``type`` None) and other updates cannot; ``seen`` (uid -> labels, count) is kept up to date."""
     meta = body.get("metadata") or {}
     uid = str(meta.get("uid"))
     kind = event.get("type")
     if kind == "DELETED":
         seen.pop(uid, None)
         return True
-    labels = dict(meta.get("labels") or {})
+    now = (dict(meta.get("labels") or {}), replica_count(body))
     before = seen.get(uid)
-    seen[uid] = labels
-    return kind is not None and before != labels
+    seen[uid] = now
+    return kind is not None and before != now
 
 
 @kopf.on.event("apps", "v1", "deployments")
 async def on_deployment_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
-    """A Deployment created, deleted or relabelled: recompile the policies of its namespace."""
+    """A Deployment created, deleted, relabelled or rescaled: recompile the policies of its namespace."""
     if deployment_changed(event, body, STATE.deployment_labels):
         namespace = body.get("metadata", {}).get("namespace") or "default"
         await _republish(namespace)

@@ -37,7 +37,7 @@ from fleetwarden.sdk._guardrails import (
     ToolNotAllowed,
 )
 from fleetwarden.sdk._metrics import METRIC_NAMES, start_metrics_server
-from fleetwarden.sdk._tracker import Task, Tracker, current_task
+from fleetwarden.sdk._tracker import Reservation, Task, Tracker, current_task
 from fleetwarden.sdk._usage import (
     anthropic_tokens,
     openai_tokens,
@@ -58,6 +58,7 @@ __all__ = [
     "InMemoryApprovals",
     "PriceTable",
     "RateLimited",
+    "Reservation",
     "Task",
     "TokenBucket",
     "TokenCapExceeded",

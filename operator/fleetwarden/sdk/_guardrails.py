@@ -1,8 +1,9 @@
 """Guardrails inside the agent process, driven by a CostPolicy.
 
 The operator compiles each CostPolicy into a ConfigMap with the keys ``policy.json`` (the
-spec in the CRD's camelCase shape) and ``halt`` (``"true"``/``"false"``), mounted in the
-pod (default ``/etc/fleetwarden/policy``). :meth:`GuardrailPolicy.from_dir` reads it and
+spec in the CRD's camelCase shape), ``halt`` (``"true"``/``"false"``) and ``replicas.json``
+(each agent's replica count: its rate limits are shared out among its replicas), mounted in
+the pod (default ``/etc/fleetwarden/policy``). :meth:`GuardrailPolicy.from_dir` reads it and
 re-reads it when the files change (it looks at most once a second).
 
 Exceptions::
@@ -25,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -40,6 +41,7 @@ log = logging.getLogger("fleetwarden.sdk")
 DEFAULT_POLICY_DIR = "/etc/fleetwarden/policy"
 POLICY_FILE = "policy.json"
 HALT_FILE = "halt"
+REPLICAS_FILE = "replicas.json"
 RELOAD_SECONDS = 1.0
 
 
@@ -112,9 +114,10 @@ class GuardrailPolicy:
     """
 
     def __init__(self, policy: specs.CostPolicySpec | None = None, *, halted: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 replicas: Mapping[str, int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._spec = policy if policy is not None else specs.CostPolicySpec()
         self._halted = halted
+        self._replicas: Mapping[str, int] = dict(replicas or {})
         self._dir: Path | None = None
         self._clock = clock
         self._next_check = 0.0
@@ -147,13 +150,23 @@ class GuardrailPolicy:
             self._check()
         return self._halted
 
-    def set(self, policy: specs.CostPolicySpec | None = None, *, halted: bool | None = None) -> None:
-        """Replace the spec and/or the halt flag (for policies not read from a directory)."""
+    def replicas(self, agent: str) -> int:
+        """How many replicas share ``agent``'s rate limits (1 when the operator has not said)."""
+        if self._dir is not None and self._clock() >= self._next_check:
+            self._check()
+        return self._replicas.get(agent, 1)
+
+    def set(self, policy: specs.CostPolicySpec | None = None, *, halted: bool | None = None,
+            replicas: Mapping[str, int] | None = None) -> None:
+        """Replace the spec, the halt flag and/or the replica counts (for policies not read from a
+        directory)."""
         with self._lock:
             if policy is not None:
                 self._spec = policy
             if halted is not None:
                 self._halted = halted
+            if replicas is not None:
+                self._replicas = dict(replicas)
             self.generation += 1
 
     def _check(self) -> None:
@@ -166,15 +179,16 @@ class GuardrailPolicy:
 
     def _reload(self, *, initial: bool) -> None:
         assert self._dir is not None
-        files = (self._dir / POLICY_FILE, self._dir / HALT_FILE)
+        files = (self._dir / POLICY_FILE, self._dir / HALT_FILE, self._dir / REPLICAS_FILE)
         stamp = tuple(_stat(f) for f in files)
         if stamp == self._stamp:
             return
         try:
-            text = files[0].read_text(encoding="utf-8") if stamp[0] is not None else None
-            halt_text = files[1].read_text(encoding="utf-8") if stamp[1] is not None else None
+            text, halt_text, replicas_text = (f.read_text(encoding="utf-8") if st is not None else None
+                                              for f, st in zip(files, stamp, strict=True))
             new_spec = specs.CostPolicySpec() if text is None else _parse_spec(text, str(files[0]))
             halted = _parse_halt(halt_text, str(files[1]))
+            replicas = _parse_replicas(replicas_text, str(files[2]))
         except (OSError, errors.InputError) as exc:
             if initial:
                 if isinstance(exc, errors.InputError):
@@ -184,8 +198,8 @@ class GuardrailPolicy:
             self._stamp = stamp  # do not retry the same broken files every second
             return
         self._stamp = stamp
-        if new_spec != self._spec or halted != self._halted:
-            self._spec, self._halted = new_spec, halted
+        if new_spec != self._spec or halted != self._halted or replicas != self._replicas:
+            self._spec, self._halted, self._replicas = new_spec, halted, replicas
             self.generation += 1
 
 
@@ -221,6 +235,22 @@ def _parse_halt(text: str | None, file: str) -> bool:
     if value in ("false", "0", "no", ""):
         return False
     raise errors.InputError(f"{text.strip()!r} is not true or false", file=file)
+
+
+def _parse_replicas(text: str | None, file: str) -> dict[str, int]:
+    """``{"agent": replicas, ...}``; each count a whole number >= 1."""
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise errors.InputError(f"not valid JSON: {exc}", file=file) from exc
+    if not isinstance(data, dict):
+        raise errors.InputError("must map each agent to its replica count", file=file)
+    for agent, count in data.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise errors.InputError(f"{count!r} is not a replica count >= 1", file=file, field=str(agent))
+    return data
 
 
 # ---------------------------------------------------------------- rate limits
@@ -267,21 +297,21 @@ class RateLimiter:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        self._share = 1
         self._limits: specs.RateLimits | None = None
         self._overall: TokenBucket | None = None
         self._buckets: dict[str, TokenBucket] = {}  # per_tool key -> bucket
         self._key_of: dict[str, str | None] = {}  # tool -> its per_tool key
         self._lock = threading.Lock()
 
-    def acquire(self, limits: specs.RateLimits, tool: str) -> float:
-        """0.0 if the call may go now (its tokens are taken), else seconds to wait."""
+    def acquire(self, limits: specs.RateLimits, tool: str, replicas: int = 1) -> float:
+        """0.0 if the call may go now (its tokens are taken), else seconds to wait. With
+        ``replicas`` > 1 this process has 1/replicas of each limit (rate and burst; a burst of
+        at least one call)."""
         with self._lock:
-            if limits is not self._limits:
-                if self._limits is None or limits != self._limits:
-                    self._overall = None if limits.tool_calls_per_minute is None else TokenBucket(
-                        limits.tool_calls_per_minute, clock=self._clock)
-                    self._buckets = {k: TokenBucket(r, clock=self._clock) for k, r in limits.per_tool.items()}
-                    self._key_of = {}
+            if limits is not self._limits or replicas != self._share:
+                if self._limits is None or limits != self._limits or replicas != self._share:
+                    self._rebuild(limits, replicas)
                 self._limits = limits
             if tool in self._key_of:
                 key = self._key_of[tool]
@@ -301,6 +331,22 @@ class RateLimiter:
                 if bucket is not None:
                     bucket.tokens -= 1.0
             return wait
+
+    def _rebuild(self, limits: specs.RateLimits, replicas: int) -> None:
+        """New buckets for new limits or a new share; a bucket that stays keeps its tokens (at
+        most its new burst), so a rescale grants no fresh burst."""
+        def bucket(rate: float, old: TokenBucket | None) -> TokenBucket:
+            new = TokenBucket(rate / replicas, burst=max(1.0, rate / replicas), clock=self._clock)
+            if old is not None:
+                old.wait_at(new.updated)
+                new.tokens = min(old.tokens, new.burst)
+            return new
+
+        self._overall = None if limits.tool_calls_per_minute is None else bucket(
+            limits.tool_calls_per_minute, self._overall)
+        self._buckets = {k: bucket(r, self._buckets.get(k)) for k, r in limits.per_tool.items()}
+        self._key_of = {}
+        self._share = replicas
 
 
 # ---------------------------------------------------------------- approvals

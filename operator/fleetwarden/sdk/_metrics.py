@@ -45,6 +45,11 @@ MODEL_INFO_LABELS = ("agent", "namespace", "model")
 
 GUARDRAIL_STATUSES = ("allowed", "token_cap_exceeded", "rate_limit_exceeded", "tool_not_allowed",
                       "approval_required", "approved", "denied", "halted")
+# A policy in DryRun or Warn blocks nothing: a decision that would have blocked is counted as
+# its status with this prefix (``would_rate_limit_exceeded``...): four more bounded values.
+WOULD = "would_"
+WOULD_STATUSES = tuple(WOULD + s for s in ("token_cap_exceeded", "rate_limit_exceeded", "tool_not_allowed",
+                                          "approval_required"))
 
 METRIC_NAMES = (
     names.LLM_CALLS, *(name for name, _ in LLM_COUNTERS),

@@ -20,6 +20,7 @@ import fnmatch
 import functools
 import inspect
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -31,9 +32,14 @@ from fleetwarden.sdk import _events, _guardrails, _metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+log = logging.getLogger("fleetwarden.sdk")
+
 _current_task: contextvars.ContextVar[Task | None] = contextvars.ContextVar("fleetwarden_task", default=None)
 _current_step: contextvars.ContextVar[tuple[Task, str] | None] = contextvars.ContextVar(
     "fleetwarden_step", default=None)
+
+_current_reservation: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar(
+    "fleetwarden_reservation", default=None)
 
 _default_prices: pricing.PriceTable | None = None
 
@@ -224,6 +230,18 @@ class Tracker:
                 cell = self._decision_cells[key] = store.cell(store.guardrails, (self.agent, self.namespace, *key))
             cell[0] += 1
 
+    def _blocks(self, task: Task, tool: str, status: str, message: str, mode: spec.Enforcement) -> bool:
+        """A guardrail would block: under ``spec.enforcement`` Enforce count ``status`` and return
+        True (the caller blocks); under DryRun or Warn count ``would_<status>`` and return False
+        (Warn also logs ``message`` as a warning)."""
+        if mode is spec.Enforcement.enforce:
+            self._decide(task, tool, status)
+            return True
+        self._decide(task, tool, _metrics.WOULD + status)
+        if mode is spec.Enforcement.warn:
+            log.warning("%s (not blocked: the cost policy's spec.enforcement is Warn)", message)
+        return False
+
     def _tool_rules(self, rules: spec.CostPolicySpec, tool: str) -> tuple[bool, tuple[spec.ApprovalRule, ...]]:
         """Whether the policy allows ``tool`` and the approval rules that apply to it, cached
         per policy spec (a reloaded policy is a new spec object)."""
@@ -241,7 +259,7 @@ class Tracker:
 class Task:
     """One task of an agent. Created by :meth:`Tracker.task`; its methods are thread-safe."""
 
-    __slots__ = ("tracker", "workflow", "task_id", "status", "cost_usd", "tokens", "llm_calls",
+    __slots__ = ("tracker", "workflow", "task_id", "status", "cost_usd", "tokens", "reserved", "llm_calls",
                  "tool_calls", "tool_counts", "approved_rules", "_token", "_ended", "_tool_cells")
 
     def __init__(self, tracker: Tracker, workflow: str, task_id: str) -> None:
@@ -251,6 +269,7 @@ class Task:
         self.status: str | None = None  # set when the task ends
         self.cost_usd = 0.0  # model + tool + human USD so far
         self.tokens = 0  # all tokens so far
+        self.reserved = 0  # tokens held by model calls under way (reserve_llm), not yet recorded
         self.llm_calls = 0
         self.tool_calls = 0
         self.tool_counts: dict[str, int] = {}
@@ -320,10 +339,13 @@ class Task:
 
     def llm_call(self, model: str, *, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
                  cache_write_tokens: int = 0, reasoning_tokens: int = 0, cost_usd: float | None = None,
-                 provider: str | None = None, status: str = "ok", step: str | None = None) -> float:
+                 provider: str | None = None, status: str = "ok", step: str | None = None,
+                 reservation: Reservation | None = None) -> float:
         """Record one model call; return its USD cost (priced by the tracker's price table
         when ``cost_usd`` is None; an unknown model raises PricingError naming it). Token
-        counts are disjoint: cache and reasoning tokens are not inside input/output."""
+        counts are disjoint: cache and reasoning tokens are not inside input/output. The
+        call settles ``reservation`` (default: the one of the enclosing :meth:`llm_guard`):
+        its tokens stop being held as the call's real tokens are counted, in one step."""
         tr = self.tracker
         if status != "ok" and status != "error":
             raise errors.InputError(f"{status!r} is not 'ok' or 'error'", field="status")
@@ -344,7 +366,12 @@ class Task:
         key = (self.workflow, step, model)
         cell = tr._llm_cells.get(key)
         store = tr.store
+        if reservation is None:
+            reservation = _current_reservation.get()
         with store.lock:
+            if reservation is not None and reservation.task is self and not reservation.settled:
+                reservation.settled = True
+                self.reserved -= reservation.tokens
             if cell is None:
                 cell = tr._llm_cells[key] = store.llm_cell((tr.agent, tr.namespace, *key))
             cell[0 if status == "ok" else 1] += 1
@@ -379,31 +406,59 @@ class Task:
 
     def check_llm(self, estimated_tokens: int = 0) -> None:
         """Ask the guardrails before a model call expected to use ``estimated_tokens``:
-        raises :class:`TokenCapExceeded` if it would pass the task's token cap, or
-        :class:`Halted`. Counted in ``fleetwarden_guardrail_decisions_total`` (tool="")."""
+        raises :class:`TokenCapExceeded` if it would pass the task's token cap (counting the
+        tokens used and those reserved by calls under way), or :class:`Halted`. Counted in
+        ``fleetwarden_guardrail_decisions_total`` (tool=""). It reserves nothing: concurrent
+        calls of one task should use :meth:`llm_guard` or :meth:`reserve_llm`."""
+        self._token_cap(estimated_tokens, reserve=False)
+
+    def reserve_llm(self, estimated_tokens: int = 0, *, max_tokens: int = 0) -> Reservation:
+        """:meth:`check_llm` for ``estimated_tokens`` (the prompt) plus ``max_tokens`` (the
+        most the call may answer), and hold them for the task in the same step, so calls
+        under way together never pass the cap together. :meth:`llm_call` settles the
+        reservation; :meth:`Reservation.release` gives it back when the call is not made."""
+        reservation = self._token_cap(estimated_tokens + max_tokens, reserve=True)
+        assert reservation is not None
+        return reservation
+
+    def _token_cap(self, tokens: int, *, reserve: bool) -> Reservation | None:
         tr = self.tracker
         if tr.policy is None:
-            return
+            return Reservation(self, 0) if reserve else None
         self._check_halt("")
-        caps = tr.policy.spec.token_caps
+        rules = tr.policy.spec
+        caps = rules.token_caps
         cap = caps.per_task
-        if cap is not None and self.tokens + estimated_tokens > cap:
+        with tr.store.lock:  # the check and the hold are one step
+            used, held = self.tokens, self.reserved
+            over = cap is not None and used + held + tokens > cap
+            blocks = over and caps.action != spec.Action.alert
+            if reserve and not (blocks and rules.enforcement is spec.Enforcement.enforce):
+                self.reserved += tokens
+        if not over:
+            tr._decide(self, "", "allowed")
+        elif not blocks:
             tr._decide(self, "", "token_cap_exceeded")
-            if caps.action != spec.Action.alert:
-                raise _guardrails.TokenCapExceeded(
-                    f"task {self.task_id}: {self.tokens} tokens used + {estimated_tokens} estimated "
-                    f"would pass the cap of {cap} tokens per task",
-                    used=self.tokens, estimated=estimated_tokens, cap=cap)
-            return
-        tr._decide(self, "", "allowed")
+        else:
+            message = (f"task {self.task_id}: {used} tokens used + {held} reserved + {tokens} estimated "
+                       f"would pass the cap of {cap} tokens per task")
+            if tr._blocks(self, "", "token_cap_exceeded", message, rules.enforcement):
+                raise _guardrails.TokenCapExceeded(message, used=used, estimated=tokens, cap=cap or 0)
+        return Reservation(self, tokens) if reserve else None
 
     @contextlib.contextmanager
-    def llm_guard(self, estimated_tokens: int = 0) -> Iterator[Task]:
-        """``with task.llm_guard(estimated_tokens=2000):`` checks the token cap before the
-        block (the model call) runs; record the call inside with :meth:`llm_call` or a
-        usage helper."""
-        self.check_llm(estimated_tokens)
-        yield self
+    def llm_guard(self, estimated_tokens: int = 0, *, max_tokens: int = 0) -> Iterator[Task]:
+        """``with task.llm_guard(estimated_tokens=2000, max_tokens=1000):`` reserves the call's
+        tokens before the block (the model call) runs (:meth:`reserve_llm`); record the call
+        inside with :meth:`llm_call` or a usage helper, which settles the reservation. When the
+        block ends without recording, the reservation is released."""
+        reservation = self.reserve_llm(estimated_tokens, max_tokens=max_tokens)
+        token = _current_reservation.set(reservation)
+        try:
+            yield self
+        finally:
+            _current_reservation.reset(token)
+            reservation.release()
 
     # ---------------------------------------------------------------- tool calls
 
@@ -421,17 +476,24 @@ class Task:
         allowed, approvals = tr._tool_rules(rules, tool)
         # 1: allow/deny list
         if not allowed:
-            tr._decide(self, tool, "tool_not_allowed")
-            if rules.tools.action != spec.Action.alert:
-                raise _guardrails.ToolNotAllowed(f"tool {tool!r} is not allowed by the cost policy", tool=tool)
+            message = f"tool {tool!r} is not allowed by the cost policy"
+            if rules.tools.action == spec.Action.alert:
+                tr._decide(self, tool, "tool_not_allowed")
+            elif tr._blocks(self, tool, "tool_not_allowed", message, rules.enforcement):
+                raise _guardrails.ToolNotAllowed(message, tool=tool)
         # 2: rate limits (token buckets, overall and per tool)
         limits = rules.rate_limits
         if limits.tool_calls_per_minute is not None or limits.per_tool:
-            wait = tr._limiter.acquire(limits, tool)
+            replicas = policy.replicas(tr.agent)
+            wait = tr._limiter.acquire(limits, tool, replicas)
             waited = 0.0
             while wait > 0.0:
                 if limits.action == spec.Action.alert:
                     tr._decide(self, tool, "rate_limit_exceeded")
+                    break
+                if rules.enforcement is not spec.Enforcement.enforce:  # DryRun, Warn: never wait nor deny
+                    tr._blocks(self, tool, "rate_limit_exceeded",
+                               f"tool {tool!r}: tool-call rate limit reached", rules.enforcement)
                     break
                 if (tr.rate_limit != "sleep" or limits.action != spec.Action.throttle
                         or waited + wait > tr.max_wait):
@@ -441,7 +503,7 @@ class Task:
                         tool=tool, retry_after=wait)
                 tr.sleep(wait)
                 waited += wait
-                wait = tr._limiter.acquire(limits, tool)
+                wait = tr._limiter.acquire(limits, tool, replicas)
         # 3: approval gates
         for rule in approvals:
             amount = amount_usd if amount_usd is not None else cost_usd
@@ -455,13 +517,15 @@ class Task:
                     reason = (f"call {calls + 1} of {rule.tool!r} in one task is above "
                               f"{rule.calls_per_workflow_above}")
             if reason is not None:
-                self._approve(rule, tool, amount, reason)
+                self._approve(rule, tool, amount, reason, rules.enforcement)
         tr._decide(self, tool, "allowed")
 
-    def _approve(self, rule: spec.ApprovalRule, tool: str, amount: float | None, reason: str) -> None:
+    def _approve(self, rule: spec.ApprovalRule, tool: str, amount: float | None, reason: str,
+                 mode: spec.Enforcement) -> None:
         tr = self.tracker
-        tr._decide(self, tool, "approval_required")
         message = f"tool {tool!r} needs approval (rule {rule.name!r}): {reason}"
+        if not tr._blocks(self, tool, "approval_required", message, mode):
+            return  # DryRun, Warn: no request, no wait
         if tr.approvals is None:
             raise _guardrails.ApprovalRequired(message, tool=tool, rule=rule.name, amount_usd=amount)
         request_id = tr.approvals.request(agent=tr.agent, namespace=tr.namespace, workflow=self.workflow,
@@ -592,3 +656,21 @@ class Task:
         if policy is not None and policy.halted:
             self.tracker._decide(self, tool, "halted")
             raise _guardrails.Halted(f"agent {self.tracker.agent!r} is halted by its cost policy")
+
+
+class Reservation:
+    """Tokens a model call of ``task`` holds against the task's cap until the call is recorded
+    (:meth:`Task.llm_call` settles it) or :meth:`release` gives them back."""
+
+    __slots__ = ("task", "tokens", "settled")
+
+    def __init__(self, task: Task, tokens: int) -> None:
+        self.task, self.tokens, self.settled = task, tokens, False
+
+    def release(self) -> None:
+        """Give the tokens back (a no-op once settled or released)."""
+        task = self.task
+        with task.tracker.store.lock:
+            if not self.settled:
+                self.settled = True
+                task.reserved -= self.tokens

@@ -400,3 +400,38 @@ def test_enforce_is_the_default_and_acts() -> None:
     assert inp.budget.spec.enforcement is spec.Enforcement.enforce
     verdict = evaluate.conclude(inp, _planned(inp, d))
     assert verdict.held == () and [a.agent for a in verdict.actions if isinstance(a, decision.ScaleToZero)]
+
+
+def _cost_policy(name: str, mode: str, namespace: str = NS) -> spec.CostPolicy:
+    return spec.CostPolicy.model_validate({"metadata": {"name": name, "namespace": namespace}, "spec": {
+        "enforcement": mode, "approvals": [{"name": f"{name}-big", "amountAboveUSD": 100}]}})
+
+
+@pytest.mark.parametrize(("mode", "kind", "named", "alerts"), [
+    ("DryRun", findings.RATE_LIMIT_EXCEEDED, "limits", False),
+    ("Warn", findings.RATE_LIMIT_EXCEEDED, "limits", True),
+    ("Enforce", findings.RATE_LIMIT_EXCEEDED, "limits", True),
+    ("DryRun", findings.APPROVAL_REQUIRED, "limits-big", False),  # an approval finding names its rule
+    ("DryRun", findings.TOOL_NOT_ALLOWED, "other", True),  # names no policy of the namespace: alerted
+    ("DryRun", findings.BUDGET_EXCEEDED, "limits", True),  # not a guardrail finding: the budget decides
+])
+def test_guardrail_findings_of_a_dry_run_cost_policy_alert_no_one(mode: str, kind: str, named: str,
+                                                                  alerts: bool) -> None:
+    """A guardrail finding whose policy is a CostPolicy in DryRun gets its Warning Event but no Notify;
+    Warn and Enforce alert."""
+    inp, d = make()
+    inp = decision.EvaluationInput(budget=inp.budget, agents=inp.agents, minutes=inp.minutes, spend=inp.spend,
+                                   now=NOW, policies=(_cost_policy("limits", mode),), generation=3)
+    f = findings.Finding(kind=kind, agent="bot", namespace=NS, time=NOW, action="deny", policy=named,
+                         message="over")
+    d.new = [f]
+    stages.notify_stage(inp, d)
+    assert any(isinstance(a, decision.Notify) for a in d.actions) is alerts
+    assert [e.type for e in d.events] == ["Warning"]
+
+
+def test_a_dry_run_policy_of_another_namespace_does_not_silence() -> None:
+    f = findings.Finding(kind=findings.RATE_LIMIT_EXCEEDED, agent="bot", namespace=NS, time=NOW, action="deny",
+                         policy="limits", message="over")
+    assert stages.dry_run_policy([_cost_policy("limits", "DryRun", "elsewhere")], f) is False
+    assert stages.dry_run_policy([_cost_policy("limits", "DryRun")], f) is True

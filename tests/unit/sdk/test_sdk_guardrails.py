@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import threading
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -390,3 +391,65 @@ def test_async_tool_call_waits_for_approval_off_the_event_loop() -> None:
     assert _decisions(reg, "approved", tool="purchase.create") == 1
     assert reg.get_sample_value("fleetwarden_tool_calls_total", dict(
         agent="bot", namespace="ns", workflow="w", step="buy", tool="purchase.create", status="ok")) == 1.0
+
+
+# ---------------------------------------------------------------- enforcement modes
+
+_BLOCKING = {
+    "tokenCaps": {"perTask": 100},
+    "rateLimits": {"perTool": {"crm.search": 1}, "action": "deny"},
+    "tools": {"deny": ["shell.*"]},
+    "approvals": [{"name": "big", "tool": "pay", "amountAboveUSD": 10}],
+}
+
+
+def _every_guardrail(task: sdk.Task) -> None:
+    """One call past each guardrail: the token cap, the rate limit, the deny list, an approval gate."""
+    task.check_llm(estimated_tokens=500)
+    task.check_tool("crm.search")
+    task.check_tool("crm.search")  # the bucket holds one call
+    task.check_tool("shell.exec")
+    task.check_tool("pay", amount_usd=50)
+
+
+@pytest.mark.parametrize("mode", ["DryRun", "Warn"])
+def test_dry_run_and_warn_never_block_and_count_would(mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    """DryRun and Warn: no guardrail raises, waits or asks for an approval; each call that Enforce would
+    have blocked is counted as would_<status>, never as the blocking status; Warn logs each, DryRun not."""
+    approvals = sdk.InMemoryApprovals()
+    clock = FakeClock()
+    tracker, reg = _tracker(_policy(enforcement=mode, **_BLOCKING), clock, approvals=approvals,
+                            rate_limit="sleep")
+    with caplog.at_level("WARNING", logger="fleetwarden.sdk"), tracker.task("w") as task:
+        _every_guardrail(task)
+    assert clock.now == 1000.0 and approvals.requests == {}
+    for status, tool in [("token_cap_exceeded", ""), ("rate_limit_exceeded", "crm.search"),
+                         ("tool_not_allowed", "shell.exec"), ("approval_required", "pay")]:
+        assert _decisions(reg, "would_" + status, tool) == 1, status
+        assert _decisions(reg, status, tool) == 0, status
+    warned = [r.getMessage() for r in caplog.records if r.name == "fleetwarden.sdk"]
+    assert len(warned) == (4 if mode == "Warn" else 0)
+    assert all("spec.enforcement is Warn" in m for m in warned)
+
+
+@pytest.mark.parametrize(("call", "error"), [
+    (lambda t: t.check_llm(estimated_tokens=500), sdk.TokenCapExceeded),
+    (lambda t: (t.check_tool("crm.search"), t.check_tool("crm.search")), sdk.RateLimited),
+    (lambda t: t.check_tool("shell.exec"), sdk.ToolNotAllowed),
+    (lambda t: t.check_tool("pay", amount_usd=50), sdk.ApprovalRequired),
+])
+def test_enforce_blocks_and_is_the_default(call: Any, error: type[Exception]) -> None:
+    """Enforce (also when unset) raises as before and counts no would_ status."""
+    for fields in ({"enforcement": "Enforce"}, {}):
+        tracker, reg = _tracker(_policy(**fields, **_BLOCKING))
+        with pytest.raises(error), tracker.task("w") as task:
+            call(task)
+        assert not [s for s in reg.collect() for x in s.samples if x.labels.get("status", "").startswith("would_")]
+
+
+def test_the_halt_flag_stops_every_mode() -> None:
+    """DryRun does not soften the kill switch: a halted policy still refuses."""
+    tracker, _ = _tracker(sdk.GuardrailPolicy(spec.CostPolicySpec(enforcement=spec.Enforcement.dry_run),
+                                              halted=True))
+    with pytest.raises(sdk.Halted):
+        tracker.task("w")

@@ -9,7 +9,7 @@ from fleetwarden import sdk
 
 EXPECTED = {
     "DEFAULT_POLICY_DIR", "METRIC_NAMES", "ApprovalBackend", "ApprovalDenied", "ApprovalRequired", "EventWriter",
-    "GuardrailError", "GuardrailPolicy", "Halted", "InMemoryApprovals", "PriceTable", "RateLimited", "Task",
+    "GuardrailError", "GuardrailPolicy", "Halted", "InMemoryApprovals", "PriceTable", "RateLimited", "Reservation", "Task",
     "TokenBucket", "TokenCapExceeded", "ToolNotAllowed", "Tracker", "anthropic_tokens", "current_task",
     "openai_tokens", "record_anthropic_usage", "record_openai_usage", "start_metrics_server",
 }

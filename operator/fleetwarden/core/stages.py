@@ -160,13 +160,18 @@ def _continuing_onset(inp: EvaluationInput, kind: str) -> float | None:
     Budget rules are checked at ``now``; giving a lasting condition the onset of its first
     report keeps its incident id, so it is reported once, not every cycle."""
     prev = inp.previous
-    if (kind == findings.KILL_SWITCH and inp.budget.spec.kill_switch.action is spec.KillAction.scale_to_zero
-            and inp.budget.spec.enforcement is spec.Enforcement.enforce):
-        # a kill lasts while engaged; after a resume, a new kill is a new incident
+    if kind == findings.KILL_SWITCH and inp.budget.spec.kill_switch.action is spec.KillAction.scale_to_zero:
+        # a kill lasts while engaged; after a resume (or an acknowledgement), a new kill is a new
+        # incident; a kill that never engaged (its scales failed, or a mode held it) goes on as the
+        # incident it was reported as while spend stays past the threshold
         ks = prev.kill_switch
-        if ks is None or not ks.engaged:
+        if ks is not None and ks.engaged:
+            return ks.engaged_at.timestamp() if ks.engaged_at is not None else None
+        ended = {ks.incident if ks is not None else None, inp.budget.spec.kill_switch.acknowledge}
+        last = [i for i in prev.incidents or () if i.kind == kind and i.time is not None]
+        if not last or last[-1].id in ended or not prev.is_true(st.BUDGET_EXCEEDED):
             return None
-        return ks.engaged_at.timestamp() if ks.engaged_at is not None else None
+        return last[-1].time.timestamp()  # type: ignore[union-attr]
     if kind == findings.BUDGET_WARNING:
         active = prev.state in (st.State.warning, st.State.exceeded, st.State.killed)
     else:

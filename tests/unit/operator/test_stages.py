@@ -435,3 +435,20 @@ def test_a_dry_run_policy_of_another_namespace_does_not_silence() -> None:
                          policy="limits", message="over")
     assert stages.dry_run_policy([_cost_policy("limits", "DryRun", "elsewhere")], f) is False
     assert stages.dry_run_policy([_cost_policy("limits", "DryRun")], f) is True
+
+
+def test_a_kill_whose_scales_failed_keeps_its_incident_minutes_later() -> None:
+    """A kill none of whose scales landed is engaged again later as the same incident: no second
+    incident, no second alert, however many minutes the retries take."""
+    b = budget(killSwitch={"enabled": True, "thresholdPercent": 150})
+    inp, d = make(b, hour=16.0)
+    first = evaluate.conclude(inp, _planned(inp, d), [failure(a) for a in _planned(*make(b, hour=16.0)).actions
+                                                      if isinstance(a, decision.ScaleToZero)])
+    assert first.status.body()["state"] != "Killed"
+    (kill,) = [f for f in first.new_findings if f.kind == findings.KILL_SWITCH]
+    later = evaluate.evaluate(decision.EvaluationInput(
+        budget=b, agents=inp.agents, minutes=inp.minutes, spend={spec.Window.hour: 17.0}, now=NOW + 5 * 60,
+        previous=first.status.body(), generation=3))
+    assert later.new_findings == ()
+    assert later.status.body()["killSwitch"]["incident"] == findings.incident_id(kill)
+    assert [a.agent for a in later.actions if isinstance(a, decision.ScaleToZero)] == ["bot", "helper"]

@@ -2,12 +2,14 @@
 
     fleetwarden replay --events events.jsonl -f examples/support-swarm/ --output json
 
-Reads usage events (JSON Lines; ``-`` is standard input), applies the AgentBudget and
+Reads usage events (JSON Lines, ``-`` is standard input; or Parquet, a file ending in
+``.parquet``, with the ``parquet`` extra), applies the AgentBudget and
 CostPolicy manifests given with ``-f`` (files or directories, the same YAML the cluster
 gets) and prints the findings in time order: JSON Lines per ``docs/contracts/findings.md``
 with ``--output json``, one readable line each with ``--output text``. Each broken line is
 named on standard error (``events.jsonl:17: field 'type': ...``) and the rest is still
-processed; a summary line ends standard error. Beyond the contract, a line over 1 MiB, an
+processed (in Parquet, a broken row is named by its number from 1 in place of the line);
+a summary line ends standard error. Beyond the contract, a line over 1 MiB, an
 amount over 1e9, a call of more than 20 million tokens or an impossible numeric time is a
 broken line too (``docs/design.md``, "Limits on usage events").
 
@@ -37,9 +39,10 @@ from fleetwarden.core import counterfactual, events, findings, manifests, pricin
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "replay", help="find budget, policy and anomaly findings in a usage-event file",
-        description="Replay usage events (JSON Lines) through the budgets, cost policies and anomaly "
+        description="Replay usage events (JSON Lines or Parquet) through the budgets, cost policies and anomaly "
                     "detectors, printing findings in time order. No cluster needed.")
-    parser.add_argument("--events", required=True, metavar="FILE", help="usage events, JSON Lines ('-': stdin)")
+    parser.add_argument("--events", required=True, metavar="FILE",
+                        help="usage events, JSON Lines ('-': stdin) or Parquet (*.parquet)")
     parser.add_argument("-f", "--filename", dest="manifests", action="append", default=[], metavar="FILE_OR_DIR",
                         help="AgentBudget/CostPolicy YAML (files or directories; repeatable)")
     parser.add_argument("--compare", dest="compare", action="append", default=[], metavar="FILE_OR_DIR",

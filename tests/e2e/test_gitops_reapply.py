@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import crds_installed, start_operator  # noqa: F401 - fixtures
 from test_operator_anomalies import Minute, model_env, policy, prometheus_with_history
 from test_operator_anomalies import budget as anomaly_budget
 from test_operator_budget import (
@@ -42,9 +42,7 @@ from test_operator_budget import (
     fleet,  # noqa: F401 - fixture
     llm_labels,
     replicas,
-    start_operator,
     status,
-    workdir,  # noqa: F401 - fixture
 )
 
 FIELD_MANAGER = "argocd-controller"  # the manager name Argo CD applies with

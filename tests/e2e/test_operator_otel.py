@@ -19,16 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import crds_installed, start_operator  # noqa: F401 - fixtures
 from test_operator_anomalies import model_env, policy
 from test_operator_budget import (
     condition,
     deployment,
     events,
     replicas,
-    start_operator,
     status,
-    workdir,  # noqa: F401 - fixture
 )
 
 from fleetwarden.devcluster import procs

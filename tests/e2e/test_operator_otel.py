@@ -37,10 +37,11 @@ AGENT = Path(__file__).with_name("otel_agent.py")
 class OtelAgent:
     """otel_agent.py in a subprocess: ``task(model, input, output, count)`` records agent invocations."""
 
-    def __init__(self, namespace: str, name: str = "bot") -> None:
+    def __init__(self, namespace: str, name: str = "bot", promoted: bool = False) -> None:
         self.port = procs.free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, str(AGENT), "--port", str(self.port), "--namespace", namespace, "--deployment", name],
+            [sys.executable, str(AGENT), "--port", str(self.port), "--namespace", namespace, "--deployment", name,
+             *(["--promoted"] if promoted else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
 
@@ -60,8 +61,10 @@ class OtelAgent:
 
 
 @pytest.fixture
-def agent(cluster: Any, namespace: str, crds_installed: list[str], prometheus: Any) -> Iterator[OtelAgent]:  # noqa: F811
-    a = OtelAgent(namespace)
+def agent(cluster: Any, namespace: str, crds_installed: list[str], prometheus: Any,  # noqa: F811
+          request: pytest.FixtureRequest) -> Iterator[OtelAgent]:
+    """The agent, scraped; parametrized ``True`` (indirect): the k8s attributes promoted onto its series."""
+    a = OtelAgent(namespace, promoted=getattr(request, "param", False))
     job = f"otel-{namespace}"
     prometheus.add_target(job, a.address)
     try:
@@ -116,6 +119,26 @@ def test_otel_agent_spend_unpriced_models_and_kill_switch(cluster: Any, namespac
     st = cluster.wait_for(lambda: (s := status(cluster, namespace)).get("state") == "Killed" and s, 30, "Killed")
     assert st["killSwitch"]["replicas"] == {"bot": 3} and st["spend"]["hour"] > 0.015
     assert events(cluster, namespace, "KillSwitchEngaged")
+
+
+@pytest.mark.parametrize("agent", [True], ids=["promoted"], indirect=True)
+def test_otel_promoted_labels_spend_in_status(cluster: Any, namespace: str, agent: OtelAgent, prometheus: Any,
+                                             workdir: Path, request: pytest.FixtureRequest) -> None:  # noqa: F811
+    """A Collector's shape: the k8s attributes are labels of the gen_ai series (none on target_info).
+    The spend is the tokens' price, once: 100k input + 10k output tokens of gpt-4o-mini."""
+    cluster.apply(deployment("bot", namespace, 2))
+    agent.task("gpt-4o-mini", 100_000, 10_000)
+    prometheus.wait_for_query(
+        f'gen_ai_client_token_usage_sum{{k8s_namespace_name="{namespace}", k8s_deployment_name="bot"}}',
+        lambda r: len(r) == 2, timeout=30)
+    assert not prometheus.query(f'target_info{{job="otel-{namespace}", k8s_namespace_name!=""}}')
+    cluster.apply(otel_budget(namespace, hour_cap=1.0))
+    start_operator(cluster, prometheus.url, namespace, workdir, request)
+    st = cluster.wait_for(lambda: (s := status(cluster, namespace)).get("spend", {}).get("hour") and s, 60,
+                          "spend from the promoted series")
+    assert st["spend"]["hour"] == pytest.approx(100_000 * 0.15e-6 + 10_000 * 0.6e-6, rel=0.01)
+    assert {"tokens", "calls", "tasks"} <= set(st["source"]["families"]) and st["source"]["lastSample"]
+    assert condition(st, "PricesKnown")["status"] == "True"
 
 
 def test_otel_model_change_spike_rolls_back(cluster: Any, namespace: str, agent: OtelAgent, prometheus: Any,

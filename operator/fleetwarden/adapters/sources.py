@@ -46,6 +46,7 @@ OTEL_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tasks": ("gen_ai_invoke_agent_duration_seconds_count", ("error_type",)),
 }
 LITELLM_LABELS = tuple(label.value for label in spec.LiteLLMLabel)
+UNSET = "None"  # what LiteLLM writes in a label it has no value for (no key alias, no team, no end user)
 LITELLM_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "spend": ("litellm_spend_metric_total", ("model",)),
     "input_tokens": ("litellm_input_tokens_metric_total", ("model",)),
@@ -121,7 +122,7 @@ def _keys(source: spec.SourceType, metric: Mapping[str, str]) -> list[Key]:
     if source is OTEL:
         ns, agent = metric.get("namespace"), metric.get("agent")
         return [(ns, agent)] if ns and agent else []
-    return [(label, metric[label]) for label in LITELLM_LABELS if metric.get(label)]
+    return [(label, metric[label]) for label in LITELLM_LABELS if metric.get(label) not in (None, "", UNSET)]
 
 
 def _count(usage: core_sources.Usage, source: spec.SourceType, family: str, metric: Mapping[str, str],

@@ -183,3 +183,12 @@ def test_litellm_series_by_each_agent_label(tmp_path: Path) -> None:
     usage = core.Usage()
     queries._count(usage, lite, "spend", {"model": "gpt-4o"}, 0.5)  # noqa: SLF001
     assert core.price(usage, pricing.PriceTable()).total_usd == 0.5
+
+
+def test_litellm_unset_labels_name_no_agent() -> None:
+    """LiteLLM writes the text "None" in a label it has no value for (a call with no key alias,
+    team or end user): that is no agent, not an agent called None."""
+    lite = spec.SourceType.lite_llm
+    metric = {"api_key_alias": "None", "team": "None", "end_user": "bot", "model": "gpt-4o-mini"}
+    assert queries._keys(lite, metric) == [("end_user", "bot")]  # noqa: SLF001
+    assert queries._keys(lite, {"api_key_alias": "", "team": "None", "end_user": "None"}) == []  # noqa: SLF001

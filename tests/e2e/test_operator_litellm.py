@@ -20,15 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import crds_installed, start_operator  # noqa: F401 - fixtures
 from test_operator_budget import (
     condition,
     deployment,
     events,
     replicas,
-    start_operator,
     status,
-    workdir,  # noqa: F401 - fixture
 )
 
 from fleetwarden.devcluster import layout, procs

@@ -77,6 +77,7 @@ MODELS: dict[str, tuple[float, float]] = {
     "quill-s": (0.5, 1.5), "quill-m": (2.0, 8.0), "quill-l": (6.0, 24.0), "basalt-7": (0.15, 0.15),
     "basalt-70": (0.9, 0.9), "basalt-400": (4.0, 4.0),
 }
+CONTEXT_WINDOW = 128_000  # input tokens of one call, at most (every model of the catalogue)
 TEAMS = ("claims", "billing", "research", "ops", "growth")
 ROLES = ("intake", "matcher", "triage", "writer", "analyst", "router", "auditor", "scout")
 TOOLS = ("db.query", "search.web", "docs.fetch", "crm.read", "crm.write", "mail.send", "ocr.scan", "sheet.update",
@@ -430,7 +431,7 @@ class _Run:
 
     def llm(self, t: float, task_id: str, model: str, tokens_in: float, version: str) -> None:
         a = self.a
-        tin = max(1, int(tokens_in))
+        tin = max(1, int(min(tokens_in, CONTEXT_WINDOW)))
         tout = max(1, int(tokens_in * a.out_ratio * self.rng.uniform(0.7, 1.3)))
         pin, pout = MODELS[model]
         self.push(t, {"type": "llm", "workflow": a.workflow, "task_id": task_id, "agent_version": version,
@@ -454,7 +455,7 @@ class _Run:
                 gap = max(0.5, a.latency / 1.2 ** j) * rng.uniform(0.8, 1.2)
                 tokens = a.ctx * min(8.0, 1 + 0.15 * j)
             t += gap
-            self.llm(t, task_id, a.model, min(tokens, 200_000.0) * rng.uniform(0.9, 1.1), a.version)
+            self.llm(t, task_id, a.model, tokens * rng.uniform(0.9, 1.1), a.version)
             k += 1
         self.end_task(a.until, task_id, "abandoned")
 

@@ -33,6 +33,7 @@ KIND_TITLES = {
     "model_update_spike": "Cost spike after a model update",
     "runaway_loop": "Runaway agent loop",
     "tool_call_explosion": "Tool-call explosion",
+    "cost_shift": "Cost shift without a declared change",
     "budget_warning": "Budget warning threshold passed",
     "budget_exceeded": "Budget limit exceeded",
     "kill_switch": "Kill switch engaged",
@@ -460,6 +461,11 @@ def _action_items(incident: Incident) -> list[str]:
         "tool_call_explosion": [
             f"Set a per-tool rate limit for `{incident.tool}` (CostPolicy `rateLimits.perTool`).",
             "Check how the tool's errors or empty results are fed back to the model.",
+        ],
+        "cost_shift": [
+            "Find what changed without a new model or agent_version (prompt, retrieval, tool output) "
+            "and ship such changes with a version.",
+            "Decide whether the new cost per task is accepted; if so, no action is needed.",
         ],
         "kill_switch": [
             "Review whether the budget's caps and kill threshold still match expected traffic.",

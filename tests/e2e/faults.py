@@ -53,11 +53,16 @@ def record(fault: str, *, injected: int, survived: int, duplicated: int, lost: i
 
 def false_claims(status: Mapping[str, Any], replicas: Mapping[str, int], before: Mapping[str, int]) -> list[str]:
     """What a status says that the cluster contradicts: Killed (or the kill switch engaged) while an
-    agent has replicas; a remembered count that is not what the agent ran before the kill."""
+    agent has replicas that the status does not list as pending (its scale failed, said in
+    killSwitch.pending and the KillSwitchEngaged condition); a remembered count that is not what
+    the agent ran before the kill."""
     out = []
     ks = status.get("killSwitch") or {}
     if status.get("state") == "Killed" or ks.get("engaged"):
-        out += [f"{status.get('state')} while {a} has {n} replicas" for a, n in sorted(replicas.items()) if n > 0]
+        # an agent the status lists as not stopped yet (killSwitch.pending: its scale failed) is no claim
+        pending = set(ks.get("pending") or ()) if status.get("state") != "Killed" else set()
+        out += [f"{status.get('state')} while {a} has {n} replicas" for a, n in sorted(replicas.items())
+                if n > 0 and a not in pending]
         for agent, count in sorted((ks.get("replicas") or {}).items()):
             if agent in before and int(count) != before[agent]:
                 out.append(f"killSwitch.replicas[{agent}] = {count}, ran {before[agent]}")

@@ -148,15 +148,19 @@ def chart_operator(cluster: Any, installed: list[dict[str, Any]], tmp_path: Path
     (deployment_obj,) = [o for o in installed if o["kind"] == "Deployment"]
     (container,) = deployment_obj["spec"]["template"]["spec"]["containers"]
     command = container["command"]
-    assert command[0] == "kopf"  # the image's console script; here the same kopf, run by this Python
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "FLEETWARDEN_"))}
-    env.update({e["name"]: e["value"] for e in container["env"]})
+    assert command[:2] == ["fleetwarden", "operator"]  # the image's console script; here run by this Python
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "FLEETWARDEN_", "POD_"))}
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    # the downward API's fields, as the kubelet fills them in
+    fields = {"metadata.name": "fw-chart-operator-0", "metadata.namespace": deployment_obj["metadata"]["namespace"]}
+    env.update({e["name"]: fields[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in container["env"]
+                if "fieldRef" in (e.get("valueFrom") or {})})
     env["KUBECONFIG"] = str(service_account_kubeconfig(cluster, tmp_path / "operator.kubeconfig"))
     env["PYTHONUNBUFFERED"] = "1"
     log_path = tmp_path / "operator.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "kopf", *command[1:]], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, cwd=tmp_path)
+        proc = subprocess.Popen([sys.executable, "-m", "fleetwarden", *command[1:]], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         yield {"container": container, "log": log_path, "proc": proc}
     finally:

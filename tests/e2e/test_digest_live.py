@@ -19,6 +19,7 @@ import pytest
 import views_fleet
 import yaml
 from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from views_fleet import views_fleet_session  # noqa: F401 - fixture
 
 from fleetwarden import cli
 
@@ -70,16 +71,17 @@ def webhook() -> Iterator[tuple[str, type[_Receiver]]]:
 
 
 @pytest.fixture(scope="module")
-def fleet(prometheus, tmp_path_factory):
-    with views_fleet.running_fleet(prometheus, tmp_path_factory.mktemp("digest-live")) as running:
-        started = time.time()
-        views_fleet.wait_for_data(
-            prometheus,
-            f'sum by (agent) (increase(fleetwarden_llm_cost_usd_total{{namespace="{running.namespace}"}}[1m])) > 0',
-            until=lambda res: {r["metric"]["agent"] for r in res} >= set(running.agents))
-        # two one-minute periods of data, for the period-over-period run
-        time.sleep(max(0.0, started + 130 - time.time()))
-        yield running
+def fleet(prometheus, views_fleet_session):  # noqa: F811
+    """The session's real fleet (simulator and operator, shared with the views tests), with at least
+    two one-minute periods of data for the period-over-period run."""
+    running = views_fleet_session
+    started = time.time()
+    views_fleet.wait_for_data(
+        prometheus,
+        f'sum by (agent) (increase(fleetwarden_llm_cost_usd_total{{namespace="{running.namespace}"}}[1m])) > 0',
+        until=lambda res: {r["metric"]["agent"] for r in res} >= set(running.agents))
+    time.sleep(max(0.0, started + 130 - time.time()))  # two whole one-minute periods since the data began
+    return running
 
 
 def _env(monkeypatch, prometheus, url: str) -> list[str]:

@@ -85,7 +85,7 @@ def test_kubectl_get_shows_the_budget_columns(cluster: Any, applied_examples: di
     cluster.kubectl("patch", "agentbudget", "support-swarm", "-n", "support", "--subresource=status",
                     "--type=merge", "-p", json.dumps({"status": status}))
     names, rows = _table(cluster.kubectl("get", "agentbudgets", "-A").stdout)
-    assert names == ["NAMESPACE", "NAME", "WINDOW", "SPEND", "CAP", "USED%", "STATE", "AGE"]
+    assert names == ["NAMESPACE", "NAME", "WINDOW", "SPEND", "CAP", "USED%", "STATE", "MODE", "AGE"]
     by_name = {(r[0], r[1]): r for r in rows}
     assert by_name[("support", "support-swarm")][2:7] == ["hour", "16.4", "20", "82", "Warning"]
     for example in EXAMPLE_DIRS:
@@ -102,7 +102,7 @@ def test_kubectl_get_category_lists_budgets_and_policies(cluster: Any, applied_e
             assert f"{kind.lower()}.fleetwarden.dev/{resource['metadata']['name']}" in output
     policies = cluster.kubectl("get", "costpolicies", "-n", "procurement").stdout
     names, rows = _table(policies)
-    assert names == ["NAME", "TOKENS/TASK", "CALLS/MIN", "APPROVALS", "READY", "AGE"]
+    assert names == ["NAME", "TOKENS/TASK", "CALLS/MIN", "APPROVALS", "MODE", "READY", "AGE"]
     assert rows[0][:4] == ["procurement", "40000", "", "large-purchase"]
 
 

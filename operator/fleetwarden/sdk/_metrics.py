@@ -4,7 +4,8 @@ One :class:`MetricStore` per prometheus-client registry, shared by every Tracker
 registry. It is a custom collector: the hot path adds floats to a list cached per label
 tuple under one lock (no per-sample lock, no label validation per call), and the scrape
 turns the lists into metric families. Labels are only agent, namespace, workflow, step,
-model, tool, outcome and status; never a task id.
+model, tool, outcome and status; never a task id (the open-task gauges are per agent: the count,
+and the largest and the oldest running task's tokens and age).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import bisect
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import registry as prom_registry
@@ -51,7 +52,19 @@ METRIC_NAMES = (
     "fleetwarden_tasks_total", "fleetwarden_outcomes_total", "fleetwarden_outcome_value_usd_total",
     "fleetwarden_task_cost_usd", "fleetwarden_task_tokens",
     "fleetwarden_guardrail_decisions_total", "fleetwarden_agent_model_info",
+    "fleetwarden_open_tasks", "fleetwarden_largest_running_task_tokens",
+    "fleetwarden_largest_running_task_age_seconds", "fleetwarden_oldest_running_task_tokens",
+    "fleetwarden_oldest_running_task_age_seconds",
 )
+
+# Open tasks (per agent: labels agent and namespace only; never a task id). A task is open from
+# its start to its end, and counted no more after TASK_IDLE_SECONDS without a record (a task
+# cut off without an end); it is *running* while it recorded something in the last
+# TASK_RUNNING_SECONDS. The largest running task (by tokens) and the oldest running one are the
+# runaway-loop detector's per-task signals (docs/metrics.md; replay derives the same from events).
+OPEN_TASK_LABELS = ("agent", "namespace")
+TASK_IDLE_SECONDS = 3600.0
+TASK_RUNNING_SECONDS = 300.0
 
 
 class _Histogram:
@@ -92,6 +105,8 @@ class MetricStore:
         self.task_tokens: dict[tuple[str, ...], _Histogram] = {}
         self.guardrails: dict[tuple[str, ...], list[float]] = {}  # GUARDRAIL_LABELS -> [count]
         self.models: dict[tuple[str, str], str] = {}  # (agent, namespace) -> model
+        # (agent, namespace) -> (its clock, its open tasks: id(task) -> [tokens, started, last record])
+        self.open_tasks: dict[tuple[str, str], tuple[Callable[[], float], dict[int, list[float]]]] = {}
 
     # ---------------------------------------------------------------- cells (call with lock held)
 
@@ -114,6 +129,21 @@ class MetricStore:
             self.task_tokens[key] = _Histogram(TOKEN_BUCKETS)
         hist.observe(cost)
         self.task_tokens[key].observe(float(tokens))
+
+    def task_cell(self, agent: str, namespace: str, clock: Callable[[], float], key: int,
+                  now: float) -> list[float]:
+        """The open-task cell ``[tokens, started, last record]`` of a task that starts (call with lock held)."""
+        entry = self.open_tasks.get((agent, namespace))
+        if entry is None:
+            entry = self.open_tasks[(agent, namespace)] = (clock, {})
+        cell = entry[1][key] = [0.0, now, now]
+        return cell
+
+    def end_task(self, agent: str, namespace: str, key: int) -> None:
+        """The task ended: no longer open (call with lock held)."""
+        entry = self.open_tasks.get((agent, namespace))
+        if entry is not None:
+            entry[1].pop(key, None)
 
     # ---------------------------------------------------------------- convenience (take the lock)
 
@@ -138,6 +168,7 @@ class MetricStore:
             hists = {name: {k: (h.buckets(), h.sum) for k, h in getattr(self, name).items()}
                      for name in ("task_cost", "task_tokens")}
             models = dict(self.models)
+            open_tasks = {key: _open_task_readings(clock, tasks) for key, (clock, tasks) in self.open_tasks.items()}
 
         calls = CounterMetricFamily("fleetwarden_llm_calls", "Model calls.", labels=(*LLM_LABELS, "status"))
         per_kind = [CounterMetricFamily(name, doc, labels=LLM_LABELS) for name, doc in LLM_COUNTERS]
@@ -180,6 +211,37 @@ class MetricStore:
         for (agent, namespace), model in models.items():
             info.add_metric((agent, namespace, model), 1.0)
         yield info
+        yield from _open_task_families(open_tasks)
+
+
+def _open_task_readings(clock: Callable[[], float], tasks: dict[int, list[float]]) -> tuple[float, ...]:
+    """(open, largest running tokens, its age, oldest running tokens, its age); forgets idle tasks
+    (call with the lock held)."""
+    now = clock()
+    for key in [k for k, cell in tasks.items() if now - cell[2] > TASK_IDLE_SECONDS]:
+        del tasks[key]
+    running = [cell for cell in tasks.values() if now - cell[2] <= TASK_RUNNING_SECONDS]
+    if not running:
+        return (float(len(tasks)), 0.0, 0.0, 0.0, 0.0)
+    largest = max(running, key=lambda c: (c[0], -c[1]))
+    oldest = min(running, key=lambda c: (c[1], -c[0]))
+    return (float(len(tasks)), largest[0], max(0.0, now - largest[1]), oldest[0], max(0.0, now - oldest[1]))
+
+
+def _open_task_families(readings: dict[tuple[str, str], tuple[float, ...]]) -> Iterator[Any]:
+    docs = (
+        ("fleetwarden_open_tasks", "Tasks started and not ended (nor idle for an hour)."),
+        ("fleetwarden_largest_running_task_tokens",
+         "Tokens so far of the largest running task (one with a record in the last 5 minutes); 0 when none."),
+        ("fleetwarden_largest_running_task_age_seconds", "Seconds since that task started."),
+        ("fleetwarden_oldest_running_task_tokens", "Tokens so far of the oldest running task; 0 when none."),
+        ("fleetwarden_oldest_running_task_age_seconds", "Seconds since that task started."),
+    )
+    for i, (name, doc) in enumerate(docs):
+        family = GaugeMetricFamily(name, doc, labels=OPEN_TASK_LABELS)
+        for key, values in readings.items():
+            family.add_metric(key, values[i])
+        yield family
 
 
 def _counter(name: str, doc: str, labels: tuple[str, ...], data: dict[tuple[str, ...], list[float]],

@@ -2,23 +2,27 @@
 
     DetectorSet(params, agent, namespace).step(minute) -> [Finding, ...]
 
-``DetectorSet`` runs three detectors over the same ordered stream of
+``DetectorSet`` runs these detectors over the same ordered stream of
 :class:`~fleetwarden.core.series.AgentMinute` buckets of one agent:
 
-- :class:`ModelUpdateSpike` (``model_update_spike``): cost per task (or per outcome)
-  after the agent's model or ``agent_version`` changed, against a rolling baseline of the
-  tasks before the change.
-- :class:`RunawayLoop` (``runaway_loop``): the token rate accelerates while the agent
-  produces no output.
-- :class:`ToolCallExplosion` (``tool_call_explosion``): one tool's call rate jumps against
-  its baseline, normalised by the agent's traffic so that a traffic surge is not one.
+- :class:`ModelUpdateSpike` (``model_update_spike``): cost per task, per model call or per
+  outcome after the agent's model or ``agent_version`` changed, against the baseline before
+  the change, by a sequential test (:mod:`fleetwarden.core.evidence`).
+- :class:`CostShift` (``cost_shift``): the same rise with no declared change.
+- ``runaway_loop``, three ways: :class:`RunawayLoop` (the token rate accelerates while the
+  agent produces no output), :class:`LoopPlateau` (a high, steady token rate without output:
+  a retry storm) and :class:`TaskRunaway` (one task burns far past the agent's other tasks,
+  from the per-task fields of the minutes).
+- :class:`ToolCallExplosion` (``tool_call_explosion``): one tool's call rate jumps, or ramps,
+  against its baseline, normalised by the agent's traffic so that a traffic surge is not one.
 
 All state lives in these objects: the same minutes in give the same findings out; there is
 no clock and no I/O, and nothing is shared between agents. Minutes come in order; a
 missing minute means "no activity" (replay reads the complete record). A finding's time is
 the end of the minute that revealed it; its onset is the detector's best estimate of when
 the problem began, stable across refolds of the same data (the operator refolds its
-lookback window every cycle and keys incidents by onset).
+lookback window every cycle and keys incidents by onset). Every window a detector looks at
+fits in the operator's default lookback of 90 minutes.
 
 One problem is one finding: a detector reports a condition when it starts, and again only
 after it has ended and started again, or when it has worsened by ``WORSEN_FACTOR`` since it
@@ -463,12 +467,12 @@ class CostShift:
                      float(m.tasks_ended) if units is None else units, m.outcomes, m.model)
         if row[1] == 0 and row[2] == 0 and row[3] == 0 and row[5] == 0:
             return []  # an empty minute changes nothing (as a gap)
-        self._remember(row)
+        fresh = self._remember(row)
         if self._frozen is not None:
             self._lasting(m)
             return []
-        if not judge:
-            return []
+        if not judge or not fresh:
+            return []  # (nothing new to judge: the windows' observations are those of the last judgement)
         best: tuple[float, int, dict[str, tuple[float | None, float]], dict[str, Any]] | None = None
         for w in SHIFT_WINDOWS:
             cut = m.minute - (w - 1) * MINUTE  # the window: minutes from `cut` on
@@ -481,19 +485,23 @@ class CostShift:
         self._frozen = base
         return [self._report(m, cut, tests, base)]
 
-    def _remember(self, row: _Row) -> None:
+    def _remember(self, row: _Row) -> bool:
+        """Keep the minute and its observations; whether it gave a new call or task observation."""
         rows = self._rows
         rows.append(row)
         oldest = row[0] - self._span
         while rows[0][0] <= oldest:
             rows.popleft()
+        fresh = False
         for stat in STATS:
             obs = self._obs[stat]
             x = self._blocks[stat].add(row[1], _units(row, stat))
             if x is not None:
                 obs.append((row[0], x))
+                fresh = fresh or stat != "outcome"
             while obs and obs[0][0] <= oldest:
                 obs.popleft()
+        return fresh
 
     def _test(self, cut: int) -> tuple[float, dict[str, tuple[float | None, float]], dict[str, Any]] | None:
         """(strongest LLR, tests, baseline summaries) of a change at ``cut``, if one is decided."""
@@ -931,9 +939,11 @@ class TaskRunaway:
             "found_by": "size" if by_size else "length",
         }
         which = f"task {task_id}" if task_id is not None else "one task"
+        beyond = (f"{tokens / largest:.1f}x the largest task" if by_size and largest
+                  else f"{track.run / max(longest, 1):.1f}x longer than any task")
         message = (f"{which} of {m.agent} has burned {tokens} tokens for {track.run} minutes in a row, "
-                   f"{tokens / typical:.0f}x its usual task ({'and ' + format(tokens / largest, '.1f') + 'x the largest' if by_size and largest else 'longer than any task'} "
-                   f"of the hour before), while other tasks go on; action {p.action.value}")
+                   f"{tokens / typical:.0f}x its usual task and {beyond} of the hour before, while other "
+                   f"tasks go on; action {p.action.value}")
         f = _finding(self.kind, m, onset=series.minute_of(start), action=p.action, message=message,
                      evidence=evidence_)
         return [dataclasses.replace(f, task_id=task_id)] if task_id is not None else [f]
@@ -1296,20 +1306,27 @@ class DetectorSet:
         if minute.open_tasks is not None:
             self._open = minute.open_tasks
         if self._spike_on:
-            out.extend(self.spike.step(minute, units))
+            found = self.spike.step(minute, units)
+            if found:
+                out.extend(found)
             if self.spike.changed:
                 self.shift.reset()
         if self._loop_on:
-            for name, found in (("accelerating", self.loop.step(minute)), ("plateau", self.plateau.step(minute)),
-                                ("task", self.task.step(minute))):
-                for f in found:
-                    if not self._held(f.time, name):
-                        self._loop_at[name] = f.time
-                        out.append(f)
+            self._loops(minute, out)
         if self._tools_on:
-            out.extend(self.tools.step(minute))
+            found = self.tools.step(minute)
+            if found:
+                out.extend(found)
         if self._shift_on:
             found = self.shift.step(minute, units, judge=not self.spike.judging)
             if found and not self._held(found[0].time):
                 out.extend(found)
         return out
+
+    def _loops(self, minute: series.AgentMinute, out: list[findings.Finding]) -> None:
+        """The three runaway_loop detectors; a finding of one holds the others (one problem, one finding)."""
+        for name, detector in (("accelerating", self.loop), ("plateau", self.plateau), ("task", self.task)):
+            for f in detector.step(minute):
+                if not self._held(f.time, name):
+                    self._loop_at[name] = f.time
+                    out.append(f)

@@ -825,9 +825,10 @@ TASK_TYPICAL_RATIO = 10.0
 # ... or, when it has burned this many times longer than any task of the baseline (and passed
 # the largest of them), it loops too: a loop at a modest pace is found by its length.
 TASK_RUN_RATIO = 3.0
-# Two readings of the top task are the same task when their start times (minute end - age)
-# differ by at most this (the live gauge is read up to a scrape interval before the minute ends).
-SAME_TASK_SECONDS = 30.0
+# Two readings of a task are the same task when their start times (minute end - age) differ by at
+# most this (the live gauge is read up to a scrape interval, 15 s by default, before the minute ends;
+# two tasks that start closer than this and take turns as the largest look like one).
+SAME_TASK_SECONDS = 20.0
 
 
 class _Track:

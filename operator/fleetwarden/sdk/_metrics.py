@@ -105,7 +105,7 @@ class MetricStore:
         self.task_tokens: dict[tuple[str, ...], _Histogram] = {}
         self.guardrails: dict[tuple[str, ...], list[float]] = {}  # GUARDRAIL_LABELS -> [count]
         self.models: dict[tuple[str, str], str] = {}  # (agent, namespace) -> model
-        # (agent, namespace) -> (its clock, its open tasks: id(task) -> [tokens, started, last record])
+        # (agent, namespace) -> (its clock, its open tasks: id(task) -> [tokens, started, last record, records])
         self.open_tasks: dict[tuple[str, str], tuple[Callable[[], float], dict[int, list[float]]]] = {}
 
     # ---------------------------------------------------------------- cells (call with lock held)
@@ -132,11 +132,12 @@ class MetricStore:
 
     def task_cell(self, agent: str, namespace: str, clock: Callable[[], float], key: int,
                   now: float) -> list[float]:
-        """The open-task cell ``[tokens, started, last record]`` of a task that starts (call with lock held)."""
+        """The open-task cell ``[tokens, started, last record, records]`` of a task that starts (call
+        with lock held); ``started`` moves to its first record (as replay counts a task's age)."""
         entry = self.open_tasks.get((agent, namespace))
         if entry is None:
             entry = self.open_tasks[(agent, namespace)] = (clock, {})
-        cell = entry[1][key] = [0.0, now, now]
+        cell = entry[1][key] = [0.0, now, now, 0.0]
         return cell
 
     def end_task(self, agent: str, namespace: str, key: int) -> None:
@@ -233,9 +234,9 @@ def _open_task_families(readings: dict[tuple[str, str], tuple[float, ...]]) -> I
         ("fleetwarden_open_tasks", "Tasks started and not ended (nor idle for an hour)."),
         ("fleetwarden_largest_running_task_tokens",
          "Tokens so far of the largest running task (one with a record in the last 5 minutes); 0 when none."),
-        ("fleetwarden_largest_running_task_age_seconds", "Seconds since that task started."),
+        ("fleetwarden_largest_running_task_age_seconds", "Seconds since that task's first record."),
         ("fleetwarden_oldest_running_task_tokens", "Tokens so far of the oldest running task; 0 when none."),
-        ("fleetwarden_oldest_running_task_age_seconds", "Seconds since that task started."),
+        ("fleetwarden_oldest_running_task_age_seconds", "Seconds since that task's first record."),
     )
     for i, (name, doc) in enumerate(docs):
         family = GaugeMetricFamily(name, doc, labels=OPEN_TASK_LABELS)

@@ -305,6 +305,15 @@ class Task:
     def ended(self) -> bool:
         return self._ended
 
+    def _record(self, now: float) -> None:
+        """A record of this task at ``now`` (call with the store's lock held): it runs; its age counts
+        from its first record."""
+        cell = self._open
+        if not cell[3]:
+            cell[1] = now
+            cell[3] = 1.0
+        cell[2] = now
+
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[Task]:
         """Run a block as the step ``name`` (a low-cardinality reasoning or decision point).
@@ -365,7 +374,7 @@ class Task:
             self.tokens += input_tokens + output_tokens + cache_read_tokens + cache_write_tokens + reasoning_tokens
             self.llm_calls += 1
             self._open[0] = self.tokens
-            self._open[2] = tr.clock()
+            self._record(tr.clock())
         if model != tr._model and not tr._pinned_model:
             tr.set_model(model)
         if tr.events is not None:
@@ -529,7 +538,7 @@ class Task:
             cells[1][0] += cost_usd
             self.cost_usd += cost_usd
             self.tool_calls += 1
-            self._open[2] = tr.clock()
+            self._record(tr.clock())
             self.tool_counts[tool] = self.tool_counts.get(tool, 0) + 1
         if tr.events is not None:
             fields: dict[str, Any] = {"tool": tool, "cost_usd": cost_usd, "status": status}
@@ -590,7 +599,7 @@ class Task:
             cell[0] += minutes
             cell[1] += cost_usd
             self.cost_usd += cost_usd
-            self._open[2] = tr.clock()
+            self._record(tr.clock())
         if tr.events is not None:
             tr._event("human", self, self._step(), {"minutes": minutes, "cost_usd": cost_usd})
         return cost_usd

@@ -164,6 +164,12 @@ class Tally:
             d, busy = self.delay[shape], self.delay_busy[shape]
             print(f"{shape:20} {kind:20} {k:3d}/{n:<3d} {k / n if n else float('nan'):6.2f} {med(d):7.1f}m "
                   f"{pct(d, 0.95):7.1f}m {med(busy):7.1f}m {med(self.tasks[shape]):9.0f}")
+        found = sum(self.found.values())
+        injected = sum(self.injected.values())
+        every = [d for shape in fleetgen.POSITIVE for d in self.delay[shape]]
+        busy_all = [d for shape in fleetgen.POSITIVE for d in self.delay_busy[shape]]
+        print(f"{'all shapes':41} {found:3d}/{injected:<3d} {found / injected if injected else float('nan'):6.2f} "
+              f"{med(every):7.1f}m {pct(every, 0.95):7.1f}m {med(busy_all):7.1f}m")
         print(f"\n{'benign shape':38} {'instances':>9} {'false alarms':>12}")
         for shape in fleetgen.NEGATIVE:
             print(f"{shape:38} {self.benign[shape]:9d} {self.false[shape]:12d}")

@@ -76,8 +76,8 @@ LOOP_HOLD_MINUTES = 60
 TYPICAL_MINUTES = 60
 MIN_TYPICAL_MINUTES = 5
 # ... and an accelerating loop is judged only when its usual output would have given at least this
-# many outputs in the window (no output in it then has a chance under e^-5, 0.7%; the rise does the rest).
-MIN_EXPECTED_OUTPUT_ACCELERATING = 5.0
+# many outputs in the window (no output in it then has a chance under e^-4, 2%; the rise does the rest).
+MIN_EXPECTED_OUTPUT_ACCELERATING = 4.0
 
 
 def _finding(kind: str, m: series.AgentMinute, *, onset: float, action: spec.Action, message: str,

@@ -124,7 +124,7 @@ WORSE_OBSERVATIONS = 5
 # A change is judged only against a baseline of at least this many ended tasks, over at least
 # this many active minutes (a new agent is not judged).
 MIN_BASELINE_TASKS = 8
-MIN_BASELINE_MINUTES = 10
+MIN_BASELINE_MINUTES = 5
 # An open task counts as this share of a task in "tasks' worth of work" (its cost is spread over
 # its life): a minute's task units are its ended tasks + WIP_SHARE x the change in open tasks, so
 # that a traffic surge (tasks started, not yet ended) does not look like a costlier task.

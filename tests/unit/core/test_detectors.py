@@ -54,7 +54,7 @@ SPIKE_TABLE = [
     ("same cost", 60, 20, 0.01, 0.01, {}, None),
     ("too few tasks after the change", 60, 9, 0.01, 0.05, {"minTasks": 20}, None),  # 18 tasks < 20
     ("a 1.3x pricier model", 60, 40, 0.01, 0.013, {}, None),
-    ("no baseline: a new agent", 5, 40, 0.01, 0.05, {}, None),  # 10 tasks before < min_tasks
+    ("no baseline: a new agent", 3, 40, 0.01, 0.05, {}, None),  # 6 tasks before < MIN_BASELINE_TASKS
     ("min_tasks 1 judges at the first task", 60, 1, 0.01, 0.05, {"minTasks": 1}, 5.0),
 ]
 

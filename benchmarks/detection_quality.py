@@ -28,6 +28,7 @@ detect and onset error.
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import statistics
 import sys
@@ -44,9 +45,10 @@ SCENARIO_DEADLINE = {"runaway_loop": 300.0, "tool_call_explosion": 300.0, "model
 BUSY = 1.0  # tasks per minute from which the time-to-detect goal (5 minutes median) applies
 
 
-def detect(evs: Iterable[dict[str, Any]], params: spec.AnomalyParams, prices: pricing.PriceTable
-           ) -> tuple[list[findings.Finding], int]:
-    """The detectors' findings over ``evs`` (usage-event objects), and how many events there were."""
+def detect(evs: Iterable[dict[str, Any]], params: spec.AnomalyParams, prices: pricing.PriceTable,
+           ends: dict[str, list[float]] | None = None) -> tuple[list[findings.Finding], int]:
+    """The detectors' findings over ``evs`` (usage-event objects), and how many events there were;
+    ``ends``, when given, gets each agent's task end times."""
     bucketer = buckets.Bucketer(prices)
     sets: dict[tuple[str, str], detectors.DetectorSet] = {}
     out: list[findings.Finding] = []
@@ -63,6 +65,8 @@ def detect(evs: Iterable[dict[str, Any]], params: spec.AnomalyParams, prices: pr
         bucketer.add(events.from_obj(ev))
         n += 1
         feed(bucketer.close())
+        if ends is not None and ev["type"] == "task":
+            ends.setdefault(ev["agent"], []).append(float(ev["time"]))
     feed(bucketer.finish())
     return out, n
 
@@ -99,13 +103,15 @@ class Tally:
         self.found: collections.Counter[str] = collections.Counter()
         self.delay: dict[str, list[float]] = collections.defaultdict(list)
         self.delay_busy: dict[str, list[float]] = collections.defaultdict(list)
+        self.tasks: dict[str, list[int]] = collections.defaultdict(list)  # tasks ended from onset to detection
         self.benign: collections.Counter[str] = collections.Counter()  # instances of each benign shape
         self.false: collections.Counter[str] = collections.Counter()  # false alarms by where they fell
         self.false_kinds: collections.Counter[str] = collections.Counter()
         self.fleets = 0
         self.agent_hours = 0.0
 
-    def add(self, fleet: fleetgen.Fleet, found: list[findings.Finding], verbose: bool) -> None:
+    def add(self, fleet: fleetgen.Fleet, found: list[findings.Finding], ends: dict[str, list[float]],
+            verbose: bool) -> None:
         self.fleets += 1
         self.agent_hours += len(fleet.agents) * fleet.minutes / 60
         used: set[int] = set()
@@ -126,6 +132,8 @@ class Tally:
             self.delay[lb.shape].append(minutes)
             if lb.tasks_per_minute >= BUSY:
                 self.delay_busy[lb.shape].append(minutes)
+            mine = ends.get(lb.agent, [])
+            self.tasks[lb.shape].append(bisect.bisect_right(mine, found[first].time) - bisect.bisect_left(mine, lb.onset))
         benign = {(b.namespace, b.agent): b for b in fleet.benign}
         labelled = {(lb.namespace, lb.agent): lb for lb in fleet.labels}
         for record in fleet.benign:
@@ -150,12 +158,18 @@ class Tally:
 
     def report(self, hours: float, agents: int) -> None:
         print(f"{'shape':20} {'kind':20} {'found':>7} {'recall':>6} {'ttd med':>8} {'ttd p95':>8} "
-              f"{'busy med':>8}")
+              f"{'busy med':>8} {'tasks med':>9}")
         for shape, kind in fleetgen.POSITIVE.items():
             n, k = self.injected[shape], self.found[shape]
             d, busy = self.delay[shape], self.delay_busy[shape]
             print(f"{shape:20} {kind:20} {k:3d}/{n:<3d} {k / n if n else float('nan'):6.2f} {med(d):7.1f}m "
-                  f"{pct(d, 0.95):7.1f}m {med(busy):7.1f}m")
+                  f"{pct(d, 0.95):7.1f}m {med(busy):7.1f}m {med(self.tasks[shape]):9.0f}")
+        found = sum(self.found.values())
+        injected = sum(self.injected.values())
+        every = [d for shape in fleetgen.POSITIVE for d in self.delay[shape]]
+        busy_all = [d for shape in fleetgen.POSITIVE for d in self.delay_busy[shape]]
+        print(f"{'all shapes':41} {found:3d}/{injected:<3d} {found / injected if injected else float('nan'):6.2f} "
+              f"{med(every):7.1f}m {pct(every, 0.95):7.1f}m {med(busy_all):7.1f}m")
         print(f"\n{'benign shape':38} {'instances':>9} {'false alarms':>12}")
         for shape in fleetgen.NEGATIVE:
             print(f"{shape:38} {self.benign[shape]:9d} {self.false[shape]:12d}")
@@ -178,9 +192,10 @@ def fleetgen_main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for seed in seeds:
         evs, fleet = fleetgen.build(seed, agents=args.agents, hours=args.hours)
-        found, n = detect(evs, params, prices)
+        ends: dict[str, list[float]] = {}
+        found, n = detect(evs, params, prices, ends)
         n_events += n
-        tally.add(fleet, found, args.verbose)
+        tally.add(fleet, found, ends, args.verbose)
     elapsed = time.perf_counter() - t0
     print(f"fleetgen, {args.split} seeds {seeds.start}..{seeds.stop - 1}: {len(seeds)} fleets of {args.agents} agents, "
           f"{args.hours:g} h; {n_events} events, {elapsed:.0f} s\n")

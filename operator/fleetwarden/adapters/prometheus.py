@@ -7,6 +7,8 @@ A cycle sends a FIXED number of queries whatever the number of agents or budgets
   per-agent, per-minute buckets of :mod:`fleetwarden.core.series` (plus, per minute, the
   outcomes by name and the SDK's guardrail findings by status and tool; the guardrail
   decisions ride on the tool-call query, so they cost no query of their own);
+- one range query for the SDK's open-task gauges (open tasks, the largest and the oldest
+  running task's tokens and age: the per-task signals of the runaway-loop detector);
 - one instant query per spend window (rolling hour, day, 30 days and the calendar hour,
   day and month), spend per agent: inference + tools + human time, what
   ``AgentMinute.cost_usd`` and replay count;
@@ -93,6 +95,21 @@ RIDERS = {"tool_calls": GUARDRAIL_PART}
 FRESHNESS_METRICS = (names.LLM_CALLS, names.LLM_COST_USD, names.TOOL_CALLS, names.TASKS, names.AGENT_MODEL_INFO)
 FRESHNESS_QUERY = "max by (namespace, agent) (" + " or ".join(
     f'label_replace(timestamp({m}{{agent!=""}}), "fw_metric", "{m}", "", "")' for m in FRESHNESS_METRICS) + ")"
+
+
+# The SDK's open-task gauges (docs/metrics.md), one range query per cycle: per agent *and replica*
+# (instance), so that a replica's largest task keeps its own age; combined per agent in
+# build_minutes (open tasks summed; the largest and the oldest running task across replicas).
+OPEN_TASK_GAUGES = {
+    "open": names.OPEN_TASKS,
+    "largest_tokens": names.LARGEST_RUNNING_TASK_TOKENS,
+    "largest_age": names.LARGEST_RUNNING_TASK_AGE_SECONDS,
+    "oldest_tokens": names.OLDEST_RUNNING_TASK_TOKENS,
+    "oldest_age": names.OLDEST_RUNNING_TASK_AGE_SECONDS,
+}
+OPEN_TASKS_QUERY = " or ".join(
+    f'label_replace(max by (namespace, agent, instance) ({metric}), "fw_metric", "{key}", "", "")'
+    for key, metric in OPEN_TASK_GAUGES.items())
 
 
 def range_query(metrics: str | Sequence[str], extra: Sequence[str], rider: str | None = None) -> str:
@@ -475,9 +492,46 @@ def _mode(counts: Mapping[str, float]) -> str | None:
     return max(best)[1] if best else None
 
 
-def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: int
-                  ) -> dict[Key, list[series.AgentMinute]]:
-    """Per-agent minute buckets from the range results (sample at T covers [T-60, T)).
+# (open tasks, largest running task's tokens, its age, oldest running task's tokens, its age) of a minute
+TaskReading = tuple[int, int, float, int, float]
+
+
+def build_task_readings(items: Iterable[Mapping[str, Any]], start: int, end: int
+                        ) -> dict[Key, dict[int, TaskReading]]:
+    """The open-task gauges per agent and minute (the reading at T is the state at the end of the
+    minute [T-60, T)), replicas combined: open tasks summed, the largest and the oldest running
+    task across them. A minute lacking any of the five gauges of a replica is not known for it."""
+    per: dict[tuple[Key, str], dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for item in items:
+        metric = item.get("metric", {})
+        key, which = _key(metric), metric.get("fw_metric")
+        if key is None or which not in OPEN_TASK_GAUGES:
+            continue
+        for ts, value in clean_points(item.get("values") or ()).items():
+            minute = series.minute_of(ts - series.MINUTE)
+            if start <= minute < end:
+                per[(key, str(metric.get("instance", "")))][minute][which] = value
+    out: dict[Key, dict[int, TaskReading]] = defaultdict(dict)
+    for (key, _), by_minute in per.items():
+        for minute, g in by_minute.items():
+            if len(g) < len(OPEN_TASK_GAUGES):
+                continue
+            mine = (int(g["open"]), int(g["largest_tokens"]), g["largest_age"], int(g["oldest_tokens"]),
+                    g["oldest_age"])
+            seen = out[key].get(minute)
+            if seen is None:
+                out[key][minute] = mine
+                continue
+            largest = mine[1:3] if mine[1] > seen[1] else seen[1:3]
+            oldest = mine[3:5] if mine[4] > seen[4] else seen[3:5]
+            out[key][minute] = (seen[0] + mine[0], *largest, *oldest)
+    return dict(out)
+
+
+def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: int,
+                  tasks: Mapping[Key, Mapping[int, TaskReading]] | None = None) -> dict[Key, list[series.AgentMinute]]:
+    """Per-agent minute buckets from the range results (sample at T covers [T-60, T)), with the
+    open-task readings of ``tasks`` where the agent exports them (else unknown: None).
 
     A bucket exists for a minute where at least one family has a sample for the agent;
     minutes with none are gaps (scrape failures, or the agent not exporting yet)."""
@@ -506,9 +560,11 @@ def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: 
     out: dict[Key, list[series.AgentMinute]] = {}
     for (namespace, agent), by_minute in fields.items():
         buckets = []
+        readings = (tasks or {}).get((namespace, agent), {})
         for minute in sorted(by_minute):
             b = by_minute[minute]
-            tasks = b.get("tasks", {})
+            reading = readings.get(minute)
+            ended = b.get("tasks", {})
             tool_calls = {k: v for k, v in b.get("tool_calls", {}).items() if k}
             tool_costs = {k: v for k, v in b.get("tool_cost", {}).items() if k}
             buckets.append(series.AgentMinute(
@@ -521,14 +577,19 @@ def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: 
                 tokens=int(round(b.get("tokens", 0.0))),
                 output_tokens=int(round(b.get("output_tokens", 0.0))),
                 llm_calls=int(round(sum(b.get("llm_calls", {}).values()))),
-                tasks_completed=int(round(tasks.get("completed", 0.0))),
-                tasks_failed=int(round(tasks.get("failed", 0.0))),
-                tasks_abandoned=int(round(tasks.get("abandoned", 0.0))),
+                tasks_completed=int(round(ended.get("completed", 0.0))),
+                tasks_failed=int(round(ended.get("failed", 0.0))),
+                tasks_abandoned=int(round(ended.get("abandoned", 0.0))),
                 outcomes=sum(b.get("outcomes", {}).values()),
                 tool_calls=tool_calls,
                 tool_costs=tool_costs,
                 model=_mode(b.get("llm_calls", {})),
                 workflow=_mode({k: v for k, v in b.get("llm_calls:2", {}).items() if k}),
+                open_tasks=reading[0] if reading is not None else None,
+                largest_task_tokens=reading[1] if reading is not None else None,
+                largest_task_age=reading[2] if reading is not None else None,
+                oldest_task_tokens=reading[3] if reading is not None else None,
+                oldest_task_age=reading[4] if reading is not None else None,
             ))
         out[(namespace, agent)] = buckets
     return out
@@ -635,6 +696,9 @@ class Fetcher:
             ranges[family] = self._run(family, "matrix", lambda q=query: self.client.custom_query_range(  # type: ignore[misc]
                 q, start_time=start_time, end_time=end_time, step="60"), unlabelled)
             queries += 1
+        open_tasks = self._run("open tasks", "matrix", lambda: self.client.custom_query_range(
+            OPEN_TASKS_QUERY, start_time=start_time, end_time=end_time, step="60"), unlabelled)
+        queries += 1
         spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
         for window in spec.Window:
             for calendar in (False, True):
@@ -659,7 +723,7 @@ class Fetcher:
             fetched_at=now,
             start=start,
             end=end,
-            minutes=build_minutes(ranges, start, end),
+            minutes=build_minutes(ranges, start, end, build_task_readings(open_tasks, start, end)),
             spend=dict(spend),
             last_sample=_instant_by_agent(fresh),
             stale_after=self.stale_after,
@@ -687,7 +751,7 @@ class Fetcher:
                 for kind in sorted(set(sources) - {spec.SourceType.fleetwarden}, key=lambda k: k.value)}
 
 
-QUERIES_PER_CYCLE = len(RANGE_FAMILIES) + 2 * len(spec.Window) + 1
+QUERIES_PER_CYCLE = len(RANGE_FAMILIES) + 1 + 2 * len(spec.Window) + 1
 
 
 # ------------------------------------------------------------------ other sources (spec.source)

@@ -17,8 +17,17 @@ without ``cost_usd`` costs the CostPolicy's ``toolPricesUSD[tool]`` (set per age
 ``cost_usd`` cost ``minutes / 60 * humanHourlyRateUSD`` of the agent's AgentBudget
 (``AgentState.human_rate``), else the table's default rate.
 
+Open tasks: each agent's tasks are followed from their first model, tool or human event to
+their ``task`` event (or ``TASK_IDLE_SECONDS`` without an event: a task cut off without an
+end). A minute's bucket says, as of the minute's end, how many are open and, of the running
+ones, the largest and the oldest with their tokens, age and id (``AgentMinute.open_tasks``,
+``largest_task_*``, ``oldest_task_*``): the per-task signals of the runaway-loop detector,
+which the SDK exports live (docs/metrics.md). A minute's
+events change the open tasks when the minute closes, so an event that arrives late but
+still in its minute counts as if it had come in order.
+
 Memory is flat in the length of the input: one small accumulator per agent per open
-minute (at most ``LATENESS / 60 + 1`` of them).
+minute (at most ``LATENESS / 60 + 1`` of them), and each agent's open tasks.
 """
 
 from __future__ import annotations
@@ -32,6 +41,11 @@ from fleetwarden.core import events, series
 
 MINUTE = series.MINUTE
 LATENESS = 120.0
+# A task with no event for this long is no longer open (it was cut off without a ``task`` event).
+TASK_IDLE_SECONDS = 3600.0
+# The "top task" is the largest *running* open task: one with an event within this long (a
+# task waiting for a human burns nothing and must not hide a loop behind its size).
+TASK_RUNNING_SECONDS = 300
 
 
 class Prices(Protocol):
@@ -48,7 +62,8 @@ class _Acc:
     """What one agent did so far in one open minute (mutable; frozen into an AgentMinute)."""
 
     __slots__ = ("inference", "tool_cost", "human", "tokens", "output_tokens", "llm_calls", "completed", "failed",
-                 "abandoned", "outcomes", "tool_total", "tool_calls", "tool_costs", "models", "version", "workflows")
+                 "abandoned", "outcomes", "tool_total", "tool_calls", "tool_costs", "models", "version", "workflows",
+                 "at", "tasks", "ended")
 
     def __init__(self) -> None:
         self.inference = 0.0
@@ -67,6 +82,9 @@ class _Acc:
         self.models: dict[str, int] = {}
         self.version: str | None = None
         self.workflows: dict[str, int] = {}
+        self.at = 0.0  # the time of the event being counted (set by Bucketer.place)
+        self.tasks: dict[str, list[float]] = {}  # task id -> [tokens in the minute, its first event's time]
+        self.ended: list[str] | None = None  # tasks whose ``task`` event is in the minute
 
     def count(self, etype: str, raw: dict[str, Any], cost: float) -> int:
         """Add one valid event (already priced: ``cost``) to the minute; the tokens of a model
@@ -108,14 +126,31 @@ class _Acc:
                 self.failed += 1
             else:
                 self.abandoned += 1
+            if self.ended is None:
+                self.ended = [raw["task_id"]]
+            else:
+                self.ended.append(raw["task_id"])
+            return 0
         elif etype == "outcome":
             self.outcomes += raw.get("count", 1)
+            return 0
         else:
             self.human += cost
+        task_id = raw.get("task_id")
+        if task_id is not None:
+            seen = self.tasks.get(task_id)
+            if seen is None:
+                self.tasks[task_id] = [float(tokens), self.at]
+            else:
+                seen[0] += tokens
+                if self.at < seen[1]:
+                    seen[1] = self.at
         return tokens
 
-    def freeze(self, agent: str, namespace: str, minute: int) -> series.AgentMinute:
+    def freeze(self, agent: str, namespace: str, minute: int, tasks: OpenTasks) -> series.AgentMinute:
+        """The minute's bucket; ``tasks`` (the agent's open tasks) take the minute's task events first."""
         models, workflows = self.models, self.workflows
+        largest, oldest = tasks.close_minute(self, minute)
         return _make_minute(
             agent, namespace, minute, self.inference, self.tool_cost, self.human, self.tokens, self.output_tokens,
             self.llm_calls, self.completed, self.failed, self.abandoned, self.outcomes,
@@ -124,9 +159,60 @@ class _Acc:
             max(models, key=models.__getitem__) if models else None,
             self.version,
             max(workflows, key=workflows.__getitem__) if workflows else None,
+            len(tasks.open), *largest, *oldest,
         )
 
 
+_Reading = tuple[int, float, "str | None"]  # (tokens, age in seconds, task id) of one running task
+
+
+class OpenTasks:
+    """One agent's open tasks: task id -> [tokens so far, first event's time, last minute with an event]."""
+
+    __slots__ = ("open", "_next_expiry")
+
+    def __init__(self) -> None:
+        self.open: dict[str, list[float]] = {}
+        self._next_expiry = 0
+
+    def close_minute(self, acc: _Acc, minute: int) -> tuple[_Reading, _Reading]:
+        """Apply a closing minute's task events; of the tasks running at its end (an event in the last
+        ``TASK_RUNNING_SECONDS``, to the minute), the largest and the oldest: (tokens, age, id) each;
+        (0, 0.0, None) when none runs (a known zero, as the SDK exports it). O(open tasks)."""
+        open_ = self.open
+        for task_id, (tokens, first) in acc.tasks.items():
+            task = open_.get(task_id)
+            if task is None:
+                open_[task_id] = [tokens, first, float(minute)]
+            else:
+                task[0] += tokens
+                task[2] = float(minute)
+                if first < task[1]:
+                    task[1] = first
+        if acc.ended is not None:
+            for task_id in acc.ended:
+                open_.pop(task_id, None)
+        if minute >= self._next_expiry:  # at most once per 10 minutes: O(1) amortised
+            self._next_expiry = minute + 600
+            cutoff = minute - TASK_IDLE_SECONDS
+            for task_id in [k for k, v in open_.items() if v[2] < cutoff]:
+                del open_[task_id]
+        running = minute - TASK_RUNNING_SECONDS
+        largest: tuple[float, float, str] | None = None
+        oldest: tuple[float, float, str] | None = None
+        for task_id, (tokens, first, last) in open_.items():
+            if last <= running:
+                continue
+            if largest is None or tokens > largest[0] or (tokens == largest[0] and first < largest[1]):
+                largest = (tokens, first, task_id)
+            if oldest is None or first < oldest[1] or (first == oldest[1] and tokens > oldest[0]):
+                oldest = (tokens, first, task_id)
+        end = minute + MINUTE
+        return _reading(largest, end), _reading(oldest, end)
+
+
+def _reading(task: tuple[float, float, str] | None, end: int) -> _Reading:
+    return (0, 0.0, None) if task is None else (int(task[0]), round(end - task[1], 3), task[2])
 _make_minute: Callable[..., series.AgentMinute] = series.make  # type: ignore[assignment]
 
 
@@ -136,7 +222,7 @@ class AgentState:
     the CostPolicy/AgentBudget that applies."""
 
     __slots__ = ("agent", "namespace", "labels", "open", "last_minute", "tool_prices", "human_rate", "ctx",
-                 "_tool_cache")
+                 "_tool_cache", "tasks")
 
     def __init__(self, agent: str, namespace: str) -> None:
         self.agent = agent
@@ -148,6 +234,7 @@ class AgentState:
         self.human_rate: float | None = None
         self.ctx: Any = None
         self._tool_cache: dict[str, float] = {}
+        self.tasks = OpenTasks()
 
     def set_prices(self, tool_prices: Mapping[str, float], human_rate: float | None) -> None:
         self.tool_prices = tool_prices
@@ -248,7 +335,8 @@ class Bucketer:
     def place(self, st: AgentState, ts: float) -> _Acc:
         """The open accumulator of this agent for an event at ``ts`` (opened if need be), the
         watermark moved on: its own minute, or the oldest open one when it is too late for it
-        (counted in ``late``). ``add`` and replay's inlined loop both call it."""
+        (counted in ``late``). ``add`` and replay's inlined loop both call it, then ``count`` on the
+        accumulator (which reads the event's time from it)."""
         wm = self.watermark
         if wm is None or ts > wm:
             self.watermark = ts
@@ -267,6 +355,7 @@ class Bucketer:
                 pending.append(st)
             if st.last_minute is None or minute > st.last_minute:
                 st.last_minute = minute
+        acc.at = ts
         return acc
 
     def horizon(self) -> float | None:
@@ -294,7 +383,7 @@ class Bucketer:
         for minute in sorted(m for m in self._pending if m < upto):
             for st in self._pending.pop(minute):
                 acc = st.open.pop(minute)
-                out.append((st, acc.freeze(st.agent, st.namespace, minute)))
+                out.append((st, acc.freeze(st.agent, st.namespace, minute, st.tasks)))
         return out
 
     def finish(self) -> list[series.AgentMinute]:

@@ -2,23 +2,27 @@
 
     DetectorSet(params, agent, namespace).step(minute) -> [Finding, ...]
 
-``DetectorSet`` runs three detectors over the same ordered stream of
+``DetectorSet`` runs these detectors over the same ordered stream of
 :class:`~fleetwarden.core.series.AgentMinute` buckets of one agent:
 
-- :class:`ModelUpdateSpike` (``model_update_spike``): cost per task (or per outcome)
-  after the agent's model or ``agent_version`` changed, against a rolling baseline of the
-  tasks before the change.
-- :class:`RunawayLoop` (``runaway_loop``): the token rate accelerates while the agent
-  produces no output.
-- :class:`ToolCallExplosion` (``tool_call_explosion``): one tool's call rate jumps against
-  its baseline, normalised by the agent's traffic so that a traffic surge is not one.
+- :class:`ModelUpdateSpike` (``model_update_spike``): cost per task, per model call or per
+  outcome after the agent's model or ``agent_version`` changed, against the baseline before
+  the change, by a sequential test (:mod:`fleetwarden.core.evidence`).
+- :class:`CostShift` (``cost_shift``): the same rise with no declared change.
+- ``runaway_loop``, three ways: :class:`RunawayLoop` (the token rate accelerates while the
+  agent produces no output), :class:`LoopPlateau` (a high, steady token rate without output:
+  a retry storm) and :class:`TaskRunaway` (one task burns far past the agent's other tasks,
+  from the per-task fields of the minutes).
+- :class:`ToolCallExplosion` (``tool_call_explosion``): one tool's call rate jumps, or ramps,
+  against its baseline, normalised by the agent's traffic so that a traffic surge is not one.
 
 All state lives in these objects: the same minutes in give the same findings out; there is
 no clock and no I/O, and nothing is shared between agents. Minutes come in order; a
 missing minute means "no activity" (replay reads the complete record). A finding's time is
 the end of the minute that revealed it; its onset is the detector's best estimate of when
 the problem began, stable across refolds of the same data (the operator refolds its
-lookback window every cycle and keys incidents by onset).
+lookback window every cycle and keys incidents by onset). Every window a detector looks at
+fits in the operator's default lookback of 90 minutes.
 
 One problem is one finding: a detector reports a condition when it starts, and again only
 after it has ended and started again, or when it has worsened by ``WORSEN_FACTOR`` since it
@@ -29,11 +33,12 @@ blind spots.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from fleetwarden.core import findings, series, spec
+from fleetwarden.core import evidence, findings, series, spec, timefmt
 
 MINUTE = series.MINUTE
 
@@ -45,8 +50,9 @@ WORSEN_FACTOR = 2.0
 # part of its usual mix (agents that call two models flip the per-minute main model), not
 # an update.
 KNOWN_MODEL_MINUTES = 60
-# The rolling baseline never spans more than this many active minutes.
-MAX_BASELINE_MINUTES = 24 * 60
+# The rolling baseline never spans more than this many minutes (every window of the detectors
+# fits in the operator's default lookback of 90 minutes, so that its refold finds what replay finds).
+MAX_BASELINE_MINUTES = 60
 
 # tool_call_explosion: a traffic measure (LLM calls, ended tasks) normalises the tool rate
 # only when the baseline expects at least this many of them in the short window; fewer are
@@ -55,12 +61,23 @@ MIN_EXPECTED_TRAFFIC = 5.0
 # ... and the tool's calls per unit of traffic must have grown at least this share of
 # ``ratio`` (half of it: the other half of the jump may be traffic noise, never the bulk).
 NORMALISED_SHARE = 0.5
+# A ramp (calls rising over minutes, not jumping) is found when they rose in each of the last
+# RAMP_MINUTES minutes and the last one reaches this share of ``ratio`` (with the minimum rate),
+# per unit of traffic too: earlier than the short window's mean reaches ``ratio``.
+RAMP_SHARE = 0.5
+RAMP_MINUTES = 4
 
+# runaway_loop: one problem is one finding: a loop finding holds the other loop detectors (and
+# cost_shift) for this long.
+LOOP_HOLD_MINUTES = 60
 # runaway_loop: the agent's typical token rate is the mean over its active minutes among
 # the TYPICAL_MINUTES before the window; with fewer than MIN_TYPICAL_MINUTES active
 # minutes there is no typical rate yet.
 TYPICAL_MINUTES = 60
 MIN_TYPICAL_MINUTES = 5
+# ... and an accelerating loop is judged only when its usual output would have given at least this
+# many outputs in the window (no output in it then has a chance under e^-4, 2%; the rise does the rest).
+MIN_EXPECTED_OUTPUT_ACCELERATING = 4.0
 
 
 def _finding(kind: str, m: series.AgentMinute, *, onset: float, action: spec.Action, message: str,
@@ -99,71 +116,152 @@ def _ratio(after: float, before: float) -> float | None:
 
 # ---------------------------------------------------------------- model_update_spike
 
+# The sequential test decides a spike (or its absence) at this error rate, per statistic.
+SPIKE_ALPHA = 5e-2
+# A spike is reported again when each of its latest this many observations reaches WORSEN_FACTOR
+# times the ratio reported.
+WORSE_OBSERVATIONS = 5
+# A change is judged only against a baseline of at least this many ended tasks, over at least
+# this many active minutes (a new agent is not judged).
+MIN_BASELINE_TASKS = 8
+MIN_BASELINE_MINUTES = 5
+# An open task counts as this share of a task in "tasks' worth of work" (its cost is spread over
+# its life): a minute's task units are its ended tasks + WIP_SHARE x the change in open tasks, so
+# that a traffic surge (tasks started, not yet ended) does not look like a costlier task.
+WIP_SHARE = 0.5
+# The statistics of the cost detectors, each a cost per unit: per model call, per task (work
+# in progress counted), per outcome.
+STATS = ("call", "task", "outcome")
+
+# (minute, inference cost, llm calls, tasks ended, task units, outcomes, main model) of an active minute
+_Row = tuple[int, float, int, int, float, float, "str | None"]
+
+
+def task_units(m: series.AgentMinute, open_before: int | None) -> float:
+    """Tasks' worth of work done in minute ``m``: ended tasks, plus WIP_SHARE x the growth of the
+    open tasks when both counts are known."""
+    if m.open_tasks is None or open_before is None:
+        return float(m.tasks_ended)
+    return m.tasks_ended + WIP_SHARE * (m.open_tasks - open_before)
+
+
+def _units(row: _Row, stat: str) -> float:
+    return float(row[2]) if stat == "call" else row[4] if stat == "task" else row[5]
+
 
 class _Change:
     """A model or version change being judged against the baseline before it."""
 
-    __slots__ = ("onset", "model", "previous_model", "version", "previous_version",
-                 "base_cost", "base_tasks", "base_outcomes", "cost", "tasks", "outcomes",
-                 "reported")
+    __slots__ = ("onset", "model", "previous_model", "version", "previous_version", "base", "base_sums",
+                 "base_tasks", "base_minutes", "post", "post_sums", "blocks", "tasks", "reported")
 
-    def __init__(self, onset: int, model: str | None, previous_model: str | None,
-                 version: str | None, previous_version: str | None,
-                 base: tuple[float, int, float]) -> None:
+    def __init__(self, onset: int, model: str | None, previous_model: str | None, version: str | None,
+                 previous_version: str | None, rows: Iterable[_Row]) -> None:
         self.onset = onset
         self.model = model
         self.previous_model = previous_model
         self.version = version
         self.previous_version = previous_version
-        self.base_cost, self.base_tasks, self.base_outcomes = base
-        self.cost = 0.0
-        self.tasks = 0
-        self.outcomes = 0.0
+        rows = list(rows)
+        # stat -> the baseline's observations summed up, and its (cost, units)
+        self.base = {stat: evidence.summary(evidence.observations([(r[1], _units(r, stat)) for r in rows],
+                                                                  weighted=stat != "call"))
+                     for stat in STATS}
+        self.base_sums = {stat: (sum(r[1] for r in rows), sum(_units(r, stat) for r in rows)) for stat in STATS}
+        self.base_tasks = sum(r[3] for r in rows)
+        self.base_minutes = len(rows)
+        # stat -> observations since the change
+        self.post: dict[str, list[evidence.Observation]] = {stat: [] for stat in STATS}
+        self.post_sums = {stat: [0.0, 0.0] for stat in STATS}
+        self.blocks = {stat: evidence.Blocks(weighted=stat != "call") for stat in STATS}
+        self.tasks = 0  # tasks ended since the change
         self.reported: float | None = None
+
+    def add(self, row: _Row) -> None:
+        for stat in STATS:
+            units = _units(row, stat)
+            sums = self.post_sums[stat]
+            sums[0] += row[1]
+            sums[1] += units
+            x = self.blocks[stat].add(row[1], units)
+            if x is not None:
+                self.post[stat].append(x)
+        self.tasks += row[3]
+
+    def tests(self, ratio: float) -> dict[str, tuple[float | None, float]]:
+        """stat -> (ratio after / before, log-likelihood ratio of the sequential test)."""
+        return {stat: evidence.sprt(self.post[stat], self.base[stat], ratio) for stat in STATS}
+
+
+def decided(tests: Mapping[str, tuple[float | None, float]], ratio: float, alpha: float,
+            call_needs: float | None = None) -> list[str]:
+    """The statistics whose rise is decided: ratio at least ``ratio`` and LLR at least log(1/alpha).
+    Cost per call counts only when cost per task rose to ``call_needs`` (default: past H0; a model
+    with pricier but fewer calls per task costs no more per task)."""
+    a = evidence.threshold(alpha)
+    task_ratio = tests["task"][0]
+    needs = ratio ** evidence.NULL_SHARE if call_needs is None else call_needs
+    out = []
+    for stat, (r, llr) in tests.items():
+        if r is None or r < ratio * (1 - 1e-9) or llr < a:  # (a margin for rounding at exactly the ratio)
+            continue
+        if stat == "call" and (task_ratio is None or task_ratio < needs * (1 - 1e-9)):
+            continue
+        out.append(stat)
+    return out
+
+
+def rejected(tests: Mapping[str, tuple[float | None, float]], alpha: float) -> bool:
+    """Whether every known statistic decided *against* a rise (LLR at most -log(1/alpha))."""
+    known = [llr for r, llr in tests.values() if r is not None]
+    return bool(known) and all(llr <= -evidence.threshold(alpha) for llr in known)
 
 
 class ModelUpdateSpike:
-    """Cost per task (or per outcome) after a model/version change against the baseline.
+    """Cost per task, per call or per outcome after a model/version change, by a sequential test.
 
     Cost here is inference cost: the part a model change drives directly. Tool and human
     costs, lumpy and often larger for cheap models, would hide a tripled model bill. The
-    baseline is the inference cost, ended tasks and outcomes of the last ``baseline_tasks``
-    tasks before the change (totals over whole minutes: robust to task-level noise and
-    to where task boundaries fall). From ``min_tasks`` tasks after the change on, the
-    totals since the change are compared with it each minute; a ratio of at least
-    ``ratio`` in cost per task, or in cost per outcome, is a spike. Judging stops once
-    ``baseline_tasks`` tasks have ended after the change (the new model is then the
-    baseline) or at the next change.
+    baseline is the minutes of the last ``baseline_tasks`` ended tasks before the change (at
+    most a day of active minutes; at least ``MIN_BASELINE_TASKS`` tasks, else a new agent
+    is not judged). From ``min_tasks`` tasks after the change on, every minute, the totals
+    since the change are tested against it (:mod:`fleetwarden.core.evidence`): a spike is a
+    ratio of at least ``ratio`` whose sequential test decides at ``SPIKE_ALPHA``, in cost per
+    task (work in progress counted, so a traffic surge is not one), per outcome, or per model
+    call (with cost per task past H0). Judging stops when every statistic decided against a
+    spike, when ``baseline_tasks`` tasks have ended after the change (the new model is then
+    the baseline), at the next change, or when the previous model comes back as the main
+    model before any spike (an agent that uses both models: a mix, not an update).
     """
 
     kind = "model_update_spike"
 
     def __init__(self, params: spec.ModelUpdateSpikeParams) -> None:
         self.p = params
-        # (minute, cost, tasks ended, outcomes, main model) of recent active minutes
-        self._hist: collections.deque[tuple[int, float, int, float, str | None]] = collections.deque()
-        self._cost = 0.0
-        self._tasks = 0
-        self._outcomes = 0.0
+        self._hist: collections.deque[_Row] = collections.deque()
+        self._tasks = 0  # ended tasks in _hist
         self._models_seen: dict[str, int] = {}  # model -> last minute it was the main model
         self._versions_seen: dict[str, int] = {}
         self._model: str | None = None
         self._version: str | None = None
         self._change: _Change | None = None
         self._next_prune = 0  # the seen maps are pruned at most once per KNOWN_MODEL_MINUTES
+        self.changed = False  # whether the last minute stepped declared a change (for cost_shift)
 
-    def _baseline(self) -> tuple[float, int, float]:
-        return (self._cost, self._tasks, self._outcomes)
+    @property
+    def judging(self) -> bool:
+        """Whether a declared change is being judged (cost_shift stays out of it)."""
+        return self._change is not None
 
     def _usual_model(self, exclude: str | None) -> str | None:
-        counts = collections.Counter(mm for *_, mm in self._hist if mm is not None and mm != exclude)
+        counts = collections.Counter(r[6] for r in self._hist if r[6] is not None and r[6] != exclude)
         if not counts:
             return self._model if self._model != exclude else None
         best = max(counts.values())
         # ties: the most recent of the most common
-        for *_, mm in reversed(self._hist):
-            if mm is not None and counts.get(mm) == best:
-                return mm
+        for r in reversed(self._hist):
+            if r[6] is not None and counts.get(r[6]) == best:
+                return r[6]
         return None  # pragma: no cover - counts is not empty
 
     def _recent(self, seen: Mapping[str, int], key: str, now: int) -> bool:
@@ -179,6 +277,7 @@ class ModelUpdateSpike:
                            and not self._recent(self._versions_seen, m.version, m.minute))
         if not (model_changed or version_changed):
             return
+        self.changed = True
         ch = self._change
         new_model = m.model if m.model is not None else self._model
         if ch is not None and ch.tasks < self.p.min_tasks:
@@ -189,12 +288,11 @@ class ModelUpdateSpike:
                 ch.version = m.version
             return
         previous_model = self._usual_model(exclude=new_model) if model_changed else self._model
-        self._change = _Change(
-            onset=m.minute, model=new_model, previous_model=previous_model,
-            version=m.version if version_changed else self._version,
-            previous_version=self._version, base=self._baseline())
+        self._change = _Change(onset=m.minute, model=new_model, previous_model=previous_model,
+                               version=m.version if version_changed else self._version,
+                               previous_version=self._version, rows=self._hist)
 
-    def _remember(self, m: series.AgentMinute, cost: float, tasks: int, outcomes: float) -> None:
+    def _remember(self, m: series.AgentMinute, row: _Row) -> None:
         t = m.minute
         model = m.model
         if model is not None:
@@ -213,95 +311,254 @@ class ModelUpdateSpike:
                 if len(seen) > 1:
                     for key in [k for k, v in seen.items() if v < cutoff and k not in (self._model, self._version)]:
                         del seen[key]
-        if cost == 0 and tasks == 0 and outcomes == 0 and model is None:
+        if row[1] == 0 and row[2] == 0 and row[3] == 0 and row[5] == 0 and model is None:
             return
-        hist = self._hist
-        hist.append((t, cost, tasks, outcomes, model))
-        self._cost += cost
-        self._tasks += tasks
-        self._outcomes += outcomes
-        first = hist[0]
-        if self._tasks - first[2] < self.p.baseline_tasks and t - first[0] < MAX_BASELINE_MINUTES * MINUTE:
-            return
-        while hist and (
-                self._tasks - hist[0][2] >= self.p.baseline_tasks
-                or t - hist[0][0] >= MAX_BASELINE_MINUTES * MINUTE):
-            _, c, n, o, _ = hist.popleft()
-            self._cost -= c
-            self._tasks -= n
-            self._outcomes -= o
-        if not hist:
-            self._cost, self._tasks, self._outcomes = 0.0, 0, 0.0
+        self._hist.append(row)
+        self._tasks += row[3]
+        self._forget(t)
 
-    def step(self, m: series.AgentMinute) -> list[findings.Finding]:
+    def _forget(self, now: int) -> None:
+        """Drop from the baseline what is beyond ``baseline_tasks`` tasks or MAX_BASELINE_MINUTES."""
+        hist = self._hist
+        while hist and (self._tasks - hist[0][3] >= self.p.baseline_tasks
+                        or now - hist[0][0] >= MAX_BASELINE_MINUTES * MINUTE):
+            self._tasks -= hist.popleft()[3]
+
+    def step(self, m: series.AgentMinute, units: float | None = None) -> list[findings.Finding]:
+        """Fold minute ``m``; ``units``: its task units (:func:`task_units`), else its ended tasks."""
+        self.changed = False
         model, version = m.model, m.version
         if (model is not None and model != self._model) or (version is not None and version != self._version):
+            self._forget(m.minute)  # the baseline is the last MAX_BASELINE_MINUTES (none after an idle hour)
             self._detect_change(m)
-        cost = m.inference_cost_usd
-        tasks = m.tasks_ended
-        outcomes = m.outcomes
-        self._remember(m, cost, tasks, outcomes)
+        row: _Row = (m.minute, m.inference_cost_usd, m.llm_calls, m.tasks_ended,
+                     float(m.tasks_ended) if units is None else units, m.outcomes, model)
+        self._remember(m, row)
         ch = self._change
         if ch is None:
             return []
-        ch.cost += cost
-        ch.tasks += tasks
-        ch.outcomes += outcomes
+        if (ch.reported is None and ch.model != ch.previous_model and model is not None
+                and model == ch.previous_model and m.minute != ch.onset):
+            self._change = None  # the previous model is back before any spike: a mix, not an update
+            return []
+        ch.add(row)
         out: list[findings.Finding] = []
-        if ch.tasks >= self.p.min_tasks:
-            f = self._judge(ch, m)
+        # no baseline: a new agent
+        settled = ch.base_tasks < max(self.p.min_tasks, MIN_BASELINE_TASKS) or ch.base_minutes < MIN_BASELINE_MINUTES
+        if not settled and ch.tasks >= self.p.min_tasks:
+            tests = ch.tests(self.p.ratio)
+            f = self._judge(ch, m, tests)
             if f is not None:
                 out.append(f)
-        if ch.tasks >= max(self.p.baseline_tasks, self.p.min_tasks) or ch.base_tasks < self.p.min_tasks:
-            self._change = None  # settled, or no baseline to judge against (a new agent)
+            settled = ch.reported is None and rejected(tests, SPIKE_ALPHA)
+        if settled or ch.tasks >= max(self.p.baseline_tasks, self.p.min_tasks):
+            self._change = None
         return out
 
-    def _judge(self, ch: _Change, m: series.AgentMinute) -> findings.Finding | None:
-        if ch.base_tasks <= 0 or ch.base_cost <= 0:
+    def _judge(self, ch: _Change, m: series.AgentMinute,
+               tests: Mapping[str, tuple[float | None, float]]) -> findings.Finding | None:
+        passed = decided(tests, self.p.ratio, SPIKE_ALPHA, call_needs=self.p.ratio)
+        if not passed:
             return None
-        per_task_before = ch.base_cost / ch.base_tasks
-        per_task_after = ch.cost / ch.tasks
-        task_ratio = per_task_after / per_task_before
-        outcome_ratio = None
-        per_outcome_before = per_outcome_after = None
-        if ch.base_outcomes > 0 and ch.outcomes > 0:
-            per_outcome_before = ch.base_cost / ch.base_outcomes
-            per_outcome_after = ch.cost / ch.outcomes
-            outcome_ratio = per_outcome_after / per_outcome_before
-        headline = max(task_ratio, outcome_ratio if outcome_ratio is not None else 0.0)
-        if headline < self.p.ratio:
-            return None
-        if ch.reported is not None and headline < WORSEN_FACTOR * ch.reported:
-            return None
+        basis = max(passed, key=lambda s: tests[s][0] or 0.0)
+        headline = tests[basis][0] or 0.0
         again = ch.reported is not None
+        if ch.reported is not None:
+            # worse: every one of the latest observations at WORSEN_FACTOR times the report (a giant
+            # task is one observation; all of the latest costing more is a worsening)
+            base = ch.base[basis]
+            latest = ch.post[basis][-WORSE_OBSERVATIONS:]
+            if base is None or len(latest) < WORSE_OBSERVATIONS:
+                return None
+            headline = math.exp(min(x for x, _ in latest) - base.mean)
+            if headline < WORSEN_FACTOR * ch.reported:
+                return None
         ch.reported = headline
         what = "model" if ch.model != ch.previous_model else "version"
         if what == "model":
             change = f"{ch.previous_model} -> {ch.model}"
         else:
             change = f"version {ch.previous_version} -> {ch.version} (model {ch.model})"
-        basis = "task" if task_ratio >= (outcome_ratio or 0.0) else "outcome"
         rollback = f" (roll back to {ch.previous_model})" if self.p.action is spec.Action.rollback else ""
         message = (f"{'Still rising: ' if again else ''}cost per {basis} of {m.agent} is "
-                   f"{headline:.1f}x its baseline since {change}; action {self.p.action.value}{rollback}")
-        evidence: dict[str, Any] = {
-            "ratio": _round(headline),
-            "cost_per_task_ratio": _round(task_ratio),
-            "cost_per_outcome_ratio": _round(outcome_ratio),
-            "threshold": self.p.ratio,
-            "cost_per_task_before_usd": _round(per_task_before, 6),
-            "cost_per_task_after_usd": _round(per_task_after, 6),
-            "cost_per_outcome_before_usd": _round(per_outcome_before, 6),
-            "cost_per_outcome_after_usd": _round(per_outcome_after, 6),
-            "tasks_before": ch.base_tasks,
-            "tasks_after": ch.tasks,
-            "outcomes_before": _round(ch.base_outcomes),
-            "outcomes_after": _round(ch.outcomes),
-            "version": ch.version,
-            "previous_version": ch.previous_version,
-        }
+                   f"{headline:.1f}x its baseline since {change}, after {ch.tasks} tasks; "
+                   f"action {self.p.action.value}{rollback}")
+        evidence_ = _cost_evidence(ch.base, ch.base_sums, ch.post_sums, tests, self.p.ratio, basis, SPIKE_ALPHA)
+        evidence_["ratio"] = _round(headline)
+        evidence_.update({"tasks_before": ch.base_tasks, "tasks_after": ch.tasks, "version": ch.version,
+                          "previous_version": ch.previous_version})
         return _finding(self.kind, m, onset=ch.onset, action=self.p.action, message=message,
-                        evidence=evidence, model=ch.model, previous_model=ch.previous_model)
+                        evidence=evidence_, model=ch.model, previous_model=ch.previous_model)
+
+
+def _cost_evidence(base: Mapping[str, evidence.Summary | None], base_sums: Mapping[str, Sequence[float]],
+                   post_sums: Mapping[str, Sequence[float]], tests: Mapping[str, tuple[float | None, float]],
+                   ratio: float, basis: str, alpha: float) -> dict[str, Any]:
+    """The numbers behind a cost finding: per statistic the ratio (of geometric means, what the test
+    judges) and the cost per unit before and after (totals, what a person checks)."""
+    out: dict[str, Any] = {"ratio": _round(tests[basis][0]), "basis": basis, "threshold": ratio,
+                           "log_likelihood_ratio": _round(tests[basis][1], 2),
+                           "evidence_threshold": _round(evidence.threshold(alpha), 2)}
+    for stat in STATS:
+        cost0, units0 = base_sums[stat]
+        cost1, units1 = post_sums[stat]
+        summary = base[stat]
+        out[f"cost_per_{stat}_ratio"] = _round(tests[stat][0])
+        out[f"cost_per_{stat}_before_usd"] = _round(cost0 / units0, 6) if units0 > 0 else None
+        out[f"cost_per_{stat}_after_usd"] = _round(cost1 / units1, 6) if units1 > 0 else None
+        out[f"{stat}s_before" if stat != "task" else "task_units_before"] = _round(units0)
+        out[f"{stat}s_after" if stat != "task" else "task_units_after"] = _round(units1)
+        out[f"log_sd_{stat}"] = _round(math.sqrt(summary.variance)) if summary is not None else None
+    return out
+
+
+# ---------------------------------------------------------------- cost_shift
+
+# The baseline of a cost shift: the active minutes of this long before the candidate change.
+SHIFT_BASELINE_MINUTES = 60
+# Candidate changes: this many minutes ago (the window after them is tested against the baseline
+# before them; several lengths, as a change point is not declared).
+SHIFT_WINDOWS = (10, 20, 30)
+# Tested every minute over several windows: a far smaller error rate than a declared change's.
+SHIFT_ALPHA = 1e-4
+# ... and the typical unit must have risen too: most observations above the baseline's median, by a
+# sign test at this error rate.
+SIGN_ALPHA = 1e-3
+# A baseline needs this many active minutes (and MIN_BASELINE_TASKS ended tasks); a window this
+# many observations.
+SHIFT_MIN_BASELINE_MINUTES = 20
+SHIFT_MIN_OBSERVATIONS = 6
+
+
+class CostShift:
+    """Cost per task, per call or per outcome rose sharply with no declared change.
+
+    The same observations and sequential test as :class:`ModelUpdateSpike`
+    (:mod:`fleetwarden.core.evidence`), without a known change point: every minute, for each
+    window of ``SHIFT_WINDOWS`` minutes ending now, the window's observations are tested
+    against those of the ``SHIFT_BASELINE_MINUTES`` before it (at least ``MIN_BASELINE_TASKS``
+    tasks over ``SHIFT_MIN_BASELINE_MINUTES`` active minutes), at ``SHIFT_ALPHA`` (the
+    strongest of the candidate change points decides: a generalised likelihood ratio). A
+    shift is a ratio of at least ``ratio`` that the test decides; its onset is the start of
+    the window with the strongest evidence. A declared change of model or version starts the
+    history over (judging it is the spike detector's), and nothing is judged while the spike
+    detector judges one. While a shift lasts its baseline is frozen; it ends when the last ten
+    minutes fall under ``ratio ** NULL_SHARE`` times it.
+    """
+
+    kind = "cost_shift"
+
+    def __init__(self, params: spec.CostShiftParams) -> None:
+        self.p = params
+        self._span = (SHIFT_BASELINE_MINUTES + max(SHIFT_WINDOWS)) * MINUTE
+        self.reset()
+
+    def reset(self) -> None:
+        """A declared change: the history before it is no baseline for what follows."""
+        self._rows: collections.deque[_Row] = collections.deque()
+        self._obs = {stat: collections.deque[tuple[int, evidence.Observation]]() for stat in STATS}
+        self._blocks = {stat: evidence.Blocks(weighted=stat != "call") for stat in STATS}
+        self._frozen: dict[str, evidence.Summary | None] | None = None  # baseline of the lasting shift
+
+    def step(self, m: series.AgentMinute, units: float | None = None, judge: bool = True) -> list[findings.Finding]:
+        """Fold minute ``m`` (``units``: its task units); ``judge`` False: remember it only (a declared
+        change is being judged by the spike detector)."""
+        row: _Row = (m.minute, m.inference_cost_usd, m.llm_calls, m.tasks_ended,
+                     float(m.tasks_ended) if units is None else units, m.outcomes, m.model)
+        if row[1] == 0 and row[2] == 0 and row[3] == 0 and row[5] == 0:
+            return []  # an empty minute changes nothing (as a gap)
+        fresh = self._remember(row)
+        if self._frozen is not None:
+            self._lasting(m)
+            return []
+        if not judge or not fresh:
+            return []  # (nothing new to judge: the windows' observations are those of the last judgement)
+        best: tuple[float, int, dict[str, tuple[float | None, float]], dict[str, Any]] | None = None
+        for w in SHIFT_WINDOWS:
+            cut = m.minute - (w - 1) * MINUTE  # the window: minutes from `cut` on
+            found = self._test(cut)
+            if found is not None and (best is None or found[0] > best[0]):
+                best = (found[0], cut, found[1], found[2])
+        if best is None:
+            return []
+        _, cut, tests, base = best
+        self._frozen = base
+        return [self._report(m, cut, tests, base)]
+
+    def _remember(self, row: _Row) -> bool:
+        """Keep the minute and its observations; whether it gave a new call or task observation."""
+        rows = self._rows
+        rows.append(row)
+        oldest = row[0] - self._span
+        while rows[0][0] <= oldest:
+            rows.popleft()
+        fresh = False
+        for stat in STATS:
+            obs = self._obs[stat]
+            x = self._blocks[stat].add(row[1], _units(row, stat))
+            if x is not None:
+                obs.append((row[0], x))
+                fresh = fresh or stat != "outcome"
+            while obs and obs[0][0] <= oldest:
+                obs.popleft()
+        return fresh
+
+    def _test(self, cut: int) -> tuple[float, dict[str, tuple[float | None, float]], dict[str, Any]] | None:
+        """(strongest LLR, tests, baseline summaries) of a change at ``cut``, if one is decided."""
+        lo = cut - SHIFT_BASELINE_MINUTES * MINUTE
+        rows = [r for r in self._rows if lo <= r[0] < cut]
+        if len(rows) < SHIFT_MIN_BASELINE_MINUTES or sum(r[3] for r in rows) < MIN_BASELINE_TASKS:
+            return None
+        pre = {stat: [x for t, x in self._obs[stat] if lo <= t < cut] for stat in STATS}
+        base = {stat: evidence.summary(pre[stat]) for stat in STATS}
+        post = {stat: [x for t, x in self._obs[stat] if t >= cut] for stat in STATS}
+        # per outcome is left to the spike detector: outcomes are too sparse to watch without a change point
+        tests = {stat: evidence.sprt(post[stat], base[stat], self.p.ratio)
+                 if stat != "outcome" and len(post[stat]) >= SHIFT_MIN_OBSERVATIONS else (None, 0.0)
+                 for stat in STATS}
+        passed = decided(tests, self.p.ratio, SHIFT_ALPHA, call_needs=self.p.ratio)
+        # ... and the typical unit rose too (a sign test on the medians): a run of giant tasks is no shift
+        passed = [stat for stat in passed if self._typical_rose(post[stat], pre[stat], base[stat])]
+        if not passed:
+            return None
+        return max(tests[s][1] for s in passed), tests, base
+
+    def _typical_rose(self, post: Sequence[evidence.Observation], pre: Sequence[evidence.Observation],
+                      base: evidence.Summary | None) -> bool:
+        median_ratio, llr = evidence.sign_test(post, pre, base.inflation if base is not None else 1.0)
+        return (median_ratio is not None and median_ratio >= self.p.ratio ** evidence.NULL_SHARE
+                and llr >= evidence.threshold(SIGN_ALPHA))
+
+    def _lasting(self, m: series.AgentMinute) -> None:
+        """A lasting shift ends when the last ten minutes cost under ratio ** NULL_SHARE times its baseline."""
+        assert self._frozen is not None
+        level = math.log(self.p.ratio) * evidence.NULL_SHARE
+        for stat in ("call", "task"):
+            base = self._frozen[stat]
+            recent = [x for t, x in self._obs[stat] if t > m.minute - 10 * MINUTE]
+            if base is None or not recent:
+                continue
+            if sum(x * u for x, u in recent) / sum(u for _, u in recent) - base.mean >= level:
+                return
+        self.reset()
+
+    def _report(self, m: series.AgentMinute, cut: int, tests: Mapping[str, tuple[float | None, float]],
+                base: Mapping[str, evidence.Summary | None]) -> findings.Finding:
+        passed = decided(tests, self.p.ratio, SHIFT_ALPHA, call_needs=self.p.ratio)
+        basis = max(passed, key=lambda s: tests[s][0] or 0.0)
+        headline = tests[basis][0] or 0.0
+        message = (f"cost per {basis} of {m.agent} is {headline:.1f}x its baseline since "
+                   f"{timefmt.rfc3339(cut)} with no change of model or version declared (a prompt or "
+                   f"tool change shipped without a version?); action {self.p.action.value}")
+        lo = cut - SHIFT_BASELINE_MINUTES * MINUTE
+        pre = [r for r in self._rows if lo <= r[0] < cut]
+        post = [r for r in self._rows if r[0] >= cut]
+        sums = [{stat: (sum(r[1] for r in part), sum(_units(r, stat) for r in part)) for stat in STATS}
+                for part in (pre, post)]
+        evidence_ = _cost_evidence(base, sums[0], sums[1], tests, self.p.ratio, basis, SHIFT_ALPHA)
+        evidence_["window_minutes"] = (m.minute - cut) // MINUTE + 1
+        evidence_["model"] = m.model
+        return _finding(self.kind, m, onset=cut, action=self.p.action, message=message, evidence=evidence_)
 
 
 # ---------------------------------------------------------------- runaway_loop
@@ -330,7 +587,8 @@ class RunawayLoop:
 
     kind = "runaway_loop"
 
-    __slots__ = ("p", "_w", "_h_span", "_win", "_hist", "_hist_tokens", "_hist_active", "_active", "_run", "_prev",
+    __slots__ = ("p", "_w", "_h_span", "_win", "_hist", "_hist_tokens", "_hist_active", "_hist_output", "_active",
+                 "_run", "_prev", "_first",
                  "_last")
 
     def __init__(self, params: spec.RunawayLoopParams) -> None:
@@ -342,10 +600,12 @@ class RunawayLoop:
         self._hist: collections.deque[tuple[int, int, float]] = collections.deque()
         self._hist_tokens = 0
         self._hist_active = 0
+        self._hist_output = 0.0
         self._active = False
         self._run = 0  # trailing minutes with tokens and no output, each with more tokens than the one before
         self._prev = 0  # tokens of the newest minute
         self._last: int | None = None  # the newest minute fed
+        self._first: int | None = None  # the first minute fed
 
     def _advance(self, now: int) -> None:
         """Windows as of minute ``now``: minutes leave the window after ``w`` minutes and the
@@ -361,6 +621,7 @@ class RunawayLoop:
                     return
                 old = win.popleft()
                 hist.append(old)
+                self._hist_output += old[2]
                 if old[1] > 0:
                     self._hist_tokens += old[1]
                     self._hist_active += 1
@@ -368,6 +629,7 @@ class RunawayLoop:
                 if drop > now:
                     return
                 gone = hist.popleft()
+                self._hist_output -= gone[2]
                 if gone[1] > 0:
                     self._hist_tokens -= gone[1]
                     self._hist_active -= 1
@@ -385,6 +647,8 @@ class RunawayLoop:
             if self._win:
                 self._advance(t - MINUTE)
         self._last = t
+        if self._first is None:
+            self._first = t
         win = self._win
         win.append((t, tokens, output))
         if win[0][0] + self._w * MINUTE <= t or (self._hist and self._hist[0][0] + self._h_span <= t):
@@ -411,6 +675,10 @@ class RunawayLoop:
         head = tokens[: max(1, len(tokens) // 2)]
         first = sum(head) / len(head)
         typical = self._hist_tokens / self._hist_active
+        assert self._first is not None
+        span = min(TYPICAL_MINUTES, (self._win[0][0] - self._first) // MINUTE)  # minutes of history
+        if span <= 0 or self._hist_output / span * self._w < MIN_EXPECTED_OUTPUT_ACCELERATING:
+            return []  # an agent that often goes this long without output (long tasks): not judged
         if last < p.acceleration * first or last < p.acceleration * typical:
             return []
         self._active = True
@@ -448,6 +716,238 @@ def _slope(ys: list[int] | list[float]) -> float:
     num = sum((i - mx) * (y - my) for i, y in enumerate(ys))
     den = sum((i - mx) ** 2 for i in range(n))
     return num / den
+
+
+# ---------------------------------------------------------------- runaway_loop: a plateau (retry storm)
+
+# A dry spell (tokens, no output) is judged only once the agent's usual output would have given
+# at least this many outputs in it (Poisson: no output has a chance under e^-8, 0.03%).
+MIN_EXPECTED_OUTPUT = 8.0
+# ... and never over more than this many minutes (a slower agent's plateau is not judged).
+PLATEAU_MAX_MINUTES = 30
+
+
+class LoopPlateau:
+    """Tokens at a high, steady rate while nothing is produced: a retry storm, a loop at a fixed pace.
+
+    A *dry spell* is a run of minutes, each with tokens and no output (completed tasks plus
+    outcomes). It is judged once it lasts ``max(window_minutes, MIN_EXPECTED_OUTPUT / usual
+    output per minute)`` minutes (at most ``PLATEAU_MAX_MINUTES``), the usual rates being the
+    means over the ``TYPICAL_MINUTES`` before the spell (at least ``MIN_TYPICAL_MINUTES``
+    active ones): a loop when over that span the mean and the last minute are both at least
+    ``acceleration`` times the usual token rate and at least ``min_tokens_per_minute``. No
+    rise is needed: that is :class:`RunawayLoop`'s case. The onset is the spell's first
+    minute; the condition ends with output or when tokens stop.
+    """
+
+    kind = "runaway_loop"
+
+    def __init__(self, params: spec.RunawayLoopParams) -> None:
+        self.p = params
+        # (minute, tokens, output) of the minutes fed, over the spell's longest span and the history before it
+        self._rows: collections.deque[tuple[int, int, float]] = collections.deque()
+        self._dry_since: int | None = None  # first minute of the current dry spell
+        self._active = False
+        self._span = (PLATEAU_MAX_MINUTES + TYPICAL_MINUTES) * MINUTE
+        self._first: int | None = None  # the first minute fed
+
+    def step(self, m: series.AgentMinute) -> list[findings.Finding]:
+        t = m.minute
+        rows = self._rows
+        last = rows[-1][0] if rows else None
+        if self._first is None:
+            self._first = t
+        rows.append((t, m.tokens, m.output))
+        while rows[0][0] <= t - self._span:
+            rows.popleft()
+        if m.tokens <= 0 or m.output > 0:
+            self._dry_since = None
+            self._active = False
+            return []
+        if self._dry_since is None or last != t - MINUTE:
+            self._dry_since = t
+            self._active = False
+        if self._active:
+            return []
+        return self._judge(m)
+
+    def _judge(self, m: series.AgentMinute) -> list[findings.Finding]:
+        p = self.p
+        assert self._dry_since is not None
+        since = self._dry_since
+        dry = (m.minute - since) // MINUTE + 1
+        if dry < p.window_minutes:
+            return []
+        before = [r for r in self._rows if since - TYPICAL_MINUTES * MINUTE <= r[0] < since]
+        active = [r for r in before if r[1] > 0]
+        if len(active) < MIN_TYPICAL_MINUTES:
+            return []
+        typical = sum(r[1] for r in active) / len(active)
+        assert self._first is not None
+        history = min(TYPICAL_MINUTES, (since - self._first) // MINUTE)  # minutes of history before the spell
+        output_rate = sum(r[2] for r in before) / history if history > 0 else 0.0
+        if output_rate <= 0:
+            return []
+        needed = max(p.window_minutes, math.ceil(MIN_EXPECTED_OUTPUT / output_rate))
+        if needed > PLATEAU_MAX_MINUTES or dry < needed:
+            return []
+        span = [r[1] for r in self._rows if r[0] > m.minute - needed * MINUTE]
+        mean = sum(span) / needed  # (a missing minute burned nothing)
+        level = max(p.acceleration * typical, p.min_tokens_per_minute)
+        if mean < level or m.tokens < level:
+            return []
+        self._active = True
+        evidence_ = {
+            "tokens_per_minute": span,
+            "mean_tokens_per_minute": _round(mean, 1),
+            "typical_tokens_per_minute": _round(typical, 1),
+            "vs_typical": _round(mean / typical),
+            "threshold": p.acceleration,
+            "dry_minutes": dry,
+            "usual_output_per_minute": _round(output_rate, 3),
+            "output_in_window": 0,
+            "window_minutes": needed,
+        }
+        message = (f"{m.agent} has burned {mean:.0f} tokens/minute, {mean / typical:.1f}x its usual rate, "
+                   f"for {dry} minutes without a completed task or outcome (it usually has "
+                   f"{output_rate:.1f} a minute); action {p.action.value}")
+        return [_finding(self.kind, m, onset=since, action=p.action, message=message, evidence=evidence_)]
+
+
+# ---------------------------------------------------------------- runaway_loop: one task
+
+# The baseline of a task: the agent's minutes in this long before the task began, reaching back
+# at least TASK_MIN_BASELINE_MINUTES.
+TASK_BASELINE_MINUTES = 60
+TASK_MIN_BASELINE_MINUTES = 30
+# The task must also reach this many times the agent's mean tokens per ended task ...
+TASK_TYPICAL_RATIO = 10.0
+# ... or, when it has burned this many times longer than any task of the baseline (and passed
+# the largest of them), it loops too: a loop at a modest pace is found by its length.
+TASK_RUN_RATIO = 3.0
+# Two readings of a task are the same task when their start times (minute end - age) differ by at
+# most this (the live gauge is read up to a scrape interval, 15 s by default, before the minute ends;
+# two tasks that start closer than this and take turns as the largest look like one).
+SAME_TASK_SECONDS = 20.0
+
+
+class _Track:
+    """One reading of a running task (the largest, or the oldest) minute after minute: when that task
+    began, how many minutes in a row it has burned (its tokens rose), and its tokens."""
+
+    __slots__ = ("start", "run", "tokens")
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.run = 0
+        self.tokens = 0
+
+    def update(self, tokens: int | None, age: float | None, minute: int, contiguous: bool) -> None:
+        if tokens is None or age is None or tokens <= 0:
+            self.start, self.run, self.tokens = None, 0, 0
+            return
+        start = minute + MINUTE - age
+        if contiguous and self.start is not None and abs(start - self.start) <= SAME_TASK_SECONDS:
+            self.run = self.run + 1 if tokens > self.tokens else 0
+        else:
+            self.start, self.run = start, 1
+        self.tokens = tokens
+
+
+class TaskRunaway:
+    """One task keeps burning tokens far beyond the agent's other tasks, while they may complete.
+
+    Fed two readings of the agent's *running* open tasks per minute (``AgentMinute``'s
+    ``largest_task_*`` and ``oldest_task_*``: tokens and age at the minute's end; replay derives
+    them from the events' task ids, the SDK exports them live with bounded labels). A reading
+    is the same task from one minute to the next when its start (minute end - age) moves by
+    at most ``SAME_TASK_SECONDS``; it *burns* while its tokens rise every minute. Against the
+    ``TASK_BASELINE_MINUTES`` before the task began (at least ``MIN_BASELINE_TASKS`` ended
+    tasks: a new agent, or one back from idle, is not judged), a task loops when it has burned
+    ``window_minutes`` or more and its tokens reach ``TASK_TYPICAL_RATIO`` times the agent's
+    mean tokens per ended task, and either
+
+    - its tokens reach ``task_ratio`` times the largest running task of the baseline (a loop
+      that grows, or burns fast), or
+    - it has burned ``TASK_RUN_RATIO`` times longer than any task of the baseline (a loop at a
+      task's usual pace: found by its length).
+
+    A task is reported once; the onset is its start.
+    """
+
+    kind = "runaway_loop"
+
+    def __init__(self, params: spec.RunawayLoopParams) -> None:
+        self.p = params
+        # (minute, tokens, tasks ended, largest running task's tokens, longest burn run) of the minutes fed
+        self._rows: collections.deque[tuple[int, int, int, int, int]] = collections.deque()
+        self._largest = _Track()
+        self._oldest = _Track()
+        self._last: int | None = None
+        self._reported: collections.deque[float] = collections.deque(maxlen=16)  # starts of tasks reported
+        self._keep = 6 * 3600  # rows kept: a task's baseline may lie this far back
+
+    def step(self, m: series.AgentMinute) -> list[findings.Finding]:
+        t = m.minute
+        contiguous = self._last == t - MINUTE
+        self._last = t
+        self._largest.update(m.largest_task_tokens, m.largest_task_age, t, contiguous)
+        self._oldest.update(m.oldest_task_tokens, m.oldest_task_age, t, contiguous)
+        rows = self._rows
+        rows.append((t, m.tokens, m.tasks_ended, m.largest_task_tokens or 0, max(self._largest.run, self._oldest.run)))
+        while rows[0][0] <= t - self._keep:
+            rows.popleft()
+        for track, task_id in ((self._largest, m.largest_task_id), (self._oldest, m.oldest_task_id)):
+            if track.run >= self.p.window_minutes and track.start is not None and track.start not in self._reported:
+                found = self._judge(m, track, task_id)
+                if found:
+                    return found
+        return []
+
+    def _judge(self, m: series.AgentMinute, track: _Track, task_id: str | None) -> list[findings.Finding]:
+        p = self.p
+        assert track.start is not None
+        start = track.start
+        base = [r for r in self._rows if start - TASK_BASELINE_MINUTES * MINUTE <= r[0] < start - MINUTE]
+        ended = sum(r[2] for r in base)
+        if ended < MIN_BASELINE_TASKS or base[0][0] > start - TASK_MIN_BASELINE_MINUTES * MINUTE:
+            return []  # a new agent, or one back from idle: its longest and largest tasks are not known yet
+        typical = sum(r[1] for r in base) / ended
+        largest = max(r[3] for r in base)
+        longest = max(r[4] for r in base)
+        tokens = track.tokens
+        if tokens < TASK_TYPICAL_RATIO * typical:
+            return []
+        by_size = tokens >= p.task_ratio * largest
+        by_length = track.run >= max(p.window_minutes, TASK_RUN_RATIO * longest)
+        if not (by_size or by_length):
+            return []
+        self._reported.append(start)
+        for other in (self._largest, self._oldest):  # the same task in the other reading
+            if other is not track and other.start is not None and abs(other.start - start) <= SAME_TASK_SECONDS:
+                self._reported.append(other.start)
+        evidence_ = {
+            "task_tokens": tokens,
+            "task_age_seconds": _round(m.minute + MINUTE - start, 1),
+            "burning_minutes": track.run,
+            "typical_task_tokens": _round(typical, 1),
+            "largest_task_tokens_before": largest,
+            "longest_burn_minutes_before": longest,
+            "vs_typical": _round(tokens / typical),
+            "vs_largest": _round(tokens / largest) if largest else None,
+            "threshold": p.task_ratio,
+            "open_tasks": m.open_tasks,
+            "found_by": "size" if by_size else "length",
+        }
+        which = f"task {task_id}" if task_id is not None else "one task"
+        beyond = (f"{tokens / largest:.1f}x the largest task" if by_size and largest
+                  else f"{track.run / max(longest, 1):.1f}x longer than any task")
+        message = (f"{which} of {m.agent} has burned {tokens} tokens for {track.run} minutes in a row, "
+                   f"{tokens / typical:.0f}x its usual task and {beyond} of the hour before, while other "
+                   f"tasks go on; action {p.action.value}")
+        f = _finding(self.kind, m, onset=series.minute_of(start), action=p.action, message=message,
+                     evidence=evidence_)
+        return [dataclasses.replace(f, task_id=task_id)] if task_id is not None else [f]
 
 
 # ---------------------------------------------------------------- tool_call_explosion
@@ -510,9 +1010,9 @@ class ToolCallExplosion:
         self.blank: Callable[[int], series.AgentMinute] | None = None
         self._first: int | None = None  # the first minute fed: the windows count minutes from it
         self._hot = False  # whether a missing minute now could change anything but the windows
-        # under this many calls in the short window no tool is at min_calls_per_minute (a
-        # margin for rounding: above it the exact per-tool test decides)
-        self._floor = params.min_calls_per_minute * params.window_minutes * (1 - 1e-9)
+        # under this many calls in the short window no tool is at min_calls_per_minute, neither over
+        # the window nor in its last minute (a margin for rounding: above it the exact tests decide)
+        self._floor = params.min_calls_per_minute * (1 - 1e-9)
 
     def _lengths(self, now: int) -> tuple[int, int]:
         """Minutes in the short window and in the baseline at minute ``now`` (empty ones included)."""
@@ -579,12 +1079,45 @@ class ToolCallExplosion:
                 per.append(rate_s / base_rate / growth)
         return per[0], per[1]
 
-    def _explodes(self, rate_s: float, base_rate: float, traffic: tuple[int, int, int, int], n_b: int) -> bool:
+    def _explodes(self, rate_s: float, base_rate: float, traffic: tuple[int, int, int, int], n_b: int,
+                  share: float = 1.0) -> bool:
+        """A jump: the short window at ``share`` x ``ratio`` times the baseline, traffic not explaining it."""
         raw = rate_s / base_rate
-        if rate_s < self.p.min_calls_per_minute or raw < self.p.ratio:
+        if rate_s < self.p.min_calls_per_minute or raw < self.p.ratio * share:
             return False
         usable = [r for r in self._normalised(rate_s, base_rate, traffic, n_b) if r is not None]
-        return not usable or max(usable) >= self.p.ratio * NORMALISED_SHARE
+        if not usable:
+            # no traffic to divide by in the baseline: the raw ratio decides, unless traffic is there
+            # now (an agent back from idle, or new: its baseline says nothing of its usual rate)
+            return traffic[0] + traffic[2] < MIN_EXPECTED_TRAFFIC
+        return max(usable) >= self.p.ratio * share * NORMALISED_SHARE
+
+    def _ramps(self, tool: str, now: int, base_rate: float, traffic: tuple[int, int, int, int], n_b: int) -> bool:
+        """A ramp: calls rising in each of the last ``RAMP_MINUTES`` minutes (a missing minute has none),
+        the last one at the minimum rate and at ``RAMP_SHARE`` x ``ratio`` times the baseline, also per
+        unit of traffic (its growth over those minutes): found before the window's mean reaches ``ratio``."""
+        fed = {e[0]: e for e in (*self._base, *self._short) if e[0] > now - RAMP_MINUTES * MINUTE}
+        span = [fed.get(t) for t in range(now - (RAMP_MINUTES - 1) * MINUTE, now + 1, MINUTE)]
+        calls = [float(e[1].get(tool, 0.0)) if e is not None else 0.0 for e in span]
+        if any(b <= a for a, b in zip(calls, calls[1:], strict=False)):
+            return False
+        level = self.p.ratio * RAMP_SHARE
+        if calls[-1] < self.p.min_calls_per_minute or calls[-1] < level * base_rate:
+            return False
+        _, base_llm, _, base_tasks = traffic
+        fed_span = [e for e in span if e is not None]
+        now_traffic = 0
+        usable = False
+        for d_s, d_b in ((sum(e[2] for e in fed_span), base_llm), (sum(e[3] for e in fed_span), base_tasks)):
+            now_traffic += d_s
+            expected = d_b / n_b * RAMP_MINUTES
+            if expected < MIN_EXPECTED_TRAFFIC:
+                continue
+            usable = True
+            growth = d_s / expected
+            if growth > 0 and calls[-1] / base_rate / growth < level:
+                return False  # traffic explains it
+        return usable or now_traffic < MIN_EXPECTED_TRAFFIC  # (as in _explodes)
 
     def step(self, m: series.AgentMinute) -> list[findings.Finding]:
         t = m.minute
@@ -629,7 +1162,8 @@ class ToolCallExplosion:
         minc = p.min_calls_per_minute
         short_calls, short_llm, short_tasks = self._sums(self._short)
         # tools that may be judged: exploding ones, and those at the minimum rate or more
-        cands = [tool for tool, c in short_calls.items() if c / w >= minc]
+        newest = self._short[-1][1] if self._short and self._short[-1][0] == minute else {}
+        cands = [tool for tool, c in short_calls.items() if c / w >= minc or newest.get(tool, 0.0) >= minc]
         if active:
             tools = sorted(set(cands).union(active))
         elif not cands:
@@ -655,7 +1189,8 @@ class ToolCallExplosion:
             if tool_base <= 0 or rate_s < minc:
                 continue
             base_rate = self._base_rate(tool, tool_base, n_base)
-            if not self._explodes(rate_s, base_rate, traffic, n_base):
+            if not (self._explodes(rate_s, base_rate, traffic, n_base)
+                    or self._ramps(tool, minute, base_rate, traffic, n_base)):
                 continue
             active[tool] = _ToolState(base_rate, self._peak(tool, base_rate, minute))
             out.append(self._report(m if m is not None else self._blank(minute), tool, base_rate, traffic, n_base,
@@ -710,17 +1245,22 @@ class ToolCallExplosion:
 
 
 class DetectorSet:
-    """The three detectors of one agent, fed its minutes in order (gaps allowed).
+    """The detectors of one agent, fed its minutes in order (gaps allowed).
+
+    ``runaway_loop`` has three detectors (:class:`RunawayLoop`, :class:`LoopPlateau`,
+    :class:`TaskRunaway`); one problem is one finding, so a loop finding holds the others (and
+    ``cost_shift``, which a loop also drives) for ``LOOP_HOLD_MINUTES``. A declared change of
+    model or version starts ``cost_shift``'s history over.
 
     A gap of ``k`` minutes is the same as ``k`` empty minutes and costs nothing per minute:
-    ``model_update_spike`` ignores empty minutes, ``runaway_loop`` cannot fire in one, and
+    the cost detectors ignore empty minutes, ``runaway_loop`` cannot fire in one, and
     ``tool_call_explosion`` judges them only while its short window still holds a tool at
     its minimum rate (``tests/unit/core/test_detectors.py`` checks that a gap and its empty
     minutes fed one by one give the same findings).
     """
 
-    __slots__ = ("params", "agent", "namespace", "spike", "loop", "tools", "_spike_on", "_loop_on", "_tools_on",
-                 "_last")
+    __slots__ = ("params", "agent", "namespace", "spike", "loop", "plateau", "task", "tools", "shift", "_spike_on",
+                 "_loop_on", "_tools_on", "_shift_on", "_last", "_open", "_loop_at")
 
     def __init__(self, params: spec.AnomalyParams, agent: str, namespace: str) -> None:
         self.params = params
@@ -728,15 +1268,25 @@ class DetectorSet:
         self.namespace = namespace
         self.spike = ModelUpdateSpike(params.model_update_spike)
         self.loop = RunawayLoop(params.runaway_loop)
+        self.plateau = LoopPlateau(params.runaway_loop)
+        self.task = TaskRunaway(params.runaway_loop)
         self.tools = ToolCallExplosion(params.tool_call_explosion)
         self.tools.blank = self._blank
+        self.shift = CostShift(params.cost_shift)
         self._spike_on = params.model_update_spike.enabled
         self._loop_on = params.runaway_loop.enabled
         self._tools_on = params.tool_call_explosion.enabled
+        self._shift_on = params.cost_shift.enabled
         self._last: int | None = None
+        self._open: int | None = None  # open tasks at the end of the last minute that said
+        self._loop_at: dict[str, float] = {}  # runaway_loop detector -> time of its last finding
 
     def _blank(self, minute: int) -> series.AgentMinute:
         return series.AgentMinute(agent=self.agent, namespace=self.namespace, minute=minute)
+
+    def _held(self, now: float, by: str | None = None) -> bool:
+        """Whether a runaway_loop finding of another detector than ``by`` was made within LOOP_HOLD_MINUTES."""
+        return any(name != by and now - at < LOOP_HOLD_MINUTES * MINUTE for name, at in self._loop_at.items())
 
     def step(self, minute: series.AgentMinute) -> list[findings.Finding]:
         if minute.agent != self.agent or minute.namespace != self.namespace:
@@ -753,16 +1303,31 @@ class DetectorSet:
             if t - last > MINUTE and self._tools_on:
                 out.extend(self.tools.gap(last + MINUTE, (t - last) // MINUTE - 1))
         self._last = t
+        units = task_units(minute, self._open)
+        if minute.open_tasks is not None:
+            self._open = minute.open_tasks
         if self._spike_on:
-            found = self.spike.step(minute)
+            found = self.spike.step(minute, units)
             if found:
                 out.extend(found)
+            if self.spike.changed:
+                self.shift.reset()
         if self._loop_on:
-            found = self.loop.step(minute)
-            if found:
-                out.extend(found)
+            self._loops(minute, out)
         if self._tools_on:
             found = self.tools.step(minute)
             if found:
                 out.extend(found)
+        if self._shift_on:
+            found = self.shift.step(minute, units, judge=not self.spike.judging)
+            if found and not self._held(found[0].time):
+                out.extend(found)
         return out
+
+    def _loops(self, minute: series.AgentMinute, out: list[findings.Finding]) -> None:
+        """The three runaway_loop detectors; a finding of one holds the others (one problem, one finding)."""
+        for name, detector in (("accelerating", self.loop), ("plateau", self.plateau), ("task", self.task)):
+            for f in detector.step(minute):
+                if not self._held(f.time, name):
+                    self._loop_at[name] = f.time
+                    out.append(f)

@@ -7,9 +7,10 @@
 It shares nothing with ``fleetwarden.simulate`` or ``core/scenarios.py`` (``.importlinter``
 forbids the import): its own model catalogue and prices, and other distributions:
 
-- task sizes are heavy-tailed, lognormal or Pareto per agent (median 1, capped where a real
-  agent's turn limit would stop it); a large task has more model calls *and* larger
-  contexts, and its context grows call after call (the conversation accumulates);
+- task sizes are heavy-tailed, lognormal or Pareto per agent (median 1, capped); a large
+  task has more model calls *and* larger contexts, and its context grows call after call
+  (the conversation accumulates) up to the model's context window; calls stop at the agent's
+  turn limit (15-60, as agent frameworks have), which only a loop ignores;
 - agents run one model or route each task to one of two models all the time;
 - traffic has Poisson bursts (2-4x for minutes), a slow trend, and agents from one task in
   ten minutes to six a minute; model and tool latencies differ per agent; some tasks wait
@@ -126,7 +127,8 @@ class Agent:
     calls: float  # mean model calls of a median task
     split: float  # how a task's size splits: size**split more calls, size**(1-split) bigger contexts
     tail: tuple[str, float]  # ("lognormal", sigma) or ("pareto", alpha)
-    cap: float  # the largest task size (a turn limit)
+    cap: float  # the largest task size
+    max_turns: int  # model calls of one task, at most (the agent framework's turn limit; a loop ignores it)
     latency: float  # seconds per model call
     tools: tuple[tuple[str, float, float], ...]  # (tool, calls per median task, USD per call)
     outcome_prob: float
@@ -195,7 +197,8 @@ def _agent(rng: random.Random, i: int, shape: str | None, start: float, minutes:
         workflow=rng.choice(("review", "resolve", "enrich", "draft", "match")), rate=_rate_for(shape, rng),
         model=model, second=second, second_share=rng.uniform(0.2, 0.5), ctx=_loguniform(rng, 600, 8000),
         out_ratio=rng.uniform(0.05, 0.3), growth=rng.uniform(0.0, 0.3), calls=rng.uniform(1.5, 8.0),
-        split=rng.uniform(0.3, 0.8), tail=tail, cap=rng.uniform(20, 60), latency=rng.uniform(1.5, 10.0),
+        split=rng.uniform(0.3, 0.8), tail=tail, cap=rng.uniform(20, 60), max_turns=rng.randint(15, 60),
+        latency=rng.uniform(1.5, 10.0),
         tools=tools, outcome_prob=rng.uniform(0.3, 0.95), fail_prob=rng.uniform(0.0, 0.06),
         human_prob=rng.choice([0.0, 0.0, 0.05, 0.2]), version=f"{rng.randint(1, 4)}.{rng.randint(0, 30)}.0",
         bursts=tuple(bursts), trend=(rng.uniform(0.0, 0.5), rng.uniform(0, 2 * math.pi)))
@@ -210,7 +213,8 @@ def _pick_model(rng: random.Random, a: Agent, factor: float) -> tuple[str, float
         scale = factor * old / _blended(m, a.out_ratio)
         if 0.4 <= scale <= 2.5:
             return m, scale
-    m = choices[0]
+    # none in range: the model needing the smallest change of verbosity
+    m = min(choices, key=lambda c: abs(math.log(factor * old / _blended(c, a.out_ratio))))
     return m, factor * old / _blended(m, a.out_ratio)
 
 
@@ -397,7 +401,7 @@ class _Run:
             scale, calls_scale = a.token_scale, a.calls_scale
             if a.new_model is not None:
                 model, version = a.new_model, a.version + "-next"
-        n = 1 + _poisson(rng, max(0.0, a.calls * calls_scale * size ** a.split - 1))
+        n = min(a.max_turns, 1 + _poisson(rng, max(0.0, a.calls * calls_scale * size ** a.split - 1)))
         first = a.ctx * size ** (1 - a.split) * scale
         t = s
         tools = list(a.tools)

@@ -28,6 +28,13 @@ TASK_COST_USD = "fleetwarden_task_cost_usd"  # histogram
 TASK_TOKENS = "fleetwarden_task_tokens"  # histogram
 GUARDRAIL_DECISIONS = "fleetwarden_guardrail_decisions_total"
 AGENT_MODEL_INFO = "fleetwarden_agent_model_info"  # gauge, value 1
+# Open tasks per agent and process (gauges; no task label): how many, and the largest and the
+# oldest running task's tokens and age.
+OPEN_TASKS = "fleetwarden_open_tasks"
+LARGEST_RUNNING_TASK_TOKENS = "fleetwarden_largest_running_task_tokens"
+LARGEST_RUNNING_TASK_AGE_SECONDS = "fleetwarden_largest_running_task_age_seconds"
+OLDEST_RUNNING_TASK_TOKENS = "fleetwarden_oldest_running_task_tokens"
+OLDEST_RUNNING_TASK_AGE_SECONDS = "fleetwarden_oldest_running_task_age_seconds"
 
 # Tokens of every kind, in the usage-event contract's order (input, output, cache read,
 # cache write, reasoning).

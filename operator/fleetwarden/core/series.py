@@ -48,6 +48,18 @@ class AgentMinute:
     model: str | None = None  # the model with the most calls this minute (None: no call)
     version: str | None = None  # agent_version seen this minute, when the data names one
     workflow: str | None = None  # the workflow with the most activity this minute
+    # Open tasks at the minute's end (None: the source does not say). Bounded per agent, so the
+    # SDK exports them live too (docs/metrics.md): how many are open, and of the *running* ones
+    # (an event within the last 5 minutes) the largest by tokens and the oldest, each with its
+    # tokens so far and age (seconds since its first event); 0 when none runs. Their ids are
+    # known in replay only.
+    open_tasks: int | None = None
+    largest_task_tokens: int | None = None
+    largest_task_age: float | None = None
+    largest_task_id: str | None = None
+    oldest_task_tokens: int | None = None
+    oldest_task_age: float | None = None
+    oldest_task_id: str | None = None
 
     @property
     def cost_usd(self) -> float:
@@ -80,5 +92,7 @@ def _compile_maker() -> object:
 
 # make(agent, namespace, minute, inference_cost_usd, tool_cost_usd, human_cost_usd, tokens, output_tokens,
 #      llm_calls, tasks_completed, tasks_failed, tasks_abandoned, outcomes, tool_calls, tool_costs, model,
-#      version, workflow) -> AgentMinute: every field, positionally, in declaration order
+#      version, workflow, open_tasks, largest_task_tokens, largest_task_age, largest_task_id,
+#      oldest_task_tokens, oldest_task_age, oldest_task_id) -> AgentMinute: every field, positionally,
+#      in declaration order
 make = _compile_maker()

@@ -310,7 +310,7 @@ class ApprovalRule(_Model):
 class ModelUpdateSpikeParams(_Model):
     enabled: bool = True
     ratio: float = Field(default=1.8, gt=1)
-    min_tasks: int = Field(default=20, ge=1)
+    min_tasks: int = Field(default=5, ge=1)
     baseline_tasks: int = Field(default=200, ge=1)
     action: Action = Action.rollback
 
@@ -320,7 +320,14 @@ class RunawayLoopParams(_Model):
     window_minutes: int = Field(default=5, ge=2)
     acceleration: float = Field(default=1.5, gt=1)
     min_tokens_per_minute: float = Field(default=5000, ge=0)
+    task_ratio: float = Field(default=12.0, gt=1)
     action: Action = Action.kill
+
+
+class CostShiftParams(_Model):
+    enabled: bool = True
+    ratio: float = Field(default=2.0, gt=1)
+    action: Action = Action.alert
 
 
 class ToolCallExplosionParams(_Model):
@@ -336,6 +343,7 @@ class AnomalyParams(_Model):
     model_update_spike: ModelUpdateSpikeParams = Field(default_factory=ModelUpdateSpikeParams)
     runaway_loop: RunawayLoopParams = Field(default_factory=RunawayLoopParams)
     tool_call_explosion: ToolCallExplosionParams = Field(default_factory=ToolCallExplosionParams)
+    cost_shift: CostShiftParams = Field(default_factory=CostShiftParams)
 
 
 class CostPolicySpec(_Model):

@@ -44,8 +44,9 @@ SIMULATORS = {
 }
 BASE_MODEL, SPIKE_MODEL = "gpt-4o-mini", "gpt-4.1-mini"
 SCENARIO_ANNOTATION = "fleetwarden.dev/simulate-scenario"  # fleetwarden.simulate.follow.SCENARIO_ANNOTATION
-# Triage tasks Prometheus must hold before the model update (the detector needs minTasks=20
-# of baseline in whole minutes before the change; a margin for the first, partial minute).
+# Triage tasks Prometheus must hold before the model update (the detector needs a baseline of
+# at least 8 tasks over 10 minutes within the hour before the change; more makes its sequential
+# test decide sooner).
 BASELINE_TASKS = 40
 NORMAL_AGAIN = 1.3  # cost per task within this multiple of the baseline counts as normal
 PROGRESS_EVERY = 15.0

@@ -4,7 +4,8 @@ One :class:`MetricStore` per prometheus-client registry, shared by every Tracker
 registry. It is a custom collector: the hot path adds floats to a list cached per label
 tuple under one lock (no per-sample lock, no label validation per call), and the scrape
 turns the lists into metric families. Labels are only agent, namespace, workflow, step,
-model, tool, outcome and status; never a task id.
+model, tool, outcome and status; never a task id (the open-task gauges are per agent: the count,
+and the largest and the oldest running task's tokens and age).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import bisect
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import registry as prom_registry
@@ -58,7 +59,18 @@ METRIC_NAMES = (
     names.TASKS, names.OUTCOMES, names.OUTCOME_VALUE_USD,
     names.TASK_COST_USD, names.TASK_TOKENS,
     names.GUARDRAIL_DECISIONS, names.AGENT_MODEL_INFO,
+    names.OPEN_TASKS, names.LARGEST_RUNNING_TASK_TOKENS, names.LARGEST_RUNNING_TASK_AGE_SECONDS,
+    names.OLDEST_RUNNING_TASK_TOKENS, names.OLDEST_RUNNING_TASK_AGE_SECONDS,
 )
+
+# Open tasks (per agent: labels agent and namespace only; never a task id). A task is open from
+# its start to its end, and counted no more after TASK_IDLE_SECONDS without a record (a task
+# cut off without an end); it is *running* while it recorded something in the last
+# TASK_RUNNING_SECONDS. The largest running task (by tokens) and the oldest running one are the
+# runaway-loop detector's per-task signals (docs/metrics.md; replay derives the same from events).
+OPEN_TASK_LABELS = ("agent", "namespace")
+TASK_IDLE_SECONDS = 3600.0
+TASK_RUNNING_SECONDS = 300.0
 
 
 class _Histogram:
@@ -99,6 +111,8 @@ class MetricStore:
         self.task_tokens: dict[tuple[str, ...], _Histogram] = {}
         self.guardrails: dict[tuple[str, ...], list[float]] = {}  # GUARDRAIL_LABELS -> [count]
         self.models: dict[tuple[str, str], str] = {}  # (agent, namespace) -> model
+        # (agent, namespace) -> (its clock, its open tasks: id(task) -> [tokens, started, last record, records])
+        self.open_tasks: dict[tuple[str, str], tuple[Callable[[], float], dict[int, list[float]]]] = {}
 
     # ---------------------------------------------------------------- cells (call with lock held)
 
@@ -121,6 +135,22 @@ class MetricStore:
             self.task_tokens[key] = _Histogram(TOKEN_BUCKETS)
         hist.observe(cost)
         self.task_tokens[key].observe(float(tokens))
+
+    def task_cell(self, agent: str, namespace: str, clock: Callable[[], float], key: int,
+                  now: float) -> list[float]:
+        """The open-task cell ``[tokens, started, last record, records]`` of a task that starts (call
+        with lock held); ``started`` moves to its first record (as replay counts a task's age)."""
+        entry = self.open_tasks.get((agent, namespace))
+        if entry is None:
+            entry = self.open_tasks[(agent, namespace)] = (clock, {})
+        cell = entry[1][key] = [0.0, now, now, 0.0]
+        return cell
+
+    def end_task(self, agent: str, namespace: str, key: int) -> None:
+        """The task ended: no longer open (call with lock held)."""
+        entry = self.open_tasks.get((agent, namespace))
+        if entry is not None:
+            entry[1].pop(key, None)
 
     # ---------------------------------------------------------------- convenience (take the lock)
 
@@ -145,6 +175,7 @@ class MetricStore:
             hists = {name: {k: (h.buckets(), h.sum) for k, h in getattr(self, name).items()}
                      for name in ("task_cost", "task_tokens")}
             models = dict(self.models)
+            open_tasks = {key: _open_task_readings(clock, tasks) for key, (clock, tasks) in self.open_tasks.items()}
 
         calls = CounterMetricFamily(names.LLM_CALLS, "Model calls.", labels=(*LLM_LABELS, "status"))
         per_kind = [CounterMetricFamily(name, doc, labels=LLM_LABELS) for name, doc in LLM_COUNTERS]
@@ -187,6 +218,37 @@ class MetricStore:
         for (agent, namespace), model in models.items():
             info.add_metric((agent, namespace, model), 1.0)
         yield info
+        yield from _open_task_families(open_tasks)
+
+
+def _open_task_readings(clock: Callable[[], float], tasks: dict[int, list[float]]) -> tuple[float, ...]:
+    """(open, largest running tokens, its age, oldest running tokens, its age); forgets idle tasks
+    (call with the lock held)."""
+    now = clock()
+    for key in [k for k, cell in tasks.items() if now - cell[2] > TASK_IDLE_SECONDS]:
+        del tasks[key]
+    running = [cell for cell in tasks.values() if now - cell[2] <= TASK_RUNNING_SECONDS]
+    if not running:
+        return (float(len(tasks)), 0.0, 0.0, 0.0, 0.0)
+    largest = max(running, key=lambda c: (c[0], -c[1]))
+    oldest = min(running, key=lambda c: (c[1], -c[0]))
+    return (float(len(tasks)), largest[0], max(0.0, now - largest[1]), oldest[0], max(0.0, now - oldest[1]))
+
+
+def _open_task_families(readings: dict[tuple[str, str], tuple[float, ...]]) -> Iterator[Any]:
+    docs = (
+        (names.OPEN_TASKS, "Tasks started and not ended (nor idle for an hour)."),
+        (names.LARGEST_RUNNING_TASK_TOKENS,
+         "Tokens so far of the largest running task (one with a record in the last 5 minutes); 0 when none."),
+        (names.LARGEST_RUNNING_TASK_AGE_SECONDS, "Seconds since that task's first record."),
+        (names.OLDEST_RUNNING_TASK_TOKENS, "Tokens so far of the oldest running task; 0 when none."),
+        (names.OLDEST_RUNNING_TASK_AGE_SECONDS, "Seconds since that task's first record."),
+    )
+    for i, (name, doc) in enumerate(docs):
+        family = GaugeMetricFamily(name, doc, labels=OPEN_TASK_LABELS)
+        for key, values in readings.items():
+            family.add_metric(key, values[i])
+        yield family
 
 
 def _counter(name: str, doc: str, labels: tuple[str, ...], data: dict[tuple[str, ...], list[float]],

@@ -260,7 +260,7 @@ class Task:
     """One task of an agent. Created by :meth:`Tracker.task`; its methods are thread-safe."""
 
     __slots__ = ("tracker", "workflow", "task_id", "status", "cost_usd", "tokens", "reserved", "llm_calls",
-                 "tool_calls", "tool_counts", "approved_rules", "_token", "_ended", "_tool_cells")
+                 "tool_calls", "tool_counts", "approved_rules", "_token", "_ended", "_tool_cells", "_open")
 
     def __init__(self, tracker: Tracker, workflow: str, task_id: str) -> None:
         self.tracker = tracker
@@ -277,6 +277,9 @@ class Task:
         self._token: contextvars.Token[Task | None] | None = None
         self._ended = False
         self._tool_cells: dict[tuple[str, str, str], tuple[list[float], list[float]]] = {}
+        store = tracker.store
+        with store.lock:  # open until it ends: [tokens, started, last record] for the open-task gauges
+            self._open = store.task_cell(tracker.agent, tracker.namespace, tracker.clock, id(self), tracker.clock())
 
     def __repr__(self) -> str:
         return f"Task({self.tracker.agent!r}, workflow={self.workflow!r}, task_id={self.task_id!r})"
@@ -310,6 +313,7 @@ class Task:
                 return
             self._ended = True
             self.status = status
+            store.end_task(tr.agent, tr.namespace, id(self))
             key = (tr.agent, tr.namespace, self.workflow)
             store.cell(store.tasks, (*key, status))[0] += 1
             store.observe_task(key, self.cost_usd, self.tokens)
@@ -319,6 +323,15 @@ class Task:
     @property
     def ended(self) -> bool:
         return self._ended
+
+    def _record(self, now: float) -> None:
+        """A record of this task at ``now`` (call with the store's lock held): it runs; its age counts
+        from its first record."""
+        cell = self._open
+        if not cell[3]:
+            cell[1] = now
+            cell[3] = 1.0
+        cell[2] = now
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[Task]:
@@ -385,6 +398,8 @@ class Task:
             self.cost_usd += cost_usd
             self.tokens += input_tokens + output_tokens + cache_read_tokens + cache_write_tokens + reasoning_tokens
             self.llm_calls += 1
+            self._open[0] = self.tokens
+            self._record(tr.clock())
         if model != tr._model and not tr._pinned_model:
             tr.set_model(model)
         if tr.events is not None:
@@ -585,6 +600,7 @@ class Task:
             cells[1][0] += cost_usd
             self.cost_usd += cost_usd
             self.tool_calls += 1
+            self._record(tr.clock())
             self.tool_counts[tool] = self.tool_counts.get(tool, 0) + 1
         if tr.events is not None:
             fields: dict[str, Any] = {"tool": tool, "cost_usd": cost_usd, "status": status}
@@ -645,6 +661,7 @@ class Task:
             cell[0] += minutes
             cell[1] += cost_usd
             self.cost_usd += cost_usd
+            self._record(tr.clock())
         if tr.events is not None:
             tr._event("human", self, self._step(), {"minutes": minutes, "cost_usd": cost_usd})
         return cost_usd

@@ -85,3 +85,34 @@ def test_tool_and_human_prices_come_from_the_policy_and_budget() -> None:
     assert b.add(ev(T0, "tool", tool="crm.search")) == 0.5
     assert b.add(ev(T0, "tool", tool="other")) == 0.0
     assert b.add(ev(T0, "human", minutes=15)) == pytest.approx(30.0)
+
+
+def test_open_tasks_and_the_largest_and_oldest_running_one() -> None:
+    """Each minute says how many tasks are open and, of those with an event in the last five
+    minutes, the largest and the oldest: tokens so far, age at the minute's end, id."""
+    b = buckets.Bucketer(TABLE)
+    for e in [llm(T0 + 10, task_id="old", input_tokens=100, output_tokens=0),
+              llm(T0 + 20, task_id="big", input_tokens=900, output_tokens=100),
+              llm(T0 + 70, task_id="big", input_tokens=2000, output_tokens=0),
+              ev(T0 + 80, "task", task_id="old", status="completed"),
+              ev(T0 + 85, "outcome", task_id="old", outcome="done"),  # an outcome after the end reopens nothing
+              llm(T0 + 130, task_id="big", input_tokens=1, output_tokens=0),
+              llm(T0 + 131, task_id="new", input_tokens=5, output_tokens=0),
+              llm(T0 + 600, task_id="new", input_tokens=5, output_tokens=0)]:
+        b.add(e)
+    m0, m1, m2, m10 = b.finish()
+    assert (m0.open_tasks, m0.largest_task_tokens, m0.largest_task_age, m0.largest_task_id) == (2, 1000, 40.0, "big")
+    assert (m0.oldest_task_tokens, m0.oldest_task_age, m0.oldest_task_id) == (100, 50.0, "old")
+    assert (m1.open_tasks, m1.largest_task_tokens, m1.largest_task_age, m1.oldest_task_id) == (1, 3000, 100.0, "big")
+    assert (m2.open_tasks, m2.largest_task_id, m2.oldest_task_id) == (2, "big", "big")
+    # ten minutes on, "big" has had no event for more than five: only "new" runs
+    assert (m10.open_tasks, m10.largest_task_id, m10.largest_task_tokens, m10.oldest_task_id) == (2, "new", 10, "new")
+
+
+def test_no_running_task_is_a_known_zero() -> None:
+    """A minute whose tasks all ended says 0 open and 0 tokens (known), not unknown."""
+    b = buckets.Bucketer(TABLE)
+    b.add(llm(T0 + 1, task_id="t", input_tokens=10, output_tokens=0))
+    b.add(ev(T0 + 2, "task", task_id="t", status="completed"))
+    (m,) = b.finish()
+    assert (m.open_tasks, m.largest_task_tokens, m.largest_task_age, m.largest_task_id) == (0, 0, 0.0, None)

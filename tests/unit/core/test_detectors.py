@@ -52,8 +52,9 @@ SPIKE_TABLE = [
     ("just under the ratio", 60, 20, 0.25, 0.3749, {"ratio": 1.5}, None),
     ("cheaper model", 60, 20, 0.01, 0.004, {}, None),
     ("same cost", 60, 20, 0.01, 0.01, {}, None),
-    ("too few tasks after the change", 60, 9, 0.01, 0.05, {}, None),  # 18 tasks < 20
-    ("no baseline: a new agent", 5, 40, 0.01, 0.05, {}, None),  # 10 tasks before < min_tasks
+    ("too few tasks after the change", 60, 9, 0.01, 0.05, {"minTasks": 20}, None),  # 18 tasks < 20
+    ("a 1.3x pricier model", 60, 40, 0.01, 0.013, {}, None),
+    ("no baseline: a new agent", 3, 40, 0.01, 0.05, {}, None),  # 6 tasks before < MIN_BASELINE_TASKS
     ("min_tasks 1 judges at the first task", 60, 1, 0.01, 0.05, {"minTasks": 1}, 5.0),
 ]
 
@@ -73,8 +74,12 @@ def test_model_update_spike_table(name: str, before: int, after: int, c0: float,
     assert (f.model, f.previous_model) == ("new", "old")
     assert f.onset == T0 + 60 * before
     assert math.isclose(f.evidence["cost_per_task_ratio"], ratio, rel_tol=1e-3)
-    min_tasks = over.get("minTasks", 20)
-    assert f.time == T0 + 60 * (before + math.ceil(min_tasks / 2))  # 2 tasks a minute
+    min_tasks = over.get("minTasks", 5)
+    first = T0 + 60 * (before + math.ceil(min_tasks / 2))  # the first judgement (2 tasks a minute)
+    if ratio >= 3:
+        assert f.time == first  # noise-free and far past H0: decided at once
+    else:
+        assert first <= f.time <= T0 + 60 * (before + after)  # at the ratio: as soon as the evidence suffices
     assert f.evidence["tasks_after"] >= min_tasks
 
 
@@ -102,7 +107,7 @@ def test_spike_is_reported_once_and_again_when_it_doubles() -> None:
     mins = spike_series(60, 30, 0.01, 0.03)
     assert len(run(mins)) == 1
     worse = mins + [minute(90 + i, inference_cost_usd=0.5, tasks_completed=2, outcomes=2, model="new",
-                           version="v1") for i in range(5)]
+                           version="v1") for i in range(20)]
     found = run(worse)
     assert len(found) == 2 and found[1].evidence["ratio"] >= 2 * found[0].evidence["ratio"]
 
@@ -131,8 +136,8 @@ def test_zero_cost_baseline_is_not_judged() -> None:
 
 
 def loop_series(tokens: list[int], *, history: int = 20, history_tokens: int = 10_000,
-                output: float = 0.0) -> list[series.AgentMinute]:
-    mins = [minute(i, tokens=history_tokens, tasks_completed=1, llm_calls=2) for i in range(history)]
+                output: float = 0.0, completed: int = 1) -> list[series.AgentMinute]:
+    mins = [minute(i, tokens=history_tokens, tasks_completed=completed, llm_calls=2) for i in range(history)]
     mins += [minute(history + i, tokens=t, outcomes=output, llm_calls=3) for i, t in enumerate(tokens)]
     return mins
 
@@ -148,13 +153,17 @@ LOOP_TABLE = [
     ("under min_tokens_per_minute", [1000, 1300, 1700, 2200, 3000], {"minTokensPerMinute": 5000}, False),
     ("min_tokens_per_minute 0 is a threshold", [1000, 1300, 1700, 2200, 3000], {"minTokensPerMinute": 0}, False),
     ("window of 2", [10_000, 16_000], {"windowMinutes": 2}, True),
+    ("no output expected in so short a window", [10_000, 16_000], {"windowMinutes": 2}, False),
 ]
 
 
 @pytest.mark.parametrize(("name", "tokens", "over", "expected"), LOOP_TABLE, ids=[r[0] for r in LOOP_TABLE])
 def test_runaway_loop_table(name: str, tokens: list[int], over: dict, expected: bool) -> None:
-    """A loop is found exactly when tokens rise every minute past the acceleration with no output."""
-    found = run(loop_series(tokens), params(runawayLoop=over))
+    """A loop is found exactly when tokens rise every minute past the acceleration with no output
+    where output was expected (at least 5 outputs at the agent's usual rate)."""
+    # an agent with 3 outputs a minute (5 expected in the window of 2), or 1 (2 expected: not judged)
+    completed = 1 if name.startswith("no output expected") or over.get("windowMinutes", 5) >= 5 else 3
+    found = run(loop_series(tokens, completed=completed), params(runawayLoop=over))
     if not expected:
         assert found == []
         return
@@ -185,9 +194,9 @@ def test_new_agent_without_history_is_not_judged() -> None:
 def test_loop_is_one_finding_until_output_returns() -> None:
     """A lasting loop is reported once; after output returns, a new loop is a new finding."""
     rising = [10_000, 13_000, 17_000, 22_000, 30_000, 40_000, 55_000, 70_000]
-    mins = loop_series(rising)
+    mins = loop_series(rising, completed=2)
     assert len(run(mins)) == 1
-    recovered = [minute(28 + i, tokens=10_000, tasks_completed=1) for i in range(10)]
+    recovered = [minute(28 + i, tokens=10_000, tasks_completed=2) for i in range(10)]
     again = [minute(38 + i, tokens=t) for i, t in enumerate(rising)]
     assert len(run(mins + recovered + again)) == 2
 

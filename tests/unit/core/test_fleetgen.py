@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import statistics
 from typing import Any
 
 import pytest
@@ -21,11 +22,17 @@ def by_agent(evs: list[dict[str, Any]], agent: str) -> list[dict[str, Any]]:
     return [e for e in evs if e["agent"] == agent]
 
 
-def cost_per_task(evs: list[dict[str, Any]], lo: float, hi: float) -> float:
-    """Model cost per ended task of the tasks that ended in [lo, hi) (their whole cost)."""
+def median_cost(evs: list[dict[str, Any]], lo: float, hi: float, *, per: str) -> float:
+    """The median model cost per call (``per="call"``), or per task of the tasks that ended in
+    [lo, hi) (``per="task"``): medians, as task costs are heavy-tailed."""
+    if per == "call":
+        return statistics.median(e["cost_usd"] for e in evs if e["type"] == "llm" and lo <= e["time"] < hi)
     ended = {e["task_id"] for e in evs if e["type"] == "task" and lo <= e["time"] < hi}
-    cost = sum(e["cost_usd"] for e in evs if e["type"] == "llm" and e["task_id"] in ended)
-    return cost / len(ended)
+    cost: collections.Counter[str] = collections.Counter()
+    for e in evs:
+        if e["type"] == "llm" and e["task_id"] in ended:
+            cost[e["task_id"]] += e["cost_usd"]
+    return statistics.median(cost.values())
 
 
 def test_same_seed_same_fleet_and_the_splits_are_apart() -> None:
@@ -61,14 +68,17 @@ def test_every_shape_once_with_its_label() -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_declared_changes_and_cost_shifts_change_cost_per_task_as_labelled(seed: int) -> None:
-    """Spikes and cost shifts cost 2x or more per task after the onset; a pricier model (1.2-1.3x per call) under 1.6x with heavy tails, a cheaper one less."""
+def test_declared_changes_and_cost_shifts_change_cost_as_labelled(seed: int) -> None:
+    """Spikes and cost shifts cost 2x or more per task after the onset (medians); a pricier model
+    1.2-1.3x per call, a cheaper one less; only the cost shift keeps its version."""
     shapes = ("spike_busy", "cost_shift", "pricier_model", "cheaper_model")
     evs, fleet = fleet_events(seed, agents=4, hours=4, shapes=shapes)
     for a in fleet.agents:
         mine = by_agent(evs, a.name)
-        ratio = cost_per_task(mine, a.at + 1800, a.at + 3 * HOUR) / cost_per_task(mine, a.at - 2 * HOUR, a.at)
-        low, high = {"pricier_model": (1.0, 1.6), "cheaper_model": (0.0, 0.9)}.get(a.shape or "", (1.9, 99.0))
+        per = "call" if a.shape in ("pricier_model", "cheaper_model") else "task"
+        ratio = (median_cost(mine, a.at + 1800, a.at + 3 * HOUR, per=per)
+                 / median_cost(mine, a.at - 2 * HOUR, a.at, per=per))
+        low, high = {"pricier_model": (1.05, 1.5), "cheaper_model": (0.0, 0.85)}.get(a.shape or "", (1.8, 99.0))
         assert low < ratio < high, (a.shape, ratio)
         versions = {e.get("agent_version") for e in mine if e["type"] == "llm" and e["time"] > a.at + 1800}
         assert (a.version in versions) == (a.shape == "cost_shift")  # no declared change for a cost shift
@@ -93,7 +103,7 @@ def test_loops_storms_ramps_and_idle_hours() -> None:
     calls = collections.Counter(int((e["time"] - ramp.at) // 60) for e in by_agent(evs, ramp.name)
                                 if e["type"] == "tool" and e["tool"] == ramp.tool)
     before = sum(calls[m] for m in range(-30, 0)) / 30
-    assert sum(calls[m] for m in range(15, 20)) / 5 >= 8 * max(before, 30 / 8)
+    assert sum(calls[m] for m in range(15, 20)) / 5 >= 0.7 * max(10 * before, 30)
     idle = agents["idle_return"]
     late = [e for e in by_agent(evs, idle.name) if idle.at + 3600 * 0.5 < e["time"] < idle.until - 60]
     assert len(late) < 0.05 * len([e for e in by_agent(evs, idle.name) if idle.at - 3600 < e["time"] < idle.at])

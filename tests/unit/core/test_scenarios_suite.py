@@ -115,7 +115,7 @@ def test_disabled_detectors_find_nothing() -> None:
     """With every detector disabled, an anomalous fleet raises nothing."""
     off = spec.AnomalyParams.model_validate({
         "modelUpdateSpike": {"enabled": False}, "runawayLoop": {"enabled": False},
-        "toolCallExplosion": {"enabled": False}})
+        "toolCallExplosion": {"enabled": False}, "costShift": {"enabled": False}})
     for name in scenarios.ANOMALIES:
         evs, labels = scenarios.build(name, 1, agents=1)
         assert labels

@@ -31,7 +31,8 @@ class Recorded:
 
     def __init__(self, overrides: dict[str, Any] | None = None) -> None:
         self.calls: list[str] = []
-        self.overrides = overrides or {}
+        # the recording predates the open-task gauges: that query finds no series (an older SDK)
+        self.overrides = {prometheus.OPEN_TASKS_QUERY: [], **(overrides or {})}
 
     def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
         self.calls.append(query)
@@ -40,7 +41,7 @@ class Recorded:
     def custom_query_range(self, query: str, start_time: Any, end_time: Any, step: str,
                            params: dict[str, Any] | None = None) -> Any:
         self.calls.append(query)
-        return self.overrides.get(query, DATA["range"][query])
+        return self.overrides[query] if query in self.overrides else DATA["range"][query]
 
 
 class Down:
@@ -64,10 +65,38 @@ BUDGET = spec.AgentBudget.model_validate({"metadata": {"name": "support", "names
 
 
 def test_a_fixed_number_of_queries_per_cycle() -> None:
-    """One range query per family, six spend windows and one freshness query, whatever the fleet."""
+    """One range query per family, one for the open-task gauges, six spend windows and one freshness
+    query, whatever the fleet."""
     client = Recorded()
     snap = fetch(client)
-    assert snap.queries == len(client.calls) == prometheus.QUERIES_PER_CYCLE == 16
+    assert snap.queries == len(client.calls) == prometheus.QUERIES_PER_CYCLE == 17
+
+
+def test_open_task_gauges_fill_the_minutes_replicas_combined() -> None:
+    """The open-task gauges of an agent's replicas become its minutes' open tasks (summed) and its
+    largest and oldest running task (across replicas, each with its own age); without them, unknown."""
+    snap0 = fetch()
+    minute = snap0.agent_minutes("shop", "bot")[-1].minute
+    t = minute + 60  # the reading at the end of that minute
+
+    def series_(instance: str, which: str, value: float) -> dict[str, Any]:
+        return {"metric": {"namespace": "shop", "agent": "bot", "instance": instance, "fw_metric": which},
+                "values": [[t, str(value)]]}
+
+    answer = [series_("pod-a", "open", 3), series_("pod-a", "largest_tokens", 90_000),
+              series_("pod-a", "largest_age", 600), series_("pod-a", "oldest_tokens", 90_000),
+              series_("pod-a", "oldest_age", 600),
+              series_("pod-b", "open", 2), series_("pod-b", "largest_tokens", 4_000),
+              series_("pod-b", "largest_age", 30), series_("pod-b", "oldest_tokens", 1_000),
+              series_("pod-b", "oldest_age", 900)]
+    snap = fetch(Recorded({prometheus.OPEN_TASKS_QUERY: answer}))
+    m = snap.agent_minutes("shop", "bot")[-1]
+    assert m.minute == minute
+    assert (m.open_tasks, m.largest_task_tokens, m.largest_task_age) == (5, 90_000, 600)
+    assert (m.oldest_task_tokens, m.oldest_task_age) == (1_000, 900)
+    earlier = snap.agent_minutes("shop", "bot")[0]
+    assert (earlier.open_tasks, earlier.largest_task_tokens) == (None, None)  # no reading: unknown, not 0
+    assert snap0.agent_minutes("shop", "bot")[-1].open_tasks is None
 
 
 def test_minutes_are_per_agent_and_complete() -> None:

@@ -94,7 +94,7 @@ def test_spend_counts_inference_tools_and_human_time_in_the_same_queries() -> No
                                         "fleetwarden_human_cost_usd_total")
     query = prometheus.spend_query(3600)
     assert all(m in query for m in prometheus.SPEND_METRICS)
-    assert prometheus.QUERIES_PER_CYCLE == 16
+    assert prometheus.QUERIES_PER_CYCLE == 17
     m = AgentMinute("bot", NS, 0, inference_cost_usd=1.0, tool_cost_usd=0.5, human_cost_usd=2.0)
     assert m.cost_usd == 3.5
 

@@ -279,3 +279,31 @@ def test_metrics_server_serves_the_registry() -> None:
     finally:
         server.shutdown()
     assert 'fleetwarden_tasks_total{agent="bot",namespace="ns",status="completed",workflow="w"} 1.0' in body
+
+
+def test_open_task_gauges_name_the_largest_and_oldest_running_task_per_agent() -> None:
+    """Per agent (no task label): open tasks, and of those with a record in the last 5 minutes the
+    largest and the oldest, with tokens and age; a task idle for an hour is no longer open."""
+    now = [1_800_000_000.0]
+    reg = CollectorRegistry()
+    tracker = sdk.Tracker("bot", namespace="ns", registry=reg, clock=lambda: now[0])
+    gauge = lambda name: _value(reg, f"fleetwarden_{name}", agent="bot", namespace="ns")  # noqa: E731
+    old = tracker.start_task("w")
+    now[0] += 10  # its age counts from its first record, as replay counts it from its first event
+    old.llm_call("gpt-4o-mini", input_tokens=100, output_tokens=0, cost_usd=0.0)
+    now[0] += 20
+    big = tracker.start_task("w")
+    big.llm_call("gpt-4o-mini", input_tokens=5000, output_tokens=0, cost_usd=0.0)
+    now[0] += 60
+    assert gauge("open_tasks") == 2
+    assert (gauge("largest_running_task_tokens"), gauge("largest_running_task_age_seconds")) == (5000, 60)
+    assert (gauge("oldest_running_task_tokens"), gauge("oldest_running_task_age_seconds")) == (100, 80)
+    now[0] += 400  # "old" waits (no record for over 5 minutes); "big" goes on
+    big.tool_call("t", cost_usd=0.0)
+    assert gauge("open_tasks") == 2
+    assert (gauge("oldest_running_task_tokens"), gauge("oldest_running_task_age_seconds")) == (5000, 460)
+    big.end()
+    assert (gauge("open_tasks"), gauge("largest_running_task_tokens"), gauge("oldest_running_task_age_seconds")) \
+        == (1, 0, 0)  # none running: a known zero
+    now[0] += 3600
+    assert gauge("open_tasks") == 0  # idle for an hour: cut off, no longer open

@@ -21,16 +21,14 @@ from typing import Any
 
 import prometheus_client as pc
 import pytest
-from fixtures_fleetwarden import crds_installed  # noqa: F401 - fixture
+from fixtures_fleetwarden import crds_installed, start_operator  # noqa: F401 - fixture
 from test_operator_anomalies import STEP, _labels_text, budget, model_env
 from test_operator_budget import (
     FAMILIES,
     Exporter,
     deployment,
     exporter,  # noqa: F401 - fixture
-    start_operator,
     status,
-    workdir,  # noqa: F401 - fixture
 )
 
 from fleetwarden.adapters import prometheus as prom_adapter

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from fleetwarden.core import metricnames, pricing
+from fleetwarden.core import detectors, metricnames, pricing
 from fleetwarden.demo import stack as stack_mod
 from fleetwarden.devcluster import failures
 
@@ -48,6 +48,9 @@ SCENARIO_ANNOTATION = "fleetwarden.dev/simulate-scenario"  # fleetwarden.simulat
 # at least 8 tasks over 10 minutes within the hour before the change; more makes its sequential
 # test decide sooner).
 BASELINE_TASKS = 40
+# ... and the whole minutes with triage tasks it must hold (the detector's MIN_BASELINE_MINUTES,
+# and one for the first, partial minute): on a fast machine 40 tasks take under two minutes.
+BASELINE_MINUTES = detectors.MIN_BASELINE_MINUTES + 1
 NORMAL_AGAIN = 1.3  # cost per task within this multiple of the baseline counts as normal
 PROGRESS_EVERY = 15.0
 
@@ -326,10 +329,16 @@ class Story:
             tasks = float(result[0]["value"][1]) if result else 0.0
             if tasks < BASELINE_TASKS:
                 return None
+            active = self.stack.prom.query(
+                f'count_over_time((sum(increase({metricnames.TASKS}{{namespace="{SUPPORT_NS}",agent="{TRIAGE}"}}[1m]))'
+                f' > 0)[30m:1m])', at=float(boundary))
+            if (float(active[0]["value"][1]) if active else 0.0) < BASELINE_MINUTES:
+                return None
             return self.cost_per_task(SUPPORT_NS, TRIAGE, "1m")
 
-        base = self.wait(f"{BASELINE_TASKS} support-triage tasks in whole minutes (the detector's baseline)",
-                         baseline_ready, 240,
+        base = self.wait(f"{BASELINE_TASKS} support-triage tasks over {BASELINE_MINUTES} whole minutes "
+                         "(the detector's baseline)",
+                         baseline_ready, 480,
                          progress=lambda: "waiting for a baseline of whole minutes of support-triage tasks")
         self.show("get", "agentbudgets", "-A")
         self.say(f"  support-triage runs {BASE_MODEL}: ${base:.4f} of model cost per task (PromQL: rate of "

@@ -287,8 +287,9 @@ def answer_result(status: int, content_type: str, body: bytes, expected: str) ->
     Raises :class:`BadAnswerError` saying why the answer cannot be used: a body that is not
     Prometheus' JSON (an HTML page of a proxy or load balancer, a cut answer); Prometheus'
     own error (``status`` not "success": a bad query, a query timeout, overload); an HTTP
-    status other than 200; ``warnings`` (a partial answer: a store or a remote read failed,
-    and a partial sum could under-count spend, so it is no answer at all); another
+    status other than 200; ``warnings`` or VictoriaMetrics' ``isPartial`` (a partial answer: a
+    store or a remote read failed, and a partial sum could under-count spend, so it is no
+    answer at all); another
     ``resultType`` (a scalar or a vector where a matrix belongs)."""
     try:
         doc = json.loads(body)
@@ -301,6 +302,9 @@ def answer_result(status: int, content_type: str, body: bytes, expected: str) ->
                              f"{str(doc.get('error') or 'no message')[:200]}")
     if status != 200:
         raise BadAnswerError(f"HTTP {status} with a success body")
+    if doc.get("isPartial") is True:  # a VictoriaMetrics cluster missing vmstorage nodes says so, not in warnings
+        raise BadAnswerError("partial answer: isPartial is true (some storage nodes did not answer); "
+                             "a partial sum could under-count spend")
     warnings = doc.get("warnings")
     if warnings:
         listed = [str(w) for w in warnings] if isinstance(warnings, list) else [str(warnings)]

@@ -1,11 +1,13 @@
 """Shards of the operator (docs/scaling.md): a shard's namespaces scope every Prometheus query of
 the SDK's series, its Lease is its own, its Events name the replica that posted them; and the
-Prometheus headers a multi-tenant PromQL API needs (X-Scope-OrgID) go out with every query."""
+Prometheus headers a multi-tenant PromQL API needs (X-Scope-OrgID) go out with every query; a
+VictoriaMetrics partial answer (isPartial) is no answer."""
 
 from __future__ import annotations
 
 import argparse
 import http.server
+import json
 import os
 import re
 import shutil
@@ -230,3 +232,15 @@ def test_an_event_names_the_replica_that_posted_it(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(kube, "REPORTING_INSTANCE", "operator-7d9f_0a1b2c3d4e")
     k.post_event({"apiVersion": "v1", "kind": "Pod", "name": "p", "namespace": "shop", "uid": "u"}, "Normal", "R", "m")
     assert posted[0]["reportingInstance"] == "operator-7d9f_0a1b2c3d4e"
+
+
+@pytest.mark.parametrize(("extra", "partial"), [({"isPartial": True}, True), ({"isPartial": False}, False), ({}, False)])
+def test_a_victoriametrics_partial_answer_is_no_answer(extra: dict[str, Any], partial: bool) -> None:
+    """A VictoriaMetrics cluster missing storage nodes answers success with isPartial true (no warnings):
+    refused as a partial answer, like Prometheus' warnings; isPartial false or absent is a whole answer."""
+    body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}, **extra}).encode()
+    if partial:
+        with pytest.raises(prometheus.BadAnswerError, match="partial answer: isPartial is true"):
+            prometheus.answer_result(200, "application/json", body, "vector")
+    else:
+        assert prometheus.answer_result(200, "application/json", body, "vector") == []

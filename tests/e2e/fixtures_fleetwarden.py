@@ -255,17 +255,21 @@ class Operator:
 
 def start_operator(cluster: Any, prometheus_url: str, namespace: str, workdir: Path, request: pytest.FixtureRequest,
                    extra: Sequence[str] = (), *, identity: Identity | None = None, interval: float = 2.0,
-                   scrape_interval: float = 2.0, name: str = "operator", lease_name: str | None = None) -> Operator:
+                   scrape_interval: float = 2.0, name: str = "operator", lease_name: str | None = None,
+                   shard_lease: bool = False) -> Operator:
     """``fleetwarden operator`` for ``namespace``, as the operator's ServiceAccount (``identity``, by
-    default the shipped one), under leader election on a Lease of this test; stopped (its log
+    default the shipped one), under leader election on a Lease of this test (``shard_lease``: no
+    ``--lease-name``, the operator's own default for a shard of ``namespace``); stopped (its log
     printed) when the test ends."""
+    from fleetwarden.handlers import leader  # here: importing the package registers kopf handlers
+
     identity = identity or operator_identity(cluster, workdir, request)
-    lease = lease_name or f"fleetwarden-{namespace}"[:253]
+    lease = leader.lease_name([namespace]) if shard_lease else lease_name or f"fleetwarden-{namespace}"[:253]
     port = procs.free_port()
     argv = ["-m", "fleetwarden", "operator", "--interval", str(interval), "--prometheus-url", prometheus_url,
             "--scrape-interval", str(scrape_interval), "--metrics-port", str(port), "--namespace", namespace,
-            "--leader-elect", "--lease-name", lease, "--lease-namespace", identity.lease_namespace, *LEASE_FLAGS,
-            *extra]
+            "--leader-elect", *(() if shard_lease else ("--lease-name", lease)),
+            "--lease-namespace", identity.lease_namespace, *LEASE_FLAGS, *extra]
     return _started(cluster, request, Operator(cluster, identity, argv, workdir / f"{name}.log", port), lease)
 
 

@@ -72,6 +72,9 @@ def wrap_api_error(what: str, exc: Exception) -> KubeError:
 # any handler, hook or adapter can slip past it.
 WRITE_GUARD: Callable[[str, str], None] | None = None
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Who posts the Events (their ``reportingInstance``): under leader election the replica's Lease
+# identity (``handlers.leader`` sets it), so an Event says which replica (and shard) acted.
+REPORTING_INSTANCE = "fleetwarden"
 
 
 class GuardedApiClient(client.ApiClient):
@@ -363,7 +366,7 @@ class Kube:
             "message": message[:1024],
             "source": {"component": "fleetwarden"},
             "reportingComponent": "fleetwarden.dev/operator",
-            "reportingInstance": "fleetwarden",
+            "reportingInstance": REPORTING_INSTANCE[:128],
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,

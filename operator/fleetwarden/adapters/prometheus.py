@@ -1,4 +1,5 @@
-"""Prometheus: one batched fetch per cycle for the whole fleet, cleaned once, at the edge.
+"""Prometheus: one batched fetch per cycle for the whole fleet (or a shard's namespaces:
+:func:`namespace_scope`), cleaned once, at the edge.
 
 A cycle sends a FIXED number of queries whatever the number of agents or budgets:
 
@@ -59,12 +60,38 @@ SPEND_METRICS = names.SPEND
 TOKEN_METRICS = names.LLM_TOKENS
 
 
-def increase_of(metrics: Sequence[str], window: str) -> str:
+# ------------------------------------------------------------------ the shard's namespaces
+
+_NAMESPACE_GLOB = re.compile(r"[a-z0-9*?][-a-z0-9*?]{0,62}")
+
+
+def namespace_scope(namespaces: Sequence[str]) -> str:
+    """The label matcher that keeps every query to a shard's namespaces: ``namespace=~"a|b"``
+    ("" for none: the whole fleet). Each entry is a namespace name or a glob of kopf's
+    ``--namespace`` (``*`` any characters, ``?`` one): ``team-*`` becomes ``team-.*``. PromQL
+    anchors a regex at both ends, as kopf anchors a glob. ValueError on anything else (an
+    exclusion ``!x`` or a comma list, which kopf reads with its own precedence rules)."""
+    regexes = []
+    for name in namespaces:
+        if not _NAMESPACE_GLOB.fullmatch(name):
+            raise ValueError(f"{name!r} is not a namespace name or a glob of one (a-z, 0-9, -, * and ?)")
+        regexes.append(name.replace("*", ".*").replace("?", "."))
+    return f'namespace=~"{"|".join(sorted(set(regexes)))}"' if regexes else ""
+
+
+def scoped(metric: str, scope: str = "", *matchers: str) -> str:
+    """``metric{matchers, scope}``; ``metric`` alone when there are none."""
+    inner = ", ".join(m for m in (*matchers, scope) if m)
+    return f"{metric}{{{inner}}}" if inner else metric
+
+
+def increase_of(metrics: Sequence[str], window: str, scope: str = "") -> str:
     """``increase(m[window])`` of several metrics as one vector: each is told apart by a label,
     so dropping the metric name (increase() does) leaves no duplicate series."""
     if len(metrics) == 1:
-        return f"increase({metrics[0]}[{window}])"
-    return " or ".join(f'label_replace(increase({m}[{window}]), "fw_metric", "{m}", "", "")' for m in metrics)
+        return f"increase({scoped(metrics[0], scope)}[{window}])"
+    return " or ".join(f'label_replace(increase({scoped(m, scope)}[{window}]), "fw_metric", "{m}", "", "")'
+                       for m in metrics)
 
 
 # name -> (metrics, extra grouping labels). Each is one range query per cycle.
@@ -85,16 +112,31 @@ RANGE_FAMILIES: dict[str, tuple[str | tuple[str, ...], tuple[str, ...]]] = {
 GUARDRAIL_METRIC = names.GUARDRAIL_DECISIONS
 GUARDRAIL_STATUSES = ("token_cap_exceeded", "rate_limit_exceeded", "tool_not_allowed", "approval_required")
 GUARDRAIL_MARK = "fw_family"  # the label that tells the guardrail series apart in the tool-call answer
-GUARDRAIL_PART = (f'label_replace(sum by (namespace, agent, tool, status) (increase({GUARDRAIL_METRIC}'
-                  f'{{status=~"{"|".join(GUARDRAIL_STATUSES)}"}}[1m])), "{GUARDRAIL_MARK}", "guardrails", "", "")')
+
+
+def guardrail_part(scope: str = "") -> str:
+    statuses = f'status=~"{"|".join(GUARDRAIL_STATUSES)}"'
+    return (f'label_replace(sum by (namespace, agent, tool, status) (increase({scoped(GUARDRAIL_METRIC, scope, statuses)}'
+            f'[1m])), "{GUARDRAIL_MARK}", "guardrails", "", "")')
+
+
+GUARDRAIL_PART = guardrail_part()
 # Families whose range query also carries another vector (``or``: their label sets differ).
-RIDERS = {"tool_calls": GUARDRAIL_PART}
+RIDERS: dict[str, Callable[[str], str]] = {"tool_calls": guardrail_part}
 
 # Metrics a running agent keeps fresh; each one's sample times, told apart by a label so
 # that dropping the metric name (timestamp() does) leaves no duplicate series.
 FRESHNESS_METRICS = (names.LLM_CALLS, names.LLM_COST_USD, names.TOOL_CALLS, names.TASKS, names.AGENT_MODEL_INFO)
-FRESHNESS_QUERY = "max by (namespace, agent) (" + " or ".join(
-    f'label_replace(timestamp({m}{{agent!=""}}), "fw_metric", "{m}", "", "")' for m in FRESHNESS_METRICS) + ")"
+
+
+def freshness_query(scope: str = "") -> str:
+    has_agent = 'agent!=""'
+    return "max by (namespace, agent) (" + " or ".join(
+        f'label_replace(timestamp({scoped(m, scope, has_agent)}), "fw_metric", "{m}", "", "")'
+        for m in FRESHNESS_METRICS) + ")"
+
+
+FRESHNESS_QUERY = freshness_query()
 
 
 # The SDK's open-task gauges (docs/metrics.md), one range query per cycle: per agent *and replica*
@@ -107,22 +149,29 @@ OPEN_TASK_GAUGES = {
     "oldest_tokens": names.OLDEST_RUNNING_TASK_TOKENS,
     "oldest_age": names.OLDEST_RUNNING_TASK_AGE_SECONDS,
 }
-OPEN_TASKS_QUERY = " or ".join(
-    f'label_replace(max by (namespace, agent, instance) ({metric}), "fw_metric", "{key}", "", "")'
-    for key, metric in OPEN_TASK_GAUGES.items())
 
 
-def range_query(metrics: str | Sequence[str], extra: Sequence[str], rider: str | None = None) -> str:
+def open_tasks_query(scope: str = "") -> str:
+    return " or ".join(
+        f'label_replace(max by (namespace, agent, instance) ({scoped(metric, scope)}), "fw_metric", "{key}", "", "")'
+        for key, metric in OPEN_TASK_GAUGES.items())
+
+
+OPEN_TASKS_QUERY = open_tasks_query()
+
+
+def range_query(metrics: str | Sequence[str], extra: Sequence[str], rider: str | None = None, scope: str = "") -> str:
     labels = ", ".join(("namespace", "agent", *extra))
     names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    query = f"sum by ({labels}) ({increase_of(names, '1m')})"
+    query = f"sum by ({labels}) ({increase_of(names, '1m', scope)})"
     return query if rider is None else f"{query} or {rider}"
 
 
-def family_query(family: str) -> str:
-    """The range query of one of RANGE_FAMILIES (with its rider, if any)."""
+def family_query(family: str, scope: str = "") -> str:
+    """The range query of one of RANGE_FAMILIES (with its rider, if any), kept to ``scope``."""
     selector, extra = RANGE_FAMILIES[family]
-    return range_query(selector, extra, RIDERS.get(family))
+    rider = RIDERS.get(family)
+    return range_query(selector, extra, None if rider is None else rider(scope), scope)
 
 
 # How far before a window's start a counter's last sample may lie and still be its value at the
@@ -149,10 +198,11 @@ def window_increase(metric: str, window: str) -> str:
     return f"({exact} or {born} or increase({metric}[{window}]))"
 
 
-def spend_query(seconds: int) -> str:
+def spend_query(seconds: int, scope: str = "") -> str:
     """Spend per agent over the last ``seconds``: the SPEND_METRICS' growth, summed."""
     window = f"{max(seconds, 60)}s"
-    parts = [f'label_replace({window_increase(m, window)}, "fw_metric", "{m}", "", "")' for m in SPEND_METRICS]
+    parts = [f'label_replace({window_increase(scoped(m, scope), window)}, "fw_metric", "{m}", "", "")'
+             for m in SPEND_METRICS]
     return f"sum by (namespace, agent) ({' or '.join(parts)})"
 
 
@@ -237,8 +287,9 @@ def answer_result(status: int, content_type: str, body: bytes, expected: str) ->
     Raises :class:`BadAnswerError` saying why the answer cannot be used: a body that is not
     Prometheus' JSON (an HTML page of a proxy or load balancer, a cut answer); Prometheus'
     own error (``status`` not "success": a bad query, a query timeout, overload); an HTTP
-    status other than 200; ``warnings`` (a partial answer: a store or a remote read failed,
-    and a partial sum could under-count spend, so it is no answer at all); another
+    status other than 200; ``warnings`` or VictoriaMetrics' ``isPartial`` (a partial answer: a
+    store or a remote read failed, and a partial sum could under-count spend, so it is no
+    answer at all); another
     ``resultType`` (a scalar or a vector where a matrix belongs)."""
     try:
         doc = json.loads(body)
@@ -251,6 +302,9 @@ def answer_result(status: int, content_type: str, body: bytes, expected: str) ->
                              f"{str(doc.get('error') or 'no message')[:200]}")
     if status != 200:
         raise BadAnswerError(f"HTTP {status} with a success body")
+    if doc.get("isPartial") is True:  # a VictoriaMetrics cluster missing vmstorage nodes says so, not in warnings
+        raise BadAnswerError("partial answer: isPartial is true (some storage nodes did not answer); "
+                             "a partial sum could under-count spend")
     warnings = doc.get("warnings")
     if warnings:
         listed = [str(w) for w in warnings] if isinstance(warnings, list) else [str(warnings)]
@@ -280,7 +334,7 @@ class HttpClient:
     session, headers and auth, and the answer is checked as a whole (:func:`answer_result`).
     Failures raise :class:`fleetwarden.errors.PrometheusError` saying what happened in a few words."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, headers: Mapping[str, str] | None = None) -> None:
         import requests
         from prometheus_api_client import PrometheusConnect
         from urllib3.util import retry
@@ -291,7 +345,9 @@ class HttpClient:
         self.session.verify = False  # as before: in-cluster Prometheus often serves a self-signed certificate
         policy = retry.Retry(total=1, read=False, backoff_factor=0.2, status_forcelist=[502, 503, 504],
                              raise_on_status=False)
-        self.connection = PrometheusConnect(self.url, disable_ssl=True, retry=policy, session=self.session)
+        # headers: sent with every query, e.g. a tenant (X-Scope-OrgID of Mimir and Cortex)
+        self.connection = PrometheusConnect(self.url, headers=dict(headers or {}) or None, disable_ssl=True,
+                                            retry=policy, session=self.session)
 
     def custom_query(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return self._get("/api/v1/query", {"query": query, **(params or {})}, "vector")
@@ -333,9 +389,9 @@ def _root_cause(exc: BaseException) -> str:
     return str(current)[:200]
 
 
-def connect(url: str, timeout: float = 10.0) -> QueryClient:
-    """The client of the Prometheus at ``url`` (:class:`HttpClient`)."""
-    return HttpClient(url, timeout=timeout)
+def connect(url: str, timeout: float = 10.0, headers: Mapping[str, str] | None = None) -> QueryClient:
+    """The client of the Prometheus at ``url`` (:class:`HttpClient`), sending ``headers`` with each query."""
+    return HttpClient(url, timeout=timeout, headers=headers)
 
 
 # ------------------------------------------------------------------ cleaning
@@ -651,11 +707,16 @@ def _instant_by_agent(items: Iterable[Mapping[str, Any]], combine: Callable[[flo
 
 
 class Fetcher:
-    """Runs the fixed set of queries and returns a :class:`FleetSnapshot`."""
+    """Runs the fixed set of queries and returns a :class:`FleetSnapshot`. With ``namespaces``
+    (a shard's: names or globs, :func:`namespace_scope`) every query of the SDK's series carries
+    their matcher, so a shard reads only its own series; the other sources' queries do not
+    (a LiteLLM proxy's series carry no namespace)."""
 
     def __init__(self, client: QueryClient, *, lookback_minutes: int = 90, scrape_interval: float = 15.0,
-                 clock: Callable[[], float] = time.time, prices: pricing.PriceTable | None = None) -> None:
+                 clock: Callable[[], float] = time.time, prices: pricing.PriceTable | None = None,
+                 namespaces: Sequence[str] = ()) -> None:
         self.client = client
+        self.scope = namespace_scope(namespaces)
         self.prices = prices if prices is not None else pricing.PriceTable()
         self.lookback_minutes = lookback_minutes
         self.stale_after = 3 * scrape_interval
@@ -692,18 +753,18 @@ class Fetcher:
         unlabelled: dict[str, int] = {}
         ranges: dict[str, list[dict[str, Any]]] = {}
         for family in RANGE_FAMILIES:
-            query = family_query(family)
+            query = family_query(family, self.scope)
             ranges[family] = self._run(family, "matrix", lambda q=query: self.client.custom_query_range(  # type: ignore[misc]
                 q, start_time=start_time, end_time=end_time, step="60"), unlabelled)
             queries += 1
         open_tasks = self._run("open tasks", "matrix", lambda: self.client.custom_query_range(
-            OPEN_TASKS_QUERY, start_time=start_time, end_time=end_time, step="60"), unlabelled)
+            open_tasks_query(self.scope), start_time=start_time, end_time=end_time, step="60"), unlabelled)
         queries += 1
         spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
         for window in spec.Window:
             for calendar in (False, True):
                 seconds = int(round(now - windows.window_start(window, now, calendar=calendar)))
-                query = spend_query(seconds)
+                query = spend_query(seconds, self.scope)
                 items = self._run(f"spend {window.value}{' calendar' if calendar else ''}", "vector",
                                   lambda q=query: self.client.custom_query(q, params={"time": now}),  # type: ignore[misc]
                                   unlabelled)
@@ -711,7 +772,7 @@ class Fetcher:
                 for key, value in _instant_by_agent(items, lambda a, b: a + b).items():
                     spend[key][(window, calendar)] = value
         fresh = self._run("freshness", "vector",
-                          lambda: self.client.custom_query(FRESHNESS_QUERY, params={"time": now}), unlabelled)
+                          lambda: self.client.custom_query(freshness_query(self.scope), params={"time": now}), unlabelled)
         queries += 1
         others = self._fetch_sources(sources, now, start, end, start_time, end_time, unlabelled)
         queries += sum(source_queries.QUERIES[kind] for kind in others)

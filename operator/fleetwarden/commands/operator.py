@@ -1,7 +1,8 @@
 """`fleetwarden operator`: run the kopf operator in this process.
 
     fleetwarden operator [--interval 15] [--prometheus-url URL] [--prometheus-timeout 10]
-                         [--namespace NS | --all-namespaces]
+                         [--prometheus-headers X-Scope-OrgID=TENANT]
+                         [--namespace NS ... | --all-namespaces]
                          [--scrape-interval 15] [--lookback-minutes 90] [--metrics-port 8081]
                          [--alertmanager-url URL] [--liveness http://0.0.0.0:8080/healthz] [--verbose]
 
@@ -9,11 +10,20 @@ The flags set the ``FLEETWARDEN_*`` environment read by ``fleetwarden.handlers.s
 (so ``kopf run -m fleetwarden.handlers`` with the same variables behaves the same). A bad value
 (not a finite number, below its minimum, a URL without http(s):// and a host) stops it at
 start with one line naming the flag (or variable) and the value; exit code 2.
+
+A shard (docs/scaling.md): ``--namespace`` (repeatable; a name or a glob such as ``team-*``)
+limits both what kopf watches and every Prometheus query of the SDK's series
+(``FLEETWARDEN_NAMESPACES``, which serves as the namespaces when no flag is given). A value
+kopf reads as a pattern with exclusions or commas (``!team-dev``) limits the watches only;
+the queries then cover the fleet. Under ``--leader-elect`` a shard's Lease is, unless
+``--lease-name`` says otherwise, ``fleetwarden-operator-<hash of its namespaces>``: replicas of
+one shard share it, two shards never do.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from fleetwarden import errors
@@ -34,7 +44,10 @@ FLAGS = (
      "port of the operator's own /metrics (default 8081; 0 turns it off)"),
     ("--alertmanager-url", "FLEETWARDEN_ALERTMANAGER_URL", "URL",
      "send one alert per incident to this Alertmanager, e.g. http://alertmanager.monitoring:9093 (default: none)"),
+    ("--prometheus-headers", "FLEETWARDEN_PROMETHEUS_HEADERS", "NAME=VALUE,...",
+     "HTTP headers sent with each query, e.g. X-Scope-OrgID=team-a for Mimir (default: none)"),
 )
+NAMESPACES_ENV = "FLEETWARDEN_NAMESPACES"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -45,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         parser.add_argument(flag, default=None, metavar=metavar, help=f"{text}; env {env}")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=None,
-                       help="serve only this namespace (repeatable)")
+                       help="serve only this namespace or glob (repeatable): a shard; also the scope of the "
+                            f"Prometheus queries; env {NAMESPACES_ENV} (comma-separated)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="serve every namespace (default)")
     parser.add_argument("--liveness", default=None, metavar="URL",
                         help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
@@ -60,7 +74,9 @@ def _register_leader_election(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False,
                        help="hold a coordination.k8s.io Lease before acting; stand by while another "
                             "replica holds it (default: off, a single replica acts alone)")
-    group.add_argument("--lease-name", default="fleetwarden-operator", help="the Lease (default fleetwarden-operator)")
+    group.add_argument("--lease-name", default=None,
+                       help="the Lease (default fleetwarden-operator; a shard's: fleetwarden-operator-<hash of "
+                            "its namespaces>)")
     group.add_argument("--lease-namespace", default=None,
                        help="the Lease's namespace (default: $POD_NAMESPACE, else the pod's own namespace)")
     group.add_argument("--lease-duration", type=float, default=15.0,
@@ -72,6 +88,19 @@ def _register_leader_election(parser: argparse.ArgumentParser) -> None:
                        help="seconds between attempts to acquire or renew (default 2)")
 
 
+def _scope_flags(args: argparse.Namespace) -> list[str] | None:
+    """What ``--namespace`` / ``-A`` put in FLEETWARDEN_NAMESPACES: the names and globs
+    ([] for -A, "" for kopf patterns that no matcher expresses); None: no flag, the
+    environment stands."""
+    if args.all_namespaces:
+        return []
+    if not args.namespace:
+        return None
+    if any("!" in n or "," in n for n in args.namespace):
+        return []
+    return [n.strip() for n in args.namespace]
+
+
 def run(args: argparse.Namespace) -> int:
     # 1: the flags become the environment handlers.settings reads (and checks) on import
     from_flag: dict[str, str] = {}
@@ -80,13 +109,17 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[env] = str(value)
             from_flag[env] = flag
+    patterns = _scope_flags(args)
+    if patterns is not None:
+        os.environ[NAMESPACES_ENV] = ",".join(patterns)
+        from_flag[NAMESPACES_ENV] = "--namespace"
 
     # 2: read and check them (importing the package registers the handlers, which read them
     #    too): a bad value names its flag, or else its variable
     try:
         from fleetwarden.handlers import settings
 
-        settings.Settings.from_env()
+        current = settings.Settings.from_env()
     except errors.InputError as exc:
         if exc.field in from_flag:
             raise errors.InputError(exc.reason, field=from_flag[exc.field]) from None
@@ -98,10 +131,18 @@ def run(args: argparse.Namespace) -> int:
     import fleetwarden.handlers  # noqa: F401 - registers the handlers (reads the settings above)
     from fleetwarden.handlers import leader
 
-    # Leader election: stand by until this replica holds the Lease (docs/operator.md).
-    elector = leader.elect(leader.settings_from_args(args), liveness=args.liveness) if args.leader_elect else None
+    # 3: the namespaces served (a shard's, or all); the Prometheus queries' scope is the same
+    #    unless a kopf pattern cannot be one (then they cover the fleet, said once here)
+    namespaces = list(args.namespace or current.namespaces)
+    if args.namespace and not current.namespaces:
+        logging.getLogger(__name__).info("namespaces %s: kopf patterns, not a Prometheus matcher; the "
+                                         "queries cover every namespace", namespaces)
 
-    namespaces = args.namespace or []
+    # 4: leader election: stand by until this replica holds the Lease (docs/operator.md)
+    elector = None
+    if args.leader_elect:
+        elector = leader.elect(leader.settings_from_args(args, namespaces), liveness=args.liveness)
+
     try:
         kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces,
                  liveness_endpoint=args.liveness)

@@ -22,6 +22,7 @@ they are bookkeeping, never an action on agents, and only the leader runs kopf a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import re
 import socket
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -49,13 +50,24 @@ class LeaderSettings:
     timings: lease.LeaseTimings
 
 
-def settings_from_args(args: Any) -> LeaderSettings:
+def lease_name(namespaces: Sequence[str] = ()) -> str:
+    """The default Lease: ``fleetwarden-operator`` for the whole cluster; for a shard,
+    ``fleetwarden-operator-`` and 10 hex digits of a hash of its namespaces (sorted, without
+    repeats), so the replicas of one shard share a Lease and two shards never do."""
+    if not namespaces:
+        return DEFAULT_LEASE_NAME
+    digest = hashlib.sha256("\n".join(sorted(set(namespaces))).encode()).hexdigest()[:10]
+    return f"{DEFAULT_LEASE_NAME}-{digest}"
+
+
+def settings_from_args(args: Any, namespaces: Sequence[str] = ()) -> LeaderSettings:
     """The flags checked: a non-finite, zero or negative duration, or a renew deadline not
-    shorter than the lease, is an InputError naming the flag (exit 2)."""
+    shorter than the lease, is an InputError naming the flag (exit 2). Without ``--lease-name``
+    the Lease is :func:`lease_name` of the ``namespaces`` served."""
     timings = lease.LeaseTimings(args.lease_duration, args.renew_deadline, args.retry_period)
     for flag, message in timings.problems():
         raise errors.InputError(message, field=flag)
-    name = args.lease_name
+    name = args.lease_name if args.lease_name is not None else lease_name(namespaces)
     if not _is_dns_subdomain(name):
         raise errors.InputError(f"{name!r} is not a valid Lease name (lowercase DNS subdomain)", field="--lease-name")
     namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or _in_cluster_namespace()
@@ -130,6 +142,7 @@ def elect(settings: LeaderSettings, *, liveness: str | None,
     store = lease.KubeLeaseStore(kube.load_config(guarded=False), settings.namespace, settings.name)
     elector = lease.Elector(store, me, settings.timings)
     kube.WRITE_GUARD = guard_for(elector)
+    kube.REPORTING_INSTANCE = me
     log.info("leader election: %s standing by for Lease %s/%s (duration %gs, renew deadline %gs, retry %gs)",
              me, settings.namespace, settings.name, settings.timings.lease_duration,
              settings.timings.renew_deadline, settings.timings.retry_period)

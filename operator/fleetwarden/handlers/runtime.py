@@ -508,9 +508,10 @@ class Runtime:
 
 def build(settings: Any) -> Runtime:
     """The Runtime for ``settings`` (``handlers.settings.Settings``)."""
-    fetcher = prometheus.Fetcher(prometheus.connect(settings.prometheus_url, timeout=settings.prometheus_timeout),
+    fetcher = prometheus.Fetcher(prometheus.connect(settings.prometheus_url, timeout=settings.prometheus_timeout,
+                                                    headers=dict(settings.prometheus_headers)),
                                  lookback_minutes=settings.lookback_minutes,
-                                 scrape_interval=settings.scrape_interval)
+                                 scrape_interval=settings.scrape_interval, namespaces=settings.namespaces)
     return Runtime(interval=settings.interval, fetcher=fetcher)
 
 

@@ -10,6 +10,8 @@
 | ``FLEETWARDEN_METRICS_PORT`` | ``--metrics-port`` | 8081 | the operator's own /metrics (0: off; <= 65535) |
 | ``FLEETWARDEN_WORKERS`` | | 16 | threads running evaluations (>= 1) |
 | ``FLEETWARDEN_ALERTMANAGER_URL`` | ``--alertmanager-url`` | (none) | Alertmanager to send an alert per incident to (none: no alerts) |
+| ``FLEETWARDEN_PROMETHEUS_HEADERS`` | ``--prometheus-headers`` | (none) | ``Name=value,...`` sent with each query, e.g. ``X-Scope-OrgID=team-a`` |
+| ``FLEETWARDEN_NAMESPACES`` | ``--namespace`` | (all) | a shard's namespaces (names or globs, comma-separated): the Prometheus queries' scope |
 
 Every value is checked here, once, at start: a number that is not finite (``nan``, ``inf``)
 or below its minimum, or a URL without an ``http``/``https`` scheme and a host, raises
@@ -24,11 +26,13 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from fleetwarden import errors
+from fleetwarden.adapters import prometheus
 
 
 def _number(minimum: float, *, above: bool = False, unit: str = "", whole: bool = False,
@@ -49,6 +53,34 @@ def _number(minimum: float, *, above: bool = False, unit: str = "", whole: bool 
         return value
 
     return check
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+
+
+def _headers(raw: str) -> tuple[tuple[str, str], ...]:
+    """``Name=value,Name2=value2`` -> ((name, value), ...): a token for each name, a value with
+    no control character (values cannot hold a comma)."""
+    out = []
+    for part in raw.split(","):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not _HEADER_NAME.fullmatch(name) or not value or any(ord(c) < 32 or ord(c) == 127
+                                                                             for c in value):
+            raise ValueError(f"must be Name=value pairs separated by commas (X-Scope-OrgID=team-a); "
+                             f"{part.strip()!r} is not one")
+        out.append((name, value))
+    return tuple(out)
+
+
+def _namespaces(raw: str) -> tuple[str, ...]:
+    """``a,b team-*`` -> ("a", "b", "team-*"): namespace names or globs (``*``, ``?``)."""
+    names = tuple(n for n in re.split(r"[,\s]+", raw.strip()) if n)
+    try:
+        prometheus.namespace_scope(names)
+    except ValueError as exc:
+        raise ValueError(f"must be namespace names or globs separated by commas: {exc}") from None
+    return names
 
 
 def _url(raw: str) -> str:
@@ -86,6 +118,8 @@ OPTIONS = (
     Option("metrics_port", "FLEETWARDEN_METRICS_PORT", 8081, _number(0, whole=True, maximum=65535), int),
     Option("workers", "FLEETWARDEN_WORKERS", 16, _number(1, whole=True), int),
     Option("alertmanager_url", "FLEETWARDEN_ALERTMANAGER_URL", None, _url),
+    Option("prometheus_headers", "FLEETWARDEN_PROMETHEUS_HEADERS", (), _headers),
+    Option("namespaces", "FLEETWARDEN_NAMESPACES", (), _namespaces),
 )
 
 
@@ -110,6 +144,8 @@ class Settings:
     workers: int
     alertmanager_url: str | None = None
     prometheus_timeout: float = 10.0
+    prometheus_headers: tuple[tuple[str, str], ...] = ()
+    namespaces: tuple[str, ...] = ()  # a shard's (empty: every namespace); the Prometheus queries' scope
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -45,6 +45,12 @@ BAD = [
     ("FLEETWARDEN_PROMETHEUS_URL", "--prometheus-url", "http://prometheus:99999", "URL with a host"),
     ("FLEETWARDEN_ALERTMANAGER_URL", "--alertmanager-url", "alertmanager:9093", "http:// or https://"),
     ("FLEETWARDEN_ALERTMANAGER_URL", "--alertmanager-url", "https://", "URL with a host"),
+    ("FLEETWARDEN_PROMETHEUS_HEADERS", "--prometheus-headers", "X-Scope-OrgID", "Name=value pairs"),
+    ("FLEETWARDEN_PROMETHEUS_HEADERS", "--prometheus-headers", "X Scope=a", "'X Scope=a' is not one"),
+    ("FLEETWARDEN_PROMETHEUS_HEADERS", "--prometheus-headers", "X-Scope-OrgID=", "Name=value pairs"),
+    ("FLEETWARDEN_PROMETHEUS_HEADERS", "--prometheus-headers", "X-Scope-OrgID=a\nb", "Name=value pairs"),
+    ("FLEETWARDEN_NAMESPACES", "--namespace", "Team_A", "'Team_A' is not a namespace name or a glob"),
+    ("FLEETWARDEN_NAMESPACES", None, "a,!b", "'!b' is not a namespace name or a glob"),
 ]
 
 

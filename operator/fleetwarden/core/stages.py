@@ -519,6 +519,18 @@ def _step_models(inp: EvaluationInput, d: Draft, active: Sequence[st.ActiveStep]
     return remembered
 
 
+def _keep_stopped(d: Draft, stop: st.ActiveStep, remembered: dict[str, int]) -> None:
+    """A kill switch resumed while a ScaleToZero step is in force: its agents stay at zero (their
+    replicas remembered by the step, restored when it is undone) rather than start and stop again."""
+    restores = [a for a in d.actions if isinstance(a, decision.RestoreReplicas) and a.reason == "resume"]
+    for action in restores:
+        d.actions.remove(action)
+        remembered.setdefault(action.agent, action.replicas)
+        d.events.append(decision.Event(
+            "Normal", REASON_STEP_ENGAGED, f"{action.agent} stays at zero: step {stop.name} is in force; "
+            f"its {action.replicas} replicas are restored when the step is undone", agent=action.agent))
+
+
 def _step_replicas(inp: EvaluationInput, d: Draft, active: Sequence[st.ActiveStep],
                    prev: st.StepsStatus) -> dict[str, int]:
     """A ScaleToZero step in force: every agent at zero (its replicas remembered; one scaled back up
@@ -526,7 +538,10 @@ def _step_replicas(inp: EvaluationInput, d: Draft, active: Sequence[st.ActiveSte
     spec.suspend holds the agents."""
     remembered = dict(prev.replicas or {})
     enforce = inp.budget.spec.enforcement is spec.Enforcement.enforce
-    if any(a.action == spec.StepAction.scale_to_zero.value for a in active):
+    stop = next((a for a in active if a.action == spec.StepAction.scale_to_zero.value), None)
+    if stop is not None:
+        if enforce:
+            _keep_stopped(d, stop, remembered)
         scaled = {a.agent for a in d.actions if isinstance(a, decision.ScaleToZero)}
         for agent in d.agents:
             if agent.replicas <= 0 or agent.name in scaled:

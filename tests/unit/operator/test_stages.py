@@ -465,7 +465,7 @@ STEPS = [{"atPercent": 50, "action": "CheaperModel", "model": "gpt-4o-mini"},
 
 
 def stepped(**fields: Any) -> spec.AgentBudget:
-    return budget(steps=STEPS, killSwitch={"enabled": True, "thresholdPercent": 200}, **fields)
+    return budget(**{"steps": STEPS, "killSwitch": {"enabled": True, "thresholdPercent": 200}, **fields})
 
 
 def cycle(b: spec.AgentBudget, ags: list[decision.AgentDeployment], hour: float | None, previous: dict[str, Any],
@@ -618,3 +618,20 @@ def test_desired_model_wins_over_a_cheaper_model_step() -> None:
 def test_a_step_without_its_parameter_or_limit_is_refused(step: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         budget(steps=[step])
+
+
+def test_a_kill_resumed_under_a_scale_to_zero_step_keeps_the_agents_at_zero_until_the_step_is_undone() -> None:
+    ags = [dep("bot", 0, before=2), dep("helper", 0, before=3)]
+    previous = {"killSwitch": {"engaged": True, "incident": "inc-1", "replicas": {"bot": 2, "helper": 3}},
+                "steps": {"active": [{"name": "stop", "action": "ScaleToZero", "window": "hour", "atPercent": 100,
+                                      "since": "2027-01-15T07:00:00Z"}], "replicas": {}}}
+    resumed = stepped(killSwitch={"enabled": True, "thresholdPercent": 200, "acknowledge": "inc-1"})
+    v1, ags = cycle(resumed, ags, 10.5, previous)
+    assert not [a for a in v1.actions if isinstance(a, decision.RestoreReplicas)]
+    assert v1.status.kill_switch is not None and not v1.status.kill_switch.engaged
+    assert v1.status.steps is not None and v1.status.steps.replicas == {"bot": 2, "helper": 3}
+    assert [e.agent for e in v1.events if "stays at zero" in e.message] == ["bot", "helper"]
+    raised = stepped(limits=[{"window": "hour", "amountUSD": 100}],
+                     killSwitch={"enabled": True, "thresholdPercent": 200, "acknowledge": "inc-1"})
+    v2, ags = cycle(raised, ags, 10.5, v1.status.body())
+    assert [(a.name, a.replicas) for a in ags] == [("bot", 2), ("helper", 3)]

@@ -123,6 +123,8 @@ def test_guardrails_approvals_and_ungoverned_agents(cluster: Any, namespace: str
     wf = {"agent": "bot", "namespace": namespace, "workflow": "support"}
     exporter.set("llm_cost", 0.0, **llm_labels("bot", namespace))
     exporter.set("guardrails", 0.0, **wf, tool="", status="token_cap_exceeded")
+    # a replica whose SDK read the policy while it was in DryRun: it let the calls through
+    exporter.set("guardrails", 0.0, **wf, tool="crm.search", status="would_rate_limit_exceeded")
     tool_labels = {**wf, "step": "act", "tool": "shell.exec", "status": "ok"}
     exporter.set("tool_calls", 0.0, **tool_labels)
     cluster.apply(labelled_deployment("bot", namespace, {"app": "support", "fleetwarden.dev/budget": "support"}, 2))
@@ -132,7 +134,8 @@ def test_guardrails_approvals_and_ungoverned_agents(cluster: Any, namespace: str
         "apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostPolicy",
         "metadata": {"name": "guard", "namespace": namespace},
         "spec": {"selector": {"matchLabels": {"app": "support"}}, "tools": {"allow": ["crm.*"], "action": "alert"},
-                 "tokenCaps": {"perTask": 1000, "action": "alert"}}}))
+                 "tokenCaps": {"perTask": 1000, "action": "alert"},
+                 "rateLimits": {"perTool": {"crm.search": 10}, "action": "alert"}}}))
     expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 900))
     agent = agent_identity(cluster, namespace, "bot", workdir)  # the agent asks, as its ServiceAccount
     created = subprocess.run([cluster.kubectl_path, f"--kubeconfig={agent.kubeconfig}", "create", "-f", "-"],
@@ -162,15 +165,19 @@ def test_guardrails_approvals_and_ungoverned_agents(cluster: Any, namespace: str
     assert stray[0]["type"] == bot[0]["type"] == "Warning"
     assert deployment_events(cluster, namespace, "Ungoverned", "bot") == []
 
-    # guardrail findings: the SDK's token-cap decisions; a tool call outside the allowlist
+    # guardrail findings: the SDK's token-cap decisions; a tool call outside the allowlist; what the SDK
+    # would have refused under a DryRun policy (would_*) is the same finding
     exporter.set("guardrails", 3.0, **wf, tool="", status="token_cap_exceeded")
+    exporter.set("guardrails", 4.0, **wf, tool="crm.search", status="would_rate_limit_exceeded")
     exporter.set("tool_calls", 2.0, **tool_labels)
     cluster.wait_for(lambda: budget_events(cluster, namespace, "TokenCapExceeded")
-                     and budget_events(cluster, namespace, "ToolNotAllowed"), MINUTE_WAIT,
-                     "TokenCapExceeded and ToolNotAllowed events")
+                     and budget_events(cluster, namespace, "ToolNotAllowed")
+                     and budget_events(cluster, namespace, "RateLimitExceeded"), MINUTE_WAIT,
+                     "TokenCapExceeded, ToolNotAllowed and RateLimitExceeded events")
     st = status(cluster, namespace)
     kinds = {(i["kind"], i.get("tool")) for i in st["incidents"]}
-    assert {("token_cap_exceeded", None), ("tool_not_allowed", "shell.exec")} <= kinds
+    assert {("token_cap_exceeded", None), ("tool_not_allowed", "shell.exec"),
+            ("rate_limit_exceeded", "crm.search")} <= kinds
     op.wait_evaluations(cluster, 4)
     assert len(budget_events(cluster, namespace, "ToolNotAllowed")) == 1  # one problem, one finding
     assert len(budget_events(cluster, namespace, "TokenCapExceeded")) == 1

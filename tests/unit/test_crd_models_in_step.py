@@ -454,6 +454,7 @@ PYDANTIC_SAME_MESSAGE = "pydantic, same message"
 SERVER_ONLY = "API server only"
 INVALID_TABLE = {
     "approval-without-trigger.yaml": PYDANTIC_SAME_MESSAGE,
+    "cheaper-model-without-model.yaml": PYDANTIC,
     "bad-name.yaml": SERVER_ONLY,  # object names are the API server's business
     "calls-per-workflow-without-tool.yaml": PYDANTIC_SAME_MESSAGE,
     "duplicate-approval-name.yaml": PYDANTIC,

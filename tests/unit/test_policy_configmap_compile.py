@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def test_policy_json_round_trips_into_the_sdk(tmp_path: Path) -> None:
     compiled = policyconfig.compile_spec(POLICY)
     data = policyconfig.compile_data(compiled, is_halted=True, deployments=[
         {"metadata": {"name": "bot"}, "spec": {"replicas": 3}, "status": {"readyReplicas": 2}}])
-    assert set(data) == {"policy.json", "halt", "replicas.json"}
+    assert set(data) == {"policy.json", "halt", "replicas.json", "steps.json"}
     for key, value in data.items():
         (tmp_path / key).write_text(value)
     guard = sdk.GuardrailPolicy.from_dir(tmp_path)
@@ -138,3 +139,37 @@ def test_deployment_events_that_can_change_coverage() -> None:
     assert policyconfig.deployment_changed({"type": "DELETED"}, body({"team": "a"}), seen)
     assert seen == {}
     assert policyconfig.deployment_changed({"type": "ADDED"}, body({"team": "a"}), seen)  # created after startup
+
+
+def _stepped(selector: dict, active: list[dict], enforcement: str | None = None, name: str = "b") -> dict:
+    spec_: dict = {"selector": selector}
+    if enforcement is not None:
+        spec_["enforcement"] = enforcement
+    return {"metadata": {"name": name, "uid": name}, "spec": spec_, "status": {"steps": {"active": active}}}
+
+
+CAP = {"name": "CapOutputTokens-70", "action": "CapOutputTokens", "maxOutputTokens": 500}
+STOP = {"name": "StopNewTasks-90", "action": "StopNewTasks"}
+CHEAPER = {"name": "CheaperModel-50", "action": "CheaperModel", "model": "gpt-4o-mini"}
+
+
+@pytest.mark.parametrize(("budgets", "expected"), [
+    ([], {"maxOutputTokens": None, "stopNewTasks": False, "steps": []}),
+    ([_stepped(SUPPORT, [CHEAPER])], {"maxOutputTokens": None, "stopNewTasks": False, "steps": []}),
+    ([_stepped(SUPPORT, [CHEAPER, CAP, STOP])],
+     {"maxOutputTokens": 500, "stopNewTasks": True, "steps": ["b/CapOutputTokens-70", "b/StopNewTasks-90"]}),
+    ([_stepped(SUPPORT, [CAP]), _stepped({}, [{**CAP, "maxOutputTokens": 200}], name="all")],
+     {"maxOutputTokens": 200, "stopNewTasks": False, "steps": ["all/CapOutputTokens-70", "b/CapOutputTokens-70"]}),
+    ([_stepped(SUPPORT, [CAP, STOP], enforcement="DryRun"), _stepped(SUPPORT, [STOP], enforcement="Warn")],
+     {"maxOutputTokens": None, "stopNewTasks": False, "steps": []}),
+    ([_stepped(OTHER, [CAP, STOP])], {"maxOutputTokens": None, "stopNewTasks": False, "steps": []}),
+], ids=["none", "cheaper-model-is-not-the-sdks", "cap-and-stop", "lowest-cap-wins", "dry-run-and-warn", "other-team"])
+def test_steps_json_follows_the_steps_in_force(tmp_path: Path, budgets: list, expected: dict) -> None:
+    """steps.json: the CapOutputTokens and StopNewTasks steps in force of the Enforce budgets covering the
+    policy's agents, as the SDK reads them."""
+    data = policyconfig.compile_data(policyconfig.compile_spec(POLICY), False, [_deployment("bot", team="support")],
+                                     budgets)
+    assert json.loads(data["steps.json"]) == expected
+    (tmp_path / "steps.json").write_text(data["steps.json"])
+    steps = sdk.GuardrailPolicy.from_dir(tmp_path).steps
+    assert (steps.max_output_tokens, steps.stop_new_tasks) == (expected["maxOutputTokens"], expected["stopNewTasks"])

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 from fleetwarden import errors
 from fleetwarden.adapters import sources as source_queries
-from fleetwarden.core import decision, pricing, series, spec, timefmt, windows
+from fleetwarden.core import decision, guardrails, pricing, series, spec, timefmt, windows
 from fleetwarden.core import metricnames as names
 from fleetwarden.core import policies as core_policies
 from fleetwarden.core import sources as core_sources
@@ -108,9 +108,10 @@ RANGE_FAMILIES: dict[str, tuple[str | tuple[str, ...], tuple[str, ...]]] = {
 }
 
 # The SDK's guardrail decisions that are findings (fleetwarden_guardrail_decisions_total by
-# status); "allowed", "approved", "denied" and "halted" are not.
+# status), the would_* ones of a CostPolicy in DryRun or Warn included; "allowed", "approved",
+# "denied" and "halted" are not.
 GUARDRAIL_METRIC = names.GUARDRAIL_DECISIONS
-GUARDRAIL_STATUSES = ("token_cap_exceeded", "rate_limit_exceeded", "tool_not_allowed", "approval_required")
+GUARDRAIL_STATUSES = guardrails.FINDING_STATUSES
 GUARDRAIL_MARK = "fw_family"  # the label that tells the guardrail series apart in the tool-call answer
 
 

@@ -105,6 +105,8 @@ def status_of(inp: decision.EvaluationInput, d: stages.Draft) -> st.AgentBudgetS
         conditions=d.conditions,
         kill_switch=d.kill_switch,
         model=model,
+        steps=d.steps if d.steps is not None and (d.steps.active or d.steps.acknowledged or d.steps.models
+                                                  or d.steps.replicas) else None,
         incidents=_incidents(inp, d),
         source=inp.source.status() if inp.source is not None else None,
     )

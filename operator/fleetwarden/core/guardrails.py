@@ -31,6 +31,13 @@ GUARDRAIL_KINDS = {
     "tool_not_allowed": findings.TOOL_NOT_ALLOWED,
     "approval_required": findings.APPROVAL_REQUIRED,
 }
+# A CostPolicy in DryRun or Warn blocks nothing: the SDK counts a decision that would have blocked
+# as ``would_<status>``. It is the same problem, so the same finding (its evidence says it was not
+# blocked); the alert follows the policy's mode (stages.dry_run_policy).
+WOULD = "would_"
+WOULD_KINDS = {WOULD + status: kind for status, kind in GUARDRAIL_KINDS.items()}
+# every decision status that is a finding, as the Prometheus adapter selects them
+FINDING_STATUSES = (*GUARDRAIL_KINDS, *WOULD_KINDS)
 
 
 @dataclasses.dataclass(slots=True)
@@ -155,13 +162,15 @@ def _decided(decisions: Mapping[int, Mapping[tuple[str, str], float]], chosen: S
     limits = rate_policy.spec.rate_limits if rate_policy is not None else None
     for minute, counts in decisions.items():
         for (status, tool), n in counts.items():
-            kind = GUARDRAIL_KINDS.get(status)
+            kind = GUARDRAIL_KINDS.get(status) or WOULD_KINDS.get(status)
             if kind is None or not n > 0:
                 continue
             if kind == findings.RATE_LIMIT_EXCEEDED and limits is not None and limits.per_tool and tool:
                 tool = policies.rate_limit_key(limits, tool) or tool
             cell = active.setdefault((kind, tool), {}).setdefault(minute, {})
             cell["decisions"] = cell.get("decisions", 0.0) + n
+            if status in WOULD_KINDS:
+                cell["not_blocked"] = cell.get("not_blocked", 0.0) + n
 
 
 def _refused_calls(minutes: Sequence[series.AgentMinute], chosen: Sequence[spec.CostPolicy],
@@ -239,6 +248,8 @@ def _guardrail_finding(kind: str, tool: str | None, s: policies.Subject, counts:
         evidence["decisions_in_minute"] = decisions
     if counts.get("calls"):
         evidence["calls_in_minute"] = counts["calls"]
+    if counts.get("not_blocked"):
+        evidence["not_blocked_in_minute"] = counts["not_blocked"]  # would_*: the policy's DryRun or Warn
     first = chosen[0] if chosen else None
     found: findings.Finding | None
     if kind == findings.TOOL_NOT_ALLOWED:

@@ -203,6 +203,44 @@ class Source(_Model):
         return self
 
 
+class StepAction(str, enum.Enum):
+    """What a step of the graduated response does (docs/operator.md, "Graduated response")."""
+
+    cheaper_model = "CheaperModel"  # every agent runs ``model`` (recorded as a rollback; undone: back)
+    cap_output_tokens = "CapOutputTokens"  # the SDK clamps each model call's max tokens (policy ConfigMap)
+    stop_new_tasks = "StopNewTasks"  # the SDK refuses new tasks; running ones finish (policy ConfigMap)
+    scale_to_zero = "ScaleToZero"  # the agents scaled to zero; undone: their replicas restored
+
+
+MAX_STEPS = 8
+
+
+class Step(_Model):
+    """One step before the kill: engaged while spend over ``window`` is at or past ``at_percent``
+    of that window's cap; undone when it falls back under, or when a person acknowledges it."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=63)  # default: "<action>-<atPercent>"
+    at_percent: float = Field(gt=0)
+    window: Window | None = None  # default: the window of the budget's first limit
+    action: StepAction
+    model: str | None = Field(default=None, min_length=1)  # CheaperModel only
+    max_output_tokens: int | None = Field(default=None, ge=1)  # CapOutputTokens only
+
+    @pydantic.model_validator(mode="after")
+    def _parameters_of_the_action(self) -> Step:
+        if (self.model is not None) != (self.action is StepAction.cheaper_model):
+            raise ValueError(f"step {self.key}: model is for CheaperModel, and CheaperModel needs it")
+        if (self.max_output_tokens is not None) != (self.action is StepAction.cap_output_tokens):
+            raise ValueError(f"step {self.key}: maxOutputTokens is for CapOutputTokens, and CapOutputTokens "
+                             "needs it")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The step's name: ``name``, else ``<action>-<atPercent>`` (``CheaperModel-80``)."""
+        return self.name or f"{self.action.value}-{self.at_percent:g}"
+
+
 class AgentBudgetSpec(_Model):
     selector: LabelSelector = Field(default_factory=LabelSelector)
     owner: Owner = Field(default_factory=Owner)
@@ -215,6 +253,28 @@ class AgentBudgetSpec(_Model):
     suspend: bool = False
     enforcement: Enforcement = Enforcement.enforce
     source: Source = Field(default_factory=Source)
+    steps: list[Step] = Field(default_factory=list, max_length=MAX_STEPS)
+    # A person undoes the engaged steps by setting this to status.steps.engagement.
+    acknowledge_steps: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _steps_have_a_limit(self) -> AgentBudgetSpec:
+        names: set[str] = set()
+        for step in self.steps:
+            if step.key in names:
+                raise ValueError(f"steps: more than one step named {step.key}")
+            names.add(step.key)
+            window_of = self.step_window(step)
+            if window_of is None or self.limit_for(window_of) is None:
+                window = step.window.value if step.window is not None else "(the first limit's)"
+                raise ValueError(f"steps: step {step.key}: window {window} has no limit in spec.limits")
+        return self
+
+    def step_window(self, step: Step) -> Window | None:
+        """The window a step's percentage refers to: its own, else the first limit's."""
+        if step.window is not None:
+            return step.window
+        return self.limits[0].window if self.limits else None
 
     @pydantic.model_validator(mode="after")
     def _one_limit_per_window(self) -> AgentBudgetSpec:

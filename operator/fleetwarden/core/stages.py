@@ -1,6 +1,6 @@
 """The stages of the operator's decision, in order: each a small named pure function.
 
-    findings -> kill switch -> suspend -> model -> notify -> approvals -> [act] -> settle -> conditions
+    findings -> kill switch -> steps -> suspend -> model -> notify -> approvals -> [act] -> settle -> conditions
 
 Each stage reads the :class:`~fleetwarden.core.decision.EvaluationInput` and the
 :class:`Draft` the stages before it left, and adds to the draft: findings, actions, Events,
@@ -22,6 +22,13 @@ The rules:
    ``status.killSwitch.incident`` -> RestoreReplicas exactly, ``resumedAt`` recorded, and
    spend before ``resumedAt`` no longer counts for the kill rule. While killed, an agent
    scaled back up (GitOps self-heal, a person) is scaled to zero again.
+2b. steps (the graduated response, ``spec.steps``): each step whose window's spend is at or past
+   ``atPercent`` of its cap is in force, unless a person acknowledged it (``spec.acknowledgeSteps``
+   equal to ``status.steps.engagement``; it lapses once spend falls under the threshold or a higher
+   step engages). CheaperModel -> SetModel (the replaced model remembered and restored on undo,
+   both recorded in ``status.model.rollbacks``); ScaleToZero -> the agents held at zero (replicas
+   remembered, restored on undo); CapOutputTokens and StopNewTasks reach the SDK through the policy
+   ConfigMap. DryRun and Warn say what would be done and act on nothing. StepActive says why.
 3. suspend: ``spec.suspend`` true -> ScaleToZero (remembered on the Deployment); false ->
    restore what was remembered.
 4. model: ``spec.model.desired`` set -> every agent runs it (it wins). Else a
@@ -40,6 +47,7 @@ The rules:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
@@ -74,6 +82,9 @@ class Draft:
     failures: list[decision.ActionFailure] = dataclasses.field(default_factory=list)
     # actions the budget's enforcement mode (DryRun, Warn) held back: what would have been done
     held: list[decision.Action] = dataclasses.field(default_factory=list)
+    steps: st.StepsStatus | None = None
+    step_rollbacks: list[st.Rollback] = dataclasses.field(default_factory=list)  # model changes of steps
+    step_held: set[str] = dataclasses.field(default_factory=set)  # agents a ScaleToZero step keeps at zero
 
     @property
     def by_name(self) -> dict[str, decision.AgentDeployment]:
@@ -367,6 +378,193 @@ def _would_kill(inp: EvaluationInput, d: Draft, kills: Sequence[findings.Finding
             "to zero: " + (", ".join(f"{a.agent} (was {a.replicas_to_remember})" for a in held) or "none")))
 
 
+# ---------------------------------------------------------------- 2b: steps (the graduated response)
+
+REASON_STEP_ENGAGED = "StepEngaged"  # the condition's and the Event's
+REASON_STEP_UNDONE = "StepUndone"
+REASON_STEP_ACKNOWLEDGED = "StepAcknowledged"
+REASON_NO_STEP_ACTIVE = "NoStepActive"
+
+_STEP_EFFECTS: Mapping[spec.StepAction, str] = {
+    spec.StepAction.cheaper_model: "the agents run {model}",
+    spec.StepAction.cap_output_tokens: "each model call is capped at {tokens} output tokens",
+    spec.StepAction.stop_new_tasks: "no new task starts; running tasks finish",
+    spec.StepAction.scale_to_zero: "the agents are scaled to zero",
+}
+
+
+def step_percent(inp: EvaluationInput, step: spec.Step) -> float | None:
+    """Spend over the step's window as a percentage of that window's cap (None: unknown)."""
+    window = inp.budget.spec.step_window(step)
+    limit = inp.budget.spec.limit_for(window) if window is not None else None
+    spend = inp.spend.get(window) if window is not None else None
+    if limit is None or spend is None:
+        return None
+    return 100.0 * spend / limit.amount_usd
+
+
+def engagement_id(budget: spec.AgentBudget, active: Sequence[st.ActiveStep]) -> str:
+    """``steps-`` + 10 hex naming the steps in force and when each engaged: a later engagement has a
+    new id, so an old acknowledgement never undoes it."""
+    key = f"{budget.metadata.namespace}/{budget.metadata.name}/" + ",".join(
+        f"{a.name}@{st.rfc3339_of(a.since) if a.since is not None else ''}" for a in active)
+    return "steps-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def _new_step(inp: EvaluationInput, step: spec.Step, percent: float) -> st.ActiveStep:
+    window = inp.budget.spec.step_window(step)
+    assert window is not None
+    limit = inp.budget.spec.limit_for(window)
+    assert limit is not None
+    effect = _STEP_EFFECTS[step.action].format(model=step.model, tokens=step.max_output_tokens)
+    why = (f"spend over the {window.value} is {percent:.0f}% of the {limit.amount_usd:g} USD cap, "
+           f"at or past {step.at_percent:g}%: {effect}")
+    return st.ActiveStep(name=step.key, action=step.action.value, window=window, at_percent=step.at_percent,
+                         percent_used=round(percent, 1), since=st.at(inp.now), why=why, model=step.model,
+                         max_output_tokens=step.max_output_tokens)
+
+
+def _acknowledged(inp: EvaluationInput, prev: st.StepsStatus, triggered: set[str]) -> set[str]:
+    """The steps a person undid: those in force when spec.acknowledgeSteps named their engagement,
+    for as long as spend stays past their threshold and no higher step engages."""
+    by_key = {s.key: s for s in inp.budget.spec.steps}
+    prev_active = {a.name or "" for a in prev.active or ()}
+    acked = set(prev.acknowledged or ())
+    ack = inp.budget.spec.acknowledge_steps
+    if ack is not None and prev_active and ack == prev.engagement:
+        acked |= prev_active
+    acked &= triggered  # fell back under (a new window, a raised cap): the acknowledgement lapses
+    rising = [by_key[k].at_percent for k in triggered - acked - prev_active]
+    if rising:  # a higher step engages: the acknowledgements below it lapse
+        acked = {k for k in acked if by_key[k].at_percent >= max(rising)}
+    return acked
+
+
+def steps_stage(inp: EvaluationInput, d: Draft) -> None:
+    """The steps past their threshold and not acknowledged are in force; each engages and is undone
+    once (StepEngaged / StepUndone Events); CheaperModel and ScaleToZero act on the Deployments
+    (:func:`_step_models`, :func:`_step_replicas`), CapOutputTokens and StopNewTasks reach the SDK
+    through the policy ConfigMap. Unknown data engages and undoes nothing."""
+    prev = d.previous.steps or st.StepsStatus()
+    steps = inp.budget.spec.steps
+    if not steps and not (prev.active or prev.models or prev.replicas):
+        return
+    if not d.known:
+        d.steps = prev
+        d.step_held = set(prev.replicas or {}) if any(
+            a.action == spec.StepAction.scale_to_zero.value for a in prev.active or ()) else set()
+        return
+    percents = {s.key: step_percent(inp, s) for s in steps}
+    triggered = {s.key for s in steps if (p := percents[s.key]) is not None and p >= s.at_percent}
+    acked = _acknowledged(inp, prev, triggered)
+    prev_active = {a.name or "": a for a in prev.active or ()}
+    active: list[st.ActiveStep] = []
+    type_, why = _would(inp)
+    said = "" if inp.budget.spec.enforcement is spec.Enforcement.enforce else why + ": would have: "
+    for step in steps:
+        if step.key not in triggered or step.key in acked:
+            continue
+        old = prev_active.get(step.key)
+        active.append(old if old is not None else _new_step(inp, step, percents[step.key] or 0.0))
+        if old is None:
+            d.events.append(decision.Event("Warning", REASON_STEP_ENGAGED,
+                                           f"{said}step {step.key} engaged: {active[-1].why}"))
+    kept = {a.name for a in active}
+    for name in prev_active:
+        if name not in kept:
+            cause = ("acknowledged (spec.acknowledgeSteps)" if name in acked else
+                     "spend fell back under its threshold" if name in percents else "removed from spec.steps")
+            d.events.append(decision.Event("Normal", REASON_STEP_UNDONE, f"{said}step {name} undone: {cause}"))
+    models = _step_models(inp, d, active, prev)
+    replicas = _step_replicas(inp, d, active, prev)
+    d.steps = st.StepsStatus(active=active or None, engagement=engagement_id(inp.budget, active) if active else None,
+                             acknowledged=sorted(acked) or None, models=models or None, replicas=replicas or None)
+
+
+def _step_models(inp: EvaluationInput, d: Draft, active: Sequence[st.ActiveStep],
+                 prev: st.StepsStatus) -> dict[str, str]:
+    """The highest CheaperModel step in force: every agent runs its model (the model each ran before
+    remembered, each change recorded in status.model.rollbacks); none: the remembered models restored.
+    spec.model.desired, a person's order, wins over every step."""
+    remembered = dict(prev.models or {})
+    if inp.budget.spec.model.desired:
+        return {}
+    enforce = inp.budget.spec.enforcement is spec.Enforcement.enforce
+    cheaper = [a for a in active if a.action == spec.StepAction.cheaper_model.value and a.model]
+    target = max(cheaper, key=lambda a: a.at_percent or 0.0) if cheaper else None
+    changes: list[decision.SetModel] = []
+    if target is not None and target.model is not None:
+        for agent in d.agents:
+            if agent.model is not None and agent.model != target.model:
+                if enforce:
+                    remembered.setdefault(agent.name, agent.model)
+                changes.append(decision.SetModel(agent.name, target.model, agent.model, "step",
+                                                 observed=agent.resource_version))
+        why = f"step {target.name}"
+    else:
+        by_name = d.by_name
+        for name, model in sorted(remembered.items()):
+            ran = by_name.get(name)
+            if ran is not None and ran.model is not None and ran.model != model:
+                changes.append(decision.SetModel(name, model, ran.model, "step-undone",
+                                                 observed=ran.resource_version))
+        remembered, why = {}, "steps undone"
+    for change in changes:
+        if not enforce:
+            d.held.append(change)
+            continue
+        d.act(change)
+        d.step_rollbacks.append(st.Rollback(agent=change.agent, from_=change.previous, to=change.model,
+                                            at=st.at(inp.now), reason=why))
+    return remembered
+
+
+def _keep_stopped(d: Draft, stop: st.ActiveStep, remembered: dict[str, int]) -> None:
+    """A kill switch resumed while a ScaleToZero step is in force: its agents stay at zero (their
+    replicas remembered by the step, restored when it is undone) rather than start and stop again."""
+    restores = [a for a in d.actions if isinstance(a, decision.RestoreReplicas) and a.reason == "resume"]
+    for action in restores:
+        d.actions.remove(action)
+        remembered.setdefault(action.agent, action.replicas)
+        d.events.append(decision.Event(
+            "Normal", REASON_STEP_ENGAGED, f"{action.agent} stays at zero: step {stop.name} is in force; "
+            f"its {action.replicas} replicas are restored when the step is undone", agent=action.agent))
+
+
+def _step_replicas(inp: EvaluationInput, d: Draft, active: Sequence[st.ActiveStep],
+                   prev: st.StepsStatus) -> dict[str, int]:
+    """A ScaleToZero step in force: every agent at zero (its replicas remembered; one scaled back up
+    is scaled to zero again); none: the remembered replicas restored, unless the kill switch or
+    spec.suspend holds the agents."""
+    remembered = dict(prev.replicas or {})
+    enforce = inp.budget.spec.enforcement is spec.Enforcement.enforce
+    stop = next((a for a in active if a.action == spec.StepAction.scale_to_zero.value), None)
+    if stop is not None:
+        if enforce:
+            _keep_stopped(d, stop, remembered)
+        scaled = {a.agent for a in d.actions if isinstance(a, decision.ScaleToZero)}
+        for agent in d.agents:
+            if agent.replicas <= 0 or agent.name in scaled:
+                continue
+            action = decision.ScaleToZero(agent.name, remembered.get(agent.name, agent.replicas), "step",
+                                          agent.resource_version)
+            if not enforce:
+                d.held.append(action)
+                continue
+            remembered.setdefault(agent.name, agent.replicas)
+            d.act(action)
+        d.step_held = set(remembered)
+        return remembered
+    if d.engaged or inp.budget.spec.suspend:
+        return remembered  # restored once the kill switch is resumed or the budget unsuspended
+    by_name = d.by_name
+    for name, count in sorted(remembered.items()):
+        stopped = by_name.get(name)
+        if stopped is not None and stopped.replicas == 0:
+            d.act(decision.RestoreReplicas(name, count, "step-undone", stopped.resource_version))
+    return {}
+
+
 # ---------------------------------------------------------------- 3: suspend
 
 REASON_SUSPENDED = "Suspended"
@@ -374,7 +572,7 @@ REASON_SUSPENDED = "Suspended"
 
 def suspend_stage(inp: EvaluationInput, d: Draft) -> None:
     scaled = {a.agent for a in d.actions if isinstance(a, decision.ScaleToZero)}
-    restored = {a.agent for a in d.actions if isinstance(a, decision.RestoreReplicas)}
+    restored = {a.agent for a in d.actions if isinstance(a, decision.RestoreReplicas)} | d.step_held
     if inp.budget.spec.suspend:
         for agent in d.agents:
             if agent.replicas > 0 and agent.name not in scaled:
@@ -451,6 +649,7 @@ def _rollbacks_on_spike(inp: EvaluationInput, d: Draft, rollbacks: list[st.Rollb
 def model_stage(inp: EvaluationInput, d: Draft) -> None:
     prev_model = d.previous.model
     rollbacks = [r.model_copy() for r in (prev_model.rollbacks or ())] if prev_model is not None else []
+    rollbacks.extend(d.step_rollbacks)
     desired = inp.budget.spec.model.desired or None
     if desired is not None:
         _desired_model(inp, d, desired, rollbacks)
@@ -679,6 +878,23 @@ def _approval_condition(d: Draft) -> Cond:
             "`fleetwarden approve|deny NAME`")
 
 
+def _step_condition(inp: EvaluationInput, d: Draft) -> Cond:
+    """StepActive: the steps in force and why (``kubectl describe`` shows it), or why none is."""
+    steps = d.steps or st.StepsStatus()
+    if not steps.active:
+        if steps.acknowledged:
+            return (st.STEP_ACTIVE, "False", REASON_STEP_ACKNOWLEDGED,
+                    f"acknowledged: {', '.join(steps.acknowledged)}; engaged again once spend falls under their "
+                    "threshold and crosses it again, or when a higher step engages")
+        return (st.STEP_ACTIVE, "False", REASON_NO_STEP_ACTIVE, "no step of spec.steps is in force")
+    mode = inp.budget.spec.enforcement
+    said = "" if mode is spec.Enforcement.enforce else f"spec.enforcement is {mode.value}, nothing is acted on: "
+    text = "; ".join(f"{a.name} since {st.rfc3339_of(a.since) if a.since is not None else '?'}: {a.why}"
+                     for a in steps.active)
+    return (st.STEP_ACTIVE, "True", REASON_STEP_ENGAGED if not said else mode.value,
+            f"{said}{text}. Undo: set spec.acknowledgeSteps to {steps.engagement}")
+
+
 def conditions_stage(inp: EvaluationInput, d: Draft) -> None:
     d.state = budget_state(inp, d)
     if d.failures:
@@ -695,6 +911,8 @@ def conditions_stage(inp: EvaluationInput, d: Draft) -> None:
                  f"evaluated {len(d.agents)} agent(s); state {d.state.value}{said}")
     data = _data_conditions(inp, d)
     rows = [ready, data[0], data[1], _kill_switch_condition(inp, d), data[2], _approval_condition(d)]
+    if inp.budget.spec.steps or d.steps is not None:
+        rows.append(_step_condition(inp, d))
     prev = list(d.previous.conditions or ())
     d.conditions = [st.set_condition(prev, *row, now=inp.now, generation=inp.generation) for row in rows]
     # keep conditions written by others as they are
@@ -709,6 +927,6 @@ def conditions_stage(inp: EvaluationInput, d: Draft) -> None:
 
 
 # Before acting: what to do. After acting: settle_stage (what did not take effect), then conditions_stage.
-PLAN: tuple[Stage, ...] = (findings_stage, kill_switch_stage, suspend_stage, model_stage, notify_stage,
+PLAN: tuple[Stage, ...] = (findings_stage, kill_switch_stage, steps_stage, suspend_stage, model_stage, notify_stage,
                            approvals_stage)
 STAGES: tuple[Stage, ...] = (*PLAN, conditions_stage)

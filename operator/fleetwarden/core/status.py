@@ -26,6 +26,7 @@ KILL_SWITCH_ENGAGED = "KillSwitchEngaged"
 ANOMALY_DETECTED = "AnomalyDetected"
 APPROVAL_PENDING = "ApprovalPending"
 PRICES_KNOWN = "PricesKnown"
+STEP_ACTIVE = "StepActive"
 
 
 class State(str, enum.Enum):
@@ -131,6 +132,30 @@ class ModelStatus(_Model):
     spec_desired: str | None = None
 
 
+class ActiveStep(_Model):
+    """A step of the graduated response in force (or, in DryRun/Warn, one that would be)."""
+
+    name: str | None = None
+    action: str | None = None
+    window: spec.Window | None = None
+    at_percent: float | None = None
+    percent_used: float | None = None  # of the window's cap when it engaged
+    model: str | None = None  # CheaperModel: the model the agents run
+    max_output_tokens: int | None = None  # CapOutputTokens: the cap the SDK applies
+    since: Timestamp | None = None
+    why: str | None = None
+
+
+class StepsStatus(_Model):
+    """The graduated response: the steps in force and what to restore when they are undone."""
+
+    active: list[ActiveStep] | None = None
+    engagement: str | None = None  # set spec.acknowledgeSteps to it to undo the steps in force
+    acknowledged: list[str] | None = None  # steps a person undid; engaged again after spend falls under
+    models: dict[str, str] | None = None  # each agent's model before a CheaperModel step, restored on undo
+    replicas: dict[str, int] | None = None  # each agent's replicas before a ScaleToZero step, restored on undo
+
+
 class Incident(_Model):
     id: str | None = None
     kind: str | None = None
@@ -175,6 +200,7 @@ class AgentBudgetStatus(_Model):
     conditions: list[Condition] | None = None
     kill_switch: KillSwitchStatus | None = None
     model: ModelStatus | None = None
+    steps: StepsStatus | None = None
     incidents: list[Incident] | None = None
     source: SourceStatus | None = None
 

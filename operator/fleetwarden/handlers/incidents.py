@@ -46,7 +46,7 @@ def _action_entries(action: Any, now: float) -> list[tuple[str | None, str | Non
     """``(agent, incident id or None, ActionTaken)`` for one evaluation action."""
     at = timefmt.rfc3339(now)
     if isinstance(action, decision.ScaleToZero):
-        verb = "suspend" if action.reason == "suspend" else "kill"
+        verb = {"suspend": "suspend", "step": "step"}.get(action.reason, "kill")
         return [(action.agent, None, incidents.ActionTaken(
             at, verb, f"scaled {action.agent} from {action.replicas_to_remember} to 0 replicas ({action.reason})"))]
     if isinstance(action, decision.RestoreReplicas):

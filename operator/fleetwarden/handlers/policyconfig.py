@@ -9,7 +9,10 @@ Keys (what ``fleetwarden.sdk.GuardrailPolicy.from_dir`` reads):
   engaged) or suspended, else ``"false"``; the SDK then refuses every model and tool call;
 - ``replicas.json``: ``{"<Deployment>": n}`` for each agent of the policy, n =
   :func:`replica_count` (at least 1); the SDK of each replica enforces 1/n of each rate limit,
-  so the limits hold across the agent's replicas (docs/sdk.md, "Fleet-wide rate limits").
+  so the limits hold across the agent's replicas (docs/sdk.md, "Fleet-wide rate limits");
+- ``steps.json``: what the graduated-response steps in force (``status.steps.active`` of an
+  AgentBudget in Enforce that covers the policy's agents) ask of the SDK:
+  ``{"maxOutputTokens": n or null, "stopNewTasks": bool, "steps": [...]}`` (:func:`steps_json`).
 
 The ConfigMap is owned by the CostPolicy (ownerReference: deleted with it). The
 policy's status says what was published: ``configMap``, ``matchedAgents``,
@@ -60,6 +63,7 @@ PREFIX = "fleetwarden-policy-"
 POLICY_KEY = "policy.json"
 HALT_KEY = "halt"
 REPLICAS_KEY = "replicas.json"
+STEPS_KEY = "steps.json"
 HALTED_STATES = {"Killed", "Suspended"}
 
 
@@ -89,25 +93,63 @@ def budget_halted(budget: Mapping[str, Any]) -> bool:
         (status.get("killSwitch") or {}).get("engaged")) or status.get("state") in HALTED_STATES
 
 
-def halted(policy: spec.CostPolicySpec, deployments: Sequence[Mapping[str, Any]],
-           budgets: Sequence[Mapping[str, Any]]) -> bool:
-    """True when a halted AgentBudget covers an agent of the policy.
+def _covering(policy: spec.CostPolicySpec, deployments: Sequence[Mapping[str, Any]],
+              budgets: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The AgentBudgets that cover an agent of the policy.
 
     The policy's agents are the Deployments its selector picks; a budget covers one when
     its selector picks it too. A budget with exactly the policy's selector covers the
     policy's agents even before any Deployment exists."""
     agents = [dict(d.get("metadata", {}).get("labels") or {}) for d in deployments
               if policy.selector.matches(dict(d.get("metadata", {}).get("labels") or {}))]
+    out = []
     for budget in budgets:
-        if not budget_halted(budget):
-            continue
         try:
             selector = spec.LabelSelector.model_validate((budget.get("spec") or {}).get("selector") or {})
         except pydantic.ValidationError:
             continue
         if selector == policy.selector or any(selector.matches(labels) for labels in agents):
-            return True
-    return False
+            out.append(budget)
+    return out
+
+
+def halted(policy: spec.CostPolicySpec, deployments: Sequence[Mapping[str, Any]],
+           budgets: Sequence[Mapping[str, Any]]) -> bool:
+    """True when a halted AgentBudget covers an agent of the policy."""
+    return any(budget_halted(b) for b in _covering(policy, deployments, budgets))
+
+
+def budget_steps(budget: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The steps in force of an AgentBudget that acts on them (``spec.enforcement`` Enforce, the
+    default): DryRun and Warn steps reach no agent."""
+    if (budget.get("spec") or {}).get("enforcement", spec.Enforcement.enforce.value) != spec.Enforcement.enforce.value:
+        return []
+    steps = (budget.get("status") or {}).get("steps") or {}
+    active = steps.get("active") if isinstance(steps, Mapping) else None
+    return [a for a in active or () if isinstance(a, Mapping)]
+
+
+def steps_json(policy: spec.CostPolicySpec, deployments: Sequence[Mapping[str, Any]],
+               budgets: Sequence[Mapping[str, Any]]) -> str:
+    """What the steps in force of the budgets covering the policy's agents ask of the SDK:
+    ``{"maxOutputTokens": the lowest CapOutputTokens cap or null, "stopNewTasks": bool,
+    "steps": ["<budget>/<step>", ...]}``."""
+    caps: list[int] = []
+    stop = False
+    names: list[str] = []
+    for budget in _covering(policy, deployments, budgets):
+        name = (budget.get("metadata") or {}).get("name")
+        for step in budget_steps(budget):
+            action, tokens = step.get("action"), step.get("maxOutputTokens")
+            if action == spec.StepAction.cap_output_tokens.value and isinstance(tokens, int) and tokens >= 1:
+                caps.append(tokens)
+            elif action == spec.StepAction.stop_new_tasks.value:
+                stop = True
+            else:
+                continue
+            names.append(f"{name}/{step.get('name')}")
+    return json.dumps({"maxOutputTokens": min(caps) if caps else None, "stopNewTasks": stop,
+                       "steps": sorted(names)}, sort_keys=True)
 
 
 def replica_count(deployment: Mapping[str, Any]) -> int:
@@ -127,10 +169,11 @@ def replicas_json(deployments: Sequence[Mapping[str, Any]]) -> str:
 
 
 def compile_data(policy: spec.CostPolicySpec, is_halted: bool,
-                 deployments: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
-    """The ConfigMap's data; ``deployments`` are the policy's agents."""
+                 deployments: Sequence[Mapping[str, Any]] = (), budgets: Sequence[Mapping[str, Any]] = ()
+                 ) -> dict[str, str]:
+    """The ConfigMap's data; ``deployments`` are the policy's agents, ``budgets`` the namespace's."""
     return {POLICY_KEY: policy_json(policy), HALT_KEY: "true" if is_halted else "false",
-            REPLICAS_KEY: replicas_json(deployments)}
+            REPLICAS_KEY: replicas_json(deployments), STEPS_KEY: steps_json(policy, deployments, budgets)}
 
 
 def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,7 +188,7 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
 class _State:
     def __init__(self) -> None:
         self.kube: kube.Kube | None = None
-        self.budget_halted: dict[str, bool] = {}
+        self.budget_halted: dict[str, tuple[bool, str]] = {}  # uid -> halted, the steps the SDK sees
         self.deployment_labels: dict[str, tuple[dict[str, str], int]] = {}  # uid -> labels, replicas last seen
         self.retries: dict[str, asyncio.TimerHandle] = {}  # namespace -> its pending republish
         self.clock = time.time
@@ -175,7 +218,8 @@ def publish(body: Mapping[str, Any], k: kube.Kube | None = None, now: float | No
         _write_status(k, namespace, name, status, {"observedGeneration": generation, "conditions": [ready]})
         return False
     deployments = k.list_deployments(namespace, policy.selector)
-    data = compile_data(policy, halted(policy, deployments, k.list_budgets(namespace)), deployments)
+    budgets = k.list_budgets(namespace)
+    data = compile_data(policy, halted(policy, deployments, budgets), deployments, budgets)
     current = configmaps.get(k, namespace, cm_name)
     refs = (current or {}).get("metadata", {}).get("ownerReferences") or []
     written = False
@@ -236,10 +280,11 @@ def _retry(namespace: str, what: str, exc: kopf.TemporaryError | kopf.PermanentE
 
 @kopf.on.event(spec.GROUP, spec.VERSION, "agentbudgets")
 async def on_agentbudget_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
-    """When a budget's halted state changes, recompile the policies of its namespace."""
+    """When a budget's halted state or its steps in force change, recompile the policies of its namespace."""
     meta = body.get("metadata", {})
     uid = str(meta.get("uid"))
-    now_halted = event.get("type") != "DELETED" and budget_halted(body)
+    now_halted = (event.get("type") != "DELETED" and budget_halted(body),
+                  json.dumps(budget_steps(body), sort_keys=True) if event.get("type") != "DELETED" else "")
     if STATE.budget_halted.get(uid) == now_halted:
         return
     if event.get("type") == "DELETED":

@@ -251,9 +251,13 @@ class Runtime:
         return dict(self._status.get(uid) or body.get("status") or {})
 
     def is_holding(self, body: Mapping[str, Any]) -> bool:
-        """Whether the budget keeps its agents at zero (Killed or Suspended)."""
+        """Whether the budget keeps its agents at zero (Killed, Suspended, or a ScaleToZero step in force)."""
         status = self.previous_status(body)
-        return bool((body.get("spec") or {}).get("suspend")) or bool((status.get("killSwitch") or {}).get("engaged"))
+        steps = status.get("steps") or {}
+        stepped = any(isinstance(a, Mapping) and a.get("action") == spec.StepAction.scale_to_zero.value
+                      for a in steps.get("active") or ()) if isinstance(steps, Mapping) else False
+        return bool((body.get("spec") or {}).get("suspend")) or bool(
+            (status.get("killSwitch") or {}).get("engaged")) or stepped
 
     # ---------------------------------------------------------------- one budget
 

@@ -9,7 +9,8 @@
     with tracker.task(workflow="refund") as task:
         with task.step("plan"):
             task.check_llm(estimated_tokens=2000)
-            sdk.record_openai_usage(task, client.chat.completions.create(...))
+            sdk.record_openai_usage(task, client.chat.completions.create(
+                ..., max_tokens=task.max_output_tokens(1000)))
         with task.tool("crm.search"):
             crm.search(...)
         task.outcome("resolved_ticket")
@@ -32,6 +33,8 @@ from fleetwarden.sdk._guardrails import (
     Halted,
     InMemoryApprovals,
     RateLimited,
+    Steps,
+    TasksStopped,
     TokenBucket,
     TokenCapExceeded,
     ToolNotAllowed,
@@ -59,7 +62,9 @@ __all__ = [
     "PriceTable",
     "RateLimited",
     "Reservation",
+    "Steps",
     "Task",
+    "TasksStopped",
     "TokenBucket",
     "TokenCapExceeded",
     "ToolNotAllowed",

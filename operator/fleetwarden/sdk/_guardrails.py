@@ -1,8 +1,10 @@
 """Guardrails inside the agent process, driven by a CostPolicy.
 
 The operator compiles each CostPolicy into a ConfigMap with the keys ``policy.json`` (the
-spec in the CRD's camelCase shape), ``halt`` (``"true"``/``"false"``) and ``replicas.json``
-(each agent's replica count: its rate limits are shared out among its replicas), mounted in
+spec in the CRD's camelCase shape), ``halt`` (``"true"``/``"false"``), ``replicas.json``
+(each agent's replica count: its rate limits are shared out among its replicas) and
+``steps.json`` (what the AgentBudget steps in force ask: a cap on each model call's output
+tokens, no new task), mounted in
 the pod (default ``/etc/fleetwarden/policy``). :meth:`GuardrailPolicy.from_dir` reads it and
 re-reads it when the files change (it looks at most once a second).
 
@@ -16,10 +18,12 @@ Exceptions::
           +-- ApprovalRequired     a human must approve the tool call (no approval backend)
           |    +-- ApprovalDenied  the approval was denied or expired
           +-- Halted               the policy's halt flag is set (kill switch)
+          +-- TasksStopped         a StopNewTasks step is in force: no new task starts
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -42,6 +46,7 @@ DEFAULT_POLICY_DIR = "/etc/fleetwarden/policy"
 POLICY_FILE = "policy.json"
 HALT_FILE = "halt"
 REPLICAS_FILE = "replicas.json"
+STEPS_FILE = "steps.json"
 RELOAD_SECONDS = 1.0
 
 
@@ -100,6 +105,22 @@ class Halted(GuardrailError):
     status = "halted"
 
 
+class TasksStopped(GuardrailError):
+    """A StopNewTasks step of an AgentBudget is in force: new tasks are refused while running
+    ones finish (counted as ``denied``)."""
+
+    status = "denied"
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """What the AgentBudget steps in force ask of the agent (``steps.json``)."""
+
+    max_output_tokens: int | None = None  # CapOutputTokens: the most output tokens a model call may ask for
+    stop_new_tasks: bool = False  # StopNewTasks: no new task starts
+    names: tuple[str, ...] = ()  # "<budget>/<step>" of the steps in force
+
+
 # ---------------------------------------------------------------- the policy
 
 
@@ -114,9 +135,11 @@ class GuardrailPolicy:
     """
 
     def __init__(self, policy: specs.CostPolicySpec | None = None, *, halted: bool = False,
-                 replicas: Mapping[str, int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 replicas: Mapping[str, int] | None = None, steps: Steps | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._spec = policy if policy is not None else specs.CostPolicySpec()
         self._halted = halted
+        self._steps = steps if steps is not None else Steps()
         self._replicas: Mapping[str, int] = dict(replicas or {})
         self._dir: Path | None = None
         self._clock = clock
@@ -150,6 +173,13 @@ class GuardrailPolicy:
             self._check()
         return self._halted
 
+    @property
+    def steps(self) -> Steps:
+        """The AgentBudget steps in force for this policy's agents (none when not said)."""
+        if self._dir is not None and self._clock() >= self._next_check:
+            self._check()
+        return self._steps
+
     def replicas(self, agent: str) -> int:
         """How many replicas share ``agent``'s rate limits (1 when the operator has not said)."""
         if self._dir is not None and self._clock() >= self._next_check:
@@ -157,10 +187,12 @@ class GuardrailPolicy:
         return self._replicas.get(agent, 1)
 
     def set(self, policy: specs.CostPolicySpec | None = None, *, halted: bool | None = None,
-            replicas: Mapping[str, int] | None = None) -> None:
-        """Replace the spec, the halt flag and/or the replica counts (for policies not read from a
-        directory)."""
+            replicas: Mapping[str, int] | None = None, steps: Steps | None = None) -> None:
+        """Replace the spec, the halt flag, the replica counts and/or the steps (for policies not
+        read from a directory)."""
         with self._lock:
+            if steps is not None:
+                self._steps = steps
             if policy is not None:
                 self._spec = policy
             if halted is not None:
@@ -179,16 +211,17 @@ class GuardrailPolicy:
 
     def _reload(self, *, initial: bool) -> None:
         assert self._dir is not None
-        files = (self._dir / POLICY_FILE, self._dir / HALT_FILE, self._dir / REPLICAS_FILE)
+        files = (self._dir / POLICY_FILE, self._dir / HALT_FILE, self._dir / REPLICAS_FILE, self._dir / STEPS_FILE)
         stamp = tuple(_stat(f) for f in files)
         if stamp == self._stamp:
             return
         try:
-            text, halt_text, replicas_text = (f.read_text(encoding="utf-8") if st is not None else None
-                                              for f, st in zip(files, stamp, strict=True))
+            text, halt_text, replicas_text, steps_text = (f.read_text(encoding="utf-8") if st is not None else None
+                                                          for f, st in zip(files, stamp, strict=True))
             new_spec = specs.CostPolicySpec() if text is None else _parse_spec(text, str(files[0]))
             halted = _parse_halt(halt_text, str(files[1]))
             replicas = _parse_replicas(replicas_text, str(files[2]))
+            steps = _parse_steps(steps_text, str(files[3]))
         except (OSError, errors.InputError) as exc:
             if initial:
                 if isinstance(exc, errors.InputError):
@@ -198,8 +231,8 @@ class GuardrailPolicy:
             self._stamp = stamp  # do not retry the same broken files every second
             return
         self._stamp = stamp
-        if new_spec != self._spec or halted != self._halted or replicas != self._replicas:
-            self._spec, self._halted, self._replicas = new_spec, halted, replicas
+        if new_spec != self._spec or halted != self._halted or replicas != self._replicas or steps != self._steps:
+            self._spec, self._halted, self._replicas, self._steps = new_spec, halted, replicas, steps
             self.generation += 1
 
 
@@ -251,6 +284,26 @@ def _parse_replicas(text: str | None, file: str) -> dict[str, int]:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise errors.InputError(f"{count!r} is not a replica count >= 1", file=file, field=str(agent))
     return data
+
+
+def _parse_steps(text: str | None, file: str) -> Steps:
+    """``{"maxOutputTokens": n or null, "stopNewTasks": bool, "steps": [...]}``; absent: no step."""
+    if text is None:
+        return Steps()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise errors.InputError(f"not valid JSON: {exc}", file=file) from exc
+    if not isinstance(data, dict):
+        raise errors.InputError("must be an object", file=file)
+    cap, stop, names = data.get("maxOutputTokens"), data.get("stopNewTasks", False), data.get("steps") or []
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise errors.InputError(f"{cap!r} is not a token count >= 1", file=file, field="maxOutputTokens")
+    if not isinstance(stop, bool):
+        raise errors.InputError(f"{stop!r} is not true or false", file=file, field="stopNewTasks")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise errors.InputError("must be a list of step names", file=file, field="steps")
+    return Steps(max_output_tokens=cap, stop_new_tasks=stop, names=tuple(names))
 
 
 # ---------------------------------------------------------------- rate limits

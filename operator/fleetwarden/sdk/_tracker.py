@@ -153,12 +153,33 @@ class Tracker:
         return self.start_task(workflow, task_id)
 
     def start_task(self, workflow: str = "", task_id: str | None = None) -> Task:
-        """A new task that ends when :meth:`Task.end` is called (or its ``with`` block ends)."""
+        """A new task that ends when :meth:`Task.end` is called (or its ``with`` block ends).
+
+        Refused with :class:`Halted` while the policy's halt flag is set, and with
+        :class:`TasksStopped` while an AgentBudget's StopNewTasks step is in force (tasks already
+        running go on and finish)."""
         policy = self.policy
         if policy is not None and policy.halted:
             self.store.count_guardrail(self.agent, self.namespace, workflow, "", "halted")
             raise _guardrails.Halted(f"agent {self.agent!r} is halted by its cost policy")
+        steps = policy.steps if policy is not None else None
+        if steps is not None and steps.stop_new_tasks:
+            self.store.count_guardrail(self.agent, self.namespace, workflow, "", _guardrails.TasksStopped.status)
+            raise _guardrails.TasksStopped(
+                f"agent {self.agent!r} starts no new task: AgentBudget step {', '.join(steps.names) or '?'} "
+                "(StopNewTasks) is in force; running tasks finish. It is undone when spend falls back under "
+                "the step's threshold or a person acknowledges it")
         return Task(self, workflow, task_id or self._task_ids())
+
+    def max_output_tokens(self, requested: int | None = None) -> int | None:
+        """The ``max_tokens`` to pass to a model call: ``requested`` clamped to the cap of an
+        AgentBudget's CapOutputTokens step in force (the cap when ``requested`` is None; None when
+        neither is set)."""
+        steps = self.policy.steps if self.policy is not None else None
+        cap = steps.max_output_tokens if steps is not None else None
+        if cap is None:
+            return requested
+        return cap if requested is None else min(requested, cap)
 
     def traced_task(self, workflow: str = "") -> Callable[[F], F]:
         """Decorate a function (sync or async) so each call runs as one task; the task is
@@ -427,11 +448,18 @@ class Task:
         calls of one task should use :meth:`llm_guard` or :meth:`reserve_llm`."""
         self._token_cap(estimated_tokens, reserve=False)
 
+    def max_output_tokens(self, requested: int | None = None) -> int | None:
+        """:meth:`Tracker.max_output_tokens`: pass it as the model call's ``max_tokens``."""
+        return self.tracker.max_output_tokens(requested)
+
     def reserve_llm(self, estimated_tokens: int = 0, *, max_tokens: int = 0) -> Reservation:
         """:meth:`check_llm` for ``estimated_tokens`` (the prompt) plus ``max_tokens`` (the
-        most the call may answer), and hold them for the task in the same step, so calls
+        most the call may answer, clamped by a CapOutputTokens step), and hold them for the task in
+        the same step, so calls
         under way together never pass the cap together. :meth:`llm_call` settles the
         reservation; :meth:`Reservation.release` gives it back when the call is not made."""
+        if max_tokens:
+            max_tokens = self.tracker.max_output_tokens(max_tokens) or max_tokens
         reservation = self._token_cap(estimated_tokens + max_tokens, reserve=True)
         assert reservation is not None
         return reservation

@@ -189,3 +189,32 @@ def test_rate_limit_decisions_for_the_tools_of_one_pattern_are_one_problem() -> 
     found = guardrails.guardrail_findings(BOT, minutes(), rows, [p])
     assert [(f.kind, f.tool, f.onset) for f in found] == [(findings.RATE_LIMIT_EXCEEDED, "crm.*", START + 7 * 60)]
     assert found[0].evidence["decisions_in_minute"] == 3.0 and found[0].evidence["limit_per_minute"] == 5
+
+
+@pytest.mark.parametrize(("status", "tool", "spec_fields", "kind"), [
+    ("would_token_cap_exceeded", "", {"tokenCaps": {"perTask": 5000}}, findings.TOKEN_CAP_EXCEEDED),
+    ("would_rate_limit_exceeded", "crm.search", {"rateLimits": {"perTool": {"crm.search": 10}}},
+     findings.RATE_LIMIT_EXCEEDED),
+    ("would_tool_not_allowed", "shell.exec", {"tools": {"allow": ["crm.*"]}}, findings.TOOL_NOT_ALLOWED),
+    ("would_approval_required", "payments.refund",
+     {"approvals": [{"name": "big-refunds", "tool": "payments.*", "amountAboveUSD": 100}]}, findings.APPROVAL_REQUIRED),
+])
+@pytest.mark.parametrize("mode", ["DryRun", "Warn"])
+def test_would_decisions_of_a_dry_run_or_warn_policy_are_findings(status: str, tool: str, spec_fields: dict[str, Any],
+                                                                  kind: str, mode: str) -> None:
+    """What the SDK let through under a CostPolicy in DryRun or Warn (``would_<status>``) is the same finding
+    (its evidence says it was not blocked), read from Prometheus by the same query; DryRun alerts no one,
+    Warn alerts on-call."""
+    assert status in prometheus.family_query("tool_calls")
+    p = policy(**spec_fields, enforcement=mode)
+    found = guardrails.guardrail_findings(BOT, minutes(), decisions({12: {(status, tool): 3.0}}), [p])
+    assert [(f.kind, f.tool) for f in found] == [(kind, tool or None)]
+    assert found[0].evidence["not_blocked_in_minute"] == 3.0
+    budget = spec.AgentBudget.model_validate({"metadata": {"name": "support", "namespace": NS},
+                                             "spec": {"limits": [{"window": "hour", "amountUSD": 10}]}})
+    verdict = evaluate.evaluate(decision.EvaluationInput(
+        budget=budget, agents=[BOT], minutes={"bot": minutes()}, spend={w: 1.0 for w in spec.Window}, now=NOW,
+        policies=[p], guardrails={"bot": decisions({12: {(status, tool): 3.0}})}, lookback_start=float(START)))
+    assert [f.kind for f in verdict.new_findings] == [kind]
+    notified = [a for a in verdict.actions if isinstance(a, decision.Notify)]
+    assert len(notified) == (0 if mode == "DryRun" else 1)

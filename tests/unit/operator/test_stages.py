@@ -6,6 +6,7 @@ says exactly what that stage decides; ``test_evaluate.py`` covers the whole chai
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -271,7 +272,8 @@ def test_conditions_keep_transition_times_and_others_conditions() -> None:
 
 def test_the_chain_is_the_documented_order() -> None:
     assert [s.__name__ for s in stages.STAGES] == [
-        "findings_stage", "kill_switch_stage", "suspend_stage", "model_stage", "notify_stage", "approvals_stage",
+        "findings_stage", "kill_switch_stage", "steps_stage", "suspend_stage", "model_stage", "notify_stage",
+        "approvals_stage",
         "conditions_stage"]
 
 
@@ -452,3 +454,184 @@ def test_a_kill_whose_scales_failed_keeps_its_incident_minutes_later() -> None:
     assert later.new_findings == ()
     assert later.status.body()["killSwitch"]["incident"] == findings.incident_id(kill)
     assert [a.agent for a in later.actions if isinstance(a, decision.ScaleToZero)] == ["bot", "helper"]
+
+
+# ---------------------------------------------------------------- steps (the graduated response)
+
+STEPS = [{"atPercent": 50, "action": "CheaperModel", "model": "gpt-4o-mini"},
+         {"atPercent": 70, "action": "CapOutputTokens", "maxOutputTokens": 500},
+         {"atPercent": 90, "action": "StopNewTasks"},
+         {"atPercent": 100, "action": "ScaleToZero", "name": "stop"}]
+
+
+def stepped(**fields: Any) -> spec.AgentBudget:
+    return budget(**{"steps": STEPS, "killSwitch": {"enabled": True, "thresholdPercent": 200}, **fields})
+
+
+def cycle(b: spec.AgentBudget, ags: list[decision.AgentDeployment], hour: float | None, previous: dict[str, Any],
+          ) -> tuple[decision.Decision, list[decision.AgentDeployment]]:
+    """One whole evaluation, then its actions applied to the agents as the runtime would."""
+    inp, _ = make(b, ags, hour=hour, previous=previous)
+    verdict = evaluate.evaluate(inp)
+    after = {a.name: a for a in ags}
+    for action in verdict.actions:
+        agent = after.get(getattr(action, "agent", ""))
+        if isinstance(action, decision.SetModel) and agent is not None:
+            after[agent.name] = dataclasses.replace(agent, model=action.model)
+        elif isinstance(action, decision.ScaleToZero) and agent is not None:
+            after[agent.name] = dataclasses.replace(agent, replicas=0, replicas_before=action.replicas_to_remember)
+        elif isinstance(action, decision.RestoreReplicas) and agent is not None:
+            after[agent.name] = dataclasses.replace(agent, replicas=action.replicas, replicas_before=None)
+    return verdict, sorted(after.values(), key=lambda a: a.name)
+
+
+def active(verdict: decision.Decision) -> list[str]:
+    return [a.name or "" for a in (verdict.status.steps.active or ())] if verdict.status.steps else []
+
+
+def step_condition(verdict: decision.Decision) -> st.Condition:
+    c = verdict.status.condition(st.STEP_ACTIVE)
+    assert c is not None
+    return c
+
+
+@pytest.mark.parametrize(("hour", "names", "set_to", "stopped"), [
+    (4.0, [], {}, []),
+    (6.0, ["CheaperModel-50"], {"bot": "gpt-4o-mini", "helper": "gpt-4o-mini"}, []),
+    (9.5, ["CheaperModel-50", "CapOutputTokens-70", "StopNewTasks-90"],
+     {"bot": "gpt-4o-mini", "helper": "gpt-4o-mini"}, []),
+    (10.0, ["CheaperModel-50", "CapOutputTokens-70", "StopNewTasks-90", "stop"],
+     {"bot": "gpt-4o-mini", "helper": "gpt-4o-mini"}, ["bot", "helper"]),
+])
+def test_steps_stage(hour: float, names: list[str], set_to: dict[str, str], stopped: list[str]) -> None:
+    """Each step at or past its percentage of the cap is in force; CheaperModel and ScaleToZero act, the
+    others act through the SDK (no action here); each engagement is one StepEngaged Event."""
+    inp, d = make(stepped(), hour=hour)
+    d.known = True
+    stages.steps_stage(inp, d)
+    assert ([a.name for a in (d.steps.active or ())] if d.steps else []) == names
+    assert {a.agent: a.model for a in d.actions if isinstance(a, decision.SetModel)} == set_to
+    assert sorted(a.agent for a in d.actions if isinstance(a, decision.ScaleToZero)) == stopped
+    assert [e.reason for e in d.events] == [stages.REASON_STEP_ENGAGED] * len(names)
+    if stopped:
+        assert d.steps is not None and d.steps.replicas == {"bot": 2, "helper": 3} and d.step_held == {"bot", "helper"}
+    if set_to:
+        assert d.steps is not None and d.steps.models == {"bot": "gpt-4o", "helper": "gpt-4o"}
+
+
+def test_steps_walk_up_and_back_down_restoring_what_they_replaced() -> None:
+    """Up through the steps as spend rises, then a raised cap: every step undone, the models and replicas
+    they replaced restored exactly, each model change recorded like a rollback."""
+    ags = [dep("bot"), dep("helper", 3)]
+    v1, ags = cycle(stepped(), ags, 6.0, {})
+    assert active(v1) == ["CheaperModel-50"] and {a.model for a in ags} == {"gpt-4o-mini"}
+    c = step_condition(v1)
+    assert (c.status, c.reason) == ("True", stages.REASON_STEP_ENGAGED) and "60% of the 10 USD cap" in c.message
+    assert f"set spec.acknowledgeSteps to {v1.status.steps.engagement}" in c.message  # type: ignore[union-attr]
+    v2, ags = cycle(stepped(), ags, 10.5, v1.status.body())
+    assert active(v2)[-1] == "stop" and [a.replicas for a in ags] == [0, 0]
+    assert not [a for a in v2.actions if isinstance(a, decision.SetModel)]  # already on the cheaper model
+    v3, ags = cycle(stepped(), ags, 10.5, v2.status.body())
+    assert v3.actions == () and active(v3) == active(v2)  # held, nothing redone
+    raised = stepped(limits=[{"window": "hour", "amountUSD": 100}])
+    v4, ags = cycle(raised, ags, 10.5, v3.status.body())
+    assert active(v4) == [] and v4.status.steps is None
+    assert [(a.name, a.replicas, a.model) for a in ags] == [("bot", 2, "gpt-4o"), ("helper", 3, "gpt-4o")]
+    assert {(a.agent, a.reason) for a in v4.actions if isinstance(a, decision.RestoreReplicas)} == {
+        ("bot", "step-undone"), ("helper", "step-undone")}
+    assert [e.reason for e in v4.events].count(stages.REASON_STEP_UNDONE) == 4
+    assert (step_condition(v4).status, step_condition(v4).reason) == ("False", stages.REASON_NO_STEP_ACTIVE)
+    rollbacks = [(r.agent, r.from_, r.to, r.reason) for r in v4.status.model.rollbacks or ()]  # type: ignore[union-attr]
+    assert rollbacks == [("bot", "gpt-4o", "gpt-4o-mini", "step CheaperModel-50"),
+                         ("helper", "gpt-4o", "gpt-4o-mini", "step CheaperModel-50"),
+                         ("bot", "gpt-4o-mini", "gpt-4o", "steps undone"),
+                         ("helper", "gpt-4o-mini", "gpt-4o", "steps undone")]
+
+
+def test_an_agent_scaled_back_up_under_a_scale_to_zero_step_is_stopped_again_and_not_unsuspended() -> None:
+    ags = [dep("bot"), dep("helper", 3)]
+    v1, ags = cycle(stepped(), ags, 10.0, {})
+    assert [a.replicas for a in ags] == [0, 0]
+    ags = [dataclasses.replace(ags[0], replicas=4), ags[1]]  # a person, or GitOps self-heal
+    v2, ags = cycle(stepped(), ags, 10.0, v1.status.body())
+    assert [(a.agent, a.replicas_to_remember) for a in v2.actions if isinstance(a, decision.ScaleToZero)] == [
+        ("bot", 2)]  # the replicas from before the step are the ones restored
+    assert not [a for a in v2.actions if isinstance(a, decision.RestoreReplicas)]
+
+
+def test_acknowledged_steps_stay_undone_until_spend_falls_under_or_a_higher_step_engages() -> None:
+    ags = [dep("bot"), dep("helper", 3)]
+    v1, ags = cycle(stepped(), ags, 9.5, {})
+    engagement = v1.status.steps.engagement  # type: ignore[union-attr]
+    assert engagement and len(active(v1)) == 3
+    assert cycle(stepped(acknowledgeSteps="steps-0000000000"), ags, 9.5, v1.status.body())[0].actions == ()
+    acked = stepped(acknowledgeSteps=engagement)
+    v2, ags = cycle(acked, ags, 9.5, v1.status.body())
+    assert active(v2) == [] and {a.model for a in ags} == {"gpt-4o"}
+    assert (step_condition(v2).status, step_condition(v2).reason) == ("False", stages.REASON_STEP_ACKNOWLEDGED)
+    v3, ags = cycle(acked, ags, 9.5, v2.status.body())
+    assert v3.actions == () and active(v3) == []  # stays undone while spend stays
+    v4, ags = cycle(acked, ags, 10.0, v3.status.body())  # a higher step engages: the others lapse
+    assert active(v4) == ["CheaperModel-50", "CapOutputTokens-70", "StopNewTasks-90", "stop"]
+    assert v4.status.steps.engagement != engagement  # type: ignore[union-attr]
+    # acknowledged again, then spend falls under 50% (a new window): the next crossing engages again
+    v5, ags = cycle(stepped(acknowledgeSteps=v4.status.steps.engagement), ags, 10.0, v4.status.body())  # type: ignore[union-attr]
+    assert active(v5) == [] and v5.status.steps.acknowledged == [  # type: ignore[union-attr]
+        "CapOutputTokens-70", "CheaperModel-50", "StopNewTasks-90", "stop"]
+    v6, ags = cycle(stepped(acknowledgeSteps=v4.status.steps.engagement), ags, 2.0, v5.status.body())  # type: ignore[union-attr]
+    assert v6.status.steps is None
+    v7, ags = cycle(stepped(acknowledgeSteps=v4.status.steps.engagement), ags, 6.0, v6.status.body())  # type: ignore[union-attr]
+    assert active(v7) == ["CheaperModel-50"]
+
+
+@pytest.mark.parametrize("mode", ["DryRun", "Warn"])
+def test_steps_in_dry_run_and_warn_say_what_they_would_do(mode: str) -> None:
+    ags = [dep("bot"), dep("helper", 3)]
+    v1, after = cycle(stepped(enforcement=mode), ags, 10.0, {})
+    assert after == ags and not [a for a in v1.actions if not isinstance(a, decision.Notify)]
+    assert {type(a).__name__ for a in v1.held} == {"SetModel", "ScaleToZero"}
+    c = step_condition(v1)
+    assert (c.status, c.reason) == ("True", mode) and "nothing is acted on" in c.message
+    assert v1.status.steps is not None and v1.status.steps.models is None and v1.status.steps.replicas is None
+    engaged = [e.message for e in v1.events if e.reason == stages.REASON_STEP_ENGAGED]
+    assert len(engaged) == 4 and all(f"spec.enforcement is {mode}: would have" in m for m in engaged)
+
+
+def test_unknown_data_engages_and_undoes_no_step() -> None:
+    ags = [dep("bot"), dep("helper", 3)]
+    v1, ags = cycle(stepped(), ags, 10.0, {})
+    v2, after = cycle(stepped(), ags, None, v1.status.body())
+    assert v2.actions == () and active(v2) == active(v1) and after == ags
+
+
+def test_desired_model_wins_over_a_cheaper_model_step() -> None:
+    v1, ags = cycle(stepped(model={"desired": "gpt-4.1"}), [dep("bot")], 6.0, {})
+    assert active(v1) == ["CheaperModel-50"] and [a.model for a in ags] == ["gpt-4.1"]
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    ({"atPercent": 80, "action": "CheaperModel"}, "CheaperModel needs it"),
+    ({"atPercent": 80, "action": "StopNewTasks", "model": "x"}, "model is for CheaperModel"),
+    ({"atPercent": 80, "action": "CapOutputTokens"}, "CapOutputTokens needs it"),
+    ({"atPercent": 80, "action": "StopNewTasks", "window": "day"}, "window day has no limit"),
+])
+def test_a_step_without_its_parameter_or_limit_is_refused(step: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        budget(steps=[step])
+
+
+def test_a_kill_resumed_under_a_scale_to_zero_step_keeps_the_agents_at_zero_until_the_step_is_undone() -> None:
+    ags = [dep("bot", 0, before=2), dep("helper", 0, before=3)]
+    previous = {"killSwitch": {"engaged": True, "incident": "inc-1", "replicas": {"bot": 2, "helper": 3}},
+                "steps": {"active": [{"name": "stop", "action": "ScaleToZero", "window": "hour", "atPercent": 100,
+                                      "since": "2027-01-15T07:00:00Z"}], "replicas": {}}}
+    resumed = stepped(killSwitch={"enabled": True, "thresholdPercent": 200, "acknowledge": "inc-1"})
+    v1, ags = cycle(resumed, ags, 10.5, previous)
+    assert not [a for a in v1.actions if isinstance(a, decision.RestoreReplicas)]
+    assert v1.status.kill_switch is not None and not v1.status.kill_switch.engaged
+    assert v1.status.steps is not None and v1.status.steps.replicas == {"bot": 2, "helper": 3}
+    assert [e.agent for e in v1.events if "stays at zero" in e.message] == ["bot", "helper"]
+    raised = stepped(limits=[{"window": "hour", "amountUSD": 100}],
+                     killSwitch={"enabled": True, "thresholdPercent": 200, "acknowledge": "inc-1"})
+    v2, ags = cycle(raised, ags, 10.5, v1.status.body())
+    assert [(a.name, a.replicas) for a in ags] == [("bot", 2), ("helper", 3)]

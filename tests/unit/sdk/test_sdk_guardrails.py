@@ -453,3 +453,58 @@ def test_the_halt_flag_stops_every_mode() -> None:
                                               halted=True))
     with pytest.raises(sdk.Halted):
         tracker.task("w")
+
+
+# ---------------------------------------------------------------- AgentBudget steps (steps.json)
+
+def test_stop_new_tasks_refuses_new_tasks_while_running_ones_finish(tmp_path: pathlib.Path) -> None:
+    """A StopNewTasks step in steps.json: start_task raises TasksStopped (counted as denied), naming the
+    step; a task already running records and ends as usual; once the step is undone, tasks start again."""
+    clock = FakeClock()
+    (tmp_path / "steps.json").write_text(json.dumps({"maxOutputTokens": None, "stopNewTasks": False, "steps": []}))
+    policy = sdk.GuardrailPolicy.from_dir(tmp_path, clock=clock)
+    tracker, reg = _tracker(policy)
+    running = tracker.start_task("w")
+    _write_steps(tmp_path, {"maxOutputTokens": None, "stopNewTasks": True, "steps": ["support/StopNewTasks-90"]})
+    clock.now += 1.0
+    with pytest.raises(sdk.TasksStopped, match=r"support/StopNewTasks-90 \(StopNewTasks\) is in force"):
+        tracker.start_task("w")
+    assert _decisions(reg, "denied") == 1
+    running.llm_call("gpt-4o-mini", input_tokens=10, output_tokens=5)
+    with running.tool("kb.search"):
+        pass
+    running.end()
+    _write_steps(tmp_path, {"maxOutputTokens": None, "stopNewTasks": False, "steps": []})
+    clock.now += 1.0
+    with tracker.task("w"):
+        pass
+
+
+def test_cap_output_tokens_clamps_max_tokens_and_reservations() -> None:
+    policy = _policy(tokenCaps={"perTask": 10_000})
+    tracker, _ = _tracker(policy)
+    task = tracker.start_task("w")
+    assert (task.max_output_tokens(4000), task.max_output_tokens()) == (4000, None)  # no step: as asked
+    policy.set(steps=sdk.Steps(max_output_tokens=500, names=("support/CapOutputTokens-70",)))
+    assert (task.max_output_tokens(4000), task.max_output_tokens(200), task.max_output_tokens()) == (500, 200, 500)
+    reservation = task.reserve_llm(1000, max_tokens=4000)
+    assert reservation.tokens == 1500 and task.reserved == 1500  # the clamped answer is what is held
+    reservation.release()
+
+
+def _write_steps(directory: pathlib.Path, data: object) -> None:
+    path = directory / "steps.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    stamp = os.stat(path).st_mtime_ns + 10**9
+    os.utime(path, ns=(stamp, stamp))
+
+
+@pytest.mark.parametrize(("content", "field"), [
+    ("[]", None), ('{"maxOutputTokens": 0}', "maxOutputTokens"), ('{"stopNewTasks": "yes"}', "stopNewTasks"),
+    ('{"steps": [1]}', "steps"), ("{", None),
+])
+def test_invalid_steps_at_start_names_the_file(tmp_path: pathlib.Path, content: str, field: str | None) -> None:
+    (tmp_path / "steps.json").write_text(content)
+    with pytest.raises(errors.InputError) as info:
+        sdk.GuardrailPolicy.from_dir(tmp_path)
+    assert "steps.json" in str(info.value) and (field is None or field in str(info.value))

@@ -9,7 +9,8 @@ from fleetwarden import sdk
 
 EXPECTED = {
     "DEFAULT_POLICY_DIR", "METRIC_NAMES", "ApprovalBackend", "ApprovalDenied", "ApprovalRequired", "EventWriter",
-    "GuardrailError", "GuardrailPolicy", "Halted", "InMemoryApprovals", "PriceTable", "RateLimited", "Reservation", "Task",
+    "GuardrailError", "GuardrailPolicy", "Halted", "InMemoryApprovals", "PriceTable", "RateLimited", "Reservation", "Steps", "Task",
+    "TasksStopped",
     "TokenBucket", "TokenCapExceeded", "ToolNotAllowed", "Tracker", "anthropic_tokens", "current_task",
     "openai_tokens", "record_anthropic_usage", "record_openai_usage", "start_metrics_server",
 }
@@ -28,7 +29,7 @@ def test_guardrail_errors_are_fleetwarden_errors() -> None:
     from fleetwarden import errors
 
     for exc in (sdk.TokenCapExceeded, sdk.RateLimited, sdk.ToolNotAllowed, sdk.ApprovalRequired,
-                sdk.ApprovalDenied, sdk.Halted):
+                sdk.ApprovalDenied, sdk.Halted, sdk.TasksStopped):
         assert issubclass(exc, sdk.GuardrailError)
     assert issubclass(sdk.GuardrailError, errors.FleetwardenError)
 

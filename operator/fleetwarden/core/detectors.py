@@ -318,9 +318,11 @@ class ModelUpdateSpike:
         self._forget(t)
 
     def _forget(self, now: int) -> None:
-        """Drop from the baseline what is beyond ``baseline_tasks`` tasks or MAX_BASELINE_MINUTES."""
+        """Drop from the baseline what is beyond ``baseline_tasks`` tasks (but keep at least
+        MIN_BASELINE_MINUTES minutes: a busy agent ends ``baseline_tasks`` in fewer) or
+        MAX_BASELINE_MINUTES."""
         hist = self._hist
-        while hist and (self._tasks - hist[0][3] >= self.p.baseline_tasks
+        while hist and ((self._tasks - hist[0][3] >= self.p.baseline_tasks and len(hist) > MIN_BASELINE_MINUTES)
                         or now - hist[0][0] >= MAX_BASELINE_MINUTES * MINUTE):
             self._tasks -= hist.popleft()[3]
 

@@ -83,6 +83,16 @@ def test_model_update_spike_table(name: str, before: int, after: int, c0: float,
     assert f.evidence["tasks_after"] >= min_tasks
 
 
+def test_a_busy_agents_spike_is_judged_against_its_minimum_baseline_minutes() -> None:
+    """An agent ending 60 tasks a minute holds baselineTasks (200) in under four minutes; the
+    baseline still keeps MIN_BASELINE_MINUTES minutes, so a tripled cost is found within minutes
+    (the demo's shape: the change six minutes after the agent started)."""
+    before = detectors.MIN_BASELINE_MINUTES + 1
+    found = run(spike_series(before, 5, 0.002, 0.006, tasks=60, outcomes=60.0))
+    assert [f.kind for f in found] == ["model_update_spike"]
+    assert found[0].onset == T0 + 60 * before and found[0].time <= T0 + 60 * (before + 2)
+
+
 def test_version_change_with_same_model_is_judged() -> None:
     """A new agent_version with the same model that triples cost per task is a spike naming the model."""
     mins = spike_series(60, 20, 0.01, 0.03, model_after="old", version_after="v2")

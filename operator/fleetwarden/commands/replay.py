@@ -9,7 +9,7 @@ gets) and prints the findings in time order: JSON Lines per ``docs/contracts/fin
 with ``--output json``, one readable line each with ``--output text``. Each broken line is
 named on standard error (``events.jsonl:17: field 'type': ...``) and the rest is still
 processed (in Parquet, a broken row is named by its number from 1 in place of the line);
-a summary line ends standard error. With ``--jobs N`` the anomaly detectors run in N-1 worker
+a summary line ends standard error. With ``--jobs N`` (N > 1) the anomaly detectors run in N worker
 processes, sharded by agent, beside the reading, pricing and policies in this one: the same
 output, byte for byte. Beyond the contract, a line over 1 MiB, an
 amount over 1e9, a call of more than 20 million tokens or an impossible numeric time is a
@@ -53,8 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--output", "-o", choices=("text", "json"), default="text", help="output format")
     parser.add_argument("--prices", metavar="FILE", help="price configuration (YAML) over the built-in prices")
     parser.add_argument("--jobs", "-j", type=_jobs, default=1, metavar="N",
-                        help="processes to use (default 1): the anomaly detectors run in N-1 worker processes, "
-                             "sharded by agent; the output is the same as with 1")
+                        help="parallel jobs (default 1): with N > 1 the anomaly detectors run in N worker "
+                             "processes, sharded by agent; the output is the same as with 1")
     parser.set_defaults(func=run)
 
 

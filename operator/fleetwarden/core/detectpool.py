@@ -3,7 +3,8 @@
 The detectors are per agent: each :class:`~fleetwarden.core.detectors.DetectorSet` folds
 over its own agent's minutes and nothing else, so they can run anywhere as long as each
 agent's minutes reach its detectors in order. :class:`DetectorPool` keeps ``workers``
-processes; an agent's detectors live in worker ``agent id % workers`` for the whole replay.
+processes; an agent's detectors live in worker ``agent id % workers`` for the whole replay
+(``--jobs N`` starts N of them beside the process that reads the events).
 
 Replay (:class:`fleetwarden.core.replay.Replay`) hands over the minutes of one close at a
 time (:meth:`DetectorPool.submit`) and goes on reading events while the workers judge them;

@@ -668,9 +668,10 @@ def run(events_iterable: Iterable[events.Event | errors.EventError], budgets: Se
     ``events_iterable`` yields :class:`~fleetwarden.core.events.Event` (and, from
     ``events.iter_events``, ``EventError`` for broken lines, passed to ``on_error``).
     ``stats``, when given, is filled in as the replay goes. ``detect=False`` skips the anomaly
-    detectors (budgets and policies only). ``jobs`` > 1 runs the detectors in ``jobs - 1``
+    detectors (budgets and policies only). ``jobs`` > 1 runs the detectors in ``jobs``
     worker processes, sharded by agent (:mod:`~fleetwarden.core.detectpool`), this process
-    doing the rest: the same findings in the same order.
+    reading, pricing and applying the policies beside them (the detectors are most of the
+    work: ``docs/design.md``, "Replay throughput"): the same findings in the same order.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -679,7 +680,7 @@ def run(events_iterable: Iterable[events.Event | errors.EventError], budgets: Se
         if stats is not None:
             engine.stats = stats
         return engine.feed(events_iterable)
-    return _pooled(events_iterable, budgets, policies_, price_table, on_error, stats, jobs - 1)
+    return _pooled(events_iterable, budgets, policies_, price_table, on_error, stats, jobs)
 
 
 def _pooled(events_iterable: Iterable[events.Event | errors.EventError], budgets: Sequence[spec.AgentBudget],

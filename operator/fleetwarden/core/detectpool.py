@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import signal
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
@@ -49,28 +50,47 @@ def unpack(fields: tuple[Any, ...]) -> series.AgentMinute:
     return am
 
 
+def _judge(sets: dict[int, detectors.DetectorSet], batch: list[tuple[int, Job]]
+           ) -> list[tuple[int, list[findings.Finding]]]:
+    """Each minute of the batch through its agent's detectors: ``[(index in batch, findings)]`` of the
+    minutes that found something."""
+    out: list[tuple[int, list[findings.Finding]]] = []
+    for index, (agent_id, params, fields) in batch:
+        am = unpack(fields)
+        ds = sets.get(agent_id)
+        if ds is None:
+            if params is None:
+                raise ValueError(f"the first minute of agent {agent_id} came without its parameters")
+            ds = sets[agent_id] = detectors.DetectorSet(params, am.agent, am.namespace)
+        found = ds.step(am)
+        if found:
+            out.append((index, found))
+    return out
+
+
 def _worker(conn: multiprocessing.connection.Connection) -> None:
-    """One worker: batches of jobs in, ``[(index in batch, findings)]`` out (only minutes that found something)."""
+    """One worker: batches in, ``("ok", findings by index)`` or ``("error", why)`` out. Ctrl-C is the
+    parent's to handle (it stops the workers); a parent gone ends the worker quietly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sets: dict[int, detectors.DetectorSet] = {}
     while True:
-        batch = conn.recv()
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):
+            return
         if batch is None:
             return
-        out: list[tuple[int, list[findings.Finding]]] = []
+        reply: tuple[str, object]
         try:
-            for index, (agent_id, params, fields) in batch:
-                am = unpack(fields)
-                ds = sets.get(agent_id)
-                if ds is None:
-                    assert params is not None, "an agent's first minute carries its parameters"
-                    ds = sets[agent_id] = detectors.DetectorSet(params, am.agent, am.namespace)
-                found = ds.step(am)
-                if found:
-                    out.append((index, found))
+            reply = ("ok", _judge(sets, batch))
         except Exception as exc:  # noqa: BLE001 - handed to the parent, which stops the replay with it
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(reply)
+        except OSError:  # the parent stopped reading (`replay | head`): nothing waits for this
             return
-        conn.send(("ok", out))
+        if reply[0] != "ok":
+            return
 
 
 class DetectorPool:

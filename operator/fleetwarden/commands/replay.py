@@ -9,7 +9,9 @@ gets) and prints the findings in time order: JSON Lines per ``docs/contracts/fin
 with ``--output json``, one readable line each with ``--output text``. Each broken line is
 named on standard error (``events.jsonl:17: field 'type': ...``) and the rest is still
 processed (in Parquet, a broken row is named by its number from 1 in place of the line);
-a summary line ends standard error. Beyond the contract, a line over 1 MiB, an
+a summary line ends standard error. With ``--jobs N`` (N > 1) the anomaly detectors run in N worker
+processes, sharded by agent, beside the reading, pricing and policies in this one: the same
+output, byte for byte. Beyond the contract, a line over 1 MiB, an
 amount over 1e9, a call of more than 20 million tokens or an impossible numeric time is a
 broken line too (``docs/design.md``, "Limits on usage events").
 
@@ -50,7 +52,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                              "prints what they would have changed")
     parser.add_argument("--output", "-o", choices=("text", "json"), default="text", help="output format")
     parser.add_argument("--prices", metavar="FILE", help="price configuration (YAML) over the built-in prices")
+    parser.add_argument("--jobs", "-j", type=_jobs, default=1, metavar="N",
+                        help="parallel jobs (default 1): with N > 1 the anomaly detectors run in N worker "
+                             "processes, sharded by agent; the output is the same as with 1")
     parser.set_defaults(func=run)
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of processes, at least 1, got {text!r}")
+    return n
 
 
 def _text_line(f: findings.Finding) -> str:
@@ -104,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         stream = events.iter_events(source, file=name)
         for f in replay.run(stream, loaded.budgets, loaded.policies, table,
-                            on_error=on_error, stats=stats):
+                            on_error=on_error, stats=stats, jobs=args.jobs):
             out.write(dump(f))  # type: ignore[operator]
         out.flush()
     except BrokenPipeError:  # `| head`: the reader has gone; not an error of ours
@@ -141,7 +156,8 @@ def _compare(args: argparse.Namespace, current: manifests.Manifests, proposed: m
 
     runs = []
     for loaded, errs, st in ((current, on_error, stats), (proposed, None, None)):
-        found = list(replay.run(items(), loaded.budgets, loaded.policies, table, on_error=errs, stats=st))
+        found = list(replay.run(items(), loaded.budgets, loaded.policies, table, on_error=errs, stats=st,
+                                jobs=args.jobs))
         runs.append(counterfactual.Run(found, loaded.budgets, loaded.policies))
     result = counterfactual.compare(runs[0], runs[1], items(), table)
     if args.output == "json":

@@ -432,6 +432,10 @@ SHIFT_MIN_BASELINE_MINUTES = 20
 SHIFT_MIN_OBSERVATIONS = 6
 
 
+# A baseline: its observations and its summary, per statistic.
+_Baseline = tuple[dict[str, list[evidence.Observation]], dict[str, "evidence.Summary | None"]]
+
+
 class CostShift:
     """Cost per task, per call or per outcome rose sharply with no declared change.
 
@@ -461,6 +465,7 @@ class CostShift:
         self._obs = {stat: collections.deque[tuple[int, evidence.Observation]]() for stat in STATS}
         self._blocks = {stat: evidence.Blocks(weighted=stat != "call") for stat in STATS}
         self._frozen: dict[str, evidence.Summary | None] | None = None  # baseline of the lasting shift
+        self._bases: dict[int, _Baseline | None] = {}  # cut -> its baseline (see _baseline)
 
     def step(self, m: series.AgentMinute, units: float | None = None, judge: bool = True) -> list[findings.Finding]:
         """Fold minute ``m`` (``units``: its task units); ``judge`` False: remember it only (a declared
@@ -476,6 +481,10 @@ class CostShift:
         if not judge or not fresh:
             return []  # (nothing new to judge: the windows' observations are those of the last judgement)
         best: tuple[float, int, dict[str, tuple[float | None, float]], dict[str, Any]] | None = None
+        bases = self._bases
+        first_cut = m.minute - (max(SHIFT_WINDOWS) - 1) * MINUTE
+        for old in [cut for cut in bases if cut < first_cut]:
+            del bases[old]
         for w in SHIFT_WINDOWS:
             cut = m.minute - (w - 1) * MINUTE  # the window: minutes from `cut` on
             found = self._test(cut)
@@ -507,12 +516,10 @@ class CostShift:
 
     def _test(self, cut: int) -> tuple[float, dict[str, tuple[float | None, float]], dict[str, Any]] | None:
         """(strongest LLR, tests, baseline summaries) of a change at ``cut``, if one is decided."""
-        lo = cut - SHIFT_BASELINE_MINUTES * MINUTE
-        rows = [r for r in self._rows if lo <= r[0] < cut]
-        if len(rows) < SHIFT_MIN_BASELINE_MINUTES or sum(r[3] for r in rows) < MIN_BASELINE_TASKS:
+        found = self._bases[cut] if cut in self._bases else self._baseline(cut)
+        if found is None:
             return None
-        pre = {stat: [x for t, x in self._obs[stat] if lo <= t < cut] for stat in STATS}
-        base = {stat: evidence.summary(pre[stat]) for stat in STATS}
+        pre, base = found
         post = {stat: [x for t, x in self._obs[stat] if t >= cut] for stat in STATS}
         # per outcome is left to the spike detector: outcomes are too sparse to watch without a change point
         tests = {stat: evidence.sprt(post[stat], base[stat], self.p.ratio)
@@ -524,6 +531,20 @@ class CostShift:
         if not passed:
             return None
         return max(tests[s][1] for s in passed), tests, base
+
+    def _baseline(self, cut: int) -> _Baseline | None:
+        """The observations and summaries of the baseline before ``cut`` (None: too few minutes or tasks),
+        kept for the next windows that end there: the minutes before a cut never change once it is
+        passed (rows and observations only come later, and none before a window's baseline is
+        dropped), so each cut is summarised once instead of once per window, with the same result."""
+        lo = cut - SHIFT_BASELINE_MINUTES * MINUTE
+        rows = [r for r in self._rows if lo <= r[0] < cut]
+        found: _Baseline | None = None
+        if len(rows) >= SHIFT_MIN_BASELINE_MINUTES and sum(r[3] for r in rows) >= MIN_BASELINE_TASKS:
+            pre = {stat: [x for t, x in self._obs[stat] if lo <= t < cut] for stat in STATS}
+            found = (pre, {stat: evidence.summary(pre[stat]) for stat in STATS})
+        self._bases[cut] = found
+        return found
 
     def _typical_rose(self, post: Sequence[evidence.Observation], pre: Sequence[evidence.Observation],
                       base: evidence.Summary | None) -> bool:

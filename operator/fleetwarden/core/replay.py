@@ -44,6 +44,7 @@ from fleetwarden import errors
 from fleetwarden.core import (
     buckets,
     detectors,
+    detectpool,
     events,
     findings,
     guardrails,
@@ -143,8 +144,8 @@ class _PolicyState:
 class _AgentCtx:
     """Replay's per-agent state, kept in ``AgentState.ctx``."""
 
-    __slots__ = ("budgets", "policies", "budget_name", "policy_name", "detectors", "tasks", "needs_tasks",
-                 "reported_tools", "rate", "last_sweep", "min_cap")
+    __slots__ = ("budgets", "policies", "budget_name", "policy_name", "detectors", "detect_id", "detect_params",
+                 "tasks", "needs_tasks", "reported_tools", "rate", "last_sweep", "min_cap")
 
     def __init__(self) -> None:
         self.budgets: list[_BudgetState] = []
@@ -152,6 +153,9 @@ class _AgentCtx:
         self.budget_name: str | None = None
         self.policy_name: str | None = None
         self.detectors: detectors.DetectorSet | None = None
+        # with a DetectorPool: the agent's number there, and its parameters until its first minute is sent
+        self.detect_id: int | None = None
+        self.detect_params: spec.AnomalyParams | None = None
         self.tasks: dict[str, _Task] = {}
         self.needs_tasks = False
         self.reported_tools: set[tuple[str, str]] = set()
@@ -166,16 +170,24 @@ class Replay:
 
     def __init__(self, budgets: Sequence[spec.AgentBudget], cost_policies: Sequence[spec.CostPolicy],
                  price_table: buckets.Prices, *, on_error: Callable[[errors.FleetwardenError], None] | None = None,
-                 lateness: float = buckets.LATENESS, detect: bool = True) -> None:
+                 lateness: float = buckets.LATENESS, detect: bool = True,
+                 pool: detectpool.DetectorPool | None = None) -> None:
         self.budgets = list(budgets)
         self.detect = detect
+        self.pool = pool if detect else None
+        self._pool_ids = itertools.count()
+        # with a pool: the minutes of the last close being judged (their reserved seq and budget/policy
+        # names), the release that waits for them, and the findings pushed meanwhile (_settle)
+        self._judging: list[tuple[int, str | None, str | None]] = []
+        self._deferred: float | None = None
+        self._staged: list[tuple[float, int, int, findings.Finding]] = []
         self.cost_policies = list(cost_policies)
         self.on_error = on_error
         self.stats = Stats()
         self.bucketer = buckets.Bucketer(price_table, lateness=lateness, on_new_agent=self._resolve,
                                          on_labels=self._resolve)
         self._budget_states: dict[tuple[str, str], _BudgetState] = {}
-        self._heap: list[tuple[float, int, findings.Finding]] = []
+        self._heap: list[tuple[float, int, int, findings.Finding]] = []
         self._seq = itertools.count()
         self._emitted_until = -_INF
         self._rate_agents: dict[buckets.AgentState, None] = {}  # agents with an open rate-limit episode
@@ -208,19 +220,26 @@ class Replay:
         ctx.needs_tasks = any(p.cap is not None or p.needs_calls for p in ctx.policies)
         ctx.min_cap = min((p.cap for p in ctx.policies if p.cap is not None), default=None)
         st.set_prices(*policies.agent_prices(chosen_budgets, chosen_policies))
-        if ctx.detectors is None and self.detect:
+        if ctx.detectors is None and ctx.detect_id is None and self.detect:
             params = chosen_policies[0].spec.anomalies if chosen_policies else self._default_params
-            ctx.detectors = detectors.DetectorSet(params, st.agent, st.namespace)
+            if self.pool is not None:
+                ctx.detect_id, ctx.detect_params = next(self._pool_ids), params
+            else:
+                ctx.detectors = detectors.DetectorSet(params, st.agent, st.namespace)
 
     # ------------------------------------------------------------ output
 
     def _push(self, f: findings.Finding) -> None:
-        heapq.heappush(self._heap, (f.time, next(self._seq), f))
+        entry = (f.time, next(self._seq), 0, f)
+        if self._deferred is None:
+            heapq.heappush(self._heap, entry)
+        else:  # after a release that waits for the pool: not part of it
+            self._staged.append(entry)
 
     def _release(self, until: float) -> Iterator[findings.Finding]:
         heap = self._heap
         while heap and heap[0][0] <= until:
-            f = heapq.heappop(heap)[2]
+            f = heapq.heappop(heap)[3]
             if f.time < self._emitted_until:  # never out of order (a detector's gap fill)
                 f = dataclasses.replace(f, time=self._emitted_until)
             self._emitted_until = f.time
@@ -255,8 +274,12 @@ class Replay:
             if ts - lateness >= next_close:
                 # 3. minutes that are complete now, then 4. findings whose time has passed
                 horizon = ts - lateness
+                if self._deferred is not None:
+                    yield from self._settle()
                 next_close = self._complete(horizon, ts)
-                if self._heap:
+                if self._judging:  # the pool judges this close's minutes: its release waits for them
+                    self._deferred = horizon
+                elif self._heap:
                     yield from self._release(horizon)
             # 1. price and count (Bucketer.add, inline)
             agent = raw["agent"]
@@ -291,10 +314,34 @@ class Replay:
                 now = ts if closed is None or ts >= closed else float(closed)
                 self._event_policies(st, ctx, etype, raw, ts, now, cost, tokens, acc)
         # end of input: every minute is complete, every finding is due
+        if self._deferred is not None:
+            yield from self._settle()
         since = b.closed_until
         self._close_minutes(b._finish(), since, b.closed_until, b.watermark if b.watermark is not None else 0.0)
         stats.late = b.late
+        if self._judging:
+            self._deferred = _INF
+            yield from self._settle()
         yield from self._release(_INF)
+
+    def _settle(self) -> Iterator[findings.Finding]:
+        """With a pool: the findings of the close it judged go where one process would have pushed
+        them (their reserved seq), then comes the release that waited for them, and only then what
+        was pushed since (``_staged``): the same findings, times and order as without a pool."""
+        assert self.pool is not None and self._deferred is not None
+        judging, self._judging = self._judging, []
+        heap = self._heap
+        for index, found in self.pool.collect().items():
+            seq, budget, policy = judging[index]
+            for j, f in enumerate(found):
+                if budget is not None or policy is not None:
+                    f = dataclasses.replace(f, budget=f.budget or budget, policy=f.policy or policy)
+                heapq.heappush(heap, (f.time, seq, j, f))
+        until, self._deferred = self._deferred, None
+        yield from self._release(until)
+        for entry in self._staged:
+            heapq.heappush(heap, entry)
+        self._staged = []
 
     def _broken(self, error: errors.EventError) -> None:
         self.stats.broken += 1
@@ -397,6 +444,7 @@ class Replay:
         first) when the latest event seen is at ``now``."""
         rate_minutes: dict[buckets.AgentState, list[series.AgentMinute]] = {}
         push = self._push
+        jobs: list[detectpool.Job] = []
         for st, am in closed:
             ctx: _AgentCtx = st.ctx
             if ctx.detectors is not None:
@@ -406,8 +454,15 @@ class Replay:
                         f = dataclasses.replace(f, budget=f.budget or ctx.budget_name,
                                                 policy=f.policy or ctx.policy_name)
                     push(f)
+            elif ctx.detect_id is not None:  # judged by the pool: its findings' place in the order is kept
+                jobs.append((ctx.detect_id, ctx.detect_params, detectpool.pack(am)))
+                ctx.detect_params = None
+                self._judging.append((next(self._seq), ctx.budget_name, ctx.policy_name))
             if ctx.rate:
                 rate_minutes.setdefault(st, []).append(am)
+        if jobs:
+            assert self.pool is not None
+            self.pool.submit(jobs)
         if self._rate_agents and upto is not None:
             first = since if since is not None else (closed[0][1].minute if closed else upto)
             for st in list(self._rate_agents):
@@ -607,15 +662,35 @@ def _records(items: Iterable[events.Event | errors.EventError]) -> Iterator[even
 def run(events_iterable: Iterable[events.Event | errors.EventError], budgets: Sequence[spec.AgentBudget],
         policies_: Sequence[spec.CostPolicy], price_table: buckets.Prices, *,
         on_error: Callable[[errors.FleetwardenError], None] | None = None,
-        stats: Stats | None = None, detect: bool = True) -> Iterator[findings.Finding]:
+        stats: Stats | None = None, detect: bool = True, jobs: int = 1) -> Iterator[findings.Finding]:
     """Findings of a stream of events under these manifests, in time order (see the module doc).
 
     ``events_iterable`` yields :class:`~fleetwarden.core.events.Event` (and, from
     ``events.iter_events``, ``EventError`` for broken lines, passed to ``on_error``).
     ``stats``, when given, is filled in as the replay goes. ``detect=False`` skips the anomaly
-    detectors (budgets and policies only).
+    detectors (budgets and policies only). ``jobs`` > 1 runs the detectors in ``jobs``
+    worker processes, sharded by agent (:mod:`~fleetwarden.core.detectpool`), this process
+    reading, pricing and applying the policies beside them (the detectors are most of the
+    work: ``docs/design.md``, "Replay throughput"): the same findings in the same order.
     """
-    engine = Replay(budgets, policies_, price_table, on_error=on_error, detect=detect)
-    if stats is not None:
-        engine.stats = stats
-    return engine.feed(events_iterable)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if jobs == 1 or not detect:
+        engine = Replay(budgets, policies_, price_table, on_error=on_error, detect=detect)
+        if stats is not None:
+            engine.stats = stats
+        return engine.feed(events_iterable)
+    return _pooled(events_iterable, budgets, policies_, price_table, on_error, stats, jobs)
+
+
+def _pooled(events_iterable: Iterable[events.Event | errors.EventError], budgets: Sequence[spec.AgentBudget],
+            policies_: Sequence[spec.CostPolicy], price_table: buckets.Prices,
+            on_error: Callable[[errors.FleetwardenError], None] | None, stats: Stats | None,
+            workers: int) -> Iterator[findings.Finding]:
+    """:func:`run` with a detector pool of ``workers`` processes, stopped when the findings end or
+    the caller stops reading."""
+    with detectpool.DetectorPool(workers) as pool:
+        engine = Replay(budgets, policies_, price_table, on_error=on_error, pool=pool)
+        if stats is not None:
+            engine.stats = stats
+        yield from engine.feed(events_iterable)

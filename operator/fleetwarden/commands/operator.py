@@ -3,7 +3,7 @@
     fleetwarden operator [--interval 15] [--prometheus-url URL] [--prometheus-timeout 10]
                          [--namespace NS | --all-namespaces]
                          [--scrape-interval 15] [--lookback-minutes 90] [--metrics-port 8081]
-                         [--alertmanager-url URL] [--liveness http://0.0.0.0:8080/healthz] [--verbose]
+                         [--alertmanager-url URL] [--evaluation fleet|timers] [--liveness http://0.0.0.0:8080/healthz] [--verbose]
 
 The flags set the ``FLEETWARDEN_*`` environment read by ``fleetwarden.handlers.settings``
 (so ``kopf run -m fleetwarden.handlers`` with the same variables behaves the same). A bad value
@@ -32,6 +32,8 @@ FLAGS = (
      "minutes of history the detectors refold each cycle (default 90)"),
     ("--metrics-port", "FLEETWARDEN_METRICS_PORT", "PORT",
      "port of the operator's own /metrics (default 8081; 0 turns it off)"),
+    ("--evaluation", "FLEETWARDEN_EVALUATION", "MODE",
+     "fleet: one evaluation of every budget per interval (default); timers: a kopf timer per budget"),
     ("--alertmanager-url", "FLEETWARDEN_ALERTMANAGER_URL", "URL",
      "send one alert per incident to this Alertmanager, e.g. http://alertmanager.monitoring:9093 (default: none)"),
 )

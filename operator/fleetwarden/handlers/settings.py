@@ -9,6 +9,7 @@
 | ``FLEETWARDEN_LOOKBACK_MINUTES`` | ``--lookback-minutes`` | 90 | the window the detectors refold each cycle (>= 5) |
 | ``FLEETWARDEN_METRICS_PORT`` | ``--metrics-port`` | 8081 | the operator's own /metrics (0: off; <= 65535) |
 | ``FLEETWARDEN_WORKERS`` | | 16 | threads running evaluations (>= 1) |
+| ``FLEETWARDEN_EVALUATION`` | ``--evaluation`` | fleet | ``fleet``: one evaluation of every budget per interval; ``timers``: a kopf timer per budget |
 | ``FLEETWARDEN_ALERTMANAGER_URL`` | ``--alertmanager-url`` | (none) | Alertmanager to send an alert per incident to (none: no alerts) |
 
 Every value is checked here, once, at start: a number that is not finite (``nan``, ``inf``)
@@ -51,6 +52,20 @@ def _number(minimum: float, *, above: bool = False, unit: str = "", whole: bool 
     return check
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    """A check of one of ``allowed`` (case and surrounding blanks ignored)."""
+    def check(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+EVALUATION_MODES = ("fleet", "timers")
+
+
 def _url(raw: str) -> str:
     """A check of an http(s) URL with a host (the value is kept as written)."""
     expected = "must be an http:// or https:// URL with a host (http://HOST:PORT)"
@@ -86,6 +101,7 @@ OPTIONS = (
     Option("metrics_port", "FLEETWARDEN_METRICS_PORT", 8081, _number(0, whole=True, maximum=65535), int),
     Option("workers", "FLEETWARDEN_WORKERS", 16, _number(1, whole=True), int),
     Option("alertmanager_url", "FLEETWARDEN_ALERTMANAGER_URL", None, _url),
+    Option("evaluation", "FLEETWARDEN_EVALUATION", "fleet", _choice(*EVALUATION_MODES)),
 )
 
 
@@ -110,6 +126,7 @@ class Settings:
     workers: int
     alertmanager_url: str | None = None
     prometheus_timeout: float = 10.0
+    evaluation: str = "fleet"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

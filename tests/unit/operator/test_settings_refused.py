@@ -45,6 +45,7 @@ BAD = [
     ("FLEETWARDEN_PROMETHEUS_URL", "--prometheus-url", "http://prometheus:99999", "URL with a host"),
     ("FLEETWARDEN_ALERTMANAGER_URL", "--alertmanager-url", "alertmanager:9093", "http:// or https://"),
     ("FLEETWARDEN_ALERTMANAGER_URL", "--alertmanager-url", "https://", "URL with a host"),
+    ("FLEETWARDEN_EVALUATION", "--evaluation", "per-object", "one of fleet, timers"),
 ]
 
 

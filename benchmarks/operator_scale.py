@@ -228,11 +228,17 @@ def wait(what: str, check: Any, timeout: float) -> None:
 def measure(watch: Watch, n: int, args: argparse.Namespace) -> None:
     started = time.monotonic()
 
+    first: list[float] = []
+
     def all_evaluated() -> bool:
         try:
-            return samples(watch.operator(), "fleetwarden_evaluation_seconds_count") >= n
+            evaluations = samples(watch.operator(), "fleetwarden_evaluation_seconds_count")
         except OSError:  # its /metrics is not up yet (leader election, kopf's start)
             return False
+        if evaluations and not first:
+            first.append(time.monotonic() - started)
+            print(f"first evaluation {first[0]:.0f}s after the operator started (kopf's indexes filled)", flush=True)
+        return evaluations >= n
 
     wait(f"a first evaluation of all {n} budgets", all_evaluated, args.first_timeout)
     print(f"first pass over {n} budgets done {time.monotonic() - started:.0f}s after the operator started",
@@ -272,7 +278,9 @@ def report(before: dict[str, float], after: dict[str, float], n: int, args: argp
     print(f"mode: {args.evaluation}, {n} budgets, interval {args.interval:g}s, workers {args.workers}")
     print(f"cycle time: {cycle}")
     print(f"oldest evaluation seen: {oldest_max:.1f}s (goal: every budget within the {args.interval:g}s interval)")
-    print(f"Prometheus queries per cycle: {per(d['queries'])} ({d['fetches']:.0f} fetches in the window)")
+    per_fetch = f"{d['queries'] / d['fetches']:.0f}" if d["fetches"] else "n/a"
+    print(f"Prometheus queries per cycle: {per(d['queries'])} ({per_fetch} a fetch, {d['fetches']:.0f} fetches "
+          f"in {d['at']:.0f}s)")
     print(f"PATCHes per cycle: agentbudgets/status {per(d['status_patches'])}, agentbudgets {per(d['patches'])}")
     print(f"operator RSS: {rss_max:.0f} MiB max in the window, {hwm:.0f} MiB peak (VmHWM)")
     print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -286,7 +294,8 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=15.0)
     parser.add_argument("--measure", type=float, default=60.0, help="seconds watched after the warm-up")
     parser.add_argument("--workers", type=int, default=16, help="FLEETWARDEN_WORKERS, and the creating threads")
-    parser.add_argument("--first-timeout", type=float, default=1200.0)
+    parser.add_argument("--first-timeout", type=float, default=3600.0,
+                        help="seconds allowed for kopf's indexes and the first pass over every budget")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work directory (logs) here")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="fleetwarden-scale-"))

@@ -1,23 +1,32 @@
-"""One evaluation cycle over 10,000 AgentBudgets on a real API server: time and memory.
+"""The operator at N AgentBudgets (default 10,000), measured end to end from outside.
 
-Creates N AgentBudgets (default 10,000) in 100 namespaces with one agent Deployment per
-budget on the local control plane (or $KUBECONFIG), then runs the operator's own
-evaluation (``fleetwarden.handlers.runtime.Runtime.reconcile``, exactly what the kopf timer
-calls) over all of them with a thread pool like the operator's, against a fixed Prometheus
-answer (one fleet-wide snapshot, as the operator shares one per cycle). Prints:
+Everything is real: the local control plane (etcd, kube-apiserver, controller-manager,
+scheduler, KWOK), a Prometheus whose TSDB holds the agents' SDK series (90 minutes of
+``fleetwarden_llm_cost_usd``, ``fleetwarden_llm_calls`` and ``fleetwarden_tasks`` per agent,
+backfilled with ``promtool tsdb create-blocks-from openmetrics``), and ``fleetwarden operator``
+as a subprocess with kopf's real watches, as its own ServiceAccount, under leader election.
+One agent Deployment per budget, in 100 namespaces; the Deployments have 0 replicas so that
+a 2-core machine does not run 10,000 pods (the operator reads and decides the same; a
+killed budget would have nothing to scale).
 
-- the first cycle (every budget's status written: one PATCH each; each agent's detectors
-  refolded),
-- a second cycle (nothing changed: the operator's clock stays at the snapshot's time; the
-  refolds come from the per-minute memo; statuses are written again only for the
-  lastEvaluated heartbeat, when the first cycle took longer than it), with the number of
-  status PATCHes of each cycle,
-- the number of Prometheus fetches (1 per cycle) and the process's peak RSS.
+After the first full pass and one more interval (the warm-up), it watches the operator for
+``--measure`` seconds and prints:
 
-    python benchmarks/operator_scale.py [--budgets 10000] [--workers 16]
+- cycle time: fleet mode, the operator's ``fleetwarden_operator_cycle_seconds`` (mean, max);
+  timers mode, the time to evaluate every budget once at the measured evaluation rate;
+- the oldest evaluation seen (``fleetwarden_operator_oldest_evaluation_seconds``, max over the
+  window): at most about the interval when every budget is evaluated every interval;
+- Prometheus queries per cycle (``fleetwarden_operator_prometheus_queries_total``);
+- PATCHes per cycle of ``agentbudgets/status`` and of ``agentbudgets`` (kopf's finalizers), from
+  the API server's own ``apiserver_request_total``;
+- the operator process's RSS (VmRSS, max over the window) and peak (VmHWM).
 
-The Deployments have 0 replicas so that the control plane does not run 10,000 pods on a
-2-core machine; the evaluation reads and decides the same either way.
+Nothing changes in the data during the window: the backfilled history ends when the run
+starts, so every cycle measured is one "with nothing new" (the agents' data goes stale
+after three scrape intervals, written once, then unchanged).
+
+    python benchmarks/operator_scale.py [--budgets 10000] [--evaluation fleet|timers]
+                                        [--interval 15] [--measure 60]
 """
 
 from __future__ import annotations
@@ -25,21 +34,26 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
-import resource
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, cast
 
 from fleetwarden.adapters import kube, prometheus
 from fleetwarden.core import series, spec
 from fleetwarden.devcluster import cluster as devcluster
-from fleetwarden.handlers import runtime
+from fleetwarden.devcluster import monitoring, pki, procs
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACES = 100
+HISTORY_MINUTES = 90
+STEP = 30  # seconds between backfilled samples (increase(x[1m]) needs two in a minute)
+OPERATOR_NS, OPERATOR_SA = "fleetwarden-system", "fleetwarden-operator"
 
 
 class FixedFetcher:
@@ -65,6 +79,7 @@ class FixedFetcher:
 
 
 def create_all(k: kube.Kube, budgets: int, workers: int) -> None:
+    """The namespaces, then one 0-replica agent Deployment and one AgentBudget per agent."""
     per_ns = budgets // NAMESPACES
     for n in range(NAMESPACES):
         body = {"metadata": {"name": f"scale-{n:03d}"}}
@@ -93,80 +108,227 @@ def create_all(k: kube.Kube, budgets: int, workers: int) -> None:
     print(f"created {per_ns * NAMESPACES} budgets + deployments in {time.perf_counter() - started:.1f}s", flush=True)
 
 
-class CountingKube(kube.Kube):
-    """The real client, counting status PATCHes."""
-
-    patches = 0
-
-    def patch_budget_status(self, namespace: str, name: str, patch: Any) -> None:
-        super().patch_budget_status(namespace, name, patch)
-        type(self).patches += 1
+def agents_of(budgets: int) -> list[tuple[str, str]]:
+    per_ns = budgets // NAMESPACES
+    return [(f"scale-{i % NAMESPACES:03d}", f"agent-{i // NAMESPACES:05d}") for i in range(per_ns * NAMESPACES)]
 
 
-def cycle(rt: runtime.Runtime, k: kube.Kube, workers: int) -> tuple[float, int]:
-    """List once (the operator's indexes come from watches), then evaluate every budget."""
-    rt.new_cycle()
-    CountingKube.patches = 0
-    started = time.perf_counter()
-    budgets = k.list_budgets(None)
-    deployments: dict[str, list[dict[str, Any]]] = {}
-    for d in k.list_deployments(None):
-        deployments.setdefault(d["metadata"]["namespace"], []).append(d)
+def backfill(directory: Path, agents: list[tuple[str, str]], end: int) -> Path:
+    """The agents' history as OpenMetrics, turned into TSDB blocks by promtool; returns the TSDB dir."""
+    start = end - HISTORY_MINUTES * 60
+    steps = range(start, end + 1, STEP)
+    per_minute = 60 // STEP
+    families = (  # name, extra labels, increment per minute
+        ("fleetwarden_llm_cost_usd", 'model="gpt-4o-mini",step="answer",workflow="support"', 0.002),
+        ("fleetwarden_llm_calls", 'model="gpt-4o-mini",status="ok",step="answer",workflow="support"', 2.0),
+        ("fleetwarden_tasks", 'status="completed",workflow="support"', 1.0),
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    text = directory / "history.om"
+    with text.open("w") as out:
+        for name, extra, inc in families:
+            out.write(f"# TYPE {name} counter\n")
+            for ns, agent in agents:
+                labels = f'{{agent="{agent}",namespace="{ns}",{extra}}}'
+                out.writelines(f"{name}_total{labels} {inc * k / per_minute:.4f} {ts}\n" for k, ts in enumerate(steps))
+        out.write("# EOF\n")
+    tsdb = directory / "tsdb"
+    tsdb.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", "-q", str(text), str(tsdb)],
+                   check=True, capture_output=True, text=True, timeout=1800)
+    text.unlink()
+    return tsdb
 
-    def one(body: dict[str, Any]) -> None:
-        rt.reconcile(body, deployments.get(body["metadata"]["namespace"], []), ())
 
-    with cf.ThreadPoolExecutor(workers) as pool:
-        list(pool.map(one, budgets))
-    return time.perf_counter() - started, len(budgets)
+def kubectl(info: dict[str, Any], *args: str, kubeconfig: str | None = None) -> str:
+    return subprocess.run([str(info["kubectl"]), f"--kubeconfig={kubeconfig or info['kubeconfig']}", *args],
+                          check=True, capture_output=True, text=True, timeout=300).stdout
+
+
+def operator_kubeconfig(info: dict[str, Any], work: Path) -> Path:
+    """The operator's own ServiceAccount (manifests/), as the e2e harness runs it: a token kubeconfig."""
+    for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
+        kubectl(info, "apply", "-f", str(ROOT / "manifests" / name))
+    token = kubectl(info, "create", "token", OPERATOR_SA, "-n", OPERATOR_NS, "--duration=6h").strip()
+    path = work / "operator.kubeconfig"
+    path.write_text(pki.token_kubeconfig(Path(str(info["kubeconfig"])).read_text(), token,
+                                         f"{OPERATOR_NS}-{OPERATOR_SA}", OPERATOR_NS))
+    path.chmod(0o600)
+    return path
+
+
+def samples(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` (with these labels) in a Prometheus text exposition."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in text.splitlines():
+        if (line.startswith(name + " ") or line.startswith(name + "{")) and all(w in line for w in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def memory(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of ``pid`` in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    values = {m.group(1): float(m.group(2)) / 1024 for m in re.finditer(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.M)}
+    return values["VmRSS"], values["VmHWM"]
+
+
+class Watch:
+    """What the benchmark reads from outside: the operator's /metrics and the API server's."""
+
+    def __init__(self, info: dict[str, Any], proc: subprocess.Popen[bytes], port: int) -> None:
+        self.info, self.proc, self.port = info, proc, port
+
+    def operator(self) -> str:
+        if self.proc.poll() is not None:
+            raise SystemExit(f"the operator exited {self.proc.returncode} (see its log)")
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as resp:
+            return str(resp.read().decode())
+
+    def reading(self) -> dict[str, float]:
+        text = self.operator()
+        api = kubectl(self.info, "get", "--raw", "/metrics")
+        return {
+            "evaluations": samples(text, "fleetwarden_evaluation_seconds_count"),
+            "queries": samples(text, "fleetwarden_operator_prometheus_queries_total"),
+            "fetches": samples(text, "fleetwarden_operator_prometheus_fetches_total"),
+            "cycles": samples(text, "fleetwarden_operator_cycle_seconds_count"),
+            "cycle_seconds": samples(text, "fleetwarden_operator_cycle_seconds_sum"),
+            "oldest": samples(text, "fleetwarden_operator_oldest_evaluation_seconds"),
+            "last_cycle": samples(text, "fleetwarden_operator_last_cycle_seconds"),
+            "status_patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
+                                      subresource="status"),
+            "patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
+                               subresource=""),
+            "at": time.monotonic(),
+        }
+
+
+def start_operator(info: dict[str, Any], work: Path, prom_url: str, args: argparse.Namespace
+                   ) -> tuple[subprocess.Popen[bytes], int]:
+    env = dict(os.environ, KUBECONFIG=str(operator_kubeconfig(info, work)), PYTHONUNBUFFERED="1",
+               FLEETWARDEN_EVALUATION=args.evaluation, FLEETWARDEN_WORKERS=str(args.workers))
+    port = procs.free_port()
+    argv = [sys.executable, "-m", "fleetwarden", "operator", "--all-namespaces", "--interval", str(args.interval),
+            "--prometheus-url", prom_url, "--metrics-port", str(port), "--leader-elect",
+            "--lease-name", "fleetwarden-scale", "--lease-namespace", OPERATOR_NS]
+    log = (work / "operator.log").open("w")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), port
+
+
+def wait(what: str, check: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(1)
+
+
+def measure(watch: Watch, n: int, args: argparse.Namespace) -> None:
+    started = time.monotonic()
+
+    first: list[float] = []
+
+    def all_evaluated() -> bool:
+        try:
+            evaluations = samples(watch.operator(), "fleetwarden_evaluation_seconds_count")
+        except OSError:  # its /metrics is not up yet (leader election, kopf's start)
+            return False
+        if evaluations and not first:
+            first.append(time.monotonic() - started)
+            print(f"first evaluation {first[0]:.0f}s after the operator started (kopf's indexes filled)", flush=True)
+        return evaluations >= n
+
+    wait(f"a first evaluation of all {n} budgets", all_evaluated, args.first_timeout)
+    print(f"first pass over {n} budgets done {time.monotonic() - started:.0f}s after the operator started",
+          flush=True)
+    time.sleep(args.interval)  # warm-up: one more interval
+    before = watch.reading()
+    rss_max, oldest_max, last_max = 0.0, 0.0, 0.0
+    while time.monotonic() - before["at"] < args.measure:
+        rss, _ = memory(watch.proc.pid)
+        text = watch.operator()
+        rss_max = max(rss_max, rss)
+        oldest_max = max(oldest_max, samples(text, "fleetwarden_operator_oldest_evaluation_seconds"))
+        last_max = max(last_max, samples(text, "fleetwarden_operator_last_cycle_seconds"))
+        time.sleep(1)
+    after = watch.reading()
+    _, hwm = memory(watch.proc.pid)
+    report(before, after, n, args, rss_max, hwm, oldest_max, last_max)
+
+
+def report(before: dict[str, float], after: dict[str, float], n: int, args: argparse.Namespace,
+           rss_max: float, hwm: float, oldest_max: float, last_max: float) -> None:
+    d = {k: after[k] - before[k] for k in before}
+    evaluated = d["evaluations"]
+    if args.evaluation == "fleet" and d["cycles"] > 0:
+        cycles = d["cycles"]
+        cycle = (f"{d['cycle_seconds'] / cycles:.1f}s mean, {last_max:.1f}s max "
+                 f"({cycles:.0f} cycles of {n} budgets in {d['at']:.0f}s)")
+    else:
+        cycles = evaluated / n if n else 0.0
+        rate = evaluated / d["at"]
+        cycle = (f"{n / rate:.1f}s to evaluate every budget once at {rate:.0f} evaluations/s "
+                 f"({evaluated:.0f} evaluations in {d['at']:.0f}s)") if rate else "no evaluation in the window"
+
+    def per(x: float) -> str:
+        return f"{x / cycles:.1f}" if cycles else "n/a"
+
+    print(f"mode: {args.evaluation}, {n} budgets, interval {args.interval:g}s, workers {args.workers}")
+    print(f"cycle time: {cycle}")
+    print(f"oldest evaluation seen: {oldest_max:.1f}s (goal: every budget within the {args.interval:g}s interval)")
+    per_fetch = f"{d['queries'] / d['fetches']:.0f}" if d["fetches"] else "n/a"
+    print(f"Prometheus queries per cycle: {per(d['queries'])} ({per_fetch} a fetch, {d['fetches']:.0f} fetches "
+          f"in {d['at']:.0f}s)")
+    print(f"PATCHes per cycle: agentbudgets/status {per(d['status_patches'])}, agentbudgets {per(d['patches'])}")
+    print(f"operator RSS: {rss_max:.0f} MiB max in the window, {hwm:.0f} MiB peak (VmHWM)")
+    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--budgets", type=int, default=10_000)
-    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--evaluation", choices=("fleet", "timers"), default="fleet",
+                        help="the operator's FLEETWARDEN_EVALUATION (default fleet)")
+    parser.add_argument("--interval", type=float, default=15.0)
+    parser.add_argument("--measure", type=float, default=60.0, help="seconds watched after the warm-up")
+    parser.add_argument("--workers", type=int, default=16, help="FLEETWARDEN_WORKERS, and the creating threads")
+    parser.add_argument("--first-timeout", type=float, default=3600.0,
+                        help="seconds allowed for kopf's indexes and the first pass over every budget")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the work directory (logs) here")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fleetwarden-scale-"))
-    local = None
+    work = args.keep or Path(tempfile.mkdtemp(prefix="fleetwarden-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    local = devcluster.LocalCluster(work / "cluster", tie_to_parent=True)
+    prom: monitoring.Prometheus | None = None
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        env_kubeconfig = os.environ.get("KUBECONFIG")
-        if env_kubeconfig is None:
-            local = devcluster.LocalCluster(work / "cluster", tie_to_parent=True)
-            info = local.up(timeout=240)
-            env_kubeconfig = str(info["kubeconfig"])
-            import subprocess
-
-            subprocess.run([str(info["kubectl"]), f"--kubeconfig={env_kubeconfig}", "apply", "-f", str(ROOT / "crds")],
-                           check=True, capture_output=True)
-            subprocess.run([str(info["kubectl"]), f"--kubeconfig={env_kubeconfig}", "wait",
-                            "--for=condition=Established", "--timeout=60s", "crd/agentbudgets.fleetwarden.dev"],
-                           check=True, capture_output=True)
-        k = CountingKube(kube.load_config(env_kubeconfig))
-        create_all(k, args.budgets, args.workers)
-        per_ns = args.budgets // NAMESPACES
-        agents = [(f"scale-{i % NAMESPACES:03d}", f"agent-{i // NAMESPACES:05d}") for i in range(per_ns * NAMESPACES)]
-        fetcher = FixedFetcher(agents, time.time())
-        # the operator's clock stays at the snapshot's time: the data is fixed, so nothing changes
-        # between the cycles but the wall clock (the status heartbeat still follows it)
-        rt = runtime.Runtime(interval=3600.0, fetcher=fetcher, kube_client=k,  # type: ignore[arg-type]
-                             clock=lambda: fetcher.now)
-        first, n = cycle(rt, k, args.workers)
-        print(f"cycle 1 (every status written): {n} budgets in {first:.1f}s "
-              f"({first / n * 1000:.2f} ms per budget), {CountingKube.patches} status patches", flush=True)
-        second, n = cycle(rt, k, args.workers)
-        print(f"cycle 2 (nothing changed but the heartbeat): {n} budgets in {second:.1f}s "
-              f"({second / n * 1000:.2f} ms per budget), {CountingKube.patches} status patches", flush=True)
-        memo = getattr(rt, "memo", None)
-        if memo is not None:
-            print(f"detector/figure memo: {memo.misses} computed, {memo.hits} reused", flush=True)
-        rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"Prometheus fetches: {fetcher.fetches} for 2 cycles ({prometheus.QUERIES_PER_CYCLE} queries each)")
-        print(f"peak RSS of the evaluating process: {rss_mib:.0f} MiB")
+        t = time.monotonic()
+        agents = agents_of(args.budgets)
+        backfill(work / "prometheus", agents, int(time.time() // 60) * 60)
+        print(f"backfilled {len(agents)} agents x 3 families x {HISTORY_MINUTES} min in {time.monotonic() - t:.0f}s",
+              flush=True)
+        prom = monitoring.Prometheus(work / "prometheus", scrape_interval=15, tie_to_parent=True).start(timeout=300)
+        info = cast(dict[str, Any], local.up(timeout=300))
+        kubectl(info, "apply", "-f", str(ROOT / "crds"))
+        kubectl(info, "wait", "--for=condition=Established", "--timeout=60s", "crd/agentbudgets.fleetwarden.dev")
+        create_all(kube.Kube(kube.load_config(str(info["kubeconfig"]))), args.budgets, args.workers)
+        proc, port = start_operator(info, work, prom.url, args)
+        measure(Watch(info, proc, port), len(agents), args)
         return 0
     finally:
-        if local is not None:
-            local.down()
-        shutil.rmtree(work, ignore_errors=True)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if prom is not None:
+            prom.stop()
+        local.down()
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def test_dry_run_says_what_it_would_do_and_enforce_does_it(cluster: Any, namespa
     """DryRun: past the kill threshold, no agent is scaled; a WouldKill Event names them, the status is
     Exceeded with KillSwitchEngaged=False (reason DryRun), and kubectl get shows the mode. Enforce: killed."""
     cluster.apply(budget(namespace, hour_cap=1.0, enforcement="DryRun"))
-    op = start_operator(cluster, prometheus.url, namespace, workdir, request)
+    op = start_operator(cluster, prometheus.url, namespace, workdir, request,
+                        extra=("--evaluation", "fleet"))  # the fleet-wide loop on the real stack
     exporter.set("llm_cost", 2.0, **llm_labels("bot", namespace))  # 200% of the 1 USD hourly cap
 
     def exceeded() -> dict[str, Any] | None:

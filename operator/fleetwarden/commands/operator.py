@@ -4,7 +4,7 @@
                          [--prometheus-headers X-Scope-OrgID=TENANT]
                          [--namespace NS ... | --all-namespaces]
                          [--scrape-interval 15] [--lookback-minutes 90] [--metrics-port 8081]
-                         [--alertmanager-url URL] [--liveness http://0.0.0.0:8080/healthz] [--verbose]
+                         [--alertmanager-url URL] [--evaluation fleet|timers] [--liveness http://0.0.0.0:8080/healthz] [--verbose]
 
 The flags set the ``FLEETWARDEN_*`` environment read by ``fleetwarden.handlers.settings``
 (so ``kopf run -m fleetwarden.handlers`` with the same variables behaves the same). A bad value
@@ -42,6 +42,8 @@ FLAGS = (
      "minutes of history the detectors refold each cycle (default 90)"),
     ("--metrics-port", "FLEETWARDEN_METRICS_PORT", "PORT",
      "port of the operator's own /metrics (default 8081; 0 turns it off)"),
+    ("--evaluation", "FLEETWARDEN_EVALUATION", "MODE",
+     "timers: a kopf timer per budget (default); fleet: one evaluation of every budget per interval"),
     ("--alertmanager-url", "FLEETWARDEN_ALERTMANAGER_URL", "URL",
      "send one alert per incident to this Alertmanager, e.g. http://alertmanager.monitoring:9093 (default: none)"),
     ("--prometheus-headers", "FLEETWARDEN_PROMETHEUS_HEADERS", "NAME=VALUE,...",

@@ -1,9 +1,12 @@
-"""kopf handlers: evaluate every AgentBudget on a timer, at once on a spec edit, and keep
+"""kopf handlers: evaluate every AgentBudget every interval, at once on a spec edit, and keep
 killed or suspended agents at zero when something scales their Deployment back up.
 
 - ``agent_deployments`` and ``cost_policies``: kopf indexes (namespace -> bodies), filled
   from watches before any handler runs, so a cycle lists nothing from the API server.
-- ``budget_timer``: every ``FLEETWARDEN_INTERVAL`` seconds per AgentBudget.
+- ``start_fleet`` (``FLEETWARDEN_EVALUATION=fleet``): one loop evaluates every
+  indexed budget each ``FLEETWARDEN_INTERVAL`` seconds (:mod:`fleetwarden.handlers.fleet`).
+- ``budget_timer`` (``FLEETWARDEN_EVALUATION=timers``, the default): a kopf timer per AgentBudget, every
+  ``FLEETWARDEN_INTERVAL`` seconds (and a finalizer on each, which kopf needs to stop it).
 - ``budget_event``: a watch event whose ``metadata.generation`` is newer than
   ``status.observedGeneration`` (a person edited the spec: acknowledge, suspend,
   desired model) is evaluated at once. Plain event handlers leave no annotations behind.
@@ -21,7 +24,9 @@ All evaluation goes through :class:`fleetwarden.handlers.runtime.Runtime`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +35,7 @@ import kopf
 from fleetwarden import errors
 from fleetwarden.adapters import alertmanager, prometheus
 from fleetwarden.core import spec
-from fleetwarden.handlers import metrics, retry, runtime
+from fleetwarden.handlers import fleet, metrics, retry, runtime
 from fleetwarden.handlers import settings as operator_settings
 
 log = logging.getLogger(__name__)
@@ -39,12 +44,17 @@ log = logging.getLogger(__name__)
 SETTINGS = operator_settings.current()
 
 RUNTIME: runtime.Runtime | None = None
+# Set by the first event handler to run: kopf runs none before all its indexes are filled.
+INDEXED = threading.Event()
+FLEET: fleet.FleetLoop | None = None
+_FLEET_TASK: asyncio.Task[None] | None = None
 
 
 def get_runtime() -> runtime.Runtime:
     global RUNTIME
     if RUNTIME is None:
         RUNTIME = runtime.build(SETTINGS)
+        metrics.OLDEST_EVALUATION.set_function(RUNTIME.oldest_evaluation)
     return RUNTIME
 
 
@@ -54,7 +64,8 @@ def configure(**kwargs: Any) -> None:
     settings.posting.enabled = False  # the operator posts its own, explaining each action
     settings.execution.max_workers = SETTINGS.workers
     settings.watching.server_timeout = 300
-    # kopf timers put a finalizer on each AgentBudget (to stop the timer on deletion)
+    # kopf timers (FLEETWARDEN_EVALUATION=timers) put a finalizer on each AgentBudget (to stop
+    # the timer on deletion); in fleet mode kopf removes it, nothing needing it any more
     settings.persistence.finalizer = "fleetwarden.dev/finalizer"
     metrics.serve(SETTINGS.metrics_port)
     if SETTINGS.alertmanager_url:
@@ -135,15 +146,37 @@ def _evaluate(body: Mapping[str, Any], agent_deployments: Any, cost_policies: An
                                 approval_bodies=runtime.deployments_of(cost_approvals, namespace))
 
 
-@kopf.timer(spec.GROUP, spec.VERSION, "agentbudgets", interval=SETTINGS.interval, idle=None)
-def budget_timer(**kwargs: Any) -> None:
-    """Evaluate the budget every interval."""
-    _evaluate(kwargs["body"], kwargs["agent_deployments"], kwargs["cost_policies"], kwargs["cost_approvals"])
+def _evaluate_item(item: fleet.Item) -> None:
+    get_runtime().reconcile(item.budget, item.deployments, item.policies, approval_bodies=item.approvals)
+
+
+if SETTINGS.evaluation == "fleet":
+    @kopf.on.startup()
+    async def start_fleet(**kwargs: Any) -> None:
+        """Start the fleet-wide loop in kopf's event loop (it waits for the indexes)."""
+        global FLEET, _FLEET_TASK
+        rt = get_runtime()
+        FLEET = fleet.FleetLoop(_evaluate_item, interval=SETTINGS.interval, workers=SETTINGS.workers,
+                                new_cycle=rt.new_cycle, ready=INDEXED)
+        _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(
+            kwargs["budgets_by_namespace"], kwargs["agent_deployments"], kwargs["cost_policies"],
+            kwargs["cost_approvals"]))
+
+    @kopf.on.cleanup()
+    async def stop_fleet(**_: Any) -> None:
+        if _FLEET_TASK is not None:
+            _FLEET_TASK.cancel()
+else:
+    @kopf.timer(spec.GROUP, spec.VERSION, "agentbudgets", interval=SETTINGS.interval, idle=None)
+    def budget_timer(**kwargs: Any) -> None:
+        """Evaluate the budget every interval."""
+        _evaluate(kwargs["body"], kwargs["agent_deployments"], kwargs["cost_policies"], kwargs["cost_approvals"])
 
 
 @kopf.on.event(spec.GROUP, spec.VERSION, "agentbudgets")
 def budget_event(**kwargs: Any) -> None:
     """A spec edit (generation newer than observedGeneration) is acted on at once."""
+    INDEXED.set()
     event, body = kwargs["event"], kwargs["body"]
     agent_deployments, cost_policies = kwargs["agent_deployments"], kwargs["cost_policies"]
     meta = body.get("metadata") or {}
@@ -176,6 +209,7 @@ def _check_namespace(namespace: str, agent_deployments: Any, budgets: Any, witho
 @kopf.on.event("apps", "v1", "deployments")
 def deployment_event(**kwargs: Any) -> None:
     """A Deployment scaled up under a Killed or Suspended budget is evaluated (and stopped) at once."""
+    INDEXED.set()
     event, body = kwargs["event"], kwargs["body"]
     budgets_by_namespace = kwargs["budgets_by_namespace"]
     agent_deployments, cost_policies = kwargs["agent_deployments"], kwargs["cost_policies"]

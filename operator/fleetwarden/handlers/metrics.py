@@ -45,6 +45,14 @@ HELD_ACTIONS = pc.Gauge("fleetwarden_budget_held_actions",
 ACTION_FAILURES = pc.Counter("fleetwarden_operator_action_failures_total",
                              "Actions that did not take effect, by kind and HTTP status (or reason).",
                              ["action", "status"], registry=REGISTRY)
+CYCLE_SECONDS = pc.Histogram("fleetwarden_operator_cycle_seconds",
+                             "Time to evaluate every AgentBudget once (FLEETWARDEN_EVALUATION=fleet).",
+                             registry=REGISTRY, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120))
+LAST_CYCLE_SECONDS = pc.Gauge("fleetwarden_operator_last_cycle_seconds",
+                              "Duration of the last fleet-wide evaluation cycle.", registry=REGISTRY)
+OLDEST_EVALUATION = pc.Gauge("fleetwarden_operator_oldest_evaluation_seconds",
+                             "Seconds since the budget evaluated longest ago was last evaluated.",
+                             registry=REGISTRY)
 UNPRICED_TOKENS = pc.Gauge(names.UNPRICED_TOKENS,
                            "Tokens of a budget's agents (spec.source OpenTelemetry) over its longest limit window "
                            "that no price covers, by model: their cost is not in spend.",

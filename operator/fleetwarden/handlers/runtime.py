@@ -189,6 +189,7 @@ class Runtime:
         self._locks_lock = threading.Lock()
         self._status: dict[str, dict[str, Any]] = {}  # uid -> the status we last wrote
         self._written_at: dict[str, float] = {}
+        self._evaluated_at: dict[str, float] = {}  # uid -> monotonic time of its last evaluation
         self.memo = decision.Memo()  # per-agent detector results, refolded once per minute
         self.backoff = Backoff(first=interval)  # actions that failed wait before they are tried again
         self._budgets: dict[tuple[str, Any], spec.AgentBudget | errors.ManifestError] = {}  # (uid, generation)
@@ -244,6 +245,7 @@ class Runtime:
             self._locks.pop(uid, None)
         self._status.pop(uid, None)
         self._written_at.pop(uid, None)
+        self._evaluated_at.pop(uid, None)
         metrics.forget(namespace, name)
 
     def previous_status(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,7 +269,15 @@ class Runtime:
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid"))
         with self._lock(uid):
-            return self._reconcile(body, deployments, policy_bodies, apply, approval_bodies)
+            verdict = self._reconcile(body, deployments, policy_bodies, apply, approval_bodies)
+            if apply:
+                self._evaluated_at[uid] = self.monotonic()
+            return verdict
+
+    def oldest_evaluation(self) -> float:
+        """Seconds since the budget evaluated longest ago was last evaluated (0: none yet)."""
+        evaluated = list(self._evaluated_at.values())
+        return max(0.0, self.monotonic() - min(evaluated)) if evaluated else 0.0
 
     def _reconcile(self, body: Mapping[str, Any], deployments: Iterable[Mapping[str, Any]],
                    policy_bodies: Iterable[Mapping[str, Any]], apply: bool,

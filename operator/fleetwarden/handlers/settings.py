@@ -9,6 +9,7 @@
 | ``FLEETWARDEN_LOOKBACK_MINUTES`` | ``--lookback-minutes`` | 90 | the window the detectors refold each cycle (>= 5) |
 | ``FLEETWARDEN_METRICS_PORT`` | ``--metrics-port`` | 8081 | the operator's own /metrics (0: off; <= 65535) |
 | ``FLEETWARDEN_WORKERS`` | | 16 | threads running evaluations (>= 1) |
+| ``FLEETWARDEN_EVALUATION`` | ``--evaluation`` | timers | ``timers``: a kopf timer per budget; ``fleet``: one evaluation of every budget per interval, on the leader (docs/operator.md, "Scale") |
 | ``FLEETWARDEN_ALERTMANAGER_URL`` | ``--alertmanager-url`` | (none) | Alertmanager to send an alert per incident to (none: no alerts) |
 | ``FLEETWARDEN_PROMETHEUS_HEADERS`` | ``--prometheus-headers`` | (none) | ``Name=value,...`` sent with each query, e.g. ``X-Scope-OrgID=team-a`` |
 | ``FLEETWARDEN_NAMESPACES`` | ``--namespace`` | (all) | a shard's namespaces (names or globs, comma-separated): the Prometheus queries' scope |
@@ -83,6 +84,20 @@ def _namespaces(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    """A check of one of ``allowed`` (case and surrounding blanks ignored)."""
+    def check(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+EVALUATION_MODES = ("fleet", "timers")
+
+
 def _url(raw: str) -> str:
     """A check of an http(s) URL with a host (the value is kept as written)."""
     expected = "must be an http:// or https:// URL with a host (http://HOST:PORT)"
@@ -120,6 +135,7 @@ OPTIONS = (
     Option("alertmanager_url", "FLEETWARDEN_ALERTMANAGER_URL", None, _url),
     Option("prometheus_headers", "FLEETWARDEN_PROMETHEUS_HEADERS", (), _headers),
     Option("namespaces", "FLEETWARDEN_NAMESPACES", (), _namespaces),
+    Option("evaluation", "FLEETWARDEN_EVALUATION", "timers", _choice(*EVALUATION_MODES)),
 )
 
 
@@ -146,6 +162,7 @@ class Settings:
     prometheus_timeout: float = 10.0
     prometheus_headers: tuple[tuple[str, str], ...] = ()
     namespaces: tuple[str, ...] = ()  # a shard's (empty: every namespace); the Prometheus queries' scope
+    evaluation: str = "timers"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

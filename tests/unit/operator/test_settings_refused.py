@@ -51,6 +51,7 @@ BAD = [
     ("FLEETWARDEN_PROMETHEUS_HEADERS", "--prometheus-headers", "X-Scope-OrgID=a\nb", "Name=value pairs"),
     ("FLEETWARDEN_NAMESPACES", "--namespace", "Team_A", "'Team_A' is not a namespace name or a glob"),
     ("FLEETWARDEN_NAMESPACES", None, "a,!b", "'!b' is not a namespace name or a glob"),
+    ("FLEETWARDEN_EVALUATION", "--evaluation", "per-object", "one of fleet, timers"),
 ]
 
 

@@ -1,0 +1,148 @@
+"""One evaluation of the whole fleet per interval (``FLEETWARDEN_EVALUATION=fleet``, the default).
+
+The other mode, ``timers``, gives every AgentBudget its own kopf timer: one asyncio task and
+one finalizer per budget, each firing on its own phase. At 10,000 budgets on a 2-core
+machine those timers fall behind the interval (docs/operator.md, Scale): kopf schedules
+10,000 tasks, each hopping to a worker thread and back. Here one loop does the same work:
+
+1. It runs in kopf's event loop (started by a startup handler) and waits until kopf has
+   filled its indexes (``ready``: set by the first event handler that runs, as kopf holds
+   every handler back until all indexes are populated), so no budget is ever evaluated
+   against a half-listed fleet.
+2. Every interval it forgets the cached Prometheus snapshot (one fleet-wide fetch per
+   cycle: the number of queries does not grow with the fleet), copies the budgets and each
+   namespace's Deployments, CostPolicies and CostApprovals out of kopf's indexes (in the
+   event loop's thread, so no watch event changes them while they are copied), and
+   evaluates every budget on a pool of ``FLEETWARDEN_WORKERS`` threads
+   (:meth:`fleetwarden.handlers.runtime.Runtime.reconcile`: the status is written only when
+   it changed, or for the coarse heartbeat).
+3. It records the cycle's duration and starts the next cycle one interval after this one
+   started (at once, with a warning, when the cycle took longer than the interval).
+
+A failed evaluation is logged (the first few of a cycle, then their count) and retried on
+the next cycle; it never stops the others. Immediate evaluations (a spec edit, a scale-up
+under a Killed or Suspended budget) stay with the event handlers of
+:mod:`fleetwarden.handlers.agentbudgets`; the per-budget lock of the Runtime keeps them and
+the cycle from evaluating one budget twice at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from fleetwarden.handlers import metrics
+
+log = logging.getLogger(__name__)
+
+# The failed evaluations of one cycle that are logged one by one (the rest are counted).
+LOGGED_FAILURES = 5
+
+Body = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One budget and what its evaluation reads of its namespace."""
+
+    budget: Body
+    deployments: Sequence[Body]
+    policies: Sequence[Body]
+    approvals: Sequence[Body]
+
+
+@dataclasses.dataclass(frozen=True)
+class CycleResult:
+    budgets: int
+    failed: int
+    seconds: float
+
+
+def _values(index: Any, namespace: str) -> list[Body]:
+    try:
+        return list(index.get(namespace, ()) or ())
+    except (AttributeError, TypeError):
+        return []
+
+
+def copy_indexes(budgets: Any, deployments: Any, policies: Any, approvals: Any) -> list[Item]:
+    """Every budget of kopf's indexes (namespace -> store) with its namespace's objects; the lists
+    of one namespace are shared by its budgets. Call it in the event loop's thread."""
+    items: list[Item] = []
+    for namespace in list(budgets or ()):
+        bodies = _values(budgets, namespace)
+        if not bodies:
+            continue
+        deps, pols, apprs = (_values(deployments, namespace), _values(policies, namespace),
+                             _values(approvals, namespace))
+        items.extend(Item(body, deps, pols, apprs) for body in bodies)
+    return items
+
+
+def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: cf.Executor) -> int:
+    """Evaluate every item on ``pool``; returns how many failed (each logged, the first few in full)."""
+    failed = 0
+    futures = {pool.submit(evaluate, item): item for item in items}
+    for future in cf.as_completed(futures):
+        exc = future.exception()
+        if exc is None:
+            continue
+        failed += 1
+        if failed <= LOGGED_FAILURES:
+            meta = futures[future].budget.get("metadata") or {}
+            log.warning("budget %s/%s: %s (evaluated again next cycle)", meta.get("namespace"), meta.get("name"),
+                        exc)
+    if failed > LOGGED_FAILURES:
+        log.warning("%d more budgets failed this cycle (evaluated again next cycle)", failed - LOGGED_FAILURES)
+    return failed
+
+
+class FleetLoop:
+    """Evaluate every indexed budget once per ``interval`` seconds."""
+
+    def __init__(self, evaluate: Callable[[Item], Any], *, interval: float, workers: int,
+                 new_cycle: Callable[[], None], ready: threading.Event,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.evaluate = evaluate
+        self.interval = interval
+        self.new_cycle = new_cycle
+        self.ready = ready
+        self.monotonic = monotonic
+        self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fleet-eval")
+        self.driver = cf.ThreadPoolExecutor(1, thread_name_prefix="fleet-cycle")
+        self.cycles = 0
+
+    def cycle(self, items: Sequence[Item]) -> CycleResult:
+        """One cycle over ``items`` (blocking): a fresh snapshot, every budget evaluated."""
+        started = self.monotonic()
+        self.new_cycle()
+        failed = evaluate_all(items, self.evaluate, self.pool)
+        seconds = self.monotonic() - started
+        self.cycles += 1
+        metrics.CYCLE_SECONDS.observe(seconds)
+        metrics.LAST_CYCLE_SECONDS.set(seconds)
+        return CycleResult(len(items), failed, seconds)
+
+    async def run(self, budgets: Any, deployments: Any, policies: Any, approvals: Any) -> None:
+        """Cycle until cancelled (kopf cancels its tasks when it stops)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.ready.is_set():
+                await asyncio.sleep(0.2)
+            while True:
+                started = self.monotonic()
+                items = copy_indexes(budgets, deployments, policies, approvals)
+                result = await loop.run_in_executor(self.driver, self.cycle, items)
+                if result.seconds > self.interval:
+                    log.warning("evaluating %d budgets took %.1fs, longer than the %gs interval: the next "
+                                "cycle starts at once", result.budgets, result.seconds, self.interval)
+                await asyncio.sleep(max(0.0, started + self.interval - self.monotonic()))
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.driver.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,162 @@
+"""One fleet-wide evaluation per interval (FLEETWARDEN_EVALUATION=fleet): it waits for kopf's
+indexes, evaluates every indexed budget each cycle on one Prometheus fetch, writes a status
+only when it changed, survives a failing budget, and sees budgets that come and go. The
+Runtime is the real one; the API server is the recording fake of test_runtime_cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_runtime_cycle import CountingFetcher, FakeKube, body, deployment, make
+
+from fleetwarden.handlers import fleet
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def index(*bodies: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """A stand-in for a kopf index: namespace -> the bodies of that namespace."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for b in bodies:
+        out.setdefault(b["metadata"]["namespace"], []).append(b)
+    return out
+
+
+def in_namespace(b: dict[str, Any], namespace: str) -> dict[str, Any]:
+    return {**b, "metadata": {**b["metadata"], "namespace": namespace, "uid": f"{namespace}-{b['metadata']['uid']}"}}
+
+
+def test_each_budget_gets_its_own_namespaces_objects() -> None:
+    budgets = index(body(0), body(1), in_namespace(body(2), "other"))
+    deployments = index(deployment(0), deployment(1), in_namespace(deployment(2), "other"))
+    policies = index({"metadata": {"name": "p", "namespace": "other"}})
+    items = fleet.copy_indexes(budgets, deployments, policies, {})
+    by_name = {(i.budget["metadata"]["namespace"], i.budget["metadata"]["name"]): i for i in items}
+    assert sorted(by_name) == [("other", "budget-2"), ("shop", "budget-0"), ("shop", "budget-1")]
+    assert [d["metadata"]["name"] for d in by_name[("shop", "budget-0")].deployments] == ["bot-0", "bot-1"]
+    assert [d["metadata"]["name"] for d in by_name[("other", "budget-2")].deployments] == ["bot-2"]
+    assert by_name[("shop", "budget-0")].policies == [] and len(by_name[("other", "budget-2")].policies) == 1
+
+
+def test_a_failing_budget_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    done: list[str] = []
+
+    def evaluate(item: fleet.Item) -> None:
+        name = item.budget["metadata"]["name"]
+        if name in ("budget-3", "budget-7"):
+            raise RuntimeError(f"{name} broke")
+        done.append(name)
+
+    items = fleet.copy_indexes(index(*(body(i) for i in range(10))), {}, {}, {})
+    with caplog.at_level(logging.WARNING), fleet.cf.ThreadPoolExecutor(4) as pool:
+        failed = fleet.evaluate_all(items, evaluate, pool)
+    assert failed == 2
+    assert sorted(done) == sorted(f"budget-{i}" for i in range(10) if i not in (3, 7))
+    assert "shop/budget-3: budget-3 broke" in caplog.text
+
+
+def run_until(loop: fleet.FleetLoop, indexes: tuple[Any, ...], done: Any) -> None:
+    """Run ``loop`` on ``indexes`` until ``done()``."""
+    async def main() -> None:
+        task = asyncio.create_task(loop.run(*indexes))
+        for _ in range(20_000):
+            await asyncio.sleep(0.001)
+            if task.done():
+                task.result()
+            if done():
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert done(), "the loop did not get there"
+
+    asyncio.run(main())
+
+
+def test_every_budget_once_per_cycle_on_one_fetch_and_status_only_on_change() -> None:
+    fetcher, k = CountingFetcher(), FakeKube()
+    rt = make(fetcher, k)
+    evaluations: collections.Counter[str] = collections.Counter()
+    budgets = index(*(body(i) for i in range(20)))
+
+    def evaluate(item: fleet.Item) -> None:
+        name = item.budget["metadata"]["name"]
+        if name == "budget-0":  # meanwhile the watches see budget-0 go and budget-20 come
+            budgets["shop"] = [b for b in budgets["shop"] if b["metadata"]["name"] != "budget-0"] + [body(20)]
+        evaluations[name] += 1
+        rt.reconcile(item.budget, item.deployments, item.policies, approval_bodies=item.approvals)
+
+    ready = threading.Event()
+    ready.set()
+    loop = fleet.FleetLoop(evaluate, interval=0.001, workers=4, new_cycle=rt.new_cycle, ready=ready)
+    seen: dict[str, Any] = {}
+
+    def done() -> bool:
+        if loop.cycles >= 4 and not seen:
+            seen.update(cycles=loop.cycles, evaluations=dict(evaluations), fetches=fetcher.fetches)
+        return bool(seen)
+
+    run_until(loop, (budgets, index(*(deployment(i) for i in range(21))), {}, {}), done)
+    cycles, counts = seen["cycles"], seen["evaluations"]
+    # the next cycle may have begun when the counts were read
+    assert seen["fetches"] in (cycles, cycles + 1)  # one fleet-wide fetch per cycle, whatever the fleet size
+    assert counts["budget-0"] == 1  # gone after the first cycle
+    assert counts["budget-20"] in (cycles - 1, cycles)  # from the second cycle on
+    assert all(counts[f"budget-{i}"] in (cycles, cycles + 1) for i in range(1, 20))
+    assert len(k.of("status")) == 21  # each status written once: nothing changed afterwards
+
+
+def test_nothing_is_evaluated_before_the_indexes_are_filled() -> None:
+    evaluated: list[str] = []
+    ready = threading.Event()
+    loop = fleet.FleetLoop(lambda item: evaluated.append(item.budget["metadata"]["name"]), interval=0.001,
+                           workers=1, new_cycle=lambda: None, ready=ready)
+    waited = {"n": 0}
+
+    def done() -> bool:
+        waited["n"] += 1
+        if waited["n"] < 200:  # 200 turns of the event loop without the indexes
+            return False
+        if waited["n"] == 200:
+            assert evaluated == [] and loop.cycles == 0
+            ready.set()
+        return loop.cycles >= 1
+
+    run_until(loop, (index(body(0)), {}, {}, {}), done)
+    assert "budget-0" in evaluated
+
+
+def test_oldest_evaluation_follows_the_budget_evaluated_longest_ago() -> None:
+    clock = {"now": 100.0}
+    rt = make(CountingFetcher(), FakeKube(), monotonic=lambda: clock["now"])
+    assert rt.oldest_evaluation() == 0.0
+    rt.reconcile(body(0), [deployment(0)])
+    clock["now"] = 110.0
+    rt.reconcile(body(1), [deployment(1)])
+    clock["now"] = 115.0
+    assert rt.oldest_evaluation() == 15.0
+    rt.reconcile(body(0), [deployment(0)])
+    assert rt.oldest_evaluation() == 5.0
+    rt.forget("uid-1", "shop", "budget-1")
+    assert rt.oldest_evaluation() == 0.0
+
+
+@pytest.mark.parametrize(("mode", "timer", "fleet_loop"), [("fleet", False, True), ("timers", True, False), ("", True, False)])
+def test_the_mode_chooses_the_handlers(mode: str, timer: bool, fleet_loop: bool) -> None:
+    """fleet registers the fleet loop and no per-budget timer; timers (the default) the reverse."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARDEN_")}
+    env["FLEETWARDEN_EVALUATION"] = mode
+    code = ("import fleetwarden.handlers.agentbudgets as a; "
+            "print(hasattr(a, 'budget_timer'), hasattr(a, 'start_fleet'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=ROOT, timeout=120).stdout.split()
+    assert out == [str(timer), str(fleet_loop)]

@@ -3,7 +3,7 @@
 A cycle sends a FIXED number of queries whatever the number of agents or budgets:
 
 - one range query per metric family over the lookback window, ``sum by (namespace, agent,
-  ...) (increase(metric[1m]))`` with step 60 s, aligned to whole minutes, which become the
+  ...) (minute_growth(metric))`` with step 60 s, aligned to whole minutes, which become the
   per-agent, per-minute buckets of :mod:`fleetwarden.core.series` (plus, per minute, the
   outcomes by name and the SDK's guardrail findings by status and tool; the guardrail
   decisions ride on the tool-call query, so they cost no query of their own);
@@ -59,12 +59,23 @@ SPEND_METRICS = names.SPEND
 TOKEN_METRICS = names.LLM_TOKENS
 
 
-def increase_of(metrics: Sequence[str], window: str) -> str:
-    """``increase(m[window])`` of several metrics as one vector: each is told apart by a label,
-    so dropping the metric name (increase() does) leaves no duplicate series."""
+def minute_growth(metric: str) -> str:
+    """How much ``metric`` grew in the minute ending at the evaluation time, per series: its value
+    now less its value a minute before; its whole value for a series born in the minute (or reset
+    in it). Not ``increase(m[1m])``: that counts nothing of a series' first sample (a new model's
+    first calls, a new tool's first call vanish), and it scales the growth between the first and
+    the last sample in the minute to the whole minute (the events between a minute's last scrape
+    and the next minute's first are counted in neither, and the rest are scaled up), so per-minute
+    counts would be neither whole nor those replay counts from the same events."""
+    return f"(({metric} - {metric} offset 1m) >= 0 or {metric})"
+
+
+def increase_of(metrics: Sequence[str]) -> str:
+    """:func:`minute_growth` of several metrics as one vector: each is told apart by a label,
+    so dropping the metric name (the subtraction does) leaves no duplicate series."""
     if len(metrics) == 1:
-        return f"increase({metrics[0]}[{window}])"
-    return " or ".join(f'label_replace(increase({m}[{window}]), "fw_metric", "{m}", "", "")' for m in metrics)
+        return minute_growth(metrics[0])
+    return " or ".join(f'label_replace({minute_growth(m)}, "fw_metric", "{m}", "", "")' for m in metrics)
 
 
 # name -> (metrics, extra grouping labels). Each is one range query per cycle.
@@ -85,8 +96,9 @@ RANGE_FAMILIES: dict[str, tuple[str | tuple[str, ...], tuple[str, ...]]] = {
 GUARDRAIL_METRIC = names.GUARDRAIL_DECISIONS
 GUARDRAIL_STATUSES = ("token_cap_exceeded", "rate_limit_exceeded", "tool_not_allowed", "approval_required")
 GUARDRAIL_MARK = "fw_family"  # the label that tells the guardrail series apart in the tool-call answer
-GUARDRAIL_PART = (f'label_replace(sum by (namespace, agent, tool, status) (increase({GUARDRAIL_METRIC}'
-                  f'{{status=~"{"|".join(GUARDRAIL_STATUSES)}"}}[1m])), "{GUARDRAIL_MARK}", "guardrails", "", "")')
+_GUARDRAIL_SELECTOR = f'{GUARDRAIL_METRIC}{{status=~"{"|".join(GUARDRAIL_STATUSES)}"}}'
+GUARDRAIL_PART = (f'label_replace(sum by (namespace, agent, tool, status) ({minute_growth(_GUARDRAIL_SELECTOR)}), '
+                  f'"{GUARDRAIL_MARK}", "guardrails", "", "")')
 # Families whose range query also carries another vector (``or``: their label sets differ).
 RIDERS = {"tool_calls": GUARDRAIL_PART}
 
@@ -115,7 +127,7 @@ OPEN_TASKS_QUERY = " or ".join(
 def range_query(metrics: str | Sequence[str], extra: Sequence[str], rider: str | None = None) -> str:
     labels = ", ".join(("namespace", "agent", *extra))
     names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    query = f"sum by ({labels}) ({increase_of(names, '1m')})"
+    query = f"sum by ({labels}) ({increase_of(names)})"
     return query if rider is None else f"{query} or {rider}"
 
 

@@ -30,7 +30,6 @@ from test_operator_budget import (
     exporter,  # noqa: F401 - fixture
     start_operator,
     status,
-    workdir,  # noqa: F401 - fixture
 )
 
 from fleetwarden.adapters import prometheus as prom_adapter

@@ -2,7 +2,8 @@
 counters scraped every 15 s off the minute: each minute is what the counter gained by the last
 scrape before the minute's end, whole; a series born in the minute counts from its first sample
 (increase() reads that sample as its start: a new model's first calls would vanish); a reset
-counts what came after it."""
+counts what came after it; a series seen again after failed scrapes counts its growth since its
+last sample (not its whole value: it is not new)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ PROMTOOL = shutil.which("promtool")  # scripts/setup installs it (Debian's prome
 CALLS = "fleetwarden_llm_calls_total"
 
 # Samples every 15 s; notation as promtool's: "a+bxn" is n+1 samples from a stepping by b,
-# "_xn" n missing samples. Evaluated at 5m: the minute (4m, 5m].
+# "_xn" n missing samples. Evaluated at 10m: the minute (9m, 10m].
 SERIES = [
-    ("steady", "0+1x20", 4.0),               # one call per scrape: 4 in the minute (increase(): 4 too)
-    ("bursty", "0x16 3 3 3 3 3", 3.0),       # 3 calls, then none in the minute
-    ("born", "_x18 2 2 2", 2.0),             # a new model's series, born at 4m30s with 2 (increase(): 0)
-    ("reset", "0+1x17 0 1 2", 2.0),          # restarted at 4m15s: what came after (increase(): ~2.7)
+    ("steady", "0+1x40", 4.0),               # one call per scrape: 4 in the minute
+    ("bursty", "0x36 3 3 3 3", 3.0),         # 3 calls at the minute's first scrape
+    ("born", "_x38 2 2", 2.0),               # a new model's series, born at 9m45s with 2 (increase(): 0)
+    ("reset", "0+1x37 0 1 2", 2.0),          # restarted at 9m30s: what came after
+    ("gap", "0+1x4 _x32 5 5 5 6", 2.0),      # scrapes failed for 8 minutes: its growth since 1m (not all 6)
 ]
 
 
@@ -38,7 +40,7 @@ def _run(tmp_path: Path, expected: dict[str, float]) -> subprocess.CompletedProc
                               "values": values} for agent, values, _ in SERIES],
             "promql_expr_test": [{
                 "expr": prometheus.family_query("llm_calls"),
-                "eval_time": "5m",
+                "eval_time": "10m",
                 "exp_samples": [{"labels": f'{{namespace="ns", agent="{agent}", model="m", workflow="w"}}',
                                  "value": value} for agent, value in sorted(expected.items())],
             }],

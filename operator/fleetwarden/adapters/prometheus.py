@@ -4,7 +4,7 @@
 A cycle sends a FIXED number of queries whatever the number of agents or budgets:
 
 - one range query per metric family over the lookback window, ``sum by (namespace, agent,
-  ...) (increase(metric[1m]))`` with step 60 s, aligned to whole minutes, which become the
+  ...) (minute_growth(metric))`` with step 60 s, aligned to whole minutes, which become the
   per-agent, per-minute buckets of :mod:`fleetwarden.core.series` (plus, per minute, the
   outcomes by name and the SDK's guardrail findings by status and tool; the guardrail
   decisions ride on the tool-call query, so they cost no query of their own);
@@ -85,12 +85,33 @@ def scoped(metric: str, scope: str = "", *matchers: str) -> str:
     return f"{metric}{{{inner}}}" if inner else metric
 
 
-def increase_of(metrics: Sequence[str], window: str, scope: str = "") -> str:
-    """``increase(m[window])`` of several metrics as one vector: each is told apart by a label,
-    so dropping the metric name (increase() does) leaves no duplicate series."""
+# How far before a window's start a counter's last sample may lie and still be its value at the
+# start: a scrape that failed at that instant (a staleness marker) must not make an old series
+# look newly born.
+START_LOOKBACK = "1h"
+
+
+def minute_growth(metric: str) -> str:
+    """How much ``metric`` grew in the minute ending at the evaluation time, per series: its value
+    now less its last value before the minute (within START_LOOKBACK: a series whose scrapes
+    failed for a while is not new, and what it gained meanwhile counts when it is seen again);
+    its whole value for a series born in the minute (or reset in it). Not ``increase(m[1m])``:
+    that counts nothing of a series' first sample (a new model's first calls, a new tool's first
+    call vanish), and it scales the growth between the first and the last sample in the minute
+    to the whole minute (the events between a minute's last scrape and the next minute's first
+    are counted in neither, and the rest are scaled up), so per-minute counts would be neither
+    whole nor those replay counts from the same events."""
+    before = f"last_over_time({metric}[{START_LOOKBACK}] offset 1m)"
+    return f"(({metric} - {before}) >= 0 or {metric})"
+
+
+def increase_of(metrics: Sequence[str], scope: str = "") -> str:
+    """:func:`minute_growth` of several metrics (within ``scope``) as one vector: each is told
+    apart by a label, so dropping the metric name (the subtraction does) leaves no duplicate
+    series."""
     if len(metrics) == 1:
-        return f"increase({scoped(metrics[0], scope)}[{window}])"
-    return " or ".join(f'label_replace(increase({scoped(m, scope)}[{window}]), "fw_metric", "{m}", "", "")'
+        return minute_growth(scoped(metrics[0], scope))
+    return " or ".join(f'label_replace({minute_growth(scoped(m, scope))}, "fw_metric", "{m}", "", "")'
                        for m in metrics)
 
 
@@ -117,8 +138,8 @@ GUARDRAIL_MARK = "fw_family"  # the label that tells the guardrail series apart 
 
 def guardrail_part(scope: str = "") -> str:
     statuses = f'status=~"{"|".join(GUARDRAIL_STATUSES)}"'
-    return (f'label_replace(sum by (namespace, agent, tool, status) (increase({scoped(GUARDRAIL_METRIC, scope, statuses)}'
-            f'[1m])), "{GUARDRAIL_MARK}", "guardrails", "", "")')
+    return (f'label_replace(sum by (namespace, agent, tool, status) '
+            f'({minute_growth(scoped(GUARDRAIL_METRIC, scope, statuses))}), "{GUARDRAIL_MARK}", "guardrails", "", "")')
 
 
 GUARDRAIL_PART = guardrail_part()
@@ -164,7 +185,7 @@ OPEN_TASKS_QUERY = open_tasks_query()
 def range_query(metrics: str | Sequence[str], extra: Sequence[str], rider: str | None = None, scope: str = "") -> str:
     labels = ", ".join(("namespace", "agent", *extra))
     names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    query = f"sum by ({labels}) ({increase_of(names, '1m', scope)})"
+    query = f"sum by ({labels}) ({increase_of(names, scope)})"
     return query if rider is None else f"{query} or {rider}"
 
 
@@ -173,12 +194,6 @@ def family_query(family: str, scope: str = "") -> str:
     selector, extra = RANGE_FAMILIES[family]
     rider = RIDERS.get(family)
     return range_query(selector, extra, None if rider is None else rider(scope), scope)
-
-
-# How far before a window's start a counter's last sample may lie and still be its value at the
-# start: a scrape that failed at that instant (a staleness marker) must not make an old series
-# look newly born.
-START_LOOKBACK = "1h"
 
 
 def window_increase(metric: str, window: str) -> str:

@@ -221,11 +221,23 @@ def budget_findings(inp: EvaluationInput) -> list[findings.Finding]:
     return kept
 
 
-def _agent_findings(inp: EvaluationInput, agent: decision.AgentDeployment) -> list[findings.Finding]:
-    """The detectors' and the guardrails' findings of one agent over its lookback window."""
+def _agent_findings(inp: EvaluationInput, agent: decision.AgentDeployment,
+                    seen: set[str | None]) -> list[findings.Finding]:
+    """The detectors' and the guardrails' findings of one agent over its lookback window. Of the
+    detectors' (with what the incidents already reported carry: detectors.keep_reported), those
+    already reported (``seen``), and new ones only when the lookback held all their detector
+    weighed (detectors.in_view: judged on a history cut short, a refold can find what replay does
+    not, or the same problem with another onset, another incident)."""
     assert inp.minutes is not None
     minutes = inp.minutes.get(agent.name, ())
-    out = list(cached_detector_findings(inp.memo, agent, minutes, anomaly_params(inp.policies, agent)))
+    params = anomaly_params(inp.policies, agent)
+    out = list(cached_detector_findings(inp.memo, agent, minutes, params))
+    if inp.lookback_start is not None:
+        reported = [(str(i.kind), str(i.agent), i.tool, i.time.timestamp()) for i in inp.previous.incidents or ()
+                    if i.kind in findings.ANOMALY_KINDS and i.agent == agent.name and i.time is not None]
+        out = detectors.keep_reported(out, reported, params)
+        fresh = {id(f) for f in detectors.in_view(out, inp.lookback_start, params)}
+        out = [f for f in out if id(f) in fresh or findings.incident_id(f) in seen]
     decisions = (inp.guardrails or {}).get(agent.name) or {}
     out.extend(guardrails.agent_findings(agent, minutes, decisions, inp.policies))
     return out
@@ -248,15 +260,15 @@ def findings_stage(inp: EvaluationInput, d: Draft) -> None:
     d.reason_unknown = inp.metrics_reason or (
         "no per-minute data" if inp.minutes is None else f"spend unknown for {', '.join(unknown_windows)}")
     found: list[findings.Finding] = []
+    seen = seen_incidents(d.previous)
     if d.known:
         found.extend(budget_findings(inp))
         for agent in d.agents:
-            found.extend(_agent_findings(inp, agent))
+            found.extend(_agent_findings(inp, agent, seen))
         found = guardrails.keep_onsets(found, d.previous.incidents or (), inp.lookback_start)
     name = inp.budget.metadata.name
     found = [dataclasses.replace(f, budget=f.budget or name) for f in found]
     found.sort(key=findings.sort_key)
-    seen = seen_incidents(d.previous)
     d.found = found
     d.new = [f for f in found if findings.incident_id(f) not in seen]
 

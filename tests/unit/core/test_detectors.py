@@ -394,3 +394,39 @@ def test_explosion_found_inside_a_gap(resume: int) -> None:
     found = run(mins + [later])
     assert [(f.kind, f.time) for f in found] == [("tool_call_explosion", float(T0 + 64 * 60))]
     assert found == run(_fill_gaps(mins + [later]))
+
+
+# ---------------------------------------------------------------- the operator's refold
+
+
+def _found(kind: str, time_min: int, onset_min: int | None, agent: str = "a") -> Any:
+    from fleetwarden.core import findings
+    action = {"runaway_loop": "kill", "model_update_spike": "rollback"}.get(kind, "alert")
+    return findings.Finding(kind=kind, agent=agent, namespace="ns", time=T0 + 60 * time_min, action=action,
+                            message="m", onset=None if onset_min is None else T0 + 60 * onset_min)
+
+
+def test_a_refold_keeps_only_what_its_detector_judged_on_its_whole_reach() -> None:
+    """In the operator's lookback (from minute 0 on), a cost shift needs 90 minutes before its time
+    (its longest window and the baseline before it); a loop or a spike the hour before its onset;
+    a tool its window and baseline."""
+    p = params()
+    kept = detectors.in_view([_found("cost_shift", 90, 70), _found("cost_shift", 89, 70),
+                              _found("runaway_loop", 100, 60), _found("runaway_loop", 100, 59),
+                              _found("model_update_spike", 120, 60), _found("tool_call_explosion", 63, 62),
+                              _found("tool_call_explosion", 62, 61)], T0, p)
+    assert [(f.kind, (f.time - T0) // 60) for f in kept] == [
+        ("cost_shift", 90), ("runaway_loop", 100), ("model_update_spike", 120), ("tool_call_explosion", 63)]
+
+
+def test_a_refold_gives_a_reported_problem_its_onset_and_a_loop_holds_its_cost_shift() -> None:
+    """A finding whose reach holds a reported onset of its kind and agent is that incident; a cost
+    shift within LOOP_HOLD_MINUTES of a reported loop's onset is the loop's; other agents and
+    kinds, and a loop long gone, are left alone."""
+    p = params()
+    reported = [("cost_shift", "a", None, T0 + 60 * 40), ("runaway_loop", "b", None, T0 + 60 * 10)]
+    out = detectors.keep_reported([_found("cost_shift", 100, 45), _found("cost_shift", 100, 45, agent="c"),
+                                   _found("runaway_loop", 60, 45), _found("cost_shift", 60, 50, agent="b"),
+                                   _found("cost_shift", 71, 50, agent="b")], reported, p)
+    assert [(f.kind, f.agent, (f.onset - T0) // 60) for f in out] == [
+        ("cost_shift", "a", 40), ("cost_shift", "c", 45), ("runaway_loop", "a", 45), ("cost_shift", "b", 50)]

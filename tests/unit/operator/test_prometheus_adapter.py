@@ -6,7 +6,9 @@ minute; agent ``helper`` spent 0.005 USD a minute throughout. It is replayed thr
 fake client keyed by the query text, so a changed query fails loudly here. The six spend
 answers were recorded for the earlier increase() form of the spend query and re-keyed to the
 current text when it changed; what Prometheus makes of that text is checked on Prometheus's
-own engine in test_spend_query_promtool.py.
+own engine in test_spend_query_promtool.py. The range answers were recorded for the increase()
+form of the per-minute queries and re-keyed likewise (test_minute_growth_promtool.py checks the
+current form).
 """
 
 from __future__ import annotations

@@ -114,7 +114,8 @@ def test_series_without_agent_or_namespace_are_dropped_and_counted(caplog: pytes
     with caplog.at_level(logging.WARNING, logger="fleetwarden.adapters.prometheus"):
         snap = fetch(Answers(RANGE + UNLABELLED, spend))
     assert snap.unlabelled["inference_cost"] == 2 and snap.unlabelled["spend hour"] == 2
-    assert len(snap.unlabelled) == len(prometheus.RANGE_FAMILIES) + 1 + 2 * len(spec.Window)  # + open tasks; freshness: all labelled
+    # every range query (the families and the open tasks) and spend query; freshness: all labelled
+    assert len(snap.unlabelled) == len(prometheus.RANGE_FAMILIES) + 1 + 2 * len(spec.Window)
     assert [m.inference_cost_usd for m in snap.agent_minutes("shop", "bot")] == [0.5, 0.5]
     assert snap.agent_spend("shop", "bot", spec.Window.hour) == 0.5
     assert snap.minutes.keys() == {("shop", "bot")} and snap.spend.keys() == {("shop", "bot")}
@@ -233,7 +234,7 @@ def test_series_without_labels_from_the_real_server_are_dropped(server: Misbehav
     """Unlabelled series in a real answer are dropped and counted; the labelled ones are read."""
     server.mode = "unlabelled"
     snap = real_fetch(server)
-    assert snap.unlabelled == {**dict.fromkeys(prometheus.RANGE_FAMILIES, 2), "open tasks": 2}
+    assert snap.unlabelled == dict.fromkeys([*prometheus.RANGE_FAMILIES, "open tasks"], 2)
     assert snap.agent_spend("shop", "bot", spec.Window.hour) == 0.5
 
 

@@ -145,8 +145,9 @@ def test_no_outcome_of_a_name_means_no_cost_per_outcome_not_zero() -> None:
 
 def test_the_adapter_reads_outcomes_by_name_in_the_outcomes_range_query() -> None:
     """fleetwarden_outcomes_total is fetched by outcome in its existing range query, per agent and minute."""
-    assert prometheus.family_query("outcomes") == \
-        "sum by (namespace, agent, outcome) (increase(fleetwarden_outcomes_total[1m]))"
+    assert prometheus.family_query("outcomes") == (
+        "sum by (namespace, agent, outcome) (((fleetwarden_outcomes_total"
+        " - last_over_time(fleetwarden_outcomes_total[1h] offset 1m)) >= 0 or fleetwarden_outcomes_total))")
     results: dict[str, list[dict[str, Any]]] = {family: [] for family in prometheus.RANGE_FAMILIES}
     results["outcomes"] = [
         {"metric": {"namespace": NS, "agent": "bot", "outcome": "resolved_ticket"}, "values": [[1200, "3"]]},

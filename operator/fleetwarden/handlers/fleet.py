@@ -117,12 +117,16 @@ class FleetLoop:
         self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fleet-eval")
         self.driver = cf.ThreadPoolExecutor(1, thread_name_prefix="fleet-cycle")
         self.cycles = 0
+        self.stopping = threading.Event()
+
+    def _evaluate(self, item: Item) -> Any:
+        return None if self.stopping.is_set() else self.evaluate(item)
 
     def cycle(self, items: Sequence[Item]) -> CycleResult:
         """One cycle over ``items`` (blocking): a fresh snapshot, every budget evaluated."""
         started = self.monotonic()
         self.new_cycle()
-        failed = evaluate_all(items, self.evaluate, self.pool)
+        failed = evaluate_all(items, self._evaluate, self.pool)
         seconds = self.monotonic() - started
         self.cycles += 1
         metrics.CYCLE_SECONDS.observe(seconds)
@@ -144,5 +148,9 @@ class FleetLoop:
                                 "cycle starts at once", result.budgets, result.seconds, self.interval)
                 await asyncio.sleep(max(0.0, started + self.interval - self.monotonic()))
         finally:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.driver.shutdown(wait=False, cancel_futures=True)
+            # Not cancel_futures: a future cancelled by shutdown never wakes as_completed, so the
+            # cycle's thread would wait for ever (and the interpreter for it at exit). The budgets
+            # still queued are skipped instead, and the cycle ends.
+            self.stopping.set()
+            self.pool.shutdown(wait=False)
+            self.driver.shutdown(wait=False)

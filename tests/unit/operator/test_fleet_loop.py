@@ -160,3 +160,37 @@ def test_the_mode_chooses_the_handlers(mode: str, timer: bool, fleet_loop: bool)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=ROOT, timeout=120).stdout.split()
     assert out == [str(timer), str(fleet_loop)]
+
+
+def test_a_cancelled_loop_ends_its_cycle_with_budgets_still_queued() -> None:
+    """kopf cancels the loop mid-cycle (the operator stops): the budgets still queued are skipped
+    and the cycle's thread ends, so nothing waits for it (the interpreter joins it at exit). A
+    future cancelled by the pool's shutdown would never wake the cycle's wait."""
+    started, release = threading.Event(), threading.Event()
+    evaluated: list[str] = []
+
+    def evaluate(item: fleet.Item) -> None:
+        name = item.budget["metadata"]["name"]
+        if name == "budget-0":
+            started.set()
+            release.wait(10)
+        evaluated.append(name)
+
+    loop = fleet.FleetLoop(evaluate, interval=60, workers=1, new_cycle=lambda: None, ready=threading.Event())
+    loop.ready.set()
+
+    async def main() -> None:
+        task = asyncio.create_task(loop.run(index(*(body(i) for i in range(3))), {}, {}, {}))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()  # budget-0 is being evaluated, budget-1 and budget-2 wait in the queue
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+
+    asyncio.run(main())
+    cycle_threads = [t for t in threading.enumerate() if t.name.startswith("fleet-cycle")]
+    for t in cycle_threads:
+        t.join(5)
+    assert not [t for t in cycle_threads if t.is_alive()], "the cycle's thread still waits for cancelled budgets"
+    assert evaluated == ["budget-0"]  # the queued budgets were skipped, not evaluated after the stop

@@ -29,6 +29,7 @@ from test_operator_budget import (
     status,
 )
 
+from fleetwarden.core import detectors
 from fleetwarden.devcluster import procs
 
 AGENT = Path(__file__).with_name("otel_agent.py")
@@ -160,7 +161,11 @@ def test_otel_model_change_spike_rolls_back(cluster: Any, namespace: str, agent:
             lambda r: bool(r) and float(r[0]["value"][1]) >= 1, timeout=30)
         agent.task(model, 2000, 200, count=12)
 
-    batch("gpt-4o-mini")  # the baseline
+    batch("gpt-4o-mini")  # the baseline: the spike detector judges a change only against
+    for _ in range(detectors.MIN_BASELINE_MINUTES):  # MIN_BASELINE_MINUTES active minutes of it
+        start = minute_now()
+        cluster.wait_for(lambda: minute_now() > start, 70, "a new minute")  # noqa: B023 - called at once
+        agent.task("gpt-4o-mini", 2000, 200, count=3)
     cluster.kubectl("set", "env", "deployment/bot", "-n", namespace, "MODEL=gpt-4o")  # the update
     batch("gpt-4o")  # ~16x the cost per invocation
     cluster.wait_for(lambda: model_env(cluster, namespace) == "gpt-4o-mini", 150, "MODEL rolled back")

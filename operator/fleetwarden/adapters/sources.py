@@ -1,7 +1,9 @@
 """Prometheus queries of the sources other than the SDK (``spec.source``), cleaned at the edge.
 
 A source's queries run only in a cycle where some budget reads that source, and then a FIXED
-number of them (:data:`QUERIES`): one range query per family (step 60 s, the minute buckets),
+number of them (:data:`QUERIES`): one range query per family (step 60 s, the minute buckets:
+each counter's whole growth in the minute, read as the SDK's are,
+:func:`fleetwarden.adapters.promql.minute_growth`),
 one instant query per spend window (the counts per model the operator prices,
 :mod:`fleetwarden.core.sources`), and one for each agent's newest sample per family.
 
@@ -29,6 +31,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from fleetwarden.adapters.promql import minute_growth
 from fleetwarden.core import series, spec
 from fleetwarden.core import sources as core_sources
 
@@ -84,7 +87,7 @@ def _by(source: spec.SourceType, extra: Sequence[str]) -> str:
 
 def range_query(source: spec.SourceType, family: str) -> str:
     metric, extra = FAMILIES[source][family]
-    return f"sum by ({_by(source, extra)}) ({_vector(source, metric, lambda s: f'increase({s}[1m])')})"
+    return f"sum by ({_by(source, extra)}) ({_vector(source, metric, minute_growth)})"
 
 
 def _tagged(source: spec.SourceType, of: Callable[[str], str]) -> str:

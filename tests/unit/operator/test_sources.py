@@ -192,3 +192,39 @@ def test_litellm_unset_labels_name_no_agent() -> None:
     metric = {"api_key_alias": "None", "team": "None", "end_user": "bot", "model": "gpt-4o-mini"}
     assert queries._keys(lite, metric) == [("end_user", "bot")]  # noqa: SLF001
     assert queries._keys(lite, {"api_key_alias": "", "team": "None", "end_user": "None"}) == []  # noqa: SLF001
+
+
+# Scraped every 15 s, evaluated at 10m (the minute (9m, 10m]): calls made just as the minute began
+# are seen first at its first scrape (what increase() over the minute cannot count), and a new
+# model's series counts from its first sample.
+BOUNDARY = [
+    ('target_info{job="a", instance="i1", k8s_namespace_name="ns", k8s_deployment_name="bot"}', "1x40"),
+    ('gen_ai_client_operation_duration_seconds_count{job="a", instance="i1", gen_ai_request_model="old"}',
+     "0x36 3 3 3 3"),
+    ('gen_ai_client_operation_duration_seconds_count{job="a", instance="i1", gen_ai_request_model="new"}',
+     "_x38 2 2"),
+]
+
+
+def _boundary(tmp_path: Path, expected: dict[str, float]) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL, "promtool is missing: run scripts/setup (Debian package prometheus)"
+    test = {"rule_files": [], "evaluation_interval": "15s", "tests": [{
+        "interval": "15s", "input_series": [{"series": s, "values": v} for s, v in BOUNDARY],
+        "promql_expr_test": [{"expr": queries.range_query(OTEL, "calls"), "eval_time": "10m",
+                              "exp_samples": [{"labels": f'{{namespace="ns", agent="bot", model="{m}"}}', "value": v}
+                                              for m, v in sorted(expected.items())]}]}]}
+    path = tmp_path / "boundary_test.yaml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False), encoding="utf-8")
+    return subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_otel_minutes_count_calls_made_as_the_minute_began_and_a_new_models_first(tmp_path: Path) -> None:
+    """A source's minute is the counter's whole growth in it, as the SDK's (minute_growth), not increase()."""
+    result = _boundary(tmp_path, {"old": 3.0, "new": 2.0})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_boundary_check_fails_on_increases_reading(tmp_path: Path) -> None:
+    """The harness can fail: the calls at the minute's start read as increase() reads them are refused."""
+    result = _boundary(tmp_path, {"old": 0.0, "new": 0.0})
+    assert result.returncode != 0, result.stdout + result.stderr

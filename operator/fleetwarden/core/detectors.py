@@ -557,12 +557,7 @@ class CostShift:
         numbers of the test itself; the baseline's noise (its variance and autocorrelation, the
         costly part) and the other statistics are computed only for a window that passes it."""
         found = self._bases[cut] if cut in self._bases else self._baseline(cut)
-        if found is None:
-            return None
-        task_post = self._since("task", cut)
-        if found.task_level is None or len(task_post) < SHIFT_MIN_OBSERVATIONS:
-            return None
-        if math.exp(evidence.shift(task_post, found.task_level)[1]) < self.p.ratio * (1 - 1e-9):
+        if found is None or not self._task_rose(cut, found):
             return None
         pre, base = found.pre, found.summaries()
         post = {stat: self._since(stat, cut) for stat in STATS}
@@ -576,6 +571,14 @@ class CostShift:
         if not passed:
             return None
         return max(tests[s][1] for s in passed), tests, base
+
+    def _task_rose(self, cut: int, found: _Baseline) -> bool:
+        """Whether the window from ``cut`` could pass ``decided``: its ratio of cost per task (that of
+        the test itself, ``evidence.sprt``'s, from the baseline's level only) reached ``ratio``."""
+        post = self._since("task", cut)
+        if found.task_level is None or len(post) < SHIFT_MIN_OBSERVATIONS:
+            return False
+        return math.exp(evidence.shift(post, found.task_level)[1]) >= self.p.ratio * (1 - 1e-9)
 
     def _baseline(self, cut: int) -> _Baseline | None:
         """The observations of the baseline before ``cut`` (None: too few minutes or tasks), kept for

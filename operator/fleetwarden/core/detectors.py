@@ -36,6 +36,7 @@ import bisect
 import collections
 import dataclasses
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -454,8 +455,8 @@ class _Baseline:
         return self._summaries
 
 
-def _minute_of(row: _Row) -> int:
-    return row[0]
+_minute_of = operator.itemgetter(0)  # of a _Row
+_tasks_of = operator.itemgetter(3)  # (ended) of a _Row
 
 
 class CostShift:
@@ -590,7 +591,7 @@ class CostShift:
         i = bisect.bisect_left(rows, lo, key=_minute_of)
         j = bisect.bisect_left(rows, cut, i, key=_minute_of)
         found: _Baseline | None = None
-        if j - i >= SHIFT_MIN_BASELINE_MINUTES and sum(rows[k][3] for k in range(i, j)) >= MIN_BASELINE_TASKS:
+        if j - i >= SHIFT_MIN_BASELINE_MINUTES and sum(map(_tasks_of, rows[i:j])) >= MIN_BASELINE_TASKS:
             found = _Baseline({stat: self._since(stat, lo, cut) for stat in STATS})
         self._bases[cut] = found
         return found

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 # H0 (benign) is ratio ** NULL_SHARE: halfway between no change and the spike, in logs.
 NULL_SHARE = 0.5
@@ -116,27 +116,22 @@ def _median(values: Sequence[float]) -> float:
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
-def _clipped(obs: Sequence[Observation], scale: float) -> Iterator[float]:
-    """Each ``x`` of ``obs`` winsorised: clipped to the sample's median +- ``WINSOR x scale / sqrt(u)``
-    (a few very large tasks, the heavy tail, weigh as large ones, not as the whole sample; a shift
-    of the whole sample is kept), with the arithmetic of ``min(max(x, lo), hi)``."""
-    center = _median([x for x, _ in obs])
-    width = WINSOR * scale
-    sqrt = math.sqrt
-    for x, u in obs:
-        half = width / sqrt(u)
-        lo = center - half
-        hi = center + half
-        y = lo if lo > x else x
-        yield hi if hi < y else y
-
-
-def _weighted_sum(obs: Sequence[Observation], scale: float | None) -> float:
-    """``sum(x * u)`` over ``obs``, winsorised at ``scale`` (None: raw), term by term in order as
-    ``sum(x * u for x, u in winsorised(obs, scale))`` adds them."""
+def _weighted_sum(obs: Sequence[Observation], scale: float | None, center: float | None = None) -> float:
+    """``sum(x * u)`` over ``obs``, each ``x`` winsorised at ``scale`` (None: raw): clipped to the
+    sample's median (``center``, when known) +- ``WINSOR x scale / sqrt(u)``. A few very large tasks
+    (the heavy tail) weigh as large ones, not as the whole sample; a shift of the whole sample is
+    kept. The terms are those of ``min(max(x, lo), hi) * u``, added in order."""
     if scale is None or scale <= 0:
         return sum(x * u for x, u in obs)
-    total: float = sum(map(operator.mul, _clipped(obs, scale), [u for _, u in obs]))
+    xs = [x for x, _ in obs]
+    us = [u for _, u in obs]
+    c = _median(xs) if center is None else center
+    width = WINSOR * scale
+    sqrt = math.sqrt
+    halves = [width / sqrt(u) for u in us]
+    # min(max(x, c - h), c + h), knowing that c - h <= c + h
+    clipped = [c - h if c - h > x else c + h if c + h < x else x for x, h in zip(xs, halves, strict=True)]
+    total: float = sum(map(operator.mul, clipped, us))
     return total
 
 
@@ -148,7 +143,7 @@ def level(obs: Sequence[Observation]) -> Level | None:
     center = _median([x for x, _ in obs])
     scale = max(1.4826 * _median([abs(x - center) * math.sqrt(u) for x, u in obs]), math.sqrt(MIN_VARIANCE))
     units = sum(u for _, u in obs)
-    return Level(units=units, mean=_weighted_sum(obs, scale) / units, scale=scale)
+    return Level(units=units, mean=_weighted_sum(obs, scale, center) / units, scale=scale)
 
 
 def summary(obs: Sequence[Observation], known: Level | None = None) -> Summary | None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import functools
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -438,21 +439,19 @@ SHIFT_MIN_OBSERVATIONS = 6
 
 class _Baseline:
     """The baseline before a cut: its observations per statistic, the level of its cost per task
-    (what a window must reach before anything else is worth computing: see CostShift._test), and
-    its summaries, computed the first time a window is judged against it."""
-
-    __slots__ = ("pre", "task_level", "_summaries")
+    (what a window must reach before anything else is worth computing: see CostShift._test) and
+    its summaries, each computed the first time a window needs it."""
 
     def __init__(self, pre: dict[str, list[evidence.Observation]]) -> None:
         self.pre = pre
-        self.task_level = evidence.level(pre["task"])
-        self._summaries: dict[str, evidence.Summary | None] | None = None
 
+    @functools.cached_property
+    def task_level(self) -> evidence.Level | None:
+        return evidence.level(self.pre["task"])
+
+    @functools.cached_property
     def summaries(self) -> dict[str, evidence.Summary | None]:
-        if self._summaries is None:
-            self._summaries = {stat: evidence.summary(self.pre[stat], self.task_level if stat == "task" else None)
-                               for stat in STATS}
-        return self._summaries
+        return {stat: evidence.summary(self.pre[stat], self.task_level if stat == "task" else None) for stat in STATS}
 
 
 _minute_of = operator.itemgetter(0)  # of a _Row
@@ -560,7 +559,7 @@ class CostShift:
         found = self._bases[cut] if cut in self._bases else self._baseline(cut)
         if found is None or not self._task_rose(cut, found):
             return None
-        pre, base = found.pre, found.summaries()
+        pre, base = found.pre, found.summaries
         post = {stat: self._since(stat, cut) for stat in STATS}
         # per outcome is left to the spike detector: outcomes are too sparse to watch without a change point
         tests = {stat: evidence.sprt(post[stat], base[stat], self.p.ratio)
@@ -577,9 +576,10 @@ class CostShift:
         """Whether the window from ``cut`` could pass ``decided``: its ratio of cost per task (that of
         the test itself, ``evidence.sprt``'s, from the baseline's level only) reached ``ratio``."""
         post = self._since("task", cut)
-        if found.task_level is None or len(post) < SHIFT_MIN_OBSERVATIONS:
+        if len(post) < SHIFT_MIN_OBSERVATIONS:
             return False
-        return math.exp(evidence.shift(post, found.task_level)[1]) >= self.p.ratio * (1 - 1e-9)
+        base = found.task_level
+        return base is not None and math.exp(evidence.shift(post, base)[1]) >= self.p.ratio * (1 - 1e-9)
 
     def _baseline(self, cut: int) -> _Baseline | None:
         """The observations of the baseline before ``cut`` (None: too few minutes or tasks), kept for

@@ -608,7 +608,7 @@ class CostShift:
         level = math.log(self.p.ratio) * evidence.NULL_SHARE
         for stat in ("call", "task"):
             base = self._frozen[stat]
-            recent = self._since(stat, m.minute - 9 * MINUTE)
+            recent = self._since(stat, m.minute - 9 * MINUTE)  # (this minute and the nine before)
             if base is None or not recent:
                 continue
             if sum(x * u for x, u in recent) / sum(u for _, u in recent) - base.mean >= level:

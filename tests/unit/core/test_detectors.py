@@ -495,3 +495,18 @@ def test_cost_shift_screens_out_only_windows_it_could_not_decide(monkeypatch: py
     monkeypatch.setattr(detectors.CostShift, "_task_rose", lambda self, cut, found: True)
     assert screened == [_shifts(detectors.CostShift(p), mins) for mins in runs]
     assert sum(len(found) for found in screened) >= 4
+
+
+@pytest.mark.parametrize(("seed", "expected"), [
+    (2, [(69, 89, "task", 2.6198, 10.05, 0.6422), (139, 149, "call", 3.9502, 19.19, 0.5335)]),
+    (3, [(70, 80, "call", 2.9776, 9.63, 0.6579), (141, 151, "task", 3.7671, 16.05, 0.6434)]),
+    (5, [(66, 86, "task", 3.0587, 18.96, 0.6022), (140, 150, "call", 4.741, 17.74, 0.5749)]),
+])
+def test_cost_shift_findings_of_fixed_streams(seed: int, expected: list[tuple[Any, ...]]) -> None:
+    """A shift that ends (its last ten minutes back under ratio ** NULL_SHARE times its baseline) and
+    another soon after, judged against the minutes since the end: onsets, times and evidence as the
+    detector gave them before its speed-ups (commit 05b0ecc), to the digit."""
+    found = [((onset - T0) // 60, (t - T0) // 60, e["basis"], e["ratio"], e["log_likelihood_ratio"], e["log_sd_task"])
+             for onset, t, e in _shifts(detectors.CostShift(spec.CostShiftParams()),
+                                        _costly_minutes(seed, 200, {70: 3.0, 110: 1.0, 140: 4.0}))]
+    assert found == expected

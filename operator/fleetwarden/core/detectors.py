@@ -32,9 +32,12 @@ blind spots.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
+import functools
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -434,8 +437,25 @@ SHIFT_MIN_BASELINE_MINUTES = 20
 SHIFT_MIN_OBSERVATIONS = 6
 
 
-# A baseline: its observations and its summary, per statistic.
-_Baseline = tuple[dict[str, list[evidence.Observation]], dict[str, "evidence.Summary | None"]]
+class _Baseline:
+    """The baseline before a cut: its observations per statistic, the level of its cost per task
+    (what a window must reach before anything else is worth computing: see CostShift._test) and
+    its summaries, each computed the first time a window needs it."""
+
+    def __init__(self, pre: dict[str, list[evidence.Observation]]) -> None:
+        self.pre = pre
+
+    @functools.cached_property
+    def task_level(self) -> evidence.Level | None:
+        return evidence.level(self.pre["task"])
+
+    @functools.cached_property
+    def summaries(self) -> dict[str, evidence.Summary | None]:
+        return {stat: evidence.summary(self.pre[stat], self.task_level if stat == "task" else None) for stat in STATS}
+
+
+_minute_of = operator.itemgetter(0)  # of a _Row
+_tasks_of = operator.itemgetter(3)  # (ended) of a _Row
 
 
 class CostShift:
@@ -463,8 +483,10 @@ class CostShift:
 
     def reset(self) -> None:
         """A declared change: the history before it is no baseline for what follows."""
-        self._rows: collections.deque[_Row] = collections.deque()
-        self._obs = {stat: collections.deque[tuple[int, evidence.Observation]]() for stat in STATS}
+        self._rows: list[_Row] = []  # the active minutes of the last _span, in order
+        # stat -> the minutes of its observations (in order), and the observations
+        self._times: dict[str, list[int]] = {stat: [] for stat in STATS}
+        self._obs: dict[str, list[evidence.Observation]] = {stat: [] for stat in STATS}
         self._blocks = {stat: evidence.Blocks(weighted=stat != "call") for stat in STATS}
         self._frozen: dict[str, evidence.Summary | None] | None = None  # baseline of the lasting shift
         self._bases: dict[int, _Baseline | None] = {}  # cut -> its baseline (see _baseline)
@@ -503,26 +525,42 @@ class CostShift:
         rows = self._rows
         rows.append(row)
         oldest = row[0] - self._span
-        while rows[0][0] <= oldest:
-            rows.popleft()
+        k = 0
+        while rows[k][0] <= oldest:
+            k += 1
+        if k:
+            del rows[:k]
         fresh = False
         for stat in STATS:
-            obs = self._obs[stat]
+            times, obs = self._times[stat], self._obs[stat]
             x = self._blocks[stat].add(row[1], _units(row, stat))
             if x is not None:
-                obs.append((row[0], x))
+                times.append(row[0])
+                obs.append(x)
                 fresh = fresh or stat != "outcome"
-            while obs and obs[0][0] <= oldest:
-                obs.popleft()
+            k = bisect.bisect_right(times, oldest)
+            if k:
+                del times[:k], obs[:k]
         return fresh
 
+    def _since(self, stat: str, start: int, end: int | None = None) -> list[evidence.Observation]:
+        """The observations of ``stat`` made in the minutes from ``start`` on (before ``end``)."""
+        times = self._times[stat]
+        i = bisect.bisect_left(times, start)
+        return self._obs[stat][i:] if end is None else self._obs[stat][i:bisect.bisect_left(times, end, i)]
+
     def _test(self, cut: int) -> tuple[float, dict[str, tuple[float | None, float]], dict[str, Any]] | None:
-        """(strongest LLR, tests, baseline summaries) of a change at ``cut``, if one is decided."""
+        """(strongest LLR, tests, baseline summaries) of a change at ``cut``, if one is decided.
+
+        Nothing is decided unless the cost per task rose to ``ratio`` (per call counts only with it,
+        per outcome is not tested here: see ``decided``), so that ratio is screened first, with the
+        numbers of the test itself; the baseline's noise (its variance and autocorrelation, the
+        costly part) and the other statistics are computed only for a window that passes it."""
         found = self._bases[cut] if cut in self._bases else self._baseline(cut)
-        if found is None:
+        if found is None or not self._task_rose(cut, found):
             return None
-        pre, base = found
-        post = {stat: [x for t, x in self._obs[stat] if t >= cut] for stat in STATS}
+        pre, base = found.pre, found.summaries
+        post = {stat: self._since(stat, cut) for stat in STATS}
         # per outcome is left to the spike detector: outcomes are too sparse to watch without a change point
         tests = {stat: evidence.sprt(post[stat], base[stat], self.p.ratio)
                  if stat != "outcome" and len(post[stat]) >= SHIFT_MIN_OBSERVATIONS else (None, 0.0)
@@ -534,17 +572,27 @@ class CostShift:
             return None
         return max(tests[s][1] for s in passed), tests, base
 
+    def _task_rose(self, cut: int, found: _Baseline) -> bool:
+        """Whether the window from ``cut`` could pass ``decided``: its ratio of cost per task (that of
+        the test itself, ``evidence.sprt``'s, from the baseline's level only) reached ``ratio``."""
+        post = self._since("task", cut)
+        if len(post) < SHIFT_MIN_OBSERVATIONS:
+            return False
+        base = found.task_level
+        return base is not None and math.exp(evidence.shift(post, base)[1]) >= self.p.ratio * (1 - 1e-9)
+
     def _baseline(self, cut: int) -> _Baseline | None:
-        """The observations and summaries of the baseline before ``cut`` (None: too few minutes or tasks),
-        kept for the next windows that end there: the minutes before a cut never change once it is
-        passed (rows and observations only come later, and none before a window's baseline is
-        dropped), so each cut is summarised once instead of once per window, with the same result."""
+        """The observations of the baseline before ``cut`` (None: too few minutes or tasks), kept for
+        the next windows that end there: the minutes before a cut never change once it is passed
+        (rows and observations only come later, and none before a window's baseline is dropped), so
+        each cut is summarised once instead of once per window, with the same result."""
         lo = cut - SHIFT_BASELINE_MINUTES * MINUTE
-        rows = [r for r in self._rows if lo <= r[0] < cut]
+        rows = self._rows
+        i = bisect.bisect_left(rows, lo, key=_minute_of)
+        j = bisect.bisect_left(rows, cut, i, key=_minute_of)
         found: _Baseline | None = None
-        if len(rows) >= SHIFT_MIN_BASELINE_MINUTES and sum(r[3] for r in rows) >= MIN_BASELINE_TASKS:
-            pre = {stat: [x for t, x in self._obs[stat] if lo <= t < cut] for stat in STATS}
-            found = (pre, {stat: evidence.summary(pre[stat]) for stat in STATS})
+        if j - i >= SHIFT_MIN_BASELINE_MINUTES and sum(map(_tasks_of, rows[i:j])) >= MIN_BASELINE_TASKS:
+            found = _Baseline({stat: self._since(stat, lo, cut) for stat in STATS})
         self._bases[cut] = found
         return found
 
@@ -560,7 +608,7 @@ class CostShift:
         level = math.log(self.p.ratio) * evidence.NULL_SHARE
         for stat in ("call", "task"):
             base = self._frozen[stat]
-            recent = [x for t, x in self._obs[stat] if t > m.minute - 10 * MINUTE]
+            recent = self._since(stat, m.minute - 9 * MINUTE)  # (this minute and the nine before)
             if base is None or not recent:
                 continue
             if sum(x * u for x, u in recent) / sum(u for _, u in recent) - base.mean >= level:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Sequence
 
 # H0 (benign) is ratio ** NULL_SHARE: halfway between no change and the spike, in logs.
@@ -91,16 +92,22 @@ def observations(rows: Sequence[tuple[float, float]], weighted: bool = True) -> 
 
 
 @dataclasses.dataclass(frozen=True)
-class Summary:
-    """A baseline's observations: their units, mean (weighted by units, after winsorising), variance
-    of one unit's log cost (floored), autocorrelation inflation (the integrated autocorrelation
-    time) and the robust scale that winsorises both sides."""
+class Level:
+    """A baseline's level: its units, mean (weighted by units, after winsorising) and the robust scale
+    that winsorises both sides; all a window needs to know how far it shifted (:func:`shift`)."""
 
     units: float
     mean: float
+    scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary(Level):
+    """A baseline's level, and its noise: the variance of one unit's log cost (floored) and the
+    autocorrelation inflation (the integrated autocorrelation time)."""
+
     variance: float
     inflation: float
-    scale: float
 
 
 def _median(values: Sequence[float]) -> float:
@@ -109,46 +116,67 @@ def _median(values: Sequence[float]) -> float:
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
-def winsorised(obs: Sequence[Observation], scale: float) -> list[Observation]:
-    """``obs`` with each ``x`` clipped to its sample's median +- ``WINSOR x scale / sqrt(u)``: a few
-    very large tasks (the heavy tail) weigh as large ones, not as the whole sample; a shift of the
-    whole sample is kept."""
-    if not obs or scale <= 0:
-        return list(obs)
-    center = _median([x for x, _ in obs])
-    out = []
-    for x, u in obs:
-        half = WINSOR * scale / math.sqrt(u)
-        out.append((min(max(x, center - half), center + half), u))
-    return out
+def _weighted_sum(obs: Sequence[Observation], scale: float | None, center: float | None = None) -> float:
+    """``sum(x * u)`` over ``obs``, each ``x`` winsorised at ``scale`` (None: raw): clipped to the
+    sample's median (``center``, when known) +- ``WINSOR x scale / sqrt(u)``. A few very large tasks
+    (the heavy tail) weigh as large ones, not as the whole sample; a shift of the whole sample is
+    kept. The terms are those of ``min(max(x, lo), hi) * u``, added in order."""
+    if scale is None or scale <= 0:
+        return sum(x * u for x, u in obs)
+    xs = [x for x, _ in obs]
+    us = [u for _, u in obs]
+    c = _median(xs) if center is None else center
+    width = WINSOR * scale
+    sqrt = math.sqrt
+    halves = [width / sqrt(u) for u in us]
+    # min(max(x, c - h), c + h), knowing that c - h <= c + h
+    clipped = [c - h if c - h > x else c + h if c + h < x else x for x, h in zip(xs, halves, strict=True)]
+    total: float = sum(map(operator.mul, clipped, us))
+    return total
 
 
-def summary(obs: Sequence[Observation]) -> Summary | None:
-    """The baseline's summary; None with fewer than two observations (its noise is unknown).
-
-    An observation of ``u`` units has variance ``variance / u`` (its units' costs averaged)."""
-    n = len(obs)
-    if n < 2:
+def level(obs: Sequence[Observation]) -> Level | None:
+    """The baseline's level (:class:`Level`, the first half of :func:`summary`, with the same
+    numbers); None with fewer than two observations."""
+    if len(obs) < 2:
         return None
     center = _median([x for x, _ in obs])
     scale = max(1.4826 * _median([abs(x - center) * math.sqrt(u) for x, u in obs]), math.sqrt(MIN_VARIANCE))
     units = sum(u for _, u in obs)
-    mean = sum(x * u for x, u in winsorised(obs, scale)) / units
+    return Level(units=units, mean=_weighted_sum(obs, scale, center) / units, scale=scale)
+
+
+def summary(obs: Sequence[Observation], known: Level | None = None) -> Summary | None:
+    """The baseline's summary; None with fewer than two observations (its noise is unknown).
+    ``known``: its :func:`level`, already computed.
+
+    An observation of ``u`` units has variance ``variance / u`` (its units' costs averaged)."""
+    n = len(obs)
+    base = known if known is not None else level(obs)
+    if base is None:
+        return None
     # the noise of the raw observations (not winsorised): the tail stays in the variance
-    raw_mean = sum(x * u for x, u in obs) / units
+    raw_mean = sum(x * u for x, u in obs) / base.units
     dev = [(x - raw_mean) * math.sqrt(u) for x, u in obs]  # standardised: each of variance `variance`
-    ss = sum(d * d for d in dev)
+    ss = sum(map(operator.mul, dev, dev))
     variance = ss / (n - 1)
     # the integrated autocorrelation time: 1 + 2 x the autocorrelations up to the first that is not
     # positive (at most MAX_LAG lags): how many observations one is worth less than independent ones
     inflation = 1.0
     for lag in range(1, min(MAX_LAG, n - 1) + 1):
-        rho = sum(a * b for a, b in zip(dev, dev[lag:], strict=False)) / ss if ss > 0 else 0.0
+        rho = sum(map(operator.mul, dev, dev[lag:])) / ss if ss > 0 else 0.0
         if rho <= 0:
             break
         inflation += 2 * rho
-    return Summary(units=units, mean=mean, variance=max(variance, MIN_VARIANCE),
-                   inflation=min(inflation, MAX_INFLATION), scale=scale)
+    return Summary(units=base.units, mean=base.mean, scale=base.scale, variance=max(variance, MIN_VARIANCE),
+                   inflation=min(inflation, MAX_INFLATION))
+
+
+def shift(after: Sequence[Observation], base: Level) -> tuple[float, float]:
+    """``(units, shift)`` of ``after`` against ``base``: its weighted mean (winsorised at the baseline's
+    scale, when it has at least three observations) minus the baseline's; ``after`` is not empty."""
+    units = sum(u for _, u in after)
+    return units, _weighted_sum(after, base.scale if len(after) >= 3 else None) / units - base.mean
 
 
 def sprt(after: Sequence[Observation], base: Summary | None, ratio: float) -> tuple[float | None, float]:
@@ -160,13 +188,11 @@ def sprt(after: Sequence[Observation], base: Summary | None, ratio: float) -> tu
     on far less evidence than one just at it."""
     if base is None or not after:
         return None, 0.0
-    after = winsorised(after, base.scale) if len(after) >= 3 else after
-    units = sum(u for _, u in after)
-    shift = sum(x * u for x, u in after) / units - base.mean
+    units, d = shift(after, base)
     variance = base.variance * base.inflation * (1.0 / units + 1.0 / base.units)
-    d1 = max(math.log(ratio), shift)
+    d1 = max(math.log(ratio), d)
     d0 = NULL_SHARE * math.log(ratio)
-    return math.exp(shift), ((shift - d0) ** 2 - (shift - d1) ** 2) / (2 * variance)
+    return math.exp(d), ((d - d0) ** 2 - (d - d1) ** 2) / (2 * variance)
 
 
 def sign_test(after: Sequence[Observation], before: Sequence[Observation], inflation: float = 1.0

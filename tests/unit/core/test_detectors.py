@@ -430,3 +430,83 @@ def test_a_refold_gives_a_reported_problem_its_onset_and_a_loop_holds_its_cost_s
                                    _found("cost_shift", 71, 50, agent="b")], reported, p)
     assert [(f.kind, f.agent, (f.onset - T0) // 60) for f in out] == [
         ("cost_shift", "a", 40), ("cost_shift", "c", 45), ("runaway_loop", "a", 45), ("cost_shift", "b", 50)]
+
+
+# ---------------------------------------------------------------- cost_shift: the baselines it keeps per cut
+
+
+def _costly_minutes(seed: int, n: int, shifts: dict[int, float]) -> list[series.AgentMinute]:
+    """A busy agent's minutes, heavy-tailed costs per task, the cost multiplied by ``shifts[i]`` from minute ``i``."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    factor = 1.0
+    for i in range(n):
+        factor = shifts.get(i, factor)
+        tasks = rng.randint(1, 3)
+        cost = factor * sum(0.01 * rng.lognormvariate(0, 0.6) for _ in range(tasks))
+        out.append(minute(i, tasks_completed=tasks, llm_calls=3 * tasks + rng.randint(0, 2), tokens=2000,
+                          inference_cost_usd=cost, model="m1"))
+    return out
+
+
+def _shifts(shift: detectors.CostShift, mins: list[series.AgentMinute], *, cold: bool = False,
+            reset_at: int | None = None) -> list[tuple[float | None, float, dict[str, Any]]]:
+    """(onset, time, evidence) of the cost shifts found; ``cold``: every cut's baseline computed afresh
+    each minute; ``reset_at``: a declared change (``reset``) before that minute."""
+    out = []
+    for m in mins:
+        if m.minute == T0 + 60 * (reset_at if reset_at is not None else -1):
+            shift.reset()
+        if cold:
+            shift._bases.clear()
+        out += [(f.onset, f.time, f.evidence) for f in shift.step(m)]
+    return out
+
+
+def test_cost_shift_kept_baselines_give_what_a_cold_computation_gives() -> None:
+    """Each cut's baseline is summarised once and kept for the windows that end there: the same
+    findings (onsets, evidence to the last digit) as computing every baseline afresh each minute."""
+    p = spec.CostShiftParams()
+    for seed in range(3):
+        mins = _costly_minutes(seed, 240, {70: 3.0, 110: 1.0, 180: 4.0})
+        kept = _shifts(detectors.CostShift(p), mins)
+        assert len(kept) >= 2
+        assert kept == _shifts(detectors.CostShift(p), mins, cold=True)
+
+
+def test_cost_shift_keeps_no_baseline_across_a_declared_change() -> None:
+    """A declared change starts the history over: what follows it is judged as by a detector that
+    never saw what came before (no baseline kept from before the change, though its cuts are recent)."""
+    p = spec.CostShiftParams()
+    mins = _costly_minutes(1, 120, {60: 5.0})
+    assert _shifts(detectors.CostShift(p), mins)  # without the reset, the rise is a shift
+    after = _shifts(detectors.CostShift(p), mins, reset_at=60)
+    assert after == _shifts(detectors.CostShift(p), mins[60:]) == []
+
+
+def test_cost_shift_screens_out_only_windows_it_could_not_decide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window whose cost per task did not reach ``ratio`` skips the full test (the baseline's noise):
+    the same findings as running the full test on every window."""
+    p = spec.CostShiftParams()
+    runs = [_costly_minutes(seed, 240, {70: 3.0, 110: 1.0, 180: 2.2}) for seed in range(4)]
+    screened = [_shifts(detectors.CostShift(p), mins) for mins in runs]
+    monkeypatch.setattr(detectors.CostShift, "_task_rose", lambda self, cut, found: True)
+    assert screened == [_shifts(detectors.CostShift(p), mins) for mins in runs]
+    assert sum(len(found) for found in screened) >= 4
+
+
+@pytest.mark.parametrize(("seed", "expected"), [
+    (2, [(69, 89, "task", 2.6198, 10.05, 0.6422), (139, 149, "call", 3.9502, 19.19, 0.5335)]),
+    (3, [(70, 80, "call", 2.9776, 9.63, 0.6579), (141, 151, "task", 3.7671, 16.05, 0.6434)]),
+    (5, [(66, 86, "task", 3.0587, 18.96, 0.6022), (140, 150, "call", 4.741, 17.74, 0.5749)]),
+])
+def test_cost_shift_findings_of_fixed_streams(seed: int, expected: list[tuple[Any, ...]]) -> None:
+    """A shift that ends (its last ten minutes back under ratio ** NULL_SHARE times its baseline) and
+    another soon after, judged against the minutes since the end: onsets, times and evidence as the
+    detector gave them before its speed-ups (commit 05b0ecc), to the digit."""
+    found = [((onset - T0) // 60, (t - T0) // 60, e["basis"], e["ratio"], e["log_likelihood_ratio"], e["log_sd_task"])
+             for onset, t, e in _shifts(detectors.CostShift(spec.CostShiftParams()),
+                                        _costly_minutes(seed, 200, {70: 3.0, 110: 1.0, 140: 4.0}))]
+    assert found == expected

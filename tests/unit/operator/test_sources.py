@@ -37,11 +37,12 @@ SERIES = [
 ]
 
 
-def _promtool(tmp_path: Path, expr: str, samples: list[tuple[str, float]]) -> subprocess.CompletedProcess[str]:
+def _promtool(tmp_path: Path, expr: str, samples: list[tuple[str, float]], series: list[tuple[str, str]] = SERIES,
+              interval: str = "1m", eval_time: str = "15m") -> subprocess.CompletedProcess[str]:
     assert PROMTOOL, "promtool is missing: run scripts/setup (Debian package prometheus)"
-    test = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
-        "interval": "1m", "input_series": [{"series": s, "values": v} for s, v in SERIES],
-        "promql_expr_test": [{"expr": expr, "eval_time": "15m",
+    test = {"rule_files": [], "evaluation_interval": interval, "tests": [{
+        "interval": interval, "input_series": [{"series": s, "values": v} for s, v in series],
+        "promql_expr_test": [{"expr": expr, "eval_time": eval_time,
                               "exp_samples": [{"labels": labels, "value": value} for labels, value in samples]}]}]}
     path = tmp_path / "sources_test.yaml"
     path.write_text(yaml.safe_dump(test, sort_keys=False), encoding="utf-8")
@@ -207,15 +208,8 @@ BOUNDARY = [
 
 
 def _boundary(tmp_path: Path, expected: dict[str, float]) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL, "promtool is missing: run scripts/setup (Debian package prometheus)"
-    test = {"rule_files": [], "evaluation_interval": "15s", "tests": [{
-        "interval": "15s", "input_series": [{"series": s, "values": v} for s, v in BOUNDARY],
-        "promql_expr_test": [{"expr": queries.range_query(OTEL, "calls"), "eval_time": "10m",
-                              "exp_samples": [{"labels": f'{{namespace="ns", agent="bot", model="{m}"}}', "value": v}
-                                              for m, v in sorted(expected.items())]}]}]}
-    path = tmp_path / "boundary_test.yaml"
-    path.write_text(yaml.safe_dump(test, sort_keys=False), encoding="utf-8")
-    return subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    samples = [(f'{{namespace="ns", agent="bot", model="{m}"}}', v) for m, v in sorted(expected.items())]
+    return _promtool(tmp_path, queries.range_query(OTEL, "calls"), samples, BOUNDARY, "15s", "10m")
 
 
 def test_otel_minutes_count_calls_made_as_the_minute_began_and_a_new_models_first(tmp_path: Path) -> None:

@@ -186,9 +186,13 @@ def test_a_loop_inside_one_task_is_killed_as_replay_finds_it(
 
     cluster.wait_for(lambda: cluster.get_json("deployment", "loop-bot", "-n", namespace)["spec"]["replicas"] == 0,
                      90, "loop-bot scaled to zero")
-    seen = {i["id"]: i for i in incidents(cluster, namespace)}
     incident = findings.incident_id(shifted(expected, offset))
-    assert incident in seen, (incident, seen)
+    # the scale comes first, the status that records it right after
+    def recorded() -> dict[str, Any] | None:
+        by_id = {i["id"]: i for i in incidents(cluster, namespace)}
+        return by_id if incident in by_id else None
+
+    seen = cluster.wait_for(recorded, 30, f"incident {incident} in the status")
     assert seen[incident]["kind"] == "runaway_loop" and seen[incident]["action"] == "kill"
     assert status(cluster, namespace)["killSwitch"]["incident"] == incident
 
@@ -208,6 +212,7 @@ def test_a_slow_agents_model_update_spike_is_rolled_back_as_replay_finds_it(
     start_operator(cluster, prom.url, namespace, workdir, request, extra=("--lookback-minutes", str(LOOKBACK)))
 
     cluster.wait_for(lambda: model_env(cluster, namespace, "slow-bot") == agent.model, 90, "MODEL rolled back")
-    rollback = status(cluster, namespace)["model"]["rollbacks"][-1]
+    rollback = cluster.wait_for(lambda: (status(cluster, namespace).get("model") or {}).get("rollbacks"), 30,
+                                "status.model.rollbacks")[-1]  # the patch comes first, the status right after
     assert (rollback["agent"], rollback["from"], rollback["to"]) == ("slow-bot", agent.new_model, agent.model)
     assert rollback["incident"] == findings.incident_id(shifted(expected, offset))

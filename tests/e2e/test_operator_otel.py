@@ -150,8 +150,8 @@ def test_otel_model_change_spike_rolls_back(cluster: Any, namespace: str, agent:
     cluster.apply(otel_budget(namespace, hour_cap=1000.0))
     start_operator(cluster, prometheus.url, namespace, workdir, request)
     def batch(model: str) -> None:
-        """12 invocations within one minute. A series is born with its first record, and a range
-        query's increase() cannot count a series' first sample: one invocation first, scraped."""
+        """13 invocations within one minute: one, scraped (the model's series now exists in
+        Prometheus), then 12 more."""
         start = minute_now()
         cluster.wait_for(lambda: minute_now() > start, 70, "a new minute")
         agent.task(model, 2000, 200)

@@ -33,11 +33,13 @@ are unknown, never 0.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 import json
 import logging
 import math
+import operator
 import re
 import time
 from collections import defaultdict
@@ -703,6 +705,61 @@ def _instant_by_agent(items: Iterable[Mapping[str, Any]], combine: Callable[[flo
 # ------------------------------------------------------------------ fetching
 
 
+_minute_key = operator.attrgetter("minute")
+
+
+@dataclasses.dataclass
+class _KeptRanges:
+    """The SDK's per-minute buckets of the complete minutes ``[start, end)``: minutes, outcomes and
+    guardrail decisions per agent, each agent's minutes in order.
+
+    A range query's points are evaluated one by one, each at its own time, so the buckets of a
+    span read in pieces are those of the span read whole, as long as what Prometheus holds for
+    the earlier pieces did not change since they were read: the fetcher reads again the last
+    ``settle_minutes`` of what it keeps (tests/unit/operator/test_prometheus_incremental.py)."""
+
+    start: int
+    end: int
+    minutes: dict[Key, list[series.AgentMinute]] = dataclasses.field(default_factory=dict)
+    outcomes: dict[Key, PerMinute] = dataclasses.field(default_factory=dict)
+    guardrails: dict[Key, GuardrailMinutes] = dataclasses.field(default_factory=dict)
+
+    def extend(self, minutes: Mapping[Key, list[series.AgentMinute]], outcomes: Mapping[Key, PerMinute],
+               guardrails_: Mapping[Key, GuardrailMinutes]) -> None:
+        """Add the buckets of the next slice (all later than those held)."""
+        for key, ms in minutes.items():
+            held = self.minutes.get(key)
+            if held is None:
+                self.minutes[key] = ms
+            else:
+                held.extend(ms)
+        for key, named in outcomes.items():
+            self.outcomes.setdefault(key, {}).update(named)
+        for key, decisions in guardrails_.items():
+            self.guardrails.setdefault(key, {}).update(decisions)
+
+    def joined(self, later: _KeptRanges, start: int, since: int) -> _KeptRanges:
+        """These buckets from ``start`` up to ``since``, then ``later``'s (read from ``since`` on):
+        new lists and dicts, so a snapshot handed out before is never changed."""
+        out = _KeptRanges(start, later.end)
+        for key in self.minutes.keys() | later.minutes.keys():
+            held = self.minutes.get(key, ())
+            i = bisect.bisect_left(held, start, key=_minute_key)
+            j = bisect.bisect_left(held, since, i, key=_minute_key)
+            ms = list(held[i:j])
+            ms.extend(later.minutes.get(key, ()))
+            if ms:
+                out.minutes[key] = ms
+        for name in ("outcomes", "guardrails"):
+            mine, theirs, joined = getattr(self, name), getattr(later, name), getattr(out, name)
+            for key in mine.keys() | theirs.keys():
+                by_minute = {m: v for m, v in mine.get(key, {}).items() if start <= m < since}
+                by_minute.update(theirs.get(key, {}))
+                if by_minute:
+                    joined[key] = by_minute
+        return out
+
+
 class Fetcher:
     """Runs the fixed set of queries and returns a :class:`FleetSnapshot`. With ``namespaces``
     (a shard's: names or globs, :func:`namespace_scope`) every query of the SDK's series carries
@@ -711,13 +768,23 @@ class Fetcher:
 
     def __init__(self, client: QueryClient, *, lookback_minutes: int = 90, scrape_interval: float = 15.0,
                  clock: Callable[[], float] = time.time, prices: pricing.PriceTable | None = None,
-                 namespaces: Sequence[str] = ()) -> None:
+                 namespaces: Sequence[str] = (), incremental: bool = False,
+                 slice_minutes: int | None = None) -> None:
         self.client = client
         self.scope = namespace_scope(namespaces)
         self.prices = prices if prices is not None else pricing.PriceTable()
         self.lookback_minutes = lookback_minutes
         self.stale_after = 3 * scrape_interval
         self.clock = clock
+        # Incremental: the SDK's per-minute buckets of complete minutes are kept between fetches,
+        # and each fetch reads only the minutes since, and again the last ``settle_minutes`` (a
+        # sample scraped late for its minute is still seen): _KeptRanges.
+        self.incremental = incremental
+        self.settle_minutes = math.ceil(self.stale_after / series.MINUTE) + 1
+        # The range queries of a long span (the first fetch) are run this many minutes at a time, so
+        # that the raw answers and the half-built buckets of one slice at most are held at once.
+        self.slice_minutes = slice_minutes
+        self._kept: _KeptRanges | None = None
 
     @staticmethod
     def _run(what: str, expected: str, fn: Callable[[], list[dict[str, Any]]], unlabelled: dict[str, int]
@@ -746,17 +813,12 @@ class Fetcher:
         start = end - self.lookback_minutes * series.MINUTE
         start_time = dt.datetime.fromtimestamp(start + series.MINUTE, tz=dt.timezone.utc)
         end_time = dt.datetime.fromtimestamp(end, tz=dt.timezone.utc)
-        queries = 0
         unlabelled: dict[str, int] = {}
-        ranges: dict[str, list[dict[str, Any]]] = {}
-        for family in RANGE_FAMILIES:
-            query = family_query(family, self.scope)
-            ranges[family] = self._run(family, "matrix", lambda q=query: self.client.custom_query_range(  # type: ignore[misc]
-                q, start_time=start_time, end_time=end_time, step="60"), unlabelled)
-            queries += 1
-        open_tasks = self._run("open tasks", "matrix", lambda: self.client.custom_query_range(
-            open_tasks_query(self.scope), start_time=start_time, end_time=end_time, step="60"), unlabelled)
-        queries += 1
+        since = self._ranges_since(start, end)
+        kept, queries = self._read_ranges(since, end, unlabelled)
+        if since > start:
+            assert self._kept is not None
+            kept = self._kept.joined(kept, start, since)
         spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
         for window in spec.Window:
             for calendar in (False, True):
@@ -773,6 +835,8 @@ class Fetcher:
         queries += 1
         others = self._fetch_sources(sources, now, start, end, start_time, end_time, unlabelled)
         queries += sum(source_queries.QUERIES[kind] for kind in others)
+        if self.incremental:
+            self._kept = kept
         if unlabelled:
             log.warning("Prometheus: %s dropped: series without an agent or namespace label belong to no "
                         "budget (docs/operator.md, When Prometheus misbehaves)",
@@ -781,17 +845,51 @@ class Fetcher:
             fetched_at=now,
             start=start,
             end=end,
-            minutes=build_minutes(ranges, start, end, build_task_readings(open_tasks, start, end)),
+            minutes=kept.minutes,
             spend=dict(spend),
             last_sample=_instant_by_agent(fresh),
             stale_after=self.stale_after,
             queries=queries,
-            outcomes=build_outcomes(ranges, start, end),
-            guardrails=build_guardrails(ranges, start, end),
+            outcomes=kept.outcomes,
+            guardrails=kept.guardrails,
             unlabelled=unlabelled,
             sources=others,
             prices=self.prices,
         )
+
+    def _ranges_since(self, start: int, end: int) -> int:
+        """The first minute this fetch's range queries read: ``start`` unless the buckets kept from
+        the last fetch cover the lookback from ``start`` on, then the kept end less the settle."""
+        kept = self._kept
+        if not self.incremental or kept is None or kept.start > start or kept.end > end or kept.end <= start:
+            return start
+        return max(start, kept.end - self.settle_minutes * series.MINUTE)
+
+    def _read_ranges(self, since: int, end: int, unlabelled: dict[str, int]) -> tuple[_KeptRanges, int]:
+        """The SDK's buckets of the minutes from ``since`` to ``end`` (range queries, a slice of
+        ``slice_minutes`` at a time), and the number of queries run."""
+        out = _KeptRanges(since, end)
+        queries = 0
+        step = (self.slice_minutes or self.lookback_minutes) * series.MINUTE
+        for a in range(since, end, step):
+            queries += self._read_slice(a, min(end, a + step), out, unlabelled)
+        return out, queries
+
+    def _read_slice(self, a: int, b: int, out: _KeptRanges, unlabelled: dict[str, int]) -> int:
+        """Add the buckets of the minutes ``[a, b)`` to ``out``; returns the number of queries run."""
+        start_time = dt.datetime.fromtimestamp(a + series.MINUTE, tz=dt.timezone.utc)
+        end_time = dt.datetime.fromtimestamp(b, tz=dt.timezone.utc)
+
+        def matrix(query: str) -> Callable[[], list[dict[str, Any]]]:
+            return lambda: self.client.custom_query_range(
+                query, start_time=start_time, end_time=end_time, step="60")
+
+        ranges = {family: self._run(family, "matrix", matrix(family_query(family, self.scope)), unlabelled)
+                  for family in RANGE_FAMILIES}
+        open_tasks = self._run("open tasks", "matrix", matrix(open_tasks_query(self.scope)), unlabelled)
+        out.extend(build_minutes(ranges, a, b, build_task_readings(open_tasks, a, b)),
+                   build_outcomes(ranges, a, b), build_guardrails(ranges, a, b))
+        return len(ranges) + 1
 
     def _fetch_sources(self, sources: Iterable[spec.SourceType], now: float, start: int, end: int,
                        start_time: dt.datetime, end_time: dt.datetime, unlabelled: dict[str, int]

@@ -1,0 +1,148 @@
+"""The operator's fetcher reads the SDK's per-minute series incrementally (adapters/prometheus.py,
+``Fetcher(incremental=True)``): each fetch reads the minutes since the last one and again the
+last ``settle_minutes``; a long span is read in slices. What it hands out must be what one
+full read of the lookback gives, minute for minute.
+
+The client is synthetic (unit test): it answers each range query as Prometheus evaluates one,
+point by point at its own time, from a fixed history per series (with gaps), so that a span
+read in pieces and read whole can be compared; a sample can be made to arrive late."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+from fleetwarden.adapters import prometheus
+from fleetwarden.core import guardrails
+
+NOW = 1_795_882_594.5
+END = int(NOW // 60) * 60
+AGENTS = [("shop", "bot"), ("shop", "helper"), ("crm", "lead-1")]
+STATUS = guardrails.FINDING_STATUSES[0]
+
+
+def _labels(family: str) -> list[dict[str, str]]:
+    out = []
+    for ns, agent in AGENTS:
+        base = {"namespace": ns, "agent": agent}
+        if family == "llm_calls":
+            out += [{**base, "model": "gpt-4o-mini", "workflow": "support"}, {**base, "model": "gpt-4o", "workflow": ""}]
+        elif family in ("tool_calls", "tool_cost"):
+            out += [{**base, "tool": "crm.search"}, {**base, "tool": "web.fetch"}]
+            if family == "tool_calls":
+                out.append({**base, prometheus.GUARDRAIL_MARK: "guardrail", "status": STATUS, "tool": "crm.search"})
+        elif family == "tasks":
+            out += [{**base, "status": "completed"}, {**base, "status": "failed"}]
+        elif family == "outcomes":
+            out += [{**base, "outcome": "ticket_resolved"}]
+        elif family == "open tasks":
+            out += [{**base, "instance": "10.0.0.1:9000", "fw_metric": g} for g in sorted(prometheus.OPEN_TASK_GAUGES)]
+        else:
+            out.append(base)
+    return out
+
+
+class Synthetic:
+    """Range answers point by point; ``late``: (minute start, labels' agent) whose sample is not in
+    yet (its point is missing) until ``arrived`` is set."""
+
+    def __init__(self, late: tuple[int, str] | None = None) -> None:
+        self.families = {prometheus.family_query(f): f for f in prometheus.RANGE_FAMILIES}
+        self.families[prometheus.open_tasks_query()] = "open tasks"
+        self.ranges: list[tuple[str, int, int]] = []
+        self.late, self.arrived = late, False
+
+    def _value(self, family: str, labels: dict[str, str], t: int) -> float | None:
+        h = sum(map(ord, "".join(sorted(labels.values())))) + sum(map(ord, family))
+        if (t // 60 + h) % 11 == 0:
+            return None  # a gap: no sample in this minute
+        if self.late is not None and not self.arrived and t - 60 == self.late[0] and labels["agent"] == self.late[1]:
+            return None
+        return float((t // 60 * 7 + h) % 13) + (0.25 if family.endswith("cost") else 0.0)
+
+    def custom_query_range(self, query: str, start_time: dt.datetime, end_time: dt.datetime, step: str,
+                           params: dict[str, Any] | None = None) -> Any:
+        a, b = int(start_time.timestamp()), int(end_time.timestamp())
+        family = self.families[query]
+        self.ranges.append((family, a, b))
+        out = []
+        for labels in _labels(family):
+            values = [[t, str(v)] for t in range(a, b + 1, int(step)) if (v := self._value(family, labels, t)) is not None]
+            if values:
+                out.append({"metric": labels, "values": values})
+        return out
+
+    def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
+        return []  # spend and freshness: instant, read whole every fetch
+
+
+def full(now: float, client: Synthetic | None = None) -> prometheus.FleetSnapshot:
+    return prometheus.Fetcher(client or Synthetic(), lookback_minutes=30).fetch(now)
+
+
+def same(a: prometheus.FleetSnapshot, b: prometheus.FleetSnapshot) -> None:
+    assert (a.start, a.end) == (b.start, b.end)
+    assert a.minutes == b.minutes
+    assert a.outcomes == b.outcomes
+    assert a.guardrails == b.guardrails
+
+
+def test_the_full_read_has_every_kind_of_bucket():
+    snap = full(NOW)
+    assert set(snap.minutes) == set(AGENTS)
+    assert all(len(ms) > 20 for ms in snap.minutes.values())
+    assert snap.outcomes and snap.guardrails
+    assert any(m.open_tasks is not None for ms in snap.minutes.values() for m in ms)
+
+
+def test_fetches_minutes_apart_hand_out_what_one_full_read_gives():
+    client = Synthetic()
+    fetcher = prometheus.Fetcher(client, lookback_minutes=30, incremental=True)
+    for now in (NOW - 900, NOW - 420, NOW - 60, NOW - 45, NOW):
+        snap = fetcher.fetch(now)
+        same(snap, full(now))
+    # after the first, each fetch read from the settle minutes before what it kept, not the lookback
+    assert fetcher.settle_minutes == 2
+    last = [r for r in client.ranges if r[0] == "inference_cost"][-1]
+    assert last[1] == END - 60 - 60 * fetcher.settle_minutes + 60 and last[2] == END
+
+
+def test_a_snapshot_handed_out_is_not_changed_by_the_next_fetch():
+    fetcher = prometheus.Fetcher(Synthetic(), lookback_minutes=30, incremental=True)
+    first = fetcher.fetch(NOW - 120)
+    before = {k: list(v) for k, v in first.minutes.items()}
+    fetcher.fetch(NOW)
+    assert first.minutes == before
+
+
+def test_a_sample_scraped_late_for_its_minute_is_seen_at_the_next_fetch():
+    late_minute = END - 120
+    client = Synthetic(late=(late_minute, "bot"))
+    fetcher = prometheus.Fetcher(client, lookback_minutes=30, incremental=True)
+    early = fetcher.fetch(NOW - 60)  # the minute END-120 is complete, but bot's sample is not in
+    assert early.minutes[("shop", "bot")] != full(NOW - 60).minutes[("shop", "bot")]
+    client.arrived = True
+    same(fetcher.fetch(NOW), full(NOW))
+
+
+def test_a_long_span_is_read_in_slices_with_the_same_buckets():
+    client = Synthetic()
+    sliced = prometheus.Fetcher(client, lookback_minutes=30, slice_minutes=7).fetch(NOW)
+    same(sliced, full(NOW))
+    slices = math.ceil(30 / 7)
+    assert sliced.queries == prometheus.QUERIES_PER_CYCLE + (slices - 1) * (len(prometheus.RANGE_FAMILIES) + 1)
+    spans = [(a, b) for family, a, b in client.ranges if family == "inference_cost"]
+    assert len(spans) == slices and spans[0][0] == END - 30 * 60 + 60 and spans[-1][1] == END
+    assert all(spans[i][1] + 60 == spans[i + 1][0] for i in range(slices - 1))  # no minute twice, none left out
+
+
+def test_a_clock_that_went_back_or_a_long_pause_reads_the_lookback_whole():
+    client = Synthetic()
+    fetcher = prometheus.Fetcher(client, lookback_minutes=30, incremental=True)
+    fetcher.fetch(NOW)
+    for now in (NOW - 300, NOW + 3600):
+        client.ranges.clear()
+        same(fetcher.fetch(now), full(now))
+        first = [r for r in client.ranges if r[0] == "inference_cost"][0]
+        assert first[1] == int(now // 60) * 60 - 30 * 60 + 60

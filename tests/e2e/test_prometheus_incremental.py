@@ -1,0 +1,81 @@
+"""The operator's incremental read of the SDK's minutes, on the real Prometheus scraping a live
+simulator: after minutes of fetches that each read only what was new (and the settle minutes
+again), the buckets equal one full read of the lookback, minute for minute."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from fleetwarden.adapters import prometheus as adapter
+from fleetwarden.core import series
+
+RUN_SECONDS = 150  # real time: the fetches cross at least two minute boundaries
+NAMESPACE = "e2e-incremental"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_incremental_fetches_equal_one_full_read(prometheus: Any) -> None:
+    port = _free_port()
+    job = f"simulator-{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetwarden", "simulate", "--port", str(port), "--duration", f"{RUN_SECONDS}s",
+         "--speed", "1", "--scenario", "tool-call-explosion", "--at", "1", "--seed", "5",
+         "--namespace", NAMESPACE, "--linger", "300"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finished = threading.Event()
+    log: list[str] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            if "simulation finished" in line:
+                finished.set()
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    prometheus.add_target(job, f"127.0.0.1:{port}")
+    client = adapter.connect(prometheus.url)
+
+    def fetcher(incremental: bool) -> adapter.Fetcher:
+        return adapter.Fetcher(client, lookback_minutes=10, scrape_interval=prometheus.scrape_interval,
+                               namespaces=[NAMESPACE], incremental=incremental)
+
+    try:
+        prometheus.wait_for_target_up(job, timeout=30)
+        incremental = fetcher(True)
+        ends: set[int] = set()
+        while not finished.is_set():
+            assert proc.poll() is None, "".join(log)
+            ends.add(incremental.fetch(time.time()).end)
+            time.sleep(5)
+            assert len(ends) < 10, "the simulator did not finish:\n" + "".join(log)
+        assert len(ends) >= 3, ends  # a full read, then incremental ones across minute boundaries
+        # the last samples scraped, and the minute they fell in complete
+        stopped = time.time()
+        time.sleep(series.MINUTE - stopped % series.MINUTE + 3 * prometheus.scrape_interval)
+        now = time.time()
+        got, whole = incremental.fetch(now), fetcher(False).fetch(now)
+        assert whole.minutes and sum(len(ms) for ms in whole.minutes.values()) >= 2 * len(whole.minutes)
+        assert {k[0] for k in whole.minutes} == {NAMESPACE}
+        assert (got.start, got.end) == (whole.start, whole.end)
+        assert got.minutes == whole.minutes
+        assert got.outcomes == whole.outcomes
+        assert got.guardrails == whole.guardrails
+    finally:
+        prometheus.remove_target(job)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -591,6 +591,7 @@ def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: 
     A bucket exists for a minute where at least one family has a sample for the agent;
     minutes with none are gaps (scrape failures, or the agent not exporting yet)."""
     fields: dict[Key, dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+    shared: dict[int, int] = {}  # one int object per minute for the whole fleet, not one per agent
     for family, items in results.items():
         _, extra = RANGE_FAMILIES[family]
         for item in items:
@@ -603,6 +604,7 @@ def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: 
                 minute = series.minute_of(ts - series.MINUTE)
                 if minute < start or minute >= end:
                     continue
+                minute = shared.setdefault(minute, minute)
                 bucket = fields[key][minute]
                 if label is None:
                     bucket[family] = bucket.get(family, 0.0) + value
@@ -620,8 +622,8 @@ def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: 
             b = by_minute[minute]
             reading = readings.get(minute)
             ended = b.get("tasks", {})
-            tool_calls = {k: v for k, v in b.get("tool_calls", {}).items() if k}
-            tool_costs = {k: v for k, v in b.get("tool_cost", {}).items() if k}
+            tool_calls = {k: v for k, v in b.get("tool_calls", {}).items() if k} or series.NO_TOOLS
+            tool_costs = {k: v for k, v in b.get("tool_cost", {}).items() if k} or series.NO_TOOLS
             buckets.append(series.AgentMinute(
                 agent=agent,
                 namespace=namespace,

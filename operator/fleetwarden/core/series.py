@@ -19,6 +19,9 @@ from types import MappingProxyType
 MINUTE = 60
 
 _EMPTY: Mapping[str, float] = MappingProxyType({})
+# The one empty tool mapping every minute without tool calls shares (a fleet's minutes are
+# mostly without; one empty dict each is 64 bytes, 58 MB over 10,000 agents' 90 minutes x 2).
+NO_TOOLS = _EMPTY
 
 
 def minute_of(ts: float) -> int:

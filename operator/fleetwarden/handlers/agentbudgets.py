@@ -146,6 +146,21 @@ def _evaluate(body: Mapping[str, Any], agent_deployments: Any, cost_policies: An
                                 approval_bodies=runtime.deployments_of(cost_approvals, namespace))
 
 
+def _prompt(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any, cost_approvals: Any) -> None:
+    """Fleet mode: have the loop evaluate this budget at once (not in kopf's executor), unless it
+    was never evaluated: the next cycle evaluates it (at the start, every budget's first event
+    would otherwise be a second evaluation beside the first cycle's)."""
+    assert FLEET is not None
+    meta = body.get("metadata") or {}
+    uid, namespace = str(meta.get("uid")), str(meta.get("namespace"))
+    if not get_runtime().evaluated(uid):
+        return
+    FLEET.prompt(uid, fleet.Item(_copy(body, ("apiVersion", "kind", "metadata", "spec", "status")),
+                                 runtime.deployments_of(agent_deployments, namespace),
+                                 runtime.deployments_of(cost_policies, namespace),
+                                 runtime.deployments_of(cost_approvals, namespace)))
+
+
 def _evaluate_item(item: fleet.Item) -> None:
     get_runtime().reconcile(item.budget, item.deployments, item.policies, approval_bodies=item.approvals)
 
@@ -190,6 +205,9 @@ def budget_event(**kwargs: Any) -> None:
     if generation is not None and status.get("observedGeneration") == generation:
         return
     _check_namespace(namespace, agent_deployments, kwargs["budgets_by_namespace"])
+    if FLEET is not None:
+        _prompt(body, agent_deployments, cost_policies, kwargs["cost_approvals"])
+        return
     try:
         _evaluate(body, agent_deployments, cost_policies, kwargs["cost_approvals"])
     except (kopf.TemporaryError, kopf.PermanentError) as exc:
@@ -234,6 +252,9 @@ def deployment_event(**kwargs: Any) -> None:
         except ValueError:
             continue
         if matches and rt.is_holding(budget_body):
+            if FLEET is not None:
+                _prompt(budget_body, agent_deployments, cost_policies, kwargs["cost_approvals"])
+                continue
             try:
                 _evaluate(budget_body, agent_deployments, cost_policies, kwargs["cost_approvals"])
             except (kopf.TemporaryError, kopf.PermanentError) as exc:

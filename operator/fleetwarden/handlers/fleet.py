@@ -20,10 +20,14 @@ machine those timers fall behind the interval (docs/operator.md, Scale): kopf sc
    started (at once, with a warning, when the cycle took longer than the interval).
 
 A failed evaluation is logged (the first few of a cycle, then their count) and retried on
-the next cycle; it never stops the others. Immediate evaluations (a spec edit, a scale-up
-under a Killed or Suspended budget) stay with the event handlers of
-:mod:`fleetwarden.handlers.agentbudgets`; the per-budget lock of the Runtime keeps them and
-the cycle from evaluating one budget twice at once.
+the next cycle; it never stops the others. Immediate evaluations (a spec edit of a budget
+already evaluated, a scale-up under a Killed or Suspended budget) are asked for by the event
+handlers of :mod:`fleetwarden.handlers.agentbudgets` with :meth:`FleetLoop.prompt` and run at
+once on the loop's own thread, beside the cycle: the handlers return at once, so kopf's
+executor never queues behind evaluations (at 10,000 budgets, every status the operator wrote
+came back as a watch event that waited there with its body: tens of thousands of them at
+the start). A budget never evaluated yet is left to the next cycle. The per-budget lock of
+the Runtime keeps a prompted evaluation and the cycle from evaluating one budget twice at once.
 """
 
 from __future__ import annotations
@@ -118,6 +122,35 @@ class FleetLoop:
         self.driver = cf.ThreadPoolExecutor(1, thread_name_prefix="fleet-cycle")
         self.cycles = 0
         self.stopping = threading.Event()
+        self._prompted: dict[str, Item] = {}  # budget uid -> its latest item, evaluated at once
+        self._prompt_lock = threading.Lock()
+        self._prompt_wake = threading.Event()
+        self._prompter = threading.Thread(target=self._prompt_loop, name="fleet-prompt", daemon=True)
+        self._prompter.start()
+
+    def prompt(self, uid: str, item: Item) -> None:
+        """Evaluate ``item`` at once, outside the cycle (a later prompt of the same budget replaces
+        one not yet run). Returns at once."""
+        with self._prompt_lock:
+            self._prompted[uid] = item
+        self._prompt_wake.set()
+
+    def _prompt_loop(self) -> None:
+        while not self.stopping.is_set():
+            if not self._prompt_wake.wait(0.5):
+                continue
+            self._prompt_wake.clear()
+            with self._prompt_lock:
+                items, self._prompted = list(self._prompted.values()), {}
+            for item in items:
+                if self.stopping.is_set():
+                    return
+                try:
+                    self.evaluate(item)
+                except Exception as exc:  # noqa: BLE001 - logged; the next cycle evaluates it again
+                    meta = item.budget.get("metadata") or {}
+                    log.warning("budget %s/%s: %s (evaluated again next cycle)", meta.get("namespace"),
+                                meta.get("name"), exc)
 
     def _evaluate(self, item: Item) -> Any:
         return None if self.stopping.is_set() else self.evaluate(item)

@@ -278,6 +278,10 @@ class Runtime:
                 self._evaluated_at[uid] = self.monotonic()
             return verdict
 
+    def evaluated(self, uid: str) -> bool:
+        """Whether this process has evaluated (and applied) the budget ``uid`` at least once."""
+        return uid in self._evaluated_at
+
     def oldest_evaluation(self) -> float:
         """Seconds since the budget evaluated longest ago was last evaluated (0: none yet)."""
         evaluated = list(self._evaluated_at.values())

@@ -194,3 +194,54 @@ def test_a_cancelled_loop_ends_its_cycle_with_budgets_still_queued() -> None:
         t.join(5)
     assert not [t for t in cycle_threads if t.is_alive()], "the cycle's thread still waits for cancelled budgets"
     assert evaluated == ["budget-0"]  # the queued budgets were skipped, not evaluated after the stop
+
+
+def test_a_prompted_budget_is_evaluated_at_once_outside_the_cycle_the_latest_body_wins() -> None:
+    """A spec edit (or a scale-up under a held budget) in fleet mode: the handler only prompts the
+    loop and returns; the loop's own thread evaluates, with the latest body of that budget."""
+    evaluated: list[tuple[str, Any]] = []
+    gate = threading.Event()
+
+    def evaluate(item: fleet.Item) -> None:
+        gate.wait(5)
+        evaluated.append((item.budget["metadata"]["name"], item.budget["spec"].get("suspend")))
+
+    loop = fleet.FleetLoop(evaluate, interval=60, workers=1, new_cycle=lambda: None, ready=threading.Event())
+    try:
+        first = {**body(0), "spec": {**body(0)["spec"], "suspend": False}}
+        loop.prompt("uid-0", fleet.Item(first, [deployment(0)], [], []))
+        loop.prompt("uid-0", fleet.Item({**first, "spec": {**first["spec"], "suspend": True}}, [deployment(0)], [], []))
+        loop.prompt("uid-1", fleet.Item(body(1), [deployment(1)], [], []))
+        gate.set()
+        for _ in range(500):
+            if len(evaluated) >= 2:
+                break
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.1)
+        assert loop.cycles == 0  # no cycle ran: the loop was never started
+        assert sorted(evaluated) == [("budget-0", True), ("budget-1", None)]  # the later prompt replaced the first
+    finally:
+        loop.stopping.set()
+
+
+def test_in_fleet_mode_the_handler_prompts_only_a_budget_already_evaluated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the start every budget's first watch event has no observedGeneration: the first cycle
+    evaluates them all, so the handlers leave them to it instead of a second evaluation each."""
+    from fleetwarden.handlers import agentbudgets
+
+    rt = make(CountingFetcher(), FakeKube())
+    prompted: list[str] = []
+
+    class Loop:
+        def prompt(self, uid: str, item: fleet.Item) -> None:
+            prompted.append(uid)
+            assert [d["metadata"]["name"] for d in item.deployments] == ["bot-0"]
+
+    monkeypatch.setattr(agentbudgets, "RUNTIME", rt)
+    monkeypatch.setattr(agentbudgets, "FLEET", Loop())
+    deployments = {"shop": [deployment(0)]}
+    agentbudgets._prompt(body(0), deployments, {}, {})  # noqa: SLF001
+    assert prompted == []
+    rt.reconcile(body(0), [deployment(0)])
+    agentbudgets._prompt(body(0), deployments, {}, {})  # noqa: SLF001
+    assert prompted == ["uid-0"]

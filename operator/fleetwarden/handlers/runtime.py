@@ -50,7 +50,10 @@ _VOLATILE = ("lastEvaluated", "projectedMonthUSD", "burnRateUSDPerHour")
 HEARTBEAT_SECONDS = 60.0
 # ...but never so often that heartbeats alone pass this many status writes a second: with
 # 10,000 budgets a one-minute heartbeat would be 167 PATCHes a second, most of the API load.
-MAX_HEARTBEATS_PER_SECOND = 20.0
+# The period grows with the fleet (heartbeat_seconds), and a token bucket holds the rate when
+# evaluations fall behind: at 10,000 budgets a pass over the fleet took longer than the period,
+# and every evaluation wrote its status (benchmarks/operator_scale.py).
+MAX_HEARTBEATS_PER_SECOND = 5.0
 # The operator's fetcher reads the SDK's per-minute series incrementally (the minutes since its
 # last fetch), and a longer span (its first fetch) this many minutes at a time, so its memory
 # does not peak with the whole lookback of a large fleet at once (docs/operator.md, Scale).
@@ -193,6 +196,9 @@ class Runtime:
         self._locks_lock = threading.Lock()
         self._status: dict[str, dict[str, Any]] = {}  # uid -> the status we last wrote
         self._written_at: dict[str, float] = {}
+        self._heartbeat_lock = threading.Lock()
+        self._heartbeat_tokens = MAX_HEARTBEATS_PER_SECOND  # a bucket: MAX_HEARTBEATS_PER_SECOND, a second's burst
+        self._heartbeat_filled = time.monotonic()
         self._evaluated_at: dict[str, float] = {}  # uid -> monotonic time of its last evaluation
         self.memo = decision.Memo()  # per-agent detector results, refolded once per minute
         self.backoff = Backoff(first=interval)  # actions that failed wait before they are tried again
@@ -429,7 +435,8 @@ class Runtime:
                       new: dict[str, Any]) -> None:
         now = time.monotonic()
         changed = _meaningful(old) != _meaningful(new)
-        if not changed and now - self._written_at.get(uid, float("-inf")) < self.heartbeat_seconds():
+        if not changed and (now - self._written_at.get(uid, float("-inf")) < self.heartbeat_seconds()
+                            or not self.heartbeat_allowed(now)):
             return
         patch = merge_patch(old, new)
         if not patch:
@@ -514,6 +521,19 @@ class Runtime:
     def forget_deployment(self, uid: str) -> None:
         with self._gaps_lock:
             self._gaps.pop(uid, None)
+
+    def heartbeat_allowed(self, now: float) -> bool:
+        """Take one heartbeat write from the fleet-wide bucket (MAX_HEARTBEATS_PER_SECOND, refilled
+        continuously, a second's worth at most); False: none left, the heartbeat waits."""
+        with self._heartbeat_lock:
+            elapsed = max(0.0, now - self._heartbeat_filled)
+            self._heartbeat_filled = now
+            self._heartbeat_tokens = min(MAX_HEARTBEATS_PER_SECOND,
+                                         self._heartbeat_tokens + elapsed * MAX_HEARTBEATS_PER_SECOND)
+            if self._heartbeat_tokens < 1.0:
+                return False
+            self._heartbeat_tokens -= 1.0
+            return True
 
     def heartbeat_seconds(self) -> float:
         """How long an unchanged status may go unwritten: a minute, longer for large fleets so that

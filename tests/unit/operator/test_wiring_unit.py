@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Any
 
 import pytest
@@ -322,12 +323,38 @@ def test_the_memo_never_mixes_up_agents_of_the_same_name_in_two_namespaces() -> 
     assert first["burnRateUSDPerHour"] != second["burnRateUSDPerHour"]
 
 
+def test_heartbeats_hold_their_rate_when_evaluations_fall_behind() -> None:
+    """When a pass over the fleet takes longer than the heartbeat period, every unchanged status is
+    due at once: the bucket still lets through MAX_HEARTBEATS_PER_SECOND a second (and a second's
+    burst), while a status that changed is written whatever the bucket holds."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _Patches()
+    rate = runtime.MAX_HEARTBEATS_PER_SECOND
+    statuses = {f"uid-{i}": {"state": "Active", "lastEvaluated": "t0"} for i in range(200)}
+    for uid, status in statuses.items():
+        rt._write_status(k, uid, "ns", uid, {}, status)  # noqa: SLF001 - the first writes: changes
+    assert len(k.patches) == 200
+    for uid in statuses:
+        rt._written_at[uid] -= 10_000  # noqa: SLF001 - all long overdue
+    started = time.monotonic()
+    for uid, status in statuses.items():
+        rt._write_status(k, uid, "ns", uid, status, {**status, "lastEvaluated": "t1"})  # noqa: SLF001
+    took = time.monotonic() - started
+    heartbeats = len(k.patches) - 200
+    assert 1 <= heartbeats <= rate * (1 + took) + 1
+    rt._write_status(k, "uid-199", "ns", "uid-199", statuses["uid-199"],  # noqa: SLF001
+                     {"state": "Warning", "lastEvaluated": "t2"})
+    assert k.patches[-1] == {"state": "Warning", "lastEvaluated": "t2"}  # a change is never held back
+    assert not rt.heartbeat_allowed(time.monotonic()) or rt.heartbeat_allowed(time.monotonic() + 1.0)
+    assert rt.heartbeat_allowed(time.monotonic() + 2.0)  # refilled
+
+
 def test_heartbeat_writes_stay_bounded_for_large_fleets() -> None:
     """An unchanged status is rewritten every minute, or less often once heartbeats alone would pass
-    MAX_HEARTBEATS_PER_SECOND writes a second (10,000 budgets: every 500 s, not 167 writes a second)."""
+    MAX_HEARTBEATS_PER_SECOND writes a second (10,000 budgets: every 2,000 s, not 167 writes a second)."""
     rt = runtime.Runtime(interval=15.0, fetcher=None)
     assert rt.heartbeat_seconds() == runtime.HEARTBEAT_SECONDS == 60.0
-    rt._written_at.update({f"uid-{i}": 0.0 for i in range(1_000)})  # noqa: SLF001 - budgets written so far
+    rt._written_at.update({f"uid-{i}": 0.0 for i in range(300)})  # noqa: SLF001 - budgets written so far
     assert rt.heartbeat_seconds() == 60.0
     rt._written_at.update({f"uid-{i}": 0.0 for i in range(10_000)})  # noqa: SLF001
     assert rt.heartbeat_seconds() == pytest.approx(10_000 / runtime.MAX_HEARTBEATS_PER_SECOND)

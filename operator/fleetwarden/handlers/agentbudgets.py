@@ -146,14 +146,16 @@ def _evaluate(body: Mapping[str, Any], agent_deployments: Any, cost_policies: An
                                 approval_bodies=runtime.deployments_of(cost_approvals, namespace))
 
 
-def _prompt(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any, cost_approvals: Any) -> None:
-    """Fleet mode: have the loop evaluate this budget at once (not in kopf's executor), unless it
-    was never evaluated: the next cycle evaluates it (at the start, every budget's first event
-    would otherwise be a second evaluation beside the first cycle's)."""
+def _prompt(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any, cost_approvals: Any,
+            held: bool = False) -> None:
+    """Fleet mode: have the loop evaluate this budget at once (not in kopf's executor). A spec edit
+    of a budget this process never evaluated is left to the next cycle (at the start, every
+    budget's first event would otherwise be a second evaluation beside the first cycle's); an
+    agent scaled up under a ``held`` budget (Killed, Suspended, a ScaleToZero step) never waits."""
     assert FLEET is not None
     meta = body.get("metadata") or {}
     uid, namespace = str(meta.get("uid")), str(meta.get("namespace"))
-    if not get_runtime().evaluated(uid):
+    if not held and not get_runtime().evaluated(uid):
         return
     FLEET.prompt(uid, fleet.Item(_copy(body, ("apiVersion", "kind", "metadata", "spec", "status")),
                                  runtime.deployments_of(agent_deployments, namespace),
@@ -253,7 +255,7 @@ def deployment_event(**kwargs: Any) -> None:
             continue
         if matches and rt.is_holding(budget_body):
             if FLEET is not None:
-                _prompt(budget_body, agent_deployments, cost_policies, kwargs["cost_approvals"])
+                _prompt(budget_body, agent_deployments, cost_policies, kwargs["cost_approvals"], held=True)
                 continue
             try:
                 _evaluate(budget_body, agent_deployments, cost_policies, kwargs["cost_approvals"])

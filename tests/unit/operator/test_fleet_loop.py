@@ -242,6 +242,9 @@ def test_in_fleet_mode_the_handler_prompts_only_a_budget_already_evaluated(monke
     deployments = {"shop": [deployment(0)]}
     agentbudgets._prompt(body(0), deployments, {}, {})  # noqa: SLF001
     assert prompted == []
+    agentbudgets._prompt(body(0), deployments, {}, {}, held=True)  # noqa: SLF001 - scaled up while held
+    assert prompted == ["uid-0"]
+    prompted.clear()
     rt.reconcile(body(0), [deployment(0)])
     agentbudgets._prompt(body(0), deployments, {}, {})  # noqa: SLF001
     assert prompted == ["uid-0"]

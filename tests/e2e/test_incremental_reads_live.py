@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
+
+import live_simulator
 
 from fleetwarden.adapters import prometheus as adapter
 from fleetwarden.core import series
@@ -39,47 +37,24 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_incremental_fetches_equal_one_full_read(prometheus: Any) -> None:
-    port = _free_port()
-    job = f"simulator-{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetwarden", "simulate", "--port", str(port), "--duration", f"{RUN_SECONDS}s",
-         "--speed", "1", "--scenario", "tool-call-explosion", "--at", "1", "--seed", "5",
-         "--namespace", NAMESPACE, "--linger", "300"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    finished = threading.Event()
-    log: list[str] = []
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line)
-            if "simulation finished" in line:
-                finished.set()
-
-    threading.Thread(target=read_stderr, daemon=True).start()
-    prometheus.add_target(job, f"127.0.0.1:{port}")
+    args = ["--duration", f"{RUN_SECONDS}s", "--speed", "1", "--scenario", "tool-call-explosion", "--at", "1",
+            "--seed", "5", "--namespace", NAMESPACE, "--linger", "300"]
     client = adapter.connect(prometheus.url)
 
     def fetcher(incremental: bool) -> adapter.Fetcher:
         return adapter.Fetcher(client, lookback_minutes=10, scrape_interval=prometheus.scrape_interval,
                                namespaces=[NAMESPACE], incremental=incremental)
 
-    try:
-        prometheus.wait_for_target_up(job, timeout=30)
+    with live_simulator.running(prometheus, args) as sim:
+        prometheus.wait_for_target_up(sim.job, timeout=30)
         incremental = fetcher(True)
         ends: set[int] = set()
-        while not finished.is_set():
-            assert proc.poll() is None, "".join(log)
+        while not sim.finished.is_set():
+            assert sim.proc.poll() is None, sim.said()
             ends.add(incremental.fetch(time.time()).end)
             time.sleep(5)
-            assert len(ends) < 10, "the simulator did not finish:\n" + "".join(log)
+            assert len(ends) < 10, "the simulator did not finish:\n" + sim.said()
         assert len(ends) >= 3, ends  # a full read, then incremental ones across minute boundaries
         # the last samples scraped, and the minute they fell in complete
         stopped = time.time()
@@ -93,11 +68,3 @@ def test_incremental_fetches_equal_one_full_read(prometheus: Any) -> None:
                                                     if not _same(got.minutes.get(k), whole.minutes[k])]
         assert _same(got.outcomes, whole.outcomes)
         assert _same(got.guardrails, whole.guardrails)
-    finally:
-        prometheus.remove_target(job)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import json
 import pathlib
-import socket
-import subprocess
-import sys
-import threading
 import time
 from typing import Any
 
+import live_simulator
 import pytest
 
 RUN_SECONDS = 20
 SPEED = 15  # simulated seconds per second: about 5 simulated minutes of six agents
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scalar(prometheus: Any, promql: str) -> float:
@@ -31,36 +22,20 @@ def _scalar(prometheus: Any, promql: str) -> float:
 
 def test_prometheus_totals_match_the_usage_events(prometheus: Any, tmp_path: pathlib.Path) -> None:
     """Cost, tokens, calls and tasks summed in PromQL equal the simulator's usage events, to the cent."""
-    port = _free_port()
     events_path = tmp_path / "usage.jsonl"
-    job = f"simulator-{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetwarden", "simulate", "--port", str(port), "--events", str(events_path),
-         "--duration", f"{RUN_SECONDS * SPEED}s", "--speed", str(SPEED), "--scenario", "tool-call-explosion",
-         "--at", "2", "--seed", "11", "--namespace", "e2e-sim", "--linger", "300"],
-        stderr=subprocess.PIPE, text=True)
-    finished = threading.Event()
-    log: list[str] = []
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line)
-            if "simulation finished" in line:
-                finished.set()
-
-    threading.Thread(target=read_stderr, daemon=True).start()
-    prometheus.add_target(job, f"127.0.0.1:{port}")
-    try:
-        prometheus.wait_for_target_up(job, timeout=30)
+    args = ["--events", str(events_path), "--duration", f"{RUN_SECONDS * SPEED}s", "--speed", str(SPEED),
+            "--scenario", "tool-call-explosion", "--at", "2", "--seed", "11", "--namespace", "e2e-sim",
+            "--linger", "300"]
+    with live_simulator.running(prometheus, args) as sim:
+        prometheus.wait_for_target_up(sim.job, timeout=30)
         # 1: the simulator runs, Prometheus scrapes it while it spends
-        assert finished.wait(RUN_SECONDS + 30), "simulator did not finish:\n" + "".join(log)
+        assert sim.finished.wait(RUN_SECONDS + 30), "simulator did not finish:\n" + sim.said()
         spending_stopped = time.time()
-        assert proc.poll() is None, "the simulator must keep serving /metrics while lingering"
+        assert sim.proc.poll() is None, "the simulator must keep serving /metrics while lingering"
         # 2: wait for a scrape that began after the spending stopped
         deadline = time.monotonic() + 30
         while True:
-            last = prometheus.query(f'timestamp(up{{job="{job}"}})')
+            last = prometheus.query(f'timestamp(up{{job="{sim.job}"}})')
             if last and float(last[0]["value"][1]) > spending_stopped + 0.5:
                 break
             assert time.monotonic() < deadline, "no scrape after the simulator stopped"
@@ -69,7 +44,7 @@ def test_prometheus_totals_match_the_usage_events(prometheus: Any, tmp_path: pat
         # 3: compare PromQL totals with the events
         events = [json.loads(line) for line in events_path.read_text().splitlines()]
         assert len(events) > 200
-        sel = f'job="{job}"'
+        sel = f'job="{sim.job}"'
         spend = _scalar(prometheus, f"sum(fleetwarden_llm_cost_usd_total{{{sel}}}) + "
                                     f"sum(fleetwarden_tool_cost_usd_total{{{sel}}}) + "
                                     f"(sum(fleetwarden_human_cost_usd_total{{{sel}}}) or vector(0))")
@@ -94,11 +69,3 @@ def test_prometheus_totals_match_the_usage_events(prometheus: Any, tmp_path: pat
         models = prometheus.query(f"fleetwarden_agent_model_info{{{sel}}}")
         assert {m["metric"]["agent"] for m in models} == {e["agent"] for e in events}
         assert {m["metric"]["namespace"] for m in models} == {"e2e-sim"}
-    finally:
-        prometheus.remove_target(job)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -137,13 +137,18 @@ def cost_approvals(**kwargs: Any) -> dict[str, Any]:
     }}
 
 
+def _item(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any, cost_approvals: Any) -> fleet.Item:
+    """The budget with its namespace's objects, from kopf's indexes."""
+    namespace = str((body.get("metadata") or {}).get("namespace"))
+    return fleet.Item(body, runtime.deployments_of(agent_deployments, namespace),
+                      runtime.deployments_of(cost_policies, namespace),
+                      runtime.deployments_of(cost_approvals, namespace))
+
+
 def _evaluate(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any, cost_approvals: Any = None
               ) -> None:
-    namespace = str((body.get("metadata") or {}).get("namespace"))
     with retry.temporary():
-        get_runtime().reconcile(body, runtime.deployments_of(agent_deployments, namespace),
-                                runtime.deployments_of(cost_policies, namespace),
-                                approval_bodies=runtime.deployments_of(cost_approvals, namespace))
+        _evaluate_item(_item(body, agent_deployments, cost_policies, cost_approvals))
 
 
 def _prompt(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any, cost_approvals: Any,
@@ -153,14 +158,11 @@ def _prompt(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any,
     budget's first event would otherwise be a second evaluation beside the first cycle's); an
     agent scaled up under a ``held`` budget (Killed, Suspended, a ScaleToZero step) never waits."""
     assert FLEET is not None
-    meta = body.get("metadata") or {}
-    uid, namespace = str(meta.get("uid")), str(meta.get("namespace"))
+    uid = str((body.get("metadata") or {}).get("uid"))
     if not held and not get_runtime().evaluated(uid):
         return
-    FLEET.prompt(uid, fleet.Item(_copy(body, ("apiVersion", "kind", "metadata", "spec", "status")),
-                                 runtime.deployments_of(agent_deployments, namespace),
-                                 runtime.deployments_of(cost_policies, namespace),
-                                 runtime.deployments_of(cost_approvals, namespace)))
+    FLEET.prompt(uid, _item(_copy(body, ("apiVersion", "kind", "metadata", "spec", "status")),
+                            agent_deployments, cost_policies, cost_approvals))
 
 
 def _evaluate_item(item: fleet.Item) -> None:

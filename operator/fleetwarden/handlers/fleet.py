@@ -89,6 +89,11 @@ def copy_indexes(budgets: Any, deployments: Any, policies: Any, approvals: Any) 
     return items
 
 
+def _log_failure(item: Item, exc: BaseException) -> None:
+    meta = item.budget.get("metadata") or {}
+    log.warning("budget %s/%s: %s (evaluated again next cycle)", meta.get("namespace"), meta.get("name"), exc)
+
+
 def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: cf.Executor) -> int:
     """Evaluate every item on ``pool``; returns how many failed (each logged, the first few in full)."""
     failed = 0
@@ -99,9 +104,7 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
             continue
         failed += 1
         if failed <= LOGGED_FAILURES:
-            meta = futures[future].budget.get("metadata") or {}
-            log.warning("budget %s/%s: %s (evaluated again next cycle)", meta.get("namespace"), meta.get("name"),
-                        exc)
+            _log_failure(futures[future], exc)
     if failed > LOGGED_FAILURES:
         log.warning("%d more budgets failed this cycle (evaluated again next cycle)", failed - LOGGED_FAILURES)
     return failed
@@ -148,9 +151,7 @@ class FleetLoop:
                 try:
                     self.evaluate(item)
                 except Exception as exc:  # noqa: BLE001 - logged; the next cycle evaluates it again
-                    meta = item.budget.get("metadata") or {}
-                    log.warning("budget %s/%s: %s (evaluated again next cycle)", meta.get("namespace"),
-                                meta.get("name"), exc)
+                    _log_failure(item, exc)
 
     def _evaluate(self, item: Item) -> Any:
         return None if self.stopping.is_set() else self.evaluate(item)

@@ -7,9 +7,13 @@ the milliseconds per budget:
 
 - cycle 1 (cold): every agent's lookback window is refolded by the detectors;
 - cycles 2-3 (warm, the same minute): the operator's later cycles within a minute, which
-  take the refold and the hour's figures from the per-minute memo.
+  take the refold and the hour's figures from the per-minute memo;
+- then ``--minutes`` cycles each a minute later (a new complete minute for every agent): the
+  detectors fold each agent's window again, stepped on from the state kept at its anchor
+  (core/warmfold.py), or from an empty state with ``--refold`` (the operator before the
+  anchored fold: the fetch is the 90-minute lookback, the detectors refold it every minute).
 
-    python benchmarks/operator_evaluate.py [--budgets 10000] [--cycles 3]
+    python benchmarks/operator_evaluate.py [--budgets 10000] [--cycles 3] [--minutes 5] [--refold]
 
 ``benchmarks/operator_scale.py`` measures the same with the real API server (where the
 status PATCHes dominate); this one isolates what the operator itself computes.
@@ -28,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from operator_scale import NAMESPACES, FixedFetcher  # noqa: E402 - the same snapshot as the scale benchmark
 
-from fleetwarden.core import spec  # noqa: E402
+from fleetwarden.core import spec, warmfold  # noqa: E402
 from fleetwarden.handlers import runtime  # noqa: E402
 
 
@@ -62,19 +66,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=int, default=10_000)
     parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--minutes", type=int, default=5, help="cycles each a minute after the last")
+    parser.add_argument("--refold", action="store_true", help="no anchored fold: refold the lookback every minute")
     args = parser.parse_args()
     agents, bodies, deployments = fleet(args.budgets)
-    rt = runtime.Runtime(interval=3600.0, fetcher=FixedFetcher(agents, time.time()),  # type: ignore[arg-type]
-                         kube_client=NoApi())  # type: ignore[arg-type]
-    rt.snapshot()  # the fleet-wide fetch is not part of a budget's evaluation
-    for n in range(1, args.cycles + 1):
+    fetcher = FixedFetcher(agents, time.time(), anchor_minutes=0 if args.refold else warmfold.ANCHOR_MINUTES)
+    rt = runtime.Runtime(interval=3600.0, fetcher=fetcher, kube_client=NoApi(),  # type: ignore[arg-type]
+                         clock=lambda: fetcher.now)
+    print(f"detectors: {'refold of the lookback every minute' if args.refold else 'anchored fold'}")
+    labels = ["cold"] + ["warm, same minute"] * (args.cycles - 1) + ["a minute later"] * args.minutes
+    for n, label in enumerate(labels, start=1):
+        if label == "a minute later":
+            fetcher.now += 60
+            rt.new_cycle()
+        rt.snapshot()  # the fleet-wide fetch is not part of a budget's evaluation
         started = time.perf_counter()
         for body in bodies:
             rt.reconcile(body, deployments[body["metadata"]["namespace"]], ())
         took = time.perf_counter() - started
-        label = "cold" if n == 1 else "warm, same minute"
         print(f"cycle {n} ({label}): {len(bodies)} budgets in {took:.2f}s ({took / len(bodies) * 1000:.3f} ms per budget)",
               flush=True)
+    print(f"detector folds: {rt.folds.warm} from a kept state, {rt.folds.cold} from the anchor, {len(rt.folds)} kept")
     memo = getattr(rt, "memo", None)
     if memo is not None:
         print(f"memo: {memo.misses} computed, {memo.hits} reused, {len(memo)} kept")

@@ -57,25 +57,37 @@ OPERATOR_NS, OPERATOR_SA = "fleetwarden-system", "fleetwarden-operator"
 
 
 class FixedFetcher:
-    """A Prometheus answer fixed in advance: every agent spent a little, every minute."""
+    """A Prometheus answer fixed in advance: every agent spent a little, every minute. The lookback
+    is 90 minutes, plus ``anchor_minutes`` for the detectors' anchored fold (core/warmfold.py), as
+    the operator's fetcher reads it; a minute's bucket is built once and kept, as the incremental
+    fetcher keeps complete minutes."""
 
-    def __init__(self, agents: list[tuple[str, str]], now: float) -> None:
+    def __init__(self, agents: list[tuple[str, str]], now: float, anchor_minutes: int = 0) -> None:
         self.agents = agents
         self.now = now
+        self.anchor_minutes = anchor_minutes
         self.fetches = 0
+        self._kept: dict[tuple[str, str, int], series.AgentMinute] = {}
+
+    def _minute(self, ns: str, a: str, m: int) -> series.AgentMinute:
+        got = self._kept.get((ns, a, m))
+        if got is None:
+            got = self._kept[(ns, a, m)] = series.AgentMinute(a, ns, m, inference_cost_usd=0.001, llm_calls=2,
+                                                               tasks_completed=1, tokens=800, model="gpt-4o-mini")
+        return got
 
     def fetch(self, now: float | None = None) -> prometheus.FleetSnapshot:
         self.fetches += 1
         end = series.minute_of(self.now)
-        start = end - 90 * 60
-        minutes = {(ns, a): [series.AgentMinute(a, ns, m, inference_cost_usd=0.001, llm_calls=2, tasks_completed=1,
-                                                tokens=800, model="gpt-4o-mini")
-                             for m in range(start, end, 60)] for ns, a in self.agents}
+        start = end - (90 + self.anchor_minutes) * 60
+        for key in [k for k in self._kept if k[2] < start]:
+            del self._kept[key]
+        minutes = {(ns, a): [self._minute(ns, a, m) for m in range(start, end, 60)] for ns, a in self.agents}
         spend = {(ns, a): {(w, c): 0.09 * (1 if w is spec.Window.hour else 5) for w in spec.Window
                            for c in (False, True)} for ns, a in self.agents}
         return prometheus.FleetSnapshot(fetched_at=self.now, start=start, end=end, minutes=minutes, spend=spend,
                                         last_sample={k: self.now for k in self.agents}, stale_after=45.0,
-                                        queries=prometheus.QUERIES_PER_CYCLE)
+                                        queries=prometheus.QUERIES_PER_CYCLE, anchor_minutes=self.anchor_minutes)
 
 
 def create_all(k: kube.Kube, budgets: int, workers: int) -> None:

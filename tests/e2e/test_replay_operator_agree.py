@@ -8,8 +8,9 @@ those samples (counters and the open-task gauges, as a Prometheus scrape stores 
 ``instance`` and ``job``) are backfilled into a real Prometheus with ``promtool tsdb
 create-blocks-from openmetrics``. The operator's path then runs as the operator runs it:
 ``Runtime.reconcile`` (the handler's code, without acting) with an ``adapters.prometheus.Fetcher``
-on that Prometheus, its default lookback, every CYCLE minutes through the fleet, each time
-refolding its lookback from an empty state.
+on that Prometheus, its default lookback and its anchored fold (``core/warmfold.py``: the
+detectors fold each agent's minutes from an anchor that moves every 15 minutes, their state kept
+between cycles), every CYCLE minutes through the fleet.
 
 Per shape, the (kind, onset) of the findings on the shaped agent must be the same on both
 sides. Onsets may differ by ONSET_TOLERANCE: live, a minute holds what the last scrape before
@@ -30,7 +31,7 @@ import prometheus_client as pc
 import pytest
 
 from fleetwarden.adapters import prometheus as prom_adapter
-from fleetwarden.core import events, fleetgen, pricing, replay
+from fleetwarden.core import events, fleetgen, pricing, replay, warmfold
 from fleetwarden.devcluster import monitoring
 from fleetwarden.handlers import runtime
 from fleetwarden.sdk import _metrics, _tracker
@@ -152,7 +153,8 @@ def operator_findings(url: str, fleet: fleetgen.Fleet) -> tuple[set[Key], float]
     budget's status carried to its next cycle, as the operator writes and reads it), and the last
     cycle's time."""
     clock = _Clock()
-    fetcher = prom_adapter.Fetcher(prom_adapter.connect(url, timeout=30.0), clock=clock)
+    fetcher = prom_adapter.Fetcher(prom_adapter.connect(url, timeout=30.0), clock=clock,
+                                   anchor_minutes=warmfold.ANCHOR_MINUTES)  # as runtime.build makes it
     rt = runtime.Runtime(interval=60.0, fetcher=fetcher, clock=clock)
     deployments = _deployments(fleet)
     budgets = _budgets(fleet)

@@ -470,6 +470,8 @@ class BudgetData:
     minutes: dict[str, list[series.AgentMinute]]
     spend: dict[spec.Window, float | None]
     lookback_start: float  # the first minute the buckets cover
+    # the detectors fold from an anchor this many minutes after lookback_start at most (core/warmfold.py)
+    anchor_minutes: int = 0
     outcomes: dict[str, PerMinute] = dataclasses.field(default_factory=dict)  # agent -> outcomes by name
     guardrails: dict[str, GuardrailMinutes] = dataclasses.field(default_factory=dict)  # agent -> decisions
     source: core_sources.SourceReport | None = None  # a budget whose spec.source is not the SDK
@@ -493,6 +495,7 @@ class FleetSnapshot:
     # the other sources read this cycle (spec.source), and the prices their tokens are priced with
     sources: dict[spec.SourceType, source_queries.SourceData] = dataclasses.field(default_factory=dict)
     prices: pricing.PriceTable | None = None
+    anchor_minutes: int = 0  # of the minutes from ``start``, the first ones only the anchored detector fold needs
 
     def agent_minutes(self, namespace: str, agent: str) -> list[series.AgentMinute]:
         return list(self.minutes.get((namespace, agent), ()))
@@ -535,6 +538,7 @@ class FleetSnapshot:
             minutes={a.name: self.agent_minutes(a.namespace, a.name) for a in agents},
             spend=spend,
             lookback_start=float(self.start),
+            anchor_minutes=self.anchor_minutes,
             outcomes={a.name: self.outcomes[(a.namespace, a.name)] for a in agents
                       if (a.namespace, a.name) in self.outcomes},
             guardrails={a.name: self.guardrails[(a.namespace, a.name)] for a in agents
@@ -771,11 +775,14 @@ class Fetcher:
     def __init__(self, client: QueryClient, *, lookback_minutes: int = 90, scrape_interval: float = 15.0,
                  clock: Callable[[], float] = time.time, prices: pricing.PriceTable | None = None,
                  namespaces: Sequence[str] = (), incremental: bool = False,
-                 slice_minutes: int | None = None) -> None:
+                 slice_minutes: int | None = None, anchor_minutes: int = 0) -> None:
         self.client = client
         self.scope = namespace_scope(namespaces)
         self.prices = prices if prices is not None else pricing.PriceTable()
         self.lookback_minutes = lookback_minutes
+        # The detectors fold from an anchor that moves every ``anchor_minutes`` (core/warmfold.py): a
+        # fetch covers that many minutes more than the lookback, so the fold always sees the lookback.
+        self.anchor_minutes = anchor_minutes
         self.stale_after = 3 * scrape_interval
         self.clock = clock
         # Incremental: the SDK's per-minute buckets of complete minutes are kept between fetches,
@@ -812,7 +819,7 @@ class Fetcher:
         """The cycle's snapshot: the SDK's series, and those of each other source in ``sources``."""
         now = self.clock() if now is None else now
         end = series.minute_of(now)  # last complete minute ends here
-        start = end - self.lookback_minutes * series.MINUTE
+        start = end - (self.lookback_minutes + self.anchor_minutes) * series.MINUTE
         start_time = dt.datetime.fromtimestamp(start + series.MINUTE, tz=dt.timezone.utc)
         end_time = dt.datetime.fromtimestamp(end, tz=dt.timezone.utc)
         unlabelled: dict[str, int] = {}
@@ -857,6 +864,7 @@ class Fetcher:
             unlabelled=unlabelled,
             sources=others,
             prices=self.prices,
+            anchor_minutes=self.anchor_minutes,
         )
 
     def _ranges_since(self, start: int, end: int) -> int:
@@ -974,4 +982,5 @@ def source_budget(snap: FleetSnapshot, budget: spec.AgentBudget, agents: Sequenc
         type=kind, families=tuple(found), last_sample=max(lasts) if lasts else None,
         unpriced=core_sources.merge_unpriced(unpriced),
         unknown=core_sources.unknown_for(kind, found, source_queries.TASK_FAMILY[kind]))
-    return BudgetData(minutes=minutes, spend=spend, lookback_start=float(snap.start), source=report)
+    return BudgetData(minutes=minutes, spend=spend, lookback_start=float(snap.start),
+                      anchor_minutes=snap.anchor_minutes, source=report)

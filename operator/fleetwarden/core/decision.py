@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
-from fleetwarden.core import findings, series, sources, spec
+from fleetwarden.core import findings, series, sources, spec, warmfold
 from fleetwarden.core import status as st
 
 Finding = findings.Finding
@@ -104,6 +104,10 @@ class EvaluationInput:
     approvals: Sequence[PendingApproval] = ()  # pending CostApprovals of the namespace
     lookback_start: float | None = None  # the first minute the buckets cover
     memo: Memo | None = dataclasses.field(default=None, compare=False)
+    # with both: the detectors fold from each agent's anchor, at most anchor_minutes after
+    # lookback_start, their state kept warm between cycles in ``folds`` (core/warmfold.py)
+    anchor_minutes: int = 0
+    folds: warmfold.Folds | None = dataclasses.field(default=None, compare=False)
     # what status.read dropped from a stored previous status (``field: reason``)
     status_repairs: tuple[str, ...] = ()
     # the budget's source and its health when it is not the SDK (core.sources.SourceReport)

@@ -46,12 +46,23 @@ The rules:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-from fleetwarden.core import decision, detectors, findings, guardrails, policies, series, spec, timefmt
+from fleetwarden.core import (
+    decision,
+    detectors,
+    findings,
+    guardrails,
+    policies,
+    series,
+    spec,
+    timefmt,
+    warmfold,
+)
 from fleetwarden.core import status as st
 from fleetwarden.core.decision import EvaluationInput
 
@@ -138,6 +149,33 @@ def cached_detector_findings(memo: decision.Memo | None, agent: decision.AgentDe
         first, last = last, first
     key = ("detectors", agent.namespace, agent.name, first, last, len(minutes), params)
     return memo.get(last, key, lambda: tuple(detector_findings(agent, minutes, params)))  # type: ignore[no-any-return]
+
+
+def _minute(m: series.AgentMinute) -> int:
+    return m.minute
+
+
+def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeployment,
+                               minutes: Sequence[series.AgentMinute], params: spec.AnomalyParams,
+                               fold_start: int) -> Sequence[findings.Finding]:
+    """The findings of a fold of the detectors from an empty state at the agent's anchor
+    ``fold_start`` over its minutes from there on: from the state kept in ``inp.folds`` when it
+    holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute."""
+    assert inp.folds is not None
+    ordered = sorted(minutes, key=_minute)  # the adapter's buckets are in order already: linear
+    window = ordered[bisect.bisect_left(ordered, fold_start, key=_minute):]
+    if not window:
+        return ()
+    end = series.minute_of(inp.now)
+    folds = inp.folds
+
+    def fold() -> tuple[findings.Finding, ...]:
+        return tuple(folds.findings(agent.namespace, agent.name, window, end, params, fold_start))
+    if inp.memo is None:
+        return fold()
+    last = window[-1].minute
+    key = ("anchored", agent.namespace, agent.name, fold_start, last, len(window), params)
+    return inp.memo.get(last, key, fold)  # type: ignore[no-any-return]
 
 
 def spend_since(minutes: Mapping[str, Sequence[series.AgentMinute]], since: float) -> float:
@@ -231,12 +269,17 @@ def _agent_findings(inp: EvaluationInput, agent: decision.AgentDeployment,
     assert inp.minutes is not None
     minutes = inp.minutes.get(agent.name, ())
     params = anomaly_params(inp.policies, agent)
-    out = list(cached_detector_findings(inp.memo, agent, minutes, params))
-    if inp.lookback_start is not None:
+    fold_start = inp.lookback_start
+    if inp.folds is not None and inp.anchor_minutes > 0 and fold_start is not None:
+        fold_start = warmfold.anchor(fold_start, inp.anchor_minutes, agent.namespace, agent.name)
+        out = list(anchored_detector_findings(inp, agent, minutes, params, fold_start))
+    else:
+        out = list(cached_detector_findings(inp.memo, agent, minutes, params))
+    if fold_start is not None:
         reported = [(str(i.kind), str(i.agent), i.tool, i.time.timestamp()) for i in inp.previous.incidents or ()
                     if i.kind in findings.ANOMALY_KINDS and i.agent == agent.name and i.time is not None]
         out = detectors.keep_reported(out, reported, params)
-        fresh = {id(f) for f in detectors.in_view(out, inp.lookback_start, params)}
+        fresh = {id(f) for f in detectors.in_view(out, fold_start, params)}
         out = [f for f in out if id(f) in fresh or findings.incident_id(f) in seen]
     decisions = (inp.guardrails or {}).get(agent.name) or {}
     out.extend(guardrails.agent_findings(agent, minutes, decisions, inp.policies))
@@ -262,6 +305,8 @@ def findings_stage(inp: EvaluationInput, d: Draft) -> None:
     found: list[findings.Finding] = []
     seen = seen_incidents(d.previous)
     if d.known:
+        if inp.folds is not None and inp.lookback_start is not None:
+            inp.folds.sweep(inp.lookback_start)
         found.extend(budget_findings(inp))
         for agent in d.agents:
             found.extend(_agent_findings(inp, agent, seen))

@@ -37,7 +37,7 @@ import pydantic
 
 from fleetwarden import errors
 from fleetwarden.adapters import kube, prometheus
-from fleetwarden.core import decision, evaluate, governance, manifests, spec, timefmt
+from fleetwarden.core import decision, evaluate, governance, manifests, spec, timefmt, warmfold
 from fleetwarden.core import status as status_model
 from fleetwarden.handlers import hooks, metrics
 
@@ -201,6 +201,9 @@ class Runtime:
         self._heartbeat_filled = time.monotonic()
         self._evaluated_at: dict[str, float] = {}  # uid -> monotonic time of its last evaluation
         self.memo = decision.Memo()  # per-agent detector results, refolded once per minute
+        # per-agent detector states, stepped on from their anchor (used when the fetcher reads an anchor's
+        # minutes more than the lookback: build() sets it); the fetcher's re-read minutes are never kept
+        self.folds = warmfold.Folds(tail_minutes=getattr(fetcher, "settle_minutes", warmfold.TAIL_MINUTES))
         self.backoff = Backoff(first=interval)  # actions that failed wait before they are tried again
         self._budgets: dict[tuple[str, Any], spec.AgentBudget | errors.ManifestError] = {}  # (uid, generation)
         self._gaps_lock = threading.Lock()
@@ -328,6 +331,7 @@ class Runtime:
             guardrails=data.guardrails if data is not None else None,
             approvals=pending_approvals(approval_bodies),
             lookback_start=data.lookback_start if data is not None else None, memo=self.memo,
+            anchor_minutes=data.anchor_minutes if data is not None else 0, folds=self.folds,
             source=data.source if data is not None else None)
         draft = evaluate.plan(inp)
         if not apply:
@@ -554,7 +558,8 @@ def build(settings: Any) -> Runtime:
                                                     headers=dict(settings.prometheus_headers)),
                                  lookback_minutes=settings.lookback_minutes,
                                  scrape_interval=settings.scrape_interval, namespaces=settings.namespaces,
-                                 incremental=True, slice_minutes=RANGE_SLICE_MINUTES)
+                                 incremental=True, slice_minutes=RANGE_SLICE_MINUTES,
+                                 anchor_minutes=warmfold.ANCHOR_MINUTES)
     return Runtime(interval=settings.interval, fetcher=fetcher)
 
 

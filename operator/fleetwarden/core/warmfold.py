@@ -1,0 +1,154 @@
+"""The operator's detector fold of one agent, from an anchor, kept warm between cycles.
+
+Refolding an agent's whole lookback from an empty state once a minute is most of a large
+fleet's CPU (docs/operator.md, "Scale"). This module gives the *same* findings, bit for bit,
+as a fold of the detectors from an empty state at the agent's **anchor**, while stepping only
+the minutes that are new:
+
+- The anchor moves once every ``anchor_minutes`` minutes (each agent at its own phase, so a
+  fraction of the fleet re-anchors each minute): :func:`anchor` is the latest minute at the
+  agent's phase that is not after ``lookback_start + anchor_minutes``. The fetch covers the
+  lookback plus ``anchor_minutes``, so the detectors always see at least the configured
+  lookback (and up to ``anchor_minutes - 1`` minutes more).
+- :class:`Folds` keeps, per agent, the detectors' state after the minutes that can no longer
+  change (all but the last ``tail_minutes``, which a late scrape may still fill), pickled and
+  compressed, with those minutes and the findings they revealed. A cycle restores it, steps
+  the newly settled minutes, keeps the new state, and steps the tail on top.
+- The kept state is used only when the minutes it folded are, one by one, the first minutes of
+  this cycle's window (same objects, or equal), with the same anchor and the same parameters;
+  otherwise the window is folded again from its anchor. The detectors are a pure fold (same
+  minutes in order, same findings out: docs/detectors.md), so a state restored after ``k``
+  minutes and stepped on is the state a fold from the anchor reaches, and its findings are
+  the same. ``tests/unit/core/test_warmfold.py`` checks this against a fold from the anchor,
+  and ``tests/e2e/test_replay_operator_agree.py`` against replay on real parts.
+
+Nothing here depends on a clock: the window, ``end`` and the anchor come from the caller.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import dataclasses
+import io
+import pickle
+import threading
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from fleetwarden.core import detectors, findings, series, spec
+
+ANCHOR_MINUTES = 15  # the operator's default: an anchor lasts this many minutes
+TAIL_MINUTES = 3  # the last minutes of a window never kept in a state (a late scrape can still change them)
+_LEVEL = 1  # zlib: the state is 30-40 KB pickled, 7-10 KB at level 1
+
+
+def phase(namespace: str, agent: str, anchor_minutes: int) -> int:
+    """The agent's anchor phase (minutes), stable across restarts and replicas."""
+    return zlib.crc32(f"{namespace}/{agent}".encode()) % anchor_minutes
+
+
+def anchor(lookback_start: float, anchor_minutes: int, namespace: str, agent: str) -> int:
+    """The start of the agent's detector fold: the latest minute ``t`` at the agent's phase with
+    ``t <= lookback_start + anchor_minutes`` minutes; so ``lookback_start < t``."""
+    latest = (int(lookback_start) // series.MINUTE) + anchor_minutes
+    return (latest - (latest - phase(namespace, agent, anchor_minutes)) % anchor_minutes) * series.MINUTE
+
+
+def _proxy_of(items: dict[str, float]) -> Mapping[str, float]:
+    return MappingProxyType(items) if items else series.NO_TOOLS
+
+
+def _reduce_proxy(proxy: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    return _proxy_of, (dict(proxy),)
+
+
+_DISPATCH = copyreg.dispatch_table.copy()
+_DISPATCH[MappingProxyType] = _reduce_proxy  # the minutes' read-only tool maps, kept in detector state
+
+
+def dumps(detector_set: detectors.DetectorSet) -> bytes:
+    """The detectors' state, pickled (read-only maps as such) and compressed."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _DISPATCH
+    pickler.dump(detector_set)
+    return zlib.compress(buffer.getvalue(), _LEVEL)
+
+
+def loads(blob: bytes) -> detectors.DetectorSet:
+    """The state :func:`dumps` kept (only ever bytes this process made)."""
+    restored = pickle.loads(zlib.decompress(blob))  # noqa: S301 - our own bytes, never read from outside
+    assert isinstance(restored, detectors.DetectorSet)
+    return restored
+
+
+@dataclasses.dataclass(frozen=True)
+class _State:
+    anchor: int
+    params: spec.AnomalyParams
+    folded: tuple[series.AgentMinute, ...]  # the minutes stepped into ``blob``, from the anchor on
+    found: tuple[findings.Finding, ...]  # the findings those minutes revealed
+    blob: bytes
+
+
+def _same(a: Sequence[series.AgentMinute], b: Sequence[series.AgentMinute]) -> bool:
+    return all(x is y or x == y for x, y in zip(a, b, strict=True))
+
+
+class Folds:
+    """The kept detector states of a fleet's agents (see the module doc). Thread-safe: two
+    evaluations of one agent at once each compute the same findings; the last state kept wins."""
+
+    def __init__(self, tail_minutes: int = TAIL_MINUTES) -> None:
+        self.tail_minutes = tail_minutes
+        self._states: dict[tuple[str, str], _State] = {}
+        self._lock = threading.Lock()
+        self._swept = 0
+        self.warm = 0  # folds that restored a kept state
+        self.cold = 0  # folds from the anchor
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def findings(self, namespace: str, agent: str, window: Sequence[series.AgentMinute], end: int,
+                 params: spec.AnomalyParams, anchor_at: int) -> list[findings.Finding]:
+        """The findings of a fold of ``window`` (the agent's minutes from ``anchor_at`` on, in
+        order, all before ``end``) from an empty state at ``anchor_at``."""
+        key = (namespace, agent)
+        settled_before = end - self.tail_minutes * series.MINUTE
+        settled = len(window)
+        while settled and window[settled - 1].minute >= settled_before:
+            settled -= 1
+        with self._lock:
+            state = self._states.get(key)
+        kept = state is not None and state.anchor == anchor_at and state.params == params \
+            and len(state.folded) <= settled and _same(state.folded, window[:len(state.folded)])
+        if kept:
+            assert state is not None
+            detector_set, out, done = loads(state.blob), list(state.found), len(state.folded)
+            self.warm += 1
+        else:
+            detector_set, out, done = detectors.DetectorSet(params, agent, namespace), [], 0
+            self.cold += 1
+        for minute in window[done:settled]:
+            out.extend(detector_set.step(minute))
+        if not kept or settled > done:
+            fresh = _State(anchor_at, params, tuple(window[:settled]), tuple(out), dumps(detector_set))
+            with self._lock:
+                self._states[key] = fresh
+        for minute in window[settled:]:
+            out.extend(detector_set.step(minute))
+        return out
+
+    def sweep(self, lookback_start: float) -> None:
+        """Forget the states no window can use any more (anchors at or before ``lookback_start``);
+        at most once a minute."""
+        minute = int(lookback_start)
+        with self._lock:
+            if minute <= self._swept:
+                return
+            self._swept = minute
+            for key in [k for k, s in self._states.items() if s.anchor <= lookback_start]:
+                del self._states[key]

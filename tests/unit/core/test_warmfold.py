@@ -1,0 +1,210 @@
+"""The anchored warm fold (core/warmfold.py) gives, cycle after cycle, exactly the findings of a
+fold of the detectors from an empty state at the anchor, however the window's minutes change.
+
+The fleets are the independent generator's (``core/fleetgen.py``) on seeds used nowhere else, so
+every anomaly shape passes through kept states; the operator's cycle is simulated: a window of
+the lookback plus the anchor's minutes ending at each minute, its last minutes re-read (new
+objects) every cycle as the incremental fetcher re-reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from fleetwarden.core import buckets, detectors, events, findings, fleetgen, pricing, series, spec, warmfold
+
+MINUTE = 60
+LOOKBACK = 30  # minutes: shorter than the operator's 90, so a test fleet re-anchors many times
+ANCHOR = 7
+PARAMS = spec.AnomalyParams()
+
+
+def _minutes(seed: int, agents: int, hours: float, **kw: Any) -> dict[tuple[str, str], list[series.AgentMinute]]:
+    evs, _ = fleetgen.build(seed, agents=agents, hours=hours, **kw)
+    bucketer = buckets.Bucketer(pricing.PriceTable())
+    per: dict[tuple[str, str], list[series.AgentMinute]] = {}
+
+    def feed(ms: Sequence[series.AgentMinute]) -> None:
+        for m in ms:
+            per.setdefault((m.namespace, m.agent), []).append(m)
+    for ev in evs:
+        bucketer.add(events.from_obj(ev))
+        feed(bucketer.close())
+    feed(bucketer.finish())
+    return per
+
+
+FLEET = _minutes(seed=901, agents=len(fleetgen.SHAPES), hours=2.0)
+
+
+def _refold(window: Sequence[series.AgentMinute], params: spec.AnomalyParams = PARAMS) -> list[findings.Finding]:
+    ds = detectors.DetectorSet(params, window[0].agent, window[0].namespace)
+    return [f for m in window for f in ds.step(m)]
+
+
+def _window(ms: Sequence[series.AgentMinute], end: int, fold_start: int) -> list[series.AgentMinute]:
+    """The cycle's window: the minutes from the anchor to ``end``, the last TAIL re-read as new
+    objects, the newest one seen in part (a scrape of its end is still to come)."""
+    settled_before = end - warmfold.TAIL_MINUTES * MINUTE
+    out = [m if m.minute < settled_before else dataclasses.replace(m) for m in ms if fold_start <= m.minute < end]
+    if out and out[-1].minute == end - MINUTE:
+        m = out[-1]
+        out[-1] = dataclasses.replace(m, llm_calls=m.llm_calls // 2, tokens=m.tokens // 2,
+                                      output_tokens=m.output_tokens // 2)
+    return out
+
+
+def _cycles(ms: Sequence[series.AgentMinute]) -> range:
+    first = ms[0].minute + (LOOKBACK + ANCHOR) * MINUTE
+    return range(first, ms[-1].minute + 2 * MINUTE, MINUTE)
+
+
+def test_anchor_moves_every_anchor_minutes_and_keeps_the_lookback() -> None:
+    for agent in ("a", "support-7", "procurement"):
+        anchors = []
+        for start in range(0, 40 * MINUTE, MINUTE):
+            at = warmfold.anchor(float(start), ANCHOR, "ns", agent)
+            assert start < at <= start + ANCHOR * MINUTE  # the fold sees the lookback, at most ANCHOR-1 more
+            assert (at // MINUTE) % ANCHOR == warmfold.phase("ns", agent, ANCHOR)
+            anchors.append(at)
+        assert all(anchors.count(a) == ANCHOR for a in anchors[ANCHOR:-ANCHOR])  # one anchor lasts ANCHOR cycles
+
+
+def test_every_cycle_gives_the_findings_of_a_fold_from_the_anchor() -> None:
+    folds = warmfold.Folds()
+    compared = found = 0
+    for (namespace, agent), ms in sorted(FLEET.items()):
+        for end in _cycles(ms):
+            start = end - (LOOKBACK + ANCHOR) * MINUTE
+            at = warmfold.anchor(start, ANCHOR, namespace, agent)
+            window = _window(ms, end, at)
+            if not window:
+                continue
+            warm = folds.findings(namespace, agent, window, end, PARAMS, at)
+            assert warm == _refold(window), (agent, end)
+            compared += 1
+            found += len(warm)
+            folds.sweep(start)
+    assert found > 0  # the shapes were found through kept states
+    assert folds.warm > 5 * folds.cold  # and most cycles restored one
+    assert compared == folds.warm + folds.cold
+    assert len(folds) <= len(FLEET)
+
+
+def _with_a_finding_kept() -> tuple[str, str, int, int, list[series.AgentMinute]]:
+    """A cycle whose window has a finding revealed by a minute that a state keeps."""
+    for (namespace, agent), ms in sorted(FLEET.items()):
+        for end in _cycles(ms):
+            at = warmfold.anchor(end - (LOOKBACK + ANCHOR) * MINUTE, ANCHOR, namespace, agent)
+            window = _window(ms, end, at)
+            settled_before = end - warmfold.TAIL_MINUTES * MINUTE
+            if window and any(f.time <= settled_before for f in _refold(window)):
+                return namespace, agent, end, at, window
+    raise AssertionError("no finding in the fleet")
+
+
+def test_a_changed_minute_already_kept_is_folded_again() -> None:
+    """A late sample that changes a minute already kept (or one that disappears) is not stepped
+    over: the window is folded again from the anchor."""
+    namespace, agent, end, at, window = _with_a_finding_kept()
+    folds = warmfold.Folds()
+    folds.findings(namespace, agent, window, end, PARAMS, at)
+    settled = [i for i, m in enumerate(window) if m.minute < end - warmfold.TAIL_MINUTES * MINUTE]
+    idle = [dataclasses.replace(m, inference_cost_usd=0.0, tool_cost_usd=0.0, tokens=0, output_tokens=0,
+                                llm_calls=0, tool_calls=series.NO_TOOLS, tool_costs=series.NO_TOOLS)
+            if i in settled else m for i, m in enumerate(window)]
+    assert _refold(idle) != _refold(window)  # the change matters to the detectors
+    cold = folds.cold
+    assert folds.findings(namespace, agent, idle, end, PARAMS, at) == _refold(idle)
+    assert folds.cold == cold + 1
+    dropped = window[:1] + window[2:]  # a kept minute gone
+    assert folds.findings(namespace, agent, dropped, end, PARAMS, at) == _refold(dropped)
+    assert folds.cold == cold + 2
+
+
+def test_other_parameters_or_anchor_fold_again() -> None:
+    (namespace, agent), ms = sorted(FLEET.items())[0]
+    folds = warmfold.Folds()
+    end = _cycles(ms)[10]
+    at = warmfold.anchor(end - (LOOKBACK + ANCHOR) * MINUTE, ANCHOR, namespace, agent)
+    window = _window(ms, end, at)
+    folds.findings(namespace, agent, window, end, PARAMS, at)
+    quiet = PARAMS.model_copy(update={"cost_shift": PARAMS.cost_shift.model_copy(update={"enabled": False})})
+    assert folds.findings(namespace, agent, window, end, quiet, at) == _refold(window, quiet)
+    assert folds.cold == 2
+    later = [m for m in window if m.minute >= at + MINUTE]
+    assert folds.findings(namespace, agent, later, end, quiet, at + MINUTE) == _refold(later, quiet)
+    assert folds.cold == 3
+
+
+def test_sweep_forgets_states_no_window_can_use() -> None:
+    folds = warmfold.Folds()
+    for (namespace, agent), ms in FLEET.items():
+        end = _cycles(ms)[0]
+        at = warmfold.anchor(end - (LOOKBACK + ANCHOR) * MINUTE, ANCHOR, namespace, agent)
+        folds.findings(namespace, agent, _window(ms, end, at), end, PARAMS, at)
+    assert len(folds) == len(FLEET)
+    folds.sweep(float(max(ms[-1].minute for ms in FLEET.values())))
+    assert len(folds) == 0
+
+
+@pytest.mark.parametrize("tools", [series.NO_TOOLS, {"crm.search": 3.0}])
+def test_kept_state_restores_read_only_tool_maps(tools: dict[str, float]) -> None:
+    ds = detectors.DetectorSet(PARAMS, "a", "ns")
+    m = series.AgentMinute(agent="a", namespace="ns", minute=600, llm_calls=2, tokens=500,
+                           tool_calls=series.NO_TOOLS if not tools else warmfold._proxy_of(dict(tools)))
+    ds.step(m)
+    restored = warmfold.loads(warmfold.dumps(ds))
+    kept = restored.tools._short[-1][1]  # the minute's tool map, as the detector keeps it
+    assert dict(kept) == dict(tools) and type(kept) is type(m.tool_calls)
+    for minute in range(660, 660 + 20 * MINUTE, MINUTE):
+        nxt = dataclasses.replace(m, minute=minute, llm_calls=minute % 7)
+        assert restored.step(nxt) == ds.step(nxt)
+
+
+def test_the_evaluation_judges_the_fold_from_the_anchor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the whole evaluation (the in-view rule and the incidents carried cycle to cycle):
+    folds and an anchor give the findings of an evaluation of the minutes from the anchor on,
+    refolded, with the lookback starting at the anchor; and the anchor is what it judged in view."""
+    from fleetwarden.core import decision, evaluate
+
+    judged_from: list[float] = []
+    in_view = detectors.in_view
+
+    def recorded(out: Any, start: float, params: spec.AnomalyParams) -> list[findings.Finding]:
+        judged_from.append(start)
+        return in_view(out, start, params)
+    monkeypatch.setattr(detectors, "in_view", recorded)
+    lookback = 90  # the operator's: the in-view rule needs the hour before an onset and more
+    fleet = _minutes(seed=902, agents=3, hours=3.5, shapes=("task_loop", "tool_ramp", "cost_shift"))
+    for (namespace, agent), ms in sorted(fleet.items()):
+        budget = spec.AgentBudget.model_validate({
+            "metadata": {"name": "b", "namespace": namespace},
+            "spec": {"limits": [{"window": "day", "amountUSD": 1e9}], "killSwitch": {"window": "day"}}})
+        deployment = decision.AgentDeployment(name=agent, namespace=namespace)
+        folds = warmfold.Folds()
+        warm_prev: dict[str, object] = {}
+        cold_prev: dict[str, object] = {}
+        warm_new, cold_new = [], []
+        for end in range(ms[0].minute + (lookback + ANCHOR) * MINUTE, ms[-1].minute + 2 * MINUTE, MINUTE):
+            start = end - (lookback + ANCHOR) * MINUTE
+            at = warmfold.anchor(start, ANCHOR, namespace, agent)
+            fetched = _window(ms, end, start + MINUTE)
+            common = {"budget": budget, "agents": [deployment], "spend": dict.fromkeys(spec.Window, 1.0),
+                      "now": end + 20.0}
+            warm = evaluate.evaluate(decision.EvaluationInput(
+                minutes={agent: fetched}, previous=warm_prev, lookback_start=float(start),  # type: ignore[arg-type]
+                anchor_minutes=ANCHOR, folds=folds, memo=decision.Memo(), **common))  # type: ignore[arg-type]
+            cold = evaluate.evaluate(decision.EvaluationInput(
+                minutes={agent: [m for m in fetched if m.minute >= at]}, previous=cold_prev,  # type: ignore[arg-type]
+                lookback_start=float(at), **common))  # type: ignore[arg-type]
+            assert judged_from[-2:] == [at, at]  # what is in view is judged from the fold's start, both ways
+            warm_prev, cold_prev = warm.status.body(), cold.status.body()
+            warm_new += [f for f in warm.new_findings if f.kind in findings.ANOMALY_KINDS]
+            cold_new += [f for f in cold.new_findings if f.kind in findings.ANOMALY_KINDS]
+        assert warm_new == cold_new, agent
+    assert warm_new and folds.warm > folds.cold

@@ -45,13 +45,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from fleetwarden.adapters import kube, prometheus
-from fleetwarden.core import series, spec
+from fleetwarden.core import series, spec, warmfold
 from fleetwarden.devcluster import cluster as devcluster
 from fleetwarden.devcluster import monitoring, pki, procs
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACES = 100
-HISTORY_MINUTES = 90
+HISTORY_MINUTES = 90 + warmfold.ANCHOR_MINUTES  # what the operator fetches: the lookback and its anchor
 STEP = 30  # seconds between backfilled samples (increase(x[1m]) needs two in a minute)
 OPERATOR_NS, OPERATOR_SA = "fleetwarden-system", "fleetwarden-operator"
 

@@ -169,12 +169,14 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
     end = series.minute_of(inp.now)
     folds = inp.folds
 
+    source = inp.budget.spec.source.type.value  # two budgets may read one agent from two sources
+
     def fold() -> tuple[findings.Finding, ...]:
-        return tuple(folds.findings(agent.namespace, agent.name, window, end, params, fold_start))
+        return tuple(folds.findings(agent.namespace, agent.name, window, end, params, fold_start, source))
     if inp.memo is None:
         return fold()
     last = window[-1].minute
-    key = ("anchored", agent.namespace, agent.name, fold_start, last, len(window), params)
+    key = ("anchored", source, agent.namespace, agent.name, fold_start, last, len(window), params)
     return inp.memo.get(last, key, fold)  # type: ignore[no-any-return]
 
 

@@ -103,7 +103,7 @@ class Folds:
 
     def __init__(self, tail_minutes: int = TAIL_MINUTES) -> None:
         self.tail_minutes = tail_minutes
-        self._states: dict[tuple[str, str], _State] = {}
+        self._states: dict[tuple[str, str, str], _State] = {}
         self._lock = threading.Lock()
         self._swept = 0
         self.warm = 0  # folds that restored a kept state
@@ -113,10 +113,10 @@ class Folds:
         return len(self._states)
 
     def findings(self, namespace: str, agent: str, window: Sequence[series.AgentMinute], end: int,
-                 params: spec.AnomalyParams, anchor_at: int) -> list[findings.Finding]:
+                 params: spec.AnomalyParams, anchor_at: int, source: str = "") -> list[findings.Finding]:
         """The findings of a fold of ``window`` (the agent's minutes from ``anchor_at`` on, in
-        order, all before ``end``) from an empty state at ``anchor_at``."""
-        key = (namespace, agent)
+        order, all before ``end``, read from ``source``) from an empty state at ``anchor_at``."""
+        key = (namespace, agent, source)
         settled_before = end - self.tail_minutes * series.MINUTE
         settled = len(window)
         while settled and window[settled - 1].minute >= settled_before:

@@ -11,7 +11,7 @@ Where an incident is kept:
 
 Idempotent by id: the id is deterministic (``findings.incident_id``), merging a finding
 already recorded changes nothing, and nothing is written when nothing changed; so the
-operator's refold of its lookback window every cycle, or a restart, never duplicates a
+operator's fold of its lookback window every cycle, or a restart, never duplicates a
 record. A kill-switch incident is resolved when ``spec.killSwitch.acknowledge`` names it.
 
 Both hooks never raise into the evaluation: Kubernetes failures are logged and retried

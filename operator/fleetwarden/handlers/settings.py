@@ -6,7 +6,7 @@
 | ``FLEETWARDEN_PROMETHEUS_URL`` | ``--prometheus-url`` | http://localhost:9090 | where the agents' metrics are |
 | ``FLEETWARDEN_PROMETHEUS_TIMEOUT`` | ``--prometheus-timeout`` | 10 | seconds one Prometheus query may take (> 0) |
 | ``FLEETWARDEN_SCRAPE_INTERVAL`` | ``--scrape-interval`` | 15 | Prometheus' scrape interval; data older than 3 of them is stale (>= 0.1) |
-| ``FLEETWARDEN_LOOKBACK_MINUTES`` | ``--lookback-minutes`` | 90 | the window the detectors refold each cycle (>= 5) |
+| ``FLEETWARDEN_LOOKBACK_MINUTES`` | ``--lookback-minutes`` | 90 | the history the detectors see at least (>= 5; the fetch reads 15 minutes more: core/warmfold.py) |
 | ``FLEETWARDEN_METRICS_PORT`` | ``--metrics-port`` | 8081 | the operator's own /metrics (0: off; <= 65535) |
 | ``FLEETWARDEN_WORKERS`` | | 16 | threads running evaluations (>= 1) |
 | ``FLEETWARDEN_EVALUATION`` | ``--evaluation`` | timers | ``timers``: a kopf timer per budget; ``fleet``: one evaluation of every budget per interval, on the leader (docs/operator.md, "Scale") |

@@ -190,6 +190,7 @@ class Runtime:
         self._kube = kube_client
         self.clock = clock
         self._snapshot_lock = threading.Lock()
+        self._fetch_lock = threading.Lock()  # one fetch at a time
         self._snapshot: prometheus.FleetSnapshot | errors.PrometheusError | None = None
         self._snapshot_at = float("-inf")  # monotonic time of the last fetch
         self._locks: dict[str, threading.Lock] = {}
@@ -220,34 +221,59 @@ class Runtime:
 
     def snapshot(self, source: spec.SourceType = spec.SourceType.fleetwarden) -> prometheus.FleetSnapshot:
         """This cycle's fleet-wide data (fetched at most once per ~interval; at once when it lacks
-        ``source``, a budget's spec.source read for the first time); raises PrometheusError."""
+        ``source``, a budget's spec.source read for the first time); raises PrometheusError.
+
+        One thread fetches at a time. While it does, the other evaluations go on with the last
+        good snapshot (at most an interval and a fetch old) rather than wait for it; only when
+        there is none (the first fetch, after an error, a source not read yet) do they wait."""
         with self._snapshot_lock:
-            age = time.monotonic() - self._snapshot_at
             if source is not spec.SourceType.fleetwarden:
                 self._sources.add(source)
-            lacks = isinstance(self._snapshot, prometheus.FleetSnapshot) and source is not \
-                spec.SourceType.fleetwarden and source not in self._snapshot.sources
-            if self._snapshot is None or age >= self.interval * 0.8 or lacks:
-                if self.fetcher is None:
-                    raise errors.PrometheusError("no Prometheus configured")
-                try:
-                    self._snapshot = self.fetcher.fetch(self.clock(), sources=tuple(self._sources)) \
-                        if self._sources else self.fetcher.fetch(self.clock())
-                    metrics.PROMETHEUS_QUERIES.inc(self._snapshot.queries)
-                    metrics.PROMETHEUS_FETCHES.labels("ok").inc()
-                except errors.PrometheusError as exc:
-                    self._snapshot = exc
-                    metrics.PROMETHEUS_FETCHES.labels("error").inc()
-                    log.warning("Prometheus: %s", exc)
-                self._snapshot_at = time.monotonic()
-            if isinstance(self._snapshot, errors.PrometheusError):
-                raise self._snapshot
-            return self._snapshot
+            current, due, usable = self._snapshot_state(source)
+            if not due or (usable and self._fetch_lock.locked()):
+                return self._snapshot_or_raise(current)
+        with self._fetch_lock:
+            with self._snapshot_lock:
+                current, due, _ = self._snapshot_state(source)
+                sources = tuple(self._sources)
+            if not due:  # another thread fetched it meanwhile
+                return self._snapshot_or_raise(current)
+            if self.fetcher is None:
+                raise errors.PrometheusError("no Prometheus configured")
+            fresh: prometheus.FleetSnapshot | errors.PrometheusError
+            try:
+                fresh = self.fetcher.fetch(self.clock(), sources=sources) if sources else self.fetcher.fetch(self.clock())
+                metrics.PROMETHEUS_QUERIES.inc(fresh.queries)
+                metrics.PROMETHEUS_FETCHES.labels("ok").inc()
+            except errors.PrometheusError as exc:
+                fresh = exc
+                metrics.PROMETHEUS_FETCHES.labels("error").inc()
+                log.warning("Prometheus: %s", exc)
+            with self._snapshot_lock:
+                self._snapshot, self._snapshot_at = fresh, time.monotonic()
+            return self._snapshot_or_raise(fresh)
+
+    def _snapshot_state(self, source: spec.SourceType
+                        ) -> tuple[prometheus.FleetSnapshot | errors.PrometheusError | None, bool, bool]:
+        """(the snapshot, whether a fetch is due, whether the snapshot serves ``source`` meanwhile)."""
+        current = self._snapshot
+        lacks = isinstance(current, prometheus.FleetSnapshot) and source is not spec.SourceType.fleetwarden \
+            and source not in current.sources
+        due = current is None or time.monotonic() - self._snapshot_at >= self.interval * 0.8 or lacks
+        return current, due, isinstance(current, prometheus.FleetSnapshot) and not lacks
+
+    @staticmethod
+    def _snapshot_or_raise(snap: prometheus.FleetSnapshot | errors.PrometheusError | None) -> prometheus.FleetSnapshot:
+        if isinstance(snap, errors.PrometheusError):
+            raise snap
+        assert snap is not None
+        return snap
 
     def new_cycle(self) -> None:
-        """Forget the cached snapshot: the next budget fetches afresh."""
+        """Make the cached snapshot due: the next budget fetches afresh (the others evaluated
+        meanwhile keep the last one, see :meth:`snapshot`)."""
         with self._snapshot_lock:
-            self._snapshot = None
+            self._snapshot_at = float("-inf")
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_lock:

@@ -3,6 +3,7 @@ unknown data never acts. The API server is a recording fake here (unit tests onl
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -231,3 +232,47 @@ def test_status_cache_makes_the_next_cycle_continue_from_the_decision() -> None:
     rt.reconcile(body(0), [deployment(0)])
     rt.reconcile(body(0), [deployment(0, replicas=3)])  # scaled back up by someone
     assert [c[3] for c in k.of("scale_to_zero")] == [2, 2]  # held, remembering the original 2
+
+
+class GatedFetcher(CountingFetcher):
+    """A fetcher whose fetches after the first wait until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.inside = threading.Event()
+
+    def fetch(self, now: float | None = None) -> prometheus.FleetSnapshot:
+        if self.fetches >= 1:
+            self.inside.set()
+            assert self.gate.wait(10)
+        return super().fetch(now)
+
+
+def test_evaluations_go_on_with_the_last_snapshot_while_one_thread_fetches() -> None:
+    """A due fetch is run by one thread; the others get the last good snapshot at once rather
+    than wait for it; once it is in, every evaluation gets the new one."""
+    fetcher = GatedFetcher()
+    rt = make(fetcher, FakeKube())
+    first = rt.snapshot()
+    rt.new_cycle()
+    got: dict[str, prometheus.FleetSnapshot] = {}
+    refresher = threading.Thread(target=lambda: got.update(refreshed=rt.snapshot()))
+    refresher.start()
+    assert fetcher.inside.wait(10)
+    assert rt.snapshot() is first  # not blocked behind the fetch under way
+    fetcher.gate.set()
+    refresher.join(10)
+    assert got["refreshed"] is not first and rt.snapshot() is got["refreshed"]
+    assert fetcher.fetches == 2
+
+
+def test_without_a_good_snapshot_evaluations_wait_for_the_fetch() -> None:
+    """The first fetch (and one after an error) is waited for: there is nothing to go on with."""
+    fetcher = CountingFetcher(fail=True)
+    rt = make(fetcher, FakeKube())
+    with pytest.raises(errors.PrometheusError):
+        rt.snapshot()
+    fetcher.fail = False
+    rt.new_cycle()
+    assert rt.snapshot().fetched_at == NOW and fetcher.fetches == 2

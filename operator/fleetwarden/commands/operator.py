@@ -39,7 +39,7 @@ FLAGS = (
     ("--scrape-interval", "FLEETWARDEN_SCRAPE_INTERVAL", "SECONDS",
      "Prometheus' scrape interval in seconds: data older than 3 of them is stale (default 15)"),
     ("--lookback-minutes", "FLEETWARDEN_LOOKBACK_MINUTES", "MINUTES",
-     "minutes of history the detectors refold each cycle (default 90)"),
+     "minutes of history the detectors see at least; each fetch reads 15 more for their anchor (default 90)"),
     ("--metrics-port", "FLEETWARDEN_METRICS_PORT", "PORT",
      "port of the operator's own /metrics (default 8081; 0 turns it off)"),
     ("--evaluation", "FLEETWARDEN_EVALUATION", "MODE",

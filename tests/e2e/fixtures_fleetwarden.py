@@ -242,13 +242,7 @@ class Operator:
         return at
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        procs.end(self.proc)
         if not self.log.closed:
             self.log.close()
 

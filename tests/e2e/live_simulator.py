@@ -47,9 +47,4 @@ def running(prometheus: Any, args: Sequence[str]) -> Iterator[Simulator]:
         yield sim
     finally:
         prometheus.remove_target(sim.job)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        procs.end(proc, grace=10)

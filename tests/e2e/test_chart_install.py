@@ -165,12 +165,7 @@ def chart_operator(cluster: Any, installed: list[dict[str, Any]], tmp_path: Path
         yield {"container": container, "log": log_path, "proc": proc}
     finally:
         cluster.kubectl("delete", "agentbudget", "--all", "-n", AGENTS, "--timeout=30s", check=False, timeout=60)
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        procs.end(proc)
         print(f"--- operator log ---\n{log_path.read_text()[-15000:]}")
 
 

@@ -93,12 +93,7 @@ class LiteLLMProxy:
             assert answer["usage"] == {"completion_tokens": 20, "prompt_tokens": 10, "total_tokens": 30}, answer
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        procs.end(self.proc)
         self.log.close()
 
 

@@ -57,8 +57,7 @@ class OtelAgent:
         assert self.proc.stdout.readline().strip() == "ok"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        procs.end(self.proc, grace=10)
 
 
 @pytest.fixture

@@ -117,12 +117,7 @@ def running_fleet(prometheus: Any, cluster: Any, tmp_path: Path, request: Any, *
     finally:
         prometheus.remove_target(sim_job)
         prometheus.remove_target(ops_job)
-        sim.terminate()
-        try:
-            sim.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait()
+        procs.end(sim)
         log.close()
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
 

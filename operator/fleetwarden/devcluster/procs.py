@@ -153,6 +153,18 @@ def stop(record: Mapping[str, object], *, grace: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+def end(proc: subprocess.Popen[bytes] | subprocess.Popen[str], *, grace: float = 15.0) -> None:
+    """Stop a child started here (not recorded): SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 def group_members(pgid: int) -> list[int]:
     """Pids of the live (not zombie) processes in process group ``pgid``, from /proc."""
     found = []

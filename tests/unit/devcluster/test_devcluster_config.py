@@ -272,3 +272,17 @@ def test_token_kubeconfig_keeps_the_cluster_and_drops_the_admin_credentials() ->
     assert out["users"] == [{"name": "ops-operator", "user": {"token": "tok"}}]
     assert out["contexts"][0]["context"] == {"cluster": "c", "user": "ops-operator", "namespace": "ops"}
     assert "S0VZ" not in pki.token_kubeconfig(yaml.safe_dump(admin), "tok", "ops-operator", "ops")
+
+
+def test_end_stops_a_child_and_kills_one_that_ignores_sigterm() -> None:
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    procs.end(polite, grace=5)
+    assert polite.returncode == -15  # SIGTERM was enough
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True)\n"
+                                 "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout is not None and stubborn.stdout.readline().strip() == "ready"
+    procs.end(stubborn, grace=0.5)
+    assert stubborn.returncode == -9  # killed after the grace
+    stubborn.stdout.close()
+    procs.end(stubborn)  # an ended child: nothing to do

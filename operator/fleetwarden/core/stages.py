@@ -139,15 +139,15 @@ def detector_findings(agent: decision.AgentDeployment, minutes: Sequence[series.
 
 def cached_detector_findings(memo: decision.Memo | None, agent: decision.AgentDeployment,
                              minutes: Sequence[series.AgentMinute],
-                             params: spec.AnomalyParams) -> Sequence[findings.Finding]:
-    """:func:`detector_findings`, kept in ``memo`` per (agent, minutes covered, params): complete
+                             params: spec.AnomalyParams, source: str = "") -> Sequence[findings.Finding]:
+    """:func:`detector_findings`, kept in ``memo`` per (source, agent, minutes covered, params): complete
     minutes do not change, so the refold runs once per minute per agent, not every cycle."""
     if memo is None or not minutes:
         return detector_findings(agent, minutes, params)
     first, last = minutes[0].minute, minutes[-1].minute  # the adapter's buckets are in order
     if first > last:
         first, last = last, first
-    key = ("detectors", agent.namespace, agent.name, first, last, len(minutes), params)
+    key = ("detectors", source, agent.namespace, agent.name, first, last, len(minutes), params)
     return memo.get(last, key, lambda: tuple(detector_findings(agent, minutes, params)))  # type: ignore[no-any-return]
 
 
@@ -276,7 +276,7 @@ def _agent_findings(inp: EvaluationInput, agent: decision.AgentDeployment,
         fold_start = warmfold.anchor(fold_start, inp.anchor_minutes, agent.namespace, agent.name)
         out = list(anchored_detector_findings(inp, agent, minutes, params, fold_start))
     else:
-        out = list(cached_detector_findings(inp.memo, agent, minutes, params))
+        out = list(cached_detector_findings(inp.memo, agent, minutes, params, inp.budget.spec.source.type.value))
     if fold_start is not None:
         reported = [(str(i.kind), str(i.agent), i.tool, i.time.timestamp()) for i in inp.previous.incidents or ()
                     if i.kind in findings.ANOMALY_KINDS and i.agent == agent.name and i.time is not None]

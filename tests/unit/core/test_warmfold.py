@@ -208,3 +208,29 @@ def test_the_evaluation_judges_the_fold_from_the_anchor(monkeypatch: pytest.Monk
             cold_new += [f for f in cold.new_findings if f.kind in findings.ANOMALY_KINDS]
         assert warm_new == cold_new, agent
     assert warm_new and folds.warm > folds.cold
+
+
+def test_two_sources_of_one_agent_are_folded_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two budgets may read one agent from two sources (other minutes, same count): neither the
+    minute's memo nor the kept states give one the other's findings."""
+    from fleetwarden.core import decision, stages
+
+    (namespace, agent), ms = sorted(FLEET.items())[0]
+    deployment = decision.AgentDeployment(name=agent, namespace=namespace)
+    window = ms[:40]
+    memo = decision.Memo()
+    folded: list[int] = []
+    refold = stages.detector_findings
+
+    def counted(*args: Any) -> list[findings.Finding]:
+        folded.append(1)
+        return refold(*args)
+    monkeypatch.setattr(stages, "detector_findings", counted)
+    for source in ("fleetwarden", "fleetwarden", "litellm"):
+        stages.cached_detector_findings(memo, deployment, window, PARAMS, source)
+    assert len(folded) == 2  # the second read of one source came from the memo, the other source's did not
+    folds = warmfold.Folds()
+    end = window[-1].minute + MINUTE
+    for source in ("fleetwarden", "litellm", "fleetwarden"):
+        folds.findings(namespace, agent, window, end, PARAMS, window[0].minute, source)
+    assert (folds.cold, folds.warm, len(folds)) == (2, 1, 2)

@@ -157,7 +157,7 @@ def _minute(m: series.AgentMinute) -> int:
 
 def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeployment,
                                minutes: Sequence[series.AgentMinute], params: spec.AnomalyParams,
-                               fold_start: int) -> Sequence[findings.Finding]:
+                               fold_start: int, source: str) -> Sequence[findings.Finding]:
     """The findings of a fold of the detectors from an empty state at the agent's anchor
     ``fold_start`` over its minutes from there on: from the state kept in ``inp.folds`` when it
     holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute."""
@@ -168,8 +168,6 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
         return ()
     end = series.minute_of(inp.now)
     folds = inp.folds
-
-    source = inp.budget.spec.source.type.value  # two budgets may read one agent from two sources
 
     def fold() -> tuple[findings.Finding, ...]:
         return tuple(folds.findings(agent.namespace, agent.name, window, end, params, fold_start, source))
@@ -271,12 +269,13 @@ def _agent_findings(inp: EvaluationInput, agent: decision.AgentDeployment,
     assert inp.minutes is not None
     minutes = inp.minutes.get(agent.name, ())
     params = anomaly_params(inp.policies, agent)
+    source = inp.budget.spec.source.type.value  # two budgets may read one agent from two sources
     fold_start = inp.lookback_start
     if inp.folds is not None and inp.anchor_minutes > 0 and fold_start is not None:
         fold_start = warmfold.anchor(fold_start, inp.anchor_minutes, agent.namespace, agent.name)
-        out = list(anchored_detector_findings(inp, agent, minutes, params, fold_start))
+        out = list(anchored_detector_findings(inp, agent, minutes, params, fold_start, source))
     else:
-        out = list(cached_detector_findings(inp.memo, agent, minutes, params, inp.budget.spec.source.type.value))
+        out = list(cached_detector_findings(inp.memo, agent, minutes, params, source))
     if fold_start is not None:
         reported = [(str(i.kind), str(i.agent), i.tool, i.time.timestamp()) for i in inp.previous.incidents or ()
                     if i.kind in findings.ANOMALY_KINDS and i.agent == agent.name and i.time is not None]

@@ -898,6 +898,7 @@ TASK_TYPICAL_RATIO = 10.0
 # ... or, when it has burned this many times longer than any task of the baseline (and passed
 # the largest of them), it loops too: a loop at a modest pace is found by its length.
 TASK_RUN_RATIO = 3.0
+_NO_ROW = 1 << 62  # the minute of "no row": after any other
 # Two readings of a task are the same task when their start times (minute end - age) differ by at
 # most this (the live gauge is read up to a scrape interval, 15 s by default, before the minute ends;
 # two tasks that start closer than this and take turns as the largest look like one).
@@ -959,6 +960,10 @@ class TaskRunaway:
         self._last: int | None = None
         self._reported: collections.deque[float] = collections.deque(maxlen=16)  # starts of tasks reported
         self._keep = 6 * 3600  # rows kept: a task's baseline may lie this far back
+        # (start, first row's minute, ended, tokens, largest, longest) of the last baseline summed: a
+        # task is judged every minute it burns, and its baseline (rows before its start) stays the same
+        # while its first row is kept (rows fed later are after the start)
+        self._base: tuple[float, int, int, int, int, int] | None = None
 
     def step(self, m: series.AgentMinute) -> list[findings.Finding]:
         t = m.minute
@@ -981,13 +986,21 @@ class TaskRunaway:
         p = self.p
         assert track.start is not None
         start = track.start
-        base = [r for r in self._rows if start - TASK_BASELINE_MINUTES * MINUTE <= r[0] < start - MINUTE]
-        ended = sum(r[2] for r in base)
-        if ended < MIN_BASELINE_TASKS or base[0][0] > start - TASK_MIN_BASELINE_MINUTES * MINUTE:
+        kept = self._base
+        if kept is None or kept[0] != start or self._rows[0][0] > kept[1]:
+            base = [r for r in self._rows if start - TASK_BASELINE_MINUTES * MINUTE <= r[0] < start - MINUTE]
+            # no row before the start: none can join later, so that stays (the first row "never")
+            first: int = base[0][0] if base else _NO_ROW
+            ended: int = sum(r[2] for r in base)
+            base_tokens: int = sum(r[1] for r in base)
+            largest: int = max((r[3] for r in base), default=0)
+            longest: int = max((r[4] for r in base), default=0)
+            self._base = (start, first, ended, base_tokens, largest, longest)
+        else:
+            _, first, ended, base_tokens, largest, longest = kept
+        if ended < MIN_BASELINE_TASKS or first > start - TASK_MIN_BASELINE_MINUTES * MINUTE:
             return []  # a new agent, or one back from idle: its longest and largest tasks are not known yet
-        typical = sum(r[1] for r in base) / ended
-        largest = max(r[3] for r in base)
-        longest = max(r[4] for r in base)
+        typical = base_tokens / ended
         tokens = track.tokens
         if tokens < TASK_TYPICAL_RATIO * typical:
             return []

@@ -510,3 +510,77 @@ def test_cost_shift_findings_of_fixed_streams(seed: int, expected: list[tuple[An
              for onset, t, e in _shifts(detectors.CostShift(spec.CostShiftParams()),
                                         _costly_minutes(seed, 200, {70: 3.0, 110: 1.0, 140: 4.0}))]
     assert found == expected
+
+
+# ---------------------------------------------------------------- runaway_loop: one task's baseline, kept
+
+
+class _Unkept(detectors.TaskRunaway):
+    """The detector summing its baseline afresh at every judgement (the reference)."""
+
+    def _judge(self, m: series.AgentMinute, track: Any, task_id: str | None) -> list:
+        self._base = None
+        return super()._judge(m, track, task_id)
+
+
+def _task_fleet(rng: Any, n: int) -> list[series.AgentMinute]:
+    """Minutes of an agent whose short tasks come and go, while now and then one task burns for long
+    (its tokens rising most minutes, sometimes flat), and its largest and oldest readings swap."""
+    out: list[series.AgentMinute] = []
+    start, tokens, burning = T0 - 60, 0, 0
+    for i in range(n):
+        t = T0 + 60 * i
+        if burning:
+            burning -= 1
+            tokens += rng.choice((0, 4_000, 9_000, 20_000)) if rng.random() < 0.9 else 0
+        elif rng.random() < 0.02:  # a task begins to burn, for 20 minutes to over three hours
+            start, tokens, burning = t - 60 * rng.randrange(0, 3), 1_000, rng.randrange(20, 200)
+        elif rng.random() < 0.5:  # another short task
+            start, tokens = t - 60 * rng.randrange(0, 2), rng.randrange(100, 2_000)
+        else:
+            tokens += rng.randrange(0, 300)
+        age = float(t + 60 - start)
+        other = (rng.randrange(100, 1_000), float(rng.randrange(30, 600)), "t-other")
+        mine = (tokens, age, f"t-{start}")
+        largest, oldest = (mine, other) if rng.random() < 0.85 else (other, mine)
+        out.append(minute(i, tokens=rng.randrange(500, 3_000), tasks_completed=rng.randrange(0, 3),
+                          llm_calls=3, open_tasks=2,
+                          largest_task_tokens=largest[0], largest_task_age=largest[1], largest_task_id=largest[2],
+                          oldest_task_tokens=oldest[0], oldest_task_age=oldest[1], oldest_task_id=oldest[2]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_burning_tasks_kept_baseline_finds_what_a_fresh_sum_finds(seed: int) -> None:
+    """TaskRunaway keeps the last task's baseline sums while that task burns; the same findings as
+    summing it at every judgement, through new tasks, swapped readings and rows dropped from the
+    front (kept rows cut to 90 minutes, so a burning task outlives its baseline's first row)."""
+    import random
+
+    p = spec.AnomalyParams().runaway_loop.model_copy(update={"window_minutes": 3})
+    kept, fresh = detectors.TaskRunaway(p), _Unkept(p)
+    kept._keep = fresh._keep = 90 * 60
+    found_kept, found_fresh = [], []
+    for m in _task_fleet(random.Random(seed), 900):
+        found_kept += kept.step(m)
+        found_fresh += fresh.step(m)
+    assert found_kept == found_fresh
+    assert found_fresh  # the fleet does burn
+
+
+def test_the_kept_baselines_fleet_burns_across_seeds() -> None:
+    """The corpus above reaches the cases it is for: judgements of one start that outlive the
+    baseline's first row, and many starts."""
+    import random
+
+    p = spec.AnomalyParams().runaway_loop.model_copy(update={"window_minutes": 3})
+    refreshed = 0
+    for seed in range(6):
+        d = detectors.TaskRunaway(p)
+        d._keep = 90 * 60
+        for m in _task_fleet(random.Random(seed), 900):
+            before = d._base
+            d.step(m)
+            if before is not None and d._base is not None and d._base[0] == before[0] and d._base[1] != before[1]:
+                refreshed += 1
+    assert refreshed > 0

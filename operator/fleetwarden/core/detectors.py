@@ -491,6 +491,28 @@ class CostShift:
         self._frozen: dict[str, evidence.Summary | None] | None = None  # baseline of the lasting shift
         self._bases: dict[int, _Baseline | None] = {}  # cut -> its baseline (see _baseline)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The state without the kept baselines' observations (the operator keeps this state pickled
+        between cycles: core/warmfold.py): each baseline's observations are those before its cut,
+        still held (see ``_baseline``), so :meth:`__setstate__` slices them again; its computed
+        level and summaries are kept."""
+        state = self.__dict__.copy()
+        state["_bases"] = {cut: None if found is None else {k: v for k, v in vars(found).items() if k != "pre"}
+                           for cut, found in self._bases.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        bases = state.pop("_bases")
+        self.__dict__.update(state)
+        self._bases = {}
+        for cut, kept in bases.items():
+            found = None
+            if kept is not None:
+                lo = cut - SHIFT_BASELINE_MINUTES * MINUTE
+                found = _Baseline({stat: self._since(stat, lo, cut) for stat in STATS})
+                vars(found).update(kept)
+            self._bases[cut] = found
+
     def step(self, m: series.AgentMinute, units: float | None = None, judge: bool = True) -> list[findings.Finding]:
         """Fold minute ``m`` (``units``: its task units); ``judge`` False: remember it only (a declared
         change is being judged by the spike detector)."""

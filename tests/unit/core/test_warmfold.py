@@ -234,3 +234,35 @@ def test_two_sources_of_one_agent_are_folded_apart(monkeypatch: pytest.MonkeyPat
     for source in ("fleetwarden", "litellm", "fleetwarden"):
         folds.findings(namespace, agent, window, end, PARAMS, window[0].minute, source)
     assert (folds.cold, folds.warm, len(folds)) == (2, 1, 2)
+
+
+def test_a_kept_state_holds_cost_shifts_baselines_as_they_were() -> None:
+    """A state pickled after any minute (its kept baselines stored without their observations,
+    sliced again on restore) has every baseline a later window can use as it was, with its
+    computed level and summaries; and a fold restored from its pickle after every minute finds
+    what the fold kept in memory finds. Cost-shift fleets of their own seed, and the busy and
+    slow agents of every shape."""
+    fleet = _minutes(seed=903, agents=6, hours=3.0, shapes=("cost_shift", "cost_shift", *fleetgen.SHAPES[:4]))
+    compared = computed = 0
+    for ms in fleet.values():
+        live = detectors.DetectorSet(PARAMS, ms[0].agent, ms[0].namespace)
+        hopped = detectors.DetectorSet(PARAMS, ms[0].agent, ms[0].namespace)
+        found_live, found_hopped = [], []
+        for m in ms:
+            found_live += live.step(m)
+            found_hopped += hopped.step(m)
+            hopped = warmfold.loads(warmfold.dumps(hopped))
+            restored = warmfold.loads(warmfold.dumps(live)).shift._bases
+            usable = m.minute - (max(detectors.SHIFT_WINDOWS) - 1) * MINUTE  # a window's earliest cut from now on
+            for cut, base in live.shift._bases.items():
+                again = restored[cut]
+                if base is None or cut < usable:
+                    assert again is None or base is not None
+                    continue
+                assert again is not None and again.pre == base.pre
+                assert {k: v for k, v in vars(again).items() if k != "pre"} == \
+                    {k: v for k, v in vars(base).items() if k != "pre"}
+                compared += 1
+                computed += "task_level" in vars(base)
+        assert found_hopped == found_live
+    assert compared > 1000 and computed > 100  # the fleets do keep baselines, with levels computed

@@ -58,13 +58,13 @@ class Rendered(Collector):
             raise ValueError(f"{self.name}: {len(labels)} label values for {self.labelnames}")
         value = float(value)
         with self._lock:
-            if self._values.get(labels) == value and labels in self._lines:
+            if self._values.get(labels) == value:
                 return
             pairs = ",".join(f'{self.labelnames[i]}="{_escape(labels[i])}"' for i in self._order)
             self._values[labels] = value
             self._lines[labels] = f"{self.name}{{{pairs}}} {_float(value)}\n"
 
-    def labels(self, *labels: str) -> Any:
+    def labels(self, *labels: str) -> _Child:
         """``family.labels(...).set(v)``, as with a ``prometheus_client`` gauge."""
         return _Child(self, tuple(labels))
 

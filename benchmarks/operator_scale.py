@@ -58,6 +58,7 @@ NAMESPACES = 100
 HISTORY_MINUTES = 90 + warmfold.ANCHOR_MINUTES  # what the operator fetches: the lookback and its anchor
 STEP = 30  # seconds between backfilled samples (increase(x[1m]) needs two in a minute)
 OPERATOR_NS, OPERATOR_SA = "fleetwarden-system", "fleetwarden-operator"
+READ_EVERY = 5.0  # seconds between two reads of the operator's /metrics (see measure)
 
 
 class FixedFetcher:
@@ -228,7 +229,6 @@ class Watch:
             "cycles": samples(text, "fleetwarden_operator_cycle_seconds_count"),
             "cycle_seconds": samples(text, "fleetwarden_operator_cycle_seconds_sum"),
             "oldest": samples(text, "fleetwarden_operator_oldest_evaluation_seconds"),
-            "last_cycle": samples(text, "fleetwarden_operator_last_cycle_seconds"),
             "cycle_buckets": buckets(text, "fleetwarden_operator_cycle_seconds"),
             "status_patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
                                       subresource="status"),
@@ -273,21 +273,21 @@ def measure(watch: Watch, n: int, args: argparse.Namespace) -> None:
             print(f"first evaluation {first[0]:.0f}s after the operator started (kopf's indexes filled)", flush=True)
         return evaluations >= n
 
-    wait(f"a first evaluation of all {n} budgets", all_evaluated, args.first_timeout, every=5.0)
+    wait(f"a first evaluation of all {n} budgets", all_evaluated, args.first_timeout, every=READ_EVERY)
     print(f"first pass over {n} budgets done {time.monotonic() - started:.0f}s after the operator started",
           flush=True)
     time.sleep(args.interval)  # warm-up: one more interval
     before = watch.reading()
     rss_max, oldest_max, last_max = 0.0, 0.0, 0.0
     scraped = before["at"]
-    # The operator's /metrics is read every 5 s: read every second, rendering its per-budget
+    # The operator's /metrics is read every READ_EVERY seconds: read every second, rendering its per-budget
     # series (7 a budget) was a sixth of the operator's CPU at 2,000 budgets (py-spy) before they
     # were kept rendered. RSS is read every second. The longest cycle is also bounded by the
     # cycle histogram, which misses none.
     while time.monotonic() - before["at"] < args.measure:
         rss, _ = memory(watch.proc.pid)
         rss_max = max(rss_max, rss)
-        if time.monotonic() - scraped >= 5.0:
+        if time.monotonic() - scraped >= READ_EVERY:
             scraped = time.monotonic()
             text = watch.operator()
             oldest_max = max(oldest_max, samples(text, "fleetwarden_operator_oldest_evaluation_seconds"))

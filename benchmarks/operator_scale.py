@@ -230,6 +230,9 @@ class Watch:
             "cycle_seconds": samples(text, "fleetwarden_operator_cycle_seconds_sum"),
             "oldest": samples(text, "fleetwarden_operator_oldest_evaluation_seconds"),
             "cycle_buckets": buckets(text, "fleetwarden_operator_cycle_seconds"),
+            "gc_seconds": samples(text, "fleetwarden_operator_gc_seconds_total"),
+            "gc_full_seconds": samples(text, "fleetwarden_operator_gc_seconds_total", generation="2"),
+            "gc_full_runs": samples(text, "fleetwarden_operator_gc_collections_total", generation="2"),
             "status_patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
                                       subresource="status"),
             "patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
@@ -326,6 +329,8 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
           f"in {d['at']:.0f}s)")
     print(f"PATCHes per cycle: agentbudgets/status {per(d['status_patches'])}, agentbudgets {per(d['patches'])}")
     print(f"operator RSS: {rss_max:.0f} MiB max in the window, {hwm:.0f} MiB peak (VmHWM)")
+    print(f"garbage collector: {d['gc_seconds']:.1f}s of the {d['at']:.0f}s window, {d['gc_full_seconds']:.1f}s of it "
+          f"in {d['gc_full_runs']:.0f} full collections")
     print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

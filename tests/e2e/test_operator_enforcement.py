@@ -43,6 +43,9 @@ def test_dry_run_says_what_it_would_do_and_enforce_does_it(cluster: Any, namespa
     (would,) = events(cluster, namespace, "WouldKill")
     assert "bot (was 3)" in would["message"] and "helper (was 2)" in would["message"]
     op.wait_evaluations(cluster, 3)
+    # the loop settled its heap after its first cycle (handlers/heap.py): frozen, and counted
+    assert op.metric("fleetwarden_operator_gc_frozen_objects") > 0
+    assert op.metric("fleetwarden_operator_gc_collections_total", generation="2") >= 1
     assert replicas(cluster, namespace, "bot") == 3 and replicas(cluster, namespace, "helper") == 2
     assert len(events(cluster, namespace, "WouldKill")) == 1  # said once, not every cycle
     header, row = cluster.kubectl("get", "agentbudgets", "-n", namespace).stdout.splitlines()[:2]

@@ -35,7 +35,7 @@ import kopf
 from fleetwarden import errors
 from fleetwarden.adapters import alertmanager, prometheus
 from fleetwarden.core import spec
-from fleetwarden.handlers import fleet, metrics, retry, runtime
+from fleetwarden.handlers import fleet, heap, metrics, retry, runtime
 from fleetwarden.handlers import settings as operator_settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,16 @@ RUNTIME: runtime.Runtime | None = None
 INDEXED = threading.Event()
 FLEET: fleet.FleetLoop | None = None
 _FLEET_TASK: asyncio.Task[None] | None = None
+
+
+def _indexed() -> None:
+    """kopf has filled its indexes (an event handler runs). In ``timers`` mode the heap settles
+    now (handlers/heap.py); the fleet loop settles it after its first pass."""
+    if INDEXED.is_set():
+        return
+    INDEXED.set()
+    if SETTINGS.evaluation != "fleet":
+        heap.settle()
 
 
 def get_runtime() -> runtime.Runtime:
@@ -67,6 +77,7 @@ def configure(**kwargs: Any) -> None:
     # kopf timers (FLEETWARDEN_EVALUATION=timers) put a finalizer on each AgentBudget (to stop
     # the timer on deletion); in fleet mode kopf removes it, nothing needing it any more
     settings.persistence.finalizer = "fleetwarden.dev/finalizer"
+    heap.tune(metrics.REGISTRY)
     metrics.serve(SETTINGS.metrics_port)
     if SETTINGS.alertmanager_url:
         alertmanager.configure(SETTINGS.alertmanager_url)
@@ -176,7 +187,7 @@ if SETTINGS.evaluation == "fleet":
         global FLEET, _FLEET_TASK
         rt = get_runtime()
         FLEET = fleet.FleetLoop(_evaluate_item, interval=SETTINGS.interval, workers=SETTINGS.workers,
-                                new_cycle=rt.new_cycle, ready=INDEXED)
+                                new_cycle=rt.new_cycle, ready=INDEXED, settled=heap.settle)
         _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(
             kwargs["budgets_by_namespace"], kwargs["agent_deployments"], kwargs["cost_policies"],
             kwargs["cost_approvals"]))
@@ -195,7 +206,7 @@ else:
 @kopf.on.event(spec.GROUP, spec.VERSION, "agentbudgets")
 def budget_event(**kwargs: Any) -> None:
     """A spec edit (generation newer than observedGeneration) is acted on at once."""
-    INDEXED.set()
+    _indexed()
     event, body = kwargs["event"], kwargs["body"]
     agent_deployments, cost_policies = kwargs["agent_deployments"], kwargs["cost_policies"]
     meta = body.get("metadata") or {}
@@ -231,7 +242,7 @@ def _check_namespace(namespace: str, agent_deployments: Any, budgets: Any, witho
 @kopf.on.event("apps", "v1", "deployments")
 def deployment_event(**kwargs: Any) -> None:
     """A Deployment scaled up under a Killed or Suspended budget is evaluated (and stopped) at once."""
-    INDEXED.set()
+    _indexed()
     event, body = kwargs["event"], kwargs["body"]
     budgets_by_namespace = kwargs["budgets_by_namespace"]
     agent_deployments, cost_policies = kwargs["agent_deployments"], kwargs["cost_policies"]

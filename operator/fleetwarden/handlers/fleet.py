@@ -1,4 +1,4 @@
-"""One evaluation of the whole fleet per interval (``FLEETWARDEN_EVALUATION=fleet``, the default).
+"""One evaluation of the whole fleet per interval (``FLEETWARDEN_EVALUATION=fleet``; ``timers`` is the default).
 
 The other mode, ``timers``, gives every AgentBudget its own kopf timer: one asyncio task and
 one finalizer per budget, each firing on its own phase. At 10,000 budgets on a 2-core
@@ -17,7 +17,8 @@ machine those timers fall behind the interval (docs/operator.md, Scale): kopf sc
    (:meth:`fleetwarden.handlers.runtime.Runtime.reconcile`: the status is written only when
    it changed, or for the coarse heartbeat).
 3. It records the cycle's duration and starts the next cycle one interval after this one
-   started (at once, with a warning, when the cycle took longer than the interval).
+   started (at once, with a warning, when the cycle took longer than the interval). After
+   the first cycle it settles the heap once (:func:`fleetwarden.handlers.heap.settle`).
 
 A failed evaluation is logged (the first few of a cycle, then their count) and retried on
 the next cycle; it never stops the others. Immediate evaluations (a spec edit of a budget
@@ -115,11 +116,13 @@ class FleetLoop:
 
     def __init__(self, evaluate: Callable[[Item], Any], *, interval: float, workers: int,
                  new_cycle: Callable[[], None], ready: threading.Event,
+                 settled: Callable[[], Any] | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.evaluate = evaluate
         self.interval = interval
         self.new_cycle = new_cycle
         self.ready = ready
+        self.settled = settled  # called once, after the first cycle (handlers/heap.py: settle)
         self.monotonic = monotonic
         self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fleet-eval")
         self.driver = cf.ThreadPoolExecutor(1, thread_name_prefix="fleet-cycle")
@@ -163,6 +166,8 @@ class FleetLoop:
         failed = evaluate_all(items, self._evaluate, self.pool)
         seconds = self.monotonic() - started
         self.cycles += 1
+        if self.cycles == 1 and self.settled is not None:
+            self.settled()
         metrics.CYCLE_SECONDS.observe(seconds)
         metrics.LAST_CYCLE_SECONDS.set(seconds)
         return CycleResult(len(items), failed, seconds)

@@ -135,6 +135,18 @@ def test_nothing_is_evaluated_before_the_indexes_are_filled() -> None:
     assert "budget-0" in evaluated
 
 
+def test_the_heap_settles_once_after_the_first_cycle_has_evaluated_every_budget() -> None:
+    evaluated: list[str] = []
+    settled: list[tuple[int, int]] = []  # (cycles, evaluations) when the loop settled the heap
+    ready = threading.Event()
+    ready.set()
+    loop = fleet.FleetLoop(lambda item: evaluated.append(item.budget["metadata"]["name"]), interval=0.001,
+                           workers=2, new_cycle=lambda: None, ready=ready,
+                           settled=lambda: settled.append((loop.cycles, len(evaluated))))
+    run_until(loop, (index(*(body(i) for i in range(5))), {}, {}, {}), lambda: loop.cycles >= 3)
+    assert settled == [(1, 5)]
+
+
 def test_oldest_evaluation_follows_the_budget_evaluated_longest_ago() -> None:
     clock = {"now": 100.0}
     rt = make(CountingFetcher(), FakeKube(), monotonic=lambda: clock["now"])

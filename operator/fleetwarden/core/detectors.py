@@ -35,11 +35,10 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
-import functools
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from fleetwarden.core import evidence, findings, series, spec, timefmt
 
@@ -437,6 +436,31 @@ SHIFT_MIN_BASELINE_MINUTES = 20
 SHIFT_MIN_OBSERVATIONS = 6
 
 
+_T = TypeVar("_T")
+
+
+class _computed_once(Generic[_T]):  # noqa: N801 - used as a decorator, as functools.cached_property
+    """``functools.cached_property`` without its lock: in Python 3.11 one lock serves every instance of
+    the class, so the operator's evaluation threads queued behind one another's baselines (a
+    profile at 10,000 budgets: a third of the cost-shift samples waiting on it). The value is
+    computed from the instance alone, so two threads computing it at once store equal values."""
+
+    def __init__(self, func: Callable[[Any], _T]) -> None:
+        self.func = func
+        self.name = func.__name__
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> _computed_once[_T]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _T: ...
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> _computed_once[_T] | _T:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.func(instance)  # later reads find it there first
+        return value
+
+
 class _Baseline:
     """The baseline before a cut: its observations per statistic, the level of its cost per task
     (what a window must reach before anything else is worth computing: see CostShift._test) and
@@ -445,11 +469,11 @@ class _Baseline:
     def __init__(self, pre: dict[str, list[evidence.Observation]]) -> None:
         self.pre = pre
 
-    @functools.cached_property
+    @_computed_once
     def task_level(self) -> evidence.Level | None:
         return evidence.level(self.pre["task"])
 
-    @functools.cached_property
+    @_computed_once
     def summaries(self) -> dict[str, evidence.Summary | None]:
         return {stat: evidence.summary(self.pre[stat], self.task_level if stat == "task" else None) for stat in STATS}
 

@@ -584,3 +584,42 @@ def test_the_kept_baselines_fleet_burns_across_seeds() -> None:
             if before is not None and d._base is not None and d._base[0] == before[0] and d._base[1] != before[1]:
                 refreshed += 1
     assert refreshed > 0
+
+
+def test_a_baselines_computed_values_are_made_once_and_never_wait_on_another_baselines() -> None:
+    """cost_shift's baselines compute their level once, on first use; two baselines computing at once
+    in two threads (the operator's evaluation threads) do not wait for each other, as they did
+    behind functools.cached_property's one lock per class in Python 3.11."""
+    import threading
+
+    from fleetwarden.core.detectors import _computed_once
+
+    both = threading.Barrier(2, timeout=10)
+    made: list[int] = []
+
+    class Lazy:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        @_computed_once
+        def value(self) -> int:
+            both.wait()  # the other thread is computing its own at the same time
+            made.append(self.n)
+            return self.n * 10
+
+    a, b = Lazy(1), Lazy(2)
+    errors: list[BaseException] = []
+
+    def read(x: Lazy) -> None:
+        try:
+            assert x.value == x.n * 10
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(x,)) for x in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(made) == [1, 2]
+    assert a.value == 10 and made.count(1) == 1  # kept: not made again

@@ -394,3 +394,46 @@ def test_small_spend_drift_waits_for_the_heartbeat_but_real_changes_do_not() -> 
     rt._written_at["uid"] -= rt.heartbeat_seconds() + 1  # noqa: SLF001 - a heartbeat later
     write({**warned, "spend": {"hour": 4.61, "day": 40.9}, "lastEvaluated": "t9"})
     assert len(k.patches) == 4 and k.patches[-1] == {"spend": {"hour": 4.61}, "lastEvaluated": "t9"}
+
+
+def test_in_a_large_fleet_figures_wait_for_their_turn_and_decisions_do_not() -> None:
+    """Past MAX_FIGURE_WRITES_PER_SECOND x the interval budgets, a status whose figures alone changed
+    (spend, the summary, a condition's message) is written at most once every figure_seconds; a new
+    state, a condition's new reason or an incident is written at once, with the figures beside it."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    small = int(runtime.MAX_FIGURE_WRITES_PER_SECOND * rt.interval)
+    rt._written_at.update({f"uid-{i}": 0.0 for i in range(small - 1)})  # noqa: SLF001 - budgets written so far
+    k = _Patches()
+    ready = {"type": "BudgetExceeded", "status": "False", "reason": "UnderCap", "message": "40% of the cap"}
+    base = {"state": "Active", "spend": {"hour": 4.0}, "summary": {"percentUsed": 40.0}, "conditions": [ready]}
+
+    def write(new: dict[str, Any]) -> None:
+        rt._write_status(k, "uid", "ns", "b", rt.previous_status({"metadata": {"uid": "uid"}}), new)  # noqa: SLF001
+
+    write(base)
+    assert rt.figure_seconds() == 0.0  # `small` budgets: at once, as in a small fleet
+    grown = {**base, "spend": {"hour": 4.6}, "summary": {"percentUsed": 46.0},
+             "conditions": [{**ready, "message": "46% of the cap"}]}
+    write(grown)
+    assert len(k.patches) == 2
+    rt._written_at.update({f"uid-{i}": 0.0 for i in range(9_999)})  # noqa: SLF001 - a large fleet, "uid" the 10,000th
+    assert rt.figure_seconds() == pytest.approx(10_000 / runtime.MAX_FIGURE_WRITES_PER_SECOND)
+    more = {**grown, "spend": {"hour": 5.5}, "summary": {"percentUsed": 55.0},
+            "conditions": [{**ready, "message": "55% of the cap"}]}
+    write(more)
+    assert len(k.patches) == 2  # figures alone: not yet
+    rt._written_at["uid"] -= rt.figure_seconds() + 1  # noqa: SLF001 - its turn
+    write(more)
+    assert len(k.patches) == 3 and k.patches[-1]["spend"] == {"hour": 5.5}
+    over = {**more, "spend": {"hour": 11.0}, "state": "Exceeded",
+            "conditions": [{**ready, "status": "True", "reason": "OverCap", "message": "110% of the cap"}]}
+    write(over)  # a decision: at once, whatever the turn
+    assert len(k.patches) == 4 and k.patches[-1]["state"] == "Exceeded" and k.patches[-1]["spend"] == {"hour": 11.0}
+    write({**over, "incidents": [{"id": "inc-1", "kind": "runaway_loop"}]})
+    assert len(k.patches) == 5 and k.patches[-1]["incidents"] == [{"id": "inc-1", "kind": "runaway_loop"}]
+    write({**over, "incidents": [{"id": "inc-1", "kind": "runaway_loop"}], "source": {"type": "Fleetwarden",
+                                                                                       "series": 3}})
+    assert len(k.patches) == 6  # a source's type is a decision ...
+    write({**over, "incidents": [{"id": "inc-1", "kind": "runaway_loop"}], "source": {"type": "Fleetwarden",
+                                                                                       "series": 4}})
+    assert len(k.patches) == 6  # ... its count of series a figure

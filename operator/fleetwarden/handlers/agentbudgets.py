@@ -113,11 +113,17 @@ def _compact_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _copy(body: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """A plain copy of some top-level fields of a kopf body (kopf's views are live)."""
+    """A plain copy of some top-level fields of a kopf body (kopf's views are live), without
+    ``metadata.managedFields``: the server-side-apply bookkeeping mirrors every field written,
+    the status included, which nothing here reads and which an index of 10,000 budgets would
+    hold 10,000 times."""
     out: dict[str, Any] = {}
     for k in keys:
         value = body.get(k)
         out[k] = dict(value) if isinstance(value, Mapping) else value
+    meta = out.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
     return out
 
 

@@ -134,3 +134,22 @@ def test_an_approval_not_expired_is_tried_again(monkeypatch: pytest.MonkeyPatch)
 
     assert asyncio.run(run()) == ["uid-1"]
     assert calls == [("shop", "req"), ("shop", "req")] and approvals.STATE.timers == {}
+
+
+def test_the_indexes_keep_no_managed_fields_and_leave_kopfs_body_alone() -> None:
+    """A budget or policy in kopf's index is a copy without metadata.managedFields (nothing reads
+    them; at 10,000 budgets they would be held 10,000 times), the rest of its metadata kept; the
+    body kopf passed in is not changed."""
+    managed = [{"manager": "fleetwarden", "operation": "Update", "subresource": "status",
+                "fieldsV1": {"f:status": {"f:state": {}, "f:spend": {"f:hour": {}}}}}]
+    b = body(0)
+    b["metadata"] = {**b["metadata"], "generation": 3, "labels": {"team": "a"}, "managedFields": managed}
+    ((namespace, kept),) = agentbudgets.budgets_by_namespace(namespace="shop", body=b).items()
+    assert namespace == "shop" and "managedFields" not in kept["metadata"]
+    assert {k: kept["metadata"][k] for k in ("name", "namespace", "uid", "generation", "labels")} == \
+        {k: b["metadata"][k] for k in ("name", "namespace", "uid", "generation", "labels")}
+    assert kept["spec"] == b["spec"] and b["metadata"]["managedFields"] is managed
+    policy = {"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostPolicy", "spec": {"rules": []},
+              "metadata": {"name": "p", "namespace": "shop", "managedFields": managed}}
+    ((_, kept_policy),) = agentbudgets.cost_policies(namespace="shop", body=policy).items()
+    assert kept_policy["metadata"] == {"name": "p", "namespace": "shop"} and "managedFields" in policy["metadata"]

@@ -2,14 +2,14 @@
 
 CPython's collector runs a young collection every 700 new container objects (dicts, lists,
 dataclass instances), and an object alive across two of them moves to the oldest generation,
-which is scanned in full each time it has grown by a quarter. One budget's evaluation makes tens
-of thousands of objects that live for its few milliseconds (its minutes, windows, findings,
-status); with the default threshold most of them outlived two young collections, so the oldest
+which is scanned in full each time it has grown by a quarter. One budget's evaluation makes many
+objects that live for its few milliseconds (its restored detector state, windows, findings,
+status); with the default threshold many of them outlived two young collections, so the oldest
 generation kept growing by garbage and was scanned again and again. Measured on the 2,000-budget
 benchmark (``python benchmarks/operator_scale.py --budgets 2000 --evaluation fleet``): 46 full
 scans of 650,000 objects, 27 s of a 254 s run, and 41 s for all three generations.
 
-So the operator (:func:`tune`, called by ``fleetwarden operator`` before kopf starts):
+So the operator (:func:`tune`, called by its kopf startup handler, before any evaluation):
 
 - raises the young threshold to :data:`YOUNG_THRESHOLD`, so an evaluation's objects die young
   (the other two thresholds stay as they are);
@@ -52,7 +52,7 @@ class Clock(Collector):
         self._started: dict[int, float] = {}  # thread -> when its running collection started
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        # Runs inside a collection, with the GIL: no lock, no allocation beyond a float.
+        # Runs inside a collection, holding the GIL: no lock taken (one could be held by this thread).
         thread = threading.get_ident()
         if phase == "start":
             self._started[thread] = time.perf_counter()

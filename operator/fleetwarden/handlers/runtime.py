@@ -98,10 +98,10 @@ def _meaningful(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _coarse(v) for k, v in status.items() if k not in _VOLATILE}
 
 
-def _decisive(status: Mapping[str, Any]) -> dict[str, Any]:
-    """What of a status is written at once at any fleet size: all but its figures (_FIGURES, the
-    source's counts, each condition's message) and the _VOLATILE fields, floats coarse."""
-    out = {k: v for k, v in status.items() if k not in _VOLATILE and k not in _FIGURES}
+def _decisive(meaningful: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a status is written at once at any fleet size, from its :func:`_meaningful` part:
+    all but its figures (_FIGURES, the source's counts, each condition's message)."""
+    out = {k: v for k, v in meaningful.items() if k not in _FIGURES}
     conditions = out.get("conditions")
     if isinstance(conditions, list):
         out["conditions"] = [{k: v for k, v in c.items() if k != "message"} if isinstance(c, Mapping) else c
@@ -109,7 +109,7 @@ def _decisive(status: Mapping[str, Any]) -> dict[str, Any]:
     source = out.get("source")
     if isinstance(source, Mapping):
         out["source"] = {k: v for k, v in source.items() if k not in _SOURCE_FIGURES}
-    return {k: _coarse(v) for k, v in out.items()}
+    return out
 
 
 def _coarse(value: Any) -> Any:
@@ -492,9 +492,10 @@ class Runtime:
                       new: dict[str, Any]) -> None:
         now = time.monotonic()
         since = now - self._written_at.get(uid, float("-inf"))
-        if _decisive(old) != _decisive(new):
+        old_meaning, new_meaning = _meaningful(old), _meaningful(new)
+        if _decisive(old_meaning) != _decisive(new_meaning):
             pass  # at once
-        elif _meaningful(old) != _meaningful(new):
+        elif old_meaning != new_meaning:
             if since < self.figure_seconds():
                 return  # figures only: this budget's turn comes (its last write is recent)
         elif since < self.heartbeat_seconds() or not self.heartbeat_allowed(now):

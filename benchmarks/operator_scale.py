@@ -21,7 +21,7 @@ After the first full pass and one more interval (the warm-up), it watches the op
   the API server's own ``apiserver_request_total``;
 - the operator process's RSS (VmRSS, max over the window) and peak (VmHWM).
 
-The operator's /metrics is read every 5 s (RSS every second); the longest cycle is the largest
+The operator's /metrics is read every ``READ_EVERY`` (5) seconds (RSS every second); the longest cycle is the largest
 ``..._last_cycle_seconds`` read, and bounded by the cycle histogram's buckets.
 
 Nothing changes in the data during the window: the backfilled history ends when the run
@@ -310,7 +310,7 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
     evaluated = d["evaluations"]
     if args.evaluation == "fleet" and d["cycles"] > 0:
         cycles = d["cycles"]
-        cycle = (f"{d['cycle_seconds'] / cycles:.1f}s mean, {last_max:.1f}s the longest seen (read every 5 s), "
+        cycle = (f"{d['cycle_seconds'] / cycles:.1f}s mean, {last_max:.1f}s the longest seen (read every {READ_EVERY:g} s), "
                  f"every one <= {bound if bound is not None else math.nan:g}s (histogram) ({cycles:.0f} cycles of {n} budgets in {d['at']:.0f}s)")
     else:
         cycles = evaluated / n if n else 0.0

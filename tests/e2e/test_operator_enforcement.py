@@ -22,6 +22,8 @@ from test_operator_budget import (  # noqa: F401 - fixtures
     status,
 )
 
+from fleetwarden.handlers import heap
+
 
 def test_dry_run_says_what_it_would_do_and_enforce_does_it(cluster: Any, namespace: str, fleet: dict[str, Any],
                                                            prometheus: Any, exporter: Exporter, workdir: Path,
@@ -46,6 +48,7 @@ def test_dry_run_says_what_it_would_do_and_enforce_does_it(cluster: Any, namespa
     # the loop settled its heap after its first cycle (handlers/heap.py): frozen, and counted
     assert op.metric("fleetwarden_operator_gc_frozen_objects") > 0
     assert op.metric("fleetwarden_operator_gc_collections_total", generation="2") >= 1
+    assert op.metric("fleetwarden_operator_malloc_arenas") == heap.MALLOC_ARENAS  # glibc's arenas capped
     assert replicas(cluster, namespace, "bot") == 3 and replicas(cluster, namespace, "helper") == 2
     assert len(events(cluster, namespace, "WouldKill")) == 1  # said once, not every cycle
     header, row = cluster.kubectl("get", "agentbudgets", "-n", namespace).stdout.splitlines()[:2]

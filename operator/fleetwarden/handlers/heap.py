@@ -24,6 +24,17 @@ So the operator (:func:`tune`, called by its kopf startup handler, before any ev
   plain numbers; the registry reads them at scrape time, so nothing locks inside a collection),
   and what it froze in ``fleetwarden_operator_gc_frozen_objects``.
 
+Below Python's own allocator, glibc's ``malloc`` (which serves every block over 512 bytes: the
+Prometheus answers, the kept detector states, large dicts and lists) gives each thread that
+allocates its own arena, up to eight per core, and memory freed in one arena serves only that
+arena. With the operator's worker threads each holding a part of the heap, RSS grew to hold a
+dozen partly free arenas. So :func:`tune` also caps the arenas at :data:`MALLOC_ARENAS`
+(``mallopt(M_ARENA_MAX)``; unless ``MALLOC_ARENA_MAX`` or ``GLIBC_TUNABLES`` already set it, and
+only on glibc). The threads hardly contend for them: they allocate while holding the GIL. And
+:func:`settle` hands the pages freed after the first pass back to the system (``malloc_trim``).
+Measured at 2,000 budgets (the same benchmark, ``--measure 120``): 443 MiB RSS before, 323 MiB
+with two arenas.
+
 Replay (``fleetwarden replay``) keeps the interpreter's defaults: its objects are the minutes of
 one close, freed as it goes.
 """
@@ -31,7 +42,10 @@ one close, freed as it goes.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +55,37 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 YOUNG_THRESHOLD = 50_000  # new container objects between two young collections (CPython's default: 700)
+MALLOC_ARENAS = 2  # glibc malloc arenas (its default: eight per core)
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+
+
+def _glibc() -> Any:
+    """glibc's C library, or None (another libc: musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def limit_arenas(arenas: int = MALLOC_ARENAS) -> int | None:
+    """Cap glibc's malloc arenas at ``arenas`` (see the module doc). Returns the cap set, or None
+    when nothing was set: not glibc, or the environment chose already."""
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        return None
+    libc = _glibc()
+    if libc is None or libc.mallopt(_M_ARENA_MAX, arenas) != 1:
+        return None
+    global _arena_cap
+    _arena_cap = arenas
+    return arenas
+
+
+def trim() -> bool:
+    """Give the pages malloc holds free back to the system (glibc only); whether any were."""
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 class Clock(Collector):
@@ -79,16 +124,23 @@ class Clock(Collector):
                                    "Objects the operator froze once settled (never scanned again; 0 before).")
         frozen.add_metric([], gc.get_freeze_count())
         yield frozen
+        if _arena_cap is not None:  # (absent: not glibc, or the environment's own choice)
+            arenas = GaugeMetricFamily("fleetwarden_operator_malloc_arenas",
+                                       "The cap the operator set on glibc's malloc arenas.")
+            arenas.add_metric([], _arena_cap)
+            yield arenas
 
 
 CLOCK = Clock()
+_arena_cap: int | None = None  # what limit_arenas set in this process
 _settle_lock = threading.Lock()
 _settled = False
 
 
 def tune(registry: Any = None) -> tuple[int, int, int]:
-    """Raise the young threshold and start counting the collector's time (in ``registry`` when
-    given, once). Returns the thresholds that were in place."""
+    """Raise the young threshold, cap malloc's arenas and start counting the collector's time (in
+    ``registry`` when given, once). Returns the thresholds that were in place."""
+    limit_arenas()
     before = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, before[1], before[2])
     if CLOCK not in gc.callbacks:
@@ -108,4 +160,5 @@ def settle() -> bool:
         _settled = True
     gc.collect()
     gc.freeze()
+    trim()
     return True

@@ -4,6 +4,9 @@ collect-and-freeze once settled, and the collector's runs and time on /metrics."
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import weakref
 from collections.abc import Iterator
 
@@ -51,6 +54,8 @@ def test_tune_raises_the_young_threshold_only_and_counts_collections_by_generati
     after = {g: sample(registry, "fleetwarden_operator_gc_collections_total", generation=str(g)) for g in range(3)}
     assert after[2] == before[2] + 1 and after[0] == before[0] + 1 and after[1] == before[1]
     assert sample(registry, "fleetwarden_operator_gc_seconds_total", generation="2") >= 0.0  # on the page
+    if heap._glibc() is not None and "MALLOC_ARENA_MAX" not in os.environ:  # noqa: SLF001
+        assert sample(registry, "fleetwarden_operator_malloc_arenas") == heap.MALLOC_ARENAS
 
 
 @pytest.mark.usefixtures("restored")
@@ -79,3 +84,69 @@ def test_the_clock_pairs_start_and_stop_per_thread() -> None:
     clock("stop", {"generation": 2})  # a stop without its start (the hook added mid-collection)
     assert clock.runs == [0, 1, 1]
     assert clock.seconds[0] == 0.0 and clock.seconds[2] == 0.0  # no time without its start
+
+
+ARENAS = r"""
+import ctypes, os, sys, tempfile, threading
+from fleetwarden.handlers import heap
+capped = heap.limit_arenas() if sys.argv[1] == "capped" else None
+start = threading.Barrier(12)
+done = threading.Barrier(13)
+held = []
+
+def work():
+    start.wait()
+    held.append(bytearray(4096))  # malloc'd by this thread, in its arena
+    done.wait()
+
+threads = [threading.Thread(target=work) for _ in range(12)]
+for t in threads:
+    t.start()
+done.wait()
+libc = heap._glibc()
+path = os.path.join(tempfile.mkdtemp(), "info.xml")
+libc.fopen.restype = ctypes.c_void_p
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(stream))
+libc.fclose(ctypes.c_void_p(stream))
+print(capped, open(path).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(heap._glibc() is None, reason="malloc arenas are glibc's")  # noqa: SLF001
+@pytest.mark.parametrize("mode", ["capped", "default"])
+def test_malloc_arenas_are_capped_for_the_threads_of_a_fresh_process(mode: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", ARENAS, mode], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    arenas = int(out[1])
+    if mode == "capped":
+        assert out[0] == str(heap.MALLOC_ARENAS) and arenas <= heap.MALLOC_ARENAS
+    else:  # what the cap prevents: twelve threads at once take arenas of their own
+        assert out[0] == "None" and arenas > heap.MALLOC_ARENAS
+
+
+def test_an_arena_cap_set_by_the_environment_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert heap.limit_arenas() is None
+
+
+TRIM = r"""
+from fleetwarden.handlers import heap
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+blocks = [bytes(2000) + bytes([i % 256]) for i in range(40_000)]  # 80 MB, each a malloc of its own
+pin = bytes(2000) + b"!"  # above them, so free() alone cannot shrink the heap from its top
+del blocks
+before = rss()
+print(heap.trim(), before - rss())
+"""
+
+
+@pytest.mark.skipif(heap._glibc() is None, reason="malloc_trim is glibc's")  # noqa: SLF001
+def test_trim_hands_freed_pages_back() -> None:
+    trimmed, freed = subprocess.run([sys.executable, "-c", TRIM], capture_output=True, text=True,
+                                    check=True).stdout.split()
+    assert trimmed == "True" and int(freed) > 40_000_000

@@ -423,7 +423,7 @@ def _key(metric: Mapping[str, str]) -> Key | None:
     agent, namespace = metric.get("agent"), metric.get("namespace")
     if not agent or not namespace:
         return None
-    return (namespace, agent)
+    return (series.shared(namespace), series.shared(agent))
 
 
 def _answer_kind(item: object) -> str:
@@ -602,8 +602,8 @@ def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: 
             key = _key(item.get("metric", {}))
             if key is None or GUARDRAIL_MARK in item["metric"]:
                 continue
-            label = item["metric"].get(extra[0], "") if extra else None
-            label2 = item["metric"].get(extra[1], "") if len(extra) > 1 else None
+            label = series.shared(item["metric"].get(extra[0], "")) if extra else None
+            label2 = series.shared(item["metric"].get(extra[1], "")) if len(extra) > 1 else None
             for ts, value in clean_points(item.get("values") or ()).items():
                 minute = series.minute_of(ts - series.MINUTE)
                 if minute < start or minute >= end:

@@ -13,6 +13,7 @@ input, and nothing destructive happens on unknown data.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -22,6 +23,13 @@ _EMPTY: Mapping[str, float] = MappingProxyType({})
 # The one empty tool mapping every minute without tool calls shares (a fleet's minutes are
 # mostly without; one empty dict each is 64 bytes, 58 MB over 10,000 agents' 90 minutes x 2).
 NO_TOOLS = _EMPTY
+
+
+def shared(name: str) -> str:
+    """One string object for a name however many answers repeat it (``sys.intern``). A decoded
+    answer makes new strings each time, and the operator keeps every minute of each agent's
+    lookback (its agent, namespace, model, workflow and tool names), fetch after fetch."""
+    return sys.intern(name) if type(name) is str else name
 
 
 def minute_of(ts: float) -> int:

@@ -98,8 +98,9 @@ def agent_minute(agent: str, namespace: str, minute: int, usage: Usage, table: p
     by_model: dict[str, float] = {}
     for (model, _), n in usage.tokens.items():
         by_model[model] = by_model.get(model, 0.0) + n
+    shared = series.shared
     return series.AgentMinute(
-        agent=agent, namespace=namespace, minute=minute,
+        agent=shared(agent), namespace=shared(namespace), minute=minute,
         inference_cost_usd=p.inference_usd,
         tool_cost_usd=sum(p.tool_costs.values()),
         tokens=int(round(sum(usage.tokens.values()))),
@@ -107,9 +108,9 @@ def agent_minute(agent: str, namespace: str, minute: int, usage: Usage, table: p
         llm_calls=int(round(sum(usage.calls.values()))),
         tasks_completed=int(round(usage.tasks.get(COMPLETED, 0.0))),
         tasks_failed=int(round(usage.tasks.get(FAILED, 0.0))),
-        tool_calls={k: v for k, v in usage.tools.items() if k},
-        tool_costs=p.tool_costs,
-        model=_mode(usage.calls) or _mode(by_model),
+        tool_calls={shared(k): v for k, v in usage.tools.items() if k},
+        tool_costs={shared(k): v for k, v in p.tool_costs.items()},
+        model=shared(m) if (m := _mode(usage.calls) or _mode(by_model)) is not None else None,
     ), p
 
 

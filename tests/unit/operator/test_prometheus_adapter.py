@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -184,3 +184,23 @@ def test_a_minute_without_samples_is_a_gap_not_zero() -> None:
     minutes = prometheus.build_minutes(results, start=1080, end=1440)
     assert [(m.minute, m.inference_cost_usd) for m in minutes[("shop", "bot")]] == [
         (1140, 0.1), (1200, 0.0), (1320, 0.2)]
+
+
+def test_minutes_of_separate_answers_share_their_label_strings() -> None:
+    """Each decoded answer makes its own strings; the minutes the operator keeps fetch after
+    fetch hold one string per name, not one per minute."""
+    def answer(ts: int) -> dict[str, list[dict[str, Any]]]:
+        text = json.dumps({family: [] for family in prometheus.RANGE_FAMILIES} | {
+            "inference_cost": [{"metric": {"namespace": "shop", "agent": "bot-7"}, "values": [[ts, "0.1"]]}],
+            "llm_calls": [{"metric": {"namespace": "shop", "agent": "bot-7", "model": "gpt-4o-2024",
+                                      "workflow": "triage-x"}, "values": [[ts, "2"]]}],
+            "tool_calls": [{"metric": {"namespace": "shop", "agent": "bot-7", "tool": "crm.search-x"},
+                            "values": [[ts, "3"]]}]})
+        return cast(dict[str, list[dict[str, Any]]], json.loads(text))
+
+    (first,) = prometheus.build_minutes(answer(1200), 0, 3600)[("shop", "bot-7")]
+    (second,) = prometheus.build_minutes(answer(1260), 0, 3600)[("shop", "bot-7")]
+    assert (first.model, first.workflow, second.agent) == ("gpt-4o-2024", "triage-x", "bot-7")
+    for a, b in [(first.agent, second.agent), (first.namespace, second.namespace), (first.model, second.model),
+                 (first.workflow, second.workflow), (next(iter(first.tool_calls)), next(iter(second.tool_calls)))]:
+        assert a is b

@@ -222,3 +222,18 @@ def test_the_boundary_check_fails_on_increases_reading(tmp_path: Path) -> None:
     """The harness can fail: the calls at the minute's start read as increase() reads them are refused."""
     result = _boundary(tmp_path, {"old": 0.0, "new": 0.0})
     assert result.returncode != 0, result.stdout + result.stderr
+
+
+def test_minutes_of_another_source_share_their_names_across_answers() -> None:
+    """Like the SDK's minutes (test_prometheus_adapter.py), a source's minutes kept fetch after
+    fetch hold one string per name, however many answers made a copy of it."""
+    def copy(name: str) -> str:
+        return "".join(list(name))  # a new string object, as each decoded answer makes
+
+    table = pricing.PriceTable()
+    minutes = [core.agent_minute(copy("bot-1"), copy("ns-1"), 60 * i, core.Usage(
+        calls={copy("gpt-4o-x"): 1.0}, tools={copy("kb.search-x"): 2.0}), table)[0] for i in range(2)]
+    first, second = minutes
+    assert first.model == "gpt-4o-x" and dict(first.tool_calls) == {"kb.search-x": 2.0}
+    assert first.agent is second.agent and first.namespace is second.namespace and first.model is second.model
+    assert next(iter(first.tool_calls)) is next(iter(second.tool_calls))

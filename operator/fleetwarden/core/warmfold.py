@@ -19,7 +19,8 @@ the minutes that are new:
   otherwise the window is folded again from its anchor. The detectors are a pure fold (same
   minutes in order, same findings out: docs/detectors.md), so a state restored after ``k``
   minutes and stepped on is the state a fold from the anchor reaches, and its findings are
-  the same. ``tests/unit/core/test_warmfold.py`` checks this against a fold from the anchor,
+  the same. When the window is exactly the kept minutes (an agent with nothing new since), the
+  findings are those kept, and the state is not even restored. ``tests/unit/core/test_warmfold.py`` checks this against a fold from the anchor,
   and ``tests/e2e/test_replay_operator_agree.py`` against replay on real parts.
 
 Nothing here depends on a clock: the window, ``end`` and the anchor come from the caller.
@@ -127,8 +128,10 @@ class Folds:
             and len(state.folded) <= settled and _same(state.folded, window[:len(state.folded)])
         if kept:
             assert state is not None
-            detector_set, out, done = loads(state.blob), list(state.found), len(state.folded)
             self.warm += 1
+            if len(state.folded) == len(window):
+                return list(state.found)  # nothing to step: the findings are those the kept minutes revealed
+            detector_set, out, done = loads(state.blob), list(state.found), len(state.folded)
         else:
             detector_set, out, done = detectors.DetectorSet(params, agent, namespace), [], 0
             self.cold += 1

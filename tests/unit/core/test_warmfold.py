@@ -266,3 +266,22 @@ def test_a_kept_state_holds_cost_shifts_baselines_as_they_were() -> None:
                 computed += "task_level" in vars(base)
         assert found_hopped == found_live
     assert compared > 1000 and computed > 100  # the fleets do keep baselines, with levels computed
+
+
+def test_an_agent_with_nothing_new_gets_its_kept_findings_without_a_restore(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once every minute of the window is kept (an agent quiet since), a cycle gives the kept
+    findings, those of a fold from the anchor, and restores no state: nothing is left to step."""
+    namespace, agent, end, at, window = _with_a_finding_kept()
+    settled = [m for m in window if m.minute < end - warmfold.TAIL_MINUTES * MINUTE]
+    assert any(f.time <= settled[-1].minute + MINUTE for f in _refold(settled))
+    folds = warmfold.Folds()
+    assert folds.findings(namespace, agent, settled, end, PARAMS, at) == _refold(settled)  # keeps them all
+    restored = []
+    real_loads = warmfold.loads
+    monkeypatch.setattr(warmfold, "loads", lambda blob: restored.append(blob) or real_loads(blob))
+    for later in (end + MINUTE, end + 20 * MINUTE):
+        assert folds.findings(namespace, agent, settled, later, PARAMS, at) == _refold(settled)
+    assert restored == [] and folds.warm == 2 and folds.cold == 1
+    longer = settled + [dataclasses.replace(window[-1], minute=end + 5 * MINUTE)]  # something new: restored
+    assert folds.findings(namespace, agent, longer, end + 20 * MINUTE, PARAMS, at) == _refold(longer)
+    assert len(restored) == 1

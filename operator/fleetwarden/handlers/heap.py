@@ -122,7 +122,7 @@ class Clock(Collector):
         yield runs
         frozen = GaugeMetricFamily("fleetwarden_operator_gc_frozen_objects",
                                    "Objects the operator froze once settled (never scanned again; 0 before).")
-        frozen.add_metric([], gc.get_freeze_count())
+        frozen.add_metric([], _frozen)  # (gc.get_freeze_count() walks every frozen object: not per scrape)
         yield frozen
         if _arena_cap is not None:  # (absent: not glibc, or the environment's own choice)
             arenas = GaugeMetricFamily("fleetwarden_operator_malloc_arenas",
@@ -133,6 +133,7 @@ class Clock(Collector):
 
 CLOCK = Clock()
 _arena_cap: int | None = None  # what limit_arenas set in this process
+_frozen = 0  # what settle froze
 _settle_lock = threading.Lock()
 _settled = False
 
@@ -158,7 +159,9 @@ def settle() -> bool:
         if _settled:
             return False
         _settled = True
+    global _frozen
     gc.collect()
     gc.freeze()
+    _frozen = gc.get_freeze_count()
     trim()
     return True

@@ -20,14 +20,14 @@ from fleetwarden.handlers import heap
 def restored() -> Iterator[None]:
     """Put the interpreter's collector back as it was (this test process is pytest's)."""
     thresholds, callbacks = gc.get_threshold(), list(gc.callbacks)
-    settled = heap._settled  # noqa: SLF001 - reset between tests
+    settled, frozen = heap._settled, heap._frozen  # noqa: SLF001 - reset between tests
     try:
         yield
     finally:
         gc.set_threshold(*thresholds)
         gc.callbacks[:] = callbacks
         gc.unfreeze()
-        heap._settled = settled  # noqa: SLF001
+        heap._settled, heap._frozen = settled, frozen  # noqa: SLF001
 
 
 class Node:
@@ -62,7 +62,7 @@ def test_tune_raises_the_young_threshold_only_and_counts_collections_by_generati
 def test_settle_collects_and_freezes_once() -> None:
     registry = pc.CollectorRegistry()
     heap.tune(registry)
-    heap._settled = False  # noqa: SLF001 - as at the operator's start
+    heap._settled, heap._frozen = False, 0  # noqa: SLF001 - as at the operator's start
     gc.unfreeze()
     assert sample(registry, "fleetwarden_operator_gc_frozen_objects") == 0
     cycle = Node()

@@ -139,3 +139,43 @@ def test_a_once_event_is_left_as_stored() -> None:
     assert k.post_event(REF, "Warning", "Ungoverned", "no AgentBudget selects bot", once=True) is False
     (event,) = fake.stored.values()
     assert event["count"] == 1
+
+
+def test_select_agents_through_the_label_index_chooses_the_same_agents() -> None:
+    """The index (built once for a namespace's list, rebuilt when the list changes) gives the
+    agents a match against every Deployment gives, for selectors of labels and expressions."""
+    import random
+
+    rng = random.Random(5)
+
+    def fleet() -> list[dict[str, Any]]:
+        out = []
+        for i in range(60):
+            d = deployment()
+            labels = {k: rng.choice(["a", "b", "c"]) for k in ("team", "tier", "app") if rng.random() < 0.8}
+            d["metadata"] = {**d["metadata"], "name": f"d{i}", "labels": labels,
+                             "namespace": "shop" if rng.random() < 0.9 else "elsewhere"}
+            out.append(d)
+        return out
+
+    selectors = [{"matchLabels": {"team": "a"}}, {"matchLabels": {"team": "b", "tier": "c"}},
+                 {"matchLabels": {"app": "z"}}, {},
+                 {"matchLabels": {"tier": "a"}, "matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["b"]}]},
+                 {"matchExpressions": [{"key": "team", "operator": "Exists"}]}]
+    budgets = [spec.AgentBudget.model_validate({"metadata": {"name": f"b{i}", "namespace": "shop"},
+                                                "spec": {"selector": sel}}) for i, sel in enumerate(selectors)]
+    index = runtime.LabelIndex()
+    deployments = fleet()
+    sizes = []
+    for _ in range(2):  # the second time from the index kept
+        for budget in budgets:
+            linear = runtime.select_agents(budget, deployments)
+            assert runtime.select_agents(budget, list(deployments), index) == linear
+            sizes.append(len(linear[0]))
+    assert index.built == 1 and 0 in sizes and max(sizes) > 10  # the selectors choose some, and none
+    changed = list(deployments)
+    changed[3] = {**changed[3], "metadata": {**changed[3]["metadata"], "namespace": "shop", "labels": {"team": "a", "tier": "c"}}}
+    for budget in budgets:  # one Deployment relabelled (a new object, as kopf's index gives)
+        assert runtime.select_agents(budget, changed, index) == runtime.select_agents(budget, changed)
+    assert index.built == 2
+    assert [a.name for a in runtime.select_agents(budgets[0], changed, index)[0]].count("d3") == 1

@@ -20,8 +20,9 @@ the minutes that are new:
   minutes in order, same findings out: docs/detectors.md), so a state restored after ``k``
   minutes and stepped on is the state a fold from the anchor reaches, and its findings are
   the same. When the window is exactly the kept minutes (an agent with nothing new since), the
-  findings are those kept, and the state is not even restored. ``tests/unit/core/test_warmfold.py`` checks this against a fold from the anchor,
-  and ``tests/e2e/test_replay_operator_agree.py`` against replay on real parts.
+  findings are those kept, and the state is not even restored. ``tests/unit/core/test_warmfold.py``
+  checks this against a fold from the anchor, and ``tests/e2e/test_replay_operator_agree.py``
+  against replay on real parts.
 
 Nothing here depends on a clock: the window, ``end`` and the anchor come from the caller.
 """

@@ -32,8 +32,8 @@ dozen partly free arenas. So :func:`tune` also caps the arenas at :data:`MALLOC_
 (``mallopt(M_ARENA_MAX)``; unless ``MALLOC_ARENA_MAX`` or ``GLIBC_TUNABLES`` already set it, and
 only on glibc). The threads hardly contend for them: they allocate while holding the GIL. And
 :func:`settle` hands the pages freed after the first pass back to the system (``malloc_trim``).
-Measured at 2,000 budgets (the same benchmark, ``--measure 120``): 443 MiB RSS before, 323 MiB
-with two arenas.
+Measured at 2,000 budgets (the same benchmark, one run each): 443 MiB RSS before (``--measure
+180``), 323 MiB with two arenas (``--measure 120``).
 
 Replay (``fleetwarden replay``) keeps the interpreter's defaults: its objects are the minutes of
 one close, freed as it goes.

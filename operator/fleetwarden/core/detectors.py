@@ -38,7 +38,7 @@ import dataclasses
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVar, overload
+from typing import Any
 
 from fleetwarden.core import evidence, findings, series, spec, timefmt
 
@@ -436,46 +436,52 @@ SHIFT_MIN_BASELINE_MINUTES = 20
 SHIFT_MIN_OBSERVATIONS = 6
 
 
-_T = TypeVar("_T")
-
-
-class _computed_once(Generic[_T]):  # noqa: N801 - used as a decorator, as functools.cached_property
-    """``functools.cached_property`` without its lock: in Python 3.11 one lock serves every instance of
-    the class, so the operator's evaluation threads queued behind one another's baselines (a
-    profile at 10,000 budgets: a third of the cost-shift samples waiting on it). The value is
-    computed from the instance alone, so two threads computing it at once store equal values."""
-
-    def __init__(self, func: Callable[[Any], _T]) -> None:
-        self.func = func
-        self.name = func.__name__
-
-    @overload
-    def __get__(self, instance: None, owner: type | None = None) -> _computed_once[_T]: ...
-    @overload
-    def __get__(self, instance: object, owner: type | None = None) -> _T: ...
-
-    def __get__(self, instance: object | None, owner: type | None = None) -> _computed_once[_T] | _T:
-        if instance is None:
-            return self
-        value = instance.__dict__[self.name] = self.func(instance)  # later reads find it there first
-        return value
-
-
 class _Baseline:
-    """The baseline before a cut: its observations per statistic, the level of its cost per task
-    (what a window must reach before anything else is worth computing: see CostShift._test) and
-    its summaries, each computed the first time a window needs it."""
+    """The baseline before a cut: the level of its cost per task (what a window must reach before
+    anything else is worth computing: see CostShift._test), its observations per statistic and its
+    summaries, each worked out the first time a window needs it. Its observations are sliced from
+    the cost-shift detector's own, which keeps every minute before a cut unchanged while the cut is
+    kept (see CostShift._baseline): most baselines only ever need their cost per task, and a kept
+    state (core/warmfold.py) pickles no observation twice and restores none of them. No lock: each
+    value depends on the baseline and the detector alone, so two threads working one out at once
+    store equal values."""
 
-    def __init__(self, pre: dict[str, list[evidence.Observation]]) -> None:
-        self.pre = pre
+    __slots__ = ("cut", "_known", "_level", "_pre", "_summaries")
 
-    @_computed_once
-    def task_level(self) -> evidence.Level | None:
-        return evidence.level(self.pre["task"])
+    def __init__(self, cut: int) -> None:
+        self.cut = cut
+        self._known = False  # whether _level is worked out (None is a level: too few observations)
+        self._level: evidence.Level | None = None
+        self._pre: dict[str, list[evidence.Observation]] | None = None
+        self._summaries: dict[str, evidence.Summary | None] | None = None
 
-    @_computed_once
-    def summaries(self) -> dict[str, evidence.Summary | None]:
-        return {stat: evidence.summary(self.pre[stat], self.task_level if stat == "task" else None) for stat in STATS}
+    def _since(self, shift: CostShift, stat: str) -> list[evidence.Observation]:
+        return shift._since(stat, self.cut - SHIFT_BASELINE_MINUTES * MINUTE, self.cut)
+
+    def task_level(self, shift: CostShift) -> evidence.Level | None:
+        if not self._known:
+            self._level = evidence.level(self._since(shift, "task"))
+            self._known = True
+        return self._level
+
+    def pre(self, shift: CostShift) -> dict[str, list[evidence.Observation]]:
+        if self._pre is None:
+            self._pre = {stat: self._since(shift, stat) for stat in STATS}
+        return self._pre
+
+    def summaries(self, shift: CostShift) -> dict[str, evidence.Summary | None]:
+        if self._summaries is None:
+            pre, level = self.pre(shift), self.task_level(shift)
+            self._summaries = {stat: evidence.summary(pre[stat], level if stat == "task" else None) for stat in STATS}
+        return self._summaries
+
+    def __getstate__(self) -> tuple[int, bool, evidence.Level | None, dict[str, evidence.Summary | None] | None]:
+        return self.cut, self._known, self._level, self._summaries  # not the observations: sliced again
+
+    def __setstate__(self, state: tuple[int, bool, evidence.Level | None, dict[str, evidence.Summary | None] | None]
+                     ) -> None:
+        self.cut, self._known, self._level, self._summaries = state
+        self._pre = None
 
 
 _minute_of = operator.itemgetter(0)  # of a _Row
@@ -514,28 +520,6 @@ class CostShift:
         self._blocks = {stat: evidence.Blocks(weighted=stat != "call") for stat in STATS}
         self._frozen: dict[str, evidence.Summary | None] | None = None  # baseline of the lasting shift
         self._bases: dict[int, _Baseline | None] = {}  # cut -> its baseline (see _baseline)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """The state without the kept baselines' observations (the operator keeps this state pickled
-        between cycles: core/warmfold.py): each baseline's observations are those before its cut,
-        still held (see ``_baseline``), so :meth:`__setstate__` slices them again; its computed
-        level and summaries are kept."""
-        state = self.__dict__.copy()
-        state["_bases"] = {cut: None if found is None else {k: v for k, v in vars(found).items() if k != "pre"}
-                           for cut, found in self._bases.items()}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        bases = state.pop("_bases")
-        self.__dict__.update(state)
-        self._bases = {}
-        for cut, kept in bases.items():
-            found = None
-            if kept is not None:
-                lo = cut - SHIFT_BASELINE_MINUTES * MINUTE
-                found = _Baseline({stat: self._since(stat, lo, cut) for stat in STATS})
-                vars(found).update(kept)
-            self._bases[cut] = found
 
     def step(self, m: series.AgentMinute, units: float | None = None, judge: bool = True) -> list[findings.Finding]:
         """Fold minute ``m`` (``units``: its task units); ``judge`` False: remember it only (a declared
@@ -605,7 +589,7 @@ class CostShift:
         found = self._bases[cut] if cut in self._bases else self._baseline(cut)
         if found is None or not self._task_rose(cut, found):
             return None
-        pre, base = found.pre, found.summaries
+        pre, base = found.pre(self), found.summaries(self)
         post = {stat: self._since(stat, cut) for stat in STATS}
         # per outcome is left to the spike detector: outcomes are too sparse to watch without a change point
         tests = {stat: evidence.sprt(post[stat], base[stat], self.p.ratio)
@@ -624,11 +608,11 @@ class CostShift:
         post = self._since("task", cut)
         if len(post) < SHIFT_MIN_OBSERVATIONS:
             return False
-        base = found.task_level
+        base = found.task_level(self)
         return base is not None and math.exp(evidence.shift(post, base)[1]) >= self.p.ratio * (1 - 1e-9)
 
     def _baseline(self, cut: int) -> _Baseline | None:
-        """The observations of the baseline before ``cut`` (None: too few minutes or tasks), kept for
+        """The baseline before ``cut`` (None: too few minutes or tasks), kept for
         the next windows that end there: the minutes before a cut never change once it is passed
         (rows and observations only come later, and none before a window's baseline is dropped), so
         each cut is summarised once instead of once per window, with the same result."""
@@ -638,7 +622,7 @@ class CostShift:
         j = bisect.bisect_left(rows, cut, i, key=_minute_of)
         found: _Baseline | None = None
         if j - i >= SHIFT_MIN_BASELINE_MINUTES and sum(map(_tasks_of, rows[i:j])) >= MIN_BASELINE_TASKS:
-            found = _Baseline({stat: self._since(stat, lo, cut) for stat in STATS})
+            found = _Baseline(cut)
         self._bases[cut] = found
         return found
 

@@ -586,33 +586,36 @@ def test_the_kept_baselines_fleet_burns_across_seeds() -> None:
     assert refreshed > 0
 
 
-def test_a_baselines_computed_values_are_made_once_and_never_wait_on_another_baselines() -> None:
+def test_a_baselines_computed_values_are_made_once_and_never_wait_on_another_baselines(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """cost_shift's baselines compute their level once, on first use; two baselines computing at once
     in two threads (the operator's evaluation threads) do not wait for each other, as they did
     behind functools.cached_property's one lock per class in Python 3.11."""
     import threading
 
-    from fleetwarden.core.detectors import _computed_once
+    from fleetwarden.core import evidence
 
     both = threading.Barrier(2, timeout=10)
     made: list[int] = []
 
-    class Lazy:
-        def __init__(self, n: int) -> None:
-            self.n = n
+    def level(obs: list[evidence.Observation]) -> evidence.Level:
+        both.wait()  # the other thread is computing its own at the same time
+        made.append(len(obs))
+        return evidence.Level(units=float(len(obs)), mean=0.0, scale=1.0)
 
-        @_computed_once
-        def value(self) -> int:
-            both.wait()  # the other thread is computing its own at the same time
-            made.append(self.n)
-            return self.n * 10
-
-    a, b = Lazy(1), Lazy(2)
+    monkeypatch.setattr(evidence, "level", level)
+    shift = detectors.CostShift(spec.CostShiftParams())
+    minute = series.MINUTE
+    cut = 10_000 * minute
+    shift._times["task"] = [cut - 3 * minute, cut - 2 * minute, cut - minute, cut]
+    shift._obs["task"] = [(1.0, 1.0)] * 4
+    a, b = detectors._Baseline(cut), detectors._Baseline(cut - minute)  # 3 and 2 observations before
     errors: list[BaseException] = []
 
-    def read(x: Lazy) -> None:
+    def read(x: detectors._Baseline) -> None:
         try:
-            assert x.value == x.n * 10
+            found = x.task_level(shift)
+            assert found is not None and found.units == (3 if x is a else 2)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -621,5 +624,6 @@ def test_a_baselines_computed_values_are_made_once_and_never_wait_on_another_bas
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and sorted(made) == [1, 2]
-    assert a.value == 10 and made.count(1) == 1  # kept: not made again
+    assert errors == [] and sorted(made) == [2, 3]
+    again = a.task_level(shift)
+    assert again is not None and again.units == 3 and len(made) == 2  # kept: not made again

@@ -237,33 +237,42 @@ def test_two_sources_of_one_agent_are_folded_apart(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_kept_state_holds_cost_shifts_baselines_as_they_were() -> None:
-    """A state pickled after any minute (its kept baselines stored without their observations,
-    sliced again on restore) has every baseline a later window can use as it was, with its
-    computed level and summaries; and a fold restored from its pickle after every minute finds
-    what the fold kept in memory finds. Cost-shift fleets of their own seed, and the busy and
-    slow agents of every shape."""
+    """A baseline's observations, sliced only when a window needs them, are at every later minute
+    those before its cut when it was made; a state pickled after any minute (its baselines stored
+    without observations) has every baseline a later window can use as it was, with its computed
+    level and summaries; and a fold restored from its pickle after every minute finds what the
+    fold kept in memory finds. Cost-shift fleets of their own seed, and the busy and slow agents
+    of every shape."""
     fleet = _minutes(seed=903, agents=6, hours=3.0, shapes=("cost_shift", "cost_shift", *fleetgen.SHAPES[:4]))
     compared = computed = 0
     for ms in fleet.values():
         live = detectors.DetectorSet(PARAMS, ms[0].agent, ms[0].namespace)
         hopped = detectors.DetectorSet(PARAMS, ms[0].agent, ms[0].namespace)
         found_live, found_hopped = [], []
+        made: dict[tuple[int, int], dict[str, list[Any]]] = {}  # (reset count, cut) -> observations when made
+        resets = 0
         for m in ms:
+            before = live.shift._bases
             found_live += live.step(m)
             found_hopped += hopped.step(m)
+            resets += live.shift._bases is not before  # a declared change started the history over
+            for cut, base in live.shift._bases.items():
+                if base is not None and (resets, cut) not in made:
+                    lo = cut - detectors.SHIFT_BASELINE_MINUTES * MINUTE
+                    made[(resets, cut)] = {stat: live.shift._since(stat, lo, cut) for stat in detectors.STATS}
             hopped = warmfold.loads(warmfold.dumps(hopped))
-            restored = warmfold.loads(warmfold.dumps(live)).shift._bases
+            restored = warmfold.loads(warmfold.dumps(live)).shift
             usable = m.minute - (max(detectors.SHIFT_WINDOWS) - 1) * MINUTE  # a window's earliest cut from now on
             for cut, base in live.shift._bases.items():
-                again = restored[cut]
+                again = restored._bases[cut]
                 if base is None or cut < usable:
                     assert again is None or base is not None
                     continue
-                assert again is not None and again.pre == base.pre
-                assert {k: v for k, v in vars(again).items() if k != "pre"} == \
-                    {k: v for k, v in vars(base).items() if k != "pre"}
+                assert again is not None and again.pre(restored) == base.pre(live.shift) == made[(resets, cut)]
+                assert (again.cut, again._known, again._level, again._summaries) == \
+                    (base.cut, base._known, base._level, base._summaries)
                 compared += 1
-                computed += "task_level" in vars(base)
+                computed += base._known
         assert found_hopped == found_live
     assert compared > 1000 and computed > 100  # the fleets do keep baselines, with levels computed
 

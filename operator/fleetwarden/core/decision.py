@@ -47,6 +47,9 @@ class PendingApproval:
     tool: str | None = None
 
 
+_MISSING = object()
+
+
 class Memo:
     """Results that depend only on complete minutes, shared across cycles and budgets.
 
@@ -63,11 +66,16 @@ class Memo:
         self.misses = 0
 
     def get(self, minute: int, key: Hashable, compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            bucket = self._by_minute.get(minute)
-            if bucket is not None and key in bucket:
-                self.hits += 1
-                return bucket[key]
+        # A hit takes no lock: a dict's get is one step for the interpreter, and a minute's bucket
+        # only ever gains keys (an old minute's is dropped whole, still whole for a reader holding
+        # it). Every evaluation thread reads here several times per budget; the lock serialised
+        # them (docs/operator.md, "Scale").
+        bucket = self._by_minute.get(minute)
+        if bucket is not None:
+            value = bucket.get(key, _MISSING)
+            if value is not _MISSING:
+                self.hits += 1  # (a count for the benchmarks: a lost increment is harmless)
+                return value
         value = compute()
         with self._lock:
             self.misses += 1

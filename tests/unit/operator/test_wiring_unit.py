@@ -309,6 +309,24 @@ def test_the_memo_keeps_only_recent_minutes() -> None:
     assert len(memo) == decision.Memo.KEEP_MINUTES + 1
 
 
+def test_a_memo_hit_waits_for_no_lock() -> None:
+    """A value already computed is read while another thread holds the memo's lock (storing a value
+    of its own): the evaluation threads do not queue behind one another to read it. A miss still
+    stores under the lock, and every minute's bucket keeps what was stored."""
+    import threading
+
+    memo = decision.Memo()
+    assert memo.get(60, "figures", lambda: "computed") == "computed"
+    got: list[Any] = []
+    with memo._lock:  # as another thread storing its own value would
+        reader = threading.Thread(target=lambda: got.append(memo.get(60, "figures", lambda: "again")))
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive() and got == ["computed"]
+    assert (memo.hits, memo.misses) == (1, 1)
+    assert memo.get(120, "figures", lambda: "next minute") == "next minute" and len(memo) == 2
+
+
 def test_the_memo_never_mixes_up_agents_of_the_same_name_in_two_namespaces() -> None:
     """Two budgets whose agents share names in different namespaces get their own figures from one memo."""
     memo = decision.Memo()

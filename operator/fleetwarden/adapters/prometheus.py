@@ -56,6 +56,13 @@ from fleetwarden.core import sources as core_sources
 
 Key = tuple[str, str]  # (namespace, agent)
 
+try:  # orjson (the `fast` extra, in the image) decodes a fleet's answers several times faster
+    import orjson
+
+    _loads: Callable[[bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover - exercised only without orjson
+    _loads = json.loads
+
 log = logging.getLogger(__name__)
 
 # What a budget's spend counts: the same three parts as ``series.AgentMinute.cost_usd``.
@@ -291,8 +298,8 @@ def answer_result(status: int, content_type: str, body: bytes, expected: str) ->
     answer at all); another
     ``resultType`` (a scalar or a vector where a matrix belongs)."""
     try:
-        doc = json.loads(body)
-    except ValueError:
+        doc = _loads(body)
+    except ValueError:  # (orjson's error is a ValueError too)
         raise BadAnswerError(f"HTTP {status} with {_gist(content_type, body)}, not Prometheus' JSON") from None
     if not isinstance(doc, dict):
         raise BadAnswerError(f"HTTP {status} with JSON that is not Prometheus' answer ({type(doc).__name__})")

@@ -104,8 +104,8 @@ def _decisive(meaningful: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in meaningful.items() if k not in _FIGURES}
     conditions = out.get("conditions")
     if isinstance(conditions, list):
-        out["conditions"] = [{k: v for k, v in c.items() if k != "message"} if isinstance(c, Mapping) else c
-                             for c in conditions]
+        out["conditions"] = [{k: v for k, v in c.items() if k != "message"} if type(c) is dict or isinstance(c, Mapping)
+                             else c for c in conditions]
     source = out.get("source")
     if isinstance(source, Mapping):
         out["source"] = {k: v for k, v in source.items() if k not in _SOURCE_FIGURES}
@@ -113,11 +113,16 @@ def _decisive(meaningful: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _coarse(value: Any) -> Any:
-    if type(value) is float:
+    # the exact types first: a status is plain JSON, and an ABC's isinstance check costs more
+    # than the rest (this runs on two statuses per evaluation)
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
         return float(f"{value:.2g}")
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         return {k: _coarse(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if kind is list or isinstance(value, list):
         return [_coarse(v) for v in value]
     return value
 

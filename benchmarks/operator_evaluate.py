@@ -12,8 +12,11 @@ the milliseconds per budget:
   detectors fold each agent's window again, stepped on from the state kept at its anchor
   (core/warmfold.py), or from an empty state with ``--refold`` (the operator before the
   anchored fold: the fetch is the 90-minute lookback, the detectors refold it every minute).
+  With ``--quiet`` no agent has a minute after the first cycle (the clock moves, the data does
+  not), as in ``operator_scale.py``'s backfilled fleet once its history ends: each minute the
+  hour's figures change as minutes leave it, and the agents whose anchor moved fold again.
 
-    python benchmarks/operator_evaluate.py [--budgets 10000] [--cycles 3] [--minutes 5] [--refold]
+    python benchmarks/operator_evaluate.py [--budgets 10000] [--cycles 3] [--minutes 5] [--refold] [--quiet]
 
 ``benchmarks/operator_scale.py`` measures the same with the real API server (where the
 status PATCHes dominate); this one isolates what the operator itself computes.
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from operator_scale import NAMESPACES, FixedFetcher  # noqa: E402 - the same snapshot as the scale benchmark
 
-from fleetwarden.core import spec, warmfold  # noqa: E402
+from fleetwarden.core import series, spec, warmfold  # noqa: E402
 from fleetwarden.handlers import runtime  # noqa: E402
 
 
@@ -68,12 +71,16 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--minutes", type=int, default=5, help="cycles each a minute after the last")
     parser.add_argument("--refold", action="store_true", help="no anchored fold: refold the lookback every minute")
+    parser.add_argument("--quiet", action="store_true", help="no agent has a minute after the first cycle")
     args = parser.parse_args()
     agents, bodies, deployments = fleet(args.budgets)
     fetcher = FixedFetcher(agents, time.time(), anchor_minutes=0 if args.refold else warmfold.ANCHOR_MINUTES)
     rt = runtime.Runtime(interval=3600.0, fetcher=fetcher, kube_client=NoApi(),  # type: ignore[arg-type]
                          clock=lambda: fetcher.now)
-    print(f"detectors: {'refold of the lookback every minute' if args.refold else 'anchored fold'}")
+    if args.quiet:
+        fetcher.history_end = series.minute_of(fetcher.now)
+    print(f"detectors: {'refold of the lookback every minute' if args.refold else 'anchored fold'}"
+          f"{'; no minute after the first cycle' if args.quiet else ''}")
     labels = ["cold"] + ["warm, same minute"] * (args.cycles - 1) + ["a minute later"] * args.minutes
     for n, label in enumerate(labels, start=1):
         if label == "a minute later":

@@ -72,6 +72,7 @@ class FixedFetcher:
         self.now = now
         self.anchor_minutes = anchor_minutes
         self.fetches = 0
+        self.history_end: int | None = None  # set: no agent has a minute from then on (a quiet fleet)
         self._kept: dict[tuple[str, str, int], series.AgentMinute] = {}
 
     def _minute(self, ns: str, a: str, m: int) -> series.AgentMinute:
@@ -87,7 +88,8 @@ class FixedFetcher:
         start = end - (90 + self.anchor_minutes) * 60
         for key in [k for k in self._kept if k[2] < start]:
             del self._kept[key]
-        minutes = {(ns, a): [self._minute(ns, a, m) for m in range(start, end, 60)] for ns, a in self.agents}
+        last = end if self.history_end is None else max(start, min(end, self.history_end))
+        minutes = {(ns, a): [self._minute(ns, a, m) for m in range(start, last, 60)] for ns, a in self.agents}
         spend = {(ns, a): {(w, c): 0.09 * (1 if w is spec.Window.hour else 5) for w in spec.Window
                            for c in (False, True)} for ns, a in self.agents}
         return prometheus.FleetSnapshot(fetched_at=self.now, start=start, end=end, minutes=minutes, spend=spend,

@@ -122,7 +122,7 @@ def _coarse(value: Any) -> Any:
         return float(f"{value:.2g}")
     if kind is dict or isinstance(value, Mapping):
         return {k: _coarse(v) for k, v in value.items()}
-    if kind is list or isinstance(value, list):
+    if isinstance(value, list):  # (a C-level check already)
         return [_coarse(v) for v in value]
     return value
 

@@ -72,6 +72,10 @@ except ImportError:  # pragma: no cover - exercised only without orjson
 
     _JSONError = ValueError
 
+# Strict JSON from bytes or text (orjson when installed, else the standard library refusing NaN and
+# Infinity as orjson does); its errors are ValueErrors. The adapters decode Prometheus' answers with it.
+loads_json = _loads
+
 TYPES = frozenset({"llm", "tool", "task", "outcome", "human"})
 STATUSES = frozenset({"ok", "error", "completed", "failed", "abandoned"})
 TOOL_STATUSES = frozenset({"ok", "error"})

@@ -235,6 +235,8 @@ class Watch:
             "gc_seconds": samples(text, "fleetwarden_operator_gc_seconds_total"),
             "gc_full_seconds": samples(text, "fleetwarden_operator_gc_seconds_total", generation="2"),
             "gc_full_runs": samples(text, "fleetwarden_operator_gc_collections_total", generation="2"),
+            "malloc": {part: samples(text, "fleetwarden_operator_malloc_bytes", part=part)
+                       for part in ("in_use", "free", "mmapped")} if "fleetwarden_operator_malloc_bytes{" in text else None,
             "status_patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
                                       subresource="status"),
             "patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
@@ -308,6 +310,8 @@ def measure(watch: Watch, n: int, args: argparse.Namespace) -> None:
 def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse.Namespace,
            rss_max: float, hwm: float, oldest_max: float, last_max: float) -> None:
     bound = longest_bound(before.pop("cycle_buckets"), after.pop("cycle_buckets"))
+    before.pop("malloc")
+    held = after.pop("malloc")  # a gauge: what malloc holds at the window's end
     d = {k: after[k] - before[k] for k in before}
     evaluated = d["evaluations"]
     if args.evaluation == "fleet" and d["cycles"] > 0:
@@ -331,6 +335,11 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
           f"in {d['at']:.0f}s)")
     print(f"PATCHes per cycle: agentbudgets/status {per(d['status_patches'])}, agentbudgets {per(d['patches'])}")
     print(f"operator RSS: {rss_max:.0f} MiB max in the window, {hwm:.0f} MiB peak (VmHWM)")
+    mib = 1024 * 1024
+    print("of it glibc's malloc at the window's end: " + (
+        f"{held['in_use'] / mib:.0f} MiB in use, {held['free'] / mib:.0f} MiB free but held, "
+        f"{held['mmapped'] / mib:.0f} MiB in large blocks of their own (the rest: Python's small-object "
+        "arenas, the stacks, the code)" if held is not None else "unknown (not glibc 2.33 or later)"))
     print(f"garbage collector: {d['gc_seconds']:.1f}s of the {d['at']:.0f}s window, {d['gc_full_seconds']:.1f}s of it "
           f"in {d['gc_full_runs']:.0f} full collections")
     print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -5,6 +5,7 @@ do, acts on nothing; switched to Enforce (a spec edit, as in Git) it acts at onc
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ from test_operator_budget import (  # noqa: F401 - fixtures
 )
 
 from fleetwarden.handlers import heap
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_dry_run_says_what_it_would_do_and_enforce_does_it(cluster: Any, namespace: str, fleet: dict[str, Any],
@@ -49,6 +55,9 @@ def test_dry_run_says_what_it_would_do_and_enforce_does_it(cluster: Any, namespa
     assert op.metric("fleetwarden_operator_gc_frozen_objects") > 0
     assert op.metric("fleetwarden_operator_gc_collections_total", generation="2") >= 1
     assert op.metric("fleetwarden_operator_malloc_arenas") == heap.MALLOC_ARENAS  # glibc's arenas capped
+    # glibc's account of what malloc holds: the operator's heap is in use, and well under its RSS
+    in_use = op.metric("fleetwarden_operator_malloc_bytes", part="in_use")
+    assert 1_000_000 < in_use < rss_bytes(op.proc.pid)
     assert replicas(cluster, namespace, "bot") == 3 and replicas(cluster, namespace, "helper") == 2
     assert len(events(cluster, namespace, "WouldKill")) == 1  # said once, not every cycle
     header, row = cluster.kubectl("get", "agentbudgets", "-n", namespace).stdout.splitlines()[:2]

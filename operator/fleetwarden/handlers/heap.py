@@ -82,6 +82,28 @@ def limit_arenas(arenas: int = MALLOC_ARENAS) -> int | None:
     return arenas
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h, glibc 2.33 and later): every field a ``size_t``."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_bytes() -> dict[str, int] | None:
+    """glibc's own account of the memory ``malloc`` holds, in bytes, over all its arenas:
+    ``in_use`` (blocks allocated now, in the arenas), ``free`` (freed in the arenas but kept
+    from the system: what :func:`trim` can give back, or fragments between blocks in use) and
+    ``mmapped`` (large blocks each in a mapping of its own, given back when freed). None when
+    it cannot say: not glibc, or a glibc older than 2.33 (no ``mallinfo2``). Python's own
+    allocator (objects of 512 bytes or less) takes its memory in 1 MiB mappings outside these."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return {"in_use": int(info.uordblks), "free": int(info.fordblks), "mmapped": int(info.hblkhd)}
+
+
 def trim() -> bool:
     """Give the pages malloc holds free back to the system (glibc only); whether any were."""
     libc = _glibc()
@@ -124,6 +146,14 @@ class Clock(Collector):
                                    "Objects the operator froze once settled (never scanned again; 0 before).")
         frozen.add_metric([], _frozen)  # (gc.get_freeze_count() walks every frozen object: not per scrape)
         yield frozen
+        held = malloc_bytes()
+        if held is not None:  # (absent: glibc cannot say; never a 0 for an unknown)
+            account = GaugeMetricFamily("fleetwarden_operator_malloc_bytes",
+                                        "Memory glibc's malloc holds, by part: in_use, free (held from the system, "
+                                        "not in use) and mmapped.", labels=["part"])
+            for part, value in held.items():
+                account.add_metric([part], value)
+            yield account
         if _arena_cap is not None:  # (absent: not glibc, or the environment's own choice)
             arenas = GaugeMetricFamily("fleetwarden_operator_malloc_arenas",
                                        "The cap the operator set on glibc's malloc arenas.")

@@ -150,3 +150,43 @@ def test_trim_hands_freed_pages_back() -> None:
     trimmed, freed = subprocess.run([sys.executable, "-c", TRIM], capture_output=True, text=True,
                                     check=True).stdout.split()
     assert trimmed == "True" and int(freed) > 40_000_000
+
+
+ACCOUNT = r"""
+from fleetwarden.handlers import heap
+
+start = heap.malloc_bytes()
+blocks = [bytes(2000) + bytes([i % 256]) for i in range(40_000)]  # 80 MB, each a malloc of its own
+held = heap.malloc_bytes()
+del blocks[::2]  # every other block freed: 40 MB of holes the heap keeps between those in use
+holes = heap.malloc_bytes()
+print(*(d[k] for d in (start, held, holes) for k in ("in_use", "free", "mmapped")))
+"""
+
+
+@pytest.mark.skipif(heap._glibc() is None, reason="the account is glibc's")  # noqa: SLF001
+def test_mallocs_account_tells_blocks_in_use_from_freed_ones_it_holds() -> None:
+    out = [int(x) for x in subprocess.run([sys.executable, "-c", ACCOUNT], capture_output=True, text=True,
+                                          check=True).stdout.split()]
+    start, held, holes = out[0:3], out[3:6], out[6:9]
+    assert held[0] - start[0] > 80_000_000  # the blocks, in use
+    assert holes[0] < held[0] - 38_000_000  # half of them freed ...
+    assert holes[1] > held[1] + 38_000_000  # ... and held as free memory, not given back
+    assert holes[2] == held[2]  # none of them large enough for a mapping of its own
+
+
+@pytest.mark.skipif(heap._glibc() is None, reason="the account is glibc's")  # noqa: SLF001
+def test_the_account_is_on_the_page_by_part() -> None:
+    registry = pc.CollectorRegistry()
+    registry.register(heap.Clock())
+    for part in ("in_use", "free", "mmapped"):
+        assert sample(registry, "fleetwarden_operator_malloc_bytes", part=part) >= 0
+    assert sample(registry, "fleetwarden_operator_malloc_bytes", part="in_use") > 0
+
+
+def test_an_account_glibc_cannot_give_is_left_off_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heap, "_glibc", lambda: None)  # another libc: musl, macOS
+    assert heap.malloc_bytes() is None
+    registry = pc.CollectorRegistry()
+    registry.register(heap.Clock())
+    assert registry.get_sample_value("fleetwarden_operator_malloc_bytes", {"part": "in_use"}) is None

@@ -287,7 +287,8 @@ class Runtime:
         # minutes more than the lookback: build() sets it); the fetcher's re-read minutes are never kept
         self.folds = warmfold.Folds(tail_minutes=getattr(fetcher, "settle_minutes", warmfold.TAIL_MINUTES))
         self.backoff = Backoff(first=interval)  # actions that failed wait before they are tried again
-        self._budgets: dict[tuple[str, Any], spec.AgentBudget | errors.ManifestError] = {}  # (uid, generation)
+        # uid -> (generation, the budget parsed at it): one per budget, its latest generation only
+        self._budgets: dict[str, tuple[Any, spec.AgentBudget | errors.ManifestError]] = {}
         self._gaps_lock = threading.Lock()
         self._gaps: dict[str, set[str]] = {}  # Deployment uid -> governance problems already posted
         self._sources: set[spec.SourceType] = set()  # the spec.source of the budgets seen, besides the SDK
@@ -366,6 +367,7 @@ class Runtime:
         self._status.pop(uid, None)
         self._written_at.pop(uid, None)
         self._evaluated_at.pop(uid, None)
+        self._budgets.pop(uid, None)
         self._labels.forget(namespace)
         metrics.forget(namespace, name)
 
@@ -577,18 +579,19 @@ class Runtime:
     def _parse(self, body: Mapping[str, Any]) -> spec.AgentBudget | errors.ManifestError:
         """The AgentBudget of a body, or what is wrong with it (one line naming the field)."""
         meta = body.get("metadata") or {}
-        key = (str(meta.get("uid")), meta.get("generation"))
-        if key[1] is not None and key in self._budgets:
-            return self._budgets[key]
+        uid, generation = str(meta.get("uid")), meta.get("generation")
+        kept = self._budgets.get(uid)
+        if generation is not None and kept is not None and kept[0] == generation:
+            return kept[1]
         try:
             parsed: spec.AgentBudget | errors.ManifestError = spec.AgentBudget.model_validate(
                 {k: body[k] for k in ("metadata", "spec") if k in body})
         except pydantic.ValidationError as exc:
             parsed = manifests.object_error(exc)
-        if key[1] is not None:
-            if len(self._budgets) > 100_000:
+        if generation is not None:
+            if len(self._budgets) > 100_000:  # budgets deleted while no DELETED event reached us
                 self._budgets.clear()
-            self._budgets[key] = parsed
+            self._budgets[uid] = (generation, parsed)  # an older generation's parse is dropped
         return parsed
 
     def check_governance(self, deployments: Iterable[Mapping[str, Any]],

@@ -108,6 +108,24 @@ def test_one_prometheus_fetch_serves_every_budget_of_a_cycle() -> None:
     assert len(k.of("status")) == 50  # one status patch per budget
 
 
+def test_a_budget_is_parsed_once_per_generation_and_only_its_latest_parse_is_kept() -> None:
+    """Each spec edit is a new generation: a long-running operator must not keep every old parse
+    (one per edit of every budget), nor the parse of a budget deleted."""
+    rt = make(CountingFetcher(), FakeKube())
+    first = rt.parse_budget(body(0))
+    assert first is not None and rt.parse_budget(body(0)) is first  # the same generation: parsed once
+    for generation, cap in ((2, 5), (3, 7), (4, 9)):
+        edited = body(0)
+        edited["metadata"]["generation"] = generation
+        edited["spec"]["limits"][0]["amountUSD"] = cap
+        parsed = rt.parse_budget(edited)
+        assert parsed is not None and parsed.spec.limits[0].amount_usd == cap  # the edit is read
+    rt.parse_budget(body(1))
+    assert len(rt._budgets) == 2  # noqa: SLF001 - one parse per budget, not one per generation seen
+    rt.forget("uid-0", "shop", "budget-0")  # deleted
+    assert set(rt._budgets) == {"uid-1"}  # noqa: SLF001
+
+
 def test_status_is_not_written_again_when_nothing_changed() -> None:
     """A second evaluation with the same data writes no status patch."""
     k = FakeKube()

@@ -375,6 +375,11 @@ class Runtime:
         uid = str((body.get("metadata") or {}).get("uid"))
         return dict(self._status.get(uid) or body.get("status") or {})
 
+    def has_status(self, uid: str) -> bool:
+        """Whether this process wrote a status of budget ``uid`` (then :meth:`previous_status`
+        reads that one, never the body's)."""
+        return bool(self._status.get(uid))
+
     def is_holding(self, body: Mapping[str, Any]) -> bool:
         """Whether the budget keeps its agents at zero (Killed, Suspended, or a ScaleToZero step in force)."""
         status = self.previous_status(body)

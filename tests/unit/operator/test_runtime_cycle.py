@@ -294,3 +294,26 @@ def test_without_a_good_snapshot_evaluations_wait_for_the_fetch() -> None:
     fetcher.fail = False
     rt.new_cycle()
     assert rt.snapshot().fetched_at == NOW and fetcher.fetches == 2
+
+
+def test_kopfs_budget_index_holds_a_status_only_until_the_runtime_wrote_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status a budget's evaluation reads is the runtime's own once it wrote one; the index
+    copy keeps the body's status only before that (the first evaluation after a start reads it)."""
+    from fleetwarden.handlers import agentbudgets
+
+    k = FakeKube()
+    rt = make(CountingFetcher(), k)
+    monkeypatch.setattr(agentbudgets, "RUNTIME", rt)
+    written = body(0)
+    written["status"] = {"state": "Killed", "killSwitch": {"engaged": True}, "observedGeneration": 1}
+    before = agentbudgets.budgets_by_namespace(body=written, namespace="shop")["shop"]
+    assert before["status"]["state"] == "Killed"  # no status of ours yet: the body's is kept
+    assert rt.previous_status(before)["state"] == "Killed"
+    rt.reconcile(before, [deployment(0)])
+    assert k.of("status") and rt.has_status("uid-0")
+    after = agentbudgets.budgets_by_namespace(body=written, namespace="shop")["shop"]
+    assert "status" not in after and after["spec"] == written["spec"]
+    assert rt.previous_status(after) == rt.previous_status(written) != {}  # what is read is the same
+    other = body(1)  # a budget not written by this process yet keeps its status in the index
+    other["status"] = {"state": "Active"}
+    assert agentbudgets.budgets_by_namespace(body=other, namespace="shop")["shop"]["status"] == {"state": "Active"}

@@ -91,8 +91,9 @@ class _MallInfo2(ctypes.Structure):
 
 def malloc_bytes() -> dict[str, int] | None:
     """glibc's own account of the memory ``malloc`` holds, in bytes, over all its arenas:
-    ``in_use`` (blocks allocated now, in the arenas), ``free`` (freed in the arenas but kept
-    from the system: what :func:`trim` can give back, or fragments between blocks in use) and
+    ``in_use`` (blocks allocated now, in the arenas), ``free`` (blocks freed and kept for reuse,
+    mostly holes between blocks in use; :func:`trim` gives the whole pages among them back, which
+    stay counted here, so not all of it need be resident) and
     ``mmapped`` (large blocks each in a mapping of its own, given back when freed). None when
     it cannot say: not glibc, or a glibc older than 2.33 (no ``mallinfo2``). Python's own
     allocator (objects of 512 bytes or less) takes its memory in 1 MiB mappings outside these."""
@@ -149,8 +150,8 @@ class Clock(Collector):
         held = malloc_bytes()
         if held is not None:  # (absent: glibc cannot say; never a 0 for an unknown)
             account = GaugeMetricFamily("fleetwarden_operator_malloc_bytes",
-                                        "Memory glibc's malloc holds, by part: in_use, free (held from the system, "
-                                        "not in use) and mmapped.", labels=["part"])
+                                        "Memory glibc's malloc holds, by part: in_use, free (freed, kept for reuse) "
+                                        "and mmapped (large blocks in mappings of their own).", labels=["part"])
             for part, value in held.items():
                 account.add_metric([part], value)
             yield account

@@ -127,6 +127,10 @@ def _copy(body: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+_OBJECT = ("apiVersion", "kind", "metadata", "spec")  # what an index copies of an object
+_BUDGET = (*_OBJECT, "status")  # a budget's copy, its status included
+
+
 @kopf.index("apps", "v1", "deployments")
 def agent_deployments(**kwargs: Any) -> dict[str, Any]:
     return {kwargs["namespace"]: _compact_deployment(kwargs["body"])}
@@ -134,7 +138,7 @@ def agent_deployments(**kwargs: Any) -> dict[str, Any]:
 
 @kopf.index(spec.GROUP, spec.VERSION, "costpolicies")
 def cost_policies(**kwargs: Any) -> dict[str, Any]:
-    return {kwargs["namespace"]: _copy(kwargs["body"], ("apiVersion", "kind", "metadata", "spec"))}
+    return {kwargs["namespace"]: _copy(kwargs["body"], _OBJECT)}
 
 
 @kopf.index(spec.GROUP, spec.VERSION, "agentbudgets")
@@ -144,9 +148,7 @@ def budgets_by_namespace(**kwargs: Any) -> dict[str, Any]:
     budgets does not hold every status twice (about 6 KB each)."""
     body = kwargs["body"]
     uid = str((body.get("metadata") or {}).get("uid"))
-    keys = ("apiVersion", "kind", "metadata", "spec") if get_runtime().has_status(uid) else \
-        ("apiVersion", "kind", "metadata", "spec", "status")
-    return {kwargs["namespace"]: _copy(body, keys)}
+    return {kwargs["namespace"]: _copy(body, _OBJECT if get_runtime().has_status(uid) else _BUDGET)}
 
 
 @kopf.index(spec.GROUP, spec.VERSION, "costapprovals")
@@ -185,7 +187,7 @@ def _prompt(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any,
     uid = str((body.get("metadata") or {}).get("uid"))
     if not held and not get_runtime().evaluated(uid):
         return
-    FLEET.prompt(uid, _item(_copy(body, ("apiVersion", "kind", "metadata", "spec", "status")),
+    FLEET.prompt(uid, _item(_copy(body, _BUDGET),
                             agent_deployments, cost_policies, cost_approvals))
 
 

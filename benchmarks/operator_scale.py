@@ -29,7 +29,11 @@ starts, so every cycle measured is one "with nothing new" (the agents' data goes
 after three scrape intervals, written once, then unchanged).
 
     python benchmarks/operator_scale.py [--budgets 10000] [--evaluation fleet|timers]
-                                        [--interval 15] [--measure 60]
+                                        [--interval 15] [--measure 60] [--census]
+
+``--census``: after the window, the operator's heap by type (``sys.getsizeof`` of every object
+reachable from the collector's) and CPython's account of its small-object arenas
+(``benchmarks/census/sitecustomize.py``, on the operator's ``PYTHONPATH`` only).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from fleetwarden.devcluster import cluster as devcluster
 from fleetwarden.devcluster import monitoring, pki, procs
 
 ROOT = Path(__file__).resolve().parents[1]
+CENSUS_HOOK = Path(__file__).resolve().parent / "census"  # its sitecustomize.py: --census
 NAMESPACES = 100
 HISTORY_MINUTES = 90 + warmfold.ANCHOR_MINUTES  # what the operator fetches: the lookback and its anchor
 STEP = 30  # seconds between backfilled samples (increase(x[1m]) needs two in a minute)
@@ -249,6 +254,9 @@ def start_operator(info: dict[str, Any], work: Path, prom_url: str, args: argpar
                    ) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(os.environ, KUBECONFIG=str(operator_kubeconfig(info, work)), PYTHONUNBUFFERED="1",
                FLEETWARDEN_EVALUATION=args.evaluation, FLEETWARDEN_WORKERS=str(args.workers))
+    if args.census:  # the operator alone gets the census hook (benchmarks/census/sitecustomize.py)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CENSUS_HOOK), env.get("PYTHONPATH", "")) if p)
+        env["FLEETWARDEN_BENCH_CENSUS"] = str(work / "census")
     port = procs.free_port()
     argv = [sys.executable, "-m", "fleetwarden", "operator", "--all-namespaces", "--interval", str(args.interval),
             "--prometheus-url", prom_url, "--metrics-port", str(port), "--leader-elect",
@@ -305,6 +313,17 @@ def measure(watch: Watch, n: int, args: argparse.Namespace) -> None:
     after = watch.reading()
     _, hwm = memory(watch.proc.pid)
     report(before, after, n, args, rss_max, hwm, oldest_max, last_max)
+    if args.census:
+        census(args.work)
+
+
+def census(work: Path) -> None:
+    """After the window: the operator's heap by type and pymalloc's account of its arenas (the walk
+    holds the operator for a minute or more, so it comes after everything measured)."""
+    (work / "census.go").touch()
+    wait("the operator's heap census", (work / "census.txt").exists, 900, every=2.0)
+    print("heap census after the window (benchmarks/census/sitecustomize.py):")
+    print((work / "census.txt").read_text(), end="")
 
 
 def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse.Namespace,
@@ -356,9 +375,12 @@ def main() -> int:
     parser.add_argument("--first-timeout", type=float, default=3600.0,
                         help="seconds allowed for kopf's indexes and the first pass over every budget")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work directory (logs) here")
+    parser.add_argument("--census", action="store_true",
+                        help="after the window, walk the operator's heap: its objects by type, pymalloc's arenas")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="fleetwarden-scale-"))
     work.mkdir(parents=True, exist_ok=True)
+    args.work = work
     local = devcluster.LocalCluster(work / "cluster", tie_to_parent=True)
     prom: monitoring.Prometheus | None = None
     proc: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,97 @@
+"""A census of a process's heap, for ``benchmarks/operator_scale.py --census`` (never installed).
+
+Put on the ``PYTHONPATH`` of one process only, with ``FLEETWARDEN_BENCH_CENSUS=PREFIX``: when
+the file ``PREFIX.go`` appears, a thread of that process walks every object reachable from the
+garbage collector's (``gc.get_objects``, then ``gc.get_referents`` down to the untracked ones:
+strings, numbers, bytes), sums ``sys.getsizeof`` per type, reads CPython's own account of its
+small-object allocator (``sys._debugmallocstats``) and writes both to ``PREFIX.txt``. The walk
+holds the process for about a minute at 10,000 budgets and its set of ids costs hundreds of
+MiB: take it after what is measured, never during.
+"""
+
+from __future__ import annotations
+
+import os
+
+PREFIX = os.environ.get("FLEETWARDEN_BENCH_CENSUS")
+TOP = 30
+# sys._debugmallocstats' lines kept, and what each says
+PYMALLOC = {
+    "# arenas allocated current": "arenas (1 MiB each)",
+    "# bytes in allocated blocks": "bytes in objects alive",
+    "# bytes in available blocks": "bytes free in pools partly used",
+    "unused pools": "bytes in empty pools",
+}
+
+
+def pymalloc_lines(text: str) -> list[str]:
+    """The lines of ``sys._debugmallocstats`` output that say how its arenas are used."""
+    out = []
+    for line in text.splitlines():
+        for start, said in PYMALLOC.items():
+            if line.startswith(start) or (start == "unused pools" and start in line):
+                out.append(f"pymalloc {said}: {line.split('=')[-1].strip()}")
+    return out
+
+
+def census() -> str:
+    """The heap's census, as text: RSS, the objects by type (largest first), pymalloc's account."""
+    import collections
+    import gc
+    import sys
+    import tempfile
+    import time
+
+    started = time.monotonic()
+    with open("/proc/self/status") as status:
+        rss = [line.split(":", 1)[1].strip() for line in status if line.startswith("VmRSS")]
+    with tempfile.TemporaryFile("w+") as err:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)  # the C-level stderr, where _debugmallocstats writes
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        pymalloc = pymalloc_lines(err.read())
+    counts: collections.Counter[str] = collections.Counter()
+    sizes: collections.Counter[str] = collections.Counter()
+    stack = gc.get_objects()
+    seen = {id(o) for o in stack}
+    i = 0
+    while i < len(stack):
+        o = stack[i]
+        i += 1
+        kind = type(o)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        counts[name] += 1
+        sizes[name] += sys.getsizeof(o, 0)  # (the default: an object that cannot say)
+        for r in gc.get_referents(o):
+            if id(r) not in seen:
+                seen.add(id(r))
+                stack.append(r)
+    lines = [f"RSS at the census: {rss[0] if rss else 'unknown'}",
+             f"objects: {len(stack)}, {sum(sizes.values()) / 2**20:.1f} MiB by sys.getsizeof, "
+             f"walked in {time.monotonic() - started:.0f}s",
+             *pymalloc]
+    lines += [f"{size / 2**20:9.1f} MiB {counts[name]:10d}  {name}" for name, size in sizes.most_common(TOP)]
+    return "\n".join(lines) + "\n"
+
+
+def _watch(prefix: str) -> None:
+    import time
+
+    while not os.path.exists(prefix + ".go"):
+        time.sleep(1)
+    text = census()
+    with open(prefix + ".part", "w") as f:
+        f.write(text)
+    os.replace(prefix + ".part", prefix + ".txt")
+
+
+if PREFIX:
+    import threading
+
+    threading.Thread(target=_watch, args=(PREFIX,), daemon=True, name="heap-census").start()

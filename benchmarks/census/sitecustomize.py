@@ -4,7 +4,8 @@ Put on the ``PYTHONPATH`` of one process only, with ``FLEETWARDEN_BENCH_CENSUS=P
 the file ``PREFIX.go`` appears, a thread of that process walks every object reachable from the
 garbage collector's (``gc.get_objects``, then ``gc.get_referents`` down to the untracked ones:
 strings, numbers, bytes), sums ``sys.getsizeof`` per type, reads CPython's own account of its
-small-object allocator (``sys._debugmallocstats``) and writes both to ``PREFIX.txt``. The walk
+small-object allocator (``sys._debugmallocstats``; for that call the process's stderr goes to
+the census) and writes both to ``PREFIX.txt``. The walk
 holds the process for about a minute at 10,000 budgets and its set of ids costs hundreds of
 MiB: take it after what is measured, never during.
 """
@@ -58,8 +59,14 @@ def census() -> str:
         pymalloc = pymalloc_lines(err.read())
     counts: collections.Counter[str] = collections.Counter()
     sizes: collections.Counter[str] = collections.Counter()
-    stack = gc.get_objects()
-    seen = {id(o) for o in stack}
+    # the collector's objects, and the modules and the threads' frames: objects frozen by
+    # gc.freeze (the operator freezes once after its first pass) are not in gc.get_objects
+    seen: set[int] = set()
+    stack: list[object] = []
+    for o in [*gc.get_objects(), *sys.modules.values(), *sys._current_frames().values()]:
+        if id(o) not in seen:
+            seen.add(id(o))
+            stack.append(o)
     i = 0
     while i < len(stack):
         o = stack[i]

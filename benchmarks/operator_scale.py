@@ -273,7 +273,7 @@ def wait(what: str, check: Any, timeout: float, every: float = 1.0) -> None:
         time.sleep(every)
 
 
-def measure(watch: Watch, n: int, args: argparse.Namespace) -> None:
+def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
     started = time.monotonic()
 
     first: list[float] = []
@@ -314,7 +314,7 @@ def measure(watch: Watch, n: int, args: argparse.Namespace) -> None:
     _, hwm = memory(watch.proc.pid)
     report(before, after, n, args, rss_max, hwm, oldest_max, last_max)
     if args.census:
-        census(args.work)
+        census(work)
 
 
 def census(work: Path) -> None:
@@ -380,7 +380,6 @@ def main() -> int:
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="fleetwarden-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    args.work = work
     local = devcluster.LocalCluster(work / "cluster", tie_to_parent=True)
     prom: monitoring.Prometheus | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -396,7 +395,7 @@ def main() -> int:
         kubectl(info, "wait", "--for=condition=Established", "--timeout=60s", "crd/agentbudgets.fleetwarden.dev")
         create_all(kube.Kube(kube.load_config(str(info["kubeconfig"]))), args.budgets, args.workers)
         proc, port = start_operator(info, work, prom.url, args)
-        measure(Watch(info, proc, port), len(agents), args)
+        measure(Watch(info, proc, port), len(agents), args, work)
         return 0
     finally:
         if proc is not None:

@@ -5,9 +5,9 @@ the file ``PREFIX.go`` appears, a thread of that process walks every object reac
 garbage collector's (``gc.get_objects``, then ``gc.get_referents`` down to the untracked ones:
 strings, numbers, bytes), sums ``sys.getsizeof`` per type, reads CPython's own account of its
 small-object allocator (``sys._debugmallocstats``; for that call the process's stderr goes to
-the census) and writes both to ``PREFIX.txt``. The walk
-holds the process for about a minute at 10,000 budgets and its set of ids costs hundreds of
-MiB: take it after what is measured, never during.
+the census) and writes both to ``PREFIX.txt``. The walk holds the process for about a minute at
+10,000 budgets and its set of ids costs hundreds of MiB: take it after what is measured, never
+during.
 """
 
 from __future__ import annotations
@@ -16,23 +16,19 @@ import os
 
 PREFIX = os.environ.get("FLEETWARDEN_BENCH_CENSUS")
 TOP = 30
-# sys._debugmallocstats' lines kept, and what each says
+# what names each line of sys._debugmallocstats kept, and what the line says
 PYMALLOC = {
     "# arenas allocated current": "arenas (1 MiB each)",
     "# bytes in allocated blocks": "bytes in objects alive",
     "# bytes in available blocks": "bytes free in pools partly used",
-    "unused pools": "bytes in empty pools",
+    " unused pools * ": "bytes in empty pools",
 }
 
 
 def pymalloc_lines(text: str) -> list[str]:
     """The lines of ``sys._debugmallocstats`` output that say how its arenas are used."""
-    out = []
-    for line in text.splitlines():
-        for start, said in PYMALLOC.items():
-            if line.startswith(start) or (start == "unused pools" and start in line):
-                out.append(f"pymalloc {said}: {line.split('=')[-1].strip()}")
-    return out
+    return [f"pymalloc {said}: {line.split('=')[-1].strip()}"
+            for line in text.splitlines() for name, said in PYMALLOC.items() if name in line]
 
 
 def census() -> str:

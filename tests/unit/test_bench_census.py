@@ -17,7 +17,7 @@ class Marker:
         self.n = n
 held = [Marker(i) for i in range(200_000)]
 import gc
-gc.freeze()  # as the operator does after its first pass: frozen objects are not in gc.get_objects
+gc.freeze()  # as the operator does after its first pass
 prefix = os.environ["FLEETWARDEN_BENCH_CENSUS"]
 open(prefix + ".go", "w").close()
 for _ in range(600):

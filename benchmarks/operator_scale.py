@@ -30,6 +30,12 @@ after three scrape intervals, written once, then unchanged).
 
     python benchmarks/operator_scale.py [--budgets 10000] [--evaluation fleet|timers]
                                         [--interval 15] [--measure 60] [--census]
+                                        [--kopf-start indexed|plain [--kopf-idle S] [--kopf-chunk N]]
+
+``--kopf-start indexed|plain`` (with ``--kopf-idle``, ``--kopf-chunk``): kopf alone in place of
+the operator (``benchmarks/kopf_start/handlers.py``), its copies of the budgets and Deployments in
+kopf indexes or in its event handlers' own dict; it prints kopf's RSS once every object has been
+handled and ``--measure`` seconds later (docs/operator.md, "kopf's start, measured alone").
 
 ``--census``: after the window, the operator's heap by type (``sys.getsizeof`` of every object
 reachable from the collector's) and CPython's account of its small-object arenas
@@ -59,6 +65,7 @@ from fleetwarden.devcluster import monitoring, pki, procs
 
 ROOT = Path(__file__).resolve().parents[1]
 CENSUS_HOOK = Path(__file__).resolve().parent / "census"  # its sitecustomize.py: --census
+KOPF_START = Path(__file__).resolve().parent / "kopf_start" / "handlers.py"  # --kopf-start
 NAMESPACES = 100
 HISTORY_MINUTES = 90 + warmfold.ANCHOR_MINUTES  # what the operator fetches: the lookback and its anchor
 STEP = 30  # seconds between backfilled samples (increase(x[1m]) needs two in a minute)
@@ -265,6 +272,51 @@ def start_operator(info: dict[str, Any], work: Path, prom_url: str, args: argpar
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), port
 
 
+def start_kopf(info: dict[str, Any], work: Path, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    """kopf alone (``--kopf-start``): ``benchmarks/kopf_start/handlers.py`` in place of the operator."""
+    env = dict(os.environ, KUBECONFIG=str(operator_kubeconfig(info, work)), PYTHONUNBUFFERED="1",
+               FLEETWARDEN_BENCH_KOPF_INDEXES="1" if args.kopf_start == "indexed" else "0",
+               FLEETWARDEN_BENCH_KOPF_COUNTS=str(work / "kopf-counts"))
+    if args.kopf_idle is not None:
+        env["FLEETWARDEN_BENCH_KOPF_IDLE"] = str(args.kopf_idle)
+    if args.kopf_chunk is not None:
+        env["FLEETWARDEN_BENCH_KOPF_CHUNK"] = str(args.kopf_chunk)
+    argv = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "--quiet", str(KOPF_START)]
+    log = (work / "kopf.log").open("w")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def measure_kopf_start(proc: subprocess.Popen[bytes], n: int, args: argparse.Namespace, work: Path) -> None:
+    """RSS of kopf alone every 2 s: until every budget and Deployment has been handled once, then
+    ``--measure`` seconds more."""
+    started, counts = time.monotonic(), work / "kopf-counts"
+    rss_max, done_at, last = 0.0, None, (0, 0)
+    while done_at is None or time.monotonic() < done_at + args.measure:
+        if proc.poll() is not None:
+            raise SystemExit(f"kopf exited with {proc.returncode} (see {work / 'kopf.log'})")
+        if time.monotonic() > started + args.first_timeout:
+            raise SystemExit(f"timed out after {args.first_timeout:.0f}s: {last[0]} budgets and {last[1]} "
+                             f"Deployments of {n} handled")
+        rss, _ = memory(proc.pid)
+        rss_max = max(rss_max, rss)
+        if counts.exists():
+            fields = counts.read_text().split()
+            if len(fields) == 2:
+                last = (int(fields[0]), int(fields[1]))
+        if done_at is None and last[0] >= n and last[1] >= n:
+            done_at = time.monotonic()
+        time.sleep(2.0)
+    rss, hwm = memory(proc.pid)
+    assert done_at is not None
+    print(f"kopf alone ({'with' if args.kopf_start == 'indexed' else 'without'} indexes; idle_timeout "
+          f"{args.kopf_idle if args.kopf_idle is not None else 'default'}, listing chunks "
+          f"{args.kopf_chunk if args.kopf_chunk is not None else 'none'}): {n} budgets and {n} Deployments "
+          f"handled {done_at - started:.0f}s after its start")
+    print(f"kopf RSS: {rss_max:.0f} MiB max, {rss:.0f} MiB {args.measure:.0f}s after all were handled, "
+          f"{hwm:.0f} MiB peak (VmHWM)")
+    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def wait(what: str, check: Any, timeout: float, every: float = 1.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -377,7 +429,14 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep the work directory (logs) here")
     parser.add_argument("--census", action="store_true",
                         help="after the window, walk the operator's heap: its objects by type, pymalloc's arenas")
+    parser.add_argument("--kopf-start", choices=("indexed", "plain"), default=None,
+                        help="run kopf alone in place of the operator (benchmarks/kopf_start/handlers.py), its "
+                             "copies of the objects in kopf indexes or in plain event handlers, and print its RSS")
+    parser.add_argument("--kopf-idle", type=float, default=None, help="--kopf-start: kopf's queueing.idle_timeout")
+    parser.add_argument("--kopf-chunk", type=int, default=None, help="--kopf-start: kopf's watching.chunk_size")
     args = parser.parse_args()
+    if args.census and args.kopf_start:
+        parser.error("--census walks the operator's heap: not with --kopf-start")
     work = args.keep or Path(tempfile.mkdtemp(prefix="fleetwarden-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     local = devcluster.LocalCluster(work / "cluster", tie_to_parent=True)
@@ -394,6 +453,10 @@ def main() -> int:
         kubectl(info, "apply", "-f", str(ROOT / "crds"))
         kubectl(info, "wait", "--for=condition=Established", "--timeout=60s", "crd/agentbudgets.fleetwarden.dev")
         create_all(kube.Kube(kube.load_config(str(info["kubeconfig"]))), args.budgets, args.workers)
+        if args.kopf_start:
+            proc = start_kopf(info, work, args)
+            measure_kopf_start(proc, len(agents), args, work)
+            return 0
         proc, port = start_operator(info, work, prom.url, args)
         measure(Watch(info, proc, port), len(agents), args, work)
         return 0

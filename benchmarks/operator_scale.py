@@ -437,6 +437,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.census and args.kopf_start:
         parser.error("--census walks the operator's heap: not with --kopf-start")
+    if not args.kopf_start and (args.kopf_idle is not None or args.kopf_chunk is not None):
+        parser.error("--kopf-idle and --kopf-chunk set kopf alone: only with --kopf-start")
     work = args.keep or Path(tempfile.mkdtemp(prefix="fleetwarden-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     local = devcluster.LocalCluster(work / "cluster", tie_to_parent=True)

@@ -5,8 +5,8 @@ this file), watching what the operator watches at scale, AgentBudgets and Deploy
 keeping the least the operator must: a compact copy of each (a budget's metadata and spec
 without ``managedFields``; a Deployment's name, labels and replicas). Nothing is evaluated.
 With ``FLEETWARDEN_BENCH_KOPF_INDEXES=1`` the copies are kopf indexes (``@kopf.index``, as
-the operator keeps them, with the operator's patch of kopf's readiness: handlers/kopftoggles.py),
-and kopf holds every object's worker until all are filled; with
+the operator keeps them, with the operator's patch of kopf's readiness from
+handlers/kopftoggles.py), and kopf holds every object's worker until all are filled; with
 ``0`` the event handlers keep them in a dict of their own. Its memory is kopf's start plus
 those copies. Settings from the environment: ``FLEETWARDEN_BENCH_KOPF_IDLE`` (kopf's
 ``queueing.idle_timeout``), ``FLEETWARDEN_BENCH_KOPF_CHUNK`` (``watching.chunk_size``).

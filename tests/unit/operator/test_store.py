@@ -1,0 +1,221 @@
+"""The fleet loop's own indexes and their readiness (handlers/store.py): the indexes read as kopf's
+do, and ``ready`` is set only once every watch of every kind has listed and every object listed
+has been handled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from fleetwarden.handlers import agentbudgets, fleet, store
+
+KINDS = [("fleetwarden.dev", "agentbudgets"), ("apps", "deployments")]
+
+
+def obj(uid: str, namespace: str = "shop") -> dict[str, Any]:
+    return {"metadata": {"uid": uid, "namespace": namespace, "name": uid}}
+
+
+def listed(uid: str, type_: str | None = None) -> dict[str, Any]:
+    return {"type": type_, "object": obj(uid)}
+
+
+# ---------------------------------------------------------------- Index
+
+
+def test_the_index_reads_as_kopfs_by_namespace_and_forgets_what_is_dropped() -> None:
+    index = store.Index()
+    index.put("shop", "a", obj("a"))
+    index.put("shop", "b", obj("b"))
+    index.put("crm", "c", obj("c", "crm"))
+    index.put("shop", "a", {"metadata": {"uid": "a", "name": "a2"}})  # a newer copy replaces the old
+    assert sorted(index) == ["crm", "shop"] and len(index) == 2 and index.count() == 3
+    assert [b["metadata"]["name"] for b in index["shop"]] == ["a2", "b"]
+    assert index.get("nowhere", ()) == ()
+    index.drop("crm", "c")
+    index.drop("crm", "c")  # twice: nothing happens
+    index.drop("nowhere", "x")
+    assert list(index) == ["shop"] and index.count() == 2  # an emptied namespace is gone
+    # the fleet loop copies it as it copied kopf's
+    items = fleet.copy_indexes(index, {"shop": [obj("d")]}, {}, {})
+    assert [(i.budget["metadata"]["name"], len(i.deployments)) for i in items] == [("a2", 1), ("b", 1)]
+
+
+def test_reading_the_index_while_it_changes_never_fails() -> None:
+    index = store.Index()
+    for i in range(5):
+        index.put(f"ns-{i}", "x", obj("x"))
+    for namespace in index:  # a handler drops namespaces while the loop iterates
+        index.drop(namespace, "x")
+        index.put("late", str(namespace), obj("y"))
+    assert list(index) == ["late"]
+
+
+# ---------------------------------------------------------------- Listings
+
+
+def test_ready_only_once_every_kind_has_listed_and_every_object_listed_was_handled() -> None:
+    listings = store.Listings(KINDS)
+    listings.started(1, KINDS[0])
+    listings.started(99, ("", "namespaces"))  # a kind not indexed: ignored
+    for uid in ("b1", "b2"):
+        listings.listed(1, uid)
+    listings.listed(1, None)  # the budgets' listing is over
+    listings.handled("b1")
+    listings.handled("b2")
+    assert not listings.ready.is_set()  # no Deployment listed yet
+    listings.started(2, KINDS[1])
+    listings.listed(2, "d1")
+    listings.listed(2, None)
+    assert not listings.ready.is_set()  # d1 listed, not handled yet
+    assert "objects listed and not handled: 1" in listings.waiting_for()
+    listings.handled("d1")
+    assert listings.ready.is_set()
+    # afterwards nothing is tracked: a new listing (a watch restarted) does not unset it
+    listings.started(3, KINDS[1])
+    listings.listed(3, "d2")
+    assert listings.ready.is_set() and not listings.listing(3)
+
+
+def test_every_watch_of_a_kind_must_list_and_a_stopped_one_is_not_waited_for() -> None:
+    listings = store.Listings(KINDS)
+    listings.started(1, KINDS[0])  # budgets in namespace a
+    listings.started(2, KINDS[0])  # budgets in namespace b
+    listings.started(3, KINDS[1])
+    listings.listed(1, None)
+    listings.listed(3, None)
+    assert not listings.ready.is_set()  # namespace b's budgets are not listed
+    assert "fleetwarden.dev/agentbudgets" in listings.waiting_for()
+    listings.stopped(2)  # its namespace went away
+    assert listings.ready.is_set()
+
+
+def test_a_kind_whose_only_watch_stopped_is_waited_for_again() -> None:
+    listings = store.Listings(KINDS)
+    listings.started(1, KINDS[0])
+    listings.started(2, KINDS[1])
+    listings.listed(1, None)
+    listings.stopped(2)
+    assert not listings.ready.is_set()
+    assert "apps/deployments" in listings.waiting_for()
+
+
+def test_an_object_deleted_before_it_was_handled_counts_once_its_deletion_is() -> None:
+    listings = store.Listings(KINDS[:1])
+    listings.started(1, KINDS[0])
+    listings.listed(1, "gone")
+    listings.listed(1, None)
+    assert not listings.ready.is_set()
+    listings.handled("gone")  # the handler took its DELETED event (kopf may batch the two)
+    assert listings.ready.is_set()
+
+
+# ---------------------------------------------------------------- the watch stream
+
+
+class Mark:
+    pass
+
+
+LISTED = Mark()
+
+
+def run_watch(listings: store.Listings, events: list[Any], plural: str = "agentbudgets",
+              group: str = "fleetwarden.dev") -> list[Any]:
+    async def original(**kwargs: Any) -> AsyncIterator[Any]:
+        for event in events:
+            yield event
+
+    class Resource:
+        pass
+
+    resource = Resource()
+    resource.group, resource.plural = group, plural  # type: ignore[attr-defined]
+    wrapped = store._wrap(original, LISTED)  # noqa: SLF001
+
+    async def main() -> list[Any]:
+        return [e async for e in wrapped(resource=resource, namespace=None, settings=None)]
+
+    return asyncio.run(main())
+
+
+def test_the_wrapped_watch_passes_every_event_on_and_notes_the_first_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    listings = store.Listings(KINDS[:1])
+    monkeypatch.setattr(store, "_current", listings)
+    seen: list[Any] = []
+    events = [listed("a"), {"type": "BOOKMARK", "object": {}}, listed("b"), LISTED,
+              listed("c", "ADDED")]  # after the listing: the stream, not waited for
+
+    original_listed = listings.listed
+
+    def spy(watch: int, uid: str | None) -> None:
+        seen.append(uid)
+        original_listed(watch, uid)
+
+    monkeypatch.setattr(listings, "listed", spy)
+    assert run_watch(listings, events) == events
+    assert seen == ["a", "b", None]
+    # the stream has ended: its watch is no longer waited for, and a and b still are
+    assert not listings.ready.is_set()
+    assert "objects listed and not handled: 2" in listings.waiting_for()
+
+
+def test_a_kind_not_indexed_is_not_tracked(monkeypatch: pytest.MonkeyPatch) -> None:
+    listings = store.Listings(KINDS[:1])
+    monkeypatch.setattr(store, "_current", listings)
+    run_watch(listings, [listed("n1"), LISTED], plural="namespaces", group="")
+    assert "objects listed and not handled: 0" in listings.waiting_for()
+
+
+def test_watch_listings_wraps_kopfs_watch_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kopf._cogs.clients import watching
+
+    monkeypatch.setattr(watching, "infinite_watch", watching.infinite_watch)  # restored afterwards
+    monkeypatch.setattr(store, "_current", None)
+    first, second = store.Listings(KINDS), store.Listings(KINDS)
+    assert store.watch_listings(first)
+    wrapped = watching.infinite_watch
+    assert store.watch_listings(second)
+    assert watching.infinite_watch is wrapped  # not wrapped twice
+    assert store._current is second  # noqa: SLF001 - the latest listings are told
+
+
+def test_a_kopf_without_the_listing_mark_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from kopf._cogs.clients import watching
+
+    monkeypatch.setattr(watching, "infinite_watch", watching.infinite_watch)
+    monkeypatch.delattr(watching, "Bookmark")
+    before = watching.infinite_watch
+    with caplog.at_level(logging.WARNING):
+        assert not store.watch_listings(store.Listings(KINDS))
+    assert watching.infinite_watch is before
+    assert "keeps kopf's indexes" in caplog.text
+
+
+# ---------------------------------------------------------------- the handlers that keep them
+
+
+def test_the_keepers_hold_the_compact_copy_and_tell_the_listings(monkeypatch: pytest.MonkeyPatch) -> None:
+    listings = store.Listings(KINDS[1:])
+    monkeypatch.setattr(agentbudgets, "LISTINGS", listings)
+    listings.started(1, KINDS[1])
+    listings.listed(1, "d1")
+    listings.listed(1, None)
+    index = store.Index()
+    keep = agentbudgets._keeper(index, agentbudgets.agent_deployments)  # noqa: SLF001
+    body = {"metadata": {"uid": "d1", "name": "bot", "namespace": "shop", "labels": {"app": "support"},
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
+            "status": {"readyReplicas": 3}}
+    asyncio.run(keep(event={"type": None}, body=body, namespace="shop"))
+    (kept,) = index["shop"]
+    assert kept == agentbudgets.agent_deployments(body=body, namespace="shop")["shop"]
+    assert "managedFields" not in kept["metadata"] and "status" not in kept
+    assert listings.ready.is_set()
+    asyncio.run(keep(event={"type": "DELETED"}, body=body, namespace="shop"))
+    assert len(index) == 0

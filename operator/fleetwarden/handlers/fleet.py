@@ -5,13 +5,16 @@ one finalizer per budget, each firing on its own phase. At 10,000 budgets on a 2
 machine those timers fall behind the interval (docs/operator.md, Scale): kopf schedules
 10,000 tasks, each hopping to a worker thread and back. Here one loop does the same work:
 
-1. It runs in kopf's event loop (started by a startup handler) and waits until kopf has
-   filled its indexes (``ready``: set by the first event handler that runs, as kopf holds
-   every handler back until all indexes are populated), so no budget is ever evaluated
-   against a half-listed fleet.
+1. It runs in kopf's event loop (started by a startup handler) and waits until the indexes
+   are complete (``ready``: the operator's own indexes, :mod:`fleetwarden.handlers.store`,
+   set it once every watched object is listed and handled; with kopf's indexes, the first
+   event handler to run sets it, as kopf holds every handler back until all are filled),
+   so no budget is ever evaluated against a half-listed fleet. It then runs ``on_ready``
+   once (the governance check of every namespace), and logs what it still waits for
+   (``waiting``) every 30 s until then.
 2. Every interval it forgets the cached Prometheus snapshot (one fleet-wide fetch per
    cycle: the number of queries does not grow with the fleet), copies the budgets and each
-   namespace's Deployments, CostPolicies and CostApprovals out of kopf's indexes (in the
+   namespace's Deployments, CostPolicies and CostApprovals out of the indexes (in the
    event loop's thread, so no watch event changes them while they are copied), and
    evaluates every budget on a pool of ``FLEETWARDEN_WORKERS`` threads
    (:meth:`fleetwarden.handlers.runtime.Runtime.reconcile`: the status is written only when
@@ -77,7 +80,7 @@ def _values(index: Any, namespace: str) -> list[Body]:
 
 
 def copy_indexes(budgets: Any, deployments: Any, policies: Any, approvals: Any) -> list[Item]:
-    """Every budget of kopf's indexes (namespace -> store) with its namespace's objects; the lists
+    """Every budget of the indexes (namespace -> store) with its namespace's objects; the lists
     of one namespace are shared by its budgets. Call it in the event loop's thread."""
     items: list[Item] = []
     for namespace in list(budgets or ()):
@@ -117,12 +120,16 @@ class FleetLoop:
     def __init__(self, evaluate: Callable[[Item], Any], *, interval: float, workers: int,
                  new_cycle: Callable[[], None], ready: threading.Event,
                  settled: Callable[[], Any] | None = None,
+                 on_ready: Callable[[], Any] | None = None,
+                 waiting: Callable[[], str] | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.evaluate = evaluate
         self.interval = interval
         self.new_cycle = new_cycle
         self.ready = ready
         self.settled = settled  # called once, after the first cycle (handlers/heap.py: settle)
+        self.on_ready = on_ready  # called once, in the cycle's thread, before the first cycle
+        self.waiting = waiting  # what readiness waits for, logged while it waits
         self.monotonic = monotonic
         self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fleet-eval")
         self.driver = cf.ThreadPoolExecutor(1, thread_name_prefix="fleet-cycle")
@@ -176,8 +183,17 @@ class FleetLoop:
         """Cycle until cancelled (kopf cancels its tasks when it stops)."""
         loop = asyncio.get_running_loop()
         try:
+            waited = 0
             while not self.ready.is_set():
                 await asyncio.sleep(0.2)
+                waited += 1
+                if self.waiting is not None and waited % 150 == 0:
+                    log.info("the fleet loop waits for the indexes: %s", self.waiting())
+            if self.on_ready is not None:
+                try:
+                    await loop.run_in_executor(self.driver, self.on_ready)
+                except Exception as exc:  # noqa: BLE001 - logged; the cycles go on without it
+                    log.warning("before the first cycle: %s", exc)
             while True:
                 started = self.monotonic()
                 items = copy_indexes(budgets, deployments, policies, approvals)

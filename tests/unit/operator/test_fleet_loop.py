@@ -147,6 +147,28 @@ def test_the_heap_settles_once_after_the_first_cycle_has_evaluated_every_budget(
     assert settled == [(1, 5)]
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_on_ready_runs_once_before_the_first_cycle_and_its_failure_stops_no_cycle(
+        fails: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """The governance check of every namespace (own indexes) runs once the indexes are complete,
+    before any budget is evaluated; if it fails, it is logged and the cycles go on."""
+    order: list[str] = []
+    ready = threading.Event()
+
+    def on_ready() -> None:
+        order.append("ready")
+        if fails:
+            raise RuntimeError("the API server said no")
+
+    loop = fleet.FleetLoop(lambda item: order.append(item.budget["metadata"]["name"]), interval=0.001,
+                           workers=1, new_cycle=lambda: None, ready=ready, on_ready=on_ready)
+    ready.set()
+    with caplog.at_level(logging.WARNING):
+        run_until(loop, (index(body(0)), {}, {}, {}), lambda: loop.cycles >= 3)
+    assert order[0] == "ready" and order.count("ready") == 1 and order.count("budget-0") >= 3
+    assert ("the API server said no" in caplog.text) is fails
+
+
 def test_oldest_evaluation_follows_the_budget_evaluated_longest_ago() -> None:
     clock = {"now": 100.0}
     rt = make(CountingFetcher(), FakeKube(), monotonic=lambda: clock["now"])
@@ -167,11 +189,14 @@ def test_the_mode_chooses_the_handlers(mode: str, timer: bool, fleet_loop: bool)
     """fleet registers the fleet loop and no per-budget timer; timers (the default) the reverse."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARDEN_")}
     env["FLEETWARDEN_EVALUATION"] = mode
-    code = ("import fleetwarden.handlers.agentbudgets as a; "
-            "print(hasattr(a, 'budget_timer'), hasattr(a, 'start_fleet'))")
+    code = ("import kopf, fleetwarden.handlers.agentbudgets as a; r = kopf.get_default_registry(); "
+            "print(hasattr(a, 'budget_timer'), hasattr(a, 'start_fleet'), "
+            "len(list(r._indexing.get_all_handlers())), "
+            "sum(h.id.startswith('keep_') for h in r._watching.get_all_handlers()))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=ROOT, timeout=120).stdout.split()
-    assert out == [str(timer), str(fleet_loop)]
+    # the fleet loop keeps its own indexes (handlers/store.py); the timers read kopf's
+    assert out == [str(timer), str(fleet_loop), "0" if fleet_loop else "4", "4" if fleet_loop else "0"]
 
 
 def test_a_cancelled_loop_ends_its_cycle_with_budgets_still_queued() -> None:

@@ -178,12 +178,14 @@ def test_status_fills_in_and_kubectl_shows_it(cluster: Any, namespace: str, flee
     assert row.split()[0:2] == ["support", "hour"] and row.split()[5] == "Active"
 
 
+@pytest.mark.parametrize("evaluation", ["timers", "fleet"])
 def test_kill_switch_scales_to_zero_holds_and_resumes_exactly(cluster: Any, namespace: str, fleet: dict[str, Any],
                                                               prometheus: Any, exporter: Exporter, workdir: Path,
-                                                              request: pytest.FixtureRequest) -> None:
-    """Spend past 150% of the hourly cap: scale to 0, hold against a scale-up, restore on acknowledge."""
+                                                              request: pytest.FixtureRequest, evaluation: str) -> None:
+    """Spend past 150% of the hourly cap: scale to 0, hold against a scale-up, restore on acknowledge
+    (with a kopf timer per budget, and with the fleet loop and its own indexes)."""
     cluster.apply(budget(namespace, hour_cap=1.0))
-    op = start_operator(cluster, prometheus.url, namespace, workdir, request)
+    op = start_operator(cluster, prometheus.url, namespace, workdir, request, extra=("--evaluation", evaluation))
     cluster.wait_for(lambda: condition(status(cluster, namespace), "Ready").get("status") == "True", 60,
                      "budget Ready")
     assert replicas(cluster, namespace, "bot") == 3

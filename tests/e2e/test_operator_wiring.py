@@ -113,13 +113,17 @@ def test_spend_unit_costs_targets_and_the_kill_alert(cluster: Any, namespace: st
     cluster.wait_for(lambda: replicas(cluster, namespace, "bot") == 3, 30, "replicas restored")
 
 
+@pytest.mark.parametrize("evaluation", ["timers", "fleet"])
 def test_guardrails_approvals_and_ungoverned_agents(cluster: Any, namespace: str,
                                                      crds_installed: list[str],  # noqa: F811
                                                      prometheus: Any, exporter: Exporter,  # noqa: F811
-                                                     workdir: Path, request: pytest.FixtureRequest) -> None:  # noqa: F811
+                                                     workdir: Path, request: pytest.FixtureRequest,
+                                                     evaluation: str) -> None:
     """A pending CostApproval sets ApprovalPending; agents outside governance get one Warning Event each;
     the SDK's token-cap decisions and calls to a tool outside the allowlist become one finding each
-    (Event, status.incidents)."""
+    (Event, status.incidents). Every object exists before the operator starts: in ``fleet`` mode the
+    operator's own indexes (handlers/store.py) must hold them all before the first evaluation, and the
+    governance check of the listed Deployments runs once they do."""
     wf = {"agent": "bot", "namespace": namespace, "workflow": "support"}
     exporter.set("llm_cost", 0.0, **llm_labels("bot", namespace))
     exporter.set("guardrails", 0.0, **wf, tool="", status="token_cap_exceeded")
@@ -150,7 +154,7 @@ def test_guardrails_approvals_and_ungoverned_agents(cluster: Any, namespace: str
     job = scrape(prometheus, exporter, namespace)
     request.addfinalizer(lambda: prometheus.remove_target(job))
     prometheus.wait_for_query(f'fleetwarden_guardrail_decisions_total{{namespace="{namespace}"}}', timeout=30)
-    op = start_operator(cluster, prometheus.url, namespace, workdir, request)
+    op = start_operator(cluster, prometheus.url, namespace, workdir, request, extra=("--evaluation", evaluation))
 
     # ApprovalPending from the CostApproval index
     st = cluster.wait_for(lambda: (s := status(cluster, namespace)) and
@@ -183,3 +187,11 @@ def test_guardrails_approvals_and_ungoverned_agents(cluster: Any, namespace: str
     assert len(budget_events(cluster, namespace, "TokenCapExceeded")) == 1
     assert len(deployment_events(cluster, namespace, "Ungoverned", "stray")) == 1
     assert replicas(cluster, namespace, "bot") == 2  # action alert: nothing stopped
+    if evaluation == "fleet":  # the operator's own indexes hold what the API server does, and follow it
+        indexed = {kind: op.metric("fleetwarden_operator_indexed_objects", kind=kind)
+                   for kind in ("agentbudgets", "deployments", "costpolicies", "costapprovals")}
+        assert indexed == {"agentbudgets": 1, "deployments": 2, "costpolicies": 1, "costapprovals": 1}
+        assert op.metric("fleetwarden_operator_indexes_complete") == 1
+        cluster.kubectl("delete", "deployment", "stray", "-n", namespace)
+        cluster.wait_for(lambda: op.metric("fleetwarden_operator_indexed_objects", kind="deployments") == 1, 30,
+                         "the deleted Deployment gone from the index")

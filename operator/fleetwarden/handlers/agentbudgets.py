@@ -1,8 +1,12 @@
 """kopf handlers: evaluate every AgentBudget every interval, at once on a spec edit, and keep
 killed or suspended agents at zero when something scales their Deployment back up.
 
-- ``agent_deployments`` and ``cost_policies``: kopf indexes (namespace -> bodies), filled
-  from watches before any handler runs, so a cycle lists nothing from the API server.
+- ``agent_deployments`` and ``cost_policies``: indexes (namespace -> bodies), filled from
+  watches before any handler acts, so a cycle lists nothing from the API server. In
+  ``timers`` mode they are kopf indexes; in ``fleet`` mode the operator's own
+  (:mod:`fleetwarden.handlers.store`: kopf's indexes hold every object's worker and body
+  until all are filled, most of the start's memory at 10,000 budgets), kept by ``async``
+  event handlers (``keep_*``) and complete when ``LISTINGS.ready`` is set.
 - ``start_fleet`` (``FLEETWARDEN_EVALUATION=fleet``): one loop evaluates every
   indexed budget each ``FLEETWARDEN_INTERVAL`` seconds (:mod:`fleetwarden.handlers.fleet`).
 - ``budget_timer`` (``FLEETWARDEN_EVALUATION=timers``, the default): a kopf timer per AgentBudget, every
@@ -16,7 +20,7 @@ killed or suspended agents at zero when something scales their Deployment back u
   label) that no budget governs, or whose budget has no unit-economics target, gets a
   Warning Event (``Ungoverned`` / ``NoUnitEconomics``) once; a budget deleted or edited
   has its namespace checked again.
-- ``cost_approvals``: a kopf index of the CostApprovals (namespace -> compact bodies): the
+- ``cost_approvals``: an index of the CostApprovals (namespace -> compact bodies): the
   pending ones of a budget's agents set its ApprovalPending condition.
 
 All evaluation goes through :class:`fleetwarden.handlers.runtime.Runtime`.
@@ -35,7 +39,7 @@ import kopf
 from fleetwarden import errors
 from fleetwarden.adapters import alertmanager, prometheus
 from fleetwarden.core import spec
-from fleetwarden.handlers import fleet, heap, metrics, retry, runtime
+from fleetwarden.handlers import fleet, heap, metrics, retry, runtime, store
 from fleetwarden.handlers import settings as operator_settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,12 @@ SETTINGS = operator_settings.current()
 RUNTIME: runtime.Runtime | None = None
 # Set by the first event handler to run: kopf runs none before all its indexes are filled.
 INDEXED = threading.Event()
+# The fleet loop's own indexes (fleet mode), complete once LISTINGS.ready is set.
+KINDS = {"budgets": (spec.GROUP, "agentbudgets"), "deployments": ("apps", "deployments"),
+         "policies": (spec.GROUP, "costpolicies"), "approvals": (spec.GROUP, "costapprovals")}
+LISTINGS = store.Listings(KINDS.values())
+OWN_INDEXES = SETTINGS.evaluation == "fleet" and store.watch_listings(LISTINGS)
+STORE = {name: store.Index() for name in KINDS}
 FLEET: fleet.FleetLoop | None = None
 _FLEET_TASK: asyncio.Task[None] | None = None
 
@@ -77,6 +87,11 @@ def configure(**kwargs: Any) -> None:
     # kopf timers (FLEETWARDEN_EVALUATION=timers) put a finalizer on each AgentBudget (to stop
     # the timer on deletion); in fleet mode kopf removes it, nothing needing it any more
     settings.persistence.finalizer = "fleetwarden.dev/finalizer"
+    if OWN_INDEXES:
+        # Without kopf indexes each object's worker ends once its events are handled: the
+        # listing in pages, idle workers gone in half a second (docs/operator.md, Scale).
+        settings.watching.chunk_size = 500
+        settings.queueing.idle_timeout = 0.5
     heap.tune(metrics.REGISTRY)
     metrics.serve(SETTINGS.metrics_port)
     if SETTINGS.alertmanager_url:
@@ -131,17 +146,14 @@ _OBJECT = ("apiVersion", "kind", "metadata", "spec")  # what an index copies of 
 _BUDGET = (*_OBJECT, "status")  # a budget's copy, its status included
 
 
-@kopf.index("apps", "v1", "deployments")
 def agent_deployments(**kwargs: Any) -> dict[str, Any]:
     return {kwargs["namespace"]: _compact_deployment(kwargs["body"])}
 
 
-@kopf.index(spec.GROUP, spec.VERSION, "costpolicies")
 def cost_policies(**kwargs: Any) -> dict[str, Any]:
     return {kwargs["namespace"]: _copy(kwargs["body"], _OBJECT)}
 
 
-@kopf.index(spec.GROUP, spec.VERSION, "agentbudgets")
 def budgets_by_namespace(**kwargs: Any) -> dict[str, Any]:
     """A budget's copy, with its status only while this process has written none: once it has,
     the status it wrote is the one read (``Runtime.previous_status``), so an index of 10,000
@@ -151,7 +163,6 @@ def budgets_by_namespace(**kwargs: Any) -> dict[str, Any]:
     return {kwargs["namespace"]: _copy(body, _OBJECT if get_runtime().has_status(uid) else _BUDGET)}
 
 
-@kopf.index(spec.GROUP, spec.VERSION, "costapprovals")
 def cost_approvals(**kwargs: Any) -> dict[str, Any]:
     """What the evaluation needs of a CostApproval: who asks, for what, until when, decided or not."""
     body = kwargs["body"]
@@ -161,6 +172,65 @@ def cost_approvals(**kwargs: Any) -> dict[str, Any]:
         "spec": {k: s.get(k) for k in ("agent", "workflow", "rule", "tool", "expiresAt")},
         "status": {"decision": status.get("decision")},
     }}
+
+
+def _keeper(index: store.Index, copy: Any) -> Any:
+    """An ``async`` event handler keeping ``index`` (a ``copy`` of each object, as kopf's index
+    would hold it) and telling ``LISTINGS`` the object was handled."""
+    async def keep(**kwargs: Any) -> None:
+        event, body, namespace = kwargs["event"], kwargs["body"], str(kwargs["namespace"])
+        uid = str((body.get("metadata") or {}).get("uid"))
+        if event.get("type") == "DELETED":
+            index.drop(namespace, uid)
+        else:
+            index.put(namespace, uid, copy(**kwargs)[namespace])
+        LISTINGS.handled(uid)
+    return keep
+
+
+if OWN_INDEXES:
+    # Registered before the handlers that read them, so kopf runs them first on each event.
+    keep_budgets = kopf.on.event(spec.GROUP, spec.VERSION, "agentbudgets", id="keep_budgets")(
+        _keeper(STORE["budgets"], budgets_by_namespace))
+    keep_deployments = kopf.on.event("apps", "v1", "deployments", id="keep_deployments")(
+        _keeper(STORE["deployments"], agent_deployments))
+    keep_policies = kopf.on.event(spec.GROUP, spec.VERSION, "costpolicies", id="keep_policies")(
+        _keeper(STORE["policies"], cost_policies))
+    keep_approvals = kopf.on.event(spec.GROUP, spec.VERSION, "costapprovals", id="keep_approvals")(
+        _keeper(STORE["approvals"], cost_approvals))
+else:
+    kopf.index("apps", "v1", "deployments")(agent_deployments)
+    kopf.index(spec.GROUP, spec.VERSION, "costpolicies")(cost_policies)
+    kopf.index(spec.GROUP, spec.VERSION, "agentbudgets")(budgets_by_namespace)
+    kopf.index(spec.GROUP, spec.VERSION, "costapprovals")(cost_approvals)
+if OWN_INDEXES:
+    for _name, (_, _plural) in KINDS.items():
+        metrics.INDEXED_OBJECTS.labels(kind=_plural).set_function(STORE[_name].count)
+    metrics.INDEXES_COMPLETE.set_function(lambda: float(LISTINGS.ready.is_set()))
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """Budgets, Deployments, CostPolicies and CostApprovals by namespace: the operator's own
+    indexes, or kopf's from a handler's ``kwargs``."""
+    if OWN_INDEXES:
+        return STORE["budgets"], STORE["deployments"], STORE["policies"], STORE["approvals"]
+    return (kwargs["budgets_by_namespace"], kwargs["agent_deployments"], kwargs["cost_policies"],
+            kwargs["cost_approvals"])
+
+
+def _acting(**_: Any) -> bool:
+    """Whether the handlers that act may run (kopf's ``when``): with the operator's own indexes,
+    once they are complete (before, a governance check would see half a namespace; the fleet
+    loop checks every namespace once they are)."""
+    return LISTINGS.ready.is_set() or not OWN_INDEXES
+
+
+def check_all_namespaces() -> None:
+    """Governance hygiene of every namespace with Deployments (the fleet loop, once the
+    operator's own indexes are complete: the events of the listing were not checked)."""
+    budgets, deployments, _, _ = _indexes({})
+    for namespace in list(deployments):
+        _check_namespace(namespace, deployments, budgets)
 
 
 def _item(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any, cost_approvals: Any) -> fleet.Item:
@@ -202,10 +272,10 @@ if SETTINGS.evaluation == "fleet":
         global FLEET, _FLEET_TASK
         rt = get_runtime()
         FLEET = fleet.FleetLoop(_evaluate_item, interval=SETTINGS.interval, workers=SETTINGS.workers,
-                                new_cycle=rt.new_cycle, ready=INDEXED, settled=heap.settle)
-        _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(
-            kwargs["budgets_by_namespace"], kwargs["agent_deployments"], kwargs["cost_policies"],
-            kwargs["cost_approvals"]))
+                                new_cycle=rt.new_cycle, ready=LISTINGS.ready if OWN_INDEXES else INDEXED,
+                                settled=heap.settle, on_ready=check_all_namespaces if OWN_INDEXES else None,
+                                waiting=LISTINGS.waiting_for if OWN_INDEXES else None)
+        _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(*_indexes(kwargs)))
 
     @kopf.on.cleanup()
     async def stop_fleet(**_: Any) -> None:
@@ -215,31 +285,32 @@ else:
     @kopf.timer(spec.GROUP, spec.VERSION, "agentbudgets", interval=SETTINGS.interval, idle=None)
     def budget_timer(**kwargs: Any) -> None:
         """Evaluate the budget every interval."""
-        _evaluate(kwargs["body"], kwargs["agent_deployments"], kwargs["cost_policies"], kwargs["cost_approvals"])
+        _, agent_deployments, cost_policies, cost_approvals = _indexes(kwargs)
+        _evaluate(kwargs["body"], agent_deployments, cost_policies, cost_approvals)
 
 
-@kopf.on.event(spec.GROUP, spec.VERSION, "agentbudgets")
+@kopf.on.event(spec.GROUP, spec.VERSION, "agentbudgets", when=_acting)
 def budget_event(**kwargs: Any) -> None:
     """A spec edit (generation newer than observedGeneration) is acted on at once."""
     _indexed()
     event, body = kwargs["event"], kwargs["body"]
-    agent_deployments, cost_policies = kwargs["agent_deployments"], kwargs["cost_policies"]
+    budgets_by_namespace, agent_deployments, cost_policies, cost_approvals = _indexes(kwargs)
     meta = body.get("metadata") or {}
     namespace, uid = str(meta.get("namespace")), str(meta.get("uid"))
     if event.get("type") == "DELETED":
         get_runtime().forget(uid, namespace, str(meta.get("name")))
-        _check_namespace(namespace, agent_deployments, kwargs["budgets_by_namespace"], without=uid)
+        _check_namespace(namespace, agent_deployments, budgets_by_namespace, without=uid)
         return
     status = get_runtime().previous_status(body)
     generation = meta.get("generation")
     if generation is not None and status.get("observedGeneration") == generation:
         return
-    _check_namespace(namespace, agent_deployments, kwargs["budgets_by_namespace"])
+    _check_namespace(namespace, agent_deployments, budgets_by_namespace)
     if FLEET is not None:
-        _prompt(body, agent_deployments, cost_policies, kwargs["cost_approvals"])
+        _prompt(body, agent_deployments, cost_policies, cost_approvals)
         return
     try:
-        _evaluate(body, agent_deployments, cost_policies, kwargs["cost_approvals"])
+        _evaluate(body, agent_deployments, cost_policies, cost_approvals)
     except (kopf.TemporaryError, kopf.PermanentError) as exc:
         log.warning("budget %s/%s: %s (the timer retries)", meta.get("namespace"), meta.get("name"), exc)
 
@@ -254,13 +325,12 @@ def _check_namespace(namespace: str, agent_deployments: Any, budgets: Any, witho
         log.warning("governance check of namespace %s: %s", namespace, exc)
 
 
-@kopf.on.event("apps", "v1", "deployments")
+@kopf.on.event("apps", "v1", "deployments", when=_acting)
 def deployment_event(**kwargs: Any) -> None:
     """A Deployment scaled up under a Killed or Suspended budget is evaluated (and stopped) at once."""
     _indexed()
     event, body = kwargs["event"], kwargs["body"]
-    budgets_by_namespace = kwargs["budgets_by_namespace"]
-    agent_deployments, cost_policies = kwargs["agent_deployments"], kwargs["cost_policies"]
+    budgets_by_namespace, agent_deployments, cost_policies, cost_approvals = _indexes(kwargs)
     meta = body.get("metadata") or {}
     rt = get_runtime()
     if event.get("type") == "DELETED":
@@ -283,9 +353,9 @@ def deployment_event(**kwargs: Any) -> None:
             continue
         if matches and rt.is_holding(budget_body):
             if FLEET is not None:
-                _prompt(budget_body, agent_deployments, cost_policies, kwargs["cost_approvals"], held=True)
+                _prompt(budget_body, agent_deployments, cost_policies, cost_approvals, held=True)
                 continue
             try:
-                _evaluate(budget_body, agent_deployments, cost_policies, kwargs["cost_approvals"])
+                _evaluate(budget_body, agent_deployments, cost_policies, cost_approvals)
             except (kopf.TemporaryError, kopf.PermanentError) as exc:
                 log.warning("deployment %s/%s: %s (the timer retries)", namespace, meta.get("name"), exc)

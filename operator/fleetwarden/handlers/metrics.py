@@ -140,6 +140,12 @@ LAST_CYCLE_SECONDS = pc.Gauge("fleetwarden_operator_last_cycle_seconds",
 OLDEST_EVALUATION = pc.Gauge("fleetwarden_operator_oldest_evaluation_seconds",
                              "Seconds since the budget evaluated longest ago was last evaluated.",
                              registry=REGISTRY)
+INDEXED_OBJECTS = pc.Gauge("fleetwarden_operator_indexed_objects",
+                           "Objects in the operator's own indexes, by kind (FLEETWARDEN_EVALUATION=fleet).",
+                           ["kind"], registry=REGISTRY)
+INDEXES_COMPLETE = pc.Gauge("fleetwarden_operator_indexes_complete",
+                            "1 once every watched object has been listed and indexed (FLEETWARDEN_EVALUATION="
+                            "fleet): no budget is evaluated before.", registry=REGISTRY)
 UNPRICED_TOKENS = pc.Gauge(names.UNPRICED_TOKENS,
                            "Tokens of a budget's agents (spec.source OpenTelemetry) over its longest limit window "
                            "that no price covers, by model: their cost is not in spend.",

@@ -337,7 +337,7 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
             return False
         if evaluations and not first:
             first.append(time.monotonic() - started)
-            print(f"first evaluation {first[0]:.0f}s after the operator started (kopf's indexes filled)", flush=True)
+            print(f"first evaluation {first[0]:.0f}s after the operator started (its indexes complete)", flush=True)
         return evaluations >= n
 
     wait(f"a first evaluation of all {n} budgets", all_evaluated, args.first_timeout, every=READ_EVERY)
@@ -425,7 +425,7 @@ def main() -> int:
     parser.add_argument("--measure", type=float, default=60.0, help="seconds watched after the warm-up")
     parser.add_argument("--workers", type=int, default=16, help="FLEETWARDEN_WORKERS, and the creating threads")
     parser.add_argument("--first-timeout", type=float, default=3600.0,
-                        help="seconds allowed for kopf's indexes and the first pass over every budget")
+                        help="seconds allowed for the indexes and the first pass over every budget")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work directory (logs) here")
     parser.add_argument("--census", action="store_true",
                         help="after the window, walk the operator's heap: its objects by type, pymalloc's arenas")

@@ -219,3 +219,16 @@ def test_the_keepers_hold_the_compact_copy_and_tell_the_listings(monkeypatch: py
     assert listings.ready.is_set()
     asyncio.run(keep(event={"type": "DELETED"}, body=body, namespace="shop"))
     assert len(index) == 0
+
+
+def test_the_keepers_success_lines_are_dropped_and_nothing_else() -> None:
+    quiet = agentbudgets.QuietKeepers()
+
+    def kept(msg: str, level: int = logging.INFO) -> bool:
+        return quiet.filter(logging.LogRecord("kopf.objects", level, __file__, 1, msg, None, None))
+
+    assert not kept("Handler 'keep_budgets' succeeded.")
+    assert not kept("Handler 'keep_deployments' succeeded.")
+    assert kept("Handler 'budget_event' succeeded.")
+    assert kept("Handler 'keep_budgets' failed with an exception and will stop now: boom", logging.ERROR)
+    assert kept("Timer 'budget_timer' succeeded.")

@@ -41,6 +41,8 @@ from fleetwarden.adapters import kube
 from fleetwarden.devcluster import procs
 
 pytestmark = pytest.mark.faults
+# how a fault row names the mode: as before for kopf's timers, and the fleet loop's own indexes
+MODE = {"timers": "", "fleet": "; fleet mode"}
 
 LEASE_DURATION = float(LEASE_FLAGS[LEASE_FLAGS.index("--lease-duration") + 1])
 RETRY_PERIOD = float(LEASE_FLAGS[LEASE_FLAGS.index("--retry-period") + 1])
@@ -112,15 +114,18 @@ def _healthz(port: int) -> dict[str, Any]:
         return dict(json.loads(text))
 
 
+@pytest.mark.parametrize("evaluation", ["timers", "fleet"])
 def test_leader_sigkilled_mid_kill_the_standby_finishes_it_exactly_once(
         cluster: Any, namespace: str, crds_installed: list[str], prometheus: Any,  # noqa: F811
-        alertmanager: Any, exporter: Exporter, workdir: Path, request: pytest.FixtureRequest) -> None:  # noqa: F811
+        alertmanager: Any, exporter: Exporter, workdir: Path, request: pytest.FixtureRequest,  # noqa: F811
+        evaluation: str) -> None:
     """Two replicas, one Lease: only the leader acts; SIGKILLed as the first agent reaches zero, the
     standby takes over within the lease duration (plus one retry) and completes the kill: one
-    incident, one alert, one KillSwitchEngaged Event, every agent at zero, a true status."""
+    incident, one alert, one KillSwitchEngaged Event, every agent at zero, a true status. In
+    ``fleet`` mode the new leader first lists the fleet into its own indexes (handlers/store.py)."""
     _fleet(cluster, namespace, prometheus, exporter, request, AGENTS)
     identity = operator_identity(cluster, workdir, request)
-    am = ["--alertmanager-url", alertmanager.url]
+    am = ["--alertmanager-url", alertmanager.url, "--evaluation", evaluation]
     a = start_operator(cluster, prometheus.url, namespace, workdir, request, am, identity=identity, name="leader")
     api = _api(cluster)
     apps, custom, leases = client.AppsV1Api(api), client.CustomObjectsApi(api), client.CoordinationV1Api(api)
@@ -203,7 +208,7 @@ def test_leader_sigkilled_mid_kill_the_standby_finishes_it_exactly_once(
     assert sampler.claims == [], sampler.claims
     scales = b.metric("fleetwarden_operator_actions_total", action="ScaleToZero")
     assert scales == len(cut), (scales, cut)  # the new leader scaled exactly the agents still running
-    faults.record("leader SIGKILL mid-kill (2 replicas)", injected=1, survived=1,
+    faults.record(f"leader SIGKILL mid-kill (2 replicas{MODE[evaluation]})", injected=1, survived=1,
                   duplicated=(len(kill_incidents) - 1) + (len(records) - 1) + (_engagements(kill_events) - 1)
                   + _repeats(kill_events) + (len(fingerprints) - 1) + int(scales - len(cut)),
                   lost=sum(1 for r in _replicas(apps, namespace).values() if r > 0), false_claims=len(sampler.claims),
@@ -214,12 +219,15 @@ def test_leader_sigkilled_mid_kill_the_standby_finishes_it_exactly_once(
 STATUS_PATCH = ("patch", "agentbudgets.fleetwarden.dev", "--subresource=status")
 
 
+@pytest.mark.parametrize("evaluation", ["timers", "fleet"])
 def test_sigkill_between_the_scale_and_its_status_write_converges_on_restart(
         cluster: Any, namespace: str, crds_installed: list[str], prometheus: Any,  # noqa: F811
-        exporter: Exporter, workdir: Path, request: pytest.FixtureRequest) -> None:  # noqa: F811
+        exporter: Exporter, workdir: Path, request: pytest.FixtureRequest, evaluation: str) -> None:  # noqa: F811
     """RBAC without `patch agentbudgets/status`: the scale lands, the status write is refused (the
     ClusterRole bites). SIGKILL there, restore RBAC, start again: Killed with the exact replicas, one
-    incident, no repeated Events; the acknowledgement restores exactly what ran."""
+    incident, no repeated Events; the acknowledgement restores exactly what ran (with a kopf timer per
+    budget, and with the fleet loop and its own indexes)."""
+    mode = ("--evaluation", evaluation)
     agents = {"bot": 3, "helper": 2}
     _fleet(cluster, namespace, prometheus, exporter, request, agents)
     rules = operator_rules()
@@ -228,7 +236,7 @@ def test_sigkill_between_the_scale_and_its_status_write_converges_on_restart(
     assert not identity.can(cluster, *STATUS_PATCH, "-n", namespace)
     api = _api(cluster)
     apps, custom = client.AppsV1Api(api), client.CustomObjectsApi(api)
-    op = start_operator(cluster, prometheus.url, namespace, workdir, request, identity=identity, name="first")
+    op = start_operator(cluster, prometheus.url, namespace, workdir, request, mode, identity=identity, name="first")
     before = _replicas(apps, namespace)
 
     with faults.ClaimSampler(lambda: (_status(custom, namespace), _replicas(apps, namespace)), before) as denied:
@@ -241,14 +249,15 @@ def test_sigkill_between_the_scale_and_its_status_write_converges_on_restart(
     scales = op.metric("fleetwarden_operator_actions_total", action="ScaleToZero")
     assert scales == len(agents), scales  # each agent scaled once, not again at each refused write
     assert denied.claims == [], denied.claims
-    faults.record("status write denied (403 on agentbudgets/status)", injected=1, survived=1,
+    faults.record(f"status write denied (403 on agentbudgets/status{MODE[evaluation]})", injected=1, survived=1,
                   duplicated=int(scales - len(agents)), lost=sum(1 for n in _replicas(apps, namespace).values() if n),
                   false_claims=len(denied.claims))
     op.kill()
 
     identity.set_rules(cluster, rules, until=(*STATUS_PATCH, "-n", namespace), allowed=True)
     with faults.ClaimSampler(lambda: (_status(custom, namespace), _replicas(apps, namespace)), before) as sampler:
-        again = start_operator(cluster, prometheus.url, namespace, workdir, request, identity=identity, name="again")
+        again = start_operator(cluster, prometheus.url, namespace, workdir, request, mode, identity=identity,
+                               name="again")
         st = cluster.wait_for(lambda: (s := _status(custom, namespace)).get("state") == "Killed" and s, 60,
                               "Killed after the restart")
         again.wait_evaluations(cluster, 4)
@@ -268,7 +277,8 @@ def test_sigkill_between_the_scale_and_its_status_write_converges_on_restart(
     cluster.wait_for(lambda: _replicas(apps, namespace) == before, 60, "the exact replicas restored")
     assert sampler.claims == [], sampler.claims
     lost = sum(1 for name, n in _replicas(apps, namespace).items() if n != before[name])
-    faults.record("SIGKILL between scale and status write (status write denied, then restart)", injected=1,
+    faults.record(f"SIGKILL between scale and status write (status write denied, then restart{MODE[evaluation]})",
+                  injected=1,
                   survived=1, duplicated=(len(kill_incidents) - 1) + (len(records) - 1)
                   + (_engagements(kill_events) - 1) + _repeats(ours),
                   lost=lost, false_claims=len(sampler.claims))

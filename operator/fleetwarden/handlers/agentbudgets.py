@@ -203,6 +203,8 @@ else:
     kopf.index(spec.GROUP, spec.VERSION, "costpolicies")(cost_policies)
     kopf.index(spec.GROUP, spec.VERSION, "agentbudgets")(budgets_by_namespace)
     kopf.index(spec.GROUP, spec.VERSION, "costapprovals")(cost_approvals)
+
+
 class QuietKeepers(logging.Filter):
     """kopf logs every handler's success at INFO (``Handler 'x' succeeded.``): the keepers', one
     line per event of every watched object (20,000 at the start of a 10,000-budget fleet), say
@@ -245,7 +247,7 @@ def check_all_namespaces() -> None:
 
 
 def _item(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any, cost_approvals: Any) -> fleet.Item:
-    """The budget with its namespace's objects, from kopf's indexes."""
+    """The budget with its namespace's objects, from the indexes."""
     namespace = str((body.get("metadata") or {}).get("namespace"))
     return fleet.Item(body, runtime.deployments_of(agent_deployments, namespace),
                       runtime.deployments_of(cost_policies, namespace),

@@ -257,6 +257,11 @@ class Watch:
         }
 
 
+def machine() -> str:
+    """The machine line every report ends with: the cores, and the load while it ran."""
+    return f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+
+
 def start_operator(info: dict[str, Any], work: Path, prom_url: str, args: argparse.Namespace
                    ) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(os.environ, KUBECONFIG=str(operator_kubeconfig(info, work)), PYTHONUNBUFFERED="1",
@@ -314,7 +319,7 @@ def measure_kopf_start(proc: subprocess.Popen[bytes], n: int, args: argparse.Nam
           f"handled {done_at - started:.0f}s after its start")
     print(f"kopf RSS: {rss_max:.0f} MiB max, {rss:.0f} MiB {args.measure:.0f}s after all were handled, "
           f"{hwm:.0f} MiB peak (VmHWM)")
-    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(machine())
 
 
 def wait(what: str, check: Any, timeout: float, every: float = 1.0) -> None:
@@ -413,7 +418,7 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
         "arenas, the stacks, the code)" if held is not None else "unknown (not glibc 2.33 or later)"))
     print(f"garbage collector: {d['gc_seconds']:.1f}s of the {d['at']:.0f}s window, {d['gc_full_seconds']:.1f}s of it "
           f"in {d['gc_full_runs']:.0f} full collections")
-    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(machine())
 
 
 def main() -> int:

@@ -241,7 +241,7 @@ def _acting(**_: Any) -> bool:
 def check_all_namespaces() -> None:
     """Governance hygiene of every namespace with Deployments (the fleet loop, once the
     operator's own indexes are complete: the events of the listing were not checked)."""
-    budgets, deployments, _, _ = _indexes({})
+    budgets, deployments = STORE["budgets"], STORE["deployments"]
     for namespace in list(deployments):
         _check_namespace(namespace, deployments, budgets)
 

@@ -127,7 +127,6 @@ class Listings:
             return
         kinds = {k for k, _ in self._watches.values()}
         if kinds >= self.kinds and all(done for _, done in self._watches.values()):
-            self._pending = set()
             self.ready.set()
             log.info("every watched object listed and handled: the indexes are complete")
 

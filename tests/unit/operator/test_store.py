@@ -124,8 +124,8 @@ class Mark:
 LISTED = Mark()
 
 
-def run_watch(listings: store.Listings, events: list[Any], plural: str = "agentbudgets",
-              group: str = "fleetwarden.dev") -> list[Any]:
+def run_watch(events: list[Any], plural: str = "agentbudgets", group: str = "fleetwarden.dev") -> list[Any]:
+    """The events ``_wrap`` passes on (it tells ``store._current``, set by the test)."""
     async def original(**kwargs: Any) -> AsyncIterator[Any]:
         for event in events:
             yield event
@@ -157,7 +157,7 @@ def test_the_wrapped_watch_passes_every_event_on_and_notes_the_first_listing(mon
         original_listed(watch, uid)
 
     monkeypatch.setattr(listings, "listed", spy)
-    assert run_watch(listings, events) == events
+    assert run_watch(events) == events
     assert seen == ["a", "b", None]
     # the stream has ended: its watch is no longer waited for, and a and b still are
     assert not listings.ready.is_set()
@@ -167,7 +167,7 @@ def test_the_wrapped_watch_passes_every_event_on_and_notes_the_first_listing(mon
 def test_a_kind_not_indexed_is_not_tracked(monkeypatch: pytest.MonkeyPatch) -> None:
     listings = store.Listings(KINDS[:1])
     monkeypatch.setattr(store, "_current", listings)
-    run_watch(listings, [listed("n1"), LISTED], plural="namespaces", group="")
+    run_watch([listed("n1"), LISTED], plural="namespaces", group="")
     assert "objects listed and not handled: 0" in listings.waiting_for()
 
 

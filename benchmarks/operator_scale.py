@@ -85,23 +85,23 @@ class FixedFetcher:
         self.anchor_minutes = anchor_minutes
         self.fetches = 0
         self.history_end: int | None = None  # set: no agent has a minute from then on (a quiet fleet)
-        self._kept: dict[tuple[str, str, int], series.AgentMinute] = {}
-
-    def _minute(self, ns: str, a: str, m: int) -> series.AgentMinute:
-        got = self._kept.get((ns, a, m))
-        if got is None:
-            got = self._kept[(ns, a, m)] = series.AgentMinute(a, ns, m, inference_cost_usd=0.001, llm_calls=2,
-                                                               tasks_completed=1, tokens=800, model="gpt-4o-mini")
-        return got
+        self._kept: dict[tuple[str, str], series.MinuteRun] = {}  # as the fetcher keeps them: compact runs
 
     def fetch(self, now: float | None = None) -> prometheus.FleetSnapshot:
         self.fetches += 1
         end = series.minute_of(self.now)
         start = end - (90 + self.anchor_minutes) * 60
-        for key in [k for k in self._kept if k[2] < start]:
-            del self._kept[key]
         last = end if self.history_end is None else max(start, min(end, self.history_end))
-        minutes = {(ns, a): [self._minute(ns, a, m) for m in range(start, last, 60)] for ns, a in self.agents}
+        minutes: dict[tuple[str, str], series.MinuteRun] = {}
+        for ns, a in self.agents:
+            held = self._kept.get((ns, a))
+            run = held.between(start, last) if held is not None else series.MinuteRun(a, ns)
+            first = run.minute_at(len(run) - 1) + 60 if run else start
+            if first < last:
+                run = run + series.MinuteRun.of(a, ns, [
+                    series.AgentMinute(a, ns, m, inference_cost_usd=0.001, llm_calls=2, tasks_completed=1,
+                                       tokens=800, model="gpt-4o-mini") for m in range(first, last, 60)])
+            self._kept[(ns, a)] = minutes[(ns, a)] = run
         spend = {(ns, a): {(w, c): 0.09 * (1 if w is spec.Window.hour else 5) for w in spec.Window
                            for c in (False, True)} for ns, a in self.agents}
         return prometheus.FleetSnapshot(fetched_at=self.now, start=start, end=end, minutes=minutes, spend=spend,

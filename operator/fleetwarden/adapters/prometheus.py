@@ -33,13 +33,11 @@ are unknown, never 0.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import datetime as dt
 import json
 import logging
 import math
-import operator
 import re
 import time
 from collections import defaultdict
@@ -468,7 +466,7 @@ GuardrailMinutes = dict[int, dict[tuple[str, str], float]]
 class BudgetData:
     """What one budget sees of a snapshot: its agents' minutes and its spend per window."""
 
-    minutes: dict[str, list[series.AgentMinute]]
+    minutes: dict[str, Sequence[series.AgentMinute]]
     spend: dict[spec.Window, float | None]
     lookback_start: float  # the first minute the buckets cover
     # the detectors fold from an anchor this many minutes after lookback_start at most (core/warmfold.py)
@@ -485,7 +483,7 @@ class FleetSnapshot:
     fetched_at: float
     start: int  # first minute bucket (Unix seconds)
     end: int  # end of the last complete minute (exclusive)
-    minutes: dict[Key, list[series.AgentMinute]]
+    minutes: Mapping[Key, Sequence[series.AgentMinute]]  # the fetcher's: compact runs (series.MinuteRun)
     spend: dict[Key, dict[tuple[spec.Window, bool], float]]
     last_sample: dict[Key, float]
     stale_after: float
@@ -498,8 +496,11 @@ class FleetSnapshot:
     prices: pricing.PriceTable | None = None
     anchor_minutes: int = 0  # of the minutes from ``start``, the first ones only the anchored detector fold needs
 
-    def agent_minutes(self, namespace: str, agent: str) -> list[series.AgentMinute]:
-        return list(self.minutes.get((namespace, agent), ()))
+    def agent_minutes(self, namespace: str, agent: str) -> Sequence[series.AgentMinute]:
+        """The agent's minutes: the fetcher's compact run itself (read-only; its minutes are built
+        as they are read), or a list of a snapshot made of lists."""
+        got = self.minutes.get((namespace, agent), ())
+        return got if isinstance(got, series.MinuteRun) else list(got)
 
     def agent_spend(self, namespace: str, agent: str, window: spec.Window, calendar: bool = False) -> float:
         """Spend of one agent; an agent with no series spent nothing (Prometheus answered)."""
@@ -712,7 +713,6 @@ def _instant_by_agent(items: Iterable[Mapping[str, Any]], combine: Callable[[flo
 # ------------------------------------------------------------------ fetching
 
 
-_minute_key = operator.attrgetter("minute")
 
 
 @dataclasses.dataclass
@@ -727,19 +727,17 @@ class _KeptRanges:
 
     start: int
     end: int
-    minutes: dict[Key, list[series.AgentMinute]] = dataclasses.field(default_factory=dict)
+    minutes: dict[Key, series.MinuteRun] = dataclasses.field(default_factory=dict)
     outcomes: dict[Key, PerMinute] = dataclasses.field(default_factory=dict)
     guardrails: dict[Key, GuardrailMinutes] = dataclasses.field(default_factory=dict)
 
     def extend(self, minutes: Mapping[Key, list[series.AgentMinute]], outcomes: Mapping[Key, PerMinute],
                guardrails_: Mapping[Key, GuardrailMinutes]) -> None:
-        """Add the buckets of the next slice (all later than those held)."""
-        for key, ms in minutes.items():
-            held = self.minutes.get(key)
-            if held is None:
-                self.minutes[key] = ms
-            else:
-                held.extend(ms)
+        """Add the buckets of the next slice (all later than those held), kept as compact runs."""
+        for (namespace, agent), ms in minutes.items():
+            run = series.MinuteRun.of(agent, namespace, ms)
+            held = self.minutes.get((namespace, agent))
+            self.minutes[(namespace, agent)] = run if held is None else held + run
         for key, named in outcomes.items():
             self.outcomes.setdefault(key, {}).update(named)
         for key, decisions in guardrails_.items():
@@ -750,13 +748,14 @@ class _KeptRanges:
         new lists and dicts, so a snapshot handed out before is never changed."""
         out = _KeptRanges(start, later.end)
         for key in self.minutes.keys() | later.minutes.keys():
-            held = self.minutes.get(key, ())
-            i = bisect.bisect_left(held, start, key=_minute_key)
-            j = bisect.bisect_left(held, since, i, key=_minute_key)
-            ms = list(held[i:j])
-            ms.extend(later.minutes.get(key, ()))
-            if ms:
-                out.minutes[key] = ms
+            held, read = self.minutes.get(key), later.minutes.get(key)
+            run = held.between(start, since) if held is not None else None
+            if run is not None and read is not None:
+                run = run + read
+            elif run is None:
+                run = read
+            if run:
+                out.minutes[key] = run
         for name in ("outcomes", "guardrails"):
             mine, theirs, joined = getattr(self, name), getattr(later, name), getattr(out, name)
             for key in mine.keys() | theirs.keys():
@@ -961,7 +960,7 @@ def source_budget(snap: FleetSnapshot, budget: spec.AgentBudget, agents: Sequenc
     longest = max((lim.window for lim in budget.spec.limits), key=lambda w: spec.WINDOW_SECONDS[w],
                   default=spec.Window.hour)
     spend: dict[spec.Window, float | None] = dict.fromkeys(spec.Window, 0.0)
-    minutes: dict[str, list[series.AgentMinute]] = {}
+    minutes: dict[str, Sequence[series.AgentMinute]] = {}
     unpriced: list[Mapping[str, float]] = []
     for a in agents:
         tools, _ = core_policies.agent_prices([], core_policies.applicable(policies, a.namespace, a.labels))

@@ -53,7 +53,7 @@ def _minute_figures(minutes: Mapping[str, Sequence[series.AgentMinute]], end: in
                     outcomes: Mapping[str, Mapping[int, Mapping[str, float]]] | None,
                     budget_spec: spec.AgentBudgetSpec | None) -> dict[str, Any]:
     """The figures of the hour of complete minutes ending at ``end``."""
-    hour = [m for ms in minutes.values() for m in ms if m.minute >= end - 3600]
+    hour = [m for ms in minutes.values() for m in series.since(ms, end - 3600)]
     recent = [m for m in hour if m.minute >= end - BURN_MINUTES * series.MINUTE]
     out: dict[str, Any] = {}
     out["burn_rate_usd_per_hour"] = money(sum(m.cost_usd for m in recent) * 60.0 / BURN_MINUTES)

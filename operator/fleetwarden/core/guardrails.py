@@ -128,11 +128,13 @@ def rate_findings(agent: decision.AgentDeployment, minutes: Sequence[series.Agen
     (:class:`Episodes`), for ``toolCallsPerMinute`` and each ``perTool`` key (a pattern's tools
     counted together). A minute missing from ``minutes`` is unknown: it does not end an episode."""
     out: list[findings.Finding] = []
-    ordered = sorted(minutes, key=lambda m: m.minute)
+    ordered: list[series.AgentMinute] | None = None  # sorted once a policy limits a rate
     for policy in policies.applicable(policies_, agent.namespace, agent.labels):
         limits = policy.spec.rate_limits
         if limits.tool_calls_per_minute is None and not limits.per_tool:
             continue
+        if ordered is None:
+            ordered = sorted(minutes, key=lambda m: m.minute)
         keys: list[str | None] = [None, *sorted(limits.per_tool)]
         episodes: Episodes[str | None] = Episodes(RATE_QUIET_MINUTES)
         for m in ordered:

@@ -12,10 +12,14 @@ input, and nothing destructive happens on unknown data.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import operator
+import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
+from typing import overload
 
 MINUTE = 60
 
@@ -107,3 +111,222 @@ def _compile_maker() -> object:
 #      oldest_task_tokens, oldest_task_age, oldest_task_id) -> AgentMinute: every field, positionally,
 #      in declaration order
 make = _compile_maker()
+
+
+_HASHABLE = operator.attrgetter(*(f.name for f in dataclasses.fields(AgentMinute)
+                                  if f.name not in ("tool_calls", "tool_costs")))
+
+
+def minute_key(m: AgentMinute) -> tuple[object, ...]:
+    """Every field of ``m`` as a hashable tuple (a tool map as its items): equal minutes give equal
+    keys (two maps equal in another order give other keys)."""
+    key: tuple[object, ...] = _HASHABLE(m)
+    if m.tool_calls or m.tool_costs:
+        key += (tuple(m.tool_calls.items()), tuple(m.tool_costs.items()))
+    return key
+
+
+# ------------------------------------------------------------------ a compact run of kept minutes
+
+# The numbers of a minute a row holds, after the minute itself: (field, struct code, default). A
+# row keeps only those that differ from their default, named by a bit mask, so a quiet minute is
+# small: ``<H`` mask, ``q`` minute, then the values present in this order.
+_NUMBERS: tuple[tuple[str, str, float | int | None], ...] = (
+    ("inference_cost_usd", "d", 0.0), ("tool_cost_usd", "d", 0.0), ("human_cost_usd", "d", 0.0),
+    ("tokens", "q", 0), ("output_tokens", "q", 0), ("llm_calls", "q", 0), ("tasks_completed", "q", 0),
+    ("tasks_failed", "q", 0), ("tasks_abandoned", "q", 0), ("outcomes", "d", 0.0),
+    ("open_tasks", "q", None), ("largest_task_tokens", "q", None), ("largest_task_age", "d", None),
+    ("oldest_task_tokens", "q", None), ("oldest_task_age", "d", None),
+)
+# The rest of a minute, held by reference beside its row: mostly one shared tuple for many minutes.
+_REST = ("tool_calls", "tool_costs", "model", "version", "workflow", "largest_task_id", "oldest_task_id")
+_HEAD = struct.Struct("<Hq")
+_INT_RANGE = (-(2**63), 2**63 - 1)
+_FLOAT_EXACT = 2**53  # an int a float field holds is kept only if a double holds it exactly
+_RESTS: dict[tuple[object, ...], tuple[object, ...]] = {}
+_MAX_RESTS = 4096  # shared rest tuples at most; past that a minute keeps its own
+_DECODERS: dict[int, Callable[[str, str, bytes, tuple[object, ...]], AgentMinute]] = {}
+
+
+def _fits(code: str, value: object) -> bool:
+    """Whether ``value`` packs under ``code`` and unpacks equal to itself (else the minute is kept
+    whole, never changed)."""
+    if code == "q":
+        return type(value) is int and _INT_RANGE[0] <= value <= _INT_RANGE[1]
+    if type(value) is float:
+        return True
+    return type(value) is int and -_FLOAT_EXACT <= value <= _FLOAT_EXACT
+
+
+def _row(m: AgentMinute) -> bytes | None:
+    """The packed numbers of ``m``, or None when one cannot be packed exactly."""
+    mask, codes, values = 0, ["<Hq"], []
+    for bit, (name, code, default) in enumerate(_NUMBERS):
+        value = getattr(m, name)
+        if value is None if default is None else value == default:
+            continue
+        if not _fits(code, value):
+            return None
+        mask |= 1 << bit
+        codes.append(code)
+        values.append(value)
+    if type(m.minute) is not int or not _INT_RANGE[0] <= m.minute <= _INT_RANGE[1]:
+        return None
+    return struct.pack("".join(codes), mask, m.minute, *values)
+
+
+def _rest(m: AgentMinute) -> tuple[object, ...]:
+    """The rest of ``m``: an empty tool map as None, so a minute without tools has a hashable
+    rest, shared with every minute of the same names (at most ``_MAX_RESTS`` such tuples)."""
+    rest = tuple(getattr(m, name) or None if i < 2 else getattr(m, name) for i, name in enumerate(_REST))
+    if rest[0] is not None or rest[1] is not None:
+        return rest  # tool maps are not hashable: this minute keeps its own
+    shared_rest = _RESTS.get(rest)
+    if shared_rest is None:
+        if len(_RESTS) >= _MAX_RESTS:
+            return rest
+        shared_rest = _RESTS[rest] = rest
+    return shared_rest
+
+
+def _hashable(rest: tuple[object, ...] | None) -> object:
+    if rest is None or (rest[0] is None and rest[1] is None):
+        return rest
+    return tuple(tuple(x.items()) if i < 2 and x is not None else x for i, x in enumerate(rest))  # type: ignore[attr-defined]
+
+
+def _decoder(mask: int) -> Callable[[str, str, bytes, tuple[object, ...]], AgentMinute]:
+    """``decode(agent, namespace, row, rest)`` for rows of ``mask``: generated once per mask, so a
+    minute is one unpack and one :data:`make` call."""
+    got = _DECODERS.get(mask)
+    if got is not None:
+        return got
+    present = [(name, code) for bit, (name, code, _) in enumerate(_NUMBERS) if mask >> bit & 1]
+    unpack = struct.Struct("<Hq" + "".join(code for _, code in present)).unpack
+    names = [name for name, _ in present]
+    values = {name: name if name in names else repr(default) for name, _, default in _NUMBERS}
+    values.update({name: f"rest[{i}]" if i >= 2 else f"rest[{i}] or NO_TOOLS" for i, name in enumerate(_REST)})
+    fields = [f.name for f in dataclasses.fields(AgentMinute)]
+    values.update(agent="agent", namespace="namespace", minute="minute")
+    targets = ", ".join(["_", "minute", *names]) + ","
+    src = (f"def decode(agent, namespace, row, rest):\n"
+           f"    {targets} = unpack(row)\n"
+           f"    return make({', '.join(values[name] for name in fields)})\n")
+    scope: dict[str, object] = {"unpack": unpack, "make": make, "NO_TOOLS": NO_TOOLS}
+    exec(src, scope)  # noqa: S102 - generated from the field table above
+    decode = scope["decode"]
+    _DECODERS[mask] = decode  # type: ignore[assignment]
+    return decode  # type: ignore[return-value]
+
+
+class MinuteRun(Sequence[AgentMinute]):
+    """One agent's minutes, in order, held compactly: per minute a small ``bytes`` row of the
+    numbers that are not zero (or not None) and a reference to the rest (names and tool maps),
+    shared between minutes that have the same. Reading it gives :class:`AgentMinute` objects equal
+    to those it was made of, built anew at each read.
+
+    The operator keeps every agent's lookback between fetches (90 minutes and more, 10,000 agents:
+    a million minutes); as objects a minute takes about 300 bytes with its numbers, as a row
+    about 90 (docs/operator.md, "Scale"). A minute that cannot be packed exactly (a number of
+    another type or out of range, another agent's) is kept as it is."""
+
+    __slots__ = ("agent", "namespace", "_rows", "_rests")
+
+    def __init__(self, agent: str, namespace: str, rows: tuple[bytes | AgentMinute, ...] = (),
+                 rests: tuple[tuple[object, ...] | None, ...] = ()) -> None:
+        self.agent, self.namespace, self._rows, self._rests = agent, namespace, rows, rests
+
+    @classmethod
+    def of(cls, agent: str, namespace: str, minutes: Iterable[AgentMinute]) -> MinuteRun:
+        rows: list[bytes | AgentMinute] = []
+        rests: list[tuple[object, ...] | None] = []
+        for m in minutes:
+            row = _row(m) if m.agent == agent and m.namespace == namespace else None
+            if row is None:
+                rows.append(m)
+                rests.append(None)
+            else:
+                rows.append(row)
+                rests.append(_rest(m))
+        return cls(agent, namespace, tuple(rows), tuple(rests))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _at(self, i: int) -> AgentMinute:
+        row, rest = self._rows[i], self._rests[i]
+        if rest is None:
+            assert isinstance(row, AgentMinute)
+            return row
+        assert isinstance(row, bytes)
+        return _decoder(_HEAD.unpack_from(row)[0])(self.agent, self.namespace, row, rest)
+
+    @overload
+    def __getitem__(self, index: int) -> AgentMinute: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> MinuteRun: ...
+
+    def __getitem__(self, index: int | slice) -> AgentMinute | MinuteRun:
+        if isinstance(index, slice):
+            return MinuteRun(self.agent, self.namespace, self._rows[index], self._rests[index])
+        return self._at(index)
+
+    def __iter__(self) -> Iterator[AgentMinute]:
+        head, decoders, agent, namespace = _HEAD.unpack_from, _DECODERS, self.agent, self.namespace
+        for row, rest in zip(self._rows, self._rests, strict=True):
+            if rest is None:
+                yield row  # type: ignore[misc]
+            else:
+                mask = head(row)[0]  # type: ignore[arg-type]
+                decode = decoders.get(mask) or _decoder(mask)
+                yield decode(agent, namespace, row, rest)  # type: ignore[arg-type]
+
+    def minute_at(self, i: int) -> int:
+        """The start of the ``i``-th minute, without building it."""
+        row = self._rows[i]
+        return row.minute if isinstance(row, AgentMinute) else int(_HEAD.unpack_from(row)[1])
+
+    def index(self, start: int, lo: int = 0) -> int:  # type: ignore[override]
+        """The position of the first minute that starts at or after ``start`` (the run is in order)."""
+        return bisect.bisect_left(range(len(self)), start, lo, key=self.minute_at)
+
+    def digest(self, n: int) -> int:
+        """A hash of the first ``n`` minutes, from their rows: equal minutes of runs give equal
+        digests (a run's rows are canonical), without building a minute."""
+        rests = self._rests[:n]
+        try:
+            return hash(("run", self._rows[:n], rests))
+        except TypeError:  # a minute with tool maps, or one kept whole
+            return hash(("run", tuple(r if type(r) is bytes else minute_key(r) for r in self._rows[:n]),  # type: ignore[arg-type]
+                         tuple(_hashable(r) for r in rests)))
+
+    def between(self, start: int, end: int) -> MinuteRun:
+        """The minutes that start in ``[start, end)`` (the run is in order)."""
+        i = self.index(start)
+        return self[i:self.index(end, i)]
+
+    def __add__(self, other: MinuteRun) -> MinuteRun:
+        if (other.agent, other.namespace) != (self.agent, self.namespace):
+            return NotImplemented
+        return MinuteRun(self.agent, self.namespace, self._rows + other._rows, self._rests + other._rests)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MinuteRun) and (other.agent, other.namespace) == (self.agent, self.namespace) \
+                and other._rows == self._rows and other._rests == self._rests:
+            return True
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"MinuteRun({self.namespace}/{self.agent}, {len(self)} minutes)"
+
+
+def since(minutes: Sequence[AgentMinute], start: int) -> Iterable[AgentMinute]:
+    """The minutes that start at or after ``start``: of a run, only those are built."""
+    if isinstance(minutes, MinuteRun):
+        return minutes[minutes.index(start):]
+    return (m for m in minutes if m.minute >= start)

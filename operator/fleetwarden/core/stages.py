@@ -162,8 +162,12 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
     ``fold_start`` over its minutes from there on: from the state kept in ``inp.folds`` when it
     holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute."""
     assert inp.folds is not None
-    ordered = sorted(minutes, key=_minute)  # the adapter's buckets are in order already: linear
-    window = ordered[bisect.bisect_left(ordered, fold_start, key=_minute):]
+    window: Sequence[series.AgentMinute]
+    if isinstance(minutes, series.MinuteRun):  # in order; sliced without building a minute
+        window = minutes[minutes.index(fold_start):]
+    else:
+        ordered = sorted(minutes, key=_minute)  # the adapter's buckets are in order already: linear
+        window = ordered[bisect.bisect_left(ordered, fold_start, key=_minute):]
     if not window:
         return ()
     end = series.minute_of(inp.now)
@@ -173,7 +177,7 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
         return tuple(folds.findings(agent.namespace, agent.name, window, end, params, fold_start, source))
     if inp.memo is None:
         return fold()
-    last = window[-1].minute
+    last = window.minute_at(-1) if isinstance(window, series.MinuteRun) else window[-1].minute
     key = ("anchored", source, agent.namespace, agent.name, fold_start, last, len(window), params)
     return inp.memo.get(last, key, fold)  # type: ignore[no-any-return]
 

@@ -15,8 +15,9 @@ the minutes that are new:
   compressed, with those minutes and the findings they revealed. A cycle restores it, steps
   the newly settled minutes, keeps the new state, and steps the tail on top.
 - The kept state is used only when the minutes it folded are, one by one, the first minutes of
-  this cycle's window (same objects, or equal), with the same anchor and the same parameters;
-  otherwise the window is folded again from its anchor. The detectors are a pure fold (same
+  this cycle's window (equal in every field: a state keeps their count and a hash of their
+  fields, not the minutes, which the fetcher keeps compactly), with the same anchor and the
+  same parameters; otherwise the window is folded again from its anchor. The detectors are a pure fold (same
   minutes in order, same findings out: docs/detectors.md), so a state restored after ``k``
   minutes and stepped on is the state a fold from the anchor reaches, and its findings are
   the same. When the window is exactly the kept minutes (an agent with nothing new since), the
@@ -90,13 +91,29 @@ def loads(blob: bytes) -> detectors.DetectorSet:
 class _State:
     anchor: int
     params: spec.AnomalyParams
-    folded: tuple[series.AgentMinute, ...]  # the minutes stepped into ``blob``, from the anchor on
+    folded: int  # how many minutes were stepped into ``blob``, from the anchor on
+    digest: int  # of those minutes' every field (:func:`_digest`)
     found: tuple[findings.Finding, ...]  # the findings those minutes revealed
     blob: bytes
 
 
-def _same(a: Sequence[series.AgentMinute], b: Sequence[series.AgentMinute]) -> bool:
-    return all(x is y or x == y for x, y in zip(a, b, strict=True))
+def _digest(window: Sequence[series.AgentMinute]) -> Callable[[int], int]:
+    """``digest(n)``: a hash of every field of the first ``n`` minutes of ``window`` (a compact run
+    hashes its rows: series.MinuteRun.digest). Equal minutes give equal digests; a state is kept
+    on a digest that matches, so unequal minutes with the same 64-bit digest would keep a state
+    they should not (no more likely than any two hashes meeting by chance)."""
+    if isinstance(window, series.MinuteRun):
+        return window.digest
+    keys: list[tuple[object, ...]] = []
+
+    def digest(n: int) -> int:
+        keys.extend(series.minute_key(m) for m in window[len(keys):n])
+        return hash(("fields", tuple(keys[:n])))
+    return digest
+
+
+def _minute_at(window: Sequence[series.AgentMinute], i: int) -> int:
+    return window.minute_at(i) if isinstance(window, series.MinuteRun) else window[i].minute
 
 
 class Folds:
@@ -121,25 +138,26 @@ class Folds:
         key = (namespace, agent, source)
         settled_before = end - self.tail_minutes * series.MINUTE
         settled = len(window)
-        while settled and window[settled - 1].minute >= settled_before:
+        while settled and _minute_at(window, settled - 1) >= settled_before:
             settled -= 1
         with self._lock:
             state = self._states.get(key)
+        digest = _digest(window)
         kept = state is not None and state.anchor == anchor_at and state.params == params \
-            and len(state.folded) <= settled and _same(state.folded, window[:len(state.folded)])
+            and state.folded <= settled and digest(state.folded) == state.digest
         if kept:
             assert state is not None
             self.warm += 1
-            if len(state.folded) == len(window):
+            if state.folded == len(window):
                 return list(state.found)  # nothing to step: the findings are those the kept minutes revealed
-            detector_set, out, done = loads(state.blob), list(state.found), len(state.folded)
+            detector_set, out, done = loads(state.blob), list(state.found), state.folded
         else:
             detector_set, out, done = detectors.DetectorSet(params, agent, namespace), [], 0
             self.cold += 1
         for minute in window[done:settled]:
             out.extend(detector_set.step(minute))
         if not kept or settled > done:
-            fresh = _State(anchor_at, params, tuple(window[:settled]), tuple(out), dumps(detector_set))
+            fresh = _State(anchor_at, params, settled, digest(settled), tuple(out), dumps(detector_set))
             with self._lock:
                 self._states[key] = fresh
         for minute in window[settled:]:

@@ -426,7 +426,7 @@ class Runtime:
         agents, chosen = select_agents(budget, deployments, self._labels)
         # 3: this cycle's metrics
         now = self.clock()
-        minutes: dict[str, list[Any]] | None
+        minutes: dict[str, Sequence[Any]] | None
         spend: dict[spec.Window, float | None]
         reason = None
         data: prometheus.BudgetData | None = None

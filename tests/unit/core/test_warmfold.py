@@ -58,6 +58,14 @@ def _window(ms: Sequence[series.AgentMinute], end: int, fold_start: int) -> list
     return out
 
 
+def _as(kind: str, window: list[series.AgentMinute]) -> Sequence[series.AgentMinute]:
+    """The window as a list, or as the operator's fetcher hands it out: a compact run, rebuilt
+    every cycle (the kept state must match it by its rows, not by its objects)."""
+    if kind == "list" or not window:
+        return window
+    return series.MinuteRun.of(window[0].agent, window[0].namespace, window)
+
+
 def _cycles(ms: Sequence[series.AgentMinute]) -> range:
     first = ms[0].minute + (LOOKBACK + ANCHOR) * MINUTE
     return range(first, ms[-1].minute + 2 * MINUTE, MINUTE)
@@ -74,14 +82,15 @@ def test_anchor_moves_every_anchor_minutes_and_keeps_the_lookback() -> None:
         assert all(anchors.count(a) == ANCHOR for a in anchors[ANCHOR:-ANCHOR])  # one anchor lasts ANCHOR cycles
 
 
-def test_every_cycle_gives_the_findings_of_a_fold_from_the_anchor() -> None:
+@pytest.mark.parametrize("kind", ["list", "run"])
+def test_every_cycle_gives_the_findings_of_a_fold_from_the_anchor(kind: str) -> None:
     folds = warmfold.Folds()
     compared = found = 0
     for (namespace, agent), ms in sorted(FLEET.items()):
         for end in _cycles(ms):
             start = end - (LOOKBACK + ANCHOR) * MINUTE
             at = warmfold.anchor(start, ANCHOR, namespace, agent)
-            window = _window(ms, end, at)
+            window = _as(kind, _window(ms, end, at))
             if not window:
                 continue
             warm = folds.findings(namespace, agent, window, end, PARAMS, at)
@@ -107,22 +116,26 @@ def _with_a_finding_kept() -> tuple[str, str, int, int, list[series.AgentMinute]
     raise AssertionError("no finding in the fleet")
 
 
-def test_a_changed_minute_already_kept_is_folded_again() -> None:
+@pytest.mark.parametrize("kind", ["list", "run"])
+def test_a_changed_minute_already_kept_is_folded_again(kind: str) -> None:
     """A late sample that changes a minute already kept (or one that disappears) is not stepped
     over: the window is folded again from the anchor."""
     namespace, agent, end, at, window = _with_a_finding_kept()
     folds = warmfold.Folds()
-    folds.findings(namespace, agent, window, end, PARAMS, at)
+    folds.findings(namespace, agent, _as(kind, window), end, PARAMS, at)
+    warm = folds.warm
+    assert folds.findings(namespace, agent, _as(kind, list(window)), end, PARAMS, at) == _refold(window)
+    assert folds.warm == warm + 1  # the same minutes anew: the state holds
     settled = [i for i, m in enumerate(window) if m.minute < end - warmfold.TAIL_MINUTES * MINUTE]
     idle = [dataclasses.replace(m, inference_cost_usd=0.0, tool_cost_usd=0.0, tokens=0, output_tokens=0,
                                 llm_calls=0, tool_calls=series.NO_TOOLS, tool_costs=series.NO_TOOLS)
             if i in settled else m for i, m in enumerate(window)]
     assert _refold(idle) != _refold(window)  # the change matters to the detectors
     cold = folds.cold
-    assert folds.findings(namespace, agent, idle, end, PARAMS, at) == _refold(idle)
+    assert folds.findings(namespace, agent, _as(kind, idle), end, PARAMS, at) == _refold(idle)
     assert folds.cold == cold + 1
     dropped = window[:1] + window[2:]  # a kept minute gone
-    assert folds.findings(namespace, agent, dropped, end, PARAMS, at) == _refold(dropped)
+    assert folds.findings(namespace, agent, _as(kind, dropped), end, PARAMS, at) == _refold(dropped)
     assert folds.cold == cold + 2
 
 

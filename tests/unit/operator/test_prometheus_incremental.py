@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from fleetwarden.adapters import prometheus
-from fleetwarden.core import guardrails
+from fleetwarden.core import guardrails, series
 
 NOW = 1_795_882_594.5
 END = int(NOW // 60) * 60
@@ -92,6 +92,9 @@ def test_the_full_read_has_every_kind_of_bucket():
     snap = full(NOW)
     assert set(snap.minutes) == set(AGENTS)
     assert all(len(ms) > 20 for ms in snap.minutes.values())
+    # kept as compact runs (core/series.py), handed to a budget as they are
+    assert all(isinstance(ms, series.MinuteRun) for ms in snap.minutes.values())
+    assert snap.agent_minutes(*AGENTS[0]) is snap.minutes[AGENTS[0]]
     assert snap.outcomes and snap.guardrails
     assert any(m.open_tasks is not None for ms in snap.minutes.values() for m in ms)
 

@@ -1,0 +1,159 @@
+"""The compact run of kept minutes (``series.MinuteRun``): what the operator's fetcher keeps of
+every agent's lookback between fetches. Reading it must give back, field for field, the
+minutes it was made of; its digest must tell any change of any field.
+
+The minutes are those of the independent generator (``core/fleetgen.py``) bucketed as replay
+buckets them (tool maps, versions, workflows, task readings), on a seed used nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from types import MappingProxyType
+
+import pytest
+
+from fleetwarden.core import buckets, events, fleetgen, pricing, series
+
+
+def _fleet(seed: int) -> dict[tuple[str, str], list[series.AgentMinute]]:
+    evs, _ = fleetgen.build(seed, agents=len(fleetgen.SHAPES), hours=1.0)
+    bucketer = buckets.Bucketer(pricing.PriceTable())
+    per: dict[tuple[str, str], list[series.AgentMinute]] = {}
+
+    def feed(ms: Sequence[series.AgentMinute]) -> None:
+        for m in ms:
+            per.setdefault((m.namespace, m.agent), []).append(m)
+    for ev in evs:
+        bucketer.add(events.from_obj(ev))
+        feed(bucketer.close())
+    feed(bucketer.finish())
+    return per
+
+
+FLEET = _fleet(seed=4417)
+FIELDS = [f.name for f in dataclasses.fields(series.AgentMinute)]
+
+
+def _run(ms: Sequence[series.AgentMinute]) -> series.MinuteRun:
+    return series.MinuteRun.of(ms[0].agent, ms[0].namespace, ms)
+
+
+def _fields(m: series.AgentMinute) -> list[tuple[str, object, type]]:
+    return [(name, getattr(m, name), type(getattr(m, name))) for name in FIELDS]
+
+
+def test_a_run_reads_back_every_minute_field_for_field() -> None:
+    tools = False
+    for ms in FLEET.values():
+        run = _run(ms)
+        assert len(run) == len(ms)
+        back = list(run)
+        assert back == ms
+        for got, want in zip(back, ms, strict=True):
+            assert [(n, v) for n, v, _ in _fields(got)] == [(n, v) for n, v, _ in _fields(want)]
+            # an int stays an int, a None stays None; a float field reads as a float
+            for (name, value, kind), (_, original, original_kind) in zip(_fields(got), _fields(want), strict=True):
+                if original_kind is int and name not in ("inference_cost_usd", "tool_cost_usd", "human_cost_usd",
+                                                         "outcomes", "largest_task_age", "oldest_task_age"):
+                    assert kind is int, name
+                if original is None:
+                    assert value is None, name
+            assert isinstance(got.tool_calls, MappingProxyType) and isinstance(got.tool_costs, MappingProxyType)
+            tools = tools or bool(want.tool_calls)
+        assert [run[i] for i in range(len(run))] == ms and run[-1] == ms[-1]
+    assert tools  # the fleet had minutes with tool calls
+
+
+def test_quiet_minutes_take_small_rows_and_share_their_names() -> None:
+    quiet = [series.AgentMinute("bot", "shop", 60 * i, inference_cost_usd=0.002, llm_calls=2, model="gpt-4o-mini",
+                                workflow="support") for i in range(1, 91)]
+    run = _run(quiet)
+    rows, rests = run._rows, run._rests
+    assert all(type(r) is bytes and len(r) == 2 + 8 + 8 + 8 for r in rows)  # mask, minute, a cost, a count
+    assert len({id(r) for r in rests}) == 1  # one shared tuple of names
+    kept_whole = sum(sys.getsizeof(m) for m in quiet)
+    assert sum(sys.getsizeof(r) for r in rows) < kept_whole / 3
+
+
+@pytest.mark.parametrize("odd", [
+    {"tokens": 2.5},  # a float where the field is an int
+    {"tokens": 2**70},  # an int past 64 bits
+    {"inference_cost_usd": 2**60 + 1},  # an int a double does not hold exactly
+    {"agent": "someone-else"},  # another agent's minute
+])
+def test_a_minute_a_row_cannot_hold_exactly_is_kept_as_it_is(odd: dict[str, object]) -> None:
+    ms = [series.AgentMinute("bot", "shop", 60 * i, llm_calls=i) for i in range(1, 6)]
+    ms[2] = dataclasses.replace(ms[2], **odd)  # type: ignore[arg-type]
+    run = series.MinuteRun.of("bot", "shop", ms)
+    assert run[2] is ms[2]
+    assert list(run) == ms
+    assert run.minute_at(2) == ms[2].minute
+
+
+def test_slices_between_and_joins_are_runs_of_the_same_minutes() -> None:
+    ms = max(FLEET.values(), key=len)
+    run = _run(ms)
+    first, last = ms[0].minute, ms[-1].minute
+    mid = first + 60 * (len(ms) // 2)
+    assert run.between(first, mid) == [m for m in ms if m.minute < mid]
+    assert run.between(mid, last + 60) == [m for m in ms if m.minute >= mid]
+    assert run.between(first, mid) + run.between(mid, last + 60) == run
+    assert isinstance(run[3:9], series.MinuteRun) and run[3:9] == ms[3:9]
+    assert run.index(mid) == next(i for i, m in enumerate(ms) if m.minute >= mid)
+    assert [run.minute_at(i) for i in range(len(run))] == [m.minute for m in ms]
+    assert list(series.since(run, mid)) == list(series.since(ms, mid)) == [m for m in ms if m.minute >= mid]
+    other = series.MinuteRun("other", ms[0].namespace)
+    with pytest.raises(TypeError):
+        run + other
+
+
+def test_equal_minutes_give_equal_digests_and_any_changed_field_another() -> None:
+    for ms in FLEET.values():
+        run = _run(ms)
+        again = _run([dataclasses.replace(m) for m in ms])  # the same minutes, read again
+        assert again == run
+        assert all(again.digest(n) == run.digest(n) for n in range(len(ms) + 1))
+        assert len({run.digest(n) for n in range(len(ms) + 1)}) == len(ms) + 1
+    ms = max(FLEET.values(), key=lambda ms: sum(bool(m.tool_calls) for m in ms))
+    i = next(i for i, m in enumerate(ms) if m.tool_calls)
+    changes: dict[str, object] = {
+        "minute": ms[i].minute + 1, "model": "another", "version": "v-other", "workflow": "other",
+        "tool_calls": MappingProxyType({**ms[i].tool_calls, "x.tool": 1.0}),
+        "tool_costs": MappingProxyType({"x.tool": 0.5}),
+        "largest_task_id": "t-other", "oldest_task_id": "t-other",
+        "open_tasks": 99, "largest_task_tokens": 99, "oldest_task_tokens": 99,
+        "largest_task_age": 9.5, "oldest_task_age": 9.5,
+    }
+    for name in FIELDS:
+        if name in ("agent", "namespace"):
+            continue
+        value = changes.get(name)
+        if value is None:
+            old = getattr(ms[i], name)
+            value = old + 1 if isinstance(old, (int, float)) else 1
+        changed = [*ms[:i], dataclasses.replace(ms[i], **{name: value}), *ms[i + 1:]]
+        other = _run(changed)
+        assert other != _run(ms), name
+        assert other.digest(i + 1) != _run(ms).digest(i + 1), name
+        assert other.digest(i) == _run(ms).digest(i), name  # the minutes before it are the same
+
+
+def test_the_hours_figures_and_the_guardrails_read_a_run_as_they_read_a_list() -> None:
+    from fleetwarden.core import decision, figures, guardrails, spec
+
+    compared = 0
+    for (namespace, agent), ms in FLEET.items():
+        policy = spec.CostPolicy.model_validate({
+            "apiVersion": spec.API_VERSION, "kind": "CostPolicy", "metadata": {"name": "p", "namespace": namespace},
+            "spec": {"rateLimits": {"toolCallsPerMinute": 5}}})
+        end = ms[-1].minute + 60
+        deployment = decision.AgentDeployment(name=agent, namespace=namespace, labels={}, replicas=1)
+        as_run = figures._minute_figures({agent: _run(ms)}, end, None, None)
+        assert as_run == figures._minute_figures({agent: ms}, end, None, None)
+        found = guardrails.agent_findings(deployment, _run(ms), {}, [policy])
+        assert found == guardrails.agent_findings(deployment, ms, {}, [policy])
+        compared += bool(found)
+    assert compared  # some agent went past the rate limit

@@ -13,27 +13,12 @@ import sys
 from collections.abc import Sequence
 from types import MappingProxyType
 
+import bucketed
 import pytest
 
-from fleetwarden.core import buckets, events, fleetgen, pricing, series
+from fleetwarden.core import fleetgen, series
 
-
-def _fleet(seed: int) -> dict[tuple[str, str], list[series.AgentMinute]]:
-    evs, _ = fleetgen.build(seed, agents=len(fleetgen.SHAPES), hours=1.0)
-    bucketer = buckets.Bucketer(pricing.PriceTable())
-    per: dict[tuple[str, str], list[series.AgentMinute]] = {}
-
-    def feed(ms: Sequence[series.AgentMinute]) -> None:
-        for m in ms:
-            per.setdefault((m.namespace, m.agent), []).append(m)
-    for ev in evs:
-        bucketer.add(events.from_obj(ev))
-        feed(bucketer.close())
-    feed(bucketer.finish())
-    return per
-
-
-FLEET = _fleet(seed=4417)
+FLEET = bucketed.agent_minutes(seed=4417, agents=len(fleetgen.SHAPES), hours=1.0)
 FIELDS = [f.name for f in dataclasses.fields(series.AgentMinute)]
 
 

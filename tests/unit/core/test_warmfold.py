@@ -13,9 +13,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import bucketed
 import pytest
 
-from fleetwarden.core import buckets, detectors, events, findings, fleetgen, pricing, series, spec, warmfold
+from fleetwarden.core import detectors, findings, fleetgen, series, spec, warmfold
 
 MINUTE = 60
 LOOKBACK = 30  # minutes: shorter than the operator's 90, so a test fleet re-anchors many times
@@ -23,22 +24,7 @@ ANCHOR = 7
 PARAMS = spec.AnomalyParams()
 
 
-def _minutes(seed: int, agents: int, hours: float, **kw: Any) -> dict[tuple[str, str], list[series.AgentMinute]]:
-    evs, _ = fleetgen.build(seed, agents=agents, hours=hours, **kw)
-    bucketer = buckets.Bucketer(pricing.PriceTable())
-    per: dict[tuple[str, str], list[series.AgentMinute]] = {}
-
-    def feed(ms: Sequence[series.AgentMinute]) -> None:
-        for m in ms:
-            per.setdefault((m.namespace, m.agent), []).append(m)
-    for ev in evs:
-        bucketer.add(events.from_obj(ev))
-        feed(bucketer.close())
-    feed(bucketer.finish())
-    return per
-
-
-FLEET = _minutes(seed=901, agents=len(fleetgen.SHAPES), hours=2.0)
+FLEET = bucketed.agent_minutes(seed=901, agents=len(fleetgen.SHAPES), hours=2.0)
 
 
 def _refold(window: Sequence[series.AgentMinute], params: spec.AnomalyParams = PARAMS) -> list[findings.Finding]:
@@ -193,7 +179,7 @@ def test_the_evaluation_judges_the_fold_from_the_anchor(monkeypatch: pytest.Monk
         return in_view(out, start, params)
     monkeypatch.setattr(detectors, "in_view", recorded)
     lookback = 90  # the operator's: the in-view rule needs the hour before an onset and more
-    fleet = _minutes(seed=902, agents=3, hours=3.5, shapes=("task_loop", "tool_ramp", "cost_shift"))
+    fleet = bucketed.agent_minutes(seed=902, agents=3, hours=3.5, shapes=("task_loop", "tool_ramp", "cost_shift"))
     for (namespace, agent), ms in sorted(fleet.items()):
         budget = spec.AgentBudget.model_validate({
             "metadata": {"name": "b", "namespace": namespace},
@@ -256,7 +242,7 @@ def test_a_kept_state_holds_cost_shifts_baselines_as_they_were() -> None:
     level and summaries; and a fold restored from its pickle after every minute finds what the
     fold kept in memory finds. Cost-shift fleets of their own seed, and the busy and slow agents
     of every shape."""
-    fleet = _minutes(seed=903, agents=6, hours=3.0, shapes=("cost_shift", "cost_shift", *fleetgen.SHAPES[:4]))
+    fleet = bucketed.agent_minutes(seed=903, agents=6, hours=3.0, shapes=("cost_shift", "cost_shift", *fleetgen.SHAPES[:4]))
     compared = computed = 0
     for ms in fleet.values():
         live = detectors.DetectorSet(PARAMS, ms[0].agent, ms[0].namespace)

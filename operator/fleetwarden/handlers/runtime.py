@@ -27,9 +27,11 @@ Kopf-free on purpose: the handlers and ``benchmarks/operator_scale.py`` call it 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -96,6 +98,18 @@ def _meaningful(status: Mapping[str, Any]) -> dict[str, Any]:
     at once, or for figures alone in a large fleet at the budget's turn: figure_seconds);
     smaller drift waits for the heartbeat."""
     return {k: _coarse(v) for k, v in status.items() if k not in _VOLATILE}
+
+
+def _pack_status(status: Mapping[str, Any]) -> bytes:
+    """A status kept between evaluations: its JSON, compressed (about 0.6 KB, against about 3 KB
+    for its dicts and strings: 10,000 budgets keep one each). JSON gives back the same values
+    and types: a status is the plain JSON the API server was sent."""
+    return zlib.compress(json.dumps(status, separators=(",", ":")).encode(), 1)
+
+
+def _unpack_status(packed: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(zlib.decompress(packed))
+    return out
 
 
 def _decisive(meaningful: Mapping[str, Any]) -> dict[str, Any]:
@@ -275,7 +289,7 @@ class Runtime:
         self._snapshot_at = float("-inf")  # monotonic time of the last fetch
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._status: dict[str, dict[str, Any]] = {}  # uid -> the status we last wrote
+        self._status: dict[str, bytes] = {}  # uid -> the status we last wrote (_pack_status)
         self._labels = LabelIndex()  # each namespace's Deployments by label (select_agents)
         self._written_at: dict[str, float] = {}
         self._heartbeat_lock = threading.Lock()
@@ -373,7 +387,8 @@ class Runtime:
 
     def previous_status(self, body: Mapping[str, Any]) -> dict[str, Any]:
         uid = str((body.get("metadata") or {}).get("uid"))
-        return dict(self._status.get(uid) or body.get("status") or {})
+        kept = self._status.get(uid)
+        return _unpack_status(kept) if kept else dict(body.get("status") or {})
 
     def has_status(self, uid: str) -> bool:
         """Whether this process wrote a status of budget ``uid`` (then :meth:`previous_status`
@@ -571,7 +586,7 @@ class Runtime:
             if exc.status == 404:
                 return  # deleted meanwhile
             raise
-        self._status[uid] = new
+        self._status[uid] = _pack_status(new)
         self._written_at[uid] = now
 
     # ---------------------------------------------------------------- governance hygiene

@@ -3,6 +3,7 @@ unknown data never acts. The API server is a recording fake here (unit tests onl
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -250,6 +251,36 @@ def test_status_cache_makes_the_next_cycle_continue_from_the_decision() -> None:
     rt.reconcile(body(0), [deployment(0)])
     rt.reconcile(body(0), [deployment(0, replicas=3)])  # scaled back up by someone
     assert [c[3] for c in k.of("scale_to_zero")] == [2, 2]  # held, remembering the original 2
+
+
+def test_the_status_kept_between_evaluations_reads_back_as_written_and_is_small() -> None:
+    """The status the runtime last wrote is what the next evaluation starts from: kept compactly
+    (compressed JSON), it reads back equal value for value and type for type (a float stays a
+    float, an int an int), never the stale status on the body."""
+    k = FakeKube()
+    rt = make(CountingFetcher(hour_spend=2.0), k)
+    decision = rt.reconcile(body(0), [deployment(0)])
+    written = decision.status.body()
+    [status_call] = k.of("status")
+    assert status_call[3] == written  # the first write is the whole status
+    stale = {**body(0), "status": {"state": "Active"}}
+    back = rt.previous_status(stale)
+    assert back == written and rt.has_status("uid-0")
+
+    def types(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: types(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [types(v) for v in value]
+        return type(value)
+    assert types(back) == types(written)
+    assert any(type(v) is float for v in written["spend"].values())
+    back["state"] = "changed"  # a caller's copy: the kept status does not change
+    assert rt.previous_status(stale) == written
+    kept = rt._status["uid-0"]
+    assert isinstance(kept, bytes) and len(kept) < len(json.dumps(written)) / 2
+    assert not rt.has_status("uid-1") and rt.previous_status({**body(1), "status": {"state": "Active"}}) == \
+        {"state": "Active"}
 
 
 class GatedFetcher(CountingFetcher):

@@ -713,8 +713,6 @@ def _instant_by_agent(items: Iterable[Mapping[str, Any]], combine: Callable[[flo
 # ------------------------------------------------------------------ fetching
 
 
-
-
 @dataclasses.dataclass
 class _KeptRanges:
     """The SDK's per-minute buckets of the complete minutes ``[start, end)``: minutes, outcomes and

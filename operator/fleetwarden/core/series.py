@@ -287,7 +287,7 @@ class MinuteRun(Sequence[AgentMinute]):
         row = self._rows[i]
         return row.minute if isinstance(row, AgentMinute) else int(_HEAD.unpack_from(row)[1])
 
-    def index(self, start: int, lo: int = 0) -> int:  # type: ignore[override]
+    def first_at(self, start: int, lo: int = 0) -> int:
         """The position of the first minute that starts at or after ``start`` (the run is in order)."""
         return bisect.bisect_left(range(len(self)), start, lo, key=self.minute_at)
 
@@ -303,8 +303,8 @@ class MinuteRun(Sequence[AgentMinute]):
 
     def between(self, start: int, end: int) -> MinuteRun:
         """The minutes that start in ``[start, end)`` (the run is in order)."""
-        i = self.index(start)
-        return self[i:self.index(end, i)]
+        i = self.first_at(start)
+        return self[i:self.first_at(end, i)]
 
     def __add__(self, other: MinuteRun) -> MinuteRun:
         if (other.agent, other.namespace) != (self.agent, self.namespace):
@@ -328,5 +328,5 @@ class MinuteRun(Sequence[AgentMinute]):
 def since(minutes: Sequence[AgentMinute], start: int) -> Iterable[AgentMinute]:
     """The minutes that start at or after ``start``: of a run, only those are built."""
     if isinstance(minutes, MinuteRun):
-        return minutes[minutes.index(start):]
+        return minutes[minutes.first_at(start):]
     return (m for m in minutes if m.minute >= start)

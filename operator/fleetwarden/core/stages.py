@@ -164,7 +164,7 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
     assert inp.folds is not None
     window: Sequence[series.AgentMinute]
     if isinstance(minutes, series.MinuteRun):  # in order; sliced without building a minute
-        window = minutes[minutes.index(fold_start):]
+        window = minutes[minutes.first_at(fold_start):]
     else:
         ordered = sorted(minutes, key=_minute)  # the adapter's buckets are in order already: linear
         window = ordered[bisect.bisect_left(ordered, fold_start, key=_minute):]

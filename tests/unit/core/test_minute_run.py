@@ -87,7 +87,8 @@ def test_slices_between_and_joins_are_runs_of_the_same_minutes() -> None:
     assert run.between(mid, last + 60) == [m for m in ms if m.minute >= mid]
     assert run.between(first, mid) + run.between(mid, last + 60) == run
     assert isinstance(run[3:9], series.MinuteRun) and run[3:9] == ms[3:9]
-    assert run.index(mid) == next(i for i, m in enumerate(ms) if m.minute >= mid)
+    assert run.first_at(mid) == next(i for i, m in enumerate(ms) if m.minute >= mid)
+    assert run.index(ms[3]) == ms.index(ms[3])  # a Sequence's own index: where a minute stands
     assert [run.minute_at(i) for i in range(len(run))] == [m.minute for m in ms]
     assert list(series.since(run, mid)) == list(series.since(ms, mid)) == [m for m in ms if m.minute >= mid]
     other = series.MinuteRun("other", ms[0].namespace)

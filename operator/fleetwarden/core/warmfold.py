@@ -17,10 +17,10 @@ the minutes that are new:
 - The kept state is used only when the minutes it folded are, one by one, the first minutes of
   this cycle's window (equal in every field: a state keeps their count and a hash of their
   fields, not the minutes, which the fetcher keeps compactly), with the same anchor and the
-  same parameters; otherwise the window is folded again from its anchor. The detectors are a pure fold (same
-  minutes in order, same findings out: docs/detectors.md), so a state restored after ``k``
-  minutes and stepped on is the state a fold from the anchor reaches, and its findings are
-  the same. When the window is exactly the kept minutes (an agent with nothing new since), the
+  same parameters; otherwise the window is folded again from its anchor. The detectors are a
+  pure fold (same minutes in order, same findings out: docs/detectors.md), so a state restored
+  after ``k`` minutes and stepped on is the state a fold from the anchor reaches, and its
+  findings are the same. When the window is exactly the kept minutes (an agent with nothing new since), the
   findings are those kept, and the state is not even restored. ``tests/unit/core/test_warmfold.py``
   checks this against a fold from the anchor, and ``tests/e2e/test_replay_operator_agree.py``
   against replay on real parts.

@@ -586,7 +586,7 @@ class Runtime:
             if exc.status == 404:
                 return  # deleted meanwhile
             raise
-        self._status[uid] = _pack_status(new)
+        self._status[uid] = _pack_status(new) if new else b""  # an empty one reads as none, as before
         self._written_at[uid] = now
 
     # ---------------------------------------------------------------- governance hygiene

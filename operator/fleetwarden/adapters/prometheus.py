@@ -41,7 +41,7 @@ import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from fleetwarden import errors
@@ -589,73 +589,132 @@ def build_task_readings(items: Iterable[Mapping[str, Any]], start: int, end: int
     return dict(out)
 
 
-def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: int,
-                  tasks: Mapping[Key, Mapping[int, TaskReading]] | None = None) -> dict[Key, list[series.AgentMinute]]:
-    """Per-agent minute buckets from the range results (sample at T covers [T-60, T)), with the
-    open-task readings of ``tasks`` where the agent exports them (else unknown: None).
+class MinuteBuilder:
+    """The SDK's per-minute buckets of the minutes ``[start, end)``, folded from the range answers
+    one answer at a time (:meth:`add`), so that the fetcher holds one decoded answer at once and
+    not every family's: a 15-minute answer of 10,000 series decodes to some 35 MB of lists.
 
-    A bucket exists for a minute where at least one family has a sample for the agent;
-    minutes with none are gaps (scrape failures, or the agent not exporting yet)."""
-    fields: dict[Key, dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
-    shared: dict[int, int] = {}  # one int object per minute for the whole fleet, not one per agent
-    for family, items in results.items():
+    What an answer leaves is kept per agent, family, label and minute (the label: the family's
+    grouping label, e.g. a minute's model, or None): a few dicts per agent, where one dict per
+    agent and minute and one per labelled family within it (the layout before) took twice the
+    memory. The sums are those of the answers' points in the answers' order, as before.
+    :meth:`agents` then yields each agent's minutes in order, and forgets the agent."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+        # agent -> family (and family + ":2": the second grouping label) -> label -> minute -> sum
+        self._fields: dict[Key, dict[str, dict[str | None, dict[int, float]]]] = {}
+        self._minutes: dict[int, int] = {}  # one int object per minute for the whole fleet, not one per agent
+        self.outcomes: dict[Key, PerMinute] = {}
+        self.guardrails: dict[Key, GuardrailMinutes] = {}
+
+    def add(self, family: str, items: Iterable[Mapping[str, Any]]) -> None:
+        """Fold the answer of ``family``'s range query (a RANGE_FAMILIES name)."""
+        items = list(items)
         _, extra = RANGE_FAMILIES[family]
+        start, end, shared_minutes, fields = self.start, self.end, self._minutes, self._fields
         for item in items:
-            key = _key(item.get("metric", {}))
-            if key is None or GUARDRAIL_MARK in item["metric"]:
+            metric = item.get("metric", {})
+            key = _key(metric)
+            if key is None or GUARDRAIL_MARK in metric:
                 continue
-            label = series.shared(item["metric"].get(extra[0], "")) if extra else None
-            label2 = series.shared(item["metric"].get(extra[1], "")) if len(extra) > 1 else None
+            sums: dict[int, float] | None = None
+            sums2: dict[int, float] | None = None
             for ts, value in clean_points(item.get("values") or ()).items():
                 minute = series.minute_of(ts - series.MINUTE)
                 if minute < start or minute >= end:
                     continue
-                minute = shared.setdefault(minute, minute)
-                bucket = fields[key][minute]
-                if label is None:
-                    bucket[family] = bucket.get(family, 0.0) + value
-                else:
-                    sub = bucket.setdefault(family, {})
-                    sub[label] = sub.get(label, 0.0) + value
-                    if label2 is not None:
-                        sub2 = bucket.setdefault(family + ":2", {})
-                        sub2[label2] = sub2.get(label2, 0.0) + value
-    out: dict[Key, list[series.AgentMinute]] = {}
-    for (namespace, agent), by_minute in fields.items():
-        buckets = []
-        readings = (tasks or {}).get((namespace, agent), {})
-        for minute in sorted(by_minute):
-            b = by_minute[minute]
+                if sums is None:  # (an agent, a family or a label with no minute in the span is not kept)
+                    label = series.shared(metric.get(extra[0], "")) if extra else None
+                    mine = fields.get(key)
+                    if mine is None:
+                        mine = fields[key] = {}
+                    sums = mine.setdefault(family, {}).setdefault(label, {})
+                    if len(extra) > 1:
+                        label2 = series.shared(metric.get(extra[1], ""))
+                        sums2 = mine.setdefault(family + ":2", {}).setdefault(label2, {})
+                minute = shared_minutes.setdefault(minute, minute)
+                sums[minute] = sums.get(minute, 0.0) + value
+                if sums2 is not None:
+                    sums2[minute] = sums2.get(minute, 0.0) + value
+        if family == "outcomes":
+            self.outcomes.update(build_outcomes({family: items}, start, end))
+        elif family == "tool_calls":
+            self.guardrails.update(build_guardrails({family: items}, start, end))
+
+    def agents(self, tasks: Mapping[Key, Mapping[int, TaskReading]] | None = None
+               ) -> Iterator[tuple[Key, Iterator[series.AgentMinute]]]:
+        """Each agent's minutes (a minute where at least one family has a sample for the agent;
+        minutes with none are gaps: scrape failures, or the agent not exporting yet), with the
+        open-task readings of ``tasks`` where the agent exports them (else unknown: None). Each
+        agent is forgotten once yielded."""
+        fields = self._fields
+        while fields:
+            key = next(iter(fields))
+            yield key, self._minutes_of(key, fields.pop(key), (tasks or {}).get(key, {}))
+
+    @staticmethod
+    def _minutes_of(key: Key, fams: dict[str, dict[str | None, dict[int, float]]],
+                    readings: Mapping[int, TaskReading]) -> Iterator[series.AgentMinute]:
+        namespace, agent = key
+        minutes: set[int] = set()
+        for by_label in fams.values():
+            for sums in by_label.values():
+                minutes.update(sums)
+        empty: dict[str | None, dict[int, float]] = {}
+
+        def plain(family: str, minute: int) -> float:
+            sums = fams.get(family, empty).get(None)
+            return sums.get(minute, 0.0) if sums is not None else 0.0
+
+        def named(family: str, minute: int) -> dict[str, float]:
+            return {label: sums[minute] for label, sums in fams.get(family, empty).items()
+                    if label is not None and minute in sums}
+
+        for minute in sorted(minutes):
             reading = readings.get(minute)
-            ended = b.get("tasks", {})
-            tool_calls = {k: v for k, v in b.get("tool_calls", {}).items() if k} or series.NO_TOOLS
-            tool_costs = {k: v for k, v in b.get("tool_cost", {}).items() if k} or series.NO_TOOLS
-            buckets.append(series.AgentMinute(
+            ended = named("tasks", minute)
+            calls = named("llm_calls", minute)
+            tool_calls = {k: v for k, v in named("tool_calls", minute).items() if k} or series.NO_TOOLS
+            tool_costs = {k: v for k, v in named("tool_cost", minute).items() if k} or series.NO_TOOLS
+            yield series.AgentMinute(
                 agent=agent,
                 namespace=namespace,
                 minute=minute,
-                inference_cost_usd=b.get("inference_cost", 0.0),
+                inference_cost_usd=plain("inference_cost", minute),
                 tool_cost_usd=sum(tool_costs.values()),
-                human_cost_usd=b.get("human_cost", 0.0),
-                tokens=int(round(b.get("tokens", 0.0))),
-                output_tokens=int(round(b.get("output_tokens", 0.0))),
-                llm_calls=int(round(sum(b.get("llm_calls", {}).values()))),
+                human_cost_usd=plain("human_cost", minute),
+                tokens=int(round(plain("tokens", minute))),
+                output_tokens=int(round(plain("output_tokens", minute))),
+                llm_calls=int(round(sum(calls.values()))),
                 tasks_completed=int(round(ended.get("completed", 0.0))),
                 tasks_failed=int(round(ended.get("failed", 0.0))),
                 tasks_abandoned=int(round(ended.get("abandoned", 0.0))),
-                outcomes=sum(b.get("outcomes", {}).values()),
+                outcomes=sum(named("outcomes", minute).values()),
                 tool_calls=tool_calls,
                 tool_costs=tool_costs,
-                model=_mode(b.get("llm_calls", {})),
-                workflow=_mode({k: v for k, v in b.get("llm_calls:2", {}).items() if k}),
+                model=_mode(calls),
+                workflow=_mode({k: v for k, v in named("llm_calls:2", minute).items() if k}),
                 open_tasks=reading[0] if reading is not None else None,
                 largest_task_tokens=reading[1] if reading is not None else None,
                 largest_task_age=reading[2] if reading is not None else None,
                 oldest_task_tokens=reading[3] if reading is not None else None,
                 oldest_task_age=reading[4] if reading is not None else None,
-            ))
-        out[(namespace, agent)] = buckets
-    return out
+            )
+
+
+def build_minutes(results: Mapping[str, list[dict[str, Any]]], start: int, end: int,
+                  tasks: Mapping[Key, Mapping[int, TaskReading]] | None = None) -> dict[Key, list[series.AgentMinute]]:
+    """Per-agent minute buckets from the range results (sample at T covers [T-60, T)), with the
+    open-task readings of ``tasks`` where the agent exports them (else unknown: None): what
+    :class:`MinuteBuilder` gives, as lists.
+
+    A bucket exists for a minute where at least one family has a sample for the agent;
+    minutes with none are gaps (scrape failures, or the agent not exporting yet)."""
+    builder = MinuteBuilder(start, end)
+    for family, items in results.items():
+        builder.add(family, items)
+    return {key: list(minutes) for key, minutes in builder.agents(tasks)}
 
 
 def _per_minute(items: Iterable[Mapping[str, Any]], labels: Sequence[str], start: int, end: int
@@ -677,7 +736,7 @@ def _per_minute(items: Iterable[Mapping[str, Any]], labels: Sequence[str], start
     return out
 
 
-def build_outcomes(results: Mapping[str, list[dict[str, Any]]], start: int, end: int) -> dict[Key, PerMinute]:
+def build_outcomes(results: Mapping[str, Sequence[Mapping[str, Any]]], start: int, end: int) -> dict[Key, PerMinute]:
     """Outcomes by name, per agent and minute (an outcome without a name is not named)."""
     named = _per_minute(results.get("outcomes") or (), ("outcome",), start, end)
     return {key: {minute: {name: n for (name,), n in counts.items() if name}
@@ -685,7 +744,7 @@ def build_outcomes(results: Mapping[str, list[dict[str, Any]]], start: int, end:
             for key, by_minute in named.items()}
 
 
-def build_guardrails(results: Mapping[str, list[dict[str, Any]]], start: int, end: int
+def build_guardrails(results: Mapping[str, Sequence[Mapping[str, Any]]], start: int, end: int
                      ) -> dict[Key, GuardrailMinutes]:
     """The SDK's guardrail findings (GUARDRAIL_STATUSES) per agent and minute, by (status, tool)."""
     items = [i for i in results.get("tool_calls") or () if GUARDRAIL_MARK in (i.get("metric") or {})]
@@ -729,10 +788,12 @@ class _KeptRanges:
     outcomes: dict[Key, PerMinute] = dataclasses.field(default_factory=dict)
     guardrails: dict[Key, GuardrailMinutes] = dataclasses.field(default_factory=dict)
 
-    def extend(self, minutes: Mapping[Key, list[series.AgentMinute]], outcomes: Mapping[Key, PerMinute],
+    def extend(self, minutes: Iterable[tuple[Key, Iterable[series.AgentMinute]]], outcomes: Mapping[Key, PerMinute],
                guardrails_: Mapping[Key, GuardrailMinutes]) -> None:
-        """Add the buckets of the next slice (all later than those held), kept as compact runs."""
-        for (namespace, agent), ms in minutes.items():
+        """Add the buckets of the next slice (all later than those held), kept as compact runs:
+        ``minutes`` gives each agent's minutes in order (:meth:`MinuteBuilder.agents`), packed as
+        they come."""
+        for (namespace, agent), ms in minutes:
             run = series.MinuteRun.of(agent, namespace, ms)
             held = self.minutes.get((namespace, agent))
             self.minutes[(namespace, agent)] = run if held is None else held + run
@@ -892,12 +953,12 @@ class Fetcher:
             return lambda: self.client.custom_query_range(
                 query, start_time=start_time, end_time=end_time, step="60")
 
-        ranges = {family: self._run(family, "matrix", matrix(family_query(family, self.scope)), unlabelled)
-                  for family in RANGE_FAMILIES}
+        builder = MinuteBuilder(a, b)
+        for family in RANGE_FAMILIES:  # (each answer folded, then dropped, before the next is read)
+            builder.add(family, self._run(family, "matrix", matrix(family_query(family, self.scope)), unlabelled))
         open_tasks = self._run("open tasks", "matrix", matrix(open_tasks_query(self.scope)), unlabelled)
-        out.extend(build_minutes(ranges, a, b, build_task_readings(open_tasks, a, b)),
-                   build_outcomes(ranges, a, b), build_guardrails(ranges, a, b))
-        return len(ranges) + 1
+        out.extend(builder.agents(build_task_readings(open_tasks, a, b)), builder.outcomes, builder.guardrails)
+        return len(RANGE_FAMILIES) + 1
 
     def _fetch_sources(self, sources: Iterable[spec.SourceType], now: float, start: int, end: int,
                        start_time: dt.datetime, end_time: dt.datetime, unlabelled: dict[str, int]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from pathlib import Path
 from typing import Any, cast
 
@@ -204,3 +205,86 @@ def test_minutes_of_separate_answers_share_their_label_strings() -> None:
     for a, b in [(first.agent, second.agent), (first.namespace, second.namespace), (first.model, second.model),
                  (first.workflow, second.workflow), (next(iter(first.tool_calls)), next(iter(second.tool_calls)))]:
         assert a is b
+
+
+def _random_answers(rng: random.Random) -> dict[str, list[dict[str, Any]]]:
+    """Range answers of a few agents: families with and without grouping labels, several series of
+    one agent and label (two models, one workflow), gaps, samples that are no numbers, a series
+    without an agent, and guardrail series inside the tool-call answer."""
+    agents = [(f"ns-{i % 2}", f"bot-{i}") for i in range(rng.randint(1, 5))]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for family, (_, extra) in prometheus.RANGE_FAMILIES.items():
+        items: list[dict[str, Any]] = []
+        for namespace, agent in agents:
+            for _ in range(rng.randint(0, 3)):
+                metric = {"namespace": namespace, "agent": agent} | {label: rng.choice(["", "a", "b"]) for label in extra}
+                if family == "tool_calls" and rng.random() < 0.3:
+                    metric |= {prometheus.GUARDRAIL_MARK: "guardrail", "status": guardrails.FINDING_STATUSES[0]}
+                values = [[t, rng.choice(["1", "0", "2.5", "NaN", str(round(rng.random(), 3))])]
+                          for t in range(60, 1860, 60) if rng.random() < 0.6]
+                items.append({"metric": metric, "values": values})
+        items.append({"metric": {"agent": "no-namespace"}, "values": [[120, "1"]]})
+        out[family] = items
+    return out
+
+
+def _expected_minutes(results: dict[str, list[dict[str, Any]]], start: int, end: int
+                      ) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """The buckets worked out the plain way: for each agent and minute, every family's samples
+    summed (by label where the family has one)."""
+    sums: dict[tuple[str, str], dict[int, dict[tuple[str, str], float]]] = {}
+    for family, items in results.items():
+        _, extra = prometheus.RANGE_FAMILIES[family]
+        for item in items:
+            metric = item["metric"]
+            if "namespace" not in metric or prometheus.GUARDRAIL_MARK in metric:
+                continue
+            for t, text in item["values"]:
+                value = float(text)
+                if value != value or not start <= t - 60 < end:
+                    continue
+                minute = sums.setdefault((metric["namespace"], metric["agent"]), {}).setdefault(t - 60, {})
+                for part, label in ((family, metric[extra[0]] if extra else ""),
+                                    *(((family + ":2", metric[extra[1]]),) if len(extra) > 1 else ())):
+                    minute[(part, label)] = minute.get((part, label), 0.0) + value
+
+    def by_label(b: dict[tuple[str, str], float], part: str) -> dict[str, float]:
+        return {label: v for (p, label), v in b.items() if p == part}
+
+    def mode(counts: dict[str, float]) -> str | None:  # the label with the most calls ("" too)
+        best = max(((v, k) for k, v in counts.items() if v > 0), default=None)
+        return best[1] if best else None
+
+    return {key: {minute: {
+        "inference_cost_usd": b.get(("inference_cost", ""), 0.0),
+        "tokens": round(b.get(("tokens", ""), 0.0)),
+        "human_cost_usd": b.get(("human_cost", ""), 0.0),
+        "llm_calls": round(sum(by_label(b, "llm_calls").values())),
+        "tasks_completed": round(by_label(b, "tasks").get("completed", 0.0)),
+        "outcomes": sum(by_label(b, "outcomes").values()),
+        "tool_calls": {k: v for k, v in by_label(b, "tool_calls").items() if k},
+        "tool_cost_usd": sum(v for k, v in by_label(b, "tool_cost").items() if k),
+        "model": mode(by_label(b, "llm_calls")),
+        "workflow": mode({k: v for k, v in by_label(b, "llm_calls:2").items() if k}),
+    } for minute, b in sorted(by_minute.items())} for key, by_minute in sums.items()}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_minutes_folded_answer_by_answer_are_the_samples_summed(seed: int) -> None:
+    """The fetcher folds each range answer as it arrives (MinuteBuilder) and keeps sums per agent,
+    family and label: each minute is what summing the answers' samples gives, a minute no family
+    has a sample for is no bucket, and an agent with none in the span has no minutes at all."""
+    rng = random.Random(seed)
+    results = _random_answers(rng)
+    start, end = rng.choice([(0, 1800), (300, 1200), (600, 660)])
+    built = prometheus.build_minutes(results, start, end)
+    expected = _expected_minutes(results, start, end)
+    assert set(built) == set(expected)
+    for key, minutes in built.items():
+        assert [m.minute for m in minutes] == list(expected[key])
+        for m in minutes:
+            want = expected[key][m.minute]
+            numbers = [f for f, v in want.items() if isinstance(v, (int, float))]
+            assert {f: getattr(m, f) for f in numbers} == pytest.approx({f: want[f] for f in numbers})
+            assert (m.model, m.workflow) == (want["model"], want["workflow"])
+            assert dict(m.tool_calls) == pytest.approx(want["tool_calls"])

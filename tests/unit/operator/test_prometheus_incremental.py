@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import weakref
 from typing import Any
 
 from fleetwarden.adapters import prometheus
@@ -149,3 +150,29 @@ def test_a_clock_that_went_back_or_a_long_pause_reads_the_lookback_whole():
         same(fetcher.fetch(now), full(now))
         first = [r for r in client.ranges if r[0] == "inference_cost"][0]
         assert first[1] == int(now // 60) * 60 - 30 * 60 + 60
+
+
+class _Answer(list):  # type: ignore[type-arg]
+    """A decoded answer that can be watched (a weak reference) to see how long it lives."""
+
+
+def test_the_fetcher_holds_one_decoded_range_answer_at_a_time():
+    """Each range answer is folded into the slice's buckets as it arrives and dropped before the
+    next query: a 15-minute answer of 10,000 series is some 35 MB of decoded lists, so holding
+    a slice's ten at once was the fetch's peak. The buckets are still those of one full read."""
+    client = Synthetic()
+    alive: list[weakref.ref[_Answer]] = []
+    held_at_query: list[int] = []
+    answer_range = client.custom_query_range
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        held_at_query.append(sum(1 for ref in alive if ref() is not None))
+        answer = _Answer(answer_range(*args, **kwargs))
+        alive.append(weakref.ref(answer))
+        return answer
+
+    client.custom_query_range = watched  # type: ignore[method-assign]
+    snap = prometheus.Fetcher(client, lookback_minutes=30, slice_minutes=7).fetch(NOW)
+    same(snap, full(NOW))
+    assert len(held_at_query) == math.ceil(30 / 7) * (len(prometheus.RANGE_FAMILIES) + 1)
+    assert max(held_at_query) == 0

@@ -3,7 +3,8 @@
 Put on the ``PYTHONPATH`` of one process only, with ``FLEETWARDEN_BENCH_CENSUS=PREFIX``: when
 the file ``PREFIX.go`` appears, a thread of that process walks every object reachable from the
 garbage collector's (``gc.get_objects``, then ``gc.get_referents`` down to the untracked ones:
-strings, numbers, bytes), sums ``sys.getsizeof`` per type, reads CPython's own account of its
+strings, numbers, bytes), sums ``sys.getsizeof`` per type (and per shape for dicts and sets:
+their first keys, the types of their first elements), reads CPython's own account of its
 small-object allocator (``sys._debugmallocstats``; for that call the process's stderr goes to
 the census) and writes both to ``PREFIX.txt``. The walk holds the process for about a minute at
 10,000 budgets and its set of ids costs hundreds of MiB: take it after what is measured, never
@@ -16,6 +17,7 @@ import os
 
 PREFIX = os.environ.get("FLEETWARDEN_BENCH_CENSUS")
 TOP = 30
+SHAPE_KEYS, SHAPE_WIDTH = 6, 160  # a dict's shape: its first keys, sorted, this long at most
 # what names each line of sys._debugmallocstats kept, and what the line says
 PYMALLOC = {
     "# arenas allocated current": "arenas (1 MiB each)",
@@ -55,6 +57,8 @@ def census() -> str:
         pymalloc = pymalloc_lines(err.read())
     counts: collections.Counter[str] = collections.Counter()
     sizes: collections.Counter[str] = collections.Counter()
+    shape_counts: collections.Counter[str] = collections.Counter()
+    shape_sizes: collections.Counter[str] = collections.Counter()
     # the collector's objects, and the modules and the threads' frames: objects frozen by
     # gc.freeze (the operator freezes once after its first pass) are not in gc.get_objects
     seen: set[int] = set()
@@ -70,7 +74,19 @@ def census() -> str:
         kind = type(o)
         name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
         counts[name] += 1
-        sizes[name] += sys.getsizeof(o, 0)  # (the default: an object that cannot say)
+        size = sys.getsizeof(o, 0)  # (the default: an object that cannot say)
+        sizes[name] += size
+        if (kind is dict or kind is set) and isinstance(o, (dict, set)):  # which: by first keys, element types
+            try:
+                first = list(o)[:SHAPE_KEYS]
+                if isinstance(o, dict):
+                    shape = "dict " + repr(sorted(map(str, first)))[:SHAPE_WIDTH]
+                else:
+                    shape = f"set of {sorted({type(x).__name__ for x in first})}, {'<=8' if len(o) <= 8 else '>8'} elements"
+            except RuntimeError:  # changed by another thread while read
+                shape = f"{kind.__name__} (changed while read)"
+            shape_counts[shape] += 1
+            shape_sizes[shape] += size
         for r in gc.get_referents(o):
             if id(r) not in seen:
                 seen.add(id(r))
@@ -80,6 +96,8 @@ def census() -> str:
              f"walked in {time.monotonic() - started:.0f}s",
              *pymalloc]
     lines += [f"{size / 2**20:9.1f} MiB {counts[name]:10d}  {name}" for name, size in sizes.most_common(TOP)]
+    lines += ["dicts and sets by their first keys (elements' types):"]
+    lines += [f"{size / 2**20:9.1f} MiB {shape_counts[shape]:10d}  {shape}" for shape, size in shape_sizes.most_common(TOP)]
     return "\n".join(lines) + "\n"
 
 

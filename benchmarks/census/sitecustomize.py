@@ -39,6 +39,7 @@ def census() -> str:
     import gc
     import sys
     import tempfile
+    import threading
     import time
 
     started = time.monotonic()
@@ -63,7 +64,11 @@ def census() -> str:
     # gc.freeze (the operator freezes once after its first pass) are not in gc.get_objects
     seen: set[int] = set()
     stack: list[object] = []
-    for o in [*gc.get_objects(), *sys.modules.values(), *sys._current_frames().values()]:
+    # not the census' own: its set of ids and its stack (millions of ints), its thread's frames
+    seen.update((id(seen), id(stack)))
+    me = threading.get_ident()
+    frames = [frame for thread, frame in sys._current_frames().items() if thread != me]
+    for o in [*gc.get_objects(), *sys.modules.values(), *frames]:
         if id(o) not in seen:
             seen.add(id(o))
             stack.append(o)

@@ -54,10 +54,14 @@ class Memo:
     """Results that depend only on complete minutes, shared across cycles and budgets.
 
     ``get(minute, key, compute)`` returns the value stored under ``key`` or stores
-    ``compute()``. Values are kept for the few most recent minutes only (a key names the
-    last complete minute it was computed for), so memory stays bounded."""
+    ``compute()``. Values are kept for the newest minute and the one before only (a key names
+    the last complete minute it was computed for), so memory stays bounded: a cycle's
+    evaluations read the newest snapshot's minute, and those still holding the snapshot
+    fetched before the minute turned read the one before. An older minute is computed again
+    (at 10,000 budgets, two more minutes kept held some 20,000 more figures: docs/operator.md,
+    "Scale")."""
 
-    KEEP_MINUTES = 3
+    KEEP_MINUTES = 1
 
     def __init__(self) -> None:
         self._by_minute: dict[int, dict[Hashable, Any]] = {}

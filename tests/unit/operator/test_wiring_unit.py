@@ -307,6 +307,8 @@ def test_the_memo_keeps_only_recent_minutes() -> None:
     for minute in range(0, 60 * 20, 60):
         memo.get(minute, ("k", minute), lambda: 1)
     assert len(memo) == decision.Memo.KEEP_MINUTES + 1
+    # the minute before the newest is still served (evaluations on the snapshot before the turn)
+    assert memo.get(60 * 18, ("k", 60 * 18), lambda: 2) == 1
 
 
 def test_a_memo_hit_waits_for_no_lock() -> None:

@@ -595,9 +595,9 @@ class MinuteBuilder:
     not every family's: a 15-minute answer of 10,000 series decodes to some 35 MB of lists.
 
     What an answer leaves is kept per agent, family, label and minute (the label: the family's
-    grouping label, e.g. a minute's model, or None): a few dicts per agent, where one dict per
-    agent and minute and one per labelled family within it (the layout before) took twice the
-    memory. The sums are those of the answers' points in the answers' order, as before.
+    grouping label, e.g. a minute's model, or None): a few dicts per agent, not one dict per
+    agent and minute with one more per labelled family inside it (the layout before). The sums
+    are those of the answers' points, added in the answers' order, as before.
     :meth:`agents` then yields each agent's minutes in order, and forgets the agent."""
 
     def __init__(self, start: int, end: int) -> None:

@@ -64,6 +64,66 @@ def test_a_failing_budget_does_not_stop_the_others(caplog: pytest.LogCaptureFixt
     assert "shop/budget-3: budget-3 broke" in caplog.text
 
 
+class CountingPool(fleet.cf.ThreadPoolExecutor):
+    """A thread pool that counts the futures submitted and not finished, and the most at once."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.alive = self.most = 0
+        self._count_lock = threading.Lock()
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        with self._count_lock:
+            self.alive += 1
+            self.most = max(self.most, self.alive)
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _: Any) -> None:
+        with self._count_lock:
+            self.alive -= 1
+
+
+def test_a_cycle_keeps_a_few_evaluations_submitted_ahead_not_all(caplog: pytest.LogCaptureFixture) -> None:
+    """Each submitted evaluation is a future with a condition, a lock and a queue (some 1.8 KB with
+    its work item): a cycle submits at most ``in_flight`` ahead, not its 10,000 at once, and still
+    evaluates every budget and counts every failure."""
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def evaluate(item: fleet.Item) -> None:
+        name = item.budget["metadata"]["name"]
+        if name.endswith("7"):
+            raise RuntimeError(f"{name} broke")
+        with lock:
+            done.append(name)
+
+    items = fleet.copy_indexes(index(*(body(i) for i in range(300))), {}, {}, {})
+    with caplog.at_level(logging.WARNING), CountingPool(4) as pool:
+        failed = fleet.evaluate_all(items, evaluate, pool, in_flight=8)
+    assert failed == 30 and len(done) == 270 and len(set(done)) == 270
+    assert pool.most <= 8
+    assert caplog.text.count("broke") == fleet.LOGGED_FAILURES and "25 more budgets failed" in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_shut_down_during_a_cycle_ends_it() -> None:
+    """When the loop stops its pool mid-cycle, the cycle waits for what was submitted and returns:
+    it does not hang, and submits nothing more."""
+    started: list[str] = []
+    pool = fleet.cf.ThreadPoolExecutor(2)
+
+    def evaluate(item: fleet.Item) -> None:
+        started.append(item.budget["metadata"]["name"])
+        if len(started) == 5:
+            pool.shutdown(wait=False)
+
+    items = fleet.copy_indexes(index(*(body(i) for i in range(200))), {}, {}, {})
+    assert fleet.evaluate_all(items, evaluate, pool, in_flight=4) == 0
+    assert 5 <= len(started) < 200
+
+
 def run_until(loop: fleet.FleetLoop, indexes: tuple[Any, ...], done: Any) -> None:
     """Run ``loop`` on ``indexes`` until ``done()``."""
     async def main() -> None:

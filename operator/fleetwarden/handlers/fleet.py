@@ -229,9 +229,8 @@ class FleetLoop:
                                 "cycle starts at once", result.budgets, result.seconds, self.interval)
                 await asyncio.sleep(max(0.0, started + self.interval - self.monotonic()))
         finally:
-            # Not cancel_futures: a future cancelled by shutdown never wakes as_completed, so the
-            # cycle's thread would wait for ever (and the interpreter for it at exit). The budgets
-            # still queued are skipped instead, and the cycle ends.
+            # The budgets still queued are skipped (``stopping``), the cycle submits no more
+            # (evaluate_all: the pool refuses them) and ends once those submitted have.
             self.stopping.set()
             self.pool.shutdown(wait=False)
             self.driver.shutdown(wait=False)

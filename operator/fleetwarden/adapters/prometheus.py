@@ -608,9 +608,9 @@ class MinuteBuilder:
         self.outcomes: dict[Key, PerMinute] = {}
         self.guardrails: dict[Key, GuardrailMinutes] = {}
 
-    def add(self, family: str, items: Iterable[Mapping[str, Any]]) -> None:
-        """Fold the answer of ``family``'s range query (a RANGE_FAMILIES name)."""
-        items = list(items)
+    def add(self, family: str, items: Sequence[Mapping[str, Any]]) -> None:
+        """Fold the answer of ``family``'s range query (a RANGE_FAMILIES name; read twice for the
+        outcome and guardrail families)."""
         _, extra = RANGE_FAMILIES[family]
         start, end, shared_minutes, fields = self.start, self.end, self._minutes, self._fields
         for item in items:

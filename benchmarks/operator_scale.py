@@ -24,9 +24,11 @@ After the first full pass and one more interval (the warm-up), it watches the op
 The operator's /metrics is read every ``READ_EVERY`` (5) seconds (RSS every second); the longest cycle is the largest
 ``..._last_cycle_seconds`` read, and bounded by the cycle histogram's buckets.
 
-Nothing changes in the data during the window: the backfilled history ends when the run
-starts, so every cycle measured is one "with nothing new" (the agents' data goes stale
-after three scrape intervals, written once, then unchanged).
+No sample is added during the window: the backfilled history ends when the run starts (the
+agents' data goes stale after three scrape intervals, written once, then unchanged). The
+minute still turns every 60 s: the first cycle after it folds one more (empty) minute into
+every agent's detectors and figures, the others have nothing new. The cycle time is also
+printed apart for the two (``fleetwarden_operator_cycle_by_data_seconds``).
 
     python benchmarks/operator_scale.py [--budgets 10000] [--evaluation fleet|timers]
                                         [--interval 15] [--measure 60] [--census]
@@ -70,6 +72,9 @@ NAMESPACES = 100
 HISTORY_MINUTES = 90 + warmfold.ANCHOR_MINUTES  # what the operator fetches: the lookback and its anchor
 STEP = 30  # seconds between backfilled samples (increase(x[1m]) needs two in a minute)
 OPERATOR_NS, OPERATOR_SA = "fleetwarden-system", "fleetwarden-operator"
+# the cycles by what their data brought (``fleetwarden_operator_cycle_by_data_seconds``), as printed
+BY_DATA = {"first": "the first pass", "same_minute": "within the minute (nothing new)",
+           "new_minute": "after the minute turned (one more minute folded)", "unknown": "without data"}
 READ_EVERY = 5.0  # seconds between two reads of the operator's /metrics (see measure)
 
 
@@ -244,6 +249,9 @@ class Watch:
             "cycle_seconds": samples(text, "fleetwarden_operator_cycle_seconds_sum"),
             "oldest": samples(text, "fleetwarden_operator_oldest_evaluation_seconds"),
             "cycle_buckets": buckets(text, "fleetwarden_operator_cycle_seconds"),
+            "by_data": {data: (samples(text, "fleetwarden_operator_cycle_by_data_seconds_count", data=data),
+                               samples(text, "fleetwarden_operator_cycle_by_data_seconds_sum", data=data))
+                        for data in BY_DATA},
             "gc_seconds": samples(text, "fleetwarden_operator_gc_seconds_total"),
             "gc_full_seconds": samples(text, "fleetwarden_operator_gc_seconds_total", generation="2"),
             "gc_full_runs": samples(text, "fleetwarden_operator_gc_collections_total", generation="2"),
@@ -387,6 +395,9 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
            rss_max: float, hwm: float, oldest_max: float, last_max: float) -> None:
     bound = longest_bound(before.pop("cycle_buckets"), after.pop("cycle_buckets"))
     before.pop("malloc")
+    by_data = {data: (after["by_data"][data][0] - count, after["by_data"][data][1] - total)
+               for data, (count, total) in before.pop("by_data").items()}
+    after.pop("by_data")
     held = after.pop("malloc")  # a gauge: what malloc holds at the window's end
     d = {k: after[k] - before[k] for k in before}
     evaluated = d["evaluations"]
@@ -405,6 +416,10 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
 
     print(f"mode: {args.evaluation}, {n} budgets, interval {args.interval:g}s, workers {args.workers}")
     print(f"cycle time: {cycle}")
+    if args.evaluation == "fleet":
+        print("cycle time by what the data brought: " + "; ".join(
+            f"{BY_DATA[data]} {total / count:.1f}s mean ({count:.0f})" if count else f"{BY_DATA[data]}: none"
+            for data, (count, total) in by_data.items() if data != "first"))
     print(f"oldest evaluation seen: {oldest_max:.1f}s (goal: every budget within the {args.interval:g}s interval)")
     per_fetch = f"{d['queries'] / d['fetches']:.0f}" if d["fetches"] else "n/a"
     print(f"Prometheus queries per cycle: {per(d['queries'])} ({per_fetch} a fetch, {d['fetches']:.0f} fetches "

@@ -6,9 +6,10 @@ garbage collector's (``gc.get_objects``, then ``gc.get_referents`` down to the u
 strings, numbers, bytes), sums ``sys.getsizeof`` per type (and per shape for dicts and sets:
 their first keys, the types of their first elements), reads CPython's own account of its
 small-object allocator (``sys._debugmallocstats``; for that call the process's stderr goes to
-the census) and writes both to ``PREFIX.txt``. The walk holds the process for about a minute at
-10,000 budgets and its set of ids costs hundreds of MiB: take it after what is measured, never
-during.
+the census) and writes both to ``PREFIX.txt``. Before the walk it reads the resident memory
+by kind of mapping, gives glibc's free pages back (``malloc_trim``) and reads it again. The
+walk holds the process for about a minute at 10,000 budgets and its set of ids costs hundreds
+of MiB: take it after what is measured, never during.
 """
 
 from __future__ import annotations
@@ -33,6 +34,39 @@ def pymalloc_lines(text: str) -> list[str]:
             for line in text.splitlines() for name, said in PYMALLOC.items() if name in line]
 
 
+def rss_parts() -> str:
+    """The process's resident memory by kind of mapping (``/proc/self/smaps``), in MiB: glibc's
+    main heap (``[heap]``), anonymous mappings (Python's 1 MiB arenas, glibc's other arena, large
+    blocks of their own, the threads' stacks), files (code and libraries), the main stack."""
+    import collections
+
+    parts: collections.Counter[str] = collections.Counter()
+    kind = "?"
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split(None, 1)[0]
+            if not first.endswith(":"):  # a mapping's first line: address range, perms, offset, dev, inode, path
+                fields = line.split(None, 5)
+                path = fields[5].strip() if len(fields) > 5 else ""
+                kind = path if path.startswith("[") else ("files" if path else "anonymous")
+            elif first == "Rss:":
+                parts[kind] += int(line.split()[1])
+    return ", ".join(f"{kind} {kb / 1024:.0f}" for kind, kb in parts.most_common() if kb >= 1024) + " MiB"
+
+
+def trim() -> bool:
+    """glibc's ``malloc_trim(0)`` (its free pages back to the system); False elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 def census() -> str:
     """The heap's census, as text: RSS, the objects by type (largest first), pymalloc's account."""
     import collections
@@ -45,6 +79,9 @@ def census() -> str:
     started = time.monotonic()
     with open("/proc/self/status") as status:
         rss = [line.split(":", 1)[1].strip() for line in status if line.startswith("VmRSS")]
+    resident = [f"RSS by mapping: {rss_parts()}"]
+    if trim():  # what of glibc's free memory was resident: given back now (before the walk allocates)
+        resident.append(f"RSS by mapping after malloc_trim(0): {rss_parts()}")
     with tempfile.TemporaryFile("w+") as err:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -96,7 +133,7 @@ def census() -> str:
             if id(r) not in seen:
                 seen.add(id(r))
                 stack.append(r)
-    lines = [f"RSS at the census: {rss[0] if rss else 'unknown'}",
+    lines = [f"RSS at the census: {rss[0] if rss else 'unknown'}", *resident,
              f"objects: {len(stack)}, {sum(sizes.values()) / 2**20:.1f} MiB by sys.getsizeof, "
              f"walked in {time.monotonic() - started:.0f}s",
              *pymalloc]

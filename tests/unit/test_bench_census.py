@@ -16,6 +16,7 @@ class Marker:
     def __init__(self, n):
         self.n = n
 held = [Marker(i) for i in range(200_000)]
+big = b"x" * (64 << 20)  # written: 64 MiB resident in a mapping of its own
 import gc
 gc.freeze()  # as the operator does after its first pass
 prefix = os.environ["FLEETWARDEN_BENCH_CENSUS"]
@@ -43,6 +44,10 @@ def test_the_census_counts_a_processs_objects_by_type_and_reads_pymallocs_arenas
     said = {line.split(":")[0] for line in lines if line.startswith("pymalloc")}
     assert {"pymalloc arenas (1 MiB each)", "pymalloc bytes in objects alive"} <= said, done.stdout
     assert lines[0].startswith("RSS at the census: ") and lines[0].endswith("kB")
+    assert lines[1].startswith("RSS by mapping: ") and lines[1].endswith(" MiB")
+    parts = dict(part.rsplit(" ", 1) for part in lines[1].removeprefix("RSS by mapping: ").removesuffix(" MiB").split(", "))
+    assert int(parts["anonymous"]) >= 64 and int(parts["files"]) > 0, lines[1]
+    assert lines[2].startswith("RSS by mapping after malloc_trim(0): ")  # glibc on this machine
     assert done.stderr == ""  # pymalloc's account went to the census, not to the process's stderr
 
 

@@ -147,6 +147,7 @@ class FleetLoop:
                  settled: Callable[[], Any] | None = None,
                  on_ready: Callable[[], Any] | None = None,
                  waiting: Callable[[], str] | None = None,
+                 data_end: Callable[[], int | None] | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.evaluate = evaluate
         self.interval = interval
@@ -155,6 +156,8 @@ class FleetLoop:
         self.settled = settled  # called once, after the first cycle (handlers/heap.py: settle)
         self.on_ready = on_ready  # called once, in the cycle's thread, before the first cycle
         self.waiting = waiting  # what readiness waits for, logged while it waits
+        self.data_end = data_end  # the end of the data's last complete minute, None without data
+        self._last_end: int | None = None  # data_end after the last cycle that had data
         self.monotonic = monotonic
         self.workers = workers
         self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fleet-eval")
@@ -203,7 +206,18 @@ class FleetLoop:
             self.settled()
         metrics.CYCLE_SECONDS.observe(seconds)
         metrics.LAST_CYCLE_SECONDS.set(seconds)
+        if self.data_end is not None:
+            metrics.CYCLE_SECONDS_BY_DATA.labels(self._data_brought(self.data_end())).observe(seconds)
         return CycleResult(len(items), failed, seconds)
+
+    def _data_brought(self, end: int | None) -> str:
+        """What the cycle just ended had to evaluate (``data`` of ``..._cycle_by_data_seconds``)."""
+        if end is None:
+            return "unknown"
+        last, self._last_end = self._last_end, end
+        if self.cycles == 1:
+            return "first"
+        return "same_minute" if end == last else "new_minute"
 
     async def run(self, budgets: Any, deployments: Any, policies: Any, approvals: Any) -> None:
         """Cycle until cancelled (kopf cancels its tasks when it stops)."""

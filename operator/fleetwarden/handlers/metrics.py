@@ -135,6 +135,11 @@ ACTION_FAILURES = pc.Counter("fleetwarden_operator_action_failures_total",
 CYCLE_SECONDS = pc.Histogram("fleetwarden_operator_cycle_seconds",
                              "Time to evaluate every AgentBudget once (FLEETWARDEN_EVALUATION=fleet).",
                              registry=REGISTRY, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120))
+CYCLE_SECONDS_BY_DATA = pc.Summary(
+    "fleetwarden_operator_cycle_by_data_seconds",
+    "Time to evaluate every AgentBudget once (fleet mode), by what the cycle's data brought: first (the "
+    "first pass), new_minute (the data's last complete minute is later than after the cycle before), "
+    "same_minute (nothing new), unknown (no data: Prometheus failed).", ["data"], registry=REGISTRY)
 LAST_CYCLE_SECONDS = pc.Gauge("fleetwarden_operator_last_cycle_seconds",
                               "Duration of the last fleet-wide evaluation cycle.", registry=REGISTRY)
 OLDEST_EVALUATION = pc.Gauge("fleetwarden_operator_oldest_evaluation_seconds",

@@ -365,6 +365,12 @@ class Runtime:
         assert snap is not None
         return snap
 
+    def data_end(self) -> int | None:
+        """The end of the last complete minute of the snapshot at hand; None when there is none
+        (not fetched yet, or the last fetch failed)."""
+        snap = self._snapshot
+        return snap.end if isinstance(snap, prometheus.FleetSnapshot) else None
+
     def new_cycle(self) -> None:
         """Make the cached snapshot due: the next budget fetches afresh (the others evaluated
         meanwhile keep the last one, see :meth:`snapshot`)."""

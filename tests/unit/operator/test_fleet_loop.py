@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import subprocess
@@ -349,3 +350,68 @@ def test_in_fleet_mode_the_handler_prompts_only_a_budget_already_evaluated(monke
     rt.reconcile(body(0), [deployment(0)])
     agentbudgets._prompt(body(0), deployments, {}, {})  # noqa: SLF001
     assert prompted == ["uid-0"]
+
+
+def cycles_by_data() -> dict[str, tuple[float, float]]:
+    """``fleetwarden_operator_cycle_by_data_seconds``: data -> (cycles, seconds) so far."""
+    from fleetwarden.handlers import metrics
+    out = {}
+    for data in ("first", "new_minute", "same_minute", "unknown"):
+        count = metrics.REGISTRY.get_sample_value("fleetwarden_operator_cycle_by_data_seconds_count", {"data": data})
+        total = metrics.REGISTRY.get_sample_value("fleetwarden_operator_cycle_by_data_seconds_sum", {"data": data})
+        out[data] = (count or 0.0, total or 0.0)
+    return out
+
+
+def test_a_cycles_time_is_counted_by_whether_its_data_brought_a_new_minute() -> None:
+    ends = iter([6000, 6000, 6060, None, 6060, 6120, 6120])  # the data's end after each cycle
+    durations = iter([9, 2, 7, 3, 1, 8, 4])  # each cycle's seconds, by the loop's own clock
+    now = {"t": 0.0}
+
+    def monotonic() -> float:
+        return now["t"]
+
+    def evaluate(item: fleet.Item) -> None:
+        pass
+
+    def new_cycle() -> None:
+        now["t"] += next(durations)  # the cycle's time passes while it runs
+
+    loop = fleet.FleetLoop(evaluate, interval=60, workers=1, new_cycle=new_cycle, ready=threading.Event(),
+                           data_end=lambda: next(ends), monotonic=monotonic)
+    before = cycles_by_data()
+    try:
+        items = fleet.copy_indexes(index(body(0), body(1)), {}, {}, {})
+        for _ in range(7):
+            loop.cycle(items)
+    finally:
+        loop.stopping.set()
+        loop.pool.shutdown()
+        loop.driver.shutdown()
+    after = cycles_by_data()
+    counted = {data: (after[data][0] - before[data][0], after[data][1] - before[data][1]) for data in after}
+    assert counted == {"first": (1, 9), "same_minute": (3, 2 + 1 + 4), "new_minute": (2, 7 + 8), "unknown": (1, 3)}
+
+
+def test_without_a_data_end_no_cycle_is_counted_by_data() -> None:
+    loop = fleet.FleetLoop(lambda item: None, interval=60, workers=1, new_cycle=lambda: None, ready=threading.Event())
+    before = cycles_by_data()
+    try:
+        loop.cycle(fleet.copy_indexes(index(body(0)), {}, {}, {}))
+    finally:
+        loop.pool.shutdown()
+        loop.driver.shutdown()
+    assert loop.cycles == 1 and cycles_by_data() == before
+
+
+def test_the_runtimes_data_end_is_its_snapshots_none_before_a_fetch_or_after_a_failed_one() -> None:
+    fetcher, k = CountingFetcher(), FakeKube()
+    rt = make(fetcher, k)
+    assert rt.data_end() is None
+    rt.reconcile(body(0), [deployment(0)])
+    assert rt.data_end() == fetcher.fetch().end
+    fetcher.fail = True
+    rt.new_cycle()
+    with contextlib.suppress(Exception):
+        rt.reconcile(body(0), [deployment(0)])
+    assert rt.data_end() is None

@@ -254,6 +254,8 @@ class Watch:
                         for data in BY_DATA},
             "gc_seconds": samples(text, "fleetwarden_operator_gc_seconds_total"),
             "gc_full_seconds": samples(text, "fleetwarden_operator_gc_seconds_total", generation="2"),
+            "trims": samples(text, "fleetwarden_operator_malloc_trims_total"),
+            "trim_seconds": samples(text, "fleetwarden_operator_malloc_trim_seconds_total"),
             "gc_full_runs": samples(text, "fleetwarden_operator_gc_collections_total", generation="2"),
             "malloc": {part: samples(text, "fleetwarden_operator_malloc_bytes", part=part)
                        for part in ("in_use", "free", "mmapped")} if "fleetwarden_operator_malloc_bytes{" in text else None,
@@ -431,6 +433,7 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
         f"{held['in_use'] / mib:.0f} MiB in use, {held['free'] / mib:.0f} MiB free but held, "
         f"{held['mmapped'] / mib:.0f} MiB in large blocks of their own (the rest: Python's small-object "
         "arenas, the stacks, the code)" if held is not None else "unknown (not glibc 2.33 or later)"))
+    print(f"malloc_trim: {d['trims']:.0f} runs in the window, {d['trim_seconds']:.2f}s in all")
     print(f"garbage collector: {d['gc_seconds']:.1f}s of the {d['at']:.0f}s window, {d['gc_full_seconds']:.1f}s of it "
           f"in {d['gc_full_runs']:.0f} full collections")
     print(machine())

@@ -287,7 +287,8 @@ if SETTINGS.evaluation == "fleet":
         FLEET = fleet.FleetLoop(_evaluate_item, interval=SETTINGS.interval, workers=SETTINGS.workers,
                                 new_cycle=rt.new_cycle, ready=LISTINGS.ready if OWN_INDEXES else INDEXED,
                                 settled=heap.settle, on_ready=check_all_namespaces if OWN_INDEXES else None,
-                                waiting=LISTINGS.waiting_for if OWN_INDEXES else None, data_end=rt.data_end)
+                                waiting=LISTINGS.waiting_for if OWN_INDEXES else None, data_end=rt.data_end,
+                                after_cycle=heap.trim)
         _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(*_indexes(kwargs)))
 
     @kopf.on.cleanup()

@@ -21,7 +21,8 @@ machine those timers fall behind the interval (docs/operator.md, Scale): kopf sc
    it changed, or for the coarse heartbeat).
 3. It records the cycle's duration and starts the next cycle one interval after this one
    started (at once, with a warning, when the cycle took longer than the interval). After
-   the first cycle it settles the heap once (:func:`fleetwarden.handlers.heap.settle`).
+   the first cycle it settles the heap once (:func:`fleetwarden.handlers.heap.settle`), after
+   each later one it gives malloc's free pages back (:func:`fleetwarden.handlers.heap.trim`).
 
 A failed evaluation is logged (the first few of a cycle, then their count) and retried on
 the next cycle; it never stops the others. Immediate evaluations (a spec edit of a budget
@@ -148,6 +149,7 @@ class FleetLoop:
                  on_ready: Callable[[], Any] | None = None,
                  waiting: Callable[[], str] | None = None,
                  data_end: Callable[[], int | None] | None = None,
+                 after_cycle: Callable[[], Any] | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.evaluate = evaluate
         self.interval = interval
@@ -156,6 +158,7 @@ class FleetLoop:
         self.settled = settled  # called once, after the first cycle (handlers/heap.py: settle)
         self.on_ready = on_ready  # called once, in the cycle's thread, before the first cycle
         self.waiting = waiting  # what readiness waits for, logged while it waits
+        self.after_cycle = after_cycle  # called after every cycle, in its thread (handlers/heap.py: trim)
         self.data_end = data_end  # the end of the data's last complete minute, None without data
         self._last_end: int | None = None  # data_end after the last cycle that had data
         self.monotonic = monotonic
@@ -204,6 +207,8 @@ class FleetLoop:
         self.cycles += 1
         if self.cycles == 1 and self.settled is not None:
             self.settled()
+        elif self.after_cycle is not None:
+            self.after_cycle()
         metrics.CYCLE_SECONDS.observe(seconds)
         metrics.LAST_CYCLE_SECONDS.set(seconds)
         if self.data_end is not None:

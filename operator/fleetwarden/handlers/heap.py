@@ -31,7 +31,11 @@ arena. With the operator's worker threads each holding a part of the heap, RSS g
 dozen partly free arenas. So :func:`tune` also caps the arenas at :data:`MALLOC_ARENAS`
 (``mallopt(M_ARENA_MAX)``; unless ``MALLOC_ARENA_MAX`` or ``GLIBC_TUNABLES`` already set it, and
 only on glibc). The threads hardly contend for them: they allocate while holding the GIL. And
-:func:`settle` hands the pages freed after the first pass back to the system (``malloc_trim``).
+:func:`settle` hands the pages freed after the first pass back to the system (``malloc_trim``),
+and the fleet loop does again after every cycle (:func:`trim`, some 6 ms at 10,000 budgets):
+a cycle's transient blocks (decoded answers, statuses) leave free pages behind that stayed
+resident until the next cycle reused them (at 10,000 budgets 70 MiB at the end of a window;
+trimming after each cycle lowered RSS by 20-35 MiB, the next cycle takes some back).
 Measured at 2,000 budgets (the same benchmark, one run each): 443 MiB RSS before (``--measure
 180``), 323 MiB with two arenas (``--measure 120``).
 
@@ -106,9 +110,17 @@ def malloc_bytes() -> dict[str, int] | None:
 
 
 def trim() -> bool:
-    """Give the pages malloc holds free back to the system (glibc only); whether any were."""
+    """Give the pages malloc holds free back to the system (glibc only); whether any were. Its
+    runs and time are counted (``fleetwarden_operator_malloc_trim_seconds_total``)."""
     libc = _glibc()
-    return libc is not None and bool(libc.malloc_trim(0))
+    if libc is None:
+        return False
+    started = time.perf_counter()
+    given = bool(libc.malloc_trim(0))  # (ctypes lets go of the GIL meanwhile)
+    with _trim_lock:
+        _trims[0] += 1
+        _trims[1] += time.perf_counter() - started
+    return given
 
 
 class Clock(Collector):
@@ -155,6 +167,15 @@ class Clock(Collector):
             for part, value in held.items():
                 account.add_metric([part], value)
             yield account
+        if _glibc() is not None:  # (absent: no malloc_trim to run)
+            trims = CounterMetricFamily("fleetwarden_operator_malloc_trims",
+                                        "Runs of glibc's malloc_trim (after each fleet cycle: handlers/heap.py).")
+            trims.add_metric([], _trims[0])
+            yield trims
+            trimmed = CounterMetricFamily("fleetwarden_operator_malloc_trim_seconds",
+                                          "Time spent in glibc's malloc_trim.")
+            trimmed.add_metric([], _trims[1])
+            yield trimmed
         if _arena_cap is not None:  # (absent: not glibc, or the environment's own choice)
             arenas = GaugeMetricFamily("fleetwarden_operator_malloc_arenas",
                                        "The cap the operator set on glibc's malloc arenas.")
@@ -163,6 +184,8 @@ class Clock(Collector):
 
 
 CLOCK = Clock()
+_trim_lock = threading.Lock()
+_trims = [0, 0.0]  # trim(): runs, seconds
 _arena_cap: int | None = None  # what limit_arenas set in this process
 _frozen = 0  # what settle froze
 _settle_lock = threading.Lock()

@@ -208,6 +208,21 @@ def test_the_heap_settles_once_after_the_first_cycle_has_evaluated_every_budget(
     assert settled == [(1, 5)]
 
 
+def test_after_every_cycle_but_the_first_the_loop_calls_after_cycle() -> None:
+    """The operator trims malloc's free pages after each cycle (handlers/heap.py: trim); after the
+    first, settling the heap trims them already."""
+    calls: list[tuple[str, int, int]] = []  # (which, cycles, evaluations) when the loop called it
+    evaluated: list[str] = []
+    ready = threading.Event()
+    ready.set()
+    loop = fleet.FleetLoop(lambda item: evaluated.append(item.budget["metadata"]["name"]), interval=0.001,
+                           workers=2, new_cycle=lambda: None, ready=ready,
+                           settled=lambda: calls.append(("settled", loop.cycles, len(evaluated))),
+                           after_cycle=lambda: calls.append(("after", loop.cycles, len(evaluated))))
+    run_until(loop, (index(*(body(i) for i in range(3))), {}, {}, {}), lambda: loop.cycles >= 4)
+    assert calls[:4] == [("settled", 1, 3), ("after", 2, 6), ("after", 3, 9), ("after", 4, 12)]
+
+
 @pytest.mark.parametrize("fails", [False, True])
 def test_on_ready_runs_once_before_the_first_cycle_and_its_failure_stops_no_cycle(
         fails: bool, caplog: pytest.LogCaptureFixture) -> None:

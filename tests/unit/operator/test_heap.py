@@ -152,6 +152,20 @@ def test_trim_hands_freed_pages_back() -> None:
     assert trimmed == "True" and int(freed) > 40_000_000
 
 
+@pytest.mark.skipif(heap._glibc() is None, reason="malloc_trim is glibc's")  # noqa: SLF001
+def test_each_trim_is_counted_with_its_time() -> None:
+    def counted() -> dict[str, float]:
+        return {s.name: s.value for family in heap.CLOCK.collect() for s in family.samples
+                if s.name.startswith("fleetwarden_operator_malloc_trim")}
+
+    before = counted()
+    heap.trim()
+    heap.trim()
+    after = counted()
+    assert after["fleetwarden_operator_malloc_trims_total"] == before["fleetwarden_operator_malloc_trims_total"] + 2
+    assert after["fleetwarden_operator_malloc_trim_seconds_total"] >= before["fleetwarden_operator_malloc_trim_seconds_total"]
+
+
 ACCOUNT = r"""
 from fleetwarden.handlers import heap
 

@@ -64,6 +64,7 @@ from fleetwarden.adapters import kube, prometheus
 from fleetwarden.core import series, spec, warmfold
 from fleetwarden.devcluster import cluster as devcluster
 from fleetwarden.devcluster import monitoring, pki, procs
+from fleetwarden.handlers import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CENSUS_HOOK = Path(__file__).resolve().parent / "census"  # its sitecustomize.py: --census
@@ -75,6 +76,7 @@ OPERATOR_NS, OPERATOR_SA = "fleetwarden-system", "fleetwarden-operator"
 # the cycles by what their data brought (``fleetwarden_operator_cycle_by_data_seconds``), as printed
 BY_DATA = {"first": "the first pass", "same_minute": "within the minute (nothing new)",
            "new_minute": "after the minute turned (one more minute folded)", "unknown": "without data"}
+WORKERS = int(next(o.default for o in settings.OPTIONS if o.field == "workers"))  # the operator's default
 READ_EVERY = 5.0  # seconds between two reads of the operator's /metrics (see measure)
 
 
@@ -446,7 +448,8 @@ def main() -> int:
                         help="the operator's FLEETWARDEN_EVALUATION (default fleet)")
     parser.add_argument("--interval", type=float, default=15.0)
     parser.add_argument("--measure", type=float, default=60.0, help="seconds watched after the warm-up")
-    parser.add_argument("--workers", type=int, default=16, help="FLEETWARDEN_WORKERS, and the creating threads")
+    parser.add_argument("--workers", type=int, default=WORKERS,
+                        help=f"FLEETWARDEN_WORKERS, and the creating threads (default {WORKERS}: the operator's)")
     parser.add_argument("--first-timeout", type=float, default=3600.0,
                         help="seconds allowed for the indexes and the first pass over every budget")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work directory (logs) here")

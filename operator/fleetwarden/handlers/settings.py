@@ -8,7 +8,7 @@
 | ``FLEETWARDEN_SCRAPE_INTERVAL`` | ``--scrape-interval`` | 15 | Prometheus' scrape interval; data older than 3 of them is stale (>= 0.1) |
 | ``FLEETWARDEN_LOOKBACK_MINUTES`` | ``--lookback-minutes`` | 90 | the history the detectors see at least (>= 5; the fetch reads 15 minutes more: core/warmfold.py) |
 | ``FLEETWARDEN_METRICS_PORT`` | ``--metrics-port`` | 8081 | the operator's own /metrics (0: off; <= 65535) |
-| ``FLEETWARDEN_WORKERS`` | | 4 | threads running evaluations (>= 1) |
+| ``FLEETWARDEN_WORKERS`` | | 16 | threads running evaluations (>= 1) |
 | ``FLEETWARDEN_EVALUATION`` | ``--evaluation`` | timers | ``timers``: a kopf timer per budget; ``fleet``: one evaluation of every budget per interval, on the leader (docs/operator.md, "Scale") |
 | ``FLEETWARDEN_ALERTMANAGER_URL`` | ``--alertmanager-url`` | (none) | Alertmanager to send an alert per incident to (none: no alerts) |
 | ``FLEETWARDEN_PROMETHEUS_HEADERS`` | ``--prometheus-headers`` | (none) | ``Name=value,...`` sent with each query, e.g. ``X-Scope-OrgID=team-a`` |
@@ -131,9 +131,7 @@ OPTIONS = (
     Option("scrape_interval", "FLEETWARDEN_SCRAPE_INTERVAL", 15.0, _number(0.1, unit=_SECONDS)),
     Option("lookback_minutes", "FLEETWARDEN_LOOKBACK_MINUTES", 90, _number(5, whole=True, unit=" of minutes"), int),
     Option("metrics_port", "FLEETWARDEN_METRICS_PORT", 8081, _number(0, whole=True, maximum=65535), int),
-    # (more threads do not evaluate faster: one holds the GIL at a time; at 10,000 budgets 16 of
-    # them made a cycle take 31-34 s, 4 of them 18 s: docs/operator.md, "Scale")
-    Option("workers", "FLEETWARDEN_WORKERS", 4, _number(1, whole=True), int),
+    Option("workers", "FLEETWARDEN_WORKERS", 16, _number(1, whole=True), int),
     Option("alertmanager_url", "FLEETWARDEN_ALERTMANAGER_URL", None, _url),
     Option("prometheus_headers", "FLEETWARDEN_PROMETHEUS_HEADERS", (), _headers),
     Option("namespaces", "FLEETWARDEN_NAMESPACES", (), _namespaces),

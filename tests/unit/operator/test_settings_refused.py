@@ -108,10 +108,10 @@ def test_good_values_and_defaults_are_read() -> None:
         "FLEETWARDEN_METRICS_PORT": "0", "FLEETWARDEN_WORKERS": "", "FLEETWARDEN_ALERTMANAGER_URL": "http://[::1]:9093"})
     assert got == settings.Settings(
         interval=2.5, prometheus_url="https://prom.example:9090/prefix", prometheus_timeout=0.25, scrape_interval=15.0,
-        lookback_minutes=30, metrics_port=0, workers=4, alertmanager_url="http://[::1]:9093")
+        lookback_minutes=30, metrics_port=0, workers=16, alertmanager_url="http://[::1]:9093")
     assert settings.Settings.from_env({}) == settings.Settings(
         interval=15.0, prometheus_url="http://localhost:9090", prometheus_timeout=10.0, scrape_interval=15.0,
-        lookback_minutes=90, metrics_port=8081, workers=4, alertmanager_url=None)
+        lookback_minutes=90, metrics_port=8081, workers=16, alertmanager_url=None)
 
 
 ROOT = Path(__file__).resolve().parents[3]

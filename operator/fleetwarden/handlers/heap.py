@@ -34,8 +34,10 @@ only on glibc). The threads hardly contend for them: they allocate while holding
 :func:`settle` hands the pages freed after the first pass back to the system (``malloc_trim``),
 and the fleet loop does again after every cycle (:func:`trim`, some 6 ms at 10,000 budgets):
 a cycle's transient blocks (decoded answers, statuses) leave free pages behind that stayed
-resident until the next cycle reused them (at 10,000 budgets 70 MiB at the end of a window;
-trimming after each cycle lowered RSS by 20-35 MiB, the next cycle takes some back).
+resident until the next cycle reused them (at 10,000 budgets 70 MiB at the end of a window).
+Trimmed after each cycle, RSS falls by 30-45 MiB and the next cycle takes some back; the
+window's maximum, 596-626 MiB in five runs against 637 MiB in one before, is inside the
+machine's spread (docs/operator.md, "Scale"). It is kept because it costs so little.
 Measured at 2,000 budgets (the same benchmark, one run each): 443 MiB RSS before (``--measure
 180``), 323 MiB with two arenas (``--measure 120``).
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 import threading
@@ -65,8 +66,10 @@ MALLOC_ARENAS = 2  # glibc malloc arenas (its default: eight per core)
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 
+@functools.cache
 def _glibc() -> Any:
-    """glibc's C library, or None (another libc: musl, macOS)."""
+    """glibc's C library, or None (another libc: musl, macOS); loaded once (every scrape reads
+    malloc's account through it, and every fleet cycle trims through it)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 - only glibc has it

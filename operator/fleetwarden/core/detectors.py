@@ -460,7 +460,8 @@ class _Baseline:
 
     def task_level(self, shift: CostShift) -> evidence.Level | None:
         if not self._known:
-            self._level = evidence.level(self._since(shift, "task"))
+            self._level = evidence.level_of(*shift._columns("task", self.cut - SHIFT_BASELINE_MINUTES * MINUTE,
+                                                            self.cut))
             self._known = True
         return self._level
 
@@ -514,9 +515,12 @@ class CostShift:
     def reset(self) -> None:
         """A declared change: the history before it is no baseline for what follows."""
         self._rows: list[_Row] = []  # the active minutes of the last _span, in order
-        # stat -> the minutes of its observations (in order), and the observations
+        # stat -> the minutes of its observations (in order), and the observations as columns
+        # (evidence.columns: log costs, units, square roots of the units)
         self._times: dict[str, list[int]] = {stat: [] for stat in STATS}
-        self._obs: dict[str, list[evidence.Observation]] = {stat: [] for stat in STATS}
+        self._xs: dict[str, list[float]] = {stat: [] for stat in STATS}
+        self._us: dict[str, list[float]] = {stat: [] for stat in STATS}
+        self._roots: dict[str, list[float]] = {stat: [] for stat in STATS}
         self._blocks = {stat: evidence.Blocks(weighted=stat != "call") for stat in STATS}
         self._frozen: dict[str, evidence.Summary | None] | None = None  # baseline of the lasting shift
         self._bases: dict[int, _Baseline | None] = {}  # cut -> its baseline (see _baseline)
@@ -562,22 +566,40 @@ class CostShift:
             del rows[:k]
         fresh = False
         for stat in STATS:
-            times, obs = self._times[stat], self._obs[stat]
+            times, xs, us, roots = self._times[stat], self._xs[stat], self._us[stat], self._roots[stat]
             x = self._blocks[stat].add(row[1], _units(row, stat))
             if x is not None:
                 times.append(row[0])
-                obs.append(x)
+                xs.append(x[0])
+                us.append(x[1])
+                roots.append(math.sqrt(x[1]))
                 fresh = fresh or stat != "outcome"
             k = bisect.bisect_right(times, oldest)
             if k:
-                del times[:k], obs[:k]
+                del times[:k], xs[:k], us[:k], roots[:k]
         return fresh
 
     def _since(self, stat: str, start: int, end: int | None = None) -> list[evidence.Observation]:
         """The observations of ``stat`` made in the minutes from ``start`` on (before ``end``)."""
+        xs, us, _ = self._columns(stat, start, end)
+        return list(zip(xs, us, strict=True))
+
+    def _columns(self, stat: str, start: int, end: int | None = None
+                 ) -> tuple[list[float], list[float], list[float]]:
+        """:meth:`_since` as columns (``evidence.columns``)."""
         times = self._times[stat]
         i = bisect.bisect_left(times, start)
-        return self._obs[stat][i:] if end is None else self._obs[stat][i:bisect.bisect_left(times, end, i)]
+        j = len(times) if end is None else bisect.bisect_left(times, end, i)
+        return self._xs[stat][i:j], self._us[stat][i:j], self._roots[stat][i:j]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_roots"]  # (sqrt of the units: worked out again)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._roots = {stat: list(map(math.sqrt, us)) for stat, us in self._us.items()}
 
     def _test(self, cut: int) -> tuple[float, dict[str, tuple[float | None, float]], dict[str, Any]] | None:
         """(strongest LLR, tests, baseline summaries) of a change at ``cut``, if one is decided.
@@ -605,11 +627,11 @@ class CostShift:
     def _task_rose(self, cut: int, found: _Baseline) -> bool:
         """Whether the window from ``cut`` could pass ``decided``: its ratio of cost per task (that of
         the test itself, ``evidence.sprt``'s, from the baseline's level only) reached ``ratio``."""
-        post = self._since("task", cut)
-        if len(post) < SHIFT_MIN_OBSERVATIONS:
+        post = self._columns("task", cut)
+        if len(post[0]) < SHIFT_MIN_OBSERVATIONS:
             return False
         base = found.task_level(self)
-        return base is not None and math.exp(evidence.shift(post, base)[1]) >= self.p.ratio * (1 - 1e-9)
+        return base is not None and math.exp(evidence.shift_of(*post, base)[1]) >= self.p.ratio * (1 - 1e-9)
 
     def _baseline(self, cut: int) -> _Baseline | None:
         """The baseline before ``cut`` (None: too few minutes or tasks), kept for
@@ -638,10 +660,10 @@ class CostShift:
         level = math.log(self.p.ratio) * evidence.NULL_SHARE
         for stat in ("call", "task"):
             base = self._frozen[stat]
-            recent = self._since(stat, m.minute - 9 * MINUTE)  # (this minute and the nine before)
-            if base is None or not recent:
+            xs, us, _ = self._columns(stat, m.minute - 9 * MINUTE)  # (this minute and the nine before)
+            if base is None or not xs:
                 continue
-            if sum(x * u for x, u in recent) / sum(u for _, u in recent) - base.mean >= level:
+            if sum(map(operator.mul, xs, us)) / sum(us) - base.mean >= level:
                 return
         self.reset()
 

@@ -36,6 +36,7 @@ observation by the same log ratio, so the ratio of geometric means is the change
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import operator
 from collections.abc import Sequence
@@ -116,34 +117,47 @@ def _median(values: Sequence[float]) -> float:
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
-def _weighted_sum(obs: Sequence[Observation], scale: float | None, center: float | None = None) -> float:
-    """``sum(x * u)`` over ``obs``, each ``x`` winsorised at ``scale`` (None: raw): clipped to the
-    sample's median (``center``, when known) +- ``WINSOR x scale / sqrt(u)``. A few very large tasks
-    (the heavy tail) weigh as large ones, not as the whole sample; a shift of the whole sample is
-    kept. The terms are those of ``min(max(x, lo), hi) * u``, added in order."""
-    if scale is None or scale <= 0:
-        return sum(x * u for x, u in obs)
-    xs = [x for x, _ in obs]
+def columns(obs: Sequence[Observation]) -> tuple[list[float], list[float], list[float]]:
+    """``obs`` as three columns: the log costs, the units, and the square roots of the units (what
+    :func:`level_of` and :func:`shift_of` read; a detector keeps its observations so)."""
     us = [u for _, u in obs]
+    return [x for x, _ in obs], us, list(map(math.sqrt, us))
+
+
+def _weighted_sum(xs: Sequence[float], us: Sequence[float], roots: Sequence[float], scale: float | None,
+                  center: float | None = None) -> float:
+    """``sum(x * u)`` over the observations, each ``x`` winsorised at ``scale`` (None: raw): clipped to
+    the sample's median (``center``, when known) +- ``WINSOR x scale / sqrt(u)`` (``roots``: the
+    ``sqrt(u)``). A few very large tasks (the heavy tail) weigh as large ones, not as the whole
+    sample; a shift of the whole sample is kept. The terms are those of ``min(max(x, lo), hi) * u``,
+    added in order."""
+    total: float
+    if scale is None or scale <= 0:
+        total = sum(map(operator.mul, xs, us))
+        return total
     c = _median(xs) if center is None else center
-    width = WINSOR * scale
-    sqrt = math.sqrt
-    halves = [width / sqrt(u) for u in us]
     # min(max(x, c - h), c + h), knowing that c - h <= c + h
-    clipped = [c - h if c - h > x else c + h if c + h < x else x for x, h in zip(xs, halves, strict=True)]
-    total: float = sum(map(operator.mul, clipped, us))
+    clipped = [c - h if c - h > x else c + h if c + h < x else x
+               for x, h in zip(xs, map(operator.truediv, itertools.repeat(WINSOR * scale), roots), strict=True)]
+    total = sum(map(operator.mul, clipped, us))
     return total
 
 
 def level(obs: Sequence[Observation]) -> Level | None:
     """The baseline's level (:class:`Level`, the first half of :func:`summary`, with the same
     numbers); None with fewer than two observations."""
-    if len(obs) < 2:
+    return level_of(*columns(obs))
+
+
+def level_of(xs: Sequence[float], us: Sequence[float], roots: Sequence[float]) -> Level | None:
+    """:func:`level` of observations in :func:`columns`."""
+    if len(xs) < 2:
         return None
-    center = _median([x for x, _ in obs])
-    scale = max(1.4826 * _median([abs(x - center) * math.sqrt(u) for x, u in obs]), math.sqrt(MIN_VARIANCE))
-    units = sum(u for _, u in obs)
-    return Level(units=units, mean=_weighted_sum(obs, scale, center) / units, scale=scale)
+    center = _median(xs)
+    deviations = map(operator.mul, map(abs, map(operator.sub, xs, itertools.repeat(center))), roots)
+    scale = max(1.4826 * _median(list(deviations)), math.sqrt(MIN_VARIANCE))
+    units = sum(us)
+    return Level(units=units, mean=_weighted_sum(xs, us, roots, scale, center) / units, scale=scale)
 
 
 def summary(obs: Sequence[Observation], known: Level | None = None) -> Summary | None:
@@ -175,8 +189,13 @@ def summary(obs: Sequence[Observation], known: Level | None = None) -> Summary |
 def shift(after: Sequence[Observation], base: Level) -> tuple[float, float]:
     """``(units, shift)`` of ``after`` against ``base``: its weighted mean (winsorised at the baseline's
     scale, when it has at least three observations) minus the baseline's; ``after`` is not empty."""
-    units = sum(u for _, u in after)
-    return units, _weighted_sum(after, base.scale if len(after) >= 3 else None) / units - base.mean
+    return shift_of(*columns(after), base)
+
+
+def shift_of(xs: Sequence[float], us: Sequence[float], roots: Sequence[float], base: Level) -> tuple[float, float]:
+    """:func:`shift` of observations in :func:`columns`."""
+    units = sum(us)
+    return units, _weighted_sum(xs, us, roots, base.scale if len(xs) >= 3 else None) / units - base.mean
 
 
 def sprt(after: Sequence[Observation], base: Summary | None, ratio: float) -> tuple[float | None, float]:

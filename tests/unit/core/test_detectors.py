@@ -598,17 +598,17 @@ def test_a_baselines_computed_values_are_made_once_and_never_wait_on_another_bas
     both = threading.Barrier(2, timeout=10)
     made: list[int] = []
 
-    def level(obs: list[evidence.Observation]) -> evidence.Level:
+    def level_of(xs: list[float], us: list[float], roots: list[float]) -> evidence.Level:
         both.wait()  # the other thread is computing its own at the same time
-        made.append(len(obs))
-        return evidence.Level(units=float(len(obs)), mean=0.0, scale=1.0)
+        made.append(len(xs))
+        return evidence.Level(units=float(len(xs)), mean=0.0, scale=1.0)
 
-    monkeypatch.setattr(evidence, "level", level)
+    monkeypatch.setattr(evidence, "level_of", level_of)
     shift = detectors.CostShift(spec.CostShiftParams())
     minute = series.MINUTE
     cut = 10_000 * minute
     shift._times["task"] = [cut - 3 * minute, cut - 2 * minute, cut - minute, cut]
-    shift._obs["task"] = [(1.0, 1.0)] * 4
+    shift._xs["task"], shift._us["task"], shift._roots["task"] = [1.0] * 4, [1.0] * 4, [1.0] * 4
     a, b = detectors._Baseline(cut), detectors._Baseline(cut - minute)  # 3 and 2 observations before
     errors: list[BaseException] = []
 

@@ -127,12 +127,29 @@ class EconomicsAccumulator:
 
     def add_minute(self, m: series.AgentMinute, outcomes: Mapping[str, float] | None = None) -> None:
         """Count one AgentMinute (its workflow and main model). Its outcomes are counted by name
-        when ``outcomes`` names them, else as unnamed outcomes."""
+        when ``outcomes`` names them, else as unnamed outcomes. (What :meth:`add` does with the
+        minute's fields, written out: the status figures count an hour of minutes per budget
+        every minute.)"""
         named = outcomes if outcomes is not None else ({UNNAMED: m.outcomes} if m.outcomes else None)
-        self.add(time=m.minute, agent=m.agent, workflow=m.workflow, model=m.model,
-                 inference_cost_usd=m.inference_cost_usd, tool_cost_usd=m.tool_cost_usd,
-                 human_cost_usd=m.human_cost_usd, tasks_completed=m.tasks_completed,
-                 tasks_failed=m.tasks_failed, tasks_abandoned=m.tasks_abandoned, outcomes=named)
+        time, agent, model = m.minute, m.agent, m.model
+        key = (agent, m.workflow or "", model or "", int(time // HOUR) * HOUR)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = _Cell()
+        cell.inference += m.inference_cost_usd
+        cell.tool += m.tool_cost_usd
+        cell.human += m.human_cost_usd
+        cell.completed += m.tasks_completed
+        cell.failed += m.tasks_failed
+        cell.abandoned += m.tasks_abandoned
+        if named:
+            counts = cell.outcomes
+            for name, n in named.items():
+                counts[name] = counts.get(name, 0.0) + n
+        cell.value += 0.0  # (no outcome value: as add() counts it)
+        if model is not None:
+            seen = self._seen.get((agent, model))
+            self._seen[(agent, model)] = (time, time) if seen is None else (min(seen[0], time), max(seen[1], time))
 
     def cells(self, start: float, end: float) -> Iterable[tuple[_Key, _Cell]]:
         """The cells whose hour starts within ``[start, end)``, in key order."""

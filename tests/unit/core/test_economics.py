@@ -256,3 +256,34 @@ def test_roi_and_savings(baseline: float | None, cpo: float | None, outcomes: fl
     """ROI = (baseline - cost per outcome) / cost per outcome; savings = the difference x outcomes."""
     assert economics.roi(baseline, cpo) == (pytest.approx(roi) if roi is not None else None)
     assert economics.savings(baseline, cpo, outcomes) == (pytest.approx(savings) if savings is not None else None)
+
+
+def test_add_minute_counts_what_add_counts_of_its_fields() -> None:
+    """add_minute is add() of the minute's fields written out (the status figures count an hour of
+    minutes per budget every minute): the same cells, to the last bit, and the same first and last
+    time per model, for minutes with and without a model, workflow, named or unnamed outcomes."""
+    import random
+
+    rng = random.Random(11)
+    by_minute, by_fields = economics.EconomicsAccumulator(), economics.EconomicsAccumulator()
+    for _ in range(3000):
+        m = series.AgentMinute(
+            agent=rng.choice(["a", "b"]), namespace="ns", minute=1_800_000_000 + 60 * rng.randrange(200),
+            inference_cost_usd=rng.random(), tool_cost_usd=rng.choice([0.0, rng.random()]),
+            human_cost_usd=rng.choice([0.0, 0.0, rng.random()]), tasks_completed=rng.randrange(3),
+            tasks_failed=rng.randrange(2), tasks_abandoned=rng.randrange(2), outcomes=rng.choice([0.0, 1.0, 2.5]),
+            model=rng.choice([None, "m1", "m2"]), workflow=rng.choice([None, "", "w"]))
+        named = rng.choice([None, {}, {"resolved": rng.random()}, {"resolved": 1.0, "lead": 2.0}])
+        by_minute.add_minute(m, outcomes=named)
+        by_fields.add(time=m.minute, agent=m.agent, workflow=m.workflow, model=m.model,
+                      inference_cost_usd=m.inference_cost_usd, tool_cost_usd=m.tool_cost_usd,
+                      human_cost_usd=m.human_cost_usd, tasks_completed=m.tasks_completed,
+                      tasks_failed=m.tasks_failed, tasks_abandoned=m.tasks_abandoned,
+                      outcomes=named if named is not None else ({economics.UNNAMED: m.outcomes} if m.outcomes else None))
+    cells = list(by_minute.cells(0, 2e9))
+    assert [k for k, _ in cells] == [k for k, _ in by_fields.cells(0, 2e9)]
+    for (_, a), (_, b) in zip(cells, by_fields.cells(0, 2e9), strict=True):
+        assert [getattr(a, f) for f in a.__slots__] == [getattr(b, f) for f in b.__slots__]
+    for agent in ("a", "b"):
+        for model in ("m1", "m2"):
+            assert by_minute.seen(agent, model) == by_fields.seen(agent, model) is not None

@@ -24,7 +24,9 @@ lookback window, the hour's figures) are kept in an optional
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from fleetwarden.core import decision, figures, findings, sources, spec, stages
 from fleetwarden.core import status as st
@@ -46,8 +48,10 @@ def plan(inp: decision.EvaluationInput) -> stages.Draft:
 
 
 def conclude(inp: decision.EvaluationInput, d: stages.Draft,
-             failures: Sequence[decision.ActionFailure] = ()) -> decision.Decision:
-    """The decision once the draft's actions were applied, ``failures`` those that did not take effect."""
+             failures: Sequence[decision.ActionFailure] = (), *, figures_too: bool = True) -> decision.Decision:
+    """The decision once the draft's actions were applied, ``failures`` those that did not take effect.
+    ``figures_too=False``: its status without the hour's figures (:func:`with_figures` adds them),
+    for a caller that writes them only at their turn (the operator in a large fleet)."""
     stages.settle_stage(inp, d, failures)
     stages.conditions_stage(inp, d)
     d.conditions = sources.with_condition(d.conditions, inp.source, inp.now, inp.generation)
@@ -57,7 +61,8 @@ def conclude(inp: decision.EvaluationInput, d: stages.Draft,
             "the stored status had invalid fields, rewritten from what the cluster shows: "
             + "; ".join(inp.status_repairs)))
     return decision.Decision(findings=tuple(d.found), new_findings=tuple(d.new), actions=tuple(d.actions),
-                             status=status_of(inp, d), events=tuple(d.events), failures=tuple(d.failures),
+                             status=status_of(inp, d, figures_too=figures_too), events=tuple(d.events),
+                             failures=tuple(d.failures),
                              held=tuple(d.held))
 
 
@@ -88,11 +93,11 @@ def _incidents(inp: decision.EvaluationInput, d: stages.Draft) -> list[st.Incide
     return incidents[-stages.MAX_INCIDENTS:] or None
 
 
-def status_of(inp: decision.EvaluationInput, d: stages.Draft) -> st.AgentBudgetStatus:
-    """The status the stages decided: spend, figures, state, conditions, kill switch, model, incidents."""
+def status_of(inp: decision.EvaluationInput, d: stages.Draft, *, figures_too: bool = True) -> st.AgentBudgetStatus:
+    """The status the stages decided: spend, figures, state, conditions, kill switch, model, incidents
+    (without the hour's figures: ``figures_too=False``)."""
     spend = {w.value: figures.money(v) for w, v in inp.spend.items() if v is not None}
-    figs = figures.figures(inp.minutes, inp.now, inp.spend, inp.outcomes, inp.budget.spec, inp.memo) \
-        if inp.minutes is not None else {}
+    figs = _figures(inp) if figures_too else {}
     model = d.model if d.model is not None and (d.model.rollbacks or d.model.spec_desired) else None
     return st.AgentBudgetStatus(
         observed_generation=inp.generation,
@@ -110,6 +115,20 @@ def status_of(inp: decision.EvaluationInput, d: stages.Draft) -> st.AgentBudgetS
         incidents=_incidents(inp, d),
         source=inp.source.status() if inp.source is not None else None,
     )
+
+
+def _figures(inp: decision.EvaluationInput) -> dict[str, Any]:
+    """The hour's figures of the status (burn rate, projection, unit costs, top agents and tools)."""
+    if inp.minutes is None:
+        return {}
+    return figures.figures(inp.minutes, inp.now, inp.spend, inp.outcomes, inp.budget.spec, inp.memo)
+
+
+def with_figures(inp: decision.EvaluationInput, verdict: decision.Decision) -> decision.Decision:
+    """``verdict`` (made by :func:`conclude` with ``figures_too=False``) with the hour's figures in
+    its status: the status :func:`conclude` makes by default."""
+    figs = _figures(inp)
+    return dataclasses.replace(verdict, status=verdict.status.model_copy(update=figs)) if figs else verdict
 
 
 REASON_INVALID_SPEC = "InvalidSpec"

@@ -475,9 +475,18 @@ class Runtime:
         # 5: act, each action read back; what did not take effect is not shown as done
         k = self.api
         failures = [f for f in (self._act(k, namespace, budget, a) for a in draft.actions) if f is not None]
-        verdict = evaluate.conclude(inp, draft, failures)
-        # 6: status (one patch, only if it changed) and events
-        self._write(k, body, previous, verdict, chosen)
+        # 6: status (one patch, only if it changed) and events; the hour's figures are worked out
+        # only when the status is written (in a large fleet a change of figures alone waits for
+        # its turn: most evaluations write nothing)
+        verdict = evaluate.conclude(inp, draft, failures, figures_too=False)
+        completed: list[decision.Decision] = []
+
+        def complete() -> dict[str, Any]:
+            completed.append(evaluate.with_figures(inp, verdict))
+            return completed[0].status.body()
+        self._write(k, body, previous, verdict, chosen, complete)
+        if completed:
+            verdict = completed[0]
         # 7: hooks (incidents, alerts) and metrics
         for hook in list(hooks.on_findings):
             try:
@@ -494,12 +503,14 @@ class Runtime:
         return verdict
 
     def _write(self, k: kube.Kube, body: Mapping[str, Any], previous: Mapping[str, Any],
-               verdict: decision.Decision, chosen: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+               verdict: decision.Decision, chosen: Mapping[str, Mapping[str, Any]],
+               complete: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
         """Write the decision's status (one patch, only if it changed), then post its events
-        on the budget (and on the agent's Deployment they name). Returns the budget's ref."""
+        on the budget (and on the agent's Deployment they name). Returns the budget's ref.
+        ``complete``: the whole status, when the decision's lacks its figures (_write_status)."""
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
-        self._write_status(k, str(meta.get("uid")), namespace, name, previous, verdict.status.body())
+        self._write_status(k, str(meta.get("uid")), namespace, name, previous, verdict.status.body(), complete)
         ref = kube.budget_ref(body)
         for event in verdict.events:
             self._post(k, ref, event.type, event.reason, event.message)
@@ -572,11 +583,20 @@ class Runtime:
                                      f"not {action.model}", None, reason_code="NotApplied")
 
     def _write_status(self, k: kube.Kube, uid: str, namespace: str, name: str, old: Mapping[str, Any],
-                      new: dict[str, Any]) -> None:
+                      new: dict[str, Any], complete: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Write ``new`` over ``old`` when it changed enough (see _meaningful). ``complete``: ``new``
+        lacks the hour's figures, and gives the whole status; it is called only when a write is
+        due or may be (a decisive change, the figures' turn, a heartbeat), never otherwise."""
         now = time.monotonic()
         since = now - self._written_at.get(uid, float("-inf"))
         old_meaning, new_meaning = _meaningful(old), _meaningful(new)
-        if _decisive(old_meaning) != _decisive(new_meaning):
+        decisive = _decisive(old_meaning) != _decisive(new_meaning)  # (figures are never decisive)
+        if complete is not None:
+            if not decisive and since < min(self.figure_seconds(), self.heartbeat_seconds()):
+                return  # neither the figures' turn nor a heartbeat: whatever the figures, no write
+            new = complete()
+            new_meaning = _meaningful(new)
+        if decisive:
             pass  # at once
         elif old_meaning != new_meaning:
             if since < self.figure_seconds():

@@ -348,3 +348,74 @@ def test_kopfs_budget_index_holds_a_status_only_until_the_runtime_wrote_one(monk
     other = body(1)  # a budget not written by this process yet keeps its status in the index
     other["status"] = {"state": "Active"}
     assert agentbudgets.budgets_by_namespace(body=other, namespace="shop")["shop"]["status"] == {"state": "Active"}
+
+
+def test_in_a_large_fleet_the_hours_figures_are_worked_out_only_when_the_status_may_be_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hour's figures (burn rate, projection, unit costs, top agents and tools) are never a
+    decisive change, and in a large fleet a change of figures alone waits for the budget's turn:
+    an evaluation that can write nothing does not work them out. A decisive change (here the first
+    status) is written with them; the figures' turn and the heartbeat work them out again; a small
+    fleet works them out every time, as before."""
+    from fleetwarden.core import figures
+
+    worked: list[float] = []
+    real = figures.figures
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        worked.append(args[1])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(figures, "figures", counted)
+    k, fetcher = FakeKube(), CountingFetcher()
+    rt = make(fetcher, k)
+    rt._written_at.update({f"other-{i}": 0.0 for i in range(10_000)})  # noqa: SLF001 - a large fleet
+    assert rt.figure_seconds() > rt.interval
+    first = rt.reconcile(body(0), [deployment(0)])
+    assert len(worked) == 1 and len(k.of("status")) == 1
+    patch = k.of("status")[0][3]
+    assert patch["topAgents"] == [{"name": "bot-0", "costUSD": 0.01}] and patch["burnRateUSDPerHour"] == 0.06
+    assert first.status.top_agents is not None  # the decision returned is the one written
+    again = rt.reconcile(body(0), [deployment(0)])
+    assert len(worked) == 1 and len(k.of("status")) == 1  # nothing written, nothing worked out
+    assert again.status.top_agents is None and again.status.spend == first.status.spend
+    rt._written_at["uid-0"] -= rt.figure_seconds() + 1  # noqa: SLF001 - the figures' turn
+    turn = rt.reconcile(body(0), [deployment(0)])
+    assert len(worked) == 2 and turn.status.top_agents == first.status.top_agents
+    assert len(k.of("status")) == 1  # the same figures: still nothing to write before the heartbeat
+    rt._written_at["uid-0"] -= rt.heartbeat_seconds()  # noqa: SLF001 - the heartbeat
+    rt.reconcile(body(0), [deployment(0)])
+    assert len(worked) == 3 and len(k.of("status")) == 1  # (the clock stood still: the same status, no patch)
+    fetcher.hour_spend = 1.2  # past the cap: a decisive change, written at once with the figures
+    rt.new_cycle()
+    over = rt.reconcile(body(0), [deployment(0)])
+    assert len(worked) == 4 and len(k.of("status")) == 2 and k.of("status")[-1][3]["state"] == "Exceeded"
+    assert over.status.top_agents == first.status.top_agents
+    fetcher.hour_spend = 0.5  # under it again, just after that write: at once too
+    rt.new_cycle()
+    under = rt.reconcile(body(0), [deployment(0)])
+    assert len(worked) == 5 and len(k.of("status")) == 3 and k.of("status")[-1][3]["state"] == "Active"
+    assert under.status.top_agents == first.status.top_agents
+    small = make(CountingFetcher(), FakeKube())
+    for _ in range(3):
+        small.reconcile(body(0), [deployment(0)])
+    assert len(worked) == 8
+
+
+def test_every_figure_of_the_hour_is_a_figure_or_volatile_never_a_decision() -> None:
+    """What lets an evaluation skip the hour's figures: every status field they fill is one a
+    large fleet writes at its turn (runtime._FIGURES) or with any other change (_VOLATILE)."""
+    from fleetwarden.core import figures
+    from fleetwarden.core import status as st
+
+    end = series.minute_of(NOW)
+    minutes = {"bot-0": [series.AgentMinute("bot-0", "shop", m, inference_cost_usd=0.01, tool_cost_usd=0.002,
+                                            tasks_completed=1, outcomes=1.0, tool_calls={"search": 2.0},
+                                            tool_costs={"search": 0.002}) for m in range(end - 3600, end, 60)]}
+    outcomes = {"bot-0": {m.minute: {"resolved": 1.0} for m in minutes["bot-0"]}}
+    figs = figures.figures(minutes, NOW, {spec.Window.month: 3.0}, outcomes, None)
+    assert {"burn_rate_usd_per_hour", "projected_month_usd", "cost_per_task_usd", "cost_per_outcome_usd",
+            "top_agents", "top_tools"} <= set(figs)
+    fields = st.AgentBudgetStatus.model_fields
+    for name in figs:
+        alias = fields[name].alias or name
+        assert alias in runtime._FIGURES or alias in runtime._VOLATILE, alias  # noqa: SLF001

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 
 _SECONDS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -25,7 +26,14 @@ _SECONDS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 def rfc3339(ts: float) -> str:
     """Unix seconds as RFC 3339 UTC with ``Z``, whole seconds (the fraction is dropped)."""
-    return dt.datetime.fromtimestamp(int(ts), tz=dt.timezone.utc).strftime(_SECONDS_FORMAT)
+    return _rfc3339_seconds(int(ts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rfc3339_seconds(seconds: int) -> str:
+    # the same few times are written over and over (every status of a cycle holds its lastEvaluated
+    # and the transition times of its conditions), each a datetime made and formatted: kept
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).strftime(_SECONDS_FORMAT)
 
 
 def rfc3339_ms(ts: float) -> str:

@@ -83,14 +83,25 @@ class Memo:
         value = compute()
         with self._lock:
             self.misses += 1
-            bucket = self._by_minute.get(minute)
-            if bucket is None:
-                bucket = self._by_minute[minute] = {}
-                newest = max(self._by_minute)
-                for old in [m for m in self._by_minute if m < newest - self.KEEP_MINUTES * series.MINUTE]:
-                    del self._by_minute[old]
-            bucket[key] = value
+            self._bucket(minute)[key] = value
         return value
+
+    def turn(self, minute: int) -> None:
+        """The evaluations' clock is at ``minute``: the values of minutes more than KEEP_MINUTES before
+        it are dropped, whether or not a value of ``minute`` is ever stored (an agent with nothing
+        new asks again for its last minute's values; they are kept only while that minute is recent)."""
+        if minute not in self._by_minute:
+            with self._lock:
+                self._bucket(minute)
+
+    def _bucket(self, minute: int) -> dict[Hashable, Any]:
+        bucket = self._by_minute.get(minute)
+        if bucket is None:
+            bucket = self._by_minute[minute] = {}
+            newest = max(self._by_minute)
+            for old in [m for m in self._by_minute if m < newest - self.KEEP_MINUTES * series.MINUTE]:
+                del self._by_minute[old]
+        return bucket
 
     def __len__(self) -> int:
         with self._lock:

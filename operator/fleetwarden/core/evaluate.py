@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from fleetwarden.core import decision, figures, findings, sources, spec, stages
+from fleetwarden.core import decision, figures, findings, series, sources, spec, stages
 from fleetwarden.core import status as st
 
 REASON_STATUS_REPAIRED = "StatusRepaired"
@@ -42,6 +42,8 @@ def evaluate(inp: decision.EvaluationInput) -> decision.Decision:
 def plan(inp: decision.EvaluationInput) -> stages.Draft:
     """What to do: the stages before acting (``draft.actions``)."""
     d = stages.Draft(agents=sorted(inp.agents, key=lambda a: a.name), previous=inp.previous)
+    if inp.memo is not None:
+        inp.memo.turn(series.minute_of(inp.now))  # (kept values age with the clock, not with what is asked)
     for stage in stages.PLAN:
         stage(inp, d)
     return d

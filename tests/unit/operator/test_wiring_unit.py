@@ -311,6 +311,36 @@ def test_the_memo_keeps_only_recent_minutes() -> None:
     assert memo.get(60 * 18, ("k", 60 * 18), lambda: 2) == 1
 
 
+def test_the_memos_values_age_with_the_evaluations_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent with nothing new asks for its last minute's values minute after minute; they are
+    kept while that minute is recent on the evaluations' clock (Memo.turn, each evaluation), not for
+    as long as no newer minute happens to be stored: a quiet fleet's memo does not keep old values
+    (nor one per anchor the agents had) without end."""
+    memo = decision.Memo()
+    memo.get(0, "k", lambda: 1)
+    memo.turn(60)
+    assert memo.get(0, "k", lambda: 2) == 1  # the minute before the clock's: kept
+    memo.turn(120)
+    assert len(memo) == 0 and memo.get(0, "k", lambda: 3) == 3
+    calls: list[str] = []
+    original = stages.detector_findings
+
+    def counting(agent: decision.AgentDeployment, ms: Any, params: spec.AnomalyParams) -> Any:
+        calls.append(agent.name)
+        return original(agent, ms, params)
+
+    monkeypatch.setattr(stages, "detector_findings", counting)
+    memo = decision.Memo()
+    ms = {a.name: minutes(a.name) for a in AGENTS}
+    for later in (0, 30, 60, 120, 150):  # the same minutes (the last one a minute behind), the clock moving on
+        # the stages before acting alone: what an evaluation that writes no status works out (no figures)
+        evaluate.plan(decision.EvaluationInput(budget=budget(), agents=AGENTS, minutes=ms,
+                                               spend=dict.fromkeys(spec.Window, 1.0), now=NOW + later, memo=memo))
+    # kept while the last minute is the one before the clock's; after that not kept: worked out at
+    # each evaluation (the operator's from the agent's kept state, core/warmfold.py: no step to take)
+    assert sorted(calls) == ["bot"] * 4 + ["helper"] * 4
+
+
 def test_a_memo_hit_waits_for_no_lock() -> None:
     """A value already computed is read while another thread holds the memo's lock (storing a value
     of its own): the evaluation threads do not queue behind one another to read it. A miss still

@@ -55,7 +55,8 @@ class Memo:
 
     ``get(minute, key, compute)`` returns the value stored under ``key`` or stores
     ``compute()``. Values are kept for the newest minute and the one before only (a key names
-    the last complete minute it was computed for), so memory stays bounded: a cycle's
+    the last complete minute it was computed for; the newest is the evaluations' clock's,
+    :meth:`turn`, or a newer one stored), so memory stays bounded: a cycle's
     evaluations read the newest snapshot's minute, and those still holding the snapshot
     fetched before the minute turned read the one before. An older minute is computed again
     (at 10,000 budgets, two more minutes kept held some 20,000 more figures: docs/operator.md,

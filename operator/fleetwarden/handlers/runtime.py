@@ -476,8 +476,8 @@ class Runtime:
         k = self.api
         failures = [f for f in (self._act(k, namespace, budget, a) for a in draft.actions) if f is not None]
         # 6: status (one patch, only if it changed) and events; the hour's figures are worked out
-        # only when the status is written (in a large fleet a change of figures alone waits for
-        # its turn: most evaluations write nothing)
+        # only when the status may be written (in a large fleet a change of figures alone waits for
+        # its turn: most evaluations write nothing; _write_status)
         verdict = evaluate.conclude(inp, draft, failures, figures_too=False)
         completed: list[decision.Decision] = []
 

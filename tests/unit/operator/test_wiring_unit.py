@@ -276,9 +276,8 @@ def test_a_governed_agent_gets_no_event_and_a_new_problem_is_said_again() -> Non
 # ---------------------------------------------------------------- 8: the detector memo
 
 
-def test_detectors_refold_once_per_minute_per_agent(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Four cycles in one minute refold each agent's lookback once; the next minute's data refolds again;
-    the findings are the same as without the memo."""
+def _counted_refolds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The agents whose lookback the detectors refold from now on, one name a refold."""
     calls: list[str] = []
     original = stages.detector_findings
 
@@ -287,6 +286,13 @@ def test_detectors_refold_once_per_minute_per_agent(monkeypatch: pytest.MonkeyPa
         return original(agent, ms, params)
 
     monkeypatch.setattr(stages, "detector_findings", counting)
+    return calls
+
+
+def test_detectors_refold_once_per_minute_per_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four cycles in one minute refold each agent's lookback once; the next minute's data refolds again;
+    the findings are the same as without the memo."""
+    calls = _counted_refolds(monkeypatch)
     memo = decision.Memo()
     ms = {a.name: minutes(a.name) for a in AGENTS}
     plain = run(minutes=ms)
@@ -322,14 +328,7 @@ def test_the_memos_values_age_with_the_evaluations_clock(monkeypatch: pytest.Mon
     assert memo.get(0, "k", lambda: 2) == 1  # the minute before the clock's: kept
     memo.turn(120)
     assert len(memo) == 0 and memo.get(0, "k", lambda: 3) == 3
-    calls: list[str] = []
-    original = stages.detector_findings
-
-    def counting(agent: decision.AgentDeployment, ms: Any, params: spec.AnomalyParams) -> Any:
-        calls.append(agent.name)
-        return original(agent, ms, params)
-
-    monkeypatch.setattr(stages, "detector_findings", counting)
+    calls = _counted_refolds(monkeypatch)
     memo = decision.Memo()
     ms = {a.name: minutes(a.name) for a in AGENTS}
     for later in (0, 30, 60, 120, 150):  # the same minutes (the last one a minute behind), the clock moving on

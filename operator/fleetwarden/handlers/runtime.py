@@ -475,16 +475,19 @@ class Runtime:
         # 5: act, each action read back; what did not take effect is not shown as done
         k = self.api
         failures = [f for f in (self._act(k, namespace, budget, a) for a in draft.actions) if f is not None]
-        # 6: status (one patch, only if it changed) and events; the hour's figures are worked out
-        # only when the status may be written (in a large fleet a change of figures alone waits for
-        # its turn: most evaluations write nothing; _write_status)
-        verdict = evaluate.conclude(inp, draft, failures, figures_too=False)
+        # 6: status (one patch, only if it changed) and events; while a change of figures alone would
+        # wait for the budget's turn (a large fleet) and no heartbeat is due, the hour's figures are
+        # worked out only if a decisive change is to be written (_write_status)
+        uid = str(meta.get("uid"))
+        wait = time.monotonic() - self._written_at.get(uid, float("-inf")) < \
+            min(self.figure_seconds(), self.heartbeat_seconds())
+        verdict = evaluate.conclude(inp, draft, failures, figures_too=not wait)
         completed: list[decision.Decision] = []
 
         def complete() -> dict[str, Any]:
             completed.append(evaluate.with_figures(inp, verdict))
             return completed[0].status.body()
-        self._write(k, body, previous, verdict, chosen, complete)
+        self._write(k, body, previous, verdict, chosen, complete if wait else None)
         if completed:
             verdict = completed[0]
         # 7: hooks (incidents, alerts) and metrics
@@ -585,17 +588,16 @@ class Runtime:
     def _write_status(self, k: kube.Kube, uid: str, namespace: str, name: str, old: Mapping[str, Any],
                       new: dict[str, Any], complete: Callable[[], dict[str, Any]] | None = None) -> None:
         """Write ``new`` over ``old`` when it changed enough (see _meaningful). ``complete``: ``new``
-        lacks the hour's figures, and gives the whole status; it is called only when a write is
-        due or may be (a decisive change, the figures' turn, a heartbeat), never otherwise."""
+        lacks the hour's figures (neither their turn nor a heartbeat has come), and gives the whole
+        status; it is called only for a decisive change, which is written at once."""
         now = time.monotonic()
         since = now - self._written_at.get(uid, float("-inf"))
         old_meaning, new_meaning = _meaningful(old), _meaningful(new)
         decisive = _decisive(old_meaning) != _decisive(new_meaning)  # (figures are never decisive)
         if complete is not None:
-            if not decisive and since < min(self.figure_seconds(), self.heartbeat_seconds()):
-                return  # neither the figures' turn nor a heartbeat: whatever the figures, no write
+            if not decisive:
+                return  # whatever the figures, nothing to write before their turn or a heartbeat
             new = complete()
-            new_meaning = _meaningful(new)
         if decisive:
             pass  # at once
         elif old_meaning != new_meaning:

@@ -108,45 +108,35 @@ class EconomicsAccumulator:
             tasks_completed: int = 0, tasks_failed: int = 0, tasks_abandoned: int = 0,
             outcomes: Mapping[str, float] | None = None, outcome_value_usd: float = 0.0) -> None:
         """Count one task's (or one period's) cost, ended tasks and outcomes at ``time``."""
+        self._count(time, agent, workflow, model, inference_cost_usd, tool_cost_usd, human_cost_usd,
+                    tasks_completed, tasks_failed, tasks_abandoned, outcomes, outcome_value_usd)
+
+    def add_minute(self, m: series.AgentMinute, outcomes: Mapping[str, float] | None = None) -> None:
+        """Count one AgentMinute (its workflow and main model). Its outcomes are counted by name
+        when ``outcomes`` names them, else as unnamed outcomes. (Positional, not through
+        :meth:`add`'s keywords: the status figures count an hour of minutes per budget.)"""
+        named = outcomes if outcomes is not None else ({UNNAMED: m.outcomes} if m.outcomes else None)
+        self._count(m.minute, m.agent, m.workflow, m.model, m.inference_cost_usd, m.tool_cost_usd,
+                    m.human_cost_usd, m.tasks_completed, m.tasks_failed, m.tasks_abandoned, named, 0.0)
+
+    def _count(self, time: float, agent: str, workflow: str | None, model: str | None, inference: float,
+               tool: float, human: float, completed: int, failed: int, abandoned: int,
+               outcomes: Mapping[str, float] | None, value: float) -> None:
         key = (agent, workflow or "", model or "", int(time // HOUR) * HOUR)
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = _Cell()
-        cell.inference += inference_cost_usd
-        cell.tool += tool_cost_usd
-        cell.human += human_cost_usd
-        cell.completed += tasks_completed
-        cell.failed += tasks_failed
-        cell.abandoned += tasks_abandoned
-        for name, n in (outcomes or {}).items():
-            cell.outcomes[name] = cell.outcomes.get(name, 0.0) + n
-        cell.value += outcome_value_usd
-        if model is not None:
-            first, last = self._seen.get((agent, model), (time, time))
-            self._seen[(agent, model)] = (min(first, time), max(last, time))
-
-    def add_minute(self, m: series.AgentMinute, outcomes: Mapping[str, float] | None = None) -> None:
-        """Count one AgentMinute (its workflow and main model). Its outcomes are counted by name
-        when ``outcomes`` names them, else as unnamed outcomes. (What :meth:`add` does with the
-        minute's fields, written out: the status figures count an hour of minutes per budget
-        every minute.)"""
-        named = outcomes if outcomes is not None else ({UNNAMED: m.outcomes} if m.outcomes else None)
-        time, agent, model = m.minute, m.agent, m.model
-        key = (agent, m.workflow or "", model or "", int(time // HOUR) * HOUR)
-        cell = self._cells.get(key)
-        if cell is None:
-            cell = self._cells[key] = _Cell()
-        cell.inference += m.inference_cost_usd
-        cell.tool += m.tool_cost_usd
-        cell.human += m.human_cost_usd
-        cell.completed += m.tasks_completed
-        cell.failed += m.tasks_failed
-        cell.abandoned += m.tasks_abandoned
-        if named:
+        cell.inference += inference
+        cell.tool += tool
+        cell.human += human
+        cell.completed += completed
+        cell.failed += failed
+        cell.abandoned += abandoned
+        if outcomes:
             counts = cell.outcomes
-            for name, n in named.items():
+            for name, n in outcomes.items():
                 counts[name] = counts.get(name, 0.0) + n
-        cell.value += 0.0  # (no outcome value: as add() counts it)
+        cell.value += value
         if model is not None:
             seen = self._seen.get((agent, model))
             self._seen[(agent, model)] = (time, time) if seen is None else (min(seen[0], time), max(seen[1], time))

@@ -266,6 +266,7 @@ def test_add_minute_counts_what_add_counts_of_its_fields() -> None:
 
     rng = random.Random(11)
     by_minute, by_fields = economics.EconomicsAccumulator(), economics.EconomicsAccumulator()
+    times: dict[tuple[str, str], list[int]] = {}
     for _ in range(3000):
         m = series.AgentMinute(
             agent=rng.choice(["a", "b"]), namespace="ns", minute=1_800_000_000 + 60 * rng.randrange(200),
@@ -274,6 +275,8 @@ def test_add_minute_counts_what_add_counts_of_its_fields() -> None:
             tasks_failed=rng.randrange(2), tasks_abandoned=rng.randrange(2), outcomes=rng.choice([0.0, 1.0, 2.5]),
             model=rng.choice([None, "m1", "m2"]), workflow=rng.choice([None, "", "w"]))
         named = rng.choice([None, {}, {"resolved": rng.random()}, {"resolved": 1.0, "lead": 2.0}])
+        if m.model is not None:
+            times.setdefault((m.agent, m.model), []).append(m.minute)
         by_minute.add_minute(m, outcomes=named)
         by_fields.add(time=m.minute, agent=m.agent, workflow=m.workflow, model=m.model,
                       inference_cost_usd=m.inference_cost_usd, tool_cost_usd=m.tool_cost_usd,
@@ -287,3 +290,4 @@ def test_add_minute_counts_what_add_counts_of_its_fields() -> None:
     for agent in ("a", "b"):
         for model in ("m1", "m2"):
             assert by_minute.seen(agent, model) == by_fields.seen(agent, model) is not None
+            assert by_minute.seen(agent, model) == (min(times[(agent, model)]), max(times[(agent, model)]))

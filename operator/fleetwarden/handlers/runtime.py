@@ -478,9 +478,7 @@ class Runtime:
         # 6: status (one patch, only if it changed) and events; while a change of figures alone would
         # wait for the budget's turn (a large fleet) and no heartbeat is due, the hour's figures are
         # worked out only if a decisive change is to be written (_write_status)
-        uid = str(meta.get("uid"))
-        wait = time.monotonic() - self._written_at.get(uid, float("-inf")) < \
-            min(self.figure_seconds(), self.heartbeat_seconds())
+        wait = self.figures_wait(str(meta.get("uid")))
         verdict = evaluate.conclude(inp, draft, failures, figures_too=not wait)
         completed: list[decision.Decision] = []
 
@@ -591,7 +589,7 @@ class Runtime:
         lacks the hour's figures (neither their turn nor a heartbeat has come), and gives the whole
         status; it is called only for a decisive change, which is written at once."""
         now = time.monotonic()
-        since = now - self._written_at.get(uid, float("-inf"))
+        since = self._since_written(uid, now)
         old_meaning, new_meaning = _meaningful(old), _meaningful(new)
         decisive = _decisive(old_meaning) != _decisive(new_meaning)  # (figures are never decisive)
         if complete is not None:
@@ -702,6 +700,15 @@ class Runtime:
                 return False
             self._heartbeat_tokens -= 1.0
             return True
+
+    def _since_written(self, uid: str, now: float) -> float:
+        """Seconds since this process last wrote budget ``uid``'s status (infinite: never)."""
+        return now - self._written_at.get(uid, float("-inf"))
+
+    def figures_wait(self, uid: str) -> bool:
+        """Whether budget ``uid``'s figures alone would not be written now: neither their turn
+        (figure_seconds) nor a heartbeat has come since its last write."""
+        return self._since_written(uid, time.monotonic()) < min(self.figure_seconds(), self.heartbeat_seconds())
 
     def figure_seconds(self) -> float:
         """How long a status whose figures alone changed waits after its last write: 0 (at once) while

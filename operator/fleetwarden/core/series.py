@@ -12,6 +12,7 @@ input, and nothing destructive happens on unknown data.
 
 from __future__ import annotations
 
+import array
 import bisect
 import dataclasses
 import operator
@@ -145,7 +146,7 @@ _INT_RANGE = (-(2**63), 2**63 - 1)
 _FLOAT_EXACT = 2**53  # an int a float field holds is kept only if a double holds it exactly
 _RESTS: dict[tuple[object, ...], tuple[object, ...]] = {}
 _MAX_RESTS = 4096  # shared rest tuples at most; past that a minute keeps its own
-_DECODERS: dict[int, Callable[[str, str, bytes, tuple[object, ...]], AgentMinute]] = {}
+_DECODERS: dict[int, Callable[[str, str, bytes, int, tuple[object, ...]], AgentMinute]] = {}
 
 
 def _fits(code: str, value: object) -> bool:
@@ -195,22 +196,22 @@ def _hashable(rest: tuple[object, ...] | None) -> object:
     return tuple(tuple(x.items()) if i < 2 and x is not None else x for i, x in enumerate(rest))  # type: ignore[attr-defined]
 
 
-def _decoder(mask: int) -> Callable[[str, str, bytes, tuple[object, ...]], AgentMinute]:
-    """``decode(agent, namespace, row, rest)`` for rows of ``mask``: generated once per mask, so a
-    minute is one unpack and one :data:`make` call."""
+def _decoder(mask: int) -> Callable[[str, str, bytes, int, tuple[object, ...]], AgentMinute]:
+    """``decode(agent, namespace, blob, offset, rest)`` for the row of ``mask`` at ``offset`` of
+    ``blob``: generated once per mask, so a minute is one unpack and one :data:`make` call."""
     got = _DECODERS.get(mask)
     if got is not None:
         return got
     present = [(name, code) for bit, (name, code, _) in enumerate(_NUMBERS) if mask >> bit & 1]
-    unpack = struct.Struct("<Hq" + "".join(code for _, code in present)).unpack
+    unpack = struct.Struct("<Hq" + "".join(code for _, code in present)).unpack_from
     names = [name for name, _ in present]
     values = {name: name if name in names else repr(default) for name, _, default in _NUMBERS}
     values.update({name: f"rest[{i}]" if i >= 2 else f"rest[{i}] or NO_TOOLS" for i, name in enumerate(_REST)})
     fields = [f.name for f in dataclasses.fields(AgentMinute)]
     values.update(agent="agent", namespace="namespace", minute="minute")
     targets = ", ".join(["_", "minute", *names]) + ","
-    src = (f"def decode(agent, namespace, row, rest):\n"
-           f"    {targets} = unpack(row)\n"
+    src = (f"def decode(agent, namespace, blob, offset, rest):\n"
+           f"    {targets} = unpack(blob, offset)\n"
            f"    return make({', '.join(values[name] for name in fields)})\n")
     scope: dict[str, object] = {"unpack": unpack, "make": make, "NO_TOOLS": NO_TOOLS}
     exec(src, scope)  # noqa: S102 - generated from the field table above
@@ -220,46 +221,64 @@ def _decoder(mask: int) -> Callable[[str, str, bytes, tuple[object, ...]], Agent
 
 
 class MinuteRun(Sequence[AgentMinute]):
-    """One agent's minutes, in order, held compactly: per minute a small ``bytes`` row of the
-    numbers that are not zero (or not None) and a reference to the rest (names and tool maps),
-    shared between minutes that have the same. Reading it gives :class:`AgentMinute` objects equal
-    to those it was made of, built anew at each read.
+    """One agent's minutes, in order, held compactly: the numbers of each minute that are not
+    zero (or not None) packed in a row, the rows one after the other in one ``bytes``, and a
+    reference to the rest of each minute (names and tool maps), shared between minutes that have
+    the same. Reading it gives :class:`AgentMinute` objects equal to those it was made of, built
+    anew at each read.
 
     The operator keeps every agent's lookback between fetches (90 minutes and more, 10,000 agents:
-    a million minutes); as objects a minute takes about 300 bytes with its numbers, as a row
-    about 90 (docs/operator.md, "Scale"). A minute that cannot be packed exactly (a number of
-    another type or out of range, another agent's) is kept as it is."""
+    a million minutes); as objects a minute takes about 300 bytes with its numbers, as a row of
+    its own (a ``bytes`` each) about 90, in one ``bytes`` with the others its row's length and 4
+    bytes of offset (docs/operator.md, "Scale"). A minute that cannot be packed exactly (a number
+    of another type or out of range, another agent's) is kept as it is, in place of its rest,
+    with a row of no bytes. A slice shares its run's bytes (``_lo`` and ``_hi``: the rows it
+    covers)."""
 
-    __slots__ = ("agent", "namespace", "_rows", "_rests")
+    __slots__ = ("agent", "namespace", "_blob", "_offsets", "_rests", "_lo", "_hi")
 
-    def __init__(self, agent: str, namespace: str, rows: tuple[bytes | AgentMinute, ...] = (),
-                 rests: tuple[tuple[object, ...] | None, ...] = ()) -> None:
-        self.agent, self.namespace, self._rows, self._rests = agent, namespace, rows, rests
+    def __init__(self, agent: str, namespace: str, blob: bytes = b"", offsets: array.array[int] | None = None,
+                 rests: tuple[tuple[object, ...] | AgentMinute, ...] = (), lo: int = 0, hi: int | None = None) -> None:
+        self.agent, self.namespace, self._blob, self._rests = agent, namespace, blob, rests
+        # row i is blob[offsets[i]:offsets[i + 1]], its rest rests[i]; this run is rows lo .. hi - 1
+        self._offsets = offsets if offsets is not None else array.array("I", (0,))
+        self._lo, self._hi = lo, len(rests) if hi is None else hi
 
     @classmethod
     def of(cls, agent: str, namespace: str, minutes: Iterable[AgentMinute]) -> MinuteRun:
-        rows: list[bytes | AgentMinute] = []
-        rests: list[tuple[object, ...] | None] = []
+        rows: list[bytes] = []
+        rests: list[tuple[object, ...] | AgentMinute] = []
+        offsets = [0]
+        at = 0
         for m in minutes:
             row = _row(m) if m.agent == agent and m.namespace == namespace else None
             if row is None:
-                rows.append(m)
-                rests.append(None)
+                rests.append(m)
             else:
                 rows.append(row)
+                at += len(row)
                 rests.append(_rest(m))
-        return cls(agent, namespace, tuple(rows), tuple(rests))
+            offsets.append(at)
+        return cls(agent, namespace, b"".join(rows), array.array("I", offsets), tuple(rests))
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._hi - self._lo
 
     def _at(self, i: int) -> AgentMinute:
-        row, rest = self._rows[i], self._rests[i]
-        if rest is None:
-            assert isinstance(row, AgentMinute)
-            return row
-        assert isinstance(row, bytes)
-        return _decoder(_HEAD.unpack_from(row)[0])(self.agent, self.namespace, row, rest)
+        j = self._lo + i
+        rest = self._rests[j]
+        if type(rest) is AgentMinute:
+            return rest
+        offset = self._offsets[j]
+        return _decoder(_HEAD.unpack_from(self._blob, offset)[0])(self.agent, self.namespace, self._blob, offset, rest)  # type: ignore[arg-type]
+
+    def _index(self, i: int) -> int:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("MinuteRun index out of range")
+        return i
 
     @overload
     def __getitem__(self, index: int) -> AgentMinute: ...
@@ -269,37 +288,51 @@ class MinuteRun(Sequence[AgentMinute]):
 
     def __getitem__(self, index: int | slice) -> AgentMinute | MinuteRun:
         if isinstance(index, slice):
-            return MinuteRun(self.agent, self.namespace, self._rows[index], self._rests[index])
-        return self._at(index)
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("a MinuteRun is sliced with a step of 1 only")
+            stop = max(start, stop)
+            return MinuteRun(self.agent, self.namespace, self._blob, self._offsets, self._rests,
+                             self._lo + start, self._lo + stop)
+        return self._at(self._index(index))
 
     def __iter__(self) -> Iterator[AgentMinute]:
         head, decoders, agent, namespace = _HEAD.unpack_from, _DECODERS, self.agent, self.namespace
-        for row, rest in zip(self._rows, self._rests, strict=True):
-            if rest is None:
-                yield row  # type: ignore[misc]
+        blob, offsets, rests = self._blob, self._offsets, self._rests
+        for j in range(self._lo, self._hi):
+            rest = rests[j]
+            if type(rest) is AgentMinute:
+                yield rest
             else:
-                mask = head(row)[0]  # type: ignore[arg-type]
+                offset = offsets[j]
+                mask = head(blob, offset)[0]
                 decode = decoders.get(mask) or _decoder(mask)
-                yield decode(agent, namespace, row, rest)  # type: ignore[arg-type]
+                yield decode(agent, namespace, blob, offset, rest)  # type: ignore[arg-type]
 
     def minute_at(self, i: int) -> int:
         """The start of the ``i``-th minute, without building it."""
-        row = self._rows[i]
-        return row.minute if isinstance(row, AgentMinute) else int(_HEAD.unpack_from(row)[1])
+        j = self._lo + self._index(i)
+        rest = self._rests[j]
+        return rest.minute if type(rest) is AgentMinute else int(_HEAD.unpack_from(self._blob, self._offsets[j])[1])
 
     def first_at(self, start: int, lo: int = 0) -> int:
         """The position of the first minute that starts at or after ``start`` (the run is in order)."""
         return bisect.bisect_left(range(len(self)), start, lo, key=self.minute_at)
 
+    def _bytes(self, n: int) -> bytes:
+        """The rows of the first ``n`` minutes, one after the other."""
+        return self._blob[self._offsets[self._lo]:self._offsets[self._lo + n]]
+
     def digest(self, n: int) -> int:
         """A hash of the first ``n`` minutes, from their rows: equal minutes of runs give equal
-        digests (a run's rows are canonical), without building a minute."""
-        rests = self._rests[:n]
+        digests (a run's rows are canonical, and a row's mask gives its length, so the rows one
+        after the other are the rows), without building a minute."""
+        rests = self._rests[self._lo:self._lo + n]
         try:
-            return hash(("run", self._rows[:n], rests))
+            return hash(("run", self._bytes(n), rests))
         except TypeError:  # a minute with tool maps, or one kept whole
-            return hash(("run", tuple(r if type(r) is bytes else minute_key(r) for r in self._rows[:n]),  # type: ignore[arg-type]
-                         tuple(_hashable(r) for r in rests)))
+            return hash(("run", self._bytes(n), tuple(
+                minute_key(r) if type(r) is AgentMinute else _hashable(r) for r in rests)))  # type: ignore[arg-type]
 
     def between(self, start: int, end: int) -> MinuteRun:
         """The minutes that start in ``[start, end)`` (the run is in order)."""
@@ -309,11 +342,17 @@ class MinuteRun(Sequence[AgentMinute]):
     def __add__(self, other: MinuteRun) -> MinuteRun:
         if (other.agent, other.namespace) != (self.agent, self.namespace):
             return NotImplemented
-        return MinuteRun(self.agent, self.namespace, self._rows + other._rows, self._rests + other._rests)
+        mine = self._bytes(len(self))
+        first, base = self._offsets[self._lo], len(mine) - other._offsets[other._lo]
+        offsets = array.array("I", [*(o - first for o in self._offsets[self._lo:self._hi + 1]),
+                                    *(o + base for o in other._offsets[other._lo + 1:other._hi + 1])])
+        return MinuteRun(self.agent, self.namespace, mine + other._bytes(len(other)), offsets,
+                         self._rests[self._lo:self._hi] + other._rests[other._lo:other._hi])
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, MinuteRun) and (other.agent, other.namespace) == (self.agent, self.namespace) \
-                and other._rows == self._rows and other._rests == self._rests:
+                and len(other) == len(self) and other._bytes(len(other)) == self._bytes(len(self)) \
+                and other._rests[other._lo:other._hi] == self._rests[self._lo:self._hi]:
             return True
         if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
             return list(self) == list(other)

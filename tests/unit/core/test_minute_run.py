@@ -56,11 +56,12 @@ def test_quiet_minutes_take_small_rows_and_share_their_names() -> None:
     quiet = [series.AgentMinute("bot", "shop", 60 * i, inference_cost_usd=0.002, llm_calls=2, model="gpt-4o-mini",
                                 workflow="support") for i in range(1, 91)]
     run = _run(quiet)
-    rows, rests = run._rows, run._rests
-    assert all(type(r) is bytes and len(r) == 2 + 8 + 8 + 8 for r in rows)  # mask, minute, a cost, a count
+    rests = run._rests
+    assert len(run._blob) == len(quiet) * (2 + 8 + 8 + 8)  # a row each: mask, minute, a cost, a count
     assert len({id(r) for r in rests}) == 1  # one shared tuple of names
     kept_whole = sum(sys.getsizeof(m) for m in quiet)
-    assert sum(sys.getsizeof(r) for r in rows) < kept_whole / 3
+    # the rows in one bytes, their offsets, a reference to the rest each
+    assert sys.getsizeof(run._blob) + sys.getsizeof(run._offsets) + sys.getsizeof(rests) < kept_whole / 5
 
 
 @pytest.mark.parametrize("odd", [
@@ -143,3 +144,28 @@ def test_the_hours_figures_and_the_guardrails_read_a_run_as_they_read_a_list() -
         assert found == guardrails.agent_findings(deployment, ms, {}, [policy])
         compared += bool(found)
     assert compared  # some agent went past the rate limit
+
+
+def test_slices_share_the_runs_rows_and_read_joins_digests_as_lists_do() -> None:
+    """A slice of a slice, a join of slices from the middle of two runs, a minute kept whole among
+    rows, negative positions: each reads as the same list of minutes would, and digests agree with
+    a run made afresh of those minutes."""
+    ms = max(FLEET.values(), key=len)
+    ms = [*ms[:5], dataclasses.replace(ms[5], tokens=2.5), *ms[6:]]  # type: ignore[arg-type]  # kept whole
+    run = _run(ms)
+    assert run[5] is ms[5]
+    inner = run[2:-2][1:-1]
+    assert inner == ms[3:-3] and len(inner) == len(ms) - 6
+    assert inner._blob is run._blob  # a slice copies no row
+    assert inner[-1] == ms[-4] and inner.minute_at(-1) == ms[-4].minute and inner[0] == ms[3]
+    with pytest.raises(IndexError):
+        inner[len(inner)]
+    with pytest.raises(IndexError):
+        inner.minute_at(-len(inner) - 1)
+    joined = run[4:9] + run[12:20]
+    assert list(joined) == ms[4:9] + ms[12:20]
+    fresh = _run(ms[4:9] + ms[12:20])
+    assert joined == fresh
+    assert [joined.digest(n) for n in range(len(fresh) + 1)] == [fresh.digest(n) for n in range(len(fresh) + 1)]
+    assert run[3:3] == [] and len(run[7:2]) == 0 and list(run[3:3] + run[3:6]) == ms[3:6]
+    assert run[2:9].digest(4) == _run(ms[2:6]).digest(4)

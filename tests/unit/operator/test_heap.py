@@ -71,10 +71,14 @@ def test_settle_collects_and_freezes_once() -> None:
     del cycle
     assert heap.settle() is True
     assert probe() is None  # collected before the freeze, not frozen with the rest
-    frozen = gc.get_freeze_count()
-    assert frozen > 0 and sample(registry, "fleetwarden_operator_gc_frozen_objects") == frozen
+    # A frozen object can still be freed (by another thread too), so the count only falls after the
+    # freeze: the page shows what was frozen, at least what is frozen now.
+    frozen = sample(registry, "fleetwarden_operator_gc_frozen_objects")
+    assert 0 < gc.get_freeze_count() <= frozen
+    fresh = [[] for _ in range(1000)]  # tracked after the freeze: a second freeze would take them
     assert heap.settle() is False  # once
-    assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() <= frozen
+    del fresh
 
 
 def test_the_clock_pairs_start_and_stop_per_thread() -> None:

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     import fleetwarden.handlers  # noqa: F401 - registers the handlers (reads the settings above)
-    from fleetwarden.handlers import leader
+    from fleetwarden.handlers import agentbudgets, leader
 
     # 3: the namespaces served (a shard's, or all); the Prometheus queries' scope is the same
     #    unless a kopf pattern cannot be one (then they cover the fleet, said once here)
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces,
-                 liveness_endpoint=args.liveness)
+                 liveness_endpoint=args.liveness, memories=agentbudgets.MEMORIES)
     finally:
         if elector is not None:
             leader.step_down(elector)

@@ -56,6 +56,8 @@ KINDS = {"budgets": (spec.GROUP, "agentbudgets"), "deployments": ("apps", "deplo
 LISTINGS = store.Listings(KINDS.values())
 OWN_INDEXES = SETTINGS.evaluation == "fleet" and store.watch_listings(LISTINGS)
 STORE = {name: store.Index() for name in KINDS}
+# For kopf.run: with these indexes kopf keeps no memory of a budget or a Deployment (store.memories).
+MEMORIES = store.memories({(spec.API_VERSION, "AgentBudget"), ("apps/v1", "Deployment")}) if OWN_INDEXES else None
 FLEET: fleet.FleetLoop | None = None
 _FLEET_TASK: asyncio.Task[None] | None = None
 

@@ -23,7 +23,7 @@ import yaml
 
 from fleetwarden.adapters import kube, prometheus
 from fleetwarden.commands import operator as operator_command
-from fleetwarden.handlers import leader, settings
+from fleetwarden.handlers import agentbudgets, leader, settings
 
 NOW = 1_800_000_000.0
 # A metric selector in a query: a fleetwarden_* name not inside quotes, with its matchers if any.
@@ -164,6 +164,7 @@ def test_the_namespaces_served_are_the_queries_scope(kopf_run: list[dict[str, An
     operator_command.run(parse(*argv))
     (call,) = kopf_run
     assert call["namespaces"] == served and call["clusterwide"] is (not served)
+    assert call["memories"] is agentbudgets.MEMORIES  # kopf's memories as the mode wants them (test_store.py)
     assert settings.Settings.from_env().namespaces == scope
 
 

@@ -232,3 +232,65 @@ def test_the_keepers_success_lines_are_dropped_and_nothing_else() -> None:
     assert kept("Handler 'budget_event' succeeded.")
     assert kept("Handler 'keep_budgets' failed with an exception and will stop now: boom", logging.ERROR)
     assert kept("Timer 'budget_timer' succeeded.")
+
+
+# ---------------------------------------------------------------- kopf's memories
+
+BUDGET = {"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "AgentBudget", "metadata": {"uid": "b1"}}
+POLICY = {"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostPolicy", "metadata": {"uid": "p1"}}
+
+
+def test_kopfs_memories_keep_none_for_the_unkept_kinds_and_the_rest_as_kopf_does() -> None:
+    from kopf._cogs.structs import ephemera
+
+    kept = store.memories({("fleetwarden.dev/v1alpha1", "AgentBudget")})
+    base = ephemera.AnyMemo(ephemera.Memo(shared="yes"))
+
+    async def recall() -> list[Any]:
+        return [await kept.recall(body, memobase=base) for body in (BUDGET, BUDGET, POLICY, POLICY)]
+
+    budget1, budget2, policy1, policy2 = asyncio.run(recall())
+    assert budget1 is not budget2 and policy1 is policy2  # a fresh one each time; kopf's own
+    assert list(kept.iter_all_memories()) == [policy1]
+    for memory in (budget1, policy1):  # each a copy of the operator's memo, as kopf makes it
+        assert memory.memo == base and memory.memo is not base
+    asyncio.run(kept.forget(BUDGET))  # a deleted budget: nothing to forget, nothing fails
+    asyncio.run(kept.forget(POLICY))
+    assert list(kept.iter_all_memories()) == []
+
+
+REGISTRY = r"""
+import json
+from kopf._core.intents import registries
+import fleetwarden.handlers
+from fleetwarden.handlers import agentbudgets
+registry = registries.get_default_registry()
+print(json.dumps({
+    "memories": agentbudgets.MEMORIES is not None,
+    "stateful": sorted({h.selector.any_name for name in ("_indexing", "_spawning", "_changing", "_webhooks")
+                        for h in getattr(registry, name).get_all_handlers()}),
+    "events": sorted({h.selector.any_name for h in registry._watching.get_all_handlers()}),
+}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["fleet", "timers"])
+def test_kopf_keeps_no_memory_of_budgets_and_deployments_only_where_nothing_reads_one(mode: str) -> None:
+    """kopf reads an object's memory for its indexes, timers, daemons, change handlers and
+    webhooks; in fleet mode none of them is on a budget or a Deployment, so not keeping their
+    memories loses nothing (a timer or an index added on them would fail this)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARDEN_")}
+    env.update(FLEETWARDEN_EVALUATION=mode, FLEETWARDEN_PROMETHEUS_URL="http://127.0.0.1:9")
+    out = subprocess.run([sys.executable, "-c", REGISTRY], env=env, capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert {"agentbudgets", "deployments"} <= set(seen["events"])
+    if mode == "fleet":
+        assert seen["memories"] is True
+        assert not {"agentbudgets", "deployments"} & set(seen["stateful"])
+    else:  # a timer per budget: kopf keeps every memory
+        assert seen["memories"] is False and "agentbudgets" in seen["stateful"]

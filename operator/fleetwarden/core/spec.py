@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Annotated, Any, Literal
+import weakref
+from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,21 +56,55 @@ def _camel(name: str) -> str:
 _FIELDS_SETS: dict[frozenset[str], set[str]] = {}
 _MAX_FIELDS_SETS = 4096  # distinct sets shared; past this a model keeps its own (still correct)
 
+# The same holds one level up: the parts of 10,000 budgets (an owner, two spend limits, a kill
+# switch, a model source, a source) are mostly equal from budget to budget, and each is a
+# model, its ``__dict__`` and its values. The parts are frozen models too, so a part equal to
+# one parsed before (the same type, the same fields given, the same JSON) is that one, shared.
+# Kept by the hash of its JSON (a collision keeps the part as parsed), weakly: a part no model
+# holds any more leaves the table. A class whose objects are each an object's own (its name, its
+# whole spec, the selector naming its agent) sets ``_SHARED = False``: they would only fill it.
+_PARTS: weakref.WeakValueDictionary[tuple[type, int], _Model] = weakref.WeakValueDictionary()
+
+
+def _shared(part: _Model) -> _Model:
+    """The part parsed before equal to ``part``, else ``part`` (kept for the next one)."""
+    if not part._SHARED:
+        return part
+    text = part.model_dump_json()
+    given = part.__pydantic_fields_set__
+    key = (type(part), hash((text, *sorted(given))))
+    kept = _PARTS.get(key)
+    if kept is None:
+        _PARTS[key] = part
+        return part
+    if kept.__pydantic_fields_set__ == given and kept.model_dump_json() == text:
+        return kept
+    return part
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="forbid", frozen=True)
+    _SHARED: ClassVar[bool] = True  # whether an equal part of another model may be this one
 
     def model_post_init(self, context: Any, /) -> None:
-        """Share the set of fields given with every other model given the same fields."""
+        """Share the set of fields given with every other model given the same fields, and each
+        part (a model, or the models of a list) with an equal part of a model parsed before."""
         given = self.__pydantic_fields_set__
         key = frozenset(given)
         shared = _FIELDS_SETS.get(key)
-        if shared is None:
-            if len(_FIELDS_SETS) >= _MAX_FIELDS_SETS:
-                return
+        if shared is None and len(_FIELDS_SETS) < _MAX_FIELDS_SETS:
             shared = _FIELDS_SETS.setdefault(key, given)
-        if shared is not given:
+        if shared is not None and shared is not given:
             object.__setattr__(self, "__pydantic_fields_set__", shared)
+        for name, value in list(self.__dict__.items()):
+            if isinstance(value, _Model):
+                part = _shared(value)
+                if part is not value:
+                    object.__setattr__(self, name, part)
+            elif isinstance(value, list) and value and isinstance(value[0], _Model):
+                parts = [_shared(v) if isinstance(v, _Model) else v for v in value]
+                if any(p is not v for p, v in zip(parts, value, strict=True)):
+                    object.__setattr__(self, name, parts)
 
 
 class Window(str, enum.Enum):
@@ -89,6 +124,7 @@ class LabelSelectorRequirement(_Model):
 
 class LabelSelector(_Model):
     """A Kubernetes label selector. An empty selector selects every agent in the namespace."""
+    _SHARED = False  # each object's own
 
     match_labels: dict[str, str] = Field(default_factory=dict)
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
@@ -262,6 +298,7 @@ class Step(_Model):
 
 
 class AgentBudgetSpec(_Model):
+    _SHARED = False  # each object's own
     selector: LabelSelector = Field(default_factory=LabelSelector)
     owner: Owner = Field(default_factory=Owner)
     limits: list[SpendLimit] = Field(default_factory=list, max_length=len(Window))
@@ -427,6 +464,7 @@ class AnomalyParams(_Model):
 
 
 class CostPolicySpec(_Model):
+    _SHARED = False  # each object's own
     selector: LabelSelector = Field(default_factory=LabelSelector)
     token_caps: TokenCaps = Field(default_factory=TokenCaps)
     rate_limits: RateLimits = Field(default_factory=RateLimits)
@@ -451,6 +489,7 @@ class CostPolicySpec(_Model):
 
 class CostApprovalSpec(_Model):
     """What an agent asks a person to approve (crds/costapprovals.yaml ``spec``; immutable)."""
+    _SHARED = False  # each object's own
 
     agent: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     workflow: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
@@ -483,6 +522,7 @@ class CostApprovalSpec(_Model):
 
 class Metadata(_Model):
     model_config = ConfigDict(extra="ignore", frozen=True)
+    _SHARED = False  # each object's own
     name: str
     namespace: str = "default"
     labels: dict[str, str] = Field(default_factory=dict)

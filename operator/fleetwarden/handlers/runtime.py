@@ -303,6 +303,9 @@ class Runtime:
         self.backoff = Backoff(first=interval)  # actions that failed wait before they are tried again
         # uid -> (generation, the budget parsed at it): one per budget, its latest generation only
         self._budgets: dict[str, tuple[Any, spec.AgentBudget | errors.ManifestError]] = {}
+        # uid -> (resourceVersion, the CostPolicy parsed at it, None: invalid): each policy is read
+        # by every evaluation in its namespace, parsed (and its warning logged) once per version
+        self._policies: dict[str, tuple[Any, spec.CostPolicy | None]] = {}
         self._gaps_lock = threading.Lock()
         self._gaps: dict[str, set[str]] = {}  # Deployment uid -> governance problems already posted
         self._sources: set[spec.SourceType] = set()  # the spec.source of the budgets seen, besides the SDK
@@ -442,7 +445,7 @@ class Runtime:
         if isinstance(budget, errors.ManifestError):
             return self._reject(body, budget, apply)
         namespace = budget.metadata.namespace
-        policies = parse_policies(policy_bodies)
+        policies = self._parse_policies(policy_bodies)
         # 2: its agents
         agents, chosen = select_agents(budget, deployments, self._labels)
         # 3: this cycle's metrics
@@ -639,6 +642,26 @@ class Runtime:
                 self._budgets.clear()
             self._budgets[uid] = (generation, parsed)  # an older generation's parse is dropped
         return parsed
+
+    def _parse_policies(self, bodies: Iterable[Mapping[str, Any]]) -> list[spec.CostPolicy]:
+        """The valid CostPolicies of ``bodies`` (as ``parse_policies``), each parsed once per
+        ``resourceVersion`` (a body without one is parsed each time)."""
+        out = []
+        for body in bodies:
+            meta = body.get("metadata") or {}
+            uid, version = meta.get("uid"), meta.get("resourceVersion")
+            kept = self._policies.get(str(uid)) if uid and version else None
+            if kept is not None and kept[0] == version:
+                parsed = kept[1]
+            else:
+                parsed = next(iter(parse_policies([body])), None)
+                if uid and version:
+                    if len(self._policies) > 100_000:  # policies deleted meanwhile
+                        self._policies.clear()
+                    self._policies[str(uid)] = (version, parsed)
+            if parsed is not None:
+                out.append(parsed)
+        return out
 
     def check_governance(self, deployments: Iterable[Mapping[str, Any]],
                          budget_bodies: Iterable[Mapping[str, Any]]) -> list[governance.Gap]:

@@ -127,6 +127,43 @@ def test_a_budget_is_parsed_once_per_generation_and_only_its_latest_parse_is_kep
     assert set(rt._budgets) == {"uid-1"}  # noqa: SLF001
 
 
+def policy(version: str, *, calls: int = 100, name: str = "guard", uid: str = "p-1") -> dict[str, Any]:
+    return {"apiVersion": spec.API_VERSION, "kind": "CostPolicy",
+            "metadata": {"name": name, "namespace": "shop", "uid": uid, "resourceVersion": version, "generation": 1},
+            "spec": {"rateLimits": {"toolCallsPerMinute": calls}}}
+
+
+def test_a_policy_is_parsed_once_per_version_however_many_budgets_read_it(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Every evaluation in a namespace reads its CostPolicies: each is parsed (and an invalid
+    one warned of) once per resourceVersion, an edit is read, a body without a version each time."""
+    parsed: list[str] = []
+    real = runtime.parse_policies
+
+    def counting(bodies: Any) -> list[spec.CostPolicy]:
+        bodies = list(bodies)
+        parsed.extend(b["metadata"]["name"] for b in bodies)
+        return real(bodies)
+    monkeypatch.setattr(runtime, "parse_policies", counting)
+    rt = make(CountingFetcher(), FakeKube())
+    bad = policy("9", name="broken", uid="p-2")
+    bad["spec"] = {"rateLimits": {"toolCallsPerMinute": "many"}}
+    for i in range(5):
+        rt.reconcile(body(i), [deployment(i)], [policy("1"), bad])
+    assert parsed == ["guard", "broken"]
+    assert caplog.text.count("CostPolicy shop/broken ignored") == 1
+    got = rt._parse_policies([policy("1"), bad])  # noqa: SLF001
+    assert [p.spec.rate_limits.tool_calls_per_minute for p in got] == [100]
+    got = rt._parse_policies([policy("2", calls=7), bad])  # noqa: SLF001 - edited: a new version
+    assert [p.spec.rate_limits.tool_calls_per_minute for p in got] == [7]
+    assert parsed == ["guard", "broken", "guard"]
+    unversioned = policy("3")
+    del unversioned["metadata"]["resourceVersion"]
+    rt._parse_policies([unversioned])  # noqa: SLF001
+    rt._parse_policies([unversioned])  # noqa: SLF001
+    assert parsed == ["guard", "broken", "guard", "guard", "guard"]
+
+
 def test_status_is_not_written_again_when_nothing_changed() -> None:
     """A second evaluation with the same data writes no status patch."""
     k = FakeKube()

@@ -133,7 +133,8 @@ def _copy(body: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """A plain copy of some top-level fields of a kopf body (kopf's views are live), without
     ``metadata.managedFields``: the server-side-apply bookkeeping mirrors every field written,
     the status included, which nothing here reads and which an index of 10,000 budgets would
-    hold 10,000 times."""
+    hold 10,000 times. The spec's parts (its limits, kill switch, model...) equal to another
+    copy's are that copy's (``PARTS``)."""
     out: dict[str, Any] = {}
     for k in keys:
         value = body.get(k)
@@ -141,7 +142,13 @@ def _copy(body: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     meta = out.get("metadata")
     if isinstance(meta, dict):
         meta.pop("managedFields", None)
+    spec_ = out.get("spec")
+    if isinstance(spec_, dict):  # its parts equal to another copy's are that copy's (read only)
+        out["spec"] = {k: PARTS.share(v) if isinstance(v, (dict, list)) and v else v for k, v in spec_.items()}
     return out
+
+
+PARTS = store.Parts()  # the equal parts of the copies' specs, kept once
 
 
 _OBJECT = ("apiVersion", "kind", "metadata", "spec")  # what an index copies of an object

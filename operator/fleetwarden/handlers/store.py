@@ -18,6 +18,10 @@ event is handled as it is listed and its body is freed.
   handled (:meth:`Listings.handled`). Until then the fleet loop does not start, and the
   handlers that act (governance checks, prompted evaluations) are not called.
 
+- :class:`Parts`: equal parts of the copies (a budget's limits, kill switch, model source,
+  owner) kept once: most are equal from budget to budget, and 10,000 copies would hold each
+  10,000 times.
+
 A kopf whose watch module lacks what :func:`watch_listings` needs is left as it is, with a
 warning: the operator then keeps kopf's indexes (``tests/unit/operator/test_store.py``).
 
@@ -33,6 +37,7 @@ warning: the operator then keeps kopf's indexes (``tests/unit/operator/test_stor
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
@@ -75,6 +80,43 @@ class Index(Mapping[str, list[Body]]):
     def count(self) -> int:
         """How many objects, in every namespace."""
         return sum(len(b) for b in list(self._by_namespace.values()))
+
+
+class Parts:
+    """Equal JSON values (the parts of the copies in an index) kept once. A value equal to one
+    kept before (the same JSON, its types included: ``1`` is not ``1.0``) is that one. Kept by
+    the hash of its JSON, so a value met once costs a hash, not its text; a collision keeps the
+    value as given. Past ``limit`` values the table starts again (values deleted since leave
+    it so; the copies keep theirs, and an equal value is then kept at most once more).
+    The values are shared between copies, so they are read, never changed: the index's copies
+    are only read (their nested values were kopf's body's own before)."""
+
+    def __init__(self, limit: int = 65_536) -> None:
+        self._kept: dict[int, Any] = {}
+        self.limit = limit
+
+    @staticmethod
+    def _text(value: Any) -> str | None:
+        try:
+            return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):  # not plain JSON: kept as given
+            return None
+
+    def share(self, value: Any) -> Any:
+        text = self._text(value)
+        if text is None:
+            return value
+        key = hash(text)
+        kept = self._kept.get(key)
+        if kept is None:
+            if len(self._kept) >= self.limit:
+                self._kept = {}
+            self._kept[key] = value
+            return value
+        return kept if kept is value or self._text(kept) == text else value
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 class Listings:

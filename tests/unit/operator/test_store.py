@@ -294,3 +294,59 @@ def test_kopf_keeps_no_memory_of_budgets_and_deployments_only_where_nothing_read
         assert not {"agentbudgets", "deployments"} & set(seen["stateful"])
     else:  # a timer per budget: kopf keeps every memory
         assert seen["memories"] is False and "agentbudgets" in seen["stateful"]
+
+
+# ---------------------------------------------------------------- equal parts kept once
+
+
+def _budget_body(name: str, hour: Any = 10, ack: str | None = None) -> dict[str, Any]:
+    kill: dict[str, Any] = {"enabled": True, "thresholdPercent": 150}
+    if ack is not None:
+        kill["acknowledge"] = ack
+    return {"apiVersion": "fleetwarden.dev/v1alpha1", "kind": "AgentBudget",
+            "metadata": {"name": name, "namespace": "shop", "uid": f"u-{name}", "managedFields": [{"x": 1}]},
+            "spec": {"selector": {"matchLabels": {"agent": name}},
+                     "limits": [{"window": "hour", "amountUSD": hour}, {"window": "day", "amountUSD": 100}],
+                     "killSwitch": kill, "owner": {"team": "support"}, "suspend": False}}
+
+
+def test_the_copies_of_two_budgets_hold_their_equal_spec_parts_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agentbudgets, "PARTS", store.Parts())
+    a = agentbudgets.budgets_by_namespace(body=_budget_body("triage"), namespace="shop")["shop"]
+    b = agentbudgets.budgets_by_namespace(body=_budget_body("refunds"), namespace="shop")["shop"]
+    c = agentbudgets.budgets_by_namespace(body=_budget_body("billing", hour=25, ack="inc-1"), namespace="shop")["shop"]
+    for part in ("limits", "killSwitch", "owner"):
+        assert a["spec"][part] is b["spec"][part], part
+        assert a["spec"][part] == _budget_body("triage")["spec"][part]
+    assert c["spec"]["limits"] is not a["spec"]["limits"] and c["spec"]["limits"][0]["amountUSD"] == 25
+    assert c["spec"]["killSwitch"] == {"enabled": True, "thresholdPercent": 150, "acknowledge": "inc-1"}
+    assert c["spec"]["owner"] is a["spec"]["owner"]
+    assert a["spec"]["selector"] == {"matchLabels": {"agent": "triage"}}
+    assert b["spec"]["selector"] == {"matchLabels": {"agent": "refunds"}}
+    assert a["spec"]["suspend"] is False and "managedFields" not in a["metadata"]
+    assert a["metadata"]["name"] == "triage" and b["metadata"]["name"] == "refunds"
+
+
+def test_parts_tell_json_types_apart_and_a_collision_keeps_the_value_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = store.Parts()
+    one, one_float, true = {"n": 1}, {"n": 1.0}, {"n": True}
+    assert parts.share(one) is one and parts.share({"n": 1}) is one
+    assert parts.share(one_float) is one_float and parts.share(true) is true  # 1, 1.0 and true differ in JSON
+    assert parts.share([{"b": 1, "a": 2}]) == [{"b": 1, "a": 2}]
+    odd = {"when": object()}
+    assert parts.share(odd) is odd  # not JSON: as given
+    monkeypatch.setattr(store, "hash", lambda _text: 7, raising=False)  # every text one hash
+    colliding = store.Parts()
+    first, second = {"team": "support"}, {"team": "sales"}
+    assert colliding.share(first) is first
+    assert colliding.share(second) is second and second == {"team": "sales"}
+    assert colliding.share({"team": "support"}) is first
+
+
+def test_past_its_limit_parts_starts_again() -> None:
+    parts = store.Parts(limit=2)
+    values = [{"i": i} for i in range(5)]
+    assert [parts.share(v) is v for v in values] == [True] * 5
+    assert len(parts) == 1  # {"i": 4}: the table started again at the 3rd and the 5th
+    assert parts.share({"i": 4}) is values[4] and parts.share({"i": 0}) == {"i": 0}
+    assert len(parts) == 2

@@ -205,6 +205,12 @@ def samples(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def allocator_of(text: str) -> str | None:
+    """The malloc the operator calls, from ``fleetwarden_operator_malloc_info`` (None: not on the page)."""
+    found = re.search(r'^fleetwarden_operator_malloc_info\{allocator="([^"]*)"\}', text, re.M)
+    return found.group(1) if found else None
+
+
 def buckets(text: str, name: str) -> dict[float, float]:
     """A histogram's cumulative bucket counts (upper bound -> count) in a Prometheus text exposition."""
     out: dict[float, float] = {}
@@ -259,6 +265,7 @@ class Watch:
             "trims": samples(text, "fleetwarden_operator_malloc_trims_total"),
             "trim_seconds": samples(text, "fleetwarden_operator_malloc_trim_seconds_total"),
             "gc_full_runs": samples(text, "fleetwarden_operator_gc_collections_total", generation="2"),
+            "allocator": allocator_of(text),
             "malloc": {part: samples(text, "fleetwarden_operator_malloc_bytes", part=part)
                        for part in ("in_use", "free", "mmapped")} if "fleetwarden_operator_malloc_bytes{" in text else None,
             "status_patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
@@ -403,6 +410,8 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
                for data, (count, total) in before.pop("by_data").items()}
     after.pop("by_data")
     held = after.pop("malloc")  # a gauge: what malloc holds at the window's end
+    before.pop("allocator")
+    allocator = after.pop("allocator") or "unknown (not on the operator's page)"
     d = {k: after[k] - before[k] for k in before}
     evaluated = d["evaluations"]
     if args.evaluation == "fleet" and d["cycles"] > 0:
@@ -431,11 +440,14 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
     print(f"PATCHes per cycle: agentbudgets/status {per(d['status_patches'])}, agentbudgets {per(d['patches'])}")
     print(f"operator RSS: {rss_max:.0f} MiB max in the window, {hwm:.0f} MiB peak (VmHWM)")
     mib = 1024 * 1024
-    print("of it glibc's malloc at the window's end: " + (
-        f"{held['in_use'] / mib:.0f} MiB in use, {held['free'] / mib:.0f} MiB free but held, "
-        f"{held['mmapped'] / mib:.0f} MiB in large blocks of their own (the rest: Python's small-object "
-        "arenas, the stacks, the code)" if held is not None else "unknown (not glibc 2.33 or later)"))
-    print(f"malloc_trim: {d['trims']:.0f} runs in the window, {d['trim_seconds']:.2f}s in all")
+    if allocator == "glibc":
+        print("of it glibc's malloc at the window's end: " + (
+            f"{held['in_use'] / mib:.0f} MiB in use, {held['free'] / mib:.0f} MiB free but held, "
+            f"{held['mmapped'] / mib:.0f} MiB in large blocks of their own (the rest: Python's small-object "
+            "arenas, the stacks, the code)" if held is not None else "unknown (a glibc older than 2.33)"))
+        print(f"malloc_trim: {d['trims']:.0f} runs in the window, {d['trim_seconds']:.2f}s in all")
+    else:
+        print(f"malloc: {allocator}; its account is not read (glibc's only), and malloc_trim is not run")
     print(f"garbage collector: {d['gc_seconds']:.1f}s of the {d['at']:.0f}s window, {d['gc_full_seconds']:.1f}s of it "
           f"in {d['gc_full_runs']:.0f} full collections")
     print(machine())

@@ -208,3 +208,52 @@ def test_an_account_glibc_cannot_give_is_left_off_the_page(monkeypatch: pytest.M
     registry = pc.CollectorRegistry()
     registry.register(heap.Clock())
     assert registry.get_sample_value("fleetwarden_operator_malloc_bytes", {"part": "in_use"}) is None
+
+
+@pytest.fixture
+def fresh_allocator() -> Iterator[None]:
+    """``_glibc`` and ``allocator`` asked again (they are cached for the process)."""
+    heap._glibc.cache_clear()  # noqa: SLF001
+    heap.allocator.cache_clear()
+    yield
+    heap._glibc.cache_clear()  # noqa: SLF001
+    heap.allocator.cache_clear()
+
+
+def test_a_malloc_other_than_glibcs_is_named_and_glibcs_account_and_trim_are_not_used(
+        monkeypatch: pytest.MonkeyPatch, fresh_allocator: None) -> None:
+    if heap._glibc() is None:  # noqa: SLF001
+        pytest.skip("the C library is not glibc")
+    assert heap.allocator() == "glibc"
+    heap._glibc.cache_clear()  # noqa: SLF001
+    heap.allocator.cache_clear()
+    monkeypatch.setattr(heap, "_process_malloc", lambda: 1)  # the process calls a malloc not glibc's
+    assert heap._glibc() is None  # noqa: SLF001
+    assert heap.allocator() == "other"  # (no jemalloc, tcmalloc or mimalloc symbol in this process)
+    assert heap.malloc_bytes() is None and heap.trim() is False and heap.limit_arenas() is None
+    registry = pc.CollectorRegistry()
+    registry.register(heap.Clock())
+    assert registry.get_sample_value("fleetwarden_operator_malloc_info", {"allocator": "other"}) == 1
+    assert registry.get_sample_value("fleetwarden_operator_malloc_bytes", {"part": "in_use"}) is None
+    assert registry.get_sample_value("fleetwarden_operator_malloc_trims_total") is None
+
+
+def test_glibcs_malloc_is_named_on_the_page(fresh_allocator: None) -> None:
+    registry = pc.CollectorRegistry()
+    registry.register(heap.Clock())
+    name = "glibc" if heap._glibc() is not None else heap.allocator()  # noqa: SLF001
+    assert registry.get_sample_value("fleetwarden_operator_malloc_info", {"allocator": name}) == 1
+
+
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+NAMED = r"""
+from fleetwarden.handlers import heap
+print(heap.allocator(), heap.malloc_bytes(), heap.trim(), heap.limit_arenas())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists(JEMALLOC), reason="jemalloc is not installed here (the image preloads it)")
+def test_jemalloc_preloaded_is_named_and_glibcs_heap_left_alone() -> None:
+    env = dict(os.environ, LD_PRELOAD=JEMALLOC)
+    out = subprocess.run([sys.executable, "-c", NAMED], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["jemalloc", "None", "False", "None"]

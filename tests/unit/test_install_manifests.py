@@ -88,6 +88,19 @@ def test_dockerfile_copies_the_package_and_never_an_operator_init() -> None:
     assert not (ROOT / "operator" / "__init__.py").exists()
 
 
+def test_dockerfile_preloads_the_jemalloc_it_installs() -> None:
+    """The image installs Debian's jemalloc, links it to one path on every architecture, and
+    preloads that path (the operator names the malloc in use on /metrics)."""
+    runs = " ".join(_all("RUN"))
+    assert re.search(r"apt-get install [^&]*\blibjemalloc2\b", runs)
+    link = re.search(r'ln -s (?:"[^"]*"|\S+) (\S+libjemalloc\.so\.2)', runs)
+    assert link, "no link to the installed libjemalloc.so.2"
+    preload = [args for args in _all("ENV") if "LD_PRELOAD" in args]
+    assert preload and preload[-1].split("=", 1)[1].strip() == link.group(1)
+    names = [name for name, _ in DOCKERFILE]
+    assert names.index("ENV", names.index("RUN")) < names.index("ENTRYPOINT")
+
+
 def test_dockerfile_entrypoint_is_the_deployment_command() -> None:
     """The image's ENTRYPOINT and the operator Deployment's command are the same kopf run."""
     (entrypoint,) = _all("ENTRYPOINT")

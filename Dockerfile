@@ -17,15 +17,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# jemalloc as the operator's malloc (Debian's libjemalloc2): at 10,000 budgets glibc's malloc held
-# 160-210 MiB freed but not given back; jemalloc returns it (docs/operator.md, Scale:
-# "jemalloc"). The link gives one path on amd64 and arm64; /metrics names the malloc in use
-# (fleetwarden_operator_malloc_info). Unset LD_PRELOAD to run on glibc's.
+# jemalloc as the operator's malloc (Debian's libjemalloc2), with every Python object in it
+# (PYTHONMALLOC=malloc, not Python's own arenas): at 10,000 budgets glibc's malloc held 160-210 MiB
+# freed but not given back and Python's arenas 90-150 MB free; on jemalloc RSS was 490-500
+# MiB against 580 (docs/operator.md, Scale: "jemalloc"). The link gives one path on amd64 and arm64;
+# /metrics names the malloc in use (fleetwarden_operator_malloc_info). Unset both to run on glibc's.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libjemalloc2 \
     && rm -rf /var/lib/apt/lists/* \
     && ln -s "$(ls /usr/lib/*-linux-gnu/libjemalloc.so.2)" /usr/local/lib/libjemalloc.so.2
-ENV LD_PRELOAD=/usr/local/lib/libjemalloc.so.2
+ENV LD_PRELOAD=/usr/local/lib/libjemalloc.so.2 \
+    PYTHONMALLOC=malloc
 
 WORKDIR /src
 COPY pyproject.toml README.md ./

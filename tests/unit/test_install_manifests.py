@@ -90,13 +90,14 @@ def test_dockerfile_copies_the_package_and_never_an_operator_init() -> None:
 
 def test_dockerfile_preloads_the_jemalloc_it_installs() -> None:
     """The image installs Debian's jemalloc, links it to one path on every architecture, and
-    preloads that path (the operator names the malloc in use on /metrics)."""
+    preloads that path, Python's objects in it too (the operator names the malloc on /metrics)."""
     runs = " ".join(_all("RUN"))
     assert re.search(r"apt-get install [^&]*\blibjemalloc2\b", runs)
     link = re.search(r'ln -s (?:"[^"]*"|\S+) (\S+libjemalloc\.so\.2)', runs)
     assert link, "no link to the installed libjemalloc.so.2"
-    preload = [args for args in _all("ENV") if "LD_PRELOAD" in args]
-    assert preload and preload[-1].split("=", 1)[1].strip() == link.group(1)
+    env = dict(pair.split("=", 1) for args in _all("ENV") for pair in shlex.split(args))
+    assert env.get("LD_PRELOAD") == link.group(1)
+    assert env.get("PYTHONMALLOC") == "malloc"  # Python's objects in jemalloc too
     names = [name for name, _ in DOCKERFILE]
     assert names.index("ENV", names.index("RUN")) < names.index("ENTRYPOINT")
 

@@ -41,9 +41,10 @@ machine's spread (docs/operator.md, "Scale"). It is kept because it costs so lit
 Measured at 2,000 budgets (the same benchmark, one run each): 443 MiB RSS before (``--measure
 180``), 323 MiB with two arenas (``--measure 120``).
 
-The operator's image preloads jemalloc (the Dockerfile; docs/operator.md, Scale: "jemalloc"),
-which hands freed memory back by itself and kept RSS lower at 10,000 budgets than glibc's
-malloc with its arenas capped and trimmed. The arena cap, the trim and glibc's account are
+The operator's image preloads jemalloc and puts Python's objects in it too (``LD_PRELOAD`` and
+``PYTHONMALLOC=malloc``: the Dockerfile; docs/operator.md, Scale: "jemalloc"), which hands
+freed memory back by itself: at 10,000 budgets RSS was 490-500 MiB against 580 on glibc's malloc
+with its arenas capped and trimmed. The arena cap, the trim and glibc's account are
 then left out (they would speak of a heap nothing uses): :func:`allocator` names the malloc
 the process calls, on ``/metrics`` as ``fleetwarden_operator_malloc_info``.
 

@@ -17,14 +17,6 @@ event is handled as it is listed and its body is freed.
   once every watch of every kind has listed, and an event of every object listed has been
   handled (:meth:`Listings.handled`). Until then the fleet loop does not start, and the
   handlers that act (governance checks, prompted evaluations) are not called.
-
-- :class:`Parts`: equal parts of the copies (a budget's limits, kill switch, model source,
-  owner) kept once: most are equal from budget to budget, and 10,000 copies would hold each
-  10,000 times.
-
-A kopf whose watch module lacks what :func:`watch_listings` needs is left as it is, with a
-warning: the operator then keeps kopf's indexes (``tests/unit/operator/test_store.py``).
-
 - :func:`memories`: kopf's memory of each object it has seen (a copy of the memo, an error
   throttler, the state of its indexes and daemons: about 1 KB an object), kept only for the
   kinds that need one. With these indexes no AgentBudget or Deployment has a kopf index, a
@@ -32,6 +24,12 @@ warning: the operator then keeps kopf's indexes (``tests/unit/operator/test_stor
   gets a fresh memory for each of their events (as it does for an admission request) and
   keeps none, 20,000 fewer at 10,000 budgets. What is given up: kopf's back-off after an
   error outside the handlers restarts at its first delay with each event of that object.
+- :class:`Parts`: equal parts of the copies (a budget's limits, kill switch, model source,
+  owner) kept once: most are equal from budget to budget, and 10,000 copies would hold each
+  10,000 times.
+
+A kopf whose watch module lacks what :func:`watch_listings` needs is left as it is, with a
+warning: the operator then keeps kopf's indexes (``tests/unit/operator/test_store.py``).
 """
 
 from __future__ import annotations

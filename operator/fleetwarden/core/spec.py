@@ -97,14 +97,24 @@ class _Model(BaseModel):
         if shared is not None and shared is not given:
             object.__setattr__(self, "__pydantic_fields_set__", shared)
         for name, value in list(self.__dict__.items()):
-            if isinstance(value, _Model):
+            kind = type(value)
+            if kind in _MODELS:
                 part = _shared(value)
                 if part is not value:
                     object.__setattr__(self, name, part)
-            elif isinstance(value, list) and value and isinstance(value[0], _Model):
-                parts = [_shared(v) if isinstance(v, _Model) else v for v in value]
+            elif kind is list and value and type(value[0]) in _MODELS and value[0]._SHARED:
+                parts = [_shared(v) if type(v) in _MODELS else v for v in value]
                 if any(p is not v for p, v in zip(parts, value, strict=True)):
                     object.__setattr__(self, name, parts)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _MODELS.add(cls)
+
+
+# Every model class here (a set: ``isinstance`` on pydantic's ABC metaclass costs a few times more,
+# and ``model_post_init`` asks it of every field of every model parsed).
+_MODELS: set[type] = set()
 
 
 class Window(str, enum.Enum):
@@ -117,6 +127,10 @@ WINDOW_SECONDS = {Window.hour: 3600, Window.day: 86400, Window.month: 30 * 86400
 
 
 class LabelSelectorRequirement(_Model):
+    # the selector's own, as the selector is its budget's (and a selector is parsed on every
+    # Deployment event: agentbudgets.deployment_event)
+    _SHARED = False
+
     key: str
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] = Field(default_factory=list)

@@ -4,7 +4,8 @@ Put on the ``PYTHONPATH`` of one process only, with ``FLEETWARDEN_BENCH_CENSUS=P
 the file ``PREFIX.go`` appears, a thread of that process walks every object reachable from the
 garbage collector's (``gc.get_objects``, then ``gc.get_referents`` down to the untracked ones:
 strings, numbers, bytes), sums ``sys.getsizeof`` per type (and per shape for dicts and sets:
-their first keys, the types of their first elements), reads CPython's own account of its
+their first keys, the types of their first elements; ``bytes`` also by the type of the object
+that holds them: the packed minutes, the kept detector states, the kept statuses), reads CPython's own account of its
 small-object allocator (``sys._debugmallocstats``; for that call the process's stderr goes to
 the census) and writes both to ``PREFIX.txt``. Before the walk it reads the resident memory
 by kind of mapping, gives glibc's free pages back (``malloc_trim``) and reads it again. The
@@ -97,6 +98,8 @@ def census() -> str:
     sizes: collections.Counter[str] = collections.Counter()
     shape_counts: collections.Counter[str] = collections.Counter()
     shape_sizes: collections.Counter[str] = collections.Counter()
+    held_counts: collections.Counter[str] = collections.Counter()  # bytes objects by their holder's type
+    held_sizes: collections.Counter[str] = collections.Counter()
     # the collector's objects, and the modules and the threads' frames: objects frozen by
     # gc.freeze (the operator freezes once after its first pass) are not in gc.get_objects
     seen: set[int] = set()
@@ -133,6 +136,9 @@ def census() -> str:
             if id(r) not in seen:
                 seen.add(id(r))
                 stack.append(r)
+                if type(r) is bytes:  # who holds the large blobs: the first holder the walk met
+                    held_counts[name] += 1
+                    held_sizes[name] += sys.getsizeof(r, 0)
     lines = [f"RSS at the census: {rss[0] if rss else 'unknown'}", *resident,
              f"objects: {len(stack)}, {sum(sizes.values()) / 2**20:.1f} MiB by sys.getsizeof, "
              f"walked in {time.monotonic() - started:.0f}s",
@@ -140,6 +146,8 @@ def census() -> str:
     lines += [f"{size / 2**20:9.1f} MiB {counts[name]:10d}  {name}" for name, size in sizes.most_common(TOP)]
     lines += ["dicts and sets by their first keys (elements' types):"]
     lines += [f"{size / 2**20:9.1f} MiB {shape_counts[shape]:10d}  {shape}" for shape, size in shape_sizes.most_common(TOP)]
+    lines += ["bytes by the type of the object the walk found them in:"]
+    lines += [f"{size / 2**20:9.1f} MiB {held_counts[name]:10d}  {name}" for name, size in held_sizes.most_common(TOP // 4)]
     return "\n".join(lines) + "\n"
 
 

@@ -90,6 +90,47 @@ def test_every_cycle_gives_the_findings_of_a_fold_from_the_anchor(kind: str) -> 
     assert len(folds) <= len(FLEET)
 
 
+def test_states_kept_once_the_dictionary_is_trained_are_smaller_and_fold_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first states a Folds keeps train a zstd dictionary; the states kept after it are
+    compressed with it and restored with it, those kept before still read without it, and every
+    cycle still gives the findings of a fold from the anchor."""
+    folds = warmfold.Folds()
+    restores: list[tuple[bool, bool]] = []  # (the state has the dictionary, the dictionary was trained)
+    real_loads = warmfold.loads
+
+    def loads(blob: bytes, trained: warmfold.Trained | None = None) -> detectors.DetectorSet:
+        restores.append((trained is not None, folds.trained is not None))
+        return real_loads(blob, trained)
+    monkeypatch.setattr(warmfold, "loads", loads)
+    for (namespace, agent), ms in sorted(FLEET.items()):
+        for end in _cycles(ms):
+            at = warmfold.anchor(end - (LOOKBACK + ANCHOR) * MINUTE, ANCHOR, namespace, agent)
+            window = _as("run", _window(ms, end, at))
+            if window:
+                assert folds.findings(namespace, agent, window, end, PARAMS, at) == _refold(window), (agent, end)
+    assert folds.trained is not None
+    assert (False, True) in restores  # a state kept before the dictionary, read after it was trained
+    assert sum(1 for r in restores if r == (True, True)) > 100
+    kept = [s for s in folds._states.values() if s.trained is folds.trained]
+    assert len(kept) == len(folds._states) > 0
+    alone = sum(len(warmfold.compress(warmfold.pickled(real_loads(s.blob, s.trained)))) for s in kept)
+    assert sum(len(s.blob) for s in kept) < 0.9 * alone
+
+
+def test_a_dictionary_zstd_cannot_train_leaves_the_states_compressed_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(warmfold, "_TRAIN_STATES", 3)
+    folds = warmfold.Folds()
+    for raw in (b"abc", b"abd", b"abe"):
+        folds._sample(raw)
+    assert folds.trained is None and folds._samples is None  # given up: tried once
+    (namespace, agent), ms = sorted(FLEET.items())[0]
+    end = _cycles(ms)[5]
+    at = warmfold.anchor(end - (LOOKBACK + ANCHOR) * MINUTE, ANCHOR, namespace, agent)
+    window = _window(ms, end, at)
+    assert folds.findings(namespace, agent, window, end, PARAMS, at) == _refold(window)
+    assert all(s.trained is None for s in folds._states.values())
+
+
 def _with_a_finding_kept() -> tuple[str, str, int, int, list[series.AgentMinute]]:
     """A cycle whose window has a finding revealed by a minute that a state keeps."""
     for (namespace, agent), ms in sorted(FLEET.items()):
@@ -286,7 +327,7 @@ def test_an_agent_with_nothing_new_gets_its_kept_findings_without_a_restore(monk
     assert folds.findings(namespace, agent, settled, end, PARAMS, at) == _refold(settled)  # keeps them all
     restored = []
     real_loads = warmfold.loads
-    monkeypatch.setattr(warmfold, "loads", lambda blob: restored.append(blob) or real_loads(blob))
+    monkeypatch.setattr(warmfold, "loads", lambda blob, trained=None: restored.append(blob) or real_loads(blob, trained))
     for later in (end + MINUTE, end + 20 * MINUTE):
         assert folds.findings(namespace, agent, settled, later, PARAMS, at) == _refold(settled)
     assert restored == [] and folds.warm == 2 and folds.cold == 1

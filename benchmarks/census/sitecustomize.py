@@ -4,7 +4,7 @@ Put on the ``PYTHONPATH`` of one process only, with ``FLEETWARDEN_BENCH_CENSUS=P
 the file ``PREFIX.go`` appears, a thread of that process walks every object reachable from the
 garbage collector's (``gc.get_objects``, then ``gc.get_referents`` down to the untracked ones:
 strings, numbers, bytes), sums ``sys.getsizeof`` per type (and per shape for dicts and sets:
-their first keys, the types of their first elements; ``bytes`` also by the type of the object
+their first keys, the types of their first elements; tuples by length and element types; ``bytes`` also by the type of the object
 that holds them: the packed minutes, the kept detector states, the kept statuses), reads CPython's own account of its
 small-object allocator (``sys._debugmallocstats``; for that call the process's stderr goes to
 the census) and writes both to ``PREFIX.txt``. Before the walk it reads the resident memory
@@ -121,6 +121,10 @@ def census() -> str:
         counts[name] += 1
         size = sys.getsizeof(o, 0)  # (the default: an object that cannot say)
         sizes[name] += size
+        if kind is tuple and isinstance(o, tuple):  # which: by length and the types of the first elements
+            shape = f"tuple of {len(o)}: {[type(x).__name__ for x in o[:SHAPE_KEYS]]}"[:SHAPE_WIDTH]
+            shape_counts[shape] += 1
+            shape_sizes[shape] += sys.getsizeof(o, 0)
         if (kind is dict or kind is set) and isinstance(o, (dict, set)):  # which: by first keys, element types
             try:
                 first = list(o)[:SHAPE_KEYS]
@@ -144,7 +148,7 @@ def census() -> str:
              f"walked in {time.monotonic() - started:.0f}s",
              *pymalloc]
     lines += [f"{size / 2**20:9.1f} MiB {counts[name]:10d}  {name}" for name, size in sizes.most_common(TOP)]
-    lines += ["dicts and sets by their first keys (elements' types):"]
+    lines += ["dicts and sets by their first keys (elements' types), tuples by length and elements' types:"]
     lines += [f"{size / 2**20:9.1f} MiB {shape_counts[shape]:10d}  {shape}" for shape, size in shape_sizes.most_common(TOP)]
     lines += ["bytes by the type of the object the walk found them in:"]
     lines += [f"{size / 2**20:9.1f} MiB {held_counts[name]:10d}  {name}" for name, size in held_sizes.most_common(TOP // 4)]

@@ -130,8 +130,11 @@ def minute_key(m: AgentMinute) -> tuple[object, ...]:
 # ------------------------------------------------------------------ a compact run of kept minutes
 
 # The numbers of a minute a row holds, after the minute itself: (field, struct code, default). A
-# row keeps only those that differ from their default, named by a bit mask, so a quiet minute is
-# small: ``<H`` mask, ``q`` minute, then the values present in this order.
+# row keeps only those that differ from their default, each in 4 bytes when that holds it exactly
+# (``i`` for an int, ``f`` for a float), else in 8 (``q``, ``d``), so a quiet minute is small. A row
+# is its layout (``<I``: bit k, the k-th number is present; bit 16 + k, it is in 4 bytes; bit 31,
+# the minute is in 8), the minute (``I``, or ``q``), then the numbers present in this order. The
+# layout depends on the values only, so equal minutes have equal rows.
 _NUMBERS: tuple[tuple[str, str, float | int | None], ...] = (
     ("inference_cost_usd", "d", 0.0), ("tool_cost_usd", "d", 0.0), ("human_cost_usd", "d", 0.0),
     ("tokens", "q", 0), ("output_tokens", "q", 0), ("llm_calls", "q", 0), ("tasks_completed", "q", 0),
@@ -139,41 +142,65 @@ _NUMBERS: tuple[tuple[str, str, float | int | None], ...] = (
     ("open_tasks", "q", None), ("largest_task_tokens", "q", None), ("largest_task_age", "d", None),
     ("oldest_task_tokens", "q", None), ("oldest_task_age", "d", None),
 )
+_NARROW = {"q": "i", "d": "f"}
+_WIDE_MINUTE = 1 << 31
 # The rest of a minute, held by reference beside its row: mostly one shared tuple for many minutes.
 _REST = ("tool_calls", "tool_costs", "model", "version", "workflow", "largest_task_id", "oldest_task_id")
-_HEAD = struct.Struct("<Hq")
+_HEAD = struct.Struct("<II")  # layout, minute (a minute in 8 bytes: _WIDE_HEAD)
+_WIDE_HEAD = struct.Struct("<Iq")
+_LAYOUT = struct.Struct("<I")
 _INT_RANGE = (-(2**63), 2**63 - 1)
+_NARROW_INT = (-(2**31), 2**31 - 1)
 _FLOAT_EXACT = 2**53  # an int a float field holds is kept only if a double holds it exactly
+_FLOAT32 = struct.Struct("<f")
 _RESTS: dict[tuple[object, ...], tuple[object, ...]] = {}
 _MAX_RESTS = 4096  # shared rest tuples at most; past that a minute keeps its own
 _DECODERS: dict[int, Callable[[str, str, bytes, int, tuple[object, ...]], AgentMinute]] = {}
 
 
-def _fits(code: str, value: object) -> bool:
-    """Whether ``value`` packs under ``code`` and unpacks equal to itself (else the minute is kept
-    whole, never changed)."""
+def _code(code: str, value: object) -> str | None:
+    """The code ``value`` packs under in a field of ``code`` so that it unpacks equal to itself:
+    the narrow one when it holds it exactly (None: neither does, the minute is kept whole)."""
     if code == "q":
-        return type(value) is int and _INT_RANGE[0] <= value <= _INT_RANGE[1]
-    if type(value) is float:
-        return True
-    return type(value) is int and -_FLOAT_EXACT <= value <= _FLOAT_EXACT
+        if type(value) is not int:
+            return None
+        if _NARROW_INT[0] <= value <= _NARROW_INT[1]:
+            return "i"
+        return "q" if _INT_RANGE[0] <= value <= _INT_RANGE[1] else None
+    if type(value) is int:
+        if not -_FLOAT_EXACT <= value <= _FLOAT_EXACT:
+            return None
+        value = float(value)
+    elif type(value) is not float:
+        return None
+    try:
+        narrow = _FLOAT32.unpack(_FLOAT32.pack(value))[0] == value
+    except OverflowError:  # beyond a 4-byte float's range
+        narrow = False
+    return "f" if narrow else "d"
 
 
 def _row(m: AgentMinute) -> bytes | None:
     """The packed numbers of ``m``, or None when one cannot be packed exactly."""
-    mask, codes, values = 0, ["<Hq"], []
+    layout, codes, values = 0, [], []
     for bit, (name, code, default) in enumerate(_NUMBERS):
         value = getattr(m, name)
         if value is None if default is None else value == default:
             continue
-        if not _fits(code, value):
+        packed = _code(code, value)
+        if packed is None:
             return None
-        mask |= 1 << bit
-        codes.append(code)
+        layout |= 1 << bit
+        if packed != code:
+            layout |= 1 << (16 + bit)
+        codes.append(packed)
         values.append(value)
-    if type(m.minute) is not int or not _INT_RANGE[0] <= m.minute <= _INT_RANGE[1]:
+    minute = m.minute
+    if type(minute) is not int or not _INT_RANGE[0] <= minute <= _INT_RANGE[1]:
         return None
-    return struct.pack("".join(codes), mask, m.minute, *values)
+    if not 0 <= minute < 2**32:
+        layout |= _WIDE_MINUTE
+    return struct.pack("<I" + ("q" if layout & _WIDE_MINUTE else "I") + "".join(codes), layout, minute, *values)
 
 
 def _rest(m: AgentMinute) -> tuple[object, ...]:
@@ -197,13 +224,15 @@ def _hashable(rest: tuple[object, ...] | None) -> object:
 
 
 def _decoder(mask: int) -> Callable[[str, str, bytes, int, tuple[object, ...]], AgentMinute]:
-    """``decode(agent, namespace, blob, offset, rest)`` for the row of ``mask`` at ``offset`` of
-    ``blob``: generated once per mask, so a minute is one unpack and one :data:`make` call."""
+    """``decode(agent, namespace, blob, offset, rest)`` for the row of layout ``mask`` at ``offset``
+    of ``blob``: generated once per layout, so a minute is one unpack and one :data:`make` call."""
     got = _DECODERS.get(mask)
     if got is not None:
         return got
-    present = [(name, code) for bit, (name, code, _) in enumerate(_NUMBERS) if mask >> bit & 1]
-    unpack = struct.Struct("<Hq" + "".join(code for _, code in present)).unpack_from
+    present = [(name, _NARROW[code] if mask >> (16 + bit) & 1 else code)
+               for bit, (name, code, _) in enumerate(_NUMBERS) if mask >> bit & 1]
+    minute_code = "q" if mask & _WIDE_MINUTE else "I"
+    unpack = struct.Struct("<I" + minute_code + "".join(code for _, code in present)).unpack_from
     names = [name for name, _ in present]
     values = {name: name if name in names else repr(default) for name, _, default in _NUMBERS}
     values.update({name: f"rest[{i}]" if i >= 2 else f"rest[{i}] or NO_TOOLS" for i, name in enumerate(_REST)})
@@ -270,7 +299,7 @@ class MinuteRun(Sequence[AgentMinute]):
         if type(rest) is AgentMinute:
             return rest
         offset = self._offsets[j]
-        return _decoder(_HEAD.unpack_from(self._blob, offset)[0])(self.agent, self.namespace, self._blob, offset, rest)  # type: ignore[arg-type]
+        return _decoder(_LAYOUT.unpack_from(self._blob, offset)[0])(self.agent, self.namespace, self._blob, offset, rest)  # type: ignore[arg-type]
 
     def _index(self, i: int) -> int:
         n = len(self)
@@ -297,7 +326,7 @@ class MinuteRun(Sequence[AgentMinute]):
         return self._at(self._index(index))
 
     def __iter__(self) -> Iterator[AgentMinute]:
-        head, decoders, agent, namespace = _HEAD.unpack_from, _DECODERS, self.agent, self.namespace
+        head, decoders, agent, namespace = _LAYOUT.unpack_from, _DECODERS, self.agent, self.namespace
         blob, offsets, rests = self._blob, self._offsets, self._rests
         for j in range(self._lo, self._hi):
             rest = rests[j]
@@ -313,7 +342,10 @@ class MinuteRun(Sequence[AgentMinute]):
         """The start of the ``i``-th minute, without building it."""
         j = self._lo + self._index(i)
         rest = self._rests[j]
-        return rest.minute if type(rest) is AgentMinute else int(_HEAD.unpack_from(self._blob, self._offsets[j])[1])
+        if type(rest) is AgentMinute:
+            return rest.minute
+        layout, minute = _HEAD.unpack_from(self._blob, self._offsets[j])
+        return int(_WIDE_HEAD.unpack_from(self._blob, self._offsets[j])[1]) if layout & _WIDE_MINUTE else int(minute)
 
     def first_at(self, start: int, lo: int = 0) -> int:
         """The position of the first minute that starts at or after ``start`` (the run is in order)."""

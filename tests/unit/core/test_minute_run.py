@@ -57,11 +57,34 @@ def test_quiet_minutes_take_small_rows_and_share_their_names() -> None:
                                 workflow="support") for i in range(1, 91)]
     run = _run(quiet)
     rests = run._rests
-    assert len(run._blob) == len(quiet) * (2 + 8 + 8 + 8)  # a row each: mask, minute, a cost, a count
+    # a row each: layout, minute, a cost (0.002 needs 8 bytes), a count (4 hold it)
+    assert len(run._blob) == len(quiet) * (4 + 4 + 8 + 4)
     assert len({id(r) for r in rests}) == 1  # one shared tuple of names
     kept_whole = sum(sys.getsizeof(m) for m in quiet)
     # the rows in one bytes, their offsets, a reference to the rest each
     assert sys.getsizeof(run._blob) + sys.getsizeof(run._offsets) + sys.getsizeof(rests) < kept_whole / 5
+
+
+@pytest.mark.parametrize(("fields", "row"), [
+    ({"llm_calls": 2**31 - 1, "tokens": -(2**31)}, 4 + 4 + 4 + 4),  # ints a 4-byte int holds
+    ({"llm_calls": 2**31, "tokens": -(2**31) - 1}, 4 + 4 + 8 + 8),  # just past it
+    ({"inference_cost_usd": 0.5, "outcomes": 3}, 4 + 4 + 4 + 4),  # floats a 4-byte float holds (3 reads as 3.0)
+    ({"inference_cost_usd": 0.1, "outcomes": 2**25 + 1}, 4 + 4 + 8 + 8),  # floats it does not
+    ({"tool_cost_usd": 1e39, "human_cost_usd": float("inf")}, 4 + 4 + 8 + 4),  # past its range; infinity
+    ({"minute": 2**32}, 4 + 8),  # a minute past 4 bytes
+    ({"minute": -60}, 4 + 8),
+])
+def test_a_row_holds_each_number_in_4_bytes_when_they_hold_it_exactly(fields: dict[str, object], row: int) -> None:
+    m = dataclasses.replace(series.AgentMinute("bot", "shop", 60), **fields)  # type: ignore[arg-type]
+    run = _run([m, dataclasses.replace(m)])
+    assert len(run._blob) == 2 * row and run._rests[0] is not m  # packed, not kept whole
+    back = run[0]
+    assert back == m and run.minute_at(0) == m.minute == run[1].minute
+    for name, value in fields.items():
+        assert type(getattr(back, name)) is (float if name in ("inference_cost_usd", "tool_cost_usd", "human_cost_usd",
+                                                             "outcomes") else int), name
+        assert getattr(back, name) == value
+    assert run.digest(1) == _run([dataclasses.replace(m)]).digest(1)  # equal minutes, equal rows
 
 
 @pytest.mark.parametrize("odd", [

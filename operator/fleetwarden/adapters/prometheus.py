@@ -422,7 +422,19 @@ def _key(metric: Mapping[str, str]) -> Key | None:
     agent, namespace = metric.get("agent"), metric.get("namespace")
     if not agent or not namespace:
         return None
-    return (series.shared(namespace), series.shared(agent))
+    key = (series.shared(namespace), series.shared(agent))
+    kept = _KEYS.get(key)
+    if kept is None:
+        if len(_KEYS) >= _MAX_KEYS:  # agents gone meanwhile: start again
+            _KEYS.clear()
+        kept = _KEYS[key] = key
+    return kept
+
+
+# One tuple per agent for the keys of every dict a fetch fills (its minutes, spend, freshness,
+# outcomes...): a decoded answer makes a new one each time, and each snapshot keeps several.
+_KEYS: dict[Key, Key] = {}
+_MAX_KEYS = 1 << 18
 
 
 def _answer_kind(item: object) -> str:
@@ -793,10 +805,11 @@ class _KeptRanges:
         """Add the buckets of the next slice (all later than those held), kept as compact runs:
         ``minutes`` gives each agent's minutes in order (:meth:`MinuteBuilder.agents`), packed as
         they come."""
-        for (namespace, agent), ms in minutes:
+        for key, ms in minutes:
+            namespace, agent = key
             run = series.MinuteRun.of(agent, namespace, ms)
-            held = self.minutes.get((namespace, agent))
-            self.minutes[(namespace, agent)] = run if held is None else held + run
+            held = self.minutes.get(key)
+            self.minutes[key] = run if held is None else held + run
         for key, named in outcomes.items():
             self.outcomes.setdefault(key, {}).update(named)
         for key, decisions in guardrails_.items():
@@ -896,8 +909,9 @@ class Fetcher:
                                   lambda q=query: self.client.custom_query(q, params={"time": now}),  # type: ignore[misc]
                                   unlabelled)
                 queries += 1
+                slot = (window, calendar)  # one tuple for every agent's entry
                 for key, value in _instant_by_agent(items, lambda a, b: a + b).items():
-                    spend[key][(window, calendar)] = value
+                    spend[key][slot] = value
         fresh = self._run("freshness", "vector",
                           lambda: self.client.custom_query(freshness_query(self.scope), params={"time": now}), unlabelled)
         queries += 1

@@ -176,3 +176,25 @@ def test_the_fetcher_holds_one_decoded_range_answer_at_a_time():
     same(snap, full(NOW))
     assert len(held_at_query) == math.ceil(30 / 7) * (len(prometheus.RANGE_FAMILIES) + 1)
     assert max(held_at_query) == 0
+
+
+class Instant(Synthetic):
+    """Also answers the instant queries (spend, freshness): a sample for each agent."""
+
+    def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
+        return [{"metric": {"namespace": ns, "agent": agent}, "value": [NOW, "1.5"]} for ns, agent in AGENTS]
+
+
+def test_a_fetch_keeps_one_key_per_agent_and_one_per_spend_window():
+    """Every dict a snapshot keeps per agent has the same (namespace, agent) tuple as its key, fetch
+    after fetch, and every agent's spend map the same (window, calendar) tuples: each decoded
+    answer would make its own (some 10 tuples an agent a snapshot at 10,000 agents)."""
+    fetcher = prometheus.Fetcher(Instant(), lookback_minutes=30, incremental=True)
+    first, second = fetcher.fetch(NOW - 60), fetcher.fetch(NOW)
+    for ns, agent in AGENTS:
+        keys = [next(k for k in d if k == (ns, agent))
+                for snap in (first, second) for d in (snap.minutes, snap.spend, snap.last_sample)]
+        assert len({id(k) for k in keys}) == 1, (ns, agent)
+    slots = [slot for snap in (first, second) for spend in snap.spend.values() for slot in spend]
+    assert len(slots) == 2 * len(AGENTS) * 6
+    assert len({id(slot) for slot in slots}) <= 2 * 6  # one per window and calendar a fetch

@@ -821,11 +821,16 @@ class _KeptRanges:
         out = _KeptRanges(start, later.end)
         for key in self.minutes.keys() | later.minutes.keys():
             held, read = self.minutes.get(key), later.minutes.get(key)
-            run = held.between(start, since) if held is not None else None
-            if run is not None and read is not None:
-                run = run + read
-            elif run is None:
-                run = read
+            run: series.MinuteRun | None
+            if held is not None and read is not None:
+                if read.between(since, self.end) == held.between(since, self.end):
+                    # the minutes read again are as kept: only the later ones are added (in place,
+                    # after the kept rows: series.MinuteRun.__add__), none copied
+                    run = held.between(start, self.end) + read.between(self.end, later.end)
+                else:
+                    run = held.between(start, since) + read
+            else:
+                run = held.between(start, since) if held is not None else read
             if run:
                 out.minutes[key] = run
         for name in ("outcomes", "guardrails"):

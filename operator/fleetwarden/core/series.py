@@ -156,6 +156,9 @@ _FLOAT32 = struct.Struct("<f")
 _RESTS: dict[tuple[object, ...], tuple[object, ...]] = {}
 _MAX_RESTS = 4096  # shared rest tuples at most; past that a minute keeps its own
 _DECODERS: dict[int, Callable[[str, str, bytes, int, tuple[object, ...]], AgentMinute]] = {}
+# A run adds rows in place while the rows before its first are at most 16 to 47 (by agent, so
+# that a fleet's agents copy theirs at different minutes); past that, a sum is a copy.
+_DEAD_ROWS = (16, 32)
 
 
 def _code(code: str, value: object) -> str | None:
@@ -262,16 +265,28 @@ class MinuteRun(Sequence[AgentMinute]):
     bytes of offset (docs/operator.md, "Scale"). A minute that cannot be packed exactly (a number
     of another type or out of range, another agent's) is kept as it is, in place of its rest,
     with a row of no bytes. A slice shares its run's bytes (``_lo`` and ``_hi``: the rows it
-    covers)."""
+    covers).
+
+    A run that ends where its buffer does (the fetcher's, joined fetch after fetch) takes the
+    rows of a run added to it *in place*: they go on after its own in the same buffer, and the
+    sum is a run over both. Every run over the rows before, a snapshot handed out, reads what it
+    read: rows are only ever added after the last, never changed. So a fetch that finds a few
+    new minutes copies those, not every agent's lookback while the last snapshot still holds
+    it (the copy doubled the kept minutes at every fetch: docs/operator.md, "Scale"). Once the
+    rows before a run's first (minutes past the lookback) are more than a few dozen, the sum is
+    a copy into a buffer of its own: :data:`_DEAD_ROWS`."""
 
     __slots__ = ("agent", "namespace", "_blob", "_offsets", "_rests", "_lo", "_hi")
 
-    def __init__(self, agent: str, namespace: str, blob: bytes = b"", offsets: array.array[int] | None = None,
-                 rests: tuple[tuple[object, ...] | AgentMinute, ...] = (), lo: int = 0, hi: int | None = None) -> None:
-        self.agent, self.namespace, self._blob, self._rests = agent, namespace, blob, rests
-        # row i is blob[offsets[i]:offsets[i + 1]], its rest rests[i]; this run is rows lo .. hi - 1
+    def __init__(self, agent: str, namespace: str, blob: bytearray | None = None, offsets: array.array[int] | None = None,
+                 rests: list[tuple[object, ...] | AgentMinute] | None = None, lo: int = 0, hi: int | None = None) -> None:
+        # row i is blob[offsets[i]:offsets[i + 1]], its rest rests[i]; this run is rows lo .. hi - 1;
+        # the three grow together (rows added after the last, never changed)
+        self.agent, self.namespace = agent, namespace
+        self._blob = blob if blob is not None else bytearray()
+        self._rests = rests if rests is not None else []
         self._offsets = offsets if offsets is not None else array.array("I", (0,))
-        self._lo, self._hi = lo, len(rests) if hi is None else hi
+        self._lo, self._hi = lo, len(self._rests) if hi is None else hi
 
     @classmethod
     def of(cls, agent: str, namespace: str, minutes: Iterable[AgentMinute]) -> MinuteRun:
@@ -288,7 +303,7 @@ class MinuteRun(Sequence[AgentMinute]):
                 at += len(row)
                 rests.append(_rest(m))
             offsets.append(at)
-        return cls(agent, namespace, b"".join(rows), array.array("I", offsets), tuple(rests))
+        return cls(agent, namespace, bytearray(b"".join(rows)), array.array("I", offsets), rests)
 
     def __len__(self) -> int:
         return self._hi - self._lo
@@ -353,13 +368,13 @@ class MinuteRun(Sequence[AgentMinute]):
 
     def _bytes(self, n: int) -> bytes:
         """The rows of the first ``n`` minutes, one after the other."""
-        return self._blob[self._offsets[self._lo]:self._offsets[self._lo + n]]
+        return bytes(self._blob[self._offsets[self._lo]:self._offsets[self._lo + n]])
 
     def digest(self, n: int) -> int:
         """A hash of the first ``n`` minutes, from their rows: equal minutes of runs give equal
         digests (a run's rows are canonical, and a row's mask gives its length, so the rows one
         after the other are the rows), without building a minute."""
-        rests = self._rests[self._lo:self._lo + n]
+        rests = tuple(self._rests[self._lo:self._lo + n])
         try:
             return hash(("run", self._bytes(n), rests))
         except TypeError:  # a minute with tool maps, or one kept whole
@@ -374,12 +389,25 @@ class MinuteRun(Sequence[AgentMinute]):
     def __add__(self, other: MinuteRun) -> MinuteRun:
         if (other.agent, other.namespace) != (self.agent, self.namespace):
             return NotImplemented
-        mine = self._bytes(len(self))
-        first, base = self._offsets[self._lo], len(mine) - other._offsets[other._lo]
-        offsets = array.array("I", [*(o - first for o in self._offsets[self._lo:self._hi + 1]),
-                                    *(o + base for o in other._offsets[other._lo + 1:other._hi + 1])])
-        return MinuteRun(self.agent, self.namespace, mine + other._bytes(len(other)), offsets,
-                         self._rests[self._lo:self._hi] + other._rests[other._lo:other._hi])
+        blob, offsets, rests = self._blob, self._offsets, self._rests
+        theirs = other._bytes(len(other))
+        if self._hi == len(rests) == len(offsets) - 1 and offsets[-1] == len(blob) \
+                and self._lo <= _DEAD_ROWS[0] + hash((self.namespace, self.agent)) % _DEAD_ROWS[1]:
+            # this run ends where its buffer does: the other's rows go on after its own, in place
+            base = len(blob) - other._offsets[other._lo]
+            added = [o + base for o in other._offsets[other._lo + 1:other._hi + 1]]
+            more = other._rests[other._lo:other._hi]
+            blob += theirs
+            offsets.extend(added)
+            rests.extend(more)
+            return MinuteRun(self.agent, self.namespace, blob, offsets, rests, self._lo, len(rests))
+        mine = bytearray(self._bytes(len(self)))
+        first, base = offsets[self._lo], len(mine) - other._offsets[other._lo]
+        joined = array.array("I", [*(o - first for o in offsets[self._lo:self._hi + 1]),
+                                   *(o + base for o in other._offsets[other._lo + 1:other._hi + 1])])
+        mine += theirs
+        return MinuteRun(self.agent, self.namespace, mine, joined,
+                         rests[self._lo:self._hi] + other._rests[other._lo:other._hi])
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, MinuteRun) and (other.agent, other.namespace) == (self.agent, self.namespace) \

@@ -192,3 +192,50 @@ def test_slices_share_the_runs_rows_and_read_joins_digests_as_lists_do() -> None
     assert [joined.digest(n) for n in range(len(fresh) + 1)] == [fresh.digest(n) for n in range(len(fresh) + 1)]
     assert run[3:3] == [] and len(run[7:2]) == 0 and list(run[3:3] + run[3:6]) == ms[3:6]
     assert run[2:9].digest(4) == _run(ms[2:6]).digest(4)
+
+
+def _long(n: int) -> list[series.AgentMinute]:
+    """``n`` minutes of one agent: the fleet's longest, again and again, each time later."""
+    ms = max(FLEET.values(), key=len)
+    span = ms[-1].minute - ms[0].minute + 60
+    return [dataclasses.replace(ms[i % len(ms)], minute=ms[i % len(ms)].minute + span * (i // len(ms)))
+            for i in range(n)]
+
+
+def test_a_run_ending_where_its_rows_do_takes_added_rows_in_place_and_no_other_run_changes() -> None:
+    """The fetcher's join: the kept run (ending where its buffer does) plus the new minutes is a
+    run over the same buffer, the new rows after the old; the kept run, its slices and anything
+    read from them are unchanged. A run that does not end there, or one with many rows before its
+    first, gives a copy."""
+    ms = _long(120)
+    kept = _run(ms[:40])
+    slice_ = kept[5:30]
+    before = (list(kept), list(slice_), kept.digest(len(kept)), slice_.digest(len(slice_)))
+    grown = kept[3:] + _run(ms[40:45])
+    assert grown._blob is kept._blob  # in place: no row copied
+    assert grown == ms[3:45] and [grown.digest(n) for n in range(len(grown) + 1)] == \
+        [_run(ms[3:45]).digest(n) for n in range(len(grown) + 1)]
+    assert (list(kept), list(slice_), kept.digest(len(kept)), slice_.digest(len(slice_))) == before
+    # the old run no longer ends where the buffer does: adding to it again copies
+    other = kept + _run(ms[40:42])
+    assert other._blob is not kept._blob and other == ms[:42] and grown == ms[3:45]
+    again = grown + _run(ms[45:50])  # the grown one still ends there
+    assert again._blob is kept._blob and again == ms[3:50]
+    assert (slice_ + _run(ms[30:31]))._blob is not kept._blob  # a slice ending before the last row
+    # many minutes dropped from the front since the buffer was made: a copy of the run's own rows
+    far = again[45:]  # 48 rows before it
+    copied = far + _run(ms[50:51])
+    assert copied._blob is not kept._blob and copied == ms[48:51]
+    assert len(copied._blob) == len(_run(ms[48:51])._blob)
+
+
+def test_a_run_with_many_rows_dropped_before_it_copies_its_own_into_a_new_buffer() -> None:
+    ms = _long(120)
+    run = _run(ms[:100])
+    tail = run[64:]  # 64 rows before it: past the most a run adds in place with (47)
+    added = tail + _run(ms[100:102])
+    assert added._blob is not run._blob and added == ms[64:102]
+    assert added._lo == 0 and len(added._rests) == len(added) and added._offsets[0] == 0
+    assert len(added._blob) == len(_run(ms[64:102])._blob)
+    near = run[10:] + _run(ms[100:102])  # 10 rows before it: in place
+    assert near._blob is run._blob and near == ms[10:102]

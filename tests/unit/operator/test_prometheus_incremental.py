@@ -198,3 +198,19 @@ def test_a_fetch_keeps_one_key_per_agent_and_one_per_spend_window():
     slots = [slot for snap in (first, second) for spend in snap.spend.values() for slot in spend]
     assert len(slots) == 2 * len(AGENTS) * 6
     assert len({id(slot) for slot in slots}) <= 2 * 6  # one per window and calendar a fetch
+
+
+def test_a_fetch_adds_only_the_new_minutes_after_the_kept_rows():
+    """A fetch whose re-read minutes are as kept copies no agent's rows: within the minute its runs
+    are the kept rows themselves, and after the minute turned the new rows go on after them in
+    the same buffer. Every snapshot handed out before still reads what it read."""
+    fetcher = prometheus.Fetcher(Synthetic(), lookback_minutes=30, incremental=True)
+    first = fetcher.fetch(NOW - 120)
+    before = {k: list(v) for k, v in first.minutes.items()}
+    second = fetcher.fetch(NOW - 100)  # the same minute: nothing new
+    third = fetcher.fetch(NOW)  # two minutes on
+    for key, run in first.minutes.items():
+        assert second.minutes[key]._blob is run._blob and third.minutes[key]._blob is run._blob, key
+    same(second, full(NOW - 100))
+    same(third, full(NOW))
+    assert first.minutes == before and second.minutes == full(NOW - 100).minutes

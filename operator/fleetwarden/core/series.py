@@ -270,7 +270,8 @@ class MinuteRun(Sequence[AgentMinute]):
     A run that ends where its buffer does (the fetcher's, joined fetch after fetch) takes the
     rows of a run added to it *in place*: they go on after its own in the same buffer, and the
     sum is a run over both. Every run over the rows before, a snapshot handed out, reads what it
-    read: rows are only ever added after the last, never changed. So a fetch that finds a few
+    read: rows are only ever added after the last, never changed (by one thread at a time: the
+    fetcher's, under the runtime's fetch lock). So a fetch that finds a few
     new minutes copies those, not every agent's lookback while the last snapshot still holds
     it (the copy doubled the kept minutes at every fetch: docs/operator.md, "Scale"). Once the
     rows before a run's first (minutes past the lookback) are more than a few dozen, the sum is

@@ -84,7 +84,7 @@ class Trained:
     """A zstd dictionary trained on states pickled in this process, and each thread's
     (de)compressor with it. The states of different agents share most of their bytes (class and
     field names, parameters, the detectors' layout), which zstd alone cannot see across blobs:
-    with the dictionary a state is about a quarter smaller (docs/operator.md, "Scale")."""
+    with the dictionary a state is a quarter to a half smaller (docs/operator.md, "Scale")."""
 
     def __init__(self, samples: Sequence[bytes]) -> None:
         size = min(_DICTIONARY_BYTES, sum(map(len, samples)) // 10)

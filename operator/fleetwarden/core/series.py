@@ -369,7 +369,9 @@ class MinuteRun(Sequence[AgentMinute]):
 
     def _bytes(self, n: int) -> bytes:
         """The rows of the first ``n`` minutes, one after the other."""
-        return bytes(self._blob[self._offsets[self._lo]:self._offsets[self._lo + n]])
+        # one copy (a slice of the buffer would be a bytearray, copied again to hash it); the
+        # view is released at once, so the buffer can still grow
+        return memoryview(self._blob)[self._offsets[self._lo]:self._offsets[self._lo + n]].tobytes()
 
     def digest(self, n: int) -> int:
         """A hash of the first ``n`` minutes, from their rows: equal minutes of runs give equal

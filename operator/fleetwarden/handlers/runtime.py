@@ -100,6 +100,14 @@ def _meaningful(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _coarse(v) for k, v in status.items() if k not in _VOLATILE}
 
 
+def _alike(old: Mapping[str, Any], new: Mapping[str, Any], skip: tuple[str, ...]) -> bool:
+    """Whether ``old`` and ``new`` hold equal values under every key but ``skip``'s. Equal values have
+    equal :func:`_meaningful` and :func:`_decisive` parts, so this answers "no change" for both
+    without building them; a number equal in value but not in JSON type (``3`` and ``3.0``: the
+    API server gives back an integral float as an int) is no change either."""
+    return {k: v for k, v in old.items() if k not in skip} == {k: v for k, v in new.items() if k not in skip}
+
+
 def _pack_status(status: Mapping[str, Any]) -> bytes:
     """A status kept between evaluations: its JSON, compressed (about 0.6 KB, against about 3 KB
     for its dicts and strings: 10,000 budgets keep one each). JSON gives back the same values
@@ -593,15 +601,21 @@ class Runtime:
         status; it is called only for a decisive change, which is written at once."""
         now = time.monotonic()
         since = self._since_written(uid, now)
-        old_meaning, new_meaning = _meaningful(old), _meaningful(new)
-        decisive = _decisive(old_meaning) != _decisive(new_meaning)  # (figures are never decisive)
+        if _alike(old, new, _VOLATILE if complete is None else _VOLATILE + _FIGURES):
+            # every value but the volatile ones (and the figures new lacks) as before: no change
+            # of either kind, found without rounding each number of both (most evaluations)
+            decisive, changed = False, False
+        else:
+            old_meaning, new_meaning = _meaningful(old), _meaningful(new)
+            decisive = _decisive(old_meaning) != _decisive(new_meaning)  # (figures are never decisive)
+            changed = old_meaning != new_meaning
         if complete is not None:
             if not decisive:
                 return  # whatever the figures, nothing to write before their turn or a heartbeat
             new = complete()
         if decisive:
             pass  # at once
-        elif old_meaning != new_meaning:
+        elif changed:
             if since < self.figure_seconds():
                 return  # figures only: this budget's turn comes (its last write is recent)
         elif since < self.heartbeat_seconds() or not self.heartbeat_allowed(now):

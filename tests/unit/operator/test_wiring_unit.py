@@ -486,3 +486,49 @@ def test_in_a_large_fleet_figures_wait_for_their_turn_and_decisions_do_not() -> 
     write({**over, "incidents": [{"id": "inc-1", "kind": "runaway_loop"}], "source": {"type": "Fleetwarden",
                                                                                        "series": 4}})
     assert len(k.patches) == 6  # ... its count of series a figure
+
+
+def test_an_unchanged_status_is_found_unchanged_without_rounding_its_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status whose every value but the volatile ones equals the last one written is no change:
+    it is found so without working out either one's rounded parts (most evaluations: nothing
+    new), and a number the API server gave back as an int (123 for 123.0) is the same number.
+    A change anywhere else still goes through the rounding, and a decision is still written."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _Patches()
+    base = {"state": "Active", "spend": {"hour": 123.0}, "summary": {"percentUsed": 12.3},
+            "conditions": [{"type": "Ready", "status": "True"}], "lastEvaluated": "t0", "burnRateUSDPerHour": 1.5}
+    rt._write_status(k, "uid", "ns", "b", {}, base)  # noqa: SLF001
+    assert len(k.patches) == 1
+    rounded: list[Any] = []
+    real = runtime._meaningful  # noqa: SLF001
+    monkeypatch.setattr(runtime, "_meaningful", lambda status: rounded.append(1) or real(status))
+    from_api = {**base, "spend": {"hour": 123}}  # the body's status after a restart
+    rt._write_status(k, "uid", "ns", "b", from_api, {**base, "lastEvaluated": "t1", "burnRateUSDPerHour": 2.5})  # noqa: SLF001
+    assert len(k.patches) == 1 and not rounded
+    rt._write_status(k, "uid", "ns", "b", base, {**base, "state": "Warning"})  # noqa: SLF001
+    assert len(k.patches) == 2 and k.patches[-1] == {"state": "Warning"} and rounded
+
+
+def test_while_figures_wait_a_status_alike_but_for_its_figures_is_not_completed(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    """In a large fleet the hour's figures are worked out only for a decisive change: a status
+    lacking them whose other values are as written is no change (its figures are not asked for,
+    nothing is rounded); one with a new condition is completed and written at once."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _Patches()
+    ready = {"type": "BudgetExceeded", "status": "False", "reason": "UnderCap", "message": "40% of the cap"}
+    base = {"state": "Active", "spend": {"hour": 4.0}, "summary": {"percentUsed": 40.0}, "conditions": [ready]}
+    rt._write_status(k, "uid", "ns", "b", {}, base)  # noqa: SLF001
+    asked: list[int] = []
+
+    def complete(status: dict[str, Any]) -> Any:
+        return lambda: asked.append(1) or status
+    rounded: list[Any] = []
+    real = runtime._meaningful  # noqa: SLF001
+    monkeypatch.setattr(runtime, "_meaningful", lambda status: rounded.append(1) or real(status))
+    lacking = {key: v for key, v in base.items() if key not in runtime._FIGURES}  # noqa: SLF001
+    rt._write_status(k, "uid", "ns", "b", base, lacking, complete({**base, "spend": {"hour": 9.0}}))  # noqa: SLF001
+    assert len(k.patches) == 1 and not asked and not rounded
+    over = {**lacking, "conditions": [{**ready, "status": "True", "reason": "OverCap"}]}
+    rt._write_status(k, "uid", "ns", "b", base, over, complete({**over, "spend": {"hour": 11.0}}))  # noqa: SLF001
+    assert asked and len(k.patches) == 2 and k.patches[-1]["spend"] == {"hour": 11.0}

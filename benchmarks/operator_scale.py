@@ -19,7 +19,12 @@ After the first full pass and one more interval (the warm-up), it watches the op
 - Prometheus queries per cycle (``fleetwarden_operator_prometheus_queries_total``);
 - PATCHes per cycle of ``agentbudgets/status`` and of ``agentbudgets`` (kopf's finalizers), from
   the API server's own ``apiserver_request_total``;
-- the operator process's RSS (VmRSS, max over the window) and peak (VmHWM).
+- the time of a fleet-wide Prometheus fetch (``fleetwarden_operator_prometheus_fetch_seconds``);
+- the operator process's RSS (VmRSS, max over the window) and peak (VmHWM);
+- the CPU each process of the run used in the window (from /proc: the operator, Prometheus, the
+  control plane's, the benchmark itself), in cores, beside the whole machine's, and the
+  operator's CPU seconds per cycle: whether a cycle waits for the operator's own work or for
+  a core.
 
 The operator's /metrics is read every ``READ_EVERY`` (5) seconds (RSS every second); the longest cycle is the largest
 ``..._last_cycle_seconds`` read, and bounded by the cycle histogram's buckets.
@@ -227,6 +232,54 @@ def longest_bound(before: dict[float, float], after: dict[float, float]) -> floa
     return min(le for le, count in after.items() if count - before.get(le, 0.0) >= total)
 
 
+def cpu_by_process(root: int) -> dict[int, tuple[str, float]]:
+    """Every live process descended from ``root`` (itself included): pid -> (its program's name, the CPU
+    seconds it has used, user and system). Read from /proc, the process tree by each one's parent."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:  # it ended meanwhile
+            continue
+        fields = stat.rpartition(")")[2].split()  # after "pid (comm)", which may hold spaces
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        name = Path(argv0).name or stat[stat.find("(") + 1:stat.rfind(")")]
+        used[pid] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    under: set[int] = set()
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        under.add(pid)
+        todo.extend(children.get(pid, ()))
+    return {pid: used[pid] for pid in under if pid in used}
+
+
+def cpu_in_window(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], names: dict[int, str]
+                  ) -> dict[str, float]:
+    """CPU seconds used between two :func:`cpu_by_process` readings, by program (``names`` names some
+    pids: the operator, the benchmark); a process started meanwhile counts all it used."""
+    out: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        key = names.get(pid, name)
+        out[key] = out.get(key, 0.0) + seconds - (before[pid][1] if pid in before else 0.0)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (every core, every process: /proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
 def memory(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of ``pid`` in MiB."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -253,6 +306,8 @@ class Watch:
             "evaluations": samples(text, "fleetwarden_evaluation_seconds_count"),
             "queries": samples(text, "fleetwarden_operator_prometheus_queries_total"),
             "fetches": samples(text, "fleetwarden_operator_prometheus_fetches_total"),
+            "fetch_seconds": samples(text, "fleetwarden_operator_prometheus_fetch_seconds_sum"),
+            "fetches_timed": samples(text, "fleetwarden_operator_prometheus_fetch_seconds_count"),
             "cycles": samples(text, "fleetwarden_operator_cycle_seconds_count"),
             "cycle_seconds": samples(text, "fleetwarden_operator_cycle_seconds_sum"),
             "oldest": samples(text, "fleetwarden_operator_oldest_evaluation_seconds"),
@@ -369,6 +424,7 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
           flush=True)
     time.sleep(args.interval)  # warm-up: one more interval
     before = watch.reading()
+    cpu_before, busy_before = cpu_by_process(os.getpid()), machine_busy()
     rss_max, oldest_max, last_max = 0.0, 0.0, 0.0
     scraped = before["at"]
     # The operator's /metrics is read every READ_EVERY seconds: read every second, rendering its per-budget
@@ -387,8 +443,10 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
                 last_max = max(last_max, samples(text, "fleetwarden_operator_last_cycle_seconds"))
         time.sleep(1)
     after = watch.reading()
+    cpu = cpu_in_window(cpu_before, cpu_by_process(os.getpid()), {watch.proc.pid: "operator", os.getpid(): "benchmark"})
+    cpu["(the whole machine)"] = machine_busy() - busy_before
     _, hwm = memory(watch.proc.pid)
-    report(before, after, n, args, rss_max, hwm, oldest_max, last_max)
+    report(before, after, n, args, rss_max, hwm, oldest_max, last_max, cpu)
     if args.census:
         census(work)
 
@@ -403,7 +461,7 @@ def census(work: Path) -> None:
 
 
 def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse.Namespace,
-           rss_max: float, hwm: float, oldest_max: float, last_max: float) -> None:
+           rss_max: float, hwm: float, oldest_max: float, last_max: float, cpu: dict[str, float]) -> None:
     bound = longest_bound(before.pop("cycle_buckets"), after.pop("cycle_buckets"))
     before.pop("malloc")
     by_data = {data: (after["by_data"][data][0] - count, after["by_data"][data][1] - total)
@@ -437,6 +495,8 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
     per_fetch = f"{d['queries'] / d['fetches']:.0f}" if d["fetches"] else "n/a"
     print(f"Prometheus queries per cycle: {per(d['queries'])} ({per_fetch} a fetch, {d['fetches']:.0f} fetches "
           f"in {d['at']:.0f}s)")
+    print("Prometheus fetch time: " + (f"{d['fetch_seconds'] / d['fetches_timed']:.1f}s mean, {d['fetch_seconds']:.1f}s "
+                                       f"in all ({d['fetches_timed']:.0f} fetches)" if d["fetches_timed"] else "no fetch"))
     print(f"PATCHes per cycle: agentbudgets/status {per(d['status_patches'])}, agentbudgets {per(d['patches'])}")
     print(f"operator RSS: {rss_max:.0f} MiB max in the window, {hwm:.0f} MiB peak (VmHWM)")
     mib = 1024 * 1024
@@ -448,6 +508,14 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
         print(f"malloc_trim: {d['trims']:.0f} runs in the window, {d['trim_seconds']:.2f}s in all")
     else:
         print(f"malloc: {allocator}; its account is not read (glibc's only), and malloc_trim is not run")
+    window = d["at"]
+    print(f"CPU in the window, cores used on average ({os.cpu_count()} here): " + ", ".join(
+        f"{name} {seconds / window:.2f}" for name, seconds in cpu.items()
+        if seconds / window >= 0.005 and not name.startswith("("))
+        + f"; all of these {sum(v for k, v in cpu.items() if not k.startswith('(')) / window:.2f}, the whole machine "
+        f"{cpu.get('(the whole machine)', 0.0) / window:.2f}")
+    if cycles:
+        print(f"operator CPU per cycle: {cpu.get('operator', 0.0) / cycles:.1f}s")
     print(f"garbage collector: {d['gc_seconds']:.1f}s of the {d['at']:.0f}s window, {d['gc_full_seconds']:.1f}s of it "
           f"in {d['gc_full_runs']:.0f} full collections")
     print(machine())

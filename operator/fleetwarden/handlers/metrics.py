@@ -119,6 +119,10 @@ PROMETHEUS_QUERIES = pc.Counter(names.OPERATOR_PROMETHEUS_QUERIES,
 PROMETHEUS_FETCHES = pc.Counter(names.OPERATOR_PROMETHEUS_FETCHES,
                                 "Fleet-wide Prometheus fetches (one per cycle), by result.", ["result"],
                                 registry=REGISTRY)
+PROMETHEUS_FETCH_SECONDS = pc.Histogram(
+    names.OPERATOR_PROMETHEUS_FETCH_SECONDS,
+    "Time a fleet-wide Prometheus fetch took, its queries and the reading of their answers (failed ones too).",
+    registry=REGISTRY, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60))
 UNIT_ECONOMICS_TARGET = pc.Gauge(
     names.UNIT_ECONOMICS_TARGET_USD,
     "A budget's unit-economics targets (spec.unitEconomics), USD per outcome: kind=target (targetCostUSD) "

@@ -348,6 +348,7 @@ class Runtime:
             if self.fetcher is None:
                 raise errors.PrometheusError("no Prometheus configured")
             fresh: prometheus.FleetSnapshot | errors.PrometheusError
+            started = time.monotonic()
             try:
                 fresh = self.fetcher.fetch(self.clock(), sources=sources) if sources else self.fetcher.fetch(self.clock())
                 metrics.PROMETHEUS_QUERIES.inc(fresh.queries)
@@ -356,6 +357,7 @@ class Runtime:
                 fresh = exc
                 metrics.PROMETHEUS_FETCHES.labels("error").inc()
                 log.warning("Prometheus: %s", exc)
+            metrics.PROMETHEUS_FETCH_SECONDS.observe(time.monotonic() - started)
             with self._snapshot_lock:
                 self._snapshot, self._snapshot_at = fresh, time.monotonic()
             return self._snapshot_or_raise(fresh)

@@ -12,7 +12,7 @@ import pytest
 from fleetwarden import errors
 from fleetwarden.adapters import kube, prometheus
 from fleetwarden.core import series, spec
-from fleetwarden.handlers import hooks, runtime
+from fleetwarden.handlers import hooks, metrics, runtime
 
 NOW = 1_800_000_000.0
 
@@ -109,6 +109,22 @@ def test_one_prometheus_fetch_serves_every_budget_of_a_cycle() -> None:
     assert len(k.of("status")) == 50  # one status patch per budget
 
 
+def test_every_fetch_is_timed_on_the_operators_metrics_failed_ones_too() -> None:
+    """``fleetwarden_operator_prometheus_fetch_seconds`` counts each fleet-wide fetch once, whether
+    Prometheus answered or not, and none for the budgets served from the snapshot at hand."""
+    def fetches_timed() -> float:
+        return metrics.REGISTRY.get_sample_value("fleetwarden_operator_prometheus_fetch_seconds_count") or 0.0
+    before = fetches_timed()
+    rt = make(CountingFetcher(), FakeKube())
+    for i in range(5):
+        rt.reconcile(body(i), [deployment(i)])
+    assert fetches_timed() == before + 1
+    rt.new_cycle()
+    rt.reconcile(body(0), [deployment(0)])
+    make(CountingFetcher(fail=True), FakeKube()).reconcile(body(0), [deployment(0)])
+    assert fetches_timed() == before + 3
+
+
 def test_a_budget_is_parsed_once_per_generation_and_only_its_latest_parse_is_kept() -> None:
     """Each spec edit is a new generation: a long-running operator must not keep every old parse
     (one per edit of every budget), nor the parse of a budget deleted."""
@@ -190,8 +206,8 @@ def test_prometheus_down_is_unknown_and_nothing_is_scaled() -> None:
     make(CountingFetcher(fail=True), k).reconcile(body(0), [deployment(0)])
     assert k.of("scale_to_zero") == []
     [status_call] = k.of("status")
-    metrics = next(c for c in status_call[3]["conditions"] if c["type"] == "MetricsAvailable")
-    assert metrics["status"] == "False" and "connection refused" in metrics["message"]
+    available = next(c for c in status_call[3]["conditions"] if c["type"] == "MetricsAvailable")
+    assert available["status"] == "False" and "connection refused" in available["message"]
     assert ("event", "AgentBudget", "budget-0", "Warning", "MetricsUnavailable") in k.calls
 
 

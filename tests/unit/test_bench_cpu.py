@@ -1,0 +1,44 @@
+"""benchmarks/operator_scale.py's CPU by process in its window: the processes under the benchmark,
+found by their parents in /proc, and the CPU each used between two readings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import operator_scale  # noqa: E402
+
+BUSY = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end:\n    pass\nprint('done', flush=True)\nimport sys\nsys.stdin.read()\n"
+
+
+def test_cpu_is_counted_for_every_process_under_the_root_and_named_by_program() -> None:
+    # a child that burns 0.3 s of CPU, and its own child that sleeps: both under this process
+    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys\n"
+                              f"subprocess.Popen([{sys.executable!r}, '-c', {BUSY!r}], stdin=sys.stdin).wait()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        before = operator_scale.cpu_by_process(1)  # (the whole tree: the grandchild may not exist yet)
+        assert child.stdout is not None and child.stdout.readline() == "done\n"
+        after = operator_scale.cpu_by_process(operator_scale.os.getpid())
+        grandchildren = [pid for pid in after if pid not in (child.pid, operator_scale.os.getpid())]
+        assert child.pid in after and len(grandchildren) >= 1, after
+        used = operator_scale.cpu_in_window(before, after, {child.pid: "the child"})
+        assert "the child" in used and Path(sys.executable).name in used
+        grandchild = max(grandchildren, key=lambda pid: after[pid][1])
+        assert after[grandchild][1] >= 0.25  # it burnt 0.3 s of CPU (process time, not the clock)
+        assert used[Path(sys.executable).name] >= after[grandchild][1] - (before[grandchild][1] if grandchild in before else 0)
+        assert operator_scale.cpu_by_process(child.pid).keys() == {child.pid, *grandchildren}  # only what is under it
+    finally:
+        child.communicate("", timeout=30)
+
+
+def test_the_machine_busy_time_grows_with_work() -> None:
+    before = operator_scale.machine_busy()
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    assert operator_scale.machine_busy() - before >= 0.15

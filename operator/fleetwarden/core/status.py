@@ -264,8 +264,12 @@ def set_condition(previous: Sequence[Condition], type_: str, status: Literal["Tr
                   reason: str, message: str, now: float, generation: int | None) -> Condition:
     """A condition; its lastTransitionTime kept unless ``status`` really changes (as cert-manager does)."""
     old = next((c for c in previous if c.type == type_), None)
+    message = message[:32768]
+    if old is not None and old.status == status and old.reason == reason and old.message == message \
+            and old.observed_generation == generation:
+        return old  # as it was (most evaluations): no new model to build and validate
     changed = old is None or old.status != status
-    return Condition(type=type_, status=status, reason=reason, message=message[:32768],
+    return Condition(type=type_, status=status, reason=reason, message=message,
                      last_transition_time=at(now) if changed or old is None else old.last_transition_time,
                      observed_generation=generation)
 

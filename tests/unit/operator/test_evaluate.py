@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fleetwarden.core import decision, evaluate, findings, spec
+from fleetwarden.core import decision, evaluate, findings, spec, status
 from fleetwarden.core.series import AgentMinute
 
 NOW = 1_800_000_000.0  # the fake clock: a whole minute (2027-01-15T08:00:00Z)
@@ -96,6 +96,34 @@ def test_condition_transition_time_kept_until_status_changes() -> None:
     back = evaluate.evaluate(inp(hour=2.0, previous=later.status.body(), now=NOW + 240))
     assert cond(back.status.body(), "BudgetExceeded")["status"] == "False"
     assert cond(back.status.body(), "BudgetExceeded")["lastTransitionTime"] == "2027-01-15T08:04:00Z"
+
+
+def test_a_condition_as_it_was_is_kept_and_any_change_of_it_is_written() -> None:
+    """A condition whose status, reason, message and generation are as before is the one read
+    (nothing built again); a new message, reason or generation gives a new one, its transition
+    time kept while its status holds."""
+    first = evaluate.evaluate(inp(hour=12.0))
+    previous = first.status.body()
+    again = evaluate.evaluate(inp(hour=12.0, previous=previous, now=NOW + 60))
+    assert again.status.body()["conditions"] == previous["conditions"]
+    prev_typed, _ = status.read(previous)
+    kept = {c.type: c for c in prev_typed.conditions or ()}
+    now = NOW + 60
+    same = status.set_condition(list(kept.values()), "BudgetExceeded", "True", kept["BudgetExceeded"].reason,
+                                kept["BudgetExceeded"].message, now, 1)
+    assert same is kept["BudgetExceeded"]
+    for change in ({"message": "another message"}, {"reason": "Other"}, {"generation": 2}):
+        args = {"reason": kept["BudgetExceeded"].reason, "message": kept["BudgetExceeded"].message, "generation": 1,
+                **change}
+        new = status.set_condition(list(kept.values()), "BudgetExceeded", "True", str(args["reason"]),
+                                   str(args["message"]), now, args["generation"])  # type: ignore[arg-type]
+        assert new is not kept["BudgetExceeded"] and new.last_transition_time == kept["BudgetExceeded"].last_transition_time
+        assert (new.reason, new.message, new.observed_generation) == (args["reason"], args["message"], args["generation"])
+    flipped = status.set_condition(list(kept.values()), "BudgetExceeded", "False", "UnderCap", "fine", now, 1)
+    assert flipped.last_transition_time != kept["BudgetExceeded"].last_transition_time
+    long = status.set_condition([], "Ready", "True", "Evaluated", "x" * 40_000, now, 1)
+    assert len(long.message) == 32768
+    assert status.set_condition([long], "Ready", "True", "Evaluated", "x" * 40_000, now, 1) is long
 
 
 def test_a_lasting_budget_condition_is_notified_once() -> None:

@@ -37,6 +37,11 @@ from typing import Any
 
 import pydantic
 
+try:  # the kept statuses are read back with orjson when it is installed (the image has it)
+    import orjson
+except ImportError:  # pragma: no cover - exercised only without orjson
+    orjson = None  # type: ignore[assignment]
+
 from fleetwarden import errors
 from fleetwarden.adapters import kube, prometheus
 from fleetwarden.core import decision, evaluate, governance, manifests, spec, timefmt, warmfold
@@ -111,12 +116,33 @@ def _alike(old: Mapping[str, Any], new: Mapping[str, Any], skip: tuple[str, ...]
 def _pack_status(status: Mapping[str, Any]) -> bytes:
     """A status kept between evaluations: its JSON, compressed (about 0.6 KB, against about 3 KB
     for its dicts and strings: 10,000 budgets keep one each). JSON gives back the same values
-    and types: a status is the plain JSON the API server was sent."""
-    return zlib.compress(json.dumps(status, separators=(",", ":")).encode(), 1)
+    and types: a status is the plain JSON the API server was sent. The first byte says how it
+    is read back: ``o`` with orjson (installed, and every int within its 64 bits, past which it
+    would read a float), ``j`` with the standard library."""
+    text = json.dumps(status, separators=(",", ":")).encode()
+    return (b"o" if _orjson_reads(status) else b"j") + zlib.compress(text, 1)
+
+
+def _orjson_reads(status: Mapping[str, Any]) -> bool:
+    if orjson is None:
+        return False
+    try:
+        orjson.dumps(status)  # refuses an int past 64 bits, as its reader would not give one back
+    except TypeError:
+        return False
+    return True
 
 
 def _unpack_status(packed: bytes) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(zlib.decompress(packed))
+    with memoryview(packed) as view:
+        raw = zlib.decompress(view[1:])
+    if packed[:1] == b"o":
+        try:
+            fast: dict[str, Any] = orjson.loads(raw)  # a few times the standard library's speed
+            return fast
+        except orjson.JSONDecodeError:  # NaN or Infinity, which json.dumps writes and orjson refuses
+            pass
+    out: dict[str, Any] = json.loads(raw)
     return out
 
 

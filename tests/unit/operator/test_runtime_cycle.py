@@ -336,6 +336,21 @@ def test_the_status_kept_between_evaluations_reads_back_as_written_and_is_small(
         {"state": "Active"}
 
 
+@pytest.mark.parametrize("odd", [float("inf"), -float("inf"), 2**70, -(2**70), 2**63 - 1, -(2**63), 1e308, 5e-324,
+                                 "é\u2028\U0001f600", 2**64 - 1])
+def test_a_kept_status_reads_back_every_value_json_can_hold(odd: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept status is read with orjson when it can, with the standard library when it cannot
+    (infinities, ints past 64 bits) or when orjson is not installed: the same values, of the
+    same types, either way."""
+    status = {"state": "Active", "spend": {"hour": 1.5, "day": 3}, "odd": [odd, {"n": odd}]}
+    for reader in (runtime.orjson, None):
+        monkeypatch.setattr(runtime, "orjson", reader)
+        back = runtime._unpack_status(runtime._pack_status(status))  # noqa: SLF001
+        assert back == status and type(back["odd"][0]) is type(odd) and type(back["spend"]["day"]) is int
+    monkeypatch.undo()
+    assert runtime._pack_status(status)[:1] == (b"j" if isinstance(odd, int) and abs(odd) >= 2**64 else b"o")  # noqa: SLF001
+
+
 class GatedFetcher(CountingFetcher):
     """A fetcher whose fetches after the first wait until ``gate`` is set."""
 

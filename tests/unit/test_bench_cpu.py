@@ -16,7 +16,7 @@ BUSY = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() 
 
 
 def test_cpu_is_counted_for_every_process_under_the_root_and_named_by_program() -> None:
-    # a child that burns 0.3 s of CPU, and its own child that sleeps: both under this process
+    # a child that waits for its own child, which burns 0.3 s of CPU: both under this process
     child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys\n"
                               f"subprocess.Popen([{sys.executable!r}, '-c', {BUSY!r}], stdin=sys.stdin).wait()"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

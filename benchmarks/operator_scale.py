@@ -444,9 +444,9 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
         time.sleep(1)
     after = watch.reading()
     cpu = cpu_in_window(cpu_before, cpu_by_process(os.getpid()), {watch.proc.pid: "operator", os.getpid(): "benchmark"})
-    cpu["(the whole machine)"] = machine_busy() - busy_before
+    busy = machine_busy() - busy_before
     _, hwm = memory(watch.proc.pid)
-    report(before, after, n, args, rss_max, hwm, oldest_max, last_max, cpu)
+    report(before, after, n, args, rss_max, hwm, oldest_max, last_max, cpu, busy)
     if args.census:
         census(work)
 
@@ -461,7 +461,8 @@ def census(work: Path) -> None:
 
 
 def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse.Namespace,
-           rss_max: float, hwm: float, oldest_max: float, last_max: float, cpu: dict[str, float]) -> None:
+           rss_max: float, hwm: float, oldest_max: float, last_max: float, cpu: dict[str, float],
+           busy: float) -> None:
     bound = longest_bound(before.pop("cycle_buckets"), after.pop("cycle_buckets"))
     before.pop("malloc")
     by_data = {data: (after["by_data"][data][0] - count, after["by_data"][data][1] - total)
@@ -510,10 +511,8 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
         print(f"malloc: {allocator}; its account is not read (glibc's only), and malloc_trim is not run")
     window = d["at"]
     print(f"CPU in the window, cores used on average ({os.cpu_count()} here): " + ", ".join(
-        f"{name} {seconds / window:.2f}" for name, seconds in cpu.items()
-        if seconds / window >= 0.005 and not name.startswith("("))
-        + f"; all of these {sum(v for k, v in cpu.items() if not k.startswith('(')) / window:.2f}, the whole machine "
-        f"{cpu.get('(the whole machine)', 0.0) / window:.2f}")
+        f"{name} {seconds / window:.2f}" for name, seconds in cpu.items() if seconds / window >= 0.005)
+        + f"; all of these {sum(cpu.values()) / window:.2f}, the whole machine {busy / window:.2f}")
     if cycles:
         print(f"operator CPU per cycle: {cpu.get('operator', 0.0) / cycles:.1f}s")
     print(f"garbage collector: {d['gc_seconds']:.1f}s of the {d['at']:.0f}s window, {d['gc_full_seconds']:.1f}s of it "

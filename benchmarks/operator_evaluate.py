@@ -17,7 +17,13 @@ the milliseconds per budget:
   hour's figures change as minutes leave it, and the agents whose anchor moved fold again.
 
     python benchmarks/operator_evaluate.py [--budgets 10000] [--cycles 3] [--minutes 5] [--refold] [--quiet]
-                                           [--interval 15]
+                                           [--interval 15] [--live] [--profile FILE]
+
+``--live``: the warm cycles as a live fleet's (and ``operator_scale.py``'s): each fetches again
+(the fleet loop forgets the snapshot each cycle), the clock moves on within the first minute,
+and each fetch's hour spend has moved by LIVE_DRIFT_USD (without it the warm cycles see the
+very snapshot and clock of the cold one, which a live operator never does). ``--profile``:
+cProfile of the warm same-minute cycles, for ``python -m pstats``.
 
 ``--interval`` is the operator's evaluation interval (its default, 15 s): past 300 budgets a
 status whose figures alone changed is written at the budget's turn (docs/operator.md), and the
@@ -32,6 +38,7 @@ status PATCHes dominate); this one isolates what the operator itself computes.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import resource
 import sys
 import time
@@ -44,6 +51,11 @@ from operator_scale import NAMESPACES, FixedFetcher  # noqa: E402 - the same sna
 
 from fleetwarden.core import series, spec, warmfold  # noqa: E402
 from fleetwarden.handlers import runtime  # noqa: E402
+
+# --live: what a budget's hour spend moves between two fetches, USD: its 0.09 USD an hour over the
+# 240 samples of a 15 s scrape, the hour's window sliding past one sample (docs/operator.md, How
+# spend is read), enough to move the status' spend (rounded to 4 decimals) and the spend gauge.
+LIVE_DRIFT_USD = 0.0004
 
 
 class NoApi:
@@ -80,9 +92,18 @@ def main() -> int:
     parser.add_argument("--refold", action="store_true", help="no anchored fold: refold the lookback every minute")
     parser.add_argument("--quiet", action="store_true", help="no agent has a minute after the first cycle")
     parser.add_argument("--interval", type=float, default=15.0, help="the operator's evaluation interval (s)")
+    parser.add_argument("--live", action="store_true",
+                        help="as a live fleet between fetches: each cycle fetches again, the clock moves on "
+                             "within the minute and each fetch's hour spend has moved a little")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="cProfile the warm same-minute cycles into FILE (pstats)")
     args = parser.parse_args()
     agents, bodies, deployments = fleet(args.budgets)
-    fetcher = FixedFetcher(agents, time.time(), anchor_minutes=0 if args.refold else warmfold.ANCHOR_MINUTES)
+    start = float(series.minute_of(time.time()) + 1) if args.live else time.time()
+    fetcher = FixedFetcher(agents, start, anchor_minutes=0 if args.refold else warmfold.ANCHOR_MINUTES,
+                           drift=LIVE_DRIFT_USD if args.live else 0.0)
+    step = min(args.interval, 55.0 / max(1, args.cycles - 1))  # --live: the warm cycles stay in the first minute
+    profiler = cProfile.Profile() if args.profile else None
     rt = runtime.Runtime(interval=args.interval, fetcher=fetcher, kube_client=NoApi(),  # type: ignore[arg-type]
                          clock=lambda: fetcher.now)
     if args.quiet:
@@ -94,11 +115,19 @@ def main() -> int:
         if label == "a minute later":
             fetcher.now += 60
             rt.new_cycle()
+        elif args.live and n > 1:
+            fetcher.now += step
+            rt.new_cycle()  # the fleet loop forgets the snapshot each cycle
         rt.snapshot()  # the fleet-wide fetch is not part of a budget's evaluation
+        profiling = profiler if label == "warm, same minute" else None
+        if profiling is not None:
+            profiling.enable()
         started = time.perf_counter()
         for body in bodies:
             rt.reconcile(body, deployments[body["metadata"]["namespace"]], ())
         took = time.perf_counter() - started
+        if profiling is not None:
+            profiling.disable()
         print(f"cycle {n} ({label}): {len(bodies)} budgets in {took:.2f}s ({took / len(bodies) * 1000:.3f} ms per budget)",
               flush=True)
     print(f"detector folds: {rt.folds.warm} from a kept state, {rt.folds.cold} from the anchor, {len(rt.folds)} kept")
@@ -106,6 +135,9 @@ def main() -> int:
     if memo is not None:
         print(f"memo: {memo.misses} computed, {memo.hits} reused, {len(memo)} kept")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+        print(f"profile of the warm same-minute cycles: {args.profile} (python -m pstats {args.profile})")
     return 0
 
 

@@ -91,10 +91,11 @@ class FixedFetcher:
     the operator's fetcher reads it; a minute's bucket is built once and kept, as the incremental
     fetcher keeps complete minutes."""
 
-    def __init__(self, agents: list[tuple[str, str]], now: float, anchor_minutes: int = 0) -> None:
+    def __init__(self, agents: list[tuple[str, str]], now: float, anchor_minutes: int = 0, drift: float = 0.0) -> None:
         self.agents = agents
         self.now = now
         self.anchor_minutes = anchor_minutes
+        self.drift = drift  # USD the hour's spend moves each fetch (a live window sliding past samples)
         self.fetches = 0
         self.history_end: int | None = None  # set: no agent has a minute from then on (a quiet fleet)
         self._kept: dict[tuple[str, str], series.MinuteRun] = {}  # as the fetcher keeps them: compact runs
@@ -114,7 +115,8 @@ class FixedFetcher:
                     series.AgentMinute(a, ns, m, inference_cost_usd=0.001, llm_calls=2, tasks_completed=1,
                                        tokens=800, model="gpt-4o-mini") for m in range(first, last, 60)])
             self._kept[(ns, a)] = minutes[(ns, a)] = run
-        spend = {(ns, a): {(w, c): 0.09 * (1 if w is spec.Window.hour else 5) for w in spec.Window
+        hour = 0.09 + self.drift * self.fetches
+        spend = {(ns, a): {(w, c): hour if w is spec.Window.hour else 0.45 for w in spec.Window
                            for c in (False, True)} for ns, a in self.agents}
         return prometheus.FleetSnapshot(fetched_at=self.now, start=start, end=end, minutes=minutes, spend=spend,
                                         last_sample={k: self.now for k in self.agents}, stale_after=45.0,

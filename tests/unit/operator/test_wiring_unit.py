@@ -183,6 +183,52 @@ def test_unit_economics_targets_are_exported_and_removed() -> None:
     assert sample(gauge, {**base, "workflow": "", "outcome": "lead", "kind": "target"}) is None
 
 
+def test_the_budget_gauges_follow_each_evaluation_what_moved_and_what_did_not() -> None:
+    """fleetwarden_budget_spend_usd, _limit_usd, _kill_switch_engaged and agent_owner_info say what the
+    last evaluation decided: a moved spend alone, a spend gone (unknown, not 0), a cap edited alone,
+    an agent gone, each followed; a forgotten budget leaves no series."""
+    name = "gauged"
+    base = {"namespace": NS, "budget": name}
+
+    def gauged(**spec_fields: Any) -> spec.AgentBudget:
+        b = budget(**spec_fields)
+        return b.model_copy(update={"metadata": b.metadata.model_copy(update={"name": name})})
+
+    def record(b: spec.AgentBudget, spend: dict[spec.Window, float | None], agents: list[Any] = AGENTS) -> None:
+        metrics.record(b, run(b, spend=spend, agents=agents), agents)
+
+    def spent(window: str) -> float | None:
+        return sample("fleetwarden_budget_spend_usd", {**base, "window": window})
+
+    def cap(window: str) -> float | None:
+        return sample("fleetwarden_budget_limit_usd", {**base, "window": window})
+
+    def owner(agent: str) -> float | None:
+        return sample("fleetwarden_agent_owner_info", {**base, "agent": agent, "team": "", "project": "",
+                                                       "cost_center": ""})
+
+    b = gauged()
+    record(b, {spec.Window.hour: 1.5, spec.Window.day: 4.0, spec.Window.month: 9.0})
+    assert (spent("hour"), spent("day"), spent("month")) == (1.5, 4.0, 9.0)
+    assert (cap("hour"), cap("day")) == (10.0, None)
+    assert sample("fleetwarden_budget_kill_switch_engaged", base) == 0.0
+    assert (owner("bot"), owner("helper")) == (1.0, 1.0)
+    record(b, {spec.Window.hour: 1.6, spec.Window.day: 4.0, spec.Window.month: 9.0})  # the hour moved
+    assert (spent("hour"), spent("day"), spent("month")) == (1.6, 4.0, 9.0)
+    record(b, {spec.Window.hour: 1.6, spec.Window.day: None, spec.Window.month: 9.0})  # the day unknown
+    assert (spent("hour"), spent("day"), spent("month")) == (1.6, None, 9.0)
+    edited = gauged(limits=[{"window": "hour", "amountUSD": 12}, {"window": "day", "amountUSD": 50}])
+    record(edited, {spec.Window.hour: 1.6, spec.Window.day: 4.5, spec.Window.month: 9.0})  # a cap edited, the day known again
+    assert (cap("hour"), cap("day"), spent("day")) == (12.0, 50.0, 4.5)
+    record(edited, {spec.Window.hour: 1.6, spec.Window.day: 4.5, spec.Window.month: 9.0}, AGENTS[:1])
+    assert (owner("bot"), owner("helper")) == (1.0, None)
+    metrics.forget(NS, name)
+    assert (spent("hour"), spent("month"), cap("hour"), owner("bot")) == (None, None, None, None)
+    record(edited, {spec.Window.hour: 1.6, spec.Window.day: 4.5, spec.Window.month: 9.0})  # back: all said again
+    assert (spent("hour"), spent("day"), cap("day"), owner("helper")) == (1.6, 4.5, 50.0, 1.0)
+    metrics.forget(NS, name)
+
+
 # ---------------------------------------------------------------- 5: ApprovalPending
 
 

@@ -852,8 +852,12 @@ class Fetcher:
     def __init__(self, client: QueryClient, *, lookback_minutes: int = 90, scrape_interval: float = 15.0,
                  clock: Callable[[], float] = time.time, prices: pricing.PriceTable | None = None,
                  namespaces: Sequence[str] = (), incremental: bool = False,
-                 slice_minutes: int | None = None, anchor_minutes: int = 0) -> None:
+                 slice_minutes: int | None = None, anchor_minutes: int = 0,
+                 on_query: Callable[[str, float], None] | None = None) -> None:
         self.client = client
+        # told each query's name and the seconds its answer took (asked, received, decoded; failed
+        # ones too), for the operator's per-query histogram
+        self.on_query = on_query
         self.scope = namespace_scope(namespaces)
         self.prices = prices if prices is not None else pricing.PriceTable()
         self.lookback_minutes = lookback_minutes
@@ -872,18 +876,21 @@ class Fetcher:
         self.slice_minutes = slice_minutes
         self._kept: _KeptRanges | None = None
 
-    @staticmethod
-    def _run(what: str, expected: str, fn: Callable[[], list[dict[str, Any]]], unlabelled: dict[str, int]
+    def _run(self, what: str, expected: str, fn: Callable[[], list[dict[str, Any]]], unlabelled: dict[str, int]
              ) -> list[dict[str, Any]]:
         """The answer of one query, checked to be a ``expected`` ("matrix" or "vector"), or a
         PrometheusError naming the query. Series without an agent or namespace label are
         counted in ``unlabelled`` (the builders drop them)."""
+        started = time.perf_counter()
         try:
             result = fn()
         except errors.PrometheusError as exc:
             raise type(exc)(f"Prometheus query {what}: {exc}") from exc
         except Exception as exc:  # anything else a client raises: connection, HTTP status, JSON
             raise errors.PrometheusError(f"Prometheus query failed ({what}): {exc}") from exc
+        finally:
+            if self.on_query is not None:
+                self.on_query(what, time.perf_counter() - started)
         problem = result_problem(result, expected)
         if problem is not None:
             raise BadAnswerError(f"Prometheus query {what}: {problem}")

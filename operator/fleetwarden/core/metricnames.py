@@ -54,6 +54,7 @@ EVALUATION_SECONDS = "fleetwarden_evaluation_seconds"  # histogram
 OPERATOR_PROMETHEUS_QUERIES = "fleetwarden_operator_prometheus_queries_total"
 OPERATOR_PROMETHEUS_FETCHES = "fleetwarden_operator_prometheus_fetches_total"
 OPERATOR_PROMETHEUS_FETCH_SECONDS = "fleetwarden_operator_prometheus_fetch_seconds"  # histogram
+OPERATOR_PROMETHEUS_QUERY_SECONDS = "fleetwarden_operator_prometheus_query_seconds"  # histogram, by query
 UNIT_ECONOMICS_TARGET_USD = "fleetwarden_unit_economics_target_usd"
 OPERATOR_ACTIONS = "fleetwarden_operator_actions_total"
 UNPRICED_TOKENS = "fleetwarden_unpriced_tokens"  # gauge: tokens of a source no price covers, by model

@@ -123,6 +123,10 @@ PROMETHEUS_FETCH_SECONDS = pc.Histogram(
     names.OPERATOR_PROMETHEUS_FETCH_SECONDS,
     "Time a fleet-wide Prometheus fetch took, its queries and the reading of their answers (failed ones too).",
     registry=REGISTRY, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60))
+PROMETHEUS_QUERY_SECONDS = pc.Histogram(
+    names.OPERATOR_PROMETHEUS_QUERY_SECONDS,
+    "Time one query of a fleet-wide fetch took to answer (asked, received, decoded; failed ones too), by query.",
+    ["query"], registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 UNIT_ECONOMICS_TARGET = pc.Gauge(
     names.UNIT_ECONOMICS_TARGET_USD,
     "A budget's unit-economics targets (spec.unitEconomics), USD per outcome: kind=target (targetCostUSD) "

@@ -794,6 +794,11 @@ class Runtime:
             log.warning("event %s not posted: %s", reason, exc)
 
 
+def query_timed(query: str, seconds: float) -> None:
+    """One Prometheus query's answer took ``seconds`` (the fetcher's ``on_query``)."""
+    metrics.PROMETHEUS_QUERY_SECONDS.labels(query).observe(seconds)
+
+
 def build(settings: Any) -> Runtime:
     """The Runtime for ``settings`` (``handlers.settings.Settings``)."""
     fetcher = prometheus.Fetcher(prometheus.connect(settings.prometheus_url, timeout=settings.prometheus_timeout,
@@ -801,7 +806,7 @@ def build(settings: Any) -> Runtime:
                                  lookback_minutes=settings.lookback_minutes,
                                  scrape_interval=settings.scrape_interval, namespaces=settings.namespaces,
                                  incremental=True, slice_minutes=RANGE_SLICE_MINUTES,
-                                 anchor_minutes=warmfold.ANCHOR_MINUTES)
+                                 anchor_minutes=warmfold.ANCHOR_MINUTES, on_query=query_timed)
     return Runtime(interval=settings.interval, fetcher=fetcher)
 
 

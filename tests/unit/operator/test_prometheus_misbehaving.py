@@ -24,7 +24,7 @@ import pytest
 from fleetwarden import errors
 from fleetwarden.adapters import prometheus
 from fleetwarden.core import decision, spec
-from fleetwarden.handlers import runtime
+from fleetwarden.handlers import metrics, runtime
 
 DATA = json.loads((Path(__file__).parent / "data" / "prometheus_bad_answers.json").read_text())
 NOW = 1_800_000_000.0
@@ -101,6 +101,39 @@ def test_a_client_error_names_the_query() -> None:
 
     with pytest.raises(prometheus.BadAnswerError, match=r"^Prometheus query inference_cost: no answer within 0.5 s"):
         fetch(Hung())
+
+
+def test_each_query_of_a_fetch_is_timed_by_name_a_failed_one_too() -> None:
+    """The fetcher tells ``on_query`` each query's name and the seconds its answer took, once per
+    query (the operator's per-query histogram), the one that failed included."""
+    timed: list[tuple[str, float]] = []
+    snap = prometheus.Fetcher(Answers(), lookback_minutes=30,
+                              on_query=lambda what, seconds: timed.append((what, seconds))).fetch(NOW)
+    names = [what for what, _ in timed]
+    assert len(names) == snap.queries and len(set(names)) == len(names)
+    assert {"inference_cost", "open tasks", "spend hour", "spend month calendar", "freshness"} <= set(names)
+    assert all(seconds >= 0 for _, seconds in timed)
+
+    class Failing(Answers):
+        def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
+            raise prometheus.BadAnswerError("HTTP 503")
+
+    timed.clear()
+    with pytest.raises(prometheus.BadAnswerError, match="spend hour"):
+        prometheus.Fetcher(Failing(), lookback_minutes=30,
+                           on_query=lambda what, seconds: timed.append((what, seconds))).fetch(NOW)
+    assert [what for what, _ in timed][-1] == "spend hour"
+
+
+def test_the_operator_histograms_each_query_by_name() -> None:
+    """``fleetwarden_operator_prometheus_query_seconds{query}``: one observation per answer, by query."""
+    def count(query: str) -> float:
+        return metrics.REGISTRY.get_sample_value("fleetwarden_operator_prometheus_query_seconds_count",
+                                                 {"query": query}) or 0.0
+    before = count("freshness"), count("tokens")
+    runtime.query_timed("freshness", 0.2)
+    runtime.query_timed("freshness", 3.0)
+    assert (count("freshness"), count("tokens")) == (before[0] + 2, before[1])
 
 
 UNLABELLED = [{"metric": {}, "values": [[NOW - 60, "7"]]},  # neither label

@@ -19,7 +19,8 @@ After the first full pass and one more interval (the warm-up), it watches the op
 - Prometheus queries per cycle (``fleetwarden_operator_prometheus_queries_total``);
 - PATCHes per cycle of ``agentbudgets/status`` and of ``agentbudgets`` (kopf's finalizers), from
   the API server's own ``apiserver_request_total``;
-- the time of a fleet-wide Prometheus fetch (``fleetwarden_operator_prometheus_fetch_seconds``);
+- the time of a fleet-wide Prometheus fetch (``fleetwarden_operator_prometheus_fetch_seconds``),
+  and its slowest queries (``..._prometheus_query_seconds{query}``, the mean answer of each);
 - the operator process's RSS (VmRSS, max over the window) and peak (VmHWM);
 - the CPU each process of the run used in the window (from /proc: the operator, Prometheus, the
   control plane's, the benchmark itself), in cores, beside the whole machine's, and the
@@ -212,6 +213,16 @@ def samples(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def by_query(text: str) -> dict[str, tuple[float, float]]:
+    """query -> (count, seconds) of ``fleetwarden_operator_prometheus_query_seconds`` in an exposition."""
+    out: dict[str, tuple[float, float]] = {}
+    for m in re.finditer(r'^fleetwarden_operator_prometheus_query_seconds_(count|sum)\{query="([^"]*)"\} (\S+)$',
+                         text, re.M):
+        count, total = out.get(m.group(2), (0.0, 0.0))
+        out[m.group(2)] = (float(m.group(3)), total) if m.group(1) == "count" else (count, float(m.group(3)))
+    return out
+
+
 def allocator_of(text: str) -> str | None:
     """The malloc the operator calls, from ``fleetwarden_operator_malloc_info`` (None: not on the page)."""
     found = re.search(r'^fleetwarden_operator_malloc_info\{allocator="([^"]*)"\}', text, re.M)
@@ -310,6 +321,7 @@ class Watch:
             "fetches": samples(text, "fleetwarden_operator_prometheus_fetches_total"),
             "fetch_seconds": samples(text, "fleetwarden_operator_prometheus_fetch_seconds_sum"),
             "fetches_timed": samples(text, "fleetwarden_operator_prometheus_fetch_seconds_count"),
+            "by_query": by_query(text),
             "cycles": samples(text, "fleetwarden_operator_cycle_seconds_count"),
             "cycle_seconds": samples(text, "fleetwarden_operator_cycle_seconds_sum"),
             "oldest": samples(text, "fleetwarden_operator_oldest_evaluation_seconds"),
@@ -470,6 +482,9 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
     by_data = {data: (after["by_data"][data][0] - count, after["by_data"][data][1] - total)
                for data, (count, total) in before.pop("by_data").items()}
     after.pop("by_data")
+    queries_before = before.pop("by_query")
+    by_query_seconds = {q: (count - queries_before.get(q, (0.0, 0.0))[0], total - queries_before.get(q, (0.0, 0.0))[1])
+                        for q, (count, total) in after.pop("by_query").items()}
     held = after.pop("malloc")  # a gauge: what malloc holds at the window's end
     before.pop("allocator")
     allocator = after.pop("allocator") or "unknown (not on the operator's page)"
@@ -500,6 +515,10 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
           f"in {d['at']:.0f}s)")
     print("Prometheus fetch time: " + (f"{d['fetch_seconds'] / d['fetches_timed']:.1f}s mean, {d['fetch_seconds']:.1f}s "
                                        f"in all ({d['fetches_timed']:.0f} fetches)" if d["fetches_timed"] else "no fetch"))
+    slowest = sorted(((total / count, q) for q, (count, total) in by_query_seconds.items() if count), reverse=True)
+    if slowest:
+        print("slowest queries (mean answer): " + ", ".join(f"{q} {mean:.2f}s" for mean, q in slowest[:6]) +
+              f"; all {len(slowest)}: {sum(mean for mean, _ in slowest):.1f}s")
     print(f"PATCHes per cycle: agentbudgets/status {per(d['status_patches'])}, agentbudgets {per(d['patches'])}")
     print(f"operator RSS: {rss_max:.0f} MiB max in the window, {hwm:.0f} MiB peak (VmHWM)")
     mib = 1024 * 1024

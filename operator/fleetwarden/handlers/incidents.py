@@ -211,8 +211,10 @@ def notify_alertmanager(budget_body: dict[str, Any], found: list[findings.Findin
                         api: Any) -> None:
     """``hooks.on_findings`` entry: queue one alert per incident when Alertmanager is configured."""
     del actions, api
+    if not found:
+        return  # (before the notifier, which reads the environment: most evaluations find nothing)
     notifier = alertmanager.notifier()
-    if notifier is None or not found:
+    if notifier is None:
         return
     budget = (budget_body.get("metadata") or {}).get("name")
     notifier.submit(alertmanager.build_alerts(((f, findings.incident_id(f)) for f in found), budget=budget))
@@ -220,8 +222,10 @@ def notify_alertmanager(budget_body: dict[str, Any], found: list[findings.Findin
 
 def alert_failures(budget_body: dict[str, Any], failures: list[Any]) -> None:
     """``hooks.on_failures`` entry: page on-call for each action that did not take effect."""
+    if not failures:
+        return
     notifier = alertmanager.notifier()
-    if notifier is None or not failures:
+    if notifier is None:
         return
     meta = budget_body.get("metadata") or {}
     notifier.submit([alertmanager.build_failure_alert(f, namespace=str(meta.get("namespace") or "default"),

@@ -175,8 +175,21 @@ def _coarse(value: Any) -> Any:
     return value
 
 
+class _Kept:
+    """A namespace's list of Deployments as the index keeps it (see :class:`LabelIndex`)."""
+
+    __slots__ = ("by_label", "deployments", "ids", "states")
+
+    def __init__(self, ids: tuple[int, ...], deployments: list[Mapping[str, Any]],
+                 by_label: dict[tuple[str, str], list[Any]]) -> None:
+        self.ids, self.deployments, self.by_label = ids, deployments, by_label
+        # (a Deployment's id, where the model is read) -> its AgentDeployment (kube.agent_state)
+        self.states: dict[tuple[int, str | None, str | None, str | None], decision.AgentDeployment] = {}
+
+
 class LabelIndex:
-    """The Deployments of a list by each of their labels, kept for the list while it is the same.
+    """The Deployments of a list by each of their labels, and the agent each one is, kept for
+    the list while it is the same.
 
     Each budget's evaluation picks its agents from its namespace's Deployments; matching its
     selector against each of them costs every budget the whole namespace (at 10,000 budgets in
@@ -185,33 +198,57 @@ class LabelIndex:
     selector's ``matchLabels`` pairs, in the list's order; the full match is then run on those
     alone, so the agents chosen are the same. A list is "the same" when it holds the same
     objects in the same order (kopf's index gives a new object for every changed Deployment; the
-    index keeps the list, so no object of it is freed and its identity reused meanwhile)."""
+    index keeps the list, so no object of it is freed and its identity reused meanwhile).
+
+    The fleet loop hands the budgets of a namespace one list a cycle (``fleet.copy_indexes``):
+    that very list is known at once, without reading its objects' identities again (a list is
+    not changed once handed over: each cycle and each of kopf's reads makes a new one). And the
+    :class:`decision.AgentDeployment` read from a Deployment (its model, version, replicas) is
+    kept with the list, not read again by every budget at every evaluation (:meth:`agent`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kept: dict[str, tuple[tuple[int, ...], list[Mapping[str, Any]], dict[tuple[str, str], list[Any]]]] = {}
+        self._kept: dict[str, _Kept] = {}
         self.built = 0  # indexes made (a list seen for the first time, or changed)
 
-    def candidates(self, namespace: str, deployments: list[Mapping[str, Any]], selector: spec.LabelSelector
-                   ) -> Sequence[Mapping[str, Any]]:
-        """The Deployments of ``deployments`` that can match ``selector`` (all, without matchLabels)."""
-        if not selector.match_labels:
-            return deployments
-        ids = tuple(map(id, deployments))
+    def of(self, namespace: str, deployments: list[Mapping[str, Any]]) -> _Kept:
+        """The namespace's list as kept (built again when it is another)."""
         with self._lock:
             kept = self._kept.get(namespace)
-        if kept is None or kept[0] != ids:
-            by_label: dict[tuple[str, str], list[Any]] = {}
-            for d in deployments:
-                labels = (d.get("metadata") or {}).get("labels") or {}
-                for pair in labels.items():
-                    if type(pair[1]) is str:
-                        by_label.setdefault(pair, []).append(d)
-            kept = (ids, deployments, by_label)
-            with self._lock:
-                self._kept[namespace] = kept
-                self.built += 1
-        return kept[2].get(next(iter(selector.match_labels.items())), ())
+        if kept is not None and kept.deployments is deployments and len(deployments) == len(kept.ids):
+            return kept  # the list of the cycle, seen by another budget of the namespace
+        ids = tuple(map(id, deployments))
+        if kept is not None and kept.ids == ids:
+            kept.deployments = deployments  # the same objects in a new list (the same ones kept alive)
+            return kept
+        by_label: dict[tuple[str, str], list[Any]] = {}
+        for d in deployments:
+            labels = (d.get("metadata") or {}).get("labels") or {}
+            for pair in labels.items():
+                if type(pair[1]) is str:
+                    by_label.setdefault(pair, []).append(d)
+        kept = _Kept(ids, deployments, by_label)
+        with self._lock:
+            self._kept[namespace] = kept
+            self.built += 1
+        return kept
+
+    @staticmethod
+    def candidates(kept: _Kept, selector: spec.LabelSelector) -> Sequence[Mapping[str, Any]]:
+        """The Deployments of the kept list that can match ``selector`` (all, without matchLabels)."""
+        if not selector.match_labels:
+            return kept.deployments
+        return kept.by_label.get(next(iter(selector.match_labels.items())), ())
+
+    @staticmethod
+    def agent(kept: _Kept, deployment: Mapping[str, Any], source: spec.ModelSource) -> decision.AgentDeployment:
+        """``kube.agent_state(deployment, source)`` for a Deployment of the kept list, read once
+        while the list is kept (its objects alive, so their identities are theirs alone)."""
+        key = (id(deployment), source.env_var, source.annotation, source.container)
+        state = kept.states.get(key)
+        if state is None:
+            state = kept.states[key] = kube.agent_state(deployment, source)
+        return state
 
     def forget(self, namespace: str) -> None:
         """Drop the namespace's index (a budget of it deleted: a namespace may be going)."""
@@ -226,13 +263,19 @@ def select_agents(budget: spec.AgentBudget, deployments: Iterable[Mapping[str, A
     (through ``index`` when given: the same agents)."""
     ns = budget.metadata.namespace
     chosen: dict[str, Mapping[str, Any]] = {}
+    kept = None
     if index is not None:
-        deployments = index.candidates(ns, list(deployments), budget.spec.selector)
+        kept = index.of(ns, deployments if type(deployments) is list else list(deployments))
+        deployments = index.candidates(kept, budget.spec.selector)
     for d in deployments:
         meta = d.get("metadata") or {}
         if meta.get("namespace", ns) == ns and budget.spec.selector.matches(dict(meta.get("labels") or {})):
             chosen[meta["name"]] = d
-    agents = [kube.agent_state(d, budget.spec.model) for d in chosen.values()]
+    source = budget.spec.model
+    if kept is not None:
+        agents = [LabelIndex.agent(kept, d, source) for d in chosen.values()]
+    else:
+        agents = [kube.agent_state(d, source) for d in chosen.values()]
     return agents, chosen
 
 

@@ -179,3 +179,53 @@ def test_select_agents_through_the_label_index_chooses_the_same_agents() -> None
         assert runtime.select_agents(budget, changed, index) == runtime.select_agents(budget, changed)
     assert index.built == 2
     assert [a.name for a in runtime.select_agents(budgets[0], changed, index)[0]].count("d3") == 1
+
+
+def test_the_index_reads_each_agent_once_while_its_namespace_list_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent a Deployment is (replicas, model, version) is read once per Deployment and place of
+    the model while the namespace's list holds the same objects, whichever budgets and lists
+    (a new list of the same objects each cycle) ask; a Deployment changed (a new object, as the
+    indexes give) is read again and its new replicas and model seen; another place of the model
+    is read on its own."""
+    reads: list[str] = []
+    real = kube.agent_state
+
+    def counted(d: Any, source: spec.ModelSource) -> Any:
+        reads.append(d["metadata"]["name"])
+        return real(d, source)
+    monkeypatch.setattr(kube, "agent_state", counted)
+
+    def named(name: str, replicas: int, model: str) -> dict[str, Any]:
+        d = deployment(env=[{"name": "MODEL", "value": model}], annotations={"model": f"a-{model}"}, replicas=replicas)
+        d["metadata"] = {**d["metadata"], "name": name, "labels": {"app": "support", "agent": name}}
+        return d
+
+    def budget(name: str, selector: dict[str, Any], model: dict[str, Any] | None = None) -> spec.AgentBudget:
+        doc: dict[str, Any] = {"selector": selector}
+        if model is not None:
+            doc["model"] = model
+        return spec.AgentBudget.model_validate({"metadata": {"name": name, "namespace": "shop"}, "spec": doc})
+
+    index = runtime.LabelIndex()
+    fleet = [named(f"a{i}", 2, "gpt-4o") for i in range(4)]
+    budgets = [budget("all", {"matchLabels": {"app": "support"}}), budget("one", {"matchLabels": {"agent": "a1"}}),
+               budget("expr", {"matchExpressions": [{"key": "agent", "operator": "In", "values": ["a2", "a3"]}]})]
+    for _ in range(3):  # three cycles, each a new list of the same objects
+        listed = list(fleet)
+        for b in budgets:
+            agents, _ = runtime.select_agents(b, listed, index)
+            counted_so_far = len(reads)
+            assert agents == runtime.select_agents(b, listed)[0]  # (read without the index: not counted)
+            del reads[counted_so_far:]
+    assert sorted(reads) == ["a0", "a1", "a2", "a3"] and index.built == 1
+    reads.clear()
+    fleet[1] = named("a1", 0, "gpt-4o-mini")  # scaled to zero, its model rolled back: a new object
+    agents, _ = runtime.select_agents(budgets[1], list(fleet), index)
+    assert [(a.name, a.replicas, a.model) for a in agents] == [("a1", 0, "gpt-4o-mini")]
+    all_agents, _ = runtime.select_agents(budgets[0], list(fleet), index)
+    assert [(a.name, a.replicas, a.model) for a in all_agents][:2] == [("a0", 2, "gpt-4o"), ("a1", 0, "gpt-4o-mini")]
+    assert sorted(reads) == ["a0", "a1", "a2", "a3"] and index.built == 2  # read again once, with the new list
+    reads.clear()
+    by_annotation = budget("ann", {"matchLabels": {"agent": "a1"}}, {"envVar": None, "annotation": "model"})
+    agents, _ = runtime.select_agents(by_annotation, list(fleet), index)
+    assert [a.model for a in agents] == ["a-gpt-4o-mini"] and reads == ["a1"]

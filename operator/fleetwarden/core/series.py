@@ -364,8 +364,22 @@ class MinuteRun(Sequence[AgentMinute]):
         return int(_WIDE_HEAD.unpack_from(self._blob, self._offsets[j])[1]) if layout & _WIDE_MINUTE else int(minute)
 
     def first_at(self, start: int, lo: int = 0) -> int:
-        """The position of the first minute that starts at or after ``start`` (the run is in order)."""
-        return bisect.bisect_left(range(len(self)), start, lo, key=self.minute_at)
+        """The position of the first minute that starts at or after ``start`` (the run is in order).
+
+        An agent's run mostly has every minute: the position is then guessed from the minutes
+        between ``start`` and the run's minute at ``lo``, and taken once the minutes on both sides
+        of it say so (three reads, not the seven of a bisection of 100 minutes); a run with gaps
+        falls back to the bisection."""
+        n = len(self)
+        if lo >= n:
+            return lo
+        first = self.minute_at(lo)
+        if start <= first:
+            return lo
+        guess = lo + -(-(start - first) // MINUTE)  # the position were no minute missing from lo on
+        if guess <= n and self.minute_at(guess - 1) < start and (guess == n or self.minute_at(guess) >= start):
+            return guess
+        return bisect.bisect_left(range(n), start, lo, key=self.minute_at)
 
     def _bytes(self, n: int) -> bytes:
         """The rows of the first ``n`` minutes, one after the other."""

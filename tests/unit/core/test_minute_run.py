@@ -239,3 +239,23 @@ def test_a_run_with_many_rows_dropped_before_it_copies_its_own_into_a_new_buffer
     assert len(added._blob) == len(_run(ms[64:102])._blob)
     near = run[10:] + _run(ms[100:102])  # 10 rows before it: in place
     assert near._blob is run._blob and near == ms[10:102]
+
+
+def test_first_at_is_the_bisection_with_or_without_gaps_and_starts_off_the_minute() -> None:
+    """Whatever the gaps and wherever ``start`` and ``lo`` fall (before, inside, after the run, off
+    the minute), ``first_at`` is the position a bisection of the minutes gives."""
+    import bisect
+    import random
+
+    rng = random.Random(11)
+    for trial in range(200):
+        minutes, m = [], 60 * rng.randrange(1000)
+        for _ in range(rng.randrange(0, 40)):
+            m += 60 * (1 if trial % 3 == 0 or rng.random() < 0.8 else rng.randrange(2, 6))
+            minutes.append(m)
+        run = series.MinuteRun.of("bot", "shop", [series.AgentMinute("bot", "shop", t, llm_calls=1) for t in minutes])
+        lo_first = minutes[0] if minutes else 0
+        for start in [lo_first - 61, lo_first, *(rng.randrange(lo_first - 120, lo_first + 60 * 50) for _ in range(20))]:
+            for lo in (0, rng.randrange(0, len(minutes) + 2)):
+                want = bisect.bisect_left(minutes, start, lo) if lo <= len(minutes) else lo
+                assert run.first_at(start, lo) == want, (minutes, start, lo)

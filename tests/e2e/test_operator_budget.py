@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import prometheus_client as pc
 import pytest
-from fixtures_fleetwarden import crds_installed, start_operator  # noqa: F401 - fixture
+from fixtures_fleetwarden import CRDS, agent_identity, crds_installed, start_operator  # noqa: F401 - fixture
 
 from fleetwarden.devcluster import monitoring, procs
 
@@ -277,3 +279,53 @@ def test_a_dead_prometheus_url_is_unknown_not_zero(cluster: Any, namespace: str,
     op.wait_evaluations(cluster, 2)
     assert replicas(cluster, namespace, "bot") == 2
     assert os.path.exists(op.log_path)
+
+
+APPROVALS_CRD = "costapprovals.fleetwarden.dev"
+
+
+def test_the_fleet_loop_goes_on_when_a_crd_of_ours_is_not_installed(cluster: Any, namespace: str, fleet: dict[str, Any],
+                                                                    prometheus: Any, exporter: Exporter, workdir: Path,
+                                                                    request: pytest.FixtureRequest) -> None:
+    """The CostApproval CRD not installed (a Helm upgrade never installs a chart's new CRDs): the
+    fleet loop, whose own indexes wait for every kind's listing, is told the kind is not served,
+    takes it as none, evaluates and says why in its log; once the CRD is installed, kopf watches
+    the kind and a CostApproval reaches the budget's status; the kill switch still acts."""
+    def install() -> None:
+        cluster.kubectl("apply", "-f", str(CRDS / "costapprovals.yaml"))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{APPROVALS_CRD}", timeout=90)
+
+    # a CostApproval left with a finalizer by an operator stopped earlier would hold the CRD's deletion
+    for item in cluster.get_json("costapprovals", "--all-namespaces")["items"]:
+        meta = item["metadata"]
+        cluster.kubectl("patch", "costapproval", meta["name"], "-n", meta["namespace"], "--type=merge",
+                        "-p", '{"metadata":{"finalizers":null}}', check=False)
+    cluster.kubectl("delete", "crd", APPROVALS_CRD, "--wait=true", "--timeout=60s", timeout=90)
+    request.addfinalizer(install)  # whatever happens, the session's other tests find it
+    cluster.apply(budget(namespace, hour_cap=1.0))
+    op = start_operator(cluster, prometheus.url, namespace, workdir, request, extra=("--evaluation", "fleet"))
+    cluster.wait_for(lambda: condition(status(cluster, namespace), "Ready").get("status") == "True", 60,
+                     "budget Ready without the CostApproval CRD")
+    log = op.tail(100_000)
+    assert "costapprovals.fleetwarden.dev/v1alpha1 is not served by the API server" in log, log[-5000:]
+    assert "the indexes are complete" in log, log[-5000:]
+
+    install()
+    agent = agent_identity(cluster, namespace, "bot", workdir)  # the agent asks, as its ServiceAccount
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 900))
+    created = subprocess.run([cluster.kubectl_path, f"--kubeconfig={agent.kubeconfig}", "create", "-f", "-"],
+                             input=json.dumps({
+                                 "apiVersion": "fleetwarden.dev/v1alpha1", "kind": "CostApproval",
+                                 "metadata": {"name": "bot-refund", "namespace": namespace},
+                                 "spec": {"agent": "bot", "requester": agent.username, "amountUSD": 120.0,
+                                          "reason": "refund above 100 USD", "expiresAt": expires}}),
+                             capture_output=True, text=True, timeout=30, check=False, env=cluster.env)
+    assert created.returncode == 0, created.stderr
+    st = cluster.wait_for(lambda: (s := status(cluster, namespace)) and
+                          condition(s, "ApprovalPending").get("status") == "True" and s, 90,
+                          "ApprovalPending=True once the CRD is back")
+    assert "bot-refund" in condition(st, "ApprovalPending")["message"]
+
+    exporter.set("llm_cost", 2.0, **llm_labels("bot", namespace))  # 200% of the 1 USD hourly cap
+    cluster.wait_for(lambda: replicas(cluster, namespace, "bot") == 0, 60, "the kill switch scaling bot to 0")
+    assert op.proc.poll() is None

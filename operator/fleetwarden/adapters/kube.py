@@ -201,6 +201,17 @@ class Kube:
         except OSError as exc:
             raise wrap_api_error(what, exc) from exc
 
+    def served(self, group: str, version: str) -> set[str]:
+        """The resources (plurals) the API server serves in ``group``/``version``: none when it
+        serves no such group version (404). Other failures raise KubeError."""
+        try:
+            data = self._json(f"discover {group}/{version}", self.custom.get_api_resources, group, version)
+        except KubeError as exc:
+            if exc.status == 404:
+                return set()
+            raise
+        return {str(r.get("name")) for r in data.get("resources") or () if "/" not in str(r.get("name"))}
+
     # ---------------------------------------------------------------- listing
 
     def list_deployments(self, namespace: str | None, selector: spec.LabelSelector | None = None

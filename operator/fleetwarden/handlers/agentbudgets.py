@@ -299,6 +299,26 @@ if SETTINGS.evaluation == "fleet":
                                 waiting=LISTINGS.waiting_for if OWN_INDEXES else None, data_end=rt.data_end,
                                 after_cycle=heap.trim)
         _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(*_indexes(kwargs)))
+        if OWN_INDEXES:
+            await _unserved_kinds()
+
+    async def _unserved_kinds() -> None:
+        """Tell the indexes which of our kinds the API server does not serve (a CRD not installed,
+        as after a Helm upgrade, which never installs a chart's new CRDs): none of them exists,
+        so none is waited for (kopf's indexes in ``timers`` mode do the same)."""
+        try:
+            served = await asyncio.get_running_loop().run_in_executor(
+                None, get_runtime().api.served, spec.GROUP, spec.VERSION)
+        except Exception as exc:  # noqa: BLE001 - logged; the indexes then wait for every kind
+            log.warning("could not ask the API server which kinds it serves (%s): the fleet loop waits for "
+                        "every kind's listing", exc)
+            return
+        for group, plural in KINDS.values():
+            if group == spec.GROUP and plural not in served:
+                log.warning("%s.%s/%s is not served by the API server (its CustomResourceDefinition is not "
+                            "installed: kubectl apply -f crds/): the fleet loop takes it as none, and kopf "
+                            "watches it once it is installed", plural, group, spec.VERSION)
+                LISTINGS.unserved((group, plural))
 
     @kopf.on.cleanup()
     async def stop_fleet(**_: Any) -> None:

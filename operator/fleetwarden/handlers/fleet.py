@@ -233,7 +233,12 @@ class FleetLoop:
                 await asyncio.sleep(0.2)
                 waited += 1
                 if self.waiting is not None and waited % 150 == 0:
-                    log.info("the fleet loop waits for the indexes: %s", self.waiting())
+                    # after two minutes, a warning with what can hold a listing up for good
+                    level = logging.INFO if waited < 600 else logging.WARNING
+                    log.log(level, "the fleet loop waits for the indexes: %s%s", self.waiting(),
+                            "" if level == logging.INFO else
+                            " (a kind not watched or a listing never over: may the operator's ServiceAccount "
+                            "list and watch it? kubectl auth can-i list KIND --as=system:serviceaccount:NS:SA)")
             if self.on_ready is not None:
                 try:
                     await loop.run_in_executor(self.driver, self.on_ready)

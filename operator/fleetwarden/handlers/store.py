@@ -128,6 +128,15 @@ class Listings:
         self.ready = ready if ready is not None else threading.Event()
         self._watches: dict[int, tuple[Kind, bool]] = {}  # a watch -> its kind, listed yet
         self._pending: set[str] = set()  # uids listed and not handled yet
+        self._unserved: set[Kind] = set()  # kinds the API server does not serve: none to list
+
+    def unserved(self, kind: Kind) -> None:
+        """The API server does not serve ``kind`` (its CRD is not installed): there is none of it,
+        and no listing of it to wait for. kopf watches a kind only once it is served, so without
+        this the indexes would wait for it forever; if its CRD is installed later, kopf watches it
+        and its objects come as events."""
+        self._unserved.add(kind)
+        self._check()
 
     def started(self, watch: int, kind: Kind) -> None:
         if kind in self.kinds:
@@ -166,15 +175,17 @@ class Listings:
         """What readiness still waits for (for the log)."""
         kinds = {k for k, _ in self._watches.values()}
         unlisted = sorted("/".join(k) for k, done in self._watches.values() if not done)
-        missing = sorted("/".join(k) for k in self.kinds - kinds)
+        missing = sorted("/".join(k) for k in self.kinds - kinds - self._unserved)
+        unserved = sorted("/".join(k) for k in self._unserved)
         return (f"kinds not watched yet: {missing or 'none'}; listings not over: {unlisted or 'none'}; "
-                f"objects listed and not handled: {len(self._pending)}")
+                f"objects listed and not handled: {len(self._pending)}"
+                + (f"; not served, taken as none: {unserved}" if unserved else ""))
 
     def _check(self) -> None:
         if self.ready.is_set() or self._pending:
             return
         kinds = {k for k, _ in self._watches.values()}
-        if kinds >= self.kinds and all(done for _, done in self._watches.values()):
+        if kinds | self._unserved >= self.kinds and all(done for _, done in self._watches.values()):
             self.ready.set()
             log.info("every watched object listed and handled: the indexes are complete")
 

@@ -104,6 +104,28 @@ def test_a_kind_whose_only_watch_stopped_is_waited_for_again() -> None:
     assert "apps/deployments" in listings.waiting_for()
 
 
+def test_a_kind_the_api_server_does_not_serve_is_none_and_not_waited_for() -> None:
+    """A kind whose CRD is not installed is never watched by kopf: once said unserved, the indexes
+    wait only for the others (and say so), and a watch of it that starts later (its CRD installed
+    meanwhile) is waited for like any other before they are complete."""
+    listings = store.Listings(KINDS)
+    listings.unserved(KINDS[1])
+    assert not listings.ready.is_set()  # the budgets are still to be listed
+    listings.started(1, KINDS[0])
+    listings.listed(1, None)
+    assert listings.ready.is_set()
+    later = store.Listings(KINDS)
+    later.unserved(KINDS[1])
+    assert "not served, taken as none: ['apps/deployments']" in later.waiting_for()
+    assert "kinds not watched yet: ['fleetwarden.dev/agentbudgets']" in later.waiting_for()
+    later.started(1, KINDS[0])
+    later.started(2, KINDS[1])  # installed meanwhile: kopf watches it
+    later.listed(1, None)
+    assert not later.ready.is_set()
+    later.listed(2, None)
+    assert later.ready.is_set()
+
+
 def test_an_object_deleted_before_it_was_handled_counts_once_its_deletion_is() -> None:
     listings = store.Listings(KINDS[:1])
     listings.started(1, KINDS[0])

@@ -205,7 +205,8 @@ def test_operator_from_the_chart_acts_as_its_service_account(cluster: Any, insta
     _, metrics = _get(f"http://127.0.0.1:{port['metrics']}/metrics")
     assert 'fleetwarden_operator_prometheus_fetches_total{result="ok"}' in metrics
     assert re.search(r"^fleetwarden_operator_prometheus_fetch_seconds_count [1-9]", metrics, re.M), metrics[-3000:]
-    for query in ("inference_cost", "spend month calendar", "freshness"):  # each query of the fetch, by name
+    # each query of the fetch, by name; the rolling day is always read in pieces (the spend ledger)
+    for query in ("inference_cost", "spend latest", "spend day hours", "freshness"):
         assert re.search(rf'^fleetwarden_operator_prometheus_query_seconds_count{{query="{query}"}} [1-9]',
                          metrics, re.M), metrics[-3000:]
     assert chart_operator["proc"].poll() is None

@@ -196,12 +196,88 @@ def window_increase(metric: str, window: str) -> str:
     return f"({exact} or {born} or increase({metric}[{window}]))"
 
 
-def spend_query(seconds: int, scope: str = "") -> str:
-    """Spend per agent over the last ``seconds``: the SPEND_METRICS' growth, summed."""
-    window = f"{max(seconds, 60)}s"
+def _spend_expr(window: str, scope: str) -> str:
     parts = [f'label_replace({window_increase(scoped(m, scope), window)}, "fw_metric", "{m}", "", "")'
              for m in SPEND_METRICS]
     return f"sum by (namespace, agent) ({' or '.join(parts)})"
+
+
+def spend_query(seconds: int, scope: str = "") -> str:
+    """Spend per agent over the last ``seconds``: the SPEND_METRICS' growth, summed."""
+    return _spend_expr(f"{max(seconds, 60)}s", scope)
+
+
+def spend_piece_query(ms: int, scope: str = "") -> str:
+    """Spend per agent over exactly the last ``ms`` milliseconds (a piece of a window: no floor
+    of a minute, which would make the pieces of one window overlap)."""
+    return _spend_expr(f"{ms}ms", scope)
+
+
+HOUR_MS = 3_600_000
+
+
+@dataclasses.dataclass(frozen=True)
+class SpendPiece:
+    """One instant spend query of a window read in pieces (:func:`spend_pieces`): the growth over
+    the ``ms`` milliseconds that end at ``end_ms``. ``whole``: the window in one query, as a fetcher
+    without the ledger reads it (``spend_query`` of ``seconds`` at ``now``)."""
+
+    name: str  # the query's name, in errors and in the per-query histogram
+    end_ms: int
+    ms: int
+    kept: bool = False  # whole past hours: the answer is kept until the window's hours change
+    sign: float = 1.0  # -1: a bit before the window's start that its other pieces hold, taken off
+    whole: bool = False
+    seconds: int = 0  # of a whole window
+
+    def query(self, scope: str) -> str:
+        return spend_query(self.seconds, scope) if self.whole else spend_piece_query(self.ms, scope)
+
+    @property
+    def at(self) -> str:
+        """The evaluation time, exactly (whole milliseconds, written as decimals)."""
+        return f"{self.end_ms // 1000}.{self.end_ms % 1000:03d}"
+
+
+def spend_pieces(window: spec.Window, calendar: bool, now: float, settle: float) -> tuple[SpendPiece, ...]:
+    """How the spend ledger reads one window ending at ``now``: a window that holds no whole hour
+    ending ``settle`` seconds ago or earlier in one piece; any other as pieces that meet end to
+    end, each read exactly (:func:`window_increase`: its end's value less its start's, so the
+    pieces add up to the window):
+
+    - ``start``: from the window's start to the next whole hour (none when it starts on one, as a
+      calendar day or month does). In the settle after an hour turned, the hours below still
+      start at the hour before a rolling window's start, and this piece is the bit from there to
+      the start, taken off (``sign`` -1);
+    - ``hours``: the whole hours from there to the last whole hour ``settle`` seconds ago. What
+      Prometheus holds of them no longer changes, so their answer is kept until the hours move,
+      once an hour;
+    - ``latest``: from there to ``now``, the same piece for every window (and the calendar hour's
+      once it is older than the settle), read once per fetch.
+
+    A month window is thus read at every fetch as two pieces of at most an hour and a settle, and
+    its 30 days once an hour."""
+    now_ms = round(now * 1000)
+    begin = windows.window_start(window, now, calendar=calendar)
+    start_ms = round(begin * 1000)
+    settle_ms = round(settle * 1000)
+    settled = (now_ms - settle_ms) // HOUR_MS * HOUR_MS
+    # the hours' start moves when their end does (a settle after the hour turned), so that they are
+    # read once an hour: until then a rolling window's start may lie up to a settle after it, and
+    # that bit is taken off
+    first_hour = (start_ms - settle_ms) // HOUR_MS * HOUR_MS + HOUR_MS
+    name = f"spend {window.value}{' calendar' if calendar else ''}"
+    if first_hour >= settled:
+        # a calendar hour older than the settle is the piece the others share: one name, one query
+        return (SpendPiece("spend latest" if start_ms == settled else name, now_ms, now_ms - start_ms),)
+    pieces = []
+    if first_hour > start_ms:
+        pieces.append(SpendPiece(f"{name} start", first_hour, first_hour - start_ms))
+    elif first_hour < start_ms:
+        pieces.append(SpendPiece(f"{name} start", start_ms, start_ms - first_hour, sign=-1.0))
+    pieces.append(SpendPiece(f"{name} hours", settled, settled - first_hour, kept=True))
+    pieces.append(SpendPiece("spend latest", now_ms, now_ms - settled))
+    return tuple(pieces)
 
 
 class QueryClient(Protocol):
@@ -853,7 +929,7 @@ class Fetcher:
                  clock: Callable[[], float] = time.time, prices: pricing.PriceTable | None = None,
                  namespaces: Sequence[str] = (), incremental: bool = False,
                  slice_minutes: int | None = None, anchor_minutes: int = 0,
-                 on_query: Callable[[str, float], None] | None = None) -> None:
+                 on_query: Callable[[str, float], None] | None = None, spend_ledger: bool = False) -> None:
         self.client = client
         # told each query's name and the seconds its answer took (asked, received, decoded; failed
         # ones too), for the operator's per-query histogram
@@ -875,6 +951,10 @@ class Fetcher:
         # that the raw answers and the half-built buckets of one slice at most are held at once.
         self.slice_minutes = slice_minutes
         self._kept: _KeptRanges | None = None
+        # The spend ledger (a long-lived fetcher's: the operator's): each window longer than an hour
+        # is read in pieces (spend_pieces), its whole past hours kept between fetches.
+        self.spend_ledger = spend_ledger
+        self._spend_kept: dict[tuple[int, int], dict[Key, float]] = {}
 
     def _run(self, what: str, expected: str, fn: Callable[[], list[dict[str, Any]]], unlabelled: dict[str, int]
              ) -> list[dict[str, Any]]:
@@ -912,18 +992,8 @@ class Fetcher:
         if since > start:
             assert self._kept is not None
             kept = self._kept.joined(kept, start, since)
-        spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
-        for window in spec.Window:
-            for calendar in (False, True):
-                seconds = int(round(now - windows.window_start(window, now, calendar=calendar)))
-                query = spend_query(seconds, self.scope)
-                items = self._run(f"spend {window.value}{' calendar' if calendar else ''}", "vector",
-                                  lambda q=query: self.client.custom_query(q, params={"time": now}),  # type: ignore[misc]
-                                  unlabelled)
-                queries += 1
-                slot = (window, calendar)  # one tuple for every agent's entry
-                for key, value in _instant_by_agent(items, lambda a, b: a + b).items():
-                    spend[key][slot] = value
+        spend, sent = self._spend(now, unlabelled)
+        queries += sent
         fresh = self._run("freshness", "vector",
                           lambda: self.client.custom_query(freshness_query(self.scope), params={"time": now}), unlabelled)
         queries += 1
@@ -951,6 +1021,52 @@ class Fetcher:
             prices=self.prices,
             anchor_minutes=self.anchor_minutes,
         )
+
+    def _spend(self, now: float, unlabelled: dict[str, int]
+               ) -> tuple[dict[Key, dict[tuple[spec.Window, bool], float]], int]:
+        """Each agent's spend per window and calendar, and the number of queries sent. Without the
+        ledger each window is one query over all of it; with it, :func:`spend_pieces`."""
+        spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
+        answers: dict[tuple[int, int], dict[Key, float]] = {}  # this fetch's, by (end_ms, ms)
+        kept: dict[tuple[int, int], dict[Key, float]] = {}
+        sent = 0
+        for window in spec.Window:
+            for calendar in (False, True):
+                if self.spend_ledger:
+                    pieces = spend_pieces(window, calendar, now, self.settle_minutes * series.MINUTE)
+                else:
+                    seconds = int(round(now - windows.window_start(window, now, calendar=calendar)))
+                    pieces = (SpendPiece(f"spend {window.value}{' calendar' if calendar else ''}", 0, 0,
+                                         whole=True, seconds=seconds),)
+                slot = (window, calendar)  # one tuple for every agent's entry
+                for piece in pieces:
+                    at: float | str = now if piece.whole else piece.at
+                    ident = (piece.end_ms, piece.ms)
+                    got = None if piece.whole else answers.get(ident)
+                    if got is None and piece.kept:
+                        got = self._spend_kept.get(ident)
+                    if got is None:
+                        query = piece.query(self.scope)
+                        items = self._run(piece.name, "vector",
+                                          lambda q=query, t=at: self.client.custom_query(  # type: ignore[misc]
+                                              q, params={"time": t}), unlabelled)
+                        sent += 1
+                        got = _instant_by_agent(items, lambda a, b: a + b)
+                    if not piece.whole:
+                        answers[ident] = got
+                    if piece.kept:
+                        kept[ident] = got
+                    sign = piece.sign
+                    for key, value in got.items():
+                        mine = spend[key]
+                        mine[slot] = mine.get(slot, 0.0) + sign * value
+        if self.spend_ledger:
+            self._spend_kept = kept  # the hours this fetch's windows still hold; the rest is dropped
+            for slots in spend.values():  # a bit taken off may leave a rounding below 0
+                for slot, value in slots.items():
+                    if value < 0.0:
+                        slots[slot] = 0.0
+        return spend, sent
 
     def _ranges_since(self, start: int, end: int) -> int:
         """The first minute this fetch's range queries read: ``start`` unless the buckets kept from

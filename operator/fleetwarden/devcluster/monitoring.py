@@ -125,8 +125,10 @@ class Prometheus:
 
     def __init__(self, directory: Path | str, *, scrape_interval: float = DEFAULT_SCRAPE_INTERVAL,
                  rule_files: Sequence[str | Path] = (), alertmanager: str | None = None,
-                 port: int | None = None, binary: str | None = None, tie_to_parent: bool = False) -> None:
+                 port: int | None = None, binary: str | None = None, tie_to_parent: bool = False,
+                 retention: str = "1d") -> None:
         self.directory = Path(directory)
+        self.retention = retention  # --storage.tsdb.retention.time
         self.tie_to_parent = tie_to_parent
         self.scrape_interval = float(scrape_interval)
         self.rule_files = [str(p) for p in rule_files]
@@ -172,7 +174,7 @@ class Prometheus:
             f"--storage.tsdb.path={self.directory / 'tsdb'}",
             f"--web.listen-address={procs.LOOPBACK}:{self.port}",
             "--web.enable-lifecycle",
-            "--storage.tsdb.retention.time=1d",
+            f"--storage.tsdb.retention.time={self.retention}",
             # Resend firing alerts every evaluation (default 1m), so an alert evaluated before
             # Alertmanager was discovered reaches it within seconds.
             f"--rules.alert.resend-delay={duration(self.scrape_interval)}",

@@ -33,11 +33,13 @@ DAY = 86400
 
 def _ages(end: int) -> list[int]:
     """The ages (seconds before the last sample) of the samples, oldest first: every STEP where a
-    window of a fetch in the last three hours starts or ends (the last three days, 30 days back,
-    the calendar month's start), every 12 hours elsewhere (fewer blocks for promtool to write;
+    window or a piece of one of a fetch in the last three hours starts or ends (the last three
+    days, 30 days back, the calendar month's start, each midnight), every 12 hours elsewhere (fewer blocks for promtool to write;
     a counter's growth between two samples is the same however far apart they are)."""
     month_start = end - int(windows.calendar_start(spec.Window.month, end))
     dense = [(0, 3 * DAY), (30 * DAY - 2 * HOUR, 30 * DAY + 6 * HOUR), (month_start - 3 * HOUR, month_start + 2 * HOUR)]
+    # each midnight, where a day of the ledger starts and ends
+    dense += [(end % DAY + k * DAY - 10 * 60, end % DAY + k * DAY + 2 * HOUR) for k in range(DAYS + 1)]
     ages = set(range(0, DAYS * DAY + 1, 12 * HOUR))
     for lo, hi in dense:
         ages |= set(range(max(lo, 0) // STEP * STEP, min(hi, DAYS * DAY) + 1, STEP))

@@ -88,15 +88,15 @@ def test_the_pieces_add_up_to_each_whole_window() -> None:
                         now, agent, window, calendar)
 
 
-def test_a_month_is_read_as_short_pieces_and_its_hours_once_an_hour() -> None:
-    """Fetches every 15 s for two and a half hours: no query but the kept hours' reads more than an
-    hour and a settle; those are read at the first fetch and once after each hour turned (and the
-    settle passed); a fetch sends fewer queries than the six whole windows."""
+def test_a_month_is_read_as_short_pieces_its_hours_once_an_hour_and_each_day_once() -> None:
+    """Fetches every 15 s for two and a half hours across a day's turn: only the first fetch and
+    the first one a settle after each hour turned read more than an hour and a settle; none but a
+    whole day's reads more than 23 hours; each day is read once; most fetches send four queries,
+    where the six windows read whole took six."""
     model = Model(COUNTERS)
-    names: list[str] = []
-    fetcher = _fetcher(model, True, names)
+    fetcher = _fetcher(model, True)
     settle = fetcher.settle_minutes * 60
-    counts = []
+    counts, days = [], []
     now = T0
     while now < T0 + 2.5 * HOUR:
         before = len(model.spend_queries)
@@ -104,40 +104,48 @@ def test_a_month_is_read_as_short_pieces_and_its_hours_once_an_hour() -> None:
         mine = model.spend_queries[before:]
         counts.append(len(mine))
         long = [(at, s) for at, s in mine if s > HOUR + settle]
-        if now == T0:
-            assert len(long) >= 2, mine  # the first fetch reads the day's and the month's hours
-        for at, _ in long:
+        turned = settle <= now % HOUR < settle + 15
+        assert not long or now == T0 or turned, (now - T0, mine)
+        if now == T0 or turned:
+            assert long, now - T0  # the day's hours move
+        for at, s in long:
             assert at % HOUR == 0 and now - at >= settle  # whole hours, settled
+            assert s <= 23 * HOUR or (s == DAY and at % DAY == 0), (at, s)
+        days += [at for at, s in long if s == DAY]
         now += 15.0
-    turns = Counter(name for name in names if name.endswith(" hours"))
-    # the first fetch, then each turn of the hour (T0 is 40 min past one: three turns)
-    assert turns["spend day hours"] == turns["spend month hours"] == 1 + 3, turns
-    assert max(counts[1:]) <= 5 + 4 and sorted(counts)[len(counts) // 2] == 4, Counter(counts)
+    assert len(days) == len(set(days)) >= 30, days  # each day once: the month's at first, then the one that ended
+    assert T0 - T0 % DAY + DAY in days  # 1 February's first fetch a settle after midnight read 31 January
+    assert sorted(counts)[len(counts) // 2] == 4 and max(counts[1:]) <= 9, Counter(counts)
 
 
-def test_the_kept_hours_are_only_those_a_window_still_holds() -> None:
-    """After a fetch the ledger keeps one answer per window read in pieces, never more."""
+def test_the_kept_answers_are_only_those_a_window_still_holds() -> None:
+    """After a fetch the ledger keeps the answers of that fetch's kept pieces, no other."""
     fetcher = _fetcher(Model(COUNTERS), True)
-    for k in range(12):
-        fetcher.fetch(T0 + k * 1000.0)
-        assert 0 < len(fetcher._spend_kept) <= 4
+    settle = fetcher.settle_minutes * 60
+    for k in range(40):
+        now = T0 + k * 1000.0
+        fetcher.fetch(now)
+        held = {(p.end_ms, p.ms) for w in spec.Window for c in (False, True)
+                for p in prometheus.spend_pieces(w, c, now, settle) if p.kept}
+        assert set(fetcher._spend_kept) == held and len(held) <= 3 + 31
 
 
 def test_a_piece_that_fails_makes_the_spend_unknown_and_is_not_kept() -> None:
-    """A failed query of the kept hours raises a PrometheusError naming that piece; nothing is kept
+    """A failed query of a kept piece raises a PrometheusError naming that piece; nothing is kept
     from the failed fetch, and the next fetch asks again."""
     model = Model(COUNTERS)
     fetcher = _fetcher(model, True)
     now = T0 + 30 * 60
-    month_hours = next(p for p in prometheus.spend_pieces(spec.Window.month, False, now, fetcher.settle_minutes * 60)
-                       if p.kept)
-    model.fail = f"[{month_hours.ms}ms]"
-    with pytest.raises(errors.PrometheusError, match="spend month hours"):
+    kept = [p for p in prometheus.spend_pieces(spec.Window.month, False, now, fetcher.settle_minutes * 60) if p.kept]
+    piece = next(p for p in kept if p.ms != DAY * 1000)  # the hours at the month's start
+    model.fail = f"[{piece.ms}ms]"
+    with pytest.raises(errors.PrometheusError, match=piece.name):
         fetcher.fetch(now)
+    assert fetcher._spend_kept == {}
     model.fail = None
     before = len(model.spend_queries)
     fetcher.fetch(now)
-    assert any(s * 1000 == month_hours.ms for _, s in model.spend_queries[before:])
+    assert any(s * 1000 == piece.ms for _, s in model.spend_queries[before:])
 
 
 def test_the_pieces_of_a_window() -> None:
@@ -148,19 +156,28 @@ def test_the_pieces_of_a_window() -> None:
     it has no start piece. A calendar hour, and a rolling one, are one piece."""
     now = 1769904040.250  # 2026-02-01 00:00:40.250 UTC
     day = prometheus.spend_pieces(spec.Window.day, False, now, 120)
-    assert [p.name for p in day] == ["spend day start", "spend day hours", "spend latest"]
+    # its hours are the whole settled day, 31 January: the piece the calendar day and the months share
+    assert [p.name for p in day] == ["spend day start", "spend today", "spend latest"]
     start, hours, latest = day
     assert start.sign == -1.0 and start.end_ms == round((now - DAY) * 1000) and start.ms == 40250
     assert hours.end_ms - hours.ms == (1769904000 - DAY) * 1000 == start.end_ms - start.ms
     assert hours.end_ms == (1769904000 - HOUR) * 1000 == latest.end_ms - latest.ms
     assert latest.end_ms == 1769904040250 and latest.at == "1769904040.250"
     start, hours, latest = prometheus.spend_pieces(spec.Window.day, False, now + 300, 120)
+    assert hours.name == "spend day hours"  # from 01:00 on 31 January to midnight
     assert start.sign == 1.0 and start.end_ms - start.ms == round((now + 300 - DAY) * 1000)
     assert start.end_ms == hours.end_ms - hours.ms == (1769904000 - DAY + HOUR) * 1000
     assert hours.end_ms == 1769904000 * 1000 == latest.end_ms - latest.ms
     month = prometheus.spend_pieces(spec.Window.month, True, now + 3 * HOUR, 120)
-    assert [p.name for p in month] == ["spend month calendar hours", "spend latest"]
-    assert month[0].end_ms - month[0].ms == 1769904000 * 1000  # 1 February
+    assert [p.name for p in month] == ["spend today", "spend latest"]  # 1 February's hours
+    assert month[0].end_ms - month[0].ms == 1769904000 * 1000
+    month = prometheus.spend_pieces(spec.Window.month, True, now + 3 * DAY + 3 * HOUR, 120)  # 4 February, 03:00
+    assert [p.name for p in month] == ["spend days"] * 3 + ["spend today", "spend latest"]
+    assert [p.end_ms // 1000 - 1769904000 for p in month[:3]] == [DAY, 2 * DAY, 3 * DAY]
+    rolling = prometheus.spend_pieces(spec.Window.month, False, now + 3 * DAY + 3 * HOUR, 120)
+    assert [p.name for p in rolling] == (["spend month start", "spend month hours"] + ["spend days"] * 29
+                                         + ["spend today", "spend latest"])
+    assert rolling[-2:] == month[-2:] and set(month[:3]) <= set(rolling)  # shared: read once
     for t in (now, now + 300, now + 1800):
         hour = prometheus.spend_pieces(spec.Window.hour, True, t, 120)
         # past the settle, the calendar hour is the latest piece the other windows share

@@ -205,8 +205,9 @@ def test_operator_from_the_chart_acts_as_its_service_account(cluster: Any, insta
     _, metrics = _get(f"http://127.0.0.1:{port['metrics']}/metrics")
     assert 'fleetwarden_operator_prometheus_fetches_total{result="ok"}' in metrics
     assert re.search(r"^fleetwarden_operator_prometheus_fetch_seconds_count [1-9]", metrics, re.M), metrics[-3000:]
-    # each query of the fetch, by name; the rolling day is always read in pieces (the spend ledger)
-    for query in ("inference_cost", "spend latest", "spend day hours", "freshness"):
+    # each query of the fetch, by name. The rolling day is always read in pieces (the spend ledger):
+    # its start bit, and its hours up to midnight unless it starts on one (23:00-00:00 UTC)
+    for query in ("inference_cost", "spend latest", "spend day (start|hours)", "freshness"):
         assert re.search(rf'^fleetwarden_operator_prometheus_query_seconds_count{{query="{query}"}} [1-9]',
                          metrics, re.M), metrics[-3000:]
     assert chart_operator["proc"].poll() is None

@@ -16,7 +16,8 @@ spend ledger, a bounded one: see the spend queries below):
   ``AgentMinute.cost_usd`` and replay count. With the spend ledger (the operator's fetcher),
   a window longer than an hour is read as pieces that meet end to end, its whole past hours
   kept between fetches (:func:`spend_pieces`): four or five queries of at most an hour and
-  two minutes each per fetch, and four more once an hour, where six read their whole window;
+  two minutes each per fetch, three more of at most 23 hours once an hour and a day's once a
+  day, where six read their whole window;
 - one instant query for the time of each agent's newest sample (staleness).
 
 Cleaning happens here and only here: string samples become floats, NaN and duplicate
@@ -231,7 +232,7 @@ class SpendPiece:
     name: str  # the query's name, in errors and in the per-query histogram
     end_ms: int
     ms: int
-    kept: bool = False  # whole past hours: the answer is kept until the window's hours change
+    kept: bool = False  # whole past hours or days: the answer is kept while a window holds them
     sign: float = 1.0  # -1: a bit before the window's start that its other pieces hold, taken off
     whole: bool = False
     seconds: int = 0  # of a whole window
@@ -986,7 +987,7 @@ class Fetcher:
         self.slice_minutes = slice_minutes
         self._kept: _KeptRanges | None = None
         # The spend ledger (a long-lived fetcher's: the operator's): each window longer than an hour
-        # is read in pieces (spend_pieces), its whole past hours kept between fetches.
+        # is read in pieces (spend_pieces), its whole past hours and days kept between fetches.
         self.spend_ledger = spend_ledger
         self._spend_kept: dict[tuple[int, int], _Amounts] = {}
         self._kept_agents: tuple[Key, ...] = ()

@@ -17,13 +17,17 @@ the milliseconds per budget:
   hour's figures change as minutes leave it, and the agents whose anchor moved fold again.
 
     python benchmarks/operator_evaluate.py [--budgets 10000] [--cycles 3] [--minutes 5] [--refold] [--quiet]
-                                           [--interval 15] [--live] [--profile FILE]
+                                           [--interval 15] [--live [--per-minute K]] [--profile FILE]
 
 ``--live``: the warm cycles as a live fleet's (and ``operator_scale.py``'s): each fetches again
 (the fleet loop forgets the snapshot each cycle), the clock moves on within the first minute,
 and each fetch's hour spend has moved by LIVE_DRIFT_USD (without it the warm cycles see the
 very snapshot and clock of the cold one, which a live operator never does). ``--profile``:
 cProfile of the warm same-minute cycles, for ``python -m pstats``.
+
+``--per-minute K`` (with ``--live``): each of the ``--minutes`` is K cycles one interval apart, as
+the operator's: the first after the minute turned steps every agent's new minute, the others
+are where an anchor's move of the next minute is folded ahead (core/warmfold.py).
 
 ``--interval`` is the operator's evaluation interval (its default, 15 s): past 300 budgets a
 status whose figures alone changed is written at the budget's turn (docs/operator.md), and the
@@ -89,6 +93,9 @@ def main() -> int:
     parser.add_argument("--budgets", type=int, default=10_000)
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--minutes", type=int, default=5, help="cycles each a minute after the last")
+    parser.add_argument("--per-minute", type=int, default=1, metavar="K",
+                        help="with --live: K cycles each of those minutes, one interval apart (the first is "
+                             "'a minute later', the others 'later that minute')")
     parser.add_argument("--refold", action="store_true", help="no anchored fold: refold the lookback every minute")
     parser.add_argument("--quiet", action="store_true", help="no agent has a minute after the first cycle")
     parser.add_argument("--interval", type=float, default=15.0, help="the operator's evaluation interval (s)")
@@ -110,10 +117,17 @@ def main() -> int:
         fetcher.history_end = series.minute_of(fetcher.now)
     print(f"detectors: {'refold of the lookback every minute' if args.refold else 'anchored fold'}"
           f"{'; no minute after the first cycle' if args.quiet else ''}")
-    labels = ["cold"] + ["warm, same minute"] * (args.cycles - 1) + ["a minute later"] * args.minutes
+    per_minute = max(1, args.per_minute) if args.live else 1
+    later_step = min(args.interval, 55.0 / max(1, per_minute - 1))  # the cycles of a minute stay in it
+    later = ["a minute later"] + ["later that minute"] * (per_minute - 1)
+    labels = ["cold"] + ["warm, same minute"] * (args.cycles - 1) + later * args.minutes
+    turned = fetcher.now
     for n, label in enumerate(labels, start=1):
         if label == "a minute later":
-            fetcher.now += 60
+            fetcher.now = turned = turned + 60
+            rt.new_cycle()
+        elif label == "later that minute":
+            fetcher.now += later_step
             rt.new_cycle()
         elif args.live and n > 1:
             fetcher.now += step
@@ -130,7 +144,8 @@ def main() -> int:
             profiling.disable()
         print(f"cycle {n} ({label}): {len(bodies)} budgets in {took:.2f}s ({took / len(bodies) * 1000:.3f} ms per budget)",
               flush=True)
-    print(f"detector folds: {rt.folds.warm} from a kept state, {rt.folds.cold} from the anchor, {len(rt.folds)} kept")
+    print(f"detector folds: {rt.folds.warm} from a kept state, {rt.folds.cold} from the anchor, {len(rt.folds)} kept; "
+          f"{rt.folds.prepared} folded ahead of an anchor's move, {rt.folds.ahead_used} of them used")
     memo = getattr(rt, "memo", None)
     if memo is not None:
         print(f"memo: {memo.misses} computed, {memo.hits} reused, {len(memo)} kept")

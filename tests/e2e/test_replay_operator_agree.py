@@ -10,7 +10,9 @@ create-blocks-from openmetrics``. The operator's path then runs as the operator 
 ``Runtime.reconcile`` (the handler's code, without acting) with an ``adapters.prometheus.Fetcher``
 on that Prometheus, its default lookback and its anchored fold (``core/warmfold.py``: the
 detectors fold each agent's minutes from an anchor that moves every 15 minutes, their state kept
-between cycles), every CYCLE minutes through the fleet.
+between cycles), every CYCLE minutes through the fleet, twice in each of those minutes: just
+after it turned and LATE seconds into it, where each anchor's move of the next minute is folded
+ahead (``Folds.prepare``) and taken up when the anchor moves.
 
 Per shape, the (kind, onset) of the findings on the shaped agent must be the same on both
 sides. Onsets may differ by ONSET_TOLERANCE: live, a minute holds what the last scrape before
@@ -45,6 +47,7 @@ HOURS = 3.0
 SCRAPE = 15  # seconds between scrapes
 PHASE = 7  # seconds after each minute's start of the first scrape in it
 CYCLE = 1  # minutes between the operator's evaluations (it evaluates every interval, a minute at most)
+LATE = 50  # seconds into the minute of its second evaluation (every agent folds ahead from then: warmfold.prepare_second)
 ONSET_TOLERANCE = 60.0  # seconds (see the module doc)
 DETECTOR_KINDS = frozenset(fleetgen.POSITIVE.values())
 HISTOGRAMS = (_metrics.names.TASK_COST_USD, _metrics.names.TASK_TOKENS)  # the operator reads neither
@@ -148,10 +151,10 @@ def _budgets(fleet: fleetgen.Fleet) -> list[dict[str, Any]]:
             for ns in sorted({a.namespace for a in fleet.agents})]
 
 
-def operator_findings(url: str, fleet: fleetgen.Fleet) -> tuple[set[Key], float]:
+def operator_findings(url: str, fleet: fleetgen.Fleet) -> tuple[set[Key], float, warmfold.Folds]:
     """Every detector finding the operator reports as a new incident, cycle after cycle (each
-    budget's status carried to its next cycle, as the operator writes and reads it), and the last
-    cycle's time."""
+    budget's status carried to its next cycle, as the operator writes and reads it), the last
+    cycle's minute, and the operator's kept detector states."""
     clock = _Clock()
     fetcher = prom_adapter.Fetcher(prom_adapter.connect(url, timeout=30.0), clock=clock,
                                    anchor_minutes=warmfold.ANCHOR_MINUTES)  # as runtime.build makes it
@@ -162,23 +165,24 @@ def operator_findings(url: str, fleet: fleetgen.Fleet) -> tuple[set[Key], float]
     end = fleet.start + fleet.minutes * 60
     t = fleet.start + 40 * 60
     while t <= end:
-        clock.now = t
-        rt.new_cycle()
-        for body in budgets:
-            verdict = rt.reconcile(body, deployments, apply=False)
-            body["status"] = verdict.status.body()
-            available = [c["status"] for c in body["status"].get("conditions") or () if c["type"] == "MetricsAvailable"]
-            assert available == ["True"], (t, body["metadata"], body["status"])
-            found |= {(f.agent, f.kind, float(f.onset or 0.0)) for f in verdict.new_findings
-                      if f.kind in DETECTOR_KINDS}
+        for clock.now in (t, t + LATE):
+            rt.new_cycle()
+            for body in budgets:
+                verdict = rt.reconcile(body, deployments, apply=False)
+                body["status"] = verdict.status.body()
+                available = [c["status"] for c in body["status"].get("conditions") or ()
+                             if c["type"] == "MetricsAvailable"]
+                assert available == ["True"], (clock.now, body["metadata"], body["status"])
+                found |= {(f.agent, f.kind, float(f.onset or 0.0)) for f in verdict.new_findings
+                          if f.kind in DETECTOR_KINDS}
         t += CYCLE * 60
-    return found, t - CYCLE * 60
+    return found, t - CYCLE * 60, rt.folds
 
 
 @pytest.fixture(scope="module")
-def agreement(tmp_path_factory: pytest.TempPathFactory) -> tuple[fleetgen.Fleet, set[Key], set[Key]]:
+def agreement(tmp_path_factory: pytest.TempPathFactory) -> tuple[fleetgen.Fleet, set[Key], set[Key], warmfold.Folds]:
     """The fleet (ending at the last whole minute), replay's findings up to the operator's last
-    cycle, and the operator's."""
+    cycle, the operator's, and its kept detector states."""
     assert shutil.which("promtool"), "promtool is missing: run scripts/setup (Debian package prometheus)"
     start = float(int(time.time() // 60) * 60 - int(HOURS * 60) * 60 - 120)
     evs, fleet = _fleet(start)
@@ -191,13 +195,13 @@ def agreement(tmp_path_factory: pytest.TempPathFactory) -> tuple[fleetgen.Fleet,
     prom = monitoring.Prometheus(directory / "prometheus", tie_to_parent=True)
     prom.start()
     try:
-        live, last = operator_findings(prom.url, fleet)
+        live, last, folds = operator_findings(prom.url, fleet)
     finally:
         prom.stop()
     replayed = {(f.agent, f.kind, float(f.onset or 0.0))
                 for f in replay.run((events.from_obj(ev) for ev in evs), [], [], pricing.PriceTable())
                 if f.kind in DETECTOR_KINDS and f.time <= last}
-    return fleet, replayed, live
+    return fleet, replayed, live, folds
 
 
 def _agree(a: set[Key], b: set[Key]) -> tuple[list[Key], list[Key]]:
@@ -208,11 +212,11 @@ def _agree(a: set[Key], b: set[Key]) -> tuple[list[Key], list[Key]]:
 
 
 @pytest.mark.parametrize("shape", [*HARD, *BENIGN, None])
-def test_replay_and_the_operator_find_the_same(agreement: tuple[fleetgen.Fleet, set[Key], set[Key]],
+def test_replay_and_the_operator_find_the_same(agreement: tuple[fleetgen.Fleet, set[Key], set[Key], warmfold.Folds],
                                                shape: str | None) -> None:
     """On the agent with ``shape`` (None: the plain agent) both find the same kinds with the same
     onsets; on a hard shape both find its label's kind."""
-    fleet, replayed, live = agreement
+    fleet, replayed, live, _ = agreement
     agent = next(a for a in fleet.agents if a.shape == shape)
     mine_replay = {k for k in replayed if k[0] == agent.name}
     mine_live = {k for k in live if k[0] == agent.name}
@@ -222,3 +226,14 @@ def test_replay_and_the_operator_find_the_same(agreement: tuple[fleetgen.Fleet, 
         f"{shape} on {agent.name}: replay only {only_replay}, operator only {only_live} (minutes {minutes})")
     if shape in HARD:
         assert any(k[1] == fleetgen.POSITIVE[shape] for k in mine_replay), (shape, mine_replay)
+
+
+def test_the_operator_folded_each_anchor_move_ahead(
+        agreement: tuple[fleetgen.Fleet, set[Key], set[Key], warmfold.Folds]) -> None:
+    """The findings above came through states folded ahead: the anchors' moves took up the
+    states folded ahead of them, and folds from an anchor were little more than each agent's
+    first (without folding ahead, one more at every move)."""
+    fleet, _, _, folds = agreement
+    moves = len(fleet.agents) * ((int(HOURS * 60) - 40) // warmfold.ANCHOR_MINUTES - 2)  # at least
+    assert folds.ahead_used >= moves > 0, (folds.ahead_used, folds.prepared, folds.cold)
+    assert folds.cold <= 2 * len(fleet.agents), (folds.cold, folds.ahead_used)

@@ -160,8 +160,10 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
                                fold_start: int, source: str) -> Sequence[findings.Finding]:
     """The findings of a fold of the detectors from an empty state at the agent's anchor
     ``fold_start`` over its minutes from there on: from the state kept in ``inp.folds`` when it
-    holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute."""
-    assert inp.folds is not None
+    holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute. When the
+    anchor moves at the next minute, from the agent's second of this minute on
+    (``warmfold.prepare_second``), the new anchor's fold is done ahead (``Folds.prepare``)."""
+    assert inp.folds is not None and inp.lookback_start is not None
     window: Sequence[series.AgentMinute]
     if isinstance(minutes, series.MinuteRun):  # in order; sliced without building a minute
         window = minutes[minutes.first_at(fold_start):]
@@ -176,10 +178,15 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
     def fold() -> tuple[findings.Finding, ...]:
         return tuple(folds.findings(agent.namespace, agent.name, window, end, params, fold_start, source))
     if inp.memo is None:
-        return fold()
-    last = window.minute_at(-1) if isinstance(window, series.MinuteRun) else window[-1].minute
-    key = ("anchored", source, agent.namespace, agent.name, fold_start, last, len(window), params)
-    return inp.memo.get(last, key, fold)  # type: ignore[no-any-return]
+        out: Sequence[findings.Finding] = fold()
+    else:
+        last = window.minute_at(-1) if isinstance(window, series.MinuteRun) else window[-1].minute
+        key = ("anchored", source, agent.namespace, agent.name, fold_start, last, len(window), params)
+        out = inp.memo.get(last, key, fold)
+    ahead = warmfold.anchor(inp.lookback_start + series.MINUTE, inp.anchor_minutes, agent.namespace, agent.name)
+    if ahead != fold_start and inp.now - end >= warmfold.prepare_second(agent.namespace, agent.name):
+        folds.prepare(agent.namespace, agent.name, window, end, params, ahead, source)
+    return out
 
 
 def spend_since(minutes: Mapping[str, Sequence[series.AgentMinute]], since: float) -> float:

@@ -25,12 +25,23 @@ the minutes that are new:
   findings are those kept, and the state is not even restored. ``tests/unit/core/test_warmfold.py``
   checks this against a fold from the anchor, and ``tests/e2e/test_replay_operator_agree.py``
   against replay on real parts.
+- An agent whose anchor moves at the next minute would fold its whole lookback from the new
+  anchor in the first cycle after the minute turned, when every agent also steps its new
+  minute: at 10,000 agents a fifteenth of the fleet, most of that cycle's time. So
+  :meth:`Folds.prepare` folds ahead, later in the minute before (from :func:`prepare_second`
+  into it, each agent at its own second, so the work is spread over the minute's other
+  cycles): the state a fold from the next anchor keeps, over the settled minutes from there on,
+  kept apart. When the anchor has moved, :meth:`Folds.findings` takes it as a kept state, by
+  the same test (anchor, parameters, the minutes' count and digest); a minute changed since is
+  folded again from the anchor, as with any kept state. Folding ahead changes when the work is
+  done, never a finding.
 
 Nothing here depends on a clock: the window, ``end`` and the anchor come from the caller.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import copyreg
 import dataclasses
@@ -54,6 +65,18 @@ _LEVEL = 1  # zstd: a state is about 20 KB pickled, about 3 KB at level 1 (docs/
 def phase(namespace: str, agent: str, anchor_minutes: int) -> int:
     """The agent's anchor phase (minutes), stable across restarts and replicas."""
     return zlib.crc32(f"{namespace}/{agent}".encode()) % anchor_minutes
+
+
+# Folding ahead (Folds.prepare) starts this many seconds into a minute, each agent at its own
+# second among the PREPARE_SPREAD after it: the first cycle after a minute turned, which steps
+# every agent's new minute, is left alone, and the work falls on the minute's later cycles.
+PREPARE_FROM = 20
+PREPARE_SPREAD = 30
+
+
+def prepare_second(namespace: str, agent: str) -> int:
+    """The second of a minute from which the agent's next anchor may be folded ahead."""
+    return PREPARE_FROM + zlib.crc32(f"ahead/{namespace}/{agent}".encode()) % PREPARE_SPREAD
 
 
 def anchor(lookback_start: float, anchor_minutes: int, namespace: str, agent: str) -> int:
@@ -184,10 +207,13 @@ class Folds:
     def __init__(self, tail_minutes: int = TAIL_MINUTES) -> None:
         self.tail_minutes = tail_minutes
         self._states: dict[tuple[str, str, str], _State] = {}
+        self._ahead: dict[tuple[str, str, str], _State] = {}  # folded ahead from the next anchor (prepare)
         self._lock = threading.Lock()
         self._swept = 0
         self.warm = 0  # folds that restored a kept state
         self.cold = 0  # folds from the anchor
+        self.prepared = 0  # states folded ahead (prepare)
+        self.ahead_used = 0  # of them, taken by a fold at their anchor
         # the first states kept, pickled, until the dictionary is trained on them (then None)
         self._samples: list[bytes] | None = []
         self.trained: Trained | None = None
@@ -206,6 +232,11 @@ class Folds:
             settled -= 1
         with self._lock:
             state = self._states.get(key)
+            if state is None or state.anchor != anchor_at:
+                ahead = self._ahead.get(key)
+                if ahead is not None and ahead.anchor == anchor_at:  # the anchor moved: folded ahead
+                    state = self._states[key] = self._ahead.pop(key)
+                    self.ahead_used += 1
         digest = _digest(window)
         kept = state is not None and state.anchor == anchor_at and state.params == params \
             and state.folded <= settled and digest(state.folded) == state.digest
@@ -232,6 +263,38 @@ class Folds:
             out.extend(detector_set.step(minute))
         return out
 
+    def prepare(self, namespace: str, agent: str, window: Sequence[series.AgentMinute], end: int,
+                params: spec.AnomalyParams, anchor_at: int, source: str = "") -> bool:
+        """Fold ahead for the agent's next anchor ``anchor_at`` (see the module doc): the state a
+        fold from an empty state at ``anchor_at`` keeps over the settled minutes of ``window`` (in
+        order, all before ``end``) from there on, kept apart until :meth:`findings` folds from
+        ``anchor_at``. Once per anchor and parameters; returns whether it folded."""
+        key = (namespace, agent, source)
+        with self._lock:
+            held = self._ahead.get(key)
+            if held is not None and held.anchor == anchor_at and held.params == params:
+                return False
+        if isinstance(window, series.MinuteRun):
+            ahead: Sequence[series.AgentMinute] = window[window.first_at(anchor_at):]
+        else:
+            ahead = window[bisect.bisect_left(window, anchor_at, key=lambda m: m.minute):]
+        settled_before = end - self.tail_minutes * series.MINUTE
+        settled = len(ahead)
+        while settled and _minute_at(ahead, settled - 1) >= settled_before:
+            settled -= 1
+        if not settled:
+            return False
+        detector_set, out = detectors.DetectorSet(params, agent, namespace), []
+        for minute in ahead[:settled]:
+            out.extend(detector_set.step(minute))
+        trained = self.trained
+        state = _State(anchor_at, params, settled, _digest(ahead)(settled), tuple(out),
+                       dumps(detector_set, trained), trained)
+        with self._lock:
+            self._ahead[key] = state
+            self.prepared += 1
+        return True
+
     def _sample(self, raw: bytes) -> None:
         """Keep ``raw`` toward the dictionary; with enough, train it (once: the states kept before
         keep theirs, read with none). If zstd cannot train one, the states stay without."""
@@ -253,5 +316,6 @@ class Folds:
             if minute <= self._swept:
                 return
             self._swept = minute
-            for key in [k for k, s in self._states.items() if s.anchor <= lookback_start]:
-                del self._states[key]
+            for kept in (self._states, self._ahead):
+                for key in [k for k, s in kept.items() if s.anchor <= lookback_start]:
+                    del kept[key]

@@ -183,13 +183,19 @@ def test_other_parameters_or_anchor_fold_again() -> None:
 
 def test_sweep_forgets_states_no_window_can_use() -> None:
     folds = warmfold.Folds()
+    ahead: list[tuple[str, str, list[series.AgentMinute], int, int]] = []
     for (namespace, agent), ms in FLEET.items():
         end = _cycles(ms)[0]
         at = warmfold.anchor(end - (LOOKBACK + ANCHOR) * MINUTE, ANCHOR, namespace, agent)
-        folds.findings(namespace, agent, _window(ms, end, at), end, PARAMS, at)
-    assert len(folds) == len(FLEET)
+        window = _window(ms, end, at)
+        folds.findings(namespace, agent, window, end, PARAMS, at)
+        if folds.prepare(namespace, agent, window, end, PARAMS, at + MINUTE):  # a state folded ahead
+            ahead.append((namespace, agent, window, end, at + MINUTE))
+    assert len(folds) == len(FLEET) and ahead
+    assert not any(folds.prepare(n, a, w, e, PARAMS, at) for n, a, w, e, at in ahead)  # kept
     folds.sweep(float(max(ms[-1].minute for ms in FLEET.values())))
     assert len(folds) == 0
+    assert all(folds.prepare(n, a, w, e, PARAMS, at) for n, a, w, e, at in ahead)  # forgotten: folded again
 
 
 @pytest.mark.parametrize("tools", [series.NO_TOOLS, {"crm.search": 3.0}])
@@ -334,3 +340,122 @@ def test_an_agent_with_nothing_new_gets_its_kept_findings_without_a_restore(monk
     longer = settled + [dataclasses.replace(window[-1], minute=end + 5 * MINUTE)]  # something new: restored
     assert folds.findings(namespace, agent, longer, end + 20 * MINUTE, PARAMS, at) == _refold(longer)
     assert len(restored) == 1
+
+
+def _ahead_of(start: int, namespace: str, agent: str) -> int | None:
+    """The anchor the agent moves to at the next minute, None when it stays."""
+    at, nxt = (warmfold.anchor(s, ANCHOR, namespace, agent) for s in (start, start + MINUTE))
+    return nxt if nxt != at else None
+
+
+@pytest.mark.parametrize("kind", ["list", "run"])
+def test_folding_ahead_takes_every_anchor_move_off_the_cold_folds(kind: str) -> None:
+    """Each minute before an anchor moves, the new anchor's fold is done ahead: the minute the
+    anchor moves, the fold restores it (no fold from the anchor), and every cycle still gives
+    the findings of a fold from the anchor."""
+    folds = warmfold.Folds()
+    moves = found = bare = 0
+    for (namespace, agent), ms in sorted(FLEET.items()):
+        prepared, last_at = False, None
+        for end in _cycles(ms):
+            start = end - (LOOKBACK + ANCHOR) * MINUTE
+            at = warmfold.anchor(start, ANCHOR, namespace, agent)
+            window = _as(kind, _window(ms, end, at))
+            if not window:
+                continue
+            moved, cold = folds.ahead_used, folds.cold
+            warm = folds.findings(namespace, agent, window, end, PARAMS, at)
+            assert warm == _refold(window), (agent, end)
+            found += len(warm)
+            moves += folds.ahead_used - moved
+            # from the anchor: only an agent's first fold, and a move with nothing folded ahead
+            assert folds.cold - cold == (last_at is None or (at != last_at and not prepared)), (agent, end)
+            assert folds.ahead_used - moved == (at != last_at and prepared)
+            last_at = at
+            ahead = _ahead_of(start, namespace, agent)
+            prepared = False
+            if ahead is not None:
+                # nothing settled from the next anchor on (a quiet agent): nothing to fold ahead
+                settled = any(ahead <= m.minute < end - warmfold.TAIL_MINUTES * MINUTE for m in window)
+                prepared = folds.prepare(namespace, agent, window, end, PARAMS, ahead)
+                assert prepared == settled
+                bare += not settled
+                assert not folds.prepare(namespace, agent, window, end, PARAMS, ahead)  # once per anchor
+            folds.sweep(start)
+    assert found > 0
+    assert moves == folds.ahead_used > 2 * len(FLEET) > bare
+    assert folds.cold <= len(FLEET) + bare  # the agents' first cycles and the moves with nothing folded ahead
+
+
+@pytest.mark.parametrize("kind", ["list", "run"])
+def test_a_minute_changed_after_folding_ahead_is_folded_again(kind: str) -> None:
+    """A settled minute that changes between the fold ahead and the anchor's move (a late
+    sample) is not stepped over: the window is folded from the new anchor."""
+    for (namespace, agent), ms in sorted(FLEET.items()):
+        end = next((e for e in _cycles(ms) if _ahead_of(e - (LOOKBACK + ANCHOR) * MINUTE, namespace, agent)), None)
+        if end is not None:
+            break
+    assert end is not None
+    start = end - (LOOKBACK + ANCHOR) * MINUTE
+    ahead = _ahead_of(start, namespace, agent)
+    assert ahead is not None
+    folds = warmfold.Folds()
+    at = warmfold.anchor(start, ANCHOR, namespace, agent)
+    assert folds.prepare(namespace, agent, _as(kind, _window(ms, end, at)), end, PARAMS, ahead)
+    later = _window(ms, end + MINUTE, ahead)
+    assert later[0].minute == ahead
+    changed = [dataclasses.replace(later[0], llm_calls=later[0].llm_calls + 50, tokens=later[0].tokens + 90_000)]
+    changed += later[1:]
+    assert _refold(changed) != _refold(later) or changed != later
+    assert folds.findings(namespace, agent, _as(kind, changed), end + MINUTE, PARAMS, ahead) == _refold(changed)
+    assert (folds.cold, folds.warm, folds.ahead_used) == (1, 0, 1)  # taken up, found unequal, folded again
+
+
+def test_the_evaluation_folds_ahead_only_late_in_the_minute_and_finds_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the whole evaluation, three cycles a minute: the fold ahead runs only from the
+    agent's second of the minute (never in the cycle just after the minute turned), every anchor
+    move after the first fold restores it, and the new findings are those of an evaluation
+    without kept states."""
+    from fleetwarden.core import decision, evaluate
+
+    seconds: list[float] = []
+    prepare = warmfold.Folds.prepare
+
+    def recorded(self: warmfold.Folds, namespace: str, agent: str, window: Any, end: int, *rest: Any) -> bool:
+        seconds.append(now - end - warmfold.prepare_second(namespace, agent))
+        return prepare(self, namespace, agent, window, end, *rest)
+    monkeypatch.setattr(warmfold.Folds, "prepare", recorded)
+    lookback, found = 90, 0  # the operator's: the in-view rule needs the hour before an onset and more
+    fleet = bucketed.agent_minutes(seed=903, agents=3, hours=3.5, shapes=("task_loop", "tool_ramp", "cost_shift"))
+    for (namespace, agent), ms in sorted(fleet.items()):
+        budget = spec.AgentBudget.model_validate({
+            "metadata": {"name": "b", "namespace": namespace},
+            "spec": {"limits": [{"window": "day", "amountUSD": 1e9}], "killSwitch": {"window": "day"}}})
+        deployment = decision.AgentDeployment(name=agent, namespace=namespace)
+        folds, memo = warmfold.Folds(), decision.Memo()
+        warm_prev: dict[str, object] = {}
+        cold_prev: dict[str, object] = {}
+        warm_new, cold_new = [], []
+        moves = 0
+        first = ms[0].minute + (lookback + ANCHOR) * MINUTE
+        for end in range(first, ms[-1].minute + 2 * MINUTE, MINUTE):
+            start = end - (lookback + ANCHOR) * MINUTE
+            moves += end > first and _ahead_of(start - MINUTE, namespace, agent) is not None
+            fetched = _window(ms, end, start + MINUTE)
+            for now in (end + 5.0, end + 30.0, end + 50.0):
+                common = {"budget": budget, "agents": [deployment], "spend": dict.fromkeys(spec.Window, 1.0), "now": now}
+                warm = evaluate.evaluate(decision.EvaluationInput(
+                    minutes={agent: fetched}, previous=warm_prev, lookback_start=float(start),  # type: ignore[arg-type]
+                    anchor_minutes=ANCHOR, folds=folds, memo=memo, **common))  # type: ignore[arg-type]
+                at = warmfold.anchor(start, ANCHOR, namespace, agent)
+                cold = evaluate.evaluate(decision.EvaluationInput(
+                    minutes={agent: [m for m in fetched if m.minute >= at]}, previous=cold_prev,  # type: ignore[arg-type]
+                    lookback_start=float(at), **common))  # type: ignore[arg-type]
+                warm_prev, cold_prev = warm.status.body(), cold.status.body()
+                warm_new += [f for f in warm.new_findings if f.kind in findings.ANOMALY_KINDS]
+                cold_new += [f for f in cold.new_findings if f.kind in findings.ANOMALY_KINDS]
+        assert warm_new == cold_new, agent
+        assert folds.cold == 1 and folds.ahead_used == moves > 0, agent
+        found += len(warm_new)
+    assert found > 0
+    assert seconds and min(seconds) >= 0  # never before the agent's second of the minute

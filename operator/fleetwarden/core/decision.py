@@ -54,13 +54,13 @@ class Memo:
     """Results that depend only on complete minutes, shared across cycles and budgets.
 
     ``get(minute, key, compute)`` returns the value stored under ``key`` or stores
-    ``compute()``. Values are kept for the newest minute and the one before only (a key names
-    the last complete minute it was computed for; the newest is the evaluations' clock's,
-    :meth:`turn`, or a newer one stored), so memory stays bounded: a cycle's
-    evaluations read the newest snapshot's minute, and those still holding the snapshot
-    fetched before the minute turned read the one before. An older minute is computed again
-    (at 10,000 budgets, two more minutes kept held some 20,000 more figures: docs/operator.md,
-    "Scale")."""
+    ``compute()``. Values are kept for the newest minute and the one before only (the
+    evaluations store them under their clock's minute, :meth:`turn`; a key names what they were
+    computed from), so memory stays bounded and a value is computed once a minute: at the
+    first evaluation of the minute that asks for it, also for an agent with nothing new since
+    minutes (its fold's key, which names its last minute, would otherwise have aged out and been
+    folded again at every cycle). An older minute is computed again (at 10,000 budgets, two
+    more minutes kept held some 20,000 more figures: docs/operator.md, "Scale")."""
 
     KEEP_MINUTES = 1
 

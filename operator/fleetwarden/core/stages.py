@@ -139,16 +139,20 @@ def detector_findings(agent: decision.AgentDeployment, minutes: Sequence[series.
 
 def cached_detector_findings(memo: decision.Memo | None, agent: decision.AgentDeployment,
                              minutes: Sequence[series.AgentMinute],
-                             params: spec.AnomalyParams, source: str = "") -> Sequence[findings.Finding]:
+                             params: spec.AnomalyParams, source: str = "",
+                             minute: int | None = None) -> Sequence[findings.Finding]:
     """:func:`detector_findings`, kept in ``memo`` per (source, agent, minutes covered, params): complete
-    minutes do not change, so the refold runs once per minute per agent, not every cycle."""
+    minutes do not change, so the refold runs once per minute per agent, not every cycle. Kept for
+    the clock's ``minute`` (default: the last minute covered, which an agent quiet for more than a
+    minute has left behind: it would be folded again at every cycle)."""
     if memo is None or not minutes:
         return detector_findings(agent, minutes, params)
     first, last = minutes[0].minute, minutes[-1].minute  # the adapter's buckets are in order
     if first > last:
         first, last = last, first
     key = ("detectors", source, agent.namespace, agent.name, first, last, len(minutes), params)
-    return memo.get(last, key, lambda: tuple(detector_findings(agent, minutes, params)))  # type: ignore[no-any-return]
+    return memo.get(last if minute is None else minute, key,  # type: ignore[no-any-return]
+                    lambda: tuple(detector_findings(agent, minutes, params)))
 
 
 def _minute(m: series.AgentMinute) -> int:
@@ -182,7 +186,7 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
     else:
         last = window.minute_at(-1) if isinstance(window, series.MinuteRun) else window[-1].minute
         key = ("anchored", source, agent.namespace, agent.name, fold_start, last, len(window), params)
-        out = inp.memo.get(last, key, fold)
+        out = inp.memo.get(end, key, fold)  # kept for the clock's minute: also an agent quiet since
     ahead = warmfold.anchor(inp.lookback_start + series.MINUTE, inp.anchor_minutes, agent.namespace, agent.name)
     if ahead != fold_start and inp.now - end >= warmfold.prepare_second(agent.namespace, agent.name):
         folds.prepare(agent.namespace, agent.name, window, end, params, ahead, source)
@@ -286,7 +290,7 @@ def _agent_findings(inp: EvaluationInput, agent: decision.AgentDeployment,
         fold_start = warmfold.anchor(fold_start, inp.anchor_minutes, agent.namespace, agent.name)
         out = list(anchored_detector_findings(inp, agent, minutes, params, fold_start, source))
     else:
-        out = list(cached_detector_findings(inp.memo, agent, minutes, params, source))
+        out = list(cached_detector_findings(inp.memo, agent, minutes, params, source, series.minute_of(inp.now)))
     if fold_start is not None:
         reported = [(str(i.kind), str(i.agent), i.tool, i.time.timestamp()) for i in inp.previous.incidents or ()
                     if i.kind in findings.ANOMALY_KINDS and i.agent == agent.name and i.time is not None]

@@ -68,10 +68,13 @@ def phase(namespace: str, agent: str, anchor_minutes: int) -> int:
 
 
 # Folding ahead (Folds.prepare) starts this many seconds into a minute, each agent at its own
-# second among the PREPARE_SPREAD after it: the first cycle after a minute turned, which steps
-# every agent's new minute, is left alone, and the work falls on the minute's later cycles.
+# second among the PREPARE_SPREAD after it (20 to 44 s): the first cycle after a minute turned,
+# which steps every agent's new minute, is left alone, and the work falls on the minute's later
+# cycles. At the default 15 s interval every budget is evaluated once more at or after its
+# second, within the minute; a budget evaluated less often may miss it and fold from its new
+# anchor as before.
 PREPARE_FROM = 20
-PREPARE_SPREAD = 30
+PREPARE_SPREAD = 25
 
 
 def prepare_second(namespace: str, agent: str) -> int:

@@ -459,3 +459,45 @@ def test_the_evaluation_folds_ahead_only_late_in_the_minute_and_finds_the_same(m
         found += len(warm_new)
     assert found > 0
     assert seconds and min(seconds) >= 0  # never before the agent's second of the minute
+
+
+@pytest.mark.parametrize("anchored", [True, False])
+def test_an_agent_quiet_for_minutes_is_folded_once_a_minute_not_every_cycle(monkeypatch: pytest.MonkeyPatch,
+                                                                             anchored: bool) -> None:
+    """An agent whose last minute is a few minutes old (its tail not yet settled, so a fold
+    restores its state and steps the tail) is folded at the first evaluation of each minute;
+    the minute's other evaluations take its findings from the memo, which keeps them for the
+    clock's minute, not for the agent's last minute (long aged out)."""
+    from fleetwarden.core import decision, evaluate, stages
+
+    calls: list[float] = []
+    findings_of, refold = warmfold.Folds.findings, stages.detector_findings
+
+    def counted(self: warmfold.Folds, *args: Any, **kwargs: Any) -> list[findings.Finding]:
+        calls.append(now)
+        return findings_of(self, *args, **kwargs)
+
+    def refolded(*args: Any) -> list[findings.Finding]:
+        calls.append(now)
+        return refold(*args)
+    monkeypatch.setattr(warmfold.Folds, "findings", counted)
+    monkeypatch.setattr(stages, "detector_findings", refolded)
+    (namespace, agent), ms = sorted(FLEET.items())[0]
+    budget = spec.AgentBudget.model_validate({
+        "metadata": {"name": "b", "namespace": namespace},
+        "spec": {"limits": [{"window": "day", "amountUSD": 1e9}], "killSwitch": {"window": "day"}}})
+    deployment = decision.AgentDeployment(name=agent, namespace=namespace)
+    quiet_from = ms[0].minute + 60 * MINUTE  # the agent's last minute is the one before
+    window = [m for m in ms if m.minute < quiet_from]
+    folds, memo = warmfold.Folds(), decision.Memo()
+    previous: dict[str, object] = {}
+    for end in (quiet_from + MINUTE, quiet_from + 2 * MINUTE):
+        start = end - (LOOKBACK + ANCHOR) * MINUTE
+        for now in (end + 1.0, end + 15.0, end + 30.0, end + 45.0):
+            out = evaluate.evaluate(decision.EvaluationInput(
+                budget=budget, agents=[deployment], spend=dict.fromkeys(spec.Window, 1.0), now=now,  # type: ignore[arg-type]
+                minutes={agent: [m for m in window if m.minute >= start]}, previous=previous,  # type: ignore[arg-type]
+                lookback_start=float(start), anchor_minutes=ANCHOR if anchored else 0,
+                folds=folds if anchored else None, memo=memo))
+            previous = out.status.body()
+    assert calls == [quiet_from + MINUTE + 1.0, quiet_from + 2 * MINUTE + 1.0]

@@ -17,7 +17,8 @@ the milliseconds per budget:
   hour's figures change as minutes leave it, and the agents whose anchor moved fold again.
 
     python benchmarks/operator_evaluate.py [--budgets 10000] [--cycles 3] [--minutes 5] [--refold] [--quiet]
-                                           [--interval 15] [--live [--per-minute K]] [--profile FILE]
+                                           [--interval 15] [--live [--per-minute K]] [--workers N]
+                                           [--profile FILE]
 
 ``--live``: the warm cycles as a live fleet's (and ``operator_scale.py``'s): each fetches again
 (the fleet loop forgets the snapshot each cycle), the clock moves on within the first minute,
@@ -28,6 +29,10 @@ cProfile of the warm same-minute cycles, for ``python -m pstats``.
 ``--per-minute K`` (with ``--live``): each of the ``--minutes`` is K cycles one interval apart, as
 the operator's: the first after the minute turned steps every agent's new minute, the others
 are where an anchor's move of the next minute is folded ahead (core/warmfold.py).
+
+``--workers N``: each cycle's evaluations on N threads, submitted as the fleet loop submits
+them (``handlers/fleet.py``, ``evaluate_all``), where the default evaluates them one after the
+other: what the operator's threads cost on one interpreter (docs/operator.md, "Scale").
 
 ``--interval`` is the operator's evaluation interval (its default, 15 s): past 300 budgets a
 status whose figures alone changed is written at the budget's turn (docs/operator.md), and the
@@ -42,18 +47,20 @@ status PATCHes dominate); this one isolates what the operator itself computes.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import cProfile
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from operator_scale import NAMESPACES, FixedFetcher  # noqa: E402 - the same snapshot as the scale benchmark
 
 from fleetwarden.core import series, spec, warmfold  # noqa: E402
+from fleetwarden.handlers import fleet as fleet_loop  # noqa: E402
 from fleetwarden.handlers import runtime  # noqa: E402
 
 # --live: what a budget's hour spend moves between two fetches, USD: its 0.09 USD an hour over the
@@ -102,6 +109,9 @@ def main() -> int:
     parser.add_argument("--live", action="store_true",
                         help="as a live fleet between fetches: each cycle fetches again, the clock moves on "
                              "within the minute and each fetch's hour spend has moved a little")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="evaluate each cycle on this many threads, as the fleet loop does (FLEETWARDEN_WORKERS); "
+                             "default 1: one after the other in this thread")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="cProfile the warm same-minute cycles into FILE (pstats)")
     args = parser.parse_args()
@@ -111,6 +121,7 @@ def main() -> int:
                            drift=LIVE_DRIFT_USD if args.live else 0.0)
     step = min(args.interval, 55.0 / max(1, args.cycles - 1))  # --live: the warm cycles stay in the first minute
     profiler = cProfile.Profile() if args.profile else None
+    pool = cf.ThreadPoolExecutor(args.workers, thread_name_prefix="fleet-eval") if args.workers > 1 else None
     rt = runtime.Runtime(interval=args.interval, fetcher=fetcher, kube_client=NoApi(),  # type: ignore[arg-type]
                          clock=lambda: fetcher.now)
     if args.quiet:
@@ -137,8 +148,14 @@ def main() -> int:
         if profiling is not None:
             profiling.enable()
         started = time.perf_counter()
-        for body in bodies:
-            rt.reconcile(body, deployments[body["metadata"]["namespace"]], ())
+        if pool is None:
+            for body in bodies:
+                rt.reconcile(body, deployments[body["metadata"]["namespace"]], ())
+        else:  # as the fleet loop submits them (handlers/fleet.py)
+            def one(body: Any) -> Any:
+                return rt.reconcile(body, deployments[body["metadata"]["namespace"]], ())
+            fleet_loop.evaluate_all(cast(Any, bodies), one, pool,  # its items are the fleet loop's; any will do
+                                    in_flight=args.workers * fleet_loop.IN_FLIGHT_PER_WORKER)
         took = time.perf_counter() - started
         if profiling is not None:
             profiling.disable()

@@ -14,7 +14,7 @@ import pytest
 from fleetwarden import errors
 from fleetwarden.adapters import prometheus
 from fleetwarden.commands import operator as operator_command
-from fleetwarden.core import decision, economics, evaluate, governance, spec, stages
+from fleetwarden.core import decision, economics, evaluate, governance, series, spec, stages
 from fleetwarden.core.series import AgentMinute
 from fleetwarden.handlers import metrics, runtime, settings
 
@@ -367,7 +367,8 @@ def test_the_memos_values_age_with_the_evaluations_clock(monkeypatch: pytest.Mon
     """An agent with nothing new asks for its last minute's values minute after minute; they are
     kept while that minute is recent on the evaluations' clock (Memo.turn, each evaluation), not for
     as long as no newer minute happens to be stored: a quiet fleet's memo does not keep old values
-    (nor one per anchor the agents had) without end."""
+    (nor one per anchor the agents had) without end. The evaluations keep an agent's fold under the
+    clock's minute, so a quiet agent is folded once a minute, not at every evaluation."""
     memo = decision.Memo()
     memo.get(0, "k", lambda: 1)
     memo.turn(60)
@@ -381,9 +382,11 @@ def test_the_memos_values_age_with_the_evaluations_clock(monkeypatch: pytest.Mon
         # the stages before acting alone: what an evaluation that writes no status works out (no figures)
         evaluate.plan(decision.EvaluationInput(budget=budget(), agents=AGENTS, minutes=ms,
                                                spend=dict.fromkeys(spec.Window, 1.0), now=NOW + later, memo=memo))
-    # kept while the last minute is the one before the clock's; after that not kept: worked out at
-    # each evaluation (the operator's from the agent's kept state, core/warmfold.py: no step to take)
-    assert sorted(calls) == ["bot"] * 4 + ["helper"] * 4
+    # kept for the clock's minute (stages: the memo's minute is the evaluation's, not the agent's last
+    # one): worked out once in each minute of the clock, at 0 (kept at 30), 60 and 120 (kept at 150),
+    # where it was worked out at every evaluation once the agent's last minute had aged out
+    assert series.minute_of(NOW) == series.minute_of(NOW + 30) and series.minute_of(NOW + 120) == series.minute_of(NOW + 150)
+    assert sorted(calls) == ["bot"] * 3 + ["helper"] * 3
 
 
 def test_a_memo_hit_waits_for_no_lock() -> None:

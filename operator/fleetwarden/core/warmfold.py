@@ -203,6 +203,14 @@ def _minute_at(window: Sequence[series.AgentMinute], i: int) -> int:
     return window.minute_at(i) if isinstance(window, series.MinuteRun) else window[i].minute
 
 
+def _settled(window: Sequence[series.AgentMinute], before: int) -> int:
+    """How many minutes of ``window`` (in order) start before ``before``: those no late scrape changes."""
+    settled = len(window)
+    while settled and _minute_at(window, settled - 1) >= before:
+        settled -= 1
+    return settled
+
+
 class Folds:
     """The kept detector states of a fleet's agents (see the module doc). Thread-safe: two
     evaluations of one agent at once each compute the same findings; the last state kept wins."""
@@ -229,10 +237,7 @@ class Folds:
         """The findings of a fold of ``window`` (the agent's minutes from ``anchor_at`` on, in
         order, all before ``end``, read from ``source``) from an empty state at ``anchor_at``."""
         key = (namespace, agent, source)
-        settled_before = end - self.tail_minutes * series.MINUTE
-        settled = len(window)
-        while settled and _minute_at(window, settled - 1) >= settled_before:
-            settled -= 1
+        settled = _settled(window, end - self.tail_minutes * series.MINUTE)
         with self._lock:
             state = self._states.get(key)
             if state is None or state.anchor != anchor_at:
@@ -281,10 +286,7 @@ class Folds:
             ahead: Sequence[series.AgentMinute] = window[window.first_at(anchor_at):]
         else:
             ahead = window[bisect.bisect_left(window, anchor_at, key=lambda m: m.minute):]
-        settled_before = end - self.tail_minutes * series.MINUTE
-        settled = len(ahead)
-        while settled and _minute_at(ahead, settled - 1) >= settled_before:
-            settled -= 1
+        settled = _settled(ahead, end - self.tail_minutes * series.MINUTE)
         if not settled:
             return False
         detector_set, out = detectors.DetectorSet(params, agent, namespace), []

@@ -25,6 +25,9 @@ After the first full pass and one more interval (the warm-up), it watches the op
 - the time of a fleet-wide Prometheus fetch (``fleetwarden_operator_prometheus_fetch_seconds``),
   and its slowest queries (``..._prometheus_query_seconds{query}``, the mean answer of each);
 - the operator process's RSS (VmRSS, max over the window) and peak (VmHWM);
+- fleet mode: the window's cycles one by one, from the line each writes to the operator's log:
+  the second of the minute it started at, its time, what its data brought, and when in it the
+  fleet-wide fetch ended (the evaluations before that went on with the last snapshot);
 - the CPU each process of the run used in the window (from /proc: the operator, Prometheus, the
   control plane's, the benchmark itself), in cores, beside the whole machine's, and the
   operator's CPU seconds per cycle: whether a cycle waits for the operator's own work or for
@@ -73,7 +76,7 @@ from fleetwarden.adapters import kube, prometheus
 from fleetwarden.core import series, spec, warmfold
 from fleetwarden.devcluster import cluster as devcluster
 from fleetwarden.devcluster import monitoring, pki, procs
-from fleetwarden.handlers import settings
+from fleetwarden.handlers import fleet, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CENSUS_HOOK = Path(__file__).resolve().parent / "census"  # its sitecustomize.py: --census
@@ -469,8 +472,23 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
     busy = machine_busy() - busy_before
     _, hwm = memory(watch.proc.pid)
     report(before, after, n, args, rss_max, hwm, (oldest_max, oldest_after), last_max, cpu, busy)
+    if args.evaluation == "fleet":
+        print_cycles(work / "operator.log", int(before["cycles"]), int(after["cycles"]))
     if args.census:
         census(work)
+
+
+def print_cycles(log: Path, first: int, last: int) -> None:
+    """The window's cycles one by one, from the operator's log (``fleet.cycle_line``): the second of the
+    minute each started at, its time, what its data brought and when its fetch ended in it."""
+    read = [m for m in map(fleet.CYCLE_LINE.search, log.read_text(errors="replace").splitlines()) if m]
+    cycles = [m for m in read if first < int(m["number"]) <= last]
+    if not cycles:
+        print(f"the window's cycles: none of {first + 1}-{last} in {log}")
+        return
+    print("the window's cycles (cycle: second of the minute it started at, seconds, data, fetch ended in it):")
+    print("  " + "; ".join(f"{m['number']}: :{float(m['second']):04.1f} {m['seconds']}s {m['data']}, "
+                           + (f"fetch {m['fetch']}s" if m["fetch"] else "no fetch") for m in cycles))
 
 
 def census(work: Path) -> None:

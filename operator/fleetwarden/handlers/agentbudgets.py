@@ -297,7 +297,7 @@ if SETTINGS.evaluation == "fleet":
                                 new_cycle=rt.new_cycle, ready=LISTINGS.ready if OWN_INDEXES else INDEXED,
                                 settled=heap.settle, on_ready=check_all_namespaces if OWN_INDEXES else None,
                                 waiting=LISTINGS.waiting_for if OWN_INDEXES else None, data_end=rt.data_end,
-                                after_cycle=heap.trim)
+                                after_cycle=heap.trim, fetch_ended=rt.fetch_ended)
         _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(*_indexes(kwargs)))
         if OWN_INDEXES:
             await _unserved_kinds()

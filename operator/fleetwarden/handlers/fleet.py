@@ -42,6 +42,7 @@ import concurrent.futures as cf
 import dataclasses
 import functools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -140,6 +141,24 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
     return len(failures)
 
 
+def cycle_line(number: int, budgets: int, failed: int, seconds: float, started: float, data: str | None,
+               fetch_ended: float | None) -> str:
+    """The log's line of one cycle: its budgets, time and data, the second of the minute it started at
+    (cycles whose data brought a new minute cost more; the second says where the minute turned), and
+    when in it the cycle's fetch ended (the evaluations before that went on with the last snapshot).
+    ``benchmarks/operator_scale.py`` reads it back (``CYCLE_LINE``)."""
+    stamp = time.strftime("%H:%M:%S", time.gmtime(started))
+    fetch = "no fetch ended in it" if fetch_ended is None else f"its fetch ended {fetch_ended:.1f}s in"
+    return (f"cycle {number}: {budgets} budgets in {seconds:.1f}s, {failed} failed; data {data or 'not read'}; "
+            f"started {stamp} UTC, {started % 60:.1f}s into the minute; {fetch}")
+
+
+# cycle_line's words, read back (the benchmark's table of cycles)
+CYCLE_LINE = re.compile(r"cycle (?P<number>\d+): (?P<budgets>\d+) budgets in (?P<seconds>[\d.]+)s, (?P<failed>\d+) failed; "
+                        r"data (?P<data>[\w ]+); started (?P<stamp>[\d:]+) UTC, (?P<second>[\d.]+)s into the minute; "
+                        r"(?:its fetch ended (?P<fetch>[\d.]+)s in|no fetch ended in it)")
+
+
 class FleetLoop:
     """Evaluate every indexed budget once per ``interval`` seconds."""
 
@@ -150,7 +169,9 @@ class FleetLoop:
                  waiting: Callable[[], str] | None = None,
                  data_end: Callable[[], int | None] | None = None,
                  after_cycle: Callable[[], Any] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 fetch_ended: Callable[[], float | None] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.time) -> None:
         self.evaluate = evaluate
         self.interval = interval
         self.new_cycle = new_cycle
@@ -161,7 +182,9 @@ class FleetLoop:
         self.after_cycle = after_cycle  # called after every cycle, in its thread (handlers/heap.py: trim)
         self.data_end = data_end  # the end of the data's last complete minute, None without data
         self._last_end: int | None = None  # data_end after the last cycle that had data
+        self.fetch_ended = fetch_ended  # when the last Prometheus fetch ended (``monotonic``'s time), None: never
         self.monotonic = monotonic
+        self.clock = clock  # the wall clock, for the cycle's line in the log
         self.workers = workers
         self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fleet-eval")
         self.driver = cf.ThreadPoolExecutor(1, thread_name_prefix="fleet-cycle")
@@ -200,10 +223,11 @@ class FleetLoop:
 
     def cycle(self, items: Sequence[Item]) -> CycleResult:
         """One cycle over ``items`` (blocking): a fresh snapshot, every budget evaluated."""
-        started = self.monotonic()
+        started, wall = self.monotonic(), self.clock()
         self.new_cycle()
         failed = evaluate_all(items, self._evaluate, self.pool, in_flight=self.workers * IN_FLIGHT_PER_WORKER)
         seconds = self.monotonic() - started
+        fetched = self.fetch_ended() if self.fetch_ended is not None else None
         self.cycles += 1
         if self.cycles == 1 and self.settled is not None:
             self.settled()
@@ -211,8 +235,12 @@ class FleetLoop:
             self.after_cycle()
         metrics.CYCLE_SECONDS.observe(seconds)
         metrics.LAST_CYCLE_SECONDS.set(seconds)
+        data = None
         if self.data_end is not None:
-            metrics.CYCLE_SECONDS_BY_DATA.labels(self._data_brought(self.data_end())).observe(seconds)
+            data = self._data_brought(self.data_end())
+            metrics.CYCLE_SECONDS_BY_DATA.labels(data).observe(seconds)
+        log.info("%s", cycle_line(self.cycles, len(items), failed, seconds, wall, data,
+                                  None if fetched is None or fetched < started else fetched - started))
         return CycleResult(len(items), failed, seconds)
 
     def _data_brought(self, end: int | None) -> str:

@@ -364,6 +364,7 @@ class Runtime:
         self._fetch_lock = threading.Lock()  # one fetch at a time
         self._snapshot: prometheus.FleetSnapshot | errors.PrometheusError | None = None
         self._snapshot_at = float("-inf")  # monotonic time of the last fetch
+        self._fetch_ended: float | None = None  # the same, kept when a new cycle makes the snapshot due
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._status: dict[str, bytes] = {}  # uid -> the status we last wrote (_pack_status)
@@ -429,6 +430,7 @@ class Runtime:
             metrics.PROMETHEUS_FETCH_SECONDS.observe(time.monotonic() - started)
             with self._snapshot_lock:
                 self._snapshot, self._snapshot_at = fresh, time.monotonic()
+                self._fetch_ended = self._snapshot_at
             return self._snapshot_or_raise(fresh)
 
     def _snapshot_state(self, source: spec.SourceType
@@ -452,6 +454,10 @@ class Runtime:
         (not fetched yet, or the last fetch failed)."""
         snap = self._snapshot
         return snap.end if isinstance(snap, prometheus.FleetSnapshot) else None
+
+    def fetch_ended(self) -> float | None:
+        """When the last fetch (good or failed) ended, on ``time.monotonic``'s clock; None: none yet."""
+        return self._fetch_ended
 
     def new_cycle(self) -> None:
         """Make the cached snapshot due: the next budget fetches afresh (the others evaluated

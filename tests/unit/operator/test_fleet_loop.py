@@ -408,6 +408,56 @@ def test_a_cycles_time_is_counted_by_whether_its_data_brought_a_new_minute() -> 
     assert counted == {"first": (1, 9), "same_minute": (3, 2 + 1 + 4), "new_minute": (2, 7 + 8), "unknown": (1, 3)}
 
 
+def test_each_cycle_logs_a_line_the_benchmark_reads_back(caplog: pytest.LogCaptureFixture) -> None:
+    """Its time, data, the second of the minute it started at and when its fetch ended in it."""
+    now = {"t": 100.0, "wall": 1795824000.0 + 3600 + 42.5}  # 01:00:42.5 UTC
+    ends = iter([6000, 6060, None])
+    fetched = iter([None, 114.45, 90.0])  # the second: 3.2 s after its start (111.25); the third: the last fetch ended before the cycle began
+
+    def new_cycle() -> None:
+        now["t"] += 11.25
+
+    loop = fleet.FleetLoop(lambda item: None, interval=15, workers=1, new_cycle=new_cycle, ready=threading.Event(),
+                           data_end=lambda: next(ends), fetch_ended=lambda: next(fetched),
+                           monotonic=lambda: now["t"], clock=lambda: now["wall"])
+    try:
+        items = fleet.copy_indexes(index(body(0), body(1)), {}, {}, {})
+        with caplog.at_level(logging.INFO, logger="fleetwarden.handlers.fleet"):
+            for _ in range(3):
+                loop.cycle(items)
+                now["wall"] += 15
+    finally:
+        loop.stopping.set()
+        loop.pool.shutdown()
+        loop.driver.shutdown()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cycle ")]
+    assert lines[1] == ("cycle 2: 2 budgets in 11.2s, 0 failed; data new_minute; started 01:00:57 UTC, 57.5s into "
+                        "the minute; its fetch ended 3.2s in")
+    read = [fleet.CYCLE_LINE.search(line) for line in lines]
+    assert [m.groupdict() if m else None for m in read] == [
+        {"number": "1", "budgets": "2", "seconds": "11.2", "failed": "0", "data": "first", "stamp": "01:00:42",
+         "second": "42.5", "fetch": None},
+        {"number": "2", "budgets": "2", "seconds": "11.2", "failed": "0", "data": "new_minute", "stamp": "01:00:57",
+         "second": "57.5", "fetch": "3.2"},
+        {"number": "3", "budgets": "2", "seconds": "11.2", "failed": "0", "data": "unknown", "stamp": "01:01:12",
+         "second": "12.5", "fetch": None},
+    ]
+
+
+def test_the_runtime_says_when_its_last_fetch_ended_a_new_cycle_keeps_it() -> None:
+    fetcher, k = CountingFetcher(), FakeKube()
+    rt = make(fetcher, k)
+    assert rt.fetch_ended() is None
+    rt.reconcile(body(0), [deployment(0)])
+    ended = rt.fetch_ended()
+    assert ended is not None
+    rt.new_cycle()
+    assert rt.fetch_ended() == ended
+    rt.reconcile(body(0), [deployment(0)])
+    later = rt.fetch_ended()
+    assert later is not None and later > ended
+
+
 def test_without_a_data_end_no_cycle_is_counted_by_data() -> None:
     loop = fleet.FleetLoop(lambda item: None, interval=60, workers=1, new_cycle=lambda: None, ready=threading.Event())
     before = cycles_by_data()

@@ -18,7 +18,8 @@ After the first full pass and one more interval (the warm-up), it watches the op
   window): at most about the interval when every budget is evaluated every interval. The window
   starts while the second cycle still runs (at 10,000 budgets the slowest after the first, some
   50 s), and until it ends the budgets it has not reached yet were evaluated in the first pass; so the figure is also printed for the readings taken once two cycles have
-  ended in the window (every budget evaluated since by a cycle that started in the window);
+  ended in the window (every budget evaluated since by a cycle that started in the window), and
+  its largest reading in each minute of the window (whether the first minutes' are the warm-up's);
 - Prometheus queries per cycle (``fleetwarden_operator_prometheus_queries_total``);
 - PATCHes per cycle of ``agentbudgets/status`` and of ``agentbudgets`` (kopf's finalizers), from
   the API server's own ``apiserver_request_total``;
@@ -448,6 +449,7 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
     cpu_before, busy_before = cpu_by_process(os.getpid()), machine_busy()
     rss_max, oldest_max, last_max = 0.0, 0.0, 0.0
     oldest_after: float | None = None  # over the readings once two cycles ended in the window
+    oldest_by_minute: dict[int, float] = {}  # minute of the window -> the largest oldest evaluation read in it
     scraped = before["at"]
     # The operator's /metrics is read every READ_EVERY seconds: read every second, rendering its per-budget
     # series (7 a budget) was a sixth of the operator's CPU at 2,000 budgets (py-spy) before they
@@ -461,6 +463,8 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
             text = watch.operator()
             oldest = samples(text, "fleetwarden_operator_oldest_evaluation_seconds")
             oldest_max = max(oldest_max, oldest)
+            minute = int((scraped - before["at"]) // 60)
+            oldest_by_minute[minute] = max(oldest_by_minute.get(minute, 0.0), oldest)
             ended = samples(text, "fleetwarden_operator_cycle_seconds_count") - before["cycles"]
             if ended > 1:
                 oldest_after = max(oldest_after or 0.0, oldest)
@@ -473,6 +477,8 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
     busy = machine_busy() - busy_before
     _, hwm = memory(watch.proc.pid)
     report(before, after, n, args, rss_max, hwm, (oldest_max, oldest_after), last_max, cpu, busy)
+    print("oldest evaluation by minute of the window: " + ", ".join(
+        f"{oldest:.1f}s" for _, oldest in sorted(oldest_by_minute.items())))
     if args.evaluation == "fleet":
         print_cycles(work / "operator.log", int(before["cycles"]), int(after["cycles"]))
     if args.census:

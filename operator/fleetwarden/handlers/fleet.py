@@ -100,10 +100,14 @@ def next_start(interval: float, this: Sequence[float], recent: Iterable[Sequence
     the cycle's order of budgets (a cycle of another number of budgets is left out). A budget reached
     late in a cheap cycle waits past the interval when the next cycle is a costly one (the minute's
     turn, or the folds ahead of it): the next cycle then starts earlier by as much, never before
-    ``EARLIEST_SHARE`` of the interval. Cycles of even cost start one interval apart, as before."""
+    ``EARLIEST_SHARE`` of the interval. Cycles of even cost start one interval apart, as before.
+    A recent cycle that took longer than the interval is left out too: no start keeps a budget's
+    waits under the interval when a cycle alone is longer, and starting earlier only adds load to a
+    machine that is behind (at 10,000 budgets, the slow fetches of the first minutes after the first
+    pass held every start at half an interval for a minute and a half)."""
     lead = 0.0
     for other in recent:
-        if len(other) == len(this):
+        if len(other) == len(this) and max(other, default=0.0) <= interval:
             lead = max(lead, max((o - t for o, t in zip(other, this, strict=True)), default=0.0))
     return max(interval * EARLIEST_SHARE, interval - lead)
 

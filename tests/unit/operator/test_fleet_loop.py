@@ -491,7 +491,8 @@ def test_the_next_cycle_starts_early_by_what_a_costlier_recent_cycle_would_make_
     # a fetch that lands mid-cycle: the budgets before it cheap, those after costly; the earliest ones decide
     assert fleet.next_start(15, [0.5, 1.0, 9.0, 10.0], [[3.0, 4.0, 5.0, 6.0]]) == 12
     assert fleet.next_start(15, cheap, [[1.0, 2.0, 3.0, 30.0, 31.0]]) == 15  # another number of budgets: left out
-    assert fleet.next_start(15, cheap, [[20.0, 40.0, 60.0, 80.0]]) == 7.5  # never before half the interval
+    assert fleet.next_start(15, [1.0, 1.5, 2.0, 2.5], [[12.0, 13.0, 14.0, 14.5]]) == 7.5  # never before half the interval
+    assert fleet.next_start(15, cheap, [even, [3.0, 6.0, 9.0, 15.5]]) == 11  # a cycle longer than the interval: left out
     assert fleet.next_start(15, [], [[]]) == 15
 
 

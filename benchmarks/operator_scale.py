@@ -28,8 +28,7 @@ After the first full pass and one more interval (the warm-up), it watches the op
 - the operator process's RSS (VmRSS, max over the window) and peak (VmHWM);
 - fleet mode: the window's cycles one by one, from the line each writes to the operator's log:
   the second of the minute it started at, its time, what its data brought, and when in it the
-  fleet-wide fetch ended (the evaluations before that went on with the last snapshot), and when
-  the next cycle started after it (``fleet.next_start``);
+  fleet-wide fetch ended (the evaluations before that went on with the last snapshot);
 - the CPU each process of the run used in the window (from /proc: the operator, Prometheus, the
   control plane's, the benchmark itself), in cores, beside the whole machine's, and the
   operator's CPU seconds per cycle: whether a cycle waits for the operator's own work or for
@@ -493,11 +492,9 @@ def print_cycles(log: Path, first: int, last: int) -> None:
     if not cycles:
         print(f"the window's cycles: none of {first + 1}-{last} in {log}")
         return
-    print("the window's cycles (cycle: second of the minute it started at, seconds, data, fetch ended in it, "
-          "the next cycle's start after its start):")
+    print("the window's cycles (cycle: second of the minute it started at, seconds, data, fetch ended in it):")
     print("  " + "; ".join(f"{m['number']}: :{float(m['second']):04.1f} {m['seconds']}s {m['data']}, "
-                           + (f"fetch {m['fetch']}s" if m["fetch"] else "no fetch") + f", next +{m['next']}s"
-                           for m in cycles))
+                           + (f"fetch {m['fetch']}s" if m["fetch"] else "no fetch") for m in cycles))
 
 
 def census(work: Path) -> None:

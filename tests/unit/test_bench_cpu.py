@@ -54,11 +54,11 @@ def test_the_window_s_cycles_are_read_back_from_the_operator_s_log(tmp_path: Pat
 
     start = 1795824000.0
     lines = [fleet.cycle_line(k, 10000, 0, 9.0 + k, start + 15 * k + 0.5, "same_minute" if k % 4 else "new_minute",
-                              5.25 if k % 2 else None, 15.0) for k in range(1, 7)]
+                              5.25 if k % 2 else None) for k in range(1, 7)]
     log = tmp_path / "operator.log"
     log.write_text("\n".join(f"[2026-11-28 00:00:{k:02d},000] fleetwarden.handlers.fleet [INFO    ] {line}"
                              for k, line in enumerate(lines)) + "\nsomething else: cycle 9 of nothing\n")
     operator_scale.print_cycles(log, 2, 5)
     out = capsys.readouterr().out
-    assert out.splitlines()[1] == ("  3: :45.5 12.0s same_minute, fetch 5.2s, next +15.0s; 4: :00.5 13.0s new_minute, "
-                                   "no fetch, next +15.0s; 5: :15.5 14.0s same_minute, fetch 5.2s, next +15.0s")
+    assert out.splitlines()[1] == ("  3: :45.5 12.0s same_minute, fetch 5.2s; 4: :00.5 13.0s new_minute, no fetch; "
+                                   "5: :15.5 14.0s same_minute, fetch 5.2s")

@@ -19,13 +19,10 @@ machine those timers fall behind the interval (docs/operator.md, Scale): kopf sc
    evaluates every budget on a pool of ``FLEETWARDEN_WORKERS`` threads
    (:meth:`fleetwarden.handlers.runtime.Runtime.reconcile`: the status is written only when
    it changed, or for the coarse heartbeat).
-3. It records the cycle's duration and when it reached each budget, and starts the next cycle
-   one interval after this one started, or earlier when a budget reached late in this cycle
-   would otherwise wait longer than the interval for the next (:func:`next_start`: the slowest
-   of the last minute's cycles tells how late the next may reach it), or at once, with a
-   warning, when the cycle took longer than the interval. After the first cycle it settles the
-   heap once (:func:`fleetwarden.handlers.heap.settle`), after each later one it gives malloc's
-   free pages back (:func:`fleetwarden.handlers.heap.trim`). Each cycle writes a line to the log.
+3. It records the cycle's duration and starts the next cycle one interval after this one
+   started (at once, with a warning, when the cycle took longer than the interval). After
+   the first cycle it settles the heap once (:func:`fleetwarden.handlers.heap.settle`), after
+   each later one it gives malloc's free pages back (:func:`fleetwarden.handlers.heap.trim`).
 
 A failed evaluation is logged (the first few of a cycle, then their count) and retried on
 the next cycle; it never stops the others. Immediate evaluations (a spec edit of a budget
@@ -40,9 +37,7 @@ the Runtime keeps a prompted evaluation and the cycle from evaluating one budget
 
 from __future__ import annotations
 
-import array
 import asyncio
-import collections
 import concurrent.futures as cf
 import dataclasses
 import functools
@@ -50,7 +45,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fleetwarden.handlers import metrics
@@ -61,14 +56,6 @@ log = logging.getLogger(__name__)
 LOGGED_FAILURES = 5
 # Evaluations submitted to the pool ahead of those running, per worker (evaluate_all's in_flight).
 IN_FLIGHT_PER_WORKER = 4
-# The cycles whose times shape when the next one starts (next_start): those that started at most this long,
-# plus two intervals, before the last one ended. A minute: the minute's turn makes one of its cycles
-# cheaper or costlier than the others (one more minute to fold; the folds ahead of the next turn in the
-# later ones); the two intervals keep the last turn's cycle among them until the next turn's has begun.
-PATTERN_SECONDS = 60.0
-# The next cycle starts at least this share of the interval after the last one started: at most twice
-# the cycles of a fixed interval, however uneven they are.
-EARLIEST_SHARE = 0.5
 
 Body = Mapping[str, Any]
 
@@ -88,28 +75,6 @@ class CycleResult:
     budgets: int
     failed: int
     seconds: float
-    next_in: float = 0.0  # when the next cycle should start, in seconds after this one started (next_start)
-
-
-def next_start(interval: float, this: Sequence[float], recent: Iterable[Sequence[float]]) -> float:
-    """When the next cycle should start, in seconds after this one started, so that no budget waits
-    longer than ``interval`` between two evaluations as long as the next cycle reaches each budget no
-    later than the slowest of ``recent`` did.
-
-    ``this`` and each of ``recent`` are a cycle's times from its start to each budget's evaluation, in
-    the cycle's order of budgets (a cycle of another number of budgets is left out). A budget reached
-    late in a cheap cycle waits past the interval when the next cycle is a costly one (the minute's
-    turn, or the folds ahead of it): the next cycle then starts earlier by as much, never before
-    ``EARLIEST_SHARE`` of the interval. Cycles of even cost start one interval apart, as before.
-    A recent cycle that took longer than the interval is left out too: no start keeps a budget's
-    waits under the interval when a cycle alone is longer, and starting earlier only adds load to a
-    machine that is behind (at 10,000 budgets, the slow fetches of the first minutes after the first
-    pass held every start at half an interval for a minute and a half)."""
-    lead = 0.0
-    for other in recent:
-        if len(other) == len(this) and max(other, default=0.0) <= interval:
-            lead = max(lead, max((o - t for o, t in zip(other, this, strict=True)), default=0.0))
-    return max(interval * EARLIEST_SHARE, interval - lead)
 
 
 def _values(index: Any, namespace: str) -> list[Body]:
@@ -177,24 +142,21 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
 
 
 def cycle_line(number: int, budgets: int, failed: int, seconds: float, started: float, data: str | None,
-               fetch_ended: float | None, next_in: float) -> str:
+               fetch_ended: float | None) -> str:
     """The log's line of one cycle: its budgets, time and data, the second of the minute it started at
     (cycles whose data brought a new minute cost more; the second says where the minute turned), and
-    when in it the cycle's fetch ended (the evaluations before that went on with the last snapshot), and
-    when the next cycle starts (next_start).
+    when in it the cycle's fetch ended (the evaluations before that went on with the last snapshot).
     ``benchmarks/operator_scale.py`` reads it back (``CYCLE_LINE``)."""
     stamp = time.strftime("%H:%M:%S", time.gmtime(started))
     fetch = "no fetch ended in it" if fetch_ended is None else f"its fetch ended {fetch_ended:.1f}s in"
     return (f"cycle {number}: {budgets} budgets in {seconds:.1f}s, {failed} failed; data {data or 'not read'}; "
-            f"started {stamp} UTC, {started % 60:.1f}s into the minute; {fetch}; the next starts {next_in:.1f}s "
-            "after its start")
+            f"started {stamp} UTC, {started % 60:.1f}s into the minute; {fetch}")
 
 
 # cycle_line's words, read back (the benchmark's table of cycles)
 CYCLE_LINE = re.compile(r"cycle (?P<number>\d+): (?P<budgets>\d+) budgets in (?P<seconds>[\d.]+)s, (?P<failed>\d+) failed; "
                         r"data (?P<data>[\w ]+); started (?P<stamp>[\d:]+) UTC, (?P<second>[\d.]+)s into the minute; "
-                        r"(?:its fetch ended (?P<fetch>[\d.]+)s in|no fetch ended in it); "
-                        r"the next starts (?P<next>[\d.]+)s after its start")
+                        r"(?:its fetch ended (?P<fetch>[\d.]+)s in|no fetch ended in it)")
 
 
 class FleetLoop:
@@ -227,8 +189,6 @@ class FleetLoop:
         self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fleet-eval")
         self.driver = cf.ThreadPoolExecutor(1, thread_name_prefix="fleet-cycle")
         self.cycles = 0
-        # (start, each budget's time) of the cycles that started in the last PATTERN_SECONDS and two intervals
-        self._recent: collections.deque[tuple[float, array.array[float]]] = collections.deque()
         self.stopping = threading.Event()
         self._prompted: dict[str, Item] = {}  # budget uid -> its latest item, evaluated at once
         self._prompt_lock = threading.Lock()
@@ -264,23 +224,9 @@ class FleetLoop:
     def cycle(self, items: Sequence[Item]) -> CycleResult:
         """One cycle over ``items`` (blocking): a fresh snapshot, every budget evaluated."""
         started, wall = self.monotonic(), self.clock()
-        times = array.array("d", bytes(8 * len(items)))  # each budget's evaluation, seconds after the start
-        slots = {id(item): k for k, item in enumerate(items)}
-
-        def timed(item: Item) -> Any:
-            try:
-                return self._evaluate(item)
-            finally:
-                times[slots[id(item)]] = self.monotonic() - started
-
         self.new_cycle()
-        failed = evaluate_all(items, timed, self.pool, in_flight=self.workers * IN_FLIGHT_PER_WORKER)
-        ended = self.monotonic()
-        seconds = ended - started
-        while self._recent and self._recent[0][0] < ended - PATTERN_SECONDS - 2 * self.interval:
-            self._recent.popleft()
-        self._recent.append((started, times))
-        next_in = next_start(self.interval, times, (t for _, t in self._recent))
+        failed = evaluate_all(items, self._evaluate, self.pool, in_flight=self.workers * IN_FLIGHT_PER_WORKER)
+        seconds = self.monotonic() - started
         fetched = self.fetch_ended() if self.fetch_ended is not None else None
         self.cycles += 1
         if self.cycles == 1 and self.settled is not None:
@@ -294,8 +240,8 @@ class FleetLoop:
             data = self._data_brought(self.data_end())
             metrics.CYCLE_SECONDS_BY_DATA.labels(data).observe(seconds)
         log.info("%s", cycle_line(self.cycles, len(items), failed, seconds, wall, data,
-                                  None if fetched is None or fetched < started else fetched - started, next_in))
-        return CycleResult(len(items), failed, seconds, next_in)
+                                  None if fetched is None or fetched < started else fetched - started))
+        return CycleResult(len(items), failed, seconds)
 
     def _data_brought(self, end: int | None) -> str:
         """What the cycle just ended had to evaluate (``data`` of ``..._cycle_by_data_seconds``)."""
@@ -327,13 +273,13 @@ class FleetLoop:
                 except Exception as exc:  # noqa: BLE001 - logged; the cycles go on without it
                     log.warning("before the first cycle: %s", exc)
             while True:
-                started = self.monotonic()  # (the next start counts from here: the copy takes about as long each time)
+                started = self.monotonic()
                 items = copy_indexes(budgets, deployments, policies, approvals)
                 result = await loop.run_in_executor(self.driver, self.cycle, items)
                 if result.seconds > self.interval:
                     log.warning("evaluating %d budgets took %.1fs, longer than the %gs interval: the next "
                                 "cycle starts at once", result.budgets, result.seconds, self.interval)
-                await asyncio.sleep(max(0.0, started + result.next_in - self.monotonic()))
+                await asyncio.sleep(max(0.0, started + self.interval - self.monotonic()))
         finally:
             # The budgets still queued are skipped (``stopping``), the cycle submits no more
             # (evaluate_all: the pool refuses them) and ends once those submitted have.

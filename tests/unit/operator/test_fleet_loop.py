@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import itertools
 import logging
 import os
 import subprocess
@@ -433,15 +432,15 @@ def test_each_cycle_logs_a_line_the_benchmark_reads_back(caplog: pytest.LogCaptu
         loop.driver.shutdown()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cycle ")]
     assert lines[1] == ("cycle 2: 2 budgets in 11.2s, 0 failed; data new_minute; started 01:00:57 UTC, 57.5s into "
-                        "the minute; its fetch ended 3.2s in; the next starts 15.0s after its start")
+                        "the minute; its fetch ended 3.2s in")
     read = [fleet.CYCLE_LINE.search(line) for line in lines]
     assert [m.groupdict() if m else None for m in read] == [
         {"number": "1", "budgets": "2", "seconds": "11.2", "failed": "0", "data": "first", "stamp": "01:00:42",
-         "second": "42.5", "fetch": None, "next": "15.0"},
+         "second": "42.5", "fetch": None},
         {"number": "2", "budgets": "2", "seconds": "11.2", "failed": "0", "data": "new_minute", "stamp": "01:00:57",
-         "second": "57.5", "fetch": "3.2", "next": "15.0"},
+         "second": "57.5", "fetch": "3.2"},
         {"number": "3", "budgets": "2", "seconds": "11.2", "failed": "0", "data": "unknown", "stamp": "01:01:12",
-         "second": "12.5", "fetch": None, "next": "15.0"},
+         "second": "12.5", "fetch": None},
     ]
 
 
@@ -481,81 +480,3 @@ def test_the_runtimes_data_end_is_its_snapshots_none_before_a_fetch_or_after_a_f
     with contextlib.suppress(Exception):
         rt.reconcile(body(0), [deployment(0)])
     assert rt.data_end() is None
-
-
-def test_the_next_cycle_starts_early_by_what_a_costlier_recent_cycle_would_make_a_budget_wait() -> None:
-    even = [3.0, 6.0, 9.0, 12.0]  # each budget's evaluation, seconds after its cycle's start
-    assert fleet.next_start(15, even, [even, [2.9, 5.8, 8.7, 11.6]]) == 15  # never later than the interval
-    cheap = [2.0, 4.0, 6.0, 8.0]  # the minute's turn, cheaper here than the others
-    assert fleet.next_start(15, cheap, [even, cheap]) == 11  # the last budget: 11 + 12 = 8 + 15
-    # a fetch that lands mid-cycle: the budgets before it cheap, those after costly; the earliest ones decide
-    assert fleet.next_start(15, [0.5, 1.0, 9.0, 10.0], [[3.0, 4.0, 5.0, 6.0]]) == 12
-    assert fleet.next_start(15, cheap, [[1.0, 2.0, 3.0, 30.0, 31.0]]) == 15  # another number of budgets: left out
-    assert fleet.next_start(15, [1.0, 1.5, 2.0, 2.5], [[12.0, 13.0, 14.0, 14.5]]) == 7.5  # never before half the interval
-    assert fleet.next_start(15, cheap, [even, [3.0, 6.0, 9.0, 15.5]]) == 11  # a cycle longer than the interval: left out
-    assert fleet.next_start(15, [], [[]]) == 15
-
-
-def _simulate(turn_cost: float, other_cost: float, *, minutes: int = 8, budgets: int = 30,
-              next_start: Any = None) -> tuple[dict[int, list[float]], int]:
-    """The loop's own run() on a clock of its own: each evaluation takes ``turn_cost`` seconds in a
-    cycle that starts in a new minute (the minute's turn), ``other_cost`` in the others. Returns each
-    budget's evaluation times and the number of cycles."""
-    now = {"t": 0.0}
-    turns = {"minute": -1, "cost": other_cost}
-    seen: dict[int, list[float]] = collections.defaultdict(list)
-
-    def new_cycle() -> None:
-        minute = int(now["t"] // 60)
-        turns["cost"] = turn_cost if minute != turns["minute"] else other_cost
-        turns["minute"] = minute
-
-    def evaluate(item: fleet.Item) -> None:
-        now["t"] += turns["cost"]
-        seen[int(item.budget["metadata"]["name"].rpartition("-")[2])].append(now["t"])
-
-    async def sleep(seconds: float) -> None:
-        now["t"] += seconds
-        await real_sleep(0)
-
-    ready = threading.Event()
-    ready.set()
-    loop = fleet.FleetLoop(evaluate, interval=15, workers=1, new_cycle=new_cycle, ready=ready,
-                           monotonic=lambda: now["t"], clock=lambda: now["t"])
-    real_sleep = asyncio.sleep
-
-    async def main() -> None:
-        task = asyncio.create_task(loop.run(index(*(body(i) for i in range(budgets))), {}, {}, {}))
-        while now["t"] < minutes * 60:
-            await real_sleep(0.001)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    patches = [(fleet.asyncio, "sleep", sleep)] + ([(fleet, "next_start", next_start)] if next_start else [])
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-    try:
-        for obj, name, value in patches:
-            setattr(obj, name, value)
-        asyncio.run(main())
-    finally:
-        for obj, name, value in saved:
-            setattr(obj, name, value)
-    return seen, loop.cycles
-
-
-def _longest_wait(seen: dict[int, list[float]], after: float) -> float:
-    return max(b - a for times in seen.values() for a, b in itertools.pairwise(times) if a >= after)
-
-
-@pytest.mark.parametrize(("turn_cost", "other_cost"), [(0.25, 0.4), (0.45, 0.3)])
-def test_no_budget_waits_longer_than_the_interval_when_the_minutes_turn_makes_cycles_uneven(
-        turn_cost: float, other_cost: float) -> None:
-    """The minute's turn makes one cycle a minute cheaper (or costlier) than the others (7.5 and 12 s,
-    13.5 and 9 s at 30 budgets): one interval between the starts left a budget reached late in a
-    cheap cycle waiting past the interval for the next one; the loop now starts that one earlier."""
-    fixed, fixed_cycles = _simulate(turn_cost, other_cost, next_start=lambda interval, this, recent: interval)
-    assert _longest_wait(fixed, after=120) > 15 + 3  # (the shape makes a budget wait: one interval is not enough)
-    seen, cycles = _simulate(turn_cost, other_cost)
-    assert _longest_wait(seen, after=120) <= 15 + 1e-6
-    assert fixed_cycles < cycles <= 2 * fixed_cycles

@@ -144,8 +144,8 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
 def cycle_line(number: int, budgets: int, failed: int, seconds: float, started: float, data: str | None,
                fetch_ended: float | None) -> str:
     """The log's line of one cycle: its budgets, time and data, the second of the minute it started at
-    (cycles whose data brought a new minute cost more; the second says where the minute turned), and
-    when in it the cycle's fetch ended (the evaluations before that went on with the last snapshot).
+    (the minute's turn and the folds ahead of it make some of a minute's cycles costlier than others),
+    and when in it the cycle's fetch ended (the evaluations before that went on with the last snapshot).
     ``benchmarks/operator_scale.py`` reads it back (``CYCLE_LINE``)."""
     stamp = time.strftime("%H:%M:%S", time.gmtime(started))
     fetch = "no fetch ended in it" if fetch_ended is None else f"its fetch ended {fetch_ended:.1f}s in"

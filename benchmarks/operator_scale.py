@@ -290,7 +290,9 @@ def cpu_in_window(before: dict[int, tuple[str, float]], after: dict[int, tuple[s
     out: dict[str, float] = {}
     for pid, (name, seconds) in after.items():
         key = names.get(pid, name)
-        out[key] = out.get(key, 0.0) + seconds - (before[pid][1] if pid in before else 0.0)
+        # each process's own difference first: adding a large reading and then taking away its
+        # earlier one rounds (0.31 + 20.15 - 20.15 is 0.30999...), and CPU spent would read as less
+        out[key] = out.get(key, 0.0) + (seconds - (before[pid][1] if pid in before else 0.0))
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 

@@ -39,6 +39,17 @@ def test_cpu_is_counted_for_every_process_under_the_root_and_named_by_program() 
         child.communicate("", timeout=30)
 
 
+def test_a_program_s_cpu_is_the_sum_of_each_process_s_own_difference() -> None:
+    """A process that used nothing in the window adds exactly nothing to its program's figure, whatever
+    it had used before (no rounding from adding and taking away its earlier reading)."""
+    for earlier in (1.5, 5.01, 7.33, 20.15, 123.47, 9876.54):
+        before = {10: ("python3", earlier)}
+        after = {11: ("python3", 0.31), 10: ("python3", earlier), 12: ("etcd", 2.0)}
+        used = operator_scale.cpu_in_window(before, after, {})
+        assert used["python3"] == 0.31, (earlier, used)
+        assert list(used) == ["etcd", "python3"]  # the largest first
+
+
 def test_the_machine_busy_time_grows_with_work() -> None:
     before = operator_scale.machine_busy()
     end = time.process_time() + 0.2

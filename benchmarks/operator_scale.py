@@ -77,7 +77,7 @@ from fleetwarden.adapters import kube, prometheus
 from fleetwarden.core import series, spec, warmfold
 from fleetwarden.devcluster import cluster as devcluster
 from fleetwarden.devcluster import monitoring, pki, procs
-from fleetwarden.handlers import fleet, settings
+from fleetwarden.handlers import fleet, heap, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CENSUS_HOOK = Path(__file__).resolve().parent / "census"  # its sitecustomize.py: --census
@@ -346,6 +346,8 @@ class Watch:
             "allocator": allocator_of(text),
             "malloc": {part: samples(text, "fleetwarden_operator_malloc_bytes", part=part)
                        for part in ("in_use", "free", "mmapped")} if "fleetwarden_operator_malloc_bytes{" in text else None,
+            "jemalloc": {part: samples(text, "fleetwarden_operator_jemalloc_bytes", part=part)
+                         for part in heap.JEMALLOC_PARTS} if "fleetwarden_operator_jemalloc_bytes{" in text else None,
             "status_patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
                                       subresource="status"),
             "patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
@@ -528,6 +530,8 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
     by_query_seconds = {q: (count - queries_before.get(q, (0.0, 0.0))[0], total - queries_before.get(q, (0.0, 0.0))[1])
                         for q, (count, total) in after.pop("by_query").items()}
     held = after.pop("malloc")  # a gauge: what malloc holds at the window's end
+    before.pop("jemalloc")
+    jemalloc = after.pop("jemalloc")  # (the same, jemalloc's account)
     before.pop("allocator")
     allocator = after.pop("allocator") or "unknown (not on the operator's page)"
     d = {k: after[k] - before[k] for k in before}
@@ -570,8 +574,15 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
             f"{held['mmapped'] / mib:.0f} MiB in large blocks of their own (the rest: Python's small-object "
             "arenas, the stacks, the code)" if held is not None else "unknown (a glibc older than 2.33)"))
         print(f"malloc_trim: {d['trims']:.0f} runs in the window, {d['trim_seconds']:.2f}s in all")
+    elif allocator == "jemalloc":
+        print("of it jemalloc at the window's end: " + (
+            f"{jemalloc['allocated'] / mib:.0f} MiB allocated, in {jemalloc['active'] / mib:.0f} MiB of active pages; "
+            f"{jemalloc['resident'] / mib:.0f} MiB resident (its metadata {jemalloc['metadata'] / mib:.0f} MiB; "
+            f"the rest of RSS: the stacks, the code); {jemalloc['retained'] / mib:.0f} MiB retained (given back, "
+            "still mapped)" if jemalloc is not None else "unknown (not on the operator's page)"))
+        print(f"jemalloc's purge of every arena: {d['trims']:.0f} runs in the window, {d['trim_seconds']:.2f}s in all")
     else:
-        print(f"malloc: {allocator}; its account is not read (glibc's only), and malloc_trim is not run")
+        print(f"malloc: {allocator}; its account is not read (glibc's and jemalloc's only), and nothing is trimmed")
     window = d["at"]
     print(f"CPU in the window, cores used on average ({os.cpu_count()} here): " + ", ".join(
         f"{name} {seconds / window:.2f}" for name, seconds in cpu.items() if seconds / window >= 0.005)

@@ -115,6 +115,44 @@ def allocator() -> str:
     return next((name for name, symbol in _ALLOCATORS if hasattr(process, symbol)), "other")
 
 
+@functools.cache
+def _jemalloc() -> Any:
+    """The process's symbols when the ``malloc`` it calls is jemalloc's (the image preloads it),
+    else None. Loaded once (every scrape reads jemalloc's account, every fleet cycle purges)."""
+    if allocator() != "jemalloc":
+        return None
+    process = ctypes.CDLL(None)
+    process.mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    process.mallctl.restype = ctypes.c_int
+    return process
+
+
+JEMALLOC_PARTS = ("allocated", "active", "resident", "retained", "metadata")
+_ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL: "arena.4096.purge" purges every arena
+
+
+def jemalloc_bytes() -> dict[str, int] | None:
+    """jemalloc's own account of its memory, in bytes (its ``stats.*``, read afresh): ``allocated``
+    (blocks the program holds), ``active`` (the pages those blocks lie in), ``resident`` (pages
+    jemalloc has in memory: active ones, its metadata, and freed pages not yet given back),
+    ``retained`` (address space given back to the system but kept mapped: not resident) and
+    ``metadata``. None when jemalloc is not the malloc the process calls, or cannot say (built
+    without statistics)."""
+    process = _jemalloc()
+    if process is None:
+        return None
+    epoch = ctypes.c_uint64(1)
+    if process.mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch)) != 0:  # refresh the stats
+        return None
+    out: dict[str, int] = {}
+    for part in JEMALLOC_PARTS:
+        value, size = ctypes.c_size_t(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
+        if process.mallctl(f"stats.{part}".encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+            return None
+        out[part] = int(value.value)
+    return out
+
+
 def limit_arenas(arenas: int = MALLOC_ARENAS) -> int | None:
     """Cap glibc's malloc arenas at ``arenas`` (see the module doc). Returns the cap set, or None
     when nothing was set: not glibc, or the environment chose already."""
@@ -152,13 +190,17 @@ def malloc_bytes() -> dict[str, int] | None:
 
 
 def trim() -> bool:
-    """Give the pages malloc holds free back to the system (glibc only); whether any were. Its
-    runs and time are counted (``fleetwarden_operator_malloc_trim_seconds_total``)."""
-    libc = _glibc()
-    if libc is None:
+    """Give the pages malloc holds free back to the system: glibc's ``malloc_trim``, or jemalloc's
+    purge of every arena (its freed pages otherwise go back by themselves over some ten seconds);
+    whether it ran. Its runs and time are counted (``fleetwarden_operator_malloc_trim_seconds_total``)."""
+    libc, jemalloc = _glibc(), _jemalloc()
+    if libc is None and jemalloc is None:
         return False
     started = time.perf_counter()
-    given = bool(libc.malloc_trim(0))  # (ctypes lets go of the GIL meanwhile)
+    if libc is not None:
+        given = bool(libc.malloc_trim(0))  # (ctypes lets go of the GIL meanwhile)
+    else:
+        given = jemalloc.mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0) == 0
     with _trim_lock:
         _trims[0] += 1
         _trims[1] += time.perf_counter() - started
@@ -214,13 +256,23 @@ class Clock(Collector):
             for part, value in held.items():
                 account.add_metric([part], value)
             yield account
-        if _glibc() is not None:  # (absent: no malloc_trim to run)
+        jemalloc = jemalloc_bytes()
+        if jemalloc is not None:  # (absent: not jemalloc, or it cannot say)
+            account = GaugeMetricFamily("fleetwarden_operator_jemalloc_bytes",
+                                        "Memory jemalloc holds, by part (its stats.*): allocated, active, resident "
+                                        "(in memory: active pages, metadata, freed pages not yet given back), "
+                                        "retained (given back, still mapped) and metadata.", labels=["part"])
+            for part, value in jemalloc.items():
+                account.add_metric([part], value)
+            yield account
+        if _glibc() is not None or _jemalloc() is not None:  # (absent: no trim or purge to run)
             trims = CounterMetricFamily("fleetwarden_operator_malloc_trims",
-                                        "Runs of glibc's malloc_trim (after each fleet cycle: handlers/heap.py).")
+                                        "Runs of glibc's malloc_trim, or jemalloc's purge of every arena "
+                                        "(after each fleet cycle: handlers/heap.py).")
             trims.add_metric([], _trims[0])
             yield trims
             trimmed = CounterMetricFamily("fleetwarden_operator_malloc_trim_seconds",
-                                          "Time spent in glibc's malloc_trim.")
+                                          "Time spent in glibc's malloc_trim or jemalloc's purge.")
             trimmed.add_metric([], _trims[1])
             yield trimmed
         if _arena_cap is not None:  # (absent: not glibc, or the environment's own choice)

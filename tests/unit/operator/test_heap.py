@@ -214,9 +214,11 @@ def test_an_account_glibc_cannot_give_is_left_off_the_page(monkeypatch: pytest.M
 def fresh_allocator() -> Iterator[None]:
     """``_glibc`` and ``allocator`` asked again (they are cached for the process)."""
     heap._glibc.cache_clear()  # noqa: SLF001
+    heap._jemalloc.cache_clear()  # noqa: SLF001
     heap.allocator.cache_clear()
     yield
     heap._glibc.cache_clear()  # noqa: SLF001
+    heap._jemalloc.cache_clear()  # noqa: SLF001
     heap.allocator.cache_clear()
 
 
@@ -248,7 +250,7 @@ def test_glibcs_malloc_is_named_on_the_page(fresh_allocator: None) -> None:
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 NAMED = r"""
 from fleetwarden.handlers import heap
-print(heap.allocator(), heap.malloc_bytes(), heap.trim(), heap.limit_arenas())
+print(heap.allocator(), heap.malloc_bytes(), heap.limit_arenas(), sorted(heap.jemalloc_bytes() or {}) == sorted(heap.JEMALLOC_PARTS))
 """
 
 
@@ -256,4 +258,37 @@ print(heap.allocator(), heap.malloc_bytes(), heap.trim(), heap.limit_arenas())
 def test_jemalloc_preloaded_is_named_and_glibcs_heap_left_alone() -> None:
     env = dict(os.environ, LD_PRELOAD=JEMALLOC)
     out = subprocess.run([sys.executable, "-c", NAMED], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["jemalloc", "None", "False", "None"]
+    assert out.split() == ["jemalloc", "None", "None", "True"]
+
+
+PURGE = r"""
+import prometheus_client as pc
+from fleetwarden.handlers import heap
+
+MIB = 1 << 20
+start = heap.jemalloc_bytes()
+blocks = [bytes(2000) + bytes([i % 256]) for i in range(40_000)]  # 80 MB, each a malloc of its own
+held = heap.jemalloc_bytes()
+del blocks
+freed = heap.jemalloc_bytes()
+trimmed = heap.trim()
+purged = heap.jemalloc_bytes()
+registry = pc.CollectorRegistry()
+registry.register(heap.Clock())
+page = registry.get_sample_value("fleetwarden_operator_jemalloc_bytes", {"part": "resident"})
+trims = registry.get_sample_value("fleetwarden_operator_malloc_trims_total")
+print(trimmed, (held["allocated"] - start["allocated"]) // MIB, (held["allocated"] - freed["allocated"]) // MIB,
+      (freed["resident"] - purged["resident"]) // MIB, page is not None and page > 0, trims)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists(JEMALLOC), reason="jemalloc is not installed here (the image preloads it)")
+def test_jemallocs_account_and_its_purge_give_freed_pages_back() -> None:
+    """With jemalloc preloaded (PYTHONMALLOC=malloc, as the image runs it), its account tells the
+    blocks held from the pages resident, and trim() purges the freed pages at once."""
+    env = dict(os.environ, LD_PRELOAD=JEMALLOC, PYTHONMALLOC="malloc", MALLOC_CONF="dirty_decay_ms:60000")
+    out = subprocess.run([sys.executable, "-c", PURGE], env=env, capture_output=True, text=True, check=True).stdout.split()
+    trimmed, allocated, freed, purged, on_page, trims = out
+    assert trimmed == "True" and int(allocated) >= 78 and int(freed) >= 78  # the blocks, held then freed
+    assert int(purged) >= 60  # their pages were still resident (a minute's decay), and the purge gave them back
+    assert on_page == "True" and float(trims) == 1.0

@@ -22,12 +22,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # freed but not given back and Python's arenas 90-150 MB free; on jemalloc RSS was 490-500
 # MiB against 580 (docs/operator.md, Scale: "jemalloc"). The link gives one path on amd64 and arm64;
 # /metrics names the malloc in use (fleetwarden_operator_malloc_info). Unset both to run on glibc's.
+# One jemalloc arena, not four per core: the operator's 40-odd threads allocate while holding the
+# GIL, so they hardly contend, and eight arenas each kept partly used pages of their own; at
+# 10,000 budgets RSS was 455-459 MiB with one against 535 with eight (docs/operator.md, Scale:
+# "One jemalloc arena"). /metrics shows it took effect (fleetwarden_operator_jemalloc_arenas).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libjemalloc2 \
     && rm -rf /var/lib/apt/lists/* \
     && ln -s "$(ls /usr/lib/*-linux-gnu/libjemalloc.so.2)" /usr/local/lib/libjemalloc.so.2
 ENV LD_PRELOAD=/usr/local/lib/libjemalloc.so.2 \
-    PYTHONMALLOC=malloc
+    PYTHONMALLOC=malloc \
+    MALLOC_CONF=narenas:1
 
 WORKDIR /src
 COPY pyproject.toml README.md ./

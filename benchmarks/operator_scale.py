@@ -346,8 +346,10 @@ class Watch:
             "allocator": allocator_of(text),
             "malloc": {part: samples(text, "fleetwarden_operator_malloc_bytes", part=part)
                        for part in ("in_use", "free", "mmapped")} if "fleetwarden_operator_malloc_bytes{" in text else None,
-            "jemalloc": {part: samples(text, "fleetwarden_operator_jemalloc_bytes", part=part)
-                         for part in heap.JEMALLOC_PARTS} if "fleetwarden_operator_jemalloc_bytes{" in text else None,
+            "jemalloc": {**{part: samples(text, "fleetwarden_operator_jemalloc_bytes", part=part)
+                            for part in heap.JEMALLOC_PARTS},
+                         "arenas": samples(text, "fleetwarden_operator_jemalloc_arenas")}
+            if "fleetwarden_operator_jemalloc_bytes{" in text else None,
             "status_patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
                                       subresource="status"),
             "patches": samples(api, "apiserver_request_total", verb="PATCH", resource="agentbudgets",
@@ -576,6 +578,7 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
         print(f"malloc_trim: {d['trims']:.0f} runs in the window, {d['trim_seconds']:.2f}s in all")
     elif allocator == "jemalloc":
         print("of it jemalloc at the window's end: " + (
+            f"{jemalloc['arenas']:.0f} arenas (MALLOC_CONF); "
             f"{jemalloc['allocated'] / mib:.0f} MiB allocated, in {jemalloc['active'] / mib:.0f} MiB of active pages; "
             f"{jemalloc['resident'] / mib:.0f} MiB resident (its metadata {jemalloc['metadata'] / mib:.0f} MiB; "
             f"the rest of RSS: the stacks, the code); {jemalloc['retained'] / mib:.0f} MiB retained (given back, "

@@ -90,7 +90,8 @@ def test_dockerfile_copies_the_package_and_never_an_operator_init() -> None:
 
 def test_dockerfile_preloads_the_jemalloc_it_installs() -> None:
     """The image installs Debian's jemalloc, links it to one path on every architecture, and
-    preloads that path, Python's objects in it too (the operator names the malloc on /metrics)."""
+    preloads that path, Python's objects in it too, with one arena (the operator names the malloc
+    and its arenas on /metrics)."""
     runs = " ".join(_all("RUN"))
     assert re.search(r"apt-get install [^&]*\blibjemalloc2\b", runs)
     link = re.search(r'ln -s (?:"[^"]*"|\S+) (\S+libjemalloc\.so\.2)', runs)
@@ -98,6 +99,7 @@ def test_dockerfile_preloads_the_jemalloc_it_installs() -> None:
     env = dict(pair.split("=", 1) for args in _all("ENV") for pair in shlex.split(args))
     assert env.get("LD_PRELOAD") == link.group(1)
     assert env.get("PYTHONMALLOC") == "malloc"  # Python's objects in jemalloc too
+    assert env.get("MALLOC_CONF") == "narenas:1"  # one arena: the threads allocate holding the GIL
     names = [name for name, _ in DOCKERFILE]
     assert names.index("ENV", names.index("RUN")) < names.index("ENTRYPOINT")
 

@@ -44,9 +44,17 @@ Measured at 2,000 budgets (the same benchmark, one run each): 443 MiB RSS before
 The operator's image preloads jemalloc and puts Python's objects in it too (``LD_PRELOAD`` and
 ``PYTHONMALLOC=malloc``: the Dockerfile; docs/operator.md, Scale: "jemalloc"), which hands
 freed memory back by itself: at 10,000 budgets RSS was 490-500 MiB against 580 on glibc's malloc
-with its arenas capped and trimmed. The arena cap, the trim and glibc's account are
-then left out (they would speak of a heap nothing uses): :func:`allocator` names the malloc
-the process calls, on ``/metrics`` as ``fleetwarden_operator_malloc_info``.
+with its arenas capped and trimmed. The arena cap and glibc's account are then left out (they
+would speak of a heap nothing uses): :func:`allocator` names the malloc the process calls, on
+``/metrics`` as ``fleetwarden_operator_malloc_info``. Under jemalloc, :func:`trim` purges every
+arena instead (its freed pages would otherwise go back over some ten seconds), jemalloc's own
+account is on ``/metrics`` (:func:`jemalloc_bytes`: ``fleetwarden_operator_jemalloc_bytes``), and
+so is the number of arenas it was given (:func:`jemalloc_arenas`). The image gives it one
+(``MALLOC_CONF=narenas:1``; jemalloc's default is four per core), for the reason glibc's are
+capped: the threads allocate holding the GIL, and each arena keeps partly used pages of its
+own. At 10,000 budgets, with eight arenas 311 MiB allocated lay in 447 MiB of active pages and
+RSS was 535 MiB; with one, 304-310 MiB in 403-408 MiB, RSS 455-459 MiB (docs/operator.md,
+Scale: "One jemalloc arena").
 
 Replay (``fleetwarden replay``) keeps the interpreter's defaults: its objects are the minutes of
 one close, freed as it goes.
@@ -151,6 +159,18 @@ def jemalloc_bytes() -> dict[str, int] | None:
             return None
         out[part] = int(value.value)
     return out
+
+
+def jemalloc_arenas() -> int | None:
+    """How many arenas jemalloc was configured with (``opt.narenas``: four per core unless
+    ``MALLOC_CONF`` says otherwise; the image says one), or None when jemalloc is not the malloc."""
+    process = _jemalloc()
+    if process is None:
+        return None
+    value, size = ctypes.c_uint(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_uint))
+    if process.mallctl(b"opt.narenas", ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+        return None
+    return int(value.value)
 
 
 def limit_arenas(arenas: int = MALLOC_ARENAS) -> int | None:
@@ -265,6 +285,12 @@ class Clock(Collector):
             for part, value in jemalloc.items():
                 account.add_metric([part], value)
             yield account
+        jemalloc_arenas_ = jemalloc_arenas()
+        if jemalloc_arenas_ is not None:
+            arenas = GaugeMetricFamily("fleetwarden_operator_jemalloc_arenas",
+                                       "The arenas jemalloc was configured with (opt.narenas; MALLOC_CONF).")
+            arenas.add_metric([], jemalloc_arenas_)
+            yield arenas
         if _glibc() is not None or _jemalloc() is not None:  # (absent: no trim or purge to run)
             trims = CounterMetricFamily("fleetwarden_operator_malloc_trims",
                                         "Runs of glibc's malloc_trim, or jemalloc's purge of every arena "

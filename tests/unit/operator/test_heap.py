@@ -292,3 +292,23 @@ def test_jemallocs_account_and_its_purge_give_freed_pages_back() -> None:
     assert trimmed == "True" and int(allocated) >= 78 and int(freed) >= 78  # the blocks, held then freed
     assert int(purged) >= 60  # their pages were still resident (a minute's decay), and the purge gave them back
     assert on_page == "True" and float(trims) == 1.0
+
+
+ARENAS_CONFIGURED = r"""
+import prometheus_client as pc
+from fleetwarden.handlers import heap
+
+registry = pc.CollectorRegistry()
+registry.register(heap.Clock())
+print(heap.jemalloc_arenas(), registry.get_sample_value("fleetwarden_operator_jemalloc_arenas"))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists(JEMALLOC), reason="jemalloc is not installed here (the image preloads it)")
+@pytest.mark.parametrize("conf", ["narenas:1", ""])
+def test_the_arenas_jemalloc_was_given_are_on_the_page(conf: str) -> None:
+    """The image's MALLOC_CONF (one arena) is seen to take effect; without it, jemalloc's own four per core."""
+    env = dict(os.environ, LD_PRELOAD=JEMALLOC, PYTHONMALLOC="malloc", MALLOC_CONF=conf)
+    arenas, on_page = subprocess.run([sys.executable, "-c", ARENAS_CONFIGURED], env=env, capture_output=True, text=True,
+                                     check=True).stdout.split()
+    assert (int(arenas) == 1 if conf else int(arenas) >= 4) and float(on_page) == int(arenas)  # (four per core)

@@ -24,7 +24,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # /metrics names the malloc in use (fleetwarden_operator_malloc_info). Unset both to run on glibc's.
 # One jemalloc arena, not four per core: the operator's 40-odd threads allocate while holding the
 # GIL, so they hardly contend, and eight arenas each kept partly used pages of their own; at
-# 10,000 budgets RSS was 455-459 MiB with one against 535 with eight (docs/operator.md, Scale:
+# 10,000 budgets RSS was 452-459 MiB with one against 525-535 with eight (docs/operator.md, Scale:
 # "One jemalloc arena"). /metrics shows it took effect (fleetwarden_operator_jemalloc_arenas).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libjemalloc2 \

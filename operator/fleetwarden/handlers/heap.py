@@ -52,8 +52,8 @@ account is on ``/metrics`` (:func:`jemalloc_bytes`: ``fleetwarden_operator_jemal
 so is the number of arenas it was given (:func:`jemalloc_arenas`). The image gives it one
 (``MALLOC_CONF=narenas:1``; jemalloc's default is four per core), for the reason glibc's are
 capped: the threads allocate holding the GIL, and each arena keeps partly used pages of its
-own. At 10,000 budgets, with eight arenas 311 MiB allocated lay in 447 MiB of active pages and
-RSS was 535 MiB; with one, 304-310 MiB in 403-408 MiB, RSS 455-459 MiB (docs/operator.md,
+own. At 10,000 budgets, with eight arenas 311-314 MiB allocated lay in 442-447 MiB of active
+pages and RSS was 525-535 MiB; with one, 304-310 MiB in 400-408 MiB, RSS 452-459 MiB (docs/operator.md,
 Scale: "One jemalloc arena").
 
 Replay (``fleetwarden replay``) keeps the interpreter's defaults: its objects are the minutes of

@@ -268,23 +268,18 @@ class Clock(Collector):
                                  "(the image preloads jemalloc).", labels=["allocator"])
         info.add_metric([allocator()], 1)
         yield info
-        held = malloc_bytes()
-        if held is not None:  # (absent: glibc cannot say; never a 0 for an unknown)
-            account = GaugeMetricFamily("fleetwarden_operator_malloc_bytes",
-                                        "Memory glibc's malloc holds, by part: in_use, free (freed, kept for reuse) "
-                                        "and mmapped (large blocks in mappings of their own).", labels=["part"])
-            for part, value in held.items():
-                account.add_metric([part], value)
-            yield account
-        jemalloc = jemalloc_bytes()
-        if jemalloc is not None:  # (absent: not jemalloc, or it cannot say)
-            account = GaugeMetricFamily("fleetwarden_operator_jemalloc_bytes",
-                                        "Memory jemalloc holds, by part (its stats.*): allocated, active, resident "
-                                        "(in memory: active pages, metadata, freed pages not yet given back), "
-                                        "retained (given back, still mapped) and metadata.", labels=["part"])
-            for part, value in jemalloc.items():
-                account.add_metric([part], value)
-            yield account
+        # Each account is absent when its allocator is not the one in use or cannot say (never a 0 for an unknown).
+        for name, doc, held in (
+                ("fleetwarden_operator_malloc_bytes", "Memory glibc's malloc holds, by part: in_use, free (freed, "
+                 "kept for reuse) and mmapped (large blocks in mappings of their own).", malloc_bytes()),
+                ("fleetwarden_operator_jemalloc_bytes", "Memory jemalloc holds, by part (its stats.*): allocated, "
+                 "active, resident (in memory: active pages, metadata, freed pages not yet given back), retained "
+                 "(given back, still mapped) and metadata.", jemalloc_bytes())):
+            if held is not None:
+                account = GaugeMetricFamily(name, doc, labels=["part"])
+                for part, value in held.items():
+                    account.add_metric([part], value)
+                yield account
         jemalloc_arenas_ = jemalloc_arenas()
         if jemalloc_arenas_ is not None:
             arenas = GaugeMetricFamily("fleetwarden_operator_jemalloc_arenas",

@@ -154,10 +154,10 @@ def jemalloc_bytes() -> dict[str, int] | None:
         return None
     out: dict[str, int] = {}
     for part in JEMALLOC_PARTS:
-        value, size = ctypes.c_size_t(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
-        if process.mallctl(f"stats.{part}".encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+        value = _mallctl_read(process, f"stats.{part}", ctypes.c_size_t)
+        if value is None:
             return None
-        out[part] = int(value.value)
+        out[part] = value
     return out
 
 
@@ -165,10 +165,13 @@ def jemalloc_arenas() -> int | None:
     """How many arenas jemalloc was configured with (``opt.narenas``: four per core unless
     ``MALLOC_CONF`` says otherwise; the image says one), or None when jemalloc is not the malloc."""
     process = _jemalloc()
-    if process is None:
-        return None
-    value, size = ctypes.c_uint(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_uint))
-    if process.mallctl(b"opt.narenas", ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+    return None if process is None else _mallctl_read(process, "opt.narenas", ctypes.c_uint)
+
+
+def _mallctl_read(process: Any, name: str, kind: Any) -> int | None:
+    """One of jemalloc's numbers by name (``mallctl``), read as the C type ``kind``; None if refused."""
+    value, size = kind(), ctypes.c_size_t(ctypes.sizeof(kind))
+    if process.mallctl(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
         return None
     return int(value.value)
 
@@ -212,7 +215,7 @@ def malloc_bytes() -> dict[str, int] | None:
 def trim() -> bool:
     """Give the pages malloc holds free back to the system: glibc's ``malloc_trim``, or jemalloc's
     purge of every arena (its freed pages otherwise go back by themselves over some ten seconds);
-    whether it ran. Its runs and time are counted (``fleetwarden_operator_malloc_trim_seconds_total``)."""
+    whether glibc gave any back, or jemalloc's purge ran. Its runs and time are counted (``fleetwarden_operator_malloc_trim_seconds_total``)."""
     libc, jemalloc = _glibc(), _jemalloc()
     if libc is None and jemalloc is None:
         return False

@@ -212,7 +212,7 @@ def test_an_account_glibc_cannot_give_is_left_off_the_page(monkeypatch: pytest.M
 
 @pytest.fixture
 def fresh_allocator() -> Iterator[None]:
-    """``_glibc`` and ``allocator`` asked again (they are cached for the process)."""
+    """``_glibc``, ``_jemalloc`` and ``allocator`` asked again (they are cached for the process)."""
     heap._glibc.cache_clear()  # noqa: SLF001
     heap._jemalloc.cache_clear()  # noqa: SLF001
     heap.allocator.cache_clear()

@@ -289,7 +289,9 @@ def test_jemallocs_account_and_its_purge_give_freed_pages_back() -> None:
     env = dict(os.environ, LD_PRELOAD=JEMALLOC, PYTHONMALLOC="malloc", MALLOC_CONF="dirty_decay_ms:60000")
     out = subprocess.run([sys.executable, "-c", PURGE], env=env, capture_output=True, text=True, check=True).stdout.split()
     trimmed, allocated, freed, purged, on_page, trims = out
-    assert trimmed == "True" and int(allocated) >= 78 and int(freed) >= 78  # the blocks, held then freed
+    # the blocks (76 MiB of bytes, 78 in jemalloc's 2 KiB class), held then freed; the interpreter's own
+    # allocations come and go meanwhile, so the account moves by about that, not to the MiB
+    assert trimmed == "True" and int(allocated) >= 70 and int(freed) >= 70
     assert int(purged) >= 60  # their pages were still resident (a minute's decay), and the purge gave them back
     assert on_page == "True" and float(trims) == 1.0
 

@@ -367,6 +367,8 @@ def start_operator(info: dict[str, Any], work: Path, prom_url: str, args: argpar
                    ) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(os.environ, KUBECONFIG=str(operator_kubeconfig(info, work)), PYTHONUNBUFFERED="1",
                FLEETWARDEN_EVALUATION=args.evaluation, FLEETWARDEN_WORKERS=str(args.workers))
+    if args.pace is not None:
+        env["FLEETWARDEN_PACE"] = str(args.pace)
     if args.census:  # the operator alone gets the census hook (benchmarks/census/sitecustomize.py)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CENSUS_HOOK), env.get("PYTHONPATH", "")) if p)
         env["FLEETWARDEN_BENCH_CENSUS"] = str(work / "census")
@@ -498,9 +500,11 @@ def print_cycles(log: Path, first: int, last: int) -> None:
     if not cycles:
         print(f"the window's cycles: none of {first + 1}-{last} in {log}")
         return
-    print("the window's cycles (cycle: second of the minute it started at, seconds, data, fetch ended in it):")
+    print("the window's cycles (cycle: second of the minute it started at, seconds, data, fetch ended in it"
+          + (", the next started early by" if any(m["early"] for m in cycles) else "") + "):")
     print("  " + "; ".join(f"{m['number']}: :{float(m['second']):04.1f} {m['seconds']}s {m['data']}, "
-                           + (f"fetch {m['fetch']}s" if m["fetch"] else "no fetch") for m in cycles))
+                           + (f"fetch {m['fetch']}s" if m["fetch"] else "no fetch")
+                           + (f", {m['early']}s early" if m["early"] else "") for m in cycles))
 
 
 def census(work: Path) -> None:
@@ -606,6 +610,8 @@ def main() -> int:
     parser.add_argument("--measure", type=float, default=60.0, help="seconds watched after the warm-up")
     parser.add_argument("--workers", type=int, default=WORKERS,
                         help=f"FLEETWARDEN_WORKERS, and the creating threads (default {WORKERS}: the operator's)")
+    parser.add_argument("--pace", type=float, default=None,
+                        help="the operator's FLEETWARDEN_PACE (default: the operator's own; 0: each cycle all at once)")
     parser.add_argument("--first-timeout", type=float, default=3600.0,
                         help="seconds allowed for the indexes and the first pass over every budget")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work directory (logs) here")

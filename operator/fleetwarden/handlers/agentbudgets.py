@@ -287,6 +287,10 @@ def _evaluate_item(item: fleet.Item) -> None:
     get_runtime().reconcile(item.budget, item.deployments, item.policies, approval_bodies=item.approvals)
 
 
+def _last_evaluated(item: fleet.Item) -> float | None:
+    return get_runtime().evaluated_at(str((item.budget.get("metadata") or {}).get("uid")))
+
+
 if SETTINGS.evaluation == "fleet":
     @kopf.on.startup()
     async def start_fleet(**kwargs: Any) -> None:
@@ -297,7 +301,8 @@ if SETTINGS.evaluation == "fleet":
                                 new_cycle=rt.new_cycle, ready=LISTINGS.ready if OWN_INDEXES else INDEXED,
                                 settled=heap.settle, on_ready=check_all_namespaces if OWN_INDEXES else None,
                                 waiting=LISTINGS.waiting_for if OWN_INDEXES else None, data_end=rt.data_end,
-                                after_cycle=heap.trim, fetch_ended=rt.fetch_ended)
+                                after_cycle=heap.trim, fetch_ended=rt.fetch_ended, pace=SETTINGS.pace,
+                                last_evaluated=_last_evaluated)
         _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(*_indexes(kwargs)))
         if OWN_INDEXES:
             await _unserved_kinds()

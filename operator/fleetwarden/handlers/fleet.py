@@ -38,6 +38,7 @@ the Runtime keeps a prompted evaluation and the cycle from evaluating one budget
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures as cf
 import dataclasses
 import functools
@@ -54,6 +55,15 @@ log = logging.getLogger(__name__)
 
 # The failed evaluations of one cycle that are logged one by one (the rest are counted).
 LOGGED_FAILURES = 5
+# Pace: a cycle's lateness is kept by this many parts of its order (each a hundredth of its budgets),
+# for this many cycles (about two minutes at the default interval, so a minute's costliest cycles,
+# at its turn and when most agents fold ahead, are among them).
+PACE_PARTS = 100
+PACE_KEPT = 8
+# Pace: seconds kept in hand under the interval besides the lateness foreseen, and the most a cycle
+# starts early (as a share of the interval).
+PACE_MARGIN = 0.25
+PACE_MOST_EARLY = 0.5
 # Evaluations submitted to the pool ahead of those running, per worker (evaluate_all's in_flight).
 IN_FLIGHT_PER_WORKER = 4
 
@@ -75,6 +85,58 @@ class CycleResult:
     budgets: int
     failed: int
     seconds: float
+    early: float = 0.0  # how many seconds less than one interval after its start the next cycle starts
+
+
+class Pace:
+    """Each budget evaluated at the same point of every cycle, and the next cycle started early by
+    what keeps every budget's wait between two evaluations within the interval.
+
+    A cycle takes its budgets in the order they were last evaluated (longest ago first, those never
+    evaluated last) and submits the k-th of n no sooner than ``share * interval * k / n`` seconds
+    into the cycle, its *turn*. A budget's turn then falls at the same point of each cycle however
+    costly the cycle is, and its evaluation ends some *lateness* after it (waiting in the queue, the
+    fetch's parse holding the interpreter, the evaluation itself). All at once (``share`` 0), the k-th
+    budget is reached after the k before it, so a budget waited the interval plus the difference
+    between two cycles' costs up to it: cycles 2-5 s costlier than the one before (the minute's
+    turn, the folds ahead late in a minute) made budgets wait 16-18 s at a 15 s interval.
+
+    The lateness can still differ from one cycle to the next, so the next cycle starts early enough
+    that every budget just evaluated would be evaluated again within the interval (less
+    ``PACE_MARGIN``) even if its evaluation ended as late after its turn as the latest of its part of
+    the order (a hundredth) in the last ``PACE_KEPT`` cycles; never more than ``PACE_MOST_EARLY`` of
+    the interval early. A cycle longer than the interval is left out of the record (the next one
+    starts at once anyway; a warm-up's slow cycles would keep every start early for minutes)."""
+
+    def __init__(self, interval: float, share: float) -> None:
+        self.interval, self.share = interval, share
+        self._kept: collections.deque[list[float | None]] = collections.deque(maxlen=PACE_KEPT)
+
+    def turn(self, k: int, n: int) -> float:
+        """Seconds into its cycle at which the k-th of ``n`` budgets is submitted."""
+        return self.share * self.interval * k / n if n else 0.0
+
+    def early(self, started: float, n: int, ended: Sequence[tuple[int, float]], over: bool) -> float:
+        """Record the cycle that began at ``started`` with ``n`` budgets, ``ended`` holding (k, the
+        time its evaluation ended) for each budget evaluated, and return how many seconds less than
+        one interval after ``started`` the next cycle must start (0 without a pace, or after a cycle
+        longer than the interval: ``over``)."""
+        if self.share <= 0 or not n or not ended or over:
+            return 0.0
+        latest: list[float | None] = [None] * PACE_PARTS  # the most lateness in each part of the order
+        for k, end in ended:
+            part, late = k * PACE_PARTS // n, end - started - self.turn(k, n)
+            mark = latest[part]
+            latest[part] = late if mark is None else max(mark, late)
+        self._kept.append(latest)
+        foreseen = [max((seen for kept in self._kept if (seen := kept[part]) is not None), default=0.0)
+                    for part in range(PACE_PARTS)]
+        # the next cycle takes them in the order their evaluations ended (the order of their last evaluation)
+        ends = sorted(end for _, end in ended)
+        m = len(ends)
+        start_by = min(end - self.turn(r, m) - foreseen[r * PACE_PARTS // m] for r, end in enumerate(ends))
+        start_by += self.interval - PACE_MARGIN
+        return min(max(0.0, started + self.interval - start_by), PACE_MOST_EARLY * self.interval)
 
 
 def _values(index: Any, namespace: str) -> list[Body]:
@@ -104,9 +166,11 @@ def _log_failure(item: Item, exc: BaseException) -> None:
 
 
 def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: cf.Executor,
-                 in_flight: int | None = None) -> int:
+                 in_flight: int | None = None, wait_for: Callable[[int], Any] | None = None) -> int:
     """Evaluate every item on ``pool``, at most ``in_flight`` submitted and not finished at once
     (None: all at once); returns how many failed (each logged, the first few in full).
+    ``wait_for(k)``, when given, is called before the k-th item is submitted and returns when it
+    may be (the fleet loop's pace).
 
     A submitted evaluation is a future with its condition, lock and queue of waiters and a work
     item: at 10,000 budgets, a cycle's all at once were some 18 MiB alive for the whole cycle
@@ -124,7 +188,9 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
         finally:
             slots.release()
 
-    for item in items:
+    for k, item in enumerate(items):
+        if wait_for is not None:
+            wait_for(k)
         slots.acquire()
         try:
             future = pool.submit(evaluate, item)
@@ -142,21 +208,24 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
 
 
 def cycle_line(number: int, budgets: int, failed: int, seconds: float, started: float, data: str | None,
-               fetch_ended: float | None) -> str:
+               fetch_ended: float | None, early: float | None = None) -> str:
     """The log's line of one cycle: its budgets, time and data, the second of the minute it started at
     (the minute's turn and the folds ahead of it make some of a minute's cycles costlier than others),
     and when in it the cycle's fetch ended (the evaluations before that went on with the last snapshot).
+    With a pace, ``early``: how much less than one interval after this cycle's start the next starts.
     ``benchmarks/operator_scale.py`` reads it back (``CYCLE_LINE``)."""
     stamp = time.strftime("%H:%M:%S", time.gmtime(started))
     fetch = "no fetch ended in it" if fetch_ended is None else f"its fetch ended {fetch_ended:.1f}s in"
+    paced = "" if early is None else f"; the next starts {early:.2f}s early"
     return (f"cycle {number}: {budgets} budgets in {seconds:.1f}s, {failed} failed; data {data or 'not read'}; "
-            f"started {stamp} UTC, {started % 60:.1f}s into the minute; {fetch}")
+            f"started {stamp} UTC, {started % 60:.1f}s into the minute; {fetch}{paced}")
 
 
 # cycle_line's words, read back (the benchmark's table of cycles)
 CYCLE_LINE = re.compile(r"cycle (?P<number>\d+): (?P<budgets>\d+) budgets in (?P<seconds>[\d.]+)s, (?P<failed>\d+) failed; "
                         r"data (?P<data>[\w ]+); started (?P<stamp>[\d:]+) UTC, (?P<second>[\d.]+)s into the minute; "
-                        r"(?:its fetch ended (?P<fetch>[\d.]+)s in|no fetch ended in it)")
+                        r"(?:its fetch ended (?P<fetch>[\d.]+)s in|no fetch ended in it)"
+                        r"(?:; the next starts (?P<early>[\d.]+)s early)?")
 
 
 class FleetLoop:
@@ -170,10 +239,15 @@ class FleetLoop:
                  data_end: Callable[[], int | None] | None = None,
                  after_cycle: Callable[[], Any] | None = None,
                  fetch_ended: Callable[[], float | None] | None = None,
+                 pace: float = 0.0,
+                 last_evaluated: Callable[[Item], float | None] | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Any] | None = None) -> None:
         self.evaluate = evaluate
         self.interval = interval
+        self.pace = Pace(interval, pace)  # each budget's turn in a cycle, and how early the next starts
+        self.last_evaluated = last_evaluated  # ``monotonic``'s time of an item's last evaluation (None: never)
         self.new_cycle = new_cycle
         self.ready = ready
         self.settled = settled  # called once, after the first cycle (handlers/heap.py: settle)
@@ -190,6 +264,9 @@ class FleetLoop:
         self.driver = cf.ThreadPoolExecutor(1, thread_name_prefix="fleet-cycle")
         self.cycles = 0
         self.stopping = threading.Event()
+        self.sleep = sleep or self.stopping.wait  # waits for a budget's turn (cut short when the loop stops)
+        self._ranks: dict[int, int] = {}  # id(item) -> its place in the cycle's order
+        self._ended: list[tuple[int, float]] = []  # the cycle's (place, time its evaluation ended)
         self._prompted: dict[str, Item] = {}  # budget uid -> its latest item, evaluated at once
         self._prompt_lock = threading.Lock()
         self._prompt_wake = threading.Event()
@@ -219,14 +296,39 @@ class FleetLoop:
                     _log_failure(item, exc)
 
     def _evaluate(self, item: Item) -> Any:
-        return None if self.stopping.is_set() else self.evaluate(item)
+        if self.stopping.is_set():
+            return None
+        result = self.evaluate(item)
+        self._ended.append((self._ranks[id(item)], self.monotonic()))  # (list.append is atomic)
+        return result
+
+    def order(self, items: Sequence[Item]) -> list[Item]:
+        """``items`` in the order of their last evaluation, longest ago first, those never evaluated
+        last (each kind in the indexes' order): each budget keeps its place from cycle to cycle."""
+        if self.last_evaluated is None:
+            return list(items)
+        last = [self.last_evaluated(item) for item in items]
+        places = sorted(range(len(items)), key=lambda k: (1, 0.0) if last[k] is None else (0, last[k]))
+        return [items[k] for k in places]
+
+    def _wait_for_turn(self, started: float, n: int) -> Callable[[int], Any]:
+        def wait_for(k: int) -> None:
+            left = started + self.pace.turn(k, n) - self.monotonic()
+            if left > 0:
+                self.sleep(left)
+        return wait_for
 
     def cycle(self, items: Sequence[Item]) -> CycleResult:
         """One cycle over ``items`` (blocking): a fresh snapshot, every budget evaluated."""
         started, wall = self.monotonic(), self.clock()
         self.new_cycle()
-        failed = evaluate_all(items, self._evaluate, self.pool, in_flight=self.workers * IN_FLIGHT_PER_WORKER)
+        items = self.order(items)
+        self._ranks, self._ended = {id(item): k for k, item in enumerate(items)}, []
+        failed = evaluate_all(items, self._evaluate, self.pool, in_flight=self.workers * IN_FLIGHT_PER_WORKER,
+                              wait_for=self._wait_for_turn(started, len(items)) if self.pace.share > 0 else None)
         seconds = self.monotonic() - started
+        early = self.pace.early(started, len(items), self._ended, over=seconds > self.interval)
+        self._ranks, self._ended = {}, []
         fetched = self.fetch_ended() if self.fetch_ended is not None else None
         self.cycles += 1
         if self.cycles == 1 and self.settled is not None:
@@ -239,9 +341,11 @@ class FleetLoop:
         if self.data_end is not None:
             data = self._data_brought(self.data_end())
             metrics.CYCLE_SECONDS_BY_DATA.labels(data).observe(seconds)
+        metrics.CYCLE_EARLY_SECONDS.set(early)
         log.info("%s", cycle_line(self.cycles, len(items), failed, seconds, wall, data,
-                                  None if fetched is None or fetched < started else fetched - started))
-        return CycleResult(len(items), failed, seconds)
+                                  None if fetched is None or fetched < started else fetched - started,
+                                  early if self.pace.share > 0 else None))
+        return CycleResult(len(items), failed, seconds, early)
 
     def _data_brought(self, end: int | None) -> str:
         """What the cycle just ended had to evaluate (``data`` of ``..._cycle_by_data_seconds``)."""
@@ -279,7 +383,7 @@ class FleetLoop:
                 if result.seconds > self.interval:
                     log.warning("evaluating %d budgets took %.1fs, longer than the %gs interval: the next "
                                 "cycle starts at once", result.budgets, result.seconds, self.interval)
-                await asyncio.sleep(max(0.0, started + self.interval - self.monotonic()))
+                await asyncio.sleep(max(0.0, started + self.interval - result.early - self.monotonic()))
         finally:
             # The budgets still queued are skipped (``stopping``), the cycle submits no more
             # (evaluate_all: the pool refuses them) and ends once those submitted have.

@@ -148,6 +148,10 @@ CYCLE_SECONDS_BY_DATA = pc.Summary(
     "Time to evaluate every AgentBudget once (fleet mode), by what the cycle's data brought: first (the "
     "first pass), new_minute (the data's last complete minute is later than after the cycle before), "
     "same_minute (nothing new), unknown (no data: Prometheus failed).", ["data"], registry=REGISTRY)
+CYCLE_EARLY_SECONDS = pc.Gauge("fleetwarden_operator_cycle_early_seconds",
+                              "How much less than one interval after the last cycle's start the next starts "
+                              "(fleet mode with a pace: FLEETWARDEN_PACE), so no budget waits longer than the "
+                              "interval.", registry=REGISTRY)
 LAST_CYCLE_SECONDS = pc.Gauge("fleetwarden_operator_last_cycle_seconds",
                               "Duration of the last fleet-wide evaluation cycle.", registry=REGISTRY)
 OLDEST_EVALUATION = pc.Gauge("fleetwarden_operator_oldest_evaluation_seconds",

@@ -515,6 +515,10 @@ class Runtime:
         """Whether this process has evaluated (and applied) the budget ``uid`` at least once."""
         return uid in self._evaluated_at
 
+    def evaluated_at(self, uid: str) -> float | None:
+        """``monotonic``'s time of the last evaluation of the budget ``uid`` by this process (None: never)."""
+        return self._evaluated_at.get(uid)
+
     def oldest_evaluation(self) -> float:
         """Seconds since the budget evaluated longest ago was last evaluated (0: none yet)."""
         evaluated = list(self._evaluated_at.values())

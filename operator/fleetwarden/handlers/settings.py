@@ -9,6 +9,7 @@
 | ``FLEETWARDEN_LOOKBACK_MINUTES`` | ``--lookback-minutes`` | 90 | the history the detectors see at least (>= 5; the fetch reads 15 minutes more: core/warmfold.py) |
 | ``FLEETWARDEN_METRICS_PORT`` | ``--metrics-port`` | 8081 | the operator's own /metrics (0: off; <= 65535) |
 | ``FLEETWARDEN_WORKERS`` | | 16 | threads running evaluations (>= 1) |
+| ``FLEETWARDEN_PACE`` | | 0.7 | fleet mode: the share of the interval a cycle's evaluations are spread over, each budget at the same point of each cycle (0: all at once; <= 0.9; handlers/fleet.py) |
 | ``FLEETWARDEN_EVALUATION`` | ``--evaluation`` | timers | ``timers``: a kopf timer per budget; ``fleet``: one evaluation of every budget per interval, on the leader (docs/operator.md, "Scale") |
 | ``FLEETWARDEN_ALERTMANAGER_URL`` | ``--alertmanager-url`` | (none) | Alertmanager to send an alert per incident to (none: no alerts) |
 | ``FLEETWARDEN_PROMETHEUS_HEADERS`` | ``--prometheus-headers`` | (none) | ``Name=value,...`` sent with each query, e.g. ``X-Scope-OrgID=team-a`` |
@@ -132,6 +133,7 @@ OPTIONS = (
     Option("lookback_minutes", "FLEETWARDEN_LOOKBACK_MINUTES", 90, _number(5, whole=True, unit=" of minutes"), int),
     Option("metrics_port", "FLEETWARDEN_METRICS_PORT", 8081, _number(0, whole=True, maximum=65535), int),
     Option("workers", "FLEETWARDEN_WORKERS", 16, _number(1, whole=True), int),
+    Option("pace", "FLEETWARDEN_PACE", 0.7, _number(0, maximum=0.9)),
     Option("alertmanager_url", "FLEETWARDEN_ALERTMANAGER_URL", None, _url),
     Option("prometheus_headers", "FLEETWARDEN_PROMETHEUS_HEADERS", (), _headers),
     Option("namespaces", "FLEETWARDEN_NAMESPACES", (), _namespaces),
@@ -163,6 +165,7 @@ class Settings:
     prometheus_headers: tuple[tuple[str, str], ...] = ()
     namespaces: tuple[str, ...] = ()  # a shard's (empty: every namespace); the Prometheus queries' scope
     evaluation: str = "timers"
+    pace: float = 0.7  # fleet mode: the share of the interval a cycle's evaluations are spread over
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,0 +1,160 @@
+"""The fleet loop's pace (FLEETWARDEN_PACE): each budget evaluated at the same point of every
+cycle, and the next cycle started early enough that no budget waits longer than the interval,
+on a fleet whose cycles differ in cost as the operator's do at 10,000 budgets (one costlier
+cycle a minute). The clock is a fake one that the evaluations and the loop's waits move; the
+pool runs each evaluation as it is submitted (one worker)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from fleetwarden.handlers import fleet
+
+INTERVAL = 15.0
+
+
+class InlinePool(cf.Executor):
+    """Runs each submitted call at once, in the submitting thread: one worker, no races on the fake clock."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        future: cf.Future[Any] = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the future, as a pool does
+            future.set_exception(exc)
+        return future
+
+
+def item(uid: str) -> fleet.Item:
+    return fleet.Item({"metadata": {"namespace": "shop", "name": uid, "uid": uid}}, [], [], [])
+
+
+class Fleet:
+    """``n`` budgets evaluated by a FleetLoop on a fake clock; each evaluation costs what ``costs``
+    says for its cycle. Records each budget's wait between two evaluations (end to end, as the
+    operator's ``oldest_evaluation`` reads them) and when each evaluation began in its cycle."""
+
+    def __init__(self, n: int, pace: float, costs: Callable[[int], float]) -> None:
+        self.now = 1000.0
+        self.costs = costs
+        self.last: dict[str, float] = {}  # uid -> when its last evaluation ended
+        self.waits: list[tuple[int, float]] = []  # (cycle, wait)
+        self.began: list[tuple[int, float]] = []  # (place in the cycle's order, seconds into the cycle)
+        self.items = [item(f"b{i:04d}") for i in range(n)]
+        self.loop = fleet.FleetLoop(self.evaluate, interval=INTERVAL, workers=1, new_cycle=lambda: None,
+                                    ready=threading.Event(), pace=pace, last_evaluated=self.last_evaluated,
+                                    monotonic=lambda: self.now, sleep=self.sleep)
+        self.loop.pool.shutdown()
+        self.loop.pool = InlinePool()
+        self.started = self.now
+        self.order: list[str] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def last_evaluated(self, it: fleet.Item) -> float | None:
+        return self.last.get(it.budget["metadata"]["uid"])
+
+    def evaluate(self, it: fleet.Item) -> None:
+        uid = it.budget["metadata"]["uid"]
+        self.order.append(uid)
+        self.began.append((len(self.order) - 1, self.now - self.started))
+        self.now += self.costs(self.loop.cycles)
+        if uid in self.last:
+            self.waits.append((self.loop.cycles, self.now - self.last[uid]))
+        self.last[uid] = self.now
+
+    def run(self, cycles: int) -> list[float]:
+        """``cycles`` cycles started as ``FleetLoop.run`` starts them; returns each cycle's start."""
+        starts = []
+        try:
+            for _ in range(cycles):
+                self.started, self.order, self.began = self.now, [], []
+                starts.append(self.now)
+                result = self.loop.cycle(self.items)
+                self.now = max(self.now, self.started + INTERVAL - result.early)
+        finally:
+            self.loop.stopping.set()
+            self.loop.driver.shutdown()
+        return starts
+
+
+def minute(cycle: int) -> float:
+    """Seconds an evaluation costs in cycle ``cycle`` (0 the first pass): one cycle in four costlier,
+    as a minute's at 10,000 budgets (4 s and 9 s a cycle of 1,000 unpaced)."""
+    return 0.009 if cycle % 4 == 2 else 0.004
+
+
+def test_unpaced_a_costlier_cycle_makes_budgets_wait_longer_than_the_interval() -> None:
+    """The fault the pace mends: all at once, a budget late in a costly cycle after a cheap one
+    waits the interval plus their difference (15 + 9 - 4 s for the last)."""
+    f = Fleet(1000, pace=0.0, costs=minute)
+    f.run(12)
+    assert max(wait for _, wait in f.waits) == pytest.approx(INTERVAL + 9 - 4, abs=0.05)
+
+
+def test_paced_no_budget_waits_longer_than_the_interval() -> None:
+    f = Fleet(1000, pace=0.7, costs=minute)
+    starts = f.run(24)
+    waits = [wait for cycle, wait in f.waits if cycle > 4]  # once a costly cycle has been seen
+    assert max(waits) <= INTERVAL
+    # ... for few more cycles: the costly cycle's lateness foreseen, not half an interval every time
+    periods = [b - a for a, b in itertools.pairwise(starts[1:])]
+    assert min(periods) >= INTERVAL - 1.0
+    assert sum(periods) / len(periods) >= INTERVAL - 0.6
+
+
+def test_paced_a_cycle_that_cannot_keep_up_is_foreseen_after_it_is_seen_once() -> None:
+    """A costly cycle slower than the pace (13 s of work against 10.5 s of turns) makes its later
+    budgets late; once it has been seen, the cycles before it start early enough."""
+    f = Fleet(1000, pace=0.7, costs=lambda c: 0.013 if c % 4 == 2 else 0.004)
+    f.run(24)
+    waits = [wait for cycle, wait in f.waits if cycle > 4]
+    assert max(waits) <= INTERVAL
+    first = max(wait for cycle, wait in f.waits if cycle <= 3)  # the first costly cycle, not yet foreseen
+    assert first > INTERVAL
+
+
+def test_each_budget_is_submitted_no_sooner_than_its_turn_and_keeps_its_place() -> None:
+    f = Fleet(200, pace=0.5, costs=lambda c: 0.001)
+    f.run(1)
+    first = list(f.order)
+    assert f.began[0][1] == 0.0
+    for k, second in f.began:
+        assert second >= 0.5 * INTERVAL * k / 200 - 1e-9
+    assert f.began[-1][1] == pytest.approx(0.5 * INTERVAL * 199 / 200)
+    f.loop.stopping.clear()
+    f.loop.driver = cf.ThreadPoolExecutor(1)
+    f.last["b0100"] = f.now + 1  # evaluated meanwhile (a spec edit): it goes last
+    f.items = [*f.items, item("new")]  # a budget never evaluated: after every other
+    f.run(1)
+    assert f.order == [uid for uid in first if uid != "b0100"] + ["b0100", "new"]
+
+
+@pytest.mark.parametrize(("share", "seconds", "early"), [(0.0, 5.0, 0.0), (0.7, 16.0, 0.0)])
+def test_no_pace_or_a_cycle_longer_than_the_interval_starts_nothing_early(share: float, seconds: float,
+                                                                          early: float) -> None:
+    pace = fleet.Pace(INTERVAL, share)
+    ended = [(k, 100.0 + seconds * (k + 1) / 10) for k in range(10)]
+    assert pace.early(100.0, 10, ended, over=seconds > INTERVAL) == early
+
+
+def test_the_next_cycle_is_never_started_more_than_half_an_interval_early() -> None:
+    pace = fleet.Pace(INTERVAL, 0.7)
+    slow: Sequence[tuple[int, float]] = [(k, 100.0 + 14.0) for k in range(10)]  # all ended 14 s in
+    pace.early(100.0, 10, slow, over=False)
+    quick = [(k, 200.0 + pace.turn(k, 10)) for k in range(10)]  # each ended at its turn
+    assert pace.early(200.0, 10, quick, over=False) == 0.5 * INTERVAL
+
+
+def test_the_cycle_line_says_how_early_the_next_starts() -> None:
+    line = fleet.cycle_line(7, 10000, 0, 11.04, 1795827642.5, "same_minute", 3.21, 0.456)
+    assert line.endswith("its fetch ended 3.2s in; the next starts 0.46s early")
+    read = fleet.CYCLE_LINE.search(line)
+    assert read is not None and read["early"] == "0.46" and read["fetch"] == "3.2"

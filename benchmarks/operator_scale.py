@@ -503,7 +503,8 @@ def print_cycles(log: Path, first: int, last: int) -> None:
     print("the window's cycles (cycle: second of the minute it started at, seconds, data, fetch ended in it"
           + (", the next started early by" if any(m["early"] for m in cycles) else "") + "):")
     print("  " + "; ".join(f"{m['number']}: :{float(m['second']):04.1f} {m['seconds']}s {m['data']}, "
-                           + (f"fetch {m['fetch']}s" if m["fetch"] else "no fetch")
+                           + (f"fetch {m['fetch']}s" if m["fetch"] else f"fetched {m['ahead']}s before"
+                              if m["ahead"] else "no fetch")
                            + (f", {m['early']}s early" if m["early"] else "") for m in cycles))
 
 

@@ -18,9 +18,12 @@ machine those timers fall behind the interval (docs/operator.md, Scale): kopf sc
    event loop's thread, so no watch event changes them while they are copied), and
    evaluates every budget on a pool of ``FLEETWARDEN_WORKERS`` threads
    (:meth:`fleetwarden.handlers.runtime.Runtime.reconcile`: the status is written only when
-   it changed, or for the coarse heartbeat).
+   it changed, or for the coarse heartbeat). With a pace (``FLEETWARDEN_PACE``, :class:`Pace`)
+   the budgets are taken in the order of their last evaluation and spread over that share of
+   the interval, each at its own turn, so a budget is reached at the same point of every cycle.
 3. It records the cycle's duration and starts the next cycle one interval after this one
-   started (at once, with a warning, when the cycle took longer than the interval). After
+   started, less what the pace foresees a budget would wait past the interval (at once, with
+   a warning, when the cycle took longer than the interval). After
    the first cycle it settles the heap once (:func:`fleetwarden.handlers.heap.settle`), after
    each later one it gives malloc's free pages back (:func:`fleetwarden.handlers.heap.trim`).
 
@@ -92,9 +95,10 @@ class Pace:
     """Each budget evaluated at the same point of every cycle, and the next cycle started early by
     what keeps every budget's wait between two evaluations within the interval.
 
-    A cycle takes its budgets in the order they were last evaluated (longest ago first, those never
-    evaluated last) and submits the k-th of n no sooner than ``share * interval * k / n`` seconds
-    into the cycle, its *turn*. A budget's turn then falls at the same point of each cycle however
+    A cycle takes first, at once, the budgets never evaluated (a new budget is not kept waiting
+    for a turn), then the others in the order they were last evaluated (longest ago first), and
+    submits the k-th of those n no sooner than ``share * interval * k / n`` seconds into the cycle,
+    its *turn*. A budget's turn then falls at the same point of each cycle however
     costly the cycle is, and its evaluation ends some *lateness* after it (waiting in the queue, the
     fetch's parse holding the interpreter, the evaluation itself). All at once (``share`` 0), the k-th
     budget is reached after the k before it, so a budget waited the interval plus the difference
@@ -116,22 +120,26 @@ class Pace:
         """Seconds into its cycle at which the k-th of ``n`` budgets is submitted."""
         return self.share * self.interval * k / n if n else 0.0
 
-    def early(self, started: float, n: int, ended: Sequence[tuple[int, float]], over: bool) -> float:
-        """Record the cycle that began at ``started`` with ``n`` budgets, ``ended`` holding (k, the
-        time its evaluation ended) for each budget evaluated, and return how many seconds less than
-        one interval after ``started`` the next cycle must start (0 without a pace, or after a cycle
-        longer than the interval: ``over``)."""
-        if self.share <= 0 or not n or not ended or over:
+    def early(self, started: float, n: int, ended: Sequence[tuple[int | None, float]], over: bool) -> float:
+        """Record the cycle that began at ``started`` with ``n`` budgets at their turns, ``ended``
+        holding (k, the time its evaluation ended) for each budget evaluated (k None: one evaluated
+        at once, never evaluated before), and return how many seconds less than one interval after
+        ``started`` the next cycle must start (0 without a pace, or after a cycle longer than the
+        interval: ``over``)."""
+        if self.share <= 0 or not ended or over:
             return 0.0
         latest: list[float | None] = [None] * PACE_PARTS  # the most lateness in each part of the order
         for k, end in ended:
+            if k is None:
+                continue
             part, late = k * PACE_PARTS // n, end - started - self.turn(k, n)
             mark = latest[part]
             latest[part] = late if mark is None else max(mark, late)
         self._kept.append(latest)
         foreseen = [max((seen for kept in self._kept if (seen := kept[part]) is not None), default=0.0)
                     for part in range(PACE_PARTS)]
-        # the next cycle takes them in the order their evaluations ended (the order of their last evaluation)
+        # the next cycle takes them in the order their evaluations ended (the order of their last
+        # evaluation); budgets new to it come first, at once, and move none of them to a later turn
         ends = sorted(end for _, end in ended)
         m = len(ends)
         start_by = min(end - self.turn(r, m) - foreseen[r * PACE_PARTS // m] for r, end in enumerate(ends))
@@ -211,11 +219,13 @@ def cycle_line(number: int, budgets: int, failed: int, seconds: float, started: 
                fetch_ended: float | None, early: float | None = None) -> str:
     """The log's line of one cycle: its budgets, time and data, the second of the minute it started at
     (the minute's turn and the folds ahead of it make some of a minute's cycles costlier than others),
-    and when in it the cycle's fetch ended (the evaluations before that went on with the last snapshot).
+    and when in it the cycle's fetch ended (the evaluations before that went on with the last snapshot), or
+    how long before it, when the loop fetched it as the cycle before ended (``fetch_ended`` negative).
     With a pace, ``early``: how much less than one interval after this cycle's start the next starts.
     ``benchmarks/operator_scale.py`` reads it back (``CYCLE_LINE``)."""
     stamp = time.strftime("%H:%M:%S", time.gmtime(started))
-    fetch = "no fetch ended in it" if fetch_ended is None else f"its fetch ended {fetch_ended:.1f}s in"
+    fetch = ("no fetch ended in it" if fetch_ended is None else f"its fetch ended {fetch_ended:.1f}s in"
+             if fetch_ended >= 0 else f"its fetch ended {-fetch_ended:.1f}s before it")
     paced = "" if early is None else f"; the next starts {early:.2f}s early"
     return (f"cycle {number}: {budgets} budgets in {seconds:.1f}s, {failed} failed; data {data or 'not read'}; "
             f"started {stamp} UTC, {started % 60:.1f}s into the minute; {fetch}{paced}")
@@ -224,7 +234,8 @@ def cycle_line(number: int, budgets: int, failed: int, seconds: float, started: 
 # cycle_line's words, read back (the benchmark's table of cycles)
 CYCLE_LINE = re.compile(r"cycle (?P<number>\d+): (?P<budgets>\d+) budgets in (?P<seconds>[\d.]+)s, (?P<failed>\d+) failed; "
                         r"data (?P<data>[\w ]+); started (?P<stamp>[\d:]+) UTC, (?P<second>[\d.]+)s into the minute; "
-                        r"(?:its fetch ended (?P<fetch>[\d.]+)s in|no fetch ended in it)"
+                        r"(?:its fetch ended (?P<fetch>[\d.]+)s in|its fetch ended (?P<ahead>[\d.]+)s before it|"
+                        r"no fetch ended in it)"
                         r"(?:; the next starts (?P<early>[\d.]+)s early)?")
 
 
@@ -240,6 +251,7 @@ class FleetLoop:
                  after_cycle: Callable[[], Any] | None = None,
                  fetch_ended: Callable[[], float | None] | None = None,
                  pace: float = 0.0,
+                 prefetch: Callable[[], Any] | None = None,
                  last_evaluated: Callable[[Item], float | None] | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  clock: Callable[[], float] = time.time,
@@ -248,6 +260,10 @@ class FleetLoop:
         self.interval = interval
         self.pace = Pace(interval, pace)  # each budget's turn in a cycle, and how early the next starts
         self.last_evaluated = last_evaluated  # ``monotonic``'s time of an item's last evaluation (None: never)
+        # fetches the next cycle's snapshot as soon as a cycle ends, on a thread of its own (None: the
+        # cycle's first evaluation fetches it, new_cycle having made it due)
+        self.prefetch = prefetch
+        self._prefetched = False  # the next cycle's snapshot was asked for at the end of the last
         self.new_cycle = new_cycle
         self.ready = ready
         self.settled = settled  # called once, after the first cycle (handlers/heap.py: settle)
@@ -262,11 +278,12 @@ class FleetLoop:
         self.workers = workers
         self.pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fleet-eval")
         self.driver = cf.ThreadPoolExecutor(1, thread_name_prefix="fleet-cycle")
+        self.fetcher = cf.ThreadPoolExecutor(1, thread_name_prefix="fleet-fetch")
         self.cycles = 0
         self.stopping = threading.Event()
         self.sleep = sleep or self.stopping.wait  # waits for a budget's turn (cut short when the loop stops)
-        self._ranks: dict[int, int] = {}  # id(item) -> its place in the cycle's order
-        self._ended: list[tuple[int, float]] = []  # the cycle's (place, time its evaluation ended)
+        self._ranks: dict[int, int | None] = {}  # id(item) -> its place among the cycle's paced (None: at once)
+        self._ended: list[tuple[int | None, float]] = []  # the cycle's (place, time its evaluation ended)
         self._prompted: dict[str, Item] = {}  # budget uid -> its latest item, evaluated at once
         self._prompt_lock = threading.Lock()
         self._prompt_wake = threading.Event()
@@ -295,6 +312,13 @@ class FleetLoop:
                 except Exception as exc:  # noqa: BLE001 - logged; the next cycle evaluates it again
                     _log_failure(item, exc)
 
+    def _prefetch(self) -> None:
+        assert self.prefetch is not None
+        try:
+            self.prefetch()
+        except Exception as exc:  # noqa: BLE001 - logged; the next cycle's evaluations fetch it again
+            log.warning("fetching the next cycle's data: %s", exc)
+
     def _evaluate(self, item: Item) -> Any:
         if self.stopping.is_set():
             return None
@@ -302,18 +326,29 @@ class FleetLoop:
         self._ended.append((self._ranks[id(item)], self.monotonic()))  # (list.append is atomic)
         return result
 
-    def order(self, items: Sequence[Item]) -> list[Item]:
-        """``items`` in the order of their last evaluation, longest ago first, those never evaluated
-        last (each kind in the indexes' order): each budget keeps its place from cycle to cycle."""
+    def order(self, items: Sequence[Item]) -> tuple[list[Item], int]:
+        """``items`` with those never evaluated first (in the indexes' order), then the others in the
+        order of their last evaluation, longest ago first, so each keeps its place from cycle to
+        cycle; and how many were never evaluated (they are submitted at once, outside the pace)."""
         if self.last_evaluated is None:
-            return list(items)
-        last = [self.last_evaluated(item) for item in items]
-        places = sorted(range(len(items)), key=lambda k: (1, 0.0) if last[k] is None else (0, last[k]))
-        return [items[k] for k in places]
+            return list(items), 0
+        fresh: list[Item] = []
+        known: list[tuple[float, int]] = []  # (last evaluated, place in ``items``)
+        for k, item in enumerate(items):
+            last = self.last_evaluated(item)
+            if last is None:
+                fresh.append(item)
+            else:
+                known.append((last, k))
+        known.sort()
+        return fresh + [items[k] for _, k in known], len(fresh)
 
-    def _wait_for_turn(self, started: float, n: int) -> Callable[[int], Any]:
+    def _wait_for_turn(self, started: float, fresh: int, n: int) -> Callable[[int], Any]:
+        """Waits for the k-th item's turn: none for the ``fresh`` first, then each of the ``n`` others at its own."""
         def wait_for(k: int) -> None:
-            left = started + self.pace.turn(k, n) - self.monotonic()
+            if k < fresh:
+                return
+            left = started + self.pace.turn(k - fresh, n) - self.monotonic()
             if left > 0:
                 self.sleep(left)
         return wait_for
@@ -321,13 +356,17 @@ class FleetLoop:
     def cycle(self, items: Sequence[Item]) -> CycleResult:
         """One cycle over ``items`` (blocking): a fresh snapshot, every budget evaluated."""
         started, wall = self.monotonic(), self.clock()
-        self.new_cycle()
-        items = self.order(items)
-        self._ranks, self._ended = {id(item): k for k, item in enumerate(items)}, []
+        prefetched, self._prefetched = self._prefetched, False
+        if not prefetched:
+            self.new_cycle()
+        items, fresh = self.order(items)
+        paced = len(items) - fresh
+        self._ranks = {id(item): (k - fresh if k >= fresh else None) for k, item in enumerate(items)}
+        self._ended = []
         failed = evaluate_all(items, self._evaluate, self.pool, in_flight=self.workers * IN_FLIGHT_PER_WORKER,
-                              wait_for=self._wait_for_turn(started, len(items)) if self.pace.share > 0 else None)
+                              wait_for=self._wait_for_turn(started, fresh, paced) if self.pace.share > 0 else None)
         seconds = self.monotonic() - started
-        early = self.pace.early(started, len(items), self._ended, over=seconds > self.interval)
+        early = self.pace.early(started, paced, self._ended, over=seconds > self.interval)
         self._ranks, self._ended = {}, []
         fetched = self.fetch_ended() if self.fetch_ended is not None else None
         self.cycles += 1
@@ -343,7 +382,7 @@ class FleetLoop:
             metrics.CYCLE_SECONDS_BY_DATA.labels(data).observe(seconds)
         metrics.CYCLE_EARLY_SECONDS.set(early)
         log.info("%s", cycle_line(self.cycles, len(items), failed, seconds, wall, data,
-                                  None if fetched is None or fetched < started else fetched - started,
+                                  None if fetched is None or (fetched < started and not prefetched) else fetched - started,
                                   early if self.pace.share > 0 else None))
         return CycleResult(len(items), failed, seconds, early)
 
@@ -383,6 +422,9 @@ class FleetLoop:
                 if result.seconds > self.interval:
                     log.warning("evaluating %d budgets took %.1fs, longer than the %gs interval: the next "
                                 "cycle starts at once", result.budgets, result.seconds, self.interval)
+                if self.prefetch is not None:
+                    self._prefetched = True
+                    self.fetcher.submit(self._prefetch)
                 await asyncio.sleep(max(0.0, started + self.interval - result.early - self.monotonic()))
         finally:
             # The budgets still queued are skipped (``stopping``), the cycle submits no more
@@ -390,3 +432,4 @@ class FleetLoop:
             self.stopping.set()
             self.pool.shutdown(wait=False)
             self.driver.shutdown(wait=False)
+            self.fetcher.shutdown(wait=False)

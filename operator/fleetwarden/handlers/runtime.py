@@ -27,6 +27,7 @@ Kopf-free on purpose: the handlers and ``benchmarks/operator_scale.py`` call it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -356,6 +357,9 @@ class Runtime:
                  kube_client: kube.Kube | None = None, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
+        # the share of the interval after which the snapshot is due (fetched by the next evaluation);
+        # the fleet loop with a pace fetches it itself between cycles and sets a longer one (a fallback)
+        self.refresh_after = 0.8
         self.monotonic = monotonic  # the backoff's clock
         self.fetcher = fetcher
         self._kube = kube_client
@@ -439,7 +443,7 @@ class Runtime:
         current = self._snapshot
         lacks = isinstance(current, prometheus.FleetSnapshot) and source is not spec.SourceType.fleetwarden \
             and source not in current.sources
-        due = current is None or time.monotonic() - self._snapshot_at >= self.interval * 0.8 or lacks
+        due = current is None or time.monotonic() - self._snapshot_at >= self.interval * self.refresh_after or lacks
         return current, due, isinstance(current, prometheus.FleetSnapshot) and not lacks
 
     @staticmethod
@@ -464,6 +468,14 @@ class Runtime:
         meanwhile keep the last one, see :meth:`snapshot`)."""
         with self._snapshot_lock:
             self._snapshot_at = float("-inf")
+
+    def prefetch(self) -> None:
+        """Fetch a fresh snapshot now, in the calling thread (the fleet loop's, between two cycles,
+        so that the next cycle's evaluations neither wait for it nor share the interpreter with
+        its reading); a failure is logged and kept, as a fetch by an evaluation keeps it."""
+        self.new_cycle()
+        with contextlib.suppress(errors.PrometheusError):  # logged by snapshot(); the statuses say it
+            self.snapshot()
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_lock:

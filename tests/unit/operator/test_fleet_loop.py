@@ -436,11 +436,11 @@ def test_each_cycle_logs_a_line_the_benchmark_reads_back(caplog: pytest.LogCaptu
     read = [fleet.CYCLE_LINE.search(line) for line in lines]
     assert [m.groupdict() if m else None for m in read] == [
         {"number": "1", "budgets": "2", "seconds": "11.2", "failed": "0", "data": "first", "stamp": "01:00:42",
-         "second": "42.5", "fetch": None, "early": None},
+         "second": "42.5", "fetch": None, "ahead": None, "early": None},
         {"number": "2", "budgets": "2", "seconds": "11.2", "failed": "0", "data": "new_minute", "stamp": "01:00:57",
-         "second": "57.5", "fetch": "3.2", "early": None},
+         "second": "57.5", "fetch": "3.2", "ahead": None, "early": None},
         {"number": "3", "budgets": "2", "seconds": "11.2", "failed": "0", "data": "unknown", "stamp": "01:01:12",
-         "second": "12.5", "fetch": None, "early": None},
+         "second": "12.5", "fetch": None, "ahead": None, "early": None},
     ]
 
 

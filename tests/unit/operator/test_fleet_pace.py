@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from test_fleet_loop import run_until
+from test_runtime_cycle import CountingFetcher, FakeKube, body, deployment, make
 
 from fleetwarden.handlers import fleet
 
@@ -123,6 +126,10 @@ def test_paced_a_cycle_that_cannot_keep_up_is_foreseen_after_it_is_seen_once() -
 
 def test_each_budget_is_submitted_no_sooner_than_its_turn_and_keeps_its_place() -> None:
     f = Fleet(200, pace=0.5, costs=lambda c: 0.001)
+    f.run(1)  # the first pass: every budget new, all at once
+    assert f.began[-1][1] == pytest.approx(0.199)
+    f.loop.stopping.clear()
+    f.loop.driver = cf.ThreadPoolExecutor(1)
     f.run(1)
     first = list(f.order)
     assert f.began[0][1] == 0.0
@@ -132,9 +139,11 @@ def test_each_budget_is_submitted_no_sooner_than_its_turn_and_keeps_its_place() 
     f.loop.stopping.clear()
     f.loop.driver = cf.ThreadPoolExecutor(1)
     f.last["b0100"] = f.now + 1  # evaluated meanwhile (a spec edit): it goes last
-    f.items = [*f.items, item("new")]  # a budget never evaluated: after every other
+    f.items = [*f.items, item("new")]  # a budget never evaluated: first, at once, taking no turn
     f.run(1)
-    assert f.order == [uid for uid in first if uid != "b0100"] + ["b0100", "new"]
+    assert f.order == ["new", *(uid for uid in first if uid != "b0100"), "b0100"]
+    assert f.began[0][1] == 0.0 and f.began[1][1] == pytest.approx(0.001)  # the first paced one: no wait
+    assert f.began[-1][1] == pytest.approx(0.5 * INTERVAL * 199 / 200)  # the 200 paced as before
 
 
 @pytest.mark.parametrize(("share", "seconds", "early"), [(0.0, 5.0, 0.0), (0.7, 16.0, 0.0)])
@@ -158,3 +167,35 @@ def test_the_cycle_line_says_how_early_the_next_starts() -> None:
     assert line.endswith("its fetch ended 3.2s in; the next starts 0.46s early")
     read = fleet.CYCLE_LINE.search(line)
     assert read is not None and read["early"] == "0.46" and read["fetch"] == "3.2"
+
+
+def test_with_a_prefetch_the_loop_fetches_between_cycles_and_no_cycle_makes_its_data_due() -> None:
+    """The fleet loop with a pace fetches the next cycle's data as a cycle ends (on a thread of its
+    own), so the cycle neither waits for the fetch nor shares the interpreter with its reading;
+    only the first cycle, with nothing fetched before it, makes the snapshot due itself."""
+    calls: list[str] = []
+    ready = threading.Event()
+    ready.set()
+    loop = fleet.FleetLoop(lambda it: calls.append("evaluate"), interval=0.001, workers=1,
+                           new_cycle=lambda: calls.append("new_cycle"), ready=ready, pace=0.5,
+                           prefetch=lambda: calls.append("prefetch"))
+    run_until(loop, ({"shop": [item("b0").budget]}, {}, {}, {}),
+              lambda: loop.cycles >= 3 and calls.count("prefetch") >= 2)
+    assert calls[:2] == ["new_cycle", "evaluate"] and calls.count("new_cycle") == 1
+
+
+def test_the_runtime_s_prefetch_fetches_once_for_the_evaluations_after_it_and_never_raises(
+        caplog: pytest.LogCaptureFixture) -> None:
+    fetcher, k = CountingFetcher(), FakeKube()
+    rt = make(fetcher, k)
+    rt.prefetch()
+    assert fetcher.fetches == 1
+    for i in range(3):
+        rt.reconcile(body(i), [deployment(i)])
+    assert fetcher.fetches == 1  # the evaluations read what the prefetch fetched
+    failing = make(CountingFetcher(fail=True), FakeKube())
+    with caplog.at_level(logging.WARNING):
+        failing.prefetch()  # Prometheus down: logged, kept for the evaluations, not raised
+    assert "connection refused" in caplog.text
+    verdict = failing.reconcile(body(0), [deployment(0)])
+    assert failing.fetcher.fetches == 1 and verdict is not None  # type: ignore[union-attr]

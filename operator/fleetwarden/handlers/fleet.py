@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -422,10 +423,19 @@ class FleetLoop:
                 if result.seconds > self.interval:
                     log.warning("evaluating %d budgets took %.1fs, longer than the %gs interval: the next "
                                 "cycle starts at once", result.budgets, result.seconds, self.interval)
+                fetching = None
                 if self.prefetch is not None:
                     self._prefetched = True
-                    self.fetcher.submit(self._prefetch)
+                    fetching = asyncio.wrap_future(self.fetcher.submit(self._prefetch))
                 await asyncio.sleep(max(0.0, started + self.interval - result.early - self.monotonic()))
+                if fetching is not None and not fetching.done():
+                    # A cycle started early while its data is still read gains nothing: its first
+                    # budgets would share the interpreter with the reading and end when it ends (and
+                    # their lateness would start the cycle after it early again). So it waits for
+                    # the reading, never past one interval after this cycle's start.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(fetching),
+                                               max(0.0, started + self.interval - self.monotonic()))
         finally:
             # The budgets still queued are skipped (``stopping``), the cycle submits no more
             # (evaluate_all: the pool refuses them) and ends once those submitted have.

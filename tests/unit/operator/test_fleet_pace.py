@@ -6,10 +6,13 @@ pool runs each evaluation as it is submitted (one worker)."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
+import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -199,3 +202,52 @@ def test_the_runtime_s_prefetch_fetches_once_for_the_evaluations_after_it_and_ne
     assert "connection refused" in caplog.text
     verdict = failing.reconcile(body(0), [deployment(0)])
     assert failing.fetcher.fetches == 1 and verdict is not None  # type: ignore[union-attr]
+
+
+def test_a_cycle_started_early_waits_for_its_data_being_read_but_never_past_the_interval() -> None:
+    """Started while the prefetch still reads, a cycle's first budgets would share the interpreter
+    with the reading and end when it ends; so the loop waits for it, though never past one interval
+    after the last cycle's start (Prometheus slow: the evaluations go on with the last snapshot).
+    Each cycle here would start half an interval after the one before; the first reading ends when
+    the test says, the second at once, the third never."""
+    interval = 4.0
+    starts: list[float] = []
+    released = threading.Event()
+    readings = itertools.count(1)
+
+    def prefetch() -> None:
+        n = next(readings)
+        if n != 2:
+            released.wait(30)
+
+    ready = threading.Event()
+    ready.set()
+    loop = fleet.FleetLoop(lambda it: starts.append(time.monotonic()), interval=interval, workers=1,
+                           new_cycle=lambda: None, ready=ready, pace=0.5, prefetch=prefetch)
+    loop.pace.early = lambda *args, **kwargs: interval / 2  # type: ignore[method-assign]
+
+    async def main() -> list[int]:
+        task = asyncio.create_task(loop.run({"shop": [item("b0").budget]}, {}, {}, {}))
+        while not starts:
+            await asyncio.sleep(0.01)
+        first = starts[0]
+
+        async def at(share: float) -> int:  # the cycles begun by ``share`` intervals after the first
+            await asyncio.sleep(max(0.0, first + share * interval - time.monotonic()))
+            return len(starts)
+
+        seen = [await at(0.75)]  # 1: the second cycle (due at 0.5) waits for the first reading
+        released.set()
+        seen.append(await at(0.95))  # 2: it began once the reading ended (0.75); the second reading ends at once
+        released.clear()
+        seen.append(await at(2.0))  # 3: the third began at 1.25; the fourth waits for the third reading ...
+        seen.append(await at(2.5))  # 4: ... until one interval after the third began (2.25)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return seen
+
+    try:
+        assert asyncio.run(main()) == [1, 2, 3, 4]
+    finally:
+        released.set()

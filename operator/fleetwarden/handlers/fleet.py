@@ -13,17 +13,20 @@ machine those timers fall behind the interval (docs/operator.md, Scale): kopf sc
    once (the governance check of every namespace), and logs what it still waits for
    (``waiting``) every 30 s until then.
 2. Every interval it forgets the cached Prometheus snapshot (one fleet-wide fetch per
-   cycle: the number of queries does not grow with the fleet), copies the budgets and each
+   cycle: the number of queries does not grow with the fleet; with a pace, the loop fetches
+   it on a thread of its own as the cycle before ends), copies the budgets and each
    namespace's Deployments, CostPolicies and CostApprovals out of the indexes (in the
    event loop's thread, so no watch event changes them while they are copied), and
    evaluates every budget on a pool of ``FLEETWARDEN_WORKERS`` threads
    (:meth:`fleetwarden.handlers.runtime.Runtime.reconcile`: the status is written only when
    it changed, or for the coarse heartbeat). With a pace (``FLEETWARDEN_PACE``, :class:`Pace`)
-   the budgets are taken in the order of their last evaluation and spread over that share of
-   the interval, each at its own turn, so a budget is reached at the same point of every cycle.
+   the budgets are taken in the order of their last evaluation (new ones first, at once) and
+   spread over that share of the interval, each at its own turn, so a budget is reached at the
+   same point of every cycle.
 3. It records the cycle's duration and starts the next cycle one interval after this one
-   started, less what the pace foresees a budget would wait past the interval (at once, with
-   a warning, when the cycle took longer than the interval). After
+   started, less what the pace foresees a budget would wait past the interval, though not
+   while that cycle's data is still being read, unless a whole interval has passed (at once,
+   with a warning, when the cycle took longer than the interval). After
    the first cycle it settles the heap once (:func:`fleetwarden.handlers.heap.settle`), after
    each later one it gives malloc's free pages back (:func:`fleetwarden.handlers.heap.trim`).
 

@@ -23,6 +23,7 @@ from test_operator_budget import (  # noqa: F401 - fixtures
     status,
 )
 
+from fleetwarden.handlers import fleet as fleet_loop
 from fleetwarden.handlers import heap
 
 
@@ -51,6 +52,11 @@ def test_dry_run_says_what_it_would_do_and_enforce_does_it(cluster: Any, namespa
     (would,) = events(cluster, namespace, "WouldKill")
     assert "bot (was 3)" in would["message"] and "helper (was 2)" in would["message"]
     op.wait_evaluations(cluster, 3)
+    # the pace (FLEETWARDEN_PACE, on by default): every cycle says how early the next starts, and
+    # the loop read a cycle's data before it began (as the cycle before ended), not in it
+    cycles = [m for m in map(fleet_loop.CYCLE_LINE.search, op.log_path.read_text().splitlines()) if m]
+    assert len(cycles) >= 3 and all(m["early"] is not None for m in cycles)
+    assert any(m["ahead"] is not None for m in cycles[1:]), [m.group(0) for m in cycles]
     # the loop settled its heap after its first cycle (handlers/heap.py): frozen, and counted
     assert op.metric("fleetwarden_operator_gc_frozen_objects") > 0
     assert op.metric("fleetwarden_operator_gc_collections_total", generation="2") >= 1

@@ -37,6 +37,9 @@ BAD = [
     ("FLEETWARDEN_METRICS_PORT", "--metrics-port", "70000", "<= 65535"),
     ("FLEETWARDEN_WORKERS", None, "0", "whole number >= 1"),
     ("FLEETWARDEN_WORKERS", None, "inf", "whole number"),
+    ("FLEETWARDEN_PACE", None, "0.95", "finite number >= 0 and <= 0.9"),
+    ("FLEETWARDEN_PACE", None, "-0.1", ">= 0 and <= 0.9"),
+    ("FLEETWARDEN_PACE", None, "nan", "finite number"),
     ("FLEETWARDEN_PROMETHEUS_URL", "--prometheus-url", "prometheus:9090", "http:// or https:// URL with a host"),
     ("FLEETWARDEN_PROMETHEUS_URL", "--prometheus-url", "prometheus.monitoring", "URL with a host"),
     ("FLEETWARDEN_PROMETHEUS_URL", "--prometheus-url", "http://", "URL with a host"),
@@ -105,10 +108,11 @@ def test_good_values_and_defaults_are_read() -> None:
     got = settings.Settings.from_env({
         "FLEETWARDEN_INTERVAL": "2.5", "FLEETWARDEN_PROMETHEUS_URL": " https://prom.example:9090/prefix ",
         "FLEETWARDEN_PROMETHEUS_TIMEOUT": "0.25", "FLEETWARDEN_LOOKBACK_MINUTES": "30.0",
-        "FLEETWARDEN_METRICS_PORT": "0", "FLEETWARDEN_WORKERS": "", "FLEETWARDEN_ALERTMANAGER_URL": "http://[::1]:9093"})
+        "FLEETWARDEN_METRICS_PORT": "0", "FLEETWARDEN_WORKERS": "", "FLEETWARDEN_ALERTMANAGER_URL": "http://[::1]:9093",
+        "FLEETWARDEN_PACE": "0"})
     assert got == settings.Settings(
         interval=2.5, prometheus_url="https://prom.example:9090/prefix", prometheus_timeout=0.25, scrape_interval=15.0,
-        lookback_minutes=30, metrics_port=0, workers=16, alertmanager_url="http://[::1]:9093")
+        lookback_minutes=30, metrics_port=0, workers=16, alertmanager_url="http://[::1]:9093", pace=0.0)
     assert settings.Settings.from_env({}) == settings.Settings(
         interval=15.0, prometheus_url="http://localhost:9090", prometheus_timeout=10.0, scrape_interval=15.0,
         lookback_minutes=90, metrics_port=8081, workers=16, alertmanager_url=None)

@@ -297,15 +297,13 @@ if SETTINGS.evaluation == "fleet":
         """Start the fleet-wide loop in kopf's event loop (it waits for the indexes)."""
         global FLEET, _FLEET_TASK
         rt = get_runtime()
-        prefetch = None
-        if SETTINGS.pace > 0:  # the loop fetches each cycle's data between cycles; the age is a fallback
-            rt.refresh_after, prefetch = 1.5, rt.prefetch
         FLEET = fleet.FleetLoop(_evaluate_item, interval=SETTINGS.interval, workers=SETTINGS.workers,
                                 new_cycle=rt.new_cycle, ready=LISTINGS.ready if OWN_INDEXES else INDEXED,
                                 settled=heap.settle, on_ready=check_all_namespaces if OWN_INDEXES else None,
                                 waiting=LISTINGS.waiting_for if OWN_INDEXES else None, data_end=rt.data_end,
                                 after_cycle=heap.trim, fetch_ended=rt.fetch_ended, pace=SETTINGS.pace,
-                                last_evaluated=_last_evaluated, prefetch=prefetch)
+                                last_evaluated=_last_evaluated,
+                                prefetch=rt.prefetch if SETTINGS.pace > 0 else None)  # each cycle's data read before it
         _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(*_indexes(kwargs)))
         if OWN_INDEXES:
             await _unserved_kinds()

@@ -78,6 +78,10 @@ _SOURCE_FIGURES = ("series", "families", "lastSample", "unpricedModels")
 # last fetch), and a longer span (its first fetch) this many minutes at a time, so its memory
 # does not peak with the whole lookback of a large fleet at once (docs/operator.md, Scale).
 RANGE_SLICE_MINUTES = 15
+# Intervals after which an evaluation fetches the snapshot by its age once the fleet loop prefetches
+# it between cycles (Runtime.prefetch): later than the next cycle's last evaluation (a paced cycle
+# spreads over up to 0.9 of the interval), so only a stalled loop leaves it to the evaluations.
+PREFETCHED_REFRESH = 1.5
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -358,7 +362,7 @@ class Runtime:
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         # the share of the interval after which the snapshot is due (fetched by the next evaluation);
-        # the fleet loop with a pace fetches it itself between cycles and sets a longer one (a fallback)
+        # once something calls prefetch (the fleet loop with a pace, between cycles), a longer one: a fallback
         self.refresh_after = 0.8
         self.monotonic = monotonic  # the backoff's clock
         self.fetcher = fetcher
@@ -472,7 +476,9 @@ class Runtime:
     def prefetch(self) -> None:
         """Fetch a fresh snapshot now, in the calling thread (the fleet loop's, between two cycles,
         so that the next cycle's evaluations neither wait for it nor share the interpreter with
-        its reading); a failure is logged and kept, as a fetch by an evaluation keeps it."""
+        its reading); a failure is logged and kept, as a fetch by an evaluation keeps it. From then
+        on an evaluation fetches by the snapshot's age only after ``PREFETCHED_REFRESH`` intervals."""
+        self.refresh_after = PREFETCHED_REFRESH
         self.new_cycle()
         with contextlib.suppress(errors.PrometheusError):  # logged by snapshot(); the statuses say it
             self.snapshot()

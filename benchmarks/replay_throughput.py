@@ -11,7 +11,8 @@ process:
 
 - parse: read the file line by line and ``orjson.loads`` each line, on one core (the floor);
 - replay: ``fleetwarden.core.replay.run`` over ``events.iter_events`` (validation, pricing,
-  minute buckets, budgets, policies, detectors), consuming every finding, on one core;
+  minute buckets, budgets, policies, detectors), consuming every finding, on one core, with the
+  garbage collector set as ``fleetwarden replay`` sets it (``collector_for_replay``);
 - replay -jN: the same with ``jobs=N`` (``--jobs``, default: every core), the detectors in
   N worker processes sharded by agent, this one reading, pricing and applying the policies.
 
@@ -130,6 +131,7 @@ def child(mode: str, path: str, manifests_dir: str) -> None:
                 count += 1
         print(time.perf_counter() - t0, count)
         return
+    from fleetwarden.commands.replay import collector_for_replay
     from fleetwarden.core import events, manifests, pricing, replay
 
     jobs = int(mode.partition(":")[2] or 1)
@@ -138,8 +140,10 @@ def child(mode: str, path: str, manifests_dir: str) -> None:
     stats = replay.Stats()
     t0 = time.perf_counter()
     count = 0
-    for _ in replay.run(events.iter_events(path), loaded.budgets, loaded.policies, table, stats=stats, jobs=jobs):
-        count += 1
+    with collector_for_replay():  # as `fleetwarden replay` runs it
+        for _ in replay.run(events.iter_events(path), loaded.budgets, loaded.policies, table, stats=stats,
+                            jobs=jobs):
+            count += 1
     print(time.perf_counter() - t0, count, stats.events, stats.broken)
 
 

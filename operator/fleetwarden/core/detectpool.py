@@ -19,6 +19,7 @@ A minute crosses the process boundary as a plain tuple of its fields (:func:`pac
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -68,10 +69,12 @@ def _judge(sets: dict[int, detectors.DetectorSet], batch: list[tuple[int, Job]]
     return out
 
 
-def _worker(conn: multiprocessing.connection.Connection) -> None:
+def _worker(conn: multiprocessing.connection.Connection, thresholds: tuple[int, int, int]) -> None:
     """One worker: batches in, ``("ok", findings by index)`` or ``("error", why)`` out. Ctrl-C is the
-    parent's to handle (it stops the workers); a parent gone ends the worker quietly."""
+    parent's to handle (it stops the workers); a parent gone ends the worker quietly. It collects
+    garbage at the parent's ``thresholds`` (a spawned process would start at CPython's defaults)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.set_threshold(*thresholds)
     sets: dict[int, detectors.DetectorSet] = {}
     while True:
         try:
@@ -106,7 +109,7 @@ class DetectorPool:
         self._procs: list[Any] = []
         for _ in range(workers):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child,), daemon=True, name="fleetwarden-detectors")
+            proc = ctx.Process(target=_worker, args=(child, gc.get_threshold()), daemon=True, name="fleetwarden-detectors")
             proc.start()
             child.close()
             self._conns.append(parent)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import gc
 import json
+import signal
 from pathlib import Path
 from types import MappingProxyType
 
@@ -123,3 +125,42 @@ def test_a_late_finding_after_a_close_the_pool_judges_keeps_its_place() -> None:
     outs = [[(f.kind, f.tool, f.time) for f in replay.run(evs, [], [p], TABLE, jobs=jobs)] for jobs in (1, 2)]
     assert outs[0] == [("tool_not_allowed", "bad", T0 + 260), ("tool_not_allowed", "worse", T0 + 260)]
     assert outs[1] == outs[0]
+
+
+def test_the_replay_command_collects_garbage_at_its_own_young_threshold_and_restores_the_old(
+        fleet: tuple[Path, int], monkeypatch: pytest.MonkeyPatch, capfd) -> None:  # type: ignore[no-untyped-def]
+    from fleetwarden.commands import replay as command
+
+    path, _ = fleet
+    seen: list[tuple[int, int, int]] = []
+    real = replay.run
+
+    def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(gc.get_threshold())
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(replay, "run", run)
+    before = gc.get_threshold()
+    gc.set_threshold(700, 11, 12)
+    try:
+        assert cli.main(["replay", "--events", str(path), "--output", "json"]) == 1  # (its one broken line)
+        assert gc.get_threshold() == (700, 11, 12)  # restored
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [(command.YOUNG_THRESHOLD, 11, 12)]
+    assert command.YOUNG_THRESHOLD > 700 and capfd.readouterr().out.count("\n") >= 1  # the findings still out
+
+
+def test_a_detector_worker_collects_at_the_thresholds_it_is_given() -> None:
+    """The pool hands its workers this process's thresholds: a spawned worker would start at CPython's."""
+    import multiprocessing
+
+    before = gc.get_threshold()
+    parent, child = multiprocessing.Pipe()
+    parent.send(None)  # no batch: the worker ends at once, its thresholds set
+    try:
+        detectpool._worker(child, (12_345, 6, 7))
+        assert gc.get_threshold() == (12_345, 6, 7)
+    finally:
+        gc.set_threshold(*before)
+        signal.signal(signal.SIGINT, signal.default_int_handler)

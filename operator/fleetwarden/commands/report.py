@@ -157,7 +157,10 @@ def _replay(stream: Iterator[events_mod.Event], budgets: list[spec.AgentBudget],
         from fleetwarden.core import replay
     except ImportError:
         return [], ["anomalies are not shown: fleetwarden.core.replay is not available in this build"]
-    return list(replay.run(stream, budgets, policies, prices)), []
+    from fleetwarden.commands.replay import collector_for_replay
+
+    with collector_for_replay():  # the collector as `fleetwarden replay` sets it
+        return list(replay.run(stream, budgets, policies, prices)), []
 
 
 def run(args: argparse.Namespace) -> int:

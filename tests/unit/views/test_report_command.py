@@ -153,3 +153,29 @@ def test_offline_report_without_window_spans_the_events(inputs, tmp_path):
     data = json.loads(out.read_text())
     assert data["total_cost_usd"] == pytest.approx(30 * 0.03 + 0.5)
     assert 30 * 60 <= data["window"]["seconds"] < 2 * 3600
+
+
+def test_the_report_replays_with_the_collector_set_as_the_replay_command_sets_it(inputs, monkeypatch):
+    """Its anomalies come from a whole replay, run at the replay command's young threshold."""
+    import gc
+
+    from fleetwarden.commands import replay as command
+    from fleetwarden.core import replay
+
+    events, manifests = inputs
+    seen = []
+    real = replay.run
+
+    def run(*args, **kwargs):
+        seen.append(gc.get_threshold()[0])
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(replay, "run", run)
+    before = gc.get_threshold()
+    gc.set_threshold(700, 11, 12)
+    try:
+        assert cli.main(["report", "--events", str(events), "-f", str(manifests), "--output", "json"]) == 0
+        assert gc.get_threshold() == (700, 11, 12)  # restored
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [command.YOUNG_THRESHOLD]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import functools
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -1382,6 +1383,11 @@ class ToolCallExplosion:
 # ---------------------------------------------------------------- the set
 
 
+def _blank_minute(agent: str, namespace: str, minute: int) -> series.AgentMinute:
+    """An empty minute of the agent (what ``tool_call_explosion`` reports in a gap)."""
+    return series.AgentMinute(agent=agent, namespace=namespace, minute=minute)
+
+
 class DetectorSet:
     """The detectors of one agent, fed its minutes in order (gaps allowed).
 
@@ -1409,7 +1415,10 @@ class DetectorSet:
         self.plateau = LoopPlateau(params.runaway_loop)
         self.task = TaskRunaway(params.runaway_loop)
         self.tools = ToolCallExplosion(params.tool_call_explosion)
-        self.tools.blank = self._blank
+        # (a partial, not the bound method self._blank: that would be a reference cycle, and every
+        # DetectorSet dropped, as each kept state restored for a cycle is, would wait for the
+        # garbage collector instead of going at once: tests/unit/core/test_detectors.py)
+        self.tools.blank = functools.partial(_blank_minute, agent, namespace)
         self.shift = CostShift(params.cost_shift)
         self._spike_on = params.model_update_spike.enabled
         self._loop_on = params.runaway_loop.enabled
@@ -1418,9 +1427,6 @@ class DetectorSet:
         self._last: int | None = None
         self._open: int | None = None  # open tasks at the end of the last minute that said
         self._loop_at: dict[str, float] = {}  # runaway_loop detector -> time of its last finding
-
-    def _blank(self, minute: int) -> series.AgentMinute:
-        return series.AgentMinute(agent=self.agent, namespace=self.namespace, minute=minute)
 
     def _held(self, now: float, by: str | None = None) -> bool:
         """Whether a runaway_loop finding of another detector than ``by`` was made within LOOP_HOLD_MINUTES."""

@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures as cf
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -435,10 +434,10 @@ class FleetLoop:
                     # A cycle started early while its data is still read gains nothing: its first
                     # budgets would share the interpreter with the reading and end when it ends (and
                     # their lateness would start the cycle after it early again). So it waits for
-                    # the reading, never past one interval after this cycle's start.
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(fetching),
-                                               max(0.0, started + self.interval - self.monotonic()))
+                    # the reading, never past one interval after this cycle's start. (asyncio.wait, not
+                    # wait_for: Python 3.11's wait_for loses a cancellation that comes as the reading
+                    # ends, and the loop would go on cycling after kopf cancelled it.)
+                    await asyncio.wait({fetching}, timeout=max(0.0, started + self.interval - self.monotonic()))
         finally:
             # The budgets still queued are skipped (``stopping``), the cycle submits no more
             # (evaluate_all: the pool refuses them) and ends once those submitted have.

@@ -26,6 +26,9 @@ After the first full pass and one more interval (the warm-up), it watches the op
 - the time of a fleet-wide Prometheus fetch (``fleetwarden_operator_prometheus_fetch_seconds``),
   and its slowest queries (``..._prometheus_query_seconds{query}``, the mean answer of each);
 - the operator process's RSS (VmRSS, max over the window) and peak (VmHWM);
+- the detectors' folds in each minute of the window, by what each cost
+  (``fleetwarden_operator_detector_folds_total{how}``: from the anchor, a kept state restored,
+  nothing new, folded ahead), and those before it: what the warm-up's cycles do;
 - fleet mode: the window's cycles one by one, from the line each writes to the operator's log:
   the second of the minute it started at, its time, what its data brought, and when in it the
   fleet-wide fetch ended (the evaluations before that went on with the last snapshot);
@@ -220,6 +223,24 @@ def samples(text: str, name: str, **labels: str) -> float:
     return total
 
 
+FOLDS = ("anchor", "restored", "unchanged", "ahead")  # fleetwarden_operator_detector_folds_total{how}
+
+
+def folds_of(text: str) -> tuple[float, ...]:
+    """The operator's detector folds so far, by ``FOLDS``, in an exposition."""
+    return tuple(samples(text, "fleetwarden_operator_detector_folds_total", how=how) for how in FOLDS)
+
+
+def folds_line(before: tuple[float, ...], by_minute: dict[int, tuple[float, ...]]) -> str:
+    """The detector folds of each minute of the window (``by_minute``: the counts last read in it)."""
+    out, last = [], before
+    for minute, now in sorted(by_minute.items()):
+        out.append(f"{minute}: " + "/".join(f"{b - a:.0f}" for a, b in zip(last, now, strict=True)))
+        last = now
+    return (f"detector folds by minute of the window ({'/'.join(FOLDS)}): " + "; ".join(out)
+            + " (before it, the first pass and one interval: " + "/".join(f"{x:.0f}" for x in before) + ")")
+
+
 def by_query(text: str) -> dict[str, tuple[float, float]]:
     """query -> (count, seconds) of ``fleetwarden_operator_prometheus_query_seconds`` in an exposition."""
     out: dict[str, tuple[float, float]] = {}
@@ -338,6 +359,7 @@ class Watch:
             "by_data": {data: (samples(text, "fleetwarden_operator_cycle_by_data_seconds_count", data=data),
                                samples(text, "fleetwarden_operator_cycle_by_data_seconds_sum", data=data))
                         for data in BY_DATA},
+            "folds": folds_of(text),
             "gc_seconds": samples(text, "fleetwarden_operator_gc_seconds_total"),
             "gc_full_seconds": samples(text, "fleetwarden_operator_gc_seconds_total", generation="2"),
             "trims": samples(text, "fleetwarden_operator_malloc_trims_total"),
@@ -457,6 +479,7 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
     rss_max, oldest_max, last_max = 0.0, 0.0, 0.0
     oldest_after: float | None = None  # over the readings once two cycles ended in the window
     oldest_by_minute: dict[int, float] = {}  # minute of the window -> the largest oldest evaluation read in it
+    folds_by_minute: dict[int, tuple[float, ...]] = {}  # minute of the window -> the detector folds last read in it
     scraped = before["at"]
     # The operator's /metrics is read every READ_EVERY seconds: read every second, rendering its per-budget
     # series (7 a budget) was a sixth of the operator's CPU at 2,000 budgets (py-spy) before they
@@ -472,6 +495,7 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
             oldest_max = max(oldest_max, oldest)
             minute = int((scraped - before["at"]) // 60)
             oldest_by_minute[minute] = max(oldest_by_minute.get(minute, 0.0), oldest)
+            folds_by_minute[minute] = folds_of(text)
             ended = samples(text, "fleetwarden_operator_cycle_seconds_count") - before["cycles"]
             if ended > 1:
                 oldest_after = max(oldest_after or 0.0, oldest)
@@ -486,6 +510,7 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
     report(before, after, n, args, rss_max, hwm, (oldest_max, oldest_after), last_max, cpu, busy)
     print("oldest evaluation by minute of the window: " + ", ".join(
         f"{oldest:.1f}s" for _, oldest in sorted(oldest_by_minute.items())))
+    print(folds_line(before["folds"], folds_by_minute))
     if args.evaluation == "fleet":
         print_cycles(work / "operator.log", int(before["cycles"]), int(after["cycles"]))
     if args.census:

@@ -192,6 +192,11 @@ def test_guardrails_approvals_and_ungoverned_agents(cluster: Any, namespace: str
                    for kind in ("agentbudgets", "deployments", "costpolicies", "costapprovals")}
         assert indexed == {"agentbudgets": 1, "deployments": 2, "costpolicies": 1, "costapprovals": 1}
         assert op.metric("fleetwarden_operator_indexes_complete") == 1
+        # the detectors folded the agent's window from its anchor (the minute's later evaluations take
+        # it from the memo: within a minute nothing is restored)
+        folds = {how: op.metric("fleetwarden_operator_detector_folds_total", how=how)
+                 for how in ("anchor", "restored", "unchanged", "ahead")}
+        assert folds["anchor"] >= 1, folds
         assert "Handler 'keep_" not in op.log_path.read_text()  # kopf's line for each event, dropped
         cluster.kubectl("delete", "deployment", "stray", "-n", namespace)
         cluster.wait_for(lambda: op.metric("fleetwarden_operator_indexed_objects", kind="deployments") == 1, 30,

@@ -221,7 +221,10 @@ class Folds:
         self._ahead: dict[tuple[str, str, str], _State] = {}  # folded ahead from the next anchor (prepare)
         self._lock = threading.Lock()
         self._swept = 0
-        self.warm = 0  # folds that restored a kept state
+        # (each counted under the lock: the operator's evaluation threads fold at once; read by
+        # the operator's fleetwarden_operator_detector_folds_total)
+        self.warm = 0  # folds that used a kept state: restored it, or had nothing to step (unchanged)
+        self.unchanged = 0  # of them, nothing to step: the kept findings, no state restored
         self.cold = 0  # folds from the anchor
         self.prepared = 0  # states folded ahead (prepare)
         self.ahead_used = 0  # of them, taken by a fold at their anchor
@@ -250,13 +253,17 @@ class Folds:
             and state.folded <= settled and digest(state.folded) == state.digest
         if kept:
             assert state is not None
-            self.warm += 1
-            if state.folded == len(window):
+            unchanged = state.folded == len(window)
+            with self._lock:
+                self.warm += 1
+                self.unchanged += unchanged
+            if unchanged:
                 return list(state.found)  # nothing to step: the findings are those the kept minutes revealed
             detector_set, out, done = loads(state.blob, state.trained), list(state.found), state.folded
         else:
             detector_set, out, done = detectors.DetectorSet(params, agent, namespace), [], 0
-            self.cold += 1
+            with self._lock:
+                self.cold += 1
         for minute in window[done:settled]:
             out.extend(detector_set.step(minute))
         if not kept or settled > done:

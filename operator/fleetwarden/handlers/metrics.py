@@ -10,7 +10,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import prometheus_client as pc
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float
@@ -167,6 +167,36 @@ UNPRICED_TOKENS = pc.Gauge(names.UNPRICED_TOKENS,
                            "Tokens of a budget's agents (spec.source OpenTelemetry) over its longest limit window "
                            "that no price covers, by model: their cost is not in spend.",
                            ["budget", "namespace", "model"], registry=REGISTRY)
+
+
+
+class _Folds(Collector):
+    """The detector folds of the runtime's kept states (``core/warmfold.Folds``), by what each cost:
+    ``anchor`` (a whole window folded from an empty state at its anchor: the costly one),
+    ``restored`` (a kept state restored and stepped on), ``unchanged`` (nothing new: the kept
+    findings, no state restored), ``ahead`` (folded ahead from the next anchor, late in a minute).
+    Absent before a runtime sets ``source``."""
+
+    def __init__(self) -> None:
+        self.source: Any = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        folds = self.source
+        if folds is None:
+            return
+        family = CounterMetricFamily("fleetwarden_operator_detector_folds",
+                                     "Detector folds of the agents' windows, by what each cost: anchor (a whole "
+                                     "window from its anchor), restored (a kept state stepped on), unchanged (nothing "
+                                     "new, no state restored), ahead (folded ahead of an anchor's move).",
+                                     labels=["how"])
+        for how, count in (("anchor", folds.cold), ("restored", folds.warm - folds.unchanged),
+                           ("unchanged", folds.unchanged), ("ahead", folds.prepared)):
+            family.add_metric([how], count)
+        yield family
+
+
+FOLDS = _Folds()
+REGISTRY.register(FOLDS)
 
 _owners: dict[tuple[str, str], set[tuple[str, str, str, str, str, str]]] = {}
 _targets: dict[tuple[str, str], set[tuple[str, str, str, str, str]]] = {}

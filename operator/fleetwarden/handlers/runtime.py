@@ -386,6 +386,7 @@ class Runtime:
         # per-agent detector states, stepped on from their anchor (used when the fetcher reads an anchor's
         # minutes more than the lookback: build() sets it); the fetcher's re-read minutes are never kept
         self.folds = warmfold.Folds(tail_minutes=getattr(fetcher, "settle_minutes", warmfold.TAIL_MINUTES))
+        metrics.FOLDS.source = self.folds  # (fleetwarden_operator_detector_folds_total: the runtime in use)
         self.backoff = Backoff(first=interval)  # actions that failed wait before they are tried again
         # uid -> (generation, the budget parsed at it): one per budget, its latest generation only
         self._budgets: dict[str, tuple[Any, spec.AgentBudget | errors.ManifestError]] = {}

@@ -337,10 +337,10 @@ def test_an_agent_with_nothing_new_gets_its_kept_findings_without_a_restore(monk
     monkeypatch.setattr(warmfold, "loads", lambda blob, trained=None: restored.append(blob) or real_loads(blob, trained))
     for later in (end + MINUTE, end + 20 * MINUTE):
         assert folds.findings(namespace, agent, settled, later, PARAMS, at) == _refold(settled)
-    assert restored == [] and folds.warm == 2 and folds.cold == 1
+    assert restored == [] and (folds.warm, folds.unchanged, folds.cold) == (2, 2, 1)
     longer = settled + [dataclasses.replace(window[-1], minute=end + 5 * MINUTE)]  # something new: restored
     assert folds.findings(namespace, agent, longer, end + 20 * MINUTE, PARAMS, at) == _refold(longer)
-    assert len(restored) == 1
+    assert len(restored) == 1 and (folds.warm, folds.unchanged, folds.cold) == (3, 2, 1)
 
 
 def _ahead_of(start: int, namespace: str, agent: str) -> int | None:

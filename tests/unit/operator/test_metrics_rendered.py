@@ -105,3 +105,22 @@ def test_the_app_serves_the_page_gzipped_when_asked() -> None:
     zipped = b"".join(metrics.app({"HTTP_ACCEPT_ENCODING": "gzip, deflate"}, start_response))
     assert seen["headers"]["Content-Encoding"] == "gzip"
     assert gzip.decompress(zipped).split(b"\n")[:3] == plain.split(b"\n")[:3]
+
+
+def test_the_detector_folds_are_counted_by_what_each_cost() -> None:
+    """``fleetwarden_operator_detector_folds_total{how}`` reads the runtime's kept folds: a kept state
+    used with nothing to step is ``unchanged``, not ``restored``; absent before a runtime is set."""
+    from fleetwarden.core import warmfold
+
+    was = metrics.FOLDS.source
+    try:
+        metrics.FOLDS.source = None
+        assert metrics.REGISTRY.get_sample_value("fleetwarden_operator_detector_folds_total", {"how": "anchor"}) is None
+        folds = warmfold.Folds()
+        folds.cold, folds.warm, folds.unchanged, folds.prepared = 3, 7, 5, 2
+        metrics.FOLDS.source = folds
+        got = {how: metrics.REGISTRY.get_sample_value("fleetwarden_operator_detector_folds_total", {"how": how})
+               for how in ("anchor", "restored", "unchanged", "ahead")}
+    finally:
+        metrics.FOLDS.source = was
+    assert got == {"anchor": 3, "restored": 2, "unchanged": 5, "ahead": 2}

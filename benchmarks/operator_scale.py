@@ -359,7 +359,6 @@ class Watch:
             "by_data": {data: (samples(text, "fleetwarden_operator_cycle_by_data_seconds_count", data=data),
                                samples(text, "fleetwarden_operator_cycle_by_data_seconds_sum", data=data))
                         for data in BY_DATA},
-            "folds": folds_of(text),
             "gc_seconds": samples(text, "fleetwarden_operator_gc_seconds_total"),
             "gc_full_seconds": samples(text, "fleetwarden_operator_gc_seconds_total", generation="2"),
             "trims": samples(text, "fleetwarden_operator_malloc_trims_total"),
@@ -475,6 +474,7 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
           flush=True)
     time.sleep(args.interval)  # warm-up: one more interval
     before = watch.reading()
+    folds_before = folds_of(watch.operator())
     cpu_before, busy_before = cpu_by_process(os.getpid()), machine_busy()
     rss_max, oldest_max, last_max = 0.0, 0.0, 0.0
     oldest_after: float | None = None  # over the readings once two cycles ended in the window
@@ -510,7 +510,7 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
     report(before, after, n, args, rss_max, hwm, (oldest_max, oldest_after), last_max, cpu, busy)
     print("oldest evaluation by minute of the window: " + ", ".join(
         f"{oldest:.1f}s" for _, oldest in sorted(oldest_by_minute.items())))
-    print(folds_line(before["folds"], folds_by_minute))
+    print(folds_line(folds_before, folds_by_minute))
     if args.evaluation == "fleet":
         print_cycles(work / "operator.log", int(before["cycles"]), int(after["cycles"]))
     if args.census:

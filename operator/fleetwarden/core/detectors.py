@@ -1417,7 +1417,7 @@ class DetectorSet:
         self.tools = ToolCallExplosion(params.tool_call_explosion)
         # (a partial, not the bound method self._blank: that would be a reference cycle, and every
         # DetectorSet dropped, as each kept state restored for a cycle is, would wait for the
-        # garbage collector instead of going at once: tests/unit/core/test_detectors.py)
+        # garbage collector instead of going at once: tests/unit/core/test_warmfold.py)
         self.tools.blank = functools.partial(_blank_minute, agent, namespace)
         self.shift = CostShift(params.cost_shift)
         self._spike_on = params.model_update_spike.enabled

@@ -169,7 +169,6 @@ UNPRICED_TOKENS = pc.Gauge(names.UNPRICED_TOKENS,
                            ["budget", "namespace", "model"], registry=REGISTRY)
 
 
-
 class _Folds(Collector):
     """The detector folds of the runtime's kept states (``core/warmfold.Folds``), by what each cost:
     ``anchor`` (a whole window folded from an empty state at its anchor: the costly one),

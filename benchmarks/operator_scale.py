@@ -40,13 +40,19 @@ After the first full pass and one more interval (the warm-up), it watches the op
 The operator's /metrics is read every ``READ_EVERY`` (5) seconds (RSS every second); the longest cycle is the largest
 ``..._last_cycle_seconds`` read, and bounded by the cycle histogram's buckets.
 
-No sample is added during the window: the backfilled history ends when the run starts (the
-agents' data goes stale after three scrape intervals, written once, then unchanged). The
-minute still turns every 60 s: the first cycle after it folds one more (empty) minute into
-every agent's detectors and figures, the others have nothing new. The cycle time is also
-printed apart for the two (``fleetwarden_operator_cycle_by_data_seconds``).
+By default no sample is added during the window: the backfilled history ends when the run
+starts (the agents' data goes stale after three scrape intervals, written once, then
+unchanged). The minute still turns every 60 s: the first cycle after it folds one more (empty)
+minute into every agent's detectors and figures, the others have nothing new. The cycle time is
+also printed apart for the two (``fleetwarden_operator_cycle_by_data_seconds``).
 
-    python benchmarks/operator_scale.py [--budgets 10000] [--evaluation fleet|timers]
+``--live``: a live fleet. The agents go on spending through the run: the benchmark serves
+their three counters on a /metrics page of its own (:class:`LiveAgents`), going on from where
+the backfill ends at the same rate, and Prometheus scrapes it every 15 s as it would the SDK's
+pages. Every agent then has a new minute each minute, and every window unsettled minutes
+(those a late scrape may still change), as in a real cluster.
+
+    python benchmarks/operator_scale.py [--budgets 10000] [--evaluation fleet|timers] [--live]
                                         [--interval 15] [--measure 60] [--census]
                                         [--kopf-start indexed|plain [--kopf-idle S] [--kopf-chunk N]]
 
@@ -64,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import http.server
 import math
 import os
 import re
@@ -71,6 +78,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -169,20 +177,22 @@ def agents_of(budgets: int) -> list[tuple[str, str]]:
     return [(f"scale-{i % NAMESPACES:03d}", f"agent-{i // NAMESPACES:05d}") for i in range(per_ns * NAMESPACES)]
 
 
+FAMILIES = (  # the agents' SDK counters: name, extra labels, increment per minute
+    ("fleetwarden_llm_cost_usd", 'model="gpt-4o-mini",step="answer",workflow="support"', 0.002),
+    ("fleetwarden_llm_calls", 'model="gpt-4o-mini",status="ok",step="answer",workflow="support"', 2.0),
+    ("fleetwarden_tasks", 'status="completed",workflow="support"', 1.0),
+)
+
+
 def backfill(directory: Path, agents: list[tuple[str, str]], end: int) -> Path:
     """The agents' history as OpenMetrics, turned into TSDB blocks by promtool; returns the TSDB dir."""
     start = end - HISTORY_MINUTES * 60
     steps = range(start, end + 1, STEP)
     per_minute = 60 // STEP
-    families = (  # name, extra labels, increment per minute
-        ("fleetwarden_llm_cost_usd", 'model="gpt-4o-mini",step="answer",workflow="support"', 0.002),
-        ("fleetwarden_llm_calls", 'model="gpt-4o-mini",status="ok",step="answer",workflow="support"', 2.0),
-        ("fleetwarden_tasks", 'status="completed",workflow="support"', 1.0),
-    )
     directory.mkdir(parents=True, exist_ok=True)
     text = directory / "history.om"
     with text.open("w") as out:
-        for name, extra, inc in families:
+        for name, extra, inc in FAMILIES:
             out.write(f"# TYPE {name} counter\n")
             for ns, agent in agents:
                 labels = f'{{agent="{agent}",namespace="{ns}",{extra}}}'
@@ -194,6 +204,54 @@ def backfill(directory: Path, agents: list[tuple[str, str]], end: int) -> Path:
                    check=True, capture_output=True, text=True, timeout=1800)
     text.unlink()
     return tsdb
+
+
+class LiveAgents:
+    """``--live``: the agents' counters served on a /metrics page of the benchmark's own (in the
+    Prometheus text format), each going on from the backfill's ``start`` at the backfill's rate
+    (its value is the rate times the minutes since ``start``), read at each scrape. Scraped, a
+    series gets the target's ``job`` and ``instance`` labels, which the backfilled ones lack: the
+    operator's queries sum by agent, so both count as the agent's, one after the other."""
+
+    def __init__(self, agents: list[tuple[str, str]], start: int) -> None:
+        self.start = start
+        self.rows = [(f"{name}_total", f'{{agent="{agent}",namespace="{ns}",{extra}}}', inc)
+                     for name, extra, inc in FAMILIES for ns, agent in agents]
+        self.scrapes = 0
+        live = self
+
+        class Page(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+                body = live.page(time.time()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                live.scrapes += 1
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+        threading.Thread(target=self.server.serve_forever, daemon=True, name="live-agents").start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def page(self, now: float) -> str:
+        minutes = (now - self.start) / 60
+        out, typed = [], set()
+        for name, labels, inc in self.rows:
+            if name not in typed:
+                typed.add(name)
+                out.append(f"# TYPE {name} counter\n")
+            out.append(f"{name}{labels} {inc * minutes:.4f}\n")
+        return "".join(out)
+
+    def stop(self) -> None:
+        self.server.shutdown()
 
 
 def kubectl(info: dict[str, Any], *args: str, kubeconfig: str | None = None) -> str:
@@ -634,6 +692,8 @@ def main() -> int:
                         help="the operator's FLEETWARDEN_EVALUATION (default fleet)")
     parser.add_argument("--interval", type=float, default=15.0)
     parser.add_argument("--measure", type=float, default=60.0, help="seconds watched after the warm-up")
+    parser.add_argument("--live", action="store_true",
+                        help="a live fleet: the agents go on spending through the run (a /metrics page Prometheus scrapes)")
     parser.add_argument("--workers", type=int, default=WORKERS,
                         help=f"FLEETWARDEN_WORKERS, and the creating threads (default {WORKERS}: the operator's)")
     parser.add_argument("--pace", type=float, default=None,
@@ -658,13 +718,19 @@ def main() -> int:
     local = devcluster.LocalCluster(work / "cluster", tie_to_parent=True)
     prom: monitoring.Prometheus | None = None
     proc: subprocess.Popen[bytes] | None = None
+    live: LiveAgents | None = None
     try:
         t = time.monotonic()
         agents = agents_of(args.budgets)
-        backfill(work / "prometheus", agents, int(time.time() // 60) * 60)
+        end = int(time.time() // 60) * 60
+        backfill(work / "prometheus", agents, end)
         print(f"backfilled {len(agents)} agents x 3 families x {HISTORY_MINUTES} min in {time.monotonic() - t:.0f}s",
               flush=True)
         prom = monitoring.Prometheus(work / "prometheus", scrape_interval=15, tie_to_parent=True).start(timeout=300)
+        if args.live:
+            live = LiveAgents(agents, end - HISTORY_MINUTES * 60)
+            prom.add_target("agents", live.address)
+            print(f"live: {len(live.rows)} series served at {live.address}, scraped every 15 s", flush=True)
         info = cast(dict[str, Any], local.up(timeout=300))
         kubectl(info, "apply", "-f", str(ROOT / "crds"))
         kubectl(info, "wait", "--for=condition=Established", "--timeout=60s", "crd/agentbudgets.fleetwarden.dev")
@@ -685,6 +751,9 @@ def main() -> int:
                 proc.kill()
         if prom is not None:
             prom.stop()
+        if live is not None:
+            print(f"live: the agents' page scraped {live.scrapes} times", flush=True)
+            live.stop()
         local.down()
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -90,3 +90,31 @@ def test_the_window_s_detector_folds_are_read_by_minute_from_the_operator_s_coun
     assert operator_scale.folds_line(before, by_minute) == (
         "detector folds by minute of the window (anchor/restored/unchanged/ahead/advanced): 0: 2100/9000/1000/5/7000; "
         "1: 200/100/28980/595/2500 (before it, the first pass and one interval: 10000/0/20/0/0)")
+
+
+def test_the_live_agents_page_goes_on_from_where_the_backfill_ends() -> None:
+    """``--live``: the page Prometheus scrapes holds each agent's three counters, each at the
+    value the backfill's formula gives at the time of the scrape (so it goes on at the same rate),
+    in the text format Prometheus reads."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    agents = [("scale-000", "agent-00000"), ("scale-001", "agent-00000")]
+    live = operator_scale.LiveAgents(agents, start=1_000_000)
+    try:
+        families = {f.name: f for f in text_string_to_metric_families(live.page(1_000_000 + 90 * 60))}
+        assert set(families) == {"fleetwarden_llm_cost_usd", "fleetwarden_llm_calls", "fleetwarden_tasks"}
+        for name, _, per_minute in operator_scale.FAMILIES:
+            got = {(s.labels["namespace"], s.labels["agent"]): s.value
+                   for s in families[name].samples if s.name == name + "_total"}
+            assert got == {a: pytest.approx(per_minute * 90) for a in agents}, name
+        with urllib.request.urlopen(f"http://{live.address}/metrics", timeout=10) as answer:  # noqa: S310
+            text = answer.read().decode()
+        scraped = {f.name: f for f in text_string_to_metric_families(text)}
+        now_minutes = (time.time() - 1_000_000) / 60
+        value = scraped["fleetwarden_tasks"].samples[0].value
+        assert now_minutes - 1 < value <= now_minutes + 1  # read at the scrape's time
+        assert live.scrapes == 1
+    finally:
+        live.stop()

@@ -35,6 +35,16 @@ the minutes that are new:
   the same test (anchor, parameters, the minutes' count and digest); a minute changed since is
   folded again from the anchor, as with any kept state. Folding ahead changes when the work is
   done, never a finding.
+- An agent with a new minute each minute (a live fleet) restores its kept state in the first
+  cycle after the minute turned, steps the minute that has just settled, keeps the new state
+  (pickled and compressed: about half the restore's cost) and steps the tail. :meth:`Folds.advance`
+  does the middle ahead, at the agent's same second of the minute before: restores the state,
+  steps the minute that settles when the minute turns (:meth:`Folds.horizon`: all but the last
+  ``tail_minutes - 1``, never the newest) and keeps that state in place of the old one. The
+  turn's first fold then restores it and steps only the tail. A state may so hold a minute
+  that the fetcher still reads again; if that minute changes before the turn, the state fails
+  the same test and the window is folded from the anchor. Folding ahead (:meth:`Folds.prepare`)
+  folds up to the same horizon.
 
 Nothing here depends on a clock: the window, ``end`` and the anchor come from the caller.
 """

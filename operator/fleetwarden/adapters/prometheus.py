@@ -594,6 +594,7 @@ class BudgetData:
     lookback_start: float  # the first minute the buckets cover
     # the detectors fold from an anchor this many minutes after lookback_start at most (core/warmfold.py)
     anchor_minutes: int = 0
+    end: int | None = None  # the end of the last complete minute the buckets cover (exclusive)
     outcomes: dict[str, PerMinute] = dataclasses.field(default_factory=dict)  # agent -> outcomes by name
     guardrails: dict[str, GuardrailMinutes] = dataclasses.field(default_factory=dict)  # agent -> decisions
     source: core_sources.SourceReport | None = None  # a budget whose spec.source is not the SDK
@@ -664,6 +665,7 @@ class FleetSnapshot:
             spend=spend,
             lookback_start=float(self.start),
             anchor_minutes=self.anchor_minutes,
+            end=self.end,
             outcomes={a.name: self.outcomes[(a.namespace, a.name)] for a in agents
                       if (a.namespace, a.name) in self.outcomes},
             guardrails={a.name: self.guardrails[(a.namespace, a.name)] for a in agents
@@ -1231,4 +1233,4 @@ def source_budget(snap: FleetSnapshot, budget: spec.AgentBudget, agents: Sequenc
         unpriced=core_sources.merge_unpriced(unpriced),
         unknown=core_sources.unknown_for(kind, found, source_queries.TASK_FAMILY[kind]))
     return BudgetData(minutes=minutes, spend=spend, lookback_start=float(snap.start),
-                      anchor_minutes=snap.anchor_minutes, source=report)
+                      anchor_minutes=snap.anchor_minutes, end=snap.end, source=report)

@@ -127,6 +127,9 @@ class EvaluationInput:
     guardrails: Mapping[str, Mapping[int, Mapping[tuple[str, str], float]]] | None = None
     approvals: Sequence[PendingApproval] = ()  # pending CostApprovals of the namespace
     lookback_start: float | None = None  # the first minute the buckets cover
+    # the end of the last complete minute they cover (exclusive): the minute of the data, which an
+    # evaluation just after the minute turned, with the data read before it, is one behind of
+    data_end: int | None = None
     memo: Memo | None = dataclasses.field(default=None, compare=False)
     # with both: the detectors fold from each agent's anchor, at most anchor_minutes after
     # lookback_start, their state kept warm between cycles in ``folds`` (core/warmfold.py)

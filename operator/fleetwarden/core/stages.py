@@ -159,6 +159,14 @@ def _minute(m: series.AgentMinute) -> int:
     return m.minute
 
 
+def data_minute(inp: EvaluationInput) -> int:
+    """The minute of the evaluation's data: the end of the last complete minute it covers, or
+    without it the clock's minute. An evaluation soon after the minute turned may still have the
+    data read before the turn: its detectors' results are those of that data, computed (and kept
+    in the memo) under the minute before, not again for the clock's new minute."""
+    return inp.data_end if inp.data_end is not None else series.minute_of(inp.now)
+
+
 def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeployment,
                                minutes: Sequence[series.AgentMinute], params: spec.AnomalyParams,
                                fold_start: int, source: str) -> Sequence[findings.Finding]:
@@ -178,7 +186,7 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
         window = ordered[bisect.bisect_left(ordered, fold_start, key=_minute):]
     if not window:
         return ()
-    end = series.minute_of(inp.now)
+    end = data_minute(inp)
     folds = inp.folds
 
     def fold() -> tuple[findings.Finding, ...]:
@@ -295,7 +303,7 @@ def _agent_findings(inp: EvaluationInput, agent: decision.AgentDeployment,
         fold_start = warmfold.anchor(fold_start, inp.anchor_minutes, agent.namespace, agent.name)
         out = list(anchored_detector_findings(inp, agent, minutes, params, fold_start, source))
     else:
-        out = list(cached_detector_findings(inp.memo, agent, minutes, params, source, series.minute_of(inp.now)))
+        out = list(cached_detector_findings(inp.memo, agent, minutes, params, source, data_minute(inp)))
     if fold_start is not None:
         reported = [(str(i.kind), str(i.agent), i.tool, i.time.timestamp()) for i in inp.previous.incidents or ()
                     if i.kind in findings.ANOMALY_KINDS and i.agent == agent.name and i.time is not None]

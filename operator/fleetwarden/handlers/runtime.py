@@ -578,6 +578,7 @@ class Runtime:
             guardrails=data.guardrails if data is not None else None,
             approvals=pending_approvals(approval_bodies),
             lookback_start=data.lookback_start if data is not None else None, memo=self.memo,
+            data_end=data.end if data is not None else None,
             anchor_minutes=data.anchor_minutes if data is not None else 0, folds=self.folds,
             source=data.source if data is not None else None)
         draft = evaluate.plan(inp)

@@ -578,6 +578,49 @@ def test_an_agent_quiet_for_minutes_is_folded_once_a_minute_not_every_cycle(monk
     assert calls == [quiet_from + MINUTE + 1.0, quiet_from + 2 * MINUTE + 1.0]
 
 
+@pytest.mark.parametrize("anchored", [True, False])
+def test_an_evaluation_just_after_the_turn_with_the_data_read_before_it_folds_nothing(
+        monkeypatch: pytest.MonkeyPatch, anchored: bool) -> None:
+    """The fleet loop reads each cycle's data before the cycle: an evaluation soon after the
+    minute turned may still have the data of the minute before. Its detectors' results are those
+    that data gave (kept in the memo under the data's minute), not folded again for the clock's
+    new minute; the data of the new minute is folded once."""
+    from fleetwarden.core import decision, evaluate, stages
+
+    calls: list[float] = []
+    findings_of, refold = warmfold.Folds.findings, stages.detector_findings
+
+    def counted(self: warmfold.Folds, *args: Any, **kwargs: Any) -> list[findings.Finding]:
+        calls.append(now)
+        return findings_of(self, *args, **kwargs)
+
+    def refolded(*args: Any) -> list[findings.Finding]:
+        calls.append(now)
+        return refold(*args)
+    monkeypatch.setattr(warmfold.Folds, "findings", counted)
+    monkeypatch.setattr(stages, "detector_findings", refolded)
+    (namespace, agent), ms = sorted(FLEET.items())[1]
+    budget = spec.AgentBudget.model_validate({
+        "metadata": {"name": "b", "namespace": namespace},
+        "spec": {"limits": [{"window": "day", "amountUSD": 1e9}], "killSwitch": {"window": "day"}}})
+    deployment = decision.AgentDeployment(name=agent, namespace=namespace)
+    folds, memo = warmfold.Folds(), decision.Memo()
+    previous: dict[str, object] = {}
+    first = ms[0].minute + (LOOKBACK + ANCHOR + 20) * MINUTE
+    evaluations = []  # (the data's minute, the clock)
+    for end in (first, first + MINUTE, first + 2 * MINUTE):
+        evaluations += [(end, end + 20.0), (end, end + 50.0), (end, end + MINUTE + 2.0)]  # the last: after the turn
+    for end, now in evaluations:
+        start = end - (LOOKBACK + ANCHOR) * MINUTE
+        out = evaluate.evaluate(decision.EvaluationInput(
+            budget=budget, agents=[deployment], spend=dict.fromkeys(spec.Window, 1.0), now=now,  # type: ignore[arg-type]
+            minutes={agent: _window(ms, end, start + MINUTE)}, previous=previous,  # type: ignore[arg-type]
+            lookback_start=float(start), data_end=end, anchor_minutes=ANCHOR if anchored else 0,
+            folds=folds if anchored else None, memo=memo))
+        previous = out.status.body()
+    assert calls == [first + 20.0, first + MINUTE + 20.0, first + 2 * MINUTE + 20.0]
+
+
 def test_a_dropped_state_goes_at_once_not_to_the_garbage_collector() -> None:
     """A fold's detectors, dropped once kept, and each state restored for a cycle then dropped, hold
     no reference cycle: they are freed when dropped. At 10,000 budgets a cycle restores thousands of

@@ -109,6 +109,19 @@ def test_one_prometheus_fetch_serves_every_budget_of_a_cycle() -> None:
     assert len(k.of("status")) == 50  # one status patch per budget
 
 
+def test_an_evaluation_knows_the_minute_of_its_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation is handed the end of the snapshot's last complete minute: its detectors'
+    results are kept under the data's minute, not the clock's (core/stages.py, data_minute)."""
+    from fleetwarden.core import evaluate
+
+    seen: list[Any] = []
+    plan = evaluate.plan
+    monkeypatch.setattr(evaluate, "plan", lambda inp: seen.append(inp) or plan(inp))
+    rt = make(CountingFetcher(), FakeKube())
+    rt.reconcile(body(0), [deployment(0)])
+    assert [inp.data_end for inp in seen] == [series.minute_of(NOW)]
+
+
 def test_every_fetch_is_timed_on_the_operators_metrics_failed_ones_too() -> None:
     """``fleetwarden_operator_prometheus_fetch_seconds`` counts each fleet-wide fetch once, whether
     Prometheus answered or not, and none for the budgets served from the snapshot at hand."""

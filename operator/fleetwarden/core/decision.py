@@ -55,8 +55,9 @@ class Memo:
 
     ``get(minute, key, compute)`` returns the value stored under ``key`` or stores
     ``compute()``. Values are kept for the newest minute and the one before only (the
-    evaluations store them under their clock's minute, :meth:`turn`; a key names what they were
-    computed from), so memory stays bounded and a value is computed once a minute: at the
+    evaluations store them under the minute of their data, which is the clock's or, just after
+    the minute turned, the one before (``stages.data_minute``); the clock turns the memo,
+    :meth:`turn`; a key names what they were computed from), so memory stays bounded and a value is computed once a minute: at the
     first evaluation of the minute that asks for it, also for an agent with nothing new since
     minutes (its fold's key, which names its last minute, would otherwise have aged out and been
     folded again at every cycle). An older minute is computed again (at 10,000 budgets, two

@@ -143,8 +143,8 @@ def cached_detector_findings(memo: decision.Memo | None, agent: decision.AgentDe
                              minute: int | None = None) -> Sequence[findings.Finding]:
     """:func:`detector_findings`, kept in ``memo`` per (source, agent, minutes covered, params): complete
     minutes do not change, so the refold runs once per minute per agent, not every cycle. Kept for
-    the clock's ``minute`` (default: the last minute covered, which an agent quiet for more than a
-    minute has left behind: it would be folded again at every cycle)."""
+    ``minute``, the data's (:func:`data_minute`; default: the last minute covered, which an agent
+    quiet for more than a minute has left behind: it would be folded again at every cycle)."""
     if memo is None or not minutes:
         return detector_findings(agent, minutes, params)
     first, last = minutes[0].minute, minutes[-1].minute  # the adapter's buckets are in order
@@ -196,7 +196,7 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
     else:
         last = window.minute_at(-1) if isinstance(window, series.MinuteRun) else window[-1].minute
         key = ("anchored", source, agent.namespace, agent.name, fold_start, last, len(window), params)
-        out = inp.memo.get(end, key, fold)  # kept for the clock's minute: also an agent quiet since
+        out = inp.memo.get(end, key, fold)  # kept for the data's minute: also an agent quiet since
     if inp.now - end >= warmfold.prepare_second(agent.namespace, agent.name):
         ahead = warmfold.anchor(inp.lookback_start + series.MINUTE, inp.anchor_minutes, agent.namespace, agent.name)
         if ahead != fold_start:

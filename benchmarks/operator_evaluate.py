@@ -28,8 +28,7 @@ cProfile of the warm same-minute cycles, for ``python -m pstats``.
 
 ``--per-minute K`` (with ``--live``): each of the ``--minutes`` is K cycles one interval apart, as
 the operator's: the first after the minute turned steps every agent's new minute, the others
-are where an anchor's move of the next minute is folded ahead, and each other agent's kept
-state moved on over the minute that settles when the minute turns (core/warmfold.py).
+are where an anchor's move of the next minute is folded ahead (core/warmfold.py).
 
 ``--workers N``: each cycle's evaluations on N threads, submitted as the fleet loop submits
 them (``handlers/fleet.py``, ``evaluate_all``), where the default evaluates them one after the
@@ -163,8 +162,7 @@ def main() -> int:
         print(f"cycle {n} ({label}): {len(bodies)} budgets in {took:.2f}s ({took / len(bodies) * 1000:.3f} ms per budget)",
               flush=True)
     print(f"detector folds: {rt.folds.warm} from a kept state, {rt.folds.cold} from the anchor, {len(rt.folds)} kept; "
-          f"{rt.folds.prepared} folded ahead of an anchor's move, {rt.folds.ahead_used} of them used; "
-          f"{rt.folds.advanced} moved on ahead of the minute's turn")
+          f"{rt.folds.prepared} folded ahead of an anchor's move, {rt.folds.ahead_used} of them used")
     memo = getattr(rt, "memo", None)
     if memo is not None:
         print(f"memo: {memo.misses} computed, {memo.hits} reused, {len(memo)} kept")

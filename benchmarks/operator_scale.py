@@ -28,7 +28,7 @@ After the first full pass and one more interval (the warm-up), it watches the op
 - the operator process's RSS (VmRSS, max over the window) and peak (VmHWM);
 - the detectors' folds in each minute of the window, by what each cost
   (``fleetwarden_operator_detector_folds_total{how}``: from the anchor, a kept state restored,
-  nothing new, folded ahead, moved on ahead), and those before it: what the warm-up's cycles do;
+  nothing new, folded ahead), and those before it: what the warm-up's cycles do;
 - fleet mode: the window's cycles one by one, from the line each writes to the operator's log:
   the second of the minute it started at, its time, what its data brought, and when in it the
   fleet-wide fetch ended (the evaluations before that went on with the last snapshot);
@@ -281,7 +281,7 @@ def samples(text: str, name: str, **labels: str) -> float:
     return total
 
 
-FOLDS = ("anchor", "restored", "unchanged", "ahead", "advanced")  # fleetwarden_operator_detector_folds_total{how}
+FOLDS = ("anchor", "restored", "unchanged", "ahead")  # fleetwarden_operator_detector_folds_total{how}
 
 
 def folds_of(text: str) -> tuple[float, ...]:

@@ -172,11 +172,9 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
                                fold_start: int, source: str) -> Sequence[findings.Finding]:
     """The findings of a fold of the detectors from an empty state at the agent's anchor
     ``fold_start`` over its minutes from there on: from the state kept in ``inp.folds`` when it
-    holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute. From the
-    agent's second of this minute on (``warmfold.prepare_second``), the work of the next
-    minute's first cycle is done ahead: the new anchor's fold when the anchor moves at the next
-    minute (``Folds.prepare``), otherwise the kept state moved on over the minute that settles
-    then (``Folds.advance``)."""
+    holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute. When the
+    anchor moves at the next minute, from the agent's second of this minute on
+    (``warmfold.prepare_second``), the new anchor's fold is done ahead (``Folds.prepare``)."""
     assert inp.folds is not None and inp.lookback_start is not None
     window: Sequence[series.AgentMinute]
     if isinstance(minutes, series.MinuteRun):  # in order; sliced without building a minute
@@ -197,12 +195,9 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
         last = window.minute_at(-1) if isinstance(window, series.MinuteRun) else window[-1].minute
         key = ("anchored", source, agent.namespace, agent.name, fold_start, last, len(window), params)
         out = inp.memo.get(end, key, fold)  # kept for the data's minute: also an agent quiet since
-    if inp.now - end >= warmfold.prepare_second(agent.namespace, agent.name):
-        ahead = warmfold.anchor(inp.lookback_start + series.MINUTE, inp.anchor_minutes, agent.namespace, agent.name)
-        if ahead != fold_start:
-            folds.prepare(agent.namespace, agent.name, window, end, params, ahead, source)
-        else:
-            folds.advance(agent.namespace, agent.name, window, end, params, fold_start, source)
+    ahead = warmfold.anchor(inp.lookback_start + series.MINUTE, inp.anchor_minutes, agent.namespace, agent.name)
+    if ahead != fold_start and inp.now - end >= warmfold.prepare_second(agent.namespace, agent.name):
+        folds.prepare(agent.namespace, agent.name, window, end, params, ahead, source)
     return out
 
 

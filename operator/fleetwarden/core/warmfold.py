@@ -35,16 +35,6 @@ the minutes that are new:
   the same test (anchor, parameters, the minutes' count and digest); a minute changed since is
   folded again from the anchor, as with any kept state. Folding ahead changes when the work is
   done, never a finding.
-- An agent with a new minute each minute (a live fleet) restores its kept state in the first
-  cycle after the minute turned, steps the minute that has just settled, keeps the new state
-  (pickled and compressed: about half the restore's cost) and steps the tail. :meth:`Folds.advance`
-  does the middle ahead, at the agent's same second of the minute before: restores the state,
-  steps the minute that settles when the minute turns (:meth:`Folds.horizon`: all but the last
-  ``tail_minutes - 1``, never the newest) and keeps that state in place of the old one. The
-  turn's first fold then restores it and steps only the tail. A state may so hold a minute
-  that the fetcher still reads again; if that minute changes before the turn, the state fails
-  the same test and the window is folded from the anchor. Folding ahead (:meth:`Folds.prepare`)
-  folds up to the same horizon.
 
 Nothing here depends on a clock: the window, ``end`` and the anchor come from the caller.
 """
@@ -238,7 +228,6 @@ class Folds:
         self.cold = 0  # folds from the anchor
         self.prepared = 0  # states folded ahead (prepare)
         self.ahead_used = 0  # of them, taken by a fold at their anchor
-        self.advanced = 0  # kept states moved on ahead of time (advance)
         # the first states kept, pickled, until the dictionary is trained on them (then None)
         self._samples: list[bytes] | None = []
         self.trained: Trained | None = None
@@ -260,9 +249,8 @@ class Folds:
                     state = self._states[key] = self._ahead.pop(key)
                     self.ahead_used += 1
         digest = _digest(window)
-        # (a state may have folded past ``settled``: moved on ahead, :meth:`advance`)
         kept = state is not None and state.anchor == anchor_at and state.params == params \
-            and state.folded <= len(window) and digest(state.folded) == state.digest
+            and state.folded <= settled and digest(state.folded) == state.digest
         if kept:
             assert state is not None
             unchanged = state.folded == len(window)
@@ -286,51 +274,16 @@ class Folds:
                 self._states[key] = fresh
             if trained is None and self._samples is not None:
                 self._sample(raw)
-        for minute in window[max(settled, done):]:
+        for minute in window[settled:]:
             out.extend(detector_set.step(minute))
         return out
-
-    def horizon(self, end: int) -> int:
-        """Where the minutes a state may fold ahead of time end, in a cycle whose window ends at
-        ``end``: those settled at the next minute (all but the last ``tail_minutes - 1``), never
-        the newest (its last scrape may be seconds old)."""
-        return end - max(self.tail_minutes - 1, 1) * series.MINUTE
-
-    def advance(self, namespace: str, agent: str, window: Sequence[series.AgentMinute], end: int,
-                params: spec.AnomalyParams, anchor_at: int, source: str = "") -> bool:
-        """Move the agent's kept state on, ahead of time, over the minutes of ``window`` (the same
-        as :meth:`findings` is given) that settle when the minute turns (:meth:`horizon`): the
-        first cycle of the next minute then restores it and steps the tail, and keeps no new
-        state. Only a state that holds for ``window`` (as :meth:`findings` tests it) is moved on;
-        a minute changed since is found by the same test, and folded again from the anchor.
-        Returns whether it moved one."""
-        key = (namespace, agent, source)
-        with self._lock:
-            state = self._states.get(key)
-        ahead = _settled(window, self.horizon(end))
-        if state is None or state.folded >= ahead or state.anchor != anchor_at or state.params != params:
-            return False
-        digest = _digest(window)
-        if state.folded > len(window) or digest(state.folded) != state.digest:
-            return False
-        detector_set, out = loads(state.blob, state.trained), list(state.found)
-        for minute in window[state.folded:ahead]:
-            out.extend(detector_set.step(minute))
-        trained = self.trained
-        moved = _State(anchor_at, params, ahead, digest(ahead), tuple(out), dumps(detector_set, trained), trained)
-        with self._lock:
-            if self._states.get(key) is state:  # (another thread's newer state wins)
-                self._states[key] = moved
-                self.advanced += 1
-        return True
 
     def prepare(self, namespace: str, agent: str, window: Sequence[series.AgentMinute], end: int,
                 params: spec.AnomalyParams, anchor_at: int, source: str = "") -> bool:
         """Fold ahead for the agent's next anchor ``anchor_at`` (see the module doc): the state a
-        fold from an empty state at ``anchor_at`` keeps over the minutes of ``window`` (in order,
-        all before ``end``) from there on that are settled when the minute turns (:meth:`horizon`),
-        kept apart until :meth:`findings` folds from ``anchor_at``. Once per anchor and
-        parameters; returns whether it folded."""
+        fold from an empty state at ``anchor_at`` keeps over the settled minutes of ``window`` (in
+        order, all before ``end``) from there on, kept apart until :meth:`findings` folds from
+        ``anchor_at``. Once per anchor and parameters; returns whether it folded."""
         key = (namespace, agent, source)
         with self._lock:
             held = self._ahead.get(key)
@@ -340,7 +293,7 @@ class Folds:
             ahead: Sequence[series.AgentMinute] = window[window.first_at(anchor_at):]
         else:
             ahead = window[bisect.bisect_left(window, anchor_at, key=lambda m: m.minute):]
-        settled = _settled(ahead, self.horizon(end))  # also those settled when the minute turns
+        settled = _settled(ahead, end - self.tail_minutes * series.MINUTE)
         if not settled:
             return False
         detector_set, out = detectors.DetectorSet(params, agent, namespace), []

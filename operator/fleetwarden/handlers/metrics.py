@@ -173,9 +173,8 @@ class _Folds(Collector):
     """The detector folds of the runtime's kept states (``core/warmfold.Folds``), by what each cost:
     ``anchor`` (a whole window folded from an empty state at its anchor: the costly one),
     ``restored`` (a kept state restored and stepped on), ``unchanged`` (nothing new: the kept
-    findings, no state restored), ``ahead`` (folded ahead from the next anchor, late in a minute),
-    ``advanced`` (a kept state moved on, late in a minute, over the minute that settles when it
-    turns). Absent before a runtime sets ``source``."""
+    findings, no state restored), ``ahead`` (folded ahead from the next anchor, late in a minute).
+    Absent before a runtime sets ``source``."""
 
     def __init__(self) -> None:
         self.source: Any = None
@@ -187,11 +186,10 @@ class _Folds(Collector):
         family = CounterMetricFamily("fleetwarden_operator_detector_folds",
                                      "Detector folds of the agents' windows, by what each cost: anchor (a whole "
                                      "window from its anchor), restored (a kept state stepped on), unchanged (nothing "
-                                     "new, no state restored), ahead (folded ahead of an anchor's move), advanced (a kept state "
-                                     "moved on ahead of the minute's turn).",
+                                     "new, no state restored), ahead (folded ahead of an anchor's move).",
                                      labels=["how"])
         for how, count in (("anchor", folds.cold), ("restored", folds.warm - folds.unchanged),
-                           ("unchanged", folds.unchanged), ("ahead", folds.prepared), ("advanced", folds.advanced)):
+                           ("unchanged", folds.unchanged), ("ahead", folds.prepared)):
             family.add_metric([how], count)
         yield family
 

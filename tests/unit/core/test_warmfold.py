@@ -377,8 +377,7 @@ def test_folding_ahead_takes_every_anchor_move_off_the_cold_folds(kind: str) -> 
             prepared = False
             if ahead is not None:
                 # nothing settled from the next anchor on (a quiet agent): nothing to fold ahead
-                # (those settled when the minute turns: all but the last TAIL_MINUTES - 1)
-                settled = any(ahead <= m.minute < end - (warmfold.TAIL_MINUTES - 1) * MINUTE for m in window)
+                settled = any(ahead <= m.minute < end - warmfold.TAIL_MINUTES * MINUTE for m in window)
                 prepared = folds.prepare(namespace, agent, window, end, PARAMS, ahead)
                 assert prepared == settled
                 bare += not settled
@@ -387,69 +386,6 @@ def test_folding_ahead_takes_every_anchor_move_off_the_cold_folds(kind: str) -> 
     assert found > 0
     assert moves == folds.ahead_used > 2 * len(FLEET) > bare
     assert folds.cold <= len(FLEET) + bare  # the agents' first cycles and the moves with nothing folded ahead
-
-
-@pytest.mark.parametrize("kind", ["list", "run"])
-def test_a_state_moved_on_ahead_leaves_the_turn_of_the_minute_only_its_tail(kind: str,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Later in each minute the kept state is moved on over the minute that settles when the
-    minute turns: the first fold of the next minute restores it and steps the tail, and keeps no
-    state of its own (nothing pickled or compressed); a fold later in the same minute restores
-    it too; every cycle still gives the findings of a fold from the anchor."""
-    compressed: list[int] = []
-    real = warmfold.compress
-    monkeypatch.setattr(warmfold, "compress", lambda raw, trained=None: compressed.append(1) or real(raw, trained))
-    folds = warmfold.Folds()
-    found = turns = moves = 0
-    for (namespace, agent), ms in sorted(FLEET.items()):
-        moved_on = False
-        for end in _cycles(ms):
-            start = end - (LOOKBACK + ANCHOR) * MINUTE
-            at = warmfold.anchor(start, ANCHOR, namespace, agent)
-            window = _as(kind, _window(ms, end, at))
-            if not window:
-                moved_on = False
-                continue
-            compressed.clear()
-            warm = folds.findings(namespace, agent, window, end, PARAMS, at)
-            assert warm == _refold(window), (agent, end)
-            found += len(warm)
-            if moved_on:  # moved on last minute: only the tail stepped now, no state kept
-                assert not compressed, (agent, end)
-                turns += 1
-            moved_on = False
-            if _ahead_of(start, namespace, agent) is None:  # (when it moves, the evaluation folds ahead instead)
-                # later in the minute: the same window, read again (its newest minute still in part)
-                settling = any(end - warmfold.TAIL_MINUTES * MINUTE <= m.minute < folds.horizon(end) for m in window)
-                moved_on = folds.advance(namespace, agent, _as(kind, _window(ms, end, at)), end, PARAMS, at)
-                assert moved_on == settling, (agent, end)
-                assert not folds.advance(namespace, agent, window, end, PARAMS, at)  # once
-                # a fold later in the same minute (a new read of the tail) restores the state moved on
-                cold = folds.cold
-                assert folds.findings(namespace, agent, _as(kind, list(window)), end, PARAMS, at) == warm
-                assert folds.cold == cold, (agent, end)
-            moves += moved_on
-            folds.sweep(start)
-    assert found > 0
-    assert folds.advanced == moves >= turns > 2 * len(FLEET)
-
-
-@pytest.mark.parametrize("kind", ["list", "run"])
-def test_a_minute_changed_after_the_state_moved_on_is_folded_again(kind: str) -> None:
-    """A minute that changes after the kept state was moved on over it (a sample later than
-    the tail allows for) is not stepped over: the window is folded again from the anchor."""
-    namespace, agent, end, at, window = _with_a_finding_kept()
-    folds = warmfold.Folds()
-    assert folds.findings(namespace, agent, _as(kind, window), end, PARAMS, at) == _refold(window)
-    assert folds.advance(namespace, agent, _as(kind, window), end, PARAMS, at)
-    assert (folds.cold, folds.advanced) == (1, 1)
-    later = _window(FLEET[namespace, agent], end + MINUTE, at)
-    i = max(i for i, m in enumerate(later) if m.minute < folds.horizon(end))  # the minute moved on over
-    changed = [*later[:i], dataclasses.replace(later[i], llm_calls=later[i].llm_calls + 50,
-                                               tokens=later[i].tokens + 90_000), *later[i + 1:]]
-    assert folds.findings(namespace, agent, _as(kind, changed), end + MINUTE, PARAMS, at) == _refold(changed)
-    assert folds.cold == 2  # found unequal, folded again
-    assert folds.findings(namespace, agent, _as(kind, later), end + MINUTE, PARAMS, at) == _refold(later)
 
 
 @pytest.mark.parametrize("kind", ["list", "run"])
@@ -477,10 +413,10 @@ def test_a_minute_changed_after_folding_ahead_is_folded_again(kind: str) -> None
 
 
 def test_the_evaluation_folds_ahead_only_late_in_the_minute_and_finds_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through the whole evaluation, three cycles a minute: the fold ahead and the kept state's
-    move onward run only from the agent's second of the minute (never in the cycle just after
-    the minute turned), every anchor move after the first fold restores it, and the new
-    findings are those of an evaluation without kept states."""
+    """Through the whole evaluation, three cycles a minute: the fold ahead runs only from the
+    agent's second of the minute (never in the cycle just after the minute turned), every anchor
+    move after the first fold restores it, and the new findings are those of an evaluation
+    without kept states."""
     from fleetwarden.core import decision, evaluate
 
     seconds: list[float] = []
@@ -490,15 +426,6 @@ def test_the_evaluation_folds_ahead_only_late_in_the_minute_and_finds_the_same(m
         seconds.append(now - end - warmfold.prepare_second(namespace, agent))
         return prepare(self, namespace, agent, window, end, *rest)
     monkeypatch.setattr(warmfold.Folds, "prepare", recorded)
-    advance = warmfold.Folds.advance
-
-    def recorded_advance(self: warmfold.Folds, namespace: str, agent: str, window: Any, end: int, *rest: Any) -> bool:
-        seconds.append(now - end - warmfold.prepare_second(namespace, agent))
-        moved = advance(self, namespace, agent, window, end, *rest)
-        advanced.append(moved)
-        return moved
-    monkeypatch.setattr(warmfold.Folds, "advance", recorded_advance)
-    advanced: list[bool] = []
     lookback, found = 90, 0  # the operator's: the in-view rule needs the hour before an onset and more
     fleet = bucketed.agent_minutes(seed=903, agents=3, hours=3.5, shapes=("task_loop", "tool_ramp", "cost_shift"))
     for (namespace, agent), ms in sorted(fleet.items()):
@@ -533,7 +460,6 @@ def test_the_evaluation_folds_ahead_only_late_in_the_minute_and_finds_the_same(m
         found += len(warm_new)
     assert found > 0
     assert seconds and min(seconds) >= 0  # never before the agent's second of the minute
-    assert sum(advanced) > 10  # the kept states were moved on ahead of the minute's turn
 
 
 @pytest.mark.parametrize("anchored", [True, False])

@@ -252,6 +252,7 @@ class LiveAgents:
 
     def stop(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
 
 
 def kubectl(info: dict[str, Any], *args: str, kubeconfig: str | None = None) -> str:

@@ -462,6 +462,37 @@ def test_the_evaluation_folds_ahead_only_late_in_the_minute_and_finds_the_same(m
     assert seconds and min(seconds) >= 0  # never before the agent's second of the minute
 
 
+def _folds_counted(monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], list[float]]:
+    """Every fold of an agent's window (from a kept state or the anchor, or a refold without
+    kept states) appends the time the caller set in ``clock[0]`` to ``calls``: (calls, clock)."""
+    from fleetwarden.core import stages
+
+    calls: list[float] = []
+    clock = [0.0]
+    findings_of, refold = warmfold.Folds.findings, stages.detector_findings
+
+    def counted(self: warmfold.Folds, *args: Any, **kwargs: Any) -> list[findings.Finding]:
+        calls.append(clock[0])
+        return findings_of(self, *args, **kwargs)
+
+    def refolded(*args: Any) -> list[findings.Finding]:
+        calls.append(clock[0])
+        return refold(*args)
+    monkeypatch.setattr(warmfold.Folds, "findings", counted)
+    monkeypatch.setattr(stages, "detector_findings", refolded)
+    return calls, clock
+
+
+def _day_budget(namespace: str, agent: str) -> tuple[spec.AgentBudget, Any]:
+    """A budget no test's spend comes near, and the agent's Deployment."""
+    from fleetwarden.core import decision
+
+    budget = spec.AgentBudget.model_validate({
+        "metadata": {"name": "b", "namespace": namespace},
+        "spec": {"limits": [{"window": "day", "amountUSD": 1e9}], "killSwitch": {"window": "day"}}})
+    return budget, decision.AgentDeployment(name=agent, namespace=namespace)
+
+
 @pytest.mark.parametrize("anchored", [True, False])
 def test_an_agent_quiet_for_minutes_is_folded_once_a_minute_not_every_cycle(monkeypatch: pytest.MonkeyPatch,
                                                                              anchored: bool) -> None:
@@ -469,25 +500,11 @@ def test_an_agent_quiet_for_minutes_is_folded_once_a_minute_not_every_cycle(monk
     restores its state and steps the tail) is folded at the first evaluation of each minute;
     the minute's other evaluations take its findings from the memo, which keeps them for the
     clock's minute, not for the agent's last minute (long aged out)."""
-    from fleetwarden.core import decision, evaluate, stages
+    from fleetwarden.core import decision, evaluate
 
-    calls: list[float] = []
-    findings_of, refold = warmfold.Folds.findings, stages.detector_findings
-
-    def counted(self: warmfold.Folds, *args: Any, **kwargs: Any) -> list[findings.Finding]:
-        calls.append(now)
-        return findings_of(self, *args, **kwargs)
-
-    def refolded(*args: Any) -> list[findings.Finding]:
-        calls.append(now)
-        return refold(*args)
-    monkeypatch.setattr(warmfold.Folds, "findings", counted)
-    monkeypatch.setattr(stages, "detector_findings", refolded)
+    calls, clock = _folds_counted(monkeypatch)
     (namespace, agent), ms = sorted(FLEET.items())[0]
-    budget = spec.AgentBudget.model_validate({
-        "metadata": {"name": "b", "namespace": namespace},
-        "spec": {"limits": [{"window": "day", "amountUSD": 1e9}], "killSwitch": {"window": "day"}}})
-    deployment = decision.AgentDeployment(name=agent, namespace=namespace)
+    budget, deployment = _day_budget(namespace, agent)
     quiet_from = ms[0].minute + 60 * MINUTE  # the agent's last minute is the one before
     window = [m for m in ms if m.minute < quiet_from]
     folds, memo = warmfold.Folds(), decision.Memo()
@@ -495,6 +512,7 @@ def test_an_agent_quiet_for_minutes_is_folded_once_a_minute_not_every_cycle(monk
     for end in (quiet_from + MINUTE, quiet_from + 2 * MINUTE):
         start = end - (LOOKBACK + ANCHOR) * MINUTE
         for now in (end + 1.0, end + 15.0, end + 30.0, end + 45.0):
+            clock[0] = now
             out = evaluate.evaluate(decision.EvaluationInput(
                 budget=budget, agents=[deployment], spend=dict.fromkeys(spec.Window, 1.0), now=now,  # type: ignore[arg-type]
                 minutes={agent: [m for m in window if m.minute >= start]}, previous=previous,  # type: ignore[arg-type]
@@ -511,25 +529,11 @@ def test_an_evaluation_just_after_the_turn_with_the_data_read_before_it_folds_no
     minute turned may still have the data of the minute before. Its detectors' results are those
     that data gave (kept in the memo under the data's minute), not folded again for the clock's
     new minute; the data of the new minute is folded once."""
-    from fleetwarden.core import decision, evaluate, stages
+    from fleetwarden.core import decision, evaluate
 
-    calls: list[float] = []
-    findings_of, refold = warmfold.Folds.findings, stages.detector_findings
-
-    def counted(self: warmfold.Folds, *args: Any, **kwargs: Any) -> list[findings.Finding]:
-        calls.append(now)
-        return findings_of(self, *args, **kwargs)
-
-    def refolded(*args: Any) -> list[findings.Finding]:
-        calls.append(now)
-        return refold(*args)
-    monkeypatch.setattr(warmfold.Folds, "findings", counted)
-    monkeypatch.setattr(stages, "detector_findings", refolded)
+    calls, clock = _folds_counted(monkeypatch)
     (namespace, agent), ms = sorted(FLEET.items())[1]
-    budget = spec.AgentBudget.model_validate({
-        "metadata": {"name": "b", "namespace": namespace},
-        "spec": {"limits": [{"window": "day", "amountUSD": 1e9}], "killSwitch": {"window": "day"}}})
-    deployment = decision.AgentDeployment(name=agent, namespace=namespace)
+    budget, deployment = _day_budget(namespace, agent)
     folds, memo = warmfold.Folds(), decision.Memo()
     previous: dict[str, object] = {}
     first = ms[0].minute + (LOOKBACK + ANCHOR + 20) * MINUTE
@@ -537,6 +541,7 @@ def test_an_evaluation_just_after_the_turn_with_the_data_read_before_it_folds_no
     for end in (first, first + MINUTE, first + 2 * MINUTE):
         evaluations += [(end, end + 20.0), (end, end + 50.0), (end, end + MINUTE + 2.0)]  # the last: after the turn
     for end, now in evaluations:
+        clock[0] = now
         start = end - (LOOKBACK + ANCHOR) * MINUTE
         out = evaluate.evaluate(decision.EvaluationInput(
             budget=budget, agents=[deployment], spend=dict.fromkeys(spec.Window, 1.0), now=now,  # type: ignore[arg-type]

@@ -435,6 +435,9 @@ SIGN_ALPHA = 1e-3
 # many observations.
 SHIFT_MIN_BASELINE_MINUTES = 20
 SHIFT_MIN_OBSERVATIONS = 6
+# How far (in log cost per task) a bound of CostShift._task_rose stays on the safe side of ``ratio``:
+# a weighted mean of at most 60 log costs (each under 800 in size) is rounded by less than 1e-10.
+_BOUND_SLACK = 1e-6
 
 
 class _Baseline:
@@ -458,6 +461,11 @@ class _Baseline:
 
     def _since(self, shift: CostShift, stat: str) -> list[evidence.Observation]:
         return shift._since(stat, self.cut - SHIFT_BASELINE_MINUTES * MINUTE, self.cut)
+
+    @property
+    def known(self) -> bool:
+        """Whether the level is worked out (task_level gives it without reading the observations)."""
+        return self._known
 
     def task_level(self, shift: CostShift) -> evidence.Level | None:
         if not self._known:
@@ -627,12 +635,28 @@ class CostShift:
 
     def _task_rose(self, cut: int, found: _Baseline) -> bool:
         """Whether the window from ``cut`` could pass ``decided``: its ratio of cost per task (that of
-        the test itself, ``evidence.sprt``'s, from the baseline's level only) reached ``ratio``."""
+        the test itself, ``evidence.sprt``'s, from the baseline's level only) reached ``ratio``.
+
+        Most windows are far from it, and two bounds say so before the means are worked out: a
+        winsorised mean is a mean of values each clipped into the sample's range or to its median,
+        so the window's is at most its largest observation, and the baseline's at least its
+        smallest. A window whose largest observation is not ``ratio`` above the baseline's
+        smallest (or its level, once known) cannot have reached it, by more than ``_BOUND_SLACK``
+        (far more than the rounding of those means): the same answer, without the window's
+        median and winsorised sum, and without the baseline's level while no window needs it."""
         post = self._columns("task", cut)
         if len(post[0]) < SHIFT_MIN_OBSERVATIONS:
             return False
+        reach = math.log(self.p.ratio) - _BOUND_SLACK
+        top = max(post[0])
+        if not found.known:
+            lows = self._columns("task", cut - SHIFT_BASELINE_MINUTES * MINUTE, cut)[0]
+            if len(lows) < 2 or top - min(lows) < reach:
+                return False  # (fewer than two: no level, as evidence.level_of says)
         base = found.task_level(self)
-        return base is not None and math.exp(evidence.shift_of(*post, base)[1]) >= self.p.ratio * (1 - 1e-9)
+        if base is None or top - base.mean < reach:
+            return False
+        return math.exp(evidence.shift_of(*post, base)[1]) >= self.p.ratio * (1 - 1e-9)
 
     def _baseline(self, cut: int) -> _Baseline | None:
         """The baseline before ``cut`` (None: too few minutes or tasks), kept for

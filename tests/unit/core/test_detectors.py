@@ -497,6 +497,57 @@ def test_cost_shift_screens_out_only_windows_it_could_not_decide(monkeypatch: py
     assert sum(len(found) for found in screened) >= 4
 
 
+def _rose_in_full(shift: detectors.CostShift, cut: int) -> bool:
+    """Whether the window from ``cut`` reached ``ratio``, with the means worked out (no bound)."""
+    from fleetwarden.core import evidence
+
+    post = shift._columns("task", cut)
+    base = evidence.level_of(*shift._columns("task", cut - detectors.SHIFT_BASELINE_MINUTES * series.MINUTE, cut))
+    return (len(post[0]) >= detectors.SHIFT_MIN_OBSERVATIONS and base is not None
+            and math.exp(evidence.shift_of(*post, base)[1]) >= shift.p.ratio * (1 - 1e-9))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cost_shift_bounds_answer_as_the_means_do_at_the_edge_of_ratio(seed: int) -> None:
+    """The bounds that screen a window before its means are worked out (its largest observation against
+    the baseline's smallest, then against its level) say "not reached" only where the means say so:
+    windows just under, at and just over ``ratio``, a lone tall observation, weights of every size, and
+    the same baseline asked again once its level is known."""
+    import random
+
+    from fleetwarden.core import evidence
+
+    rng = random.Random(seed)
+    minute = series.MINUTE
+    ratio = 2.0
+    answers = []
+    for case in range(400):
+        shift = detectors.CostShift(spec.CostShiftParams(ratio=ratio))
+        cut = (1000 + 100 * case) * minute
+        n_base, n_post = rng.randint(1, 60), rng.randint(5, 30)
+        base_xs = [rng.gauss(-4.0, rng.choice((0.0, 0.05, 0.4))) for _ in range(n_base)]
+        base_us = [rng.choice((1.0, 1.0, 2.0, 7.5)) for _ in range(n_base)]
+        level = evidence.level_of(base_xs, base_us, [math.sqrt(u) for u in base_us])
+        mean = level.mean if level is not None else -4.0
+        edge = mean + math.log(ratio) + rng.choice((-1e-3, -1e-9, 0.0, 1e-12, 1e-9, 1e-3, 0.5))
+        kind = rng.choice(("flat", "noisy", "tall"))
+        post_xs = ([edge] * n_post if kind == "flat" else
+                   [edge + rng.gauss(0, 0.2) for _ in range(n_post)] if kind == "noisy" else
+                   [mean] * (n_post - 1) + [edge])
+        post_us = [rng.choice((1.0, 3.0)) for _ in range(n_post)]
+        times = [cut - (n_base - i) * minute for i in range(n_base)] + [cut + i * minute for i in range(n_post)]
+        xs, us = base_xs + post_xs, base_us + post_us
+        shift._times["task"], shift._xs["task"], shift._us["task"] = times, xs, us
+        shift._roots["task"] = [math.sqrt(u) for u in us]
+        expected = _rose_in_full(shift, cut)
+        found = detectors._Baseline(cut)
+        assert shift._task_rose(cut, found) == expected, (case, kind)
+        found.task_level(shift)  # the level known: the second bound
+        assert shift._task_rose(cut, found) == expected, (case, kind)
+        answers.append(expected)
+    assert 40 < sum(answers) < 360  # both answers, many times each
+
+
 @pytest.mark.parametrize(("seed", "expected"), [
     (2, [(69, 89, "task", 2.6198, 10.05, 0.6422), (139, 149, "call", 3.9502, 19.19, 0.5335)]),
     (3, [(70, 80, "call", 2.9776, 9.63, 0.6579), (141, 151, "task", 3.7671, 16.05, 0.6434)]),

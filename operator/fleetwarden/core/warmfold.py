@@ -59,6 +59,11 @@ from fleetwarden.core import detectors, findings, series, spec
 
 ANCHOR_MINUTES = 15  # the operator's default: an anchor lasts this many minutes
 TAIL_MINUTES = 3  # the last minutes of a window never kept in a state (a late scrape can still change them)
+# A kept state is replaced once this many more minutes have settled (or the window's last has, or
+# one more in the agent's own minutes: _keeps): a live agent's is kept every other minute, and a
+# restore between steps one settled minute more. A keep (pickling and compressing the state)
+# costs about three steps (docs/operator.md, "Scale").
+KEEP_MINUTES = 2
 _LEVEL = 1  # zstd: a state is about 20 KB pickled, about 3 KB at level 1 (docs/design.md)
 
 
@@ -144,12 +149,48 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return made
 
 
+_restoring = threading.local()  # the parameters of the state being restored in this thread (loads)
+_keeping = threading.local()  # those of the state being pickled in this thread (pickled)
+# each detector's parameters, by type: the part of AnomalyParams it is ("": the whole)
+_PARTS = {spec.AnomalyParams: "", spec.ModelUpdateSpikeParams: "model_update_spike",
+          spec.RunawayLoopParams: "runaway_loop", spec.ToolCallExplosionParams: "tool_call_explosion",
+          spec.CostShiftParams: "cost_shift"}
+
+
+def _kept_params(part: str) -> Any:
+    """The parameters a state is restored with (``part``: one detector's; "": the whole)."""
+    params = getattr(_restoring, "params", None)
+    if params is None:
+        raise pickle.UnpicklingError("a kept detector state restored without its parameters (loads(params=...))")
+    return params if not part else getattr(params, part)
+
+
+def _reduce_params(obj: Any) -> Any:
+    """The state's own parameters (or one of their parts) as a reference to them; others whole."""
+    part = _PARTS[type(obj)]
+    params = getattr(_keeping, "params", None)
+    if params is not None and (getattr(params, part) if part else params) is obj:
+        return _kept_params, (part,)
+    return obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+
+
+for _cls in _PARTS:
+    _DISPATCH[_cls] = _reduce_params
+
+
 def pickled(detector_set: detectors.DetectorSet) -> bytes:
-    """The detectors' state, pickled (read-only maps as such), not compressed."""
+    """The detectors' state, pickled (read-only maps as such), not compressed. Its parameters are
+    not in it, only a reference to them: :func:`loads` is handed them (a state is only ever restored
+    with parameters equal to those it was folded with: :class:`Folds`), which saves pickling a
+    pydantic model and its four parts at every keep, and rebuilding them at every restore."""
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.dispatch_table = _DISPATCH
-    pickler.dump(detector_set)
+    _keeping.params = detector_set.params
+    try:
+        pickler.dump(detector_set)
+    finally:
+        _keeping.params = None
     return buffer.getvalue()
 
 
@@ -165,10 +206,17 @@ def compress(raw: bytes, trained: Trained | None = None) -> bytes:
     return memoryview(compressor.compress(raw)).tobytes()
 
 
-def loads(blob: bytes, trained: Trained | None = None) -> detectors.DetectorSet:
-    """The state :func:`dumps` kept (only ever bytes this process made), with the same ``trained``."""
+def loads(blob: bytes, trained: Trained | None = None, params: spec.AnomalyParams | None = None
+          ) -> detectors.DetectorSet:
+    """The state :func:`dumps` kept (only ever bytes this process made), with the same ``trained``,
+    and ``params`` equal to those it was folded with (its detectors hold them)."""
     decompressor = _decompressor() if trained is None else trained.decompressor()
-    restored = pickle.loads(decompressor.decompress(blob))  # noqa: S301 - our own bytes, never read from outside
+    raw = decompressor.decompress(blob)
+    _restoring.params = params
+    try:
+        restored = pickle.loads(raw)  # noqa: S301 - our own bytes, never read from outside
+    finally:
+        _restoring.params = None
     assert isinstance(restored, detectors.DetectorSet)
     return restored
 
@@ -209,6 +257,17 @@ def _settled(window: Sequence[series.AgentMinute], before: int) -> int:
     while settled and _minute_at(window, settled - 1) >= before:
         settled -= 1
     return settled
+
+
+def _keeps(window: Sequence[series.AgentMinute], settled: int, done: int, anchor_at: int) -> bool:
+    """Whether a fold that restored a state kept after ``done`` minutes and stepped the window's
+    settled minutes up to ``settled`` (more than ``done``) keeps a new state: once KEEP_MINUTES
+    more have settled; or one more, in the minutes of the agent's parity (its anchor's: half the
+    fleet each minute, not the whole fleet every other minute); or once every minute of the
+    window has settled (the agent quiet since: its next folds restore nothing)."""
+    if settled - done >= KEEP_MINUTES or settled == len(window):
+        return True
+    return (_minute_at(window, settled - 1) - anchor_at) // series.MINUTE % KEEP_MINUTES == 0
 
 
 class Folds:
@@ -259,14 +318,14 @@ class Folds:
                 self.unchanged += unchanged
             if unchanged:
                 return list(state.found)  # nothing to step: the findings are those the kept minutes revealed
-            detector_set, out, done = loads(state.blob, state.trained), list(state.found), state.folded
+            detector_set, out, done = loads(state.blob, state.trained, params), list(state.found), state.folded
         else:
             detector_set, out, done = detectors.DetectorSet(params, agent, namespace), [], 0
             with self._lock:
                 self.cold += 1
         for minute in window[done:settled]:
             out.extend(detector_set.step(minute))
-        if not kept or settled > done:
+        if not kept or settled > done and _keeps(window, settled, done, anchor_at):
             trained = self.trained
             raw = pickled(detector_set)
             fresh = _State(anchor_at, params, settled, digest(settled), tuple(out), compress(raw, trained), trained)

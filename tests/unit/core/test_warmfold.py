@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,22 +100,25 @@ def test_states_kept_once_the_dictionary_is_trained_are_smaller_and_fold_the_sam
     restores: list[tuple[bool, bool]] = []  # (the state has the dictionary, the dictionary was trained)
     real_loads = warmfold.loads
 
-    def loads(blob: bytes, trained: warmfold.Trained | None = None) -> detectors.DetectorSet:
+    def loads(blob: bytes, trained: warmfold.Trained | None = None,
+              params: spec.AnomalyParams | None = None) -> detectors.DetectorSet:
         restores.append((trained is not None, folds.trained is not None))
-        return real_loads(blob, trained)
+        return real_loads(blob, trained, params)
     monkeypatch.setattr(warmfold, "loads", loads)
-    for (namespace, agent), ms in sorted(FLEET.items()):
-        for end in _cycles(ms):
-            at = warmfold.anchor(end - (LOOKBACK + ANCHOR) * MINUTE, ANCHOR, namespace, agent)
-            window = _as("run", _window(ms, end, at))
-            if window:
-                assert folds.findings(namespace, agent, window, end, PARAMS, at) == _refold(window), (agent, end)
+    # cycle after cycle, each over the fleet, as the operator folds (each agent's state is kept again
+    # within two minutes of the dictionary's training)
+    for end, (namespace, agent) in sorted((end, key) for key, ms in FLEET.items() for end in _cycles(ms)):
+        ms = FLEET[namespace, agent]
+        at = warmfold.anchor(end - (LOOKBACK + ANCHOR) * MINUTE, ANCHOR, namespace, agent)
+        window = _as("run", _window(ms, end, at))
+        if window:
+            assert folds.findings(namespace, agent, window, end, PARAMS, at) == _refold(window), (agent, end)
     assert folds.trained is not None
     assert (False, True) in restores  # a state kept before the dictionary, read after it was trained
     assert sum(1 for r in restores if r == (True, True)) > 100
     kept = [s for s in folds._states.values() if s.trained is folds.trained]
     assert len(kept) == len(folds._states) > 0
-    alone = sum(len(warmfold.compress(warmfold.pickled(real_loads(s.blob, s.trained)))) for s in kept)
+    alone = sum(len(warmfold.compress(warmfold.pickled(real_loads(s.blob, s.trained, s.params)))) for s in kept)
     assert sum(len(s.blob) for s in kept) < 0.9 * alone
 
 
@@ -205,12 +209,37 @@ def test_kept_state_restores_read_only_tool_maps(tools: dict[str, float]) -> Non
     m = series.AgentMinute(agent="a", namespace="ns", minute=600, llm_calls=2, tokens=500,
                            tool_calls=series.NO_TOOLS if not tools else warmfold._proxy_of(dict(tools)))
     ds.step(m)
-    restored = warmfold.loads(warmfold.dumps(ds))
+    restored = warmfold.loads(warmfold.dumps(ds), params=ds.params)
     kept = restored.tools._short[-1][1]  # the minute's tool map, as the detector keeps it
     assert dict(kept) == dict(tools) and type(kept) is type(m.tool_calls)
     for minute in range(660, 660 + 20 * MINUTE, MINUTE):
         nxt = dataclasses.replace(m, minute=minute, llm_calls=minute % 7)
         assert restored.step(nxt) == ds.step(nxt)
+
+
+def test_a_kept_state_refers_to_its_parameters_and_is_restored_with_those_handed_to_it() -> None:
+    """A kept state holds no copy of its parameters (a pydantic model and its four parts), only a
+    reference: restored, its detectors hold the parameters handed to ``loads``, and step as before;
+    restored without them, it says so. A detector holding parameters of its own keeps a copy."""
+    (namespace, agent), ms = sorted(FLEET.items())[1]
+    params = spec.AnomalyParams(cost_shift=spec.CostShiftParams(ratio=2.5))
+    ds = detectors.DetectorSet(params, agent, namespace)
+    for m in ms[:60]:
+        ds.step(m)
+    raw = warmfold.pickled(ds)
+    assert b"Params" not in raw and b"ratio" not in raw
+    equal = params.model_copy(deep=True)
+    restored = warmfold.loads(warmfold.compress(raw), params=equal)
+    assert restored.params is equal and restored.shift.p is equal.cost_shift
+    assert restored.loop.p is restored.plateau.p is restored.task.p is equal.runaway_loop
+    assert restored.spike.p is equal.model_update_spike and restored.tools.p is equal.tool_call_explosion
+    for m in ms[60:120]:
+        assert restored.step(m) == ds.step(m)
+    with pytest.raises(pickle.UnpicklingError, match="without its parameters"):
+        warmfold.loads(warmfold.compress(raw))
+    ds.shift.p = spec.CostShiftParams(ratio=3.0)  # not the set's: kept whole
+    back = warmfold.loads(warmfold.dumps(ds), params=params)
+    assert back.shift.p == spec.CostShiftParams(ratio=3.0) and back.shift.p is not params.cost_shift
 
 
 def test_the_evaluation_judges_the_fold_from_the_anchor(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,8 +336,8 @@ def test_a_kept_state_holds_cost_shifts_baselines_as_they_were() -> None:
                 if base is not None and (resets, cut) not in made:
                     lo = cut - detectors.SHIFT_BASELINE_MINUTES * MINUTE
                     made[(resets, cut)] = {stat: live.shift._since(stat, lo, cut) for stat in detectors.STATS}
-            hopped = warmfold.loads(warmfold.dumps(hopped))
-            restored = warmfold.loads(warmfold.dumps(live)).shift
+            hopped = warmfold.loads(warmfold.dumps(hopped), params=hopped.params)
+            restored = warmfold.loads(warmfold.dumps(live), params=live.params).shift
             usable = m.minute - (max(detectors.SHIFT_WINDOWS) - 1) * MINUTE  # a window's earliest cut from now on
             for cut, base in live.shift._bases.items():
                 again = restored._bases[cut]
@@ -334,13 +363,60 @@ def test_an_agent_with_nothing_new_gets_its_kept_findings_without_a_restore(monk
     assert folds.findings(namespace, agent, settled, end, PARAMS, at) == _refold(settled)  # keeps them all
     restored = []
     real_loads = warmfold.loads
-    monkeypatch.setattr(warmfold, "loads", lambda blob, trained=None: restored.append(blob) or real_loads(blob, trained))
+    monkeypatch.setattr(warmfold, "loads", lambda blob, trained=None, params=None: restored.append(blob) or real_loads(blob, trained, params))
     for later in (end + MINUTE, end + 20 * MINUTE):
         assert folds.findings(namespace, agent, settled, later, PARAMS, at) == _refold(settled)
     assert restored == [] and (folds.warm, folds.unchanged, folds.cold) == (2, 2, 1)
     longer = settled + [dataclasses.replace(window[-1], minute=end + 5 * MINUTE)]  # something new: restored
     assert folds.findings(namespace, agent, longer, end + 20 * MINUTE, PARAMS, at) == _refold(longer)
     assert len(restored) == 1 and (folds.warm, folds.unchanged, folds.cold) == (3, 2, 1)
+
+
+@pytest.mark.parametrize("live_minutes", [5, 6])  # the agent goes quiet in either of its parities
+def test_a_live_agents_state_is_kept_every_other_minute_and_once_more_when_it_goes_quiet(
+        monkeypatch: pytest.MonkeyPatch, live_minutes: int) -> None:
+    """A live agent (a new minute each minute) has its state kept every other minute, in the minutes of
+    its anchor's parity (one settled minute more), the minutes between restoring the older state and
+    stepping one minute more; when the agent goes quiet its state is kept once its last minute has
+    settled, whatever the parity, and the folds after restore nothing. Every fold gives the findings
+    of a fold from the anchor."""
+    (namespace, agent), ms = sorted(FLEET.items())[0]
+    kept, restored = [], []
+    real_pickled, real_loads = warmfold.pickled, warmfold.loads
+    monkeypatch.setattr(warmfold, "pickled", lambda ds: kept.append(ds) or real_pickled(ds))
+    monkeypatch.setattr(warmfold, "loads",
+                        lambda blob, trained=None, params=None: restored.append(blob) or real_loads(blob, trained, params))
+    folds = warmfold.Folds()
+
+    def anchor(end: int) -> int:
+        return warmfold.anchor(end - (LOOKBACK + ANCHOR) * MINUTE, ANCHOR, namespace, agent)
+    def last_settled(end: int) -> int:  # the minute the first fold's state is kept after
+        window = _window(ms, end, anchor(end))
+        return window[warmfold._settled(window, end - warmfold.TAIL_MINUTES * MINUTE) - 1].minute
+    anchored = next(end for end in _cycles(ms) if anchor(end - MINUTE) != anchor(end))  # just re-anchored
+    at = anchor(anchored)
+    # the first fold's state kept out of the agent's parity: its next state is kept a minute later
+    first = next(end for end in (anchored, anchored + MINUTE) if (last_settled(end) - at) // MINUTE % 2)
+    live = range(first, first + live_minutes * MINUTE, MINUTE)
+    assert {anchor(end) for end in live} == {at}  # (ANCHOR is 7 minutes)
+    keeps = []
+    for end in live:
+        window = _window(ms, end, at)
+        before = len(kept)
+        assert folds.findings(namespace, agent, window, end, PARAMS, at) == _refold(window)
+        if len(kept) > before:
+            keeps.append(folds._states[namespace, agent, ""].folded)
+    assert warmfold.KEEP_MINUTES == 2 and len(restored) == live_minutes - 1
+    assert keeps[1] - keeps[0] == 1 and len(keeps) == 1 + live_minutes // 2  # the first fold, then every other
+    assert all(b - a == 2 for a, b in zip(keeps[1:], keeps[2:], strict=False))
+    assert all((window[n - 1].minute - at) // MINUTE % 2 == 0 for n in keeps[1:])  # the agent's parity
+    quiet = _window(ms, live[-1], at)  # no minute after the last cycle's
+    for later in range(live[-1] + MINUTE, live[-1] + (warmfold.TAIL_MINUTES + 3) * MINUTE, MINUTE):
+        assert folds.findings(namespace, agent, quiet, later, PARAMS, at) == _refold(quiet)
+    assert folds._states[namespace, agent, ""].folded == len(quiet)  # kept once the last minute settled
+    settled_at = len(restored)
+    assert folds.findings(namespace, agent, quiet, later + 10 * MINUTE, PARAMS, at) == _refold(quiet)
+    assert len(restored) == settled_at and folds.unchanged >= 2  # nothing to restore since
 
 
 def _ahead_of(start: int, namespace: str, agent: str) -> int | None:
@@ -568,7 +644,7 @@ def test_a_dropped_state_goes_at_once_not_to_the_garbage_collector() -> None:
                 fold.step(m)
             blob = warmfold.dumps(fold)
             del fold
-            restored = warmfold.loads(blob)
+            restored = warmfold.loads(blob, params=PARAMS)
             restored.step(dataclasses.replace(ms[-1], minute=ms[-1].minute + MINUTE))
             del restored
             assert gc.collect() == 0, ms[0].agent

@@ -152,7 +152,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 _restoring = threading.local()  # the parameters of the state being restored in this thread (loads)
 _keeping = threading.local()  # those of the state being pickled in this thread (pickled)
 # each detector's parameters, by type: the part of AnomalyParams it is ("": the whole)
-_PARTS = {spec.AnomalyParams: "", spec.ModelUpdateSpikeParams: "model_update_spike",
+_PARTS: dict[type[Any], str] = {spec.AnomalyParams: "", spec.ModelUpdateSpikeParams: "model_update_spike",
           spec.RunawayLoopParams: "runaway_loop", spec.ToolCallExplosionParams: "tool_call_explosion",
           spec.CostShiftParams: "cost_shift"}
 

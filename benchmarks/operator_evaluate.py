@@ -18,13 +18,14 @@ the milliseconds per budget:
 
     python benchmarks/operator_evaluate.py [--budgets 10000] [--cycles 3] [--minutes 5] [--refold] [--quiet]
                                            [--interval 15] [--live [--per-minute K]] [--workers N]
-                                           [--profile FILE]
+                                           [--profile FILE] [--young N]
 
 ``--live``: the warm cycles as a live fleet's (and ``operator_scale.py``'s): each fetches again
 (the fleet loop forgets the snapshot each cycle), the clock moves on within the first minute,
 and each fetch's hour spend has moved by LIVE_DRIFT_USD (without it the warm cycles see the
 very snapshot and clock of the cold one, which a live operator never does). ``--profile``:
-cProfile of the warm same-minute cycles, for ``python -m pstats``.
+cProfile of the warm same-minute cycles, for ``python -m pstats``. ``--young 50000``: the
+garbage collector's young threshold as the operator sets it (``handlers/heap.py``).
 
 ``--per-minute K`` (with ``--live``): each of the ``--minutes`` is K cycles one interval apart, as
 the operator's: the first after the minute turned steps every agent's new minute, the others
@@ -49,6 +50,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import cProfile
+import gc
 import resource
 import sys
 import time
@@ -61,7 +63,7 @@ from operator_scale import NAMESPACES, FixedFetcher  # noqa: E402 - the same sna
 
 from fleetwarden.core import series, spec, warmfold  # noqa: E402
 from fleetwarden.handlers import fleet as fleet_loop  # noqa: E402
-from fleetwarden.handlers import runtime  # noqa: E402
+from fleetwarden.handlers import heap, runtime  # noqa: E402
 
 # --live: what a budget's hour spend moves between two fetches, USD: its 0.09 USD an hour over the
 # 240 samples of a 15 s scrape, the hour's window sliding past one sample (docs/operator.md, How
@@ -114,7 +116,12 @@ def main() -> int:
                              "default 1: one after the other in this thread")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="cProfile the warm same-minute cycles into FILE (pstats)")
+    parser.add_argument("--young", type=int, metavar="N",
+                        help="the garbage collector's young threshold, as the operator sets it "
+                             f"({heap.YOUNG_THRESHOLD}: handlers/heap.py); default: CPython's")
     args = parser.parse_args()
+    if args.young:
+        gc.set_threshold(args.young, *gc.get_threshold()[1:])
     agents, bodies, deployments = fleet(args.budgets)
     start = float(series.minute_of(time.time()) + 1) if args.live else time.time()
     fetcher = FixedFetcher(agents, start, anchor_minutes=0 if args.refold else warmfold.ANCHOR_MINUTES,

@@ -14,7 +14,9 @@ the minutes that are new:
   change (all but the last ``tail_minutes``, which a late scrape may still fill), pickled and
   compressed (with zstd, and a dictionary trained on the first states it kept: :class:`Trained`),
   with those minutes and the findings they revealed. A cycle restores it, steps
-  the newly settled minutes, keeps the new state, and steps the tail on top.
+  the newly settled minutes, keeps the new state (a live agent's every other minute:
+  :data:`KEEP_MINUTES`), and steps the tail on top. A state refers to its parameters, which
+  the restore is handed, rather than holding a copy.
 - The kept state is used only when the minutes it folded are, one by one, the first minutes of
   this cycle's window (equal in every field: a state keeps their count and a hash of their
   fields, not the minutes, which the fetcher keeps compactly), with the same anchor and the
@@ -152,9 +154,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 _restoring = threading.local()  # the parameters of the state being restored in this thread (loads)
 _keeping = threading.local()  # those of the state being pickled in this thread (pickled)
 # each detector's parameters, by type: the part of AnomalyParams it is ("": the whole)
-_PARTS: dict[type[Any], str] = {spec.AnomalyParams: "", spec.ModelUpdateSpikeParams: "model_update_spike",
-          spec.RunawayLoopParams: "runaway_loop", spec.ToolCallExplosionParams: "tool_call_explosion",
-          spec.CostShiftParams: "cost_shift"}
+_PARTS: dict[type[Any], str] = {spec.AnomalyParams: "", **{type(part): name for name, part in spec.AnomalyParams()}}
 
 
 def _kept_params(part: str) -> Any:

@@ -353,6 +353,19 @@ def test_a_kept_state_holds_cost_shifts_baselines_as_they_were() -> None:
     assert compared > 1000 and computed > 100  # the fleets do keep baselines, with levels computed
 
 
+def _restores_counted(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The kept states restored from now on (warmfold.loads), each appended to the list returned."""
+    restored: list[bytes] = []
+    real_loads = warmfold.loads
+
+    def loads(blob: bytes, trained: warmfold.Trained | None = None,
+              params: spec.AnomalyParams | None = None) -> detectors.DetectorSet:
+        restored.append(blob)
+        return real_loads(blob, trained, params)
+    monkeypatch.setattr(warmfold, "loads", loads)
+    return restored
+
+
 def test_an_agent_with_nothing_new_gets_its_kept_findings_without_a_restore(monkeypatch: pytest.MonkeyPatch) -> None:
     """Once every minute of the window is kept (an agent quiet since), a cycle gives the kept
     findings, those of a fold from the anchor, and restores no state: nothing is left to step."""
@@ -361,9 +374,7 @@ def test_an_agent_with_nothing_new_gets_its_kept_findings_without_a_restore(monk
     assert any(f.time <= settled[-1].minute + MINUTE for f in _refold(settled))
     folds = warmfold.Folds()
     assert folds.findings(namespace, agent, settled, end, PARAMS, at) == _refold(settled)  # keeps them all
-    restored = []
-    real_loads = warmfold.loads
-    monkeypatch.setattr(warmfold, "loads", lambda blob, trained=None, params=None: restored.append(blob) or real_loads(blob, trained, params))
+    restored = _restores_counted(monkeypatch)
     for later in (end + MINUTE, end + 20 * MINUTE):
         assert folds.findings(namespace, agent, settled, later, PARAMS, at) == _refold(settled)
     assert restored == [] and (folds.warm, folds.unchanged, folds.cold) == (2, 2, 1)
@@ -381,15 +392,15 @@ def test_a_live_agents_state_is_kept_every_other_minute_and_once_more_when_it_go
     settled, whatever the parity, and the folds after restore nothing. Every fold gives the findings
     of a fold from the anchor."""
     (namespace, agent), ms = sorted(FLEET.items())[0]
-    kept, restored = [], []
-    real_pickled, real_loads = warmfold.pickled, warmfold.loads
+    kept: list[detectors.DetectorSet] = []
+    real_pickled = warmfold.pickled
     monkeypatch.setattr(warmfold, "pickled", lambda ds: kept.append(ds) or real_pickled(ds))
-    monkeypatch.setattr(warmfold, "loads",
-                        lambda blob, trained=None, params=None: restored.append(blob) or real_loads(blob, trained, params))
+    restored = _restores_counted(monkeypatch)
     folds = warmfold.Folds()
 
     def anchor(end: int) -> int:
         return warmfold.anchor(end - (LOOKBACK + ANCHOR) * MINUTE, ANCHOR, namespace, agent)
+
     def last_settled(end: int) -> int:  # the minute the first fold's state is kept after
         window = _window(ms, end, anchor(end))
         return window[warmfold._settled(window, end - warmfold.TAIL_MINUTES * MINUTE) - 1].minute

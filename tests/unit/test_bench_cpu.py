@@ -91,7 +91,6 @@ def test_the_window_s_detector_folds_are_read_by_minute_from_the_operator_s_coun
         "1: 200/100/28980/595 (before it, the first pass and one interval: 10000/0/20/0)")
 
 
-
 def test_the_live_agents_page_goes_on_from_where_the_backfill_ends() -> None:
     """``--live``: the page Prometheus scrapes holds each agent's three counters, each at the
     value the backfill's formula gives at the time of the scrape (so it goes on at the same rate),

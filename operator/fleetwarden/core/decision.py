@@ -88,6 +88,21 @@ class Memo:
             self._bucket(minute)[key] = value
         return value
 
+    def peek(self, minute: int, key: Hashable) -> Any:
+        """The value stored under ``key`` for ``minute``, or None: nothing is computed."""
+        bucket = self._by_minute.get(minute)
+        return None if bucket is None else bucket.get(key)
+
+    def first(self, minute: int, key: Hashable, value: Any) -> Any:
+        """The value stored under ``key`` for ``minute``; ``value``, stored, if there is none."""
+        with self._lock:
+            return self._bucket(minute).setdefault(key, value)
+
+    def put(self, minute: int, key: Hashable, value: Any) -> None:
+        """Store ``value`` under ``key`` for ``minute``, in place of any before."""
+        with self._lock:
+            self._bucket(minute)[key] = value
+
     def turn(self, minute: int) -> None:
         """The evaluations' clock is at ``minute``: the values of minutes more than KEEP_MINUTES before
         it are dropped, whether or not a value of ``minute`` is ever stored (an agent with nothing

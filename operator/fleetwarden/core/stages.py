@@ -172,9 +172,12 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
                                fold_start: int, source: str) -> Sequence[findings.Finding]:
     """The findings of a fold of the detectors from an empty state at the agent's anchor
     ``fold_start`` over its minutes from there on: from the state kept in ``inp.folds`` when it
-    holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute. When the
-    anchor moves at the next minute, from the agent's second of this minute on
-    (``warmfold.prepare_second``), the new anchor's fold is done ahead (``Folds.prepare``)."""
+    holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute. An agent
+    of the waiting half (``warmfold.waits``) is given the findings of the minute before, from the
+    same anchor, until an evaluation ``warmfold.WAIT_SECONDS`` or more after its first of the new
+    minute: a new minute's folds are spread over two cycles. When the anchor moves at the next
+    minute, from the agent's second of this minute on (``warmfold.prepare_second``), the new
+    anchor's fold is done ahead (``Folds.prepare``)."""
     assert inp.folds is not None and inp.lookback_start is not None
     window: Sequence[series.AgentMinute]
     if isinstance(minutes, series.MinuteRun):  # in order; sliced without building a minute
@@ -192,9 +195,22 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
     if inp.memo is None:
         out: Sequence[findings.Finding] = fold()
     else:
+        memo = inp.memo
         last = window.minute_at(-1) if isinstance(window, series.MinuteRun) else window[-1].minute
         key = ("anchored", source, agent.namespace, agent.name, fold_start, last, len(window), params)
-        out = inp.memo.get(end, key, fold)  # kept for the data's minute: also an agent quiet since
+        latest = ("anchored, latest", source, agent.namespace, agent.name, fold_start, params)
+        before = None
+        if warmfold.waits(agent.namespace, agent.name) and memo.peek(end, key) is None:
+            before = memo.peek(end - series.MINUTE, latest)
+        if before is not None and inp.now - memo.first(end, ("anchored, waited", *latest), inp.now) \
+                < warmfold.WAIT_SECONDS:
+            out = before  # the minute before's findings, from the same anchor; folded at a later evaluation
+        else:
+            def folded() -> tuple[findings.Finding, ...]:
+                found = fold()
+                memo.put(end, latest, found)  # what an evaluation of the next minute may wait with
+                return found
+            out = memo.get(end, key, folded)  # kept for the data's minute: also an agent quiet since
     ahead = warmfold.anchor(inp.lookback_start + series.MINUTE, inp.anchor_minutes, agent.namespace, agent.name)
     if ahead != fold_start and inp.now - end >= warmfold.prepare_second(agent.namespace, agent.name):
         folds.prepare(agent.namespace, agent.name, window, end, params, ahead, source)

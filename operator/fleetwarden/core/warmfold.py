@@ -89,6 +89,20 @@ def prepare_second(namespace: str, agent: str) -> int:
     return PREPARE_FROM + zlib.crc32(f"ahead/{namespace}/{agent}".encode()) % PREPARE_SPREAD
 
 
+# A new minute's fold waits for half the agents (each agent's half is fixed by its name): the
+# evaluations that first see a minute fold the other half's, and the next evaluation of a waiting
+# agent, at least WAIT_SECONDS later, folds its own. The cycle after the minute turned, which
+# folded every agent's new minute, does half that work, and the cycle after it the rest. Until
+# then a waiting agent's findings are those of the minute before (core/stages.py,
+# anchored_detector_findings; docs/operator.md, "Scale").
+WAIT_SECONDS = 5.0
+
+
+def waits(namespace: str, agent: str) -> bool:
+    """Whether the agent's new minute is folded at its second evaluation of that minute (see WAIT_SECONDS)."""
+    return zlib.crc32(f"wait/{namespace}/{agent}".encode()) % 2 == 1
+
+
 def anchor(lookback_start: float, anchor_minutes: int, namespace: str, agent: str) -> int:
     """The start of the agent's detector fold: the latest minute ``t`` at the agent's phase with
     ``t <= lookback_start + anchor_minutes`` minutes; so ``lookback_start < t``."""

@@ -580,6 +580,92 @@ def _day_budget(namespace: str, agent: str) -> tuple[spec.AgentBudget, Any]:
     return budget, decision.AgentDeployment(name=agent, namespace=namespace)
 
 
+def _agents(waiting: bool, fleet: dict[tuple[str, str], list[series.AgentMinute]] = FLEET
+            ) -> list[tuple[tuple[str, str], list[series.AgentMinute]]]:
+    """The fleet's agents whose new minute waits (``warmfold.waits``), or those whose does not."""
+    out = [(key, ms) for key, ms in sorted(fleet.items()) if warmfold.waits(*key) == waiting]
+    assert len(out) >= 2, "the test fleet has too few agents of this half"
+    return out
+
+
+def _in_half(ms: Sequence[series.AgentMinute], waiting: bool) -> tuple[str, str, list[series.AgentMinute]]:
+    """The agent's minutes, in a namespace (its own, or its name with a number) that puts it in the
+    waiting half or the other: (namespace, agent, minutes)."""
+    agent = ms[0].agent
+    namespace = next(ns for ns in (ms[0].namespace, *(f"{ms[0].namespace}-{n}" for n in range(64)))
+                     if warmfold.waits(ns, agent) == waiting)
+    return namespace, agent, [dataclasses.replace(m, namespace=namespace) for m in ms]
+
+
+@pytest.mark.parametrize("waiting", [True, False])
+def test_half_the_agents_fold_a_new_minute_at_their_next_evaluation(monkeypatch: pytest.MonkeyPatch,
+                                                                   waiting: bool) -> None:
+    """An agent of the waiting half (``warmfold.waits``, by its name) folds a new minute not at the
+    first evaluation that sees it but at the next one ``WAIT_SECONDS`` or more later; until then its
+    findings are those of the minute before (the same tuple). The other half folds at once, and so
+    does a waiting agent with nothing of the minute before kept from its anchor (the first minute,
+    and the minute its anchor moved). No finding is lost or changed: every evaluation's new
+    findings are those of a fold from the anchor, in the same order, a waiting agent's at most
+    one evaluation later (within the interval)."""
+    from fleetwarden.core import decision, evaluate, stages
+
+    calls, clock = _folds_counted(monkeypatch)
+    given: list[tuple[float, Sequence[findings.Finding]]] = []
+    anchored_findings = stages.anchored_detector_findings
+
+    def recorded(inp: decision.EvaluationInput, *args: Any) -> Sequence[findings.Finding]:
+        out = anchored_findings(inp, *args)
+        given.append((inp.now, out))
+        return out
+    monkeypatch.setattr(stages, "anchored_detector_findings", recorded)
+    seconds = (2.0, 2.0 + warmfold.WAIT_SECONDS - 1, 17.0, 32.0, 47.0)  # a cycle's evaluations, and one sooner
+    lookback, anchor = 90, warmfold.ANCHOR_MINUTES  # the operator's (the in-view rule needs the hour before an onset and more)
+    fleet = bucketed.agent_minutes(seed=905, agents=8, hours=4.0, shapes=("task_loop", "tool_ramp", "cost_shift"))
+    delayed = compared = 0
+    for ms in [ms for _, ms in sorted(fleet.items()) if _refold(ms)][:3]:
+        namespace, agent, ms = _in_half(ms, waiting)
+        budget, deployment = _day_budget(namespace, agent)
+        folds, memo = warmfold.Folds(), decision.Memo()
+        warm_prev: dict[str, object] = {}
+        cold_prev: dict[str, object] = {}
+        warm_new: list[tuple[float, findings.Finding]] = []
+        cold_new: list[tuple[float, findings.Finding]] = []
+        expected: list[float] = []
+        at_before = None
+        for end in range(ms[0].minute + (lookback + anchor) * MINUTE, ms[-1].minute + 2 * MINUTE, MINUTE):
+            start = end - (lookback + anchor) * MINUTE
+            at = warmfold.anchor(start, anchor, namespace, agent)
+            expected.append(end + (17.0 if waiting and at == at_before else 2.0))
+            at_before = at
+            fetched = _window(ms, end, start + MINUTE)
+            for second in seconds:
+                clock[0] = now = end + second
+                common = {"budget": budget, "agents": [deployment], "spend": dict.fromkeys(spec.Window, 1.0), "now": now}
+                warm = evaluate.evaluate(decision.EvaluationInput(
+                    minutes={agent: fetched}, previous=warm_prev, lookback_start=float(start),  # type: ignore[arg-type]
+                    anchor_minutes=anchor, folds=folds, memo=memo, **common))  # type: ignore[arg-type]
+                if second < 17.0 and now != expected[-1]:  # waiting: what the last evaluation was given
+                    assert given[-1][1] is given[-2][1], (agent, now)
+                warm_prev = warm.status.body()
+                warm_new += [(now, f) for f in warm.new_findings if f.kind in findings.ANOMALY_KINDS]
+                if second == seconds[0]:  # a fold from the anchor, at the first evaluation of the minute
+                    clock[0] = -1.0  # (its refolds are not counted)
+                    cold = evaluate.evaluate(decision.EvaluationInput(
+                        minutes={agent: [m for m in fetched if m.minute >= at]}, previous=cold_prev,  # type: ignore[arg-type]
+                        lookback_start=float(at), **common))  # type: ignore[arg-type]
+                    cold_prev = cold.status.body()
+                    cold_new += [(now, f) for f in cold.new_findings if f.kind in findings.ANOMALY_KINDS]
+        assert [c for c in calls if c >= expected[0]] == expected, agent
+        calls.clear()
+        assert [f for _, f in warm_new] == [f for _, f in cold_new], agent
+        for (warm_at, _), (cold_at, _) in zip(warm_new, cold_new, strict=True):
+            assert 0 <= warm_at - cold_at <= 15.0
+            delayed += warm_at > cold_at
+        compared += len(cold_new)
+    assert compared > 0
+    assert (delayed > 0) == waiting  # the waiting half's findings came later, the other's never
+
+
 @pytest.mark.parametrize("anchored", [True, False])
 def test_an_agent_quiet_for_minutes_is_folded_once_a_minute_not_every_cycle(monkeypatch: pytest.MonkeyPatch,
                                                                              anchored: bool) -> None:
@@ -590,7 +676,7 @@ def test_an_agent_quiet_for_minutes_is_folded_once_a_minute_not_every_cycle(monk
     from fleetwarden.core import decision, evaluate
 
     calls, clock = _folds_counted(monkeypatch)
-    (namespace, agent), ms = sorted(FLEET.items())[0]
+    (namespace, agent), ms = _agents(waiting=False)[0]  # (a waiting one folds later: the next test)
     budget, deployment = _day_budget(namespace, agent)
     quiet_from = ms[0].minute + 60 * MINUTE  # the agent's last minute is the one before
     window = [m for m in ms if m.minute < quiet_from]
@@ -619,7 +705,7 @@ def test_an_evaluation_just_after_the_turn_with_the_data_read_before_it_folds_no
     from fleetwarden.core import decision, evaluate
 
     calls, clock = _folds_counted(monkeypatch)
-    (namespace, agent), ms = sorted(FLEET.items())[1]
+    (namespace, agent), ms = _agents(waiting=False)[1]
     budget, deployment = _day_budget(namespace, agent)
     folds, memo = warmfold.Folds(), decision.Memo()
     previous: dict[str, object] = {}

@@ -175,7 +175,9 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
     holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute. An agent
     of the waiting half (``warmfold.waits``) is given the findings of the minute before, from the
     same anchor, until an evaluation ``warmfold.WAIT_SECONDS`` or more after its first of the new
-    minute: a new minute's folds are spread over two cycles. When the anchor moves at the next
+    minute: a new minute's folds are spread over two cycles. (A minute whose wait no later
+    evaluation ends is folded with the next one, from the same anchor: the same findings, in view
+    from the same start.) When the anchor moves at the next
     minute, from the agent's second of this minute on (``warmfold.prepare_second``), the new
     anchor's fold is done ahead (``Folds.prepare``)."""
     assert inp.folds is not None and inp.lookback_start is not None
@@ -192,6 +194,7 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
 
     def fold() -> tuple[findings.Finding, ...]:
         return tuple(folds.findings(agent.namespace, agent.name, window, end, params, fold_start, source))
+    ahead = warmfold.anchor(inp.lookback_start + series.MINUTE, inp.anchor_minutes, agent.namespace, agent.name)
     if inp.memo is None:
         out: Sequence[findings.Finding] = fold()
     else:
@@ -200,7 +203,9 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
         key = ("anchored", source, agent.namespace, agent.name, fold_start, last, len(window), params)
         latest = ("anchored, latest", source, agent.namespace, agent.name, fold_start, params)
         before = None
-        if warmfold.waits(agent.namespace, agent.name) and memo.peek(end, key) is None:
+        if warmfold.waits(agent.namespace, agent.name) and ahead == fold_start and memo.peek(end, key) is None:
+            # (not when the anchor moves at the next minute: a minute this agent's evaluations never
+            # came back to would be judged in view from the next anchor, not this one)
             before = memo.peek(end - series.MINUTE, latest)
         if before is not None and inp.now - memo.first(end, ("anchored, waited", *latest), inp.now) \
                 < warmfold.WAIT_SECONDS:
@@ -211,7 +216,6 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
                 memo.put(end, latest, found)  # what an evaluation of the next minute may wait with
                 return found
             out = memo.get(end, key, folded)  # kept for the data's minute: also an agent quiet since
-    ahead = warmfold.anchor(inp.lookback_start + series.MINUTE, inp.anchor_minutes, agent.namespace, agent.name)
     if ahead != fold_start and inp.now - end >= warmfold.prepare_second(agent.namespace, agent.name):
         folds.prepare(agent.namespace, agent.name, window, end, params, ahead, source)
     return out

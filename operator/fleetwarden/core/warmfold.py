@@ -93,7 +93,8 @@ def prepare_second(namespace: str, agent: str) -> int:
 # evaluations that first see a minute fold the other half's, and the next evaluation of a waiting
 # agent, at least WAIT_SECONDS later, folds its own. The cycle after the minute turned, which
 # folded every agent's new minute, does half that work, and the cycle after it the rest. Until
-# then a waiting agent's findings are those of the minute before (core/stages.py,
+# then a waiting agent's findings are those of the minute before, from the same anchor; an agent
+# waits neither in the minute its anchor moved nor in the minute before a move (core/stages.py,
 # anchored_detector_findings; docs/operator.md, "Scale").
 WAIT_SECONDS = 5.0
 

@@ -223,12 +223,12 @@ class LiveAgents:
         class Page(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
                 body = live.page(time.time()).encode()
+                live.scrapes += 1  # counted before the page is sent: a reader done with it sees the count
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-                live.scrapes += 1
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -580,14 +580,6 @@ def _day_budget(namespace: str, agent: str) -> tuple[spec.AgentBudget, Any]:
     return budget, decision.AgentDeployment(name=agent, namespace=namespace)
 
 
-def _agents(waiting: bool, fleet: dict[tuple[str, str], list[series.AgentMinute]] = FLEET
-            ) -> list[tuple[tuple[str, str], list[series.AgentMinute]]]:
-    """The fleet's agents whose new minute waits (``warmfold.waits``), or those whose does not."""
-    out = [(key, ms) for key, ms in sorted(fleet.items()) if warmfold.waits(*key) == waiting]
-    assert len(out) >= 2, "the test fleet has too few agents of this half"
-    return out
-
-
 def _in_half(ms: Sequence[series.AgentMinute], waiting: bool) -> tuple[str, str, list[series.AgentMinute]]:
     """The agent's minutes, in a namespace (its own, or its name with a number) that puts it in the
     waiting half or the other: (namespace, agent, minutes)."""
@@ -674,11 +666,10 @@ def test_half_the_agents_fold_a_new_minute_at_their_next_evaluation(monkeypatch:
         calls.clear()
         if len(seconds) > 2:
             assert folded == expected, agent
-        else:  # once a minute: a waiting agent folds every other minute at most, the other every minute
-            assert (len(folded) < len(expected)) == waiting and len(folded) >= len(expected) // 2, agent
-        if len(seconds) > 2:
             assert [f for _, f in warm_new] == [f for _, f in cold_new], agent
-        else:  # a minute folded with the next one is judged on the next one's data (its last minute whole)
+        else:  # once a minute: a waiting agent folds every other minute at most, the other every minute;
+            # a minute folded with the next one is judged on the next one's data (its last minute whole)
+            assert (len(folded) < len(expected)) == waiting and len(folded) >= len(expected) // 2, agent
             assert [_incident(f) for _, f in warm_new] == [_incident(f) for _, f in cold_new], agent
         for (warm_at, _), (cold_at, _) in zip(warm_new, cold_new, strict=True):
             assert 0 <= warm_at - cold_at <= longest
@@ -698,7 +689,7 @@ def test_an_agent_quiet_for_minutes_is_folded_once_a_minute_not_every_cycle(monk
     from fleetwarden.core import decision, evaluate
 
     calls, clock = _folds_counted(monkeypatch)
-    (namespace, agent), ms = _agents(waiting=False)[0]  # (a waiting one folds later: the next test)
+    namespace, agent, ms = _in_half(sorted(FLEET.items())[0][1], waiting=False)  # (a waiting one folds later: above)
     budget, deployment = _day_budget(namespace, agent)
     quiet_from = ms[0].minute + 60 * MINUTE  # the agent's last minute is the one before
     window = [m for m in ms if m.minute < quiet_from]
@@ -727,7 +718,7 @@ def test_an_evaluation_just_after_the_turn_with_the_data_read_before_it_folds_no
     from fleetwarden.core import decision, evaluate
 
     calls, clock = _folds_counted(monkeypatch)
-    (namespace, agent), ms = _agents(waiting=False)[1]
+    namespace, agent, ms = _in_half(sorted(FLEET.items())[1][1], waiting=False)
     budget, deployment = _day_budget(namespace, agent)
     folds, memo = warmfold.Folds(), decision.Memo()
     previous: dict[str, object] = {}

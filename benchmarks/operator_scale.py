@@ -382,6 +382,21 @@ def machine_busy() -> float:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
+def reader_of(pid: int) -> int | None:
+    """The pid of the operator's Prometheus reader process (adapters/reader.py), if it runs one."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # it ended meanwhile
+            continue
+        if ppid == pid and b"fleetwarden.adapters.reader" in cmdline:
+            return int(entry.name)
+    return None
+
+
 def memory(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of ``pid`` in MiB."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -449,6 +464,8 @@ def start_operator(info: dict[str, Any], work: Path, prom_url: str, args: argpar
                FLEETWARDEN_EVALUATION=args.evaluation, FLEETWARDEN_WORKERS=str(args.workers))
     if args.pace is not None:
         env["FLEETWARDEN_PACE"] = str(args.pace)
+    if args.reader is not None:
+        env["FLEETWARDEN_PROMETHEUS_READER"] = args.reader
     if args.census:  # the operator alone gets the census hook (benchmarks/census/sitecustomize.py)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CENSUS_HOOK), env.get("PYTHONPATH", "")) if p)
         env["FLEETWARDEN_BENCH_CENSUS"] = str(work / "census")
@@ -544,9 +561,17 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
     # series (7 a budget) was a sixth of the operator's CPU at 2,000 budgets (py-spy) before they
     # were kept rendered. RSS is read every second. The longest cycle is also bounded by the
     # cycle histogram, which misses none.
+    reader = reader_of(watch.proc.pid)
+    reader_max, both_max = 0.0, 0.0
     while time.monotonic() - before["at"] < args.measure:
         rss, _ = memory(watch.proc.pid)
         rss_max = max(rss_max, rss)
+        if reader is not None:  # the container holds both: their sum is what the memory goal counts
+            try:
+                theirs, _ = memory(reader)
+            except OSError:  # it failed and the operator started another
+                reader, theirs = reader_of(watch.proc.pid), 0.0
+            reader_max, both_max = max(reader_max, theirs), max(both_max, rss + theirs)
         if time.monotonic() - scraped >= READ_EVERY:
             scraped = time.monotonic()
             text = watch.operator()
@@ -563,10 +588,18 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
                 last_max = max(last_max, samples(text, "fleetwarden_operator_last_cycle_seconds"))
         time.sleep(1)
     after = watch.reading()
-    cpu = cpu_in_window(cpu_before, cpu_by_process(os.getpid()), {watch.proc.pid: "operator", os.getpid(): "benchmark"})
+    names = {watch.proc.pid: "operator", os.getpid(): "benchmark"}
+    if reader is not None:
+        names[reader] = "reader"
+    cpu = cpu_in_window(cpu_before, cpu_by_process(os.getpid()), names)
     busy = machine_busy() - busy_before
     _, hwm = memory(watch.proc.pid)
     report(before, after, n, args, rss_max, hwm, (oldest_max, oldest_after), last_max, cpu, busy)
+    if reader is not None:
+        print(f"reader RSS: {reader_max:.0f} MiB max in the window; the operator and its reader together "
+              f"{both_max:.0f} MiB max")
+    else:
+        print("reader: none (the operator decodes Prometheus' answers itself)")
     print("oldest evaluation by minute of the window: " + ", ".join(
         f"{oldest:.1f}s" for _, oldest in sorted(oldest_by_minute.items())))
     print(folds_line(folds_before, folds_by_minute))
@@ -680,7 +713,8 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int, args: argparse
         f"{name} {seconds / window:.2f}" for name, seconds in cpu.items() if seconds / window >= 0.005)
         + f"; all of these {sum(cpu.values()) / window:.2f}, the whole machine {busy / window:.2f}")
     if cycles:
-        print(f"operator CPU per cycle: {cpu.get('operator', 0.0) / cycles:.1f}s")
+        print(f"operator CPU per cycle: {cpu.get('operator', 0.0) / cycles:.1f}s"
+              + (f", its reader's {cpu['reader'] / cycles:.1f}s" if "reader" in cpu else ""))
     print(f"garbage collector: {d['gc_seconds']:.1f}s of the {d['at']:.0f}s window, {d['gc_full_seconds']:.1f}s of it "
           f"in {d['gc_full_runs']:.0f} full collections")
     print(machine())
@@ -697,6 +731,8 @@ def main() -> int:
                         help="a live fleet: the agents go on spending through the run (a /metrics page Prometheus scrapes)")
     parser.add_argument("--workers", type=int, default=WORKERS,
                         help=f"FLEETWARDEN_WORKERS, and the creating threads (default {WORKERS}: the operator's)")
+    parser.add_argument("--reader", choices=("process", "thread"), default=None,
+                        help="the operator's FLEETWARDEN_PROMETHEUS_READER (default: its own, a process in fleet mode)")
     parser.add_argument("--pace", type=float, default=None,
                         help="the operator's FLEETWARDEN_PACE (default: the operator's own; 0: each cycle all at once)")
     parser.add_argument("--first-timeout", type=float, default=3600.0,

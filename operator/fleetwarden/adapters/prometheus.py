@@ -533,6 +533,11 @@ def _key(metric: Mapping[str, str]) -> Key | None:
     agent, namespace = metric.get("agent"), metric.get("namespace")
     if not agent or not namespace:
         return None
+    return kept_key(namespace, agent)
+
+
+def kept_key(namespace: str, agent: str) -> Key:
+    """The one tuple kept for the agent's key (:data:`_KEYS`), its names shared."""
     key = (series.shared(namespace), series.shared(agent))
     kept = _KEYS.get(key)
     if kept is None:
@@ -928,6 +933,23 @@ class _KeptRanges:
         for key, decisions in guardrails_.items():
             self.guardrails.setdefault(key, {}).update(decisions)
 
+    def add(self, later: _KeptRanges) -> None:
+        """Add the buckets of ``later``, the next slice, read by the reader process
+        (``adapters/reader.py``): its names shared again as this process's own answers share
+        them (:meth:`series.MinuteRun.reshared`, :func:`kept_key`)."""
+        for (namespace, agent), run in later.minutes.items():
+            key = kept_key(namespace, agent)
+            run = run.reshared()
+            held = self.minutes.get(key)
+            self.minutes[key] = run if held is None else held + run
+        for (namespace, agent), named in later.outcomes.items():
+            self.outcomes.setdefault(kept_key(namespace, agent), {}).update(
+                {minute: {series.shared(k): v for k, v in by_name.items()} for minute, by_name in named.items()})
+        for (namespace, agent), decisions in later.guardrails.items():
+            self.guardrails.setdefault(kept_key(namespace, agent), {}).update(
+                {minute: {(series.shared(status), series.shared(tool)): v for (status, tool), v in counts.items()}
+                 for minute, counts in decisions.items()})
+
     def joined(self, later: _KeptRanges, start: int, since: int) -> _KeptRanges:
         """These buckets from ``start`` up to ``since``, then ``later``'s (read from ``since`` on):
         new lists and dicts, so a snapshot handed out before is never changed."""
@@ -956,6 +978,20 @@ class _KeptRanges:
         return out
 
 
+COMBINE: dict[str, Callable[[float, float], float]] = {"sum": lambda a, b: a + b, "max": max}
+
+
+class Reader(Protocol):
+    """Where a :class:`Fetcher` sends its queries to be read off this process
+    (``adapters/reader.py``)."""
+
+    def ask(self, request: tuple[Any, ...]) -> tuple[bool, Any, dict[str, int], list[tuple[str, float]]]:
+        """(failed, the answer or the PrometheusError, unlabelled series by query, each query's
+        seconds) of ``request`` (:meth:`Fetcher.answer`); raises PrometheusError when the
+        reader itself failed."""
+        ...
+
+
 class Fetcher:
     """Runs the fixed set of queries and returns a :class:`FleetSnapshot`. With ``namespaces``
     (a shard's: names or globs, :func:`namespace_scope`) every query of the SDK's series carries
@@ -966,8 +1002,14 @@ class Fetcher:
                  clock: Callable[[], float] = time.time, prices: pricing.PriceTable | None = None,
                  namespaces: Sequence[str] = (), incremental: bool = False,
                  slice_minutes: int | None = None, anchor_minutes: int = 0,
-                 on_query: Callable[[str, float], None] | None = None, spend_ledger: bool = False) -> None:
+                 on_query: Callable[[str, float], None] | None = None, spend_ledger: bool = False,
+                 reader: Reader | None = None) -> None:
         self.client = client
+        # With a reader (adapters/reader.py: a process of its own), the SDK's range queries and the
+        # spend and freshness queries are sent, decoded and folded there, off this interpreter:
+        # what comes back is what this process would have built (the buckets of a slice, each
+        # agent's amounts). The other sources' queries are this process's.
+        self.reader = reader
         # told each query's name and the seconds its answer took (asked, received, decoded; failed
         # ones too), for the operator's per-query histogram
         self.on_query = on_query
@@ -1032,8 +1074,7 @@ class Fetcher:
             kept = self._kept.joined(kept, start, since)
         spend, sent = self._spend(now, unlabelled)
         queries += sent
-        fresh = self._run("freshness", "vector",
-                          lambda: self.client.custom_query(freshness_query(self.scope), params={"time": now}), unlabelled)
+        last_sample = self._instant("freshness", freshness_query(self.scope), now, "max", unlabelled)
         queries += 1
         others = self._fetch_sources(sources, now, start, end, start_time, end_time, unlabelled)
         queries += sum(source_queries.QUERIES[kind] for kind in others)
@@ -1049,7 +1090,7 @@ class Fetcher:
             end=end,
             minutes=kept.minutes,
             spend=dict(spend),
-            last_sample=_instant_by_agent(fresh),
+            last_sample=last_sample,
             stale_after=self.stale_after,
             queries=queries,
             outcomes=kept.outcomes,
@@ -1084,12 +1125,8 @@ class Fetcher:
                     if got is None and piece.kept:
                         got = self._spend_kept.get(ident)
                     if got is None:
-                        query = piece.query(self.scope)
-                        items = self._run(piece.name, "vector",
-                                          lambda q=query, t=at: self.client.custom_query(  # type: ignore[misc]
-                                              q, params={"time": t}), unlabelled)
+                        got = self._instant(piece.name, piece.query(self.scope), at, "sum", unlabelled)
                         sent += 1
-                        got = _instant_by_agent(items, lambda a, b: a + b)
                         if piece.kept:
                             got = self._compact(got)
                     if not piece.whole:
@@ -1108,6 +1145,43 @@ class Fetcher:
                     if value < 0.0:
                         slots[slot] = 0.0
         return spend, sent
+
+    def _instant(self, what: str, query: str, at: float | str, combine: str, unlabelled: dict[str, int]
+                 ) -> dict[Key, float]:
+        """Each agent's value in the answer of the instant query ``query`` at ``at``, duplicates
+        combined by ``combine`` ("sum" or "max": :data:`COMBINE`)."""
+        if self.reader is not None:
+            got: dict[Key, float] = self._ask(("instant", what, query, at, combine), unlabelled)
+            return {kept_key(namespace, agent): value for (namespace, agent), value in got.items()}
+        items = self._run(what, "vector", lambda: self.client.custom_query(query, params={"time": at}), unlabelled)
+        return _instant_by_agent(items, COMBINE[combine])
+
+    def _ask(self, request: tuple[Any, ...], unlabelled: dict[str, int]) -> Any:
+        """The reader's answer to ``request`` (:func:`answer`), its queries' times told to
+        ``on_query``; the PrometheusError of a failed query, or of a failed reader, raised here."""
+        assert self.reader is not None
+        failed, value, dropped, timings = self.reader.ask(request)
+        if self.on_query is not None:
+            for what, seconds in timings:
+                self.on_query(what, seconds)
+        unlabelled.update(dropped)
+        if failed:
+            raise value
+        return value
+
+    def answer(self, request: tuple[Any, ...], unlabelled: dict[str, int]) -> Any:
+        """What the reader process answers to ``request`` with this fetcher (its own, there):
+        ``("slice", a, b)``, the SDK's buckets of the minutes ``[a, b)`` (a :class:`_KeptRanges`);
+        ``("instant", what, query, at, combine)``, :meth:`_instant`'s amounts."""
+        if request[0] == "slice":
+            _, a, b = request
+            out = _KeptRanges(a, b)
+            self._read_slice(a, b, out, unlabelled)
+            return out
+        if request[0] == "instant":
+            _, what, query, at, combine = request
+            return self._instant(what, query, at, combine, unlabelled)
+        raise ValueError(f"no such request: {request[0]!r}")
 
     def _compact(self, amounts: dict[Key, float]) -> _Amounts:
         keys = tuple(amounts)
@@ -1137,6 +1211,9 @@ class Fetcher:
 
     def _read_slice(self, a: int, b: int, out: _KeptRanges, unlabelled: dict[str, int]) -> int:
         """Add the buckets of the minutes ``[a, b)`` to ``out``; returns the number of queries run."""
+        if self.reader is not None:
+            out.add(self._ask(("slice", a, b), unlabelled))
+            return len(RANGE_FAMILIES) + 1
         start_time = dt.datetime.fromtimestamp(a + series.MINUTE, tz=dt.timezone.utc)
         end_time = dt.datetime.fromtimestamp(b, tz=dt.timezone.utc)
 

@@ -363,6 +363,27 @@ class MinuteRun(Sequence[AgentMinute]):
         layout, minute = _HEAD.unpack_from(self._blob, self._offsets[j])
         return int(_WIDE_HEAD.unpack_from(self._blob, self._offsets[j])[1]) if layout & _WIDE_MINUTE else int(minute)
 
+    def reshared(self) -> MinuteRun:
+        """This run with its names shared again, in place: a run that came through a pipe
+        (``adapters/reader.py``, unpickled) holds new strings and a new rest tuple for every
+        minute, where one built here shares them with every other run (:func:`shared`,
+        ``_RESTS``). Returns the run."""
+        self.agent, self.namespace = shared(self.agent), shared(self.namespace)
+        rests = self._rests
+        for i, rest in enumerate(rests):
+            if type(rest) is not tuple:
+                continue  # a minute kept whole
+            again = tuple(shared(x) if type(x) is str
+                          else {shared(k): v for k, v in x.items()} if type(x) is dict else x
+                          for x in rest)
+            if again[0] is None and again[1] is None:
+                kept = _RESTS.get(again)
+                if kept is None and len(_RESTS) < _MAX_RESTS:
+                    kept = _RESTS[again] = again
+                again = kept if kept is not None else again
+            rests[i] = again
+        return self
+
     def first_at(self, start: int, lo: int = 0) -> int:
         """The position of the first minute that starts at or after ``start`` (the run is in order).
 

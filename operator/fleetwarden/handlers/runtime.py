@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - exercised only without orjson
     orjson = None  # type: ignore[assignment]
 
 from fleetwarden import errors
-from fleetwarden.adapters import kube, prometheus
+from fleetwarden.adapters import kube, prometheus, reader
 from fleetwarden.core import decision, evaluate, governance, manifests, spec, timefmt, warmfold
 from fleetwarden.core import status as status_model
 from fleetwarden.handlers import hooks, metrics
@@ -874,8 +874,11 @@ def query_timed(query: str, seconds: float) -> None:
 
 def build(settings: Any) -> Runtime:
     """The Runtime for ``settings`` (``handlers.settings.Settings``)."""
+    reader_ = reader.ReaderProcess(settings.prometheus_url, timeout=settings.prometheus_timeout,
+                                   headers=dict(settings.prometheus_headers), namespaces=settings.namespaces) \
+        if settings.reader_process() else None
     fetcher = prometheus.Fetcher(prometheus.connect(settings.prometheus_url, timeout=settings.prometheus_timeout,
-                                                    headers=dict(settings.prometheus_headers)),
+                                                    headers=dict(settings.prometheus_headers)), reader=reader_,
                                  lookback_minutes=settings.lookback_minutes,
                                  scrape_interval=settings.scrape_interval, namespaces=settings.namespaces,
                                  incremental=True, slice_minutes=RANGE_SLICE_MINUTES,

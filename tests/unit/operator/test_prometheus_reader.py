@@ -18,6 +18,7 @@ import signal
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,6 +200,24 @@ def test_closing_the_operators_end_ends_the_reader(fleet: Fleet, process: reader
     process.close()
     assert proc.returncode == 0  # it read the socket's end and returned, not killed
     assert process.pid is None
+
+
+def test_the_reader_gives_freed_pages_back_at_once_under_jemalloc(fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    """The reader runs with the operator's environment, and jemalloc's decay set to give its
+    freed pages back at once (its decoded answers are large and brief; the pod counts both)."""
+    monkeypatch.setenv("MALLOC_CONF", "narenas:1")
+    monkeypatch.setenv("FLEETWARDEN_SOMETHING", "kept")
+    proc = reader.ReaderProcess(fleet.url, timeout=5)
+    try:
+        fetcher(fleet, proc).fetch(NOW)
+        assert proc.pid is not None
+        raw = Path(f"/proc/{proc.pid}/environ").read_bytes()
+        environ = dict(entry.split(b"=", 1) for entry in raw.split(b"\0") if b"=" in entry)
+    finally:
+        proc.close()
+    assert environ[b"MALLOC_CONF"] == b"narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0"
+    assert environ[b"FLEETWARDEN_SOMETHING"] == b"kept"
 
 
 @pytest.mark.parametrize(("env", "process_"), [

@@ -124,3 +124,52 @@ def test_the_detector_folds_are_counted_by_what_each_cost() -> None:
     finally:
         metrics.FOLDS.source = was
     assert got == {"anchor": 3, "restored": 2, "unchanged": 5, "ahead": 2}
+
+
+def test_scrapes_while_many_threads_set_read_whole_lines() -> None:
+    """Sixteen threads set series (new ones and changed values) while scrapes render and collect
+    the family: no scrape fails, every line it reads is whole, and the last holds every series
+    at its last value."""
+    import sys
+    import threading
+
+    ours = metrics.Rendered("fleetwarden_test_rendered", "doc", ["budget", "namespace"], registry=pc.CollectorRegistry())
+    done = threading.Event()
+    errors: list[BaseException] = []
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+
+    def setter(t: int) -> None:
+        try:
+            for i in range(6000):
+                ours.set((f"b{t}-{i % 3000}", "ns"), float(i))
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    def scraper() -> None:
+        try:
+            while not done.is_set():
+                text = ours.render()
+                for family in text_string_to_metric_families(text):
+                    assert all(s.labels["namespace"] == "ns" for s in family.samples)
+                list(ours.collect())
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    try:
+        scrapers = [threading.Thread(target=scraper) for _ in range(2)]
+        setters = [threading.Thread(target=setter, args=(t,)) for t in range(16)]
+        for thread in scrapers + setters:
+            thread.start()
+        for thread in setters:
+            thread.join()
+        done.set()
+        for thread in scrapers:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+    [family] = text_string_to_metric_families(ours.render())
+    values = {s.labels["budget"]: s.value for s in family.samples}
+    assert len(values) == 16 * 3000
+    assert values["b3-2999"] == 5999.0 and values["b15-0"] == 3000.0

@@ -173,11 +173,11 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
     """The findings of a fold of the detectors from an empty state at the agent's anchor
     ``fold_start`` over its minutes from there on: from the state kept in ``inp.folds`` when it
     holds (core/warmfold.py), kept in ``inp.memo`` for the other cycles of the minute. An agent
-    of the waiting half (``warmfold.waits``) is given the findings of the minute before, from the
-    same anchor, until an evaluation ``warmfold.WAIT_SECONDS`` or more after its first of the new
-    minute: a new minute's folds are spread over two cycles. (A minute whose wait no later
-    evaluation ends is folded with the next one, from the same anchor: in view from the same
-    start.) When the anchor moves at the next minute, from the agent's second of this minute on
+    of a waiting share (``warmfold.wait_share`` 1 or 2) is given the findings of the minute
+    before, from the same anchor, until an evaluation ``warmfold.WAIT_SECONDS[share]`` or more
+    after its first of the new minute: a new minute's folds are spread over three cycles. (A
+    minute whose wait no later evaluation ends is folded with the next one, from the same anchor:
+    in view from the same start.) When the anchor moves at the next minute, from the agent's second of this minute on
     (``warmfold.prepare_second``), the new anchor's fold is done ahead (``Folds.prepare``)."""
     assert inp.folds is not None and inp.lookback_start is not None
     window: Sequence[series.AgentMinute]
@@ -202,12 +202,13 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
         key = ("anchored", source, agent.namespace, agent.name, fold_start, last, len(window), params)
         latest = ("anchored, latest", source, agent.namespace, agent.name, fold_start, params)
         before = None
-        if warmfold.waits(agent.namespace, agent.name) and ahead == fold_start and memo.peek(end, key) is None:
+        share = warmfold.wait_share(agent.namespace, agent.name)
+        if share and ahead == fold_start and memo.peek(end, key) is None:
             # (not when the anchor moves at the next minute: a minute this agent's evaluations never
             # came back to would be judged in view from the next anchor, not this one)
             before = memo.peek(end - series.MINUTE, latest)
         if before is not None and inp.now - memo.first(end, ("anchored, waited", *latest), inp.now) \
-                < warmfold.WAIT_SECONDS:
+                < warmfold.WAIT_SECONDS[share]:
             out = before  # the minute before's findings, from the same anchor; folded at a later evaluation
         else:
             def folded() -> tuple[findings.Finding, ...]:

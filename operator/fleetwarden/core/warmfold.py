@@ -89,19 +89,24 @@ def prepare_second(namespace: str, agent: str) -> int:
     return PREPARE_FROM + zlib.crc32(f"ahead/{namespace}/{agent}".encode()) % PREPARE_SPREAD
 
 
-# A new minute's fold waits for half the agents (each agent's half is fixed by its name): the
-# evaluations that first see a minute fold the other half's, and the next evaluation of a waiting
-# agent, at least WAIT_SECONDS later, folds its own. The cycle after the minute turned, which
-# folded every agent's new minute, does half that work, and the cycle after it the rest. Until
-# then a waiting agent's findings are those of the minute before, from the same anchor; an agent
-# waits neither in the minute its anchor moved nor in the minute before a move (core/stages.py,
-# anchored_detector_findings; docs/operator.md, "Scale").
-WAIT_SECONDS = 5.0
+# A new minute's fold waits for two agents in three (each agent's share, 0, 1 or 2, is fixed by
+# its name): the evaluations that first see a minute fold share 0's, the next evaluation of an
+# agent of share 1, at least WAIT_SECONDS[1] later, folds its own, and an agent of share 2 folds
+# at its first evaluation WAIT_SECONDS[2] or more after its first of the minute: at the operator's
+# 15 s interval the second after, as no evaluation of a cycle ends 20 s after the one before
+# unless the cycle ran long (then it folds one evaluation sooner). The cycle after the minute
+# turned, which folded every agent's new minute, does a third of that work, and each of the next
+# two cycles another. Until then a waiting agent's findings are those of the minute before, from
+# the same anchor; an agent waits neither in the minute its anchor moved nor in the minute before
+# a move (core/stages.py, anchored_detector_findings; docs/operator.md, "Scale").
+WAIT_SHARES = 3
+WAIT_SECONDS = (0.0, 5.0, 20.0)
 
 
-def waits(namespace: str, agent: str) -> bool:
-    """Whether the agent's new minute is folded at its second evaluation of that minute (see WAIT_SECONDS)."""
-    return zlib.crc32(f"wait/{namespace}/{agent}".encode()) % 2 == 1
+def wait_share(namespace: str, agent: str) -> int:
+    """The agent's share: its new minute is folded at its first evaluation of that minute (0), or at
+    its first one ``WAIT_SECONDS[share]`` or more after that (1, 2)."""
+    return zlib.crc32(f"wait/{namespace}/{agent}".encode()) % WAIT_SHARES
 
 
 def anchor(lookback_start: float, anchor_minutes: int, namespace: str, agent: str) -> int:

@@ -580,12 +580,12 @@ def _day_budget(namespace: str, agent: str) -> tuple[spec.AgentBudget, Any]:
     return budget, decision.AgentDeployment(name=agent, namespace=namespace)
 
 
-def _in_half(ms: Sequence[series.AgentMinute], waiting: bool) -> tuple[str, str, list[series.AgentMinute]]:
-    """The agent's minutes, in a namespace (its own, or its name with a number) that puts it in the
-    waiting half or the other: (namespace, agent, minutes)."""
+def _in_share(ms: Sequence[series.AgentMinute], share: int) -> tuple[str, str, list[series.AgentMinute]]:
+    """The agent's minutes, in a namespace (its own, or its name with a number) that puts it in
+    wait share ``share`` (``warmfold.wait_share``): (namespace, agent, minutes)."""
     agent = ms[0].agent
     namespace = next(ns for ns in (ms[0].namespace, *(f"{ms[0].namespace}-{n}" for n in range(64)))
-                     if warmfold.waits(ns, agent) == waiting)
+                     if warmfold.wait_share(ns, agent) == share)
     return namespace, agent, [dataclasses.replace(m, namespace=namespace) for m in ms]
 
 
@@ -594,24 +594,25 @@ def _incident(f: findings.Finding) -> tuple[object, ...]:
     return f.kind, f.agent, f.tool, f.onset
 
 
-CADENCES = {  # the seconds of each minute an agent is evaluated at, and the longest a finding may wait
-    "cycles": ((2.0, 2.0 + warmfold.WAIT_SECONDS - 1, 17.0, 32.0, 47.0), 15.0),  # 15 s cycles, and one sooner
-    "late, once a minute": ((50.0,), 60.0),  # no evaluation ends a wait within its minute
+CADENCES = {  # the seconds of each minute an agent is evaluated at
+    "cycles": (2.0, 2.0 + warmfold.WAIT_SECONDS[1] - 1, 17.0, 32.0, 47.0),  # 15 s cycles, and one sooner
+    "late, once a minute": (50.0,),  # no evaluation ends a wait within its minute
 }
 
 
 @pytest.mark.parametrize("cadence", sorted(CADENCES))
-@pytest.mark.parametrize("waiting", [True, False])
-def test_half_the_agents_fold_a_new_minute_at_their_next_evaluation(monkeypatch: pytest.MonkeyPatch,
-                                                                   waiting: bool, cadence: str) -> None:
-    """An agent of the waiting half (``warmfold.waits``, by its name) folds a new minute not at the
-    first evaluation that sees it but at the next one ``WAIT_SECONDS`` or more later; until then its
-    findings are those of the minute before (the same tuple). The other half folds at once, and so
-    does a waiting agent with nothing of the minute before kept from its anchor (the first minute,
-    and the minute its anchor moved), or whose anchor moves at the next minute. No finding is lost
-    or changed: every evaluation's new findings are those of a fold from the anchor, in the same
-    order, a waiting agent's at most one evaluation later, also when no evaluation comes back
-    within the minute (its minute is folded with the next one)."""
+@pytest.mark.parametrize("share", range(warmfold.WAIT_SHARES))
+def test_two_agents_in_three_fold_a_new_minute_one_or_two_evaluations_later(monkeypatch: pytest.MonkeyPatch,
+                                                                            share: int, cadence: str) -> None:
+    """An agent of a waiting share (``warmfold.wait_share`` 1 or 2, by its name) folds a new minute
+    not at the first evaluation that sees it but at the first one ``WAIT_SECONDS[share]`` or more
+    later (at 15 s cycles, the next one or the one after); until then its findings are those of
+    the minute before (the same tuple). Share 0 folds at once, and so does a waiting agent with
+    nothing of the minute before kept from its anchor (the first minute, and the minute its
+    anchor moved), or whose anchor moves at the next minute. No finding is lost or changed:
+    every evaluation's new findings are those of a fold from the anchor, in the same order, a
+    waiting agent's at most as many seconds later as its wait, also when no evaluation comes
+    back within the minute (its minute is folded with the next one)."""
     from fleetwarden.core import decision, evaluate, stages
 
     calls, clock = _folds_counted(monkeypatch)
@@ -623,12 +624,16 @@ def test_half_the_agents_fold_a_new_minute_at_their_next_evaluation(monkeypatch:
         given.append((inp.now, out))
         return out
     monkeypatch.setattr(stages, "anchored_detector_findings", recorded)
-    seconds, longest = CADENCES[cadence]
+    seconds = CADENCES[cadence]
+    fold_at = next((s for s in seconds if s - seconds[0] >= warmfold.WAIT_SECONDS[share]), None) if share else None
+    longest = 0.0 if not share else fold_at - seconds[0] if fold_at is not None else 60.0
+    if cadence == "cycles":  # at 15 s cycles: share 1 at the cycle after the first, share 2 at the one after that
+        assert fold_at == (None, 17.0, 32.0)[share]
     lookback, anchor = 90, warmfold.ANCHOR_MINUTES  # the operator's (the in-view rule needs the hour before an onset and more)
     fleet = bucketed.agent_minutes(seed=905, agents=8, hours=4.0, shapes=("task_loop", "tool_ramp", "cost_shift"))
     delayed = compared = waited = 0
     for ms in [ms for _, ms in sorted(fleet.items()) if _refold(ms)][:3]:
-        namespace, agent, ms = _in_half(ms, waiting)
+        namespace, agent, ms = _in_share(ms, share)
         budget, deployment = _day_budget(namespace, agent)
         folds, memo = warmfold.Folds(), decision.Memo()
         warm_prev: dict[str, object] = {}
@@ -640,8 +645,8 @@ def test_half_the_agents_fold_a_new_minute_at_their_next_evaluation(monkeypatch:
         for end in range(ms[0].minute + (lookback + anchor) * MINUTE, ms[-1].minute + 2 * MINUTE, MINUTE):
             start = end - (lookback + anchor) * MINUTE
             at = warmfold.anchor(start, anchor, namespace, agent)
-            waits = waiting and at == at_before == warmfold.anchor(start + MINUTE, anchor, namespace, agent)
-            expected.append(end + (seconds[2] if waits and len(seconds) > 2 else seconds[0]))
+            waits = share > 0 and at == at_before == warmfold.anchor(start + MINUTE, anchor, namespace, agent)
+            expected.append(end + (fold_at if waits and fold_at is not None else seconds[0]))
             at_before = at
             fetched = _window(ms, end, start + MINUTE)
             for second in seconds:
@@ -650,7 +655,7 @@ def test_half_the_agents_fold_a_new_minute_at_their_next_evaluation(monkeypatch:
                 warm = evaluate.evaluate(decision.EvaluationInput(
                     minutes={agent: fetched}, previous=warm_prev, lookback_start=float(start),  # type: ignore[arg-type]
                     anchor_minutes=anchor, folds=folds, memo=memo, **common))  # type: ignore[arg-type]
-                if waits and len(seconds) > 2 and second < seconds[2]:  # what the last evaluation was given
+                if waits and fold_at is not None and second < fold_at:  # what the last evaluation was given
                     assert given[-1][1] is given[-2][1], (agent, now)
                     waited += 1
                 warm_prev = warm.status.body()
@@ -664,19 +669,19 @@ def test_half_the_agents_fold_a_new_minute_at_their_next_evaluation(monkeypatch:
                     cold_new += [(now, f) for f in cold.new_findings if f.kind in findings.ANOMALY_KINDS]
         folded = [c for c in calls if c >= expected[0]]
         calls.clear()
-        if len(seconds) > 2:
+        if fold_at is not None or not share:
             assert folded == expected, agent
             assert [f for _, f in warm_new] == [f for _, f in cold_new], agent
         else:  # once a minute: a waiting agent folds every other minute at most, the other every minute;
             # a minute folded with the next one is judged on the next one's data (its last minute whole)
-            assert (len(folded) < len(expected)) == waiting and len(folded) >= len(expected) // 2, agent
+            assert len(folded) < len(expected) and len(folded) >= len(expected) // 2, agent
             assert [_incident(f) for _, f in warm_new] == [_incident(f) for _, f in cold_new], agent
         for (warm_at, _), (cold_at, _) in zip(warm_new, cold_new, strict=True):
             assert 0 <= warm_at - cold_at <= longest
             delayed += warm_at > cold_at
         compared += len(cold_new)
-    assert compared > 0 and (waited > 0) == (waiting and len(seconds) > 2)
-    assert (delayed > 0) == waiting  # the waiting half's findings came later, the other's never
+    assert compared > 0 and (waited > 0) == (fold_at is not None)
+    assert (delayed > 0) == (share > 0)  # the waiting shares' findings came later, share 0's never
 
 
 @pytest.mark.parametrize("anchored", [True, False])
@@ -689,7 +694,7 @@ def test_an_agent_quiet_for_minutes_is_folded_once_a_minute_not_every_cycle(monk
     from fleetwarden.core import decision, evaluate
 
     calls, clock = _folds_counted(monkeypatch)
-    namespace, agent, ms = _in_half(sorted(FLEET.items())[0][1], waiting=False)  # (a waiting one folds later: above)
+    namespace, agent, ms = _in_share(sorted(FLEET.items())[0][1], 0)  # (a waiting one folds later: above)
     budget, deployment = _day_budget(namespace, agent)
     quiet_from = ms[0].minute + 60 * MINUTE  # the agent's last minute is the one before
     window = [m for m in ms if m.minute < quiet_from]
@@ -718,7 +723,7 @@ def test_an_evaluation_just_after_the_turn_with_the_data_read_before_it_folds_no
     from fleetwarden.core import decision, evaluate
 
     calls, clock = _folds_counted(monkeypatch)
-    namespace, agent, ms = _in_half(sorted(FLEET.items())[1][1], waiting=False)
+    namespace, agent, ms = _in_share(sorted(FLEET.items())[1][1], 0)
     budget, deployment = _day_budget(namespace, agent)
     folds, memo = warmfold.Folds(), decision.Memo()
     previous: dict[str, object] = {}

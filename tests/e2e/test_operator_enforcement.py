@@ -32,14 +32,24 @@ def rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _child_running(pid: int, parent: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rpartition(")")[2].split()[1])
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return ppid == parent and marker in f.read()
+    except OSError:  # it ended meanwhile
+        return False
+
+
 def test_dry_run_says_what_it_would_do_and_enforce_does_it(cluster: Any, namespace: str, fleet: dict[str, Any],
                                                            prometheus: Any, exporter: Exporter, workdir: Path,
                                                            request: pytest.FixtureRequest) -> None:
     """DryRun: past the kill threshold, no agent is scaled; a WouldKill Event names them, the status is
     Exceeded with KillSwitchEngaged=False (reason DryRun), and kubectl get shows the mode. Enforce: killed."""
     cluster.apply(budget(namespace, hour_cap=1.0, enforcement="DryRun"))
-    op = start_operator(cluster, prometheus.url, namespace, workdir, request,
-                        extra=("--evaluation", "fleet"))  # the fleet-wide loop on the real stack
+    op = start_operator(cluster, prometheus.url, namespace, workdir, request,  # the fleet-wide loop on the real stack,
+                        extra=("--evaluation", "fleet", "--prometheus-reader", "process"))  # its queries read by a reader
     exporter.set("llm_cost", 2.0, **llm_labels("bot", namespace))  # 200% of the 1 USD hourly cap
 
     def exceeded() -> dict[str, Any] | None:
@@ -57,6 +67,12 @@ def test_dry_run_says_what_it_would_do_and_enforce_does_it(cluster: Any, namespa
     cycles = [m for m in map(fleet_loop.CYCLE_LINE.search, op.log_path.read_text().splitlines()) if m]
     assert len(cycles) >= 3 and all(m["early"] is not None for m in cycles)
     assert any(m["ahead"] is not None for m in cycles[1:]), [m.group(0) for m in cycles]
+    # the fetch's queries went through the reader (--prometheus-reader process): a child of the
+    # operator, whose queries the operator timed as its own
+    readers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _child_running(
+        pid, op.proc.pid, b"fleetwarden.adapters.reader")]
+    assert len(readers) == 1, readers
+    assert op.metric("fleetwarden_operator_prometheus_query_seconds_count", query="inference_cost") >= 3
     # the loop settled its heap after its first cycle (handlers/heap.py): frozen, and counted
     assert op.metric("fleetwarden_operator_gc_frozen_objects") > 0
     assert op.metric("fleetwarden_operator_gc_collections_total", generation="2") >= 1

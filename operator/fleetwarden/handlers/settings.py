@@ -11,7 +11,7 @@
 | ``FLEETWARDEN_WORKERS`` | | 16 | threads running evaluations (>= 1) |
 | ``FLEETWARDEN_PACE`` | | 0.7 | fleet mode: the share of the interval a cycle's evaluations are spread over, each budget at the same point of each cycle (0: all at once; <= 0.9; handlers/fleet.py) |
 | ``FLEETWARDEN_EVALUATION`` | ``--evaluation`` | timers | ``timers``: a kopf timer per budget; ``fleet``: one evaluation of every budget per interval, on the leader (docs/operator.md, "Scale") |
-| ``FLEETWARDEN_PROMETHEUS_READER`` | | auto | where the fleet-wide fetch's answers are decoded: ``process``, a reader process of its own (adapters/reader.py); ``thread``, the operator's own; ``auto``: ``process`` in ``fleet`` mode, else ``thread`` |
+| ``FLEETWARDEN_PROMETHEUS_READER`` | ``--prometheus-reader`` | thread | where the fetch's range, spend and freshness answers are decoded: ``thread``, the operator's own interpreter; ``process``, a reader process of its own (adapters/reader.py) |
 | ``FLEETWARDEN_ALERTMANAGER_URL`` | ``--alertmanager-url`` | (none) | Alertmanager to send an alert per incident to (none: no alerts) |
 | ``FLEETWARDEN_PROMETHEUS_HEADERS`` | ``--prometheus-headers`` | (none) | ``Name=value,...`` sent with each query, e.g. ``X-Scope-OrgID=team-a`` |
 | ``FLEETWARDEN_NAMESPACES`` | ``--namespace`` | (all) | a shard's namespaces (names or globs, comma-separated): the Prometheus queries' scope |
@@ -98,7 +98,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 
 
 EVALUATION_MODES = ("fleet", "timers")
-READER_MODES = ("auto", "process", "thread")
+READER_MODES = ("thread", "process")
 
 
 def _url(raw: str) -> str:
@@ -140,7 +140,7 @@ OPTIONS = (
     Option("prometheus_headers", "FLEETWARDEN_PROMETHEUS_HEADERS", (), _headers),
     Option("namespaces", "FLEETWARDEN_NAMESPACES", (), _namespaces),
     Option("evaluation", "FLEETWARDEN_EVALUATION", "timers", _choice(*EVALUATION_MODES)),
-    Option("prometheus_reader", "FLEETWARDEN_PROMETHEUS_READER", "auto", _choice(*READER_MODES)),
+    Option("prometheus_reader", "FLEETWARDEN_PROMETHEUS_READER", "thread", _choice(*READER_MODES)),
 )
 
 
@@ -169,11 +169,11 @@ class Settings:
     namespaces: tuple[str, ...] = ()  # a shard's (empty: every namespace); the Prometheus queries' scope
     evaluation: str = "timers"
     pace: float = 0.7  # fleet mode: the share of the interval a cycle's evaluations are spread over
-    prometheus_reader: str = "auto"  # where the fetch's answers are decoded: READER_MODES
+    prometheus_reader: str = "thread"  # where the fetch's answers are decoded: READER_MODES
 
     def reader_process(self) -> bool:
         """Whether the fetch's answers are decoded in a reader process (adapters/reader.py)."""
-        return self.prometheus_reader == "process" or (self.prometheus_reader == "auto" and self.evaluation == "fleet")
+        return self.prometheus_reader == "process"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

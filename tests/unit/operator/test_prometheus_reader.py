@@ -222,11 +222,11 @@ def test_the_reader_gives_freed_pages_back_at_once_under_jemalloc(fleet: Fleet, 
 
 @pytest.mark.parametrize(("env", "process_"), [
     ({}, False),
-    ({"FLEETWARDEN_EVALUATION": "fleet"}, True),
-    ({"FLEETWARDEN_EVALUATION": "fleet", "FLEETWARDEN_PROMETHEUS_READER": "thread"}, False),
-    ({"FLEETWARDEN_PROMETHEUS_READER": "process"}, True),
+    ({"FLEETWARDEN_EVALUATION": "fleet"}, False),
+    ({"FLEETWARDEN_EVALUATION": "fleet", "FLEETWARDEN_PROMETHEUS_READER": "process"}, True),
+    ({"FLEETWARDEN_PROMETHEUS_READER": "thread"}, False),
 ])
-def test_the_reader_is_a_process_in_fleet_mode_unless_told(env: dict[str, str], process_: bool) -> None:
+def test_the_reader_is_a_process_only_when_asked(env: dict[str, str], process_: bool) -> None:
     assert settings.Settings.from_env(env).reader_process() is process_
 
 

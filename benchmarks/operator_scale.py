@@ -732,7 +732,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=WORKERS,
                         help=f"FLEETWARDEN_WORKERS, and the creating threads (default {WORKERS}: the operator's)")
     parser.add_argument("--reader", choices=("process", "thread"), default=None,
-                        help="the operator's FLEETWARDEN_PROMETHEUS_READER (default: its own, a process in fleet mode)")
+                        help="the operator's FLEETWARDEN_PROMETHEUS_READER (default: its own, thread)")
     parser.add_argument("--pace", type=float, default=None,
                         help="the operator's FLEETWARDEN_PACE (default: the operator's own; 0: each cycle all at once)")
     parser.add_argument("--first-timeout", type=float, default=3600.0,

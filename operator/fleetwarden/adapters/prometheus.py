@@ -1157,7 +1157,7 @@ class Fetcher:
         return _instant_by_agent(items, COMBINE[combine])
 
     def _ask(self, request: tuple[Any, ...], unlabelled: dict[str, int]) -> Any:
-        """The reader's answer to ``request`` (:func:`answer`), its queries' times told to
+        """The reader's answer to ``request`` (:meth:`answer`), its queries' times told to
         ``on_query``; the PrometheusError of a failed query, or of a failed reader, raised here."""
         assert self.reader is not None
         failed, value, dropped, timings = self.reader.ask(request)

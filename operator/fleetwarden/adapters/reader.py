@@ -59,8 +59,8 @@ class ReaderProcess:
     def ask(self, request: tuple[Any, ...]) -> tuple[bool, Any, dict[str, int], list[tuple[str, float]]]:
         """The reader's reply to ``request`` (:class:`prometheus.Reader`)."""
         with self._lock:
-            conn = self._conn if self._conn is not None else self._start()
             try:
+                conn = self._conn if self._conn is not None else self._start()
                 conn.send(request)
                 if not conn.poll(self.deadline):
                     raise TimeoutError(f"no reply within {self.deadline:g} s")

@@ -177,8 +177,9 @@ def anchored_detector_findings(inp: EvaluationInput, agent: decision.AgentDeploy
     before, from the same anchor, until an evaluation ``warmfold.WAIT_SECONDS[share]`` or more
     after its first of the new minute: a new minute's folds are spread over three cycles. (A
     minute whose wait no later evaluation ends is folded with the next one, from the same anchor:
-    in view from the same start.) When the anchor moves at the next minute, from the agent's second of this minute on
-    (``warmfold.prepare_second``), the new anchor's fold is done ahead (``Folds.prepare``)."""
+    in view from the same start.) When the anchor moves at the next minute, from the agent's
+    second of this minute on (``warmfold.prepare_second``), the new anchor's fold is done ahead
+    (``Folds.prepare``)."""
     assert inp.folds is not None and inp.lookback_start is not None
     window: Sequence[series.AgentMinute]
     if isinstance(minutes, series.MinuteRun):  # in order; sliced without building a minute

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from test_prometheus_incremental import AGENTS, END, NOW, Synthetic
+from test_prometheus_misbehaving import Handler
 
 from fleetwarden import errors
 from fleetwarden.adapters import prometheus, reader
@@ -54,33 +55,25 @@ class Fleet(http.server.ThreadingHTTPServer):
         return [*out, {"metric": {"namespace": "shop"}, "value": [at, "1"]}]
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: Fleet
+class _Handler(Handler):
+    """The misbehaving server's handler (its ``answer``), answering for :class:`Fleet`."""
+
+    server: Fleet  # type: ignore[assignment]
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server name
         url = urllib.parse.urlsplit(self.path)
         args = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
         if self.server.broken:
-            body = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
-            self.send_response(500)
-            self.send_header("Content-Type", "text/html")
+            self.answer(500, "text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>")
+            return
+        if url.path.endswith("/query_range"):
+            start = dt.datetime.fromtimestamp(int(args["start"]), tz=dt.timezone.utc)
+            end = dt.datetime.fromtimestamp(int(args["end"]), tz=dt.timezone.utc)
+            data = {"resultType": "matrix",
+                    "result": self.server.synthetic.custom_query_range(args["query"], start, end, args["step"])}
         else:
-            if url.path.endswith("/query_range"):
-                start = dt.datetime.fromtimestamp(int(args["start"]), tz=dt.timezone.utc)
-                end = dt.datetime.fromtimestamp(int(args["end"]), tz=dt.timezone.utc)
-                data = {"resultType": "matrix",
-                        "result": self.server.synthetic.custom_query_range(args["query"], start, end, args["step"])}
-            else:
-                data = {"resultType": "vector", "result": self.server.instant(args["query"], float(args["time"]))}
-            body = json.dumps({"status": "success", "data": data}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the http.server signature
-        pass
+            data = {"resultType": "vector", "result": self.server.instant(args["query"], float(args["time"]))}
+        self.answer(200, "application/json", json.dumps({"status": "success", "data": data}).encode())
 
 
 @pytest.fixture()

@@ -31,9 +31,10 @@ garbage collector's young threshold as the operator sets it (``handlers/heap.py`
 the operator's: the first after the minute turned steps every agent's new minute, the others
 are where an anchor's move of the next minute is folded ahead (core/warmfold.py).
 
-``--workers N``: each cycle's evaluations on N threads, submitted as the fleet loop submits
-them (``handlers/fleet.py``, ``evaluate_all``), where the default evaluates them one after the
-other: what the operator's threads cost on one interpreter (docs/operator.md, "Scale").
+``--workers N``: each cycle's evaluations on N threads, run as the fleet loop runs them (N
+runners and the runtime's gate: ``handlers/fleet.py``, ``evaluate_all``), where the default
+evaluates them one after the other in this thread: what the operator's threads cost on one
+interpreter (docs/operator.md, "Scale": "One evaluation's work at a time").
 
 ``--interval`` is the operator's evaluation interval (its default, 15 s): past 300 budgets a
 status whose figures alone changed is written at the budget's turn (docs/operator.md), and the
@@ -162,7 +163,7 @@ def main() -> int:
             def one(body: Any) -> Any:
                 return rt.reconcile(body, deployments[body["metadata"]["namespace"]], ())
             fleet_loop.evaluate_all(cast(Any, bodies), one, pool,  # its items are the fleet loop's; any will do
-                                    in_flight=args.workers * fleet_loop.IN_FLIGHT_PER_WORKER)
+                                    runners=args.workers, gate=rt.gate)
         took = time.perf_counter() - started
         if profiling is not None:
             profiling.disable()

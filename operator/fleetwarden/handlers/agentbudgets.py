@@ -302,7 +302,7 @@ if SETTINGS.evaluation == "fleet":
                                 settled=heap.settle, on_ready=check_all_namespaces if OWN_INDEXES else None,
                                 waiting=LISTINGS.waiting_for if OWN_INDEXES else None, data_end=rt.data_end,
                                 after_cycle=heap.trim, fetch_ended=rt.fetch_ended, pace=SETTINGS.pace,
-                                last_evaluated=_last_evaluated,
+                                last_evaluated=_last_evaluated, gate=rt.gate,
                                 prefetch=rt.prefetch if SETTINGS.pace > 0 else None)  # each cycle's data read before it
         _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(*_indexes(kwargs)))
         if OWN_INDEXES:

@@ -46,14 +46,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
-import functools
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from fleetwarden.handlers import metrics
 
@@ -70,8 +70,6 @@ PACE_KEPT = 8
 # starts early (as a share of the interval).
 PACE_MARGIN = 0.25
 PACE_MOST_EARLY = 0.5
-# Evaluations submitted to the pool ahead of those running, per worker (evaluate_all's in_flight).
-IN_FLIGHT_PER_WORKER = 4
 
 Body = Mapping[str, Any]
 
@@ -176,41 +174,64 @@ def _log_failure(item: Item, exc: BaseException) -> None:
     log.warning("budget %s/%s: %s (evaluated again next cycle)", meta.get("namespace"), meta.get("name"), exc)
 
 
-def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: cf.Executor,
-                 in_flight: int | None = None, wait_for: Callable[[int], Any] | None = None) -> int:
-    """Evaluate every item on ``pool``, at most ``in_flight`` submitted and not finished at once
-    (None: all at once); returns how many failed (each logged, the first few in full).
-    ``wait_for(k)``, when given, is called before the k-th item is submitted and returns when it
-    may be (the fleet loop's pace).
+class Gate(Protocol):
+    """The runtime's gate (handlers/runtime.py, Gate): one thread does the evaluations' own work."""
 
-    A submitted evaluation is a future with its condition, lock and queue of waiters and a work
-    item: at 10,000 budgets, a cycle's all at once were some 18 MiB alive for the whole cycle
-    (the first pass included). A pool shut down meanwhile (the loop stops) ends the cycle: the
-    items not submitted yet are not evaluated, those submitted are waited for."""
-    window = max(1, len(items) if in_flight is None else in_flight)
-    slots = threading.Semaphore(window)
+    def held(self, idle: bool = False) -> contextlib.AbstractContextManager[None]: ...
+
+    def outside(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def pass_on(self) -> None: ...
+
+
+def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: cf.Executor,
+                 runners: int | None = None, wait_for: Callable[[int], Any] | None = None,
+                 stopped: Callable[[], bool] | None = None, gate: Gate | None = None) -> int:
+    """Evaluate every item on ``pool``; returns how many failed (each logged, the first few in
+    full). ``runners`` tasks (None: one per item) run on the pool, each taking the next item in
+    order when it is done with the last. ``wait_for(k)``, when given, is called before the k-th
+    item is evaluated and returns when it may be (the fleet loop's pace). ``stopped()`` true (the
+    loop stops) or a pool shut down meanwhile ends the cycle: no item is taken after it, those
+    taken are finished.
+
+    Runners, not a future per item: a submitted evaluation was a future with its condition, lock
+    and queue of waiters and a work item (at 10,000 budgets, a cycle's all at once were some
+    18 MiB), and each one handed the interpreter from a worker to the submitting thread and back.
+    With ``gate`` a runner holds it while it takes and evaluates budget after budget, and lets it
+    go only to wait (its API calls, a budget's turn: ``wait_for`` steps out itself), when another
+    runner goes on, or between two budgets to a thread waiting to come in: the evaluations' work
+    stays on one thread, and moves only when that one waits."""
+    n = max(1, min(len(items), len(items) if runners is None else runners))
+    order = iter(enumerate(items))
+    take = threading.Lock()  # one runner takes the next item at a time (inside the gate: never waited for)
     failures: list[tuple[Item, BaseException]] = []  # (appended by the pool's threads: list.append is atomic)
 
-    def finished(item: Item, future: cf.Future[Any]) -> None:
-        try:
-            exc = None if future.cancelled() else future.exception()
-            if exc is not None:
-                failures.append((item, exc))
-        finally:
-            slots.release()
+    def run() -> None:
+        with gate.held(idle=True) if gate is not None else contextlib.nullcontext():
+            while True:
+                if gate is not None:
+                    gate.pass_on()  # a thread back from its API call, or a prompted evaluation, first
+                with take:
+                    if stopped is not None and stopped():
+                        return
+                    got = next(order, None)
+                if got is None:
+                    return
+                k, item = got
+                try:
+                    if wait_for is not None:
+                        wait_for(k)
+                    evaluate(item)
+                except BaseException as exc:  # noqa: BLE001 - counted and logged; the next budget is evaluated
+                    failures.append((item, exc))
 
-    for k, item in enumerate(items):
-        if wait_for is not None:
-            wait_for(k)
-        slots.acquire()
+    futures = []
+    for _ in range(n):
         try:
-            future = pool.submit(evaluate, item)
+            futures.append(pool.submit(run))
         except RuntimeError:  # "cannot schedule new futures after shutdown": the loop stops
-            slots.release()
             break
-        future.add_done_callback(functools.partial(finished, item))
-    for _ in range(window):  # every slot back: every evaluation submitted has finished
-        slots.acquire()
+    cf.wait(futures)
     for item, exc in failures[:LOGGED_FAILURES]:
         _log_failure(item, exc)
     if len(failures) > LOGGED_FAILURES:
@@ -258,8 +279,10 @@ class FleetLoop:
                  last_evaluated: Callable[[Item], float | None] | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+                 sleep: Callable[[float], Any] | None = None,
+                 gate: Gate | None = None) -> None:
         self.evaluate = evaluate
+        self.gate = gate  # the runtime's: one runner does the evaluations' own work (evaluate_all)
         self.interval = interval
         self.pace = Pace(interval, pace)  # each budget's turn in a cycle, and how early the next starts
         self.last_evaluated = last_evaluated  # ``monotonic``'s time of an item's last evaluation (None: never)
@@ -353,7 +376,8 @@ class FleetLoop:
                 return
             left = started + self.pace.turn(k - fresh, n) - self.monotonic()
             if left > 0:
-                self.sleep(left)
+                with self.gate.outside() if self.gate is not None else contextlib.nullcontext():
+                    self.sleep(left)
         return wait_for
 
     def cycle(self, items: Sequence[Item]) -> CycleResult:
@@ -366,8 +390,9 @@ class FleetLoop:
         paced = len(items) - fresh
         self._ranks = {id(item): (k - fresh if k >= fresh else None) for k, item in enumerate(items)}
         self._ended = []
-        failed = evaluate_all(items, self._evaluate, self.pool, in_flight=self.workers * IN_FLIGHT_PER_WORKER,
-                              wait_for=self._wait_for_turn(started, fresh, paced) if self.pace.share > 0 else None)
+        failed = evaluate_all(items, self._evaluate, self.pool, runners=self.workers,
+                              wait_for=self._wait_for_turn(started, fresh, paced) if self.pace.share > 0 else None,
+                              stopped=self.stopping.is_set, gate=self.gate)
         seconds = self.monotonic() - started
         early = self.pace.early(started, paced, self._ended, over=seconds > self.interval)
         self._ranks, self._ended = {}, []
@@ -439,8 +464,8 @@ class FleetLoop:
                     # ends, and the loop would go on cycling after kopf cancelled it.)
                     await asyncio.wait({fetching}, timeout=max(0.0, started + self.interval - self.monotonic()))
         finally:
-            # The budgets still queued are skipped (``stopping``), the cycle submits no more
-            # (evaluate_all: the pool refuses them) and ends once those submitted have.
+            # The budgets not taken yet are skipped (``stopping``: evaluate_all's runners take no
+            # more) and the cycle ends once those taken are done.
             self.stopping.set()
             self.pool.shutdown(wait=False)
             self.driver.shutdown(wait=False)

@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -354,6 +354,89 @@ class Backoff:
         return f"failed {n} time(s) in a row; next try in {at - now:.0f} s"
 
 
+class Gate:
+    """One evaluation's own work at a time. The evaluations run on many threads so that their
+    API calls and writes overlap, but their work is Python under one interpreter lock: run side
+    by side it is done no sooner, and each switch between threads costs more than the work it
+    interleaves (the next thread's data and zstd's context are cold in the cache). In process,
+    16 threads took 25-45% more CPU than one for the same evaluations (docs/operator.md, Scale).
+    So an evaluation holds the gate (:meth:`held`) and steps out of it (:meth:`outside`) only
+    while it waits for something: a fetch, an action, a status write, its hooks with something to
+    send. The fleet loop's runners hold it from one budget to the next (handlers/fleet.py,
+    evaluate_all), and between two budgets let a thread in that waits with work in hand
+    (:meth:`pass_on`): one back from its API call, or an evaluation prompted by an edit, waits
+    for one evaluation, not for a runner's whole cycle. Idle runners waiting for the gate
+    (``idle``) are not let in: handing the work from thread to thread is what the gate saves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._count = threading.Lock()
+        self._busy = 0  # threads with work in hand waiting to come in
+        self._came_in = threading.Event()  # set by such a thread once it holds the gate
+
+    def holding(self) -> bool:
+        """Whether the calling thread holds the gate."""
+        return bool(getattr(self._local, "held", False))
+
+    def waiting(self) -> int:
+        """How many threads with work in hand wait to come in."""
+        return self._busy
+
+    def _enter(self, idle: bool = False) -> None:
+        if not self._lock.acquire(blocking=False):
+            if idle:
+                self._lock.acquire()
+            else:
+                with self._count:
+                    self._busy += 1
+                try:
+                    self._lock.acquire()
+                finally:
+                    with self._count:
+                        self._busy -= 1
+                self._came_in.set()
+        self._local.held = True
+
+    def _leave(self) -> None:
+        self._local.held = False
+        self._lock.release()
+
+    @contextlib.contextmanager
+    def held(self, idle: bool = False) -> Iterator[None]:
+        """Hold the gate (a thread that holds it already goes on holding it). ``idle``: a runner
+        with no budget in hand yet, which :meth:`pass_on` does not let in."""
+        if self.holding():
+            yield
+            return
+        self._enter(idle)
+        try:
+            yield
+        finally:
+            self._leave()
+
+    @contextlib.contextmanager
+    def outside(self) -> Iterator[None]:
+        """Let the gate go while waiting (a thread that does not hold it just waits)."""
+        if not self.holding():
+            yield
+            return
+        self._leave()
+        try:
+            yield
+        finally:
+            self._enter()
+
+    def pass_on(self) -> None:
+        """Between two evaluations: let a thread with work in hand that waits to come in go
+        first (its evaluation, then this thread's next)."""
+        if self.holding() and self._busy > 0:
+            self._came_in.clear()
+            self._leave()
+            self._came_in.wait(0.1)  # until it holds the gate (the lock would let this thread back in first)
+            self._enter(idle=True)
+
+
 class Runtime:
     """Process-wide state: API clients, the per-cycle snapshot, per-budget locks and status."""
 
@@ -396,6 +479,7 @@ class Runtime:
         self._gaps_lock = threading.Lock()
         self._gaps: dict[str, set[str]] = {}  # Deployment uid -> governance problems already posted
         self._sources: set[spec.SourceType] = set()  # the spec.source of the budgets seen, besides the SDK
+        self.gate = Gate()  # one evaluation's own work at a time; its waits outside (Gate)
 
     @property
     def api(self) -> kube.Kube:
@@ -418,6 +502,10 @@ class Runtime:
             current, due, usable = self._snapshot_state(source)
             if not due or (usable and self._fetch_lock.locked()):
                 return self._snapshot_or_raise(current)
+        with self.gate.outside():  # (the fetch, or the wait for another's, lets the other evaluations on)
+            return self._fetch(source)
+
+    def _fetch(self, source: spec.SourceType) -> prometheus.FleetSnapshot:
         with self._fetch_lock:
             with self._snapshot_lock:
                 current, due, _ = self._snapshot_state(source)
@@ -524,11 +612,18 @@ class Runtime:
                   approval_bodies: Iterable[Mapping[str, Any]] = ()) -> decision.Decision:
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid"))
-        with self._lock(uid):
-            verdict = self._reconcile(body, deployments, policy_bodies, apply, approval_bodies)
+        lock = self._lock(uid)
+        if not lock.acquire(blocking=False):
+            with self.gate.outside():  # (never wait holding the gate: the lock's holder may want it)
+                lock.acquire()
+        try:
+            with self.gate.held():
+                verdict = self._reconcile(body, deployments, policy_bodies, apply, approval_bodies)
             if apply:
                 self._evaluated_at[uid] = self.monotonic()
             return verdict
+        finally:
+            lock.release()
 
     def evaluated(self, uid: str) -> bool:
         """Whether this process has evaluated (and applied) the budget ``uid`` at least once."""
@@ -586,7 +681,10 @@ class Runtime:
             return evaluate.conclude(inp, draft)
         # 5: act, each action read back; what did not take effect is not shown as done
         k = self.api
-        failures = [f for f in (self._act(k, namespace, budget, a) for a in draft.actions) if f is not None]
+        failures: list[decision.ActionFailure] = []
+        if draft.actions:
+            with self.gate.outside():
+                failures = [f for f in (self._act(k, namespace, budget, a) for a in draft.actions) if f is not None]
         # 6: status (one patch, only if it changed) and events; while a change of figures alone would
         # wait for the budget's turn (a large fleet) and no heartbeat is due, the hour's figures are
         # worked out only if a decisive change is to be written (_write_status)
@@ -600,7 +698,16 @@ class Runtime:
         self._write(k, body, previous, verdict, chosen, complete if wait else None)
         if completed:
             verdict = completed[0]
-        # 7: hooks (incidents, alerts) and metrics
+        # 7: hooks (incidents, alerts) and metrics; a hook writes or sends only for findings, actions or
+        # failures, and is waited for outside the gate then (with none, it is called inside: most evaluations)
+        with self.gate.outside() if verdict.findings or verdict.actions or verdict.failures else contextlib.nullcontext():
+            self._hooks(body, verdict, k)
+        metrics.record(budget, verdict, agents)
+        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        return verdict
+
+    @staticmethod
+    def _hooks(body: Mapping[str, Any], verdict: decision.Decision, k: kube.Kube) -> None:
         for hook in list(hooks.on_findings):
             try:
                 hook(dict(body), list(verdict.findings), list(verdict.actions), k)
@@ -611,9 +718,6 @@ class Runtime:
                 on_failure(dict(body), list(verdict.failures))
             except Exception:
                 log.exception("hook %r failed", on_failure)
-        metrics.record(budget, verdict, agents)
-        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
-        return verdict
 
     def _write(self, k: kube.Kube, body: Mapping[str, Any], previous: Mapping[str, Any],
                verdict: decision.Decision, chosen: Mapping[str, Mapping[str, Any]],
@@ -625,12 +729,14 @@ class Runtime:
         namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
         self._write_status(k, str(meta.get("uid")), namespace, name, previous, verdict.status.body(), complete)
         ref = kube.budget_ref(body)
-        for event in verdict.events:
-            self._post(k, ref, event.type, event.reason, event.message)
-            if event.agent is not None and event.agent in chosen:
-                dmeta = chosen[event.agent].get("metadata") or {}
-                self._post(k, kube.deployment_ref(namespace, event.agent, dmeta.get("uid")),
-                           event.type, event.reason, event.message)
+        if verdict.events:
+            with self.gate.outside():
+                for event in verdict.events:
+                    self._post(k, ref, event.type, event.reason, event.message)
+                    if event.agent is not None and event.agent in chosen:
+                        dmeta = chosen[event.agent].get("metadata") or {}
+                        self._post(k, kube.deployment_ref(namespace, event.agent, dmeta.get("uid")),
+                                   event.type, event.reason, event.message)
         return ref
 
     def _reject(self, body: Mapping[str, Any], problem: errors.ManifestError, apply: bool) -> decision.Decision:
@@ -725,7 +831,8 @@ class Runtime:
         if not patch:
             return
         try:
-            k.patch_budget_status(namespace, name, patch)
+            with self.gate.outside():
+                k.patch_budget_status(namespace, name, patch)
         except kube.KubeError as exc:
             if exc.status == 404:
                 return  # deleted meanwhile

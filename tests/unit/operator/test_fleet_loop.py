@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from test_runtime_cycle import CountingFetcher, FakeKube, body, deployment, make
 
-from fleetwarden.handlers import fleet
+from fleetwarden.handlers import fleet, runtime
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -66,15 +66,16 @@ def test_a_failing_budget_does_not_stop_the_others(caplog: pytest.LogCaptureFixt
 
 
 class CountingPool(fleet.cf.ThreadPoolExecutor):
-    """A thread pool that counts the futures submitted and not finished, and the most at once."""
+    """A thread pool that counts the tasks submitted, and the most unfinished at once."""
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
-        self.alive = self.most = 0
+        self.submitted = self.alive = self.most = 0
         self._count_lock = threading.Lock()
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         with self._count_lock:
+            self.submitted += 1
             self.alive += 1
             self.most = max(self.most, self.alive)
         future = super().submit(fn, *args, **kwargs)
@@ -86,43 +87,103 @@ class CountingPool(fleet.cf.ThreadPoolExecutor):
             self.alive -= 1
 
 
-def test_a_cycle_keeps_a_few_evaluations_submitted_ahead_not_all(caplog: pytest.LogCaptureFixture) -> None:
-    """Each submitted evaluation is a future with a condition, a lock and a queue (some 1.8 KB with
-    its work item): a cycle submits at most ``in_flight`` ahead, not its 10,000 at once, and still
-    evaluates every budget and counts every failure."""
+def test_a_cycle_runs_a_few_runners_not_a_task_per_budget(caplog: pytest.LogCaptureFixture) -> None:
+    """A submitted task is a future with a condition, a lock and a queue (some 1.8 KB with its
+    work item), and hands the interpreter to the submitting thread and back: a cycle submits
+    ``runners`` tasks, each taking budget after budget, not its 10,000 at once; it still evaluates
+    every budget once, in order, and counts every failure."""
     done: list[str] = []
     lock = threading.Lock()
+    threads: set[str] = set()
 
     def evaluate(item: fleet.Item) -> None:
         name = item.budget["metadata"]["name"]
+        threads.add(threading.current_thread().name)
         if name.endswith("7"):
             raise RuntimeError(f"{name} broke")
         with lock:
             done.append(name)
 
     items = fleet.copy_indexes(index(*(body(i) for i in range(300))), {}, {}, {})
+    taken: list[int] = []
     with caplog.at_level(logging.WARNING), CountingPool(4) as pool:
-        failed = fleet.evaluate_all(items, evaluate, pool, in_flight=8)
+        failed = fleet.evaluate_all(items, evaluate, pool, runners=3, wait_for=taken.append)
     assert failed == 30 and len(done) == 270 and len(set(done)) == 270
-    assert pool.most <= 8
+    assert pool.submitted == 3 and pool.most <= 3 and 1 <= len(threads) <= 3
+    assert taken == list(range(300))  # each item's turn waited for once, in order
     assert caplog.text.count("broke") == fleet.LOGGED_FAILURES and "25 more budgets failed" in caplog.text
 
 
 @pytest.mark.timeout(60)
-def test_a_pool_shut_down_during_a_cycle_ends_it() -> None:
-    """When the loop stops its pool mid-cycle, the cycle waits for what was submitted and returns:
-    it does not hang, and submits nothing more."""
+def test_a_loop_stopped_during_a_cycle_ends_it() -> None:
+    """When the loop stops mid-cycle, the runners take no more budgets: the cycle finishes those
+    taken and returns; it does not hang. A pool shut down before the cycle runs nothing."""
     started: list[str] = []
-    pool = fleet.cf.ThreadPoolExecutor(2)
+    stop = threading.Event()
 
     def evaluate(item: fleet.Item) -> None:
         started.append(item.budget["metadata"]["name"])
         if len(started) == 5:
-            pool.shutdown(wait=False)
+            stop.set()
 
     items = fleet.copy_indexes(index(*(body(i) for i in range(200))), {}, {}, {})
-    assert fleet.evaluate_all(items, evaluate, pool, in_flight=4) == 0
-    assert 5 <= len(started) < 200
+    with fleet.cf.ThreadPoolExecutor(2) as pool:
+        assert fleet.evaluate_all(items, evaluate, pool, runners=2, stopped=stop.is_set) == 0
+    assert 5 <= len(started) <= 6  # the other runner may have taken one as the fifth stopped it
+    pool.shutdown()
+    assert fleet.evaluate_all(items, evaluate, pool, runners=2) == 0 and len(started) <= 6
+
+
+def test_with_the_gate_the_work_stays_on_one_runner_until_it_waits() -> None:
+    """With the runtime's gate, one runner evaluates budget after budget on its own thread (the
+    others wait to come in); when it steps out to wait (an API call), another runner goes on."""
+    gate = runtime.Gate()
+    seen: list[tuple[str, str]] = []
+
+    def evaluate(item: fleet.Item) -> None:
+        name = item.budget["metadata"]["name"]
+        with gate.held():  # as Runtime.reconcile
+            seen.append((name, threading.current_thread().name))
+            threading.Event().wait(0.002)  # (lets the interpreter go, as zstd does: the other runners run)
+            if name == "budget-20":
+                with gate.outside():  # its status write
+                    threading.Event().wait(0.2)
+
+    items = fleet.copy_indexes(index(*(body(i) for i in range(100))), {}, {}, {})
+    with fleet.cf.ThreadPoolExecutor(4) as pool:
+        assert fleet.evaluate_all(items, evaluate, pool, runners=4, gate=gate) == 0
+    assert sorted(n for n, _ in seen) == sorted(f"budget-{i}" for i in range(100))
+    first = {n: t for n, t in seen}
+    assert len({first[f"budget-{i}"] for i in range(21)}) == 1  # one thread while none waited
+    assert first["budget-21"] != first["budget-20"]  # another went on while it waited
+    assert gate.waiting() == 0 and not gate.holding()  # (nobody holds it, nobody waits)
+
+
+def test_a_thread_waiting_to_come_in_goes_before_the_runners_next_budget() -> None:
+    """A thread that asks for the gate (an evaluation prompted by an edit, or one back from its
+    API call) waits for the budget under way, not for the runner's whole cycle."""
+    gate = runtime.Gate()
+    seen: list[str] = []
+
+    def prompted() -> None:
+        with gate.held():
+            seen.append("prompted")
+
+    def evaluate(item: fleet.Item) -> None:
+        name = item.budget["metadata"]["name"]
+        with gate.held():
+            seen.append(name)
+            if name == "budget-10":
+                threading.Thread(target=prompted).start()
+                for _ in range(1000):  # until it waits at the gate
+                    if gate.waiting() > 0:
+                        break
+                    threading.Event().wait(0.005)
+
+    items = fleet.copy_indexes(index(*(body(i) for i in range(50))), {}, {}, {})
+    with fleet.cf.ThreadPoolExecutor(1) as pool:
+        assert fleet.evaluate_all(items, evaluate, pool, runners=1, gate=gate) == 0
+    assert seen.index("prompted") == seen.index("budget-10") + 1 and len(seen) == 51
 
 
 def run_until(loop: fleet.FleetLoop, indexes: tuple[Any, ...], done: Any) -> None:

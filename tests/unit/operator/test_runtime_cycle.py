@@ -408,6 +408,123 @@ def test_without_a_good_snapshot_evaluations_wait_for_the_fetch() -> None:
     assert rt.snapshot().fetched_at == NOW and fetcher.fetches == 2
 
 
+def _planning(monkeypatch: pytest.MonkeyPatch, seen: dict[str, Any]) -> None:
+    """Wrap the evaluations' own work (evaluate.plan) to count how many run at once, each
+    letting the interpreter lock go for a while, as zstd or a contended lock does."""
+    import time
+
+    from fleetwarden.core import evaluate
+
+    plan = evaluate.plan
+    lock = threading.Lock()
+
+    def counted(inp: Any) -> Any:
+        with lock:
+            seen["now"] += 1
+            seen["most"] = max(seen["most"], seen["now"])
+        time.sleep(0.01)
+        with lock:
+            seen["now"] -= 1
+            seen["planned"].append(inp.budget.metadata.name)
+        return plan(inp)
+
+    seen.update(now=0, most=0, planned=[])
+    monkeypatch.setattr(evaluate, "plan", counted)
+
+
+class WaitingKube(FakeKube):
+    """Budget 0's status write waits (up to 5 s) until every other budget has been planned."""
+
+    def __init__(self, seen: dict[str, Any], others: int) -> None:
+        super().__init__()
+        self.seen, self.others = seen, others
+        self.waited: bool | None = None
+
+    def patch_budget_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        if name == "budget-0":
+            deadline = threading.Event()
+            for _ in range(500):
+                if sum(1 for n in self.seen["planned"] if n != "budget-0") >= self.others:
+                    break
+                deadline.wait(0.01)
+            self.waited = sum(1 for n in self.seen["planned"] if n != "budget-0") >= self.others
+        super().patch_budget_status(namespace, name, patch)
+
+
+def test_evaluations_do_their_own_work_one_at_a_time_and_wait_outside_the_gate(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluations on many threads (the fleet loop's workers) do their own work one at a time
+    (Runtime.gate: under one interpreter lock, side by side it only costs switches), and let the
+    others on while they wait: a status write that waits for every other budget to be planned
+    gets them planned."""
+    seen: dict[str, Any] = {}
+    _planning(monkeypatch, seen)
+    k = WaitingKube(seen, others=7)
+    rt = make(CountingFetcher(), k)
+    rt.snapshot()
+    deployments = [deployment(i) for i in range(8)]
+    first = threading.Thread(target=rt.reconcile, args=(body(0), deployments))
+    first.start()
+    while "budget-0" not in seen["planned"]:
+        threading.Event().wait(0.001)
+    others = [threading.Thread(target=rt.reconcile, args=(body(i), deployments)) for i in range(1, 8)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(20)
+    assert sorted(seen["planned"]) == sorted(f"budget-{i}" for i in range(8))
+    assert seen["most"] == 1  # never two at once
+    assert k.waited is True  # the write waited outside the gate: the other seven were planned meanwhile
+    assert len(k.of("status")) == 8
+
+
+def test_a_fetch_waits_outside_the_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one evaluation runs a due fetch, the others go on with the last snapshot: the fetch
+    is waited for outside the gate."""
+    seen: dict[str, Any] = {}
+    _planning(monkeypatch, seen)
+    fetcher = GatedFetcher()
+    rt = make(fetcher, FakeKube())
+    deployments = [deployment(i) for i in range(4)]
+    rt.reconcile(body(0), deployments)
+    rt.new_cycle()
+    fetching = threading.Thread(target=rt.reconcile, args=(body(1), deployments))
+    fetching.start()
+    assert fetcher.inside.wait(10)
+    done = []
+    others = [threading.Thread(target=lambda i=i: done.append(rt.reconcile(body(i), deployments))) for i in (2, 3)]
+    for t in others:
+        t.start()
+    for t in others:
+        t.join(5)
+    planned_while_fetching = sorted(seen["planned"])
+    fetcher.gate.set()
+    fetching.join(10)
+    assert planned_while_fetching == ["budget-0", "budget-2", "budget-3"]
+    assert len(done) == 2 and fetcher.fetches == 2
+
+
+@pytest.mark.timeout(30)
+def test_an_evaluation_never_waits_for_a_budgets_lock_holding_the_gate() -> None:
+    """A runner holding the gate that evaluates a budget whose lock another thread holds (an
+    evaluation prompted by an edit, waiting for the gate) lets the gate go while it waits for
+    the lock: both end, neither waits for the other for ever."""
+    rt = make(CountingFetcher(), FakeKube())
+    deployments = [deployment(0)]
+    other = threading.Thread(target=rt.reconcile, args=(body(0), deployments))
+    with rt.gate.held():
+        other.start()
+        for _ in range(2000):  # until it holds the budget's lock and waits at the gate
+            if rt.gate.waiting() > 0:
+                break
+            threading.Event().wait(0.005)
+        assert rt.gate.waiting() == 1
+        rt.reconcile(body(0), deployments)
+        assert rt.gate.holding()
+    other.join(10)
+    assert not other.is_alive() and rt.evaluated("uid-0")
+
+
 def test_kopfs_budget_index_holds_a_status_only_until_the_runtime_wrote_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """The status a budget's evaluation reads is the runtime's own once it wrote one; the index
     copy keeps the body's status only before that (the first evaluation after a start reads it)."""

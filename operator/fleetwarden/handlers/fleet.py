@@ -199,8 +199,9 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
     18 MiB), and each one handed the interpreter from a worker to the submitting thread and back.
     With ``gate`` a runner holds it while it takes and evaluates budget after budget, and lets it
     go only to wait (its API calls, a budget's turn: ``wait_for`` steps out itself), when another
-    runner goes on, or between two budgets to a thread waiting to come in: the evaluations' work
-    stays on one thread, and moves only when that one waits."""
+    runner goes on, or between two budgets to an evaluation from outside the runners (one
+    prompted by an edit): the evaluations' work stays on one thread, and moves only when that
+    one waits."""
     n = max(1, min(len(items), len(items) if runners is None else runners))
     order = iter(enumerate(items))
     take = threading.Lock()  # one runner takes the next item at a time (inside the gate: never waited for)
@@ -210,7 +211,7 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
         with gate.held(idle=True) if gate is not None else contextlib.nullcontext():
             while True:
                 if gate is not None:
-                    gate.pass_on()  # a thread back from its API call, or a prompted evaluation, first
+                    gate.pass_on()  # an evaluation prompted by an edit (or kopf's) first
                 with take:
                     if stopped is not None and stopped():
                         return

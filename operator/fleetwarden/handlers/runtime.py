@@ -363,16 +363,18 @@ class Gate:
     So an evaluation holds the gate (:meth:`held`) and steps out of it (:meth:`outside`) only
     while it waits for something: a fetch, an action, a status write, its hooks with something to
     send. The fleet loop's runners hold it from one budget to the next (handlers/fleet.py,
-    evaluate_all), and between two budgets let a thread in that waits with work in hand
-    (:meth:`pass_on`): one back from its API call, or an evaluation prompted by an edit, waits
-    for one evaluation, not for a runner's whole cycle. Idle runners waiting for the gate
-    (``idle``) are not let in: handing the work from thread to thread is what the gate saves."""
+    evaluate_all), and between two budgets let in an evaluation that comes from outside them
+    (:meth:`pass_on`): one prompted by an edit, or run by kopf, waits for the budget under way,
+    not for a runner's whole cycle. Runners waiting for the gate (idle, or back from an API call)
+    are not let in that way: they come in when the holder steps out to wait, since handing the
+    work from thread to thread at every budget is what the gate saves (measured: a first pass
+    of 10,000 status writes took 321-348 s when they were, 260 s when not)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._count = threading.Lock()
-        self._busy = 0  # threads with work in hand waiting to come in
+        self._busy = 0  # evaluations from outside the runners waiting to come in
         self._came_in = threading.Event()  # set by such a thread once it holds the gate
 
     def holding(self) -> bool:
@@ -380,7 +382,7 @@ class Gate:
         return bool(getattr(self._local, "held", False))
 
     def waiting(self) -> int:
-        """How many threads with work in hand wait to come in."""
+        """How many evaluations from outside the runners wait to come in."""
         return self._busy
 
     def _enter(self, idle: bool = False) -> None:
@@ -405,7 +407,7 @@ class Gate:
     @contextlib.contextmanager
     def held(self, idle: bool = False) -> Iterator[None]:
         """Hold the gate (a thread that holds it already goes on holding it). ``idle``: a runner
-        with no budget in hand yet, which :meth:`pass_on` does not let in."""
+        (with no budget in hand yet), which :meth:`pass_on` does not let in."""
         if self.holding():
             yield
             return
@@ -425,11 +427,11 @@ class Gate:
         try:
             yield
         finally:
-            self._enter()
+            self._enter(idle=True)  # (back when the holder steps out: not let in by pass_on)
 
     def pass_on(self) -> None:
-        """Between two evaluations: let a thread with work in hand that waits to come in go
-        first (its evaluation, then this thread's next)."""
+        """Between two evaluations: let an evaluation from outside the runners that waits to
+        come in go first (its evaluation, then this thread's next)."""
         if self.holding() and self._busy > 0:
             self._came_in.clear()
             self._leave()

@@ -160,8 +160,8 @@ def test_with_the_gate_the_work_stays_on_one_runner_until_it_waits() -> None:
 
 
 def test_a_thread_waiting_to_come_in_goes_before_the_runners_next_budget() -> None:
-    """A thread that asks for the gate (an evaluation prompted by an edit, or one back from its
-    API call) waits for the budget under way, not for the runner's whole cycle."""
+    """An evaluation from outside the runners that asks for the gate (one prompted by an edit)
+    waits for the budget under way, not for the runner's whole cycle."""
     gate = runtime.Gate()
     seen: list[str] = []
 

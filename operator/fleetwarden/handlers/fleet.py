@@ -191,8 +191,8 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
     full). ``runners`` tasks (None: one per item) run on the pool, each taking the next item in
     order when it is done with the last. ``wait_for(k)``, when given, is called before the k-th
     item is evaluated and returns when it may be (the fleet loop's pace). ``stopped()`` true (the
-    loop stops) or a pool shut down meanwhile ends the cycle: no item is taken after it, those
-    taken are finished.
+    loop stops) ends the cycle: no item is taken after it, those taken are finished (a pool shut
+    down before its runners were submitted runs none).
 
     Runners, not a future per item: a submitted evaluation was a future with its condition, lock
     and queue of waiters and a work item (at 10,000 budgets, a cycle's all at once were some

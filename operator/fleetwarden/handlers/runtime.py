@@ -509,28 +509,32 @@ class Runtime:
 
     def _fetch(self, source: spec.SourceType) -> prometheus.FleetSnapshot:
         with self._fetch_lock:
-            with self._snapshot_lock:
-                current, due, _ = self._snapshot_state(source)
-                sources = tuple(self._sources)
-            if not due:  # another thread fetched it meanwhile
-                return self._snapshot_or_raise(current)
-            if self.fetcher is None:
-                raise errors.PrometheusError("no Prometheus configured")
-            fresh: prometheus.FleetSnapshot | errors.PrometheusError
-            started = time.monotonic()
-            try:
-                fresh = self.fetcher.fetch(self.clock(), sources=sources) if sources else self.fetcher.fetch(self.clock())
-                metrics.PROMETHEUS_QUERIES.inc(fresh.queries)
-                metrics.PROMETHEUS_FETCHES.labels("ok").inc()
-            except errors.PrometheusError as exc:
-                fresh = exc
-                metrics.PROMETHEUS_FETCHES.labels("error").inc()
-                log.warning("Prometheus: %s", exc)
-            metrics.PROMETHEUS_FETCH_SECONDS.observe(time.monotonic() - started)
-            with self._snapshot_lock:
-                self._snapshot, self._snapshot_at = fresh, time.monotonic()
-                self._fetch_ended = self._snapshot_at
-            return self._snapshot_or_raise(fresh)
+            return self._fetch_held(source)
+
+    def _fetch_held(self, source: spec.SourceType) -> prometheus.FleetSnapshot:
+        """The fetch, ``_fetch_lock`` held: unless another thread fetched meanwhile (not due any more)."""
+        with self._snapshot_lock:
+            current, due, _ = self._snapshot_state(source)
+            sources = tuple(self._sources)
+        if not due:  # another thread fetched it meanwhile
+            return self._snapshot_or_raise(current)
+        if self.fetcher is None:
+            raise errors.PrometheusError("no Prometheus configured")
+        fresh: prometheus.FleetSnapshot | errors.PrometheusError
+        started = time.monotonic()
+        try:
+            fresh = self.fetcher.fetch(self.clock(), sources=sources) if sources else self.fetcher.fetch(self.clock())
+            metrics.PROMETHEUS_QUERIES.inc(fresh.queries)
+            metrics.PROMETHEUS_FETCHES.labels("ok").inc()
+        except errors.PrometheusError as exc:
+            fresh = exc
+            metrics.PROMETHEUS_FETCHES.labels("error").inc()
+            log.warning("Prometheus: %s", exc)
+        metrics.PROMETHEUS_FETCH_SECONDS.observe(time.monotonic() - started)
+        with self._snapshot_lock:
+            self._snapshot, self._snapshot_at = fresh, time.monotonic()
+            self._fetch_ended = self._snapshot_at
+        return self._snapshot_or_raise(fresh)
 
     def _snapshot_state(self, source: spec.SourceType
                         ) -> tuple[prometheus.FleetSnapshot | errors.PrometheusError | None, bool, bool]:
@@ -567,12 +571,17 @@ class Runtime:
     def prefetch(self) -> None:
         """Fetch a fresh snapshot now, in the calling thread (the fleet loop's, between two cycles,
         so that the next cycle's evaluations neither wait for it nor share the interpreter with
-        its reading); a failure is logged and kept, as a fetch by an evaluation keeps it. From then
-        on an evaluation fetches by the snapshot's age only after ``PREFETCHED_REFRESH`` intervals."""
+        its reading); an evaluation meanwhile goes on with the last snapshot. A failure is logged
+        and kept, as a fetch by an evaluation keeps it. From then on an evaluation fetches by the
+        snapshot's age only after ``PREFETCHED_REFRESH`` intervals."""
         self.refresh_after = PREFETCHED_REFRESH
-        self.new_cycle()
-        with contextlib.suppress(errors.PrometheusError):  # logged by snapshot(); the statuses say it
-            self.snapshot()
+        # The fetch lock is taken before the snapshot is made due: an evaluation running meanwhile (a
+        # prompted one, or the end of a cycle stopped short) goes on with the last snapshot rather
+        # than take the fetch over and keep its budget waiting for the whole reading.
+        with self._fetch_lock:
+            self.new_cycle()
+            with contextlib.suppress(errors.PrometheusError):  # logged by the fetch; the statuses say it
+                self._fetch_held(spec.SourceType.fleetwarden)
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_lock:

@@ -617,3 +617,37 @@ def test_every_figure_of_the_hour_is_a_figure_or_volatile_never_a_decision() -> 
     for name in figs:
         alias = fields[name].alias or name
         assert alias in runtime._FIGURES or alias in runtime._VOLATILE, alias  # noqa: SLF001
+
+
+def test_an_evaluation_as_the_prefetch_makes_the_snapshot_due_goes_on_with_the_last_one() -> None:
+    """The fleet loop reads the next cycle's data while a cycle still runs. An evaluation that comes
+    just as the prefetch makes the snapshot due must not take the fetch over (its budget would wait for
+    the whole reading): it goes on with the last snapshot, and the prefetch's thread reads."""
+    class Recording(CountingFetcher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.by: list[str] = []
+
+        def fetch(self, now: float | None = None) -> prometheus.FleetSnapshot:
+            self.by.append(threading.current_thread().name)
+            return super().fetch(now)
+
+    fetcher = Recording()
+    rt = make(fetcher, FakeKube())
+    rt.reconcile(body(0), [deployment(0)])  # the first snapshot, read by this thread
+    made_due = rt.new_cycle
+    verdicts: list[Any] = []
+
+    def new_cycle() -> None:  # an evaluation comes the moment the snapshot is due
+        made_due()
+        evaluation = threading.Thread(target=lambda: verdicts.append(rt.reconcile(body(1), [deployment(1)])),
+                                      name="evaluation")
+        evaluation.start()
+        evaluation.join(30)
+
+    rt.new_cycle = new_cycle  # type: ignore[method-assign]
+    reading = threading.Thread(target=rt.prefetch, name="prefetch")
+    reading.start()
+    reading.join(30)
+    assert fetcher.by == [threading.current_thread().name, "prefetch"]
+    assert len(verdicts) == 1 and verdicts[0] is not None

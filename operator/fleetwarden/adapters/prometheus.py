@@ -39,6 +39,7 @@ are unknown, never 0.
 from __future__ import annotations
 
 import array
+import concurrent.futures as cf
 import dataclasses
 import datetime as dt
 import json
@@ -1003,8 +1004,14 @@ class Fetcher:
                  namespaces: Sequence[str] = (), incremental: bool = False,
                  slice_minutes: int | None = None, anchor_minutes: int = 0,
                  on_query: Callable[[str, float], None] | None = None, spend_ledger: bool = False,
-                 reader: Reader | None = None) -> None:
+                 reader: Reader | None = None, overlap: bool = False) -> None:
         self.client = client
+        # Overlap (the operator's, without a reader): the spend and freshness queries are sent on a
+        # thread of their own while the range queries are read, so Prometheus answers both at once
+        # and a fetch takes about the longer of the two rather than their sum. The client must
+        # take queries from two threads at once (HttpClient's pooled session does).
+        self.overlap = overlap
+        self._side: cf.ThreadPoolExecutor | None = None
         # With a reader (adapters/reader.py: a process of its own), the SDK's range queries and the
         # spend and freshness queries are sent, decoded and folded there, off this interpreter:
         # what comes back is what this process would have built (the buckets of a slice, each
@@ -1067,15 +1074,27 @@ class Fetcher:
         start_time = dt.datetime.fromtimestamp(start + series.MINUTE, tz=dt.timezone.utc)
         end_time = dt.datetime.fromtimestamp(end, tz=dt.timezone.utc)
         unlabelled: dict[str, int] = {}
-        since = self._ranges_since(start, end)
-        kept, queries = self._read_ranges(since, end, unlabelled)
-        if since > start:
-            assert self._kept is not None
-            kept = self._kept.joined(kept, start, since)
-        spend, sent = self._spend(now, unlabelled)
+        side: cf.Future[tuple[dict[Key, dict[tuple[spec.Window, bool], float]], int, dict[Key, float]]] | None = None
+        side_unlabelled: dict[str, int] = {}
+        if self.overlap and self.reader is None:
+            if self._side is None:
+                self._side = cf.ThreadPoolExecutor(1, thread_name_prefix="prometheus-instant")
+            side = self._side.submit(self._instants, now, side_unlabelled)
+        try:
+            since = self._ranges_since(start, end)
+            kept, queries = self._read_ranges(since, end, unlabelled)
+            if since > start:
+                assert self._kept is not None
+                kept = self._kept.joined(kept, start, since)
+        finally:
+            if side is not None:
+                cf.wait([side])  # (a failed range query leaves no query of this fetch running)
+        if side is None:
+            spend, sent, last_sample = self._instants(now, unlabelled)
+        else:
+            spend, sent, last_sample = side.result()  # its PrometheusError raised here
+            unlabelled.update(side_unlabelled)
         queries += sent
-        last_sample = self._instant("freshness", freshness_query(self.scope), now, "max", unlabelled)
-        queries += 1
         others = self._fetch_sources(sources, now, start, end, start_time, end_time, unlabelled)
         queries += sum(source_queries.QUERIES[kind] for kind in others)
         if self.incremental:
@@ -1100,6 +1119,13 @@ class Fetcher:
             prices=self.prices,
             anchor_minutes=self.anchor_minutes,
         )
+
+    def _instants(self, now: float, unlabelled: dict[str, int]
+                  ) -> tuple[dict[Key, dict[tuple[spec.Window, bool], float]], int, dict[Key, float]]:
+        """The spend (:meth:`_spend`) and each agent's newest sample, and the number of queries sent."""
+        spend, sent = self._spend(now, unlabelled)
+        last_sample = self._instant("freshness", freshness_query(self.scope), now, "max", unlabelled)
+        return spend, sent + 1, last_sample
 
     def _spend(self, now: float, unlabelled: dict[str, int]
                ) -> tuple[dict[Key, dict[tuple[spec.Window, bool], float]], int]:

@@ -1000,7 +1000,8 @@ def build(settings: Any) -> Runtime:
                                  lookback_minutes=settings.lookback_minutes,
                                  scrape_interval=settings.scrape_interval, namespaces=settings.namespaces,
                                  incremental=True, slice_minutes=RANGE_SLICE_MINUTES,
-                                 anchor_minutes=warmfold.ANCHOR_MINUTES, on_query=query_timed, spend_ledger=True)
+                                 anchor_minutes=warmfold.ANCHOR_MINUTES, on_query=query_timed, spend_ledger=True,
+                                 overlap=True)
     return Runtime(interval=settings.interval, fetcher=fetcher)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -288,3 +289,61 @@ def test_the_minutes_folded_answer_by_answer_are_the_samples_summed(seed: int) -
             assert {f: getattr(m, f) for f in numbers} == pytest.approx({f: want[f] for f in numbers})
             assert (m.model, m.workflow) == (want["model"], want["workflow"])
             assert dict(m.tool_calls) == pytest.approx(want["tool_calls"])
+
+
+class Overlapping(Recorded):
+    """Each range query waits (up to 10 s) until an instant query has come, and says whether one did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.instant = threading.Event()
+        self.waited: list[bool] = []
+
+    def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
+        self.instant.set()
+        return super().custom_query(query, params)
+
+    def custom_query_range(self, query: str, start_time: Any, end_time: Any, step: str,
+                           params: dict[str, Any] | None = None) -> Any:
+        self.waited.append(all(self.waited) and self.instant.wait(10))  # (one wait in vain is enough)
+        return super().custom_query_range(query, start_time, end_time, step, params)
+
+
+def test_with_overlap_the_spend_and_freshness_queries_go_out_while_the_ranges_are_read() -> None:
+    """The operator's fetcher (``overlap``) sends the spend and freshness queries on a thread of its
+    own while it reads the range queries, so Prometheus answers both at once. Here every range query
+    waits for an instant query to come: one after the other, none would. The snapshot is the one a
+    fetch of one query after the other builds."""
+    client = Overlapping()
+    got = prometheus.Fetcher(client, lookback_minutes=30, scrape_interval=2.0, overlap=True).fetch(NOW)
+    assert client.waited and all(client.waited)
+    want = fetch()
+    assert (got.spend, got.last_sample, got.queries, got.unlabelled) == \
+        (want.spend, want.last_sample, want.queries, want.unlabelled)
+    assert {k: list(v) for k, v in got.minutes.items()} == {k: list(v) for k, v in want.minutes.items()}
+    assert sorted(client.calls) == sorted(_calls_of_one_fetch())
+
+
+def _calls_of_one_fetch() -> list[str]:
+    client = Recorded()
+    prometheus.Fetcher(client, lookback_minutes=30, scrape_interval=2.0).fetch(NOW)
+    return client.calls
+
+
+@pytest.mark.parametrize("failing", ["instant", "range"])
+def test_with_overlap_a_failed_query_of_either_thread_is_the_fetchs_prometheus_error(failing: str) -> None:
+    class Refusing(Recorded):
+        def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
+            if failing == "instant":
+                raise RuntimeError("HTTP Status Code 422 (execution error)")
+            return super().custom_query(query, params)
+
+        def custom_query_range(self, query: str, start_time: Any, end_time: Any, step: str,
+                               params: dict[str, Any] | None = None) -> Any:
+            if failing == "range":
+                raise RuntimeError("HTTP Status Code 422 (execution error)")
+            return super().custom_query_range(query, start_time, end_time, step, params)
+
+    fetcher = prometheus.Fetcher(Refusing(), lookback_minutes=30, scrape_interval=2.0, overlap=True)
+    with pytest.raises(errors.PrometheusError, match="422"):
+        fetcher.fetch(NOW)

@@ -4,7 +4,9 @@ again), the buckets equal one full read of the lookback, minute for minute: ever
 and reading the same, every amount to the last digit or one rounding from it. Prometheus adds
 a minute's series (a `sum by`) in an order that depends on which series the query's range
 selects, so a short read and a long one can differ in the last bit of a sum (seen here:
-0.013659300000000001 against 0.013659300000000003)."""
+0.013659300000000001 against 0.013659300000000003). A fetch of the same minutes as a read begun a
+scrape interval or more after their end sends no range query: what it hands out is what a full
+read gives at that moment, the agents still spending."""
 
 from __future__ import annotations
 
@@ -51,12 +53,23 @@ def test_incremental_fetches_equal_one_full_read(prometheus: Any) -> None:
         prometheus.wait_for_target_up(sim.job, timeout=30)
         incremental = fetcher(True)
         ends: set[int] = set()
+        unread = 0  # fetches that sent no range query: the same minutes as a read begun past their end
         while not sim.finished.is_set():
             assert sim.proc.poll() is None, sim.said()
-            ends.add(incremental.fetch(time.time()).end)
+            now = time.time()
+            snap = incremental.fetch(now)
+            ends.add(snap.end)
+            if snap.queries < adapter.QUERIES_PER_CYCLE:
+                assert snap.queries == adapter.QUERIES_PER_CYCLE - len(adapter.RANGE_FAMILIES) - 1
+                # ... what a full read gives now, the agents still spending: those minutes were final
+                whole = fetcher(False).fetch(now)
+                assert _same(snap.minutes, whole.minutes) and _same(snap.outcomes, whole.outcomes)
+                assert _same(snap.guardrails, whole.guardrails)
+                unread += 1
             time.sleep(5)
             assert len(ends) < 10, "the simulator did not finish:\n" + sim.said()
         assert len(ends) >= 3, ends  # a full read, then incremental ones across minute boundaries
+        assert unread >= 3, unread  # (a fetch every 5 s, 2 s scrapes: most within a minute send none)
         # the last samples scraped, and the minute they fell in complete
         stopped = time.time()
         time.sleep(series.MINUTE - stopped % series.MINUTE + 3 * prometheus.scrape_interval)

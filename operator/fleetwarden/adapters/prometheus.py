@@ -1033,6 +1033,12 @@ class Fetcher:
         # sample scraped late for its minute is still seen): _KeptRanges.
         self.incremental = incremental
         self.settle_minutes = math.ceil(self.stale_after / series.MINUTE) + 1
+        # A minute is read once it is complete: a fetch's minutes end at the last minute that ended a
+        # scrape interval or more before it (a scrape ends within its interval, so every sample
+        # stamped in the minute is in by then). So the minutes are read once a minute, at the first
+        # fetch past that point, and a fetch with no minute ended since the last read sends no range
+        # query (_ranges_final). A sample later still is read with the next minute's settle.
+        self.scrape_interval = scrape_interval
         # The range queries of a long span (the first fetch) are run this many minutes at a time, so
         # that the raw answers and the half-built buckets of one slice at most are held at once.
         self.slice_minutes = slice_minutes
@@ -1069,23 +1075,27 @@ class Fetcher:
     def fetch(self, now: float | None = None, sources: Iterable[spec.SourceType] = ()) -> FleetSnapshot:
         """The cycle's snapshot: the SDK's series, and those of each other source in ``sources``."""
         now = self.clock() if now is None else now
-        end = series.minute_of(now)  # last complete minute ends here
+        end = series.minute_of(now - self.scrape_interval)  # the last complete minute ends here
         start = end - (self.lookback_minutes + self.anchor_minutes) * series.MINUTE
         start_time = dt.datetime.fromtimestamp(start + series.MINUTE, tz=dt.timezone.utc)
         end_time = dt.datetime.fromtimestamp(end, tz=dt.timezone.utc)
         unlabelled: dict[str, int] = {}
         side: cf.Future[tuple[dict[Key, dict[tuple[spec.Window, bool], float]], int, dict[Key, float]]] | None = None
         side_unlabelled: dict[str, int] = {}
-        if self.overlap and self.reader is None:
+        final = self._ranges_final(start, end)
+        if self.overlap and self.reader is None and final is None:
             if self._side is None:
                 self._side = cf.ThreadPoolExecutor(1, thread_name_prefix="prometheus-instant")
             side = self._side.submit(self._instants, now, side_unlabelled)
         try:
-            since = self._ranges_since(start, end)
-            kept, queries = self._read_ranges(since, end, unlabelled)
-            if since > start:
-                assert self._kept is not None
-                kept = self._kept.joined(kept, start, since)
+            if final is not None:
+                kept, queries = final, 0  # the same buckets as the last fetch's: no range query
+            else:
+                since = self._ranges_since(start, end)
+                kept, queries = self._read_ranges(since, end, unlabelled)
+                if since > start:
+                    assert self._kept is not None
+                    kept = self._kept.joined(kept, start, since)
         finally:
             if side is not None:
                 cf.wait([side])  # (a failed range query leaves no query of this fetch running)
@@ -1216,6 +1226,15 @@ class Fetcher:
         else:
             self._kept_agents = keys
         return _Amounts(keys, array.array("d", amounts.values()))
+
+    def _ranges_final(self, start: int, end: int) -> _KeptRanges | None:
+        """The buckets kept from the last read when they are this fetch's (no minute ended since):
+        read a scrape interval or more after their end, as a read now would read them. None: the
+        ranges are read."""
+        kept = self._kept
+        if not self.incremental or kept is None or (kept.start, kept.end) != (start, end):
+            return None
+        return kept
 
     def _ranges_since(self, start: int, end: int) -> int:
         """The first minute this fetch's range queries read: ``start`` unless the buckets kept from

@@ -15,7 +15,7 @@ import weakref
 from typing import Any
 
 from fleetwarden.adapters import prometheus
-from fleetwarden.core import guardrails, series
+from fleetwarden.core import guardrails, series, spec
 
 NOW = 1_795_882_594.5
 END = int(NOW // 60) * 60
@@ -214,3 +214,37 @@ def test_a_fetch_adds_only_the_new_minutes_after_the_kept_rows():
     same(second, full(NOW - 100))
     same(third, full(NOW))
     assert first.minutes == before and second.minutes == full(NOW - 100).minutes
+
+
+def _range_reads(client: Synthetic) -> int:
+    return sum(1 for r in client.ranges if r[0] == "inference_cost")
+
+
+def test_a_minute_is_read_once_a_scrape_interval_after_its_end_and_then_not_again_within_the_minute():
+    """A fetch's minutes end at the last minute that ended a scrape interval or more before it (every
+    sample stamped in the minute is in by then): the minutes are read at the first fetch past that
+    point, and a fetch with no minute ended since sends no range query, the kept buckets its own."""
+    client = Synthetic()
+    fetcher = prometheus.Fetcher(client, lookback_minutes=30, scrape_interval=15.0, incremental=True)
+    reads, ends = [], []
+    for now in (END + 5, END + 14.9, END + 15, END + 35, END + 59, END + 75):
+        snap = fetcher.fetch(now)
+        same(snap, full(now))
+        ends.append(snap.end)
+        reads.append(_range_reads(client))
+        if reads[-1] == (reads[-2] if len(reads) > 1 else 0):
+            assert snap.queries == 2 * len(spec.Window) + 1  # the spend and freshness alone
+        else:
+            assert snap.queries == prometheus.QUERIES_PER_CYCLE
+    assert ends == [END - 60, END - 60, END, END, END, END + 60]
+    assert reads == [1, 1, 2, 2, 2, 3]
+
+
+def test_a_sample_in_later_than_a_scrape_interval_after_its_minute_is_read_at_the_next_minute():
+    client = Synthetic(late=(END - 60, "bot"))
+    fetcher = prometheus.Fetcher(client, lookback_minutes=30, scrape_interval=15.0, incremental=True)
+    early = fetcher.fetch(END + 20)
+    assert early.minutes[("shop", "bot")] != full(END + 20).minutes[("shop", "bot")]
+    client.arrived = True
+    assert fetcher.fetch(END + 40).minutes is early.minutes  # no minute ended since: not read again
+    same(fetcher.fetch(END + 75), full(END + 75))  # read again with the next minute's settle

@@ -1012,6 +1012,8 @@ class Fetcher:
         # take queries from two threads at once (HttpClient's pooled session does).
         self.overlap = overlap
         self._side: cf.ThreadPoolExecutor | None = None
+        # ... and a fetch that reads no range query (_ranges_final) sends those two at a time
+        self._pair: cf.ThreadPoolExecutor | None = None
         # With a reader (adapters/reader.py: a process of its own), the SDK's range queries and the
         # spend and freshness queries are sent, decoded and folded there, off this interpreter:
         # what comes back is what this process would have built (the buckets of a slice, each
@@ -1100,7 +1102,7 @@ class Fetcher:
             if side is not None:
                 cf.wait([side])  # (a failed range query leaves no query of this fetch running)
         if side is None:
-            spend, sent, last_sample = self._instants(now, unlabelled)
+            spend, sent, last_sample = self._instants(now, unlabelled, two=self.overlap and final is not None)
         else:
             spend, sent, last_sample = side.result()  # its PrometheusError raised here
             unlabelled.update(side_unlabelled)
@@ -1130,21 +1132,39 @@ class Fetcher:
             anchor_minutes=self.anchor_minutes,
         )
 
-    def _instants(self, now: float, unlabelled: dict[str, int]
+    def _instants(self, now: float, unlabelled: dict[str, int], two: bool = False
                   ) -> tuple[dict[Key, dict[tuple[spec.Window, bool], float]], int, dict[Key, float]]:
-        """The spend (:meth:`_spend`) and each agent's newest sample, and the number of queries sent."""
-        spend, sent = self._spend(now, unlabelled)
-        last_sample = self._instant("freshness", freshness_query(self.scope), now, "max", unlabelled)
-        return spend, sent + 1, last_sample
+        """The spend (:meth:`_spend_plan`, :meth:`_spend_of`) and each agent's newest sample, and the
+        number of queries sent; ``two``: two of these queries at a time (:meth:`_gather`)."""
+        plan, asks = self._spend_plan(now)
+        freshness = len(asks)
+        asks.append(("freshness", freshness_query(self.scope), now, "max"))
+        answers = self._gather(asks, unlabelled, two)
+        return self._spend_of(plan, answers[:freshness]), len(asks), answers[freshness]
 
-    def _spend(self, now: float, unlabelled: dict[str, int]
-               ) -> tuple[dict[Key, dict[tuple[spec.Window, bool], float]], int]:
-        """Each agent's spend per window and calendar, and the number of queries sent. Without the
-        ledger each window is one query over all of it; with it, :func:`spend_pieces`."""
-        spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
-        answers: dict[tuple[int, int], dict[Key, float] | _Amounts] = {}  # this fetch's, by (end_ms, ms)
-        kept: dict[tuple[int, int], _Amounts] = {}
-        sent = 0
+    def _gather(self, asks: Sequence[tuple[str, str, float | str, str]], unlabelled: dict[str, int], two: bool
+                ) -> list[dict[Key, float]]:
+        """The answers of the instant queries ``asks`` (:meth:`_instant`'s arguments), in order: one
+        after the other, or with ``two`` (and no reader) two at a time, on a pool of the fetcher's
+        own; the first failed query's PrometheusError raised once none of them runs any more."""
+        if not two or self.reader is not None or len(asks) < 2:
+            return [self._instant(what, query, at, combine, unlabelled) for what, query, at, combine in asks]
+        if self._pair is None:
+            self._pair = cf.ThreadPoolExecutor(2, thread_name_prefix="prometheus-pair")
+        futures = [self._pair.submit(self._instant, what, query, at, combine, unlabelled)
+                   for what, query, at, combine in asks]
+        cf.wait(futures)
+        return [future.result() for future in futures]
+
+    def _spend_plan(self, now: float) -> tuple[list[tuple[tuple[spec.Window, bool], SpendPiece, int]],
+                                               list[tuple[str, str, float | str, str]]]:
+        """How this fetch reads each window's spend: (its slot, a piece, the piece's answer: -1 kept
+        from an earlier fetch, else the index of its query in the list returned beside). Without
+        the ledger each window is one query over all of it; with it, :func:`spend_pieces`, a piece
+        asked once however many windows hold it."""
+        plan: list[tuple[tuple[spec.Window, bool], SpendPiece, int]] = []
+        asks: list[tuple[str, str, float | str, str]] = []
+        asked: dict[tuple[int, int], int] = {}  # (end_ms, ms) -> its query's index
         for window in spec.Window:
             for calendar in (False, True):
                 if self.spend_ledger:
@@ -1155,32 +1175,51 @@ class Fetcher:
                                          whole=True, seconds=seconds),)
                 slot = (window, calendar)  # one tuple for every agent's entry
                 for piece in pieces:
-                    at: float | str = now if piece.whole else piece.at
                     ident = (piece.end_ms, piece.ms)
-                    got = None if piece.whole else answers.get(ident)
-                    if got is None and piece.kept:
-                        got = self._spend_kept.get(ident)
-                    if got is None:
-                        got = self._instant(piece.name, piece.query(self.scope), at, "sum", unlabelled)
-                        sent += 1
-                        if piece.kept:
-                            got = self._compact(got)
-                    if not piece.whole:
-                        answers[ident] = got
-                    if piece.kept:
-                        assert isinstance(got, _Amounts)
-                        kept[ident] = got
-                    sign = piece.sign
-                    for key, value in got.items():
-                        mine = spend[key]
-                        mine[slot] = mine.get(slot, 0.0) + sign * value
+                    index = None if piece.whole else asked.get(ident)
+                    if index is None and piece.kept and ident in self._spend_kept:
+                        index = -1
+                    if index is None:
+                        index = len(asks)
+                        asks.append((piece.name, piece.query(self.scope), now if piece.whole else piece.at, "sum"))
+                        if not piece.whole:
+                            asked[ident] = index
+                    plan.append((slot, piece, index))
+        return plan, asks
+
+    def _spend_of(self, plan: Sequence[tuple[tuple[spec.Window, bool], SpendPiece, int]],
+                  answers: Sequence[dict[Key, float]]) -> dict[Key, dict[tuple[spec.Window, bool], float]]:
+        """Each agent's spend per window and calendar from the pieces of ``plan`` and the answers of its
+        queries; the ledger keeps the answers of whole past hours and days for the next fetches."""
+        spend: dict[Key, dict[tuple[spec.Window, bool], float]] = defaultdict(dict)
+        compact: dict[int, _Amounts] = {}
+        kept: dict[tuple[int, int], _Amounts] = {}
+        for slot, piece, index in plan:
+            ident = (piece.end_ms, piece.ms)
+            got: dict[Key, float] | _Amounts
+            if index < 0:
+                got = self._spend_kept[ident]
+            elif piece.kept:
+                amounts = compact.get(index)
+                if amounts is None:
+                    amounts = compact[index] = self._compact(answers[index])
+                got = amounts
+            else:
+                got = answers[index]
+            if piece.kept:
+                assert isinstance(got, _Amounts)
+                kept[ident] = got
+            sign = piece.sign
+            for key, value in got.items():
+                mine = spend[key]
+                mine[slot] = mine.get(slot, 0.0) + sign * value
         if self.spend_ledger:
             self._spend_kept = kept  # the hours this fetch's windows still hold; the rest is dropped
             for slots in spend.values():  # a bit taken off may leave a rounding below 0
                 for slot, value in slots.items():
                     if value < 0.0:
                         slots[slot] = 0.0
-        return spend, sent
+        return spend
 
     def _instant(self, what: str, query: str, at: float | str, combine: str, unlabelled: dict[str, int]
                  ) -> dict[Key, float]:

@@ -330,6 +330,79 @@ def _calls_of_one_fetch() -> list[str]:
     return client.calls
 
 
+class Paired(Recorded):
+    """Each instant query waits (up to 10 s) until two have been asked at once, and says whether they were."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.asked = 0
+        self.two = threading.Event()
+        self.waited: list[bool] = []
+
+    def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
+        with self.lock:
+            self.asked += 1
+            if self.asked >= 2:
+                self.two.set()
+        try:
+            self.waited.append(all(self.waited) and self.two.wait(10))  # (one wait in vain is enough)
+            return super().custom_query(query, params)
+        finally:
+            with self.lock:
+                self.asked -= 1
+
+
+def test_a_fetch_that_reads_no_range_query_sends_the_spend_and_freshness_queries_two_at_a_time() -> None:
+    """A fetch with no minute ended since the last read sends no range query (the kept buckets are
+    its own), and with ``overlap`` sends its instant queries two at a time on the fetcher's own
+    threads: its snapshot is the one of a fetch of one query after the other."""
+    client = Paired()
+    fetcher = prometheus.Fetcher(client, lookback_minutes=30, scrape_interval=2.0, overlap=True, incremental=True)
+    first = fetcher.fetch(NOW)  # (34.5 s into its minute: the ranges, and the instants beside them)
+    client.calls.clear()
+    client.waited.clear()
+    got = fetcher.fetch(NOW)
+    assert all(query in DATA["instant"] for query in client.calls)  # no range query
+    assert len(client.waited) >= 2 and all(client.waited)
+    want = fetch()
+    assert (got.spend, got.last_sample, got.unlabelled) == (want.spend, want.last_sample, want.unlabelled)
+    assert got.queries == want.queries - len(prometheus.RANGE_FAMILIES) - 1 == len(client.calls)
+    assert got.minutes is first.minutes
+
+
+@pytest.mark.parametrize("failing", [0, 1, 2])
+def test_a_failed_query_of_two_at_a_time_is_the_fetchs_prometheus_error_once_both_ended(failing: int) -> None:
+    class Refusing(Recorded):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lock, self.running, self.most = threading.Lock(), 0, 0
+            self.refuse = False
+
+        def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
+            with self.lock:
+                self.running += 1
+                k = len(self.calls)
+                self.calls.append(query)
+            try:
+                if self.refuse and k == failing:
+                    raise RuntimeError("HTTP Status Code 422 (execution error)")
+                threading.Event().wait(0.05)  # (a slow answer: the refused query ends before it)
+                return DATA["instant"][query]
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+    client = Refusing()
+    fetcher = prometheus.Fetcher(client, lookback_minutes=30, scrape_interval=2.0, overlap=True, incremental=True)
+    fetcher.fetch(NOW)
+    client.calls.clear()
+    client.refuse = True
+    with pytest.raises(errors.PrometheusError, match="422"):
+        fetcher.fetch(NOW)
+    assert client.running == 0  # no query of the failed fetch still running
+
+
 @pytest.mark.parametrize("failing", ["instant", "range"])
 def test_with_overlap_a_failed_query_of_either_thread_is_the_fetchs_prometheus_error(failing: str) -> None:
     class Refusing(Recorded):

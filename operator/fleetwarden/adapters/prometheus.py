@@ -1011,9 +1011,9 @@ class Fetcher:
         # and a fetch takes about the longer of the two rather than their sum. The client must
         # take queries from two threads at once (HttpClient's pooled session does).
         self.overlap = overlap
-        self._side: cf.ThreadPoolExecutor | None = None
-        # ... and a fetch that reads no range query (_ranges_final) sends those two at a time
-        self._pair: cf.ThreadPoolExecutor | None = None
+        # ... and a fetch that reads no range query (_ranges_final) sends those two at a time. Both on
+        # the fetcher's own two threads (_threads), made at the first fetch that needs them.
+        self._pool: cf.ThreadPoolExecutor | None = None
         # With a reader (adapters/reader.py: a process of its own), the SDK's range queries and the
         # spend and freshness queries are sent, decoded and folded there, off this interpreter:
         # what comes back is what this process would have built (the buckets of a slice, each
@@ -1086,9 +1086,7 @@ class Fetcher:
         side_unlabelled: dict[str, int] = {}
         final = self._ranges_final(start, end)
         if self.overlap and self.reader is None and final is None:
-            if self._side is None:
-                self._side = cf.ThreadPoolExecutor(1, thread_name_prefix="prometheus-instant")
-            side = self._side.submit(self._instants, now, side_unlabelled)
+            side = self._threads().submit(self._instants, now, side_unlabelled)
         try:
             if final is not None:
                 kept, queries = final, 0  # the same buckets as the last fetch's: no range query
@@ -1145,16 +1143,20 @@ class Fetcher:
     def _gather(self, asks: Sequence[tuple[str, str, float | str, str]], unlabelled: dict[str, int], two: bool
                 ) -> list[dict[Key, float]]:
         """The answers of the instant queries ``asks`` (:meth:`_instant`'s arguments), in order: one
-        after the other, or with ``two`` (and no reader) two at a time, on a pool of the fetcher's
-        own; the first failed query's PrometheusError raised once none of them runs any more."""
+        after the other, or with ``two`` (and no reader) two at a time, on the fetcher's own
+        threads; the first failed query's PrometheusError raised once none of them runs any more."""
         if not two or self.reader is not None or len(asks) < 2:
             return [self._instant(what, query, at, combine, unlabelled) for what, query, at, combine in asks]
-        if self._pair is None:
-            self._pair = cf.ThreadPoolExecutor(2, thread_name_prefix="prometheus-pair")
-        futures = [self._pair.submit(self._instant, what, query, at, combine, unlabelled)
+        futures = [self._threads().submit(self._instant, what, query, at, combine, unlabelled)
                    for what, query, at, combine in asks]
         cf.wait(futures)
         return [future.result() for future in futures]
+
+    def _threads(self) -> cf.ThreadPoolExecutor:
+        """The fetcher's two threads for the queries it sends beside others (``overlap``)."""
+        if self._pool is None:
+            self._pool = cf.ThreadPoolExecutor(2, thread_name_prefix="prometheus-query")
+        return self._pool
 
     def _spend_plan(self, now: float) -> tuple[list[tuple[tuple[spec.Window, bool], SpendPiece, int]],
                                                list[tuple[str, str, float | str, str]]]:

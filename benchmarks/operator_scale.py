@@ -623,6 +623,14 @@ def print_cycles(log: Path, first: int, last: int) -> None:
                            + (f"fetch {m['fetch']}s" if m["fetch"] else f"fetched {m['ahead']}s before"
                               if m["ahead"] else "no fetch")
                            + (f", {m['early']}s early" if m["early"] else "") for m in cycles))
+    waits = [m for m in map(fleet.WAITS_LINE.search, log.read_text(errors="replace").splitlines())
+             if m and first < int(m["number"]) <= last and m["spacing"]]
+    if waits:
+        print("the longest wait between two evaluations of one budget, by cycle (cycle: the wait = how long after the "
+              "cycle before this one started + how much later into this one than into that one the budget's "
+              "evaluation ended):")
+        print("  " + "; ".join(f"{m['number']}: {m['longest']}s = {m['spacing']} + "
+                               f"{float(m['now']) - float(m['before']):.1f}" for m in waits))
 
 
 def census(work: Path) -> None:

@@ -240,6 +240,59 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
     return len(failures)
 
 
+@dataclasses.dataclass(frozen=True)
+class Wait:
+    """One evaluation of a cycle, of a budget evaluated before (``monotonic``'s times)."""
+
+    rank: int | None  # its place among the cycle's paced budgets (None: taken at once)
+    began: float  # when its evaluation began (its runner had the gate)
+    ended: float
+    before: float  # when its evaluation before this one ended
+    item: Item
+
+
+def _name(item: Item) -> str:
+    meta = item.budget.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def waits_line(number: int, waits: Sequence[Wait], started: float, last_started: float | None,
+               pace: Pace, n: int) -> str | None:
+    """The log's line of what one cycle's budgets waited (None: none of them was evaluated before):
+    the longest wait between two evaluations of one budget (from the end of the one before to the
+    end of this one) and what made it up: how long after the cycle before this cycle started, how
+    far into each cycle its evaluation ended, and, with a pace, how long after its turn the
+    evaluation began (it waited for the evaluations before it) and how long it took (its own work,
+    its API calls, the gate held by others while it waited for them). Then, with a pace, the most
+    that any budget of each tenth of the order ended after its turn. The waits over the interval
+    are those the oldest evaluation shows (``fleetwarden_operator_oldest_evaluation_seconds``)."""
+    if not waits:
+        return None
+    worst = max(waits, key=lambda w: w.ended - w.before)
+    parts = [f"cycle {number} waits: the longest {worst.ended - worst.before:.1f}s ({_name(worst.item)}"]
+    if last_started is not None:
+        parts.append(f"; this cycle started {started - last_started:.1f}s after the one before; its evaluation "
+                     f"ended {worst.before - last_started:.1f}s into that one and {worst.ended - started:.1f}s into this")
+    if pace.share > 0 and worst.rank is not None:
+        turn = pace.turn(worst.rank, n)
+        parts.append(f"; its turn {turn:.1f}s in ({100 * worst.rank // max(1, n)}% of the order), "
+                     f"began {worst.began - started - turn:.1f}s after it, took {worst.ended - worst.began:.1f}s")
+    parts.append(")")
+    if pace.share > 0 and n:
+        tenths: list[float | None] = [None] * 10
+        for w in waits:
+            if w.rank is None:
+                continue
+            part, late = w.rank * 10 // n, w.ended - started - pace.turn(w.rank, n)
+            mark = tenths[part]
+            tenths[part] = late if mark is None else max(mark, late)
+        longest = max(waits, key=lambda w: w.ended - w.began)
+        parts.append("; ended after their turns, at most, by tenth of the order: " + " ".join(
+            "-" if late is None else f"{late:.1f}" for late in tenths) + " s")
+        parts.append(f"; the longest evaluation {longest.ended - longest.began:.1f}s ({_name(longest.item)})")
+    return "".join(parts)
+
+
 def cycle_line(number: int, budgets: int, failed: int, seconds: float, started: float, data: str | None,
                fetch_ended: float | None, early: float | None = None) -> str:
     """The log's line of one cycle: its budgets, time and data, the second of the minute it started at
@@ -262,6 +315,12 @@ CYCLE_LINE = re.compile(r"cycle (?P<number>\d+): (?P<budgets>\d+) budgets in (?P
                         r"(?:its fetch ended (?P<fetch>[\d.]+)s in|its fetch ended (?P<ahead>[\d.]+)s before it|"
                         r"no fetch ended in it)"
                         r"(?:; the next starts (?P<early>[\d.]+)s early)?")
+
+
+# waits_line's words, read back (the benchmark's longest wait of each cycle)
+WAITS_LINE = re.compile(r"cycle (?P<number>\d+) waits: the longest (?P<longest>[\d.]+)s \((?P<budget>[^;)]+)"
+                        r"(?:; this cycle started (?P<spacing>[\d.]+)s after the one before; its evaluation ended "
+                        r"(?P<before>-?[\d.]+)s into that one and (?P<now>-?[\d.]+)s into this)?")
 
 
 class FleetLoop:
@@ -311,6 +370,8 @@ class FleetLoop:
         self.sleep = sleep or self.stopping.wait  # waits for a budget's turn (cut short when the loop stops)
         self._ranks: dict[int, int | None] = {}  # id(item) -> its place among the cycle's paced (None: at once)
         self._ended: list[tuple[int | None, float]] = []  # the cycle's (place, time its evaluation ended)
+        self._waits: list[Wait] = []  # the cycle's evaluations of budgets evaluated before (its waits line)
+        self._last_started: float | None = None  # when the cycle before started (``monotonic``)
         self._prompted: dict[str, Item] = {}  # budget uid -> its latest item, evaluated at once
         self._prompt_lock = threading.Lock()
         self._prompt_wake = threading.Event()
@@ -349,8 +410,14 @@ class FleetLoop:
     def _evaluate(self, item: Item) -> Any:
         if self.stopping.is_set():
             return None
+        before = self.last_evaluated(item) if self.last_evaluated is not None else None
+        began = self.monotonic()
         result = self.evaluate(item)
-        self._ended.append((self._ranks[id(item)], self.monotonic()))  # (list.append is atomic)
+        ended = self.monotonic()
+        rank = self._ranks[id(item)]
+        self._ended.append((rank, ended))  # (list.append is atomic)
+        if before is not None:
+            self._waits.append(Wait(rank, began, ended, before, item))
         return result
 
     def order(self, items: Sequence[Item]) -> tuple[list[Item], int]:
@@ -390,13 +457,14 @@ class FleetLoop:
         items, fresh = self.order(items)
         paced = len(items) - fresh
         self._ranks = {id(item): (k - fresh if k >= fresh else None) for k, item in enumerate(items)}
-        self._ended = []
+        self._ended, self._waits = [], []
         failed = evaluate_all(items, self._evaluate, self.pool, runners=self.workers,
                               wait_for=self._wait_for_turn(started, fresh, paced) if self.pace.share > 0 else None,
                               stopped=self.stopping.is_set, gate=self.gate)
         seconds = self.monotonic() - started
         early = self.pace.early(started, paced, self._ended, over=seconds > self.interval)
-        self._ranks, self._ended = {}, []
+        waits = waits_line(self.cycles + 1, self._waits, started, self._last_started, self.pace, paced)
+        self._ranks, self._ended, self._waits, self._last_started = {}, [], [], started
         fetched = self.fetch_ended() if self.fetch_ended is not None else None
         self.cycles += 1
         if self.cycles == 1 and self.settled is not None:
@@ -413,6 +481,8 @@ class FleetLoop:
         log.info("%s", cycle_line(self.cycles, len(items), failed, seconds, wall, data,
                                   None if fetched is None or (fetched < started and not prefetched) else fetched - started,
                                   early if self.pace.share > 0 else None))
+        if waits is not None:
+            log.info("%s", waits)
         return CycleResult(len(items), failed, seconds, early)
 
     def _data_brought(self, end: int | None) -> str:

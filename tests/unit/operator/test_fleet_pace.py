@@ -251,3 +251,32 @@ def test_a_cycle_started_early_waits_for_its_data_being_read_but_never_past_the_
         assert asyncio.run(main()) == [1, 2, 3, 4]
     finally:
         released.set()
+
+
+def test_the_waits_line_names_the_budget_that_waited_longest_and_what_made_its_wait_up() -> None:
+    """Cycle at 200.0, the one before at 185.0; budget b3 ended 2.0 s into the last cycle and
+    9.5 s into this one (its turn 6.3 s in, began 2.7 s after it, took 0.5 s): 22.5 s between its
+    two evaluations, the longest. The others ended 0.2 s after their turns; one taken at once is
+    in no tenth, but its evaluation was the longest."""
+    pace = fleet.Pace(INTERVAL, 0.7)
+    n = 5
+    waits = [fleet.Wait(k, 200.0 + pace.turn(k, n), 200.0 + pace.turn(k, n) + 0.2, 186.0 + k, item(f"b{k}"))
+             for k in range(n) if k != 3]
+    waits.append(fleet.Wait(3, 209.0, 209.5, 187.0, item("b3")))
+    waits.append(fleet.Wait(None, 200.0, 201.0, 170.0 + 20.0, item("fresh")))
+    line = fleet.waits_line(9, waits, 200.0, 185.0, pace, n)
+    assert line is not None
+    assert line.startswith("cycle 9 waits: the longest 22.5s (shop/b3; this cycle started 15.0s after the one "
+                           "before; its evaluation ended 2.0s into that one and 9.5s into this; its turn 6.3s in "
+                           "(60% of the order), began 2.7s after it, took 0.5s)")
+    assert "by tenth of the order: 0.2 - 0.2 - 0.2 - 3.2 - 0.2 - s" in line
+    assert line.endswith("; the longest evaluation 1.0s (shop/fresh)")
+    assert fleet.waits_line(9, [], 200.0, 185.0, pace, n) is None
+
+
+def test_the_waits_line_is_read_back() -> None:
+    pace = fleet.Pace(INTERVAL, 0.7)
+    line = fleet.waits_line(4, [fleet.Wait(0, 100.5, 101.0, 85.5, item("b0"))], 100.0, 86.0, pace, 1)
+    read = fleet.WAITS_LINE.search(line or "")
+    assert read is not None and (read["number"], read["longest"], read["budget"]) == ("4", "15.5", "shop/b0")
+    assert (read["spacing"], read["before"], read["now"]) == ("14.0", "-0.5", "1.0")

@@ -179,7 +179,7 @@ class Gate(Protocol):
 
     def held(self, idle: bool = False) -> contextlib.AbstractContextManager[None]: ...
 
-    def outside(self) -> contextlib.AbstractContextManager[None]: ...
+    def outside(self, due: bool = False) -> contextlib.AbstractContextManager[None]: ...
 
     def pass_on(self) -> None: ...
 
@@ -200,8 +200,9 @@ def evaluate_all(items: Sequence[Item], evaluate: Callable[[Item], Any], pool: c
     With ``gate`` a runner holds it while it takes and evaluates budget after budget, and lets it
     go only to wait (its API calls, a budget's turn: ``wait_for`` steps out itself), when another
     runner goes on, or between two budgets to an evaluation from outside the runners (one
-    prompted by an edit): the evaluations' work stays on one thread, and moves only when that
-    one waits."""
+    prompted by an edit) or to a runner back at its budget's turn (the fleet loop's ``wait_for``
+    steps out with ``due``): the evaluations' work stays on one thread, and moves only when that
+    one waits, or when a budget taken before the holder's next is due."""
     n = max(1, min(len(items), len(items) if runners is None else runners))
     order = iter(enumerate(items))
     take = threading.Lock()  # one runner takes the next item at a time (inside the gate: never waited for)
@@ -264,7 +265,9 @@ def waits_line(number: int, waits: Sequence[Wait], started: float, last_started:
     far into each cycle its evaluation ended, and, with a pace, how long after its turn the
     evaluation began (it waited for the evaluations before it) and how long it took (its own work,
     its API calls, the gate held by others while it waited for them). Then, with a pace, the most
-    that any budget of each tenth of the order ended after its turn. The waits over the interval
+    that any budget of each tenth of the order ended after its turn, and how long that tenth's
+    evaluations took in all (more than its turns span: the evaluations themselves fell behind;
+    less, with budgets late: something else held the interpreter). The waits over the interval
     are those the oldest evaluation shows (``fleetwarden_operator_oldest_evaluation_seconds``)."""
     if not waits:
         return None
@@ -280,15 +283,20 @@ def waits_line(number: int, waits: Sequence[Wait], started: float, last_started:
     parts.append(")")
     if pace.share > 0 and n:
         tenths: list[float | None] = [None] * 10
+        took = [0.0] * 10
         for w in waits:
             if w.rank is None:
                 continue
             part, late = w.rank * 10 // n, w.ended - started - pace.turn(w.rank, n)
             mark = tenths[part]
             tenths[part] = late if mark is None else max(mark, late)
+            took[part] += w.ended - w.began
         longest = max(waits, key=lambda w: w.ended - w.began)
         parts.append("; ended after their turns, at most, by tenth of the order: " + " ".join(
             "-" if late is None else f"{late:.1f}" for late in tenths) + " s")
+        # against a tenth's turns (``pace.share * pace.interval / 10`` s): more, and its budgets fall behind
+        parts.append(f"; their evaluations took in all, by tenth (each tenth's turns span "
+                     f"{pace.share * pace.interval / 10:.2f}s): " + " ".join(f"{t:.2f}" for t in took) + " s")
         parts.append(f"; the longest evaluation {longest.ended - longest.began:.1f}s ({_name(longest.item)})")
     return "".join(parts)
 
@@ -444,7 +452,8 @@ class FleetLoop:
                 return
             left = started + self.pace.turn(k - fresh, n) - self.monotonic()
             if left > 0:
-                with self.gate.outside() if self.gate is not None else contextlib.nullcontext():
+                # (back at its turn, the budget is let in between two of the gate's holder: due)
+                with self.gate.outside(due=True) if self.gate is not None else contextlib.nullcontext():
                     self.sleep(left)
         return wait_for
 

@@ -418,8 +418,13 @@ class Gate:
             self._leave()
 
     @contextlib.contextmanager
-    def outside(self) -> Iterator[None]:
-        """Let the gate go while waiting (a thread that does not hold it just waits)."""
+    def outside(self, due: bool = False) -> Iterator[None]:
+        """Let the gate go while waiting (a thread that does not hold it just waits). Back, the
+        thread comes in when the holder steps out to wait; ``due`` (a runner back from waiting
+        for its budget's turn): also when the holder is between two budgets (:meth:`pass_on`).
+        Without it, a runner whose turn came while another held the gate waited for that one to
+        reach a budget whose turn was still to come: behind the cycle's schedule, that was every
+        budget after its own, and its budget, an earlier one, ended seconds after them."""
         if not self.holding():
             yield
             return
@@ -427,11 +432,12 @@ class Gate:
         try:
             yield
         finally:
-            self._enter(idle=True)  # (back when the holder steps out: not let in by pass_on)
+            self._enter(idle=not due)  # (idle: not let in by pass_on)
 
     def pass_on(self) -> None:
-        """Between two evaluations: let an evaluation from outside the runners that waits to
-        come in go first (its evaluation, then this thread's next)."""
+        """Between two evaluations: let an evaluation from outside the runners, or a runner back
+        for a budget whose turn came (``outside(due=True)``), that waits to come in go first (its
+        evaluation, then this thread's next)."""
         if self.holding() and self._busy > 0:
             self._came_in.clear()
             self._leave()

@@ -20,7 +20,7 @@ import pytest
 from test_fleet_loop import run_until
 from test_runtime_cycle import CountingFetcher, FakeKube, body, deployment, make
 
-from fleetwarden.handlers import fleet
+from fleetwarden.handlers import fleet, runtime
 
 INTERVAL = 15.0
 
@@ -270,6 +270,7 @@ def test_the_waits_line_names_the_budget_that_waited_longest_and_what_made_its_w
                            "before; its evaluation ended 2.0s into that one and 9.5s into this; its turn 6.3s in "
                            "(60% of the order), began 2.7s after it, took 0.5s)")
     assert "by tenth of the order: 0.2 - 0.2 - 0.2 - 3.2 - 0.2 - s" in line
+    assert "(each tenth's turns span 1.05s): 0.20 0.00 0.20 0.00 0.20 0.00 0.50 0.00 0.20 0.00 s" in line
     assert line.endswith("; the longest evaluation 1.0s (shop/fresh)")
     assert fleet.waits_line(9, [], 200.0, 185.0, pace, n) is None
 
@@ -280,3 +281,33 @@ def test_the_waits_line_is_read_back() -> None:
     read = fleet.WAITS_LINE.search(line or "")
     assert read is not None and (read["number"], read["longest"], read["budget"]) == ("4", "15.5", "shop/b0")
     assert (read["spacing"], read["before"], read["now"]) == ("14.0", "-0.5", "1.0")
+
+
+def test_behind_its_turns_a_cycle_still_evaluates_its_budgets_in_order() -> None:
+    """Four runners each take a budget and wait for its turn outside the gate (turns 15 ms apart).
+    One evaluation takes 0.2 s, and the budgets after it fall behind their turns: the three
+    runners holding the next ones are back, due, while it runs. Before, the runner that held the
+    gate took the next budget once done, its turn passed too, and went on from budget to budget
+    until one's turn was still to come, some fourteen budgets later: the three earlier budgets
+    ended after all of those. Now a runner back at its turn is let in between two budgets, and
+    every budget is evaluated within a few places of its own."""
+    gate = runtime.Gate()
+    evaluated: list[int] = []
+    n, workers = 40, 4
+
+    def evaluate(it: fleet.Item) -> None:
+        k = int(it.budget["metadata"]["uid"][1:])
+        time.sleep(0.2 if k == 5 else 0.001)  # (holding the gate: the evaluation's own work)
+        evaluated.append(k)
+
+    ready = threading.Event()
+    loop = fleet.FleetLoop(evaluate, interval=1.2, workers=workers, new_cycle=lambda: None, ready=ready,
+                           pace=0.5, gate=gate)
+    try:
+        loop.cycle([item(f"b{i:04d}") for i in range(n)])
+    finally:
+        loop.stopping.set()
+        loop.pool.shutdown()
+        loop.driver.shutdown()
+    assert sorted(evaluated) == list(range(n))
+    assert max(place - k for place, k in enumerate(evaluated)) <= workers, evaluated

@@ -24,9 +24,9 @@ machine those timers fall behind the interval (docs/operator.md, Scale): kopf sc
    spread over that share of the interval, each at its own turn, so a budget is reached at the
    same point of every cycle.
 3. It records the cycle's duration and starts the next cycle one interval after this one
-   started, less what the pace foresees a budget would wait past the interval, though not
-   while that cycle's data is still being read, unless a whole interval has passed (at once,
-   with a warning, when the cycle took longer than the interval). After
+   started, less what the pace foresees a budget would wait past the interval, even while
+   that cycle's data is still being read (its first budgets go on with the last snapshot;
+   at once, with a warning, when the cycle took longer than the interval). After
    the first cycle it settles the heap once (:func:`fleetwarden.handlers.heap.settle`), after
    each later one it gives malloc's free pages back (:func:`fleetwarden.handlers.heap.trim`).
 
@@ -523,6 +523,7 @@ class FleetLoop:
                     await loop.run_in_executor(self.driver, self.on_ready)
                 except Exception as exc:  # noqa: BLE001 - logged; the cycles go on without it
                     log.warning("before the first cycle: %s", exc)
+            reading: cf.Future[None] | None = None  # the reading of the next cycle's data (prefetch)
             while True:
                 started = self.monotonic()
                 items = copy_indexes(budgets, deployments, policies, approvals)
@@ -530,19 +531,19 @@ class FleetLoop:
                 if result.seconds > self.interval:
                     log.warning("evaluating %d budgets took %.1fs, longer than the %gs interval: the next "
                                 "cycle starts at once", result.budgets, result.seconds, self.interval)
-                fetching = None
                 if self.prefetch is not None:
                     self._prefetched = True
-                    fetching = asyncio.wrap_future(self.fetcher.submit(self._prefetch))
+                    if reading is None or reading.done():
+                        # (a reading still under way brings the next cycle's data: none is asked for
+                        # again behind it, so a slow Prometheus never makes the readings queue up)
+                        reading = self.fetcher.submit(self._prefetch)
+                # The next cycle starts when the pace says, even while its data is still read: its
+                # first budgets go on with the last snapshot meanwhile, as any evaluation during a
+                # fetch does (Runtime.snapshot). Waiting for the reading (up to one interval after
+                # this cycle's start, as before) started the cycle after a minute's range queries a
+                # whole interval after this one, and its budgets waited 15 s and what they ended
+                # later in it (15.6-16.1 s at 10,000 live budgets; docs/operator.md, Scale).
                 await asyncio.sleep(max(0.0, started + self.interval - result.early - self.monotonic()))
-                if fetching is not None and not fetching.done():
-                    # A cycle started early while its data is still read gains nothing: its first
-                    # budgets would share the interpreter with the reading and end when it ends (and
-                    # their lateness would start the cycle after it early again). So it waits for
-                    # the reading, never past one interval after this cycle's start. (asyncio.wait, not
-                    # wait_for: Python 3.11's wait_for loses a cancellation that comes as the reading
-                    # ends, and the loop would go on cycling after kopf cancelled it.)
-                    await asyncio.wait({fetching}, timeout=max(0.0, started + self.interval - self.monotonic()))
         finally:
             # The budgets not taken yet are skipped (``stopping``: evaluate_all's runners take no
             # more) and the cycle ends once those taken are done.

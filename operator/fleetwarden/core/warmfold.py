@@ -74,14 +74,17 @@ def phase(namespace: str, agent: str, anchor_minutes: int) -> int:
     return zlib.crc32(f"{namespace}/{agent}".encode()) % anchor_minutes
 
 
-# Folding ahead (Folds.prepare) starts this many seconds into a minute, each agent at its own
-# second among the PREPARE_SPREAD after it (20 to 44 s): the first cycle after a minute turned,
-# which steps every agent's new minute, is left alone, and the work falls on the minute's later
-# cycles. At the default 15 s interval every budget is evaluated once more at or after its
-# second, within the minute; a budget evaluated less often may miss it and fold from its new
-# anchor as before.
-PREPARE_FROM = 20
-PREPARE_SPREAD = 25
+# Folding ahead (Folds.prepare) starts this many seconds after the end of the data's last complete
+# minute, each agent at its own second among the PREPARE_SPREAD after it (45 to 59 s). The operator
+# reads a minute a scrape interval after its end (15-27 s after it at the defaults), and folds its
+# new minute in that cycle and the next two (WAIT_SECONDS: up to about 50 s after the end); so the
+# folds ahead fall on the minute's last cycles, which have no new minute to fold. (From 20 to 44 s
+# they fell on the same three cycles as the new minute's folds, which then took about twice the
+# evaluation time of the others: docs/operator.md, Scale.) A budget evaluated at least once every
+# 15 s is evaluated at or after its second before the next minute is read (75 s or more after the
+# end); one evaluated less often may miss it and fold from its new anchor as before.
+PREPARE_FROM = 45
+PREPARE_SPREAD = 15
 
 
 def prepare_second(namespace: str, agent: str) -> int:

@@ -507,10 +507,12 @@ def test_the_evaluation_folds_ahead_only_late_in_the_minute_and_finds_the_same(m
     from fleetwarden.core import decision, evaluate
 
     seconds: list[float] = []
+    after_end: list[float] = []  # seconds after the end of the data's minute of each fold ahead
     prepare = warmfold.Folds.prepare
 
     def recorded(self: warmfold.Folds, namespace: str, agent: str, window: Any, end: int, *rest: Any) -> bool:
         seconds.append(now - end - warmfold.prepare_second(namespace, agent))
+        after_end.append(now - end)
         return prepare(self, namespace, agent, window, end, *rest)
     monkeypatch.setattr(warmfold.Folds, "prepare", recorded)
     lookback, found = 90, 0  # the operator's: the in-view rule needs the hour before an onset and more
@@ -530,7 +532,7 @@ def test_the_evaluation_folds_ahead_only_late_in_the_minute_and_finds_the_same(m
             start = end - (lookback + ANCHOR) * MINUTE
             moves += end > first and _ahead_of(start - MINUTE, namespace, agent) is not None
             fetched = _window(ms, end, start + MINUTE)
-            for now in (end + 5.0, end + 30.0, end + 50.0):
+            for now in (end + 5.0, end + 30.0, end + 59.5):  # (the clock's minute: no data_end here)
                 common = {"budget": budget, "agents": [deployment], "spend": dict.fromkeys(spec.Window, 1.0), "now": now}
                 warm = evaluate.evaluate(decision.EvaluationInput(
                     minutes={agent: fetched}, previous=warm_prev, lookback_start=float(start),  # type: ignore[arg-type]
@@ -547,6 +549,9 @@ def test_the_evaluation_folds_ahead_only_late_in_the_minute_and_finds_the_same(m
         found += len(warm_new)
     assert found > 0
     assert seconds and min(seconds) >= 0  # never before the agent's second of the minute
+    # nor in the cycles that fold the new minute (read 15-27 s after its end, its waiting shares
+    # folded up to about 50 s after it): a fold ahead there made them the minute's costliest
+    assert min(after_end) >= 45
 
 
 def _folds_counted(monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], list[float]]:

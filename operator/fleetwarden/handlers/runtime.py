@@ -365,16 +365,18 @@ class Gate:
     send. The fleet loop's runners hold it from one budget to the next (handlers/fleet.py,
     evaluate_all), and between two budgets let in an evaluation that comes from outside them
     (:meth:`pass_on`): one prompted by an edit, or run by kopf, waits for the budget under way,
-    not for a runner's whole cycle. Runners waiting for the gate (idle, or back from an API call)
-    are not let in that way: they come in when the holder steps out to wait, since handing the
-    work from thread to thread at every budget is what the gate saves (measured: a first pass
-    of 10,000 status writes took 321-348 s when they were, 260 s when not)."""
+    not for a runner's whole cycle; so is a runner back at its budget's turn (``outside(due=True)``:
+    its budget was taken before the holder's next). Runners waiting for the gate idle, or back
+    from an API call, are not let in that way: they come in when the holder steps out to wait,
+    since handing the work from thread to thread at every budget is what the gate saves
+    (measured: a first pass of 10,000 status writes took 321-348 s when they were, 260 s when
+    not)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._count = threading.Lock()
-        self._busy = 0  # evaluations from outside the runners waiting to come in
+        self._busy = 0  # evaluations from outside the runners (or runners due) waiting to come in
         self._came_in = threading.Event()  # set by such a thread once it holds the gate
 
     def holding(self) -> bool:
@@ -382,7 +384,7 @@ class Gate:
         return bool(getattr(self._local, "held", False))
 
     def waiting(self) -> int:
-        """How many evaluations from outside the runners wait to come in."""
+        """How many evaluations from outside the runners, or runners back at a budget's turn, wait to come in."""
         return self._busy
 
     def _enter(self, idle: bool = False) -> None:

@@ -61,11 +61,10 @@ log = logging.getLogger(__name__)
 
 # The failed evaluations of one cycle that are logged one by one (the rest are counted).
 LOGGED_FAILURES = 5
-# Pace: a cycle's lateness is kept by this many parts of its order (each a hundredth of its budgets),
-# for this many cycles (about two minutes at the default interval, so a minute's costliest cycles,
-# at its turn and when most agents fold ahead, are among them).
-PACE_PARTS = 100
-PACE_KEPT = 8
+# Pace: the most lateness of a cycle's budgets is kept for this many cycles (about four minutes at
+# the default interval, so the costliest cycles of three or four minutes, those that fold a new
+# minute, are among them).
+PACE_KEPT = 16
 # Pace: seconds kept in hand under the interval besides the lateness foreseen, and the most a cycle
 # starts early (as a share of the interval).
 PACE_MARGIN = 0.25
@@ -108,14 +107,19 @@ class Pace:
 
     The lateness can still differ from one cycle to the next, so the next cycle starts early enough
     that every budget just evaluated would be evaluated again within the interval (less
-    ``PACE_MARGIN``) even if its evaluation ended as late after its turn as the latest of its part of
-    the order (a hundredth) in the last ``PACE_KEPT`` cycles; never more than ``PACE_MOST_EARLY`` of
-    the interval early. A cycle longer than the interval is left out of the record (the next one
-    starts at once anyway; a warm-up's slow cycles would keep every start early for minutes)."""
+    ``PACE_MARGIN``) even if its evaluation ended as late after its turn as the latest of any in the
+    last ``PACE_KEPT`` cycles; never more than ``PACE_MOST_EARLY`` of the interval early. The latest
+    of the whole order, not of the budget's own part of it, and of some four minutes: where a
+    cycle falls behind, and how far, changes from one minute to the next (the fetch of a new
+    minute ends at another point of its cycle, and the new minute's folds begin there), and the
+    latest of a hundredth of the order in the last two minutes foresaw too little (waits of
+    15.5-15.8 s at 10,000 live budgets; docs/operator.md, Scale). A cycle longer than the interval
+    is left out of the record (the next one starts at once anyway; a warm-up's slow cycles would
+    keep every start early for minutes)."""
 
     def __init__(self, interval: float, share: float) -> None:
         self.interval, self.share = interval, share
-        self._kept: collections.deque[list[float | None]] = collections.deque(maxlen=PACE_KEPT)
+        self._kept: collections.deque[float] = collections.deque(maxlen=PACE_KEPT)  # each cycle's latest
 
     def turn(self, k: int, n: int) -> float:
         """Seconds into its cycle at which the k-th of ``n`` budgets is submitted."""
@@ -129,21 +133,16 @@ class Pace:
         interval: ``over``)."""
         if self.share <= 0 or not ended or over:
             return 0.0
-        latest: list[float | None] = [None] * PACE_PARTS  # the most lateness in each part of the order
-        for k, end in ended:
-            if k is None:
-                continue
-            part, late = k * PACE_PARTS // n, end - started - self.turn(k, n)
-            mark = latest[part]
-            latest[part] = late if mark is None else max(mark, late)
-        self._kept.append(latest)
-        foreseen = [max((seen for kept in self._kept if (seen := kept[part]) is not None), default=0.0)
-                    for part in range(PACE_PARTS)]
-        # the next cycle takes them in the order their evaluations ended (the order of their last
-        # evaluation); budgets new to it come first, at once, and move none of them to a later turn
+        lates = [end - started - self.turn(k, n) for k, end in ended if k is not None]
+        if lates:  # (none when every budget was new to this cycle: nothing to record)
+            self._kept.append(max(lates))
+        foreseen = max(self._kept, default=0.0)
+        # The next cycle takes them in the order their evaluations ended (the order of their last
+        # evaluation), budgets new to it first, at once, moving none of them to a later turn: the
+        # r-th to end here is submitted at turn r there and may end ``foreseen`` after it.
         ends = sorted(end for _, end in ended)
         m = len(ends)
-        start_by = min(end - self.turn(r, m) - foreseen[r * PACE_PARTS // m] for r, end in enumerate(ends))
+        start_by = min(end - self.turn(r, m) for r, end in enumerate(ends)) - foreseen
         start_by += self.interval - PACE_MARGIN
         return min(max(0.0, started + self.interval - start_by), PACE_MOST_EARLY * self.interval)
 

@@ -43,10 +43,10 @@ def item(uid: str) -> fleet.Item:
 
 class Fleet:
     """``n`` budgets evaluated by a FleetLoop on a fake clock; each evaluation costs what ``costs``
-    says for its cycle. Records each budget's wait between two evaluations (end to end, as the
+    says for its cycle and its place in the cycle's order. Records each budget's wait between two evaluations (end to end, as the
     operator's ``oldest_evaluation`` reads them) and when each evaluation began in its cycle."""
 
-    def __init__(self, n: int, pace: float, costs: Callable[[int], float]) -> None:
+    def __init__(self, n: int, pace: float, costs: Callable[[int, int], float]) -> None:
         self.now = 1000.0
         self.costs = costs
         self.last: dict[str, float] = {}  # uid -> when its last evaluation ended
@@ -71,7 +71,7 @@ class Fleet:
         uid = it.budget["metadata"]["uid"]
         self.order.append(uid)
         self.began.append((len(self.order) - 1, self.now - self.started))
-        self.now += self.costs(self.loop.cycles)
+        self.now += self.costs(self.loop.cycles, len(self.order) - 1)
         if uid in self.last:
             self.waits.append((self.loop.cycles, self.now - self.last[uid]))
         self.last[uid] = self.now
@@ -91,7 +91,7 @@ class Fleet:
         return starts
 
 
-def minute(cycle: int) -> float:
+def minute(cycle: int, place: int = 0) -> float:
     """Seconds an evaluation costs in cycle ``cycle`` (0 the first pass): one cycle in four costlier,
     as a minute's at 10,000 budgets (4 s and 9 s a cycle of 1,000 unpaced)."""
     return 0.009 if cycle % 4 == 2 else 0.004
@@ -119,7 +119,7 @@ def test_paced_no_budget_waits_longer_than_the_interval() -> None:
 def test_paced_a_cycle_that_cannot_keep_up_is_foreseen_after_it_is_seen_once() -> None:
     """A costly cycle slower than the pace (13 s of work against 10.5 s of turns) makes its later
     budgets late; once it has been seen, the cycles before it start early enough."""
-    f = Fleet(1000, pace=0.7, costs=lambda c: 0.013 if c % 4 == 2 else 0.004)
+    f = Fleet(1000, pace=0.7, costs=lambda c, k: 0.013 if c % 4 == 2 else 0.004)
     f.run(24)
     waits = [wait for cycle, wait in f.waits if cycle > 4]
     assert max(waits) <= INTERVAL
@@ -127,8 +127,32 @@ def test_paced_a_cycle_that_cannot_keep_up_is_foreseen_after_it_is_seen_once() -
     assert first > INTERVAL
 
 
+def test_paced_a_minute_further_behind_than_the_two_before_it_is_foreseen() -> None:
+    """As the operator's minutes do at 10,000 live budgets: one cycle in four falls behind in one
+    stretch of its order (there the fetch of a new minute ends and its folds begin), and where and
+    how far changes from one minute to the next: a third of them 2 s behind, the others about half
+    a second, each at another point of the order. Once the first has been seen, no budget waits
+    longer than the interval. (Foreseeing from the last 8 cycles, two minutes, the minute 2 s
+    behind after two of half a second made budgets wait 16.2 s.)"""
+
+    def costs(cycle: int, place: int) -> float:
+        if cycle % 4 != 2:
+            return 0.004
+        minute = cycle // 4
+        start = 150 + 250 * (minute % 3)
+        if not start <= place < start + 100:
+            return 0.004
+        return 0.03 if minute % 3 == 0 else 0.015
+
+    f = Fleet(1000, pace=0.7, costs=costs)
+    f.run(40)
+    behind = max(wait for cycle, wait in f.waits if cycle == 2)  # the first, not foreseen
+    assert behind > INTERVAL + 1.5
+    assert max(wait for cycle, wait in f.waits if cycle > 2) <= INTERVAL
+
+
 def test_each_budget_is_submitted_no_sooner_than_its_turn_and_keeps_its_place() -> None:
-    f = Fleet(200, pace=0.5, costs=lambda c: 0.001)
+    f = Fleet(200, pace=0.5, costs=lambda c, k: 0.001)
     f.run(1)  # the first pass: every budget new, all at once
     assert f.began[-1][1] == pytest.approx(0.199)
     f.loop.stopping.clear()

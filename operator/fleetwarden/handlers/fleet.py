@@ -113,7 +113,7 @@ class Pace:
     cycle falls behind, and how far, changes from one minute to the next (the fetch of a new
     minute ends at another point of its cycle, and the new minute's folds begin there), and the
     latest of a hundredth of the order in the last two minutes foresaw too little (waits of
-    15.5-15.8 s at 10,000 live budgets; docs/operator.md, Scale). A cycle longer than the interval
+    15.5-16.9 s at 10,000 live budgets; docs/operator.md, Scale). A cycle longer than the interval
     is left out of the record (the next one starts at once anyway; a warm-up's slow cycles would
     keep every start early for minutes)."""
 

@@ -447,6 +447,37 @@ class Gate:
             self._enter(idle=True)
 
 
+class TokenBucket:
+    """Writes of one kind, fleet-wide: ``rate`` a second, refilled continuously, a second's worth
+    at most (the burst)."""
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self._tokens = rate
+        self._filled = now
+        self._lock = threading.Lock()
+
+    def _fill(self, now: float) -> None:
+        elapsed = max(0.0, now - self._filled)
+        self._filled = now
+        self._tokens = min(self.rate, self._tokens + elapsed * self.rate)
+
+    def take(self, now: float) -> bool:
+        """Take one write; False: none left, the write waits."""
+        with self._lock:
+            self._fill(now)
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
+
+    def ready(self, now: float) -> bool:
+        """Whether a write could be taken now (nothing taken)."""
+        with self._lock:
+            self._fill(now)
+            return self._tokens >= 1.0
+
+
 class Runtime:
     """Process-wide state: API clients, the per-cycle snapshot, per-budget locks and status."""
 
@@ -471,9 +502,8 @@ class Runtime:
         self._status: dict[str, bytes] = {}  # uid -> the status we last wrote (_pack_status)
         self._labels = LabelIndex()  # each namespace's Deployments by label (select_agents)
         self._written_at: dict[str, float] = {}
-        self._heartbeat_lock = threading.Lock()
-        self._heartbeat_tokens = MAX_HEARTBEATS_PER_SECOND  # a bucket: MAX_HEARTBEATS_PER_SECOND, a second's burst
-        self._heartbeat_filled = time.monotonic()
+        self._heartbeats = TokenBucket(MAX_HEARTBEATS_PER_SECOND, time.monotonic())
+        self._figure_writes = TokenBucket(MAX_FIGURE_WRITES_PER_SECOND, time.monotonic())
         self._evaluated_at: dict[str, float] = {}  # uid -> monotonic time of its last evaluation
         self.memo = decision.Memo()  # per-agent detector results, refolded once per minute
         # per-agent detector states, stepped on from their anchor (used when the fetcher reads an anchor's
@@ -842,8 +872,16 @@ class Runtime:
         if decisive:
             pass  # at once
         elif changed:
-            if since < self.figure_seconds():
+            figures = self.figure_seconds()
+            if since < figures:
                 return  # figures only: this budget's turn comes (its last write is recent)
+            if figures > 0 and not self._figure_writes.take(now):
+                # Its turn has come, but so has that of more budgets than MAX_FIGURE_WRITES_PER_SECOND
+                # a second: a later evaluation writes it. The turns alone spread the writes only if
+                # the last ones were spread: the first pass wrote every status of 10,000 budgets within
+                # 250 s, and 500 s later they all fell due within three minutes, some 58 PATCHes (and
+                # watch events) a second; cycles took up to 84 s (docs/operator.md, Scale).
+                return
         elif since < self.heartbeat_seconds() or not self.heartbeat_allowed(now):
             return
         patch = merge_patch(old, new)
@@ -953,17 +991,9 @@ class Runtime:
             self._gaps.pop(uid, None)
 
     def heartbeat_allowed(self, now: float) -> bool:
-        """Take one heartbeat write from the fleet-wide bucket (MAX_HEARTBEATS_PER_SECOND, refilled
-        continuously, a second's worth at most); False: none left, the heartbeat waits."""
-        with self._heartbeat_lock:
-            elapsed = max(0.0, now - self._heartbeat_filled)
-            self._heartbeat_filled = now
-            self._heartbeat_tokens = min(MAX_HEARTBEATS_PER_SECOND,
-                                         self._heartbeat_tokens + elapsed * MAX_HEARTBEATS_PER_SECOND)
-            if self._heartbeat_tokens < 1.0:
-                return False
-            self._heartbeat_tokens -= 1.0
-            return True
+        """Take one heartbeat write from the fleet-wide bucket (MAX_HEARTBEATS_PER_SECOND); False:
+        none left, the heartbeat waits."""
+        return self._heartbeats.take(now)
 
     def _since_written(self, uid: str, now: float) -> float:
         """Seconds since this process last wrote budget ``uid``'s status (infinite: never)."""
@@ -971,8 +1001,13 @@ class Runtime:
 
     def figures_wait(self, uid: str) -> bool:
         """Whether budget ``uid``'s figures alone would not be written now: neither their turn
-        (figure_seconds) nor a heartbeat has come since its last write."""
-        return self._since_written(uid, time.monotonic()) < min(self.figure_seconds(), self.heartbeat_seconds())
+        (figure_seconds) nor a heartbeat has come since its last write, or their turn has come
+        but the fleet's figure writes are at their rate (a large fleet; see _write_status)."""
+        now = time.monotonic()
+        since, figures, heartbeat = self._since_written(uid, now), self.figure_seconds(), self.heartbeat_seconds()
+        if since < min(figures, heartbeat):
+            return True
+        return since < heartbeat and figures > 0 and not self._figure_writes.ready(now)
 
     def figure_seconds(self) -> float:
         """How long a status whose figures alone changed waits after its last write: 0 (at once) while

@@ -537,6 +537,38 @@ def test_in_a_large_fleet_figures_wait_for_their_turn_and_decisions_do_not() -> 
     assert len(k.patches) == 6  # ... its count of series a figure
 
 
+def test_in_a_large_fleet_figure_writes_whose_turns_came_together_stay_at_their_rate() -> None:
+    """Budgets whose figures' turns all came at once (the first pass wrote every status within a
+    few minutes, so their turns fall within a few minutes too) are written at most
+    MAX_FIGURE_WRITES_PER_SECOND a second across the fleet; the others wait for a later evaluation,
+    which knows it (figures_wait: their figures are not worked out meanwhile). A decision is
+    never held back, and a second later more figures go out."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _Patches()
+    rate = runtime.MAX_FIGURE_WRITES_PER_SECOND
+    statuses = {f"uid-{i}": {"state": "Active", "spend": {"hour": 4.0}} for i in range(200)}
+    for uid, status in statuses.items():
+        rt._write_status(k, uid, "ns", uid, {}, status)  # noqa: SLF001 - the first writes: changes
+    assert len(k.patches) == 200
+    rt._written_at.update({f"other-{i}": 0.0 for i in range(9_800)})  # noqa: SLF001 - 10,000 budgets
+    for uid in statuses:
+        rt._written_at[uid] -= rt.figure_seconds() + 1  # noqa: SLF001 - every turn has come
+    assert not any(rt.figures_wait(uid) for uid in list(statuses)[:5])
+    started = time.monotonic()
+    for uid, status in statuses.items():
+        rt._write_status(k, uid, "ns", uid, status, {**status, "spend": {"hour": 5.5}})  # noqa: SLF001
+    took = time.monotonic() - started
+    figures = len(k.patches) - 200
+    assert 1 <= figures <= rate * (1 + took) + 1
+    waiting = [uid for uid in statuses if rt._written_at[uid] < started]  # noqa: SLF001
+    assert len(waiting) == 200 - figures and rt.figures_wait(waiting[0])
+    rt._write_status(k, waiting[0], "ns", waiting[0], statuses[waiting[0]],  # noqa: SLF001
+                     {"state": "Exceeded", "spend": {"hour": 11.0}})
+    assert k.patches[-1] == {"state": "Exceeded", "spend": {"hour": 11.0}}  # a decision is never held back
+    rt._figure_writes._fill(time.monotonic() + 2.0)  # noqa: SLF001 - a second later and more
+    assert not rt.figures_wait(waiting[1])
+
+
 def test_an_unchanged_status_is_found_unchanged_without_rounding_its_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     """A status whose every value but the volatile ones equals the last one written is no change:
     it is found so without working out either one's rounded parts (most evaluations: nothing

@@ -43,8 +43,9 @@ def item(uid: str) -> fleet.Item:
 
 class Fleet:
     """``n`` budgets evaluated by a FleetLoop on a fake clock; each evaluation costs what ``costs``
-    says for its cycle and its place in the cycle's order. Records each budget's wait between two evaluations (end to end, as the
-    operator's ``oldest_evaluation`` reads them) and when each evaluation began in its cycle."""
+    says for its cycle and its place in the cycle's order. Records each budget's wait between two
+    evaluations (end to end, as the operator's ``oldest_evaluation`` reads them) and when each
+    evaluation began in its cycle."""
 
     def __init__(self, n: int, pace: float, costs: Callable[[int, int], float]) -> None:
         self.now = 1000.0

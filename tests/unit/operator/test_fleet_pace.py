@@ -312,7 +312,7 @@ def test_behind_its_turns_a_cycle_still_evaluates_its_budgets_in_order() -> None
     One evaluation takes 0.2 s, and the budgets after it fall behind their turns: the three
     runners holding the next ones are back, due, while it runs. Before, the runner that held the
     gate took the next budget once done, its turn passed too, and went on from budget to budget
-    until one's turn was still to come, some fourteen budgets later: the three earlier budgets
+    until one's turn was still to come, some ten budgets later: the three earlier budgets
     ended after all of those. Now a runner back at its turn is let in between two budgets, and
     every budget is evaluated within a few places of its own."""
     gate = runtime.Gate()

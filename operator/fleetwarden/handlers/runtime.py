@@ -20,7 +20,10 @@ governs (or whose budget sets no unit-economics target) with a Warning Event, on
 A transient Kubernetes failure of an action is raised (the ``KubeError`` itself, after the
 status is written, so the next cycle continues from what was decided: an unfinished
 scale-down is redone while the state is Killed); so is a failed status write. The kopf
-handler maps them to ``kopf.TemporaryError`` (:mod:`fleetwarden.handlers.retry`).
+handler maps them to ``kopf.TemporaryError`` (:mod:`fleetwarden.handlers.retry`). In a fleet
+large enough that figures wait for their turn, a write of figures alone or a heartbeat is sent
+by the writer's threads (:class:`StatusWriter`); one that fails is logged, and the next
+evaluation writes it.
 
 Kopf-free on purpose: the handlers and ``benchmarks/operator_scale.py`` call it alike.
 """
@@ -28,6 +31,7 @@ Kopf-free on purpose: the handlers and ``benchmarks/operator_scale.py`` call it 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -72,6 +76,13 @@ MAX_HEARTBEATS_PER_SECOND = 5.0
 # whose hour spend moved every minute, every evaluation was a PATCH, and with the watch event each
 # PATCH brings back, the writes were about 40% of the operator's samples (docs/operator.md, Scale).
 MAX_FIGURE_WRITES_PER_SECOND = 20.0
+# In such a large fleet, figure-only writes and heartbeats go out from threads of their own
+# (StatusWriter), so no evaluation waits for them: at 10,000 live budgets a PATCH took up to
+# 1.6 s while the writes went on, and the runners waiting on the API server together missed the
+# later budgets' turns (docs/operator.md, Scale). At most this many wait to be sent; with as many
+# waiting, a budget's figures wait for a later evaluation, as with an empty token bucket.
+STATUS_WRITERS = 4
+MAX_QUEUED_WRITES = 64
 _FIGURES = ("summary", "spend", "costPerTaskUSD", "costPerOutcomeUSD", "topAgents", "topTools")
 _SOURCE_FIGURES = ("series", "families", "lastSample", "unpricedModels")
 # The operator's fetcher reads the SDK's per-minute series incrementally (the minutes since its
@@ -478,6 +489,93 @@ class TokenBucket:
             return self._tokens >= 1.0
 
 
+class StatusWriter:
+    """Status writes that no evaluation waits for, sent by ``threads`` threads of their own
+    (started with the first write). One write of a budget at a time, so a budget's writes reach
+    the API server in the order given; a budget's write queued while one of it waits to be sent
+    replaces that one (the later status is the whole of it) and keeps its place. A write
+    handles its own failures; an exception it lets out is logged."""
+
+    def __init__(self, *, threads: int = STATUS_WRITERS, limit: int = MAX_QUEUED_WRITES) -> None:
+        self._threads = threads
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._queued: dict[str, Callable[[], None]] = {}  # uid -> its write, in the order queued
+        self._sending: set[str] = set()
+        self._started = 0
+
+    def room(self) -> bool:
+        """Whether a write of a budget with none queued would be taken now."""
+        with self._cond:
+            return len(self._queued) < self.limit
+
+    def submit(self, uid: str, write: Callable[[], None]) -> bool:
+        """Queue ``write``, budget ``uid``'s. False: ``limit`` writes wait already; nothing queued."""
+        with self._cond:
+            if uid not in self._queued and len(self._queued) >= self.limit:
+                return False
+            self._queued[uid] = write
+            while self._started < self._threads:
+                self._started += 1
+                threading.Thread(target=self._run, name=f"fleetwarden-status-writer-{self._started}",
+                                 daemon=True).start()
+            self._cond.notify_all()
+        return True
+
+    def settle(self, uid: str) -> bool:
+        """Drop budget ``uid``'s queued write and wait for the one being sent, so that a write of
+        it sent now comes after it. True: there was one of either (what was written may have
+        changed meanwhile)."""
+        with self._cond:
+            dropped = self._queued.pop(uid, None) is not None
+            waited = uid in self._sending
+            while uid in self._sending:
+                self._cond.wait()
+            return dropped or waited
+
+    def drop(self, uid: str) -> None:
+        """Drop budget ``uid``'s queued write, if any (it was deleted)."""
+        with self._cond:
+            self._queued.pop(uid, None)
+
+    def pending(self) -> int:
+        """Writes queued or being sent."""
+        with self._cond:
+            return len(self._queued) + len(self._sending)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no write is queued or being sent (at most ``timeout`` seconds); True: none."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queued or self._sending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def _next(self) -> tuple[str, Callable[[], None]]:
+        with self._cond:
+            while True:
+                uid = next((u for u in self._queued if u not in self._sending), None)
+                if uid is not None:
+                    self._sending.add(uid)
+                    return uid, self._queued.pop(uid)
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            uid, write = self._next()
+            try:
+                write()
+            except Exception:  # a write never stops the writer
+                log.exception("status write of AgentBudget %s failed", uid)
+            finally:
+                with self._cond:
+                    self._sending.discard(uid)
+                    self._cond.notify_all()
+
+
 class Runtime:
     """Process-wide state: API clients, the per-cycle snapshot, per-budget locks and status."""
 
@@ -504,6 +602,7 @@ class Runtime:
         self._written_at: dict[str, float] = {}
         self._heartbeats = TokenBucket(MAX_HEARTBEATS_PER_SECOND, time.monotonic())
         self._figure_writes = TokenBucket(MAX_FIGURE_WRITES_PER_SECOND, time.monotonic())
+        self.writer = StatusWriter()  # a large fleet's figure writes and heartbeats
         self._evaluated_at: dict[str, float] = {}  # uid -> monotonic time of its last evaluation
         self.memo = decision.Memo()  # per-agent detector results, refolded once per minute
         # per-agent detector states, stepped on from their anchor (used when the fetcher reads an anchor's
@@ -628,6 +727,7 @@ class Runtime:
     def forget(self, uid: str, namespace: str, name: str) -> None:
         with self._locks_lock:
             self._locks.pop(uid, None)
+        self.writer.drop(uid)
         self._status.pop(uid, None)
         self._written_at.pop(uid, None)
         self._evaluated_at.pop(uid, None)
@@ -869,21 +969,41 @@ class Runtime:
             if not decisive:
                 return  # whatever the figures, nothing to write before their turn or a heartbeat
             new = complete()
+        large = self.figure_seconds() > 0
         if decisive:
-            pass  # at once
+            if self.writer.settle(uid):  # a figure write or heartbeat of it went out, or is dropped
+                kept = self._status.get(uid)
+                old = _unpack_status(kept) if kept else old
         elif changed:
             figures = self.figure_seconds()
             if since < figures:
                 return  # figures only: this budget's turn comes (its last write is recent)
-            if figures > 0 and not self._figure_writes.take(now):
+            if large and not (self.writer.room() and self._figure_writes.take(now)):
                 # Its turn has come, but so has that of more budgets than MAX_FIGURE_WRITES_PER_SECOND
                 # a second: a later evaluation writes it. The turns alone spread the writes only if
                 # the last ones were spread: the first pass wrote every status of 10,000 budgets within
                 # 250 s, and 500 s later they all fell due within three minutes, some 58 PATCHes (and
                 # watch events) a second; cycles took up to 84 s (docs/operator.md, Scale).
                 return
-        elif since < self.heartbeat_seconds() or not self.heartbeat_allowed(now):
+        elif since < self.heartbeat_seconds() or (large and not self.writer.room()) or not self.heartbeat_allowed(now):
             return
+        if not decisive and large:
+            # a large fleet's figures or heartbeat: sent by the writer's threads (STATUS_WRITERS);
+            # counted as written now, so that the turns go on as if it were (_send_status undoes it)
+            before = self._written_at.get(uid)
+            self._written_at[uid] = now
+            if not self.writer.submit(uid, functools.partial(self._send_status, k, uid, namespace, name, old, new)):  # (filled up meanwhile by other runners)
+                if before is None:
+                    self._written_at.pop(uid, None)
+                else:
+                    self._written_at[uid] = before
+            return
+        self._patch_status(k, uid, namespace, name, old, new, now)
+
+    def _patch_status(self, k: kube.Kube, uid: str, namespace: str, name: str, old: Mapping[str, Any],
+                      new: dict[str, Any], now: float) -> None:
+        """PATCH ``new`` over ``old`` (nothing if alike) and keep it as written. A budget deleted
+        meanwhile is left; another failure is raised."""
         patch = merge_patch(old, new)
         if not patch:
             return
@@ -896,6 +1016,22 @@ class Runtime:
             raise
         self._status[uid] = _pack_status(new) if new else b""  # an empty one reads as none, as before
         self._written_at[uid] = now
+
+    def _send_status(self, k: kube.Kube, uid: str, namespace: str, name: str, old: Mapping[str, Any],
+                     new: dict[str, Any]) -> None:
+        """The writer's write of budget ``uid``: over the status this process wrote last (what the
+        API server holds: a budget's writes go out one at a time), else ``old``. One that fails is
+        logged and its turn comes again at once, so the next evaluation writes it."""
+        kept = self._status.get(uid)
+        counted = self._written_at.get(uid)
+        try:
+            self._patch_status(k, uid, namespace, name, _unpack_status(kept) if kept else old, new,
+                               time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - logged; the next evaluation writes it
+            log.warning("status of AgentBudget %s/%s not written (the next evaluation writes it): %s",
+                        namespace, name, exc)
+            if uid in self._written_at and self._written_at.get(uid) == counted:
+                self._written_at[uid] = float("-inf")
 
     # ---------------------------------------------------------------- governance hygiene
 
@@ -1002,12 +1138,13 @@ class Runtime:
     def figures_wait(self, uid: str) -> bool:
         """Whether budget ``uid``'s figures alone would not be written now: neither their turn
         (figure_seconds) nor a heartbeat has come since its last write, or their turn has come
-        but the fleet's figure writes are at their rate (a large fleet; see _write_status)."""
+        but the fleet's figure writes are at their rate, or as many as the writer takes wait to be
+        sent (a large fleet; see _write_status)."""
         now = time.monotonic()
         since, figures, heartbeat = self._since_written(uid, now), self.figure_seconds(), self.heartbeat_seconds()
         if since < min(figures, heartbeat):
             return True
-        return since < heartbeat and figures > 0 and not self._figure_writes.ready(now)
+        return since < heartbeat and figures > 0 and not (self.writer.room() and self._figure_writes.ready(now))
 
     def figure_seconds(self) -> float:
         """How long a status whose figures alone changed waits after its last write: 0 (at once) while

@@ -522,6 +522,7 @@ def test_in_a_large_fleet_figures_wait_for_their_turn_and_decisions_do_not() -> 
     assert len(k.patches) == 2  # figures alone: not yet
     rt._written_at["uid"] -= rt.figure_seconds() + 1  # noqa: SLF001 - its turn
     write(more)
+    assert rt.writer.drain(10.0)  # (sent by the writer's threads: StatusWriter)
     assert len(k.patches) == 3 and k.patches[-1]["spend"] == {"hour": 5.5}
     over = {**more, "spend": {"hour": 11.0}, "state": "Exceeded",
             "conditions": [{**ready, "status": "True", "reason": "OverCap", "message": "110% of the cap"}]}
@@ -558,6 +559,7 @@ def test_in_a_large_fleet_figure_writes_whose_turns_came_together_stay_at_their_
     for uid, status in statuses.items():
         rt._write_status(k, uid, "ns", uid, status, {**status, "spend": {"hour": 5.5}})  # noqa: SLF001
     took = time.monotonic() - started
+    assert rt.writer.drain(10.0)
     figures = len(k.patches) - 200
     assert 1 <= figures <= rate * (1 + took) + 1
     waiting = [uid for uid in statuses if rt._written_at[uid] < started]  # noqa: SLF001

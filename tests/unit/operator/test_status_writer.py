@@ -1,0 +1,155 @@
+"""A large fleet's figure writes and heartbeats go out from the writer's own threads
+(runtime.StatusWriter): an evaluation does not wait for their PATCH, a budget's writes keep
+their order, a decisive write comes after the budget's write under way and patches over what
+it wrote, and a write that fails is written by the next evaluation. Fakes only (the API
+server); the operator's e2e tests and benchmarks/operator_scale.py run it on the real parts."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from fleetwarden.adapters import kube
+from fleetwarden.handlers import runtime
+
+WAIT = 30.0  # how long a held PATCH waits for the test to let it go (never reached when all is well)
+
+
+class _HeldPatches:
+    """An API server whose status PATCHes wait until ``release`` is set (while ``hold`` is), or
+    fail with ``fail`` (an HTTP status)."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.started: list[str] = []
+        self.hold = False
+        self.release = threading.Event()
+        self.fail: int | None = None
+
+    def patch_budget_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.started.append(name)
+        if self.hold:
+            self.release.wait(WAIT)
+        if self.fail is not None:
+            raise kube.KubeError(f"patch status of agentbudget {namespace}/{name}: boom", self.fail)
+        self.patches.append((name, patch))
+
+
+def _large_fleet(rt: runtime.Runtime, written: dict[str, dict[str, Any]], k: _HeldPatches) -> None:
+    """10,000 budgets written so far (figures wait for their turn), ``written`` among them, each
+    with its status written and its figures' turn come."""
+    for uid, status in written.items():
+        rt._write_status(k, uid, "ns", uid, {}, status)  # noqa: SLF001 - the first writes: changes
+    rt._written_at.update({f"other-{i}": 0.0 for i in range(10_000 - len(written))})  # noqa: SLF001
+    assert rt.figure_seconds() > 0
+    for uid in written:
+        rt._written_at[uid] -= rt.figure_seconds() + 1  # noqa: SLF001
+    k.patches.clear()
+    k.started.clear()
+
+
+BASE = {"state": "Active", "spend": {"hour": 4.0}, "summary": {"percentUsed": 40.0}}
+GROWN = {**BASE, "spend": {"hour": 5.5}, "summary": {"percentUsed": 55.0}}
+
+
+def test_a_large_fleets_figure_write_does_not_hold_the_evaluation_and_is_kept_once_written() -> None:
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _HeldPatches()
+    _large_fleet(rt, {"a": BASE}, k)
+    k.hold = True
+    rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001 - returns with its PATCH held
+    assert not k.patches  # not sent yet: the evaluation went on
+    assert rt.figures_wait("a")  # its turn is taken: the next evaluations work no figures out for it
+    assert rt.previous_status({"metadata": {"uid": "a"}}) == BASE  # what the API server holds so far
+    k.release.set()
+    assert rt.writer.drain(WAIT)
+    assert k.patches == [("a", {"spend": {"hour": 5.5}, "summary": {"percentUsed": 55.0}})]
+    assert rt.previous_status({"metadata": {"uid": "a"}}) == GROWN
+
+
+def test_a_decisive_write_comes_after_the_budgets_figure_write_under_way_and_patches_over_it() -> None:
+    """The evaluation that decides read the status before the figure write landed; its patch is
+    worked out over what that write left, and sent after it."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _HeldPatches()
+    _large_fleet(rt, {"a": BASE}, k)
+    k.hold = True
+    rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001
+    exceeded = {**GROWN, "state": "Exceeded"}
+    decided = threading.Thread(target=rt._write_status, args=(k, "a", "ns", "a", BASE, exceeded))  # noqa: SLF001
+    decided.start()
+    while not k.started:  # the figure write is under way (held)
+        threading.Event().wait(0.01)
+    k.release.set()
+    decided.join(WAIT)
+    assert rt.writer.drain(WAIT)
+    assert k.patches == [("a", {"spend": {"hour": 5.5}, "summary": {"percentUsed": 55.0}}),
+                         ("a", {"state": "Exceeded"})]
+    assert rt.previous_status({"metadata": {"uid": "a"}}) == exceeded
+
+
+def test_a_figure_write_that_fails_is_written_by_the_next_evaluation(caplog: pytest.LogCaptureFixture) -> None:
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _HeldPatches()
+    _large_fleet(rt, {"a": BASE}, k)
+    k.fail = 500
+    rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001
+    assert rt.writer.drain(WAIT)
+    assert not k.patches and "status of AgentBudget ns/a not written" in caplog.text
+    assert not rt.figures_wait("a")  # its turn has come again
+    assert rt.previous_status({"metadata": {"uid": "a"}}) == BASE  # not shown as written
+    k.fail = None
+    rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001
+    assert rt.writer.drain(WAIT)
+    assert k.patches == [("a", {"spend": {"hour": 5.5}, "summary": {"percentUsed": 55.0}})]
+
+
+def test_the_writer_keeps_each_budgets_order_and_a_later_write_replaces_a_queued_one() -> None:
+    writer = runtime.StatusWriter(threads=2, limit=3)
+    sent: list[str] = []
+    gate = threading.Event()
+
+    def write(what: str, hold: bool = False) -> Any:
+        def send() -> None:
+            if hold:
+                gate.wait(WAIT)
+            sent.append(what)
+        return send
+    assert writer.submit("a", write("a1", hold=True))
+    assert writer.submit("b", write("b1", hold=True))
+    while True:  # both threads hold a write under way
+        with writer._cond:  # noqa: SLF001
+            if len(writer._sending) == 2:  # noqa: SLF001
+                break
+        threading.Event().wait(0.01)
+    assert writer.submit("a", write("a2"))
+    assert writer.submit("a", write("a3"))  # replaces a2, which was still queued
+    assert writer.submit("c", write("c1"))
+    assert writer.submit("d", write("d1"))
+    assert not writer.submit("e", write("e1"))  # three queued: the limit
+    assert not writer.room()
+    writer.drop("d")
+    assert writer.submit("e", write("e1"))
+    gate.set()
+    assert writer.drain(WAIT)
+    assert sorted(sent) == ["a1", "a3", "b1", "c1", "e1"]
+    assert sent.index("a1") < sent.index("a3")
+
+
+def test_settling_a_budget_drops_its_queued_write() -> None:
+    writer = runtime.StatusWriter(threads=1, limit=4)
+    sent: list[str] = []
+    gate = threading.Event()
+
+    def held() -> None:
+        gate.wait(WAIT)
+        sent.append("b1")
+    assert writer.submit("b", held)
+    assert writer.submit("a", lambda: sent.append("a1"))  # queued behind b1 (one thread)
+    assert writer.settle("a")  # dropped
+    assert not writer.settle("a")  # nothing of it left
+    gate.set()
+    assert writer.drain(WAIT)
+    assert sent == ["b1"]

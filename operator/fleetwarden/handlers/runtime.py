@@ -460,18 +460,19 @@ class Gate:
 
 class TokenBucket:
     """Writes of one kind, fleet-wide: ``rate`` a second, refilled continuously, a second's worth
-    at most (the burst)."""
+    at most (the burst), and at least one write (a rate under one a second writes one at a time)."""
 
     def __init__(self, rate: float, now: float) -> None:
         self.rate = rate
-        self._tokens = rate
+        self._burst = max(1.0, rate)
+        self._tokens = self._burst
         self._filled = now
         self._lock = threading.Lock()
 
     def _fill(self, now: float) -> None:
         elapsed = max(0.0, now - self._filled)
         self._filled = now
-        self._tokens = min(self.rate, self._tokens + elapsed * self.rate)
+        self._tokens = min(self._burst, self._tokens + elapsed * self.rate)
 
     def take(self, now: float) -> bool:
         """Take one write; False: none left, the write waits."""

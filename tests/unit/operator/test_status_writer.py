@@ -153,3 +153,15 @@ def test_settling_a_budget_drops_its_queued_write() -> None:
     gate.set()
     assert writer.drain(WAIT)
     assert sent == ["b1"]
+
+
+def test_a_bucket_of_under_one_write_a_second_still_writes_one_at_a_time() -> None:
+    """A rate under one a second (a second's worth is less than one write) holds one write, and
+    refills it at that rate."""
+    bucket = runtime.TokenBucket(0.05, 0.0)
+    assert bucket.ready(0.0) and bucket.take(0.0)
+    assert not bucket.take(10.0)
+    assert bucket.take(20.0)
+    assert not bucket.ready(20.0)
+    bucket = runtime.TokenBucket(20.0, 0.0)
+    assert sum(bucket.take(0.0) for _ in range(30)) == 20  # a second's worth at once, no more

@@ -972,7 +972,9 @@ class Runtime:
             new = complete()
         large = self.figure_seconds() > 0
         if decisive:
-            if self.writer.settle(uid):  # a figure write or heartbeat of it went out, or is dropped
+            with self.gate.outside():  # (it may wait for the budget's write under way)
+                settled = self.writer.settle(uid)
+            if settled:  # a figure write or heartbeat of it went out, or is dropped
                 kept = self._status.get(uid)
                 old = _unpack_status(kept) if kept else old
         elif changed:

@@ -90,6 +90,38 @@ def test_a_decisive_write_comes_after_the_budgets_figure_write_under_way_and_pat
     assert rt.previous_status({"metadata": {"uid": "a"}}) == exceeded
 
 
+def test_a_decisive_write_waits_for_the_budgets_write_under_way_outside_the_gate() -> None:
+    """While it waits, other evaluations go on: the gate (one evaluation's work at a time) is free."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _HeldPatches()
+    _large_fleet(rt, {"a": BASE}, k)
+    k.hold = True
+    rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001
+    settling = threading.Event()
+    settle = rt.writer.settle
+
+    def settle_seen(uid: str) -> bool:
+        settling.set()
+        return settle(uid)
+    rt.writer.settle = settle_seen  # type: ignore[method-assign]
+
+    def decide() -> None:
+        with rt.gate.held():
+            rt._write_status(k, "a", "ns", "a", BASE, {**GROWN, "state": "Exceeded"})  # noqa: SLF001
+    decided = threading.Thread(target=decide)
+    decided.start()
+    assert settling.wait(WAIT)
+    while not k.started:
+        threading.Event().wait(0.01)
+    free = rt.gate._lock.acquire(timeout=5.0)  # noqa: SLF001 - another evaluation would come in
+    if free:
+        rt.gate._lock.release()  # noqa: SLF001
+    k.release.set()
+    decided.join(WAIT)
+    assert free
+    assert [name for name, _ in k.patches] == ["a", "a"] and k.patches[-1][1] == {"state": "Exceeded"}
+
+
 def test_a_figure_write_that_fails_is_written_by_the_next_evaluation(caplog: pytest.LogCaptureFixture) -> None:
     rt = runtime.Runtime(interval=15.0, fetcher=None)
     k = _HeldPatches()

@@ -525,8 +525,7 @@ class StatusWriter:
 
     def settle(self, uid: str) -> bool:
         """Drop budget ``uid``'s queued write and wait for the one being sent, so that a write of
-        it sent now comes after it. True: there was one of either (what was written may have
-        changed meanwhile)."""
+        it sent now comes after it. True: there was one of either."""
         with self._cond:
             dropped = self._queued.pop(uid, None) is not None
             waited = uid in self._sending
@@ -970,15 +969,14 @@ class Runtime:
             if not decisive:
                 return  # whatever the figures, nothing to write before their turn or a heartbeat
             new = complete()
-        large = self.figure_seconds() > 0
+        figures = self.figure_seconds()
+        large = figures > 0  # figures wait for their turn, and go out from the writer's threads
         if decisive:
             with self.gate.outside():  # (it may wait for the budget's write under way)
-                settled = self.writer.settle(uid)
-            if settled:  # a figure write or heartbeat of it went out, or is dropped
-                kept = self._status.get(uid)
-                old = _unpack_status(kept) if kept else old
+                self.writer.settle(uid)
+            kept = self._status.get(uid)  # what was written last: the writer's may have landed since
+            old = _unpack_status(kept) if kept else old
         elif changed:
-            figures = self.figure_seconds()
             if since < figures:
                 return  # figures only: this budget's turn comes (its last write is recent)
             if large and not (self.writer.room() and self._figure_writes.take(now)):
@@ -995,7 +993,8 @@ class Runtime:
             # counted as written now, so that the turns go on as if it were (_send_status undoes it)
             before = self._written_at.get(uid)
             self._written_at[uid] = now
-            if not self.writer.submit(uid, functools.partial(self._send_status, k, uid, namespace, name, old, new)):  # (filled up meanwhile by other runners)
+            write = functools.partial(self._send_status, k, uid, namespace, name, old, new)
+            if not self.writer.submit(uid, write):  # (filled up meanwhile by other runners)
                 if before is None:
                     self._written_at.pop(uid, None)
                 else:

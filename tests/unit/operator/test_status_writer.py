@@ -50,6 +50,18 @@ def _large_fleet(rt: runtime.Runtime, written: dict[str, dict[str, Any]], k: _He
     k.started.clear()
 
 
+def _seen(writer: runtime.StatusWriter) -> threading.Event:
+    """An event set once a write settles a budget (StatusWriter.settle)."""
+    settling = threading.Event()
+    settle = writer.settle
+
+    def settle_seen(uid: str) -> bool:
+        settling.set()
+        return settle(uid)
+    writer.settle = settle_seen  # type: ignore[method-assign]
+    return settling
+
+
 BASE = {"state": "Active", "spend": {"hour": 4.0}, "summary": {"percentUsed": 40.0}}
 GROWN = {**BASE, "spend": {"hour": 5.5}, "summary": {"percentUsed": 55.0}}
 
@@ -77,11 +89,13 @@ def test_a_decisive_write_comes_after_the_budgets_figure_write_under_way_and_pat
     _large_fleet(rt, {"a": BASE}, k)
     k.hold = True
     rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001
-    exceeded = {**GROWN, "state": "Exceeded"}
-    decided = threading.Thread(target=rt._write_status, args=(k, "a", "ns", "a", BASE, exceeded))  # noqa: SLF001
-    decided.start()
     while not k.started:  # the figure write is under way (held)
         threading.Event().wait(0.01)
+    exceeded = {**GROWN, "state": "Exceeded"}
+    decided = threading.Thread(target=rt._write_status, args=(k, "a", "ns", "a", BASE, exceeded))  # noqa: SLF001
+    settling = _seen(rt.writer)
+    decided.start()
+    assert settling.wait(WAIT)  # the decision waits for it
     k.release.set()
     decided.join(WAIT)
     assert rt.writer.drain(WAIT)
@@ -97,22 +111,16 @@ def test_a_decisive_write_waits_for_the_budgets_write_under_way_outside_the_gate
     _large_fleet(rt, {"a": BASE}, k)
     k.hold = True
     rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001
-    settling = threading.Event()
-    settle = rt.writer.settle
-
-    def settle_seen(uid: str) -> bool:
-        settling.set()
-        return settle(uid)
-    rt.writer.settle = settle_seen  # type: ignore[method-assign]
+    settling = _seen(rt.writer)
 
     def decide() -> None:
         with rt.gate.held():
             rt._write_status(k, "a", "ns", "a", BASE, {**GROWN, "state": "Exceeded"})  # noqa: SLF001
+    while not k.started:  # the figure write is under way (held)
+        threading.Event().wait(0.01)
     decided = threading.Thread(target=decide)
     decided.start()
     assert settling.wait(WAIT)
-    while not k.started:
-        threading.Event().wait(0.01)
     free = rt.gate._lock.acquire(timeout=5.0)  # noqa: SLF001 - another evaluation would come in
     if free:
         rt.gate._lock.release()  # noqa: SLF001

@@ -36,7 +36,6 @@ import json
 import logging
 import threading
 import time
-import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -130,13 +129,20 @@ def _alike(old: Mapping[str, Any], new: Mapping[str, Any], skip: tuple[str, ...]
 
 
 def _pack_status(status: Mapping[str, Any]) -> bytes:
-    """A status kept between evaluations: its JSON, compressed (about 0.6 KB, against about 3 KB
-    for its dicts and strings: 10,000 budgets keep one each). JSON gives back the same values
-    and types: a status is the plain JSON the API server was sent. The first byte says how it
-    is read back: ``o`` with orjson (installed, and every int within its 64 bits, past which it
-    would read a float), ``j`` with the standard library."""
+    """A status kept between evaluations: its JSON (about 1-2 KB, against about 3 KB for its
+    dicts and strings: 10,000 budgets keep one each). JSON gives back the same values and types:
+    a status is the plain JSON the API server was sent. The first byte says how it is read
+    back: ``o`` with orjson (installed, and every int within its 64 bits, past which it would
+    read a float), ``j`` with the standard library.
+
+    Not compressed: zlib lets the interpreter lock go for each call, however small, and every
+    evaluation reads its budget's status. While other threads had work (a large fleet's status
+    writes and their watch events), the evaluation then waited up to the switch interval (5 ms)
+    to get the lock back at each read: in a profile of 10,000 live budgets during their figure
+    writes, 10% of the operator's samples were in that read (docs/operator.md, Scale;
+    ``python benchmarks/lock_handoffs.py`` measures a read alone and beside busy threads)."""
     text = json.dumps(status, separators=(",", ":")).encode()
-    return (b"o" if _orjson_reads(status) else b"j") + zlib.compress(text, 1)
+    return (b"o" if _orjson_reads(status) else b"j") + text
 
 
 def _orjson_reads(status: Mapping[str, Any]) -> bool:
@@ -150,8 +156,7 @@ def _orjson_reads(status: Mapping[str, Any]) -> bool:
 
 
 def _unpack_status(packed: bytes) -> dict[str, Any]:
-    with memoryview(packed) as view:
-        raw = zlib.decompress(view[1:])
+    raw = packed[1:]
     if packed[:1] == b"o":
         try:
             fast: dict[str, Any] = orjson.loads(raw)  # a few times the standard library's speed

@@ -1,0 +1,90 @@
+"""What a call that lets the interpreter lock go costs an evaluation while other threads have work.
+
+Every evaluation reads its budget's kept status (``handlers.runtime._unpack_status``). This reads
+one status N times in one thread, alone and beside K threads that only compute (as the
+operator's status writers and kopf's event loop do while a large fleet's figure writes go on),
+in the kept form (JSON) and compressed with zlib, as it was kept before: zlib lets the lock go
+for each call, so each read waits to get it back, up to the switch interval (5 ms).
+
+    python benchmarks/lock_handoffs.py [--reads 2000] [--busy 1 2]
+
+Prints the wall and CPU seconds of the reads for each form and each number of busy threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+
+from fleetwarden.handlers import runtime  # noqa: E402
+
+STATUS = {
+    "state": "Active", "observedGeneration": 1, "lastEvaluated": "2026-12-06T12:53:23Z",
+    "conditions": [{"type": f"Condition{i}", "status": "False", "reason": "Reason", "observedGeneration": 1,
+                    "lastTransitionTime": "2026-12-06T12:53:23Z", "message": "a message of some forty letters"}
+                   for i in range(6)],
+    "spend": {"hour": 4.1, "day": 40.2, "month": 300.3},
+    "summary": {"capUSD": 100, "percentUsed": 4.1, "spendUSD": 4.1, "window": "hour"},
+    "topAgents": [{"agent": f"agent-{i}", "usd": 0.5 * i} for i in range(5)],
+    "topTools": [{"tool": f"tool-{i}", "usd": 0.1 * i, "calls": 10 * i} for i in range(5)],
+    "models": [{"agent": "agent-0", "model": "gpt-4o-mini"}],
+}
+
+
+def zlib_form() -> Callable[[], object]:
+    packed = zlib.compress(json.dumps(STATUS, separators=(",", ":")).encode(), 1)
+    return lambda: json.loads(zlib.decompress(packed))
+
+
+def kept_form() -> Callable[[], object]:
+    packed = runtime._pack_status(STATUS)  # noqa: SLF001
+    return lambda: runtime._unpack_status(packed)  # noqa: SLF001
+
+
+def timed(read: Callable[[], object], reads: int, busy: int) -> tuple[float, float]:
+    stop = threading.Event()
+
+    def spin() -> None:
+        x = 0
+        while not stop.is_set():
+            for _ in range(1000):
+                x += 1
+    threads = [threading.Thread(target=spin, daemon=True) for _ in range(busy)]
+    for t in threads:
+        t.start()
+    try:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for _ in range(reads):
+            read()
+        return time.perf_counter() - wall, time.thread_time() - cpu
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reads", type=int, default=2000)
+    parser.add_argument("--busy", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    if args.reads < 1 or any(b < 0 for b in args.busy):
+        parser.error("--reads must be at least 1 and --busy at least 0")
+    print(f"{args.reads} reads of one status (switch interval {sys.getswitchinterval() * 1000:g} ms)")
+    for name, form in (("kept (JSON)", kept_form()), ("zlib (before)", zlib_form())):
+        for busy in [0, *args.busy]:
+            wall, cpu = timed(form, args.reads, busy)
+            print(f"{name:14} beside {busy} busy thread(s): {wall:7.3f} s wall, {cpu:6.3f} s CPU, "
+                  f"{wall / args.reads * 1e6:8.1f} us a read")
+
+
+if __name__ == "__main__":
+    main()

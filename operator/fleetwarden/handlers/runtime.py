@@ -528,6 +528,11 @@ class StatusWriter:
             self._cond.notify_all()
         return True
 
+    def holds(self, uid: str) -> bool:
+        """Whether a write of budget ``uid`` is queued or being sent."""
+        with self._cond:
+            return uid in self._queued or uid in self._sending
+
     def settle(self, uid: str) -> bool:
         """Drop budget ``uid``'s queued write and wait for the one being sent, so that a write of
         it sent now comes after it. True: there was one of either."""
@@ -977,8 +982,9 @@ class Runtime:
         figures = self.figure_seconds()
         large = figures > 0  # figures wait for their turn, and go out from the writer's threads
         if decisive:
-            with self.gate.outside():  # (it may wait for the budget's write under way)
-                self.writer.settle(uid)
+            if self.writer.holds(uid):  # a write of it waits or is under way: that one first
+                with self.gate.outside():
+                    self.writer.settle(uid)
             kept = self._status.get(uid)  # what was written last: the writer's may have landed since
             old = _unpack_status(kept) if kept else old
         elif changed:

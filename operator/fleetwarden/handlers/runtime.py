@@ -475,8 +475,11 @@ class TokenBucket:
         self._lock = threading.Lock()
 
     def _fill(self, now: float) -> None:
+        # threads read the clock before they take the lock, so ``now`` may come out of order: an
+        # earlier one adds nothing and leaves the time filled up to as it is (else the time
+        # between the two would be counted again at the next fill)
         elapsed = max(0.0, now - self._filled)
-        self._filled = now
+        self._filled = max(self._filled, now)
         self._tokens = min(self._burst, self._tokens + elapsed * self.rate)
 
     def take(self, now: float) -> bool:

@@ -205,3 +205,14 @@ def test_a_bucket_of_under_one_write_a_second_still_writes_one_at_a_time() -> No
     assert not bucket.ready(20.0)
     bucket = runtime.TokenBucket(20.0, 0.0)
     assert sum(bucket.take(0.0) for _ in range(30)) == 20  # a second's worth at once, no more
+
+
+def test_a_bucket_counts_no_time_twice_when_the_clock_comes_out_of_order() -> None:
+    """Threads read the clock before they take the bucket's lock: a ``now`` earlier than the last
+    one adds nothing, and the time up to the last one is not counted again."""
+    bucket = runtime.TokenBucket(1.0, 0.0)
+    assert bucket.take(0.0)
+    assert bucket.take(1.0)  # refilled by the second up to 1.0
+    assert not bucket.take(0.5)  # an earlier clock: nothing added
+    assert not bucket.take(1.5)  # half a second since 1.0, not a whole one since 0.5
+    assert bucket.take(2.0)

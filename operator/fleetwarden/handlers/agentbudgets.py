@@ -304,6 +304,7 @@ if SETTINGS.evaluation == "fleet":
                                 after_cycle=heap.trim, fetch_ended=rt.fetch_ended, pace=SETTINGS.pace,
                                 last_evaluated=_last_evaluated, gate=rt.gate,
                                 prefetch=rt.prefetch if SETTINGS.pace > 0 else None)  # each cycle's data read before it
+        rt.behind = FLEET.behind  # a large fleet's figure writes wait while the cycle runs behind
         _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(*_indexes(kwargs)))
         if OWN_INDEXES:
             await _unserved_kinds()

@@ -69,6 +69,13 @@ PACE_KEPT = 16
 # starts early (as a share of the interval).
 PACE_MARGIN = 0.25
 PACE_MOST_EARLY = 0.5
+# Pace: a cycle is *behind* while its runners reach their budgets more than this share of the
+# interval after their turns (2.25 s at 15 s), and the status writes no decision waits for (a
+# large fleet's figures and heartbeats: handlers/runtime.py) wait until the runners are back within
+# it. At 10,000 live budgets those writes went out at up to 20 a second however late a cycle ran,
+# and the minute's costliest cycles took 15-23 s, against 11-14 s before the writes began
+# (docs/operator.md, Scale).
+BEHIND_SHARE = 0.15
 
 Body = Mapping[str, Any]
 
@@ -379,6 +386,7 @@ class FleetLoop:
         self._ended: list[tuple[int | None, float]] = []  # the cycle's (place, time its evaluation ended)
         self._waits: list[Wait] = []  # the cycle's evaluations of budgets evaluated before (its waits line)
         self._last_started: float | None = None  # when the cycle before started (``monotonic``)
+        self.lateness = 0.0  # how long after its turn this cycle's last budget was reached (0: a cycle's start)
         self._prompted: dict[str, Item] = {}  # budget uid -> its latest item, evaluated at once
         self._prompt_lock = threading.Lock()
         self._prompt_wake = threading.Event()
@@ -444,12 +452,18 @@ class FleetLoop:
         known.sort()
         return fresh + [items[k] for _, k in known], len(fresh)
 
+    def behind(self) -> bool:
+        """Whether the cycle under way is behind its turns: its last budget was reached more than
+        ``BEHIND_SHARE`` of the interval after its turn (never without a pace)."""
+        return self.pace.share > 0 and self.lateness > BEHIND_SHARE * self.interval
+
     def _wait_for_turn(self, started: float, fresh: int, n: int) -> Callable[[int], Any]:
         """Waits for the k-th item's turn: none for the ``fresh`` first, then each of the ``n`` others at its own."""
         def wait_for(k: int) -> None:
             if k < fresh:
                 return
             left = started + self.pace.turn(k - fresh, n) - self.monotonic()
+            self.lateness = max(0.0, -left)
             if left > 0:
                 # (back at its turn, the budget is let in between two of the gate's holder: due)
                 with self.gate.outside(due=True) if self.gate is not None else contextlib.nullcontext():
@@ -465,7 +479,7 @@ class FleetLoop:
         items, fresh = self.order(items)
         paced = len(items) - fresh
         self._ranks = {id(item): (k - fresh if k >= fresh else None) for k, item in enumerate(items)}
-        self._ended, self._waits = [], []
+        self._ended, self._waits, self.lateness = [], [], 0.0
         failed = evaluate_all(items, self._evaluate, self.pool, runners=self.workers,
                               wait_for=self._wait_for_turn(started, fresh, paced) if self.pace.share > 0 else None,
                               stopped=self.stopping.is_set, gate=self.gate)
@@ -473,6 +487,7 @@ class FleetLoop:
         early = self.pace.early(started, paced, self._ended, over=seconds > self.interval)
         waits = waits_line(self.cycles + 1, self._waits, started, self._last_started, self.pace, paced)
         self._ranks, self._ended, self._waits, self._last_started = {}, [], [], started
+        self.lateness = 0.0  # (between cycles nothing is behind: a prompted evaluation writes as ever)
         fetched = self.fetch_ended() if self.fetch_ended is not None else None
         self.cycles += 1
         if self.cycles == 1 and self.settled is not None:

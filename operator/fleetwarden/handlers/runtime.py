@@ -616,6 +616,9 @@ class Runtime:
         self._heartbeats = TokenBucket(MAX_HEARTBEATS_PER_SECOND, time.monotonic())
         self._figure_writes = TokenBucket(MAX_FIGURE_WRITES_PER_SECOND, time.monotonic())
         self.writer = StatusWriter()  # a large fleet's figure writes and heartbeats
+        # whether the evaluations run behind their turns (the fleet loop's, handlers/fleet.py: behind):
+        # then a large fleet's figure writes and heartbeats wait, and the evaluations have the time
+        self.behind: Callable[[], bool] = lambda: False
         self._evaluated_at: dict[str, float] = {}  # uid -> monotonic time of its last evaluation
         self.memo = decision.Memo()  # per-agent detector results, refolded once per minute
         # per-agent detector states, stepped on from their anchor (used when the fetcher reads an anchor's
@@ -993,14 +996,15 @@ class Runtime:
         elif changed:
             if since < figures:
                 return  # figures only: this budget's turn comes (its last write is recent)
-            if large and not (self.writer.room() and self._figure_writes.take(now)):
+            if large and not (self._room() and self._figure_writes.take(now)):
                 # Its turn has come, but so has that of more budgets than MAX_FIGURE_WRITES_PER_SECOND
-                # a second: a later evaluation writes it. The turns alone spread the writes only if
-                # the last ones were spread: the first pass wrote every status of 10,000 budgets within
-                # 250 s, and 500 s later they all fell due within three minutes, some 58 PATCHes (and
-                # watch events) a second; cycles took up to 84 s (docs/operator.md, Scale).
+                # a second (or the evaluations run behind): a later evaluation writes it. The turns
+                # alone spread the writes only if the last ones were spread: the first pass wrote every
+                # status of 10,000 budgets within 250 s, and 500 s later they all fell due within three
+                # minutes, some 58 PATCHes (and watch events) a second; cycles took up to 84 s
+                # (docs/operator.md, Scale).
                 return
-        elif since < self.heartbeat_seconds() or (large and not self.writer.room()) or not self.heartbeat_allowed(now):
+        elif since < self.heartbeat_seconds() or (large and not self._room()) or not self.heartbeat_allowed(now):
             return
         if not decisive and large:
             # a large fleet's figures or heartbeat: sent by the writer's threads (STATUS_WRITERS);
@@ -1155,12 +1159,19 @@ class Runtime:
         """Whether budget ``uid``'s figures alone would not be written now: neither their turn
         (figure_seconds) nor a heartbeat has come since its last write, or their turn has come
         but the fleet's figure writes are at their rate, or as many as the writer takes wait to be
-        sent (a large fleet; see _write_status)."""
+        sent, or the evaluations run behind (a large fleet; see _write_status)."""
         now = time.monotonic()
         since, figures, heartbeat = self._since_written(uid, now), self.figure_seconds(), self.heartbeat_seconds()
         if since < min(figures, heartbeat):
             return True
-        return since < heartbeat and figures > 0 and not (self.writer.room() and self._figure_writes.ready(now))
+        if figures > 0 and not self._room():
+            return True  # neither figures nor a heartbeat go out now (_write_status)
+        return since < heartbeat and figures > 0 and not self._figure_writes.ready(now)
+
+    def _room(self) -> bool:
+        """Whether a large fleet's figures or heartbeat may be sent now (rate aside): the writer takes
+        more, and the evaluations are not behind their turns (the figures wait for them)."""
+        return self.writer.room() and not self.behind()
 
     def figure_seconds(self) -> float:
         """How long a status whose figures alone changed waits after its last write: 0 (at once) while

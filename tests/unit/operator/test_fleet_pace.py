@@ -335,3 +335,34 @@ def test_behind_its_turns_a_cycle_still_evaluates_its_budgets_in_order() -> None
         loop.driver.shutdown()
     assert sorted(evaluated) == list(range(n))
     assert max(place - k for place, k in enumerate(evaluated)) <= workers, evaluated
+
+
+def test_a_cycle_is_behind_while_its_budgets_are_reached_far_after_their_turns() -> None:
+    """The runtime holds a large fleet's figure writes back while the fleet loop is behind
+    (runtime.Runtime.behind): a budget reached more than BEHIND_SHARE of the interval after its
+    turn. On time it is not, nor between cycles, nor once the runners are back at their turns."""
+    slow = {1: range(40, 80), 2: range(160, 200)}  # these cost 0.2 s each, against turns 0.075 s apart
+    f = Fleet(200, pace=1.0, costs=lambda c, k: 0.2 if k in slow.get(c, ()) else 0.001)
+    seen: list[bool] = []
+    evaluate = f.loop.evaluate
+
+    def evaluate_seeing(it: fleet.Item) -> None:
+        seen.append(f.loop.behind())
+        evaluate(it)
+    f.loop.evaluate = evaluate_seeing
+    f.run(1)  # the first pass: every budget new, taken at once (no turn, never behind)
+    assert not any(seen)
+    f.loop.stopping.clear()
+    f.loop.driver = cf.ThreadPoolExecutor(1)
+    seen.clear()
+    f.run(1)
+    limit = fleet.BEHIND_SHARE * INTERVAL
+    lateness = [f.began[k][1] - INTERVAL * k / 200 for k in range(200)]
+    assert seen == [late > limit for late in lateness]  # each budget saw how late it was reached
+    assert any(seen) and not seen[-1]  # behind in the slow stretch, back on time by the end
+    f.loop.stopping.clear()
+    f.loop.driver = cf.ThreadPoolExecutor(1)
+    seen.clear()
+    f.run(1)  # behind at its end
+    assert seen[-1]
+    assert not f.loop.behind()  # but not between cycles (an evaluation prompted by an edit writes as ever)

@@ -130,6 +130,31 @@ def test_a_decisive_write_waits_for_the_budgets_write_under_way_outside_the_gate
     assert [name for name, _ in k.patches] == ["a", "a"] and k.patches[-1][1] == {"state": "Exceeded"}
 
 
+def test_a_large_fleets_figures_and_heartbeats_wait_while_the_evaluations_run_behind() -> None:
+    """While the fleet loop runs behind its turns (Runtime.behind), a figure write whose turn has
+    come waits, its figures are not even worked out, and so does a heartbeat; a decisive write
+    goes out at once. Once the loop is back on time, the figures go out."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _HeldPatches()
+    _large_fleet(rt, {"a": BASE, "b": BASE, "c": BASE}, k)
+    behind = True
+    rt.behind = lambda: behind
+    rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001
+    rt._written_at["c"] -= rt.heartbeat_seconds()  # noqa: SLF001 - its heartbeat is due too
+    rt._write_status(k, "c", "ns", "c", BASE, {**BASE, "lastEvaluated": "later"})  # noqa: SLF001
+    assert rt.writer.drain(WAIT)
+    assert not k.started  # neither went out
+    assert rt.figures_wait("a") and rt.figures_wait("c")
+    rt._write_status(k, "b", "ns", "b", BASE, {**BASE, "state": "Exceeded"})  # noqa: SLF001
+    assert k.patches == [("b", {"state": "Exceeded"})]  # a decision is not held back
+    behind = False
+    assert not rt.figures_wait("a")
+    rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001
+    rt._write_status(k, "c", "ns", "c", BASE, {**BASE, "lastEvaluated": "later"})  # noqa: SLF001
+    assert rt.writer.drain(WAIT)
+    assert sorted(name for name, _ in k.patches) == ["a", "b", "c"]
+
+
 def test_a_figure_write_that_fails_is_written_by_the_next_evaluation(caplog: pytest.LogCaptureFixture) -> None:
     rt = runtime.Runtime(interval=15.0, fetcher=None)
     k = _HeldPatches()

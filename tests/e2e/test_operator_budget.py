@@ -234,7 +234,9 @@ def test_kill_switch_scales_to_zero_holds_and_resumes_exactly(cluster: Any, name
 def test_prometheus_outage_reports_unknown_and_never_kills(cluster: Any, namespace: str, crds_installed: list[str],  # noqa: F811
                                                            exporter: Exporter, workdir: Path,
                                                            request: pytest.FixtureRequest) -> None:
-    """Prometheus down: MetricsAvailable=False with a reason, a Warning event, no scaling; back: work resumes."""
+    """Prometheus down: first bridged by the last good data for ``--prometheus-grace`` (the status
+    unchanged, no event: a blip changes nothing), then MetricsAvailable=False with a reason, a
+    Warning event, no scaling; back: work resumes."""
     prom = monitoring.Prometheus(workdir / "prometheus", scrape_interval=SCRAPE, tie_to_parent=True)
     prom.start()
     request.addfinalizer(prom.stop)
@@ -243,12 +245,18 @@ def test_prometheus_outage_reports_unknown_and_never_kills(cluster: Any, namespa
     prom.add_target("agents", exporter.address)
     prom.wait_for_target_up("agents", timeout=30)
     cluster.apply(budget(namespace, hour_cap=1.0))
-    op = start_operator(cluster, prom.url, namespace, workdir, request)
+    op = start_operator(cluster, prom.url, namespace, workdir, request, extra=("--prometheus-grace", "20"))
     cluster.wait_for(lambda: condition(status(cluster, namespace), "MetricsAvailable").get("status") == "True",
                      60, "MetricsAvailable=True")
 
     prom.stop()
     exporter.set("llm_cost", 5.0, **llm_labels("bot", namespace))  # would trip the kill switch if seen
+    cluster.wait_for(lambda: op.metric("fleetwarden_operator_prometheus_bridged_total") >= 1, 30,
+                     "a failed fetch bridged by the last good one")
+    assert op.metric("fleetwarden_operator_prometheus_fetches_total", result="error") >= 1
+    bridged = status(cluster, namespace)  # within the grace (20 s after the last good fetch, 2 s before)
+    assert condition(bridged, "MetricsAvailable")["status"] == "True" and bridged["state"] != "Unknown"
+    assert not events(cluster, namespace, "MetricsUnavailable")
     st = cluster.wait_for(
         lambda: metrics_unavailable(status(cluster, namespace)),
         60, "MetricsAvailable=False")

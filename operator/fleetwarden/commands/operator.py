@@ -1,6 +1,6 @@
 """`fleetwarden operator`: run the kopf operator in this process.
 
-    fleetwarden operator [--interval 15] [--prometheus-url URL] [--prometheus-timeout 10]
+    fleetwarden operator [--interval 15] [--prometheus-url URL] [--prometheus-timeout 10] [--prometheus-grace 30]
                          [--prometheus-headers X-Scope-OrgID=TENANT]
                          [--namespace NS ... | --all-namespaces]
                          [--scrape-interval 15] [--lookback-minutes 90] [--metrics-port 8081]
@@ -37,6 +37,9 @@ FLAGS = (
      "Prometheus with the agents' metrics (default http://localhost:9090)"),
     ("--prometheus-timeout", "FLEETWARDEN_PROMETHEUS_TIMEOUT", "SECONDS",
      "seconds one Prometheus query may take; longer, the cycle's metrics are unknown (default 10)"),
+    ("--prometheus-grace", "FLEETWARDEN_PROMETHEUS_GRACE", "SECONDS",
+     "a fetch that fails less than this after the last good one goes on with that one's data; "
+     "later failures make the metrics unknown (default 30; 0: every failure does)"),
     ("--scrape-interval", "FLEETWARDEN_SCRAPE_INTERVAL", "SECONDS",
      "Prometheus' scrape interval in seconds: data older than 3 of them is stale (default 15)"),
     ("--lookback-minutes", "FLEETWARDEN_LOOKBACK_MINUTES", "MINUTES",

@@ -120,6 +120,12 @@ PROMETHEUS_QUERIES = pc.Counter(names.OPERATOR_PROMETHEUS_QUERIES,
 PROMETHEUS_FETCHES = pc.Counter(names.OPERATOR_PROMETHEUS_FETCHES,
                                 "Fleet-wide Prometheus fetches (one per cycle), by result.", ["result"],
                                 registry=REGISTRY)
+PROMETHEUS_BRIDGED = pc.Counter("fleetwarden_operator_prometheus_bridged_total",
+                                "Failed fleet-wide fetches bridged by the last good snapshot (--prometheus-grace).",
+                                registry=REGISTRY)
+PROMETHEUS_FAILING = pc.Gauge("fleetwarden_operator_prometheus_failing_seconds",
+                              "Seconds since the first of the failed fetches in a row (0: the last one was good).",
+                              registry=REGISTRY)
 PROMETHEUS_FETCH_SECONDS = pc.Histogram(
     names.OPERATOR_PROMETHEUS_FETCH_SECONDS,
     "Time a fleet-wide Prometheus fetch took, its queries and the reading of their answers (failed ones too).",

@@ -5,6 +5,7 @@
 | ``FLEETWARDEN_INTERVAL`` | ``--interval`` | 15 | seconds between evaluations of each AgentBudget (>= 0.5) |
 | ``FLEETWARDEN_PROMETHEUS_URL`` | ``--prometheus-url`` | http://localhost:9090 | where the agents' metrics are |
 | ``FLEETWARDEN_PROMETHEUS_TIMEOUT`` | ``--prometheus-timeout`` | 10 | seconds one Prometheus query may take (> 0) |
+| ``FLEETWARDEN_PROMETHEUS_GRACE`` | ``--prometheus-grace`` | 30 | seconds the last good fetch bridges failed ones before the metrics are unknown (0: none; >= 0) |
 | ``FLEETWARDEN_SCRAPE_INTERVAL`` | ``--scrape-interval`` | 15 | Prometheus' scrape interval; data older than 3 of them is stale (>= 0.1) |
 | ``FLEETWARDEN_LOOKBACK_MINUTES`` | ``--lookback-minutes`` | 90 | the history the detectors see at least (>= 5; the fetch reads 15 minutes more: core/warmfold.py) |
 | ``FLEETWARDEN_METRICS_PORT`` | ``--metrics-port`` | 8081 | the operator's own /metrics (0: off; <= 65535) |
@@ -131,6 +132,7 @@ OPTIONS = (
     Option("interval", "FLEETWARDEN_INTERVAL", 15.0, _number(0.5, unit=_SECONDS)),
     Option("prometheus_url", "FLEETWARDEN_PROMETHEUS_URL", "http://localhost:9090", _url),
     Option("prometheus_timeout", "FLEETWARDEN_PROMETHEUS_TIMEOUT", 10.0, _number(0, above=True, unit=_SECONDS)),
+    Option("prometheus_grace", "FLEETWARDEN_PROMETHEUS_GRACE", 30.0, _number(0, unit=_SECONDS)),
     Option("scrape_interval", "FLEETWARDEN_SCRAPE_INTERVAL", 15.0, _number(0.1, unit=_SECONDS)),
     Option("lookback_minutes", "FLEETWARDEN_LOOKBACK_MINUTES", 90, _number(5, whole=True, unit=" of minutes"), int),
     Option("metrics_port", "FLEETWARDEN_METRICS_PORT", 8081, _number(0, whole=True, maximum=65535), int),
@@ -165,6 +167,7 @@ class Settings:
     workers: int
     alertmanager_url: str | None = None
     prometheus_timeout: float = 10.0
+    prometheus_grace: float = 30.0  # a failed fetch this soon after a good one is bridged by it (handlers/runtime.py)
     prometheus_headers: tuple[tuple[str, str], ...] = ()
     namespaces: tuple[str, ...] = ()  # a shard's (empty: every namespace); the Prometheus queries' scope
     evaluation: str = "timers"

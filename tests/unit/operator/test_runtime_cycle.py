@@ -224,6 +224,54 @@ def test_prometheus_down_is_unknown_and_nothing_is_scaled() -> None:
     assert ("event", "AgentBudget", "budget-0", "Warning", "MetricsUnavailable") in k.calls
 
 
+def test_a_failed_fetch_within_the_grace_goes_on_with_the_last_good_data_then_is_unknown() -> None:
+    """With ``prometheus_grace``, a fetch that fails less than the grace after the last good one is
+    bridged by it: the budget's status and events stay as they were (no MetricsUnavailable for a
+    blip), the failure is counted. Once the last good data is older than the grace, the metrics
+    are unknown as without one; a good fetch ends it. Without a good fetch before, a failure is
+    unknown at once."""
+    def sample(name: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name) or 0.0
+    now = [0.0]
+    fetcher, k = CountingFetcher(), FakeKube()
+    rt = runtime.Runtime(interval=15.0, fetcher=fetcher, kube_client=k, clock=lambda: NOW,  # type: ignore[arg-type]
+                         monotonic=lambda: now[0], prometheus_grace=30.0)
+    rt.reconcile(body(0), [deployment(0)])
+    [first] = k.of("status")
+    assert condition(first[3], "MetricsAvailable")["status"] == "True"
+    bridged = sample("fleetwarden_operator_prometheus_bridged_total")
+    fetcher.fail = True
+    for at in (15.0, 29.0):
+        now[0] = at
+        rt.new_cycle()
+        rt.reconcile(body(0), [deployment(0)])
+        assert k.of("status") == [first]  # nothing changed: nothing written
+        assert not [c for c in k.calls if c[0] == "event" and c[4] == "MetricsUnavailable"]
+    assert fetcher.fetches == 3
+    assert sample("fleetwarden_operator_prometheus_bridged_total") == bridged + 2
+    assert sample("fleetwarden_operator_prometheus_failing_seconds") == 14.0  # since the first failure, at 15
+    now[0] = 31.0
+    rt.new_cycle()
+    rt.reconcile(body(0), [deployment(0)])
+    unknown = k.of("status")[-1][3]
+    assert condition(unknown, "MetricsAvailable")["status"] == "False"
+    assert "connection refused" in condition(unknown, "MetricsAvailable")["message"]
+    assert ("event", "AgentBudget", "budget-0", "Warning", "MetricsUnavailable") in k.calls
+    assert sample("fleetwarden_operator_prometheus_bridged_total") == bridged + 2
+    fetcher.fail = False
+    now[0] = 40.0
+    rt.new_cycle()
+    rt.reconcile(body(0), [deployment(0)])
+    assert condition(k.of("status")[-1][3], "MetricsAvailable")["status"] == "True"
+    assert sample("fleetwarden_operator_prometheus_failing_seconds") == 0.0
+
+    k = FakeKube()
+    cold = runtime.Runtime(interval=15.0, fetcher=CountingFetcher(fail=True), kube_client=k,  # type: ignore[arg-type]
+                           clock=lambda: NOW, monotonic=lambda: 0.0, prometheus_grace=30.0)
+    cold.reconcile(body(0), [deployment(0)])
+    assert condition(k.of("status")[-1][3], "MetricsAvailable")["status"] == "False"
+
+
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == type_)
 

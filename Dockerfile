@@ -26,10 +26,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # GIL, so they hardly contend, and eight arenas each kept partly used pages of their own; at
 # 10,000 budgets RSS was 452-459 MiB with one against 525-535 with eight (docs/operator.md, Scale:
 # "One jemalloc arena"). /metrics shows it took effect (fleetwarden_operator_jemalloc_arenas).
-# libzstd1 (already in the base image: dpkg needs it) named so that it stays: the kept detector
-# states are restored through it with the interpreter lock held (core/zstdheld.py).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libjemalloc2 libzstd1 \
+    && apt-get install -y --no-install-recommends libjemalloc2 \
     && rm -rf /var/lib/apt/lists/* \
     && ln -s "$(ls /usr/lib/*-linux-gnu/libjemalloc.so.2)" /usr/local/lib/libjemalloc.so.2
 ENV LD_PRELOAD=/usr/local/lib/libjemalloc.so.2 \

@@ -28,11 +28,9 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-import zstandard
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-from fleetwarden.core import buckets, detectors, events, fleetgen, pricing, series, spec, warmfold, zstdheld  # noqa: E402
+from fleetwarden.core import buckets, detectors, events, fleetgen, pricing, series, spec, warmfold  # noqa: E402
 from fleetwarden.handlers import runtime  # noqa: E402
 
 STATUS = {
@@ -82,18 +80,8 @@ def state_forms(minutes: int = 90) -> list[tuple[str, Callable[[], object]]]:
             return pickle.loads(raw)  # noqa: S301 - made just above
         finally:
             warmfold._restoring.params = None  # noqa: SLF001
-    library = zstandard.ZstdDecompressor()
-
-    def through_library() -> object:  # as warmfold restored a state before core/zstdheld.py
-        warmfold._restoring.params = params  # noqa: SLF001 - as loads does
-        try:
-            return pickle.loads(library.decompress(blob))  # noqa: S301 - made just above
-        finally:
-            warmfold._restoring.params = None  # noqa: SLF001
     print(f"a detector state of {len(ms[:minutes])} minutes: {len(raw):,} bytes pickled, {len(blob):,} with zstd")
-    held = "libzstd, lock held" if zstdheld.LIB is not None else "libzstd not loaded: python-zstandard"
-    return [(f"state (zstd: {held})", lambda: warmfold.loads(blob, None, params)),
-            ("state (zstd: python-zstandard, lock let go)", through_library), ("state unpickled", unpickled)]
+    return [("state (zstd)", lambda: warmfold.loads(blob, None, params)), ("state unpickled", unpickled)]
 
 
 def timed(read: Callable[[], object], reads: int, busy: int) -> tuple[float, float]:

@@ -57,7 +57,7 @@ from typing import Any
 
 import zstandard
 
-from fleetwarden.core import detectors, findings, series, spec, zstdheld
+from fleetwarden.core import detectors, findings, series, spec
 
 ANCHOR_MINUTES = 15  # the operator's default: an anchor lasts this many minutes
 TAIL_MINUTES = 3  # the last minutes of a window never kept in a state (a late scrape can still change them)
@@ -131,52 +131,47 @@ _DISPATCH = copyreg.dispatch_table.copy()
 _DISPATCH[MappingProxyType] = _reduce_proxy  # the minutes' read-only tool maps, kept in detector state
 
 
+_codecs = threading.local()  # a zstd (de)compressor is not to be shared by threads at once
 _TRAIN_STATES = 64  # a Folds trains its zstd dictionary on the first states it keeps
 _DICTIONARY_BYTES = 32 * 1024  # at most; at least a tenth of the samples' bytes less
 
 
-class _Codecs:
-    """zstd at :data:`_LEVEL`, with a dictionary (its bytes) or none: libzstd called with the
-    interpreter lock held (core/zstdheld.py) where it loads, else python-zstandard, each thread
-    with its own (de)compressor. Both write and read the same frames."""
-
-    def __init__(self, dictionary: bytes | None = None) -> None:
-        self.held = zstdheld.Codec(_LEVEL, dictionary) if zstdheld.LIB is not None else None
-        self._dict = None if dictionary is None else zstandard.ZstdCompressionDict(dictionary)
-        self._local = threading.local()  # a python-zstandard (de)compressor is not to be shared by threads
-
-    def compress(self, raw: bytes) -> bytes:
-        if self.held is not None:
-            return self.held.compress(raw)  # exact size already
-        made: zstandard.ZstdCompressor | None = getattr(self._local, "compressor", None)
-        if made is None:
-            made = self._local.compressor = zstandard.ZstdCompressor(level=_LEVEL, dict_data=self._dict)
-        # a copy of the exact size: zstd's answer is a block of the worst case's size cut down to the
-        # output, and each kept one would pin the rest of that block (15-20 KB) behind it in the heap
-        return memoryview(made.compress(raw)).tobytes()
-
-    def decompress(self, blob: bytes) -> bytes | bytearray:
-        if self.held is not None:
-            return self.held.decompress(blob)
-        made: zstandard.ZstdDecompressor | None = getattr(self._local, "decompressor", None)
-        if made is None:
-            made = self._local.decompressor = zstandard.ZstdDecompressor(dict_data=self._dict)
-        return made.decompress(blob)
-
-
-_PLAIN = _Codecs()  # without a dictionary
-
-
-class Trained(_Codecs):
-    """A zstd dictionary trained on states pickled in this process, and the codecs with it. The
-    states of different agents share most of their bytes (class and field names, parameters, the
-    detectors' layout), which zstd alone cannot see across blobs: with the dictionary a state is a
-    quarter to a half smaller (docs/operator.md, "Scale")."""
+class Trained:
+    """A zstd dictionary trained on states pickled in this process, and each thread's
+    (de)compressor with it. The states of different agents share most of their bytes (class and
+    field names, parameters, the detectors' layout), which zstd alone cannot see across blobs:
+    with the dictionary a state is a quarter to a half smaller (docs/operator.md, "Scale")."""
 
     def __init__(self, samples: Sequence[bytes]) -> None:
         size = min(_DICTIONARY_BYTES, sum(map(len, samples)) // 10)
         self.data = zstandard.train_dictionary(size, list(samples))  # raises ZstdError when it cannot
-        super().__init__(self.data.as_bytes())
+        self._local = threading.local()
+
+    def compressor(self) -> zstandard.ZstdCompressor:
+        made: zstandard.ZstdCompressor | None = getattr(self._local, "compressor", None)
+        if made is None:
+            made = self._local.compressor = zstandard.ZstdCompressor(level=_LEVEL, dict_data=self.data)
+        return made
+
+    def decompressor(self) -> zstandard.ZstdDecompressor:
+        made: zstandard.ZstdDecompressor | None = getattr(self._local, "decompressor", None)
+        if made is None:
+            made = self._local.decompressor = zstandard.ZstdDecompressor(dict_data=self.data)
+        return made
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    made: zstandard.ZstdCompressor | None = getattr(_codecs, "compressor", None)
+    if made is None:
+        made = _codecs.compressor = zstandard.ZstdCompressor(level=_LEVEL)
+    return made
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    made: zstandard.ZstdDecompressor | None = getattr(_codecs, "decompressor", None)
+    if made is None:
+        made = _codecs.decompressor = zstandard.ZstdDecompressor()
+    return made
 
 
 _restoring = threading.local()  # the parameters of the state being restored in this thread (loads)
@@ -228,14 +223,18 @@ def dumps(detector_set: detectors.DetectorSet, trained: Trained | None = None) -
 
 
 def compress(raw: bytes, trained: Trained | None = None) -> bytes:
-    return (_PLAIN if trained is None else trained).compress(raw)
+    compressor = _compressor() if trained is None else trained.compressor()
+    # a copy of the exact size: zstd's answer is a block of the worst case's size cut down to the
+    # output, and each kept one would pin the rest of that block (15-20 KB) behind it in the heap
+    return memoryview(compressor.compress(raw)).tobytes()
 
 
 def loads(blob: bytes, trained: Trained | None = None, params: spec.AnomalyParams | None = None
           ) -> detectors.DetectorSet:
     """The state :func:`dumps` kept (only ever bytes this process made), with the same ``trained``,
     and ``params`` equal to those it was folded with (its detectors hold them)."""
-    raw = (_PLAIN if trained is None else trained).decompress(blob)
+    decompressor = _decompressor() if trained is None else trained.decompressor()
+    raw = decompressor.decompress(blob)
     _restoring.params = params
     try:
         restored = pickle.loads(raw)  # noqa: S301 - our own bytes, never read from outside

@@ -546,11 +546,6 @@ class StatusWriter:
                 self._cond.wait()
             return dropped or waited
 
-    def drop(self, uid: str) -> None:
-        """Drop budget ``uid``'s queued write, if any (it was deleted)."""
-        with self._cond:
-            self._queued.pop(uid, None)
-
     def pending(self) -> int:
         """Writes queued or being sent."""
         with self._cond:
@@ -775,9 +770,13 @@ class Runtime:
             return self._locks.setdefault(uid, threading.Lock())
 
     def forget(self, uid: str, namespace: str, name: str) -> None:
-        with self._locks_lock:
-            self._locks.pop(uid, None)
-        self.writer.drop(uid)
+        """Drop what this process keeps of budget ``uid`` (deleted). An evaluation of it under way
+        and its write being sent end first: a PATCH that lands after the deletion was seen would
+        keep its status here again, for a budget no longer there."""
+        with self._lock(uid):
+            self.writer.settle(uid)  # its queued write dropped, the one being sent waited for
+            with self._locks_lock:
+                self._locks.pop(uid, None)
         self._status.pop(uid, None)
         self._written_at.pop(uid, None)
         self._evaluated_at.pop(uid, None)

@@ -195,12 +195,36 @@ def test_the_writer_keeps_each_budgets_order_and_a_later_write_replaces_a_queued
     assert writer.submit("d", write("d1"))
     assert not writer.submit("e", write("e1"))  # three queued: the limit
     assert not writer.room()
-    writer.drop("d")
+    assert writer.settle("d")  # queued, not sent: dropped at once
     assert writer.submit("e", write("e1"))
     gate.set()
     assert writer.drain(WAIT)
     assert sorted(sent) == ["a1", "a3", "b1", "c1", "e1"]
     assert sent.index("a1") < sent.index("a3")
+
+
+def test_a_deleted_budget_is_forgotten_after_its_write_under_way_lands() -> None:
+    """A budget deleted while its figure write is being sent: the runtime forgets it only once
+    that PATCH has landed, so nothing of it is kept afterwards (the write's landing kept its
+    status again, for a budget no longer there); a write of it still queued is dropped unsent."""
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _HeldPatches()
+    _large_fleet(rt, {"a": BASE}, k)
+    k.hold = True
+    rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001 - its PATCH held under way
+    while not k.started:
+        threading.Event().wait(0.01)
+    forgetting = threading.Thread(target=rt.forget, args=("a", "ns", "a"))
+    settling = _seen(rt.writer)
+    forgetting.start()
+    assert settling.wait(WAIT)
+    k.release.set()
+    forgetting.join(WAIT)
+    assert not forgetting.is_alive()
+    assert k.patches == [("a", {"spend": {"hour": 5.5}, "summary": {"percentUsed": 55.0}})]
+    assert not rt.has_status("a")
+    assert "a" not in rt._written_at  # noqa: SLF001
+    assert rt.writer.pending() == 0
 
 
 def test_settling_a_budget_drops_its_queued_write() -> None:

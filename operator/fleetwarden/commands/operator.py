@@ -36,7 +36,7 @@ FLAGS = (
     ("--prometheus-url", "FLEETWARDEN_PROMETHEUS_URL", "URL",
      "Prometheus with the agents' metrics (default http://localhost:9090)"),
     ("--prometheus-timeout", "FLEETWARDEN_PROMETHEUS_TIMEOUT", "SECONDS",
-     "seconds one Prometheus query may take; longer, the cycle's metrics are unknown (default 10)"),
+     "seconds one Prometheus query may take; longer, the fetch fails (default 10)"),
     ("--prometheus-grace", "FLEETWARDEN_PROMETHEUS_GRACE", "SECONDS",
      "a fetch that fails less than this after the last good one goes on with that one's data; "
      "later failures make the metrics unknown (default 30; 0: every failure does)"),

@@ -694,13 +694,14 @@ class Runtime:
     def _bridged(self, fresh: prometheus.FleetSnapshot | errors.PrometheusError,
                  sources: Sequence[spec.SourceType]) -> prometheus.FleetSnapshot | errors.PrometheusError:
         """The snapshot the evaluations get for this fetch's answer (``_snapshot_lock`` held): a
-        good one as it is; a failure, the last good snapshot while that one is
-        less than ``prometheus_grace`` seconds old and read every source asked for now. One timed-out
-        query would otherwise turn every budget's metrics unknown for a cycle, and back the next:
-        two condition changes and two events per budget, 20,000 writes at 10,000 budgets, for a
-        blip (docs/operator.md, "When Prometheus misbehaves"). A bridged cycle decides on data at
-        most the grace and a fetch old; nothing new in it, nothing new is decided. Once the grace
-        has passed, the failure is the snapshot: every budget's metrics are unknown, as without one."""
+        good one as it is; a failure, the last good snapshot while that one is less than
+        ``prometheus_grace`` seconds old and read every source asked for now. One timed-out query
+        would otherwise turn every budget's metrics unknown for a cycle, and back the next: two
+        condition changes and two events per budget, 20,000 writes at 10,000 budgets, for a blip
+        (docs/operator.md, "When Prometheus misbehaves"). A bridged cycle decides on data at most
+        the grace and a fetch old; nothing new in it, nothing new is decided. Once the grace has
+        passed, the failure is the snapshot (every budget's metrics are unknown, as without one)
+        and the last good one is let go: nothing bridges again before a good fetch."""
         now = self.monotonic()
         if isinstance(fresh, prometheus.FleetSnapshot):
             self._good, self._good_at, self._failing_since = fresh, now, None
@@ -710,8 +711,10 @@ class Runtime:
             self._failing_since = now
         metrics.PROMETHEUS_FAILING.set(now - self._failing_since)
         good = self._good
-        if good is None or not now - self._good_at < self.prometheus_grace or any(
-                source not in good.sources for source in sources if source is not spec.SourceType.fleetwarden):
+        if good is not None and not now - self._good_at < self.prometheus_grace:
+            good = self._good = None
+        if good is None or any(source not in good.sources for source in sources
+                               if source is not spec.SourceType.fleetwarden):
             return fresh
         metrics.PROMETHEUS_BRIDGED.inc()
         log.warning("Prometheus failed; the budgets go on with the data read %.0f s ago (--prometheus-grace %g s)",

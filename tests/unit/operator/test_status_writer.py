@@ -214,6 +214,8 @@ def test_a_deleted_budget_is_forgotten_after_its_write_under_way_lands() -> None
     rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001 - its PATCH held under way
     while not k.started:
         threading.Event().wait(0.01)
+    later: list[str] = []
+    assert rt.writer.submit("a", lambda: later.append("a2"))  # queued behind the one under way
     forgetting = threading.Thread(target=rt.forget, args=("a", "ns", "a"))
     settling = _seen(rt.writer)
     forgetting.start()
@@ -225,6 +227,7 @@ def test_a_deleted_budget_is_forgotten_after_its_write_under_way_lands() -> None
     assert not rt.has_status("a")
     assert "a" not in rt._written_at  # noqa: SLF001
     assert rt.writer.pending() == 0
+    assert later == []  # the queued write was dropped, never sent
 
 
 def test_settling_a_budget_drops_its_queued_write() -> None:

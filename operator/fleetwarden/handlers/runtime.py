@@ -594,8 +594,7 @@ class Runtime:
         # a failed fetch less than this many seconds after the last good one is bridged by that one
         # (_fetch_held); 0: every failure makes the cycle's metrics unknown
         self.prometheus_grace = prometheus_grace
-        self._good: prometheus.FleetSnapshot | None = None  # the last good snapshot, and when (monotonic)
-        self._good_at = float("-inf")
+        self._good_at = float("-inf")  # monotonic time of the last good fetch
         self._failing_since: float | None = None  # monotonic time of the first failure of a streak
         # the share of the interval after which the snapshot is due (fetched by the next evaluation);
         # once something calls prefetch (the fleet loop with a pace, between cycles), a longer one: a fallback
@@ -701,20 +700,22 @@ class Runtime:
         (docs/operator.md, "When Prometheus misbehaves"). A bridged cycle decides on data at most
         the grace and a fetch old; nothing new in it, nothing new is decided. Once the grace has
         passed, the failure is the snapshot (every budget's metrics are unknown, as without one)
-        and the last good one is let go: nothing bridges again before a good fetch."""
+        and the last good one is let go: nothing bridges again before a good fetch.
+
+        The snapshot at hand is the last good one whenever there is one to bridge with: a good
+        fetch or a bridged failure leaves it, and any other failure replaces it (the sources asked
+        for only ever grow, so one missing from it stays missing)."""
         now = self.monotonic()
         if isinstance(fresh, prometheus.FleetSnapshot):
-            self._good, self._good_at, self._failing_since = fresh, now, None
+            self._good_at, self._failing_since = now, None
             metrics.PROMETHEUS_FAILING.set(0)
             return fresh
         if self._failing_since is None:
             self._failing_since = now
         metrics.PROMETHEUS_FAILING.set(now - self._failing_since)
-        good = self._good
-        if good is not None and not now - self._good_at < self.prometheus_grace:
-            good = self._good = None
-        if good is None or any(source not in good.sources for source in sources
-                               if source is not spec.SourceType.fleetwarden):
+        good = self._snapshot
+        if not isinstance(good, prometheus.FleetSnapshot) or not now - self._good_at < self.prometheus_grace or any(
+                source not in good.sources for source in sources if source is not spec.SourceType.fleetwarden):
             return fresh
         metrics.PROMETHEUS_BRIDGED.inc()
         log.warning("Prometheus failed; the budgets go on with the data read %.0f s ago (--prometheus-grace %g s)",

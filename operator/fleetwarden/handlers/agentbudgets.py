@@ -77,6 +77,8 @@ def get_runtime() -> runtime.Runtime:
     if RUNTIME is None:
         RUNTIME = runtime.build(SETTINGS)
         metrics.OLDEST_EVALUATION.set_function(RUNTIME.oldest_evaluation)
+        metrics.FIGURES_OVERDUE.set_function(RUNTIME.figures_overdue)
+        metrics.FIGURES_HELD.set_function(RUNTIME.figures_held)
     return RUNTIME
 
 

@@ -164,6 +164,14 @@ LAST_CYCLE_SECONDS = pc.Gauge("fleetwarden_operator_last_cycle_seconds",
 OLDEST_EVALUATION = pc.Gauge("fleetwarden_operator_oldest_evaluation_seconds",
                              "Seconds since the budget evaluated longest ago was last evaluated.",
                              registry=REGISTRY)
+FIGURES_OVERDUE = pc.Gauge("fleetwarden_operator_figures_overdue_seconds",
+                            "A large fleet (figure writes at their turn): how long the budget whose figures have "
+                            "waited longest past their turn has waited, since the first evaluation that held them "
+                            "(the evaluations ran behind, or the fleet's figure writes were at their rate); 0: none "
+                            "waits.", registry=REGISTRY)
+FIGURES_HELD = pc.Gauge("fleetwarden_operator_figures_overdue_budgets",
+                        "How many budgets' figures wait past their turn (..._figures_overdue_seconds).",
+                        registry=REGISTRY)
 INDEXED_OBJECTS = pc.Gauge("fleetwarden_operator_indexed_objects",
                            "Objects in the operator's own indexes, by kind (FLEETWARDEN_EVALUATION=fleet).",
                            ["kind"], registry=REGISTRY)

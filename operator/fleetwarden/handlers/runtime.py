@@ -613,6 +613,10 @@ class Runtime:
         self._status: dict[str, bytes] = {}  # uid -> the status we last wrote (_pack_status)
         self._labels = LabelIndex()  # each namespace's Deployments by label (select_agents)
         self._written_at: dict[str, float] = {}
+        # uid -> time.monotonic() of the first evaluation that held its figures past their turn (a large
+        # fleet: the evaluations run behind, or the fleet's figure writes are at their rate); dropped
+        # once they are worked out again (written, or found unchanged): figures_overdue
+        self._held: dict[str, float] = {}
         self._heartbeats = TokenBucket(MAX_HEARTBEATS_PER_SECOND, time.monotonic())
         self._figure_writes = TokenBucket(MAX_FIGURE_WRITES_PER_SECOND, time.monotonic())
         self.writer = StatusWriter()  # a large fleet's figure writes and heartbeats
@@ -783,6 +787,7 @@ class Runtime:
                 self._locks.pop(uid, None)
         self._status.pop(uid, None)
         self._written_at.pop(uid, None)
+        self._held.pop(uid, None)
         self._evaluated_at.pop(uid, None)
         self._budgets.pop(uid, None)
         self._labels.forget(namespace)
@@ -1034,6 +1039,7 @@ class Runtime:
             if since < figures:
                 return  # figures only: this budget's turn comes (its last write is recent)
             if large and not (self._room() and self._figure_writes.take(now)):
+                self._held.setdefault(uid, now)
                 # Its turn has come, but so has that of more budgets than MAX_FIGURE_WRITES_PER_SECOND
                 # a second (or the evaluations run behind): a later evaluation writes it. The turns
                 # alone spread the writes only if the last ones were spread: the first pass wrote every
@@ -1042,7 +1048,9 @@ class Runtime:
                 # (docs/operator.md, Scale).
                 return
         elif since < self.heartbeat_seconds() or (large and not self._room()) or not self.heartbeat_allowed(now):
+            self._held.pop(uid, None)  # its figures as written
             return
+        self._held.pop(uid, None)  # written now
         if not decisive and large:
             # a large fleet's figures or heartbeat: sent by the writer's threads (STATUS_WRITERS);
             # counted as written now, so that the turns go on as if it were (_send_status undoes it)
@@ -1201,9 +1209,25 @@ class Runtime:
         since, figures, heartbeat = self._since_written(uid, now), self.figure_seconds(), self.heartbeat_seconds()
         if since < min(figures, heartbeat):
             return True
-        if figures > 0 and not self._room():
-            return True  # neither figures nor a heartbeat go out now (_write_status)
-        return since < heartbeat and figures > 0 and not self._figure_writes.ready(now)
+        # neither figures nor a heartbeat go out while there is no room (_write_status); figures alone
+        # wait while the fleet's figure writes are at their rate
+        held = figures > 0 and (not self._room() or (since < heartbeat and not self._figure_writes.ready(now)))
+        if held and since >= figures:
+            self._held.setdefault(uid, now)  # their turn has come: held past it (figures_overdue)
+        return held
+
+    def figures_overdue(self) -> float:
+        """Seconds since the first evaluation that held figures past their turn, of the budget held
+        longest (0: none held). A large fleet writes a status whose figures alone changed at the
+        budget's turn (figure_seconds after its last write), unless the evaluations run behind or the
+        fleet's figure writes are at their rate: then its figures wait, and those in its status are
+        up to figure_seconds plus this old."""
+        held = list(self._held.values())
+        return max(0.0, time.monotonic() - min(held)) if held else 0.0
+
+    def figures_held(self) -> int:
+        """How many budgets' figures wait past their turn (figures_overdue)."""
+        return len(self._held)
 
     def _room(self) -> bool:
         """Whether a large fleet's figures or heartbeat may be sent now (rate aside): the writer takes

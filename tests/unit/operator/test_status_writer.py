@@ -155,6 +155,57 @@ def test_a_large_fleets_figures_and_heartbeats_wait_while_the_evaluations_run_be
     assert sorted(name for name, _ in k.patches) == ["a", "b", "c"]
 
 
+def test_figures_held_past_their_turn_are_counted_until_worked_out_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """figures_overdue and figures_held (the operator's ..._figures_overdue_seconds and
+    ..._budgets): a budget whose figures' turn has come but which an evaluation holds (the
+    evaluations run behind, or the figure writes are at their rate) counts from that first
+    evaluation, not from a later one; not before its turn; and no more once an evaluation works
+    its figures out again: written, found unchanged, or the budget deleted."""
+    clock = [1_000.0]
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    k = _HeldPatches()
+    _large_fleet(rt, {"a": BASE, "b": BASE, "c": BASE}, k)
+    assert (rt.figures_held(), rt.figures_overdue()) == (0, 0.0)
+    behind = True
+    rt.behind = lambda: behind
+    assert rt.figures_wait("a")
+    rt._written_at["fresh"] = clock[0]  # noqa: SLF001 - written just now: its turn is to come
+    assert rt.figures_wait("fresh")
+    assert rt.figures_held() == 1
+    clock[0] += 40.0
+    assert rt.figures_wait("a") and rt.figures_wait("b")  # a held again: still counted from the first
+    assert (rt.figures_held(), rt.figures_overdue()) == (2, 40.0)
+    behind = False
+    assert not rt.figures_wait("a") and rt.figures_held() == 2  # worked out, not yet written
+    rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001 - written
+    rt._write_status(k, "b", "ns", "b", BASE, BASE)  # noqa: SLF001 - unchanged: as written
+    assert rt.writer.drain(WAIT)
+    assert [name for name, _ in k.patches] == ["a"]
+    assert (rt.figures_held(), rt.figures_overdue()) == (0, 0.0)
+    assert not rt.figures_wait("c")
+    behind = True  # between its evaluation's check and its write: held by the write
+    rt._write_status(k, "c", "ns", "c", BASE, GROWN)  # noqa: SLF001
+    assert rt.figures_held() == 1
+    clock[0] += 5.0
+    assert rt.figures_overdue() == 5.0
+    rt.forget("c", "ns", "c")
+    assert (rt.figures_held(), rt.figures_overdue()) == (0, 0.0)
+
+
+def test_the_operators_metrics_page_shows_the_figures_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's runtime (agentbudgets.get_runtime) is what ..._figures_overdue_seconds and
+    ..._figures_overdue_budgets read."""
+    from fleetwarden.handlers import agentbudgets, metrics
+    rt = runtime.Runtime(interval=15.0, fetcher=None)
+    monkeypatch.setattr(agentbudgets, "RUNTIME", None)
+    monkeypatch.setattr(runtime, "build", lambda _settings: rt)
+    assert agentbudgets.get_runtime() is rt
+    rt._held.update({"a": runtime.time.monotonic() - 600.0, "b": runtime.time.monotonic()})  # noqa: SLF001
+    assert metrics.REGISTRY.get_sample_value("fleetwarden_operator_figures_overdue_budgets") == 2
+    assert metrics.REGISTRY.get_sample_value("fleetwarden_operator_figures_overdue_seconds") >= 600.0
+
+
 def test_a_figure_write_that_fails_is_written_by_the_next_evaluation(caplog: pytest.LogCaptureFixture) -> None:
     rt = runtime.Runtime(interval=15.0, fetcher=None)
     k = _HeldPatches()

@@ -29,6 +29,9 @@ After the first full pass and one more interval (the warm-up), it watches the op
 - the detectors' folds in each minute of the window, by what each cost
   (``fleetwarden_operator_detector_folds_total{how}``: from the anchor, a kept state restored,
   nothing new, folded ahead), and those before it: what the warm-up's cycles do;
+- the budgets whose figures wait past their turn in each minute of the window, the most at once
+  and the longest wait (``fleetwarden_operator_figures_overdue_budgets`` and ``..._seconds``):
+  how stale a busy fleet's status figures grow;
 - fleet mode: the window's cycles one by one, from the line each writes to the operator's log:
   the second of the minute it started at, its time, what its data brought, and when in it the
   fleet-wide fetch ended (the evaluations before that went on with the last snapshot);
@@ -556,6 +559,7 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
     oldest_after: float | None = None  # over the readings once two cycles ended in the window
     oldest_by_minute: dict[int, float] = {}  # minute of the window -> the largest oldest evaluation read in it
     folds_by_minute: dict[int, tuple[float, ...]] = {}  # minute of the window -> the detector folds last read in it
+    held_by_minute: dict[int, tuple[float, float]] = {}  # minute -> the most budgets held past their turn, the longest wait
     scraped = before["at"]
     # The operator's /metrics is read every READ_EVERY seconds: read every second, rendering its per-budget
     # series (7 a budget) was a sixth of the operator's CPU at 2,000 budgets (py-spy) before they
@@ -580,6 +584,10 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
             minute = int((scraped - before["at"]) // 60)
             oldest_by_minute[minute] = max(oldest_by_minute.get(minute, 0.0), oldest)
             folds_by_minute[minute] = folds_of(text)
+            held = (samples(text, "fleetwarden_operator_figures_overdue_budgets"),
+                    samples(text, "fleetwarden_operator_figures_overdue_seconds"))
+            kept = held_by_minute.get(minute, (0.0, 0.0))
+            held_by_minute[minute] = (max(kept[0], held[0]), max(kept[1], held[1]))
             ended = samples(text, "fleetwarden_operator_cycle_seconds_count") - before["cycles"]
             if ended > 1:
                 oldest_after = max(oldest_after or 0.0, oldest)
@@ -603,6 +611,9 @@ def measure(watch: Watch, n: int, args: argparse.Namespace, work: Path) -> None:
     print("oldest evaluation by minute of the window: " + ", ".join(
         f"{oldest:.1f}s" for _, oldest in sorted(oldest_by_minute.items())))
     print(folds_line(folds_before, folds_by_minute))
+    print("figures held past their turn by minute of the window, the most budgets / the longest wait "
+          "(..._figures_overdue_budgets / _seconds): " + ", ".join(
+              f"{budgets:.0f} / {seconds:.1f}s" for _, (budgets, seconds) in sorted(held_by_minute.items())))
     if args.evaluation == "fleet":
         print_cycles(work / "operator.log", int(before["cycles"]), int(after["cycles"]))
     if args.census:

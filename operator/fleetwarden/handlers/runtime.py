@@ -75,12 +75,6 @@ MAX_HEARTBEATS_PER_SECOND = 5.0
 # whose hour spend moved every minute, every evaluation was a PATCH, and with the watch event each
 # PATCH brings back, the writes were about 40% of the operator's samples (docs/operator.md, Scale).
 MAX_FIGURE_WRITES_PER_SECOND = 20.0
-# While the evaluations run behind their turns a large fleet's figures wait (Runtime._room), but a
-# budget's for no longer than this many turns since its last write: the budgets late in a busy
-# cycle's order are behind at every evaluation, and their figures (and heartbeats) were never
-# written while the fleet stayed busy (8,184 of 10,000 held, the longest 331 s past its turn and
-# growing, in one live run: docs/operator.md, Scale: "Figures held, counted").
-FIGURES_OVERDUE_TURNS = 2.0
 # In such a large fleet, figure-only writes and heartbeats go out from threads of their own
 # (StatusWriter), so no evaluation waits for them: at 10,000 live budgets a PATCH took up to
 # 1.6 s while the writes went on, and the runners waiting on the API server together missed the
@@ -1044,7 +1038,7 @@ class Runtime:
         elif changed:
             if since < figures:
                 return  # figures only: this budget's turn comes (its last write is recent)
-            if large and not (self._room(since - figures) and self._figure_writes.take(now)):
+            if large and not (self._room() and self._figure_writes.take(now)):
                 self._held.setdefault(uid, now)
                 # Its turn has come, but so has that of more budgets than MAX_FIGURE_WRITES_PER_SECOND
                 # a second (or the evaluations run behind): a later evaluation writes it. The turns
@@ -1053,7 +1047,7 @@ class Runtime:
                 # minutes, some 58 PATCHes (and watch events) a second; cycles took up to 84 s
                 # (docs/operator.md, Scale).
                 return
-        elif since < self.heartbeat_seconds() or (large and not self._room(since - self.heartbeat_seconds())) or not self.heartbeat_allowed(now):
+        elif since < self.heartbeat_seconds() or (large and not self._room()) or not self.heartbeat_allowed(now):
             self._held.pop(uid, None)  # its figures as written
             return
         self._held.pop(uid, None)  # written now
@@ -1217,7 +1211,7 @@ class Runtime:
             return True
         # neither figures nor a heartbeat go out while there is no room (_write_status); figures alone
         # wait while the fleet's figure writes are at their rate
-        held = figures > 0 and (not self._room(since - figures) or (since < heartbeat and not self._figure_writes.ready(now)))
+        held = figures > 0 and (not self._room() or (since < heartbeat and not self._figure_writes.ready(now)))
         if held and since >= figures:
             self._held.setdefault(uid, now)  # their turn has come: held past it (figures_overdue)
         return held
@@ -1235,13 +1229,10 @@ class Runtime:
         """How many budgets' figures wait past their turn (figures_overdue)."""
         return len(self._held)
 
-    def _room(self, overdue: float) -> bool:
-        """Whether a large fleet's figures or heartbeat may be sent now (rate aside), ``overdue``
-        seconds after it fell due: the writer takes more, and the evaluations are not behind their
-        turns (the figures wait for them), unless it has waited a whole figure turn more
-        (FIGURES_OVERDUE_TURNS): a busy fleet's writes wait, but not for ever."""
-        return self.writer.room() and (
-            overdue >= (FIGURES_OVERDUE_TURNS - 1) * self.figure_seconds() or not self.behind())
+    def _room(self) -> bool:
+        """Whether a large fleet's figures or heartbeat may be sent now (rate aside): the writer takes
+        more, and the evaluations are not behind their turns (the figures wait for them)."""
+        return self.writer.room() and not self.behind()
 
     def figure_seconds(self) -> float:
         """How long a status whose figures alone changed waits after its last write: 0 (at once) while

@@ -140,11 +140,11 @@ def test_a_large_fleets_figures_and_heartbeats_wait_while_the_evaluations_run_be
     behind = True
     rt.behind = lambda: behind
     rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001
-    rt._written_at["c"] -= rt.heartbeat_seconds() - rt.figure_seconds()  # noqa: SLF001 - its heartbeat due (by 1 s)
+    rt._written_at["c"] -= rt.heartbeat_seconds()  # noqa: SLF001 - its heartbeat is due too
     rt._write_status(k, "c", "ns", "c", BASE, {**BASE, "lastEvaluated": "later"})  # noqa: SLF001
     assert rt.writer.drain(WAIT)
     assert not k.started  # neither went out
-    assert rt.figures_wait("a") and not rt.figures_wait("c")  # c's figures a whole turn overdue: worked out
+    assert rt.figures_wait("a") and rt.figures_wait("c")
     rt._write_status(k, "b", "ns", "b", BASE, {**BASE, "state": "Exceeded"})  # noqa: SLF001
     assert k.patches == [("b", {"state": "Exceeded"})]  # a decision is not held back
     behind = False
@@ -153,29 +153,6 @@ def test_a_large_fleets_figures_and_heartbeats_wait_while_the_evaluations_run_be
     rt._write_status(k, "c", "ns", "c", BASE, {**BASE, "lastEvaluated": "later"})  # noqa: SLF001
     assert rt.writer.drain(WAIT)
     assert sorted(name for name, _ in k.patches) == ["a", "b", "c"]
-
-
-def test_figures_held_a_whole_turn_past_their_turn_are_written_even_while_behind() -> None:
-    """A busy fleet's budgets late in a cycle's order are behind at every evaluation: their figures
-    wait, but no more than FIGURES_OVERDUE_TURNS turns since their last write; a heartbeat no more
-    than a turn past its own."""
-    rt = runtime.Runtime(interval=15.0, fetcher=None)
-    k = _HeldPatches()
-    _large_fleet(rt, {"a": BASE, "b": BASE, "c": BASE}, k)
-    rt.behind = lambda: True
-    turn = rt.figure_seconds()
-    rt._written_at["a"] -= (runtime.FIGURES_OVERDUE_TURNS - 1) * turn  # noqa: SLF001 - a turn more
-    assert not rt.figures_wait("a") and rt.figures_wait("b")
-    rt._write_status(k, "a", "ns", "a", BASE, GROWN)  # noqa: SLF001
-    rt._write_status(k, "b", "ns", "b", BASE, GROWN)  # noqa: SLF001
-    rt._written_at["c"] -= rt.heartbeat_seconds() - turn + turn / 2  # noqa: SLF001 - its heartbeat half a turn late
-    rt._write_status(k, "c", "ns", "c", BASE, {**BASE, "lastEvaluated": "later"})  # noqa: SLF001
-    assert rt.writer.drain(WAIT)
-    assert [name for name, _ in k.patches] == ["a"]
-    rt._written_at["c"] -= turn  # noqa: SLF001 - a turn and a half late
-    rt._write_status(k, "c", "ns", "c", BASE, {**BASE, "lastEvaluated": "later"})  # noqa: SLF001
-    assert rt.writer.drain(WAIT)
-    assert [name for name, _ in k.patches] == ["a", "c"]
 
 
 def test_figures_held_past_their_turn_are_counted_until_worked_out_again(monkeypatch: pytest.MonkeyPatch) -> None:

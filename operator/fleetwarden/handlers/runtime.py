@@ -842,8 +842,7 @@ class Runtime:
 
     def oldest_evaluation(self) -> float:
         """Seconds since the budget evaluated longest ago was last evaluated (0: none yet)."""
-        evaluated = list(self._evaluated_at.values())
-        return max(0.0, self.monotonic() - min(evaluated)) if evaluated else 0.0
+        return _longest_ago(self._evaluated_at, self.monotonic())
 
     def _reconcile(self, body: Mapping[str, Any], deployments: Iterable[Mapping[str, Any]],
                    policy_bodies: Iterable[Mapping[str, Any]], apply: bool,
@@ -1222,8 +1221,7 @@ class Runtime:
         budget's turn (figure_seconds after its last write), unless the evaluations run behind or the
         fleet's figure writes are at their rate: then its figures wait, and those in its status are
         up to figure_seconds plus this old."""
-        held = list(self._held.values())
-        return max(0.0, time.monotonic() - min(held)) if held else 0.0
+        return _longest_ago(self._held, time.monotonic())
 
     def figures_held(self) -> int:
         """How many budgets' figures wait past their turn (figures_overdue)."""
@@ -1251,6 +1249,12 @@ class Runtime:
             k.post_event(ref, type_, reason, message)
         except errors.ExternalError as exc:
             log.warning("event %s not posted: %s", reason, exc)
+
+
+def _longest_ago(times: Mapping[str, float], now: float) -> float:
+    """Seconds from the earliest of ``times`` (uid -> a monotonic time) to ``now`` (0: none)."""
+    earliest = min(list(times.values()), default=None)  # (a copy: other threads add and drop)
+    return 0.0 if earliest is None else max(0.0, now - earliest)
 
 
 def query_timed(query: str, seconds: float) -> None:

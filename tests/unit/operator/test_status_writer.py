@@ -202,8 +202,11 @@ def test_the_operators_metrics_page_shows_the_figures_held(monkeypatch: pytest.M
     monkeypatch.setattr(runtime, "build", lambda _settings: rt)
     assert agentbudgets.get_runtime() is rt
     rt._held.update({"a": runtime.time.monotonic() - 600.0, "b": runtime.time.monotonic()})  # noqa: SLF001
-    assert metrics.REGISTRY.get_sample_value("fleetwarden_operator_figures_overdue_budgets") == 2
-    assert metrics.REGISTRY.get_sample_value("fleetwarden_operator_figures_overdue_seconds") >= 600.0
+    try:
+        assert metrics.REGISTRY.get_sample_value("fleetwarden_operator_figures_overdue_budgets") == 2
+        assert metrics.REGISTRY.get_sample_value("fleetwarden_operator_figures_overdue_seconds") >= 600.0
+    finally:
+        rt._held.clear()  # noqa: SLF001 - the gauges stay wired to it: steady for the tests after
 
 
 def test_a_figure_write_that_fails_is_written_by_the_next_evaluation(caplog: pytest.LogCaptureFixture) -> None:

@@ -45,8 +45,8 @@ SIMULATORS = {
 BASE_MODEL, SPIKE_MODEL = "gpt-4o-mini", "gpt-4.1-mini"
 SCENARIO_ANNOTATION = "fleetwarden.dev/simulate-scenario"  # fleetwarden.simulate.follow.SCENARIO_ANNOTATION
 # Triage tasks Prometheus must hold before the model update (the detector needs a baseline of
-# at least 8 tasks over 10 minutes within the hour before the change; more makes its sequential
-# test decide sooner).
+# at least MIN_BASELINE_TASKS (8) ended tasks over MIN_BASELINE_MINUTES (5) active minutes within the
+# hour before the change; more makes its sequential test decide sooner).
 BASELINE_TASKS = 40
 # ... and the whole minutes with triage tasks it must hold (the detector's MIN_BASELINE_MINUTES,
 # and one for the first, partial minute): on a fast machine 40 tasks take under two minutes.

@@ -6,7 +6,8 @@ ServiceAccount token) and the real Prometheus.
 The fleet is made "large" by lowering the fleet-wide figure-write rate, so that one budget's
 figures wait for their turn as each of 10,000 budgets' would (``figure_seconds`` > the interval).
 Its figures then reach the API server from a writer thread, not from the evaluation; while the
-evaluations run behind, they wait and are counted as held past their turn until written; a
+evaluations run behind, they wait and are counted as held past their turn until written, and
+the fleet loop takes that budget first; a
 decision that follows is written at once, after them, over what they wrote.
 """
 
@@ -29,6 +30,7 @@ from test_operator_budget import (  # noqa: F401 - fixtures
     status,
 )
 
+from fleetwarden.handlers import fleet as fleet_loop
 from fleetwarden.handlers import runtime
 
 WAIT = 120.0
@@ -82,6 +84,20 @@ def test_a_large_fleets_figures_are_written_by_the_writer_and_a_decision_after_t
     assert rt.figures_held() == 1
     time.sleep(1.0)
     assert rt.figures_overdue() >= 1.0
+    # the fleet loop takes the budget held longest first (fleet_loop.HELD_FIRST; a share of a cycle of one)
+    monkeypatch.setattr(fleet_loop, "HELD_FIRST_SHARE", 1.0)
+    held_budget = fleet_loop.Item(observe(cluster, namespace)[0], [], [], [])
+    others = [fleet_loop.Item({"metadata": {"namespace": namespace, "name": f"b{i}", "uid": f"u{i}"}}, [], [], [])
+              for i in range(3)]
+    loop = fleet_loop.FleetLoop(lambda it: None, interval=rt.interval, workers=1, new_cycle=lambda: None,
+                           ready=threading.Event(), pace=0.7, last_evaluated=lambda it: 0.0,
+                           held_since=lambda it: rt.held_since(str(it.budget["metadata"]["uid"])))
+    try:
+        assert loop.order([*others, held_budget]) == ([held_budget, *others], 0)
+    finally:
+        loop.stopping.set()
+        loop.pool.shutdown()
+        loop.driver.shutdown()
     assert rt.writer.drain(WAIT) and status(cluster, namespace)["spend"]["hour"] == spend  # not written
     behind = False
     deadline = time.monotonic() + WAIT

@@ -293,6 +293,10 @@ def _last_evaluated(item: fleet.Item) -> float | None:
     return get_runtime().evaluated_at(str((item.budget.get("metadata") or {}).get("uid")))
 
 
+def _held_since(item: fleet.Item) -> float | None:
+    return get_runtime().held_since(str((item.budget.get("metadata") or {}).get("uid")))
+
+
 if SETTINGS.evaluation == "fleet":
     @kopf.on.startup()
     async def start_fleet(**kwargs: Any) -> None:
@@ -304,7 +308,7 @@ if SETTINGS.evaluation == "fleet":
                                 settled=heap.settle, on_ready=check_all_namespaces if OWN_INDEXES else None,
                                 waiting=LISTINGS.waiting_for if OWN_INDEXES else None, data_end=rt.data_end,
                                 after_cycle=heap.trim, fetch_ended=rt.fetch_ended, pace=SETTINGS.pace,
-                                last_evaluated=_last_evaluated, gate=rt.gate,
+                                last_evaluated=_last_evaluated, held_since=_held_since, gate=rt.gate,
                                 prefetch=rt.prefetch if SETTINGS.pace > 0 else None)  # each cycle's data read before it
         rt.behind = FLEET.behind  # a large fleet's figure writes wait while the cycle runs behind
         _FLEET_TASK = asyncio.get_running_loop().create_task(FLEET.run(*_indexes(kwargs)))

@@ -48,6 +48,7 @@ import collections
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import heapq
 import logging
 import re
 import threading
@@ -76,6 +77,16 @@ PACE_MOST_EARLY = 0.5
 # and the minute's costliest cycles took 15-23 s, against 11-14 s before the writes began
 # (docs/operator.md, Scale).
 BEHIND_SHARE = 0.15
+# Held figures first: while a cycle runs behind, the budgets late in its order are behind at every
+# evaluation, so their figures (held while behind) were never written while the fleet stayed busy:
+# at 10,000 live budgets the longest held waited a minute longer each minute (docs/operator.md,
+# Scale). So each cycle takes at its start, before the others, the budgets whose figures have
+# waited longest past their turn (``held_since``, oldest first): at most HELD_FIRST of them (a
+# second of the fleet's figure writes, runtime.MAX_FIGURE_WRITES_PER_SECOND), and at most
+# HELD_FIRST_SHARE of the cycle's budgets, so the others' turns move by at most that share of the
+# paced span (which the pace counts when it starts the next cycle early).
+HELD_FIRST = 20
+HELD_FIRST_SHARE = 0.01
 
 Body = Mapping[str, Any]
 
@@ -132,12 +143,15 @@ class Pace:
         """Seconds into its cycle at which the k-th of ``n`` budgets is submitted."""
         return self.share * self.interval * k / n if n else 0.0
 
-    def early(self, started: float, n: int, ended: Sequence[tuple[int | None, float]], over: bool) -> float:
+    def early(self, started: float, n: int, ended: Sequence[tuple[int | None, float]], over: bool,
+              ahead: int = 0) -> float:
         """Record the cycle that began at ``started`` with ``n`` budgets at their turns, ``ended``
         holding (k, the time its evaluation ended) for each budget evaluated (k None: one evaluated
         at once, never evaluated before), and return how many seconds less than one interval after
         ``started`` the next cycle must start (0 without a pace, or after a cycle longer than the
-        interval: ``over``)."""
+        interval: ``over``). ``ahead``: how many budgets the next cycle may take before the others
+        out of their order (their held figures: FleetLoop.held_first), moving each of the others up
+        to that many turns later."""
         if self.share <= 0 or not ended or over:
             return 0.0
         lates = [end - started - self.turn(k, n) for k, end in ended if k is not None]
@@ -145,11 +159,12 @@ class Pace:
             self._kept.append(max(lates))
         foreseen = max(self._kept, default=0.0)
         # The next cycle takes them in the order their evaluations ended (the order of their last
-        # evaluation), budgets new to it first, at once, moving none of them to a later turn: the
-        # r-th to end here is submitted at turn r there and may end ``foreseen`` after it.
+        # evaluation), budgets new to it first, at once, moving none of them to a later turn but for
+        # the ``ahead`` taken first: the r-th to end here is submitted at turn r + ahead there at the
+        # latest and may end ``foreseen`` after it.
         ends = sorted(end for _, end in ended)
         m = len(ends)
-        start_by = min(end - self.turn(r, m) for r, end in enumerate(ends)) - foreseen
+        start_by = min(end - self.turn(r + ahead, m) for r, end in enumerate(ends)) - foreseen
         start_by += self.interval - PACE_MARGIN
         return min(max(0.0, started + self.interval - start_by), PACE_MOST_EARLY * self.interval)
 
@@ -351,6 +366,7 @@ class FleetLoop:
                  pace: float = 0.0,
                  prefetch: Callable[[], Any] | None = None,
                  last_evaluated: Callable[[Item], float | None] | None = None,
+                 held_since: Callable[[Item], float | None] | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Any] | None = None,
@@ -360,6 +376,8 @@ class FleetLoop:
         self.interval = interval
         self.pace = Pace(interval, pace)  # each budget's turn in a cycle, and how early the next starts
         self.last_evaluated = last_evaluated  # ``monotonic``'s time of an item's last evaluation (None: never)
+        # since when an item's figures have waited past their turn (None: not held; HELD_FIRST)
+        self.held_since = held_since
         # fetches the next cycle's snapshot as soon as a cycle ends, on a thread of its own (None: the
         # cycle's first evaluation fetches it, new_cycle having made it due)
         self.prefetch = prefetch
@@ -438,7 +456,9 @@ class FleetLoop:
     def order(self, items: Sequence[Item]) -> tuple[list[Item], int]:
         """``items`` with those never evaluated first (in the indexes' order), then the others in the
         order of their last evaluation, longest ago first, so each keeps its place from cycle to
-        cycle; and how many were never evaluated (they are submitted at once, outside the pace)."""
+        cycle, except that those whose figures have waited longest past their turn come before them
+        (:meth:`held_first`); and how many were never evaluated (they are submitted at once, outside
+        the pace)."""
         if self.last_evaluated is None:
             return list(items), 0
         fresh: list[Item] = []
@@ -450,7 +470,31 @@ class FleetLoop:
             else:
                 known.append((last, k))
         known.sort()
-        return fresh + [items[k] for _, k in known], len(fresh)
+        return fresh + self.held_first([items[k] for _, k in known]), len(fresh)
+
+    @staticmethod
+    def held_first_most(n: int) -> int:
+        """How many of a cycle's ``n`` paced budgets may be taken first for their held figures."""
+        return min(HELD_FIRST, int(n * HELD_FIRST_SHARE))
+
+    def held_first(self, ordered: list[Item]) -> list[Item]:
+        """``ordered`` with the budgets whose figures have waited longest past their turn moved to its
+        front, the longest held first (at most :meth:`held_first_most`), the others in their order.
+        At its front a cycle is on time, so their figures are written (unless the fleet's figure
+        writes are at their rate), and at their next turn they are early in the order again."""
+        most = self.held_first_most(len(ordered))
+        if self.held_since is None or most <= 0:
+            return ordered
+        held = []  # (held since, place in ``ordered``)
+        for k, item in enumerate(ordered):
+            since = self.held_since(item)
+            if since is not None:
+                held.append((since, k))
+        if not held:
+            return ordered
+        first = heapq.nsmallest(most, held)
+        taken = {k for _, k in first}
+        return [ordered[k] for _, k in first] + [item for k, item in enumerate(ordered) if k not in taken]
 
     def behind(self) -> bool:
         """Whether the cycle under way is behind its turns: its last budget was reached more than
@@ -484,7 +528,8 @@ class FleetLoop:
                               wait_for=self._wait_for_turn(started, fresh, paced) if self.pace.share > 0 else None,
                               stopped=self.stopping.is_set, gate=self.gate)
         seconds = self.monotonic() - started
-        early = self.pace.early(started, paced, self._ended, over=seconds > self.interval)
+        early = self.pace.early(started, paced, self._ended, over=seconds > self.interval,
+                                ahead=self.held_first_most(paced) if self.held_since is not None else 0)
         waits = waits_line(self.cycles + 1, self._waits, started, self._last_started, self.pace, paced)
         self._ranks, self._ended, self._waits, self._last_started = {}, [], [], started
         self.lateness = 0.0  # (between cycles nothing is behind: a prompted evaluation writes as ever)

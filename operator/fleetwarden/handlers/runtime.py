@@ -1223,6 +1223,12 @@ class Runtime:
         up to figure_seconds plus this old."""
         return _longest_ago(self._held, time.monotonic())
 
+    def held_since(self, uid: str) -> float | None:
+        """Since when (``time.monotonic``) budget ``uid``'s figures have waited past their turn, from
+        the first evaluation that held them (None: not held). The fleet loop takes the longest held
+        first (fleet.HELD_FIRST)."""
+        return self._held.get(uid)
+
     def figures_held(self) -> int:
         """How many budgets' figures wait past their turn (figures_overdue)."""
         return len(self._held)

@@ -366,3 +366,92 @@ def test_a_cycle_is_behind_while_its_budgets_are_reached_far_after_their_turns()
     f.run(1)  # behind at its end
     assert seen[-1]
     assert not f.loop.behind()  # but not between cycles (an evaluation prompted by an edit writes as ever)
+
+
+def test_the_budgets_held_longest_are_taken_first_the_oldest_first_and_no_more_than_the_limit() -> None:
+    """FleetLoop.held_first: the budgets whose figures have waited longest past their turn go to the
+    front of the order, the longest held first, at most HELD_FIRST of them and HELD_FIRST_SHARE of
+    the cycle; the others keep their order."""
+    held: dict[str, float] = {}
+    loop = fleet.FleetLoop(lambda it: None, interval=INTERVAL, workers=1, new_cycle=lambda: None,
+                           ready=threading.Event(), pace=0.7, last_evaluated=lambda it: 0.0,
+                           held_since=lambda it: held.get(it.budget["metadata"]["uid"]))
+    try:
+        items = [item(f"b{i:04d}") for i in range(3000)]
+        uids = [it.budget["metadata"]["uid"] for it in items]
+        assert loop.held_first(items) == items  # none held: the order as it was
+        held.update({f"b{i:04d}": 500.0 - i for i in range(2000, 2030)})  # 30 held, b2029 the longest
+        held["b0007"] = 600.0  # held, but less long than those
+        ordered = [it.budget["metadata"]["uid"] for it in loop.held_first(items)]
+        first = [f"b{i:04d}" for i in range(2029, 2009, -1)]  # the 20 held longest, the longest first
+        assert ordered[:fleet.HELD_FIRST] == first
+        assert ordered[fleet.HELD_FIRST:] == [uid for uid in uids if uid not in first]
+        # at most HELD_FIRST_SHARE of the cycle: 5 of 500, none of 99
+        assert [it.budget["metadata"]["uid"] for it in loop.held_first(items[:500])] == ["b0007", *uids[:7],
+                                                                                       *uids[8:500]]
+        held.update({f"b{i:04d}": 100.0 - i for i in range(5)})
+        assert [it.budget["metadata"]["uid"] for it in loop.held_first(items[:500])][:5] == [
+            "b0004", "b0003", "b0002", "b0001", "b0000"]
+        assert loop.held_first(items[:99]) == items[:99]
+        # the cycle's order: new budgets first, then the held ones, then the rest by last evaluation
+        fresh = item("new")
+        loop.last_evaluated = lambda it: None if it is fresh else 0.0
+        got, new = loop.order([*items, fresh])
+        assert new == 1 and got[0] is fresh and [it.budget["metadata"]["uid"] for it in got[1:21]] == first
+    finally:
+        loop.stopping.set()
+        loop.pool.shutdown()
+        loop.driver.shutdown()
+
+
+def test_with_held_figures_taken_first_no_budget_waits_longer_than_the_pace_allows() -> None:
+    """Taking held budgets first moves the others' turns later; the pace starts the next cycle
+    early by as many turns (``ahead``), so no budget waits longer than the interval less the
+    pace's margin, as without them."""
+    held: dict[str, float] = {}
+    f = Fleet(2000, pace=0.7, costs=lambda c, k: 0.001)
+    f.loop.held_since = lambda it: held.get(it.budget["metadata"]["uid"])
+    evaluate = f.loop.evaluate
+
+    def evaluate_holding(it: fleet.Item) -> None:
+        uid = it.budget["metadata"]["uid"]
+        held.pop(uid, None)  # taken first: written
+        evaluate(it)
+        if f.order.index(uid) >= 1900:  # the last hundred of each cycle are held (behind)
+            held.setdefault(uid, f.now)
+    f.loop.evaluate = evaluate_holding
+    f.run(12)
+    assert max(wait for cycle, wait in f.waits if cycle > 2) <= INTERVAL - fleet.PACE_MARGIN + 1e-6
+    assert len(held) == 100
+
+
+def test_no_budget_s_figures_starve_at_the_end_of_a_cycle_that_runs_behind() -> None:
+    """A fleet whose cycles fall behind in their last quarter: a budget there is behind at every
+    evaluation, and its figures (held while behind, as Runtime.figures_wait holds them) were never
+    written while the fleet stayed that busy. Taken first once they have waited longest, every
+    budget's figures are written, and none waits much longer than the held ones take to go
+    through the front of the cycles (HELD_FIRST_SHARE of them a cycle)."""
+    n = 1000
+    held: dict[str, float] = {}  # uid -> since when its figures have waited
+    written: dict[str, int] = {}  # uid -> the last cycle its figures were written in
+    f = Fleet(n, pace=0.7, costs=lambda c, k: 0.03 if k >= 700 else 0.005)
+    f.loop.held_since = lambda it: held.get(it.budget["metadata"]["uid"])
+    evaluate = f.loop.evaluate
+
+    def evaluate_writing(it: fleet.Item) -> None:
+        uid = it.budget["metadata"]["uid"]
+        if f.loop.behind():
+            held.setdefault(uid, f.now)  # due every evaluation here: held while behind
+        else:
+            held.pop(uid, None)
+            if f.loop.cycles:  # (the first pass writes every budget)
+                written[uid] = f.loop.cycles
+        evaluate(it)
+    f.loop.evaluate = evaluate_writing
+    cycles = 60
+    f.run(cycles)
+    tail = f.order[-100:]  # behind in the last cycle
+    assert len(held) >= 100 and all(uid in held for uid in tail)
+    assert set(written) == {it.budget["metadata"]["uid"] for it in f.items}  # every budget's written again
+    most = fleet.FleetLoop.held_first_most(n)
+    assert all(cycles - 1 - last <= len(held) / most + 2 for last in written.values())  # none starves

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fleetwarden.adapters import kube
-from fleetwarden.handlers import runtime
+from fleetwarden.handlers import fleet, runtime
 
 WAIT = 30.0  # how long a held PATCH waits for the test to let it go (never reached when all is well)
 
@@ -193,9 +193,9 @@ def test_figures_held_past_their_turn_are_counted_until_worked_out_again(monkeyp
     assert (rt.figures_held(), rt.figures_overdue()) == (0, 0.0)
 
 
-def test_the_operators_metrics_page_shows_the_figures_held(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_operators_metrics_page_and_fleet_loop_read_the_figures_held(monkeypatch: pytest.MonkeyPatch) -> None:
     """The operator's runtime (agentbudgets.get_runtime) is what ..._figures_overdue_seconds and
-    ..._figures_overdue_budgets read."""
+    ..._figures_overdue_budgets read, and what the fleet loop's ``held_since`` reads."""
     from fleetwarden.handlers import agentbudgets, metrics
     rt = runtime.Runtime(interval=15.0, fetcher=None)
     monkeypatch.setattr(agentbudgets, "RUNTIME", None)
@@ -205,6 +205,10 @@ def test_the_operators_metrics_page_shows_the_figures_held(monkeypatch: pytest.M
     try:
         assert metrics.REGISTRY.get_sample_value("fleetwarden_operator_figures_overdue_budgets") == 2
         assert metrics.REGISTRY.get_sample_value("fleetwarden_operator_figures_overdue_seconds") >= 600.0
+        # ... and what the fleet loop reads to take the longest held first (fleet.HELD_FIRST)
+        item = fleet.Item({"metadata": {"namespace": "ns", "name": "a", "uid": "a"}}, [], [], [])
+        assert agentbudgets._held_since(item) == rt._held["a"]  # noqa: SLF001
+        assert agentbudgets._held_since(fleet.Item({"metadata": {"uid": "c"}}, [], [], [])) is None  # noqa: SLF001
     finally:
         rt._held.clear()  # noqa: SLF001 - the gauges stay wired to it: steady for the tests after
 

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -541,3 +542,37 @@ def test_the_runtimes_data_end_is_its_snapshots_none_before_a_fetch_or_after_a_f
     with contextlib.suppress(Exception):
         rt.reconcile(body(0), [deployment(0)])
     assert rt.data_end() is None
+
+
+def test_the_fleet_loop_is_started_reading_the_runtime_s_evaluations_and_held_figures() -> None:
+    """start_fleet gives the loop the runtime's time of each budget's last evaluation (the order) and
+    since when its figures have waited past their turn (the longest held first: fleet.HELD_FIRST)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARDEN_")}
+    env["FLEETWARDEN_EVALUATION"] = "fleet"
+    code = textwrap.dedent("""
+        import asyncio
+        import fleetwarden.handlers.agentbudgets as a
+        from fleetwarden.handlers import fleet, runtime
+        rt = runtime.Runtime(interval=15.0, fetcher=None)
+        runtime.build = lambda settings: rt
+        got = {}
+        class Loop:
+            def __init__(self, evaluate, **kwargs):
+                got.update(kwargs)
+            def behind(self):
+                return False
+            async def run(self, *indexes):
+                return None
+        fleet.FleetLoop = Loop
+        async def main():
+            await a.start_fleet()
+            await asyncio.sleep(0)
+        asyncio.run(main())
+        item = fleet.Item({"metadata": {"uid": "u1"}}, [], [], [])
+        rt._held["u1"] = 123.0
+        rt._evaluated_at["u1"] = 456.0
+        print(got["held_since"](item), got["last_evaluated"](item))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=ROOT, timeout=120).stdout.split()
+    assert out == ["123.0", "456.0"]

@@ -22,7 +22,8 @@ machine those timers fall behind the interval (docs/operator.md, Scale): kopf sc
    it changed, or for the coarse heartbeat). With a pace (``FLEETWARDEN_PACE``, :class:`Pace`)
    the budgets are taken in the order of their last evaluation (new ones first, at once) and
    spread over that share of the interval, each at its own turn, so a budget is reached at the
-   same point of every cycle.
+   same point of every cycle; the few whose figures have waited longest past their turn (a
+   large fleet's figure writes wait while a cycle runs behind) are taken first (HELD_FIRST).
 3. It records the cycle's duration and starts the next cycle one interval after this one
    started, less what the pace foresees a budget would wait past the interval, even while
    that cycle's data is still being read (its first budgets go on with the last snapshot;

@@ -165,12 +165,17 @@ def cost_policies(**kwargs: Any) -> dict[str, Any]:
     return {kwargs["namespace"]: _copy(kwargs["body"], _OBJECT)}
 
 
+def _uid(body: Mapping[str, Any]) -> str:
+    """An object's uid, as the runtime keys what it keeps of it."""
+    return str((body.get("metadata") or {}).get("uid"))
+
+
 def budgets_by_namespace(**kwargs: Any) -> dict[str, Any]:
     """A budget's copy, with its status only while this process has written none: once it has,
     the status it wrote is the one read (``Runtime.previous_status``), so an index of 10,000
     budgets does not hold every status twice (about 6 KB each)."""
     body = kwargs["body"]
-    uid = str((body.get("metadata") or {}).get("uid"))
+    uid = _uid(body)
     return {kwargs["namespace"]: _copy(body, _OBJECT if get_runtime().has_status(uid) else _BUDGET)}
 
 
@@ -190,7 +195,7 @@ def _keeper(index: store.Index, copy: Any) -> Any:
     would hold it) and telling ``LISTINGS`` the object was handled."""
     async def keep(**kwargs: Any) -> None:
         event, body, namespace = kwargs["event"], kwargs["body"], str(kwargs["namespace"])
-        uid = str((body.get("metadata") or {}).get("uid"))
+        uid = _uid(body)
         if event.get("type") == "DELETED":
             index.drop(namespace, uid)
         else:
@@ -278,7 +283,7 @@ def _prompt(body: Mapping[str, Any], agent_deployments: Any, cost_policies: Any,
     budget's first event would otherwise be a second evaluation beside the first cycle's); an
     agent scaled up under a ``held`` budget (Killed, Suspended, a ScaleToZero step) never waits."""
     assert FLEET is not None
-    uid = str((body.get("metadata") or {}).get("uid"))
+    uid = _uid(body)
     if not held and not get_runtime().evaluated(uid):
         return
     FLEET.prompt(uid, _item(_copy(body, _BUDGET),
@@ -290,11 +295,11 @@ def _evaluate_item(item: fleet.Item) -> None:
 
 
 def _last_evaluated(item: fleet.Item) -> float | None:
-    return get_runtime().evaluated_at(str((item.budget.get("metadata") or {}).get("uid")))
+    return get_runtime().evaluated_at(_uid(item.budget))
 
 
 def _held_since(item: fleet.Item) -> float | None:
-    return get_runtime().held_since(str((item.budget.get("metadata") or {}).get("uid")))
+    return get_runtime().held_since(_uid(item.budget))
 
 
 if SETTINGS.evaluation == "fleet":
@@ -374,7 +379,7 @@ def budget_event(**kwargs: Any) -> None:
 def _check_namespace(namespace: str, agent_deployments: Any, budgets: Any, without: str | None = None) -> None:
     """Governance hygiene for every agent Deployment of ``namespace`` (a budget came, went or changed)."""
     bodies = [b for b in runtime.deployments_of(budgets, namespace)
-              if str((b.get("metadata") or {}).get("uid")) != without]
+              if _uid(b) != without]
     try:
         get_runtime().check_governance(runtime.deployments_of(agent_deployments, namespace), bodies)
     except errors.FleetwardenError as exc:
